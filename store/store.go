@@ -1,0 +1,188 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/aead"
+	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/tink"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Sentinel errors. Callers match them with errors.Is; messages carry names, never values.
+var (
+	ErrNotFound       = errors.New("not found")
+	ErrExists         = errors.New("already exists")
+	ErrLocked         = errors.New("database is locked by another process")
+	ErrWrongMasterKey = errors.New("master keyset does not decrypt this database's data keyset")
+	ErrSchemaTooNew   = errors.New("database schema is newer than this brokerd")
+	ErrCorrupt        = errors.New("database record is corrupt")
+)
+
+var (
+	bucketMeta        = []byte("meta")
+	bucketCredentials = []byte("credentials")
+	bucketTokens      = []byte("tokens")
+	bucketVersions    = []byte("versions")
+	keySchemaVersion  = []byte("version")
+	keyDataKeyset     = []byte("data_keyset")
+	keyCredMeta       = []byte("meta")
+	dataKeysetAAD     = []byte("credbroker/data-keyset")
+)
+
+// Options tune Open.
+type Options struct {
+	// LockTimeout bounds the wait for the file lock; a second brokerd on the same file fails after it.
+	// Default 1s.
+	LockTimeout time.Duration
+	// KeepVersions is how many credential versions are kept (the current one included). Default 3.
+	KeepVersions int
+	// NoSync skips fsync on commit. Only for benchmarks of the non-durable path; never in brokerd.
+	NoSync bool
+}
+
+// Store is the bbolt database plus the data-keyset AEAD built once at Open.
+type Store struct {
+	db           *bolt.DB
+	data         tink.AEAD
+	keepVersions int
+}
+
+// Open opens (or creates) the database at path and unlocks it with the master keyset kek.
+// A wrong kek leaves the file untouched and returns ErrWrongMasterKey.
+func Open(path string, kek tink.AEAD, opts Options) (*Store, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = time.Second
+	}
+	if opts.KeepVersions <= 0 {
+		opts.KeepVersions = 3
+	}
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		// bbolt only applies the mode on create; tighten a file someone loosened.
+		if err := os.Chmod(path, 0o600); err != nil {
+			return nil, fmt.Errorf("database %s has mode %#o and cannot be made 0600: %w", path, st.Mode().Perm(), err)
+		}
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("open database %s: %w (is another brokerd running on it?)", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	s := &Store{db: db, keepVersions: opts.KeepVersions}
+	if err := s.init(kek); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// init reads the schema and the data keyset, creating both in a new database. An existing
+// database is only read until the master keyset is proven right, so a wrong key changes nothing.
+func (s *Store) init(kek tink.AEAD) error {
+	var (
+		version   uint32
+		encrypted []byte
+	)
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		if m == nil {
+			return nil
+		}
+		v, err := parseVersion(m.Get(keySchemaVersion))
+		if err != nil {
+			return err
+		}
+		version = v
+		encrypted = bytes.Clone(m.Get(keyDataKeyset))
+		return nil
+	}); err != nil {
+		return err
+	}
+	if version > SchemaVersion {
+		return fmt.Errorf("%w: database has schema %d, this brokerd knows up to %d", ErrSchemaTooNew, version, SchemaVersion)
+	}
+
+	if encrypted == nil {
+		if version != 0 {
+			return fmt.Errorf("%w: schema %d but no data keyset", ErrCorrupt, version)
+		}
+		return s.create(kek)
+	}
+	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(encrypted)), kek, dataKeysetAAD)
+	if err != nil {
+		return ErrWrongMasterKey
+	}
+	if s.data, err = aead.New(h); err != nil {
+		return fmt.Errorf("data keyset: %w", err)
+	}
+	return s.migrate(version)
+}
+
+// create initialises an empty database: buckets, schema version and a fresh data keyset.
+func (s *Store) create(kek tink.AEAD) error {
+	h, err := keyset.NewHandle(aead.AES256GCMKeyTemplate())
+	if err != nil {
+		return fmt.Errorf("generate data keyset: %w", err)
+	}
+	var buf bytes.Buffer
+	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&buf), kek, dataKeysetAAD); err != nil {
+		return fmt.Errorf("encrypt data keyset: %w", err)
+	}
+	if s.data, err = aead.New(h); err != nil {
+		return fmt.Errorf("data keyset: %w", err)
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		m, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		for _, b := range [][]byte{bucketCredentials, bucketTokens} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		if err := m.Put(keyDataKeyset, buf.Bytes()); err != nil {
+			return err
+		}
+		return m.Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion)))
+	})
+}
+
+func parseVersion(b []byte) (uint32, error) {
+	if b == nil {
+		return 0, nil
+	}
+	v, err := strconv.ParseUint(string(b), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%w: schema version %q", ErrCorrupt, b)
+	}
+	return uint32(v), nil
+}
+
+// Close closes the database; pending batched writes are committed first by bbolt.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path returns the database file's path.
+func (s *Store) Path() string { return s.db.Path() }
+
+// Check runs bbolt's consistency check over the whole file and returns the first problem found.
+func (s *Store) Check() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		// Drain the channel: the checker goroutine blocks until every error is read.
+		var first error
+		for err := range tx.Check() {
+			if first == nil {
+				first = fmt.Errorf("%w: %v", ErrCorrupt, err)
+			}
+		}
+		return first
+	})
+}

@@ -1,0 +1,192 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ErrExhausted reports a token whose use limit is spent.
+var ErrExhausted = errors.New("use limit reached")
+
+// Token is a stored token: everything about it but the secret, of which only a SHA-256 is kept.
+type Token struct {
+	ID          string    `json:"id"`
+	SecretHash  []byte    `json:"secret_sha256"`
+	Tools       []string  `json:"tools"`
+	CreatedAt   time.Time `json:"created_at"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	MaxUses     uint64    `json:"max_uses,omitempty"`
+	Uses        uint64    `json:"uses,omitempty"`
+	BindUID     *uint32   `json:"bind_uid,omitempty"`
+	Label       string    `json:"label,omitempty"`
+	MintedByUID uint32    `json:"minted_by_uid"`
+	Revoked     bool      `json:"revoked,omitempty"`
+	RevokedAt   time.Time `json:"revoked_at,omitzero"`
+	LastUsedAt  time.Time `json:"last_used_at,omitzero"`
+}
+
+// Live reports whether the token is neither revoked nor expired at now.
+func (t *Token) Live(now time.Time) bool { return !t.Revoked && now.Before(t.ExpiresAt) }
+
+// DecodeToken parses a stored token record, rejecting records that could not have been written by
+// PutToken (so a corrupted file never yields a usable token).
+func DecodeToken(raw []byte) (Token, error) {
+	var t Token
+	if err := json.Unmarshal(raw, &t); err != nil {
+		return Token{}, fmt.Errorf("%w: token record: %v", ErrCorrupt, err)
+	}
+	if t.ID == "" || len(t.SecretHash) != 32 || t.ExpiresAt.IsZero() {
+		return Token{}, fmt.Errorf("%w: token record incomplete", ErrCorrupt)
+	}
+	return t, nil
+}
+
+// PutToken stores a new token. ErrExists if the id is taken (the caller draws a new id).
+func (s *Store) PutToken(t Token) error {
+	raw, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		if b.Get([]byte(t.ID)) != nil {
+			return fmt.Errorf("token %s: %w", t.ID, ErrExists)
+		}
+		return b.Put([]byte(t.ID), raw)
+	})
+}
+
+// GetToken loads a token by id. ErrNotFound if absent.
+func (s *Store) GetToken(id string) (Token, error) {
+	var t Token
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketTokens).Get([]byte(id))
+		if raw == nil {
+			return fmt.Errorf("token %s: %w", id, ErrNotFound)
+		}
+		var err error
+		t, err = DecodeToken(raw)
+		return err
+	})
+	return t, err
+}
+
+// ListTokens returns up to limit tokens with ids greater than after, in id order, keeping those
+// keep accepts (nil keeps all), and the id to pass as after for the next page ("" when done).
+func (s *Store) ListTokens(after string, limit int, keep func(*Token) bool) ([]Token, string, error) {
+	var (
+		out  []Token
+		next string
+	)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketTokens).Cursor()
+		k, v := c.First()
+		if after != "" {
+			k, v = c.Seek([]byte(after))
+			if k != nil && bytes.Equal(k, []byte(after)) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil; k, v = c.Next() {
+			t, err := DecodeToken(v)
+			if err != nil {
+				return fmt.Errorf("token %q: %w", k, err)
+			}
+			if keep != nil && !keep(&t) {
+				continue
+			}
+			if len(out) == limit {
+				next = out[len(out)-1].ID
+				return nil
+			}
+			out = append(out, t)
+		}
+		return nil
+	})
+	return out, next, err
+}
+
+// ForEachToken calls fn for every stored token, in id order.
+func (s *Store) ForEachToken(fn func(*Token) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
+			t, err := DecodeToken(v)
+			if err != nil {
+				return fmt.Errorf("token %q: %w", k, err)
+			}
+			return fn(&t)
+		})
+	})
+}
+
+// RevokeToken marks a token revoked (idempotent: a second revoke keeps the first time).
+func (s *Store) RevokeToken(id string, now time.Time) (Token, error) {
+	var t Token
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		raw := b.Get([]byte(id))
+		if raw == nil {
+			return fmt.Errorf("token %s: %w", id, ErrNotFound)
+		}
+		var err error
+		if t, err = DecodeToken(raw); err != nil {
+			return err
+		}
+		if t.Revoked {
+			return nil
+		}
+		t.Revoked, t.RevokedAt = true, now.UTC()
+		out, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), out)
+	})
+	return t, err
+}
+
+// UseToken durably counts one use of a use-limited token and returns the record after the count.
+// ErrExhausted when the limit is already reached (nothing is written then). Concurrent callers are
+// group-committed by bbolt's Batch: many uses share one fsync.
+func (s *Store) UseToken(id string, now time.Time) (Token, error) {
+	var (
+		t      Token
+		result error
+	)
+	// Batch may run fn more than once (after another fn in the batch fails, in a new transaction
+	// over the rolled-back state), so fn only sets its outputs from what it reads: idempotent.
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		raw := b.Get([]byte(id))
+		if raw == nil {
+			result = fmt.Errorf("token %s: %w", id, ErrNotFound)
+			return nil
+		}
+		var err error
+		if t, err = DecodeToken(raw); err != nil {
+			result = err
+			return nil
+		}
+		if t.MaxUses > 0 && t.Uses >= t.MaxUses {
+			result = fmt.Errorf("token %s: %w (%d of %d)", id, ErrExhausted, t.Uses, t.MaxUses)
+			return nil
+		}
+		t.Uses++
+		t.LastUsedAt = now.UTC()
+		out, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		result = nil
+		return b.Put([]byte(id), out)
+	})
+	if err != nil {
+		return Token{}, err
+	}
+	return t, result
+}
