@@ -1,0 +1,472 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Auth says how the key travels to the upstream; the two Scavio contracts disagree.
+type Auth int
+
+const (
+	AuthAPIKeyHeader Auth = iota // header "x-api-key: <key>" (contract A, /api/v1/search)
+	AuthBearer                   // header "Authorization: Bearer <key>" (contract B, /api/v1/google)
+)
+
+func (a Auth) String() string {
+	switch a {
+	case AuthAPIKeyHeader:
+		return "x-api-key"
+	case AuthBearer:
+		return "bearer"
+	}
+	return "Auth(" + strconv.Itoa(int(a)) + ")"
+}
+
+// Request is one upstream call. It carries no key: the key is an argument to Do so that a Request
+// can be logged or kept without carrying a secret.
+type Request struct {
+	Path string // e.g. "/api/v1/search"; joined to Config.BaseURL
+	Auth Auth
+	Body []byte // JSON body, sent with Content-Type: application/json
+}
+
+// Response is a successful (2xx) upstream answer.
+type Response struct {
+	Status int
+	Body   []byte      // raw JSON body, already checked to be valid JSON
+	Header http.Header // includes X-RateLimit-* headers
+}
+
+// Config configures a Client. Zero values select the defaults noted on each field.
+type Config struct {
+	// BaseURL is required, e.g. https://api.scavio.dev: http or https, a host, no user info, query
+	// or fragment.
+	BaseURL string
+	// HTTPClient is optional. It is copied, and redirects are always disabled on the copy. The
+	// default has its own Transport with connection reuse (64 idle per host) and dial, TLS and
+	// response-header timeouts.
+	HTTPClient *http.Client
+	// AttemptTimeout bounds each attempt, including reading the body. Default 15s.
+	AttemptTimeout time.Duration
+	// MaxResponseBytes bounds a 2xx body; a larger one is ErrResponseTooLarge. Default 4 MiB.
+	MaxResponseBytes int64
+	// MaxRetries counts retries after 429, 5xx, 408 and transport errors only. 0 means the
+	// default, 2 (3 attempts); negative means no retries.
+	MaxRetries int
+	// BackoffBase is the first retry's backoff, doubled per retry, with jitter. Default 200ms.
+	BackoffBase time.Duration
+	// MaxRetryAfter is the longest Retry-After / X-RateLimit-Reset wait Do sits out. A longer one
+	// is not waited for: Do returns at once with the wait in Error.RetryAfter. Default 10s.
+	MaxRetryAfter time.Duration
+	// Sleep, if set, replaces the wait between attempts (for tests). It must return ctx.Err() if
+	// ctx ends first.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+const (
+	defaultAttemptTimeout   = 15 * time.Second
+	defaultMaxResponseBytes = 4 << 20
+	defaultMaxRetries       = 2
+	defaultBackoffBase      = 200 * time.Millisecond
+	defaultMaxRetryAfter    = 10 * time.Second
+
+	// maxBackoff caps the exponential backoff so a large BackoffBase or retry count cannot turn into
+	// minutes of silence.
+	maxBackoff = 5 * time.Second
+	// errorBodyLimit is how much of a non-2xx body we read to find error.code; Scavio's error bodies
+	// are tiny and anything bigger is not an error body we can use.
+	errorBodyLimit = 64 << 10
+	// drainLimit bounds how much we read just to let the connection be reused; past it, dropping the
+	// connection is cheaper than reading.
+	drainLimit = 256 << 10
+	// maxKeyLen keeps a corrupt credential from becoming a giant header.
+	maxKeyLen = 4096
+)
+
+// Client calls the upstream. It is safe for concurrent use; share one per upstream so connections
+// are reused.
+type Client struct {
+	base           *url.URL
+	hc             *http.Client
+	attemptTimeout time.Duration
+	maxBytes       int64
+	maxRetries     int
+	backoffBase    time.Duration
+	maxRetryAfter  time.Duration
+	sleep          func(context.Context, time.Duration) error
+	now            func() time.Time
+}
+
+// New validates cfg and builds a Client.
+func New(cfg Config) (*Client, error) {
+	base, err := parseBaseURL(cfg.BaseURL)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"AttemptTimeout", cfg.AttemptTimeout},
+		{"BackoffBase", cfg.BackoffBase},
+		{"MaxRetryAfter", cfg.MaxRetryAfter},
+	} {
+		if d.v < 0 {
+			return nil, fmt.Errorf("upstream: %s must not be negative", d.name)
+		}
+	}
+	if cfg.MaxResponseBytes < 0 {
+		return nil, errors.New("upstream: MaxResponseBytes must not be negative")
+	}
+	c := &Client{
+		base:           base,
+		attemptTimeout: cmpOr(cfg.AttemptTimeout, defaultAttemptTimeout),
+		maxBytes:       cmpOr(cfg.MaxResponseBytes, defaultMaxResponseBytes),
+		maxRetries:     cfg.MaxRetries,
+		backoffBase:    cmpOr(cfg.BackoffBase, defaultBackoffBase),
+		maxRetryAfter:  cmpOr(cfg.MaxRetryAfter, defaultMaxRetryAfter),
+		sleep:          cfg.Sleep,
+		now:            time.Now,
+	}
+	switch {
+	case cfg.MaxRetries == 0:
+		c.maxRetries = defaultMaxRetries
+	case cfg.MaxRetries < 0:
+		c.maxRetries = 0
+	}
+	if c.sleep == nil {
+		c.sleep = sleepCtx
+	}
+	if cfg.HTTPClient != nil {
+		hc := *cfg.HTTPClient
+		c.hc = &hc
+	} else {
+		c.hc = &http.Client{Transport: defaultTransport(c.attemptTimeout)}
+	}
+	// A redirect would replay the x-api-key header (which net/http does not treat as sensitive) to
+	// wherever the Location points. Scavio does not redirect API calls, so a 3xx is an error.
+	c.hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return c, nil
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// parseBaseURL never echoes the URL in its errors: a misconfigured one may carry a password.
+func parseBaseURL(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, errors.New("upstream: BaseURL is required")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, errors.New("upstream: BaseURL is not a valid URL")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, errors.New("upstream: BaseURL must use http or https")
+	case u.Host == "" || u.Hostname() == "":
+		return nil, errors.New("upstream: BaseURL must name a host")
+	case u.User != nil:
+		return nil, errors.New("upstream: BaseURL must not contain user info; keys are passed to Do")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Opaque != "":
+		return nil, errors.New("upstream: BaseURL must not have a query or fragment")
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.RawPath = ""
+	return u, nil
+}
+
+func defaultTransport(attemptTimeout time.Duration) *http.Transport {
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   5 * time.Second,
+		ResponseHeaderTimeout: attemptTimeout,
+		ExpectContinueTimeout: time.Second,
+		// Every agent's call goes to the same host through one broker: keep enough idle
+		// connections for a burst instead of the default 2 per host.
+		MaxIdleConns:        64,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+}
+
+func (c *Client) endpoint(p string) (string, error) {
+	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?#\\") || path.Clean(p) != p {
+		return "", errors.New("upstream: Request.Path must be a clean absolute path without query")
+	}
+	u := *c.base
+	u.Path = c.base.Path + p
+	return u.String(), nil
+}
+
+// validKey reports whether key can travel as a header value: visible ASCII only, so it cannot
+// split a header or be mangled by trimming.
+func validKey(key []byte) bool {
+	if len(key) == 0 || len(key) > maxKeyLen {
+		return false
+	}
+	for _, b := range key {
+		if b < 0x21 || b > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// outcome is what one attempt produced. The *Error is built from it only once the retry loop is
+// done, so the message can say how many attempts were made.
+type outcome struct {
+	resp      *Response
+	kind      error
+	status    int
+	code      string        // raw error.code; vetted by statusError
+	wait      time.Duration // Retry-After / X-RateLimit-Reset, if the upstream sent one
+	hasWait   bool
+	detail    string // redacted, for failures without a status
+	cause     error
+	retryable bool
+}
+
+// Do sends req with key and returns the 2xx response, or an error whose Kind classifies the
+// failure. See the package documentation for what is retried.
+func (c *Client) Do(ctx context.Context, req Request, key []byte) (*Response, error) {
+	if !validKey(key) {
+		return nil, ErrInvalidKey
+	}
+	target, err := c.endpoint(req.Path)
+	if err != nil {
+		return nil, err
+	}
+	if req.Auth != AuthAPIKeyHeader && req.Auth != AuthBearer {
+		return nil, fmt.Errorf("upstream: unknown %v", req.Auth)
+	}
+	for attempt := 1; ; attempt++ {
+		if ctx.Err() != nil {
+			return nil, ctxError(ctx, attempt-1)
+		}
+		o := c.attempt(ctx, target, req, key)
+		if o.resp != nil {
+			return o.resp, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctxError(ctx, attempt)
+		}
+		if !o.retryable || attempt > c.maxRetries {
+			return nil, o.err(key, o.wait, attempt)
+		}
+		wait := o.wait
+		if !o.hasWait || wait <= 0 {
+			wait = c.backoff(attempt)
+		}
+		if o.hasWait && o.wait > c.maxRetryAfter {
+			// Calling again before the upstream said we may would only burn the shared budget;
+			// hand the wait to the caller instead.
+			return nil, o.err(key, o.wait, attempt)
+		}
+		if deadline, ok := ctx.Deadline(); ok && wait >= time.Until(deadline) {
+			return nil, o.err(key, wait, attempt)
+		}
+		if err := c.sleep(ctx, wait); err != nil {
+			return nil, ctxError(ctx, attempt)
+		}
+	}
+}
+
+func (o *outcome) err(key []byte, retryAfter time.Duration, attempts int) *Error {
+	if o.status != 0 && o.detail == "" {
+		return statusError(o.kind, o.status, o.code, retryAfter, key, attempts)
+	}
+	return causeError(o.kind, o.status, o.detail, o.cause, retryAfter, attempts)
+}
+
+// ctxError reports the caller's context ending. A deadline is ErrUnavailable (the upstream did not
+// answer in the time we had); a cancellation is the caller's own doing and keeps no upstream kind.
+func ctxError(ctx context.Context, attempts int) error {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return causeError(ErrUnavailable, 0, "deadline exceeded before the upstream answered", err, 0, attempts)
+	}
+	if err == nil {
+		// Sleep hook failed without the context ending; treat like a cancellation.
+		err = context.Canceled
+	}
+	return fmt.Errorf("upstream call canceled: %w", err)
+}
+
+func (c *Client) attempt(ctx context.Context, target string, req Request, key []byte) outcome {
+	actx, cancel := context.WithTimeout(ctx, c.attemptTimeout)
+	defer cancel()
+	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, target, bytes.NewReader(req.Body))
+	if err != nil {
+		// Only a malformed target can get here, and endpoint already vetted it.
+		return outcome{kind: ErrBadRequest, detail: "cannot build request"}
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Accept", "application/json")
+	hreq.Header.Set("User-Agent", "credbroker")
+	switch req.Auth {
+	case AuthAPIKeyHeader:
+		hreq.Header.Set("x-api-key", string(key))
+	case AuthBearer:
+		hreq.Header.Set("Authorization", "Bearer "+string(key))
+	}
+
+	resp, err := c.hc.Do(hreq)
+	if err != nil {
+		detail := Redact(err.Error(), key)
+		if actx.Err() != nil && ctx.Err() == nil {
+			detail = "attempt timed out after " + c.attemptTimeout.String()
+		}
+		return outcome{kind: ErrUnavailable, detail: detail, cause: err, retryable: true}
+	}
+	defer closeBody(resp.Body)
+
+	switch s := resp.StatusCode; {
+	case s >= 200 && s <= 299:
+		return c.readSuccess(ctx, actx, resp)
+	case s == http.StatusTooManyRequests:
+		o := outcome{kind: ErrRateLimited, status: s, code: errorCode(resp.Body), retryable: true}
+		o.wait, o.hasWait = c.retryAfter(resp.Header, true)
+		return o
+	case s == http.StatusRequestTimeout || s >= 500 && s <= 599:
+		o := outcome{kind: ErrUnavailable, status: s, code: errorCode(resp.Body), retryable: true}
+		// X-RateLimit-Reset describes the rate window, not an outage, so only Retry-After counts.
+		o.wait, o.hasWait = c.retryAfter(resp.Header, false)
+		return o
+	case s == http.StatusUnauthorized || s == http.StatusForbidden:
+		return outcome{kind: ErrRejected, status: s, code: errorCode(resp.Body)}
+	case s == http.StatusPaymentRequired:
+		return outcome{kind: ErrInsufficientCredits, status: s, code: errorCode(resp.Body)}
+	case s >= 400 && s <= 499:
+		return outcome{kind: ErrBadRequest, status: s, code: errorCode(resp.Body)}
+	default:
+		return outcome{kind: ErrBadResponse, status: s, detail: "unexpected status " + strconv.Itoa(s)}
+	}
+}
+
+func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response) outcome {
+	tooLarge := outcome{
+		kind:   ErrResponseTooLarge,
+		status: resp.StatusCode,
+		detail: fmt.Sprintf("%d-byte limit exceeded (Config.MaxResponseBytes)", c.maxBytes),
+	}
+	if resp.ContentLength > c.maxBytes {
+		return tooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBytes+1))
+	if err != nil {
+		if ctx.Err() != nil {
+			return outcome{kind: ErrUnavailable, cause: ctx.Err()} // Do turns this into ctxError
+		}
+		if actx.Err() != nil {
+			return outcome{kind: ErrUnavailable, status: resp.StatusCode, cause: err, retryable: true,
+				detail: "attempt timed out after " + c.attemptTimeout.String() + " while reading the response"}
+		}
+		// The body's bytes may have been spent (credits); a truncated answer is reported, not retried.
+		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response body truncated"}
+	}
+	if int64(len(body)) > c.maxBytes {
+		return tooLarge
+	}
+	if !json.Valid(body) {
+		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response body is not valid JSON"}
+	}
+	return outcome{resp: &Response{Status: resp.StatusCode, Body: body, Header: resp.Header.Clone()}}
+}
+
+// errorCode extracts error.code from a Scavio error body. The message is deliberately not read: an
+// upstream may echo the key in it.
+func errorCode(body io.Reader) string {
+	var e struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	b, err := io.ReadAll(io.LimitReader(body, errorBodyLimit))
+	if err != nil || json.Unmarshal(b, &e) != nil {
+		return ""
+	}
+	return e.Error.Code
+}
+
+// retryAfter reads how long the upstream asked us to wait: Retry-After (delta seconds or
+// HTTP-date), else, if useReset, X-RateLimit-Reset (unix seconds).
+func (c *Client) retryAfter(h http.Header, useReset bool) (time.Duration, bool) {
+	// Bounds keep absurd header values from overflowing time.Duration.
+	const maxSecs = 1 << 32
+	now := c.now()
+	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
+		if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+			if secs < 0 {
+				return 0, false
+			}
+			return time.Duration(min(secs, maxSecs)) * time.Second, true
+		}
+		if t, err := http.ParseTime(v); err == nil {
+			return max(t.Sub(now), 0), true
+		}
+	}
+	if useReset {
+		if v := strings.TrimSpace(h.Get("X-RateLimit-Reset")); v != "" {
+			if secs, err := strconv.ParseInt(v, 10, 64); err == nil && secs > 0 && secs < now.Unix()+maxSecs {
+				if d := time.Unix(secs, 0).Sub(now); d > 0 {
+					return d, true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// backoff returns the wait before retry number n (1-based): exponential, with half of it random
+// so that callers failing together do not retry together.
+func (c *Client) backoff(n int) time.Duration {
+	d := maxBackoff
+	if n-1 < 30 {
+		if e := c.backoffBase << (n - 1); e > 0 && e < maxBackoff {
+			d = e
+		}
+	}
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// closeBody drains a bounded amount so the connection can go back to the pool, then closes.
+func closeBody(rc io.ReadCloser) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(rc, drainLimit))
+	_ = rc.Close()
+}

@@ -1,0 +1,14 @@
+// Package upstream is the HTTP client brokerd uses to call the Scavio search API on behalf of its
+// callers: it attaches the credential in the style the endpoint expects (x-api-key for contract A,
+// Authorization: Bearer for contract B), bounds every attempt and every response, retries only what
+// is safe to retry (429, 5xx, transport failures) within the caller's deadline, and maps the outcome
+// to a small set of sentinel errors the gRPC edge can translate once.
+//
+// It holds no credentials of its own: the key is passed to each Do call and forgotten when it
+// returns. It knows nothing about tokens, scopes, storage or gRPC.
+//
+// It must never put the key, the upstream's error message text or any response body bytes in an
+// error, never follow a redirect (a redirect would carry the key to another origin), never wait past
+// the caller's deadline, and never retry a request the upstream refused as bad, unauthorized or out
+// of credits.
+package upstream

@@ -1,0 +1,637 @@
+package upstream_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/broker/upstream"
+	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
+)
+
+const testKey = "sk_test_Zq9Xw2Lk7Pm4Rt8Yv1"
+
+// sleeper records the waits Do asks for instead of sleeping.
+type sleeper struct {
+	mu    sync.Mutex
+	waits []time.Duration
+}
+
+func (s *sleeper) Sleep(ctx context.Context, d time.Duration) error {
+	s.mu.Lock()
+	s.waits = append(s.waits, d)
+	s.mu.Unlock()
+	return ctx.Err()
+}
+
+func (s *sleeper) Waits() []time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Duration(nil), s.waits...)
+}
+
+// server is an httptest server that counts hits and answers with handle(hit number, w, r).
+type server struct {
+	*httptest.Server
+	hits atomic.Int32
+}
+
+func newServer(t *testing.T, handle func(n int, w http.ResponseWriter, r *http.Request)) *server {
+	t.Helper()
+	s := &server{}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := int(s.hits.Add(1))
+		handle(n, w, r)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func newClient(t *testing.T, baseURL string, cfg upstream.Config) (*upstream.Client, *sleeper) {
+	t.Helper()
+	sl := &sleeper{}
+	cfg.BaseURL = baseURL
+	if cfg.Sleep == nil {
+		cfg.Sleep = sl.Sleep
+	}
+	c, err := upstream.New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return c, sl
+}
+
+func reply(status int, body string, hdr ...string) func(int, http.ResponseWriter, *http.Request) {
+	return func(_ int, w http.ResponseWriter, _ *http.Request) {
+		for i := 0; i+1 < len(hdr); i += 2 {
+			w.Header().Set(hdr[i], hdr[i+1])
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+	}
+}
+
+func searchReq() upstream.Request {
+	return upstream.Request{Path: "/api/v1/search", Auth: upstream.AuthAPIKeyHeader, Body: []byte(`{"query":"go","num_results":5}`)}
+}
+
+func TestRequestHeadersAndBody(t *testing.T) {
+	type seen struct {
+		method, path, apiKey, authz, contentType, body string
+	}
+	tests := []struct {
+		name     string
+		basePath string
+		req      upstream.Request
+		want     seen
+	}{
+		{
+			name: "contract A x-api-key",
+			req:  upstream.Request{Path: "/api/v1/search", Auth: upstream.AuthAPIKeyHeader, Body: []byte(`{"query":"go","num_results":5}`)},
+			want: seen{method: "POST", path: "/api/v1/search", apiKey: testKey, contentType: "application/json", body: `{"query":"go","num_results":5}`},
+		},
+		{
+			name: "contract B bearer",
+			req:  upstream.Request{Path: "/api/v1/google", Auth: upstream.AuthBearer, Body: []byte(`{"query":"go"}`)},
+			want: seen{method: "POST", path: "/api/v1/google", authz: "Bearer " + testKey, contentType: "application/json", body: `{"query":"go"}`},
+		},
+		{
+			name:     "base URL with path prefix",
+			basePath: "/proxy/",
+			req:      upstream.Request{Path: "/api/v1/google", Auth: upstream.AuthBearer, Body: []byte(`{}`)},
+			want:     seen{method: "POST", path: "/proxy/api/v1/google", authz: "Bearer " + testKey, contentType: "application/json", body: `{}`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got seen
+			srv := newServer(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				got = seen{r.Method, r.URL.Path, r.Header.Get("x-api-key"), r.Header.Get("Authorization"), r.Header.Get("Content-Type"), string(b)}
+				w.Header().Set("X-RateLimit-Remaining", "7")
+				io.WriteString(w, `{"results":[]}`)
+			})
+			c, _ := newClient(t, srv.URL+tt.basePath, upstream.Config{})
+			resp, err := c.Do(context.Background(), tt.req, []byte(testKey))
+			if err != nil {
+				t.Fatalf("Do: %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("server saw %+v, want %+v", got, tt.want)
+			}
+			if resp.Status != 200 || string(resp.Body) != `{"results":[]}` || resp.Header.Get("X-RateLimit-Remaining") != "7" {
+				t.Errorf("response = %d %q %v", resp.Status, resp.Body, resp.Header)
+			}
+		})
+	}
+}
+
+func TestErrorMapping(t *testing.T) {
+	tests := []struct {
+		name       string
+		handle     func(int, http.ResponseWriter, *http.Request)
+		maxBytes   int64
+		wantKind   error
+		wantStatus int
+		wantCode   string
+		wantHits   int
+		wantMsg    string
+	}{
+		{"400", reply(400, `{"error":{"code":"bad_request","message":"query missing"}}`), 0, upstream.ErrBadRequest, 400, "bad_request", 1, "upstream returned 400 bad_request"},
+		{"401", reply(401, `{"error":{"code":"unauthorized","message":"invalid api key"}}`), 0, upstream.ErrRejected, 401, "unauthorized", 1, "upstream returned 401 unauthorized (rejected the credential)"},
+		{"402", reply(402, `{"error":{"code":"insufficient_credits","message":"top up"}}`), 0, upstream.ErrInsufficientCredits, 402, "insufficient_credits", 1, "402 insufficient_credits"},
+		{"403", reply(403, `{"error":{"code":"forbidden","message":"nope"}}`), 0, upstream.ErrRejected, 403, "forbidden", 1, "403 forbidden"},
+		{"404 is a bad request", reply(404, `not json`), 0, upstream.ErrBadRequest, 404, "", 1, "upstream returned 404 ("},
+		{"429 retried then reported", reply(429, `{"error":{"code":"rate_limit_exceeded","message":"slow down"}}`), 0, upstream.ErrRateLimited, 429, "rate_limit_exceeded", 3, "429 rate_limit_exceeded (rate limit exceeded) (after 3 attempts)"},
+		{"500", reply(500, `{"error":{"code":"internal_error","message":"boom"}}`), 0, upstream.ErrUnavailable, 500, "internal_error", 3, "500 internal_error"},
+		{"503 without body", reply(503, ``), 0, upstream.ErrUnavailable, 503, "", 3, "upstream returned 503 (unavailable)"},
+		{"code that is not a code is dropped", reply(400, `{"error":{"code":"Bad Code; rm -rf","message":"x"}}`), 0, upstream.ErrBadRequest, 400, "", 1, "upstream returned 400 ("},
+		{"code that is the key is dropped", reply(401, `{"error":{"code":"sk_test_","message":"x"}}`), 0, upstream.ErrRejected, 401, "", 1, "upstream returned 401 ("},
+		{"200 malformed JSON", reply(200, `{"results": [`), 0, upstream.ErrBadResponse, 200, "", 1, "not valid JSON"},
+		{"200 empty body", reply(200, ``), 0, upstream.ErrBadResponse, 200, "", 1, "not valid JSON"},
+		{"200 too large with Content-Length", reply(200, `{"results":"`+strings.Repeat("x", 100)+`"}`), 64, upstream.ErrResponseTooLarge, 200, "", 1, "64-byte limit exceeded (Config.MaxResponseBytes)"},
+		{"200 too large chunked", func(_ int, w http.ResponseWriter, _ *http.Request) {
+			io.WriteString(w, `{"results":"`)
+			w.(http.Flusher).Flush() // forces chunked encoding: no Content-Length to check up front
+			io.WriteString(w, strings.Repeat("x", 100)+`"}`)
+		}, 64, upstream.ErrResponseTooLarge, 200, "", 1, "64-byte limit exceeded"},
+		{"200 truncated body", func(_ int, w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Length", "100")
+			io.WriteString(w, `{"results":`)
+		}, 0, upstream.ErrBadResponse, 200, "", 1, "truncated"},
+		{"302 is not followed", func(_ int, w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "http://127.0.0.1:1/elsewhere", http.StatusFound)
+		}, 0, upstream.ErrBadResponse, 302, "", 1, "unexpected status 302"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newServer(t, tt.handle)
+			c, _ := newClient(t, srv.URL, upstream.Config{MaxResponseBytes: tt.maxBytes})
+			resp, err := c.Do(context.Background(), searchReq(), []byte(testKey))
+			if err == nil {
+				t.Fatalf("Do = %+v, want error", resp)
+			}
+			requireError(t, err, tt.wantKind, tt.wantStatus, tt.wantCode, tt.wantMsg)
+			if got := int(srv.hits.Load()); got != tt.wantHits {
+				t.Errorf("server hits = %d, want %d", got, tt.wantHits)
+			}
+		})
+	}
+}
+
+func requireError(t *testing.T, err error, kind error, status int, code, msg string) *upstream.Error {
+	t.Helper()
+	var ue *upstream.Error
+	if !errors.As(err, &ue) {
+		t.Fatalf("error %v (%T) is not *upstream.Error", err, err)
+	}
+	if !errors.Is(err, kind) || ue.Kind != kind {
+		t.Errorf("kind = %v, want %v", ue.Kind, kind)
+	}
+	if ue.Status != status {
+		t.Errorf("status = %d, want %d", ue.Status, status)
+	}
+	if ue.Code != code {
+		t.Errorf("code = %q, want %q", ue.Code, code)
+	}
+	if !strings.Contains(err.Error(), msg) {
+		t.Errorf("message %q does not contain %q", err.Error(), msg)
+	}
+	return ue
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name           string
+		status         int
+		headers        []string
+		cfg            upstream.Config
+		timeout        time.Duration
+		wantErr        error         // nil: the retry succeeds
+		wantRetryAfter time.Duration // on the error
+		wantWaits      []time.Duration
+		slack          time.Duration // tolerance for waits computed from a clock
+		wantHits       int
+	}{
+		{name: "Retry-After seconds", status: 429, headers: []string{"Retry-After", "3"},
+			wantWaits: []time.Duration{3 * time.Second}, wantHits: 2},
+		{name: "Retry-After HTTP-date", status: 429, headers: []string{"Retry-After", now.Add(5 * time.Second).UTC().Format(http.TimeFormat)},
+			wantWaits: []time.Duration{5 * time.Second}, slack: 1100 * time.Millisecond, wantHits: 2},
+		{name: "X-RateLimit-Reset", status: 429, headers: []string{"X-RateLimit-Reset", fmt.Sprint(now.Unix() + 4)},
+			wantWaits: []time.Duration{4 * time.Second}, slack: 1100 * time.Millisecond, wantHits: 2},
+		{name: "Retry-After wins over X-RateLimit-Reset", status: 429, headers: []string{"Retry-After", "2", "X-RateLimit-Reset", fmt.Sprint(now.Unix() + 9)},
+			wantWaits: []time.Duration{2 * time.Second}, wantHits: 2},
+		{name: "503 Retry-After honoured", status: 503, headers: []string{"Retry-After", "1"},
+			wantWaits: []time.Duration{time.Second}, wantHits: 2},
+		{name: "longer than MaxRetryAfter is returned, not waited", status: 429, headers: []string{"Retry-After", "60"},
+			wantErr: upstream.ErrRateLimited, wantRetryAfter: time.Minute, wantHits: 1},
+		{name: "custom MaxRetryAfter", status: 429, headers: []string{"Retry-After", "3"}, cfg: upstream.Config{MaxRetryAfter: 2 * time.Second},
+			wantErr: upstream.ErrRateLimited, wantRetryAfter: 3 * time.Second, wantHits: 1},
+		{name: "beyond ctx deadline is returned at once", status: 429, headers: []string{"Retry-After", "3"}, timeout: 2 * time.Second,
+			wantErr: upstream.ErrRateLimited, wantRetryAfter: 3 * time.Second, wantHits: 1},
+		{name: "5xx beyond ctx deadline", status: 500, headers: []string{"Retry-After", "5"}, timeout: time.Second,
+			wantErr: upstream.ErrUnavailable, wantRetryAfter: 5 * time.Second, wantHits: 1},
+		{name: "backoff beyond ctx deadline", status: 500, cfg: upstream.Config{BackoffBase: time.Hour}, timeout: time.Second,
+			wantErr: upstream.ErrUnavailable, wantRetryAfter: 2500 * time.Millisecond, slack: 2500 * time.Millisecond, wantHits: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newServer(t, func(n int, w http.ResponseWriter, r *http.Request) {
+				if n == 1 {
+					reply(tt.status, `{"error":{"code":"x","message":"y"}}`, tt.headers...)(n, w, r)
+					return
+				}
+				io.WriteString(w, `{"results":[]}`)
+			})
+			c, sl := newClient(t, srv.URL, tt.cfg)
+			ctx := context.Background()
+			if tt.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.timeout)
+				defer cancel()
+			}
+			_, err := c.Do(ctx, searchReq(), []byte(testKey))
+			switch {
+			case tt.wantErr == nil && err != nil:
+				t.Fatalf("Do: %v", err)
+			case tt.wantErr != nil:
+				var ue *upstream.Error
+				if !errors.As(err, &ue) || !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Do error = %v, want %v", err, tt.wantErr)
+				}
+				if d := ue.RetryAfter - tt.wantRetryAfter; d < -tt.slack || d > tt.slack {
+					t.Errorf("RetryAfter = %v, want %v±%v", ue.RetryAfter, tt.wantRetryAfter, tt.slack)
+				}
+				if !strings.Contains(err.Error(), "; retry after ") {
+					t.Errorf("message %q does not say when to retry", err)
+				}
+			}
+			waits := sl.Waits()
+			if len(waits) != len(tt.wantWaits) {
+				t.Fatalf("waits = %v, want %v", waits, tt.wantWaits)
+			}
+			for i := range waits {
+				if d := waits[i] - tt.wantWaits[i]; d < -tt.slack || d > tt.slack {
+					t.Errorf("wait[%d] = %v, want %v±%v", i, waits[i], tt.wantWaits[i], tt.slack)
+				}
+			}
+			if got := int(srv.hits.Load()); got != tt.wantHits {
+				t.Errorf("server hits = %d, want %d", got, tt.wantHits)
+			}
+		})
+	}
+}
+
+func TestMaxRetries(t *testing.T) {
+	tests := []struct {
+		name       string
+		maxRetries int
+		wantHits   int
+	}{
+		{"default is 2", 0, 3},
+		{"explicit 4", 4, 5},
+		{"negative disables", -1, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newServer(t, reply(500, `{}`))
+			c, sl := newClient(t, srv.URL, upstream.Config{MaxRetries: tt.maxRetries, BackoffBase: 100 * time.Millisecond})
+			_, err := c.Do(context.Background(), searchReq(), []byte(testKey))
+			if !errors.Is(err, upstream.ErrUnavailable) {
+				t.Fatalf("Do error = %v, want ErrUnavailable", err)
+			}
+			if got := int(srv.hits.Load()); got != tt.wantHits {
+				t.Errorf("server hits = %d, want %d", got, tt.wantHits)
+			}
+			waits := sl.Waits()
+			if len(waits) != tt.wantHits-1 {
+				t.Fatalf("waits = %v, want %d of them", waits, tt.wantHits-1)
+			}
+			// Exponential with equal jitter: retry n waits within [base*2^(n-1)/2, base*2^(n-1)].
+			for i, w := range waits {
+				hi := 100 * time.Millisecond << i
+				if w < hi/2 || w > hi {
+					t.Errorf("wait[%d] = %v, want within [%v, %v]", i, w, hi/2, hi)
+				}
+			}
+		})
+	}
+}
+
+func TestTransportErrorsRetried(t *testing.T) {
+	// A listener we close at once gives a loopback port that refuses connections.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c, sl := newClient(t, "http://"+addr, upstream.Config{})
+	_, err = c.Do(context.Background(), searchReq(), []byte(testKey))
+	ue := requireError(t, err, upstream.ErrUnavailable, 0, "", "upstream unavailable: Post ")
+	if len(sl.Waits()) != 2 || !strings.Contains(ue.Error(), "(after 3 attempts)") {
+		t.Errorf("waits = %v, message %q: want 2 retries", sl.Waits(), ue)
+	}
+}
+
+func TestAttemptTimeoutRetried(t *testing.T) {
+	srv := newServer(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if n == 1 {
+			io.Copy(io.Discard, r.Body) // lets the server notice the client hanging up
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			return
+		}
+		io.WriteString(w, `{"results":[]}`)
+	})
+	c, _ := newClient(t, srv.URL, upstream.Config{AttemptTimeout: 100 * time.Millisecond})
+	if _, err := c.Do(context.Background(), searchReq(), []byte(testKey)); err != nil {
+		t.Fatalf("Do: %v", err)
+	}
+	if got := srv.hits.Load(); got != 2 {
+		t.Errorf("server hits = %d, want 2", got)
+	}
+}
+
+func TestContextEnds(t *testing.T) {
+	slow := func(_ int, w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // lets the server notice the client hanging up
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}
+	t.Run("deadline", func(t *testing.T) {
+		srv := newServer(t, slow)
+		c, _ := newClient(t, srv.URL, upstream.Config{Sleep: func(ctx context.Context, d time.Duration) error { return nil }})
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := c.Do(ctx, searchReq(), []byte(testKey))
+		if el := time.Since(start); el > 2*time.Second {
+			t.Errorf("Do returned after %v, long past its 100ms deadline", el)
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, upstream.ErrUnavailable) {
+			t.Fatalf("Do error = %v, want DeadlineExceeded and ErrUnavailable", err)
+		}
+		if srv.hits.Load() != 1 {
+			t.Errorf("server hits = %d, want 1", srv.hits.Load())
+		}
+	})
+	t.Run("canceled", func(t *testing.T) {
+		srv := newServer(t, slow)
+		c, _ := newClient(t, srv.URL, upstream.Config{})
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(50*time.Millisecond, cancel)
+		_, err := c.Do(ctx, searchReq(), []byte(testKey))
+		if !errors.Is(err, context.Canceled) || errors.Is(err, upstream.ErrUnavailable) {
+			t.Fatalf("Do error = %v, want Canceled and not ErrUnavailable", err)
+		}
+	})
+	t.Run("already done", func(t *testing.T) {
+		srv := newServer(t, slow)
+		c, _ := newClient(t, srv.URL, upstream.Config{})
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := c.Do(ctx, searchReq(), []byte(testKey)); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Do error = %v, want Canceled", err)
+		}
+		if srv.hits.Load() != 0 {
+			t.Errorf("server hits = %d, want 0", srv.hits.Load())
+		}
+	})
+}
+
+func keyForms(key string) []string {
+	k := []byte(key)
+	return []string{
+		key,
+		base64.StdEncoding.EncodeToString(k),
+		base64.RawStdEncoding.EncodeToString(k),
+		base64.URLEncoding.EncodeToString(k),
+		base64.RawURLEncoding.EncodeToString(k),
+		hex.EncodeToString(k),
+		strings.ToUpper(hex.EncodeToString(k)),
+		url.QueryEscape(key),
+	}
+}
+
+func TestKeyNeverInErrors(t *testing.T) {
+	// Every way an upstream might hand the key back to us, in the body and headers of each kind of
+	// failure Do reports.
+	echo := func(status int) func(int, http.ResponseWriter, *http.Request) {
+		return func(_ int, w http.ResponseWriter, r *http.Request) {
+			k := r.Header.Get("x-api-key")
+			forms := strings.Join(keyForms(k), " ")
+			w.Header().Set("X-Echo", k)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			fmt.Fprintf(w, `{"error":{"code":%q,"message":"bad key %s"}}`, k, forms)
+		}
+	}
+	tests := []struct {
+		name   string
+		handle func(int, http.ResponseWriter, *http.Request)
+	}{
+		{"401 echoes key", echo(401)},
+		{"403 echoes key", echo(403)},
+		{"500 echoes key", echo(500)},
+		{"429 echoes key", echo(429)},
+		{"200 non-JSON echoes key", reply(200, "key="+testKey)},
+		{"scaviotest 401 EchoKey", nil},
+		{"scaviotest 500 EchoKey", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var base string
+			switch tt.name {
+			case "scaviotest 401 EchoKey":
+				fake := scaviotest.NewServer() // no valid keys
+				t.Cleanup(fake.Close)
+				fake.SetFault(scaviotest.Fault{EchoKey: true})
+				base = fake.URL
+			case "scaviotest 500 EchoKey":
+				fake := scaviotest.NewServer(testKey)
+				t.Cleanup(fake.Close)
+				fake.SetFault(scaviotest.Fault{Status: 500, EchoKey: true})
+				base = fake.URL
+			default:
+				base = newServer(t, tt.handle).URL
+			}
+			c, _ := newClient(t, base, upstream.Config{})
+			_, err := c.Do(context.Background(), searchReq(), []byte(testKey))
+			if err == nil {
+				t.Fatal("Do succeeded, want error")
+			}
+			for _, s := range []string{err.Error(), fmt.Sprintf("%v", err), fmt.Sprintf("%+v", err), fmt.Sprintf("%#v", err)} {
+				for _, f := range append(keyForms(testKey), "bad key", "invalid api key") {
+					if strings.Contains(s, f) {
+						t.Errorf("error text %q contains %q", s, f)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestInvalidKeyNotSent(t *testing.T) {
+	srv := newServer(t, reply(200, `{}`))
+	c, _ := newClient(t, srv.URL, upstream.Config{})
+	for _, key := range []string{"", "sk_test_x\r\nX-Evil: 1", "sk test", "sk_test_\x00", "ключ"} {
+		_, err := c.Do(context.Background(), searchReq(), []byte(key))
+		if !errors.Is(err, upstream.ErrInvalidKey) {
+			t.Errorf("Do(key %q) error = %v, want ErrInvalidKey", key, err)
+		}
+		if err != nil && key != "" && strings.Contains(err.Error(), key) {
+			t.Errorf("error %q contains the key", err)
+		}
+	}
+	if srv.hits.Load() != 0 {
+		t.Errorf("server hits = %d, want 0", srv.hits.Load())
+	}
+}
+
+func TestBadRequestPath(t *testing.T) {
+	srv := newServer(t, reply(200, `{}`))
+	c, _ := newClient(t, srv.URL, upstream.Config{})
+	for _, p := range []string{"", "api/v1/search", "/api/../admin", "/api/v1/search?x=1", "/a#b", "//evil.example/x"} {
+		req := searchReq()
+		req.Path = p
+		if _, err := c.Do(context.Background(), req, []byte(testKey)); err == nil {
+			t.Errorf("Do(path %q) succeeded, want error", p)
+		}
+	}
+	if srv.hits.Load() != 0 {
+		t.Errorf("server hits = %d, want 0", srv.hits.Load())
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     upstream.Config
+		wantErr string
+	}{
+		{"empty", upstream.Config{}, "BaseURL is required"},
+		{"scheme", upstream.Config{BaseURL: "ftp://api.scavio.dev"}, "http or https"},
+		{"no scheme", upstream.Config{BaseURL: "api.scavio.dev"}, "http or https"},
+		{"no host", upstream.Config{BaseURL: "https://"}, "must name a host"},
+		{"user info", upstream.Config{BaseURL: "https://u:sk_live_secret@api.scavio.dev"}, "user info"},
+		{"query", upstream.Config{BaseURL: "https://api.scavio.dev/?key=x"}, "query or fragment"},
+		{"unparsable", upstream.Config{BaseURL: "https://sk_live_secret@[::1"}, "not a valid URL"},
+		{"negative timeout", upstream.Config{BaseURL: "https://api.scavio.dev", AttemptTimeout: -1}, "AttemptTimeout"},
+		{"negative bytes", upstream.Config{BaseURL: "https://api.scavio.dev", MaxResponseBytes: -1}, "MaxResponseBytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := upstream.New(tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("New error = %v, want %q", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "secret") {
+				t.Errorf("error %q echoes the URL", err)
+			}
+		})
+	}
+	if _, err := upstream.New(upstream.Config{BaseURL: "https://api.scavio.dev"}); err != nil {
+		t.Errorf("New(valid) = %v", err)
+	}
+}
+
+func TestConnectionsReused(t *testing.T) {
+	var conns atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("x-api-key") == "sk_test_bad" {
+			reply(401, `{"error":{"code":"unauthorized","message":"`+strings.Repeat("x", 8<<10)+`"}}`)(0, w, r)
+			return
+		}
+		reply(200, `{"results":[`+strings.Repeat(`{"t":"x"},`, 500)+`{}]}`)(0, w, r)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, _ := newClient(t, srv.URL, upstream.Config{})
+	for i := range 6 {
+		key := testKey
+		if i%2 == 1 {
+			key = "sk_test_bad"
+		}
+		c.Do(context.Background(), searchReq(), []byte(key))
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for 6 sequential calls, want 1 (bodies not drained?)", n)
+	}
+}
+
+func TestAgainstFake(t *testing.T) {
+	fake := scaviotest.NewServer(testKey)
+	t.Cleanup(fake.Close)
+	c, _ := newClient(t, fake.URL, upstream.Config{})
+	for _, req := range []upstream.Request{
+		searchReq(),
+		{Path: scaviotest.GooglePath, Auth: upstream.AuthBearer, Body: []byte(`{"query":"go","search_type":"news"}`)},
+	} {
+		resp, err := c.Do(context.Background(), req, []byte(testKey))
+		if err != nil {
+			t.Fatalf("Do(%s): %v", req.Path, err)
+		}
+		if resp.Header.Get("X-RateLimit-Limit") == "" || !strings.Contains(string(resp.Body), `"title":"Result 1 for go"`) {
+			t.Errorf("Do(%s) = %s %v", req.Path, resp.Body, resp.Header)
+		}
+	}
+	// The fake insists on each contract's own auth style.
+	_, err := c.Do(context.Background(), upstream.Request{Path: scaviotest.GooglePath, Auth: upstream.AuthAPIKeyHeader, Body: []byte(`{"query":"go"}`)}, []byte(testKey))
+	if !errors.Is(err, upstream.ErrRejected) {
+		t.Errorf("x-api-key on contract B: %v, want ErrRejected", err)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	key := []byte("sk_live_a/b+c=d?e&f~ü")
+	forms := append(keyForms(string(key)),
+		url.PathEscape(string(key)),
+		strings.ToLower(url.QueryEscape(string(key))), // some encoders use lower-case %xx
+	)
+	for _, f := range forms {
+		in := "before " + f + " middle " + f + " after"
+		if got, want := upstream.Redact(in, key), "before [REDACTED] middle [REDACTED] after"; got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := upstream.Redact("nothing here", key); got != "nothing here" {
+		t.Errorf("Redact changed a string without the key: %q", got)
+	}
+	if got := upstream.Redact("sk_live_a", nil); got != "sk_live_a" {
+		t.Errorf("Redact with empty key = %q", got)
+	}
+	// The padded base64 contains the raw base64 as a prefix: longest-first replacement must not
+	// leave the padding behind.
+	k2 := []byte("sk_test_1")  // 9 bytes: base64 without padding
+	k3 := []byte("sk_test_12") // 10 bytes: base64 ends in "=="
+	for _, k := range [][]byte{k2, k3} {
+		in := base64.StdEncoding.EncodeToString(k) + "|" + base64.URLEncoding.EncodeToString(k)
+		if got := upstream.Redact(in, k); got != "[REDACTED]|[REDACTED]" {
+			t.Errorf("Redact(%q) = %q", in, got)
+		}
+	}
+}
