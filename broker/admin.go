@@ -1,0 +1,220 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/credbroker/credbroker/broker/token"
+	"github.com/credbroker/credbroker/store"
+)
+
+// Limits on admin input, enforced here whatever the client checked.
+const (
+	MaxCredentialValue = 8 << 10
+	MaxLabelLen        = 128
+	MaxPageSize        = 1000
+	DefaultPageSize    = 100
+)
+
+var credentialNameRE = regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
+
+// ValidateCredential checks a credential name and value (never quoting the value).
+func ValidateCredential(name string, value []byte) error {
+	if !credentialNameRE.MatchString(name) {
+		return invalid("credential name must match [a-z0-9_.-]{1,64}")
+	}
+	if len(value) == 0 {
+		return invalid("credential value must not be empty")
+	}
+	if len(value) > MaxCredentialValue {
+		return invalid("credential value is %d bytes; the limit is %d", len(value), MaxCredentialValue)
+	}
+	return nil
+}
+
+// PutCredential stores a new credential (version 1).
+func (b *Broker) PutCredential(name string, value []byte) (store.Credential, error) {
+	if err := ValidateCredential(name, value); err != nil {
+		return store.Credential{}, err
+	}
+	c, err := b.store.PutCredential(name, value, b.now())
+	if err == nil {
+		b.log.Info("credential stored", "credential", name, "version", c.Version)
+	}
+	return c, err
+}
+
+// RotateCredential stores a new version of an existing credential. Calls that start after it
+// returns load the new version: LoadCredential reads the committed current version each call.
+func (b *Broker) RotateCredential(name string, value []byte) (store.Credential, error) {
+	if err := ValidateCredential(name, value); err != nil {
+		return store.Credential{}, err
+	}
+	c, err := b.store.RotateCredential(name, value, b.now())
+	if err == nil {
+		b.log.Info("credential rotated", "credential", name, "version", c.Version)
+	}
+	return c, err
+}
+
+// ListCredentials returns credential metadata.
+func (b *Broker) ListCredentials() ([]store.Credential, error) { return b.store.ListCredentials() }
+
+// DeleteCredential deletes a credential and its versions.
+func (b *Broker) DeleteCredential(name string) error {
+	if !credentialNameRE.MatchString(name) {
+		return invalid("credential name must match [a-z0-9_.-]{1,64}")
+	}
+	err := b.store.DeleteCredential(name)
+	if err == nil {
+		b.log.Info("credential deleted", "credential", name)
+	}
+	return err
+}
+
+// MintRequest describes a token to mint.
+type MintRequest struct {
+	Tools   []string
+	TTL     time.Duration
+	MaxUses uint64
+	BindUID *uint32
+	Label   string
+}
+
+// MintToken validates r and creates a token. It returns the token string (shown once) and its
+// stored record.
+func (b *Broker) MintToken(r MintRequest, caller Caller) (string, store.Token, error) {
+	if len(r.Tools) == 0 {
+		return "", store.Token{}, invalid("at least one tool is required; known tools: %s", strings.Join(ToolNames(), ", "))
+	}
+	var scoped []string
+	for _, name := range r.Tools {
+		if _, ok := LookupTool(name); !ok {
+			return "", store.Token{}, invalid("unknown tool %q; known tools: %s", name, strings.Join(ToolNames(), ", "))
+		}
+		if !slices.Contains(scoped, name) {
+			scoped = append(scoped, name)
+		}
+	}
+	switch {
+	case r.TTL <= 0:
+		return "", store.Token{}, invalid("ttl must be greater than zero")
+	case r.TTL > b.maxTTL:
+		return "", store.Token{}, invalid("ttl %s exceeds the maximum %s (brokerd --max-ttl)", r.TTL, b.maxTTL)
+	}
+	if err := validateLabel(r.Label); err != nil {
+		return "", store.Token{}, err
+	}
+	now := b.now().UTC()
+	for range 3 { // an id collision (2^-64 per pair) is retried, not reported
+		tok, id, hash, err := token.New()
+		if err != nil {
+			return "", store.Token{}, err
+		}
+		rec := store.Token{
+			ID: id, SecretHash: hash[:], Tools: scoped, CreatedAt: now, ExpiresAt: now.Add(r.TTL),
+			MaxUses: r.MaxUses, BindUID: r.BindUID, Label: r.Label, MintedByUID: caller.UID,
+		}
+		err = b.store.PutToken(rec)
+		if errors.Is(err, store.ErrExists) {
+			continue
+		}
+		if err != nil {
+			return "", store.Token{}, err
+		}
+		b.log.Info("token minted", "token_id", id, "tools", scoped, "expires_at", rec.ExpiresAt, "max_uses", r.MaxUses, "label", r.Label)
+		return tok, rec, nil
+	}
+	return "", store.Token{}, errors.New("could not draw an unused token id")
+}
+
+func validateLabel(l string) error {
+	if !utf8.ValidString(l) {
+		return invalid("label must be valid UTF-8")
+	}
+	if n := utf8.RuneCountInString(l); n > MaxLabelLen {
+		return invalid("label is %d characters; the limit is %d", n, MaxLabelLen)
+	}
+	if strings.IndexFunc(l, unicode.IsControl) >= 0 {
+		return invalid("label must not contain control characters")
+	}
+	return nil
+}
+
+// ListTokens returns one page of tokens after pageToken (an id) and the next page token.
+func (b *Broker) ListTokens(pageSize int, pageToken string, includeExpired bool) ([]store.Token, string, error) {
+	switch {
+	case pageSize == 0:
+		pageSize = DefaultPageSize
+	case pageSize < 0 || pageSize > MaxPageSize:
+		return nil, "", invalid("page_size must be between 1 and %d", MaxPageSize)
+	}
+	if pageToken != "" && !token.ValidID(pageToken) {
+		return nil, "", invalid("page_token is not one this server returned")
+	}
+	now := b.now()
+	var keep func(*store.Token) bool
+	if !includeExpired {
+		keep = func(t *store.Token) bool { return t.Live(now) }
+	}
+	return b.store.ListTokens(pageToken, pageSize, keep)
+}
+
+// RevokeToken revokes a token by id; ErrNotFound for an unknown id.
+func (b *Broker) RevokeToken(id string) (store.Token, error) {
+	if !token.ValidID(id) {
+		return store.Token{}, invalid("token id must be 16 lowercase hex characters (see `brokerctl token list`)")
+	}
+	t, err := b.store.RevokeToken(id, b.now())
+	if err != nil {
+		return store.Token{}, err
+	}
+	b.mu.Lock()
+	b.tokens[id] = &t
+	b.mu.Unlock()
+	b.log.Info("token revoked", "token_id", id)
+	return t, nil
+}
+
+// Status is a snapshot of the daemon's state.
+type Status struct {
+	Version       string
+	StartedAt     time.Time
+	Uptime        time.Duration
+	Credentials   int
+	LiveTokens    int
+	SchemaVersion int
+	Tools         []string // "tool=credential"
+}
+
+// Status counts credentials and live tokens.
+func (b *Broker) Status() (Status, error) {
+	now := b.now()
+	n, err := b.store.CountCredentials()
+	if err != nil {
+		return Status{}, err
+	}
+	live := 0
+	if err := b.store.ForEachToken(func(t *store.Token) error {
+		if t.Live(now) {
+			live++
+		}
+		return nil
+	}); err != nil {
+		return Status{}, err
+	}
+	var ts []string
+	for _, t := range tools {
+		ts = append(ts, fmt.Sprintf("%s=%s", t.Name, t.Credential))
+	}
+	return Status{
+		Version: b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
+		Credentials: n, LiveTokens: live, SchemaVersion: store.SchemaVersion, Tools: ts,
+	}, nil
+}

@@ -1,0 +1,215 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/credbroker/credbroker/broker/token"
+	"github.com/credbroker/credbroker/broker/upstream"
+	"github.com/credbroker/credbroker/store"
+)
+
+// Caller is the local process on the other end of the socket, as the kernel reported it.
+type Caller struct {
+	UID, GID uint32
+	PID      int32
+	Known    bool // false when the transport could not tell (tests over bufconn)
+}
+
+// Config wires a Broker.
+type Config struct {
+	Store    *store.Store
+	Upstream *upstream.Client
+	Logger   *slog.Logger
+	// MaxTTL is the longest token lifetime MintToken accepts. Default 24h.
+	MaxTTL time.Duration
+	// Version is reported by Status.
+	Version string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Broker checks tokens and performs tool calls with credentials it never hands out.
+type Broker struct {
+	store    *store.Store
+	upstream *upstream.Client
+	log      *slog.Logger
+	maxTTL   time.Duration
+	version  string
+	now      func() time.Time
+	started  time.Time
+
+	// tokens caches token records by id so the hot path (a token without a use limit) costs no
+	// bbolt access after the first call. Only this process writes the database, so the cache is
+	// kept coherent by updating it in RevokeToken.
+	mu     sync.RWMutex
+	tokens map[string]*store.Token
+}
+
+// New builds a Broker.
+func New(cfg Config) (*Broker, error) {
+	if cfg.Store == nil || cfg.Upstream == nil {
+		return nil, errors.New("broker: store and upstream are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxTTL <= 0 {
+		cfg.MaxTTL = 24 * time.Hour
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Broker{
+		store: cfg.Store, upstream: cfg.Upstream, log: cfg.Logger, maxTTL: cfg.MaxTTL,
+		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*store.Token),
+	}, nil
+}
+
+func unauthenticated(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrUnauthenticated, fmt.Sprintf(format, args...))
+}
+
+// lookupToken returns the cached record for id, loading it on a miss. The record is shared:
+// callers must not modify it.
+func (b *Broker) lookupToken(id string) (*store.Token, error) {
+	b.mu.RLock()
+	t, ok := b.tokens[id]
+	b.mu.RUnlock()
+	if ok {
+		return t, nil
+	}
+	rec, err := b.store.GetToken(id)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if t, ok := b.tokens[id]; ok { // another caller loaded it first, or a revoke raced us
+		return t, nil
+	}
+	b.tokens[id] = &rec
+	return &rec, nil
+}
+
+// Authenticate checks a bearer token presented by caller: shape, secret, revocation, expiry and
+// uid binding. It does not check tool scope or count a use.
+func (b *Broker) Authenticate(raw string, caller Caller) (*store.Token, error) {
+	if raw == "" {
+		return nil, unauthenticated("no token: send metadata \"authorization: Bearer <token>\" with a token from `brokerctl token mint`")
+	}
+	p, err := token.Parse(raw)
+	if err != nil {
+		return nil, unauthenticated("invalid token")
+	}
+	t, err := b.lookupToken(p.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, unauthenticated("invalid token")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("token %s: %w", p.ID, err)
+	}
+	if !p.Verify(t.SecretHash) {
+		return nil, unauthenticated("invalid token")
+	}
+	if t.Revoked {
+		return nil, unauthenticated("token %s was revoked; ask the operator for a new one", t.ID)
+	}
+	if now := b.now(); !now.Before(t.ExpiresAt) {
+		return nil, unauthenticated("token %s expired at %s; ask the operator to mint a new one", t.ID, t.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if t.BindUID != nil && (!caller.Known || caller.UID != *t.BindUID) {
+		b.log.Warn("bound token presented by another uid", "token_id", t.ID, "bound_uid", *t.BindUID, "peer_uid", caller.UID, "peer_pid", caller.PID)
+		return nil, unauthenticated("token %s is bound to another uid", t.ID)
+	}
+	return t, nil
+}
+
+// Search authenticates raw, checks that it may call the requested tool, validates the request,
+// counts a use if the token is limited, and performs the upstream call with the tool's credential.
+func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req SearchRequest) (*SearchResult, error) {
+	t, err := b.Authenticate(raw, caller)
+	if err != nil {
+		return nil, err
+	}
+	if req.Tool == "" {
+		req.Tool = DefaultTool
+	}
+	tool, ok := LookupTool(req.Tool)
+	if !ok {
+		return nil, invalid("unknown tool %q; known tools: %s", req.Tool, strings.Join(ToolNames(), ", "))
+	}
+	if !slices.Contains(t.Tools, tool.Name) {
+		return nil, fmt.Errorf("%w: token %s may not call %s (allowed: %s)", ErrPermissionDenied, t.ID, tool.Name, strings.Join(t.Tools, ", "))
+	}
+	body, err := tool.body(&req)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	if t.MaxUses > 0 {
+		if _, err := b.store.UseToken(t.ID, b.now()); err != nil {
+			if errors.Is(err, store.ErrExhausted) {
+				return nil, unauthenticated("token %s has used all %d of its uses; ask the operator to mint a new one", t.ID, t.MaxUses)
+			}
+			return nil, fmt.Errorf("count token use: %w", err)
+		}
+	}
+	key, version, err := b.store.LoadCredential(tool.Credential)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: credential %q is not stored; the operator must run `brokerctl credential put %s`", ErrCredentialMissing, tool.Credential, tool.Credential)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load credential %q: %w", tool.Credential, err)
+	}
+	resp, err := b.upstream.Do(ctx, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
+	clear(key) // the plaintext lives for this call only
+	if err != nil {
+		b.log.Warn("upstream call failed", "tool", tool.Name, "token_id", t.ID, "credential", tool.Credential, "version", version, "err", err)
+		return nil, upstreamError(tool, version, err)
+	}
+	results, meta, err := parseResults(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, Results: results, Metadata: meta}, nil
+}
+
+// WhoAmI authenticates raw and returns its record, with the current use count for limited tokens.
+func (b *Broker) WhoAmI(raw string, caller Caller) (store.Token, error) {
+	t, err := b.Authenticate(raw, caller)
+	if err != nil {
+		return store.Token{}, err
+	}
+	if t.MaxUses > 0 {
+		return b.store.GetToken(t.ID)
+	}
+	return *t, nil
+}
+
+// upstreamError adds what the caller or operator should do to an upstream failure. The wrapped
+// error's message is built by the upstream package from vetted fields only.
+func upstreamError(tool Tool, version uint64, err error) error {
+	var hint string
+	switch {
+	case errors.Is(err, upstream.ErrRejected):
+		hint = fmt.Sprintf("upstream rejected the credential %q v%d; the operator must rotate it (`brokerctl rotate %s`)", tool.Credential, version, tool.Credential)
+	case errors.Is(err, upstream.ErrInsufficientCredits):
+		hint = fmt.Sprintf("the upstream account behind %q is out of credits", tool.Credential)
+	case errors.Is(err, upstream.ErrInvalidKey):
+		hint = fmt.Sprintf("credential %q v%d cannot be sent in an HTTP header; the operator must rotate it", tool.Credential, version)
+	default:
+		return fmt.Errorf("%s via credential %q v%d: %w", tool.Name, tool.Credential, version, err)
+	}
+	return fmt.Errorf("%s: %w", hint, err)
+}

@@ -1,0 +1,189 @@
+// Package daemon runs brokerd: it loads the master keyset, opens the store, listens on the Unix
+// socket and serves the gRPC API until its context ends, then drains calls and closes the
+// database. It holds process wiring only; policy lives in broker, storage in store.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/grpcapi"
+	"github.com/credbroker/credbroker/broker/upstream"
+	"github.com/credbroker/credbroker/store"
+)
+
+// Config is brokerd's configuration after flags and environment are resolved.
+type Config struct {
+	Socket          string
+	DB              string
+	MasterKeyset    string
+	UpstreamURL     string
+	AdminUIDs       []uint32
+	AdminGIDs       []uint32
+	SocketMode      os.FileMode
+	SocketGroup     string
+	MaxTTL          time.Duration
+	ShutdownTimeout time.Duration
+	NoReflection    bool
+	Version         string
+	Logger          *slog.Logger
+}
+
+// Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	for _, req := range []struct{ v, flag string }{
+		{cfg.Socket, "--socket"}, {cfg.DB, "--db"}, {cfg.MasterKeyset, "--master-keyset"}, {cfg.UpstreamURL, "--upstream-url"},
+	} {
+		if req.v == "" {
+			return fmt.Errorf("%s is required", req.flag)
+		}
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = 0o660
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+
+	kek, err := store.LoadMasterKeyset(cfg.MasterKeyset)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(cfg.DB, kek, store.Options{})
+	if err != nil {
+		if errors.Is(err, store.ErrWrongMasterKey) {
+			return fmt.Errorf("%w: %s was not made with the master keyset %s; nothing was changed", err, cfg.DB, cfg.MasterKeyset)
+		}
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("close database", "err", err)
+		}
+	}()
+
+	up, err := upstream.New(upstream.Config{BaseURL: cfg.UpstreamURL})
+	if err != nil {
+		return fmt.Errorf("--upstream-url: %w", err)
+	}
+	b, err := broker.New(broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: cfg.MaxTTL, Version: cfg.Version})
+	if err != nil {
+		return err
+	}
+
+	admins := grpcapi.Admins{UIDs: append([]uint32{uint32(os.Geteuid())}, cfg.AdminUIDs...), GIDs: cfg.AdminGIDs}
+	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection})
+
+	lis, err := listen(cfg.Socket, cfg.SocketMode, cfg.SocketGroup)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Socket)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	log.Info("brokerd serving", "socket", cfg.Socket, "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version)
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve %s: %w", cfg.Socket, err)
+	case <-ctx.Done():
+	}
+	log.Info("brokerd stopping: draining in-flight calls", "timeout", cfg.ShutdownTimeout)
+	hs.Shutdown()
+	stopGracefully(srv, cfg.ShutdownTimeout, log)
+	log.Info("brokerd stopped")
+	return nil
+}
+
+// stopGracefully lets in-flight calls finish for up to timeout, then cuts them off.
+func stopGracefully(srv *grpc.Server, timeout time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		log.Warn("shutdown timeout reached; cancelling remaining calls")
+		srv.Stop()
+		<-done
+	}
+}
+
+// listen creates the Unix socket at path with mode and group. A live socket at path means
+// another daemon is serving: refuse. A stale one (nothing answers) is replaced.
+func listen(path string, mode os.FileMode, group string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("create socket directory %s: %w", dir, err)
+		}
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket path %s exists and is not a socket; remove it or choose another --socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s is live: another brokerd is serving on it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	// Create the socket with no permissions for others, then open it up to exactly mode, so it is
+	// never reachable with looser permissions than asked.
+	old := syscall.Umask(0o177)
+	lis, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	lis.(*net.UnixListener).SetUnlinkOnClose(false)
+	if group != "" {
+		gid, err := lookupGroup(group)
+		if err != nil {
+			lis.Close()
+			return nil, err
+		}
+		if err := os.Chown(path, -1, gid); err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("--socket-group %s: %w", group, err)
+		}
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("chmod socket %s: %w", path, err)
+	}
+	return lis, nil
+}
+
+func lookupGroup(g string) (int, error) {
+	if gid, err := strconv.Atoi(g); err == nil {
+		return gid, nil
+	}
+	grp, err := user.LookupGroup(g)
+	if err != nil {
+		return 0, fmt.Errorf("--socket-group %s: %w", g, err)
+	}
+	return strconv.Atoi(grp.Gid)
+}

@@ -1,0 +1,17 @@
+package broker
+
+import "errors"
+
+// Sentinel errors. Each is mapped to one gRPC code in broker/grpcapi; wrap them with context that
+// tells the user what to do.
+var (
+	// ErrUnauthenticated: the token is missing, malformed, unknown, expired, revoked, spent or bound
+	// to another uid.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrPermissionDenied: the token (or caller) is valid but not allowed this call.
+	ErrPermissionDenied = errors.New("permission denied")
+	// ErrInvalidArgument: the request is malformed or out of limits; nothing was done.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrCredentialMissing: the tool's credential is not stored.
+	ErrCredentialMissing = errors.New("credential not configured")
+)

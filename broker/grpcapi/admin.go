@@ -1,0 +1,131 @@
+package grpcapi
+
+import (
+	"context"
+	"log/slog"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/credbroker/credbroker/broker"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/store"
+)
+
+// AdminService adapts broker.Broker to credbroker.v1.AdminService. Authorization happens in the
+// Admins interceptor before any handler runs.
+type AdminService struct {
+	pb.UnimplementedAdminServiceServer
+	b   *broker.Broker
+	log *slog.Logger
+}
+
+// Register adds the service to s.
+func (s *AdminService) Register(g *grpc.Server) { pb.RegisterAdminServiceServer(g, s) }
+
+func credentialPB(c store.Credential) *pb.Credential {
+	return &pb.Credential{Name: c.Name, Version: c.Version, CreatedAt: timestamppb.New(c.CreatedAt), RotatedAt: timestamppb.New(c.RotatedAt)}
+}
+
+func tokenPB(t store.Token) *pb.TokenInfo {
+	out := &pb.TokenInfo{
+		Id: t.ID, Tools: t.Tools, CreatedAt: timestamppb.New(t.CreatedAt), ExpiresAt: timestamppb.New(t.ExpiresAt),
+		MaxUses: t.MaxUses, Uses: t.Uses, BindUid: t.BindUID, Label: t.Label, Revoked: t.Revoked,
+		MintedByUid: t.MintedByUID,
+	}
+	if !t.RevokedAt.IsZero() {
+		out.RevokedAt = timestamppb.New(t.RevokedAt)
+	}
+	return out
+}
+
+// PutCredential implements AdminService.PutCredential.
+func (s *AdminService) PutCredential(_ context.Context, req *pb.PutCredentialRequest) (*pb.PutCredentialResponse, error) {
+	c, err := s.b.PutCredential(req.GetName(), req.GetValue())
+	if err != nil {
+		return nil, toStatus(s.log, "PutCredential", err)
+	}
+	return &pb.PutCredentialResponse{Credential: credentialPB(c)}, nil
+}
+
+// RotateCredential implements AdminService.RotateCredential.
+func (s *AdminService) RotateCredential(_ context.Context, req *pb.RotateCredentialRequest) (*pb.RotateCredentialResponse, error) {
+	c, err := s.b.RotateCredential(req.GetName(), req.GetValue())
+	if err != nil {
+		return nil, toStatus(s.log, "RotateCredential", err)
+	}
+	return &pb.RotateCredentialResponse{Credential: credentialPB(c)}, nil
+}
+
+// ListCredentials implements AdminService.ListCredentials.
+func (s *AdminService) ListCredentials(context.Context, *pb.ListCredentialsRequest) (*pb.ListCredentialsResponse, error) {
+	list, err := s.b.ListCredentials()
+	if err != nil {
+		return nil, toStatus(s.log, "ListCredentials", err)
+	}
+	out := &pb.ListCredentialsResponse{}
+	for _, c := range list {
+		out.Credentials = append(out.Credentials, credentialPB(c))
+	}
+	return out, nil
+}
+
+// DeleteCredential implements AdminService.DeleteCredential.
+func (s *AdminService) DeleteCredential(_ context.Context, req *pb.DeleteCredentialRequest) (*pb.DeleteCredentialResponse, error) {
+	if err := s.b.DeleteCredential(req.GetName()); err != nil {
+		return nil, toStatus(s.log, "DeleteCredential", err)
+	}
+	return &pb.DeleteCredentialResponse{}, nil
+}
+
+// MintToken implements AdminService.MintToken.
+func (s *AdminService) MintToken(ctx context.Context, req *pb.MintTokenRequest) (*pb.MintTokenResponse, error) {
+	r := broker.MintRequest{Tools: req.GetTools(), MaxUses: req.GetMaxUses(), BindUID: req.BindUid, Label: req.GetLabel()}
+	if d := req.GetTtl(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, toStatus(s.log, "MintToken", broker.ErrInvalidArgument)
+		}
+		r.TTL = d.AsDuration()
+	}
+	tok, rec, err := s.b.MintToken(r, callerFrom(ctx))
+	if err != nil {
+		return nil, toStatus(s.log, "MintToken", err)
+	}
+	return &pb.MintTokenResponse{Token: tok, Id: rec.ID, ExpiresAt: timestamppb.New(rec.ExpiresAt)}, nil
+}
+
+// ListTokens implements AdminService.ListTokens.
+func (s *AdminService) ListTokens(_ context.Context, req *pb.ListTokensRequest) (*pb.ListTokensResponse, error) {
+	list, next, err := s.b.ListTokens(int(req.GetPageSize()), req.GetPageToken(), req.GetIncludeExpired())
+	if err != nil {
+		return nil, toStatus(s.log, "ListTokens", err)
+	}
+	out := &pb.ListTokensResponse{NextPageToken: next}
+	for _, t := range list {
+		out.Tokens = append(out.Tokens, tokenPB(t))
+	}
+	return out, nil
+}
+
+// RevokeToken implements AdminService.RevokeToken.
+func (s *AdminService) RevokeToken(_ context.Context, req *pb.RevokeTokenRequest) (*pb.RevokeTokenResponse, error) {
+	t, err := s.b.RevokeToken(req.GetId())
+	if err != nil {
+		return nil, toStatus(s.log, "RevokeToken", err)
+	}
+	return &pb.RevokeTokenResponse{Token: tokenPB(t)}, nil
+}
+
+// Status implements AdminService.Status.
+func (s *AdminService) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
+	st, err := s.b.Status()
+	if err != nil {
+		return nil, toStatus(s.log, "Status", err)
+	}
+	return &pb.StatusResponse{
+		Version: st.Version, StartedAt: timestamppb.New(st.StartedAt), Uptime: durationpb.New(st.Uptime),
+		Credentials: uint32(st.Credentials), LiveTokens: uint32(st.LiveTokens),
+		SchemaVersion: uint32(st.SchemaVersion), Tools: st.Tools,
+	}, nil
+}

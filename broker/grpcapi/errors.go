@@ -1,0 +1,57 @@
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/upstream"
+	"github.com/credbroker/credbroker/store"
+)
+
+// errorCodes maps domain sentinels to gRPC codes. This table and toStatus are the only place the
+// mapping lives; the client maps the codes back to its own sentinels.
+var errorCodes = []struct {
+	err  error
+	code codes.Code
+}{
+	{broker.ErrUnauthenticated, codes.Unauthenticated},
+	{broker.ErrPermissionDenied, codes.PermissionDenied},
+	{broker.ErrInvalidArgument, codes.InvalidArgument},
+	{broker.ErrCredentialMissing, codes.FailedPrecondition},
+	{store.ErrNotFound, codes.NotFound},
+	{store.ErrExists, codes.AlreadyExists},
+	{upstream.ErrRejected, codes.FailedPrecondition},
+	{upstream.ErrInvalidKey, codes.FailedPrecondition},
+	{upstream.ErrInsufficientCredits, codes.ResourceExhausted},
+	{upstream.ErrRateLimited, codes.ResourceExhausted},
+	{upstream.ErrBadRequest, codes.InvalidArgument},
+	{upstream.ErrUnavailable, codes.Unavailable},
+	{upstream.ErrResponseTooLarge, codes.Unavailable},
+	{upstream.ErrBadResponse, codes.Unavailable},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
+}
+
+// toStatus converts a domain error into a gRPC status. Domain errors are built from names and ids
+// only, so their messages are safe to return; anything unrecognised is logged and returned as a
+// generic Internal error so no unexpected detail leaves the process.
+func toStatus(log *slog.Logger, method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	for _, m := range errorCodes {
+		if errors.Is(err, m.err) {
+			return status.Error(m.code, err.Error())
+		}
+	}
+	log.Error("internal error", "method", method, "err", err)
+	return status.Error(codes.Internal, "internal error in brokerd; see its log")
+}

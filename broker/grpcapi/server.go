@@ -1,0 +1,56 @@
+// Package grpcapi is the gRPC edge of brokerd: one adapter per service, the admin authorization
+// interceptor, and the single place where domain errors become gRPC status codes.
+package grpcapi
+
+import (
+	"log/slog"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/peercred"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// MaxMessageSize bounds every request: the largest legitimate one (an 8 KiB credential) is far
+// smaller, and a bound keeps a misbehaving client from making the daemon buffer megabytes.
+const MaxMessageSize = 64 << 10
+
+// Options configure NewServer.
+type Options struct {
+	Admins Admins
+	Logger *slog.Logger
+	// NoReflection disables the reflection service (it exposes the schema only, no data).
+	NoReflection bool
+	// Extra server options (tests use them to swap the transport credentials).
+	ServerOptions []grpc.ServerOption
+}
+
+// NewServer builds a gRPC server with both credbroker services, health and reflection registered.
+// The health server starts SERVING for every service; the daemon flips it on shutdown.
+func NewServer(b *broker.Broker, o Options) (*grpc.Server, *health.Server) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	opts := append([]grpc.ServerOption{
+		grpc.Creds(peercred.TransportCredentials()),
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.ChainUnaryInterceptor(o.Admins.unary),
+		grpc.ChainStreamInterceptor(o.Admins.stream),
+	}, o.ServerOptions...)
+	g := grpc.NewServer(opts...)
+	(&SearchService{b: b, log: o.Logger}).Register(g)
+	(&AdminService{b: b, log: o.Logger}).Register(g)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(g, hs)
+	for _, name := range []string{"", pb.SearchService_ServiceDesc.ServiceName, pb.AdminService_ServiceDesc.ServiceName} {
+		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+	if !o.NoReflection {
+		reflection.Register(g)
+	}
+	return g, hs
+}

@@ -1,0 +1,245 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/credbroker/credbroker/broker/upstream"
+)
+
+// Tool maps a tool name to the upstream endpoint it calls and the credential it spends. Adding a
+// tool is one entry in the tools table below.
+type Tool struct {
+	Name       string
+	Credential string // name of the stored credential the call spends
+	Path       string // upstream endpoint path
+	Auth       upstream.Auth
+	// body validates a request for this tool and returns the upstream JSON body.
+	body func(*SearchRequest) (any, error)
+}
+
+// DefaultCredential is the tutorial's name for the Scavio key.
+const DefaultCredential = "scavio_api_key"
+
+var tools = []Tool{
+	{Name: "web_search", Credential: DefaultCredential, Path: "/api/v1/search", Auth: upstream.AuthAPIKeyHeader, body: webSearchBody},
+	{Name: "google_search", Credential: DefaultCredential, Path: "/api/v1/google", Auth: upstream.AuthBearer, body: googleSearchBody},
+}
+
+// DefaultTool is the tool a request without a tool name runs.
+const DefaultTool = "web_search"
+
+// LookupTool returns the tool named name.
+func LookupTool(name string) (Tool, bool) {
+	for _, t := range tools {
+		if t.Name == name {
+			return t, true
+		}
+	}
+	return Tool{}, false
+}
+
+// Tools returns the tool table, in declaration order.
+func Tools() []Tool { return slices.Clone(tools) }
+
+// ToolNames returns every known tool name.
+func ToolNames() []string {
+	names := make([]string, len(tools))
+	for i, t := range tools {
+		names[i] = t.Name
+	}
+	return names
+}
+
+// SearchRequest is one tool call's arguments.
+type SearchRequest struct {
+	Tool       string
+	Query      string
+	NumResults int
+	Google     GoogleOptions
+}
+
+// GoogleOptions are Scavio contract B's optional fields.
+type GoogleOptions struct {
+	SearchType   string
+	CountryCode  string
+	Language     string
+	Page         int
+	Device       string
+	NFPR         *bool
+	LightRequest *bool
+}
+
+// Limits from Scavio's API: a longer query is refused upstream anyway, so refuse it before
+// spending a credit.
+const (
+	MaxQueryLen      = 500
+	MaxNumResults    = 100
+	DefaultNumResult = 5
+	maxPage          = 100
+)
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidArgument, fmt.Sprintf(format, args...))
+}
+
+func validateQuery(q string) error {
+	switch {
+	case !utf8.ValidString(q):
+		return invalid("query must be valid UTF-8")
+	case strings.TrimSpace(q) == "":
+		return invalid("query must not be empty")
+	case utf8.RuneCountInString(q) > MaxQueryLen:
+		return invalid("query is %d characters; the limit is %d", utf8.RuneCountInString(q), MaxQueryLen)
+	}
+	return nil
+}
+
+func webSearchBody(r *SearchRequest) (any, error) {
+	if err := validateQuery(r.Query); err != nil {
+		return nil, err
+	}
+	if r.Google != (GoogleOptions{}) {
+		return nil, invalid("google_search options are not accepted by web_search")
+	}
+	n := r.NumResults
+	switch {
+	case n == 0:
+		n = DefaultNumResult
+	case n < 1 || n > MaxNumResults:
+		return nil, invalid("num_results must be between 1 and %d, got %d", MaxNumResults, n)
+	}
+	return struct {
+		Query      string `json:"query"`
+		NumResults int    `json:"num_results"`
+	}{r.Query, n}, nil
+}
+
+var (
+	searchTypes = []string{"classic", "news", "maps", "images", "lens"}
+	devices     = []string{"desktop", "mobile"}
+)
+
+func isLowerAlpha(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < n; i++ {
+		if s[i] < 'a' || s[i] > 'z' {
+			return false
+		}
+	}
+	return true
+}
+
+func googleSearchBody(r *SearchRequest) (any, error) {
+	if err := validateQuery(r.Query); err != nil {
+		return nil, err
+	}
+	if r.NumResults != 0 {
+		return nil, invalid("num_results is not accepted by google_search (use page)")
+	}
+	g := r.Google
+	if g.SearchType != "" && !slices.Contains(searchTypes, g.SearchType) {
+		return nil, invalid("search_type must be one of %s", strings.Join(searchTypes, ", "))
+	}
+	if g.CountryCode != "" && !isLowerAlpha(strings.ToLower(g.CountryCode), 2) {
+		return nil, invalid("country_code must be an ISO 3166-1 alpha-2 code such as \"us\"")
+	}
+	if g.Language != "" && !isLowerAlpha(strings.ToLower(g.Language), 2) {
+		return nil, invalid("language must be an ISO 639-1 code such as \"en\"")
+	}
+	if g.Page < 0 || g.Page > maxPage {
+		return nil, invalid("page must be between 1 and %d", maxPage)
+	}
+	if g.Device != "" && !slices.Contains(devices, g.Device) {
+		return nil, invalid("device must be desktop or mobile")
+	}
+	if g.SearchType == "news" && g.Device == "mobile" {
+		return nil, invalid("news search supports only device desktop")
+	}
+	body := map[string]any{"query": r.Query}
+	if g.SearchType != "" {
+		body["search_type"] = g.SearchType
+	}
+	if g.CountryCode != "" {
+		body["country_code"] = strings.ToLower(g.CountryCode)
+	}
+	if g.Language != "" {
+		body["language"] = strings.ToLower(g.Language)
+	}
+	if g.Page != 0 {
+		body["page"] = g.Page
+	}
+	if g.Device != "" {
+		body["device"] = g.Device
+	}
+	if g.NFPR != nil {
+		body["nfpr"] = *g.NFPR
+	}
+	if g.LightRequest != nil {
+		body["light_request"] = *g.LightRequest
+	}
+	return body, nil
+}
+
+// Result is one upstream result: the common fields plus the whole object.
+type Result struct {
+	Title, URL, Snippet string
+	Position            int
+	Raw                 map[string]any
+}
+
+// SearchResult is what a search returns to the caller.
+type SearchResult struct {
+	Tool              string
+	Credential        string
+	CredentialVersion uint64
+	Results           []Result
+	Metadata          map[string]any // every top-level upstream field except "results"
+}
+
+// parseResults decodes an upstream response body. The body is the upstream's, so its content is
+// never echoed into an error.
+func parseResults(body []byte) ([]Result, map[string]any, error) {
+	var top map[string]any
+	if err := json.Unmarshal(body, &top); err != nil {
+		return nil, nil, fmt.Errorf("%w: upstream response is not a JSON object", upstream.ErrBadResponse)
+	}
+	rawResults, _ := top["results"].([]any)
+	if _, ok := top["results"]; ok && rawResults == nil && top["results"] != nil {
+		return nil, nil, fmt.Errorf("%w: upstream \"results\" is not an array", upstream.ErrBadResponse)
+	}
+	delete(top, "results")
+	out := make([]Result, 0, len(rawResults))
+	for i, item := range rawResults {
+		obj, ok := item.(map[string]any)
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: upstream result %d is not an object", upstream.ErrBadResponse, i)
+		}
+		r := Result{
+			Title:    firstString(obj, "title"),
+			URL:      firstString(obj, "url", "link"),
+			Snippet:  firstString(obj, "snippet", "description", "content"),
+			Position: i + 1,
+			Raw:      obj,
+		}
+		if p, ok := obj["position"].(float64); ok && p >= 1 && p <= 1e6 {
+			r.Position = int(p)
+		}
+		out = append(out, r)
+	}
+	return out, top, nil
+}
+
+func firstString(obj map[string]any, keys ...string) string {
+	for _, k := range keys {
+		if s, ok := obj[k].(string); ok {
+			return s
+		}
+	}
+	return ""
+}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/credbroker/credbroker/broker/daemon"
+	"github.com/credbroker/credbroker/client"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+type flags struct {
+	socket, db, masterKeyset, upstreamURL string
+	adminUIDs, adminGIDs                  string
+	socketMode, socketGroup               string
+	maxTTL, shutdownTimeout               time.Duration
+	noReflection                          bool
+	logLevel                              string
+}
+
+// envOr returns the environment variable's value, or def.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// systemdPath joins name under the directory systemd passed in env, or returns "".
+func systemdPath(env, name string) string {
+	if d := os.Getenv(env); d != "" {
+		return filepath.Join(d, name)
+	}
+	return ""
+}
+
+func newCommand() *cobra.Command {
+	var f flags
+	cmd := &cobra.Command{
+		Use:   "brokerd",
+		Short: "credbroker daemon: keeps API keys encrypted and calls the upstream for token holders",
+		Long: `brokerd keeps upstream credentials encrypted at rest (Tink AEAD in a bbolt file), mints
+short-lived scoped tokens and performs upstream calls itself, so MCP servers never hold a key.
+It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
+		Version:       version,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := f.config()
+			if err != nil {
+				return err
+			}
+			// The keyset path may come from the environment; don't pass it on to anything we start.
+			os.Unsetenv("CREDBROKER_MASTER_KEYSET")
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			cfg.Logger = log
+			return daemon.Run(ctx, cfg)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.socket, "socket", client.DefaultSocket(), "Unix socket to serve on (env CREDBROKER_SOCKET)")
+	fl.StringVar(&f.db, "db", envOr("CREDBROKER_DB", systemdPath("STATE_DIRECTORY", "broker.db")), "bbolt database file (env CREDBROKER_DB; default $STATE_DIRECTORY/broker.db)")
+	fl.StringVar(&f.masterKeyset, "master-keyset", envOr("CREDBROKER_MASTER_KEYSET", systemdPath("CREDENTIALS_DIRECTORY", "master-keyset")),
+		"master keyset file, mode 0600 (env CREDBROKER_MASTER_KEYSET; default $CREDENTIALS_DIRECTORY/master-keyset)")
+	fl.StringVar(&f.upstreamURL, "upstream-url", envOr("CREDBROKER_UPSTREAM_URL", "https://api.scavio.dev"), "Scavio API base URL (env CREDBROKER_UPSTREAM_URL)")
+	fl.StringVar(&f.adminUIDs, "admin-uid", "", "comma-separated uids allowed to use the admin API (root and brokerd's own uid always are)")
+	fl.StringVar(&f.adminGIDs, "admin-gid", "", "comma-separated gids allowed to use the admin API")
+	fl.StringVar(&f.socketMode, "socket-mode", "0660", "socket file mode (octal)")
+	fl.StringVar(&f.socketGroup, "socket-group", "", "group (name or gid) to own the socket, for clients")
+	fl.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest token ttl MintToken accepts (longer requests are refused)")
+	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight calls may finish after SIGTERM")
+	fl.BoolVar(&f.noReflection, "no-reflection", false, "do not register the gRPC reflection service")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}
+
+func (f *flags) config() (daemon.Config, *slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return daemon.Config{}, nil, fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	mode, err := strconv.ParseUint(f.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return daemon.Config{}, nil, fmt.Errorf("--socket-mode %q: want an octal mode such as 0660", f.socketMode)
+	}
+	uids, err := parseIDs("--admin-uid", f.adminUIDs)
+	if err != nil {
+		return daemon.Config{}, nil, err
+	}
+	gids, err := parseIDs("--admin-gid", f.adminGIDs)
+	if err != nil {
+		return daemon.Config{}, nil, err
+	}
+	if f.maxTTL <= 0 {
+		return daemon.Config{}, nil, fmt.Errorf("--max-ttl must be positive")
+	}
+	return daemon.Config{
+		Socket: f.socket, DB: f.db, MasterKeyset: f.masterKeyset, UpstreamURL: f.upstreamURL,
+		AdminUIDs: uids, AdminGIDs: gids, SocketMode: os.FileMode(mode), SocketGroup: f.socketGroup,
+		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, NoReflection: f.noReflection, Version: version,
+	}, log, nil
+}
+
+func parseIDs(flag, s string) ([]uint32, error) {
+	var out []uint32
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(part, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not a numeric id", flag, part)
+		}
+		out = append(out, uint32(n))
+	}
+	return out, nil
+}
+
