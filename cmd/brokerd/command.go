@@ -130,4 +130,3 @@ func parseIDs(flag, s string) ([]uint32, error) {
 	}
 	return out, nil
 }
-
