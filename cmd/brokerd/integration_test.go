@@ -215,7 +215,11 @@ func (e *env) setup(t *testing.T) (token, id string) {
 	t.Helper()
 	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
 	r := e.ctl(t, "", "token", "mint", "--tools", "web_search,google_search", "--ttl", "30m", "--label", "it", "--json").ok(t)
-	var minted struct{ Token, ID, ExpiresAt string }
+	var minted struct {
+		Token     string `json:"token"`
+		ID        string `json:"id"`
+		ExpiresAt string `json:"expires_at"`
+	}
 	if err := json.Unmarshal([]byte(r.stdout), &minted); err != nil {
 		t.Fatalf("mint --json: %v: %s", err, r.stdout)
 	}

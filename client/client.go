@@ -1,0 +1,268 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// Client talks to one brokerd over its Unix socket. It is safe for concurrent use. Create it with
+// New and Close it when done.
+type Client struct {
+	path   string
+	conn   *grpc.ClientConn
+	search credbrokerv1.SearchServiceClient
+	admin  credbrokerv1.AdminServiceClient
+
+	// dialErr is the error of the latest failed connection attempt, cleared by a successful one. It
+	// tells "nobody listens on the socket" apart from an Unavailable that brokerd itself returned
+	// (for example when the upstream is down).
+	dialErr atomic.Pointer[error]
+}
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	token    string
+	dialOpts []grpc.DialOption
+}
+
+// WithToken sends token on every call as the metadata entry "authorization: Bearer <token>".
+// SearchService calls need it; AdminService calls authorize by the caller's uid and ignore it.
+func WithToken(token string) Option {
+	return func(o *options) { o.token = token }
+}
+
+// WithDialOptions appends gRPC dial options after the client's own, so they can override them
+// (tests use this; production callers rarely need it).
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dialOpts = append(o.dialOpts, opts...) }
+}
+
+// New returns a client for the brokerd listening on socketPath; an empty path means
+// DefaultSocket(). It does not connect: the first call does, and reports an unreachable socket as
+// an ErrUnavailable that says so.
+func New(socketPath string, opts ...Option) (*Client, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if socketPath == "" {
+		socketPath = DefaultSocket()
+	}
+	abs, err := filepath.Abs(socketPath)
+	if err != nil {
+		return nil, fmt.Errorf("socket path %q: %w", socketPath, err)
+	}
+	c := &Client{path: abs}
+
+	// The socket is local and its peer is authenticated by SO_PEERCRED on the server side: there
+	// is no TLS to negotiate.
+	dialOpts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(c.dial),
+	}
+	if o.token != "" {
+		if !validHeaderValue(o.token) {
+			// Never echo the token: it is a secret, and this may end up in a log.
+			return nil, errors.New("token contains characters that cannot be sent in a gRPC header; is it a credbroker token?")
+		}
+		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(bearerToken(o.token)))
+	}
+	dialOpts = append(dialOpts, o.dialOpts...)
+
+	conn, err := grpc.NewClient("unix://"+abs, dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("set up connection to brokerd at %s: %w", abs, err)
+	}
+	c.conn = conn
+	c.search = credbrokerv1.NewSearchServiceClient(conn)
+	c.admin = credbrokerv1.NewAdminServiceClient(conn)
+	return c, nil
+}
+
+// dial connects to the socket and remembers why it failed, for (*Client).convert.
+func (c *Client) dial(ctx context.Context, _ string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		cause := err
+		// "dial unix /path: connect: no such file or directory" names the path, which the
+		// unreachable message already does; keep the part that says why.
+		var op *net.OpError
+		if errors.As(err, &op) && op.Err != nil {
+			cause = op.Err
+		}
+		c.dialErr.Store(&cause)
+		return nil, err
+	}
+	c.dialErr.Store(nil)
+	return conn, nil
+}
+
+// Close releases the connection. Calls in flight fail with ErrCanceled.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Conn returns the underlying connection, e.g. for grpc_health_v1 checks. Don't close it: use Close.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// Socket returns the absolute socket path the client connects to.
+func (c *Client) Socket() string { return c.path }
+
+// convert maps a call's error to an *Error (see fromStatus), turning a failed connection into the
+// "cannot reach brokerd" message.
+func (c *Client) convert(err error) error {
+	if err == nil {
+		return nil
+	}
+	if status.Code(err) == codes.Unavailable {
+		if cause := c.dialErr.Load(); cause != nil {
+			return unreachable(c.path, *cause)
+		}
+	}
+	return fromStatus(err)
+}
+
+// Search runs one search. The client must have been created WithToken.
+func (c *Client) Search(ctx context.Context, req *credbrokerv1.SearchRequest) (*credbrokerv1.SearchResponse, error) {
+	resp, err := c.search.Search(ctx, req)
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp, nil
+}
+
+// WhoAmI describes the token the client was created with.
+func (c *Client) WhoAmI(ctx context.Context) (*credbrokerv1.WhoAmIResponse, error) {
+	resp, err := c.search.WhoAmI(ctx, &credbrokerv1.WhoAmIRequest{})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp, nil
+}
+
+// PutCredential stores a new credential as version 1; ErrAlreadyExists if the name is taken.
+func (c *Client) PutCredential(ctx context.Context, name string, value []byte) (*credbrokerv1.Credential, error) {
+	resp, err := c.admin.PutCredential(ctx, &credbrokerv1.PutCredentialRequest{Name: name, Value: value})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp.GetCredential(), nil
+}
+
+// RotateCredential stores a new version of an existing credential; ErrNotFound if there is none.
+func (c *Client) RotateCredential(ctx context.Context, name string, value []byte) (*credbrokerv1.Credential, error) {
+	resp, err := c.admin.RotateCredential(ctx, &credbrokerv1.RotateCredentialRequest{Name: name, Value: value})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp.GetCredential(), nil
+}
+
+// ListCredentials returns every credential's metadata, sorted by name.
+func (c *Client) ListCredentials(ctx context.Context) ([]*credbrokerv1.Credential, error) {
+	resp, err := c.admin.ListCredentials(ctx, &credbrokerv1.ListCredentialsRequest{})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp.GetCredentials(), nil
+}
+
+// DeleteCredential removes a credential and all its versions.
+func (c *Client) DeleteCredential(ctx context.Context, name string) error {
+	_, err := c.admin.DeleteCredential(ctx, &credbrokerv1.DeleteCredentialRequest{Name: name})
+	return c.convert(err)
+}
+
+// MintToken creates a token. The response holds the token secret, which cannot be recovered later.
+func (c *Client) MintToken(ctx context.Context, req *credbrokerv1.MintTokenRequest) (*credbrokerv1.MintTokenResponse, error) {
+	resp, err := c.admin.MintToken(ctx, req)
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp, nil
+}
+
+// ListTokens returns one page of tokens; see ListAllTokens to get them all.
+func (c *Client) ListTokens(ctx context.Context, req *credbrokerv1.ListTokensRequest) (*credbrokerv1.ListTokensResponse, error) {
+	resp, err := c.admin.ListTokens(ctx, req)
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp, nil
+}
+
+// listAllPageSize is the server's maximum page size: fewest round trips.
+const listAllPageSize = 1000
+
+// ListAllTokens follows next_page_token until the last page and returns every token, in id order.
+// includeExpired also returns expired and revoked tokens.
+func (c *Client) ListAllTokens(ctx context.Context, includeExpired bool) ([]*credbrokerv1.TokenInfo, error) {
+	var all []*credbrokerv1.TokenInfo
+	req := &credbrokerv1.ListTokensRequest{PageSize: listAllPageSize, IncludeExpired: includeExpired}
+	for {
+		resp, err := c.ListTokens(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, resp.GetTokens()...)
+		next := resp.GetNextPageToken()
+		if next == "" {
+			return all, nil
+		}
+		if next == req.PageToken {
+			// A server bug, but one that would otherwise loop forever.
+			return nil, &Error{Code: codes.Internal, Message: "brokerd returned the same page token twice while listing tokens"}
+		}
+		req.PageToken = next
+	}
+}
+
+// RevokeToken revokes the token with the given public id; ErrNotFound for an unknown id.
+func (c *Client) RevokeToken(ctx context.Context, id string) (*credbrokerv1.TokenInfo, error) {
+	resp, err := c.admin.RevokeToken(ctx, &credbrokerv1.RevokeTokenRequest{Id: id})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp.GetToken(), nil
+}
+
+// Status reports brokerd's version, uptime and counts.
+func (c *Client) Status(ctx context.Context) (*credbrokerv1.StatusResponse, error) {
+	resp, err := c.admin.Status(ctx, &credbrokerv1.StatusRequest{})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp, nil
+}
+
+// bearerToken attaches "authorization: Bearer <token>" to every call. It does not require transport
+// security because the transport is a local Unix socket that only the local kernel can see.
+type bearerToken string
+
+func (t bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(t)}, nil
+}
+
+func (bearerToken) RequireTransportSecurity() bool { return false }
+
+// validHeaderValue reports whether s can be sent as a gRPC metadata value: printable ASCII only.
+func validHeaderValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+func newCredentialCmd(a *app) *cobra.Command {
+	return groupCmd("credential", "Store, rotate, list and delete upstream credentials",
+		newPutCmd(a),
+		newRotateCmd(a, "rotate NAME", "Store a new version of a credential (value from stdin or --from-file)"),
+		newCredentialListCmd(a),
+		newCredentialDeleteCmd(a),
+	)
+}
+
+// nameOnly accepts exactly one argument, NAME. A second argument is most likely a value typed on
+// the command line, where it would land in shell history and ps: refuse it and say why (without
+// repeating it).
+func nameOnly(cmd *cobra.Command, args []string) error {
+	switch {
+	case len(args) == 0:
+		return fmt.Errorf("%s needs NAME", subcommandPath(cmd))
+	case len(args) > 1:
+		return fmt.Errorf("%s takes only NAME: the value is read from stdin or --from-file, never from the command line", subcommandPath(cmd))
+	}
+	return nil
+}
+
+func newPutCmd(a *app) *cobra.Command {
+	var fromFile string
+	cmd := &cobra.Command{
+		Use:   "put NAME",
+		Short: "Store a new credential (value from stdin or --from-file)",
+		Long: `Store a new credential as version 1. The value is read from --from-file, or from stdin:
+typed without echo when stdin is a terminal, otherwise the whole input. One trailing newline is
+removed. Values are never accepted on the command line.`,
+		Example: `  brokerctl credential put scavio < scavio.key
+  pass show scavio | brokerctl credential put scavio`,
+		Args: nameOnly,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			value, err := a.readValue(cmd.Context(), fromFile, fmt.Sprintf("Value for credential %s (input hidden): ", name))
+			if err != nil {
+				return err
+			}
+			defer clear(value)
+			return a.call(cmd, "", func(ctx context.Context, c brokerAPI) error {
+				cred, err := c.PutCredential(ctx, name, value)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "stored %s version %d\n", name, cred.GetVersion())
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file instead of stdin")
+	return cmd
+}
+
+func newRotateCmd(a *app, use, short string) *cobra.Command {
+	var fromFile string
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long: `Store a new version of an existing credential; calls that start after this returns use
+it. The value is read exactly as by ` + "`credential put`" + `: --from-file, or stdin (hidden when a
+terminal), one trailing newline removed, never from the command line.`,
+		Args: nameOnly,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			value, err := a.readValue(cmd.Context(), fromFile, fmt.Sprintf("New value for credential %s (input hidden): ", name))
+			if err != nil {
+				return err
+			}
+			defer clear(value)
+			return a.call(cmd, "", func(ctx context.Context, c brokerAPI) error {
+				cred, err := c.RotateCredential(ctx, name, value)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "rotated %s to version %d\n", name, cred.GetVersion())
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file instead of stdin")
+	return cmd
+}
+
+// credentialJSON is one element of `credential list --json`.
+type credentialJSON struct {
+	Name      string `json:"name"`
+	Version   uint64 `json:"version"`
+	CreatedAt string `json:"created_at,omitempty"`
+	RotatedAt string `json:"rotated_at,omitempty"`
+}
+
+func newCredentialListCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List credentials (names, versions and times; never values)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var creds []*credbrokerv1.Credential
+			err := a.call(cmd, "", func(ctx context.Context, c brokerAPI) error {
+				var err error
+				creds, err = c.ListCredentials(ctx)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				out := make([]credentialJSON, 0, len(creds))
+				for _, c := range creds {
+					out = append(out, credentialJSON{
+						Name:      c.GetName(),
+						Version:   c.GetVersion(),
+						CreatedAt: rfc3339(c.GetCreatedAt()),
+						RotatedAt: rfc3339(c.GetRotatedAt()),
+					})
+				}
+				return writeJSON(a.stdout, out)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tVERSION\tCREATED\tROTATED")
+			for _, c := range creds {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.GetName(), c.GetVersion(), orDash(rfc3339(c.GetCreatedAt())), orDash(rfc3339(c.GetRotatedAt())))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	return cmd
+}
+
+func newCredentialDeleteCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a credential and all its versions",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, "", func(ctx context.Context, c brokerAPI) error {
+				if err := c.DeleteCredential(ctx, args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "deleted %s\n", args[0])
+				return nil
+			})
+		},
+	}
+}

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// statusJSON is the output of `status --json`.
+type statusJSON struct {
+	Version       string   `json:"version"`
+	StartedAt     string   `json:"started_at,omitempty"`
+	Uptime        string   `json:"uptime"`
+	UptimeSeconds int64    `json:"uptime_seconds"`
+	Credentials   uint32   `json:"credentials"`
+	LiveTokens    uint32   `json:"live_tokens"`
+	SchemaVersion uint32   `json:"schema_version"`
+	Tools         []string `json:"tools"`
+}
+
+func newStatusCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show brokerd's version, uptime and counts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st *credbrokerv1.StatusResponse
+			err := a.call(cmd, "", func(ctx context.Context, c brokerAPI) error {
+				var err error
+				st, err = c.Status(ctx)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			uptime := st.GetUptime().AsDuration().Truncate(time.Second)
+			if asJSON {
+				return writeJSON(a.stdout, statusJSON{
+					Version:       st.GetVersion(),
+					StartedAt:     rfc3339(st.GetStartedAt()),
+					Uptime:        uptime.String(),
+					UptimeSeconds: int64(uptime / time.Second),
+					Credentials:   st.GetCredentials(),
+					LiveTokens:    st.GetLiveTokens(),
+					SchemaVersion: st.GetSchemaVersion(),
+					Tools:         append([]string{}, st.GetTools()...),
+				})
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintf(tw, "version:\t%s\n", orDash(st.GetVersion()))
+			fmt.Fprintf(tw, "started:\t%s\n", orDash(rfc3339(st.GetStartedAt())))
+			fmt.Fprintf(tw, "uptime:\t%s\n", uptime)
+			fmt.Fprintf(tw, "credentials:\t%d\n", st.GetCredentials())
+			fmt.Fprintf(tw, "live tokens:\t%d\n", st.GetLiveTokens())
+			fmt.Fprintf(tw, "schema version:\t%d\n", st.GetSchemaVersion())
+			fmt.Fprintf(tw, "tools:\t%s\n", orDash(strings.Join(st.GetTools(), ", ")))
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON object")
+	return cmd
+}
