@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command: vet, race-enabled unit and integration tests (real brokerd processes against
+# the fake upstream), and short fuzz runs. .ci/run calls this; so can you.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fuzztime=${FUZZTIME:-10s}
+
+echo "==> go vet"
+go vet ./...
+
+echo "==> gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.tools/*'))
+if [[ -n "$unformatted" ]]; then
+  echo "gofmt would change: $unformatted" >&2
+  exit 1
+fi
+
+echo "==> go test -race ./..."
+go test -race -count=1 ./...
+
+echo "==> short fuzz runs ($fuzztime each)"
+# One target per invocation: go test -fuzz accepts a single target.
+while read -r pkg target; do
+  go test -run='^$' -fuzz="^${target}\$" -fuzztime="$fuzztime" "$pkg"
+done <<'TARGETS'
+./broker/token FuzzParse
+./store FuzzDecodeToken
+TARGETS
