@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"regexp"
@@ -39,11 +40,14 @@ func ValidateCredential(name string, value []byte) error {
 }
 
 // PutCredential stores a new credential (version 1).
-func (b *Broker) PutCredential(name string, value []byte) (store.Credential, error) {
+func (b *Broker) PutCredential(ctx context.Context, name string, value []byte) (store.Credential, error) {
+	ci := callInfo(ctx)
+	ci.Credential, ci.Event = name, "put"
 	if err := ValidateCredential(name, value); err != nil {
 		return store.Credential{}, err
 	}
 	c, err := b.store.PutCredential(name, value, b.now())
+	ci.CredentialVersion = c.Version
 	if err == nil {
 		b.log.Info("credential stored", "credential", name, "version", c.Version)
 	}
@@ -52,11 +56,14 @@ func (b *Broker) PutCredential(name string, value []byte) (store.Credential, err
 
 // RotateCredential stores a new version of an existing credential. Calls that start after it
 // returns load the new version: LoadCredential reads the committed current version each call.
-func (b *Broker) RotateCredential(name string, value []byte) (store.Credential, error) {
+func (b *Broker) RotateCredential(ctx context.Context, name string, value []byte) (store.Credential, error) {
+	ci := callInfo(ctx)
+	ci.Credential, ci.Event = name, "rotate"
 	if err := ValidateCredential(name, value); err != nil {
 		return store.Credential{}, err
 	}
 	c, err := b.store.RotateCredential(name, value, b.now())
+	ci.CredentialVersion = c.Version
 	if err == nil {
 		b.log.Info("credential rotated", "credential", name, "version", c.Version)
 	}
@@ -67,7 +74,9 @@ func (b *Broker) RotateCredential(name string, value []byte) (store.Credential, 
 func (b *Broker) ListCredentials() ([]store.Credential, error) { return b.store.ListCredentials() }
 
 // DeleteCredential deletes a credential and its versions.
-func (b *Broker) DeleteCredential(name string) error {
+func (b *Broker) DeleteCredential(ctx context.Context, name string) error {
+	ci := callInfo(ctx)
+	ci.Credential, ci.Event = name, "delete"
 	if !credentialNameRE.MatchString(name) {
 		return invalid("credential name must match [a-z0-9_.-]{1,64}")
 	}
@@ -89,7 +98,9 @@ type MintRequest struct {
 
 // MintToken validates r and creates a token. It returns the token string (shown once) and its
 // stored record.
-func (b *Broker) MintToken(r MintRequest, caller Caller) (string, store.Token, error) {
+func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (string, store.Token, error) {
+	ci := callInfo(ctx)
+	ci.Event = "mint"
 	if len(r.Tools) == 0 {
 		return "", store.Token{}, invalid("at least one tool is required; known tools: %s", strings.Join(ToolNames(), ", "))
 	}
@@ -128,6 +139,7 @@ func (b *Broker) MintToken(r MintRequest, caller Caller) (string, store.Token, e
 		if err != nil {
 			return "", store.Token{}, err
 		}
+		ci.TokenID = id
 		b.log.Info("token minted", "token_id", id, "tools", scoped, "expires_at", rec.ExpiresAt, "max_uses", r.MaxUses, "label", r.Label)
 		return tok, rec, nil
 	}
@@ -167,10 +179,13 @@ func (b *Broker) ListTokens(pageSize int, pageToken string, includeExpired bool)
 }
 
 // RevokeToken revokes a token by id; ErrNotFound for an unknown id.
-func (b *Broker) RevokeToken(id string) (store.Token, error) {
+func (b *Broker) RevokeToken(ctx context.Context, id string) (store.Token, error) {
+	ci := callInfo(ctx)
+	ci.Event = "revoke"
 	if !token.ValidID(id) {
 		return store.Token{}, invalid("token id must be 16 lowercase hex characters (see `brokerctl token list`)")
 	}
+	ci.TokenID = id
 	t, err := b.store.RevokeToken(id, b.now())
 	if err != nil {
 		return store.Token{}, err

@@ -101,7 +101,8 @@ func (b *Broker) lookupToken(id string) (*store.Token, error) {
 
 // Authenticate checks a bearer token presented by caller: shape, secret, revocation, expiry and
 // uid binding. It does not check tool scope or count a use.
-func (b *Broker) Authenticate(raw string, caller Caller) (*store.Token, error) {
+func (b *Broker) Authenticate(ctx context.Context, raw string, caller Caller) (*store.Token, error) {
+	ci := callInfo(ctx)
 	if raw == "" {
 		return nil, unauthenticated("no token: send metadata \"authorization: Bearer <token>\" with a token from `brokerctl token mint`")
 	}
@@ -109,6 +110,7 @@ func (b *Broker) Authenticate(raw string, caller Caller) (*store.Token, error) {
 	if err != nil {
 		return nil, unauthenticated("invalid token")
 	}
+	ci.TokenID = p.ID
 	t, err := b.lookupToken(p.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, unauthenticated("invalid token")
@@ -126,6 +128,7 @@ func (b *Broker) Authenticate(raw string, caller Caller) (*store.Token, error) {
 		return nil, unauthenticated("token %s expired at %s; ask the operator to mint a new one", t.ID, t.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	if t.BindUID != nil && (!caller.Known || caller.UID != *t.BindUID) {
+		ci.Event = "bound-token-misuse"
 		b.log.Warn("bound token presented by another uid", "token_id", t.ID, "bound_uid", *t.BindUID, "peer_uid", caller.UID, "peer_pid", caller.PID)
 		return nil, unauthenticated("token %s is bound to another uid", t.ID)
 	}
@@ -135,13 +138,15 @@ func (b *Broker) Authenticate(raw string, caller Caller) (*store.Token, error) {
 // Search authenticates raw, checks that it may call the requested tool, validates the request,
 // counts a use if the token is limited, and performs the upstream call with the tool's credential.
 func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req SearchRequest) (*SearchResult, error) {
-	t, err := b.Authenticate(raw, caller)
+	t, err := b.Authenticate(ctx, raw, caller)
 	if err != nil {
 		return nil, err
 	}
 	if req.Tool == "" {
 		req.Tool = DefaultTool
 	}
+	ci := callInfo(ctx)
+	ci.Tool = req.Tool
 	tool, ok := LookupTool(req.Tool)
 	if !ok {
 		return nil, invalid("unknown tool %q; known tools: %s", req.Tool, strings.Join(ToolNames(), ", "))
@@ -165,7 +170,9 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 			return nil, fmt.Errorf("count token use: %w", err)
 		}
 	}
+	ci.Credential = tool.Credential
 	key, version, err := b.store.LoadCredential(tool.Credential)
+	ci.CredentialVersion = version
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w: credential %q is not stored; the operator must run `brokerctl credential put %s`", ErrCredentialMissing, tool.Credential, tool.Credential)
 	}
@@ -186,8 +193,8 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 }
 
 // WhoAmI authenticates raw and returns its record, with the current use count for limited tokens.
-func (b *Broker) WhoAmI(raw string, caller Caller) (store.Token, error) {
-	t, err := b.Authenticate(raw, caller)
+func (b *Broker) WhoAmI(ctx context.Context, raw string, caller Caller) (store.Token, error) {
+	t, err := b.Authenticate(ctx, raw, caller)
 	if err != nil {
 		return store.Token{}, err
 	}

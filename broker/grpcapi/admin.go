@@ -41,8 +41,8 @@ func tokenPB(t store.Token) *pb.TokenInfo {
 }
 
 // PutCredential implements AdminService.PutCredential.
-func (s *AdminService) PutCredential(_ context.Context, req *pb.PutCredentialRequest) (*pb.PutCredentialResponse, error) {
-	c, err := s.b.PutCredential(req.GetName(), req.GetValue())
+func (s *AdminService) PutCredential(ctx context.Context, req *pb.PutCredentialRequest) (*pb.PutCredentialResponse, error) {
+	c, err := s.b.PutCredential(ctx, req.GetName(), req.GetValue())
 	if err != nil {
 		return nil, toStatus(s.log, "PutCredential", err)
 	}
@@ -50,8 +50,8 @@ func (s *AdminService) PutCredential(_ context.Context, req *pb.PutCredentialReq
 }
 
 // RotateCredential implements AdminService.RotateCredential.
-func (s *AdminService) RotateCredential(_ context.Context, req *pb.RotateCredentialRequest) (*pb.RotateCredentialResponse, error) {
-	c, err := s.b.RotateCredential(req.GetName(), req.GetValue())
+func (s *AdminService) RotateCredential(ctx context.Context, req *pb.RotateCredentialRequest) (*pb.RotateCredentialResponse, error) {
+	c, err := s.b.RotateCredential(ctx, req.GetName(), req.GetValue())
 	if err != nil {
 		return nil, toStatus(s.log, "RotateCredential", err)
 	}
@@ -72,8 +72,8 @@ func (s *AdminService) ListCredentials(context.Context, *pb.ListCredentialsReque
 }
 
 // DeleteCredential implements AdminService.DeleteCredential.
-func (s *AdminService) DeleteCredential(_ context.Context, req *pb.DeleteCredentialRequest) (*pb.DeleteCredentialResponse, error) {
-	if err := s.b.DeleteCredential(req.GetName()); err != nil {
+func (s *AdminService) DeleteCredential(ctx context.Context, req *pb.DeleteCredentialRequest) (*pb.DeleteCredentialResponse, error) {
+	if err := s.b.DeleteCredential(ctx, req.GetName()); err != nil {
 		return nil, toStatus(s.log, "DeleteCredential", err)
 	}
 	return &pb.DeleteCredentialResponse{}, nil
@@ -88,7 +88,7 @@ func (s *AdminService) MintToken(ctx context.Context, req *pb.MintTokenRequest) 
 		}
 		r.TTL = d.AsDuration()
 	}
-	tok, rec, err := s.b.MintToken(r, callerFrom(ctx))
+	tok, rec, err := s.b.MintToken(ctx, r, callerFrom(ctx))
 	if err != nil {
 		return nil, toStatus(s.log, "MintToken", err)
 	}
@@ -109,8 +109,8 @@ func (s *AdminService) ListTokens(_ context.Context, req *pb.ListTokensRequest) 
 }
 
 // RevokeToken implements AdminService.RevokeToken.
-func (s *AdminService) RevokeToken(_ context.Context, req *pb.RevokeTokenRequest) (*pb.RevokeTokenResponse, error) {
-	t, err := s.b.RevokeToken(req.GetId())
+func (s *AdminService) RevokeToken(ctx context.Context, req *pb.RevokeTokenRequest) (*pb.RevokeTokenResponse, error) {
+	t, err := s.b.RevokeToken(ctx, req.GetId())
 	if err != nil {
 		return nil, toStatus(s.log, "RevokeToken", err)
 	}

@@ -59,7 +59,7 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 
 // WhoAmI implements SearchService.WhoAmI.
 func (s *SearchService) WhoAmI(ctx context.Context, _ *pb.WhoAmIRequest) (*pb.WhoAmIResponse, error) {
-	t, err := s.b.WhoAmI(bearerToken(ctx), callerFrom(ctx))
+	t, err := s.b.WhoAmI(ctx, bearerToken(ctx), callerFrom(ctx))
 	if err != nil {
 		return nil, toStatus(s.log, "WhoAmI", err)
 	}

@@ -1,0 +1,33 @@
+package broker
+
+import "context"
+
+// CallInfo collects what a call did, for the audit record the gRPC edge writes when the call ends:
+// which token, tool and credential version it used, and a keyed digest of the query. The edge puts
+// one in the context; domain code fills in what it learns. It never holds a secret or a raw query.
+type CallInfo struct {
+	TokenID           string
+	Tool              string
+	Credential        string
+	CredentialVersion uint64
+	QueryLen          int
+	QueryMAC          []byte
+	// Event names what an admin call changed ("rotate", "mint", ...) or a notable outcome
+	// ("bound-token-misuse", "fallback-previous-version").
+	Event string
+}
+
+type callInfoKey struct{}
+
+// WithCallInfo returns ctx carrying ci.
+func WithCallInfo(ctx context.Context, ci *CallInfo) context.Context {
+	return context.WithValue(ctx, callInfoKey{}, ci)
+}
+
+// callInfo returns the context's CallInfo, or a throwaway one so callers never check for nil.
+func callInfo(ctx context.Context) *CallInfo {
+	if ci, ok := ctx.Value(callInfoKey{}).(*CallInfo); ok {
+		return ci
+	}
+	return &CallInfo{}
+}
