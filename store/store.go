@@ -52,6 +52,7 @@ type Store struct {
 	db           *bolt.DB
 	data         tink.AEAD
 	keepVersions int
+	audit        *auditWriter
 }
 
 // Open opens (or creates) the database at path and unlocks it with the master keyset kek.
@@ -80,6 +81,10 @@ func Open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 	if err := s.init(kek); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	if err := s.openAudit(kek); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: audit log: %w", path, err)
 	}
 	return s, nil
 }
@@ -167,8 +172,12 @@ func parseVersion(b []byte) (uint32, error) {
 	return uint32(v), nil
 }
 
-// Close closes the database; pending batched writes are committed first by bbolt.
-func (s *Store) Close() error { return s.db.Close() }
+// Close stops the audit writer (failing appends that arrive later) and closes the database;
+// pending batched writes are committed first.
+func (s *Store) Close() error {
+	s.audit.close()
+	return s.db.Close()
+}
 
 // Path returns the database file's path.
 func (s *Store) Path() string { return s.db.Path() }

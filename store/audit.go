@@ -1,0 +1,489 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/mac"
+	"github.com/tink-crypto/tink-go/v2/tink"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The audit log is a hash chain in the audit bucket: each record's value is
+// <Tink MAC of body> || body, and each body holds the MAC of the record before it, so editing,
+// removing or reordering a record breaks verification at that record. The MAC key is a Tink
+// HMAC-SHA256 keyset stored in meta/audit_keyset encrypted under the master keyset (like the data
+// keyset). meta/audit_head holds the newest record's seq and MAC (so a removed tail is detected)
+// and meta/audit_anchor, after retention pruned the oldest records, the seq and previous MAC the
+// remaining chain starts from; both are MACed.
+
+var (
+	bucketAudit    = []byte("audit")
+	keyAuditKeyset = []byte("audit_keyset")
+	keyAuditHead   = []byte("audit_head")
+	keyAuditAnchor = []byte("audit_anchor")
+	auditKeysetAAD = []byte("credbroker/audit-keyset")
+)
+
+// ErrAuditUnavailable reports that an audit record could not be made durable; the call it
+// describes must fail (fail closed).
+var ErrAuditUnavailable = errors.New("audit log unavailable")
+
+// AuditRecord is one audited call. It never holds a secret, a token or a raw query.
+type AuditRecord struct {
+	Seq               uint64    `json:"seq"`
+	Time              time.Time `json:"time"`
+	PeerKnown         bool      `json:"peer_known"`
+	UID               uint32    `json:"uid"`
+	GID               uint32    `json:"gid"`
+	PID               int32     `json:"pid"`
+	TokenID           string    `json:"token_id,omitempty"`
+	Method            string    `json:"method"`
+	Tool              string    `json:"tool,omitempty"`
+	Code              string    `json:"code"`
+	LatencyMicros     int64     `json:"latency_us"`
+	Credential        string    `json:"credential,omitempty"`
+	CredentialVersion uint64    `json:"credential_version,omitempty"`
+	QueryLen          int       `json:"query_len,omitempty"`
+	QueryMAC          string    `json:"query_mac,omitempty"`
+	Event             string    `json:"event,omitempty"`
+	Prev              []byte    `json:"prev"`
+}
+
+// chainPoint is a position in the chain: the seq of a record and the MAC it must follow.
+type chainPoint struct {
+	Seq  uint64 `json:"seq"`
+	Prev []byte `json:"prev"`
+}
+
+func auditKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+// auditWriter group-commits audit appends: one goroutine writes every record that is waiting in
+// one transaction, so N concurrent calls cost one fsync, not N, and a lone call is not delayed by a
+// batching timer.
+type auditWriter struct {
+	db   *bolt.DB
+	mac  tink.MAC
+	reqs chan *auditReq
+	quit chan struct{}
+	done chan struct{}
+	once sync.Once
+
+	// lastSeq and lastMAC are owned by the writer goroutine after openAudit.
+	lastSeq uint64
+	lastMAC []byte
+
+	// fault, when set, makes appends fail: fault injection for tests of the fail-closed path.
+	fault atomic.Pointer[error]
+}
+
+type auditReq struct {
+	rec  AuditRecord
+	done chan error
+}
+
+const maxAuditBatch = 512
+
+// openAudit loads or creates the audit MAC keyset and the chain head, and starts the writer.
+func (s *Store) openAudit(kek tink.AEAD) error {
+	var encrypted []byte
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		encrypted = bytes.Clone(tx.Bucket(bucketMeta).Get(keyAuditKeyset))
+		return nil
+	}); err != nil {
+		return err
+	}
+	var h *keyset.Handle
+	if encrypted == nil {
+		var err error
+		if h, err = keyset.NewHandle(mac.HMACSHA256Tag256KeyTemplate()); err != nil {
+			return err
+		}
+		var buf bytes.Buffer
+		if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&buf), kek, auditKeysetAAD); err != nil {
+			return err
+		}
+		if err := s.db.Update(func(tx *bolt.Tx) error {
+			if _, err := tx.CreateBucketIfNotExists(bucketAudit); err != nil {
+				return err
+			}
+			return tx.Bucket(bucketMeta).Put(keyAuditKeyset, buf.Bytes())
+		}); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if h, err = keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(encrypted)), kek, auditKeysetAAD); err != nil {
+			return ErrWrongMasterKey
+		}
+	}
+	m, err := mac.New(h)
+	if err != nil {
+		return err
+	}
+	w := &auditWriter{db: s.db, mac: m, reqs: make(chan *auditReq, maxAuditBatch), quit: make(chan struct{}), done: make(chan struct{})}
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		head, err := w.readPoint(tx, keyAuditHead)
+		if err != nil {
+			return err
+		}
+		if head != nil {
+			w.lastSeq, w.lastMAC = head.Seq, head.Prev
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.audit = w
+	go w.run()
+	return nil
+}
+
+// readPoint reads a MACed chain point from meta; nil if absent.
+func (w *auditWriter) readPoint(tx *bolt.Tx, key []byte) (*chainPoint, error) {
+	raw := tx.Bucket(bucketMeta).Get(key)
+	if raw == nil {
+		return nil, nil
+	}
+	tag, body, err := w.split(raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.mac.VerifyMAC(tag, append([]byte(key), body...)); err != nil {
+		return nil, fmt.Errorf("%w: %s does not verify", ErrCorrupt, key)
+	}
+	var p chainPoint
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, key, err)
+	}
+	return &p, nil
+}
+
+func (w *auditWriter) writePoint(tx *bolt.Tx, key []byte, p chainPoint) error {
+	body, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	tag, err := w.mac.ComputeMAC(append([]byte(key), body...))
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketMeta).Put(key, w.join(tag, body))
+}
+
+// A stored value is <1-byte tag length><tag><body>.
+func (w *auditWriter) join(tag, body []byte) []byte {
+	out := make([]byte, 0, 1+len(tag)+len(body))
+	out = append(out, byte(len(tag)))
+	out = append(out, tag...)
+	return append(out, body...)
+}
+
+func (w *auditWriter) split(raw []byte) (tag, body []byte, err error) {
+	if len(raw) < 1 || len(raw) < 1+int(raw[0]) {
+		return nil, nil, fmt.Errorf("%w: short audit value", ErrCorrupt)
+	}
+	n := int(raw[0])
+	return raw[1 : 1+n], raw[1+n:], nil
+}
+
+func (w *auditWriter) run() {
+	defer close(w.done)
+	for {
+		var first *auditReq
+		select {
+		case first = <-w.reqs:
+		case <-w.quit:
+			// Fail whatever is still queued: the store is closing.
+			for {
+				select {
+				case r := <-w.reqs:
+					r.done <- fmt.Errorf("%w: store closed", ErrAuditUnavailable)
+				default:
+					return
+				}
+			}
+		}
+		batch := []*auditReq{first}
+	drain:
+		for len(batch) < maxAuditBatch {
+			select {
+			case r := <-w.reqs:
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		err := w.commit(batch)
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
+}
+
+// commit writes batch as consecutive chain records in one transaction. The in-memory head moves
+// only if the transaction commits.
+func (w *auditWriter) commit(batch []*auditReq) error {
+	if f := w.fault.Load(); f != nil {
+		return fmt.Errorf("%w: %v", ErrAuditUnavailable, *f)
+	}
+	seq, prev := w.lastSeq, w.lastMAC
+	err := w.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketAudit)
+		if err != nil {
+			return err
+		}
+		seq, prev = w.lastSeq, w.lastMAC
+		for _, r := range batch {
+			seq++
+			r.rec.Seq, r.rec.Prev = seq, prev
+			body, err := json.Marshal(&r.rec)
+			if err != nil {
+				return err
+			}
+			tag, err := w.mac.ComputeMAC(body)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(auditKey(seq), w.join(tag, body)); err != nil {
+				return err
+			}
+			prev = tag
+		}
+		return w.writePoint(tx, keyAuditHead, chainPoint{Seq: seq, Prev: prev})
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAuditUnavailable, err)
+	}
+	w.lastSeq, w.lastMAC = seq, prev
+	return nil
+}
+
+func (w *auditWriter) close() {
+	if w == nil {
+		return
+	}
+	w.once.Do(func() {
+		close(w.quit)
+		<-w.done
+	})
+}
+
+// AppendAudit makes rec durable as the next record of the chain and returns when it is (or
+// ctx ends; the record may still be written then). Concurrent appends share one commit.
+func (s *Store) AppendAudit(ctx context.Context, rec AuditRecord) error {
+	r := &auditReq{rec: rec, done: make(chan error, 1)}
+	select {
+	case <-s.audit.quit:
+		return fmt.Errorf("%w: store closed", ErrAuditUnavailable)
+	default:
+	}
+	select {
+	case s.audit.reqs <- r:
+	case <-s.audit.quit:
+		return fmt.Errorf("%w: store closed", ErrAuditUnavailable)
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %v", ErrAuditUnavailable, ctx.Err())
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %v", ErrAuditUnavailable, ctx.Err())
+	}
+}
+
+// InjectAuditFailure makes every audit append fail with err until it is called with nil. It exists
+// for fault-injection tests of the fail-closed path; brokerd never calls it.
+func (s *Store) InjectAuditFailure(err error) {
+	if err == nil {
+		s.audit.fault.Store(nil)
+		return
+	}
+	s.audit.fault.Store(&err)
+}
+
+// QueryDigest returns a keyed digest of a query, so the audit can show that two calls asked the
+// same thing without storing what they asked.
+func (s *Store) QueryDigest(q string) string {
+	tag, err := s.audit.mac.ComputeMAC(append([]byte("query\x00"), q...))
+	if err != nil {
+		return ""
+	}
+	return hex.EncodeToString(tag[len(tag)-16:])
+}
+
+// ListAudit returns up to limit records with seq > afterSeq and time >= since, in chain order.
+func (s *Store) ListAudit(afterSeq uint64, since time.Time, limit int) ([]AuditRecord, error) {
+	var out []AuditRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAudit)
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		for k, v := c.Seek(auditKey(afterSeq + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+			_, body, err := s.audit.split(v)
+			if err != nil {
+				return err
+			}
+			rec, err := DecodeAuditRecord(body)
+			if err != nil {
+				return err
+			}
+			if rec.Time.Before(since) {
+				continue
+			}
+			out = append(out, rec)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// DecodeAuditRecord parses an audit record body.
+func DecodeAuditRecord(body []byte) (AuditRecord, error) {
+	var rec AuditRecord
+	if err := json.Unmarshal(body, &rec); err != nil {
+		return AuditRecord{}, fmt.Errorf("%w: audit record: %v", ErrCorrupt, err)
+	}
+	if rec.Seq == 0 || rec.Method == "" {
+		return AuditRecord{}, fmt.Errorf("%w: audit record incomplete", ErrCorrupt)
+	}
+	return rec, nil
+}
+
+// AuditVerification is the result of walking the chain.
+type AuditVerification struct {
+	Checked  int
+	FirstSeq uint64 // first record checked (after the retention anchor)
+	LastSeq  uint64
+	OK       bool
+	BadSeq   uint64 // the first record that fails, when !OK
+	Problem  string
+}
+
+// VerifyAudit walks the whole chain from the retention anchor (or the start) to the head and
+// reports the first record that was edited, removed or moved.
+func (s *Store) VerifyAudit() (AuditVerification, error) {
+	var v AuditVerification
+	err := s.db.View(func(tx *bolt.Tx) error {
+		w := s.audit
+		anchor, err := w.readPoint(tx, keyAuditAnchor)
+		if err != nil {
+			v.Problem = "the retention anchor does not verify (edited?)"
+			return nil
+		}
+		head, err := w.readPoint(tx, keyAuditHead)
+		if err != nil {
+			v.Problem = "the chain head does not verify (edited?)"
+			return nil
+		}
+		want := chainPoint{Seq: 1}
+		if anchor != nil {
+			want = *anchor
+		}
+		v.FirstSeq = want.Seq
+		fail := func(seq uint64, format string, args ...any) error {
+			v.BadSeq, v.Problem = seq, fmt.Sprintf(format, args...)
+			return nil
+		}
+		b := tx.Bucket(bucketAudit)
+		if b != nil {
+			c := b.Cursor()
+			for k, val := c.First(); k != nil; k, val = c.Next() {
+				if len(k) != 8 {
+					return fail(want.Seq, "a record with a malformed key was inserted")
+				}
+				key := binary.BigEndian.Uint64(k)
+				tag, body, err := w.split(val)
+				if err != nil {
+					return fail(key, "record %d is truncated", key)
+				}
+				if w.mac.VerifyMAC(tag, body) != nil {
+					return fail(key, "record %d was edited (its MAC does not verify)", key)
+				}
+				rec, err := DecodeAuditRecord(body)
+				if err != nil {
+					return fail(key, "record %d does not decode", key)
+				}
+				switch {
+				case rec.Seq != key:
+					return fail(key, "the record stored at %d says it is record %d (records were moved)", key, rec.Seq)
+				case key < want.Seq:
+					return fail(key, "record %d precedes the retention anchor at %d", key, want.Seq)
+				case key > want.Seq:
+					return fail(want.Seq, "record %d is missing (removed); the next present record is %d", want.Seq, key)
+				case !hmac.Equal(rec.Prev, want.Prev):
+					return fail(key, "record %d does not follow record %d (an earlier record was replaced or reordered)", key, key-1)
+				}
+				v.Checked++
+				v.LastSeq = key
+				want = chainPoint{Seq: key + 1, Prev: tag}
+			}
+		}
+		if head != nil && (head.Seq != want.Seq-1 || !hmac.Equal(head.Prev, want.Prev)) {
+			if head.Seq > want.Seq-1 {
+				return fail(want.Seq, "records %d..%d at the end of the log are missing (removed)", want.Seq, head.Seq)
+			}
+			return fail(head.Seq, "the chain head does not match the last record")
+		}
+		v.OK = true
+		return nil
+	})
+	return v, err
+}
+
+// PruneAudit deletes records older than before (oldest first, never past the newest record's
+// predecessor chain) and moves the retention anchor so the rest still verifies. It returns the
+// number of records deleted.
+func (s *Store) PruneAudit(before time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAudit)
+		if b == nil {
+			return nil
+		}
+		var (
+			keys [][]byte
+			next chainPoint
+		)
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			tag, body, err := s.audit.split(v)
+			if err != nil {
+				return err
+			}
+			rec, err := DecodeAuditRecord(body)
+			if err != nil {
+				return err
+			}
+			if !rec.Time.Before(before) {
+				break
+			}
+			keys = append(keys, bytes.Clone(k))
+			next = chainPoint{Seq: rec.Seq + 1, Prev: bytes.Clone(tag)}
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(keys)
+		if n == 0 {
+			return nil
+		}
+		return s.audit.writePoint(tx, keyAuditAnchor, next)
+	})
+	return n, err
+}

@@ -1,0 +1,179 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+func appendN(t *testing.T, s *Store, n int, start time.Time) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := AuditRecord{Time: start.Add(time.Duration(i) * time.Second), Method: "/credbroker.v1.SearchService/Search", Code: "OK", TokenID: fmt.Sprintf("tok%d", i)}
+			if err := s.AppendAudit(context.Background(), rec); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestAuditChainAppendAndReopen(t *testing.T) {
+	s, path, kek := openStore(t)
+	appendN(t, s, 50, t0)
+	v, err := s.VerifyAudit()
+	if err != nil || !v.OK || v.Checked != 50 || v.LastSeq != 50 {
+		t.Fatalf("verify: %+v %v", v, err)
+	}
+	s.Close()
+	s2, err := Open(path, kek, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	appendN(t, s2, 5, t0.Add(time.Hour))
+	v, _ = s2.VerifyAudit()
+	if !v.OK || v.Checked != 55 {
+		t.Fatalf("after reopen: %+v", v)
+	}
+	recs, err := s2.ListAudit(50, time.Time{}, 100)
+	if err != nil || len(recs) != 5 || recs[0].Seq != 51 {
+		t.Fatalf("list after 50: %d %v", len(recs), err)
+	}
+	recs, _ = s2.ListAudit(0, t0.Add(time.Hour), 100)
+	if len(recs) != 5 {
+		t.Fatalf("list since: %d", len(recs))
+	}
+}
+
+// tamper applies fn to the audit bucket directly, as an attacker with the db file would.
+func tamper(t *testing.T, s *Store, fn func(b *bolt.Bucket)) {
+	t.Helper()
+	if err := s.db.Update(func(tx *bolt.Tx) error { fn(tx.Bucket(bucketAudit)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAuditVerifyDetectsTampering(t *testing.T) {
+	cases := []struct {
+		name    string
+		fn      func(b *bolt.Bucket)
+		wantSeq uint64
+		want    string
+	}{
+		{"edited", func(b *bolt.Bucket) {
+			v := bytes.Clone(b.Get(auditKey(4)))
+			b.Put(auditKey(4), bytes.Replace(v, []byte(`"code":"OK"`), []byte(`"code":"XX"`), 1))
+		}, 4, "edited"},
+		{"removed", func(b *bolt.Bucket) { b.Delete(auditKey(5)) }, 5, "missing"},
+		{"reordered", func(b *bolt.Bucket) {
+			a, c := bytes.Clone(b.Get(auditKey(3))), bytes.Clone(b.Get(auditKey(6)))
+			b.Put(auditKey(3), c)
+			b.Put(auditKey(6), a)
+		}, 3, "moved"},
+		{"tail removed", func(b *bolt.Bucket) { b.Delete(auditKey(10)) }, 10, "missing"},
+		{"replaced by a re-keyed copy", func(b *bolt.Bucket) {
+			b.Put(auditKey(7), bytes.Clone(b.Get(auditKey(8))))
+		}, 7, "moved"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _, _ := openStore(t)
+			for i := range 10 { // sequential, so record i has a known position
+				if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: fmt.Sprint(i)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tamper(t, s, tc.fn)
+			v, err := s.VerifyAudit()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.OK || v.BadSeq != tc.wantSeq || !strings.Contains(v.Problem, tc.want) {
+				t.Fatalf("got %+v, want bad seq %d with %q", v, tc.wantSeq, tc.want)
+			}
+		})
+	}
+}
+
+func TestAuditPruneKeepsChainVerifiable(t *testing.T) {
+	s, _, _ := openStore(t)
+	for i := range 10 {
+		if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0.Add(time.Duration(i) * time.Hour), Method: "/m", Code: "OK"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := s.PruneAudit(t0.Add(4 * time.Hour))
+	if err != nil || n != 4 {
+		t.Fatalf("prune: %d %v", n, err)
+	}
+	v, _ := s.VerifyAudit()
+	if !v.OK || v.Checked != 6 || v.FirstSeq != 5 {
+		t.Fatalf("after prune: %+v", v)
+	}
+	// Removing the first record after the anchor is still detected.
+	tamper(t, s, func(b *bolt.Bucket) { b.Delete(auditKey(5)) })
+	if v, _ := s.VerifyAudit(); v.OK || v.BadSeq != 5 {
+		t.Fatalf("after removing the anchored record: %+v", v)
+	}
+	// Pruning everything leaves a verifiable empty chain that later appends extend.
+	s2, _, _ := openStore(t)
+	s2.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK"})
+	if n, _ := s2.PruneAudit(t0.Add(time.Hour)); n != 1 {
+		t.Fatal("prune all")
+	}
+	s2.AppendAudit(context.Background(), AuditRecord{Time: t0.Add(2 * time.Hour), Method: "/m", Code: "OK"})
+	if v, _ := s2.VerifyAudit(); !v.OK || v.FirstSeq != 2 || v.Checked != 1 {
+		t.Fatalf("after prune all + append: %+v", v)
+	}
+}
+
+func TestAuditFailClosed(t *testing.T) {
+	s, _, _ := openStore(t)
+	s.InjectAuditFailure(errors.New("disk full"))
+	err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK"})
+	if !errors.Is(err, ErrAuditUnavailable) {
+		t.Fatalf("got %v, want ErrAuditUnavailable", err)
+	}
+	s.InjectAuditFailure(nil)
+	if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK"}); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.VerifyAudit(); !v.OK || v.Checked != 1 || v.LastSeq != 1 {
+		t.Fatalf("a failed append left a trace: %+v", v)
+	}
+	s.Close()
+	if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK"}); !errors.Is(err, ErrAuditUnavailable) {
+		t.Fatalf("append after close: %v", err)
+	}
+}
+
+func TestQueryDigest(t *testing.T) {
+	s, _, _ := openStore(t)
+	a, b := s.QueryDigest("mcp security"), s.QueryDigest("mcp security")
+	if a == "" || a != b || a == s.QueryDigest("other") || strings.Contains(a, "mcp") {
+		t.Fatalf("digests: %q %q", a, b)
+	}
+}
+
+func FuzzDecodeAuditRecord(f *testing.F) {
+	f.Add([]byte(`{"seq":1,"time":"2026-11-25T12:00:00Z","method":"/m","code":"OK","prev":null}`))
+	f.Add([]byte(`{"seq":0}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		rec, err := DecodeAuditRecord(raw)
+		if err == nil && (rec.Seq == 0 || rec.Method == "") {
+			t.Fatalf("accepted incomplete record %q", raw)
+		}
+	})
+}
