@@ -476,7 +476,11 @@ type MintTokenRequest struct {
 	// bind_uid, when set, restricts the token to callers with this local uid.
 	BindUid *uint32 `protobuf:"varint,4,opt,name=bind_uid,json=bindUid,proto3,oneof" json:"bind_uid,omitempty"`
 	// label is a free-text note for operators, at most 128 characters.
-	Label         string `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
+	Label string `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
+	// rate_limit, with rate_period, allows at most rate_limit calls per rate_period; 0 means no limit.
+	RateLimit uint32 `protobuf:"varint,6,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// rate_period is the window of rate_limit, e.g. 1m.
+	RatePeriod    *durationpb.Duration `protobuf:"bytes,7,opt,name=rate_period,json=ratePeriod,proto3" json:"rate_period,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -544,6 +548,20 @@ func (x *MintTokenRequest) GetLabel() string {
 		return x.Label
 	}
 	return ""
+}
+
+func (x *MintTokenRequest) GetRateLimit() uint32 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *MintTokenRequest) GetRatePeriod() *durationpb.Duration {
+	if x != nil {
+		return x.RatePeriod
+	}
+	return nil
 }
 
 // MintTokenResponse returns the new token. The token string is shown once and cannot be recovered.
@@ -634,7 +652,16 @@ type TokenInfo struct {
 	// revoked_at is when it was revoked.
 	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
 	// minted_by_uid is the uid of the caller that minted it.
-	MintedByUid   uint32 `protobuf:"varint,11,opt,name=minted_by_uid,json=mintedByUid,proto3" json:"minted_by_uid,omitempty"`
+	MintedByUid uint32 `protobuf:"varint,11,opt,name=minted_by_uid,json=mintedByUid,proto3" json:"minted_by_uid,omitempty"`
+	// last_used_at is the last successful authentication (durable for use-limited tokens, since
+	// brokerd started for others).
+	LastUsedAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_used_at,json=lastUsedAt,proto3" json:"last_used_at,omitempty"`
+	// rate_limit calls per rate_period; 0 means no limit.
+	RateLimit uint32 `protobuf:"varint,13,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// rate_period is the window of rate_limit.
+	RatePeriod *durationpb.Duration `protobuf:"bytes,14,opt,name=rate_period,json=ratePeriod,proto3" json:"rate_period,omitempty"`
+	// uses_left is max_uses - uses for limited tokens, 0 otherwise.
+	UsesLeft      uint64 `protobuf:"varint,15,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -742,6 +769,34 @@ func (x *TokenInfo) GetRevokedAt() *timestamppb.Timestamp {
 func (x *TokenInfo) GetMintedByUid() uint32 {
 	if x != nil {
 		return x.MintedByUid
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetLastUsedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUsedAt
+	}
+	return nil
+}
+
+func (x *TokenInfo) GetRateLimit() uint32 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetRatePeriod() *durationpb.Duration {
+	if x != nil {
+		return x.RatePeriod
+	}
+	return nil
+}
+
+func (x *TokenInfo) GetUsesLeft() uint64 {
+	if x != nil {
+		return x.UsesLeft
 	}
 	return 0
 }
@@ -1094,6 +1149,517 @@ func (x *StatusResponse) GetTools() []string {
 	return nil
 }
 
+// GetTokenRequest names a token by its public id.
+type GetTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the token's public id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTokenRequest) Reset() {
+	*x = GetTokenRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTokenRequest) ProtoMessage() {}
+
+func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTokenRequest.ProtoReflect.Descriptor instead.
+func (*GetTokenRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GetTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// GetTokenResponse describes the token.
+type GetTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token details, never the secret.
+	Token         *TokenInfo `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTokenResponse) Reset() {
+	*x = GetTokenResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTokenResponse) ProtoMessage() {}
+
+func (x *GetTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTokenResponse.ProtoReflect.Descriptor instead.
+func (*GetTokenResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetTokenResponse) GetToken() *TokenInfo {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// AuditRecord is one audited call. It never holds a secret, a token or a raw query.
+type AuditRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seq is the record's position in the chain, from 1.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// time the call ended.
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// peer_known reports whether the caller's identity came from the kernel (SO_PEERCRED).
+	PeerKnown bool `protobuf:"varint,3,opt,name=peer_known,json=peerKnown,proto3" json:"peer_known,omitempty"`
+	// uid of the calling process.
+	Uid uint32 `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`
+	// gid of the calling process.
+	Gid uint32 `protobuf:"varint,5,opt,name=gid,proto3" json:"gid,omitempty"`
+	// pid of the calling process.
+	Pid int32 `protobuf:"varint,6,opt,name=pid,proto3" json:"pid,omitempty"`
+	// token_id of the token used (public id), if any.
+	TokenId string `protobuf:"bytes,7,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// method is the full gRPC method name.
+	Method string `protobuf:"bytes,8,opt,name=method,proto3" json:"method,omitempty"`
+	// tool called, for tool calls.
+	Tool string `protobuf:"bytes,9,opt,name=tool,proto3" json:"tool,omitempty"`
+	// code is the gRPC status code name the call returned.
+	Code string `protobuf:"bytes,10,opt,name=code,proto3" json:"code,omitempty"`
+	// latency of the call.
+	Latency *durationpb.Duration `protobuf:"bytes,11,opt,name=latency,proto3" json:"latency,omitempty"`
+	// credential name used or changed.
+	Credential string `protobuf:"bytes,12,opt,name=credential,proto3" json:"credential,omitempty"`
+	// credential_version used or written.
+	CredentialVersion uint64 `protobuf:"varint,13,opt,name=credential_version,json=credentialVersion,proto3" json:"credential_version,omitempty"`
+	// query_len is the query's length in bytes.
+	QueryLen uint32 `protobuf:"varint,14,opt,name=query_len,json=queryLen,proto3" json:"query_len,omitempty"`
+	// query_mac is a keyed digest of the query (equal queries have equal digests).
+	QueryMac string `protobuf:"bytes,15,opt,name=query_mac,json=queryMac,proto3" json:"query_mac,omitempty"`
+	// event names what happened beyond the method ("mint", "rotate", "bound-token-misuse", ...).
+	Event         string `protobuf:"bytes,16,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AuditRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetPeerKnown() bool {
+	if x != nil {
+		return x.PeerKnown
+	}
+	return false
+}
+
+func (x *AuditRecord) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTool() string {
+	if x != nil {
+		return x.Tool
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetLatency() *durationpb.Duration {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetCredentialVersion() uint64 {
+	if x != nil {
+		return x.CredentialVersion
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetQueryLen() uint32 {
+	if x != nil {
+		return x.QueryLen
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetQueryMac() string {
+	if x != nil {
+		return x.QueryMac
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+// ListAuditRequest selects audit records.
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// after_seq returns records with a larger seq (0 = from the start).
+	AfterSeq uint64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// since returns records at or after this time.
+	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// page_size is the maximum number of records: 1-1000, 0 means 100.
+	PageSize      int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListAuditRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListAuditRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+// ListAuditResponse is one page of audit records.
+type ListAuditResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// records in chain order.
+	Records       []*AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+// VerifyAuditRequest has no fields.
+type VerifyAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditRequest) Reset() {
+	*x = VerifyAuditRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditRequest) ProtoMessage() {}
+
+func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+// VerifyAuditResponse reports the result of walking the chain.
+type VerifyAuditResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ok is true when every record verifies and follows its predecessor.
+	Ok bool `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	// checked is the number of records verified.
+	Checked uint64 `protobuf:"varint,2,opt,name=checked,proto3" json:"checked,omitempty"`
+	// first_seq is where verification started (after the retention anchor).
+	FirstSeq uint64 `protobuf:"varint,3,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	// last_seq is the last record verified.
+	LastSeq uint64 `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// bad_seq is the first failing record when ok is false.
+	BadSeq uint64 `protobuf:"varint,5,opt,name=bad_seq,json=badSeq,proto3" json:"bad_seq,omitempty"`
+	// problem says what is wrong with bad_seq.
+	Problem       string `protobuf:"bytes,6,opt,name=problem,proto3" json:"problem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditResponse) Reset() {
+	*x = VerifyAuditResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditResponse) ProtoMessage() {}
+
+func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *VerifyAuditResponse) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *VerifyAuditResponse) GetChecked() uint64 {
+	if x != nil {
+		return x.Checked
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetBadSeq() uint64 {
+	if x != nil {
+		return x.BadSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
@@ -1126,19 +1692,23 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\vcredentials\x18\x01 \x03(\v2\x19.credbroker.v1.CredentialR\vcredentials\"-\n" +
 	"\x17DeleteCredentialRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x1a\n" +
-	"\x18DeleteCredentialResponse\"\xb3\x01\n" +
+	"\x18DeleteCredentialResponse\"\x8e\x02\n" +
 	"\x10MintTokenRequest\x12\x14\n" +
 	"\x05tools\x18\x01 \x03(\tR\x05tools\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
 	"\bmax_uses\x18\x03 \x01(\x04R\amaxUses\x12\x1e\n" +
 	"\bbind_uid\x18\x04 \x01(\rH\x00R\abindUid\x88\x01\x01\x12\x14\n" +
-	"\x05label\x18\x05 \x01(\tR\x05labelB\v\n" +
+	"\x05label\x18\x05 \x01(\tR\x05label\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\x06 \x01(\rR\trateLimit\x12:\n" +
+	"\vrate_period\x18\a \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"ratePeriodB\v\n" +
 	"\t_bind_uid\"t\n" +
 	"\x11MintTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x129\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x92\x03\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xc8\x04\n" +
 	"\tTokenInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05tools\x18\x02 \x03(\tR\x05tools\x129\n" +
@@ -1154,7 +1724,14 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"revoked_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12\"\n" +
-	"\rminted_by_uid\x18\v \x01(\rR\vmintedByUidB\v\n" +
+	"\rminted_by_uid\x18\v \x01(\rR\vmintedByUid\x12<\n" +
+	"\flast_used_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"lastUsedAt\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\r \x01(\rR\trateLimit\x12:\n" +
+	"\vrate_period\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"ratePeriod\x12\x1b\n" +
+	"\tuses_left\x18\x0f \x01(\x04R\busesLeftB\v\n" +
 	"\t_bind_uid\"x\n" +
 	"\x11ListTokensRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -1178,7 +1755,46 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\vlive_tokens\x18\x05 \x01(\rR\n" +
 	"liveTokens\x12%\n" +
 	"\x0eschema_version\x18\x06 \x01(\rR\rschemaVersion\x12\x14\n" +
-	"\x05tools\x18\a \x03(\tR\x05tools2\xd6\x05\n" +
+	"\x05tools\x18\a \x03(\tR\x05tools\"!\n" +
+	"\x0fGetTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"B\n" +
+	"\x10GetTokenResponse\x12.\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\xd3\x03\n" +
+	"\vAuditRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
+	"\n" +
+	"peer_known\x18\x03 \x01(\bR\tpeerKnown\x12\x10\n" +
+	"\x03uid\x18\x04 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x05 \x01(\rR\x03gid\x12\x10\n" +
+	"\x03pid\x18\x06 \x01(\x05R\x03pid\x12\x19\n" +
+	"\btoken_id\x18\a \x01(\tR\atokenId\x12\x16\n" +
+	"\x06method\x18\b \x01(\tR\x06method\x12\x12\n" +
+	"\x04tool\x18\t \x01(\tR\x04tool\x12\x12\n" +
+	"\x04code\x18\n" +
+	" \x01(\tR\x04code\x123\n" +
+	"\alatency\x18\v \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x1e\n" +
+	"\n" +
+	"credential\x18\f \x01(\tR\n" +
+	"credential\x12-\n" +
+	"\x12credential_version\x18\r \x01(\x04R\x11credentialVersion\x12\x1b\n" +
+	"\tquery_len\x18\x0e \x01(\rR\bqueryLen\x12\x1b\n" +
+	"\tquery_mac\x18\x0f \x01(\tR\bqueryMac\x12\x14\n" +
+	"\x05event\x18\x10 \x01(\tR\x05event\"~\n" +
+	"\x10ListAuditRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\"I\n" +
+	"\x11ListAuditResponse\x124\n" +
+	"\arecords\x18\x01 \x03(\v2\x1a.credbroker.v1.AuditRecordR\arecords\"\x14\n" +
+	"\x12VerifyAuditRequest\"\xaa\x01\n" +
+	"\x13VerifyAuditResponse\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
+	"\achecked\x18\x02 \x01(\x04R\achecked\x12\x1b\n" +
+	"\tfirst_seq\x18\x03 \x01(\x04R\bfirstSeq\x12\x19\n" +
+	"\blast_seq\x18\x04 \x01(\x04R\alastSeq\x12\x17\n" +
+	"\abad_seq\x18\x05 \x01(\x04R\x06badSeq\x12\x18\n" +
+	"\aproblem\x18\x06 \x01(\tR\aproblem2\xc9\a\n" +
 	"\fAdminService\x12Z\n" +
 	"\rPutCredential\x12#.credbroker.v1.PutCredentialRequest\x1a$.credbroker.v1.PutCredentialResponse\x12c\n" +
 	"\x10RotateCredential\x12&.credbroker.v1.RotateCredentialRequest\x1a'.credbroker.v1.RotateCredentialResponse\x12`\n" +
@@ -1188,7 +1804,10 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"ListTokens\x12 .credbroker.v1.ListTokensRequest\x1a!.credbroker.v1.ListTokensResponse\x12T\n" +
 	"\vRevokeToken\x12!.credbroker.v1.RevokeTokenRequest\x1a\".credbroker.v1.RevokeTokenResponse\x12E\n" +
-	"\x06Status\x12\x1c.credbroker.v1.StatusRequest\x1a\x1d.credbroker.v1.StatusResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x06Status\x12\x1c.credbroker.v1.StatusRequest\x1a\x1d.credbroker.v1.StatusResponse\x12K\n" +
+	"\bGetToken\x12\x1e.credbroker.v1.GetTokenRequest\x1a\x1f.credbroker.v1.GetTokenResponse\x12N\n" +
+	"\tListAudit\x12\x1f.credbroker.v1.ListAuditRequest\x1a .credbroker.v1.ListAuditResponse\x12T\n" +
+	"\vVerifyAudit\x12!.credbroker.v1.VerifyAuditRequest\x1a\".credbroker.v1.VerifyAuditResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -1202,7 +1821,7 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*Credential)(nil),               // 0: credbroker.v1.Credential
 	(*PutCredentialRequest)(nil),     // 1: credbroker.v1.PutCredentialRequest
@@ -1222,45 +1841,66 @@ var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*RevokeTokenResponse)(nil),      // 15: credbroker.v1.RevokeTokenResponse
 	(*StatusRequest)(nil),            // 16: credbroker.v1.StatusRequest
 	(*StatusResponse)(nil),           // 17: credbroker.v1.StatusResponse
-	(*timestamppb.Timestamp)(nil),    // 18: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 19: google.protobuf.Duration
+	(*GetTokenRequest)(nil),          // 18: credbroker.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),         // 19: credbroker.v1.GetTokenResponse
+	(*AuditRecord)(nil),              // 20: credbroker.v1.AuditRecord
+	(*ListAuditRequest)(nil),         // 21: credbroker.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),        // 22: credbroker.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),       // 23: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),      // 24: credbroker.v1.VerifyAuditResponse
+	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 26: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	18, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
-	18, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
+	25, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
+	25, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: credbroker.v1.PutCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 3: credbroker.v1.RotateCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 4: credbroker.v1.ListCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	19, // 5: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
-	18, // 6: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	18, // 7: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	18, // 8: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	18, // 9: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
-	11, // 10: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
-	11, // 11: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	18, // 12: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	19, // 13: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
-	1,  // 14: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
-	3,  // 15: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
-	5,  // 16: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
-	7,  // 17: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
-	9,  // 18: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
-	12, // 19: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
-	14, // 20: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
-	16, // 21: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
-	2,  // 22: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
-	4,  // 23: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
-	6,  // 24: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
-	8,  // 25: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
-	10, // 26: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
-	13, // 27: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
-	15, // 28: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
-	17, // 29: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
-	22, // [22:30] is the sub-list for method output_type
-	14, // [14:22] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	26, // 5: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
+	26, // 6: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
+	25, // 7: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	25, // 8: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	25, // 9: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	25, // 10: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	25, // 11: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	26, // 12: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
+	11, // 13: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
+	11, // 14: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
+	25, // 15: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	26, // 16: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
+	11, // 17: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
+	25, // 18: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	26, // 19: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
+	25, // 20: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	20, // 21: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
+	1,  // 22: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
+	3,  // 23: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
+	5,  // 24: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
+	7,  // 25: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
+	9,  // 26: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
+	12, // 27: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
+	14, // 28: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
+	16, // 29: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
+	18, // 30: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
+	21, // 31: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
+	23, // 32: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	2,  // 33: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
+	4,  // 34: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
+	6,  // 35: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
+	8,  // 36: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
+	10, // 37: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
+	13, // 38: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
+	15, // 39: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
+	17, // 40: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
+	19, // 41: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
+	22, // 42: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
+	24, // 43: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	33, // [33:44] is the sub-list for method output_type
+	22, // [22:33] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -1276,7 +1916,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
