@@ -94,6 +94,9 @@ type MintRequest struct {
 	MaxUses uint64
 	BindUID *uint32
 	Label   string
+	// RateLimit calls per RatePeriod; 0 = unlimited.
+	RateLimit  uint32
+	RatePeriod time.Duration
 }
 
 // MintToken validates r and creates a token. It returns the token string (shown once) and its
@@ -122,6 +125,12 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 	if err := validateLabel(r.Label); err != nil {
 		return "", store.Token{}, err
 	}
+	switch {
+	case r.RateLimit == 0 && r.RatePeriod != 0:
+		return "", store.Token{}, invalid("rate_period needs rate_limit")
+	case r.RateLimit > 0 && (r.RatePeriod < time.Second || r.RatePeriod > 24*time.Hour):
+		return "", store.Token{}, invalid("rate period must be between 1s and 24h, e.g. 10/m")
+	}
 	now := b.now().UTC()
 	for range 3 { // an id collision (2^-64 per pair) is retried, not reported
 		tok, id, hash, err := token.New()
@@ -131,6 +140,7 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 		rec := store.Token{
 			ID: id, SecretHash: hash[:], Tools: scoped, CreatedAt: now, ExpiresAt: now.Add(r.TTL),
 			MaxUses: r.MaxUses, BindUID: r.BindUID, Label: r.Label, MintedByUID: caller.UID,
+			RateLimit: r.RateLimit, RatePeriod: r.RatePeriod,
 		}
 		err = b.store.PutToken(rec)
 		if errors.Is(err, store.ErrExists) {
@@ -144,6 +154,13 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 		return tok, rec, nil
 	}
 	return "", store.Token{}, errors.New("could not draw an unused token id")
+}
+
+func validateTokenID(id string) error {
+	if !token.ValidID(id) {
+		return invalid("token id must be 16 lowercase hex characters (see `brokerctl token list`)")
+	}
+	return nil
 }
 
 func validateLabel(l string) error {
@@ -182,17 +199,15 @@ func (b *Broker) ListTokens(pageSize int, pageToken string, includeExpired bool)
 func (b *Broker) RevokeToken(ctx context.Context, id string) (store.Token, error) {
 	ci := callInfo(ctx)
 	ci.Event = "revoke"
-	if !token.ValidID(id) {
-		return store.Token{}, invalid("token id must be 16 lowercase hex characters (see `brokerctl token list`)")
+	if err := validateTokenID(id); err != nil {
+		return store.Token{}, err
 	}
 	ci.TokenID = id
 	t, err := b.store.RevokeToken(id, b.now())
 	if err != nil {
 		return store.Token{}, err
 	}
-	b.mu.Lock()
-	b.tokens[id] = &t
-	b.mu.Unlock()
+	b.updateCachedToken(t)
 	b.log.Info("token revoked", "token_id", id)
 	return t, nil
 }

@@ -46,11 +46,11 @@ type Broker struct {
 	now      func() time.Time
 	started  time.Time
 
-	// tokens caches token records by id so the hot path (a token without a use limit) costs no
+	// tokens caches token state by id so the hot path (a token without a use limit) costs no
 	// bbolt access after the first call. Only this process writes the database, so the cache is
 	// kept coherent by updating it in RevokeToken.
 	mu     sync.RWMutex
-	tokens map[string]*store.Token
+	tokens map[string]*tokenState
 }
 
 // New builds a Broker.
@@ -69,7 +69,7 @@ func New(cfg Config) (*Broker, error) {
 	}
 	return &Broker{
 		store: cfg.Store, upstream: cfg.Upstream, log: cfg.Logger, maxTTL: cfg.MaxTTL,
-		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*store.Token),
+		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*tokenState),
 	}, nil
 }
 
@@ -77,31 +77,17 @@ func unauthenticated(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrUnauthenticated, fmt.Sprintf(format, args...))
 }
 
-// lookupToken returns the cached record for id, loading it on a miss. The record is shared:
-// callers must not modify it.
-func (b *Broker) lookupToken(id string) (*store.Token, error) {
-	b.mu.RLock()
-	t, ok := b.tokens[id]
-	b.mu.RUnlock()
-	if ok {
-		return t, nil
-	}
-	rec, err := b.store.GetToken(id)
-	if err != nil {
-		return nil, err
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if t, ok := b.tokens[id]; ok { // another caller loaded it first, or a revoke raced us
-		return t, nil
-	}
-	b.tokens[id] = &rec
-	return &rec, nil
-}
-
 // Authenticate checks a bearer token presented by caller: shape, secret, revocation, expiry and
 // uid binding. It does not check tool scope or count a use.
 func (b *Broker) Authenticate(ctx context.Context, raw string, caller Caller) (*store.Token, error) {
+	st, err := b.authenticate(ctx, raw, caller)
+	if err != nil {
+		return nil, err
+	}
+	return st.record(), nil
+}
+
+func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*tokenState, error) {
 	ci := callInfo(ctx)
 	if raw == "" {
 		return nil, unauthenticated("no token: send metadata \"authorization: Bearer <token>\" with a token from `brokerctl token mint`")
@@ -111,13 +97,14 @@ func (b *Broker) Authenticate(ctx context.Context, raw string, caller Caller) (*
 		return nil, unauthenticated("invalid token")
 	}
 	ci.TokenID = p.ID
-	t, err := b.lookupToken(p.ID)
+	st, err := b.lookupToken(p.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, unauthenticated("invalid token")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("token %s: %w", p.ID, err)
 	}
+	t := st.record()
 	if !p.Verify(t.SecretHash) {
 		return nil, unauthenticated("invalid token")
 	}
@@ -132,16 +119,17 @@ func (b *Broker) Authenticate(ctx context.Context, raw string, caller Caller) (*
 		b.log.Warn("bound token presented by another uid", "token_id", t.ID, "bound_uid", *t.BindUID, "peer_uid", caller.UID, "peer_pid", caller.PID)
 		return nil, unauthenticated("token %s is bound to another uid", t.ID)
 	}
-	return t, nil
+	return st, nil
 }
 
 // Search authenticates raw, checks that it may call the requested tool, validates the request,
 // counts a use if the token is limited, and performs the upstream call with the tool's credential.
 func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req SearchRequest) (*SearchResult, error) {
-	t, err := b.Authenticate(ctx, raw, caller)
+	st, err := b.authenticate(ctx, raw, caller)
 	if err != nil {
 		return nil, err
 	}
+	t := st.record()
 	if req.Tool == "" {
 		req.Tool = DefaultTool
 	}
@@ -162,6 +150,11 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 	if err != nil {
 		return nil, fmt.Errorf("encode request: %w", err)
 	}
+	ci.QueryLen, ci.QueryMAC = len(req.Query), b.store.QueryDigest(req.Query)
+	if err := st.allow(b.now()); err != nil {
+		return nil, err
+	}
+	st.touch(b.now())
 	if t.MaxUses > 0 {
 		if _, err := b.store.UseToken(t.ID, b.now()); err != nil {
 			if errors.Is(err, store.ErrExhausted) {
@@ -180,6 +173,11 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 		return nil, fmt.Errorf("load credential %q: %w", tool.Credential, err)
 	}
 	resp, err := b.upstream.Do(ctx, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
+	if err != nil {
+		// The upstream package never puts bodies in errors; redact anyway, so no future change
+		// or transport message can carry the key out.
+		err = redacted(err, key)
+	}
 	clear(key) // the plaintext lives for this call only
 	if err != nil {
 		b.log.Warn("upstream call failed", "tool", tool.Name, "token_id", t.ID, "credential", tool.Credential, "version", version, "err", err)

@@ -11,7 +11,7 @@ type CallInfo struct {
 	Credential        string
 	CredentialVersion uint64
 	QueryLen          int
-	QueryMAC          []byte
+	QueryMAC          string
 	// Event names what an admin call changed ("rotate", "mint", ...) or a notable outcome
 	// ("bound-token-misuse", "fallback-previous-version").
 	Event string

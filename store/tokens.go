@@ -28,6 +28,9 @@ type Token struct {
 	Revoked     bool      `json:"revoked,omitempty"`
 	RevokedAt   time.Time `json:"revoked_at,omitzero"`
 	LastUsedAt  time.Time `json:"last_used_at,omitzero"`
+	// RateLimit calls per RatePeriod; 0 means unlimited. Enforced in memory by the broker.
+	RateLimit  uint32        `json:"rate_limit,omitempty"`
+	RatePeriod time.Duration `json:"rate_period,omitempty"`
 }
 
 // Live reports whether the token is neither revoked nor expired at now.

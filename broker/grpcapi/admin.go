@@ -2,7 +2,9 @@ package grpcapi
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -36,6 +38,15 @@ func tokenPB(t store.Token) *pb.TokenInfo {
 	}
 	if !t.RevokedAt.IsZero() {
 		out.RevokedAt = timestamppb.New(t.RevokedAt)
+	}
+	if !t.LastUsedAt.IsZero() {
+		out.LastUsedAt = timestamppb.New(t.LastUsedAt)
+	}
+	if t.RateLimit > 0 {
+		out.RateLimit, out.RatePeriod = t.RateLimit, durationpb.New(t.RatePeriod)
+	}
+	if t.MaxUses > t.Uses {
+		out.UsesLeft = t.MaxUses - t.Uses
 	}
 	return out
 }
@@ -81,12 +92,19 @@ func (s *AdminService) DeleteCredential(ctx context.Context, req *pb.DeleteCrede
 
 // MintToken implements AdminService.MintToken.
 func (s *AdminService) MintToken(ctx context.Context, req *pb.MintTokenRequest) (*pb.MintTokenResponse, error) {
-	r := broker.MintRequest{Tools: req.GetTools(), MaxUses: req.GetMaxUses(), BindUID: req.BindUid, Label: req.GetLabel()}
-	if d := req.GetTtl(); d != nil {
-		if err := d.CheckValid(); err != nil {
-			return nil, toStatus(s.log, "MintToken", broker.ErrInvalidArgument)
+	r := broker.MintRequest{Tools: req.GetTools(), MaxUses: req.GetMaxUses(), BindUID: req.BindUid, Label: req.GetLabel(), RateLimit: req.GetRateLimit()}
+	for _, d := range []struct {
+		pb  *durationpb.Duration
+		out *time.Duration
+		f   string
+	}{{req.GetTtl(), &r.TTL, "ttl"}, {req.GetRatePeriod(), &r.RatePeriod, "rate_period"}} {
+		if d.pb == nil {
+			continue
 		}
-		r.TTL = d.AsDuration()
+		if err := d.pb.CheckValid(); err != nil {
+			return nil, toStatus(s.log, "MintToken", fmt.Errorf("%w: %s is not a valid duration", broker.ErrInvalidArgument, d.f))
+		}
+		*d.out = d.pb.AsDuration()
 	}
 	tok, rec, err := s.b.MintToken(ctx, r, callerFrom(ctx))
 	if err != nil {
@@ -127,5 +145,48 @@ func (s *AdminService) Status(context.Context, *pb.StatusRequest) (*pb.StatusRes
 		Version: st.Version, StartedAt: timestamppb.New(st.StartedAt), Uptime: durationpb.New(st.Uptime),
 		Credentials: uint32(st.Credentials), LiveTokens: uint32(st.LiveTokens),
 		SchemaVersion: uint32(st.SchemaVersion), Tools: st.Tools,
+	}, nil
+}
+
+// GetToken implements AdminService.GetToken.
+func (s *AdminService) GetToken(ctx context.Context, req *pb.GetTokenRequest) (*pb.GetTokenResponse, error) {
+	d, err := s.b.GetToken(ctx, req.GetId())
+	if err != nil {
+		return nil, toStatus(s.log, "GetToken", err)
+	}
+	d.Token.LastUsedAt = d.LastUsed
+	return &pb.GetTokenResponse{Token: tokenPB(d.Token)}, nil
+}
+
+// ListAudit implements AdminService.ListAudit.
+func (s *AdminService) ListAudit(_ context.Context, req *pb.ListAuditRequest) (*pb.ListAuditResponse, error) {
+	var since time.Time
+	if req.GetSince() != nil {
+		since = req.GetSince().AsTime()
+	}
+	recs, err := s.b.ListAudit(req.GetAfterSeq(), since, int(req.GetPageSize()))
+	if err != nil {
+		return nil, toStatus(s.log, "ListAudit", err)
+	}
+	out := &pb.ListAuditResponse{Records: make([]*pb.AuditRecord, 0, len(recs))}
+	for _, r := range recs {
+		out.Records = append(out.Records, &pb.AuditRecord{
+			Seq: r.Seq, Time: timestamppb.New(r.Time), PeerKnown: r.PeerKnown, Uid: r.UID, Gid: r.GID, Pid: r.PID,
+			TokenId: r.TokenID, Method: r.Method, Tool: r.Tool, Code: r.Code,
+			Latency: durationpb.New(time.Duration(r.LatencyMicros) * time.Microsecond), Credential: r.Credential,
+			CredentialVersion: r.CredentialVersion, QueryLen: uint32(r.QueryLen), QueryMac: r.QueryMAC, Event: r.Event,
+		})
+	}
+	return out, nil
+}
+
+// VerifyAudit implements AdminService.VerifyAudit.
+func (s *AdminService) VerifyAudit(context.Context, *pb.VerifyAuditRequest) (*pb.VerifyAuditResponse, error) {
+	v, err := s.b.VerifyAudit()
+	if err != nil {
+		return nil, toStatus(s.log, "VerifyAudit", err)
+	}
+	return &pb.VerifyAuditResponse{
+		Ok: v.OK, Checked: uint64(v.Checked), FirstSeq: v.FirstSeq, LastSeq: v.LastSeq, BadSeq: v.BadSeq, Problem: v.Problem,
 	}, nil
 }

@@ -23,6 +23,8 @@ var errorCodes = []struct {
 	{broker.ErrPermissionDenied, codes.PermissionDenied},
 	{broker.ErrInvalidArgument, codes.InvalidArgument},
 	{broker.ErrCredentialMissing, codes.FailedPrecondition},
+	{broker.ErrRateLimited, codes.ResourceExhausted},
+	{store.ErrAuditUnavailable, codes.Unavailable},
 	{store.ErrNotFound, codes.NotFound},
 	{store.ErrExists, codes.AlreadyExists},
 	{upstream.ErrRejected, codes.FailedPrecondition},

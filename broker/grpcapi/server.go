@@ -38,8 +38,9 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *health.Server) {
 	opts := append([]grpc.ServerOption{
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.MaxRecvMsgSize(MaxMessageSize),
-		grpc.ChainUnaryInterceptor(o.Admins.unary),
-		grpc.ChainStreamInterceptor(o.Admins.stream),
+		// The auditor is outermost so refused calls are recorded too.
+		grpc.ChainUnaryInterceptor(auditor{b, o.Logger}.unary, o.Admins.unary),
+		grpc.ChainStreamInterceptor(auditor{b, o.Logger}.stream, o.Admins.stream),
 	}, o.ServerOptions...)
 	g := grpc.NewServer(opts...)
 	(&SearchService{b: b, log: o.Logger}).Register(g)

@@ -1,0 +1,80 @@
+package broker
+
+import (
+	"context"
+	"time"
+
+	"github.com/credbroker/credbroker/store"
+)
+
+// CallRecord is what the gRPC edge knows about a finished call.
+type CallRecord struct {
+	Method  string
+	Caller  Caller
+	Code    string
+	Latency time.Duration
+	Info    *CallInfo
+}
+
+// RecordCall makes the audit record of a call durable. It fails (store.ErrAuditUnavailable) when
+// the record cannot be written, and the caller must then fail the call: nothing goes unaudited.
+func (b *Broker) RecordCall(ctx context.Context, r CallRecord) error {
+	ci := r.Info
+	if ci == nil {
+		ci = &CallInfo{}
+	}
+	// The record is written even if the caller gave up: the call happened.
+	return b.store.AppendAudit(context.WithoutCancel(ctx), store.AuditRecord{
+		Time: b.now().UTC(), PeerKnown: r.Caller.Known, UID: r.Caller.UID, GID: r.Caller.GID, PID: r.Caller.PID,
+		TokenID: ci.TokenID, Method: r.Method, Tool: ci.Tool, Code: r.Code, LatencyMicros: r.Latency.Microseconds(),
+		Credential: ci.Credential, CredentialVersion: ci.CredentialVersion, QueryLen: ci.QueryLen, QueryMAC: ci.QueryMAC,
+		Event: ci.Event,
+	})
+}
+
+// RecordEvent audits something that happened without an RPC (a scheduled rotation, a fallback).
+func (b *Broker) RecordEvent(ctx context.Context, event, credential string, version uint64, err error) error {
+	code := "OK"
+	if err != nil {
+		code = "ERROR"
+	}
+	return b.store.AppendAudit(context.WithoutCancel(ctx), store.AuditRecord{
+		Time: b.now().UTC(), Method: "event", Code: code, Credential: credential, CredentialVersion: version, Event: event,
+	})
+}
+
+// ListAudit returns up to pageSize records after afterSeq at or after since.
+func (b *Broker) ListAudit(afterSeq uint64, since time.Time, pageSize int) ([]store.AuditRecord, error) {
+	switch {
+	case pageSize == 0:
+		pageSize = DefaultPageSize
+	case pageSize < 0 || pageSize > MaxPageSize:
+		return nil, invalid("page_size must be between 1 and %d", MaxPageSize)
+	}
+	return b.store.ListAudit(afterSeq, since, pageSize)
+}
+
+// VerifyAudit walks the audit chain.
+func (b *Broker) VerifyAudit() (store.AuditVerification, error) { return b.store.VerifyAudit() }
+
+// RunAuditRetention prunes audit records older than retention every interval until ctx ends.
+func (b *Broker) RunAuditRetention(ctx context.Context, retention, interval time.Duration) error {
+	if retention <= 0 {
+		return nil
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		n, err := b.store.PruneAudit(b.now().Add(-retention))
+		if err != nil {
+			b.log.Error("audit retention", "err", err)
+		} else if n > 0 {
+			b.log.Info("audit retention pruned records", "records", n, "retention", retention)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,58 @@
+package grpcapi
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/credbroker/credbroker/broker"
+)
+
+// auditor records every credbroker call (admin and data plane, allowed or refused) before its
+// response is returned. If the record cannot be written the call fails with Unavailable: a call
+// that cannot be proven afterwards does not happen (fail closed, as Vault does).
+type auditor struct {
+	b   *broker.Broker
+	log *slog.Logger
+}
+
+// audited reports whether method is one of ours; health checks and reflection are not audited
+// (the watchdog alone would flood the log).
+func audited(method string) bool { return strings.HasPrefix(method, "/credbroker.v1.") }
+
+func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if !audited(info.FullMethod) {
+		return handler(ctx, req)
+	}
+	start := time.Now()
+	ci := &broker.CallInfo{}
+	resp, err := handler(broker.WithCallInfo(ctx, ci), req)
+	rec := broker.CallRecord{
+		Method: info.FullMethod, Caller: callerFrom(ctx), Code: status.Code(err).String(),
+		Latency: time.Since(start), Info: ci,
+	}
+	if aerr := a.b.RecordCall(ctx, rec); aerr != nil {
+		a.log.Error("audit record not written; failing the call", "method", info.FullMethod, "err", aerr)
+		return nil, status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
+	}
+	return resp, err
+}
+
+func (a auditor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !audited(info.FullMethod) {
+		return handler(srv, ss)
+	}
+	start := time.Now()
+	err := handler(srv, ss)
+	rec := broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ss.Context()), Code: status.Code(err).String(), Latency: time.Since(start)}
+	if aerr := a.b.RecordCall(ss.Context(), rec); aerr != nil {
+		a.log.Error("audit record not written", "method", info.FullMethod, "err", aerr)
+		return status.Error(codes.Unavailable, "brokerd cannot write its audit log")
+	}
+	return err
+}

@@ -1,0 +1,140 @@
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+func TestAuditRecordsEveryCall(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}})
+	const query = "very private question about acquisitions"
+	if _, err := h.search.Search(withToken(tok.Token), &pb.SearchRequest{Query: query}); err != nil {
+		t.Fatal(err)
+	}
+	h.search.Search(withToken(tok.Token), &pb.SearchRequest{Tool: "google_search", Query: "q"}) // denied: out of scope
+	h.search.Search(withToken(tok.Token), &pb.SearchRequest{Query: query})                      // same query again
+
+	resp, err := h.admin.ListAudit(context.Background(), &pb.ListAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var methods []string
+	for _, r := range resp.Records {
+		methods = append(methods, strings.TrimPrefix(r.Method, "/credbroker.v1."))
+		if strings.Contains(r.String(), query) || strings.Contains(r.String(), testKey) || strings.Contains(r.String(), tok.Token) {
+			t.Fatalf("audit record holds a secret or the raw query: %v", r)
+		}
+	}
+	want := []string{"AdminService/PutCredential", "AdminService/MintToken", "SearchService/Search", "SearchService/Search", "SearchService/Search"}
+	if strings.Join(methods, ",") != strings.Join(want, ",") {
+		t.Fatalf("audited methods %v, want %v", methods, want)
+	}
+	put, ok1, denied, again := resp.Records[0], resp.Records[2], resp.Records[3], resp.Records[4]
+	if put.Credential != "scavio_api_key" || put.CredentialVersion != 1 || put.Event != "put" || !put.PeerKnown {
+		t.Fatalf("put record: %v", put)
+	}
+	if ok1.Code != "OK" || ok1.TokenId != tok.Id || ok1.Tool != "web_search" || ok1.CredentialVersion != 1 ||
+		ok1.QueryLen != uint32(len(query)) || ok1.QueryMac == "" || ok1.Latency.AsDuration() <= 0 {
+		t.Fatalf("search record: %v", ok1)
+	}
+	if denied.Code != "PermissionDenied" || denied.TokenId != tok.Id {
+		t.Fatalf("denied record: %v", denied)
+	}
+	if again.QueryMac != ok1.QueryMac {
+		t.Fatal("equal queries have different digests")
+	}
+	v, err := h.admin.VerifyAudit(context.Background(), &pb.VerifyAuditRequest{})
+	if err != nil || !v.Ok || v.Checked < 5 {
+		t.Fatalf("verify: %v %v", v, err)
+	}
+}
+
+// If the audit record cannot be written the call fails, whatever it was.
+func TestAuditFailClosed(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}})
+	h.store.InjectAuditFailure(errors.New("injected: no space left on device"))
+	_, err := h.search.Search(withToken(tok.Token), &pb.SearchRequest{Query: "q"})
+	requireGRPCStatus(t, err, codes.Unavailable, "audit log")
+	_, err = h.admin.MintToken(context.Background(), &pb.MintTokenRequest{Tools: []string{"web_search"}, Ttl: durationpb.New(time.Hour)})
+	requireGRPCStatus(t, err, codes.Unavailable, "audit log")
+	h.store.InjectAuditFailure(nil)
+	if _, err := h.search.Search(withToken(tok.Token), &pb.SearchRequest{Query: "q"}); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+}
+
+func TestTokenRateLimitAndInspect(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}, RateLimit: 2, RatePeriod: durationpb.New(time.Minute), MaxUses: 10, Label: "rl"})
+	for range 2 {
+		if _, err := h.search.Search(withToken(tok.Token), &pb.SearchRequest{Query: "q"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := h.fake.Count()
+	_, err := h.search.Search(withToken(tok.Token), &pb.SearchRequest{Query: "q"})
+	requireGRPCStatus(t, err, codes.ResourceExhausted, "retry in")
+	if h.fake.Count() != before {
+		t.Fatal("a rate-limited call reached the upstream")
+	}
+	h.clock.Add(31 * time.Second) // one call refills every 30s
+	if _, err := h.search.Search(withToken(tok.Token), &pb.SearchRequest{Query: "q"}); err != nil {
+		t.Fatalf("after refill: %v", err)
+	}
+
+	got, err := h.admin.GetToken(context.Background(), &pb.GetTokenRequest{Id: tok.Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ti := got.Token
+	if ti.Uses != 3 || ti.UsesLeft != 7 || ti.LastUsedAt == nil || ti.RateLimit != 2 || ti.RatePeriod.AsDuration() != time.Minute || ti.Label != "rl" {
+		t.Fatalf("inspect: %v", ti)
+	}
+	if strings.Contains(got.String(), tok.Token[len(tok.Token)-40:]) {
+		t.Fatal("inspect shows the secret")
+	}
+	_, err = h.admin.GetToken(context.Background(), &pb.GetTokenRequest{Id: "0123456789abcdef"})
+	requireGRPCStatus(t, err, codes.NotFound, "not found")
+
+	// An unlimited token's last use is tracked in memory.
+	free := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}})
+	h.search.Search(withToken(free.Token), &pb.SearchRequest{Query: "q"})
+	if got, _ := h.admin.GetToken(context.Background(), &pb.GetTokenRequest{Id: free.Id}); got.Token.LastUsedAt == nil {
+		t.Fatal("no last use for an unlimited token")
+	}
+
+	_, err = h.admin.MintToken(context.Background(), &pb.MintTokenRequest{Tools: []string{"web_search"}, Ttl: durationpb.New(time.Hour), RateLimit: 5})
+	requireGRPCStatus(t, err, codes.InvalidArgument, "rate period")
+}
+
+// An upstream that echoes the key back in its error body must not get it past the broker.
+func TestKeyEchoRedacted(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}})
+	for _, status := range []int{400, 401, 403, 429, 500} {
+		h.fake.SetFault(scaviotest.Fault{Status: status, EchoKey: true})
+		_, err := h.search.Search(withToken(tok.Token), &pb.SearchRequest{Query: "q"})
+		if err == nil || strings.Contains(err.Error(), testKey) {
+			t.Fatalf("status %d: %v", status, err)
+		}
+	}
+	h.fake.SetFault(scaviotest.Fault{})
+	if strings.Contains(h.logs.String(), testKey) {
+		t.Fatal("a log line carries the key")
+	}
+}
