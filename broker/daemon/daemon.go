@@ -36,9 +36,11 @@ type Config struct {
 	SocketGroup     string
 	MaxTTL          time.Duration
 	ShutdownTimeout time.Duration
-	NoReflection    bool
-	Version         string
-	Logger          *slog.Logger
+	// AuditRetention prunes audit records older than this (0 keeps everything).
+	AuditRetention time.Duration
+	NoReflection   bool
+	Version        string
+	Logger         *slog.Logger
 }
 
 // Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil.
@@ -59,6 +61,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if err := hardenProcess(); err != nil {
+		return err
 	}
 
 	kek, err := store.LoadMasterKeyset(cfg.MasterKeyset)
@@ -98,6 +103,9 @@ func Run(ctx context.Context, cfg Config) error {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	defer stopBackground()
+	go b.RunAuditRetention(bgCtx, cfg.AuditRetention, time.Hour)
 	log.Info("brokerd serving", "socket", cfg.Socket, "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version)
 
 	select {
@@ -131,10 +139,21 @@ func stopGracefully(srv *grpc.Server, timeout time.Duration, log *slog.Logger) {
 // listen creates the Unix socket at path with mode and group. A live socket at path means
 // another daemon is serving: refuse. A stale one (nothing answers) is replaced.
 func listen(path string, mode os.FileMode, group string) (net.Listener, error) {
+	gid := -1
+	if group != "" {
+		var err error
+		if gid, err = lookupGroup(group); err != nil {
+			return nil, err
+		}
+	}
 	dir := filepath.Dir(path)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("create socket directory %s: %w", dir, err)
+		}
+		// Clients in the socket group must be able to reach the socket inside the directory.
+		if err := os.Chown(dir, -1, gid); err != nil {
+			return nil, fmt.Errorf("--socket-group %s: chown %s: %w", group, dir, err)
 		}
 	}
 	if fi, err := os.Lstat(path); err == nil {
@@ -159,12 +178,7 @@ func listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	lis.(*net.UnixListener).SetUnlinkOnClose(false)
-	if group != "" {
-		gid, err := lookupGroup(group)
-		if err != nil {
-			lis.Close()
-			return nil, err
-		}
+	if gid >= 0 {
 		if err := os.Chown(path, -1, gid); err != nil {
 			lis.Close()
 			return nil, fmt.Errorf("--socket-group %s: %w", group, err)

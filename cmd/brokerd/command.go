@@ -25,6 +25,7 @@ type flags struct {
 	adminUIDs, adminGIDs                  string
 	socketMode, socketGroup               string
 	maxTTL, shutdownTimeout               time.Duration
+	auditRetention                        time.Duration
 	noReflection                          bool
 	logLevel                              string
 }
@@ -82,6 +83,7 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.StringVar(&f.socketGroup, "socket-group", "", "group (name or gid) to own the socket, for clients")
 	fl.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest token ttl MintToken accepts (longer requests are refused)")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight calls may finish after SIGTERM")
+	fl.DurationVar(&f.auditRetention, "audit-retention", 30*24*time.Hour, "prune audit records older than this (0 keeps all); the chain stays verifiable")
 	fl.BoolVar(&f.noReflection, "no-reflection", false, "do not register the gRPC reflection service")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
@@ -111,7 +113,7 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 	return daemon.Config{
 		Socket: f.socket, DB: f.db, MasterKeyset: f.masterKeyset, UpstreamURL: f.upstreamURL,
 		AdminUIDs: uids, AdminGIDs: gids, SocketMode: os.FileMode(mode), SocketGroup: f.socketGroup,
-		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, NoReflection: f.noReflection, Version: version,
+		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, AuditRetention: f.auditRetention, NoReflection: f.noReflection, Version: version,
 	}, log, nil
 }
 
