@@ -247,6 +247,33 @@ func (c *Client) Status(ctx context.Context) (*credbrokerv1.StatusResponse, erro
 	return resp, nil
 }
 
+// GetToken returns one token's details (never its secret): uses left, last use, limits.
+func (c *Client) GetToken(ctx context.Context, id string) (*credbrokerv1.TokenInfo, error) {
+	resp, err := c.admin.GetToken(ctx, &credbrokerv1.GetTokenRequest{Id: id})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp.GetToken(), nil
+}
+
+// ListAudit returns one page of audit records.
+func (c *Client) ListAudit(ctx context.Context, req *credbrokerv1.ListAuditRequest) ([]*credbrokerv1.AuditRecord, error) {
+	resp, err := c.admin.ListAudit(ctx, req)
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp.GetRecords(), nil
+}
+
+// VerifyAudit asks brokerd to walk its audit hash chain.
+func (c *Client) VerifyAudit(ctx context.Context) (*credbrokerv1.VerifyAuditResponse, error) {
+	resp, err := c.admin.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp, nil
+}
+
 // bearerToken attaches "authorization: Bearer <token>" to every call. It does not require transport
 // security because the transport is a local Unix socket that only the local kernel can see.
 type bearerToken string

@@ -22,6 +22,9 @@ import (
 
 // fakeAPI records what brokerctl sends and returns canned answers.
 type fakeAPI struct {
+	// brokerAPI is nil: a test that reaches a method the fake does not implement panics, which
+	// names the method; commands add their methods here as they need them.
+	brokerAPI
 	socket, token string
 	err           error // returned by every call when set
 

@@ -18,6 +18,13 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
+// writeJSONLine prints v as one line of JSON (for streams such as audit --follow).
+func writeJSONLine(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
 // rfc3339 formats ts in UTC, or "" if it is unset.
 func rfc3339(ts *timestamppb.Timestamp) string {
 	if ts == nil {

@@ -26,6 +26,9 @@ type brokerAPI interface {
 	ListAllTokens(ctx context.Context, includeExpired bool) ([]*credbrokerv1.TokenInfo, error)
 	RevokeToken(ctx context.Context, id string) (*credbrokerv1.TokenInfo, error)
 	Status(context.Context) (*credbrokerv1.StatusResponse, error)
+	GetToken(ctx context.Context, id string) (*credbrokerv1.TokenInfo, error)
+	ListAudit(context.Context, *credbrokerv1.ListAuditRequest) ([]*credbrokerv1.AuditRecord, error)
+	VerifyAudit(context.Context) (*credbrokerv1.VerifyAuditResponse, error)
 	Close() error
 }
 
@@ -99,6 +102,7 @@ revokes scoped tokens, and can run a search with a token for testing.`,
 		newTokenCmd(a),
 		newSearchCmd(a),
 		newStatusCmd(a),
+		newAuditCmd(a),
 	)
 	return root
 }

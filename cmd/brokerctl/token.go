@@ -19,6 +19,7 @@ func newTokenCmd(a *app) *cobra.Command {
 		newTokenMintCmd(a),
 		newTokenListCmd(a),
 		newTokenRevokeCmd(a),
+		newTokenInspectCmd(a),
 	)
 }
 
@@ -29,6 +30,7 @@ type mintFlags struct {
 	maxUses uint64
 	bindUID uint32
 	label   string
+	rate    string
 	asJSON  bool
 }
 
@@ -56,6 +58,13 @@ func (f *mintFlags) mintRequest(bindUIDSet bool) (*credbrokerv1.MintTokenRequest
 	if bindUIDSet {
 		uid := f.bindUID
 		req.BindUid = &uid
+	}
+	if f.rate != "" {
+		n, per, err := parseRate(f.rate)
+		if err != nil {
+			return nil, err
+		}
+		req.RateLimit, req.RatePeriod = n, durationpb.New(per)
 	}
 	return req, nil
 }
@@ -98,6 +107,7 @@ are printed as a JSON object.`,
 	fl.Uint64Var(&f.maxUses, "max-uses", 0, "maximum number of calls (0: unlimited)")
 	fl.Uint32Var(&f.bindUID, "bind-uid", 0, "only accept the token from callers with this local uid")
 	fl.StringVar(&f.label, "label", "", "note for operators, shown by token list")
+	fl.StringVar(&f.rate, "rate", "", "rate limit N/PERIOD, e.g. 10/m (PERIOD: s, m, h, d or a duration such as 30s)")
 	fl.BoolVar(&f.asJSON, "json", false, "print a JSON object with token, id and expires_at")
 	cmd.MarkFlagRequired("tools")
 	return cmd
