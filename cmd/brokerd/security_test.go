@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
+)
+
+const nobody = 65534
+
+// asUID runs brokerctl as another local user, so the daemon sees that uid through SO_PEERCRED.
+func (e *env) asUID(t *testing.T, uid uint32, token string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "brokerctl"), append([]string{"--socket", e.socket}, args...)...)
+	cmd.Env = []string{"CREDBROKER_TOKEN=" + token, "PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	e.outputs.Write(out.Bytes())
+	e.outputs.Write(errb.Bytes())
+	return result{out.String(), errb.String(), err}
+}
+
+// Another local user who can reach the socket cannot use the admin API, cannot use a token bound
+// to someone else, and can use a token bound to itself.
+func TestOtherUIDIsConfined(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a client as uid 65534 (CI runs as root)")
+	}
+	e := newEnv(t)
+	// Let uid 65534 reach the binaries and the socket directory's parent.
+	for _, d := range []string{binDir, e.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.startDaemon(t, "--socket-group", "65534")
+	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
+	rootTok := strings.TrimSpace(e.ctl(t, "", "token", "mint", "--tools", "web_search", "--bind-uid", "0").ok(t).stdout)
+	nobodyTok := strings.TrimSpace(e.ctl(t, "", "token", "mint", "--tools", "web_search", "--bind-uid", "65534").ok(t).stdout)
+
+	e.asUID(t, nobody, "", "status").fails(t, "permission denied: uid 65534")
+	e.asUID(t, nobody, "", "token", "mint", "--tools", "web_search").fails(t, "--admin-uid 65534")
+	e.asUID(t, nobody, rootTok, "search", "q").fails(t, "bound to another uid")
+	r := e.asUID(t, nobody, nobodyTok, "search", "q").ok(t)
+	if !strings.HasSuffix(strings.TrimSpace(r.stdout), "Results: 5") {
+		t.Fatalf("bound token from its uid: %s", r.stdout)
+	}
+	e.search(t, nobodyTok, "q").fails(t, "bound to another uid") // root may not use nobody's token
+
+	// The misuse is in the audit log with the peer's uid.
+	out := e.ctl(t, "", "audit", "--json").ok(t).stdout
+	var misuse, denied bool
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("audit --json line %q: %v", line, err)
+		}
+		if rec["event"] == "bound-token-misuse" && rec["uid"] == float64(nobody) {
+			misuse = true
+		}
+		if rec["code"] == "PermissionDenied" && rec["uid"] == float64(nobody) && strings.HasSuffix(rec["method"].(string), "/Status") {
+			denied = true
+		}
+	}
+	if !misuse || !denied {
+		t.Fatalf("audit lacks the misuse (%v) or the denied admin call (%v):\n%s", misuse, denied, out)
+	}
+	st, err := os.Stat(filepath.Dir(e.socket))
+	if err != nil || st.Mode().Perm() != 0o750 {
+		t.Fatalf("socket dir mode: %v %v", st.Mode(), err)
+	}
+}
+
+// A unique key goes through every command and RPC; it must appear in no output, log line, audit
+// record, error, or in the database file.
+func TestCanaryKeyNeverLeaks(t *testing.T) {
+	e := newEnv(t)
+	const canary = "sk_live_CANARY_3e9b1f7d2c5a4086b1e2"
+	const canary2 = "sk_live_CANARY2_77aa01bd934c5e62"
+	e.fake.AddKey(canary)
+	e.startDaemon(t, "--log-level", "debug")
+	e.ctl(t, canary+"\n", "credential", "put", "scavio_api_key").ok(t)
+	tok := strings.TrimSpace(e.ctl(t, "", "token", "mint", "--tools", "web_search,google_search", "--max-uses", "50", "--rate", "100/m").ok(t).stdout)
+	id := strings.Split(tok, "_")[1]
+	e.search(t, tok, "canary query").ok(t)
+	e.search(t, tok, "--json", "--tool", "google_search", "canary query").ok(t)
+	for _, st := range []int{400, 401, 403, 429, 500} { // an upstream that echoes the key back
+		e.fake.SetFault(scaviotest.Fault{Status: st, EchoKey: true})
+		e.search(t, tok, "q").fails(t, "")
+	}
+	e.fake.SetFault(scaviotest.Fault{})
+	e.fake.AddKey(canary2)
+	e.ctl(t, canary2+"\n", "rotate", "scavio_api_key").ok(t)
+	e.search(t, tok, "after").ok(t)
+	for _, args := range [][]string{
+		{"credential", "list"}, {"credential", "list", "--json"}, {"status"}, {"status", "--json"},
+		{"token", "list", "--all"}, {"token", "list", "--json"}, {"token", "inspect", id}, {"token", "inspect", "--json", id},
+		{"audit"}, {"audit", "--json"}, {"audit", "verify"},
+	} {
+		e.ctl(t, "", args...).ok(t)
+	}
+	e.ctl(t, "", "token", "revoke", id).ok(t)
+	e.ctl(t, "", "credential", "delete", "scavio_api_key").ok(t)
+	e.search(t, tok, "q").fails(t, "revoked")
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{canary, canary2} {
+		if strings.Contains(e.outputs.String(), s) {
+			t.Errorf("brokerctl printed a key")
+		}
+	}
+	e.assertNoLeak(t, canary, canary2, tok)
+}
+
+// Editing the audit log offline is caught by `brokerctl audit verify`, which names the record.
+func TestAuditVerifyCatchesOfflineEdit(t *testing.T) {
+	e := newEnv(t)
+	e.startDaemon(t)
+	token, _ := e.setup(t)
+	for range 3 {
+		e.search(t, token, "q").ok(t)
+	}
+	if r := e.ctl(t, "", "audit", "verify").ok(t); !strings.Contains(r.stdout, "audit log OK") {
+		t.Fatalf("verify: %s", r.stdout)
+	}
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(e.db, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Record 3 is the first search: make it look like it was refused.
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("audit"))
+		k := []byte{0, 0, 0, 0, 0, 0, 0, 3}
+		v := bytes.Clone(b.Get(k))
+		return b.Put(k, bytes.Replace(v, []byte(`"code":"OK"`), []byte(`"code":"PermissionDenied"`), 1))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	e.startDaemon(t)
+	e.ctl(t, "", "audit", "verify").fails(t, "record 3 was edited")
+}
