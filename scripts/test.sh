@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-fuzztime=${FUZZTIME:-10s}
+fuzztime=${FUZZTIME:-8s}
 
 echo "==> go vet"
 go vet ./...
@@ -26,4 +26,6 @@ while read -r pkg target; do
 done <<'TARGETS'
 ./broker/token FuzzParse
 ./store FuzzDecodeToken
+./store FuzzDecodeAuditRecord
+./broker FuzzSearchRequest
 TARGETS
