@@ -1,0 +1,54 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/credbroker/credbroker/client"
+)
+
+// mintAdvice is what to do about a token brokerd refuses. The agent cannot fix it; the user can
+// pass it on to whoever runs brokerd.
+const mintAdvice = "Retrying will not help: ask the operator of brokerd to mint a new token " +
+	"(`brokerctl token mint --tools web_search,google_search --ttl 24h`), put it in CREDBROKER_TOKEN " +
+	"or the --token-file of this MCP server's configuration, and restart the server."
+
+const noTokenText = "no broker token: set CREDBROKER_TOKEN or --token-file to a token from " +
+	"`brokerctl token mint --tools web_search,google_search --ttl 24h` in this MCP server's configuration, " +
+	"then restart it. Ask the operator of brokerd for the token; retrying will not help."
+
+// toolErrorText turns a failed Search into the text of an isError tool result. brokerd's messages
+// already name the cause and, where one exists, the operator command that fixes it (`brokerctl
+// rotate …`, `brokerctl credential put …`, "retry after 7s"), so they are passed through; the code
+// decides who must act, which is what the agent needs to know. The messages never carry a secret.
+func toolErrorText(tool string, err error) string {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, client.ErrUnauthenticated):
+		return fmt.Sprintf("brokerd refused the broker token: %s. %s", msg, mintAdvice)
+	case errors.Is(err, client.ErrPermissionDenied):
+		return fmt.Sprintf("the broker token is not scoped for %s: %s. Use another tool, or ask the operator of brokerd "+
+			"to mint a token that includes it (`brokerctl token mint --tools %s ...`).", tool, msg, tool)
+	case errors.Is(err, client.ErrInvalidArgument):
+		return fmt.Sprintf("invalid arguments for %s: %s. Correct the arguments and call again.", tool, msg)
+	case errors.Is(err, client.ErrFailedPrecondition):
+		return fmt.Sprintf("brokerd cannot run %s until its operator acts: %s. Retrying will not help; tell the user "+
+			"so they can pass this on to the operator.", tool, msg)
+	case errors.Is(err, client.ErrResourceExhausted):
+		return fmt.Sprintf("the search quota is exhausted: %s. If this is a rate limit, wait the time given "+
+			"(\"retry after …\", else a minute) before calling again; if the account is out of credits, "+
+			"retrying will not help: tell the user so the operator can add credits.", msg)
+	case errors.Is(err, client.ErrUnavailable):
+		return fmt.Sprintf("search is unavailable right now: %s. Try again later; if it keeps failing, tell the user "+
+			"(brokerd may be stopped, or the search API down).", msg)
+	case errors.Is(err, client.ErrDeadlineExceeded):
+		return fmt.Sprintf("the search timed out: %s. Try again, perhaps later.", msg)
+	case errors.Is(err, client.ErrCanceled):
+		return "the search was cancelled: " + msg
+	case errors.Is(err, client.ErrUnimplemented):
+		return fmt.Sprintf("this brokerd does not support %s: %s. It is probably older than scavio-mcp; the operator "+
+			"must upgrade it.", tool, msg)
+	}
+	return fmt.Sprintf("%s failed inside brokerd: %s. Try again later; if it keeps failing, tell the user so the "+
+		"operator can check brokerd's log.", tool, msg)
+}
