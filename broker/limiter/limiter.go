@@ -1,0 +1,137 @@
+// Package limiter spaces the calls that share one upstream credential: a GCRA rate limiter whose
+// slots are handed out in arrival order (so waiting callers are served first come, first served,
+// whichever token they hold), which a caller takes only if its slot comes before its deadline, and
+// which the upstream can pause (Retry-After, X-RateLimit-Reset) for every caller at once.
+//
+// It holds times only; it never sees a request, a token or a key.
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Clock is the time source; tests pass a fake one.
+type Clock interface {
+	Now() time.Time
+	// After behaves like time.After.
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Limiter allows Rate calls per Period with bursts of up to Burst.
+type Limiter struct {
+	clock    Clock
+	interval time.Duration // Period / Rate: the spacing of slots
+	tau      time.Duration // (Burst-1) * interval: how far ahead of schedule a burst may run
+
+	mu     sync.Mutex
+	tat    time.Time // theoretical arrival time of the next call (GCRA)
+	paused time.Time // no slot before this (the upstream asked us to wait)
+	rate   int
+	period time.Duration
+	burst  int
+}
+
+// New returns a limiter for rate calls per period with the given burst (at least 1).
+func New(rate int, period time.Duration, burst int, clock Clock) (*Limiter, error) {
+	if rate <= 0 || period <= 0 {
+		return nil, fmt.Errorf("rate limit must be positive: %d per %s", rate, period)
+	}
+	if burst <= 0 {
+		burst = 1
+	}
+	if clock == nil {
+		clock = realClock{}
+	}
+	interval := period / time.Duration(rate)
+	return &Limiter{clock: clock, interval: interval, tau: time.Duration(burst-1) * interval, rate: rate, period: period, burst: burst}, nil
+}
+
+// String describes the limit, e.g. "10/1m0s burst 2".
+func (l *Limiter) String() string { return fmt.Sprintf("%d/%s burst %d", l.rate, l.period, l.burst) }
+
+// WaitError reports that the next free slot comes after the caller's deadline.
+type WaitError struct {
+	Wait  time.Duration // how long the caller would have had to wait
+	Limit string
+}
+
+func (e *WaitError) Error() string {
+	return fmt.Sprintf("the credential's rate limit (%s) has no free slot for %s", e.Limit, e.Wait.Round(time.Millisecond))
+}
+
+// reserve takes the next slot if it starts no later than deadline (zero: no deadline) and returns
+// when it starts; otherwise it takes nothing and returns how long the caller would wait.
+func (l *Limiter) reserve(deadline time.Time) (at time.Time, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.clock.Now()
+	at = l.tat.Add(-l.tau)
+	if at.Before(now) {
+		at = now
+	}
+	if at.Before(l.paused) {
+		at = l.paused
+	}
+	if !deadline.IsZero() && at.After(deadline) {
+		return time.Time{}, &WaitError{Wait: at.Sub(now), Limit: l.String()}
+	}
+	tat := l.tat
+	if tat.Before(at) {
+		tat = at
+	}
+	l.tat = tat.Add(l.interval)
+	return at, nil
+}
+
+// Wait blocks until the caller's slot, in arrival order. It returns a *WaitError at once when the
+// slot would start after ctx's deadline or after maxWait (0: no cap), and ctx's error if ctx ends
+// while waiting (the slot is then lost, which errs on the side of the upstream's limit).
+func (l *Limiter) Wait(ctx context.Context, maxWait time.Duration) error {
+	var deadline time.Time
+	if d, ok := ctx.Deadline(); ok {
+		deadline = d
+	}
+	if maxWait > 0 {
+		if m := l.clock.Now().Add(maxWait); deadline.IsZero() || m.Before(deadline) {
+			deadline = m
+		}
+	}
+	at, err := l.reserve(deadline)
+	if err != nil {
+		return err
+	}
+	d := at.Sub(l.clock.Now())
+	if d <= 0 {
+		return nil
+	}
+	select {
+	case <-l.clock.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// PauseUntil makes every caller wait until t (e.g. the upstream's X-RateLimit-Reset).
+func (l *Limiter) PauseUntil(t time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.After(l.paused) {
+		l.paused = t
+	}
+}
+
+// PausedUntil returns the end of the current pause (zero if none).
+func (l *Limiter) PausedUntil() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.paused
+}

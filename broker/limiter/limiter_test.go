@@ -1,0 +1,164 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeClock advances only when told; After fires when the clock passes its time.
+type fakeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	waiters []waiter
+}
+
+type waiter struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	c.waiters = append(c.waiters, waiter{c.now.Add(d), ch})
+	return ch
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	kept := c.waiters[:0]
+	for _, w := range c.waiters {
+		if !w.at.After(c.now) {
+			w.ch <- c.now
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	c.waiters = kept
+}
+
+func (c *fakeClock) Waiting() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.waiters) }
+
+func TestBurstThenSpacing(t *testing.T) {
+	clk := newFakeClock()
+	l, err := New(10, time.Minute, 3, clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var at []time.Duration
+	start := clk.Now()
+	for range 6 {
+		a, err := l.reserve(time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		at = append(at, a.Sub(start))
+	}
+	want := []time.Duration{0, 0, 0, 6 * time.Second, 12 * time.Second, 18 * time.Second}
+	for i := range want {
+		if at[i] != want[i] {
+			t.Fatalf("slots %v, want %v", at, want)
+		}
+	}
+}
+
+func TestDeadlineRefusesWithoutTakingASlot(t *testing.T) {
+	clk := newFakeClock()
+	l, _ := New(1, time.Minute, 1, clk)
+	if err := l.Wait(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), clk.Now().Add(10*time.Second))
+	defer cancel()
+	err := l.Wait(ctx, 0)
+	var we *WaitError
+	if !errors.As(err, &we) || we.Wait != time.Minute {
+		t.Fatalf("got %v, want a WaitError of 1m", err)
+	}
+	// maxWait caps the wait the same way.
+	if err := l.Wait(context.Background(), 30*time.Second); !errors.As(err, &we) {
+		t.Fatalf("maxWait: %v", err)
+	}
+	// The refusals took no slot: the next slot is still one minute after the first.
+	a, _ := l.reserve(time.Time{})
+	if got := a.Sub(clk.Now()); got != time.Minute {
+		t.Fatalf("next slot in %s, want 1m", got)
+	}
+}
+
+func TestPauseUntil(t *testing.T) {
+	clk := newFakeClock()
+	l, _ := New(100, time.Second, 10, clk)
+	l.PauseUntil(clk.Now().Add(30 * time.Second))
+	a, _ := l.reserve(time.Time{})
+	if got := a.Sub(clk.Now()); got != 30*time.Second {
+		t.Fatalf("slot after pause in %s, want 30s", got)
+	}
+	l.PauseUntil(clk.Now()) // an earlier pause does not shorten the current one
+	if !l.PausedUntil().Equal(clk.Now().Add(30 * time.Second)) {
+		t.Fatal("pause shortened")
+	}
+}
+
+// 20 concurrent callers on a 10/m limit: in any minute at most 10 go, and they go in the order
+// they arrived.
+func TestConcurrentCallersNeverExceedLimit(t *testing.T) {
+	clk := newFakeClock()
+	l, _ := New(10, time.Minute, 1, clk)
+	var (
+		mu    sync.Mutex
+		times []time.Time
+		wg    sync.WaitGroup
+	)
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l.Wait(context.Background(), 0); err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			times = append(times, clk.Now())
+			mu.Unlock()
+		}()
+	}
+	// Let every caller reserve, then advance time in steps until all have gone.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		mu.Lock()
+		n := len(times)
+		mu.Unlock()
+		if n == 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d callers went", n)
+		}
+		if clk.Waiting() > 0 || n > 0 {
+			clk.Advance(time.Second)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	wg.Wait()
+	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	for i := range times {
+		j := i
+		for j < len(times) && times[j].Sub(times[i]) < time.Minute {
+			j++
+		}
+		if j-i > 10 {
+			t.Fatalf("%d calls within one minute starting at %s", j-i, times[i])
+		}
+	}
+}

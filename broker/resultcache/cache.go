@@ -1,0 +1,132 @@
+// Package resultcache is an in-memory cache of upstream results, bounded in bytes (least recently
+// used entries go first), with a per-entry time to live and single flight: concurrent callers of a
+// missing key share one computation, so identical searches spend one upstream credit.
+//
+// It stores whatever the broker gives it under opaque keys; the broker must never put a
+// credential in a key or a value.
+package resultcache
+
+import (
+	"container/list"
+	"context"
+	"sync"
+	"time"
+)
+
+// Cache is safe for concurrent use.
+type Cache struct {
+	maxBytes int64
+	now      func() time.Time
+
+	mu       sync.Mutex
+	bytes    int64
+	lru      *list.List // front = most recently used; values are *entry
+	entries  map[string]*list.Element
+	inflight map[string]*call
+}
+
+type entry struct {
+	key     string
+	value   any
+	size    int64
+	stored  time.Time
+	expires time.Time
+}
+
+type call struct {
+	done  chan struct{}
+	value any
+	err   error
+}
+
+// New returns a cache holding at most maxBytes of values. now defaults to time.Now.
+func New(maxBytes int64, now func() time.Time) *Cache {
+	if now == nil {
+		now = time.Now
+	}
+	return &Cache{maxBytes: maxBytes, now: now, lru: list.New(), entries: map[string]*list.Element{}, inflight: map[string]*call{}}
+}
+
+// Result says where a value came from.
+type Result struct {
+	Cached bool          // served without running fn (from the cache or a shared in-flight call)
+	Age    time.Duration // how old the cached value is (0 for a fresh or shared computation)
+}
+
+// Do returns the fresh cached value for key, or runs fn once for all concurrent callers of key and
+// caches its value for ttl (when fn succeeds and the value fits). A caller whose ctx ends while
+// waiting for another's computation gets ctx's error; the computation goes on for the others.
+func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func() (value any, size int64, err error)) (any, Result, error) {
+	c.mu.Lock()
+	if v, age, ok := c.getLocked(key); ok {
+		c.mu.Unlock()
+		return v, Result{Cached: true, Age: age}, nil
+	}
+	if cl, ok := c.inflight[key]; ok {
+		c.mu.Unlock()
+		select {
+		case <-cl.done:
+			return cl.value, Result{Cached: cl.err == nil}, cl.err
+		case <-ctx.Done():
+			return nil, Result{}, ctx.Err()
+		}
+	}
+	cl := &call{done: make(chan struct{})}
+	c.inflight[key] = cl
+	c.mu.Unlock()
+
+	var size int64
+	cl.value, size, cl.err = fn()
+
+	c.mu.Lock()
+	delete(c.inflight, key)
+	if cl.err == nil && ttl > 0 {
+		c.putLocked(key, cl.value, size, ttl)
+	}
+	c.mu.Unlock()
+	close(cl.done)
+	return cl.value, Result{}, cl.err
+}
+
+func (c *Cache) getLocked(key string) (any, time.Duration, bool) {
+	el, ok := c.entries[key]
+	if !ok {
+		return nil, 0, false
+	}
+	e := el.Value.(*entry)
+	now := c.now()
+	if !now.Before(e.expires) {
+		c.removeLocked(el)
+		return nil, 0, false
+	}
+	c.lru.MoveToFront(el)
+	return e.value, now.Sub(e.stored), true
+}
+
+func (c *Cache) putLocked(key string, value any, size int64, ttl time.Duration) {
+	if size > c.maxBytes {
+		return // would evict everything and still not fit
+	}
+	if el, ok := c.entries[key]; ok {
+		c.removeLocked(el)
+	}
+	now := c.now()
+	c.entries[key] = c.lru.PushFront(&entry{key: key, value: value, size: size, stored: now, expires: now.Add(ttl)})
+	c.bytes += size
+	for c.bytes > c.maxBytes {
+		c.removeLocked(c.lru.Back())
+	}
+}
+
+func (c *Cache) removeLocked(el *list.Element) {
+	e := c.lru.Remove(el).(*entry)
+	delete(c.entries, e.key)
+	c.bytes -= e.size
+}
+
+// Stats reports the number of entries and bytes held.
+func (c *Cache) Stats() (entries int, bytes int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries), c.bytes
+}
