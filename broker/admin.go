@@ -41,14 +41,20 @@ func ValidateCredential(name string, value []byte) error {
 
 // PutCredential stores a new credential (version 1).
 func (b *Broker) PutCredential(ctx context.Context, name string, value []byte) (store.Credential, error) {
+	return b.PutCredentialAs(ctx, name, value, Caller{})
+}
+
+// PutCredentialAs stores a new credential (version 1), recording caller as its creator.
+func (b *Broker) PutCredentialAs(ctx context.Context, name string, value []byte, caller Caller) (store.Credential, error) {
 	ci := callInfo(ctx)
 	ci.Credential, ci.Event = name, "put"
 	if err := ValidateCredential(name, value); err != nil {
 		return store.Credential{}, err
 	}
-	c, err := b.store.PutCredential(name, value, b.now())
+	c, err := b.store.CreateCredential(name, value, store.VersionMeta{At: b.now(), ByUID: uidOf(caller), How: store.HowManual})
 	ci.CredentialVersion = c.Version
 	if err == nil {
+		b.credentialEvent(name, "put", c.Version, uidOf(caller), "")
 		b.log.Info("credential stored", "credential", name, "version", c.Version)
 	}
 	return c, err
@@ -56,18 +62,9 @@ func (b *Broker) PutCredential(ctx context.Context, name string, value []byte) (
 
 // RotateCredential stores a new version of an existing credential. Calls that start after it
 // returns load the new version: LoadCredential reads the committed current version each call.
+// See Rotate for verified rotation and the creator's uid.
 func (b *Broker) RotateCredential(ctx context.Context, name string, value []byte) (store.Credential, error) {
-	ci := callInfo(ctx)
-	ci.Credential, ci.Event = name, "rotate"
-	if err := ValidateCredential(name, value); err != nil {
-		return store.Credential{}, err
-	}
-	c, err := b.store.RotateCredential(name, value, b.now())
-	ci.CredentialVersion = c.Version
-	if err == nil {
-		b.log.Info("credential rotated", "credential", name, "version", c.Version)
-	}
-	return c, err
+	return b.Rotate(ctx, name, value, RotateOptions{})
 }
 
 // ListCredentials returns credential metadata.
@@ -221,6 +218,7 @@ type Status struct {
 	LiveTokens    int
 	SchemaVersion int
 	Tools         []string // "tool=credential"
+	RotationInfo           // warnings, key ids, rotation policies (rotation.go)
 }
 
 // Status counts credentials and live tokens.
@@ -243,8 +241,13 @@ func (b *Broker) Status() (Status, error) {
 	for _, t := range tools {
 		ts = append(ts, fmt.Sprintf("%s=%s", t.Name, t.Credential))
 	}
+	ri, err := b.rotationInfo(now)
+	if err != nil {
+		return Status{}, err
+	}
 	return Status{
 		Version: b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
 		Credentials: n, LiveTokens: live, SchemaVersion: store.SchemaVersion, Tools: ts,
+		RotationInfo: ri,
 	}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/metrics"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -24,6 +25,8 @@ func (b *Broker) RecordCall(ctx context.Context, r CallRecord) error {
 		ci = &CallInfo{}
 	}
 	// The record is written even if the caller gave up: the call happened.
+	start := time.Now()
+	defer func() { metrics.ObserveAuditWrite(time.Since(start)) }()
 	return b.store.AppendAudit(context.WithoutCancel(ctx), store.AuditRecord{
 		Time: b.now().UTC(), PeerKnown: r.Caller.Known, UID: r.Caller.UID, GID: r.Caller.GID, PID: r.Caller.PID,
 		TokenID: ci.TokenID, Method: r.Method, Tool: ci.Tool, Code: r.Code, LatencyMicros: r.Latency.Microseconds(),

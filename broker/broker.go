@@ -34,6 +34,13 @@ type Config struct {
 	Version string
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// GraceWindow is how long after a rotation a 401/403 on the current version is retried once
+	// with the previous version (rotation.go). 0 means DefaultGraceWindow; negative disables it.
+	GraceWindow time.Duration
+	// Clock drives the rotation scheduler (scheduler.go); default the real clock.
+	Clock Clock
+	// Scheduler tunes the rotation scheduler.
+	Scheduler SchedulerConfig
 }
 
 // Broker checks tokens and performs tool calls with credentials it never hands out.
@@ -51,6 +58,8 @@ type Broker struct {
 	// kept coherent by updating it in RevokeToken.
 	mu     sync.RWMutex
 	tokens map[string]*tokenState
+
+	rot *rotation // versions, verification, grace fallback, scheduler (rotation.go)
 }
 
 // New builds a Broker.
@@ -67,10 +76,13 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Broker{
+	b := &Broker{
 		store: cfg.Store, upstream: cfg.Upstream, log: cfg.Logger, maxTTL: cfg.MaxTTL,
 		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*tokenState),
-	}, nil
+		rot: newRotation(cfg),
+	}
+	b.rot.sched = newScheduler(b, cfg.Clock, cfg.Scheduler)
+	return b, nil
 }
 
 func unauthenticated(format string, args ...any) error {
@@ -179,6 +191,10 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 		err = redacted(err, key)
 	}
 	clear(key) // the plaintext lives for this call only
+	if errors.Is(err, upstream.ErrRejected) {
+		// Shortly after a rotation, retry once with the previous version (rotation.go).
+		resp, version, err = b.graceFallback(ctx, tool, payload, version, err)
+	}
 	if err != nil {
 		b.log.Warn("upstream call failed", "tool", tool.Name, "token_id", t.ID, "credential", tool.Credential, "version", version, "err", err)
 		return nil, upstreamError(tool, version, err)

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -16,20 +15,33 @@ type Credential struct {
 	Name      string
 	Version   uint64    // current version
 	CreatedAt time.Time // when version 1 was stored
-	RotatedAt time.Time // when the current version was stored
+	RotatedAt time.Time // when the current version became current
+	Previous  uint64    // the version current before Version, 0 if none is kept (versions.go)
+	Pending   uint64    // a staged version awaiting verification, 0 if none
+	Policy    *Policy   // rotation policy, nil if none (policy.go)
 }
 
-// credentialRecord is the JSON under credentials/<name>/meta.
+// credentialRecord is the JSON under credentials/<name>/meta. Fields after RotatedAt were added
+// without a schema bump: their zero values describe a database written before them.
 type credentialRecord struct {
 	Current   uint64    `json:"current"`
 	CreatedAt time.Time `json:"created_at"`
 	RotatedAt time.Time `json:"rotated_at"`
+	Previous  uint64    `json:"previous,omitempty"`
+	Pending   uint64    `json:"pending,omitempty"`
+	Last      uint64    `json:"last,omitempty"` // highest version number ever used; never reused
 }
 
-// versionRecord is the JSON under credentials/<name>/versions/<version>.
+// versionRecord is the JSON under credentials/<name>/versions/<version>. Fields after Ciphertext
+// were added without a schema bump (see Version for their meaning).
 type versionRecord struct {
-	CreatedAt  time.Time `json:"created_at"`
-	Ciphertext []byte    `json:"ciphertext"`
+	CreatedAt    time.Time    `json:"created_at"`
+	Ciphertext   []byte       `json:"ciphertext"`
+	CreatedByUID *uint32      `json:"created_by_uid,omitempty"`
+	How          How          `json:"how,omitempty"`
+	Verified     bool         `json:"verified,omitempty"`
+	State        VersionState `json:"state,omitempty"`
+	From         uint64       `json:"from,omitempty"`
 }
 
 // credentialAAD names a ciphertext's slot, so a version moved to another name or number fails to
@@ -40,88 +52,17 @@ func credentialAAD(name string, version uint64) []byte {
 
 func versionKey(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
-// PutCredential stores a new credential as version 1. ErrExists if the name is taken.
+// PutCredential stores a new credential as version 1 (how=manual, creator unknown); see
+// CreateCredential. ErrExists if the name is taken.
 func (s *Store) PutCredential(name string, value []byte, now time.Time) (Credential, error) {
-	var out Credential
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		root := tx.Bucket(bucketCredentials)
-		if root.Bucket([]byte(name)) != nil {
-			return fmt.Errorf("credential %q: %w", name, ErrExists)
-		}
-		b, err := root.CreateBucket([]byte(name))
-		if err != nil {
-			return err
-		}
-		if _, err := b.CreateBucket(bucketVersions); err != nil {
-			return err
-		}
-		rec := credentialRecord{CreatedAt: now.UTC(), RotatedAt: now.UTC()}
-		out, err = s.addVersion(b, name, rec, value, now)
-		return err
-	})
-	return out, err
+	return s.CreateCredential(name, value, VersionMeta{At: now, How: HowManual})
 }
 
 // RotateCredential stores value as the next version of an existing credential and makes it
 // current in the same transaction: a reader sees either the old or the new version, never neither.
+// See AddVersion.
 func (s *Store) RotateCredential(name string, value []byte, now time.Time) (Credential, error) {
-	var out Credential
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketCredentials).Bucket([]byte(name))
-		if b == nil {
-			return fmt.Errorf("credential %q: %w", name, ErrNotFound)
-		}
-		rec, err := readCredentialRecord(b, name)
-		if err != nil {
-			return err
-		}
-		out, err = s.addVersion(b, name, rec, value, now)
-		return err
-	})
-	return out, err
-}
-
-// addVersion encrypts value as version rec.Current+1 of name, makes it current and prunes versions
-// beyond keepVersions.
-func (s *Store) addVersion(b *bolt.Bucket, name string, rec credentialRecord, value []byte, now time.Time) (Credential, error) {
-	next := rec.Current + 1
-	ct, err := s.data.Encrypt(value, credentialAAD(name, next))
-	if err != nil {
-		return Credential{}, fmt.Errorf("credential %q: encrypt: %w", name, err)
-	}
-	vrec, err := json.Marshal(versionRecord{CreatedAt: now.UTC(), Ciphertext: ct})
-	if err != nil {
-		return Credential{}, err
-	}
-	versions := b.Bucket(bucketVersions)
-	if err := versions.Put(versionKey(next), vrec); err != nil {
-		return Credential{}, err
-	}
-	rec.Current = next
-	rec.RotatedAt = now.UTC()
-	meta, err := json.Marshal(rec)
-	if err != nil {
-		return Credential{}, err
-	}
-	if err := b.Put(keyCredMeta, meta); err != nil {
-		return Credential{}, err
-	}
-	// Prune the oldest versions; deleting while iterating a cursor skips keys, so collect first.
-	var keys [][]byte
-	c := versions.Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		keys = append(keys, bytes.Clone(k))
-	}
-	var old [][]byte
-	if len(keys) > s.keepVersions {
-		old = keys[:len(keys)-s.keepVersions]
-	}
-	for _, k := range old {
-		if err := versions.Delete(k); err != nil {
-			return Credential{}, err
-		}
-	}
-	return Credential{Name: name, Version: next, CreatedAt: rec.CreatedAt, RotatedAt: rec.RotatedAt}, nil
+	return s.AddVersion(name, value, VersionMeta{At: now, How: HowManual})
 }
 
 func readCredentialRecord(b *bolt.Bucket, name string) (credentialRecord, error) {
@@ -141,12 +82,11 @@ func (s *Store) ListCredentials() ([]Credential, error) {
 	var out []Credential
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketCredentials).ForEachBucket(func(k []byte) error {
-			name := string(k)
-			rec, err := readCredentialRecord(tx.Bucket(bucketCredentials).Bucket(k), name)
+			c, err := readCredential(tx.Bucket(bucketCredentials).Bucket(k), string(k))
 			if err != nil {
 				return err
 			}
-			out = append(out, Credential{Name: name, Version: rec.Current, CreatedAt: rec.CreatedAt, RotatedAt: rec.RotatedAt})
+			out = append(out, c)
 			return nil
 		})
 	})

@@ -18,13 +18,24 @@
 //	meta/
 //	    version        -> "1" (schema version, decimal ASCII)
 //	    data_keyset    -> Tink EncryptedKeyset (binary), encrypted under the master keyset
+//	    rekey_target   -> data key id (decimal) an unfinished Rekey is moving versions to (rekey.go)
 //	credentials/
 //	    <name>/                         one bucket per credential
-//	        meta       -> JSON credentialRecord {current, created_at, rotated_at}
+//	        meta       -> JSON credentialRecord {current, created_at, rotated_at,
+//	                      previous, pending, last}
+//	        policy     -> JSON Policy {max_age, rotate_command, verify} (absent: no policy)
+//	        events     -> JSON [CredentialEvent] the last 50 rotation events (events.go)
 //	        versions/
-//	            <version, 8-byte big endian> -> JSON versionRecord {created_at, ciphertext}
+//	            <version, 8-byte big endian> -> JSON versionRecord {created_at, ciphertext,
+//	                      created_by_uid, how, verified, state, from}
 //	tokens/
 //	    <id>           -> JSON tokenRecord (SHA-256 of the secret, scope, limits, use count)
+//
+// The fields after rotated_at and ciphertext, the policy and events keys and rekey_target were
+// added without a schema bump: each is optional and its zero value describes a database written
+// before it (a version without "how" was made by put or rotate, i.e. manual). Version numbers only
+// grow: a discarded pending version's number is not reused (meta.last), and a rollback stores the
+// old value as a new version. At most Options.KeepVersions non-pending versions are kept.
 //
 // Migrations are an ordered list in migrations.go; Open applies the ones a database lacks and
 // refuses a database whose schema is newer than this binary knows.

@@ -31,6 +31,12 @@ func NewMasterKeyset(path string) error {
 	if err != nil {
 		return fmt.Errorf("generate master keyset: %w", err)
 	}
+	return writeKeysetFile(path, h)
+}
+
+// writeKeysetFile writes h as cleartext Tink JSON to a new file at path, mode 0600; it never
+// overwrites.
+func writeKeysetFile(path string, h *keyset.Handle) error {
 	var buf bytes.Buffer
 	if err := insecurecleartextkeyset.Write(h, keyset.NewJSONWriter(&buf)); err != nil {
 		return fmt.Errorf("encode master keyset: %w", err)
@@ -58,6 +64,16 @@ func NewMasterKeyset(path string) error {
 // LoadMasterKeyset reads a cleartext Tink JSON keyset from path and returns its AEAD primitive.
 // A file readable by group or others is refused: the keyset decrypts every credential.
 func LoadMasterKeyset(path string) (tink.AEAD, error) {
+	data, err := readKeysetFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMasterKeyset(data)
+}
+
+// readKeysetFile reads a keyset file, refusing anything but a small regular file that only its
+// owner can read.
+func readKeysetFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open master keyset: %w", err)
@@ -80,7 +96,7 @@ func LoadMasterKeyset(path string) (tink.AEAD, error) {
 	if len(data) > maxKeysetFileSize {
 		return nil, fmt.Errorf("master keyset %s is larger than %d bytes; is it the right file?", path, maxKeysetFileSize)
 	}
-	return ParseMasterKeyset(data)
+	return data, nil
 }
 
 // ParseMasterKeyset parses a cleartext Tink JSON keyset (the format `brokerctl keyset new` writes).
@@ -94,4 +110,101 @@ func ParseMasterKeyset(data []byte) (tink.AEAD, error) {
 		return nil, fmt.Errorf("master keyset is not an AEAD keyset: %w", err)
 	}
 	return a, nil
+}
+
+// RotateMasterKeyset reads the master keyset at in, adds a new AES-256-GCM key, makes it the
+// primary and writes the result to a new file out (mode 0600, never overwritten). The old keys stay
+// in out, so out still decrypts a database wrapped under in; brokerd re-wraps its data keyset under
+// the new primary when it loads out (SIGHUP or restart). It returns the new primary key's id.
+func RotateMasterKeyset(in, out string) (uint32, error) {
+	data, err := readKeysetFile(in)
+	if err != nil {
+		return 0, err
+	}
+	h, err := insecurecleartextkeyset.Read(keyset.NewJSONReader(bytes.NewReader(data)))
+	if err != nil {
+		return 0, fmt.Errorf("master keyset %s is not a valid Tink JSON keyset: %w", in, err)
+	}
+	if _, err := aead.New(h); err != nil {
+		return 0, fmt.Errorf("master keyset %s is not an AEAD keyset: %w", in, err)
+	}
+	m := keyset.NewManagerFromHandle(h)
+	id, err := m.Add(aead.AES256GCMKeyTemplate())
+	if err != nil {
+		return 0, fmt.Errorf("add key: %w", err)
+	}
+	if err := m.SetPrimary(id); err != nil {
+		return 0, fmt.Errorf("set primary: %w", err)
+	}
+	rotated, err := m.Handle()
+	if err != nil {
+		return 0, fmt.Errorf("rotated keyset: %w", err)
+	}
+	if err := writeKeysetFile(out, rotated); err != nil {
+		return 0, err
+	}
+	return id, nil
+}
+
+// PruneMasterKeyset writes to a new file out (mode 0600, never overwritten) the master keyset at
+// in without its non-primary keys. inUse are the master key ids a database still needs (KeyUsage.
+// MasterKeyIDs); while any of them is a key prune would remove, or one the keyset does not hold,
+// it refuses with ErrKeyInUse and writes nothing. check, if set, must accept the pruned keyset's
+// primitive (e.g. KeyUsage.OpensWith) before out is written. It returns the removed key ids.
+func PruneMasterKeyset(in, out string, inUse []uint32, check func(tink.AEAD) error) ([]uint32, error) {
+	data, err := readKeysetFile(in)
+	if err != nil {
+		return nil, err
+	}
+	h, err := insecurecleartextkeyset.Read(keyset.NewJSONReader(bytes.NewReader(data)))
+	if err != nil {
+		return nil, fmt.Errorf("master keyset %s is not a valid Tink JSON keyset: %w", in, err)
+	}
+	info := h.KeysetInfo()
+	primary := info.GetPrimaryKeyId()
+	held := map[uint32]bool{}
+	for _, ki := range info.GetKeyInfo() {
+		held[ki.GetKeyId()] = true
+	}
+	if len(inUse) == 0 {
+		return nil, fmt.Errorf("%w: cannot tell which master keys the database needs", ErrKeyInUse)
+	}
+	for _, id := range inUse {
+		switch {
+		case !held[id]:
+			return nil, fmt.Errorf("%w: the database is wrapped under master key %d, which %s does not hold; is it the keyset brokerd uses?", ErrKeyInUse, id, in)
+		case id != primary:
+			return nil, fmt.Errorf("%w: master key %d still wraps the database and is not the primary (%d); start (or reload) brokerd with %s so it re-wraps under the primary, then prune", ErrKeyInUse, id, primary, in)
+		}
+	}
+	m := keyset.NewManagerFromHandle(h)
+	var removed []uint32
+	for _, ki := range info.GetKeyInfo() {
+		if id := ki.GetKeyId(); id != primary {
+			if err := m.Delete(id); err != nil {
+				return nil, fmt.Errorf("delete key %d: %w", id, err)
+			}
+			removed = append(removed, id)
+		}
+	}
+	if len(removed) == 0 {
+		return nil, fmt.Errorf("nothing to prune: %s holds only its primary key %d", in, primary)
+	}
+	pruned, err := m.Handle()
+	if err != nil {
+		return nil, fmt.Errorf("pruned keyset: %w", err)
+	}
+	if check != nil {
+		a, err := aead.New(pruned)
+		if err != nil {
+			return nil, fmt.Errorf("pruned keyset: %w", err)
+		}
+		if err := check(a); err != nil {
+			return nil, err
+		}
+	}
+	if err := writeKeysetFile(out, pruned); err != nil {
+		return nil, err
+	}
+	return removed, nil
 }

@@ -53,6 +53,7 @@ type Store struct {
 	data         tink.AEAD
 	keepVersions int
 	audit        *auditWriter
+	keys         *dataKeys // master keyset and swappable data primitive, for Rekey (keys.go)
 }
 
 // Open opens (or creates) the database at path and unlocks it with the master keyset kek.
@@ -82,6 +83,7 @@ func Open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
+	s.openKeys(kek)
 	if err := s.openAudit(kek); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: audit log: %w", path, err)

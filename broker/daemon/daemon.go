@@ -39,8 +39,16 @@ type Config struct {
 	// AuditRetention prunes audit records older than this (0 keeps everything).
 	AuditRetention time.Duration
 	NoReflection   bool
-	Version        string
-	Logger         *slog.Logger
+	// KeepVersions is how many versions of each credential are kept (0: 3). GraceWindow is how long
+	// after a rotation a rejected current key falls back to the previous one (0: 10m; <0: off).
+	KeepVersions int
+	GraceWindow  time.Duration
+	// MetricsListen is the loopback host:port for Prometheus /metrics; "" serves none.
+	// MetricsAllowNonLoopback permits any other TCP address.
+	MetricsListen           string
+	MetricsAllowNonLoopback bool
+	Version                 string
+	Logger                  *slog.Logger
 }
 
 // Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil.
@@ -70,7 +78,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(cfg.DB, kek, store.Options{})
+	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions})
 	if err != nil {
 		if errors.Is(err, store.ErrWrongMasterKey) {
 			return fmt.Errorf("%w: %s was not made with the master keyset %s; nothing was changed", err, cfg.DB, cfg.MasterKeyset)
@@ -82,31 +90,55 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Error("close database", "err", err)
 		}
 	}()
+	// A keyset from `brokerctl keyset rotate` has a new primary: move the database's wrapping to it.
+	if before, rewrapped, err := st.RewrapIfNeeded(kek); err != nil {
+		return fmt.Errorf("re-wrap %s under the primary key of %s: %w", cfg.DB, cfg.MasterKeyset, err)
+	} else if rewrapped {
+		log.Info("database re-wrapped under the master keyset's primary key; the old master key can be pruned", "previous_master_key_ids", before)
+	}
 
-	up, err := upstream.New(upstream.Config{BaseURL: cfg.UpstreamURL})
+	up, err := upstream.New(upstream.Config{BaseURL: cfg.UpstreamURL, HTTPClient: meteredUpstreamClient()})
 	if err != nil {
 		return fmt.Errorf("--upstream-url: %w", err)
 	}
-	b, err := broker.New(broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: cfg.MaxTTL, Version: cfg.Version})
+	b, err := broker.New(broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: cfg.MaxTTL, Version: cfg.Version, GraceWindow: cfg.GraceWindow})
 	if err != nil {
 		return err
 	}
 
 	admins := grpcapi.Admins{UIDs: append([]uint32{uint32(os.Geteuid())}, cfg.AdminUIDs...), GIDs: cfg.AdminGIDs}
-	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection})
+	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection,
+		UnaryInterceptors: []grpc.UnaryServerInterceptor{metricsUnary}})
 
-	lis, err := listen(cfg.Socket, cfg.SocketMode, cfg.SocketGroup)
+	mlis, err := listenMetrics(cfg.MetricsListen, cfg.MetricsAllowNonLoopback)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(cfg.Socket)
+	stopMetrics := serveMetrics(mlis, cfg.Version, log)
+	defer stopMetrics()
+	lis, activated, err := openListener(cfg, log)
+	if err != nil {
+		return err
+	}
+	if !activated {
+		defer os.Remove(cfg.Socket)
+	}
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
 	go b.RunAuditRetention(bgCtx, cfg.AuditRetention, time.Hour)
-	log.Info("brokerd serving", "socket", cfg.Socket, "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version)
+	schedDone := make(chan struct{})
+	go func() { defer close(schedDone); b.RunScheduler(bgCtx) }() // rotation policies (broker/scheduler.go)
+	defer func() { stopBackground(); <-schedDone }()
+	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, KeysetPath: cfg.MasterKeyset, Listener: lis})
+	if err != nil {
+		srv.Stop()
+		return err
+	}
+	defer sup.close()
+	log.Info("brokerd serving", "socket", lis.Addr().String(), "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version)
 
 	select {
 	case err := <-serveErr:
@@ -114,6 +146,7 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-ctx.Done():
 	}
 	log.Info("brokerd stopping: draining in-flight calls", "timeout", cfg.ShutdownTimeout)
+	sup.stopping()
 	hs.Shutdown()
 	stopGracefully(srv, cfg.ShutdownTimeout, log)
 	log.Info("brokerd stopped")

@@ -14,7 +14,12 @@ func hardenProcess() error {
 		return fmt.Errorf("prctl(PR_SET_DUMPABLE, 0): %w", err)
 	}
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
-		return fmt.Errorf("setrlimit(RLIMIT_CORE, 0): %w", err)
+		// A seccomp filter may forbid setrlimit; what matters is that the limit is 0 (systemd's
+		// LimitCORE=0 sets it before exec).
+		var cur unix.Rlimit
+		if gerr := unix.Getrlimit(unix.RLIMIT_CORE, &cur); gerr != nil || cur.Cur != 0 || cur.Max != 0 {
+			return fmt.Errorf("setrlimit(RLIMIT_CORE, 0): %w", err)
+		}
 	}
 	return nil
 }

@@ -53,20 +53,20 @@ func tokenPB(t store.Token) *pb.TokenInfo {
 
 // PutCredential implements AdminService.PutCredential.
 func (s *AdminService) PutCredential(ctx context.Context, req *pb.PutCredentialRequest) (*pb.PutCredentialResponse, error) {
-	c, err := s.b.PutCredential(ctx, req.GetName(), req.GetValue())
+	c, err := s.b.PutCredentialAs(ctx, req.GetName(), req.GetValue(), callerFrom(ctx))
 	if err != nil {
 		return nil, toStatus(s.log, "PutCredential", err)
 	}
-	return &pb.PutCredentialResponse{Credential: credentialPB(c)}, nil
+	return &pb.PutCredentialResponse{Credential: s.credentialOut(c)}, nil
 }
 
 // RotateCredential implements AdminService.RotateCredential.
 func (s *AdminService) RotateCredential(ctx context.Context, req *pb.RotateCredentialRequest) (*pb.RotateCredentialResponse, error) {
-	c, err := s.b.RotateCredential(ctx, req.GetName(), req.GetValue())
+	c, err := s.b.Rotate(ctx, req.GetName(), req.GetValue(), broker.RotateOptions{Caller: callerFrom(ctx), Verify: req.GetVerify()})
 	if err != nil {
 		return nil, toStatus(s.log, "RotateCredential", err)
 	}
-	return &pb.RotateCredentialResponse{Credential: credentialPB(c)}, nil
+	return &pb.RotateCredentialResponse{Credential: s.credentialOut(c)}, nil
 }
 
 // ListCredentials implements AdminService.ListCredentials.
@@ -77,7 +77,7 @@ func (s *AdminService) ListCredentials(context.Context, *pb.ListCredentialsReque
 	}
 	out := &pb.ListCredentialsResponse{}
 	for _, c := range list {
-		out.Credentials = append(out.Credentials, credentialPB(c))
+		out.Credentials = append(out.Credentials, s.credentialOut(c))
 	}
 	return out, nil
 }
@@ -141,11 +141,13 @@ func (s *AdminService) Status(context.Context, *pb.StatusRequest) (*pb.StatusRes
 	if err != nil {
 		return nil, toStatus(s.log, "Status", err)
 	}
-	return &pb.StatusResponse{
+	out := &pb.StatusResponse{
 		Version: st.Version, StartedAt: timestamppb.New(st.StartedAt), Uptime: durationpb.New(st.Uptime),
 		Credentials: uint32(st.Credentials), LiveTokens: uint32(st.LiveTokens),
 		SchemaVersion: uint32(st.SchemaVersion), Tools: st.Tools,
-	}, nil
+	}
+	rotationStatusPB(out, st.RotationInfo)
+	return out, nil
 }
 
 // GetToken implements AdminService.GetToken.

@@ -27,6 +27,9 @@ type Options struct {
 	NoReflection bool
 	// Extra server options (tests use them to swap the transport credentials).
 	ServerOptions []grpc.ServerOption
+	// UnaryInterceptors wrap every unary call, outside the auditor and authorization, so they see
+	// the code the client got (brokerd's metrics use this).
+	UnaryInterceptors []grpc.UnaryServerInterceptor
 }
 
 // NewServer builds a gRPC server with both credbroker services, health and reflection registered.
@@ -38,7 +41,8 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *health.Server) {
 	opts := append([]grpc.ServerOption{
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.MaxRecvMsgSize(MaxMessageSize),
-		// The auditor is outermost so refused calls are recorded too.
+		grpc.ChainUnaryInterceptor(o.UnaryInterceptors...),
+		// The auditor runs before authorization so refused calls are recorded too.
 		grpc.ChainUnaryInterceptor(auditor{b, o.Logger}.unary, o.Admins.unary),
 		grpc.ChainStreamInterceptor(auditor{b, o.Logger}.stream, o.Admins.stream),
 	}, o.ServerOptions...)

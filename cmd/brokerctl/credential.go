@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -16,6 +17,9 @@ func newCredentialCmd(a *app) *cobra.Command {
 		newRotateCmd(a, "rotate NAME", "Store a new version of a credential (value from stdin or --from-file)"),
 		newCredentialListCmd(a),
 		newCredentialDeleteCmd(a),
+		newCredentialHistoryCmd(a),  // rotation.go
+		newCredentialRollbackCmd(a), // rotation.go
+		newCredentialPolicyCmd(a),   // rotation.go
 	)
 }
 
@@ -66,12 +70,16 @@ removed. Values are never accepted on the command line.`,
 
 func newRotateCmd(a *app, use, short string) *cobra.Command {
 	var fromFile string
+	var verify bool
 	cmd := &cobra.Command{
 		Use:   use,
 		Short: short,
 		Long: `Store a new version of an existing credential; calls that start after this returns use
 it. The value is read exactly as by ` + "`credential put`" + `: --from-file, or stdin (hidden when a
-terminal), one trailing newline removed, never from the command line.`,
+terminal), one trailing newline removed, never from the command line.
+
+With --verify the new value is staged (pending), tried with one real upstream call, and made current
+only if the upstream accepts it; a key the upstream rejects is discarded and the current one stays.`,
 		Args: nameOnly,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
@@ -81,9 +89,13 @@ terminal), one trailing newline removed, never from the command line.`,
 			}
 			defer clear(value)
 			return a.call(cmd, "", func(ctx context.Context, c brokerAPI) error {
-				cred, err := c.RotateCredential(ctx, name, value)
+				cred, err := rotateValue(ctx, c, name, value, verify) // rotation.go
 				if err != nil {
 					return err
+				}
+				if verify {
+					fmt.Fprintf(a.stdout, "rotated %s to version %d (verified upstream)\n", name, cred.GetVersion())
+					return nil
 				}
 				fmt.Fprintf(a.stdout, "rotated %s to version %d\n", name, cred.GetVersion())
 				return nil
@@ -91,6 +103,7 @@ terminal), one trailing newline removed, never from the command line.`,
 		},
 	}
 	cmd.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file instead of stdin")
+	cmd.Flags().BoolVar(&verify, "verify", false, "try the new value upstream first; make it current only if accepted")
 	return cmd
 }
 
@@ -118,22 +131,24 @@ func newCredentialListCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			now := time.Now()
 			if asJSON {
-				out := make([]credentialJSON, 0, len(creds))
+				out := make([]credentialListJSON, 0, len(creds))
 				for _, c := range creds {
-					out = append(out, credentialJSON{
+					out = append(out, credentialListJSON{credentialJSON{
 						Name:      c.GetName(),
 						Version:   c.GetVersion(),
 						CreatedAt: rfc3339(c.GetCreatedAt()),
 						RotatedAt: rfc3339(c.GetRotatedAt()),
-					})
+					}, rotationOf(c, now)}) // rotation.go
 				}
 				return writeJSON(a.stdout, out)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tCREATED\tROTATED")
+			fmt.Fprintln(tw, "NAME\tVERSION\tCREATED\tROTATED\tAGE\tDUE")
 			for _, c := range creds {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.GetName(), c.GetVersion(), orDash(rfc3339(c.GetCreatedAt())), orDash(rfc3339(c.GetRotatedAt())))
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", c.GetName(), c.GetVersion(), orDash(rfc3339(c.GetCreatedAt())), orDash(rfc3339(c.GetRotatedAt())),
+					ageColumn(c, now), dueColumn(c, now))
 			}
 			return tw.Flush()
 		},

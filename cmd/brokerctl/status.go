@@ -22,6 +22,8 @@ type statusJSON struct {
 	LiveTokens    uint32   `json:"live_tokens"`
 	SchemaVersion uint32   `json:"schema_version"`
 	Tools         []string `json:"tools"`
+
+	statusRotationJSON // rotation.go: warnings, key ids, rotation state
 }
 
 func newStatusCmd(a *app) *cobra.Command {
@@ -51,6 +53,8 @@ func newStatusCmd(a *app) *cobra.Command {
 					LiveTokens:    st.GetLiveTokens(),
 					SchemaVersion: st.GetSchemaVersion(),
 					Tools:         append([]string{}, st.GetTools()...),
+
+					statusRotationJSON: statusRotation(st), // rotation.go
 				})
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
@@ -61,6 +65,7 @@ func newStatusCmd(a *app) *cobra.Command {
 			fmt.Fprintf(tw, "live tokens:\t%d\n", st.GetLiveTokens())
 			fmt.Fprintf(tw, "schema version:\t%d\n", st.GetSchemaVersion())
 			fmt.Fprintf(tw, "tools:\t%s\n", orDash(strings.Join(st.GetTools(), ", ")))
+			printRotationStatus(tw, st) // rotation.go
 			return tw.Flush()
 		},
 	}

@@ -27,7 +27,12 @@ type flags struct {
 	maxTTL, shutdownTimeout               time.Duration
 	auditRetention                        time.Duration
 	noReflection                          bool
+	metricsListen                         string
+	metricsAllowNonLoopback               bool
 	logLevel                              string
+
+	graceWindow  time.Duration // rotation: see broker.DefaultGraceWindow
+	keepVersions int
 }
 
 // envOr returns the environment variable's value, or def.
@@ -38,9 +43,10 @@ func envOr(name, def string) string {
 	return def
 }
 
-// systemdPath joins name under the directory systemd passed in env, or returns "".
+// systemdPath joins name under the directory systemd passed in env, or returns "". systemd joins
+// several StateDirectory=/RuntimeDirectory= entries with ':'; the first is ours.
 func systemdPath(env, name string) string {
-	if d := os.Getenv(env); d != "" {
+	if d, _, _ := strings.Cut(os.Getenv(env), ":"); d != "" {
 		return filepath.Join(d, name)
 	}
 	return ""
@@ -85,7 +91,11 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight calls may finish after SIGTERM")
 	fl.DurationVar(&f.auditRetention, "audit-retention", 30*24*time.Hour, "prune audit records older than this (0 keeps all); the chain stays verifiable")
 	fl.BoolVar(&f.noReflection, "no-reflection", false, "do not register the gRPC reflection service")
+	fl.StringVar(&f.metricsListen, "metrics-listen", envOr("CREDBROKER_METRICS_LISTEN", ""), "serve Prometheus /metrics on this loopback host:port, e.g. 127.0.0.1:9464 (env CREDBROKER_METRICS_LISTEN; default off)")
+	fl.BoolVar(&f.metricsAllowNonLoopback, "metrics-allow-non-loopback", false, "allow --metrics-listen on a non-loopback address")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.DurationVar(&f.graceWindow, "grace-window", 10*time.Minute, "after a rotation, retry a call the upstream rejects (401/403) once with the previous key for this long (0: off)")
+	fl.IntVar(&f.keepVersions, "keep-versions", 3, "versions of each credential kept for rollback, the current one included")
 	return cmd
 }
 
@@ -110,10 +120,22 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 	if f.maxTTL <= 0 {
 		return daemon.Config{}, nil, fmt.Errorf("--max-ttl must be positive")
 	}
+	if f.keepVersions < 2 || f.keepVersions > 100 {
+		return daemon.Config{}, nil, fmt.Errorf("--keep-versions must be between 2 and 100 (rollback and the grace fallback need the previous version)")
+	}
+	grace := f.graceWindow
+	switch {
+	case grace < 0:
+		return daemon.Config{}, nil, fmt.Errorf("--grace-window must not be negative (0 turns the fallback off)")
+	case grace == 0:
+		grace = -1 // daemon.Config: negative is off, 0 the default
+	}
 	return daemon.Config{
 		Socket: f.socket, DB: f.db, MasterKeyset: f.masterKeyset, UpstreamURL: f.upstreamURL,
 		AdminUIDs: uids, AdminGIDs: gids, SocketMode: os.FileMode(mode), SocketGroup: f.socketGroup,
 		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, AuditRetention: f.auditRetention, NoReflection: f.noReflection, Version: version,
+		MetricsListen: f.metricsListen, MetricsAllowNonLoopback: f.metricsAllowNonLoopback,
+		GraceWindow: grace, KeepVersions: f.keepVersions,
 	}, log, nil
 }
 

@@ -33,7 +33,18 @@ type Credential struct {
 	// created_at is when version 1 was stored.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// rotated_at is when the current version was stored.
-	RotatedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=rotated_at,json=rotatedAt,proto3" json:"rotated_at,omitempty"`
+	RotatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=rotated_at,json=rotatedAt,proto3" json:"rotated_at,omitempty"`
+	// previous_version is the version that was current before this one (used by rollback and the
+	// grace fallback); 0 if none is kept.
+	PreviousVersion uint64 `protobuf:"varint,5,opt,name=previous_version,json=previousVersion,proto3" json:"previous_version,omitempty"`
+	// pending_version is a staged version waiting for verification; 0 if none.
+	PendingVersion uint64 `protobuf:"varint,6,opt,name=pending_version,json=pendingVersion,proto3" json:"pending_version,omitempty"`
+	// policy is the rotation policy; unset if none.
+	Policy *RotationPolicy `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
+	// next_due is when the current version reaches the policy's max age; unset without one.
+	NextDue *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=next_due,json=nextDue,proto3" json:"next_due,omitempty"`
+	// overdue reports whether next_due has passed.
+	Overdue       bool `protobuf:"varint,9,opt,name=overdue,proto3" json:"overdue,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -96,6 +107,107 @@ func (x *Credential) GetRotatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Credential) GetPreviousVersion() uint64 {
+	if x != nil {
+		return x.PreviousVersion
+	}
+	return 0
+}
+
+func (x *Credential) GetPendingVersion() uint64 {
+	if x != nil {
+		return x.PendingVersion
+	}
+	return 0
+}
+
+func (x *Credential) GetPolicy() *RotationPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *Credential) GetNextDue() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextDue
+	}
+	return nil
+}
+
+func (x *Credential) GetOverdue() bool {
+	if x != nil {
+		return x.Overdue
+	}
+	return false
+}
+
+// RotationPolicy says when a credential is due and how brokerd may rotate it by itself.
+type RotationPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// max_age is how long a version may stay current; 0 means never due.
+	MaxAge *durationpb.Duration `protobuf:"bytes,1,opt,name=max_age,json=maxAge,proto3" json:"max_age,omitempty"`
+	// rotate_command is the argv brokerd runs, without a shell, when the credential is due; it must
+	// print the new key on stdout. Empty: brokerd only warns. rotate_command[0] is an absolute path
+	// to a file owned by root or brokerd's uid and writable by no one else.
+	RotateCommand []string `protobuf:"bytes,2,rep,name=rotate_command,json=rotateCommand,proto3" json:"rotate_command,omitempty"`
+	// verify stages each scheduled rotation and promotes it only if the upstream accepts the key.
+	Verify        bool `protobuf:"varint,3,opt,name=verify,proto3" json:"verify,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationPolicy) Reset() {
+	*x = RotationPolicy{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationPolicy) ProtoMessage() {}
+
+func (x *RotationPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationPolicy.ProtoReflect.Descriptor instead.
+func (*RotationPolicy) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RotationPolicy) GetMaxAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxAge
+	}
+	return nil
+}
+
+func (x *RotationPolicy) GetRotateCommand() []string {
+	if x != nil {
+		return x.RotateCommand
+	}
+	return nil
+}
+
+func (x *RotationPolicy) GetVerify() bool {
+	if x != nil {
+		return x.Verify
+	}
+	return false
+}
+
 // PutCredentialRequest stores a new credential.
 type PutCredentialRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -109,7 +221,7 @@ type PutCredentialRequest struct {
 
 func (x *PutCredentialRequest) Reset() {
 	*x = PutCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -121,7 +233,7 @@ func (x *PutCredentialRequest) String() string {
 func (*PutCredentialRequest) ProtoMessage() {}
 
 func (x *PutCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -134,7 +246,7 @@ func (x *PutCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredentialRequest.ProtoReflect.Descriptor instead.
 func (*PutCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PutCredentialRequest) GetName() string {
@@ -162,7 +274,7 @@ type PutCredentialResponse struct {
 
 func (x *PutCredentialResponse) Reset() {
 	*x = PutCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -174,7 +286,7 @@ func (x *PutCredentialResponse) String() string {
 func (*PutCredentialResponse) ProtoMessage() {}
 
 func (x *PutCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -187,7 +299,7 @@ func (x *PutCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredentialResponse.ProtoReflect.Descriptor instead.
 func (*PutCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PutCredentialResponse) GetCredential() *Credential {
@@ -203,14 +315,18 @@ type RotateCredentialRequest struct {
 	// name of an existing credential.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// value is the new secret, 1 byte to 8 KiB.
-	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Value []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// verify stages the value as a pending version, makes one upstream call with it, and promotes it
+	// only if the upstream accepts it. A key the upstream rejects (401/403) is discarded and the call
+	// fails with FailedPrecondition; the current version stays in use.
+	Verify        bool `protobuf:"varint,3,opt,name=verify,proto3" json:"verify,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotateCredentialRequest) Reset() {
 	*x = RotateCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +338,7 @@ func (x *RotateCredentialRequest) String() string {
 func (*RotateCredentialRequest) ProtoMessage() {}
 
 func (x *RotateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +351,7 @@ func (x *RotateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*RotateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RotateCredentialRequest) GetName() string {
@@ -252,6 +368,13 @@ func (x *RotateCredentialRequest) GetValue() []byte {
 	return nil
 }
 
+func (x *RotateCredentialRequest) GetVerify() bool {
+	if x != nil {
+		return x.Verify
+	}
+	return false
+}
+
 // RotateCredentialResponse describes the credential after the rotation.
 type RotateCredentialResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -263,7 +386,7 @@ type RotateCredentialResponse struct {
 
 func (x *RotateCredentialResponse) Reset() {
 	*x = RotateCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -275,7 +398,7 @@ func (x *RotateCredentialResponse) String() string {
 func (*RotateCredentialResponse) ProtoMessage() {}
 
 func (x *RotateCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -288,7 +411,7 @@ func (x *RotateCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCredentialResponse.ProtoReflect.Descriptor instead.
 func (*RotateCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RotateCredentialResponse) GetCredential() *Credential {
@@ -307,7 +430,7 @@ type ListCredentialsRequest struct {
 
 func (x *ListCredentialsRequest) Reset() {
 	*x = ListCredentialsRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +442,7 @@ func (x *ListCredentialsRequest) String() string {
 func (*ListCredentialsRequest) ProtoMessage() {}
 
 func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +455,7 @@ func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 // ListCredentialsResponse lists every credential's metadata, sorted by name.
@@ -346,7 +469,7 @@ type ListCredentialsResponse struct {
 
 func (x *ListCredentialsResponse) Reset() {
 	*x = ListCredentialsResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +481,7 @@ func (x *ListCredentialsResponse) String() string {
 func (*ListCredentialsResponse) ProtoMessage() {}
 
 func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,7 +494,7 @@ func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListCredentialsResponse) GetCredentials() []*Credential {
@@ -392,7 +515,7 @@ type DeleteCredentialRequest struct {
 
 func (x *DeleteCredentialRequest) Reset() {
 	*x = DeleteCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +527,7 @@ func (x *DeleteCredentialRequest) String() string {
 func (*DeleteCredentialRequest) ProtoMessage() {}
 
 func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +540,7 @@ func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteCredentialRequest) GetName() string {
@@ -436,7 +559,7 @@ type DeleteCredentialResponse struct {
 
 func (x *DeleteCredentialResponse) Reset() {
 	*x = DeleteCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +571,7 @@ func (x *DeleteCredentialResponse) String() string {
 func (*DeleteCredentialResponse) ProtoMessage() {}
 
 func (x *DeleteCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +584,7 @@ func (x *DeleteCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 // MintTokenRequest describes the token to create.
@@ -487,7 +610,7 @@ type MintTokenRequest struct {
 
 func (x *MintTokenRequest) Reset() {
 	*x = MintTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +622,7 @@ func (x *MintTokenRequest) String() string {
 func (*MintTokenRequest) ProtoMessage() {}
 
 func (x *MintTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +635,7 @@ func (x *MintTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTokenRequest.ProtoReflect.Descriptor instead.
 func (*MintTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MintTokenRequest) GetTools() []string {
@@ -579,7 +702,7 @@ type MintTokenResponse struct {
 
 func (x *MintTokenResponse) Reset() {
 	*x = MintTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +714,7 @@ func (x *MintTokenResponse) String() string {
 func (*MintTokenResponse) ProtoMessage() {}
 
 func (x *MintTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +727,7 @@ func (x *MintTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTokenResponse.ProtoReflect.Descriptor instead.
 func (*MintTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MintTokenResponse) GetToken() string {
@@ -668,7 +791,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +803,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +816,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -816,7 +939,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +951,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +964,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListTokensRequest) GetPageSize() int32 {
@@ -878,7 +1001,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +1013,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1026,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -931,7 +1054,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1066,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1079,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -977,7 +1100,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1112,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1125,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevokeTokenResponse) GetToken() *TokenInfo {
@@ -1021,7 +1144,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1156,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1169,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 // StatusResponse reports the daemon's state. It never contains a secret.
@@ -1065,14 +1188,25 @@ type StatusResponse struct {
 	// schema_version of the database.
 	SchemaVersion uint32 `protobuf:"varint,6,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
 	// tools the daemon serves, with the credential each spends, as "tool=credential".
-	Tools         []string `protobuf:"bytes,7,rep,name=tools,proto3" json:"tools,omitempty"`
+	Tools []string `protobuf:"bytes,7,rep,name=tools,proto3" json:"tools,omitempty"`
+	// warnings an operator should act on, one line each, e.g. "credential scavio_api_key: current key
+	// rejected, serving previous ..." or a failing scheduled rotation.
+	Warnings []string `protobuf:"bytes,8,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// master_key_ids are the master keys that wrap the keysets in the database (normally one).
+	MasterKeyIds []uint32 `protobuf:"varint,9,rep,packed,name=master_key_ids,json=masterKeyIds,proto3" json:"master_key_ids,omitempty"`
+	// data_primary_key_id is the data key new versions are encrypted under.
+	DataPrimaryKeyId uint32 `protobuf:"varint,10,opt,name=data_primary_key_id,json=dataPrimaryKeyId,proto3" json:"data_primary_key_id,omitempty"`
+	// data_keys lists every data key and how many stored versions it encrypts.
+	DataKeys []*DataKeyUsage `protobuf:"bytes,11,rep,name=data_keys,json=dataKeys,proto3" json:"data_keys,omitempty"`
+	// rotation describes each credential that has a rotation policy.
+	Rotation      []*RotationStatus `protobuf:"bytes,12,rep,name=rotation,proto3" json:"rotation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1218,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1231,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1149,6 +1283,223 @@ func (x *StatusResponse) GetTools() []string {
 	return nil
 }
 
+func (x *StatusResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetMasterKeyIds() []uint32 {
+	if x != nil {
+		return x.MasterKeyIds
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetDataPrimaryKeyId() uint32 {
+	if x != nil {
+		return x.DataPrimaryKeyId
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetDataKeys() []*DataKeyUsage {
+	if x != nil {
+		return x.DataKeys
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetRotation() []*RotationStatus {
+	if x != nil {
+		return x.Rotation
+	}
+	return nil
+}
+
+// DataKeyUsage is one key of the data keyset.
+type DataKeyUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key_id is the Tink key id.
+	KeyId uint32 `protobuf:"varint,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// primary reports whether new versions are encrypted under it.
+	Primary bool `protobuf:"varint,2,opt,name=primary,proto3" json:"primary,omitempty"`
+	// versions is how many stored credential versions it encrypts.
+	Versions      uint64 `protobuf:"varint,3,opt,name=versions,proto3" json:"versions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DataKeyUsage) Reset() {
+	*x = DataKeyUsage{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DataKeyUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DataKeyUsage) ProtoMessage() {}
+
+func (x *DataKeyUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DataKeyUsage.ProtoReflect.Descriptor instead.
+func (*DataKeyUsage) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DataKeyUsage) GetKeyId() uint32 {
+	if x != nil {
+		return x.KeyId
+	}
+	return 0
+}
+
+func (x *DataKeyUsage) GetPrimary() bool {
+	if x != nil {
+		return x.Primary
+	}
+	return false
+}
+
+func (x *DataKeyUsage) GetVersions() uint64 {
+	if x != nil {
+		return x.Versions
+	}
+	return 0
+}
+
+// RotationStatus is a credential's rotation state under its policy.
+type RotationStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// credential name.
+	Credential string `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// version is the current version.
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// rotated_at is when it became current.
+	RotatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=rotated_at,json=rotatedAt,proto3" json:"rotated_at,omitempty"`
+	// next_due is when it reaches the policy's max age; unset without a max age.
+	NextDue *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=next_due,json=nextDue,proto3" json:"next_due,omitempty"`
+	// overdue reports whether next_due has passed.
+	Overdue bool `protobuf:"varint,5,opt,name=overdue,proto3" json:"overdue,omitempty"`
+	// auto_rotate reports whether the policy has a rotate command.
+	AutoRotate bool `protobuf:"varint,6,opt,name=auto_rotate,json=autoRotate,proto3" json:"auto_rotate,omitempty"`
+	// failures counts consecutive failed scheduled rotations of the current version.
+	Failures uint32 `protobuf:"varint,7,opt,name=failures,proto3" json:"failures,omitempty"`
+	// last_error describes the last failure (never a key or the command's output).
+	LastError string `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// next_attempt is when the scheduler tries again after a failure.
+	NextAttempt   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=next_attempt,json=nextAttempt,proto3" json:"next_attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationStatus) Reset() {
+	*x = RotationStatus{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationStatus) ProtoMessage() {}
+
+func (x *RotationStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationStatus.ProtoReflect.Descriptor instead.
+func (*RotationStatus) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RotationStatus) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+func (x *RotationStatus) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *RotationStatus) GetRotatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RotatedAt
+	}
+	return nil
+}
+
+func (x *RotationStatus) GetNextDue() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextDue
+	}
+	return nil
+}
+
+func (x *RotationStatus) GetOverdue() bool {
+	if x != nil {
+		return x.Overdue
+	}
+	return false
+}
+
+func (x *RotationStatus) GetAutoRotate() bool {
+	if x != nil {
+		return x.AutoRotate
+	}
+	return false
+}
+
+func (x *RotationStatus) GetFailures() uint32 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *RotationStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *RotationStatus) GetNextAttempt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttempt
+	}
+	return nil
+}
+
 // GetTokenRequest names a token by its public id.
 type GetTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1160,7 +1511,7 @@ type GetTokenRequest struct {
 
 func (x *GetTokenRequest) Reset() {
 	*x = GetTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1523,7 @@ func (x *GetTokenRequest) String() string {
 func (*GetTokenRequest) ProtoMessage() {}
 
 func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1536,7 @@ func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetTokenRequest) GetId() string {
@@ -1206,7 +1557,7 @@ type GetTokenResponse struct {
 
 func (x *GetTokenResponse) Reset() {
 	*x = GetTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1569,7 @@ func (x *GetTokenResponse) String() string {
 func (*GetTokenResponse) ProtoMessage() {}
 
 func (x *GetTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1582,7 @@ func (x *GetTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenResponse.ProtoReflect.Descriptor instead.
 func (*GetTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetTokenResponse) GetToken() *TokenInfo {
@@ -1282,7 +1633,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1645,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1658,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AuditRecord) GetSeq() uint64 {
@@ -1437,7 +1788,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1800,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1813,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListAuditRequest) GetAfterSeq() uint64 {
@@ -1497,7 +1848,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1860,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1873,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListAuditResponse) GetRecords() []*AuditRecord {
@@ -1541,7 +1892,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1904,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1917,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 // VerifyAuditResponse reports the result of walking the chain.
@@ -1590,7 +1941,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1953,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1966,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -1660,11 +2011,755 @@ func (x *VerifyAuditResponse) GetProblem() string {
 	return ""
 }
 
+// CredentialVersion is one kept version's metadata (never its value).
+type CredentialVersion struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// version number.
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// created_at is when it was stored.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// created_by_uid is the uid of the caller that stored it; unset when unknown.
+	CreatedByUid *uint32 `protobuf:"varint,3,opt,name=created_by_uid,json=createdByUid,proto3,oneof" json:"created_by_uid,omitempty"`
+	// how it was made: manual, scheduled, import or rollback.
+	How string `protobuf:"bytes,4,opt,name=how,proto3" json:"how,omitempty"`
+	// verified reports whether the upstream accepted it before it became current.
+	Verified bool `protobuf:"varint,5,opt,name=verified,proto3" json:"verified,omitempty"`
+	// state is pending, current or previous.
+	State string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	// from_version is, for a rollback, the version whose value it copies.
+	FromVersion uint64 `protobuf:"varint,7,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	// key_id is the data key that encrypts it.
+	KeyId         uint32 `protobuf:"varint,8,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CredentialVersion) Reset() {
+	*x = CredentialVersion{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CredentialVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CredentialVersion) ProtoMessage() {}
+
+func (x *CredentialVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CredentialVersion.ProtoReflect.Descriptor instead.
+func (*CredentialVersion) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CredentialVersion) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *CredentialVersion) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *CredentialVersion) GetCreatedByUid() uint32 {
+	if x != nil && x.CreatedByUid != nil {
+		return *x.CreatedByUid
+	}
+	return 0
+}
+
+func (x *CredentialVersion) GetHow() string {
+	if x != nil {
+		return x.How
+	}
+	return ""
+}
+
+func (x *CredentialVersion) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
+func (x *CredentialVersion) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *CredentialVersion) GetFromVersion() uint64 {
+	if x != nil {
+		return x.FromVersion
+	}
+	return 0
+}
+
+func (x *CredentialVersion) GetKeyId() uint32 {
+	if x != nil {
+		return x.KeyId
+	}
+	return 0
+}
+
+// CredentialHistoryRequest names a credential.
+type CredentialHistoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the credential.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CredentialHistoryRequest) Reset() {
+	*x = CredentialHistoryRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CredentialHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CredentialHistoryRequest) ProtoMessage() {}
+
+func (x *CredentialHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CredentialHistoryRequest.ProtoReflect.Descriptor instead.
+func (*CredentialHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CredentialHistoryRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// CredentialHistoryResponse lists the kept versions, oldest first.
+type CredentialHistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// credential metadata.
+	Credential *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// versions kept, oldest first.
+	Versions []*CredentialVersion `protobuf:"bytes,2,rep,name=versions,proto3" json:"versions,omitempty"`
+	// events are the credential's recent rotation events (the last 50), oldest first.
+	Events        []*CredentialEvent `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CredentialHistoryResponse) Reset() {
+	*x = CredentialHistoryResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CredentialHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CredentialHistoryResponse) ProtoMessage() {}
+
+func (x *CredentialHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CredentialHistoryResponse.ProtoReflect.Descriptor instead.
+func (*CredentialHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CredentialHistoryResponse) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+func (x *CredentialHistoryResponse) GetVersions() []*CredentialVersion {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+func (x *CredentialHistoryResponse) GetEvents() []*CredentialEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// RollbackCredentialRequest names the credential and the version to go back to.
+type RollbackCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the credential.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// to_version is the kept version whose value becomes current again; 0 means the previous one.
+	ToVersion     uint64 `protobuf:"varint,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackCredentialRequest) Reset() {
+	*x = RollbackCredentialRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackCredentialRequest) ProtoMessage() {}
+
+func (x *RollbackCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackCredentialRequest.ProtoReflect.Descriptor instead.
+func (*RollbackCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RollbackCredentialRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RollbackCredentialRequest) GetToVersion() uint64 {
+	if x != nil {
+		return x.ToVersion
+	}
+	return 0
+}
+
+// RollbackCredentialResponse describes the credential after the rollback.
+type RollbackCredentialResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// credential metadata; its version is the new version holding the old value.
+	Credential *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// from_version is the version whose value is now current.
+	FromVersion   uint64 `protobuf:"varint,2,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackCredentialResponse) Reset() {
+	*x = RollbackCredentialResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackCredentialResponse) ProtoMessage() {}
+
+func (x *RollbackCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackCredentialResponse.ProtoReflect.Descriptor instead.
+func (*RollbackCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RollbackCredentialResponse) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+func (x *RollbackCredentialResponse) GetFromVersion() uint64 {
+	if x != nil {
+		return x.FromVersion
+	}
+	return 0
+}
+
+// SetRotationPolicyRequest sets a credential's policy.
+type SetRotationPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the credential.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// policy to set; unset or empty clears it.
+	Policy        *RotationPolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRotationPolicyRequest) Reset() {
+	*x = SetRotationPolicyRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRotationPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRotationPolicyRequest) ProtoMessage() {}
+
+func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRotationPolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetRotationPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *SetRotationPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetRotationPolicyRequest) GetPolicy() *RotationPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// SetRotationPolicyResponse describes the credential after the change.
+type SetRotationPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// credential metadata with the new policy.
+	Credential    *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRotationPolicyResponse) Reset() {
+	*x = SetRotationPolicyResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRotationPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRotationPolicyResponse) ProtoMessage() {}
+
+func (x *SetRotationPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRotationPolicyResponse.ProtoReflect.Descriptor instead.
+func (*SetRotationPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *SetRotationPolicyResponse) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+// ImportCredentialRequest stores one imported credential.
+type ImportCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the credential, [a-z0-9_.-]{1,64}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// value is the secret, 1 byte to 8 KiB.
+	Value []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// source names the format it was read from ("fernet", "aes-gcm-hex"), for the logs.
+	Source        string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportCredentialRequest) Reset() {
+	*x = ImportCredentialRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportCredentialRequest) ProtoMessage() {}
+
+func (x *ImportCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportCredentialRequest.ProtoReflect.Descriptor instead.
+func (*ImportCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ImportCredentialRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ImportCredentialRequest) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *ImportCredentialRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// ImportCredentialResponse describes the stored credential.
+type ImportCredentialResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// credential metadata (version 1).
+	Credential    *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportCredentialResponse) Reset() {
+	*x = ImportCredentialResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportCredentialResponse) ProtoMessage() {}
+
+func (x *ImportCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportCredentialResponse.ProtoReflect.Descriptor instead.
+func (*ImportCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ImportCredentialResponse) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+// RekeyRequest has no fields.
+type RekeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RekeyRequest) Reset() {
+	*x = RekeyRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RekeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RekeyRequest) ProtoMessage() {}
+
+func (x *RekeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RekeyRequest.ProtoReflect.Descriptor instead.
+func (*RekeyRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+// RekeyResponse says what the rekey did.
+type RekeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// new_primary_key_id is the data key every version is now encrypted under.
+	NewPrimaryKeyId uint32 `protobuf:"varint,1,opt,name=new_primary_key_id,json=newPrimaryKeyId,proto3" json:"new_primary_key_id,omitempty"`
+	// resumed reports whether an interrupted rekey was finished instead of a new one started.
+	Resumed bool `protobuf:"varint,2,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	// reencrypted is how many versions this call re-encrypted.
+	Reencrypted uint64 `protobuf:"varint,3,opt,name=reencrypted,proto3" json:"reencrypted,omitempty"`
+	// total is how many versions are stored.
+	Total uint64 `protobuf:"varint,4,opt,name=total,proto3" json:"total,omitempty"`
+	// removed_key_ids are the old data keys deleted from the data keyset.
+	RemovedKeyIds []uint32 `protobuf:"varint,5,rep,packed,name=removed_key_ids,json=removedKeyIds,proto3" json:"removed_key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RekeyResponse) Reset() {
+	*x = RekeyResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RekeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RekeyResponse) ProtoMessage() {}
+
+func (x *RekeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RekeyResponse.ProtoReflect.Descriptor instead.
+func (*RekeyResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *RekeyResponse) GetNewPrimaryKeyId() uint32 {
+	if x != nil {
+		return x.NewPrimaryKeyId
+	}
+	return 0
+}
+
+func (x *RekeyResponse) GetResumed() bool {
+	if x != nil {
+		return x.Resumed
+	}
+	return false
+}
+
+func (x *RekeyResponse) GetReencrypted() uint64 {
+	if x != nil {
+		return x.Reencrypted
+	}
+	return 0
+}
+
+func (x *RekeyResponse) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *RekeyResponse) GetRemovedKeyIds() []uint32 {
+	if x != nil {
+		return x.RemovedKeyIds
+	}
+	return nil
+}
+
+// CredentialEvent is one thing that happened to a credential: a rotation or failed rotation, a
+// rollback, an import, a rekey, a policy change, a grace fallback. It never holds a value.
+type CredentialEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// at is when it happened.
+	At *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	// event names it: put, rotate, rotate-verified, rotate-failed, rotate-verify-failed,
+	// scheduled-rotate, scheduled-rotate-failed, rotation-due, rollback, import, rekey, policy,
+	// fallback-previous-version.
+	Event string `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// version it made or concerns.
+	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// by_uid is the caller's uid; unset for brokerd's own actions.
+	ByUid *uint32 `protobuf:"varint,4,opt,name=by_uid,json=byUid,proto3,oneof" json:"by_uid,omitempty"`
+	// detail says more, e.g. why it failed.
+	Detail        string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CredentialEvent) Reset() {
+	*x = CredentialEvent{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CredentialEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CredentialEvent) ProtoMessage() {}
+
+func (x *CredentialEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CredentialEvent.ProtoReflect.Descriptor instead.
+func (*CredentialEvent) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *CredentialEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *CredentialEvent) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *CredentialEvent) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *CredentialEvent) GetByUid() uint32 {
+	if x != nil && x.ByUid != nil {
+		return *x.ByUid
+	}
+	return 0
+}
+
+func (x *CredentialEvent) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n" +
+	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x03\n" +
 	"\n" +
 	"Credential\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -1672,17 +2767,27 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"rotated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\trotatedAt\"@\n" +
+	"rotated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\trotatedAt\x12)\n" +
+	"\x10previous_version\x18\x05 \x01(\x04R\x0fpreviousVersion\x12'\n" +
+	"\x0fpending_version\x18\x06 \x01(\x04R\x0ependingVersion\x125\n" +
+	"\x06policy\x18\a \x01(\v2\x1d.credbroker.v1.RotationPolicyR\x06policy\x125\n" +
+	"\bnext_due\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\anextDue\x12\x18\n" +
+	"\aoverdue\x18\t \x01(\bR\aoverdue\"\x83\x01\n" +
+	"\x0eRotationPolicy\x122\n" +
+	"\amax_age\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\x12%\n" +
+	"\x0erotate_command\x18\x02 \x03(\tR\rrotateCommand\x12\x16\n" +
+	"\x06verify\x18\x03 \x01(\bR\x06verify\"@\n" +
 	"\x14PutCredentialRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\"R\n" +
 	"\x15PutCredentialResponse\x129\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x19.credbroker.v1.CredentialR\n" +
-	"credential\"C\n" +
+	"credential\"[\n" +
 	"\x17RotateCredentialRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"U\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x16\n" +
+	"\x06verify\x18\x03 \x01(\bR\x06verify\"U\n" +
 	"\x18RotateCredentialResponse\x129\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x19.credbroker.v1.CredentialR\n" +
@@ -1745,7 +2850,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
 	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\x0f\n" +
-	"\rStatusRequest\"\x98\x02\n" +
+	"\rStatusRequest\"\xfe\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x129\n" +
 	"\n" +
@@ -1755,7 +2860,32 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\vlive_tokens\x18\x05 \x01(\rR\n" +
 	"liveTokens\x12%\n" +
 	"\x0eschema_version\x18\x06 \x01(\rR\rschemaVersion\x12\x14\n" +
-	"\x05tools\x18\a \x03(\tR\x05tools\"!\n" +
+	"\x05tools\x18\a \x03(\tR\x05tools\x12\x1a\n" +
+	"\bwarnings\x18\b \x03(\tR\bwarnings\x12$\n" +
+	"\x0emaster_key_ids\x18\t \x03(\rR\fmasterKeyIds\x12-\n" +
+	"\x13data_primary_key_id\x18\n" +
+	" \x01(\rR\x10dataPrimaryKeyId\x128\n" +
+	"\tdata_keys\x18\v \x03(\v2\x1b.credbroker.v1.DataKeyUsageR\bdataKeys\x129\n" +
+	"\brotation\x18\f \x03(\v2\x1d.credbroker.v1.RotationStatusR\brotation\"[\n" +
+	"\fDataKeyUsage\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\rR\x05keyId\x12\x18\n" +
+	"\aprimary\x18\x02 \x01(\bR\aprimary\x12\x1a\n" +
+	"\bversions\x18\x03 \x01(\x04R\bversions\"\xf1\x02\n" +
+	"\x0eRotationStatus\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\tR\n" +
+	"credential\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x129\n" +
+	"\n" +
+	"rotated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\trotatedAt\x125\n" +
+	"\bnext_due\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\anextDue\x12\x18\n" +
+	"\aoverdue\x18\x05 \x01(\bR\aoverdue\x12\x1f\n" +
+	"\vauto_rotate\x18\x06 \x01(\bR\n" +
+	"autoRotate\x12\x1a\n" +
+	"\bfailures\x18\a \x01(\rR\bfailures\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\b \x01(\tR\tlastError\x12=\n" +
+	"\fnext_attempt\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vnextAttempt\"!\n" +
 	"\x0fGetTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"B\n" +
 	"\x10GetTokenResponse\x12.\n" +
@@ -1794,7 +2924,64 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\tfirst_seq\x18\x03 \x01(\x04R\bfirstSeq\x12\x19\n" +
 	"\blast_seq\x18\x04 \x01(\x04R\alastSeq\x12\x17\n" +
 	"\abad_seq\x18\x05 \x01(\x04R\x06badSeq\x12\x18\n" +
-	"\aproblem\x18\x06 \x01(\tR\aproblem2\xc9\a\n" +
+	"\aproblem\x18\x06 \x01(\tR\aproblem\"\xa4\x02\n" +
+	"\x11CredentialVersion\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x129\n" +
+	"\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12)\n" +
+	"\x0ecreated_by_uid\x18\x03 \x01(\rH\x00R\fcreatedByUid\x88\x01\x01\x12\x10\n" +
+	"\x03how\x18\x04 \x01(\tR\x03how\x12\x1a\n" +
+	"\bverified\x18\x05 \x01(\bR\bverified\x12\x14\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x12!\n" +
+	"\ffrom_version\x18\a \x01(\x04R\vfromVersion\x12\x15\n" +
+	"\x06key_id\x18\b \x01(\rR\x05keyIdB\x11\n" +
+	"\x0f_created_by_uid\".\n" +
+	"\x18CredentialHistoryRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xcc\x01\n" +
+	"\x19CredentialHistoryResponse\x129\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x19.credbroker.v1.CredentialR\n" +
+	"credential\x12<\n" +
+	"\bversions\x18\x02 \x03(\v2 .credbroker.v1.CredentialVersionR\bversions\x126\n" +
+	"\x06events\x18\x03 \x03(\v2\x1e.credbroker.v1.CredentialEventR\x06events\"N\n" +
+	"\x19RollbackCredentialRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"to_version\x18\x02 \x01(\x04R\ttoVersion\"z\n" +
+	"\x1aRollbackCredentialResponse\x129\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x19.credbroker.v1.CredentialR\n" +
+	"credential\x12!\n" +
+	"\ffrom_version\x18\x02 \x01(\x04R\vfromVersion\"e\n" +
+	"\x18SetRotationPolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
+	"\x06policy\x18\x02 \x01(\v2\x1d.credbroker.v1.RotationPolicyR\x06policy\"V\n" +
+	"\x19SetRotationPolicyResponse\x129\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x19.credbroker.v1.CredentialR\n" +
+	"credential\"[\n" +
+	"\x17ImportCredentialRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\"U\n" +
+	"\x18ImportCredentialResponse\x129\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x19.credbroker.v1.CredentialR\n" +
+	"credential\"\x0e\n" +
+	"\fRekeyRequest\"\xb6\x01\n" +
+	"\rRekeyResponse\x12+\n" +
+	"\x12new_primary_key_id\x18\x01 \x01(\rR\x0fnewPrimaryKeyId\x12\x18\n" +
+	"\aresumed\x18\x02 \x01(\bR\aresumed\x12 \n" +
+	"\vreencrypted\x18\x03 \x01(\x04R\vreencrypted\x12\x14\n" +
+	"\x05total\x18\x04 \x01(\x04R\x05total\x12&\n" +
+	"\x0fremoved_key_ids\x18\x05 \x03(\rR\rremovedKeyIds\"\xac\x01\n" +
+	"\x0fCredentialEvent\x12*\n" +
+	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
+	"\x05event\x18\x02 \x01(\tR\x05event\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x1a\n" +
+	"\x06by_uid\x18\x04 \x01(\rH\x00R\x05byUid\x88\x01\x01\x12\x16\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detailB\t\n" +
+	"\a_by_uid2\xad\v\n" +
 	"\fAdminService\x12Z\n" +
 	"\rPutCredential\x12#.credbroker.v1.PutCredentialRequest\x1a$.credbroker.v1.PutCredentialResponse\x12c\n" +
 	"\x10RotateCredential\x12&.credbroker.v1.RotateCredentialRequest\x1a'.credbroker.v1.RotateCredentialResponse\x12`\n" +
@@ -1807,7 +2994,12 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x06Status\x12\x1c.credbroker.v1.StatusRequest\x1a\x1d.credbroker.v1.StatusResponse\x12K\n" +
 	"\bGetToken\x12\x1e.credbroker.v1.GetTokenRequest\x1a\x1f.credbroker.v1.GetTokenResponse\x12N\n" +
 	"\tListAudit\x12\x1f.credbroker.v1.ListAuditRequest\x1a .credbroker.v1.ListAuditResponse\x12T\n" +
-	"\vVerifyAudit\x12!.credbroker.v1.VerifyAuditRequest\x1a\".credbroker.v1.VerifyAuditResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\vVerifyAudit\x12!.credbroker.v1.VerifyAuditRequest\x1a\".credbroker.v1.VerifyAuditResponse\x12f\n" +
+	"\x11CredentialHistory\x12'.credbroker.v1.CredentialHistoryRequest\x1a(.credbroker.v1.CredentialHistoryResponse\x12i\n" +
+	"\x12RollbackCredential\x12(.credbroker.v1.RollbackCredentialRequest\x1a).credbroker.v1.RollbackCredentialResponse\x12f\n" +
+	"\x11SetRotationPolicy\x12'.credbroker.v1.SetRotationPolicyRequest\x1a(.credbroker.v1.SetRotationPolicyResponse\x12c\n" +
+	"\x10ImportCredential\x12&.credbroker.v1.ImportCredentialRequest\x1a'.credbroker.v1.ImportCredentialResponse\x12B\n" +
+	"\x05Rekey\x12\x1b.credbroker.v1.RekeyRequest\x1a\x1c.credbroker.v1.RekeyResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -1821,86 +3013,128 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_credbroker_v1_admin_proto_goTypes = []any{
-	(*Credential)(nil),               // 0: credbroker.v1.Credential
-	(*PutCredentialRequest)(nil),     // 1: credbroker.v1.PutCredentialRequest
-	(*PutCredentialResponse)(nil),    // 2: credbroker.v1.PutCredentialResponse
-	(*RotateCredentialRequest)(nil),  // 3: credbroker.v1.RotateCredentialRequest
-	(*RotateCredentialResponse)(nil), // 4: credbroker.v1.RotateCredentialResponse
-	(*ListCredentialsRequest)(nil),   // 5: credbroker.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),  // 6: credbroker.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),  // 7: credbroker.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil), // 8: credbroker.v1.DeleteCredentialResponse
-	(*MintTokenRequest)(nil),         // 9: credbroker.v1.MintTokenRequest
-	(*MintTokenResponse)(nil),        // 10: credbroker.v1.MintTokenResponse
-	(*TokenInfo)(nil),                // 11: credbroker.v1.TokenInfo
-	(*ListTokensRequest)(nil),        // 12: credbroker.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),       // 13: credbroker.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),       // 14: credbroker.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),      // 15: credbroker.v1.RevokeTokenResponse
-	(*StatusRequest)(nil),            // 16: credbroker.v1.StatusRequest
-	(*StatusResponse)(nil),           // 17: credbroker.v1.StatusResponse
-	(*GetTokenRequest)(nil),          // 18: credbroker.v1.GetTokenRequest
-	(*GetTokenResponse)(nil),         // 19: credbroker.v1.GetTokenResponse
-	(*AuditRecord)(nil),              // 20: credbroker.v1.AuditRecord
-	(*ListAuditRequest)(nil),         // 21: credbroker.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),        // 22: credbroker.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),       // 23: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),      // 24: credbroker.v1.VerifyAuditResponse
-	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 26: google.protobuf.Duration
+	(*Credential)(nil),                 // 0: credbroker.v1.Credential
+	(*RotationPolicy)(nil),             // 1: credbroker.v1.RotationPolicy
+	(*PutCredentialRequest)(nil),       // 2: credbroker.v1.PutCredentialRequest
+	(*PutCredentialResponse)(nil),      // 3: credbroker.v1.PutCredentialResponse
+	(*RotateCredentialRequest)(nil),    // 4: credbroker.v1.RotateCredentialRequest
+	(*RotateCredentialResponse)(nil),   // 5: credbroker.v1.RotateCredentialResponse
+	(*ListCredentialsRequest)(nil),     // 6: credbroker.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),    // 7: credbroker.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),    // 8: credbroker.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil),   // 9: credbroker.v1.DeleteCredentialResponse
+	(*MintTokenRequest)(nil),           // 10: credbroker.v1.MintTokenRequest
+	(*MintTokenResponse)(nil),          // 11: credbroker.v1.MintTokenResponse
+	(*TokenInfo)(nil),                  // 12: credbroker.v1.TokenInfo
+	(*ListTokensRequest)(nil),          // 13: credbroker.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),         // 14: credbroker.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),         // 15: credbroker.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),        // 16: credbroker.v1.RevokeTokenResponse
+	(*StatusRequest)(nil),              // 17: credbroker.v1.StatusRequest
+	(*StatusResponse)(nil),             // 18: credbroker.v1.StatusResponse
+	(*DataKeyUsage)(nil),               // 19: credbroker.v1.DataKeyUsage
+	(*RotationStatus)(nil),             // 20: credbroker.v1.RotationStatus
+	(*GetTokenRequest)(nil),            // 21: credbroker.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),           // 22: credbroker.v1.GetTokenResponse
+	(*AuditRecord)(nil),                // 23: credbroker.v1.AuditRecord
+	(*ListAuditRequest)(nil),           // 24: credbroker.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),          // 25: credbroker.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),         // 26: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),        // 27: credbroker.v1.VerifyAuditResponse
+	(*CredentialVersion)(nil),          // 28: credbroker.v1.CredentialVersion
+	(*CredentialHistoryRequest)(nil),   // 29: credbroker.v1.CredentialHistoryRequest
+	(*CredentialHistoryResponse)(nil),  // 30: credbroker.v1.CredentialHistoryResponse
+	(*RollbackCredentialRequest)(nil),  // 31: credbroker.v1.RollbackCredentialRequest
+	(*RollbackCredentialResponse)(nil), // 32: credbroker.v1.RollbackCredentialResponse
+	(*SetRotationPolicyRequest)(nil),   // 33: credbroker.v1.SetRotationPolicyRequest
+	(*SetRotationPolicyResponse)(nil),  // 34: credbroker.v1.SetRotationPolicyResponse
+	(*ImportCredentialRequest)(nil),    // 35: credbroker.v1.ImportCredentialRequest
+	(*ImportCredentialResponse)(nil),   // 36: credbroker.v1.ImportCredentialResponse
+	(*RekeyRequest)(nil),               // 37: credbroker.v1.RekeyRequest
+	(*RekeyResponse)(nil),              // 38: credbroker.v1.RekeyResponse
+	(*CredentialEvent)(nil),            // 39: credbroker.v1.CredentialEvent
+	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	25, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
-	25, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
-	0,  // 2: credbroker.v1.PutCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	0,  // 3: credbroker.v1.RotateCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	0,  // 4: credbroker.v1.ListCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	26, // 5: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
-	26, // 6: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
-	25, // 7: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	25, // 8: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	25, // 9: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	25, // 10: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
-	25, // 11: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
-	26, // 12: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
-	11, // 13: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
-	11, // 14: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	25, // 15: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	26, // 16: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
-	11, // 17: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	25, // 18: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	26, // 19: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
-	25, // 20: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
-	20, // 21: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
-	1,  // 22: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
-	3,  // 23: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
-	5,  // 24: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
-	7,  // 25: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
-	9,  // 26: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
-	12, // 27: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
-	14, // 28: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
-	16, // 29: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
-	18, // 30: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
-	21, // 31: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
-	23, // 32: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	2,  // 33: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
-	4,  // 34: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
-	6,  // 35: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
-	8,  // 36: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
-	10, // 37: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
-	13, // 38: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
-	15, // 39: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
-	17, // 40: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
-	19, // 41: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
-	22, // 42: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
-	24, // 43: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	33, // [33:44] is the sub-list for method output_type
-	22, // [22:33] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	40, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
+	40, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
+	1,  // 2: credbroker.v1.Credential.policy:type_name -> credbroker.v1.RotationPolicy
+	40, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
+	41, // 4: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
+	0,  // 5: credbroker.v1.PutCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	0,  // 6: credbroker.v1.RotateCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	0,  // 7: credbroker.v1.ListCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
+	41, // 8: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
+	41, // 9: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
+	40, // 10: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 11: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	40, // 12: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 13: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	40, // 14: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	41, // 15: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
+	12, // 16: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
+	12, // 17: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
+	40, // 18: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	41, // 19: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
+	19, // 20: credbroker.v1.StatusResponse.data_keys:type_name -> credbroker.v1.DataKeyUsage
+	20, // 21: credbroker.v1.StatusResponse.rotation:type_name -> credbroker.v1.RotationStatus
+	40, // 22: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
+	40, // 23: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
+	40, // 24: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	12, // 25: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
+	40, // 26: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	41, // 27: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
+	40, // 28: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	23, // 29: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
+	40, // 30: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 31: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
+	28, // 32: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
+	39, // 33: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
+	0,  // 34: credbroker.v1.RollbackCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	1,  // 35: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
+	0,  // 36: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
+	0,  // 37: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	40, // 38: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
+	2,  // 39: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
+	4,  // 40: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
+	6,  // 41: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
+	8,  // 42: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
+	10, // 43: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
+	13, // 44: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
+	15, // 45: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
+	17, // 46: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
+	21, // 47: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
+	24, // 48: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
+	26, // 49: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	29, // 50: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
+	31, // 51: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
+	33, // 52: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
+	35, // 53: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
+	37, // 54: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
+	3,  // 55: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
+	5,  // 56: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
+	7,  // 57: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
+	9,  // 58: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
+	11, // 59: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
+	14, // 60: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
+	16, // 61: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
+	18, // 62: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
+	22, // 63: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
+	25, // 64: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
+	27, // 65: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	30, // 66: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
+	32, // 67: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
+	34, // 68: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
+	36, // 69: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
+	38, // 70: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
+	55, // [55:71] is the sub-list for method output_type
+	39, // [39:55] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -1908,15 +3142,17 @@ func file_credbroker_v1_admin_proto_init() {
 	if File_credbroker_v1_admin_proto != nil {
 		return
 	}
-	file_credbroker_v1_admin_proto_msgTypes[9].OneofWrappers = []any{}
-	file_credbroker_v1_admin_proto_msgTypes[11].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[10].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[12].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[28].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[39].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,17 +19,22 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_PutCredential_FullMethodName    = "/credbroker.v1.AdminService/PutCredential"
-	AdminService_RotateCredential_FullMethodName = "/credbroker.v1.AdminService/RotateCredential"
-	AdminService_ListCredentials_FullMethodName  = "/credbroker.v1.AdminService/ListCredentials"
-	AdminService_DeleteCredential_FullMethodName = "/credbroker.v1.AdminService/DeleteCredential"
-	AdminService_MintToken_FullMethodName        = "/credbroker.v1.AdminService/MintToken"
-	AdminService_ListTokens_FullMethodName       = "/credbroker.v1.AdminService/ListTokens"
-	AdminService_RevokeToken_FullMethodName      = "/credbroker.v1.AdminService/RevokeToken"
-	AdminService_Status_FullMethodName           = "/credbroker.v1.AdminService/Status"
-	AdminService_GetToken_FullMethodName         = "/credbroker.v1.AdminService/GetToken"
-	AdminService_ListAudit_FullMethodName        = "/credbroker.v1.AdminService/ListAudit"
-	AdminService_VerifyAudit_FullMethodName      = "/credbroker.v1.AdminService/VerifyAudit"
+	AdminService_PutCredential_FullMethodName      = "/credbroker.v1.AdminService/PutCredential"
+	AdminService_RotateCredential_FullMethodName   = "/credbroker.v1.AdminService/RotateCredential"
+	AdminService_ListCredentials_FullMethodName    = "/credbroker.v1.AdminService/ListCredentials"
+	AdminService_DeleteCredential_FullMethodName   = "/credbroker.v1.AdminService/DeleteCredential"
+	AdminService_MintToken_FullMethodName          = "/credbroker.v1.AdminService/MintToken"
+	AdminService_ListTokens_FullMethodName         = "/credbroker.v1.AdminService/ListTokens"
+	AdminService_RevokeToken_FullMethodName        = "/credbroker.v1.AdminService/RevokeToken"
+	AdminService_Status_FullMethodName             = "/credbroker.v1.AdminService/Status"
+	AdminService_GetToken_FullMethodName           = "/credbroker.v1.AdminService/GetToken"
+	AdminService_ListAudit_FullMethodName          = "/credbroker.v1.AdminService/ListAudit"
+	AdminService_VerifyAudit_FullMethodName        = "/credbroker.v1.AdminService/VerifyAudit"
+	AdminService_CredentialHistory_FullMethodName  = "/credbroker.v1.AdminService/CredentialHistory"
+	AdminService_RollbackCredential_FullMethodName = "/credbroker.v1.AdminService/RollbackCredential"
+	AdminService_SetRotationPolicy_FullMethodName  = "/credbroker.v1.AdminService/SetRotationPolicy"
+	AdminService_ImportCredential_FullMethodName   = "/credbroker.v1.AdminService/ImportCredential"
+	AdminService_Rekey_FullMethodName              = "/credbroker.v1.AdminService/Rekey"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -65,6 +70,23 @@ type AdminServiceClient interface {
 	// VerifyAudit walks the audit hash chain and reports the first record that was edited, removed
 	// or reordered.
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
+	// CredentialHistory lists a credential's kept versions: when, by which uid and how each was made,
+	// whether the upstream verified it, and its state. Never values. NotFound for an unknown name.
+	CredentialHistory(ctx context.Context, in *CredentialHistoryRequest, opts ...grpc.CallOption) (*CredentialHistoryResponse, error)
+	// RollbackCredential makes an earlier kept version's value current again, stored as a new
+	// version (how=rollback); calls that start after it returns use it. NotFound if the version is not
+	// kept.
+	RollbackCredential(ctx context.Context, in *RollbackCredentialRequest, opts ...grpc.CallOption) (*RollbackCredentialResponse, error)
+	// SetRotationPolicy sets or clears a credential's rotation policy. A rotate command makes brokerd
+	// run a program, so only root and brokerd's own uid may set one (PermissionDenied otherwise).
+	SetRotationPolicy(ctx context.Context, in *SetRotationPolicyRequest, opts ...grpc.CallOption) (*SetRotationPolicyResponse, error)
+	// ImportCredential stores a credential read from another store (the tutorial's encrypted file) as
+	// version 1 with how=import. AlreadyExists if the name is taken.
+	ImportCredential(ctx context.Context, in *ImportCredentialRequest, opts ...grpc.CallOption) (*ImportCredentialResponse, error)
+	// Rekey rotates the data keyset: a new primary data key, every stored version re-encrypted under
+	// it (each atomically), then the old data keys deleted. After an interruption, calling it again
+	// finishes the same rotation.
+	Rekey(ctx context.Context, in *RekeyRequest, opts ...grpc.CallOption) (*RekeyResponse, error)
 }
 
 type adminServiceClient struct {
@@ -185,6 +207,56 @@ func (c *adminServiceClient) VerifyAudit(ctx context.Context, in *VerifyAuditReq
 	return out, nil
 }
 
+func (c *adminServiceClient) CredentialHistory(ctx context.Context, in *CredentialHistoryRequest, opts ...grpc.CallOption) (*CredentialHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CredentialHistoryResponse)
+	err := c.cc.Invoke(ctx, AdminService_CredentialHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RollbackCredential(ctx context.Context, in *RollbackCredentialRequest, opts ...grpc.CallOption) (*RollbackCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackCredentialResponse)
+	err := c.cc.Invoke(ctx, AdminService_RollbackCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) SetRotationPolicy(ctx context.Context, in *SetRotationPolicyRequest, opts ...grpc.CallOption) (*SetRotationPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRotationPolicyResponse)
+	err := c.cc.Invoke(ctx, AdminService_SetRotationPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ImportCredential(ctx context.Context, in *ImportCredentialRequest, opts ...grpc.CallOption) (*ImportCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ImportCredentialResponse)
+	err := c.cc.Invoke(ctx, AdminService_ImportCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) Rekey(ctx context.Context, in *RekeyRequest, opts ...grpc.CallOption) (*RekeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RekeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_Rekey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -218,6 +290,23 @@ type AdminServiceServer interface {
 	// VerifyAudit walks the audit hash chain and reports the first record that was edited, removed
 	// or reordered.
 	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
+	// CredentialHistory lists a credential's kept versions: when, by which uid and how each was made,
+	// whether the upstream verified it, and its state. Never values. NotFound for an unknown name.
+	CredentialHistory(context.Context, *CredentialHistoryRequest) (*CredentialHistoryResponse, error)
+	// RollbackCredential makes an earlier kept version's value current again, stored as a new
+	// version (how=rollback); calls that start after it returns use it. NotFound if the version is not
+	// kept.
+	RollbackCredential(context.Context, *RollbackCredentialRequest) (*RollbackCredentialResponse, error)
+	// SetRotationPolicy sets or clears a credential's rotation policy. A rotate command makes brokerd
+	// run a program, so only root and brokerd's own uid may set one (PermissionDenied otherwise).
+	SetRotationPolicy(context.Context, *SetRotationPolicyRequest) (*SetRotationPolicyResponse, error)
+	// ImportCredential stores a credential read from another store (the tutorial's encrypted file) as
+	// version 1 with how=import. AlreadyExists if the name is taken.
+	ImportCredential(context.Context, *ImportCredentialRequest) (*ImportCredentialResponse, error)
+	// Rekey rotates the data keyset: a new primary data key, every stored version re-encrypted under
+	// it (each atomically), then the old data keys deleted. After an interruption, calling it again
+	// finishes the same rotation.
+	Rekey(context.Context, *RekeyRequest) (*RekeyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -260,6 +349,21 @@ func (UnimplementedAdminServiceServer) ListAudit(context.Context, *ListAuditRequ
 }
 func (UnimplementedAdminServiceServer) VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyAudit not implemented")
+}
+func (UnimplementedAdminServiceServer) CredentialHistory(context.Context, *CredentialHistoryRequest) (*CredentialHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CredentialHistory not implemented")
+}
+func (UnimplementedAdminServiceServer) RollbackCredential(context.Context, *RollbackCredentialRequest) (*RollbackCredentialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackCredential not implemented")
+}
+func (UnimplementedAdminServiceServer) SetRotationPolicy(context.Context, *SetRotationPolicyRequest) (*SetRotationPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRotationPolicy not implemented")
+}
+func (UnimplementedAdminServiceServer) ImportCredential(context.Context, *ImportCredentialRequest) (*ImportCredentialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ImportCredential not implemented")
+}
+func (UnimplementedAdminServiceServer) Rekey(context.Context, *RekeyRequest) (*RekeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rekey not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -480,6 +584,96 @@ func _AdminService_VerifyAudit_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_CredentialHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CredentialHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CredentialHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CredentialHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CredentialHistory(ctx, req.(*CredentialHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RollbackCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RollbackCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RollbackCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RollbackCredential(ctx, req.(*RollbackCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_SetRotationPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRotationPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetRotationPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetRotationPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetRotationPolicy(ctx, req.(*SetRotationPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ImportCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImportCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ImportCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ImportCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ImportCredential(ctx, req.(*ImportCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_Rekey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RekeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Rekey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Rekey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Rekey(ctx, req.(*RekeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -530,6 +724,26 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyAudit",
 			Handler:    _AdminService_VerifyAudit_Handler,
+		},
+		{
+			MethodName: "CredentialHistory",
+			Handler:    _AdminService_CredentialHistory_Handler,
+		},
+		{
+			MethodName: "RollbackCredential",
+			Handler:    _AdminService_RollbackCredential_Handler,
+		},
+		{
+			MethodName: "SetRotationPolicy",
+			Handler:    _AdminService_SetRotationPolicy_Handler,
+		},
+		{
+			MethodName: "ImportCredential",
+			Handler:    _AdminService_ImportCredential_Handler,
+		},
+		{
+			MethodName: "Rekey",
+			Handler:    _AdminService_Rekey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

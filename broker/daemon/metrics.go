@@ -1,0 +1,148 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/metrics"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// listenMetrics opens the Prometheus listener for --metrics-listen, or returns nil when it is
+// empty. Metrics go over TCP only, never on brokerd's Unix socket, and only on a loopback address
+// unless allowNonLoopback: they name tools, credentials and call rates, which is nobody else's
+// business.
+func listenMetrics(addr string, allowNonLoopback bool) (net.Listener, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	if strings.HasPrefix(addr, "unix:") || strings.Contains(addr, "/") {
+		return nil, fmt.Errorf("--metrics-listen %q: want host:port on TCP, e.g. 127.0.0.1:9464; metrics are never served on a Unix socket", addr)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen %q: want host:port, e.g. 127.0.0.1:9464: %w", addr, err)
+	}
+	if host == "localhost" {
+		host = "127.0.0.1"
+	}
+	ip := net.ParseIP(host)
+	if !allowNonLoopback && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("--metrics-listen %q is not a loopback address, so metrics would be reachable from other machines; use 127.0.0.1:%s, or add --metrics-allow-non-loopback if you mean it", addr, port)
+	}
+	lis, err := net.Listen("tcp", net.JoinHostPort(host, port))
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
+	}
+	return lis, nil
+}
+
+// serveMetrics serves /metrics on lis (if any) until the returned stop function is called.
+func serveMetrics(lis net.Listener, version string, log *slog.Logger) (stop func()) {
+	metrics.SetBuildInfo(version)
+	if lis == nil {
+		return func() {}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn), MaxRequestsInFlight: 4, Timeout: 10 * time.Second,
+	}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics endpoint stopped", "err", err)
+		}
+	}()
+	log.Info("serving Prometheus metrics", "addr", "http://"+lis.Addr().String()+"/metrics")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}
+}
+
+// metricsUnary counts every unary call by method, tool and the code the client saw, and times it.
+// It runs outermost, so refused calls and audit failures are counted as the client saw them.
+func metricsUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	code := status.Code(err)
+	metrics.Calls.WithLabelValues(info.FullMethod, toolLabel(info.FullMethod, req), code.String()).Inc()
+	metrics.CallDuration.WithLabelValues(info.FullMethod).Observe(time.Since(start).Seconds())
+	if strings.HasPrefix(info.FullMethod, "/"+pb.SearchService_ServiceDesc.ServiceName+"/") {
+		// Every SearchService call authenticates its token first; Unauthenticated is the only
+		// code a failed token check produces.
+		metrics.TokenValidated(code != codes.Unauthenticated)
+	}
+	return resp, err
+}
+
+// toolLabel is the tool a Search call asked for, as a bounded label: a name from the tool table,
+// "unknown" for anything else a client sent, "" for other methods.
+func toolLabel(method string, req any) string {
+	if method != pb.SearchService_Search_FullMethodName {
+		return ""
+	}
+	r, ok := req.(interface{ GetTool() string })
+	if !ok {
+		return ""
+	}
+	name := r.GetTool()
+	if name == "" {
+		name = broker.DefaultTool
+	}
+	if t, ok := broker.LookupTool(name); ok {
+		return t.Name
+	}
+	return "unknown"
+}
+
+// meteredUpstreamClient is the HTTP client for the upstream: the same transport settings
+// broker/upstream uses by default, wrapped to time each attempt and count its status.
+func meteredUpstreamClient() *http.Client {
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	base := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   5 * time.Second,
+		ResponseHeaderTimeout: 15 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		MaxIdleConns:          64,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+	}
+	return &http.Client{Transport: meteredTransport{base}}
+}
+
+// meteredTransport observes each upstream attempt. Labels are the request path (from the tool
+// table, so bounded) and the status code; it never looks at headers or bodies.
+type meteredTransport struct{ next http.RoundTripper }
+
+func (t meteredTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.next.RoundTrip(r)
+	path := r.URL.Path
+	metrics.UpstreamDuration.WithLabelValues(path).Observe(time.Since(start).Seconds())
+	code := "error"
+	if err == nil {
+		code = strconv.Itoa(resp.StatusCode)
+	}
+	metrics.UpstreamResponses.WithLabelValues(path, code).Inc()
+	return resp, err
+}

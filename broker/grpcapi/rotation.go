@@ -1,0 +1,124 @@
+package grpcapi
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/credbroker/credbroker/broker"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/store"
+)
+
+// credentialOut is credentialPB plus the rotation fields: previous and pending versions, policy,
+// next due and overdue.
+func (s *AdminService) credentialOut(c store.Credential) *pb.Credential {
+	out := credentialPB(c)
+	out.PreviousVersion, out.PendingVersion = c.Previous, c.Pending
+	if c.Policy != nil {
+		out.Policy = &pb.RotationPolicy{RotateCommand: c.Policy.RotateCommand, Verify: c.Policy.Verify}
+		if c.Policy.MaxAge > 0 {
+			out.Policy.MaxAge = durationpb.New(c.Policy.MaxAge)
+		}
+	}
+	if next, overdue, ok := s.b.Due(c); ok {
+		out.NextDue, out.Overdue = timestamppb.New(next), overdue
+	}
+	return out
+}
+
+func rotationStatusPB(out *pb.StatusResponse, ri broker.RotationInfo) {
+	out.Warnings = ri.Warnings
+	out.MasterKeyIds = ri.MasterKeyIDs
+	out.DataPrimaryKeyId = ri.DataPrimaryKeyID
+	for _, k := range ri.DataKeys {
+		out.DataKeys = append(out.DataKeys, &pb.DataKeyUsage{KeyId: k.ID, Primary: k.Primary, Versions: uint64(k.Versions)})
+	}
+	for _, r := range ri.Rotation {
+		rs := &pb.RotationStatus{
+			Credential: r.Credential, Version: r.Version, RotatedAt: timestamppb.New(r.RotatedAt), Overdue: r.Overdue,
+			AutoRotate: r.AutoRotate, Failures: uint32(r.Failures), LastError: r.LastError,
+		}
+		if !r.NextDue.IsZero() {
+			rs.NextDue = timestamppb.New(r.NextDue)
+		}
+		if !r.NextAttempt.IsZero() {
+			rs.NextAttempt = timestamppb.New(r.NextAttempt)
+		}
+		out.Rotation = append(out.Rotation, rs)
+	}
+}
+
+// CredentialHistory implements AdminService.CredentialHistory.
+func (s *AdminService) CredentialHistory(ctx context.Context, req *pb.CredentialHistoryRequest) (*pb.CredentialHistoryResponse, error) {
+	c, versions, err := s.b.History(ctx, req.GetName())
+	if err != nil {
+		return nil, toStatus(s.log, "CredentialHistory", err)
+	}
+	events, err := s.b.CredentialEvents(req.GetName())
+	if err != nil {
+		return nil, toStatus(s.log, "CredentialHistory", err)
+	}
+	out := &pb.CredentialHistoryResponse{Credential: s.credentialOut(c)}
+	for _, e := range events {
+		out.Events = append(out.Events, &pb.CredentialEvent{At: timestamppb.New(e.At), Event: e.Event, Version: e.Version, ByUid: e.ByUID, Detail: e.Detail})
+	}
+	for _, v := range versions {
+		out.Versions = append(out.Versions, &pb.CredentialVersion{
+			Version: v.Version, CreatedAt: timestamppb.New(v.CreatedAt), CreatedByUid: v.CreatedByUID, How: string(v.How),
+			Verified: v.Verified, State: string(v.State), FromVersion: v.From, KeyId: v.KeyID,
+		})
+	}
+	return out, nil
+}
+
+// RollbackCredential implements AdminService.RollbackCredential.
+func (s *AdminService) RollbackCredential(ctx context.Context, req *pb.RollbackCredentialRequest) (*pb.RollbackCredentialResponse, error) {
+	c, from, err := s.b.Rollback(ctx, req.GetName(), req.GetToVersion(), callerFrom(ctx))
+	if err != nil {
+		return nil, toStatus(s.log, "RollbackCredential", err)
+	}
+	return &pb.RollbackCredentialResponse{Credential: s.credentialOut(c), FromVersion: from}, nil
+}
+
+// SetRotationPolicy implements AdminService.SetRotationPolicy.
+func (s *AdminService) SetRotationPolicy(ctx context.Context, req *pb.SetRotationPolicyRequest) (*pb.SetRotationPolicyResponse, error) {
+	var p store.Policy
+	if rp := req.GetPolicy(); rp != nil {
+		if d := rp.GetMaxAge(); d != nil {
+			if err := d.CheckValid(); err != nil {
+				return nil, toStatus(s.log, "SetRotationPolicy", fmt.Errorf("%w: max_age is not a valid duration", broker.ErrInvalidArgument))
+			}
+			p.MaxAge = d.AsDuration()
+		}
+		p.RotateCommand, p.Verify = rp.GetRotateCommand(), rp.GetVerify()
+	}
+	c, err := s.b.SetPolicy(ctx, req.GetName(), p, callerFrom(ctx))
+	if err != nil {
+		return nil, toStatus(s.log, "SetRotationPolicy", err)
+	}
+	return &pb.SetRotationPolicyResponse{Credential: s.credentialOut(c)}, nil
+}
+
+// ImportCredential implements AdminService.ImportCredential.
+func (s *AdminService) ImportCredential(ctx context.Context, req *pb.ImportCredentialRequest) (*pb.ImportCredentialResponse, error) {
+	c, err := s.b.Import(ctx, req.GetName(), req.GetValue(), req.GetSource(), callerFrom(ctx))
+	if err != nil {
+		return nil, toStatus(s.log, "ImportCredential", err)
+	}
+	return &pb.ImportCredentialResponse{Credential: s.credentialOut(c)}, nil
+}
+
+// Rekey implements AdminService.Rekey.
+func (s *AdminService) Rekey(ctx context.Context, _ *pb.RekeyRequest) (*pb.RekeyResponse, error) {
+	res, err := s.b.Rekey(ctx)
+	if err != nil {
+		return nil, toStatus(s.log, "Rekey", err)
+	}
+	return &pb.RekeyResponse{
+		NewPrimaryKeyId: res.NewPrimaryKeyID, Resumed: res.Resumed, Reencrypted: uint64(res.Reencrypted),
+		Total: uint64(res.Total), RemovedKeyIds: res.RemovedKeyIDs,
+	}, nil
+}

@@ -1,0 +1,149 @@
+// Package metrics holds brokerd's Prometheus collectors on a registry of their own, so the
+// exposition carries exactly these series plus the Go runtime and process collectors. Any package
+// may observe into them; only broker/daemon serves them (on an opt-in loopback TCP listener, never
+// on the Unix socket). Labels must come from bounded sets: never a token, a query, a raw
+// client-supplied string or an upstream body.
+package metrics
+
+import (
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Registry is what brokerd exposes at /metrics.
+var Registry = prometheus.NewRegistry()
+
+const namespace = "credbroker"
+
+var (
+	// Calls counts finished gRPC calls by full method, tool (Search only; a name from the tool
+	// table, "unknown" for anything else) and status code.
+	Calls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "grpc_calls_total",
+		Help: "gRPC calls handled, by full method, tool (Search only) and status code.",
+	}, []string{"method", "tool", "code"})
+
+	// CallDuration observes how long each gRPC call took, by full method.
+	CallDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "grpc_call_duration_seconds",
+		Help:    "gRPC call latency, by full method.",
+		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"method"})
+
+	// UpstreamDuration observes each upstream HTTP attempt, from sending the request to the
+	// response headers (retries are separate attempts), by URL path.
+	UpstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "upstream_request_duration_seconds",
+		Help:    "Upstream HTTP attempt latency to response headers, by URL path.",
+		Buckets: []float64{.025, .05, .1, .25, .5, 1, 2, 4, 8, 15, 30},
+	}, []string{"path"})
+
+	// UpstreamResponses counts upstream HTTP attempts by URL path and status code ("error" when no
+	// response arrived: dial, TLS, timeout).
+	UpstreamResponses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_responses_total",
+		Help: "Upstream HTTP attempts, by URL path and HTTP status code (\"error\" if none arrived).",
+	}, []string{"path", "status"})
+
+	// TokenValidations counts bearer-token checks by result: "valid" or "invalid" (malformed,
+	// unknown, wrong secret, revoked, expired, spent, or presented by the wrong uid).
+	TokenValidations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "token_validations_total",
+		Help: "Bearer token validations, by result (valid, invalid).",
+	}, []string{"result"})
+
+	// Rotations counts credential rotations that took effect, by credential name. Increment it
+	// with RotationSucceeded.
+	Rotations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "credential_rotations_total",
+		Help: "Credential rotations that took effect, by credential.",
+	}, []string{"credential"})
+
+	// RotationFailures counts credential rotations that were attempted and failed, by credential
+	// name. Increment it with RotationFailed.
+	RotationFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "credential_rotation_failures_total",
+		Help: "Credential rotations that were attempted and failed, by credential.",
+	}, []string{"credential"})
+
+	// CredentialsDue is how many credentials are due for rotation now. Set it with
+	// SetCredentialsDue; brokerd's systemd STATUS= line reports the same number.
+	CredentialsDue = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "credentials_due",
+		Help: "Credentials due for rotation.",
+	})
+
+	// AuditWriteDuration observes how long making one audit record durable took (the caller's
+	// wait, group commit included). Observe into it with ObserveAuditWrite.
+	AuditWriteDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "audit_write_duration_seconds",
+		Help:    "Time for an audit record to become durable, as seen by the call that wrote it.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+	})
+
+	// KeysetReloads counts master keyset reloads (SIGHUP) by result: "accepted" or "rejected".
+	KeysetReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "master_keyset_reloads_total",
+		Help: "Master keyset reloads (SIGHUP), by result (accepted, rejected).",
+	}, []string{"result"})
+
+	buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help: "Always 1; labels carry brokerd's version and the Go version it was built with.",
+	}, []string{"version", "goversion"})
+
+	credentialsDue atomic.Int64
+)
+
+func init() {
+	Registry.MustRegister(
+		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
+		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	// Series with a fixed label set exist from the start, so a dashboard sees 0, not "no data".
+	for _, r := range []string{"valid", "invalid"} {
+		TokenValidations.WithLabelValues(r)
+	}
+	for _, r := range []string{"accepted", "rejected"} {
+		KeysetReloads.WithLabelValues(r)
+	}
+}
+
+// SetBuildInfo sets credbroker_build_info{version, goversion} to 1.
+func SetBuildInfo(version string) {
+	buildInfo.Reset()
+	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
+}
+
+// TokenValidated counts one bearer-token check.
+func TokenValidated(valid bool) {
+	if valid {
+		TokenValidations.WithLabelValues("valid").Inc()
+	} else {
+		TokenValidations.WithLabelValues("invalid").Inc()
+	}
+}
+
+// RotationSucceeded counts a rotation of credential that took effect.
+func RotationSucceeded(credential string) { Rotations.WithLabelValues(credential).Inc() }
+
+// RotationFailed counts a rotation of credential that was attempted and failed.
+func RotationFailed(credential string) { RotationFailures.WithLabelValues(credential).Inc() }
+
+// SetCredentialsDue records how many credentials are due for rotation.
+func SetCredentialsDue(n int) {
+	credentialsDue.Store(int64(n))
+	CredentialsDue.Set(float64(n))
+}
+
+// CredentialsDueCount returns the value last given to SetCredentialsDue.
+func CredentialsDueCount() int { return int(credentialsDue.Load()) }
+
+// ObserveAuditWrite records how long one audit record took to become durable.
+func ObserveAuditWrite(d time.Duration) { AuditWriteDuration.Observe(d.Seconds()) }

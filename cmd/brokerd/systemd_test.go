@@ -1,0 +1,589 @@
+package main
+
+// Process-level tests of brokerd as a systemd service: sd_notify (READY/STATUS/WATCHDOG/RELOADING/
+// STOPPING) against a fake NOTIFY_SOCKET, socket activation with an inherited listener, SIGTERM
+// while a slow upstream call is in flight, SIGHUP with good and bad master keysets, the /metrics
+// endpoint, and the unit files themselves (systemd-analyze).
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
+)
+
+// cleanEnv is the test's environment without anything systemd might have set for the test run
+// itself, so brokerd only sees what each test passes.
+func cleanEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID",
+			"CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "RUNTIME_DIRECTORY":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// startDaemonEnv is startDaemon with extra environment.
+func (e *env) startDaemonEnv(t *testing.T, extraEnv []string, extra ...string) {
+	t.Helper()
+	cmd := e.daemonCmd(extra...)
+	cmd.Env = append(cleanEnv(), extraEnv...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	e.waitHealthy(t)
+}
+
+// notifySocket is a fake systemd notification socket: every datagram brokerd sends, split into
+// its newline-separated assignments.
+type notifySocket struct {
+	path string
+	msgs chan []string
+}
+
+func newNotifySocket(t *testing.T, dir string) *notifySocket {
+	t.Helper()
+	path := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &notifySocket{path: path, msgs: make(chan []string, 1000)}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				close(n.msgs)
+				return
+			}
+			n.msgs <- strings.Split(strings.TrimSpace(string(buf[:k])), "\n")
+		}
+	}()
+	t.Cleanup(func() { conn.Close() })
+	return n
+}
+
+// waitFor returns the next datagram holding the assignment want, failing after timeout. Datagrams
+// before it are passed to skipped, if set.
+func (n *notifySocket) waitFor(t *testing.T, want string, timeout time.Duration, skipped func([]string)) []string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case msg, ok := <-n.msgs:
+			if !ok {
+				t.Fatalf("notify socket closed while waiting for %s", want)
+			}
+			if has(msg, want) {
+				return msg
+			}
+			if skipped != nil {
+				skipped(msg)
+			}
+		case <-deadline:
+			t.Fatalf("no %s notification within %s", want, timeout)
+		}
+	}
+}
+
+func has(msg []string, want string) bool {
+	for _, l := range msg {
+		if l == want {
+			return true
+		}
+	}
+	return false
+}
+
+func value(msg []string, name string) string {
+	for _, l := range msg {
+		if v, ok := strings.CutPrefix(l, name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func TestSystemdNotify(t *testing.T) {
+	e := newEnv(t)
+	n := newNotifySocket(t, e.dir)
+	cmd := e.daemonCmd()
+	// WATCHDOG_USEC=400ms: brokerd must ping every 200ms, each after a passing health check.
+	// WATCHDOG_PID is optional (it must name brokerd, whose pid is unknown before Start).
+	cmd.Env = append(cleanEnv(), "NOTIFY_SOCKET="+n.path, "WATCHDOG_USEC=400000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+
+	ready := n.waitFor(t, "READY=1", 15*time.Second, func(msg []string) {
+		t.Errorf("notification before READY=1: %q", msg)
+	})
+	// READY=1 comes only once the socket answers: a health check right now must pass.
+	if !healthy(e.socket) {
+		t.Fatal("READY=1 was sent before the socket served health checks")
+	}
+	st := value(ready, "STATUS")
+	if !strings.Contains(st, "serving on "+e.socket) || !strings.Contains(st, "0 live tokens") || !strings.Contains(st, "0 credentials due") {
+		t.Fatalf("STATUS with READY=1: %q", st)
+	}
+
+	// brokerctl health: exit 0 and SERVING for the server and each service, exit 1 otherwise.
+	if r := e.ctl(t, "", "health").ok(t); strings.TrimSpace(r.stdout) != "SERVING" {
+		t.Fatalf("brokerctl health: %q", r.stdout)
+	}
+	e.ctl(t, "", "health", "--service", "credbroker.v1.SearchService").ok(t)
+	e.ctl(t, "", "health", "--service", "no.such.Service").fails(t, "NotFound")
+
+	// The STATUS line follows the token count.
+	e.setup(t)
+	var pings int
+	var last []string
+	for pings < 3 {
+		last = n.waitFor(t, "WATCHDOG=1", 5*time.Second, nil)
+		pings++
+	}
+	if st := value(last, "STATUS"); !strings.Contains(st, "1 live tokens") {
+		t.Fatalf("STATUS with WATCHDOG=1 after minting a token: %q", st)
+	}
+
+	if err := e.daemon.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	stopping := n.waitFor(t, "STOPPING=1", 10*time.Second, nil)
+	if !strings.Contains(value(stopping, "STATUS"), "stopping") {
+		t.Fatalf("STOPPING=1 without a stopping STATUS: %q", stopping)
+	}
+	if err := e.daemon.Wait(); err != nil {
+		t.Fatalf("SIGTERM: exit %v; log:\n%s", err, e.stderr.String())
+	}
+}
+
+// Without WATCHDOG_USEC there are no watchdog pings, and nothing else is sent after READY=1 until
+// shutdown.
+func TestSystemdNoWatchdogWithoutUsec(t *testing.T) {
+	e := newEnv(t)
+	n := newNotifySocket(t, e.dir)
+	e.startDaemonEnv(t, []string{"NOTIFY_SOCKET=" + n.path})
+	n.waitFor(t, "READY=1", 15*time.Second, nil)
+	select {
+	case msg := <-n.msgs:
+		t.Fatalf("unexpected notification without WATCHDOG_USEC: %q", msg)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Under systemd, with no path flags, brokerd finds everything in the directories systemd passes:
+// the db in $STATE_DIRECTORY, the socket in $RUNTIME_DIRECTORY, the keyset in
+// $CREDENTIALS_DIRECTORY/master-keyset.
+func TestSystemdDirectoryDefaults(t *testing.T) {
+	e := newEnv(t)
+	state, runtime, creds := filepath.Join(e.dir, "state"), filepath.Join(e.dir, "rt"), filepath.Join(e.dir, "creds")
+	for _, d := range []string{state, runtime, creds} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(t, e.keyset, filepath.Join(creds, "master-keyset"))
+	cmd := exec.Command(filepath.Join(binDir, "brokerd"), "--upstream-url", e.fake.URL)
+	cmd.Env = append(cleanEnv(), "STATE_DIRECTORY="+state, "RUNTIME_DIRECTORY="+runtime, "CREDENTIALS_DIRECTORY="+creds, "CREDBROKER_SOCKET=", "CREDBROKER_DB=", "CREDBROKER_MASTER_KEYSET=")
+	e.stderr = &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	e.socket = filepath.Join(runtime, "broker.sock")
+	e.db = filepath.Join(state, "broker.db")
+	e.waitHealthy(t)
+	e.setup(t)
+	if _, err := os.Stat(e.db); err != nil {
+		t.Fatalf("no database in $STATE_DIRECTORY: %v", err)
+	}
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Socket activation: brokerd serves on the inherited fd 3, leaves the socket file alone when it
+// exits, and a restarted brokerd serves on the same socket. LISTEN_PID must be brokerd's own pid,
+// so the child sets it in a shell that then execs brokerd (same pid).
+func TestSocketActivation(t *testing.T) {
+	e := newEnv(t)
+	if err := os.MkdirAll(filepath.Dir(e.socket), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The test plays systemd: it owns the listening socket for the whole test.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: e.socket, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close(); l.Close() })
+
+	start := func() {
+		t.Helper()
+		args := []string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, filepath.Join(binDir, "brokerd"),
+			"--socket", e.socket, "--db", e.db, "--master-keyset", e.keyset, "--upstream-url", e.fake.URL}
+		cmd := exec.Command("/bin/sh", args...)
+		cmd.Env = append(cleanEnv(), "LISTEN_FDS=1", "LISTEN_FDNAMES=credbroker.socket")
+		cmd.ExtraFiles = []*os.File{f} // fd 3
+		e.stderr = &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		e.daemon = cmd
+		e.waitHealthy(t)
+		if !strings.Contains(e.stderr.String(), "socket activation") {
+			t.Fatalf("brokerd did not use the passed socket:\n%s", e.stderr.String())
+		}
+	}
+
+	start()
+	token, _ := e.setup(t)
+	e.search(t, token, "activated").ok(t)
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, e.stderr.String())
+	}
+	fi, err := os.Lstat(e.socket)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("brokerd removed the socket systemd owns: %v", err)
+	}
+	// The socket still accepts connections (they queue for the next brokerd).
+	c, err := net.DialTimeout("unix", e.socket, time.Second)
+	if err != nil {
+		t.Fatalf("socket dead after brokerd stopped: %v", err)
+	}
+	c.Close()
+
+	start()
+	r := e.search(t, token, "after restart").ok(t)
+	if !strings.HasSuffix(strings.TrimSpace(r.stdout), "Results: 5") {
+		t.Fatalf("search after an activated restart: %s", r.stdout)
+	}
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(e.socket); err != nil {
+		t.Fatalf("socket gone after the second stop: %v", err)
+	}
+}
+
+// SIGTERM while a slow upstream call is in flight: health goes NOT_SERVING and new calls are
+// refused at once, the in-flight call still completes, and brokerd exits 0.
+func TestSIGTERMDrainsInFlightCall(t *testing.T) {
+	e := newEnv(t)
+	e.startDaemon(t)
+	token, _ := e.setup(t)
+
+	e.fake.SetFault(scaviotest.Fault{Delay: 2 * time.Second, Times: 1})
+	before := e.fake.Count()
+	inflight := make(chan result, 1)
+	go func() { inflight <- e.search(t, token, "slow query") }()
+	waitUntil(t, 10*time.Second, "the slow call reached the upstream", func() bool { return e.fake.Count() > before })
+
+	sent := time.Now()
+	if err := e.daemon.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 1500*time.Millisecond, "health stopped answering SERVING", func() bool { return !healthy(e.socket) })
+	e.search(t, token, "a new call during the drain").fails(t, "")
+	e.ctl(t, "", "health").fails(t, "brokerd at "+e.socket)
+	select {
+	case r := <-inflight:
+		t.Fatalf("the in-flight call ended before its upstream answered: %+v", r)
+	default:
+	}
+
+	r := <-inflight
+	if r.err != nil || !strings.HasSuffix(strings.TrimSpace(r.stdout), "Results: 5") {
+		t.Fatalf("in-flight call after SIGTERM: %v\n%s\n%s", r.err, r.stdout, r.stderr)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.daemon.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after drain: %v\n%s", err, e.stderr.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("brokerd did not exit after the drain")
+	}
+	if took := time.Since(sent); took > 10*time.Second {
+		t.Fatalf("drain took %s, longer than --shutdown-timeout", took)
+	}
+	e.ctl(t, "", "health").fails(t, "is not healthy")
+	if !strings.Contains(e.stderr.String(), "draining in-flight calls") {
+		t.Fatalf("no drain log line:\n%s", e.stderr.String())
+	}
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// SIGHUP re-reads the master keyset: a rotated one (old key + new primary) is accepted and the
+// database re-wrapped under it; an unrelated or malformed one is rejected with a clear log line
+// and brokerd keeps serving. Afterwards the rotated keyset opens the database and the original
+// one alone no longer does.
+func TestSIGHUPReloadsMasterKeyset(t *testing.T) {
+	e := newEnv(t)
+	n := newNotifySocket(t, e.dir)
+	e.startDaemonEnv(t, []string{"NOTIFY_SOCKET=" + n.path})
+	n.waitFor(t, "READY=1", 15*time.Second, nil)
+	token, _ := e.setup(t)
+
+	original := filepath.Join(e.dir, "original.json")
+	rotated := filepath.Join(e.dir, "rotated.json")
+	e.ctl(t, "", "keyset", "rotate", "--in", e.keyset, "--out", rotated).ok(t)
+	copyFile(t, e.keyset, original)
+
+	reload := func(newKeyset string) string {
+		t.Helper()
+		if err := os.Rename(newKeyset, e.keyset); err != nil {
+			t.Fatal(err)
+		}
+		logBefore := len(e.stderr.String())
+		if err := e.daemon.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		msg := n.waitFor(t, "RELOADING=1", 10*time.Second, nil)
+		usec, err := strconv.ParseInt(value(msg, "MONOTONIC_USEC"), 10, 64)
+		if err != nil || usec <= 0 {
+			t.Fatalf("RELOADING=1 without MONOTONIC_USEC: %q", msg)
+		}
+		n.waitFor(t, "READY=1", 10*time.Second, nil)
+		e.search(t, token, "after reload").ok(t)
+		return e.stderr.String()[logBefore:]
+	}
+
+	if log := reload(rotated); !strings.Contains(log, "master keyset reloaded; the database's keysets are now wrapped under its primary key") {
+		t.Fatalf("rotated keyset not accepted:\n%s", log)
+	}
+	// Keep the good one to restore later.
+	copyFile(t, e.keyset, rotated)
+
+	unrelated := filepath.Join(e.dir, "unrelated.json")
+	e.ctl(t, "", "keyset", "new", "--out", unrelated).ok(t)
+	log := reload(unrelated)
+	if !strings.Contains(log, "master keyset reload rejected; still using the keyset loaded earlier") ||
+		!strings.Contains(log, "does not decrypt") {
+		t.Fatalf("unrelated keyset not rejected clearly:\n%s", log)
+	}
+
+	garbage := filepath.Join(e.dir, "garbage.json")
+	if err := os.WriteFile(garbage, []byte("{not a keyset"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if log := reload(garbage); !strings.Contains(log, "master keyset reload rejected") || !strings.Contains(log, "not a valid Tink JSON keyset") {
+		t.Fatalf("malformed keyset not rejected clearly:\n%s", log)
+	}
+
+	copyFile(t, rotated, e.keyset)
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, e.stderr.String())
+	}
+
+	// The rotated keyset opens the re-wrapped database; the original alone does not.
+	e.startDaemon(t)
+	e.search(t, token, "restarted with the rotated keyset").ok(t)
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(filepath.Join(binDir, "brokerd"), "--socket", e.socket, "--db", e.db, "--master-keyset", original, "--upstream-url", e.fake.URL).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "does not decrypt") {
+		t.Fatalf("the pre-rotation keyset still opens the database: %v %s", err, out)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(to)
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// /metrics after a few calls carries the expected series; a non-loopback or Unix address is
+// refused at startup.
+func TestMetricsScrape(t *testing.T) {
+	e := newEnv(t)
+	e.startDaemon(t, "--metrics-listen", "127.0.0.1:0")
+	m := regexp.MustCompile(`addr=(http://127\.0\.0\.1:\d+/metrics)`).FindStringSubmatch(e.stderr.String())
+	if m == nil {
+		t.Fatalf("no metrics address in the log:\n%s", e.stderr.String())
+	}
+	url := m[1]
+
+	token, _ := e.setup(t)
+	e.search(t, token, "one").ok(t)
+	e.search(t, token, "two").ok(t)
+	e.search(t, "cbt_garbage", "q").fails(t, "invalid token")
+	e.search(t, token, "--tool", "no_such_tool", "q").fails(t, "unknown tool")
+	e.ctl(t, "", "status").ok(t)
+
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	text := string(body)
+	for _, want := range []string{
+		`credbroker_grpc_calls_total{code="OK",method="/credbroker.v1.SearchService/Search",tool="web_search"} 2`,
+		`credbroker_grpc_calls_total{code="Unauthenticated",method="/credbroker.v1.SearchService/Search",tool="web_search"} 1`,
+		`credbroker_grpc_calls_total{code="InvalidArgument",method="/credbroker.v1.SearchService/Search",tool="unknown"} 1`,
+		`credbroker_grpc_calls_total{code="OK",method="/credbroker.v1.AdminService/Status",tool=""} 1`,
+		`credbroker_grpc_call_duration_seconds_count{method="/credbroker.v1.SearchService/Search"} 4`,
+		`credbroker_upstream_request_duration_seconds_count{path="/api/v1/search"} 2`,
+		`credbroker_upstream_responses_total{path="/api/v1/search",status="200"} 2`,
+		`credbroker_token_validations_total{result="valid"} 3`,
+		`credbroker_token_validations_total{result="invalid"} 1`,
+		`credbroker_credentials_due 0`,
+		`# TYPE credbroker_audit_write_duration_seconds histogram`,
+		`credbroker_master_keyset_reloads_total{result="accepted"} 0`,
+		`credbroker_build_info{goversion="go`,
+		`process_resident_memory_bytes`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(text, token) || strings.Contains(text, itKey) {
+		t.Error("/metrics carries a secret")
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", grepPrefix(text, "credbroker_"))
+	}
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, bad := range []struct{ addr, want string }{
+		{"0.0.0.0:9464", "not a loopback address"},
+		{":9464", "not a loopback address"},
+		{"example.com:9464", "not a loopback address"},
+		{"unix:" + e.socket, "never served on a Unix socket"},
+	} {
+		out, err := exec.Command(filepath.Join(binDir, "brokerd"), "--socket", e.socket, "--db", e.db, "--master-keyset", e.keyset,
+			"--upstream-url", e.fake.URL, "--metrics-listen", bad.addr).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), bad.want) {
+			t.Errorf("--metrics-listen %s: %v %s", bad.addr, err, out)
+		}
+	}
+}
+
+func grepPrefix(text, prefix string) string {
+	var b strings.Builder
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), prefix) {
+			b.WriteString(sc.Text() + "\n")
+		}
+	}
+	return b.String()
+}
+
+// The units pass `systemd-analyze verify`, keep every hardening directive the project promises,
+// and stay at an exposure level of "OK" or better. Needs Debian's systemd package (systemd-analyze).
+func TestSystemdUnits(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed (Debian package: systemd); unit files not verified")
+	}
+	dir := t.TempDir()
+	var paths []string
+	for _, u := range []string{"credbroker.service", "credbroker.socket"} {
+		raw, err := os.ReadFile(filepath.Join("..", "..", "scripts", "systemd", u))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// verify checks that ExecStart= binaries exist: point them at the ones TestMain built.
+		unit := strings.ReplaceAll(string(raw), "/usr/local/bin/", binDir+"/")
+		p := filepath.Join(dir, u)
+		if err := os.WriteFile(p, []byte(unit), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+
+	service, _ := os.ReadFile(paths[0])
+	for _, directive := range []string{
+		"Type=notify", "NotifyAccess=main", "WatchdogSec=", "StateDirectory=credbroker", "StateDirectoryMode=0700",
+		"RuntimeDirectory=credbroker", "LoadCredential=master-keyset:", "ExecReload=", "NoNewPrivileges=yes",
+		"ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "ProtectKernelTunables=yes",
+		"ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectControlGroups=yes",
+		"RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "RestrictNamespaces=yes", "LockPersonality=yes",
+		"MemoryDenyWriteExecute=yes", "SystemCallFilter=@system-service", "SystemCallArchitectures=native",
+		"CapabilityBoundingSet=\n", "UMask=0077", "LimitCORE=0",
+	} {
+		if !strings.Contains(string(service), "\n"+directive) {
+			t.Errorf("credbroker.service lacks %q", strings.TrimSpace(directive))
+		}
+	}
+
+	out, err := exec.Command(analyze, append([]string{"verify"}, paths...)...).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+
+	out, err = exec.Command(analyze, "security", "--offline=true", "--no-pager", paths[0]).CombinedOutput()
+	if err != nil && strings.Contains(string(out), "offline") {
+		t.Logf("systemd-analyze security --offline unsupported here: %s", out)
+		return
+	}
+	m := regexp.MustCompile(`Overall exposure level for credbroker\.service: ([0-9.]+) (\S+)`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
+	}
+	level, _ := strconv.ParseFloat(m[1], 64)
+	t.Logf("systemd-analyze security --offline=true: exposure %s %s", m[1], m[2])
+	if level > 2.0 {
+		t.Errorf("exposure level %s %s: the hardening regressed (was 1.2 OK)", m[1], m[2])
+	}
+
+	if out, err := exec.Command("bash", "-n", filepath.Join("..", "..", "scripts", "install.sh")).CombinedOutput(); err != nil {
+		t.Errorf("scripts/install.sh: %v\n%s", err, out)
+	}
+}
