@@ -94,6 +94,11 @@ type MintRequest struct {
 	// RateLimit calls per RatePeriod; 0 = unlimited.
 	RateLimit  uint32
 	RatePeriod time.Duration
+	// BudgetCredits per BudgetPeriod ("day" or "month"); 0 = no budget.
+	BudgetCredits uint64
+	BudgetPeriod  string
+	// SharedCache opts the token into the result cache shared by all shared-cache tokens.
+	SharedCache bool
 }
 
 // MintToken validates r and creates a token. It returns the token string (shown once) and its
@@ -127,6 +132,10 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 		return "", store.Token{}, invalid("rate_period needs rate_limit")
 	case r.RateLimit > 0 && (r.RatePeriod < time.Second || r.RatePeriod > 24*time.Hour):
 		return "", store.Token{}, invalid("rate period must be between 1s and 24h, e.g. 10/m")
+	case r.BudgetCredits > 0 && r.BudgetPeriod != "day" && r.BudgetPeriod != "month":
+		return "", store.Token{}, invalid("budget period must be day or month, e.g. 100/d")
+	case r.BudgetCredits == 0 && r.BudgetPeriod != "":
+		return "", store.Token{}, invalid("budget period needs budget credits")
 	}
 	now := b.now().UTC()
 	for range 3 { // an id collision (2^-64 per pair) is retried, not reported
@@ -138,6 +147,7 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 			ID: id, SecretHash: hash[:], Tools: scoped, CreatedAt: now, ExpiresAt: now.Add(r.TTL),
 			MaxUses: r.MaxUses, BindUID: r.BindUID, Label: r.Label, MintedByUID: caller.UID,
 			RateLimit: r.RateLimit, RatePeriod: r.RatePeriod,
+			BudgetCredits: r.BudgetCredits, BudgetPeriod: r.BudgetPeriod, SharedCache: r.SharedCache,
 		}
 		err = b.store.PutToken(rec)
 		if errors.Is(err, store.ErrExists) {

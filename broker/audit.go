@@ -31,7 +31,7 @@ func (b *Broker) RecordCall(ctx context.Context, r CallRecord) error {
 		Time: b.now().UTC(), PeerKnown: r.Caller.Known, UID: r.Caller.UID, GID: r.Caller.GID, PID: r.Caller.PID,
 		TokenID: ci.TokenID, Method: r.Method, Tool: ci.Tool, Code: r.Code, LatencyMicros: r.Latency.Microseconds(),
 		Credential: ci.Credential, CredentialVersion: ci.CredentialVersion, QueryLen: ci.QueryLen, QueryMAC: ci.QueryMAC,
-		Event: ci.Event,
+		Event: ci.Event, Credits: ci.Credits, CreditsSaved: ci.CreditsSaved, TokenLabel: ci.TokenLabel,
 	})
 }
 

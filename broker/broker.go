@@ -41,6 +41,8 @@ type Config struct {
 	Clock Clock
 	// Scheduler tunes the rotation scheduler.
 	Scheduler SchedulerConfig
+	// Economics tunes the result cache (economics.go).
+	Economics EconomicsConfig
 }
 
 // Broker checks tokens and performs tool calls with credentials it never hands out.
@@ -59,7 +61,8 @@ type Broker struct {
 	mu     sync.RWMutex
 	tokens map[string]*tokenState
 
-	rot *rotation // versions, verification, grace fallback, scheduler (rotation.go)
+	rot  *rotation  // versions, verification, grace fallback, scheduler (rotation.go)
+	econ *economics // credential limiters, result cache, budgets (economics.go)
 }
 
 // New builds a Broker.
@@ -79,7 +82,7 @@ func New(cfg Config) (*Broker, error) {
 	b := &Broker{
 		store: cfg.Store, upstream: cfg.Upstream, log: cfg.Logger, maxTTL: cfg.MaxTTL,
 		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*tokenState),
-		rot: newRotation(cfg),
+		rot: newRotation(cfg), econ: newEconomics(cfg),
 	}
 	b.rot.sched = newScheduler(b, cfg.Clock, cfg.Scheduler)
 	return b, nil
@@ -120,6 +123,7 @@ func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*
 	if !p.Verify(t.SecretHash) {
 		return nil, unauthenticated("invalid token")
 	}
+	ci.TokenLabel = t.Label
 	if t.Revoked {
 		return nil, unauthenticated("token %s was revoked; ask the operator for a new one", t.ID)
 	}
@@ -176,13 +180,20 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 		}
 	}
 	ci.Credential = tool.Credential
+	return b.spend(ctx, t, tool, &req, payload)
+}
+
+// callUpstream loads the tool's credential, calls the upstream with it (falling back to the
+// previous version within the grace window) and parses the results.
+func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte) (*SearchResult, *upstream.Response, error) {
+	ci := callInfo(ctx)
 	key, version, err := b.store.LoadCredential(tool.Credential)
 	ci.CredentialVersion = version
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: credential %q is not stored; the operator must run `brokerctl credential put %s`", ErrCredentialMissing, tool.Credential, tool.Credential)
+		return nil, nil, fmt.Errorf("%w: credential %q is not stored; the operator must run `brokerctl credential put %s`", ErrCredentialMissing, tool.Credential, tool.Credential)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load credential %q: %w", tool.Credential, err)
+		return nil, nil, fmt.Errorf("load credential %q: %w", tool.Credential, err)
 	}
 	resp, err := b.upstream.Do(ctx, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
 	if err != nil {
@@ -197,13 +208,13 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 	}
 	if err != nil {
 		b.log.Warn("upstream call failed", "tool", tool.Name, "token_id", t.ID, "credential", tool.Credential, "version", version, "err", err)
-		return nil, upstreamError(tool, version, err)
+		return nil, nil, upstreamError(tool, version, err)
 	}
 	results, meta, err := parseResults(resp.Body)
 	if err != nil {
-		return nil, err
+		return nil, resp, err
 	}
-	return &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, Results: results, Metadata: meta}, nil
+	return &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, Results: results, Metadata: meta}, resp, nil
 }
 
 // WhoAmI authenticates raw and returns its record, with the current use count for limited tokens.

@@ -15,6 +15,10 @@ type CallInfo struct {
 	// Event names what an admin call changed ("rotate", "mint", ...) or a notable outcome
 	// ("bound-token-misuse", "fallback-previous-version").
 	Event string
+	// TokenLabel is the calling token's label, for usage reports.
+	TokenLabel string
+	// Credits spent upstream; CreditsSaved is what a cache hit would otherwise have cost.
+	Credits, CreditsSaved uint64
 }
 
 type callInfoKey struct{}

@@ -480,6 +480,9 @@ func (b *Broker) rotationInfo(now time.Time) (RotationInfo, error) {
 		if c.Pending != 0 {
 			ri.Warnings = append(ri.Warnings, fmt.Sprintf("credential %s: version %d is staged (pending) and was never promoted", c.Name, c.Pending))
 		}
+		if w := ceilingWarning(c); w != "" {
+			ri.Warnings = append(ri.Warnings, w)
+		}
 		if c.Policy == nil {
 			continue
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/credbroker/credbroker/broker/upstream"
@@ -60,6 +61,7 @@ type SearchRequest struct {
 	Query      string
 	NumResults int
 	Google     GoogleOptions
+	NoCache    bool // fresh results even if a cached answer exists
 }
 
 // GoogleOptions are Scavio contract B's optional fields.
@@ -200,6 +202,11 @@ type SearchResult struct {
 	CredentialVersion uint64
 	Results           []Result
 	Metadata          map[string]any // every top-level upstream field except "results"
+	Cached            bool           // served from the result cache
+	CacheAge          time.Duration  // age of the cached answer
+	Credits           uint64         // upstream credits this call spent (0 when cached)
+
+	size int64 // bytes it holds in the result cache
 }
 
 // parseResults decodes an upstream response body. The body is the upstream's, so its content is

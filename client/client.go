@@ -293,3 +293,21 @@ func validHeaderValue(s string) bool {
 	}
 	return true
 }
+
+// SetCredentialLimits sets a credential's rate limit and monthly credit ceiling (nil clears them).
+func (c *Client) SetCredentialLimits(ctx context.Context, name string, l *credbrokerv1.CredentialLimits) (*credbrokerv1.Credential, error) {
+	resp, err := c.admin.SetCredentialLimits(ctx, &credbrokerv1.SetCredentialLimitsRequest{Name: name, Limits: l})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp.GetCredential(), nil
+}
+
+// Usage sums calls, credits, cache hits and errors per token or credential.
+func (c *Client) Usage(ctx context.Context, req *credbrokerv1.UsageRequest) (*credbrokerv1.UsageResponse, error) {
+	resp, err := c.admin.Usage(ctx, req)
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp, nil
+}

@@ -57,6 +57,9 @@ type AuditRecord struct {
 	QueryLen          int       `json:"query_len,omitempty"`
 	QueryMAC          string    `json:"query_mac,omitempty"`
 	Event             string    `json:"event,omitempty"`
+	Credits           uint64    `json:"credits,omitempty"`
+	CreditsSaved      uint64    `json:"credits_saved,omitempty"`
+	TokenLabel        string    `json:"token_label,omitempty"`
 	Prev              []byte    `json:"prev"`
 }
 
@@ -243,6 +246,9 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		if err != nil {
 			return err
 		}
+		// Keys only ever grow: fill pages instead of splitting them half empty (bbolt's default
+		// suits random inserts and would double the file's size per record).
+		b.FillPercent = 0.95
 		seq, prev = w.lastSeq, w.lastMAC
 		for _, r := range batch {
 			seq++

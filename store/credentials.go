@@ -19,6 +19,9 @@ type Credential struct {
 	Previous  uint64    // the version current before Version, 0 if none is kept (versions.go)
 	Pending   uint64    // a staged version awaiting verification, 0 if none
 	Policy    *Policy   // rotation policy, nil if none (policy.go)
+	Limits    *Limits   // spending limits, nil if none (limits.go)
+	// CreditsThisMonth counted against Limits.MonthlyCredits (limits.go).
+	CreditsThisMonth uint64
 }
 
 // credentialRecord is the JSON under credentials/<name>/meta. Fields after RotatedAt were added

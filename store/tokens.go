@@ -31,6 +31,15 @@ type Token struct {
 	// RateLimit calls per RatePeriod; 0 means unlimited. Enforced in memory by the broker.
 	RateLimit  uint32        `json:"rate_limit,omitempty"`
 	RatePeriod time.Duration `json:"rate_period,omitempty"`
+	// BudgetCredits per BudgetPeriod ("day" or "month", UTC); 0 = no budget. BudgetSpent counts
+	// the credits spent in BudgetWindow (the period's name, e.g. "2026-11-25"); a new window
+	// starts from zero.
+	BudgetCredits uint64 `json:"budget_credits,omitempty"`
+	BudgetPeriod  string `json:"budget_period,omitempty"`
+	BudgetWindow  string `json:"budget_window,omitempty"`
+	BudgetSpent   uint64 `json:"budget_spent,omitempty"`
+	// SharedCache lets the token use the result cache shared by all shared-cache tokens.
+	SharedCache bool `json:"shared_cache,omitempty"`
 }
 
 // Live reports whether the token is neither revoked nor expired at now.

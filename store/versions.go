@@ -79,7 +79,11 @@ func readCredential(b *bolt.Bucket, name string) (Credential, error) {
 	if err != nil {
 		return Credential{}, err
 	}
-	return credentialFrom(name, rec, p), nil
+	c := credentialFrom(name, rec, p)
+	if err := readLimits(b, name, &c); err != nil {
+		return Credential{}, err
+	}
+	return c, nil
 }
 
 func credentialFrom(name string, rec credentialRecord, p *Policy) Credential {

@@ -43,6 +43,8 @@ type Config struct {
 	// after a rotation a rejected current key falls back to the previous one (0: 10m; <0: off).
 	KeepVersions int
 	GraceWindow  time.Duration
+	// Economics configures the result cache (broker.EconomicsConfig).
+	Economics broker.EconomicsConfig
 	// MetricsListen is the loopback host:port for Prometheus /metrics; "" serves none.
 	// MetricsAllowNonLoopback permits any other TCP address.
 	MetricsListen           string
@@ -101,7 +103,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("--upstream-url: %w", err)
 	}
-	b, err := broker.New(broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: cfg.MaxTTL, Version: cfg.Version, GraceWindow: cfg.GraceWindow})
+	b, err := broker.New(broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: cfg.MaxTTL, Version: cfg.Version, GraceWindow: cfg.GraceWindow,
+		Economics: cfg.Economics})
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,18 @@ type AdminService struct {
 func (s *AdminService) Register(g *grpc.Server) { pb.RegisterAdminServiceServer(g, s) }
 
 func credentialPB(c store.Credential) *pb.Credential {
-	return &pb.Credential{Name: c.Name, Version: c.Version, CreatedAt: timestamppb.New(c.CreatedAt), RotatedAt: timestamppb.New(c.RotatedAt)}
+	out := &pb.Credential{Name: c.Name, Version: c.Version, CreatedAt: timestamppb.New(c.CreatedAt), RotatedAt: timestamppb.New(c.RotatedAt),
+		CreditsThisMonth: c.CreditsThisMonth}
+	if l := c.Limits; l != nil {
+		out.Limits = &pb.CredentialLimits{RateLimit: l.RateLimit, Burst: l.Burst, MonthlyCredits: l.MonthlyCredits}
+		if l.RatePeriod > 0 {
+			out.Limits.RatePeriod = durationpb.New(l.RatePeriod)
+		}
+		if l.MaxWait > 0 {
+			out.Limits.MaxWait = durationpb.New(l.MaxWait)
+		}
+	}
+	return out
 }
 
 func tokenPB(t store.Token) *pb.TokenInfo {
@@ -47,6 +58,10 @@ func tokenPB(t store.Token) *pb.TokenInfo {
 	}
 	if t.MaxUses > t.Uses {
 		out.UsesLeft = t.MaxUses - t.Uses
+	}
+	out.BudgetCredits, out.BudgetPeriod, out.SharedCache = t.BudgetCredits, t.BudgetPeriod, t.SharedCache
+	if t.BudgetWindow == store.DayWindow(time.Now()) || t.BudgetWindow == store.MonthWindow(time.Now()) {
+		out.BudgetSpent = t.BudgetSpent
 	}
 	return out
 }
@@ -92,7 +107,8 @@ func (s *AdminService) DeleteCredential(ctx context.Context, req *pb.DeleteCrede
 
 // MintToken implements AdminService.MintToken.
 func (s *AdminService) MintToken(ctx context.Context, req *pb.MintTokenRequest) (*pb.MintTokenResponse, error) {
-	r := broker.MintRequest{Tools: req.GetTools(), MaxUses: req.GetMaxUses(), BindUID: req.BindUid, Label: req.GetLabel(), RateLimit: req.GetRateLimit()}
+	r := broker.MintRequest{Tools: req.GetTools(), MaxUses: req.GetMaxUses(), BindUID: req.BindUid, Label: req.GetLabel(), RateLimit: req.GetRateLimit(),
+		BudgetCredits: req.GetBudgetCredits(), BudgetPeriod: req.GetBudgetPeriod(), SharedCache: req.GetSharedCache()}
 	for _, d := range []struct {
 		pb  *durationpb.Duration
 		out *time.Duration
@@ -191,4 +207,47 @@ func (s *AdminService) VerifyAudit(context.Context, *pb.VerifyAuditRequest) (*pb
 	return &pb.VerifyAuditResponse{
 		Ok: v.OK, Checked: uint64(v.Checked), FirstSeq: v.FirstSeq, LastSeq: v.LastSeq, BadSeq: v.BadSeq, Problem: v.Problem,
 	}, nil
+}
+
+// SetCredentialLimits implements AdminService.SetCredentialLimits.
+func (s *AdminService) SetCredentialLimits(ctx context.Context, req *pb.SetCredentialLimitsRequest) (*pb.SetCredentialLimitsResponse, error) {
+	var l store.Limits
+	if in := req.GetLimits(); in != nil {
+		l = store.Limits{RateLimit: in.GetRateLimit(), Burst: in.GetBurst(), MonthlyCredits: in.GetMonthlyCredits()}
+		for _, d := range []struct {
+			pb  *durationpb.Duration
+			out *time.Duration
+			f   string
+		}{{in.GetRatePeriod(), &l.RatePeriod, "rate_period"}, {in.GetMaxWait(), &l.MaxWait, "max_wait"}} {
+			if d.pb == nil {
+				continue
+			}
+			if err := d.pb.CheckValid(); err != nil {
+				return nil, toStatus(s.log, "SetCredentialLimits", fmt.Errorf("%w: %s is not a valid duration", broker.ErrInvalidArgument, d.f))
+			}
+			*d.out = d.pb.AsDuration()
+		}
+	}
+	c, err := s.b.SetLimits(ctx, req.GetName(), l)
+	if err != nil {
+		return nil, toStatus(s.log, "SetCredentialLimits", err)
+	}
+	return &pb.SetCredentialLimitsResponse{Credential: s.credentialOut(c)}, nil
+}
+
+// Usage implements AdminService.Usage.
+func (s *AdminService) Usage(_ context.Context, req *pb.UsageRequest) (*pb.UsageResponse, error) {
+	var since time.Time
+	if req.GetSince() != nil {
+		since = req.GetSince().AsTime()
+	}
+	rows, saved, err := s.b.Usage(req.GetBy(), since)
+	if err != nil {
+		return nil, toStatus(s.log, "Usage", err)
+	}
+	out := &pb.UsageResponse{CreditsSaved: saved}
+	for _, r := range rows {
+		out.Rows = append(out.Rows, &pb.UsageRow{Key: r.Key, Label: r.Label, Calls: r.Calls, Credits: r.Credits, CacheHits: r.CacheHits, Errors: r.Err})
+	}
+	return out, nil
 }

@@ -3,7 +3,9 @@ package grpcapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"syscall"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -52,6 +54,16 @@ func toStatus(log *slog.Logger, method string, err error) error {
 	for _, m := range errorCodes {
 		if errors.Is(err, m.err) {
 			return status.Error(m.code, err.Error())
+		}
+	}
+	// The disk under the database: the write did not happen, and the operator can fix it.
+	for _, e := range []struct {
+		errno syscall.Errno
+		why   string
+	}{{syscall.ENOSPC, "its disk is full"}, {syscall.EDQUOT, "its disk quota is exceeded"}, {syscall.EROFS, "its file system is read-only"}, {syscall.EIO, "of an I/O error"}} {
+		if errors.Is(err, e.errno) {
+			log.Error("database write failed", "method", method, "err", err)
+			return status.Error(codes.Unavailable, fmt.Sprintf("brokerd cannot write its database because %s; nothing was changed. The operator must fix the disk; brokerd recovers by itself", e.why))
 		}
 	}
 	log.Error("internal error", "method", method, "err", err)

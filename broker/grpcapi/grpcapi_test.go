@@ -65,6 +65,12 @@ type syncBuilder struct {
 // fake upstream.
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	// The result cache is off here: these tests count upstream calls. economics_test.go turns it on.
+	return newHarnessWith(t, func(c *broker.Config) { c.Economics.DefaultCacheTTL = -1 })
+}
+
+func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	kpath := filepath.Join(dir, "master.json")
 	if err := store.NewMasterKeyset(kpath); err != nil {
@@ -91,7 +97,9 @@ func newHarness(t *testing.T) *harness {
 		return logs.Write(p)
 	}), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	clk := &clock{now: time.Now()}
-	b, err := broker.New(broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: 24 * time.Hour, Version: "test", Now: clk.Now})
+	cfg := broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: 24 * time.Hour, Version: "test", Now: clk.Now}
+	configure(&cfg)
+	b, err := broker.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

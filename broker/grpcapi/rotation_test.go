@@ -3,88 +3,31 @@ package grpcapi
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker"
-	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
-	"github.com/credbroker/credbroker/store"
 )
 
 // newRotHarness is newHarness with a hook to change the broker's configuration (grace window,
 // clock) before it is built.
 func newRotHarness(t *testing.T, mod func(*broker.Config)) *harness {
 	t.Helper()
-	dir := t.TempDir()
-	kpath := filepath.Join(dir, "master.json")
-	if err := store.NewMasterKeyset(kpath); err != nil {
-		t.Fatal(err)
-	}
-	kek, err := store.LoadMasterKeyset(kpath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "broker.db"), kek, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := scaviotest.NewServer(testKey)
-	up, err := upstream.New(upstream.Config{BaseURL: fake.URL, BackoffBase: time.Millisecond, MaxRetryAfter: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &strings.Builder{}
-	var logMu sync.Mutex
-	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
-		logMu.Lock()
-		defer logMu.Unlock()
-		return logs.Write(p)
-	}), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	clk := &clock{now: time.Now()}
-	cfg := broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: 24 * time.Hour, Version: "test", Now: clk.Now}
-	if mod != nil {
-		mod(&cfg)
-	}
-	b, err := broker.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, _ := NewServer(b, Options{Admins: Admins{UIDs: []uint32{uint32(os.Geteuid())}}, Logger: log})
-	sock := filepath.Join(dir, "broker.sock")
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-		st.Close()
-		fake.Close()
+	return newHarnessWith(t, func(c *broker.Config) {
+		c.Economics.DefaultCacheTTL = -1
+		if mod != nil {
+			mod(c)
+		}
 	})
-	return &harness{
-		fake: fake, store: st, clock: clk, logs: logs,
-		search: pb.NewSearchServiceClient(conn), admin: pb.NewAdminServiceClient(conn), health: healthpb.NewHealthClient(conn),
-	}
 }
 
 // The zero-downtime test: several clients search in loops over the real gRPC stack while

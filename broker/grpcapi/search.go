@@ -2,6 +2,10 @@ package grpcapi
 
 import (
 	"context"
+	"fmt"
+
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"log/slog"
 
 	"google.golang.org/grpc"
@@ -25,7 +29,7 @@ func (s *SearchService) Register(g *grpc.Server) { pb.RegisterSearchServiceServe
 
 // Search implements SearchService.Search.
 func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.SearchResponse, error) {
-	in := broker.SearchRequest{Tool: req.GetTool(), Query: req.GetQuery(), NumResults: int(req.GetNumResults())}
+	in := broker.SearchRequest{Tool: req.GetTool(), Query: req.GetQuery(), NumResults: int(req.GetNumResults()), NoCache: req.GetNoCache()}
 	if g := req.GetGoogle(); g != nil {
 		in.Google = broker.GoogleOptions{
 			SearchType: g.GetSearchType(), CountryCode: g.GetCountryCode(), Language: g.GetLanguage(),
@@ -37,7 +41,7 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 		return nil, toStatus(s.log, "Search", err)
 	}
 	out := &pb.SearchResponse{
-		Tool: res.Tool, Credential: res.Credential, CredentialVersion: res.CredentialVersion,
+		Tool: res.Tool, Credential: res.Credential, CredentialVersion: res.CredentialVersion, Cached: res.Cached, Credits: res.Credits,
 		Results: make([]*pb.SearchResult, 0, len(res.Results)),
 	}
 	for _, r := range res.Results {
@@ -48,6 +52,11 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 		out.Results = append(out.Results, &pb.SearchResult{
 			Title: r.Title, Url: r.URL, Snippet: r.Snippet, Position: int32(r.Position), Raw: raw,
 		})
+	}
+	if res.Cached {
+		out.CacheAge = durationpb.New(res.CacheAge)
+		// Also as a header, for clients that only look at metadata.
+		grpc.SetHeader(ctx, metadata.Pairs("x-credbroker-cache", fmt.Sprintf("hit; age=%ds", int(res.CacheAge.Seconds()))))
 	}
 	if len(res.Metadata) > 0 {
 		if out.Metadata, err = structpb.NewStruct(res.Metadata); err != nil {

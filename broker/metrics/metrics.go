@@ -91,6 +91,18 @@ var (
 		Help: "Master keyset reloads (SIGHUP), by result (accepted, rejected).",
 	}, []string{"result"})
 
+	// CacheLookups counts Search calls that could use the result cache, by result: "hit" or "miss".
+	CacheLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "cache_lookups_total",
+		Help: "Result cache lookups, by result (hit, miss).",
+	}, []string{"result"})
+
+	// CreditsSaved counts the upstream credits that cache hits would otherwise have cost.
+	CreditsSaved = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "cache_credits_saved_total",
+		Help: "Upstream credits the result cache saved.",
+	})
+
 	buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help: "Always 1; labels carry brokerd's version and the Go version it was built with.",
@@ -103,6 +115,7 @@ func init() {
 	Registry.MustRegister(
 		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
+		CacheLookups, CreditsSaved,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -112,6 +125,9 @@ func init() {
 	}
 	for _, r := range []string{"accepted", "rejected"} {
 		KeysetReloads.WithLabelValues(r)
+	}
+	for _, r := range []string{"hit", "miss"} {
+		CacheLookups.WithLabelValues(r)
 	}
 }
 
@@ -147,3 +163,13 @@ func CredentialsDueCount() int { return int(credentialsDue.Load()) }
 
 // ObserveAuditWrite records how long one audit record took to become durable.
 func ObserveAuditWrite(d time.Duration) { AuditWriteDuration.Observe(d.Seconds()) }
+
+// CacheLookup counts a result cache hit (saving saved credits) or miss.
+func CacheLookup(hit bool, saved uint64) {
+	if hit {
+		CacheLookups.WithLabelValues("hit").Inc()
+		CreditsSaved.Add(float64(saved))
+		return
+	}
+	CacheLookups.WithLabelValues("miss").Inc()
+}

@@ -103,6 +103,7 @@ revokes scoped tokens, and can run a search with a token for testing.`,
 		newSearchCmd(a),
 		newStatusCmd(a),
 		newAuditCmd(a),
+		newUsageCmd(a),
 		newHealthCmd(a),
 		newImportCmd(a), // importcmd.go
 		newRekeyCmd(a),  // keyset_prune.go

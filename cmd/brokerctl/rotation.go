@@ -280,6 +280,7 @@ func newCredentialPolicyCmd(a *app) *cobra.Command {
 	var (
 		maxAge, command string
 		verify, clear   bool
+		lim             limitFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "policy NAME [--max-age 30d] [--rotate-command PATH [-- ARGS...]] [--verify] | --clear",
@@ -311,13 +312,17 @@ only root or brokerd's own user may set it.
 			if len(extra) > 0 && command == "" {
 				return errors.New("arguments after -- are the rotate command's; they need --rotate-command PATH")
 			}
+			limitsSet := lim.any(cmd)
+			if limitsSet && !clear && maxAge == "" && command == "" && !verify {
+				return a.setLimits(cmd, name, &lim) // only spending limits: leave the rotation policy alone
+			}
 			var p *credbrokerv1.RotationPolicy
 			switch {
 			case clear && (maxAge != "" || command != "" || verify):
 				return errors.New("--clear cannot be combined with other policy flags")
 			case clear:
 			case maxAge == "" && command == "" && !verify:
-				return errors.New("nothing to set: give --max-age, --rotate-command or --verify (or --clear to remove the policy)")
+				return errors.New("nothing to set: give --max-age, --rotate-command, --verify, --rate, --burst, --max-wait or --monthly-credits (or --clear to remove the rotation policy)")
 			default:
 				p = &credbrokerv1.RotationPolicy{Verify: verify}
 				if maxAge != "" {
@@ -337,10 +342,14 @@ only root or brokerd's own user may set it.
 					return err
 				}
 				fmt.Fprintln(a.stdout, describePolicy(c, time.Now()))
+				if limitsSet {
+					return a.setLimits(cmd, name, &lim)
+				}
 				return nil
 			})
 		},
 	}
+	lim.register(cmd)
 	f := cmd.Flags()
 	f.StringVar(&maxAge, "max-age", "", "maximum age of a version, e.g. 30d, 12h")
 	f.StringVar(&command, "rotate-command", "", "absolute path of a program that prints a new key (arguments after --)")

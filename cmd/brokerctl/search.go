@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -19,9 +20,10 @@ var errNoToken = errors.New("set CREDBROKER_TOKEN to a token from `brokerctl tok
 var googleFlagNames = []string{"search-type", "country", "language", "page", "device"}
 
 type searchFlags struct {
-	tool   string
-	num    int32
-	asJSON bool
+	tool    string
+	num     int32
+	asJSON  bool
+	noCache bool
 
 	// google_search (contract B) options.
 	searchType, country, language, device string
@@ -41,7 +43,7 @@ func (f *searchFlags) searchRequest(args []string, changed func(string) bool) (*
 	if f.page < 0 {
 		return nil, fmt.Errorf("--page must be 0 (the default) or more, got %d", f.page)
 	}
-	req := &credbrokerv1.SearchRequest{Tool: f.tool, Query: query, NumResults: f.num}
+	req := &credbrokerv1.SearchRequest{Tool: f.tool, Query: query, NumResults: f.num, NoCache: f.noCache}
 	var googleSet []string
 	for _, name := range googleFlagNames {
 		if changed(name) {
@@ -88,6 +90,9 @@ type searchJSON struct {
 	Credential        string             `json:"credential,omitempty"`
 	CredentialVersion uint64             `json:"credential_version"`
 	Metadata          map[string]any     `json:"metadata,omitempty"`
+	Cached            bool               `json:"cached"`
+	CacheAgeSeconds   float64            `json:"cache_age_seconds,omitempty"`
+	Credits           uint64             `json:"credits"`
 }
 
 func newSearchCmd(a *app) *cobra.Command {
@@ -128,6 +133,9 @@ variable CREDBROKER_TOKEN (never a flag). The query words are joined with spaces
 					Results:           make([]searchResultJSON, 0, len(resp.GetResults())),
 					Credential:        resp.GetCredential(),
 					CredentialVersion: resp.GetCredentialVersion(),
+					Cached:            resp.GetCached(),
+					CacheAgeSeconds:   resp.GetCacheAge().AsDuration().Seconds(),
+					Credits:           resp.GetCredits(),
 				}
 				if resp.GetMetadata() != nil {
 					out.Metadata = resp.GetMetadata().AsMap()
@@ -150,6 +158,7 @@ variable CREDBROKER_TOKEN (never a flag). The query words are joined with spaces
 	fl.StringVar(&f.tool, "tool", "web_search", "tool to run: web_search or google_search")
 	fl.Int32Var(&f.num, "num", 0, "number of results, 1-100 (web_search; 0: the broker's default)")
 	fl.BoolVar(&f.asJSON, "json", false, "print the response as a JSON object")
+	fl.BoolVar(&f.noCache, "no-cache", false, "ask the upstream even if the broker has the answer cached")
 	fl.StringVar(&f.searchType, "search-type", "", "google_search: classic, news, maps, images or lens")
 	fl.StringVar(&f.country, "country", "", "google_search: ISO 3166-1 alpha-2 country code, e.g. us")
 	fl.StringVar(&f.language, "language", "", "google_search: ISO 639-1 language code, e.g. en")
@@ -175,6 +184,9 @@ func writeResults(a *app, resp *credbrokerv1.SearchResponse) error {
 			fmt.Fprintf(&b, "   %s\n", s)
 		}
 		b.WriteString("\n")
+	}
+	if resp.GetCached() {
+		fmt.Fprintf(&b, "(from the broker's cache, %s old; --no-cache for fresh results)\n", resp.GetCacheAge().AsDuration().Round(time.Second))
 	}
 	fmt.Fprintf(&b, "Results: %d\n", len(resp.GetResults()))
 	_, err := fmt.Fprint(a.stdout, b.String())

@@ -31,6 +31,8 @@ type mintFlags struct {
 	bindUID uint32
 	label   string
 	rate    string
+	budget  string
+	shared  bool
 	asJSON  bool
 }
 
@@ -59,6 +61,14 @@ func (f *mintFlags) mintRequest(bindUIDSet bool) (*credbrokerv1.MintTokenRequest
 		uid := f.bindUID
 		req.BindUid = &uid
 	}
+	if f.budget != "" {
+		n, per, err := parseBudget(f.budget)
+		if err != nil {
+			return nil, err
+		}
+		req.BudgetCredits, req.BudgetPeriod = n, per
+	}
+	req.SharedCache = f.shared
 	if f.rate != "" {
 		n, per, err := parseRate(f.rate)
 		if err != nil {
@@ -107,6 +117,8 @@ are printed as a JSON object.`,
 	fl.Uint64Var(&f.maxUses, "max-uses", 0, "maximum number of calls (0: unlimited)")
 	fl.Uint32Var(&f.bindUID, "bind-uid", 0, "only accept the token from callers with this local uid")
 	fl.StringVar(&f.label, "label", "", "note for operators, shown by token list")
+	fl.StringVar(&f.budget, "budget", "", "upstream credits the token may spend per day or month: N/d or N/m, e.g. 100/d")
+	fl.BoolVar(&f.shared, "shared-cache", false, "share cached results with other --shared-cache tokens (otherwise the token's cache is its own)")
 	fl.StringVar(&f.rate, "rate", "", "rate limit N/PERIOD, e.g. 10/m (PERIOD: s, m, h, d or a duration such as 30s)")
 	fl.BoolVar(&f.asJSON, "json", false, "print a JSON object with token, id and expires_at")
 	cmd.MarkFlagRequired("tools")

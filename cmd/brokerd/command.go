@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/daemon"
 	"github.com/credbroker/credbroker/client"
 )
@@ -33,6 +34,8 @@ type flags struct {
 
 	graceWindow  time.Duration // rotation: see broker.DefaultGraceWindow
 	keepVersions int
+	cacheTTL     string
+	cacheSize    int64
 }
 
 // envOr returns the environment variable's value, or def.
@@ -95,6 +98,8 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.BoolVar(&f.metricsAllowNonLoopback, "metrics-allow-non-loopback", false, "allow --metrics-listen on a non-loopback address")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.DurationVar(&f.graceWindow, "grace-window", 10*time.Minute, "after a rotation, retry a call the upstream rejects (401/403) once with the previous key for this long (0: off)")
+	fl.StringVar(&f.cacheTTL, "cache-ttl", "10m", "how long identical searches are answered from the result cache: a duration, and/or TOOL=DURATION entries, comma-separated (0 = off), e.g. 10m,google_search=0")
+	fl.Int64Var(&f.cacheSize, "cache-size", 64<<20, "result cache size bound in bytes (least recently used entries go first)")
 	fl.IntVar(&f.keepVersions, "keep-versions", 3, "versions of each credential kept for rollback, the current one included")
 	return cmd
 }
@@ -123,6 +128,14 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 	if f.keepVersions < 2 || f.keepVersions > 100 {
 		return daemon.Config{}, nil, fmt.Errorf("--keep-versions must be between 2 and 100 (rollback and the grace fallback need the previous version)")
 	}
+	econ, err := parseCacheTTL(f.cacheTTL)
+	if err != nil {
+		return daemon.Config{}, nil, err
+	}
+	if f.cacheSize <= 0 {
+		return daemon.Config{}, nil, fmt.Errorf("--cache-size must be positive (turn the cache off with --cache-ttl 0)")
+	}
+	econ.CacheBytes = f.cacheSize
 	grace := f.graceWindow
 	switch {
 	case grace < 0:
@@ -135,7 +148,7 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 		AdminUIDs: uids, AdminGIDs: gids, SocketMode: os.FileMode(mode), SocketGroup: f.socketGroup,
 		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, AuditRetention: f.auditRetention, NoReflection: f.noReflection, Version: version,
 		MetricsListen: f.metricsListen, MetricsAllowNonLoopback: f.metricsAllowNonLoopback,
-		GraceWindow: grace, KeepVersions: f.keepVersions,
+		GraceWindow: grace, KeepVersions: f.keepVersions, Economics: econ,
 	}, log, nil
 }
 
@@ -153,4 +166,39 @@ func parseIDs(flag, s string) ([]uint32, error) {
 		out = append(out, uint32(n))
 	}
 	return out, nil
+}
+
+// parseCacheTTL reads --cache-ttl: a default duration and TOOL=DURATION overrides; 0 turns caching
+// off (for everything or for one tool).
+func parseCacheTTL(s string) (broker.EconomicsConfig, error) {
+	e := broker.EconomicsConfig{CacheTTL: map[string]time.Duration{}}
+	off := func(d time.Duration) time.Duration {
+		if d == 0 {
+			return -1 // EconomicsConfig: negative is off, zero the default
+		}
+		return d
+	}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		tool, ds, per := strings.Cut(part, "=")
+		if !per {
+			ds, tool = tool, ""
+		}
+		d, err := time.ParseDuration(ds)
+		if err != nil || d < 0 {
+			return e, fmt.Errorf("--cache-ttl %q: want a duration such as 10m, or TOOL=DURATION", part)
+		}
+		if tool == "" {
+			e.DefaultCacheTTL = off(d)
+			continue
+		}
+		if _, ok := broker.LookupTool(tool); !ok {
+			return e, fmt.Errorf("--cache-ttl: unknown tool %q; known tools: %s", tool, strings.Join(broker.ToolNames(), ", "))
+		}
+		e.CacheTTL[tool] = off(d)
+	}
+	return e, nil
 }

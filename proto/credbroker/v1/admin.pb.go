@@ -44,9 +44,13 @@ type Credential struct {
 	// next_due is when the current version reaches the policy's max age; unset without one.
 	NextDue *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=next_due,json=nextDue,proto3" json:"next_due,omitempty"`
 	// overdue reports whether next_due has passed.
-	Overdue       bool `protobuf:"varint,9,opt,name=overdue,proto3" json:"overdue,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Overdue bool `protobuf:"varint,9,opt,name=overdue,proto3" json:"overdue,omitempty"`
+	// limits on spending the credential; unset if none.
+	Limits *CredentialLimits `protobuf:"bytes,10,opt,name=limits,proto3" json:"limits,omitempty"`
+	// credits_this_month counted against limits.monthly_credits (only counted while a ceiling is set).
+	CreditsThisMonth uint64 `protobuf:"varint,11,opt,name=credits_this_month,json=creditsThisMonth,proto3" json:"credits_this_month,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Credential) Reset() {
@@ -142,6 +146,102 @@ func (x *Credential) GetOverdue() bool {
 	return false
 }
 
+func (x *Credential) GetLimits() *CredentialLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *Credential) GetCreditsThisMonth() uint64 {
+	if x != nil {
+		return x.CreditsThisMonth
+	}
+	return 0
+}
+
+// CredentialLimits bound how fast and how much a credential is spent, across all tokens.
+type CredentialLimits struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rate_limit calls per rate_period reach the upstream at most; 0 means no limiter.
+	RateLimit uint32 `protobuf:"varint,1,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// rate_period is the window of rate_limit, e.g. 1m.
+	RatePeriod *durationpb.Duration `protobuf:"bytes,2,opt,name=rate_period,json=ratePeriod,proto3" json:"rate_period,omitempty"`
+	// burst is how many calls may go at once after a quiet spell; 0 means 1.
+	Burst uint32 `protobuf:"varint,3,opt,name=burst,proto3" json:"burst,omitempty"`
+	// max_wait caps how long a call waits for a slot (besides its own deadline); 0 means no cap.
+	MaxWait *durationpb.Duration `protobuf:"bytes,4,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
+	// monthly_credits is the credit ceiling per calendar month (UTC); 0 means none. Status warns at 80%.
+	MonthlyCredits uint64 `protobuf:"varint,5,opt,name=monthly_credits,json=monthlyCredits,proto3" json:"monthly_credits,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CredentialLimits) Reset() {
+	*x = CredentialLimits{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CredentialLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CredentialLimits) ProtoMessage() {}
+
+func (x *CredentialLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CredentialLimits.ProtoReflect.Descriptor instead.
+func (*CredentialLimits) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CredentialLimits) GetRateLimit() uint32 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *CredentialLimits) GetRatePeriod() *durationpb.Duration {
+	if x != nil {
+		return x.RatePeriod
+	}
+	return nil
+}
+
+func (x *CredentialLimits) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+func (x *CredentialLimits) GetMaxWait() *durationpb.Duration {
+	if x != nil {
+		return x.MaxWait
+	}
+	return nil
+}
+
+func (x *CredentialLimits) GetMonthlyCredits() uint64 {
+	if x != nil {
+		return x.MonthlyCredits
+	}
+	return 0
+}
+
 // RotationPolicy says when a credential is due and how brokerd may rotate it by itself.
 type RotationPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -159,7 +259,7 @@ type RotationPolicy struct {
 
 func (x *RotationPolicy) Reset() {
 	*x = RotationPolicy{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -171,7 +271,7 @@ func (x *RotationPolicy) String() string {
 func (*RotationPolicy) ProtoMessage() {}
 
 func (x *RotationPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -184,7 +284,7 @@ func (x *RotationPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationPolicy.ProtoReflect.Descriptor instead.
 func (*RotationPolicy) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RotationPolicy) GetMaxAge() *durationpb.Duration {
@@ -221,7 +321,7 @@ type PutCredentialRequest struct {
 
 func (x *PutCredentialRequest) Reset() {
 	*x = PutCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -233,7 +333,7 @@ func (x *PutCredentialRequest) String() string {
 func (*PutCredentialRequest) ProtoMessage() {}
 
 func (x *PutCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -246,7 +346,7 @@ func (x *PutCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredentialRequest.ProtoReflect.Descriptor instead.
 func (*PutCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PutCredentialRequest) GetName() string {
@@ -274,7 +374,7 @@ type PutCredentialResponse struct {
 
 func (x *PutCredentialResponse) Reset() {
 	*x = PutCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -286,7 +386,7 @@ func (x *PutCredentialResponse) String() string {
 func (*PutCredentialResponse) ProtoMessage() {}
 
 func (x *PutCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -299,7 +399,7 @@ func (x *PutCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredentialResponse.ProtoReflect.Descriptor instead.
 func (*PutCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PutCredentialResponse) GetCredential() *Credential {
@@ -326,7 +426,7 @@ type RotateCredentialRequest struct {
 
 func (x *RotateCredentialRequest) Reset() {
 	*x = RotateCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +438,7 @@ func (x *RotateCredentialRequest) String() string {
 func (*RotateCredentialRequest) ProtoMessage() {}
 
 func (x *RotateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +451,7 @@ func (x *RotateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*RotateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RotateCredentialRequest) GetName() string {
@@ -386,7 +486,7 @@ type RotateCredentialResponse struct {
 
 func (x *RotateCredentialResponse) Reset() {
 	*x = RotateCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +498,7 @@ func (x *RotateCredentialResponse) String() string {
 func (*RotateCredentialResponse) ProtoMessage() {}
 
 func (x *RotateCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +511,7 @@ func (x *RotateCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCredentialResponse.ProtoReflect.Descriptor instead.
 func (*RotateCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RotateCredentialResponse) GetCredential() *Credential {
@@ -430,7 +530,7 @@ type ListCredentialsRequest struct {
 
 func (x *ListCredentialsRequest) Reset() {
 	*x = ListCredentialsRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +542,7 @@ func (x *ListCredentialsRequest) String() string {
 func (*ListCredentialsRequest) ProtoMessage() {}
 
 func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +555,7 @@ func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 // ListCredentialsResponse lists every credential's metadata, sorted by name.
@@ -469,7 +569,7 @@ type ListCredentialsResponse struct {
 
 func (x *ListCredentialsResponse) Reset() {
 	*x = ListCredentialsResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +581,7 @@ func (x *ListCredentialsResponse) String() string {
 func (*ListCredentialsResponse) ProtoMessage() {}
 
 func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +594,7 @@ func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListCredentialsResponse) GetCredentials() []*Credential {
@@ -515,7 +615,7 @@ type DeleteCredentialRequest struct {
 
 func (x *DeleteCredentialRequest) Reset() {
 	*x = DeleteCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +627,7 @@ func (x *DeleteCredentialRequest) String() string {
 func (*DeleteCredentialRequest) ProtoMessage() {}
 
 func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +640,7 @@ func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteCredentialRequest) GetName() string {
@@ -559,7 +659,7 @@ type DeleteCredentialResponse struct {
 
 func (x *DeleteCredentialResponse) Reset() {
 	*x = DeleteCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +671,7 @@ func (x *DeleteCredentialResponse) String() string {
 func (*DeleteCredentialResponse) ProtoMessage() {}
 
 func (x *DeleteCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +684,7 @@ func (x *DeleteCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 // MintTokenRequest describes the token to create.
@@ -603,14 +703,21 @@ type MintTokenRequest struct {
 	// rate_limit, with rate_period, allows at most rate_limit calls per rate_period; 0 means no limit.
 	RateLimit uint32 `protobuf:"varint,6,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
 	// rate_period is the window of rate_limit, e.g. 1m.
-	RatePeriod    *durationpb.Duration `protobuf:"bytes,7,opt,name=rate_period,json=ratePeriod,proto3" json:"rate_period,omitempty"`
+	RatePeriod *durationpb.Duration `protobuf:"bytes,7,opt,name=rate_period,json=ratePeriod,proto3" json:"rate_period,omitempty"`
+	// budget_credits is how many upstream credits the token may spend per budget_period; 0 = no budget.
+	BudgetCredits uint64 `protobuf:"varint,8,opt,name=budget_credits,json=budgetCredits,proto3" json:"budget_credits,omitempty"`
+	// budget_period is "day" or "month" (UTC calendar periods).
+	BudgetPeriod string `protobuf:"bytes,9,opt,name=budget_period,json=budgetPeriod,proto3" json:"budget_period,omitempty"`
+	// shared_cache lets the token be served results cached for other shared-cache tokens (and share
+	// its own); otherwise its cache entries are its own.
+	SharedCache   bool `protobuf:"varint,10,opt,name=shared_cache,json=sharedCache,proto3" json:"shared_cache,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MintTokenRequest) Reset() {
 	*x = MintTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +729,7 @@ func (x *MintTokenRequest) String() string {
 func (*MintTokenRequest) ProtoMessage() {}
 
 func (x *MintTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +742,7 @@ func (x *MintTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTokenRequest.ProtoReflect.Descriptor instead.
 func (*MintTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MintTokenRequest) GetTools() []string {
@@ -687,6 +794,27 @@ func (x *MintTokenRequest) GetRatePeriod() *durationpb.Duration {
 	return nil
 }
 
+func (x *MintTokenRequest) GetBudgetCredits() uint64 {
+	if x != nil {
+		return x.BudgetCredits
+	}
+	return 0
+}
+
+func (x *MintTokenRequest) GetBudgetPeriod() string {
+	if x != nil {
+		return x.BudgetPeriod
+	}
+	return ""
+}
+
+func (x *MintTokenRequest) GetSharedCache() bool {
+	if x != nil {
+		return x.SharedCache
+	}
+	return false
+}
+
 // MintTokenResponse returns the new token. The token string is shown once and cannot be recovered.
 type MintTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -702,7 +830,7 @@ type MintTokenResponse struct {
 
 func (x *MintTokenResponse) Reset() {
 	*x = MintTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +842,7 @@ func (x *MintTokenResponse) String() string {
 func (*MintTokenResponse) ProtoMessage() {}
 
 func (x *MintTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +855,7 @@ func (x *MintTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintTokenResponse.ProtoReflect.Descriptor instead.
 func (*MintTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MintTokenResponse) GetToken() string {
@@ -784,14 +912,22 @@ type TokenInfo struct {
 	// rate_period is the window of rate_limit.
 	RatePeriod *durationpb.Duration `protobuf:"bytes,14,opt,name=rate_period,json=ratePeriod,proto3" json:"rate_period,omitempty"`
 	// uses_left is max_uses - uses for limited tokens, 0 otherwise.
-	UsesLeft      uint64 `protobuf:"varint,15,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
+	UsesLeft uint64 `protobuf:"varint,15,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
+	// budget_credits per budget_period; 0 means no budget.
+	BudgetCredits uint64 `protobuf:"varint,16,opt,name=budget_credits,json=budgetCredits,proto3" json:"budget_credits,omitempty"`
+	// budget_period is "day" or "month".
+	BudgetPeriod string `protobuf:"bytes,17,opt,name=budget_period,json=budgetPeriod,proto3" json:"budget_period,omitempty"`
+	// budget_spent in the current period.
+	BudgetSpent uint64 `protobuf:"varint,18,opt,name=budget_spent,json=budgetSpent,proto3" json:"budget_spent,omitempty"`
+	// shared_cache reports whether the token uses the shared result cache.
+	SharedCache   bool `protobuf:"varint,19,opt,name=shared_cache,json=sharedCache,proto3" json:"shared_cache,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +939,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +952,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -924,6 +1060,34 @@ func (x *TokenInfo) GetUsesLeft() uint64 {
 	return 0
 }
 
+func (x *TokenInfo) GetBudgetCredits() uint64 {
+	if x != nil {
+		return x.BudgetCredits
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetBudgetPeriod() string {
+	if x != nil {
+		return x.BudgetPeriod
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetBudgetSpent() uint64 {
+	if x != nil {
+		return x.BudgetSpent
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetSharedCache() bool {
+	if x != nil {
+		return x.SharedCache
+	}
+	return false
+}
+
 // ListTokensRequest pages through tokens in id order.
 type ListTokensRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -939,7 +1103,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1115,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1128,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListTokensRequest) GetPageSize() int32 {
@@ -1001,7 +1165,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1177,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1190,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -1054,7 +1218,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1230,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1243,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -1100,7 +1264,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1276,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1289,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokeTokenResponse) GetToken() *TokenInfo {
@@ -1144,7 +1308,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1320,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1333,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 // StatusResponse reports the daemon's state. It never contains a secret.
@@ -1206,7 +1370,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1382,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1395,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1333,7 +1497,7 @@ type DataKeyUsage struct {
 
 func (x *DataKeyUsage) Reset() {
 	*x = DataKeyUsage{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1509,7 @@ func (x *DataKeyUsage) String() string {
 func (*DataKeyUsage) ProtoMessage() {}
 
 func (x *DataKeyUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1522,7 @@ func (x *DataKeyUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKeyUsage.ProtoReflect.Descriptor instead.
 func (*DataKeyUsage) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DataKeyUsage) GetKeyId() uint32 {
@@ -1409,7 +1573,7 @@ type RotationStatus struct {
 
 func (x *RotationStatus) Reset() {
 	*x = RotationStatus{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +1585,7 @@ func (x *RotationStatus) String() string {
 func (*RotationStatus) ProtoMessage() {}
 
 func (x *RotationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +1598,7 @@ func (x *RotationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationStatus.ProtoReflect.Descriptor instead.
 func (*RotationStatus) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RotationStatus) GetCredential() string {
@@ -1511,7 +1675,7 @@ type GetTokenRequest struct {
 
 func (x *GetTokenRequest) Reset() {
 	*x = GetTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1687,7 @@ func (x *GetTokenRequest) String() string {
 func (*GetTokenRequest) ProtoMessage() {}
 
 func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1700,7 @@ func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetTokenRequest) GetId() string {
@@ -1557,7 +1721,7 @@ type GetTokenResponse struct {
 
 func (x *GetTokenResponse) Reset() {
 	*x = GetTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1733,7 @@ func (x *GetTokenResponse) String() string {
 func (*GetTokenResponse) ProtoMessage() {}
 
 func (x *GetTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1746,7 @@ func (x *GetTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTokenResponse.ProtoReflect.Descriptor instead.
 func (*GetTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetTokenResponse) GetToken() *TokenInfo {
@@ -1626,14 +1790,18 @@ type AuditRecord struct {
 	// query_mac is a keyed digest of the query (equal queries have equal digests).
 	QueryMac string `protobuf:"bytes,15,opt,name=query_mac,json=queryMac,proto3" json:"query_mac,omitempty"`
 	// event names what happened beyond the method ("mint", "rotate", "bound-token-misuse", ...).
-	Event         string `protobuf:"bytes,16,opt,name=event,proto3" json:"event,omitempty"`
+	Event string `protobuf:"bytes,16,opt,name=event,proto3" json:"event,omitempty"`
+	// credits the call spent upstream (0 for cache hits and failed calls).
+	Credits uint64 `protobuf:"varint,17,opt,name=credits,proto3" json:"credits,omitempty"`
+	// token_label is the token's label at the time of the call.
+	TokenLabel    string `protobuf:"bytes,18,opt,name=token_label,json=tokenLabel,proto3" json:"token_label,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1813,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1826,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AuditRecord) GetSeq() uint64 {
@@ -1773,6 +1941,20 @@ func (x *AuditRecord) GetEvent() string {
 	return ""
 }
 
+func (x *AuditRecord) GetCredits() uint64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTokenLabel() string {
+	if x != nil {
+		return x.TokenLabel
+	}
+	return ""
+}
+
 // ListAuditRequest selects audit records.
 type ListAuditRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1788,7 +1970,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1800,7 +1982,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1813,7 +1995,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListAuditRequest) GetAfterSeq() uint64 {
@@ -1848,7 +2030,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +2042,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +2055,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListAuditResponse) GetRecords() []*AuditRecord {
@@ -1892,7 +2074,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +2086,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2099,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 // VerifyAuditResponse reports the result of walking the chain.
@@ -1941,7 +2123,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1953,7 +2135,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2148,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -2036,7 +2218,7 @@ type CredentialVersion struct {
 
 func (x *CredentialVersion) Reset() {
 	*x = CredentialVersion{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2230,7 @@ func (x *CredentialVersion) String() string {
 func (*CredentialVersion) ProtoMessage() {}
 
 func (x *CredentialVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2243,7 @@ func (x *CredentialVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialVersion.ProtoReflect.Descriptor instead.
 func (*CredentialVersion) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CredentialVersion) GetVersion() uint64 {
@@ -2131,7 +2313,7 @@ type CredentialHistoryRequest struct {
 
 func (x *CredentialHistoryRequest) Reset() {
 	*x = CredentialHistoryRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2143,7 +2325,7 @@ func (x *CredentialHistoryRequest) String() string {
 func (*CredentialHistoryRequest) ProtoMessage() {}
 
 func (x *CredentialHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2156,7 +2338,7 @@ func (x *CredentialHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialHistoryRequest.ProtoReflect.Descriptor instead.
 func (*CredentialHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CredentialHistoryRequest) GetName() string {
@@ -2181,7 +2363,7 @@ type CredentialHistoryResponse struct {
 
 func (x *CredentialHistoryResponse) Reset() {
 	*x = CredentialHistoryResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2375,7 @@ func (x *CredentialHistoryResponse) String() string {
 func (*CredentialHistoryResponse) ProtoMessage() {}
 
 func (x *CredentialHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2388,7 @@ func (x *CredentialHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialHistoryResponse.ProtoReflect.Descriptor instead.
 func (*CredentialHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CredentialHistoryResponse) GetCredential() *Credential {
@@ -2243,7 +2425,7 @@ type RollbackCredentialRequest struct {
 
 func (x *RollbackCredentialRequest) Reset() {
 	*x = RollbackCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2437,7 @@ func (x *RollbackCredentialRequest) String() string {
 func (*RollbackCredentialRequest) ProtoMessage() {}
 
 func (x *RollbackCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2450,7 @@ func (x *RollbackCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackCredentialRequest.ProtoReflect.Descriptor instead.
 func (*RollbackCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RollbackCredentialRequest) GetName() string {
@@ -2298,7 +2480,7 @@ type RollbackCredentialResponse struct {
 
 func (x *RollbackCredentialResponse) Reset() {
 	*x = RollbackCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2492,7 @@ func (x *RollbackCredentialResponse) String() string {
 func (*RollbackCredentialResponse) ProtoMessage() {}
 
 func (x *RollbackCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2505,7 @@ func (x *RollbackCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackCredentialResponse.ProtoReflect.Descriptor instead.
 func (*RollbackCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RollbackCredentialResponse) GetCredential() *Credential {
@@ -2353,7 +2535,7 @@ type SetRotationPolicyRequest struct {
 
 func (x *SetRotationPolicyRequest) Reset() {
 	*x = SetRotationPolicyRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2547,7 @@ func (x *SetRotationPolicyRequest) String() string {
 func (*SetRotationPolicyRequest) ProtoMessage() {}
 
 func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2560,7 @@ func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRotationPolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetRotationPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SetRotationPolicyRequest) GetName() string {
@@ -2406,7 +2588,7 @@ type SetRotationPolicyResponse struct {
 
 func (x *SetRotationPolicyResponse) Reset() {
 	*x = SetRotationPolicyResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2600,7 @@ func (x *SetRotationPolicyResponse) String() string {
 func (*SetRotationPolicyResponse) ProtoMessage() {}
 
 func (x *SetRotationPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2613,7 @@ func (x *SetRotationPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRotationPolicyResponse.ProtoReflect.Descriptor instead.
 func (*SetRotationPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SetRotationPolicyResponse) GetCredential() *Credential {
@@ -2456,7 +2638,7 @@ type ImportCredentialRequest struct {
 
 func (x *ImportCredentialRequest) Reset() {
 	*x = ImportCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2650,7 @@ func (x *ImportCredentialRequest) String() string {
 func (*ImportCredentialRequest) ProtoMessage() {}
 
 func (x *ImportCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2663,7 @@ func (x *ImportCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCredentialRequest.ProtoReflect.Descriptor instead.
 func (*ImportCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ImportCredentialRequest) GetName() string {
@@ -2516,7 +2698,7 @@ type ImportCredentialResponse struct {
 
 func (x *ImportCredentialResponse) Reset() {
 	*x = ImportCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2710,7 @@ func (x *ImportCredentialResponse) String() string {
 func (*ImportCredentialResponse) ProtoMessage() {}
 
 func (x *ImportCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2723,7 @@ func (x *ImportCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCredentialResponse.ProtoReflect.Descriptor instead.
 func (*ImportCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ImportCredentialResponse) GetCredential() *Credential {
@@ -2560,7 +2742,7 @@ type RekeyRequest struct {
 
 func (x *RekeyRequest) Reset() {
 	*x = RekeyRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2572,7 +2754,7 @@ func (x *RekeyRequest) String() string {
 func (*RekeyRequest) ProtoMessage() {}
 
 func (x *RekeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2767,7 @@ func (x *RekeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeyRequest.ProtoReflect.Descriptor instead.
 func (*RekeyRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 // RekeyResponse says what the rekey did.
@@ -2607,7 +2789,7 @@ type RekeyResponse struct {
 
 func (x *RekeyResponse) Reset() {
 	*x = RekeyResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2619,7 +2801,7 @@ func (x *RekeyResponse) String() string {
 func (*RekeyResponse) ProtoMessage() {}
 
 func (x *RekeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2632,7 +2814,7 @@ func (x *RekeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeyResponse.ProtoReflect.Descriptor instead.
 func (*RekeyResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RekeyResponse) GetNewPrimaryKeyId() uint32 {
@@ -2692,7 +2874,7 @@ type CredentialEvent struct {
 
 func (x *CredentialEvent) Reset() {
 	*x = CredentialEvent{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2704,7 +2886,7 @@ func (x *CredentialEvent) String() string {
 func (*CredentialEvent) ProtoMessage() {}
 
 func (x *CredentialEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2717,7 +2899,7 @@ func (x *CredentialEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialEvent.ProtoReflect.Descriptor instead.
 func (*CredentialEvent) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CredentialEvent) GetAt() *timestamppb.Timestamp {
@@ -2755,11 +2937,313 @@ func (x *CredentialEvent) GetDetail() string {
 	return ""
 }
 
+// SetCredentialLimitsRequest sets (or, with limits unset, clears) a credential's limits.
+type SetCredentialLimitsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of an existing credential.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// limits to set; unset clears them.
+	Limits        *CredentialLimits `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetCredentialLimitsRequest) Reset() {
+	*x = SetCredentialLimitsRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCredentialLimitsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCredentialLimitsRequest) ProtoMessage() {}
+
+func (x *SetCredentialLimitsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCredentialLimitsRequest.ProtoReflect.Descriptor instead.
+func (*SetCredentialLimitsRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *SetCredentialLimitsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetCredentialLimitsRequest) GetLimits() *CredentialLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// SetCredentialLimitsResponse describes the credential after the change.
+type SetCredentialLimitsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// credential metadata after the write.
+	Credential    *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetCredentialLimitsResponse) Reset() {
+	*x = SetCredentialLimitsResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCredentialLimitsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCredentialLimitsResponse) ProtoMessage() {}
+
+func (x *SetCredentialLimitsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCredentialLimitsResponse.ProtoReflect.Descriptor instead.
+func (*SetCredentialLimitsResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *SetCredentialLimitsResponse) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+// UsageRequest selects how to group usage and from when.
+type UsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// by is "token" (default) or "credential".
+	By string `protobuf:"bytes,1,opt,name=by,proto3" json:"by,omitempty"`
+	// since counts calls at or after this time; unset means the whole audit log.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRequest) Reset() {
+	*x = UsageRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRequest) ProtoMessage() {}
+
+func (x *UsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRequest.ProtoReflect.Descriptor instead.
+func (*UsageRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *UsageRequest) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *UsageRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+// UsageRow is the usage of one token or credential.
+type UsageRow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key is the token id or the credential name.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// label is the token's label (by token).
+	Label string `protobuf:"bytes,2,opt,name=label,proto3" json:"label,omitempty"`
+	// calls made (all outcomes).
+	Calls uint64 `protobuf:"varint,3,opt,name=calls,proto3" json:"calls,omitempty"`
+	// credits spent upstream.
+	Credits uint64 `protobuf:"varint,4,opt,name=credits,proto3" json:"credits,omitempty"`
+	// cache_hits served without an upstream call.
+	CacheHits uint64 `protobuf:"varint,5,opt,name=cache_hits,json=cacheHits,proto3" json:"cache_hits,omitempty"`
+	// errors: calls that did not return OK.
+	Errors        uint64 `protobuf:"varint,6,opt,name=errors,proto3" json:"errors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRow) Reset() {
+	*x = UsageRow{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRow) ProtoMessage() {}
+
+func (x *UsageRow) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRow.ProtoReflect.Descriptor instead.
+func (*UsageRow) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *UsageRow) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *UsageRow) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *UsageRow) GetCalls() uint64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *UsageRow) GetCredits() uint64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
+}
+
+func (x *UsageRow) GetCacheHits() uint64 {
+	if x != nil {
+		return x.CacheHits
+	}
+	return 0
+}
+
+func (x *UsageRow) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+// UsageResponse holds one row per token or credential, sorted by key.
+type UsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rows sorted by key.
+	Rows []*UsageRow `protobuf:"bytes,1,rep,name=rows,proto3" json:"rows,omitempty"`
+	// credits_saved by the cache (what the cache hits would have cost).
+	CreditsSaved  uint64 `protobuf:"varint,2,opt,name=credits_saved,json=creditsSaved,proto3" json:"credits_saved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageResponse) Reset() {
+	*x = UsageResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageResponse) ProtoMessage() {}
+
+func (x *UsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageResponse.ProtoReflect.Descriptor instead.
+func (*UsageResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *UsageResponse) GetRows() []*UsageRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *UsageResponse) GetCreditsSaved() uint64 {
+	if x != nil {
+		return x.CreditsSaved
+	}
+	return 0
+}
+
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x03\n" +
+	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x03\n" +
 	"\n" +
 	"Credential\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -2772,7 +3256,18 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fpending_version\x18\x06 \x01(\x04R\x0ependingVersion\x125\n" +
 	"\x06policy\x18\a \x01(\v2\x1d.credbroker.v1.RotationPolicyR\x06policy\x125\n" +
 	"\bnext_due\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\anextDue\x12\x18\n" +
-	"\aoverdue\x18\t \x01(\bR\aoverdue\"\x83\x01\n" +
+	"\aoverdue\x18\t \x01(\bR\aoverdue\x127\n" +
+	"\x06limits\x18\n" +
+	" \x01(\v2\x1f.credbroker.v1.CredentialLimitsR\x06limits\x12,\n" +
+	"\x12credits_this_month\x18\v \x01(\x04R\x10creditsThisMonth\"\xe2\x01\n" +
+	"\x10CredentialLimits\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\x01 \x01(\rR\trateLimit\x12:\n" +
+	"\vrate_period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"ratePeriod\x12\x14\n" +
+	"\x05burst\x18\x03 \x01(\rR\x05burst\x124\n" +
+	"\bmax_wait\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\amaxWait\x12'\n" +
+	"\x0fmonthly_credits\x18\x05 \x01(\x04R\x0emonthlyCredits\"\x83\x01\n" +
 	"\x0eRotationPolicy\x122\n" +
 	"\amax_age\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\x12%\n" +
 	"\x0erotate_command\x18\x02 \x03(\tR\rrotateCommand\x12\x16\n" +
@@ -2797,7 +3292,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\vcredentials\x18\x01 \x03(\v2\x19.credbroker.v1.CredentialR\vcredentials\"-\n" +
 	"\x17DeleteCredentialRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x1a\n" +
-	"\x18DeleteCredentialResponse\"\x8e\x02\n" +
+	"\x18DeleteCredentialResponse\"\xfd\x02\n" +
 	"\x10MintTokenRequest\x12\x14\n" +
 	"\x05tools\x18\x01 \x03(\tR\x05tools\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
@@ -2807,13 +3302,17 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"rate_limit\x18\x06 \x01(\rR\trateLimit\x12:\n" +
 	"\vrate_period\x18\a \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"ratePeriodB\v\n" +
+	"ratePeriod\x12%\n" +
+	"\x0ebudget_credits\x18\b \x01(\x04R\rbudgetCredits\x12#\n" +
+	"\rbudget_period\x18\t \x01(\tR\fbudgetPeriod\x12!\n" +
+	"\fshared_cache\x18\n" +
+	" \x01(\bR\vsharedCacheB\v\n" +
 	"\t_bind_uid\"t\n" +
 	"\x11MintTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x129\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xc8\x04\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xda\x05\n" +
 	"\tTokenInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05tools\x18\x02 \x03(\tR\x05tools\x129\n" +
@@ -2836,7 +3335,11 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"rate_limit\x18\r \x01(\rR\trateLimit\x12:\n" +
 	"\vrate_period\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"ratePeriod\x12\x1b\n" +
-	"\tuses_left\x18\x0f \x01(\x04R\busesLeftB\v\n" +
+	"\tuses_left\x18\x0f \x01(\x04R\busesLeft\x12%\n" +
+	"\x0ebudget_credits\x18\x10 \x01(\x04R\rbudgetCredits\x12#\n" +
+	"\rbudget_period\x18\x11 \x01(\tR\fbudgetPeriod\x12!\n" +
+	"\fbudget_spent\x18\x12 \x01(\x04R\vbudgetSpent\x12!\n" +
+	"\fshared_cache\x18\x13 \x01(\bR\vsharedCacheB\v\n" +
 	"\t_bind_uid\"x\n" +
 	"\x11ListTokensRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -2889,7 +3392,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fGetTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"B\n" +
 	"\x10GetTokenResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\xd3\x03\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\x8e\x04\n" +
 	"\vAuditRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
@@ -2910,7 +3413,10 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x12credential_version\x18\r \x01(\x04R\x11credentialVersion\x12\x1b\n" +
 	"\tquery_len\x18\x0e \x01(\rR\bqueryLen\x12\x1b\n" +
 	"\tquery_mac\x18\x0f \x01(\tR\bqueryMac\x12\x14\n" +
-	"\x05event\x18\x10 \x01(\tR\x05event\"~\n" +
+	"\x05event\x18\x10 \x01(\tR\x05event\x12\x18\n" +
+	"\acredits\x18\x11 \x01(\x04R\acredits\x12\x1f\n" +
+	"\vtoken_label\x18\x12 \x01(\tR\n" +
+	"tokenLabel\"~\n" +
 	"\x10ListAuditRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x120\n" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +
@@ -2981,7 +3487,28 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x1a\n" +
 	"\x06by_uid\x18\x04 \x01(\rH\x00R\x05byUid\x88\x01\x01\x12\x16\n" +
 	"\x06detail\x18\x05 \x01(\tR\x06detailB\t\n" +
-	"\a_by_uid2\xad\v\n" +
+	"\a_by_uid\"i\n" +
+	"\x1aSetCredentialLimitsRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x127\n" +
+	"\x06limits\x18\x02 \x01(\v2\x1f.credbroker.v1.CredentialLimitsR\x06limits\"X\n" +
+	"\x1bSetCredentialLimitsResponse\x129\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x19.credbroker.v1.CredentialR\n" +
+	"credential\"P\n" +
+	"\fUsageRequest\x12\x0e\n" +
+	"\x02by\x18\x01 \x01(\tR\x02by\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\x99\x01\n" +
+	"\bUsageRow\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05label\x18\x02 \x01(\tR\x05label\x12\x14\n" +
+	"\x05calls\x18\x03 \x01(\x04R\x05calls\x12\x18\n" +
+	"\acredits\x18\x04 \x01(\x04R\acredits\x12\x1d\n" +
+	"\n" +
+	"cache_hits\x18\x05 \x01(\x04R\tcacheHits\x12\x16\n" +
+	"\x06errors\x18\x06 \x01(\x04R\x06errors\"a\n" +
+	"\rUsageResponse\x12+\n" +
+	"\x04rows\x18\x01 \x03(\v2\x17.credbroker.v1.UsageRowR\x04rows\x12#\n" +
+	"\rcredits_saved\x18\x02 \x01(\x04R\fcreditsSaved2\xdf\f\n" +
 	"\fAdminService\x12Z\n" +
 	"\rPutCredential\x12#.credbroker.v1.PutCredentialRequest\x1a$.credbroker.v1.PutCredentialResponse\x12c\n" +
 	"\x10RotateCredential\x12&.credbroker.v1.RotateCredentialRequest\x1a'.credbroker.v1.RotateCredentialResponse\x12`\n" +
@@ -2999,7 +3526,9 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x12RollbackCredential\x12(.credbroker.v1.RollbackCredentialRequest\x1a).credbroker.v1.RollbackCredentialResponse\x12f\n" +
 	"\x11SetRotationPolicy\x12'.credbroker.v1.SetRotationPolicyRequest\x1a(.credbroker.v1.SetRotationPolicyResponse\x12c\n" +
 	"\x10ImportCredential\x12&.credbroker.v1.ImportCredentialRequest\x1a'.credbroker.v1.ImportCredentialResponse\x12B\n" +
-	"\x05Rekey\x12\x1b.credbroker.v1.RekeyRequest\x1a\x1c.credbroker.v1.RekeyResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x05Rekey\x12\x1b.credbroker.v1.RekeyRequest\x1a\x1c.credbroker.v1.RekeyResponse\x12l\n" +
+	"\x13SetCredentialLimits\x12).credbroker.v1.SetCredentialLimitsRequest\x1a*.credbroker.v1.SetCredentialLimitsResponse\x12B\n" +
+	"\x05Usage\x12\x1b.credbroker.v1.UsageRequest\x1a\x1c.credbroker.v1.UsageResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -3013,128 +3542,145 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_credbroker_v1_admin_proto_goTypes = []any{
-	(*Credential)(nil),                 // 0: credbroker.v1.Credential
-	(*RotationPolicy)(nil),             // 1: credbroker.v1.RotationPolicy
-	(*PutCredentialRequest)(nil),       // 2: credbroker.v1.PutCredentialRequest
-	(*PutCredentialResponse)(nil),      // 3: credbroker.v1.PutCredentialResponse
-	(*RotateCredentialRequest)(nil),    // 4: credbroker.v1.RotateCredentialRequest
-	(*RotateCredentialResponse)(nil),   // 5: credbroker.v1.RotateCredentialResponse
-	(*ListCredentialsRequest)(nil),     // 6: credbroker.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),    // 7: credbroker.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),    // 8: credbroker.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil),   // 9: credbroker.v1.DeleteCredentialResponse
-	(*MintTokenRequest)(nil),           // 10: credbroker.v1.MintTokenRequest
-	(*MintTokenResponse)(nil),          // 11: credbroker.v1.MintTokenResponse
-	(*TokenInfo)(nil),                  // 12: credbroker.v1.TokenInfo
-	(*ListTokensRequest)(nil),          // 13: credbroker.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),         // 14: credbroker.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),         // 15: credbroker.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),        // 16: credbroker.v1.RevokeTokenResponse
-	(*StatusRequest)(nil),              // 17: credbroker.v1.StatusRequest
-	(*StatusResponse)(nil),             // 18: credbroker.v1.StatusResponse
-	(*DataKeyUsage)(nil),               // 19: credbroker.v1.DataKeyUsage
-	(*RotationStatus)(nil),             // 20: credbroker.v1.RotationStatus
-	(*GetTokenRequest)(nil),            // 21: credbroker.v1.GetTokenRequest
-	(*GetTokenResponse)(nil),           // 22: credbroker.v1.GetTokenResponse
-	(*AuditRecord)(nil),                // 23: credbroker.v1.AuditRecord
-	(*ListAuditRequest)(nil),           // 24: credbroker.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),          // 25: credbroker.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),         // 26: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),        // 27: credbroker.v1.VerifyAuditResponse
-	(*CredentialVersion)(nil),          // 28: credbroker.v1.CredentialVersion
-	(*CredentialHistoryRequest)(nil),   // 29: credbroker.v1.CredentialHistoryRequest
-	(*CredentialHistoryResponse)(nil),  // 30: credbroker.v1.CredentialHistoryResponse
-	(*RollbackCredentialRequest)(nil),  // 31: credbroker.v1.RollbackCredentialRequest
-	(*RollbackCredentialResponse)(nil), // 32: credbroker.v1.RollbackCredentialResponse
-	(*SetRotationPolicyRequest)(nil),   // 33: credbroker.v1.SetRotationPolicyRequest
-	(*SetRotationPolicyResponse)(nil),  // 34: credbroker.v1.SetRotationPolicyResponse
-	(*ImportCredentialRequest)(nil),    // 35: credbroker.v1.ImportCredentialRequest
-	(*ImportCredentialResponse)(nil),   // 36: credbroker.v1.ImportCredentialResponse
-	(*RekeyRequest)(nil),               // 37: credbroker.v1.RekeyRequest
-	(*RekeyResponse)(nil),              // 38: credbroker.v1.RekeyResponse
-	(*CredentialEvent)(nil),            // 39: credbroker.v1.CredentialEvent
-	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
+	(*Credential)(nil),                  // 0: credbroker.v1.Credential
+	(*CredentialLimits)(nil),            // 1: credbroker.v1.CredentialLimits
+	(*RotationPolicy)(nil),              // 2: credbroker.v1.RotationPolicy
+	(*PutCredentialRequest)(nil),        // 3: credbroker.v1.PutCredentialRequest
+	(*PutCredentialResponse)(nil),       // 4: credbroker.v1.PutCredentialResponse
+	(*RotateCredentialRequest)(nil),     // 5: credbroker.v1.RotateCredentialRequest
+	(*RotateCredentialResponse)(nil),    // 6: credbroker.v1.RotateCredentialResponse
+	(*ListCredentialsRequest)(nil),      // 7: credbroker.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),     // 8: credbroker.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),     // 9: credbroker.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil),    // 10: credbroker.v1.DeleteCredentialResponse
+	(*MintTokenRequest)(nil),            // 11: credbroker.v1.MintTokenRequest
+	(*MintTokenResponse)(nil),           // 12: credbroker.v1.MintTokenResponse
+	(*TokenInfo)(nil),                   // 13: credbroker.v1.TokenInfo
+	(*ListTokensRequest)(nil),           // 14: credbroker.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),          // 15: credbroker.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),          // 16: credbroker.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),         // 17: credbroker.v1.RevokeTokenResponse
+	(*StatusRequest)(nil),               // 18: credbroker.v1.StatusRequest
+	(*StatusResponse)(nil),              // 19: credbroker.v1.StatusResponse
+	(*DataKeyUsage)(nil),                // 20: credbroker.v1.DataKeyUsage
+	(*RotationStatus)(nil),              // 21: credbroker.v1.RotationStatus
+	(*GetTokenRequest)(nil),             // 22: credbroker.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),            // 23: credbroker.v1.GetTokenResponse
+	(*AuditRecord)(nil),                 // 24: credbroker.v1.AuditRecord
+	(*ListAuditRequest)(nil),            // 25: credbroker.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),           // 26: credbroker.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),          // 27: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),         // 28: credbroker.v1.VerifyAuditResponse
+	(*CredentialVersion)(nil),           // 29: credbroker.v1.CredentialVersion
+	(*CredentialHistoryRequest)(nil),    // 30: credbroker.v1.CredentialHistoryRequest
+	(*CredentialHistoryResponse)(nil),   // 31: credbroker.v1.CredentialHistoryResponse
+	(*RollbackCredentialRequest)(nil),   // 32: credbroker.v1.RollbackCredentialRequest
+	(*RollbackCredentialResponse)(nil),  // 33: credbroker.v1.RollbackCredentialResponse
+	(*SetRotationPolicyRequest)(nil),    // 34: credbroker.v1.SetRotationPolicyRequest
+	(*SetRotationPolicyResponse)(nil),   // 35: credbroker.v1.SetRotationPolicyResponse
+	(*ImportCredentialRequest)(nil),     // 36: credbroker.v1.ImportCredentialRequest
+	(*ImportCredentialResponse)(nil),    // 37: credbroker.v1.ImportCredentialResponse
+	(*RekeyRequest)(nil),                // 38: credbroker.v1.RekeyRequest
+	(*RekeyResponse)(nil),               // 39: credbroker.v1.RekeyResponse
+	(*CredentialEvent)(nil),             // 40: credbroker.v1.CredentialEvent
+	(*SetCredentialLimitsRequest)(nil),  // 41: credbroker.v1.SetCredentialLimitsRequest
+	(*SetCredentialLimitsResponse)(nil), // 42: credbroker.v1.SetCredentialLimitsResponse
+	(*UsageRequest)(nil),                // 43: credbroker.v1.UsageRequest
+	(*UsageRow)(nil),                    // 44: credbroker.v1.UsageRow
+	(*UsageResponse)(nil),               // 45: credbroker.v1.UsageResponse
+	(*timestamppb.Timestamp)(nil),       // 46: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 47: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	40, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
-	40, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
-	1,  // 2: credbroker.v1.Credential.policy:type_name -> credbroker.v1.RotationPolicy
-	40, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
-	41, // 4: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
-	0,  // 5: credbroker.v1.PutCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	0,  // 6: credbroker.v1.RotateCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	0,  // 7: credbroker.v1.ListCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	41, // 8: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
-	41, // 9: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
-	40, // 10: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 11: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	40, // 12: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 13: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
-	40, // 14: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
-	41, // 15: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
-	12, // 16: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
-	12, // 17: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	40, // 18: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	41, // 19: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
-	19, // 20: credbroker.v1.StatusResponse.data_keys:type_name -> credbroker.v1.DataKeyUsage
-	20, // 21: credbroker.v1.StatusResponse.rotation:type_name -> credbroker.v1.RotationStatus
-	40, // 22: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
-	40, // 23: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
-	40, // 24: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
-	12, // 25: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	40, // 26: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	41, // 27: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
-	40, // 28: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
-	23, // 29: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
-	40, // 30: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 31: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
-	28, // 32: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
-	39, // 33: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
-	0,  // 34: credbroker.v1.RollbackCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	1,  // 35: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
-	0,  // 36: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
-	0,  // 37: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	40, // 38: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
-	2,  // 39: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
-	4,  // 40: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
-	6,  // 41: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
-	8,  // 42: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
-	10, // 43: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
-	13, // 44: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
-	15, // 45: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
-	17, // 46: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
-	21, // 47: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
-	24, // 48: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
-	26, // 49: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	29, // 50: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
-	31, // 51: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
-	33, // 52: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
-	35, // 53: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
-	37, // 54: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
-	3,  // 55: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
-	5,  // 56: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
-	7,  // 57: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
-	9,  // 58: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
-	11, // 59: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
-	14, // 60: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
-	16, // 61: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
-	18, // 62: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
-	22, // 63: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
-	25, // 64: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
-	27, // 65: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	30, // 66: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
-	32, // 67: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
-	34, // 68: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
-	36, // 69: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
-	38, // 70: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
-	55, // [55:71] is the sub-list for method output_type
-	39, // [39:55] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	46, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
+	46, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
+	2,  // 2: credbroker.v1.Credential.policy:type_name -> credbroker.v1.RotationPolicy
+	46, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
+	1,  // 4: credbroker.v1.Credential.limits:type_name -> credbroker.v1.CredentialLimits
+	47, // 5: credbroker.v1.CredentialLimits.rate_period:type_name -> google.protobuf.Duration
+	47, // 6: credbroker.v1.CredentialLimits.max_wait:type_name -> google.protobuf.Duration
+	47, // 7: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
+	0,  // 8: credbroker.v1.PutCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	0,  // 9: credbroker.v1.RotateCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	0,  // 10: credbroker.v1.ListCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
+	47, // 11: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
+	47, // 12: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
+	46, // 13: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	46, // 14: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	46, // 15: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	46, // 16: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	46, // 17: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	47, // 18: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
+	13, // 19: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
+	13, // 20: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
+	46, // 21: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	47, // 22: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
+	20, // 23: credbroker.v1.StatusResponse.data_keys:type_name -> credbroker.v1.DataKeyUsage
+	21, // 24: credbroker.v1.StatusResponse.rotation:type_name -> credbroker.v1.RotationStatus
+	46, // 25: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
+	46, // 26: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
+	46, // 27: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	13, // 28: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
+	46, // 29: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	47, // 30: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
+	46, // 31: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 32: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
+	46, // 33: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 34: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
+	29, // 35: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
+	40, // 36: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
+	0,  // 37: credbroker.v1.RollbackCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	2,  // 38: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
+	0,  // 39: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
+	0,  // 40: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	46, // 41: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
+	1,  // 42: credbroker.v1.SetCredentialLimitsRequest.limits:type_name -> credbroker.v1.CredentialLimits
+	0,  // 43: credbroker.v1.SetCredentialLimitsResponse.credential:type_name -> credbroker.v1.Credential
+	46, // 44: credbroker.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
+	44, // 45: credbroker.v1.UsageResponse.rows:type_name -> credbroker.v1.UsageRow
+	3,  // 46: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
+	5,  // 47: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
+	7,  // 48: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
+	9,  // 49: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
+	11, // 50: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
+	14, // 51: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
+	16, // 52: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
+	18, // 53: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
+	22, // 54: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
+	25, // 55: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
+	27, // 56: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	30, // 57: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
+	32, // 58: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
+	34, // 59: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
+	36, // 60: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
+	38, // 61: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
+	41, // 62: credbroker.v1.AdminService.SetCredentialLimits:input_type -> credbroker.v1.SetCredentialLimitsRequest
+	43, // 63: credbroker.v1.AdminService.Usage:input_type -> credbroker.v1.UsageRequest
+	4,  // 64: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
+	6,  // 65: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
+	8,  // 66: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
+	10, // 67: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
+	12, // 68: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
+	15, // 69: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
+	17, // 70: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
+	19, // 71: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
+	23, // 72: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
+	26, // 73: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
+	28, // 74: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	31, // 75: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
+	33, // 76: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
+	35, // 77: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
+	37, // 78: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
+	39, // 79: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
+	42, // 80: credbroker.v1.AdminService.SetCredentialLimits:output_type -> credbroker.v1.SetCredentialLimitsResponse
+	45, // 81: credbroker.v1.AdminService.Usage:output_type -> credbroker.v1.UsageResponse
+	64, // [64:82] is the sub-list for method output_type
+	46, // [46:64] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -3142,17 +3688,17 @@ func file_credbroker_v1_admin_proto_init() {
 	if File_credbroker_v1_admin_proto != nil {
 		return
 	}
-	file_credbroker_v1_admin_proto_msgTypes[10].OneofWrappers = []any{}
-	file_credbroker_v1_admin_proto_msgTypes[12].OneofWrappers = []any{}
-	file_credbroker_v1_admin_proto_msgTypes[28].OneofWrappers = []any{}
-	file_credbroker_v1_admin_proto_msgTypes[39].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[11].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[13].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[29].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[40].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

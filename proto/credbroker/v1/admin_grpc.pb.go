@@ -19,22 +19,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_PutCredential_FullMethodName      = "/credbroker.v1.AdminService/PutCredential"
-	AdminService_RotateCredential_FullMethodName   = "/credbroker.v1.AdminService/RotateCredential"
-	AdminService_ListCredentials_FullMethodName    = "/credbroker.v1.AdminService/ListCredentials"
-	AdminService_DeleteCredential_FullMethodName   = "/credbroker.v1.AdminService/DeleteCredential"
-	AdminService_MintToken_FullMethodName          = "/credbroker.v1.AdminService/MintToken"
-	AdminService_ListTokens_FullMethodName         = "/credbroker.v1.AdminService/ListTokens"
-	AdminService_RevokeToken_FullMethodName        = "/credbroker.v1.AdminService/RevokeToken"
-	AdminService_Status_FullMethodName             = "/credbroker.v1.AdminService/Status"
-	AdminService_GetToken_FullMethodName           = "/credbroker.v1.AdminService/GetToken"
-	AdminService_ListAudit_FullMethodName          = "/credbroker.v1.AdminService/ListAudit"
-	AdminService_VerifyAudit_FullMethodName        = "/credbroker.v1.AdminService/VerifyAudit"
-	AdminService_CredentialHistory_FullMethodName  = "/credbroker.v1.AdminService/CredentialHistory"
-	AdminService_RollbackCredential_FullMethodName = "/credbroker.v1.AdminService/RollbackCredential"
-	AdminService_SetRotationPolicy_FullMethodName  = "/credbroker.v1.AdminService/SetRotationPolicy"
-	AdminService_ImportCredential_FullMethodName   = "/credbroker.v1.AdminService/ImportCredential"
-	AdminService_Rekey_FullMethodName              = "/credbroker.v1.AdminService/Rekey"
+	AdminService_PutCredential_FullMethodName       = "/credbroker.v1.AdminService/PutCredential"
+	AdminService_RotateCredential_FullMethodName    = "/credbroker.v1.AdminService/RotateCredential"
+	AdminService_ListCredentials_FullMethodName     = "/credbroker.v1.AdminService/ListCredentials"
+	AdminService_DeleteCredential_FullMethodName    = "/credbroker.v1.AdminService/DeleteCredential"
+	AdminService_MintToken_FullMethodName           = "/credbroker.v1.AdminService/MintToken"
+	AdminService_ListTokens_FullMethodName          = "/credbroker.v1.AdminService/ListTokens"
+	AdminService_RevokeToken_FullMethodName         = "/credbroker.v1.AdminService/RevokeToken"
+	AdminService_Status_FullMethodName              = "/credbroker.v1.AdminService/Status"
+	AdminService_GetToken_FullMethodName            = "/credbroker.v1.AdminService/GetToken"
+	AdminService_ListAudit_FullMethodName           = "/credbroker.v1.AdminService/ListAudit"
+	AdminService_VerifyAudit_FullMethodName         = "/credbroker.v1.AdminService/VerifyAudit"
+	AdminService_CredentialHistory_FullMethodName   = "/credbroker.v1.AdminService/CredentialHistory"
+	AdminService_RollbackCredential_FullMethodName  = "/credbroker.v1.AdminService/RollbackCredential"
+	AdminService_SetRotationPolicy_FullMethodName   = "/credbroker.v1.AdminService/SetRotationPolicy"
+	AdminService_ImportCredential_FullMethodName    = "/credbroker.v1.AdminService/ImportCredential"
+	AdminService_Rekey_FullMethodName               = "/credbroker.v1.AdminService/Rekey"
+	AdminService_SetCredentialLimits_FullMethodName = "/credbroker.v1.AdminService/SetCredentialLimits"
+	AdminService_Usage_FullMethodName               = "/credbroker.v1.AdminService/Usage"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -87,6 +89,11 @@ type AdminServiceClient interface {
 	// it (each atomically), then the old data keys deleted. After an interruption, calling it again
 	// finishes the same rotation.
 	Rekey(ctx context.Context, in *RekeyRequest, opts ...grpc.CallOption) (*RekeyResponse, error)
+	// SetCredentialLimits sets how fast and how much a credential may be spent: one rate limiter
+	// shared by every token that uses it, and a monthly credit ceiling.
+	SetCredentialLimits(ctx context.Context, in *SetCredentialLimitsRequest, opts ...grpc.CallOption) (*SetCredentialLimitsResponse, error)
+	// Usage sums calls, credits, cache hits and errors per token or per credential from the audit log.
+	Usage(ctx context.Context, in *UsageRequest, opts ...grpc.CallOption) (*UsageResponse, error)
 }
 
 type adminServiceClient struct {
@@ -257,6 +264,26 @@ func (c *adminServiceClient) Rekey(ctx context.Context, in *RekeyRequest, opts .
 	return out, nil
 }
 
+func (c *adminServiceClient) SetCredentialLimits(ctx context.Context, in *SetCredentialLimitsRequest, opts ...grpc.CallOption) (*SetCredentialLimitsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetCredentialLimitsResponse)
+	err := c.cc.Invoke(ctx, AdminService_SetCredentialLimits_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) Usage(ctx context.Context, in *UsageRequest, opts ...grpc.CallOption) (*UsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UsageResponse)
+	err := c.cc.Invoke(ctx, AdminService_Usage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -307,6 +334,11 @@ type AdminServiceServer interface {
 	// it (each atomically), then the old data keys deleted. After an interruption, calling it again
 	// finishes the same rotation.
 	Rekey(context.Context, *RekeyRequest) (*RekeyResponse, error)
+	// SetCredentialLimits sets how fast and how much a credential may be spent: one rate limiter
+	// shared by every token that uses it, and a monthly credit ceiling.
+	SetCredentialLimits(context.Context, *SetCredentialLimitsRequest) (*SetCredentialLimitsResponse, error)
+	// Usage sums calls, credits, cache hits and errors per token or per credential from the audit log.
+	Usage(context.Context, *UsageRequest) (*UsageResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -364,6 +396,12 @@ func (UnimplementedAdminServiceServer) ImportCredential(context.Context, *Import
 }
 func (UnimplementedAdminServiceServer) Rekey(context.Context, *RekeyRequest) (*RekeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Rekey not implemented")
+}
+func (UnimplementedAdminServiceServer) SetCredentialLimits(context.Context, *SetCredentialLimitsRequest) (*SetCredentialLimitsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetCredentialLimits not implemented")
+}
+func (UnimplementedAdminServiceServer) Usage(context.Context, *UsageRequest) (*UsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Usage not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -674,6 +712,42 @@ func _AdminService_Rekey_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_SetCredentialLimits_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetCredentialLimitsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetCredentialLimits(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetCredentialLimits_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetCredentialLimits(ctx, req.(*SetCredentialLimitsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_Usage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Usage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Usage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Usage(ctx, req.(*UsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -744,6 +818,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Rekey",
 			Handler:    _AdminService_Rekey_Handler,
+		},
+		{
+			MethodName: "SetCredentialLimits",
+			Handler:    _AdminService_SetCredentialLimits_Handler,
+		},
+		{
+			MethodName: "Usage",
+			Handler:    _AdminService_Usage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

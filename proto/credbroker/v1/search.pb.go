@@ -9,6 +9,7 @@ package credbrokerv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -35,7 +36,9 @@ type SearchRequest struct {
 	// num_results is the number of results to ask for (web_search only): 1-100, 0 means 5.
 	NumResults int32 `protobuf:"varint,3,opt,name=num_results,json=numResults,proto3" json:"num_results,omitempty"`
 	// google holds the contract-B options (google_search only).
-	Google        *GoogleSearchOptions `protobuf:"bytes,4,opt,name=google,proto3" json:"google,omitempty"`
+	Google *GoogleSearchOptions `protobuf:"bytes,4,opt,name=google,proto3" json:"google,omitempty"`
+	// no_cache asks for fresh results from the upstream even if a cached answer exists.
+	NoCache       bool `protobuf:"varint,5,opt,name=no_cache,json=noCache,proto3" json:"no_cache,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -96,6 +99,13 @@ func (x *SearchRequest) GetGoogle() *GoogleSearchOptions {
 		return x.Google
 	}
 	return nil
+}
+
+func (x *SearchRequest) GetNoCache() bool {
+	if x != nil {
+		return x.NoCache
+	}
+	return false
 }
 
 // GoogleSearchOptions are the optional fields of Scavio contract B.
@@ -292,7 +302,13 @@ type SearchResponse struct {
 	// credential_version is the version of that credential the call used.
 	CredentialVersion uint64 `protobuf:"varint,4,opt,name=credential_version,json=credentialVersion,proto3" json:"credential_version,omitempty"`
 	// metadata holds every top-level field of the upstream response other than "results".
-	Metadata      *structpb.Struct `protobuf:"bytes,5,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Metadata *structpb.Struct `protobuf:"bytes,5,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// cached reports whether the results came from the broker's cache (no upstream call, no credit).
+	Cached bool `protobuf:"varint,6,opt,name=cached,proto3" json:"cached,omitempty"`
+	// cache_age is how old the cached results are.
+	CacheAge *durationpb.Duration `protobuf:"bytes,7,opt,name=cache_age,json=cacheAge,proto3" json:"cache_age,omitempty"`
+	// credits the call spent upstream (0 when cached).
+	Credits       uint64 `protobuf:"varint,8,opt,name=credits,proto3" json:"credits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -360,6 +376,27 @@ func (x *SearchResponse) GetMetadata() *structpb.Struct {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *SearchResponse) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
+func (x *SearchResponse) GetCacheAge() *durationpb.Duration {
+	if x != nil {
+		return x.CacheAge
+	}
+	return nil
+}
+
+func (x *SearchResponse) GetCredits() uint64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
 }
 
 // WhoAmIRequest has no fields: the token in the call's metadata is the subject.
@@ -503,13 +540,14 @@ var File_credbroker_v1_search_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_search_proto_rawDesc = "" +
 	"\n" +
-	"\x1acredbroker/v1/search.proto\x12\rcredbroker.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x01\n" +
+	"\x1acredbroker/v1/search.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n" +
 	"\rSearchRequest\x12\x12\n" +
 	"\x04tool\x18\x01 \x01(\tR\x04tool\x12\x14\n" +
 	"\x05query\x18\x02 \x01(\tR\x05query\x12\x1f\n" +
 	"\vnum_results\x18\x03 \x01(\x05R\n" +
 	"numResults\x12:\n" +
-	"\x06google\x18\x04 \x01(\v2\".credbroker.v1.GoogleSearchOptionsR\x06google\"\xff\x01\n" +
+	"\x06google\x18\x04 \x01(\v2\".credbroker.v1.GoogleSearchOptionsR\x06google\x12\x19\n" +
+	"\bno_cache\x18\x05 \x01(\bR\anoCache\"\xff\x01\n" +
 	"\x13GoogleSearchOptions\x12\x1f\n" +
 	"\vsearch_type\x18\x01 \x01(\tR\n" +
 	"searchType\x12!\n" +
@@ -526,7 +564,7 @@ const file_credbroker_v1_search_proto_rawDesc = "" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x18\n" +
 	"\asnippet\x18\x03 \x01(\tR\asnippet\x12\x1a\n" +
 	"\bposition\x18\x04 \x01(\x05R\bposition\x12)\n" +
-	"\x03raw\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x03raw\"\xdf\x01\n" +
+	"\x03raw\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x03raw\"\xc9\x02\n" +
 	"\x0eSearchResponse\x125\n" +
 	"\aresults\x18\x01 \x03(\v2\x1b.credbroker.v1.SearchResultR\aresults\x12\x12\n" +
 	"\x04tool\x18\x02 \x01(\tR\x04tool\x12\x1e\n" +
@@ -534,7 +572,10 @@ const file_credbroker_v1_search_proto_rawDesc = "" +
 	"credential\x18\x03 \x01(\tR\n" +
 	"credential\x12-\n" +
 	"\x12credential_version\x18\x04 \x01(\x04R\x11credentialVersion\x123\n" +
-	"\bmetadata\x18\x05 \x01(\v2\x17.google.protobuf.StructR\bmetadata\"\x0f\n" +
+	"\bmetadata\x18\x05 \x01(\v2\x17.google.protobuf.StructR\bmetadata\x12\x16\n" +
+	"\x06cached\x18\x06 \x01(\bR\x06cached\x126\n" +
+	"\tcache_age\x18\a \x01(\v2\x19.google.protobuf.DurationR\bcacheAge\x12\x18\n" +
+	"\acredits\x18\b \x01(\x04R\acredits\"\x0f\n" +
 	"\rWhoAmIRequest\"\xee\x01\n" +
 	"\x0eWhoAmIResponse\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x14\n" +
@@ -571,23 +612,25 @@ var file_credbroker_v1_search_proto_goTypes = []any{
 	(*WhoAmIRequest)(nil),         // 4: credbroker.v1.WhoAmIRequest
 	(*WhoAmIResponse)(nil),        // 5: credbroker.v1.WhoAmIResponse
 	(*structpb.Struct)(nil),       // 6: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_credbroker_v1_search_proto_depIdxs = []int32{
 	1, // 0: credbroker.v1.SearchRequest.google:type_name -> credbroker.v1.GoogleSearchOptions
 	6, // 1: credbroker.v1.SearchResult.raw:type_name -> google.protobuf.Struct
 	2, // 2: credbroker.v1.SearchResponse.results:type_name -> credbroker.v1.SearchResult
 	6, // 3: credbroker.v1.SearchResponse.metadata:type_name -> google.protobuf.Struct
-	7, // 4: credbroker.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
-	0, // 5: credbroker.v1.SearchService.Search:input_type -> credbroker.v1.SearchRequest
-	4, // 6: credbroker.v1.SearchService.WhoAmI:input_type -> credbroker.v1.WhoAmIRequest
-	3, // 7: credbroker.v1.SearchService.Search:output_type -> credbroker.v1.SearchResponse
-	5, // 8: credbroker.v1.SearchService.WhoAmI:output_type -> credbroker.v1.WhoAmIResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	7, // 4: credbroker.v1.SearchResponse.cache_age:type_name -> google.protobuf.Duration
+	8, // 5: credbroker.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
+	0, // 6: credbroker.v1.SearchService.Search:input_type -> credbroker.v1.SearchRequest
+	4, // 7: credbroker.v1.SearchService.WhoAmI:input_type -> credbroker.v1.WhoAmIRequest
+	3, // 8: credbroker.v1.SearchService.Search:output_type -> credbroker.v1.SearchResponse
+	5, // 9: credbroker.v1.SearchService.WhoAmI:output_type -> credbroker.v1.WhoAmIResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_search_proto_init() }

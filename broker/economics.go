@@ -1,0 +1,395 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/credbroker/credbroker/broker/limiter"
+	"github.com/credbroker/credbroker/broker/metrics"
+	"github.com/credbroker/credbroker/broker/resultcache"
+	"github.com/credbroker/credbroker/broker/upstream"
+	"github.com/credbroker/credbroker/store"
+)
+
+// Spending the upstream well: one rate limiter per credential shared by every token, a result cache
+// that answers repeated searches without spending a credit, per-token credit budgets and
+// per-credential monthly ceilings.
+
+// EconomicsConfig tunes the result cache.
+type EconomicsConfig struct {
+	// CacheTTL is how long results stay cached, per tool; tools not listed use DefaultCacheTTL.
+	// A zero or negative TTL turns caching off for that tool.
+	CacheTTL map[string]time.Duration
+	// DefaultCacheTTL applies to tools without an entry in CacheTTL. Zero means 10 minutes;
+	// negative turns the cache off.
+	DefaultCacheTTL time.Duration
+	// CacheBytes bounds the cache's memory. Zero means 64 MiB.
+	CacheBytes int64
+}
+
+type economics struct {
+	cache      *resultcache.Cache
+	ttl        map[string]time.Duration
+	defaultTTL time.Duration
+	clock      Clock
+
+	mu    sync.Mutex
+	creds map[string]*credSpend // by credential name; dropped when its limits change
+}
+
+// credSpend is what the broker keeps in memory about spending one credential.
+type credSpend struct {
+	limits store.Limits
+	lim    *limiter.Limiter // nil without a rate limit
+}
+
+func newEconomics(cfg Config) *economics {
+	e := cfg.Economics
+	if e.DefaultCacheTTL == 0 {
+		e.DefaultCacheTTL = 10 * time.Minute
+	}
+	if e.CacheBytes <= 0 {
+		e.CacheBytes = 64 << 20
+	}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = realClock{}
+	}
+	return &economics{
+		cache: resultcache.New(e.CacheBytes, cfg.Now), ttl: e.CacheTTL, defaultTTL: e.DefaultCacheTTL,
+		clock: clock, creds: map[string]*credSpend{},
+	}
+}
+
+func (e *economics) ttlFor(tool string) time.Duration {
+	if d, ok := e.ttl[tool]; ok {
+		return d
+	}
+	return e.defaultTTL
+}
+
+// spendingFor returns the credential's limits and limiter, reading them once per change.
+func (b *Broker) spendingFor(name string) (*credSpend, error) {
+	e := b.econ
+	e.mu.Lock()
+	cs, ok := e.creds[name]
+	e.mu.Unlock()
+	if ok {
+		return cs, nil
+	}
+	c, err := b.store.GetCredential(name)
+	if errors.Is(err, store.ErrNotFound) {
+		return &credSpend{}, nil // not cached: the credential may be stored any moment
+	}
+	if err != nil {
+		return nil, err
+	}
+	cs = &credSpend{}
+	if c.Limits != nil {
+		cs.limits = *c.Limits
+		if l := c.Limits; l.RateLimit > 0 && l.RatePeriod > 0 {
+			if cs.lim, err = limiter.New(int(l.RateLimit), l.RatePeriod, int(l.Burst), e.clock); err != nil {
+				return nil, err
+			}
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if prev, ok := e.creds[name]; ok {
+		return prev, nil
+	}
+	e.creds[name] = cs
+	return cs, nil
+}
+
+// forgetSpending drops the cached limits of name after they changed.
+func (b *Broker) forgetSpending(name string) {
+	b.econ.mu.Lock()
+	delete(b.econ.creds, name)
+	b.econ.mu.Unlock()
+}
+
+// expectedCredits is what a call costs upstream before the upstream says: light_request false on
+// google_search costs 2, everything else 1.
+func expectedCredits(tool Tool, req *SearchRequest) uint64 {
+	if tool.Name == "google_search" && req.Google.LightRequest != nil && !*req.Google.LightRequest {
+		return 2
+	}
+	return 1
+}
+
+// cacheKey partitions the cache so one token never learns what another searched: each token has
+// its own partition unless it opted into the shared one. The payload is the normalised upstream
+// body (validated, defaults filled in, keys sorted), so equal requests have equal keys.
+func cacheKey(t *store.Token, tool Tool, payload []byte) string {
+	part := "token:" + t.ID
+	if t.SharedCache {
+		part = "shared"
+	}
+	return part + "\x00" + tool.Name + "\x00" + string(payload)
+}
+
+// spend serves a validated request from the cache or the upstream, within the credential's rate
+// limit and the budgets.
+func (b *Broker) spend(ctx context.Context, t *store.Token, tool Tool, req *SearchRequest, payload []byte) (*SearchResult, error) {
+	ci := callInfo(ctx)
+	cost := expectedCredits(tool, req)
+	ttl := b.econ.ttlFor(tool.Name)
+	if ttl <= 0 || req.NoCache {
+		res, err := b.spendUpstream(ctx, t, tool, payload, cost)
+		if err == nil && ttl > 0 {
+			metrics.CacheLookup(false, 0)
+		}
+		return res, err
+	}
+	v, r, err := b.econ.cache.Do(ctx, cacheKey(t, tool, payload), ttl, func() (any, int64, error) {
+		res, err := b.spendUpstream(ctx, t, tool, payload, cost)
+		if err != nil {
+			return nil, 0, err
+		}
+		return res, res.size, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	res := v.(*SearchResult)
+	if !r.Cached {
+		metrics.CacheLookup(false, 0)
+		return res, nil
+	}
+	// A hit: the cached result is shared, so hand out a copy that says where it came from.
+	metrics.CacheLookup(true, cost)
+	hit := *res
+	hit.Cached, hit.CacheAge, hit.Credits = true, r.Age, 0
+	ci.Event, ci.Credits, ci.CreditsSaved, ci.CredentialVersion = "cache-hit", 0, cost, res.CredentialVersion
+	return &hit, nil
+}
+
+// spendUpstream charges the budgets, waits for a slot of the credential's limiter and calls the
+// upstream; the budgets are refunded when no credit was spent.
+func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte, cost uint64) (*SearchResult, error) {
+	ci := callInfo(ctx)
+	cs, err := b.spendingFor(tool.Credential)
+	if err != nil {
+		return nil, err
+	}
+	refund, err := b.charge(t, tool, cs, int64(cost))
+	if err != nil {
+		return nil, err
+	}
+	if cs.lim != nil {
+		if err := cs.lim.Wait(ctx, cs.limits.MaxWait); err != nil {
+			refund()
+			var we *limiter.WaitError
+			if errors.As(err, &we) {
+				return nil, fmt.Errorf("%w: credential %q: %v; retry in %s", ErrRateLimited, tool.Credential, we, we.Wait.Round(time.Second))
+			}
+			return nil, err
+		}
+	}
+	res, resp, err := b.callUpstream(ctx, t, tool, payload)
+	if cs.lim != nil {
+		b.learnLimits(cs.lim, resp, err)
+	}
+	if err != nil {
+		refund() // failed calls are not billed upstream
+		return nil, err
+	}
+	res.Credits = cost
+	if n, ok := reportedCredits(res.Metadata); ok && n != cost {
+		// The upstream knows best: settle the difference.
+		if _, err := b.charge(t, tool, cs, int64(n)-int64(cost)); err != nil {
+			b.log.Warn("settle reported credits", "credential", tool.Credential, "err", err)
+		}
+		res.Credits = n
+	}
+	res.size = int64(len(resp.Body)) + 256
+	ci.Credits = res.Credits
+	return res, nil
+}
+
+// charge adds credits to the token's budget and the credential's monthly counter, where those
+// exist, and returns a func that undoes it.
+func (b *Broker) charge(t *store.Token, tool Tool, cs *credSpend, credits int64) (refund func(), err error) {
+	now := b.now()
+	var undo []func()
+	refund = func() {
+		for _, f := range undo {
+			f()
+		}
+	}
+	if credits == 0 {
+		return refund, nil
+	}
+	if t.BudgetCredits > 0 {
+		if _, err := b.store.SpendTokenBudget(t.ID, now, credits); err != nil {
+			if errors.Is(err, store.ErrBudgetExhausted) {
+				return nil, fmt.Errorf("%w: token %s: budget of %d/%s used; resets at %s", ErrRateLimited, t.ID, t.BudgetCredits, t.BudgetPeriod,
+					nextWindow(now, t.BudgetPeriod).Format(time.RFC3339))
+			}
+			return nil, err
+		}
+		undo = append(undo, func() { b.store.SpendTokenBudget(t.ID, now, -credits) })
+	}
+	if ceiling := cs.limits.MonthlyCredits; ceiling > 0 {
+		if _, err := b.store.SpendCredentialCredits(tool.Credential, now, credits, ceiling); err != nil {
+			refund()
+			if errors.Is(err, store.ErrBudgetExhausted) {
+				return nil, fmt.Errorf("%w: credential %q reached its monthly ceiling of %d credits; resets at %s", ErrRateLimited, tool.Credential, ceiling,
+					nextWindow(now, "month").Format(time.RFC3339))
+			}
+			return nil, err
+		}
+		undo = append(undo, func() { b.store.SpendCredentialCredits(tool.Credential, now, -credits, ceiling) })
+	}
+	return refund, nil
+}
+
+// nextWindow is when the budget period containing now ends (UTC).
+func nextWindow(now time.Time, period string) time.Time {
+	y, m, d := now.UTC().Date()
+	if period == "month" {
+		return time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC)
+	}
+	return time.Date(y, m, d+1, 0, 0, 0, 0, time.UTC)
+}
+
+// reportedCredits reads the credits the upstream says a call cost, if it says.
+func reportedCredits(meta map[string]any) (uint64, bool) {
+	for _, k := range []string{"credits_used", "credits"} {
+		if f, ok := meta[k].(float64); ok && f >= 0 && f <= 1000 && f == float64(uint64(f)) {
+			return uint64(f), true
+		}
+	}
+	return 0, false
+}
+
+// learnLimits pauses every caller of the credential when the upstream says its window is spent
+// (X-RateLimit-Remaining 0 until X-RateLimit-Reset) or answered 429 with a wait, so callers queue
+// in the broker instead of each hitting the upstream's 429.
+func (b *Broker) learnLimits(lim *limiter.Limiter, resp *upstream.Response, err error) {
+	now := b.econ.clock.Now()
+	var ue *upstream.Error
+	if errors.As(err, &ue) && errors.Is(err, upstream.ErrRateLimited) && ue.RetryAfter > 0 {
+		lim.PauseUntil(now.Add(ue.RetryAfter))
+		return
+	}
+	if resp == nil {
+		return
+	}
+	if resp.Header.Get("X-RateLimit-Remaining") != "0" {
+		return
+	}
+	if reset, err := strconv.ParseInt(resp.Header.Get("X-RateLimit-Reset"), 10, 64); err == nil {
+		if until := time.Unix(reset, 0); until.After(now) && until.Sub(now) < time.Hour {
+			lim.PauseUntil(until)
+		}
+	}
+}
+
+// SetLimits sets a credential's spending limits (a zero Limits clears them).
+func (b *Broker) SetLimits(ctx context.Context, name string, l store.Limits) (store.Credential, error) {
+	ci := callInfo(ctx)
+	ci.Credential, ci.Event = name, "limits"
+	switch {
+	case l.RateLimit > 0 && (l.RatePeriod < time.Second || l.RatePeriod > 24*time.Hour):
+		return store.Credential{}, invalid("rate period must be between 1s and 24h, e.g. 10/m")
+	case l.RateLimit == 0 && (l.RatePeriod != 0 || l.Burst != 0 || l.MaxWait != 0):
+		return store.Credential{}, invalid("burst, max_wait and rate_period need a rate limit")
+	case l.Burst > 10000:
+		return store.Credential{}, invalid("burst must be at most 10000")
+	case l.MaxWait < 0:
+		return store.Credential{}, invalid("max_wait must not be negative")
+	}
+	c, err := b.store.SetLimits(name, l)
+	if err != nil {
+		return c, err
+	}
+	b.forgetSpending(name)
+	b.log.Info("credential limits set", "credential", name, "rate_limit", l.RateLimit, "rate_period", l.RatePeriod,
+		"burst", l.Burst, "max_wait", l.MaxWait, "monthly_credits", l.MonthlyCredits)
+	return c, nil
+}
+
+// ceilingWarning warns when a credential has spent 80% of its monthly ceiling.
+func ceilingWarning(c store.Credential) string {
+	if c.Limits == nil || c.Limits.MonthlyCredits == 0 || c.CreditsThisMonth*5 < c.Limits.MonthlyCredits*4 {
+		return ""
+	}
+	return fmt.Sprintf("credential %s: %d of its %d monthly credits used (%d%%)", c.Name, c.CreditsThisMonth,
+		c.Limits.MonthlyCredits, c.CreditsThisMonth*100/c.Limits.MonthlyCredits)
+}
+
+// UsageRow sums one token's or credential's calls.
+type UsageRow struct {
+	Key, Label                     string
+	Calls, Credits, CacheHits, Err uint64
+}
+
+// Usage sums tool calls from the audit log since since, by "token" or "credential". It also
+// returns the credits the cache saved.
+func (b *Broker) Usage(by string, since time.Time) ([]UsageRow, uint64, error) {
+	if by == "" {
+		by = "token"
+	}
+	if by != "token" && by != "credential" {
+		return nil, 0, invalid("by must be token or credential")
+	}
+	rows := map[string]*UsageRow{}
+	var saved, after uint64
+	for {
+		recs, err := b.store.ListAudit(after, since, MaxPageSize)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, r := range recs {
+			after = r.Seq
+			if r.Method != "/credbroker.v1.SearchService/Search" {
+				continue
+			}
+			key := r.TokenID
+			if by == "credential" {
+				key = r.Credential
+			}
+			if key == "" {
+				key = "-"
+			}
+			row, ok := rows[key]
+			if !ok {
+				row = &UsageRow{Key: key}
+				rows[key] = row
+			}
+			if by == "token" && r.TokenLabel != "" {
+				row.Label = r.TokenLabel
+			}
+			row.Calls++
+			row.Credits += r.Credits
+			if r.Event == "cache-hit" {
+				row.CacheHits++
+				saved += r.CreditsSaved
+			}
+			if r.Code != "OK" {
+				row.Err++
+			}
+		}
+		if len(recs) < MaxPageSize {
+			break
+		}
+	}
+	out := make([]UsageRow, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, *r)
+	}
+	sortUsage(out)
+	return out, saved, nil
+}
+
+func sortUsage(rows []UsageRow) {
+	slices.SortFunc(rows, func(a, b UsageRow) int { return strings.Compare(a.Key, b.Key) })
+}

@@ -1,0 +1,248 @@
+package grpcapi
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+func newCacheHarness(t *testing.T) *harness {
+	return newHarnessWith(t, func(c *broker.Config) { c.Economics.DefaultCacheTTL = 10 * time.Minute })
+}
+
+func TestResultCache(t *testing.T) {
+	h := newCacheHarness(t)
+	h.putKey(t)
+	a := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}, Label: "a"})
+	b := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}, Label: "b"})
+	s1 := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}, SharedCache: true})
+	s2 := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}, SharedCache: true})
+
+	first, err := h.search.Search(withToken(a.Token), &pb.SearchRequest{Query: "Golang  generics"})
+	if err != nil || first.Cached || first.Credits != 1 {
+		t.Fatalf("first: %v %v", first, err)
+	}
+	before := h.fake.Count()
+	h.clock.Add(30 * time.Second)
+	var hdr metadata.MD
+	// Same request after normalisation (the body is rebuilt from validated fields).
+	second, err := h.search.Search(withToken(a.Token), &pb.SearchRequest{Query: "Golang  generics", NumResults: 5}, grpc.Header(&hdr))
+	if err != nil || !second.Cached || second.CacheAge.AsDuration() != 30*time.Second || second.Credits != 0 || len(second.Results) != 5 {
+		t.Fatalf("second: cached=%v age=%v credits=%d err=%v", second.GetCached(), second.GetCacheAge(), second.GetCredits(), err)
+	}
+	if got := hdr.Get("x-credbroker-cache"); len(got) != 1 || got[0] != "hit; age=30s" {
+		t.Fatalf("cache header %v", got)
+	}
+	if h.fake.Count() != before {
+		t.Fatal("a cache hit reached the upstream")
+	}
+	// Another token does not see a's entry; no_cache forces a fresh call.
+	if r, _ := h.search.Search(withToken(b.Token), &pb.SearchRequest{Query: "Golang  generics"}); r.Cached {
+		t.Fatal("token b was served token a's cached result")
+	}
+	if r, _ := h.search.Search(withToken(a.Token), &pb.SearchRequest{Query: "Golang  generics", NoCache: true}); r.Cached {
+		t.Fatal("no_cache served a cached result")
+	}
+	// Shared-cache tokens share.
+	h.search.Search(withToken(s1.Token), &pb.SearchRequest{Query: "shared"})
+	if r, _ := h.search.Search(withToken(s2.Token), &pb.SearchRequest{Query: "shared"}); !r.Cached {
+		t.Fatal("shared-cache tokens do not share")
+	}
+	// Expiry.
+	h.clock.Add(11 * time.Minute)
+	if r, _ := h.search.Search(withToken(a.Token), &pb.SearchRequest{Query: "Golang  generics"}); r.Cached {
+		t.Fatal("expired entry served")
+	}
+
+	// Audit and usage know about hits and the credits they saved.
+	u, err := h.admin.Usage(context.Background(), &pb.UsageRequest{By: "token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byLabel := map[string]*pb.UsageRow{}
+	for _, r := range u.Rows {
+		byLabel[r.Label] = r
+	}
+	if ra := byLabel["a"]; ra == nil || ra.Calls != 4 || ra.CacheHits != 1 || ra.Credits != 3 {
+		t.Fatalf("usage of a: %v", ra)
+	}
+	if u.CreditsSaved != 2 {
+		t.Fatalf("credits saved %d, want 2", u.CreditsSaved)
+	}
+	uc, _ := h.admin.Usage(context.Background(), &pb.UsageRequest{By: "credential"})
+	if len(uc.Rows) != 1 || uc.Rows[0].Key != "scavio_api_key" || uc.Rows[0].Calls != 7 {
+		t.Fatalf("usage by credential: %v", uc.Rows)
+	}
+}
+
+func TestCacheSingleFlight(t *testing.T) {
+	h := newCacheHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	h.fake.SetFault(scaviotest.Fault{Delay: 300 * time.Millisecond})
+	before := h.fake.Count()
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "same"}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := h.fake.Count() - before; n != 1 {
+		t.Fatalf("10 concurrent identical searches made %d upstream calls, want 1", n)
+	}
+}
+
+// 20 concurrent clients share one key limited to 10 calls per second (the 10/m, scaled):
+// the upstream never sees more than 10 calls in any second and no client gets a raw 429.
+func TestCredentialRateLimitSharedByAllTokens(t *testing.T) {
+	h := newHarness(t) // cache off: every call must reach the upstream
+	h.putKey(t)
+	if _, err := h.admin.SetCredentialLimits(context.Background(), &pb.SetCredentialLimitsRequest{Name: "scavio_api_key",
+		Limits: &pb.CredentialLimits{RateLimit: 10, RatePeriod: durationpb.New(time.Second), Burst: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	before := len(h.fake.Requests())
+	var wg sync.WaitGroup
+	for i := range 20 {
+		tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(withToken(tok), 10*time.Second)
+			defer cancel()
+			if _, err := h.search.Search(ctx, &pb.SearchRequest{Query: "q" + string(rune('a'+i))}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	reqs := h.fake.Requests()[before:]
+	if len(reqs) != 20 {
+		t.Fatalf("upstream saw %d calls, want 20", len(reqs))
+	}
+	var times []time.Time
+	for _, r := range reqs {
+		times = append(times, r.Time)
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	for i := range times {
+		n := 0
+		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second-20*time.Millisecond; j++ {
+			n++
+		}
+		if n > 10 {
+			t.Fatalf("%d upstream calls within one second", n)
+		}
+	}
+
+	// A caller whose deadline comes before its slot is told how long to wait, without waiting.
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	for range 10 { // fill the next second
+		go h.search.Search(withToken(tok), &pb.SearchRequest{Query: "fill"})
+	}
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(withToken(tok), 200*time.Millisecond)
+	defer cancel()
+	_, err := h.search.Search(ctx, &pb.SearchRequest{Query: "late"})
+	requireGRPCStatus(t, err, codes.ResourceExhausted, "retry in")
+}
+
+// A 429 with Retry-After pauses every caller of the key until then, instead of each hitting 429.
+func TestLimiterLearnsFromUpstream(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	h.admin.SetCredentialLimits(context.Background(), &pb.SetCredentialLimitsRequest{Name: "scavio_api_key",
+		Limits: &pb.CredentialLimits{RateLimit: 100, RatePeriod: durationpb.New(time.Second), Burst: 10}})
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	h.fake.SetFault(scaviotest.Fault{Status: 429, RetryAfter: "1", Times: 1})
+	_, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q"})
+	requireGRPCStatus(t, err, codes.ResourceExhausted, "rate limit")
+	start, before := time.Now(), h.fake.Count()
+	ctx, cancel := context.WithTimeout(withToken(tok), 5*time.Second)
+	defer cancel()
+	if _, err := h.search.Search(ctx, &pb.SearchRequest{Query: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < 800*time.Millisecond {
+		t.Fatalf("the next call went after %s; the upstream asked for 1s", waited)
+	}
+	if h.fake.Count() != before+1 {
+		t.Fatal("calls reached the upstream during the pause")
+	}
+}
+
+func TestTokenBudgetAndCredentialCeiling(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	ctx := context.Background()
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search", "google_search"}, BudgetCredits: 4, BudgetPeriod: "day"}).Token
+	if _, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q"}); err != nil { // 1
+		t.Fatal(err)
+	}
+	rich := &pb.SearchRequest{Tool: "google_search", Query: "q", Google: &pb.GoogleSearchOptions{LightRequest: proto.Bool(false)}}
+	if r, err := h.search.Search(withToken(tok), rich); err != nil || r.Credits != 2 { // 3
+		t.Fatalf("rich search: %v %v", r, err)
+	}
+	// A failed upstream call is refunded.
+	h.fake.SetFault(scaviotest.Fault{Status: 500, Times: 5})
+	h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q"})
+	h.fake.SetFault(scaviotest.Fault{})
+	if _, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q"}); err != nil { // 4
+		t.Fatal(err)
+	}
+	before := h.fake.Count()
+	_, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q"})
+	requireGRPCStatus(t, err, codes.ResourceExhausted, "budget of 4/day used; resets at")
+	if h.fake.Count() != before {
+		t.Fatal("an over-budget call reached the upstream")
+	}
+	list, _ := h.admin.ListTokens(ctx, &pb.ListTokensRequest{})
+	for _, ti := range list.Tokens {
+		if ti.BudgetCredits == 4 && ti.BudgetSpent != 4 {
+			t.Fatalf("budget spent %d, want 4", ti.BudgetSpent)
+		}
+	}
+
+	// Credential ceiling: warn at 80%, refuse past 100%.
+	if _, err := h.admin.SetCredentialLimits(ctx, &pb.SetCredentialLimitsRequest{Name: "scavio_api_key", Limits: &pb.CredentialLimits{MonthlyCredits: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	free := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	for i := range 4 {
+		if _, err := h.search.Search(withToken(free), &pb.SearchRequest{Query: "q"}); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	st, _ := h.admin.Status(ctx, &pb.StatusRequest{})
+	if !strings.Contains(strings.Join(st.Warnings, "\n"), "4 of its 5 monthly credits used (80%)") {
+		t.Fatalf("no 80%% warning: %v", st.Warnings)
+	}
+	h.search.Search(withToken(free), &pb.SearchRequest{Query: "q"})
+	_, err = h.search.Search(withToken(free), &pb.SearchRequest{Query: "q"})
+	requireGRPCStatus(t, err, codes.ResourceExhausted, "monthly ceiling of 5 credits")
+
+	_, err = h.admin.MintToken(ctx, &pb.MintTokenRequest{Tools: []string{"web_search"}, Ttl: durationpb.New(time.Hour), BudgetCredits: 5, BudgetPeriod: "week"})
+	requireGRPCStatus(t, err, codes.InvalidArgument, "day or month")
+	_, err = h.admin.SetCredentialLimits(ctx, &pb.SetCredentialLimitsRequest{Name: "scavio_api_key", Limits: &pb.CredentialLimits{Burst: 3}})
+	requireGRPCStatus(t, err, codes.InvalidArgument, "need a rate limit")
+	_, err = h.admin.SetCredentialLimits(ctx, &pb.SetCredentialLimitsRequest{Name: "nope", Limits: &pb.CredentialLimits{MonthlyCredits: 3}})
+	requireGRPCStatus(t, err, codes.NotFound, "not found")
+}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// The economics commands end to end: a credential limiter and ceiling, a token budget, the result
+// cache, and usage.
+func TestEconomicsEndToEnd(t *testing.T) {
+	e := newEnv(t)
+	e.startDaemon(t, "--cache-ttl", "10m,google_search=0")
+	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
+	r := e.ctl(t, "", "credential", "policy", "scavio_api_key", "--rate", "20/s", "--burst", "5", "--monthly-credits", "100").ok(t)
+	if !strings.Contains(r.stdout, "rate 20 per 1s, burst 5") || !strings.Contains(r.stdout, "0 of 100 monthly credits used") {
+		t.Fatalf("policy output: %s", r.stdout)
+	}
+	tok := strings.TrimSpace(e.ctl(t, "", "token", "mint", "--tools", "web_search,google_search", "--budget", "3/d", "--label", "agent-a").ok(t).stdout)
+
+	before := e.fake.Count()
+	e.search(t, tok, "cached query").ok(t)
+	r = e.search(t, tok, "cached query").ok(t)
+	if !strings.Contains(r.stdout, "from the broker's cache") || !strings.HasSuffix(strings.TrimSpace(r.stdout), "Results: 5") {
+		t.Fatalf("second search: %s", r.stdout)
+	}
+	r = e.search(t, tok, "--json", "cached query").ok(t)
+	var js struct {
+		Cached  bool   `json:"cached"`
+		Credits uint64 `json:"credits"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &js); err != nil || !js.Cached || js.Credits != 0 {
+		t.Fatalf("search --json: %v %s", err, r.stdout)
+	}
+	if n := e.fake.Count() - before; n != 1 {
+		t.Fatalf("three identical searches made %d upstream calls, want 1", n)
+	}
+	e.search(t, tok, "--no-cache", "cached query").ok(t)            // credit 2
+	e.search(t, tok, "--tool", "google_search", "not cached").ok(t) // credit 3: google_search cache is off
+	e.search(t, tok, "--tool", "google_search", "not cached").fails(t, "budget of 3/day used; resets at")
+
+	r = e.ctl(t, "", "usage").ok(t)
+	if !strings.Contains(r.stdout, "agent-a") || !strings.Contains(r.stdout, "credits saved by the cache: 2") {
+		t.Fatalf("usage: %s", r.stdout)
+	}
+	r = e.ctl(t, "", "usage", "--by", "credential", "--json").ok(t)
+	var u struct {
+		Rows []struct {
+			Key       string `json:"key"`
+			Calls     uint64 `json:"calls"`
+			Credits   uint64 `json:"credits"`
+			CacheHits uint64 `json:"cache_hits"`
+			Errors    uint64 `json:"errors"`
+		} `json:"rows"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &u); err != nil || len(u.Rows) != 1 || u.Rows[0].Key != "scavio_api_key" ||
+		u.Rows[0].Calls != 6 || u.Rows[0].Credits != 3 || u.Rows[0].CacheHits != 2 || u.Rows[0].Errors != 1 {
+		t.Fatalf("usage by credential: %v %s", err, r.stdout)
+	}
+	r = e.ctl(t, "", "credential", "list", "--json").ok(t)
+	if !strings.Contains(r.stdout, `"scavio_api_key"`) {
+		t.Fatalf("list: %s", r.stdout)
+	}
+	e.ctl(t, "", "credential", "policy", "scavio_api_key", "--clear-limits").ok(t)
+	e.ctl(t, "", "usage", "--by", "label").fails(t, "token or credential")
+}

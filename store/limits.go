@@ -1,0 +1,195 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Spending limits and credit counters. A credential's limits live at credentials/<name>/limits and
+// its monthly credit counter at credentials/<name>/credits (only written while a monthly ceiling is
+// set); a token's budget counter lives in its token record.
+
+var (
+	keyLimits  = []byte("limits")
+	keyCredits = []byte("credits")
+)
+
+// ErrBudgetExhausted reports a token budget or credential ceiling that a call would exceed.
+var ErrBudgetExhausted = errors.New("credit budget exhausted")
+
+// Limits bound how fast and how much a credential is spent, across all tokens.
+type Limits struct {
+	RateLimit      uint32        `json:"rate_limit,omitempty"`
+	RatePeriod     time.Duration `json:"rate_period,omitempty"`
+	Burst          uint32        `json:"burst,omitempty"`
+	MaxWait        time.Duration `json:"max_wait,omitempty"`
+	MonthlyCredits uint64        `json:"monthly_credits,omitempty"`
+}
+
+// IsZero reports whether l limits nothing.
+func (l Limits) IsZero() bool { return l == Limits{} }
+
+type creditCounter struct {
+	Window string `json:"window"`
+	Spent  uint64 `json:"spent"`
+}
+
+// MonthWindow and DayWindow name the UTC calendar period t falls in.
+func MonthWindow(t time.Time) string { return t.UTC().Format("2006-01") }
+
+// DayWindow names the UTC day t falls in.
+func DayWindow(t time.Time) string { return t.UTC().Format("2006-01-02") }
+
+func readLimits(b *bolt.Bucket, name string, c *Credential) error {
+	if raw := b.Get(keyLimits); raw != nil {
+		var l Limits
+		if err := json.Unmarshal(raw, &l); err != nil {
+			return fmt.Errorf("credential %q: %w: bad limits", name, ErrCorrupt)
+		}
+		c.Limits = &l
+	}
+	if raw := b.Get(keyCredits); raw != nil {
+		var cc creditCounter
+		if err := json.Unmarshal(raw, &cc); err != nil {
+			return fmt.Errorf("credential %q: %w: bad credit counter", name, ErrCorrupt)
+		}
+		if cc.Window == MonthWindow(time.Now()) {
+			c.CreditsThisMonth = cc.Spent
+		}
+	}
+	return nil
+}
+
+// SetLimits stores l as name's limits (a zero l removes them). ErrNotFound if name is absent.
+func (s *Store) SetLimits(name string, l Limits) (Credential, error) {
+	var out Credential
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, err := credentialBucket(tx, name)
+		if err != nil {
+			return err
+		}
+		if l.IsZero() {
+			if err := b.Delete(keyLimits); err != nil {
+				return err
+			}
+		} else {
+			raw, err := json.Marshal(l)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(keyLimits, raw); err != nil {
+				return err
+			}
+		}
+		out, err = readCredential(b, name)
+		return err
+	})
+	return out, err
+}
+
+// SpendCredentialCredits adds credits (negative: a refund) to name's counter for the month of now,
+// refusing with ErrBudgetExhausted when a positive spend would pass ceiling. Concurrent spends are
+// group-committed.
+func (s *Store) SpendCredentialCredits(name string, now time.Time, credits int64, ceiling uint64) (spent uint64, err error) {
+	var result error
+	window := MonthWindow(now)
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		b, err := credentialBucket(tx, name)
+		if err != nil {
+			result = err
+			return nil
+		}
+		var cc creditCounter
+		if raw := b.Get(keyCredits); raw != nil {
+			if err := json.Unmarshal(raw, &cc); err != nil {
+				result = fmt.Errorf("credential %q: %w: bad credit counter", name, ErrCorrupt)
+				return nil
+			}
+		}
+		if cc.Window != window {
+			cc = creditCounter{Window: window}
+		}
+		next, ok := addCredits(cc.Spent, credits, ceiling)
+		if !ok {
+			spent, result = cc.Spent, fmt.Errorf("credential %q: %w: %d of %d credits used this month", name, ErrBudgetExhausted, cc.Spent, ceiling)
+			return nil
+		}
+		cc.Spent, spent, result = next, next, nil
+		raw, err := json.Marshal(cc)
+		if err != nil {
+			return err
+		}
+		return b.Put(keyCredits, raw)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return spent, result
+}
+
+// addCredits applies delta to spent, refusing a positive delta that passes ceiling (0: none).
+func addCredits(spent uint64, delta int64, ceiling uint64) (uint64, bool) {
+	if delta < 0 {
+		if uint64(-delta) > spent {
+			return 0, true
+		}
+		return spent - uint64(-delta), true
+	}
+	next := spent + uint64(delta)
+	if ceiling > 0 && next > ceiling {
+		return spent, false
+	}
+	return next, true
+}
+
+// SpendTokenBudget adds credits (negative: a refund) to a token's budget for the period of now,
+// refusing with ErrBudgetExhausted past the budget. It returns the token record after the write.
+func (s *Store) SpendTokenBudget(id string, now time.Time, credits int64) (Token, error) {
+	var (
+		t      Token
+		result error
+	)
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTokens)
+		raw := b.Get([]byte(id))
+		if raw == nil {
+			result = fmt.Errorf("token %s: %w", id, ErrNotFound)
+			return nil
+		}
+		var err error
+		if t, err = DecodeToken(raw); err != nil {
+			result = err
+			return nil
+		}
+		if t.BudgetCredits == 0 {
+			result = nil
+			return nil
+		}
+		window := DayWindow(now)
+		if t.BudgetPeriod == "month" {
+			window = MonthWindow(now)
+		}
+		if t.BudgetWindow != window {
+			t.BudgetWindow, t.BudgetSpent = window, 0
+		}
+		next, ok := addCredits(t.BudgetSpent, credits, t.BudgetCredits)
+		if !ok {
+			result = fmt.Errorf("token %s: %w", id, ErrBudgetExhausted)
+			return nil
+		}
+		t.BudgetSpent, result = next, nil
+		out, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), out)
+	})
+	if err != nil {
+		return Token{}, err
+	}
+	return t, result
+}
