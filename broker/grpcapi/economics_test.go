@@ -2,6 +2,7 @@ package grpcapi
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -245,4 +246,34 @@ func TestTokenBudgetAndCredentialCeiling(t *testing.T) {
 	requireGRPCStatus(t, err, codes.InvalidArgument, "need a rate limit")
 	_, err = h.admin.SetCredentialLimits(ctx, &pb.SetCredentialLimitsRequest{Name: "nope", Limits: &pb.CredentialLimits{MonthlyCredits: 3}})
 	requireGRPCStatus(t, err, codes.NotFound, "not found")
+}
+
+// TestCacheSavingsWorkload is the evidence line for BENCHMARKS.md: a workload in which 30% of the
+// searches repeat an earlier one. scripts/bench.sh runs it with -v and copies the CACHE line.
+func TestCacheSavingsWorkload(t *testing.T) {
+	h := newCacheHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	const calls = 500
+	var seen []string
+	unique := 0
+	before := h.fake.Count()
+	for i := range calls {
+		q := fmt.Sprintf("query %d", i)
+		if i%10 < 3 && len(seen) > 0 { // 30% repeat an earlier query
+			q = seen[(i*7919)%len(seen)]
+		} else {
+			unique++
+		}
+		seen = append(seen, q)
+		if _, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: q}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	upstreamCalls := h.fake.Count() - before
+	if upstreamCalls != unique {
+		t.Fatalf("upstream calls %d, want one per unique query (%d)", upstreamCalls, unique)
+	}
+	t.Logf("CACHE workload: %d broker calls with 30%% repeats -> %d upstream calls (%.0f%% of credits saved)",
+		calls, upstreamCalls, 100*float64(calls-upstreamCalls)/float64(calls))
 }
