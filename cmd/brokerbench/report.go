@@ -1,0 +1,233 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// target is one line of the issue's targets, checked against this run.
+type target struct {
+	Name string `json:"name"`
+	Want string `json:"want"`
+	Got  string `json:"got"`
+	// Status is PASS, MISS, or n/a when the run did not measure it.
+	Status string `json:"status"`
+}
+
+func (r *report) cell(mode string, delay time.Duration, conc int) *cellResult {
+	for i := range r.Cells {
+		c := &r.Cells[i]
+		if c.Mode == mode && c.Delay == delay && c.Conc == conc && c.Requests > 0 {
+			return c
+		}
+	}
+	return nil
+}
+
+func passMiss(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+const mib = 1 << 20
+
+// evaluate checks the issue's targets against the measurements.
+func evaluate(r *report) []target {
+	var ts []target
+	add := func(name, want, got string, ok bool) {
+		ts = append(ts, target{Name: name, Want: want, Got: got, Status: passMiss(ok)})
+	}
+	var delays []time.Duration
+	var concs []int
+	for _, c := range r.Cells {
+		if !slices.Contains(delays, c.Delay) {
+			delays = append(delays, c.Delay)
+		}
+		if !slices.Contains(concs, c.Conc) {
+			concs = append(concs, c.Conc)
+		}
+	}
+	for _, d := range delays {
+		for _, c := range concs {
+			b, f := r.cell("brokerd", d, c), r.cell("floor", d, c)
+			if b == nil || f == nil {
+				continue
+			}
+			tr := b.RPS / f.RPS
+			add(fmt.Sprintf("throughput brokerd/floor, delay %s, c=%d", d, c), "≥ 0.90", fmt.Sprintf("%.2f (%.0f vs %.0f req/s)", tr, b.RPS, f.RPS), tr >= 0.9)
+			pr := float64(b.P50) / float64(f.P50)
+			add(fmt.Sprintf("p50 brokerd/floor, delay %s, c=%d", d, c), "≤ 1.10", fmt.Sprintf("%.2f (%s vs %s)", pr, round(b.P50), round(f.P50)), pr <= 1.1)
+		}
+	}
+	for _, d := range delays {
+		b, dir := r.cell("brokerd", d, 1), r.cell("direct", d, 1)
+		if b == nil || dir == nil {
+			continue
+		}
+		over := b.P50 - dir.P50
+		add(fmt.Sprintf("p50 brokerd − direct, delay %s, c=1", d), "≤ 100µs", fmt.Sprintf("%s (%s vs %s)", round(over), round(b.P50), round(dir.P50)), over <= 100*time.Microsecond)
+	}
+	if b := r.cell("brokerd", 0, 64); b != nil {
+		add("brokerd Search req/s, zero delay, c=64, audit on", "≥ 5000", fmt.Sprintf("%.0f", b.RPS), b.RPS >= 5000)
+	}
+	if s := r.Scale; s != nil {
+		add(fmt.Sprintf("start-to-ready, %d tokens + %d credentials", s.Tokens, s.Credentials), "≤ 300ms",
+			fmt.Sprintf("median %s, max %s", round(s.ReadyMedian), round(s.ReadyMax)), s.ReadyMax <= 300*time.Millisecond)
+		add("RSS idle (VmRSS), scale db", "≤ 64 MiB", memString(s.Idle), s.Idle.RSS <= 64*mib)
+		if m := s.Load.ServerMem; m != nil {
+			add("RSS under c=64 Search load, scale db", "≤ 64 MiB", "max "+memString(*m), m.RSS <= 64*mib)
+		}
+		if m := s.TouchAllMem; m != nil {
+			add(fmt.Sprintf("RSS with all %d tokens used (all cached), c=64", s.Tokens), "≤ 64 MiB", "max "+memString(*m), m.RSS <= 64*mib)
+		}
+		add("ListTokens paged (no unbounded responses)", "pages ≤ 1000, larger page_size refused, all listed",
+			fmt.Sprintf("%d tokens in %d pages, largest page %d KiB, page_size %d → %s", s.ListTotal, s.ListPages, s.ListPageBytes>>10, 1001, s.OversizeCode),
+			s.OversizeCode == "InvalidArgument" && s.ListTotal == s.Tokens)
+	}
+	for _, m := range r.Mint {
+		switch m.Conc {
+		case 32:
+			add("MintToken req/s, c=32", "≥ 1000", fmt.Sprintf("%.0f", m.RPS), m.RPS >= 1000)
+		case 1:
+			commits := float64(m.P50) / float64(r.Disk.CommitP50)
+			add("MintToken c=1 latency bounded by one durable commit", fmt.Sprintf("p50 ≤ 1 bbolt commit (%s here)", round(r.Disk.CommitP50)),
+				fmt.Sprintf("p50 %s = %.1f commits = %.1f fdatasyncs; %.0f req/s", round(m.P50), commits, float64(m.P50)/float64(r.Disk.FdatasyncP50), m.RPS),
+				commits <= 1.2)
+		}
+	}
+	return ts
+}
+
+func writeTargets(w io.Writer, r *report) {
+	fmt.Fprintln(w, "| target | want | measured | |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, t := range r.Targets {
+		fmt.Fprintf(w, "| %s | %s | %s | **%s** |\n", t.Name, t.Want, t.Got, t.Status)
+	}
+}
+
+func memString(m memInfo) string {
+	return fmt.Sprintf("VmRSS %.1f MiB (anon %.1f + file %.1f)", float64(m.RSS)/mib, float64(m.Anon)/mib, float64(m.File)/mib)
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond)) }
+
+func cpu1k(m map[string]float64, role string) string {
+	v, ok := m[role]
+	if !ok {
+		return "—"
+	}
+	return fmt.Sprintf("%.3f", v)
+}
+
+// writeMarkdown writes the run's tables.
+func writeMarkdown(w io.Writer, r *report) error {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
+	p("### Machine\n\n")
+	p("| nproc | CPU | kernel | Go | GOMAXPROCS |\n|---|---|---|---|---|\n| %d | %s | %s | %s | %d |\n\n",
+		r.Machine.NProc, r.Machine.CPU, r.Machine.Kernel, r.Machine.Go, r.Machine.GOMAXPROC)
+	p("Durability on this disk: fdatasync of one 4 KiB page p50 **%s** (p99 %s); one bbolt write transaction (Update, one put) p50 **%s** (p99 %s).\n\n",
+		round(r.Disk.FdatasyncP50), round(r.Disk.FdatasyncP99), round(r.Disk.CommitP50), round(r.Disk.CommitP99))
+	p("Run: `brokerbench %s` — started %s, took %.0f s; %d gRPC connection(s) shared by the workers; brokerd exec→SERVING on an empty database: %s.\n\n",
+		strings.Join(r.Args, " "), r.Started.Format(time.RFC3339), r.Elapsed, r.Conns, round(r.BrokerdReady))
+
+	p("### Load: direct vs floor vs brokerd\n\n")
+	p("Every call sends a new query, so a result cache in brokerd never answers; *cached* is brokerd with the same query on every call (answered by its result cache if it has one, without the upstream). ")
+	p("Closed loop: each of c workers sends the next call when the previous returns. Latency in µs. CPU is CPU-seconds per 1,000 successful calls (= CPU-ms per call) of each process, from /proc/PID/stat over the window: *server* is the floor or brokerd process (direct has none), *upstream* the fake Scavio, *loadgen* brokerbench itself (client side). *disk* is what the server wrote to storage per 1,000 calls (/proc/PID/io). *other / steal* is how many cores other processes on the (shared) machine used meanwhile, and how many the hypervisor took from this VM (steal): large values mean the cell was disturbed.\n\n")
+	p("| delay | c | mode | req/s | p50 | p90 | p99 | server CPU | upstream CPU | loadgen CPU | disk KiB/1k | server RSS MiB | errors | other / steal cores |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, c := range r.Cells {
+		disk := "—"
+		if c.Mode != "direct" && c.ServerMem != nil {
+			disk = fmt.Sprintf("%.0f", c.ServerDiskKiBPer1k)
+		}
+		rss := "—"
+		if c.ServerMem != nil {
+			rss = fmt.Sprintf("%.1f", float64(c.ServerMem.RSS)/mib)
+		}
+		p("| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %d | %.2f / %.2f |\n", c.Delay, c.Conc, c.Mode, c.RPS, us(c.P50), us(c.P90), us(c.P99),
+			cpu1k(c.CPUPer1k, "server"), cpu1k(c.CPUPer1k, "upstream"), cpu1k(c.CPUPer1k, "loadgen"), disk, rss, c.Errors, c.OtherCPU, c.Steal)
+	}
+	p("\n#### Ratios\n\n| delay | c | req/s brokerd/floor | p50 brokerd/floor | req/s brokerd/direct | p50 brokerd/direct | p50 brokerd − direct | p50 floor − direct | server CPU brokerd/floor |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, c := range r.Cells {
+		if c.Mode != "brokerd" {
+			continue
+		}
+		f, d := r.cell("floor", c.Delay, c.Conc), r.cell("direct", c.Delay, c.Conc)
+		rf, pf, rd, pd, od, fd, cf := "—", "—", "—", "—", "—", "—", "—"
+		if f != nil {
+			rf, pf = fmt.Sprintf("%.2f", c.RPS/f.RPS), fmt.Sprintf("%.2f", float64(c.P50)/float64(f.P50))
+			if fc := f.CPUPer1k["server"]; fc > 0 {
+				cf = fmt.Sprintf("%.2f", c.CPUPer1k["server"]/fc)
+			}
+		}
+		if d != nil {
+			rd, pd = fmt.Sprintf("%.2f", c.RPS/d.RPS), fmt.Sprintf("%.2f", float64(c.P50)/float64(d.P50))
+			od = round(c.P50 - d.P50).String()
+			if f != nil {
+				fd = round(f.P50 - d.P50).String()
+			}
+		}
+		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, rf, pf, rd, pd, od, fd, cf)
+	}
+	if len(r.Mint) > 0 {
+		p("\n### MintToken\n\n| c | req/s | p50 µs | p99 µs | p50 in bbolt commits | server CPU s/1k | disk KiB/1k | errors |\n|---|---|---|---|---|---|---|---|\n")
+		for _, m := range r.Mint {
+			p("| %d | %.0f | %s | %s | %.1f | %s | %.0f | %d |\n", m.Conc, m.RPS, us(m.P50), us(m.P99),
+				float64(m.P50)/float64(r.Disk.CommitP50), cpu1k(m.CPUPer1k, "server"), m.ServerDiskKiBPer1k, m.Errors)
+		}
+	}
+	if g := r.Ghz; g != nil {
+		p("\n### ghz against brokerd (zero delay)\n\n")
+		if g.Error != "" {
+			p("ghz failed: `%s`\n", g.Error)
+		} else {
+			p("```\n%s\n```\n\n", g.Command)
+			p("| tool | c | req/s | avg µs | p50 µs | p90 µs | p99 µs | brokerd CPU s/1k | statuses |\n|---|---|---|---|---|---|---|---|---|\n")
+			var st []string
+			for code, n := range g.Statuses {
+				st = append(st, fmt.Sprintf("%s %d", code, n))
+			}
+			slices.Sort(st)
+			p("| ghz | %d | %.0f | %s | %s | %s | %s | %.3f | %s |\n", g.Conc, g.RPS, us(g.Average), us(g.P50), us(g.P90), us(g.P99), g.ServerCPU1k, strings.Join(st, ", "))
+			if b := r.cell("brokerd", 0, g.Conc); b != nil {
+				p("| brokerbench | %d | %.0f | %s | %s | %s | %s | %s | errors %d |\n", b.Conc, b.RPS, us(b.Mean), us(b.P50), us(b.P90), us(b.P99), cpu1k(b.CPUPer1k, "server"), b.Errors)
+			}
+		}
+	}
+	if pr := r.Profile; pr != nil {
+		p("\n### Profiled run\n\nbrokerd's `daemon.Run` inside a brokerbench child (same code as the binary, plus runtime/pprof), c=64, zero delay: %.0f req/s, p50 %s µs, p99 %s µs, server %s CPU-s/1k. The profile covers the measured window only.\n",
+			pr.RPS, us(pr.P50), us(pr.P99), cpu1k(pr.CPUPer1k, "server"))
+	}
+	if s := r.Scale; s != nil {
+		p("\n### Scale: %d live tokens, %d credentials\n\n", s.Tokens, s.Credentials)
+		p("Seeded through the store package (NoSync) in %s; database %.1f MiB.\n\n", round(s.SeedTime), float64(s.DBBytes)/mib)
+		var rs []string
+		for _, d := range s.Ready {
+			rs = append(rs, round(d).String())
+		}
+		p("| measure | value |\n|---|---|\n")
+		p("| exec → health SERVING (%d starts) | %s (median %s) |\n", len(s.Ready), strings.Join(rs, ", "), round(s.ReadyMedian))
+		p("| memory idle (1 s after ready) | %s; VmHWM %.1f MiB |\n", memString(s.Idle), float64(s.Idle.HWM)/mib)
+		p("| Search c=64, zero delay, %d distinct tokens (each first use is a cache miss) | %.0f req/s, p50 %s µs, p99 %s µs, errors %d |\n",
+			s.DistinctTokens, s.Load.RPS, us(s.Load.P50), us(s.Load.P99), s.Load.Errors)
+		if m := s.Load.ServerMem; m != nil {
+			p("| memory under that load (max of 50 ms samples) | %s; VmHWM %.1f MiB |\n", memString(*m), float64(m.HWM)/mib)
+		}
+		if m := s.TouchAllMem; m != nil {
+			p("| Search once with every remaining token (c=64), so all %d are cached | %s, %d errors; memory max %s |\n", s.Tokens, round(s.TouchAllTime), s.TouchAllErrs, memString(*m))
+		}
+		p("| ListTokens, all pages of %d | %d tokens, %d pages, %s total, page p50 %s, max %s, largest page %d KiB |\n",
+			1000, s.ListTotal, s.ListPages, round(s.ListTime), round(s.ListPageP50), round(s.ListPageMax), s.ListPageBytes>>10)
+		p("| ListTokens page_size 0 / page_size 1001 | %d tokens (default page) / %s |\n", s.ListDefaultLen, s.OversizeCode)
+		p("| Status RPC (counts live tokens by scanning them) | %s |\n", round(s.StatusTime))
+	}
+	p("\n### Targets\n\n")
+	writeTargets(w, r)
+	return nil
+}
