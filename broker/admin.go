@@ -261,3 +261,6 @@ func (b *Broker) Status() (Status, error) {
 		RotationInfo: ri,
 	}, nil
 }
+
+// TokenCount returns how many tokens are stored (live or not), without decoding them.
+func (b *Broker) TokenCount() (int, error) { return b.store.CountTokens() }

@@ -209,7 +209,8 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 		}
 		res.Credits = n
 	}
-	res.size = int64(len(resp.Body)) + 256
+	// The decoded results (maps, strings, structpb later) take about four times the body's bytes.
+	res.size = 4*int64(len(resp.Body)) + 512
 	ci.Credits = res.Credits
 	return res, nil
 }

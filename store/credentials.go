@@ -99,7 +99,7 @@ func (s *Store) ListCredentials() ([]Credential, error) {
 
 // DeleteCredential removes a credential and every version of it. ErrNotFound if absent.
 func (s *Store) DeleteCredential(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketCredentials)
 		if root.Bucket([]byte(name)) == nil {
 			return fmt.Errorf("credential %q: %w", name, ErrNotFound)
@@ -111,6 +111,11 @@ func (s *Store) DeleteCredential(name string) error {
 // LoadCredential decrypts the current version of name. The caller owns the returned slice and
 // should zero it when done; nothing else keeps the plaintext.
 func (s *Store) LoadCredential(name string) (value []byte, version uint64, err error) {
+	gen := s.writeGen.Load()
+	if c, ok := s.current.Load(name); ok && c.(*currentVersion).gen == gen {
+		cv := c.(*currentVersion)
+		return s.decryptVersion(name, cv.version, cv.ciphertext)
+	}
 	var ct []byte
 	err = s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCredentials).Bucket([]byte(name))
@@ -136,7 +141,17 @@ func (s *Store) LoadCredential(name string) (value []byte, version uint64, err e
 	if err != nil {
 		return nil, 0, err
 	}
-	value, err = s.data.Decrypt(ct, credentialAAD(name, version))
+	value, version, err = s.decryptVersion(name, version, ct)
+	if err == nil {
+		// Stamped with the generation read before the transaction: if a write committed since,
+		// the entry is already stale and the next call reads again.
+		s.current.Store(name, &currentVersion{gen: gen, version: version, ciphertext: ct})
+	}
+	return value, version, err
+}
+
+func (s *Store) decryptVersion(name string, version uint64, ct []byte) ([]byte, uint64, error) {
+	value, err := s.data.Decrypt(ct, credentialAAD(name, version))
 	if err != nil {
 		return nil, 0, fmt.Errorf("credential %q version %d: %w: does not decrypt under the data keyset", name, version, ErrCorrupt)
 	}

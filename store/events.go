@@ -41,7 +41,7 @@ func readEvents(b *bolt.Bucket, name string) ([]CredentialEvent, error) {
 // ErrNotFound if the credential does not exist.
 func (s *Store) AppendCredentialEvent(name string, e CredentialEvent) error {
 	e.At = e.At.UTC()
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b, err := credentialBucket(tx, name)
 		if err != nil {
 			return err

@@ -67,7 +67,7 @@ func readLimits(b *bolt.Bucket, name string, c *Credential) error {
 // SetLimits stores l as name's limits (a zero l removes them). ErrNotFound if name is absent.
 func (s *Store) SetLimits(name string, l Limits) (Credential, error) {
 	var out Credential
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b, err := credentialBucket(tx, name)
 		if err != nil {
 			return err

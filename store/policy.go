@@ -53,7 +53,7 @@ func readPolicy(b *bolt.Bucket, name string) (*Policy, error) {
 // does not exist. Validation of the command is the caller's job.
 func (s *Store) SetPolicy(name string, p Policy) (Credential, error) {
 	var out Credential
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b, err := credentialBucket(tx, name)
 		if err != nil {
 			return err

@@ -104,7 +104,7 @@ func (s *Store) rekey(hook rekeyHook) (RekeyResult, error) {
 	}
 	for _, sl := range todo {
 		var done bool
-		if err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.update(func(tx *bolt.Tx) error {
 			var err error
 			done, err = s.reencrypt(tx, sl.name, sl.v, primary)
 			return err
@@ -123,7 +123,7 @@ func (s *Store) rekey(hook rekeyHook) (RekeyResult, error) {
 
 	// 3. Finish: re-encrypt any straggler (a version written by a call that began before the swap)
 	// and drop the old keys, in one transaction so no version can be left under a deleted key.
-	if err := s.db.Update(func(tx *bolt.Tx) error {
+	if err := s.update(func(tx *bolt.Tx) error {
 		var stragglers []slot
 		if err := forEachVersion(tx, func(name string, v uint64, vrec versionRecord) error {
 			if keyIDOf(vrec.Ciphertext) != primary {
@@ -259,7 +259,7 @@ func (s *Store) writeDataKeyset(old []byte, h *keyset.Handle, also func(*bolt.Bu
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if !bytes.Equal(m.Get(keyDataKeyset), old) {
 			return fmt.Errorf("rekey: the data keyset changed meanwhile (a re-wrap?); run rekey again")

@@ -32,7 +32,7 @@ func (s *Store) Rewrap(kek tink.AEAD) error {
 	if kek == nil {
 		return errors.New("rewrap: no master keyset")
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if m == nil {
 			return fmt.Errorf("%w: no meta bucket", ErrCorrupt)

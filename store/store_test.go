@@ -353,3 +353,28 @@ func FuzzDecodeToken(f *testing.F) {
 		}
 	})
 }
+
+// The current-version cache never serves a version older than the last committed write.
+func TestLoadCredentialCacheFollowsWrites(t *testing.T) {
+	s, _, _ := openStore(t)
+	if _, err := s.PutCredential("k", []byte("one"), t0); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i <= 5; i++ {
+		if v, _, err := s.LoadCredential("k"); err != nil || string(v) == fmt.Sprint(i) {
+			t.Fatalf("load before rotation %d: %q %v", i, v, err)
+		}
+		if _, err := s.RotateCredential("k", []byte(fmt.Sprint(i)), t0); err != nil {
+			t.Fatal(err)
+		}
+		if v, ver, err := s.LoadCredential("k"); err != nil || string(v) != fmt.Sprint(i) || ver != uint64(i) {
+			t.Fatalf("after rotation %d: %q v%d %v", i, v, ver, err)
+		}
+	}
+	if err := s.DeleteCredential("k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.LoadCredential("k"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+}

@@ -64,13 +64,22 @@ func (s *Store) PutToken(t Token) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	// Group-committed: concurrent mints share one fsync. A token touches no credential, so the
+	// current-version cache stays valid.
+	var result error
+	err = s.db.Batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTokens)
 		if b.Get([]byte(t.ID)) != nil {
-			return fmt.Errorf("token %s: %w", t.ID, ErrExists)
+			result = fmt.Errorf("token %s: %w", t.ID, ErrExists)
+			return nil
 		}
+		result = nil
 		return b.Put([]byte(t.ID), raw)
 	})
+	if err != nil {
+		return err
+	}
+	return result
 }
 
 // GetToken loads a token by id. ErrNotFound if absent.
@@ -139,7 +148,7 @@ func (s *Store) ForEachToken(fn func(*Token) error) error {
 // RevokeToken marks a token revoked (idempotent: a second revoke keeps the first time).
 func (s *Store) RevokeToken(id string, now time.Time) (Token, error) {
 	var t Token
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTokens)
 		raw := b.Get([]byte(id))
 		if raw == nil {
@@ -201,4 +210,14 @@ func (s *Store) UseToken(id string, now time.Time) (Token, error) {
 		return Token{}, err
 	}
 	return t, result
+}
+
+// CountTokens returns how many token records are stored, without decoding them.
+func (s *Store) CountTokens() (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketTokens).Stats().KeyN
+		return nil
+	})
+	return n, err
 }

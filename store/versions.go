@@ -130,7 +130,7 @@ func nextVersion(rec credentialRecord) uint64 {
 // CreateCredential stores a new credential as version 1, current. ErrExists if the name is taken.
 func (s *Store) CreateCredential(name string, value []byte, m VersionMeta) (Credential, error) {
 	var out Credential
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketCredentials)
 		if root.Bucket([]byte(name)) != nil {
 			return fmt.Errorf("credential %q: %w", name, ErrExists)
@@ -157,7 +157,7 @@ func (s *Store) CreateCredential(name string, value []byte, m VersionMeta) (Cred
 // current version becomes the previous one.
 func (s *Store) AddVersion(name string, value []byte, m VersionMeta) (Credential, error) {
 	var out Credential
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b, err := credentialBucket(tx, name)
 		if err != nil {
 			return err
@@ -179,7 +179,7 @@ func (s *Store) AddVersion(name string, value []byte, m VersionMeta) (Credential
 // PromoteVersion. A pending version left by an earlier, unfinished staging is replaced.
 func (s *Store) StageVersion(name string, value []byte, m VersionMeta) (uint64, error) {
 	var v uint64
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b, err := credentialBucket(tx, name)
 		if err != nil {
 			return err
@@ -198,7 +198,7 @@ func (s *Store) StageVersion(name string, value []byte, m VersionMeta) (uint64, 
 // it. ErrNotFound if v is not the credential's pending version (another staging replaced it).
 func (s *Store) PromoteVersion(name string, v uint64, verified bool, at time.Time) (Credential, error) {
 	var out Credential
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b, err := credentialBucket(tx, name)
 		if err != nil {
 			return err
@@ -233,7 +233,7 @@ func (s *Store) PromoteVersion(name string, v uint64, verified bool, at time.Tim
 
 // DiscardVersion deletes the pending version v. It is a no-op if v is no longer pending.
 func (s *Store) DiscardVersion(name string, v uint64) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b, err := credentialBucket(tx, name)
 		if err != nil {
 			return err
@@ -260,7 +260,7 @@ func (s *Store) DiscardVersion(name string, v uint64) error {
 func (s *Store) Rollback(name string, to uint64, m VersionMeta) (Credential, error) {
 	m.How = HowRollback
 	var out Credential
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b, err := credentialBucket(tx, name)
 		if err != nil {
 			return err

@@ -148,12 +148,16 @@ func (s *supervisor) waitServing(ctx context.Context) error {
 }
 
 // statusLine is the STATUS= assignment: where we serve and what needs attention.
+// It is built only when systemd listens: counting is not free with 100k tokens.
 func (s *supervisor) statusLine() string {
-	st, err := s.b.Status()
+	if !s.notify {
+		return ""
+	}
+	n, err := s.b.TokenCount()
 	if err != nil {
 		return "STATUS=serving on " + s.addr + "; status unavailable: " + oneLine(err.Error())
 	}
-	return fmt.Sprintf("STATUS=serving on %s; %d live tokens; %d credentials due", s.addr, st.LiveTokens, metrics.CredentialsDueCount())
+	return fmt.Sprintf("STATUS=serving on %s; %d tokens; %d credentials due", s.addr, n, metrics.CredentialsDueCount())
 }
 
 // loop pings the watchdog at half its interval after a passing health check, and reloads the

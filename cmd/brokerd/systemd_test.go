@@ -142,7 +142,7 @@ func TestSystemdNotify(t *testing.T) {
 		t.Fatal("READY=1 was sent before the socket served health checks")
 	}
 	st := value(ready, "STATUS")
-	if !strings.Contains(st, "serving on "+e.socket) || !strings.Contains(st, "0 live tokens") || !strings.Contains(st, "0 credentials due") {
+	if !strings.Contains(st, "serving on "+e.socket) || !strings.Contains(st, "0 tokens") || !strings.Contains(st, "0 credentials due") {
 		t.Fatalf("STATUS with READY=1: %q", st)
 	}
 
@@ -161,7 +161,7 @@ func TestSystemdNotify(t *testing.T) {
 		last = n.waitFor(t, "WATCHDOG=1", 5*time.Second, nil)
 		pings++
 	}
-	if st := value(last, "STATUS"); !strings.Contains(st, "1 live tokens") {
+	if st := value(last, "STATUS"); !strings.Contains(st, "1 tokens") {
 		t.Fatalf("STATUS with WATCHDOG=1 after minting a token: %q", st)
 	}
 
