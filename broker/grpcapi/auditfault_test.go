@@ -1,0 +1,90 @@
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// skipKnownBug skips a test that demonstrates an open bug, unless CREDBROKER_RUN_BUG_TESTS is set
+// (then it runs and fails until the bug is fixed). Remove the call with the fix.
+func skipKnownBug(t *testing.T, bug string) {
+	t.Helper()
+	if os.Getenv("CREDBROKER_RUN_BUG_TESTS") == "" {
+		t.Skip("bug: " + bug)
+	}
+}
+
+// When the audit log cannot be written (disk full), a call that is refused must not have happened:
+// no token minted, no credential stored, no upstream call spent. Today the auditor runs the
+// handler first and writes the record after, so the mutation commits (or the upstream is called)
+// and only the answer is withheld.
+func TestAuditFailureRefusesBeforeExecuting(t *testing.T) {
+	skipKnownBug(t, "auditor executes the call before its audit record is durable: a call refused with Unavailable has still minted/stored/spent (see RELIABILITY.md)")
+	h := newHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}})
+	upstreamBefore := h.fake.Count()
+
+	h.store.InjectAuditFailure(errors.New("injected: no space left on device"))
+	_, err := h.admin.PutCredential(context.Background(), &pb.PutCredentialRequest{Name: "ghost", Value: []byte("v")})
+	requireGRPCStatus(t, err, codes.Unavailable, "audit log")
+	_, err = h.admin.MintToken(context.Background(), &pb.MintTokenRequest{Tools: []string{"web_search"}, Ttl: durationpb.New(time.Hour), Label: "ghost"})
+	requireGRPCStatus(t, err, codes.Unavailable, "audit log")
+	_, err = h.search.Search(withToken(tok.Token), &pb.SearchRequest{Query: "q"})
+	requireGRPCStatus(t, err, codes.Unavailable, "audit log")
+	h.store.InjectAuditFailure(nil)
+
+	if _, _, err := h.store.LoadCredential("ghost"); err == nil {
+		t.Error("PutCredential was answered Unavailable (not audited) but the credential is stored")
+	}
+	list, err := h.admin.ListTokens(context.Background(), &pb.ListTokensRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ti := range list.Tokens {
+		if ti.Label == "ghost" {
+			t.Errorf("MintToken was answered Unavailable (not audited) but token %s exists", ti.Id)
+		}
+	}
+	if n := h.fake.Count(); n != upstreamBefore {
+		t.Errorf("a search answered Unavailable (not audited) still made %d upstream call(s)", n-upstreamBefore)
+	}
+}
+
+// With the audit log unwritable every audited call fails closed with the same message, while the
+// health service (not audited) keeps answering SERVING — so a health probe does not notice.
+func TestAuditFailureScope(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}})
+	h.store.InjectAuditFailure(errors.New("injected: no space left on device"))
+	defer h.store.InjectAuditFailure(nil)
+	const msg = "brokerd cannot write its audit log, so the call was refused"
+	ctx, bg := withToken(tok.Token), context.Background()
+	for _, c := range []struct {
+		name string
+		call func() error
+	}{
+		{"Search", func() error { _, err := h.search.Search(ctx, &pb.SearchRequest{Query: "q"}); return err }},
+		{"WhoAmI", func() error { _, err := h.search.WhoAmI(ctx, &pb.WhoAmIRequest{}); return err }},
+		{"Status", func() error { _, err := h.admin.Status(bg, &pb.StatusRequest{}); return err }},
+		{"ListCredentials", func() error { _, err := h.admin.ListCredentials(bg, &pb.ListCredentialsRequest{}); return err }},
+		{"ListTokens", func() error { _, err := h.admin.ListTokens(bg, &pb.ListTokensRequest{}); return err }},
+		{"VerifyAudit", func() error { _, err := h.admin.VerifyAudit(bg, &pb.VerifyAuditRequest{}); return err }},
+	} {
+		t.Run(c.name, func(t *testing.T) { requireGRPCStatus(t, c.call(), codes.Unavailable, msg) })
+	}
+	resp, err := h.health.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", resp, err)
+	}
+}
