@@ -35,6 +35,9 @@ func (b *Broker) RecordCall(ctx context.Context, r CallRecord) error {
 	})
 }
 
+// AuditHealthy reports whether audit records are being written; see store.AuditHealthy.
+func (b *Broker) AuditHealthy() error { return b.store.AuditHealthy() }
+
 // RecordEvent audits something that happened without an RPC (a scheduled rotation, a fallback).
 func (b *Broker) RecordEvent(ctx context.Context, event, credential string, version uint64, err error) error {
 	code := "OK"

@@ -88,6 +88,8 @@ type auditWriter struct {
 
 	// fault, when set, makes appends fail: fault injection for tests of the fail-closed path.
 	fault atomic.Pointer[error]
+	// failing is set when a commit fails and cleared by the next one that succeeds.
+	failing atomic.Bool
 }
 
 type auditReq struct {
@@ -269,9 +271,23 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		return w.writePoint(tx, keyAuditHead, chainPoint{Seq: seq, Prev: prev})
 	})
 	if err != nil {
+		w.failing.Store(true)
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, err)
 	}
+	w.failing.Store(false)
 	w.lastSeq, w.lastMAC = seq, prev
+	return nil
+}
+
+// AuditHealthy reports (as an error) whether the last audit commit failed: a call that cannot be
+// audited should not start. The next successful append clears it.
+func (s *Store) AuditHealthy() error {
+	if f := s.audit.fault.Load(); f != nil {
+		return fmt.Errorf("%w: %v", ErrAuditUnavailable, *f)
+	}
+	if s.audit.failing.Load() {
+		return fmt.Errorf("%w: the last audit write failed", ErrAuditUnavailable)
+	}
 	return nil
 }
 

@@ -80,7 +80,23 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 
 // Open opens (or creates) the database at path and unlocks it with the master keyset kek.
 // A wrong kek leaves the file untouched and returns ErrWrongMasterKey.
-func Open(path string, kek tink.AEAD, opts Options) (*Store, error) {
+func Open(path string, kek tink.AEAD, opts Options) (s *Store, err error) {
+	if st, serr := os.Stat(path); serr == nil && st.Mode().IsRegular() && st.Size() == 0 {
+		// bbolt would quietly initialise it, and brokerd would start with nothing: an empty file
+		// where a database should be is a lost database, not a new one.
+		return nil, fmt.Errorf("open database %s: %w: the file is empty; restore it from a backup, or remove it to start a new database", path, ErrCorrupt)
+	}
+	// bbolt panics on some damaged files (a truncated file, overwritten in-use pages) instead of
+	// returning an error; turn that into a refusal that says what to do.
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, fmt.Errorf("open database %s: %w: bbolt cannot read it (%v); restore it from a backup", path, ErrCorrupt, r)
+		}
+	}()
+	return open(path, kek, opts)
+}
+
+func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = time.Second
 	}

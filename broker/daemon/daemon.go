@@ -93,7 +93,16 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	// A keyset from `brokerctl keyset rotate` has a new primary: move the database's wrapping to it.
-	if before, rewrapped, err := st.RewrapIfNeeded(kek); err != nil {
+	// This walks every credential version: bbolt panics on damaged pages instead of returning an
+	// error, so refuse to start with a message rather than a goroutine dump.
+	var (
+		before    []uint32
+		rewrapped bool
+	)
+	if err := damagedOnPanic(cfg.DB, func() (err error) {
+		before, rewrapped, err = st.RewrapIfNeeded(kek)
+		return err
+	}); err != nil {
 		return fmt.Errorf("re-wrap %s under the primary key of %s: %w", cfg.DB, cfg.MasterKeyset, err)
 	} else if rewrapped {
 		log.Info("database re-wrapped under the master keyset's primary key; the old master key can be pruned", "previous_master_key_ids", before)
@@ -236,4 +245,14 @@ func lookupGroup(g string) (int, error) {
 		return 0, fmt.Errorf("--socket-group %s: %w", g, err)
 	}
 	return strconv.Atoi(grp.Gid)
+}
+
+// damagedOnPanic runs fn, turning a panic from bbolt (its answer to damaged pages) into an error.
+func damagedOnPanic(db string, fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %s cannot be read (%v); restore it from a backup", store.ErrCorrupt, db, r)
+		}
+	}()
+	return fn()
 }

@@ -25,13 +25,21 @@ type auditor struct {
 // (the watchdog alone would flood the log).
 func audited(method string) bool { return strings.HasPrefix(method, "/credbroker.v1.") }
 
+// changesState lists the admin calls that change something. Each is recorded durably as started
+// before it runs, so one whose audit cannot be written never happens.
+var changesState = map[string]bool{
+	"PutCredential": true, "RotateCredential": true, "DeleteCredential": true, "MintToken": true,
+	"RevokeToken": true, "RollbackCredential": true, "SetRotationPolicy": true, "ImportCredential": true,
+	"Rekey": true, "SetCredentialLimits": true,
+}
+
 func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if !audited(info.FullMethod) {
 		return handler(ctx, req)
 	}
 	start := time.Now()
 	ci := &broker.CallInfo{}
-	resp, err := handler(broker.WithCallInfo(ctx, ci), req)
+	resp, err := a.run(ctx, ci, req, info, handler)
 	rec := broker.CallRecord{
 		Method: info.FullMethod, Caller: callerFrom(ctx), Code: status.Code(err).String(),
 		Latency: time.Since(start), Info: ci,
@@ -41,6 +49,23 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		return nil, status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
 	}
 	return resp, err
+}
+
+// run gates the handler on the audit log: a state-changing admin call first makes a "started"
+// record durable; any other call starts only while audit writes succeed (a Search runs before its
+// record is written, so the window is the calls in flight when the disk fails). The refusal itself
+// is still recorded afterwards when possible, which is also how the gate reopens.
+func (a auditor) run(ctx context.Context, ci *broker.CallInfo, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	refused := status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
+	if changesState[strings.TrimPrefix(info.FullMethod, adminPrefix)] {
+		if err := a.b.RecordCall(ctx, broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ctx), Code: "Started", Info: &broker.CallInfo{Event: "started"}}); err != nil {
+			a.log.Error("audit record not written; refusing the call before it runs", "method", info.FullMethod, "err", err)
+			return nil, refused
+		}
+	} else if err := a.b.AuditHealthy(); err != nil {
+		return nil, refused
+	}
+	return handler(broker.WithCallInfo(ctx, ci), req)
 }
 
 func (a auditor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {

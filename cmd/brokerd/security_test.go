@@ -142,10 +142,11 @@ func TestAuditVerifyCatchesOfflineEdit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Record 3 is the first search: make it look like it was refused.
+	// Records 1-4 are put and mint (each "started", then its outcome); 5 is the first search:
+	// make it look like it was refused.
 	if err := db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte("audit"))
-		k := []byte{0, 0, 0, 0, 0, 0, 0, 3}
+		k := []byte{0, 0, 0, 0, 0, 0, 0, 5}
 		v := bytes.Clone(b.Get(k))
 		return b.Put(k, bytes.Replace(v, []byte(`"code":"OK"`), []byte(`"code":"PermissionDenied"`), 1))
 	}); err != nil {
@@ -153,5 +154,5 @@ func TestAuditVerifyCatchesOfflineEdit(t *testing.T) {
 	}
 	db.Close()
 	e.startDaemon(t)
-	e.ctl(t, "", "audit", "verify").fails(t, "record 3 was edited")
+	e.ctl(t, "", "audit", "verify").fails(t, "record 5 was edited")
 }

@@ -337,15 +337,14 @@ func TestCorruptDatabaseRefused(t *testing.T) {
 		wantMsg string
 		bug     string // a known bug: the case is skipped unless CREDBROKER_RUN_BUG_TESTS is set
 	}{
-		{"truncated to half", good[:len(good)/2], "open database", "bbolt panics (\"invalid freelist page\") inside store.Open on a truncated file: brokerd dies with a goroutine dump instead of refusing with a message"},
+		{"truncated to half", good[:len(good)/2], "restore it from a backup", ""},
 		{"truncated to one page", good[:page], "file size too small", ""},
 		{"truncated to 100 bytes", good[:100], "invalid database", ""},
 		{"garbage of the same size", random(len(good)), "invalid database", ""},
 		{"both meta pages zeroed", append(make([]byte, 2*page), good[2*page:]...), "invalid database", ""},
-		{"in-use pages 2-9 overwritten with garbage", append(append(append([]byte{}, good[:2*page]...), random(8*page)...), good[10*page:]...), "open database",
-			"bbolt panics (\"assertion failed: Page expected to be ...\") while brokerd opens a file whose in-use pages are damaged: a goroutine dump instead of a refusal"},
+		{"in-use pages 2-9 overwritten with garbage", append(append(append([]byte{}, good[:2*page]...), random(8*page)...), good[10*page:]...), "restore it from a backup", ""},
 		{"text file", []byte("this is not a database\n"), "invalid database", ""},
-		{"empty file", []byte{}, "empty", "a zero-length file is initialised as a new database: brokerd starts with no credentials or tokens and writes a fresh keyset over the evidence"},
+		{"empty file", []byte{}, "the file is empty", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
