@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -32,6 +31,7 @@ import (
 	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	"github.com/credbroker/credbroker/store"
+	"github.com/credbroker/credbroker/store/storetest"
 )
 
 const (
@@ -135,33 +135,6 @@ func cannedBody(b *testing.B) []byte {
 	return rec.Body.Bytes()
 }
 
-func diskWriteBytes(b *testing.B) int64 {
-	raw, err := os.ReadFile("/proc/self/io")
-	if err != nil {
-		b.Skip("no /proc/self/io")
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "write_bytes:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return n
-		}
-	}
-	b.Skip("no write_bytes in /proc/self/io")
-	return 0
-}
-
-func measure(b *testing.B) {
-	b.Helper()
-	before := diskWriteBytes(b)
-	b.Cleanup(func() {
-		if b.N > 0 {
-			b.ReportMetric(float64(diskWriteBytes(b)-before)/float64(b.N), "disk-B/op")
-		}
-	})
-	b.ReportAllocs()
-	b.ResetTimer()
-}
-
 // BenchmarkAuthenticate is the token check of every call. cache-hit is the steady state (parse,
 // checksum, SHA-256 of the secret, constant-time compare, expiry); cache-miss is a token's first
 // call since start: a bbolt read and a JSON decode on top.
@@ -170,7 +143,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 	ctx := context.Background()
 	b.Run("cache-hit", func(b *testing.B) {
 		br := newBroker()
-		measure(b)
+		storetest.MeasureDisk(b)
 		for b.Loop() {
 			if _, err := br.Authenticate(ctx, toks[0], broker.Caller{}); err != nil {
 				b.Fatal(err)
@@ -181,7 +154,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 		// Each token is authenticated once per broker: every call is a miss. A fresh broker (cold
 		// cache) is built, off the clock, after each pass over the tokens.
 		var br *broker.Broker
-		measure(b)
+		storetest.MeasureDisk(b)
 		for i := 0; b.Loop(); i++ {
 			j := i % len(toks)
 			if j == 0 {
@@ -243,7 +216,7 @@ func BenchmarkSearch(b *testing.B) {
 					return broker.SearchRequest{Tool: broker.DefaultTool, Query: q}
 				}
 				ctx := context.Background()
-				measure(b)
+				storetest.MeasureDisk(b)
 				if c == 1 {
 					for b.Loop() {
 						if _, err := br.Search(ctx, toks[0], broker.Caller{}, req()); err != nil {

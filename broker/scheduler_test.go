@@ -12,57 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/clocktest"
 	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	"github.com/credbroker/credbroker/store"
+	"github.com/credbroker/credbroker/store/storetest"
 )
-
-// fakeClock is a Clock tests advance by hand.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []fakeWaiter
-}
-
-type fakeWaiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	c.waiters = append(c.waiters, fakeWaiter{c.now.Add(d), ch})
-	return ch
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	kept := c.waiters[:0]
-	for _, w := range c.waiters {
-		if !w.at.After(c.now) {
-			w.ch <- c.now
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	c.waiters = kept
-}
-
-func (c *fakeClock) pending() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.waiters)
-}
 
 type lockedBuf struct {
 	mu sync.Mutex
@@ -84,7 +39,7 @@ func (l *lockedBuf) String() string {
 type schedEnv struct {
 	b     *Broker
 	st    *store.Store
-	clock *fakeClock
+	clock *clocktest.Fake
 	fake  *scaviotest.Server
 	logs  *lockedBuf
 	dir   string
@@ -95,24 +50,13 @@ const schedKey = "sk_test_SCHED_v1"
 func newSchedEnv(t *testing.T) *schedEnv {
 	t.Helper()
 	dir := t.TempDir()
-	kpath := filepath.Join(dir, "master.json")
-	if err := store.NewMasterKeyset(kpath); err != nil {
-		t.Fatal(err)
-	}
-	kek, err := store.LoadMasterKeyset(kpath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "broker.db"), kek, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.Open(t, dir, store.Options{})
 	fake := scaviotest.NewServer(schedKey)
 	up, err := upstream.New(upstream.Config{BaseURL: fake.URL, MaxRetries: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clk := clocktest.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	logs := &lockedBuf{}
 	b, err := New(Config{
 		Store: st, Upstream: up, Logger: slog.New(slog.NewTextHandler(logs, nil)), Now: clk.Now, Clock: clk,
@@ -411,7 +355,7 @@ func TestRunSchedulerUsesTheClock(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	waitFor("the first tick", func() bool { return e.clock.pending() == 1 })
+	waitFor("the first tick", func() bool { return e.clock.Waiting() == 1 })
 	e.clock.Advance(time.Hour) // due, and past the interval
 	waitFor("the scheduled rotation", func() bool { return e.version(t, DefaultCredential) == 2 })
 	cancel()

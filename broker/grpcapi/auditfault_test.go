@@ -3,7 +3,6 @@ package grpcapi
 import (
 	"context"
 	"errors"
-	"os"
 	"testing"
 	"time"
 
@@ -13,15 +12,6 @@ import (
 
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
-
-// skipKnownBug skips a test that demonstrates an open bug, unless CREDBROKER_RUN_BUG_TESTS is set
-// (then it runs and fails until the bug is fixed). Remove the call with the fix.
-func skipKnownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("CREDBROKER_RUN_BUG_TESTS") == "" {
-		t.Skip("bug: " + bug)
-	}
-}
 
 // When the audit log cannot be written (disk full), a call that is refused must not have happened:
 // no token minted, no credential stored, no upstream call spent. Today the auditor runs the

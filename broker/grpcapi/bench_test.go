@@ -44,6 +44,7 @@ import (
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/store"
+	"github.com/credbroker/credbroker/store/storetest"
 )
 
 const benchQuery = "credbroker benchmark query"
@@ -99,18 +100,7 @@ type benchEnv struct {
 func newBenchEnv(b *testing.B, noSync bool) *benchEnv {
 	b.Helper()
 	dir := b.TempDir()
-	kpath := filepath.Join(dir, "master.json")
-	if err := store.NewMasterKeyset(kpath); err != nil {
-		b.Fatal(err)
-	}
-	kek, err := store.LoadMasterKeyset(kpath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "broker.db"), kek, store.Options{NoSync: noSync})
-	if err != nil {
-		b.Fatal(err)
-	}
+	st := storetest.Open(b, dir, store.Options{NoSync: noSync})
 	b.Cleanup(func() { st.Close() })
 	up, err := upstream.New(upstream.Config{BaseURL: "http://scavio.invalid", HTTPClient: &http.Client{Transport: newCannedUpstream(b)}})
 	if err != nil {
@@ -130,34 +120,6 @@ func newBenchEnv(b *testing.B, noSync bool) *benchEnv {
 		b.Fatal(err)
 	}
 	return &benchEnv{b: br, st: st, token: tok, log: log}
-}
-
-func diskWriteBytes(b *testing.B) int64 {
-	raw, err := os.ReadFile("/proc/self/io")
-	if err != nil {
-		b.Skip("no /proc/self/io")
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "write_bytes:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return n
-		}
-	}
-	b.Skip("no write_bytes in /proc/self/io")
-	return 0
-}
-
-// measure resets the timer and reports allocations and disk-B/op.
-func measure(b *testing.B) {
-	b.Helper()
-	before := diskWriteBytes(b)
-	b.Cleanup(func() {
-		if b.N > 0 {
-			b.ReportMetric(float64(diskWriteBytes(b)-before)/float64(b.N), "disk-B/op")
-		}
-	})
-	b.ReportAllocs()
-	b.ResetTimer()
 }
 
 func parallel(b *testing.B, conc int, fn func()) {
@@ -192,7 +154,7 @@ func BenchmarkSearchHandler(b *testing.B) {
 					})
 				}
 			}
-			measure(b)
+			storetest.MeasureDisk(b)
 			for b.Loop() {
 				resp, err := call(ctx, newRequest())
 				if err != nil {
@@ -263,7 +225,7 @@ func BenchmarkSearch(b *testing.B) {
 				if _, err := sc.Search(ctx, newRequest()); err != nil { // connect and warm the token cache
 					b.Fatal(err)
 				}
-				measure(b)
+				storetest.MeasureDisk(b)
 				if c == 1 {
 					for b.Loop() {
 						if _, err := sc.Search(ctx, newRequest()); err != nil {
@@ -294,7 +256,7 @@ func BenchmarkMintToken(b *testing.B) {
 				b.Fatal(err)
 			}
 			var errs atomic.Int64
-			measure(b)
+			storetest.MeasureDisk(b)
 			if c == 1 {
 				for b.Loop() {
 					if _, err := ac.MintToken(context.Background(), req); err != nil {

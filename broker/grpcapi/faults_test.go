@@ -35,6 +35,7 @@ import (
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/store"
+	"github.com/credbroker/credbroker/store/storetest"
 )
 
 // faultUpstream is an httptest server whose handler misbehaves in one way. Handlers must return
@@ -115,18 +116,7 @@ func newFaultStack(t *testing.T, url string, cfg upstream.Config) *faultStack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kpath := filepath.Join(dir, "master.json")
-	if err := store.NewMasterKeyset(kpath); err != nil {
-		t.Fatal(err)
-	}
-	kek, err := store.LoadMasterKeyset(kpath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "broker.db"), kek, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.Open(t, dir, store.Options{})
 	if _, err := st.PutCredential(broker.DefaultCredential, []byte(testKey), time.Now()); err != nil {
 		t.Fatal(err)
 	}

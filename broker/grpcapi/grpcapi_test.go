@@ -29,6 +29,7 @@ import (
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/store"
+	"github.com/credbroker/credbroker/store/storetest"
 )
 
 const testKey = "sk_test_7c1d0b2e9f4a4e7b8a35"
@@ -72,18 +73,7 @@ func newHarness(t *testing.T) *harness {
 func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
 	t.Helper()
 	dir := t.TempDir()
-	kpath := filepath.Join(dir, "master.json")
-	if err := store.NewMasterKeyset(kpath); err != nil {
-		t.Fatal(err)
-	}
-	kek, err := store.LoadMasterKeyset(kpath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(filepath.Join(dir, "broker.db"), kek, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.Open(t, dir, store.Options{})
 	fake := scaviotest.NewServer(testKey)
 	up, err := upstream.New(upstream.Config{BaseURL: fake.URL, BackoffBase: time.Millisecond, MaxRetryAfter: 50 * time.Millisecond})
 	if err != nil {

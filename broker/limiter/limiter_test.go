@@ -3,54 +3,16 @@ package limiter
 import (
 	"context"
 	"errors"
+	"github.com/credbroker/credbroker/broker/clocktest"
 	"sort"
 	"sync"
 	"testing"
 	"time"
 )
 
-// fakeClock advances only when told; After fires when the clock passes its time.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []waiter
+func newFakeClock() *clocktest.Fake {
+	return clocktest.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 }
-
-type waiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	c.waiters = append(c.waiters, waiter{c.now.Add(d), ch})
-	return ch
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	kept := c.waiters[:0]
-	for _, w := range c.waiters {
-		if !w.at.After(c.now) {
-			w.ch <- c.now
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	c.waiters = kept
-}
-
-func (c *fakeClock) Waiting() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.waiters) }
 
 func TestBurstThenSpacing(t *testing.T) {
 	clk := newFakeClock()

@@ -335,22 +335,18 @@ func TestCorruptDatabaseRefused(t *testing.T) {
 		name    string
 		content []byte
 		wantMsg string
-		bug     string // a known bug: the case is skipped unless CREDBROKER_RUN_BUG_TESTS is set
 	}{
-		{"truncated to half", good[:len(good)/2], "restore it from a backup", ""},
-		{"truncated to one page", good[:page], "file size too small", ""},
-		{"truncated to 100 bytes", good[:100], "invalid database", ""},
-		{"garbage of the same size", random(len(good)), "invalid database", ""},
-		{"both meta pages zeroed", append(make([]byte, 2*page), good[2*page:]...), "invalid database", ""},
-		{"in-use pages 2-9 overwritten with garbage", append(append(append([]byte{}, good[:2*page]...), random(8*page)...), good[10*page:]...), "restore it from a backup", ""},
-		{"text file", []byte("this is not a database\n"), "invalid database", ""},
-		{"empty file", []byte{}, "the file is empty", ""},
+		{"truncated to half", good[:len(good)/2], "restore it from a backup"},
+		{"truncated to one page", good[:page], "file size too small"},
+		{"truncated to 100 bytes", good[:100], "invalid database"},
+		{"garbage of the same size", random(len(good)), "invalid database"},
+		{"both meta pages zeroed", append(make([]byte, 2*page), good[2*page:]...), "invalid database"},
+		{"in-use pages 2-9 overwritten with garbage", append(append(append([]byte{}, good[:2*page]...), random(8*page)...), good[10*page:]...), "restore it from a backup"},
+		{"text file", []byte("this is not a database\n"), "invalid database"},
+		{"empty file", []byte{}, "the file is empty"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.bug != "" {
-				skipKnownBug(t, tc.bug)
-			}
 			path := filepath.Join(e.dir, "bad.db")
 			if err := os.WriteFile(path, tc.content, 0o600); err != nil {
 				t.Fatal(err)
@@ -368,14 +364,5 @@ func TestCorruptDatabaseRefused(t *testing.T) {
 				t.Fatalf("brokerd changed the file it refused (%d -> %d bytes, %v)", len(tc.content), len(after), err)
 			}
 		})
-	}
-}
-
-// skipKnownBug skips a test that demonstrates an open bug, unless CREDBROKER_RUN_BUG_TESTS is set
-// (then it runs and fails until the bug is fixed). Remove the call with the fix.
-func skipKnownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("CREDBROKER_RUN_BUG_TESTS") == "" {
-		t.Skip("bug: " + bug)
 	}
 }
