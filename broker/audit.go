@@ -32,6 +32,7 @@ func (b *Broker) RecordCall(ctx context.Context, r CallRecord) error {
 		TokenID: ci.TokenID, Method: r.Method, Tool: ci.Tool, Code: r.Code, LatencyMicros: r.Latency.Microseconds(),
 		Credential: ci.Credential, CredentialVersion: ci.CredentialVersion, QueryLen: ci.QueryLen, QueryMAC: ci.QueryMAC,
 		Event: ci.Event, Credits: ci.Credits, CreditsSaved: ci.CreditsSaved, TokenLabel: ci.TokenLabel,
+		PIDFD: r.Caller.PIDFD, Exe: r.Caller.Exe, Comm: r.Caller.Comm,
 	})
 }
 

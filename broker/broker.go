@@ -21,6 +21,9 @@ type Caller struct {
 	UID, GID uint32
 	PID      int32
 	Known    bool // false when the transport could not tell (tests over bufconn)
+	// PIDFD, Exe and Comm name the calling program; see peercred.AuthInfo.
+	PIDFD     bool
+	Exe, Comm string
 }
 
 // Config wires a Broker.

@@ -60,6 +60,9 @@ type AuditRecord struct {
 	Credits           uint64    `json:"credits,omitempty"`
 	CreditsSaved      uint64    `json:"credits_saved,omitempty"`
 	TokenLabel        string    `json:"token_label,omitempty"`
+	PIDFD             bool      `json:"pidfd,omitempty"`
+	Exe               string    `json:"exe,omitempty"`
+	Comm              string    `json:"comm,omitempty"`
 	Prev              []byte    `json:"prev"`
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/grpcapi"
+	"github.com/credbroker/credbroker/broker/peercred"
 	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/store"
 )
@@ -150,7 +151,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer sup.close()
-	log.Info("brokerd serving", "socket", lis.Addr().String(), "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version)
+	log.Info("brokerd serving", "socket", lis.Addr().String(), "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version,
+		"caller_identity", callerIdentity())
 
 	select {
 	case err := <-serveErr:
@@ -255,4 +257,12 @@ func damagedOnPanic(db string, fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// callerIdentity says how callers are identified on this kernel, for the start-up log line.
+func callerIdentity() string {
+	if peercred.PidfdSupported() {
+		return "SO_PEERCRED uid/gid/pid, program named through SO_PEERPIDFD"
+	}
+	return "SO_PEERCRED uid/gid/pid (kernel has no SO_PEERPIDFD: programs are not named in the audit)"
 }

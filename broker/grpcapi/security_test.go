@@ -3,6 +3,7 @@ package grpcapi
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +61,12 @@ func TestAuditRecordsEveryCall(t *testing.T) {
 	}
 	if denied.Code != "PermissionDenied" || denied.TokenId != tok.Id {
 		t.Fatalf("denied record: %v", denied)
+	}
+	// The caller is this test binary; with a pidfd (Linux 6.5+) the record names it.
+	if self, _ := os.Executable(); ok1.Pidfd && ok1.Exe != self {
+		t.Fatalf("search record names exe %q, want %q", ok1.Exe, self)
+	} else if !ok1.Pidfd && (ok1.Exe != "" || ok1.Comm != "") {
+		t.Fatalf("program named without a pidfd: %v", ok1)
 	}
 	if again.QueryMac != ok1.QueryMac {
 		t.Fatal("equal queries have different digests")

@@ -1,6 +1,8 @@
 // Package peercred identifies the process at the other end of a Unix socket. Its gRPC transport
 // credentials read SO_PEERCRED once per connection, at accept, and put the peer's uid, gid and pid in
-// the connection's peer.AuthInfo so every handler and the audit see who called.
+// the connection's peer.AuthInfo so every handler and the audit see who called. Where the kernel
+// has SO_PEERPIDFD (Linux 6.5+) it also takes a pidfd for the peer and uses it to name the
+// calling program (/proc/PID/exe and comm) without racing pid reuse.
 //
 // It adds no encryption: the socket is local and its file mode is the access control.
 package peercred
@@ -18,11 +20,20 @@ import (
 
 // AuthInfo is the peer's identity as the kernel reported it when the connection was accepted.
 // The kernel records credentials at connect() time, so a later setuid in the peer does not change
-// them; the pid is informational (it may be reused after the peer exits).
+// them. Access decisions use UID and GID only; the rest says which process it was, for the audit.
 type AuthInfo struct {
 	credentials.CommonAuthInfo
 	UID, GID uint32
 	PID      int32
+	// PIDFD is true when the kernel handed over a pidfd for the peer and the process was still
+	// alive after Exe and Comm were read, so they describe the caller and not a process that
+	// reused its pid. Without it (older kernels), Exe and Comm are empty.
+	PIDFD bool
+	// Exe is the peer's executable path, when brokerd may read /proc/PID/exe (its own uid or
+	// root; under the shipped unit's ProtectProc=invisible, only its own uid).
+	Exe string
+	// Comm is the peer's command name (/proc/PID/comm), when /proc shows brokerd the process.
+	Comm string
 }
 
 // AuthType implements credentials.AuthInfo.
@@ -80,10 +91,26 @@ func Read(conn net.Conn) (AuthInfo, error) {
 	if credErr != nil {
 		return AuthInfo{}, fmt.Errorf("peer credentials: SO_PEERCRED: %w", credErr)
 	}
-	return AuthInfo{
+	info := AuthInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity},
 		UID:            cred.Uid, GID: cred.Gid, PID: cred.Pid,
-	}, nil
+	}
+	var (
+		pidfd    = -1
+		pidfdErr error
+	)
+	if err := raw.Control(func(fd uintptr) { pidfd, pidfdErr = peerPidfd(int(fd)) }); err != nil || pidfdErr != nil {
+		return info, nil // old kernel, or the peer is already gone: SO_PEERCRED alone
+	}
+	defer unix.Close(pidfd)
+	p, err := identify(pidfd)
+	if err != nil || p.pid != cred.Pid {
+		// Exited already, or the pidfd names another pid (a peer in another pid namespace
+		// reports its pid there): nothing about the process can be vouched for.
+		return info, nil
+	}
+	info.PIDFD, info.Exe, info.Comm = true, p.exe, p.comm
+	return info, nil
 }
 
 // FromContext returns the caller's AuthInfo for a server-side call context.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,8 +25,9 @@ func newAuditCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
 		Short: "Show the audit log (use `audit verify` to check its hash chain)",
-		Long: `Show brokerd's audit log: every admin and tool call with the caller's uid/gid/pid, token id,
-tool, outcome, latency and credential version. Queries appear only as length and keyed digest.`,
+		Long: `Show brokerd's audit log: every admin and tool call with the caller's uid/gid/pid, its program
+(PROGRAM: named through a pidfd where the kernel has SO_PEERPIDFD, else "-"), token id, tool,
+outcome, latency and credential version. Queries appear only as length and keyed digest.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &credbrokerv1.ListAuditRequest{PageSize: 1000}
@@ -43,7 +45,7 @@ tool, outcome, latency and credential version. Queries appear only as length and
 			defer c.Close()
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
 			if !asJSON {
-				fmt.Fprintln(tw, "SEQ\tTIME\tUID\tPID\tMETHOD\tTOOL\tTOKEN\tCODE\tLATENCY\tCREDENTIAL\tEVENT")
+				fmt.Fprintln(tw, "SEQ\tTIME\tUID\tPID\tPROGRAM\tMETHOD\tTOOL\tTOKEN\tCODE\tLATENCY\tCREDENTIAL\tEVENT")
 			}
 			for {
 				ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout)
@@ -62,8 +64,8 @@ tool, outcome, latency and credential version. Queries appear only as length and
 						if r.GetCredential() != "" {
 							cred = fmt.Sprintf("%s@v%d", r.GetCredential(), r.GetCredentialVersion())
 						}
-						fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetSeq(), rfc3339(r.GetTime()),
-							r.GetUid(), r.GetPid(), strings.TrimPrefix(r.GetMethod(), "/credbroker.v1."), orDash(r.GetTool()),
+						fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetSeq(), rfc3339(r.GetTime()),
+							r.GetUid(), r.GetPid(), program(r), strings.TrimPrefix(r.GetMethod(), "/credbroker.v1."), orDash(r.GetTool()),
 							orDash(r.GetTokenId()), r.GetCode(), r.GetLatency().AsDuration().Round(time.Microsecond),
 							orDash(cred), orDash(r.GetEvent()))
 					}
@@ -131,5 +133,18 @@ func auditJSON(r *credbrokerv1.AuditRecord) map[string]any {
 		"pid": r.GetPid(), "token_id": r.GetTokenId(), "method": r.GetMethod(), "tool": r.GetTool(), "code": r.GetCode(),
 		"latency_us": r.GetLatency().AsDuration().Microseconds(), "credential": r.GetCredential(),
 		"credential_version": r.GetCredentialVersion(), "query_len": r.GetQueryLen(), "query_mac": r.GetQueryMac(), "event": r.GetEvent(),
+		"credits": r.GetCredits(), "token_label": r.GetTokenLabel(), "pidfd": r.GetPidfd(), "exe": r.GetExe(), "comm": r.GetComm(),
 	}
+}
+
+// program names the calling program for the text listing: its executable's base name, else its
+// command name; "-" when brokerd could not vouch for either (no pidfd, or /proc hidden).
+func program(r *credbrokerv1.AuditRecord) string {
+	switch {
+	case r.GetExe() != "":
+		return filepath.Base(r.GetExe())
+	case r.GetComm() != "":
+		return r.GetComm()
+	}
+	return "-"
 }

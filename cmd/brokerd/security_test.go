@@ -12,6 +12,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/credbroker/credbroker/broker/peercred"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 )
 
@@ -68,6 +69,10 @@ func TestOtherUIDIsConfined(t *testing.T) {
 		}
 		if rec["event"] == "bound-token-misuse" && rec["uid"] == float64(nobody) {
 			misuse = true
+			// brokerd runs as root here, so with a pidfd it may read the caller's executable.
+			if peercred.PidfdSupported() && (rec["pidfd"] != true || !strings.HasSuffix(rec["exe"].(string), "/brokerctl")) {
+				t.Errorf("misuse record does not name brokerctl: pidfd=%v exe=%v", rec["pidfd"], rec["exe"])
+			}
 		}
 		if rec["code"] == "PermissionDenied" && rec["uid"] == float64(nobody) && strings.HasSuffix(rec["method"].(string), "/Status") {
 			denied = true

@@ -1794,7 +1794,15 @@ type AuditRecord struct {
 	// credits the call spent upstream (0 for cache hits and failed calls).
 	Credits uint64 `protobuf:"varint,17,opt,name=credits,proto3" json:"credits,omitempty"`
 	// token_label is the token's label at the time of the call.
-	TokenLabel    string `protobuf:"bytes,18,opt,name=token_label,json=tokenLabel,proto3" json:"token_label,omitempty"`
+	TokenLabel string `protobuf:"bytes,18,opt,name=token_label,json=tokenLabel,proto3" json:"token_label,omitempty"`
+	// pidfd reports that the kernel gave brokerd a pidfd for the caller (SO_PEERPIDFD, Linux
+	// 6.5+) and the process was still alive after exe and comm were read, so they name the
+	// caller and not a process that reused its pid.
+	Pidfd bool `protobuf:"varint,19,opt,name=pidfd,proto3" json:"pidfd,omitempty"`
+	// exe is the caller's executable path, when brokerd may read /proc/PID/exe.
+	Exe string `protobuf:"bytes,20,opt,name=exe,proto3" json:"exe,omitempty"`
+	// comm is the caller's command name (/proc/PID/comm), when brokerd can see the process.
+	Comm          string `protobuf:"bytes,21,opt,name=comm,proto3" json:"comm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1951,6 +1959,27 @@ func (x *AuditRecord) GetCredits() uint64 {
 func (x *AuditRecord) GetTokenLabel() string {
 	if x != nil {
 		return x.TokenLabel
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetPidfd() bool {
+	if x != nil {
+		return x.Pidfd
+	}
+	return false
+}
+
+func (x *AuditRecord) GetExe() string {
+	if x != nil {
+		return x.Exe
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetComm() string {
+	if x != nil {
+		return x.Comm
 	}
 	return ""
 }
@@ -3392,7 +3421,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fGetTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"B\n" +
 	"\x10GetTokenResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\x8e\x04\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\xca\x04\n" +
 	"\vAuditRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
@@ -3416,7 +3445,10 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x05event\x18\x10 \x01(\tR\x05event\x12\x18\n" +
 	"\acredits\x18\x11 \x01(\x04R\acredits\x12\x1f\n" +
 	"\vtoken_label\x18\x12 \x01(\tR\n" +
-	"tokenLabel\"~\n" +
+	"tokenLabel\x12\x14\n" +
+	"\x05pidfd\x18\x13 \x01(\bR\x05pidfd\x12\x10\n" +
+	"\x03exe\x18\x14 \x01(\tR\x03exe\x12\x12\n" +
+	"\x04comm\x18\x15 \x01(\tR\x04comm\"~\n" +
 	"\x10ListAuditRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x120\n" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +

@@ -1,0 +1,102 @@
+package peercred
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// soPeerPidfd is SO_PEERPIDFD (Linux 6.5+): a pidfd for the process that connected. 77 in
+// asm-generic/socket.h and on x86; golang.org/x/sys has no constant for it yet. Architectures
+// with their own numbering (of Go ports: MIPS) do not get pidfd identities; see
+// pidfd_arch.go.
+const soPeerPidfd = 77
+
+// process is what a pidfd lets brokerd learn about the peer without racing pid reuse.
+type process struct {
+	pid  int32  // the peer's pid in brokerd's pid namespace, from the pidfd
+	exe  string // /proc/PID/exe, when brokerd may read it (same uid or root)
+	comm string // /proc/PID/comm
+}
+
+// peerPidfd returns a pidfd for the peer of the socket fd, or an error when the kernel (or the
+// architecture) has none. It is a variable so tests can play an old kernel.
+var peerPidfd = func(fd int) (int, error) {
+	if !pidfdArch {
+		return -1, unix.ENOPROTOOPT
+	}
+	return unix.GetsockoptInt(fd, unix.SOL_SOCKET, soPeerPidfd)
+}
+
+// errExited reports a peer that exited before brokerd looked at it.
+var errExited = errors.New("peer process has exited")
+
+// identify reads what /proc says about the process behind pidfd. The pid in /proc/PID may be
+// reused the moment the peer exits, so the order matters: resolve the pid through the pidfd, read
+// /proc/PID, then check through the pidfd that the process is still alive. If it is, nothing
+// else can hold that pid yet and what was read belongs to the caller.
+func identify(pidfd int) (process, error) {
+	pid, err := pidfdPID(pidfd)
+	if err != nil {
+		return process{}, err
+	}
+	p := process{pid: pid}
+	dir := "/proc/" + strconv.Itoa(int(pid))
+	if exe, err := os.Readlink(dir + "/exe"); err == nil {
+		p.exe = exe
+	}
+	if comm, err := os.ReadFile(dir + "/comm"); err == nil {
+		p.comm = string(bytes.TrimSpace(comm))
+	}
+	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+		return process{pid: pid}, errExited
+	}
+	if again, err := pidfdPID(pidfd); err != nil || again != pid {
+		return process{pid: pid}, errExited
+	}
+	return p, nil
+}
+
+// pidfdPID returns the pid a pidfd refers to, from the "Pid:" line of its fdinfo: -1 once the
+// process has been reaped, 0 when it is outside brokerd's pid namespace.
+func pidfdPID(pidfd int) (int32, error) {
+	raw, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(pidfd))
+	if err != nil {
+		return 0, err
+	}
+	for line := range bytes.SplitSeq(raw, []byte("\n")) {
+		v, ok := bytes.CutPrefix(line, []byte("Pid:"))
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 32)
+		if err != nil {
+			return 0, err
+		}
+		if n <= 0 {
+			return 0, errExited
+		}
+		return int32(n), nil
+	}
+	return 0, errors.New("pidfd fdinfo has no Pid line")
+}
+
+// PidfdSupported reports whether this kernel hands out peer pidfds (SO_PEERPIDFD), so callers'
+// programs can be named; brokerd logs it at start.
+func PidfdSupported() bool {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	pidfd, err := peerPidfd(fds[0])
+	if err != nil {
+		return false
+	}
+	unix.Close(pidfd)
+	return true
+}
