@@ -46,6 +46,9 @@ type Config struct {
 	Scheduler SchedulerConfig
 	// Economics tunes the result cache (economics.go).
 	Economics EconomicsConfig
+	// TokenCacheSize bounds how many tokens' records are kept in memory (tokens.go). 0 means
+	// DefaultTokenCacheSize.
+	TokenCacheSize int
 }
 
 // Broker checks tokens and performs tool calls with credentials it never hands out.
@@ -60,9 +63,15 @@ type Broker struct {
 
 	// tokens caches token state by id so the hot path (a token without a use limit) costs no
 	// bbolt access after the first call. Only this process writes the database, so the cache is
-	// kept coherent by updating it in RevokeToken.
-	mu     sync.RWMutex
-	tokens map[string]*tokenState
+	// kept coherent by updating it in RevokeToken; tokenGen counts those updates so a load that
+	// raced one is not cached. At most tokenCap entries, except tokens whose rate limit is
+	// still recovering (evicting those would forget the limit); lastUsed keeps the last use of
+	// evicted tokens (tokens.go).
+	mu       sync.RWMutex
+	tokens   map[string]*tokenState
+	tokenGen uint64
+	tokenCap int
+	lastUsed map[string]int64
 
 	rot  *rotation  // versions, verification, grace fallback, scheduler (rotation.go)
 	econ *economics // credential limiters, result cache, budgets (economics.go)
@@ -82,9 +91,13 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.TokenCacheSize <= 0 {
+		cfg.TokenCacheSize = DefaultTokenCacheSize
+	}
 	b := &Broker{
 		store: cfg.Store, upstream: cfg.Upstream, log: cfg.Logger, maxTTL: cfg.MaxTTL,
 		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*tokenState),
+		tokenCap: cfg.TokenCacheSize, lastUsed: make(map[string]int64),
 		rot: newRotation(cfg), econ: newEconomics(cfg),
 	}
 	b.rot.sched = newScheduler(b, cfg.Clock, cfg.Scheduler)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,15 +13,26 @@ import (
 	"github.com/credbroker/credbroker/store"
 )
 
+// DefaultTokenCacheSize is how many tokens the broker keeps decoded in memory unless configured:
+// more than the MCP servers of a busy machine hold at once. A token that falls out is read from
+// bbolt again on its next use (one read, no write).
+const DefaultTokenCacheSize = 10000
+
+// evictSample is how many cached tokens an eviction compares; the least recently used of them
+// goes (sampled LRU, as Redis does: no list to maintain on the hot path).
+const evictSample = 8
+
 // tokenState is what the broker keeps in memory about a token: its record, its rate limiter and
 // when it was last used (durable only for use-limited tokens, whose uses are written anyway).
 type tokenState struct {
 	rec      atomic.Pointer[store.Token]
 	lastUsed atomic.Int64 // unix nanos, 0 = not since start
-
-	limOnce sync.Once
-	lim     *rate.Limiter
+	lim      atomic.Pointer[rate.Limiter]
+	loadedAt int64 // unix nanos; with lastUsed, the recency eviction goes by
 }
+
+// recency is when the token was last used or loaded, whichever is later.
+func (s *tokenState) recency() int64 { return max(s.lastUsed.Load(), s.loadedAt) }
 
 func (s *tokenState) record() *store.Token { return s.rec.Load() }
 
@@ -34,10 +44,14 @@ func (s *tokenState) allow(now time.Time) error {
 	if t.RateLimit == 0 || t.RatePeriod <= 0 {
 		return nil
 	}
-	s.limOnce.Do(func() {
-		s.lim = rate.NewLimiter(rate.Every(t.RatePeriod/time.Duration(t.RateLimit)), int(t.RateLimit))
-	})
-	r := s.lim.ReserveN(now, 1)
+	lim := s.lim.Load()
+	if lim == nil {
+		lim = rate.NewLimiter(rate.Every(t.RatePeriod/time.Duration(t.RateLimit)), int(t.RateLimit))
+		if !s.lim.CompareAndSwap(nil, lim) {
+			lim = s.lim.Load()
+		}
+	}
+	r := lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
 		return fmt.Errorf("%w: token %s is limited to %d calls per %s; retry in %s",
@@ -49,36 +63,101 @@ func (s *tokenState) allow(now time.Time) error {
 // ErrRateLimited reports a token over its own rate limit (not the upstream's).
 var ErrRateLimited = errors.New("rate limited")
 
+// idle reports whether forgetting s loses nothing a bbolt read cannot give back: it has no rate
+// limiter, or its limiter has refilled (a new one starts full, too).
+func (s *tokenState) idle(now time.Time) bool {
+	lim := s.lim.Load()
+	return lim == nil || lim.TokensAt(now) >= float64(lim.Burst())
+}
+
 // lookupToken returns the cached state for id, loading it on a miss.
 func (b *Broker) lookupToken(id string) (*tokenState, error) {
-	b.mu.RLock()
-	st, ok := b.tokens[id]
-	b.mu.RUnlock()
-	if ok {
+	for {
+		b.mu.RLock()
+		st, ok := b.tokens[id]
+		gen := b.tokenGen
+		b.mu.RUnlock()
+		if ok {
+			return st, nil
+		}
+		rec, err := b.store.GetToken(id)
+		if err != nil {
+			return nil, err
+		}
+		if testHookTokenRead != nil {
+			testHookTokenRead(id)
+		}
+		b.mu.Lock()
+		if st, ok := b.tokens[id]; ok { // another caller loaded it first
+			b.mu.Unlock()
+			return st, nil
+		}
+		if b.tokenGen != gen {
+			// A revoke finished between our read and now; what we read may predate it.
+			b.mu.Unlock()
+			continue
+		}
+		now := b.now()
+		b.evictLocked(now)
+		st = &tokenState{loadedAt: now.UnixNano()}
+		st.rec.Store(&rec)
+		if n, ok := b.lastUsed[id]; ok {
+			st.lastUsed.Store(n)
+			delete(b.lastUsed, id)
+		}
+		b.tokens[id] = st
+		b.mu.Unlock()
 		return st, nil
 	}
-	rec, err := b.store.GetToken(id)
-	if err != nil {
-		return nil, err
+}
+
+// testHookTokenRead, when set by a test, runs between a token's bbolt read and its caching.
+var testHookTokenRead func(id string)
+
+// evictLocked makes room for one more token: while the cache is full it drops the least
+// recently used idle token of a random sample (map iteration starts at a random place). If the
+// whole sample is mid-rate-limit the cache grows instead, so no limit is ever forgotten. A call
+// already holding an evicted state finishes with it; its last-use time may then be lost.
+func (b *Broker) evictLocked(now time.Time) {
+	for len(b.tokens) >= b.tokenCap {
+		var (
+			victimID string
+			victim   *tokenState
+			seen     int
+		)
+		for id, st := range b.tokens {
+			if st.idle(now) && (victim == nil || st.recency() < victim.recency()) {
+				victimID, victim = id, st
+			}
+			if seen++; seen == evictSample {
+				break
+			}
+		}
+		if victim == nil {
+			return
+		}
+		if n := victim.lastUsed.Load(); n != 0 {
+			b.lastUsed[victimID] = n // 8 bytes and the id, for `token inspect`
+		}
+		delete(b.tokens, victimID)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if st, ok := b.tokens[id]; ok { // another caller loaded it first, or a revoke raced us
-		return st, nil
-	}
-	st = &tokenState{}
-	st.rec.Store(&rec)
-	b.tokens[id] = st
-	return st, nil
 }
 
 // updateCachedToken replaces the cached record of a token after a write, keeping its limiter.
 func (b *Broker) updateCachedToken(rec store.Token) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.tokenGen++
 	if st, ok := b.tokens[rec.ID]; ok {
 		st.rec.Store(&rec)
 	}
+}
+
+// cachedTokens returns how many tokens are decoded in memory (for tests and metrics).
+func (b *Broker) cachedTokens() int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return len(b.tokens)
 }
 
 // TokenDetails is a token's record plus what only memory knows.
@@ -100,12 +179,15 @@ func (b *Broker) GetToken(ctx context.Context, id string) (TokenDetails, error) 
 	}
 	d := TokenDetails{Token: rec, LastUsed: rec.LastUsedAt}
 	b.mu.RLock()
-	st, ok := b.tokens[id]
+	var n int64
+	if st, ok := b.tokens[id]; ok {
+		n = st.lastUsed.Load()
+	} else {
+		n = b.lastUsed[id]
+	}
 	b.mu.RUnlock()
-	if ok {
-		if n := st.lastUsed.Load(); n != 0 && time.Unix(0, n).After(d.LastUsed) {
-			d.LastUsed = time.Unix(0, n).UTC()
-		}
+	if n != 0 && time.Unix(0, n).After(d.LastUsed) {
+		d.LastUsed = time.Unix(0, n).UTC()
 	}
 	if rec.MaxUses > rec.Uses {
 		d.UsesLeft = rec.MaxUses - rec.Uses

@@ -46,6 +46,8 @@ type Config struct {
 	GraceWindow  time.Duration
 	// Economics configures the result cache (broker.EconomicsConfig).
 	Economics broker.EconomicsConfig
+	// TokenCacheSize bounds the tokens kept decoded in memory (0: broker.DefaultTokenCacheSize).
+	TokenCacheSize int
 	// MetricsListen is the loopback host:port for Prometheus /metrics; "" serves none.
 	// MetricsAllowNonLoopback permits any other TCP address.
 	MetricsListen           string
@@ -114,7 +116,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("--upstream-url: %w", err)
 	}
 	b, err := broker.New(broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: cfg.MaxTTL, Version: cfg.Version, GraceWindow: cfg.GraceWindow,
-		Economics: cfg.Economics})
+		Economics: cfg.Economics, TokenCacheSize: cfg.TokenCacheSize})
 	if err != nil {
 		return err
 	}

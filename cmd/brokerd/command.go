@@ -32,10 +32,11 @@ type flags struct {
 	metricsAllowNonLoopback               bool
 	logLevel                              string
 
-	graceWindow  time.Duration // rotation: see broker.DefaultGraceWindow
-	keepVersions int
-	cacheTTL     string
-	cacheSize    int64
+	graceWindow    time.Duration // rotation: see broker.DefaultGraceWindow
+	keepVersions   int
+	cacheTTL       string
+	cacheSize      int64
+	tokenCacheSize int
 }
 
 // envOr returns the environment variable's value, or def.
@@ -100,6 +101,7 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.DurationVar(&f.graceWindow, "grace-window", 10*time.Minute, "after a rotation, retry a call the upstream rejects (401/403) once with the previous key for this long (0: off)")
 	fl.StringVar(&f.cacheTTL, "cache-ttl", "10m", "how long identical searches are answered from the result cache: a duration, and/or TOOL=DURATION entries, comma-separated (0 = off), e.g. 10m,google_search=0")
 	fl.Int64Var(&f.cacheSize, "cache-size", 64<<20, "result cache size bound in bytes (least recently used entries go first)")
+	fl.IntVar(&f.tokenCacheSize, "token-cache-size", broker.DefaultTokenCacheSize, "tokens kept decoded in memory; others are read from the database on use (tokens whose rate limit is recovering are always kept)")
 	fl.IntVar(&f.keepVersions, "keep-versions", 3, "versions of each credential kept for rollback, the current one included")
 	return cmd
 }
@@ -136,6 +138,9 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 		return daemon.Config{}, nil, fmt.Errorf("--cache-size must be positive (turn the cache off with --cache-ttl 0)")
 	}
 	econ.CacheBytes = f.cacheSize
+	if f.tokenCacheSize < 1 {
+		return daemon.Config{}, nil, fmt.Errorf("--token-cache-size must be at least 1")
+	}
 	grace := f.graceWindow
 	switch {
 	case grace < 0:
@@ -149,6 +154,7 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, AuditRetention: f.auditRetention, NoReflection: f.noReflection, Version: version,
 		MetricsListen: f.metricsListen, MetricsAllowNonLoopback: f.metricsAllowNonLoopback,
 		GraceWindow: grace, KeepVersions: f.keepVersions, Economics: econ,
+		TokenCacheSize: f.tokenCacheSize,
 	}, log, nil
 }
 

@@ -1,0 +1,176 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/broker/clocktest"
+	"github.com/credbroker/credbroker/broker/upstream"
+	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
+	"github.com/credbroker/credbroker/store"
+	"github.com/credbroker/credbroker/store/storetest"
+)
+
+const tokenCacheKey = "sk_test_TOKENCACHE"
+
+// newCacheBroker returns a broker with a token cache of size cap, a stored key and a fake clock.
+func newCacheBroker(t *testing.T, cap int) (*Broker, *clocktest.Fake) {
+	t.Helper()
+	st := storetest.Open(t, t.TempDir(), store.Options{})
+	fake := scaviotest.NewServer(tokenCacheKey)
+	t.Cleanup(func() { st.Close(); fake.Close() })
+	up, err := upstream.New(upstream.Config{BaseURL: fake.URL, MaxRetries: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clocktest.New(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
+	b, err := New(Config{Store: st, Upstream: up, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: clk.Now, Clock: clk, TokenCacheSize: cap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutCredential("scavio_api_key", []byte(tokenCacheKey), clk.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return b, clk
+}
+
+func mintFor(t *testing.T, b *Broker, r MintRequest) (string, store.Token) {
+	t.Helper()
+	if r.Tools == nil {
+		r.Tools = []string{"web_search"}
+	}
+	if r.TTL == 0 {
+		r.TTL = time.Hour
+	}
+	raw, rec, err := b.MintToken(context.Background(), r, Caller{Known: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw, rec
+}
+
+var me = Caller{Known: true}
+
+// The cache stays at its bound however many tokens are used, and an evicted token still works,
+// keeps its last use for `token inspect`, and is still refused once revoked.
+func TestTokenCacheIsBounded(t *testing.T) {
+	b, clk := newCacheBroker(t, 4)
+	var raws []string
+	var ids []string
+	for i := range 12 {
+		raw, rec := mintFor(t, b, MintRequest{})
+		raws, ids = append(raws, raw), append(ids, rec.ID)
+		clk.Advance(time.Second)
+		if _, err := b.Authenticate(context.Background(), raw, me); err != nil {
+			t.Fatalf("token %d: %v", i, err)
+		}
+		b.lookupTokenMust(t, rec.ID).touch(clk.Now())
+		if n := b.cachedTokens(); n > 4 {
+			t.Fatalf("after %d tokens, %d cached; bound is 4", i+1, n)
+		}
+	}
+	first := ids[0]
+	b.mu.RLock()
+	_, cached := b.tokens[first]
+	b.mu.RUnlock()
+	if cached {
+		t.Fatal("the least recently used token is still cached with 12 tokens and room for 4")
+	}
+	d, err := b.GetToken(context.Background(), first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Date(2026, 11, 26, 12, 0, 1, 0, time.UTC); !d.LastUsed.Equal(want) {
+		t.Fatalf("evicted token's last use = %v, want %v", d.LastUsed, want)
+	}
+	if _, err := b.RevokeToken(context.Background(), first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Authenticate(context.Background(), raws[0], me); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("revoked evicted token: %v", err)
+	}
+	for i, raw := range raws[1:] { // every other token still works after falling out
+		if _, err := b.Authenticate(context.Background(), raw, me); err != nil {
+			t.Fatalf("token %d after eviction: %v", i+1, err)
+		}
+	}
+}
+
+// lookupTokenMust is lookupToken for tests.
+func (b *Broker) lookupTokenMust(t *testing.T, id string) *tokenState {
+	t.Helper()
+	st, err := b.lookupToken(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// A token whose rate limit is still recovering is never evicted, so cycling through other tokens
+// cannot reset its limit; once it has recovered it may go.
+func TestTokenCacheKeepsRateLimitedTokens(t *testing.T) {
+	b, clk := newCacheBroker(t, 2)
+	limited, rec := mintFor(t, b, MintRequest{RateLimit: 2, RatePeriod: time.Minute})
+	ctx := context.Background()
+	for range 2 {
+		if _, err := b.Search(ctx, limited, me, SearchRequest{Query: "q"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 10 { // churn the cache
+		raw, _ := mintFor(t, b, MintRequest{})
+		if _, err := b.Authenticate(ctx, raw, me); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Search(ctx, limited, me, SearchRequest{Query: "q2"}); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("third call within the minute after cache churn: %v, want rate limited", err)
+	}
+	clk.Advance(2 * time.Minute) // refilled: now it is idle and may be evicted
+	for range 10 {
+		raw, _ := mintFor(t, b, MintRequest{})
+		if _, err := b.Authenticate(ctx, raw, me); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.mu.RLock()
+	_, cached := b.tokens[rec.ID]
+	n := len(b.tokens)
+	b.mu.RUnlock()
+	if cached || n > 2 {
+		t.Fatalf("recovered token cached=%v, cache size %d (bound 2)", cached, n)
+	}
+	if _, err := b.Search(ctx, limited, me, SearchRequest{Query: "q3"}); err != nil {
+		t.Fatalf("after its limit recovered: %v", err)
+	}
+}
+
+// A revoke that lands while another call is loading the same token from bbolt must win: the
+// loader must not cache the record it read before the revoke.
+func TestRevokeRacingATokenLoad(t *testing.T) {
+	b, _ := newCacheBroker(t, 100)
+	ctx := context.Background()
+	raw, rec := mintFor(t, b, MintRequest{})
+	var once sync.Once
+	testHookTokenRead = func(id string) { // the revoke completes after the load read the live record
+		once.Do(func() {
+			if _, err := b.RevokeToken(ctx, id); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	defer func() { testHookTokenRead = nil }()
+	_, err := b.Authenticate(ctx, raw, me)
+	if !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("call racing the revoke: %v, want refused (it reads again after the revoke)", err)
+	}
+	if _, err := b.Authenticate(ctx, raw, me); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("revoked token %s accepted after a racing load: %v", rec.ID, err)
+	}
+}
