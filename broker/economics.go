@@ -29,7 +29,7 @@ type EconomicsConfig struct {
 	// DefaultCacheTTL applies to tools without an entry in CacheTTL. Zero means 10 minutes;
 	// negative turns the cache off.
 	DefaultCacheTTL time.Duration
-	// CacheBytes bounds the cache's memory. Zero means 64 MiB.
+	// CacheBytes bounds the cache's memory. Zero means 16 MiB.
 	CacheBytes int64
 }
 
@@ -55,7 +55,7 @@ func newEconomics(cfg Config) *economics {
 		e.DefaultCacheTTL = 10 * time.Minute
 	}
 	if e.CacheBytes <= 0 {
-		e.CacheBytes = 64 << 20
+		e.CacheBytes = 16 << 20
 	}
 	clock := cfg.Clock
 	if clock == nil {

@@ -89,6 +89,8 @@ type auditWriter struct {
 	lastSeq uint64
 	lastMAC []byte
 
+	onCommit func(records int, took time.Duration, err error) // Options.OnAuditCommit
+
 	// fault, when set, makes appends fail: fault injection for tests of the fail-closed path.
 	fault atomic.Pointer[error]
 	// failing is set when a commit fails and cleared by the next one that succeeds.
@@ -103,7 +105,7 @@ type auditReq struct {
 const maxAuditBatch = 512
 
 // openAudit loads or creates the audit MAC keyset and the chain head, and starts the writer.
-func (s *Store) openAudit(kek tink.AEAD) error {
+func (s *Store) openAudit(kek tink.AEAD, onCommit func(int, time.Duration, error)) error {
 	var encrypted []byte
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		encrypted = bytes.Clone(tx.Bucket(bucketMeta).Get(keyAuditKeyset))
@@ -139,7 +141,7 @@ func (s *Store) openAudit(kek tink.AEAD) error {
 	if err != nil {
 		return err
 	}
-	w := &auditWriter{db: s.db, mac: m, reqs: make(chan *auditReq, maxAuditBatch), quit: make(chan struct{}), done: make(chan struct{})}
+	w := &auditWriter{db: s.db, mac: m, onCommit: onCommit, reqs: make(chan *auditReq, maxAuditBatch), quit: make(chan struct{}), done: make(chan struct{})}
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		head, err := w.readPoint(tx, keyAuditHead)
 		if err != nil {
@@ -232,7 +234,11 @@ func (w *auditWriter) run() {
 				break drain
 			}
 		}
+		start := time.Now()
 		err := w.commit(batch)
+		if w.onCommit != nil {
+			w.onCommit(len(batch), time.Since(start), err)
+		}
 		for _, r := range batch {
 			r.done <- err
 		}

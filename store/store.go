@@ -47,6 +47,10 @@ type Options struct {
 	KeepVersions int
 	// NoSync skips fsync on commit. Only for benchmarks of the non-durable path; never in brokerd.
 	NoSync bool
+	// OnAuditCommit, if set, is told about every audit group commit: how many records it made
+	// durable, how long the transaction took and whether it failed. brokerd feeds its metrics
+	// with it. It runs on the audit writer goroutine, so it must be quick.
+	OnAuditCommit func(records int, took time.Duration, err error)
 }
 
 // Store is the bbolt database plus the data-keyset AEAD built once at Open.
@@ -127,7 +131,7 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	s.openKeys(kek)
-	if err := s.openAudit(kek); err != nil {
+	if err := s.openAudit(kek, opts.OnAuditCommit); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: audit log: %w", path, err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/grpcapi"
+	"github.com/credbroker/credbroker/broker/metrics"
 	"github.com/credbroker/credbroker/broker/peercred"
 	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/store"
@@ -83,7 +84,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions})
+	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit})
 	if err != nil {
 		if errors.Is(err, store.ErrWrongMasterKey) {
 			return fmt.Errorf("%w: %s was not made with the master keyset %s; nothing was changed", err, cfg.DB, cfg.MasterKeyset)

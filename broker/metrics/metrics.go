@@ -85,6 +85,23 @@ var (
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 	})
 
+	// AuditCommits counts audit group commits by result ("ok", "failed"); AuditRecords counts the
+	// records they carried and AuditCommitDuration times them. Records per commit and the
+	// commit time show whether the audit writer is the bottleneck (BENCHMARKS.md).
+	AuditCommits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "audit_commits_total",
+		Help: "Audit group commits (one bbolt transaction each), by result (ok, failed).",
+	}, []string{"result"})
+	AuditRecords = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "audit_committed_records_total",
+		Help: "Audit records made durable by group commits.",
+	})
+	AuditCommitDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "audit_commit_duration_seconds",
+		Help:    "Duration of one audit group commit (the bbolt transaction with its fdatasyncs).",
+		Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+	})
+
 	// KeysetReloads counts master keyset reloads (SIGHUP) by result: "accepted" or "rejected".
 	KeysetReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "master_keyset_reloads_total",
@@ -115,6 +132,7 @@ func init() {
 	Registry.MustRegister(
 		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
+		AuditCommits, AuditRecords, AuditCommitDuration,
 		CacheLookups, CreditsSaved,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -160,6 +178,17 @@ func SetCredentialsDue(n int) {
 
 // CredentialsDueCount returns the value last given to SetCredentialsDue.
 func CredentialsDueCount() int { return int(credentialsDue.Load()) }
+
+// ObserveAuditCommit records one audit group commit; it is store.Options.OnAuditCommit.
+func ObserveAuditCommit(records int, took time.Duration, err error) {
+	if err != nil {
+		AuditCommits.WithLabelValues("failed").Inc()
+		return
+	}
+	AuditCommits.WithLabelValues("ok").Inc()
+	AuditRecords.Add(float64(records))
+	AuditCommitDuration.Observe(took.Seconds())
+}
 
 // ObserveAuditWrite records how long one audit record took to become durable.
 func ObserveAuditWrite(d time.Duration) { AuditWriteDuration.Observe(d.Seconds()) }

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -42,6 +43,8 @@ func TestHelpersExposeDocumentedSeries(t *testing.T) {
 	RotationFailed("scavio_api_key")
 	SetCredentialsDue(2)
 	ObserveAuditWrite(3 * time.Millisecond)
+	ObserveAuditCommit(5, 2*time.Millisecond, nil)
+	ObserveAuditCommit(7, time.Millisecond, errors.New("disk full")) // failed: no records counted
 
 	if CredentialsDueCount() != 2 {
 		t.Fatalf("CredentialsDueCount = %d", CredentialsDueCount())
@@ -51,6 +54,8 @@ func TestHelpersExposeDocumentedSeries(t *testing.T) {
 		"credbroker_credential_rotations_total":         1,
 		"credbroker_credential_rotation_failures_total": 1,
 		"credbroker_audit_write_duration_seconds":       1,
+		"credbroker_audit_committed_records_total":      5,
+		"credbroker_audit_commit_duration_seconds":      1,
 	} {
 		if got := after[name] - before[name]; got != delta {
 			t.Errorf("%s went up by %v, want %v", name, got, delta)

@@ -224,7 +224,8 @@ func (e *env) setDelay(d time.Duration) error {
 func (e *env) startBrokerd(ctx context.Context, name, db string) (*child, string, time.Duration, error) {
 	sock := filepath.Join(e.dir, name+".sock")
 	t0 := time.Now()
-	c, err := startChild(e.dir, name, e.bin, "--socket", sock, "--db", db, "--master-keyset", e.keyset, "--upstream-url", e.upURL)
+	c, err := startChild(e.dir, name, e.bin, "--socket", sock, "--db", db, "--master-keyset", e.keyset, "--upstream-url", e.upURL,
+		"--metrics-listen", "127.0.0.1:0")
 	if err != nil {
 		return nil, "", 0, err
 	}
@@ -232,7 +233,12 @@ func (e *env) startBrokerd(ctx context.Context, name, db string) (*child, string
 		c.stop()
 		return nil, "", 0, err
 	}
-	return c, sock, time.Since(t0), nil
+	ready := time.Since(t0)
+	if c.metrics, err = metricsURL(ctx, e.dir, name); err != nil {
+		c.stop()
+		return nil, "", 0, err
+	}
+	return c, sock, ready, nil
 }
 
 // provision stores the upstream key in a fresh brokerd and mints a token without a use limit.
@@ -336,8 +342,8 @@ func (e *env) directSearch() func(context.Context, int) error {
 func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok string) error {
 	do := map[string]func(context.Context, int) error{}
 	procs := map[string][]watched{}
-	self := watched{"loadgen", 0}
-	upw := watched{"upstream", e.up.pid()}
+	self := watched{role: "loadgen"}
+	upw := watched{role: "upstream", pid: e.up.pid()}
 	for _, m := range e.cfg.modes {
 		switch m {
 		case "direct":
@@ -350,7 +356,7 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 			}
 			defer closeFn()
 			do[m] = grpcSearch(cs, true)
-			procs[m] = []watched{{"server", e.floor.pid()}, upw, self}
+			procs[m] = []watched{{role: "server", pid: e.floor.pid()}, upw, self}
 		case "brokerd", "cached":
 			cs, closeFn, err := searchClients(bdSock, tok, e.cfg.conns)
 			if err != nil {
@@ -358,7 +364,7 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 			}
 			defer closeFn()
 			do[m] = grpcSearch(cs, m == "brokerd")
-			procs[m] = []watched{{"server", bd.pid()}, upw, self}
+			procs[m] = []watched{{role: "server", pid: bd.pid(), metrics: bd.metrics}, upw, self}
 		}
 	}
 	for _, delay := range e.cfg.delays {
@@ -373,8 +379,8 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 				res := runLoad(ctx, loadSpec{conc: c, warmup: e.cfg.warmup, window: e.cfg.duration, procs: procs[m], do: do[m]})
 				cell := cellResult{Mode: m, Delay: delay, Conc: c, loadResult: res}
 				r.Cells = append(r.Cells, cell)
-				progress("%-7s delay=%-5s c=%-3d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s",
-					m, delay, c, res.RPS, round(res.P50), round(res.P99), res.CPUPer1k["server"], res.Errors, res.FirstErr)
+				progress("%-7s delay=%-5s c=%-3d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s",
+					m, delay, c, res.RPS, round(res.P50), round(res.P99), res.CPUPer1k["server"], res.Errors, res.FirstErr, auditLine(res.Audit))
 			}
 		}
 	}
@@ -395,7 +401,7 @@ func (e *env) mint(ctx context.Context, r *report, bd *child, sock string) error
 	}
 	for _, c := range e.cfg.mintConc {
 		res := runLoad(ctx, loadSpec{conc: c, warmup: e.cfg.warmup, window: e.cfg.mintDuration,
-			procs: []watched{{"server", bd.pid()}, {"loadgen", 0}}, do: do})
+			procs: []watched{{role: "server", pid: bd.pid(), metrics: bd.metrics}, {role: "loadgen"}}, do: do})
 		r.Mint = append(r.Mint, cellResult{Mode: "mint", Conc: c, loadResult: res})
 		progress("mint    c=%-3d %8.0f req/s  p50 %-9s p99 %-9s errors %d %s", c, res.RPS, round(res.P50), round(res.P99), res.Errors, res.FirstErr)
 	}
@@ -432,7 +438,7 @@ func (e *env) profile(ctx context.Context) (*cellResult, error) {
 	}
 	defer closeFn()
 	res := runLoad(ctx, loadSpec{conc: 64, warmup: e.cfg.warmup, window: e.cfg.profileDuration,
-		procs: []watched{{"server", c.pid()}, {"upstream", e.up.pid()}, {"loadgen", 0}}, do: grpcSearch(cs, true),
+		procs: []watched{{role: "server", pid: c.pid()}, {role: "upstream", pid: e.up.pid()}, {role: "loadgen"}}, do: grpcSearch(cs, true),
 		onWindow: func(open bool) {
 			s := syscall.SIGUSR2
 			if open {
@@ -492,4 +498,12 @@ func writeOutputs(cfg config, r *report) error {
 		fmt.Fprint(os.Stderr, b.String())
 	}
 	return nil
+}
+
+// auditLine summarises a cell's audit commits for the progress log.
+func auditLine(a *auditStats) string {
+	if a == nil || a.Commits == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" audit: %.0f commits/s × %.1f records, mean %s, writer busy %.2f", a.CommitsPerSec, a.RecordsPerCommit, round(a.MeanCommit), a.Busy)
 }

@@ -25,6 +25,8 @@ type child struct {
 	lines chan string // stdout lines of brokerbench's own children
 	done  chan struct{}
 	err   error
+	// metrics is brokerd's /metrics URL (empty for other children).
+	metrics string
 }
 
 func (c *child) pid() int { return c.cmd.Process.Pid }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,8 @@ import (
 type watched struct {
 	role string // "server", "upstream", "loadgen"
 	pid  int
+	// metrics is brokerd's /metrics URL: its audit commit counters are read around the window.
+	metrics string
 }
 
 // loadResult is one measured window of closed-loop load.
@@ -39,6 +42,8 @@ type loadResult struct {
 	ServerDiskKiBPer1k float64 `json:"server_disk_kib_per_1k,omitempty"`
 	// ServerMem is the largest memory of the server process sampled during the window.
 	ServerMem *memInfo `json:"server_mem_max,omitempty"`
+	// Audit is what brokerd's audit writer did during the window (brokerd only).
+	Audit *auditStats `json:"audit,omitempty"`
 }
 
 // loadSpec describes one closed-loop load run.
@@ -94,6 +99,17 @@ func runLoad(ctx context.Context, spec loadSpec) loadResult {
 	if spec.onWindow != nil {
 		spec.onWindow(true)
 	}
+	auditURL := ""
+	for _, p := range procs {
+		if p.metrics != "" {
+			auditURL = p.metrics
+		}
+	}
+	var auditBefore auditCounters
+	auditErr := errors.New("no metrics")
+	if auditURL != "" {
+		auditBefore, auditErr = scrapeAudit(ctx, auditURL)
+	}
 	before := sampleCPU(procs)
 	phase.Store(measuring)
 	start := time.Now()
@@ -101,6 +117,10 @@ func runLoad(ctx context.Context, spec loadSpec) loadResult {
 	phase.Store(stopping)
 	window := time.Since(start)
 	after := sampleCPU(procs)
+	var auditAfter auditCounters
+	if auditErr == nil {
+		auditAfter, auditErr = scrapeAudit(ctx, auditURL)
+	}
 	if spec.onWindow != nil {
 		spec.onWindow(false)
 	}
@@ -116,6 +136,9 @@ func runLoad(ctx context.Context, spec loadSpec) loadResult {
 		r.FirstErr = *p
 	}
 	r.Requests = len(all)
+	if auditErr == nil {
+		r.Audit = auditAfter.stats(auditBefore, window, r.Requests)
+	}
 	r.RPS = float64(len(all)) / window.Seconds()
 	if len(all) > 0 {
 		slices.Sort(all)

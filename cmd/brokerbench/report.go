@@ -175,6 +175,7 @@ func writeMarkdown(w io.Writer, r *report) error {
 		}
 		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, rf, pf, rd, pd, od, fd, cf)
 	}
+	writeAuditTable(p, r)
 	if len(r.Mint) > 0 {
 		p("\n### MintToken\n\n| c | req/s | p50 µs | p99 µs | p50 in bbolt commits | server CPU s/1k | disk KiB/1k | errors |\n|---|---|---|---|---|---|---|---|\n")
 		for _, m := range r.Mint {
@@ -230,4 +231,25 @@ func writeMarkdown(w io.Writer, r *report) error {
 	p("\n### Targets\n\n")
 	writeTargets(w, r)
 	return nil
+}
+
+// writeAuditTable reports what brokerd's single audit writer did in each brokerd cell.
+func writeAuditTable(p func(string, ...any), r *report) {
+	var rows []cellResult
+	for _, c := range append(slices.Clone(r.Cells), r.Mint...) {
+		if c.Audit != nil && c.Audit.Commits > 0 {
+			rows = append(rows, c)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("\n#### Audit group commits\n\n")
+	p("From brokerd's own counters (`credbroker_audit_commits_total`, `credbroker_audit_committed_records_total`, `credbroker_audit_commit_duration_seconds`) around each window. ")
+	p("One goroutine commits every queued record in one bbolt transaction (two fdatasyncs), so *records/commit* is the group-commit factor and *writer busy* the fraction of the window it spent committing: near 1, the audit writer is what limits throughput. *records/call* is 2 for state-changing admin calls (a durable \"started\" record, then the outcome).\n\n")
+	p("| delay | c | mode | req/s | commits/s | records/commit | mean commit µs | writer busy | records/call |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, c := range rows {
+		a := c.Audit
+		p("| %s | %d | %s | %.0f | %.0f | %.1f | %s | %.2f | %.1f |\n", c.Delay, c.Conc, c.Mode, c.RPS, a.CommitsPerSec, a.RecordsPerCommit, us(a.MeanCommit), a.Busy, a.RecordsPerCall)
+	}
 }

@@ -169,7 +169,7 @@ func (e *env) scale(ctx context.Context) (*scaleResult, error) {
 		return err
 	}
 	s.Load = runLoad(ctx, loadSpec{conc: 64, warmup: e.cfg.warmup, window: e.cfg.scaleDuration,
-		procs: []watched{{"server", bd.pid()}, {"upstream", e.up.pid()}, {"loadgen", 0}}, do: do})
+		procs: []watched{{role: "server", pid: bd.pid(), metrics: bd.metrics}, {role: "upstream", pid: e.up.pid()}, {role: "loadgen"}}, do: do})
 	s.DistinctTokens = min(int(next.Load()), len(toks))
 	progress("scale: c=64 over %d distinct tokens: %.0f req/s p50 %s; RSS idle %d MiB, under load max %d MiB",
 		s.DistinctTokens, s.Load.RPS, round(s.Load.P50), s.Idle.RSS>>20, s.Load.ServerMem.RSS>>20)

@@ -100,7 +100,7 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.DurationVar(&f.graceWindow, "grace-window", 10*time.Minute, "after a rotation, retry a call the upstream rejects (401/403) once with the previous key for this long (0: off)")
 	fl.StringVar(&f.cacheTTL, "cache-ttl", "10m", "how long identical searches are answered from the result cache: a duration, and/or TOOL=DURATION entries, comma-separated (0 = off), e.g. 10m,google_search=0")
-	fl.Int64Var(&f.cacheSize, "cache-size", 64<<20, "result cache size bound in bytes (least recently used entries go first)")
+	fl.Int64Var(&f.cacheSize, "cache-size", 16<<20, "result cache size bound in bytes (least recently used entries go first)")
 	fl.IntVar(&f.tokenCacheSize, "token-cache-size", broker.DefaultTokenCacheSize, "tokens kept decoded in memory; others are read from the database on use (tokens whose rate limit is recovering are always kept)")
 	fl.IntVar(&f.keepVersions, "keep-versions", 3, "versions of each credential kept for rollback, the current one included")
 	return cmd
