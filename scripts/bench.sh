@@ -244,58 +244,47 @@ EOF
 
 ## Changes the profiles point to
 
-Recommended from these measurements, **not yet applied** (the benchmark named in each item is the
-evidence, and will show the effect once the change lands; update this list when one does):
+Each item names the benchmark that is its evidence; the tables above show its effect in this run.
 
-1. **Credential load per call** — `store.(*Store).LoadCredential` opens a read transaction and
-   JSON-decodes two records (the credential meta, then the version with its base64 ciphertext) on
-   every Search, then decrypts. Compare `BenchmarkLoadCredential` with `BenchmarkAEADDecrypt`
-   (the decrypt alone) and its row in the c=64 profile table. Keep each credential's current
-   version number and *ciphertext* (never plaintext) in memory, filled on a miss and dropped by
-   every store write to `credentials/<name>` after it commits (only brokerd writes the file, the
-   argument the token cache already relies on). The decrypt and the zeroing stay per call.
-2. **A fresh goroutine per RPC** — `runtime.copystack` in the c=64 profile: each call's stack grows
-   again in its JSON decoding. Passing `grpc.NumStreamWorkers(n)` in `grpcapi.NewServer` runs
-   handlers on long-lived goroutines (`BenchmarkSearch/unix-workers` vs `unix`). Experimental gRPC API.
-3. **MintToken does not share commits** — `store.(*Store).PutToken` is one `DB.Update` per token, so
-   concurrent mints queue for bbolt's writer lock and each pays a full commit, then the audit
-   record pays another (`BenchmarkPutToken/update`, the MintToken table). A group-commit writer like
-   the audit log's (drain the queue, one transaction, no timer, a failing write retried alone) is
-   the prototype `BenchmarkPutToken/group`; bbolt's `DB.Batch` is not the answer at c=1 (its 10 ms
-   `MaxBatchDelay`: `BenchmarkPutToken/batch/c=1`). Writing the token and its audit record in one
-   transaction would make a mint one commit.
-4. **Use-limited tokens wait for bbolt's batch timer** — `store.(*Store).UseToken` uses `DB.Batch`,
-   so a lone caller waits up to 10 ms on every call (`BenchmarkSearch/limited/c=1`,
-   `BenchmarkUseToken/c=1`). The same no-timer group writer fixes it.
-5. **Status reads every token** — `broker.(*Broker).Status` decodes every token record; the
-   supervisor's `statusLine` (broker/daemon/notify.go) calls it at every start — even without
-   `NOTIFY_SOCKET`, since `s.send`'s argument is evaluated before `send` checks `s.notify` — and at
-   every watchdog tick and reload. See the *Status RPC* row and the idle RssFile of the scale run.
-   Build the STATUS= line only when notifying, and count live tokens without decoding every record
-   (a counter kept by mint/revoke plus the earliest expiry, or decode only `expires_at`/`revoked`).
-6. **The token cache holds whole records** — `broker.tokenState` keeps a `*store.Token` per token
-   ever used (`BenchmarkTokenCache` heap-B/token; the scale run's all-tokens-used memory). A compact
-   entry (`BenchmarkTokenCacheCompact`) and/or a bounded cache (a miss costs
-   `BenchmarkAuthenticate/cache-miss`), plus a soft memory limit (`debug.SetMemoryLimit`) so GC
-   headroom does not double the heap, keep 100k tokens inside the RSS budget.
+**Applied:**
+
+1. **Credential load per call** (e36f843) — `store.(*Store).LoadCredential` keeps each credential's
+   current version and *ciphertext* (never plaintext) in memory, stamped with a write generation
+   every write transaction bumps after it commits; a call decrypts without a read transaction or a
+   JSON decode (`BenchmarkLoadCredential` vs `BenchmarkDecryptOnly`).
+2. **A fresh goroutine per RPC** (e36f843) — `grpc.NumStreamWorkers` runs handlers on long-lived
+   goroutines (`BenchmarkSearch/unix-workers` vs `unix`).
+3. **MintToken shares commits** (e36f843) — `PutToken` goes through `DB.Batch` with a 0.5 ms
+   `MaxBatchDelay` instead of bbolt's 10 ms, so concurrent mints share an fsync (the MintToken
+   table at c=32) and a use-limited token's lone call does not wait 10 ms (`BenchmarkUseToken/c=1`).
+4. **Status does not decode every token for systemd** (e36f843) — the STATUS= line is built only
+   when systemd listens, from a count of token keys.
+5. **The token cache is bounded** (8ab3d0a) — at most `--token-cache-size` (10,000) decoded tokens,
+   sampled-LRU eviction, never a token whose rate limit is still recovering; a miss costs one bbolt
+   read (`BenchmarkAuthenticate/cache-miss`). See the scale run's all-tokens-used memory.
+6. **The result cache fits the budget** (e36f843, f92b12f) — each answer is charged 4× its body
+   (the decoded maps it keeps; `BenchmarkResultCacheHeap`), and the default bound is 16 MiB
+   instead of 64 MiB (the whole RSS target).
+
+**Not applied (design decisions, or not worth their cost here):**
+
 7. **One audit record alone is a full bbolt commit** — `BenchmarkAppendAudit/sync/c=1`: several
-   pages and two fdatasyncs for a ~400-byte record (`BenchmarkBoltAppend`: bbolt's
-   NoFreelistSync does not change that). This is brokerd's c=1 latency over the floor. Options, both
-   design decisions: make a "call started" record durable concurrently with the upstream request
-   (the response still waits for it; the outcome record follows), which hides the commit under any
-   real upstream latency; or move the audit chain to an append-only file with one write and one
-   fdatasync per batch.
-8. **The result cache is bounded in accounted bytes, not in heap** — `broker/economics.go` charges
-   each cached answer `len(upstream body) + 256` against `EconomicsConfig.CacheBytes` (64 MiB by
-   default, already the whole RSS target), but keeps the decoded results (maps of `any`), which
-   cost several times that: compare heap-B/search with body-B/search in
-   `BenchmarkResultCacheHeap`, and watch brokerd's *server RSS* column grow over the load cells
-   (every call a new query) and the scale run's memory. Account the decoded size (or cache the raw
-   body and decode per hit), and pick a default well under the RSS budget.
+   pages and two fdatasyncs for a ~400-byte record (`BenchmarkBoltAppend`: bbolt's NoFreelistSync
+   does not change that). This is brokerd's c=1 latency over the floor, and a state-changing admin
+   call pays it twice (a durable "started" record, then the outcome), which is why MintToken at c=1
+   is about three commits (started record, token, outcome). Options: make a "call started" record
+   durable concurrently with the upstream request (hides the commit under a real upstream's
+   latency), write a mint's token and its records in one transaction, or move the audit chain to
+   an append-only file with one write and one fdatasync per batch (the issue asks for bbolt).
+8. **The audit writer is one goroutine** — the *Audit group commits* table shows how busy it was.
+   Compare the brokerd and *cached* rows at the same c: when calls arrive faster (cache hits skip
+   the upstream) the same writer packs more records into each commit and carries a higher rate,
+   so where it is not busy all the time it is not what caps brokerd; CPU is (the *server CPU*
+   column against the floor's, and the profile above).
 9. **The upstream body is scanned three times** — `upstream.(*Client).readSuccess` runs `json.Valid`,
-   then `broker.parseResults`' `json.Unmarshal` validates and decodes again. parseResults already
-   maps bad JSON to `ErrBadResponse`; dropping the extra pass helps floor and brokerd alike
-   (absolute throughput, not the ratio).
+   then `broker.parseResults`' `json.Unmarshal` validates and decodes again. Dropping the extra pass
+   helps floor and brokerd alike (absolute throughput, not the ratio) but changes
+   `upstream.Client.Do`'s contract that a successful answer is valid JSON; not done.
 EOF
   echo
   echo "## Upstream economics: calls to the upstream vs calls to the broker"
