@@ -29,10 +29,12 @@ type AuthInfo struct {
 	// alive after Exe and Comm were read, so they describe the caller and not a process that
 	// reused its pid. Without it (older kernels), Exe and Comm are empty.
 	PIDFD bool
-	// Exe is the peer's executable path, when brokerd may read /proc/PID/exe (its own uid or
-	// root; under the shipped unit's ProtectProc=invisible, only its own uid).
+	// Exe is the peer's executable path, when brokerd may read /proc/PID/exe: ptrace read access,
+	// i.e. a dumpable peer of brokerd's own uid, or CAP_SYS_PTRACE (root with its usual
+	// capabilities). Under the shipped unit's ProtectProc=invisible, only brokerd's own uid.
 	Exe string
-	// Comm is the peer's command name (/proc/PID/comm), when /proc shows brokerd the process.
+	// Comm is the peer's command name (/proc/PID/comm), when /proc shows brokerd the process. The
+	// peer chooses it (prctl PR_SET_NAME): it is a hint, and may hold any bytes but NUL.
 	Comm string
 }
 
@@ -105,8 +107,9 @@ func Read(conn net.Conn) (AuthInfo, error) {
 	defer unix.Close(pidfd)
 	p, err := identify(pidfd)
 	if err != nil || p.pid != cred.Pid {
-		// Exited already, or the pidfd names another pid (a peer in another pid namespace
-		// reports its pid there): nothing about the process can be vouched for.
+		// Reaped already, or the pidfd's pid differs from SO_PEERCRED's (the /proc brokerd reads
+		// belongs to another pid namespace than brokerd): nothing about the process can be
+		// vouched for.
 		return info, nil
 	}
 	info.PIDFD, info.Exe, info.Comm = true, p.exe, p.comm

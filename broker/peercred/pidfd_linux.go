@@ -9,12 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// soPeerPidfd is SO_PEERPIDFD (Linux 6.5+): a pidfd for the process that connected. 77 in
-// asm-generic/socket.h and on x86; golang.org/x/sys has no constant for it yet. Architectures
-// with their own numbering (of Go ports: MIPS) do not get pidfd identities; see
-// pidfd_arch.go.
-const soPeerPidfd = 77
-
 // process is what a pidfd lets brokerd learn about the peer without racing pid reuse.
 type process struct {
 	pid  int32  // the peer's pid in brokerd's pid namespace, from the pidfd
@@ -22,22 +16,25 @@ type process struct {
 	comm string // /proc/PID/comm
 }
 
-// peerPidfd returns a pidfd for the peer of the socket fd, or an error when the kernel (or the
-// architecture) has none. It is a variable so tests can play an old kernel.
+// peerPidfd returns a pidfd for the peer of the socket fd (SO_PEERPIDFD, Linux 6.5+), or an
+// error when the kernel has none. It is a variable so tests can play an old kernel.
 var peerPidfd = func(fd int) (int, error) {
-	if !pidfdArch {
-		return -1, unix.ENOPROTOOPT
-	}
-	return unix.GetsockoptInt(fd, unix.SOL_SOCKET, soPeerPidfd)
+	return unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEERPIDFD)
 }
 
 // errExited reports a peer that exited before brokerd looked at it.
 var errExited = errors.New("peer process has exited")
 
 // identify reads what /proc says about the process behind pidfd. The pid in /proc/PID may be
-// reused the moment the peer exits, so the order matters: resolve the pid through the pidfd, read
-// /proc/PID, then check through the pidfd that the process is still alive. If it is, nothing
-// else can hold that pid yet and what was read belongs to the caller.
+// reused once the peer has exited and been reaped, so the order matters: resolve the pid through
+// the pidfd, read /proc/PID, then check through the pidfd that the process has still not been
+// reaped (fdinfo says -1 from then on). If so, nothing else can hold that pid yet and what was read
+// belongs to the caller. (A zombie still holds its pid: its comm is kept, its exe is unreadable.)
+// The peer may exec between the two reads, so exe and comm can straddle an exec of the same
+// process; they never belong to another process.
+//
+// The check reads fdinfo rather than sending signal 0 through the pidfd: that needs permission to
+// signal the peer, which brokerd (another uid, no CAP_KILL) lacks for most callers.
 func identify(pidfd int) (process, error) {
 	pid, err := pidfdPID(pidfd)
 	if err != nil {
@@ -51,9 +48,6 @@ func identify(pidfd int) (process, error) {
 	if comm, err := os.ReadFile(dir + "/comm"); err == nil {
 		p.comm = string(bytes.TrimSpace(comm))
 	}
-	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
-		return process{pid: pid}, errExited
-	}
 	if again, err := pidfdPID(pidfd); err != nil || again != pid {
 		return process{pid: pid}, errExited
 	}
@@ -61,7 +55,8 @@ func identify(pidfd int) (process, error) {
 }
 
 // pidfdPID returns the pid a pidfd refers to, from the "Pid:" line of its fdinfo: -1 once the
-// process has been reaped, 0 when it is outside brokerd's pid namespace.
+// process has been reaped, 0 when it is outside the pid namespace of the /proc brokerd reads
+// (the same /proc the other reads use, so the numbers agree).
 func pidfdPID(pidfd int) (int32, error) {
 	raw, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(pidfd))
 	if err != nil {

@@ -138,13 +138,15 @@ func auditJSON(r *credbrokerv1.AuditRecord) map[string]any {
 }
 
 // program names the calling program for the text listing: its executable's base name, else its
-// command name; "-" when brokerd could not vouch for either (no pidfd, or /proc hidden).
+// command name in brackets (the caller picks its comm, so it is marked as such); "-" when brokerd
+// could not vouch for either (no pidfd, or /proc hidden). Both come from the caller's side, so
+// they pass through printable before they reach the terminal.
 func program(r *credbrokerv1.AuditRecord) string {
 	switch {
 	case r.GetExe() != "":
-		return filepath.Base(r.GetExe())
+		return printable(filepath.Base(r.GetExe()))
 	case r.GetComm() != "":
-		return r.GetComm()
+		return "[" + printable(r.GetComm()) + "]"
 	}
 	return "-"
 }

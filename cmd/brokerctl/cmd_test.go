@@ -473,3 +473,22 @@ func TestPrintable(t *testing.T) {
 		t.Errorf("printable = %q, want %q", got, want)
 	}
 }
+
+// The PROGRAM column comes from the caller's side (its exe path, its self-chosen comm): it must
+// not be able to shift columns or reach the terminal as escape sequences, and comm is marked.
+func TestAuditProgramColumn(t *testing.T) {
+	tests := []struct {
+		rec  *credbrokerv1.AuditRecord
+		want string
+	}{
+		{&credbrokerv1.AuditRecord{Pidfd: true, Exe: "/usr/bin/scavio-mcp", Comm: "scavio-mcp"}, "scavio-mcp"},
+		{&credbrokerv1.AuditRecord{Pidfd: true, Exe: "/tmp/x\tforged\x1b[2J", Comm: "x"}, "x forged[2J"},
+		{&credbrokerv1.AuditRecord{Pidfd: true, Comm: "sshd\n12 2026"}, "[sshd 12 2026]"},
+		{&credbrokerv1.AuditRecord{}, "-"},
+	}
+	for _, tc := range tests {
+		if got := program(tc.rec); got != tc.want {
+			t.Errorf("program(%v) = %q, want %q", tc.rec, got, tc.want)
+		}
+	}
+}

@@ -70,7 +70,8 @@ func TestOtherUIDIsConfined(t *testing.T) {
 		if rec["event"] == "bound-token-misuse" && rec["uid"] == float64(nobody) {
 			misuse = true
 			// brokerd runs as root here, so with a pidfd it may read the caller's executable.
-			if peercred.PidfdSupported() && (rec["pidfd"] != true || !strings.HasSuffix(rec["exe"].(string), "/brokerctl")) {
+			exe, _ := rec["exe"].(string)
+			if peercred.PidfdSupported() && (rec["pidfd"] != true || !strings.HasSuffix(exe, "/brokerctl")) {
 				t.Errorf("misuse record does not name brokerctl: pidfd=%v exe=%v", rec["pidfd"], rec["exe"])
 			}
 		}
