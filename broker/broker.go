@@ -71,7 +71,9 @@ type Broker struct {
 	tokens   map[string]*tokenState
 	tokenGen uint64
 	tokenCap int
-	lastUsed map[string]int64
+	lastUsed map[string]lastUse
+	// lastUsedSweep is the size of lastUsed at which expired entries are next swept.
+	lastUsedSweep int
 
 	rot  *rotation  // versions, verification, grace fallback, scheduler (rotation.go)
 	econ *economics // credential limiters, result cache, budgets (economics.go)
@@ -97,7 +99,7 @@ func New(cfg Config) (*Broker, error) {
 	b := &Broker{
 		store: cfg.Store, upstream: cfg.Upstream, log: cfg.Logger, maxTTL: cfg.MaxTTL,
 		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*tokenState),
-		tokenCap: cfg.TokenCacheSize, lastUsed: make(map[string]int64),
+		tokenCap: cfg.TokenCacheSize, lastUsed: make(map[string]lastUse), lastUsedSweep: cfg.TokenCacheSize,
 		rot: newRotation(cfg), econ: newEconomics(cfg),
 	}
 	b.rot.sched = newScheduler(b, cfg.Clock, cfg.Scheduler)
@@ -183,7 +185,7 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 		return nil, fmt.Errorf("encode request: %w", err)
 	}
 	ci.QueryLen, ci.QueryMAC = len(req.Query), b.store.QueryDigest(req.Query)
-	if err := st.allow(b.now()); err != nil {
+	if st, err = b.allowCall(st); err != nil {
 		return nil, err
 	}
 	st.touch(b.now())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,13 +23,24 @@ const DefaultTokenCacheSize = 10000
 // goes (sampled LRU, as Redis does: no list to maintain on the hot path).
 const evictSample = 8
 
+// maxEvictPerLoad bounds the evictions one cache miss performs, so a cache that grew past its
+// bound (rate-limited tokens are never dropped mid-limit) shrinks back a little per miss instead
+// of stalling every reader behind one long sweep.
+const maxEvictPerLoad = 2
+
 // tokenState is what the broker keeps in memory about a token: its record, its rate limiter and
 // when it was last used (durable only for use-limited tokens, whose uses are written anyway).
 type tokenState struct {
 	rec      atomic.Pointer[store.Token]
 	lastUsed atomic.Int64 // unix nanos, 0 = not since start
-	lim      atomic.Pointer[rate.Limiter]
-	loadedAt int64 // unix nanos; with lastUsed, the recency eviction goes by
+	loadedAt int64        // unix nanos; with lastUsed, the recency eviction goes by
+
+	// mu guards the rate limiter and evicted, so a state is never dropped between a call's lookup
+	// and its spending a unit of the limit: that call would spend from a limiter nobody else sees
+	// while new calls start from a full one. Tokens without a rate limit never take it.
+	mu      sync.Mutex
+	lim     *rate.Limiter
+	evicted bool
 }
 
 // recency is when the token was last used or loaded, whichever is later.
@@ -38,20 +50,30 @@ func (s *tokenState) record() *store.Token { return s.rec.Load() }
 
 func (s *tokenState) touch(now time.Time) { s.lastUsed.Store(now.UnixNano()) }
 
+// rateLimited reports whether the token has a per-token rate limit.
+func (s *tokenState) rateLimited() bool {
+	t := s.record()
+	return t.RateLimit > 0 && t.RatePeriod > 0
+}
+
+// errEvicted: the state left the cache; look the token up again.
+var errEvicted = errors.New("token state evicted")
+
 // allow spends one call of the token's rate limit, or says how long to wait.
 func (s *tokenState) allow(now time.Time) error {
-	t := s.record()
-	if t.RateLimit == 0 || t.RatePeriod <= 0 {
+	if !s.rateLimited() {
 		return nil
 	}
-	lim := s.lim.Load()
-	if lim == nil {
-		lim = rate.NewLimiter(rate.Every(t.RatePeriod/time.Duration(t.RateLimit)), int(t.RateLimit))
-		if !s.lim.CompareAndSwap(nil, lim) {
-			lim = s.lim.Load()
-		}
+	t := s.record()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.evicted {
+		return errEvicted
 	}
-	r := lim.ReserveN(now, 1)
+	if s.lim == nil {
+		s.lim = rate.NewLimiter(rate.Every(t.RatePeriod/time.Duration(t.RateLimit)), int(t.RateLimit))
+	}
+	r := s.lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
 		return fmt.Errorf("%w: token %s is limited to %d calls per %s; retry in %s",
@@ -63,11 +85,45 @@ func (s *tokenState) allow(now time.Time) error {
 // ErrRateLimited reports a token over its own rate limit (not the upstream's).
 var ErrRateLimited = errors.New("rate limited")
 
+// allowCall is allow for a call holding st, which a concurrent cache miss may have evicted: then
+// the token is looked up again and its fresh state (whose limiter starts full, as the evicted
+// one was) is charged instead. It returns the state it charged.
+func (b *Broker) allowCall(st *tokenState) (*tokenState, error) {
+	for {
+		err := st.allow(b.now())
+		if !errors.Is(err, errEvicted) {
+			return st, err
+		}
+		if st, err = b.lookupToken(st.record().ID); err != nil {
+			return nil, err
+		}
+	}
+}
+
 // idle reports whether forgetting s loses nothing a bbolt read cannot give back: it has no rate
 // limiter, or its limiter has refilled (a new one starts full, too).
 func (s *tokenState) idle(now time.Time) bool {
-	lim := s.lim.Load()
-	return lim == nil || lim.TokensAt(now) >= float64(lim.Burst())
+	if !s.rateLimited() {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lim == nil || s.lim.TokensAt(now) >= float64(s.lim.Burst())
+}
+
+// evict marks s as gone if it is idle; a rate-limited state's allow sees the mark and re-looks
+// the token up. Called with b.mu held.
+func (s *tokenState) evict(now time.Time) bool {
+	if !s.rateLimited() {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lim != nil && s.lim.TokensAt(now) < float64(s.lim.Burst()) {
+		return false
+	}
+	s.evicted = true
+	return true
 }
 
 // lookupToken returns the cached state for id, loading it on a miss.
@@ -101,8 +157,8 @@ func (b *Broker) lookupToken(id string) (*tokenState, error) {
 		b.evictLocked(now)
 		st = &tokenState{loadedAt: now.UnixNano()}
 		st.rec.Store(&rec)
-		if n, ok := b.lastUsed[id]; ok {
-			st.lastUsed.Store(n)
+		if u, ok := b.lastUsed[id]; ok {
+			st.lastUsed.Store(u.at)
 			delete(b.lastUsed, id)
 		}
 		b.tokens[id] = st
@@ -115,11 +171,15 @@ func (b *Broker) lookupToken(id string) (*tokenState, error) {
 var testHookTokenRead func(id string)
 
 // evictLocked makes room for one more token: while the cache is full it drops the least
-// recently used idle token of a random sample (map iteration starts at a random place). If the
-// whole sample is mid-rate-limit the cache grows instead, so no limit is ever forgotten. A call
-// already holding an evicted state finishes with it; its last-use time may then be lost.
+// recently used idle token of a random sample (map iteration starts at a random place), at most
+// maxEvictPerLoad of them. If the whole sample is mid-rate-limit the cache grows instead, so no
+// limit is ever forgotten. A call already holding an evicted state finishes with it (a
+// rate-limited one re-looks the token up first, see allowCall); its last-use time may be lost.
 func (b *Broker) evictLocked(now time.Time) {
-	for len(b.tokens) >= b.tokenCap {
+	for range maxEvictPerLoad {
+		if len(b.tokens) < b.tokenCap {
+			return
+		}
 		var (
 			victimID string
 			victim   *tokenState
@@ -133,14 +193,35 @@ func (b *Broker) evictLocked(now time.Time) {
 				break
 			}
 		}
-		if victim == nil {
+		if victim == nil || !victim.evict(now) {
 			return
 		}
-		if n := victim.lastUsed.Load(); n != 0 {
-			b.lastUsed[victimID] = n // 8 bytes and the id, for `token inspect`
-		}
 		delete(b.tokens, victimID)
+		t := victim.record()
+		// Use-limited tokens have their last use in bbolt; keep the others' for token inspect,
+		// until the token expires.
+		if n := victim.lastUsed.Load(); n != 0 && t.MaxUses == 0 {
+			b.lastUsed[victimID] = lastUse{at: n, expires: t.ExpiresAt.UnixNano()}
+			b.pruneLastUsedLocked(now)
+		}
 	}
+}
+
+// lastUse is an evicted token's last use, kept until the token expires.
+type lastUse struct{ at, expires int64 }
+
+// pruneLastUsedLocked drops the last uses of expired tokens once the map has doubled since the
+// last sweep, so it holds at most about twice the live tokens that were used and evicted.
+func (b *Broker) pruneLastUsedLocked(now time.Time) {
+	if len(b.lastUsed) < b.lastUsedSweep {
+		return
+	}
+	for id, u := range b.lastUsed {
+		if u.expires <= now.UnixNano() {
+			delete(b.lastUsed, id)
+		}
+	}
+	b.lastUsedSweep = max(2*len(b.lastUsed), b.tokenCap)
 }
 
 // updateCachedToken replaces the cached record of a token after a write, keeping its limiter.
@@ -183,7 +264,7 @@ func (b *Broker) GetToken(ctx context.Context, id string) (TokenDetails, error) 
 	if st, ok := b.tokens[id]; ok {
 		n = st.lastUsed.Load()
 	} else {
-		n = b.lastUsed[id]
+		n = b.lastUsed[id].at
 	}
 	b.mu.RUnlock()
 	if n != 0 && time.Unix(0, n).After(d.LastUsed) {

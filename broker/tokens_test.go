@@ -174,3 +174,74 @@ func TestRevokeRacingATokenLoad(t *testing.T) {
 		t.Fatalf("revoked token %s accepted after a racing load: %v", rec.ID, err)
 	}
 }
+
+// A call that looked a rate-limited token up just before a cache miss evicted its state must be
+// charged to the state every later call sees, not to the orphaned one: otherwise racing
+// evictions would let through up to twice the limit.
+func TestEvictedStateIsNotChargedAlone(t *testing.T) {
+	b, _ := newCacheBroker(t, 100)
+	_, rec := mintFor(t, b, MintRequest{RateLimit: 2, RatePeriod: time.Minute})
+	held := b.lookupTokenMust(t, rec.ID) // a call is between lookup and allow...
+	b.mu.Lock()                          // ...when a miss evicts the (still idle) state
+	if !held.evict(b.now()) {
+		b.mu.Unlock()
+		t.Fatal("an unused rate-limited token is idle and may be evicted")
+	}
+	delete(b.tokens, rec.ID)
+	b.mu.Unlock()
+	for i := range 2 {
+		if _, err := b.allowCall(held); err != nil {
+			t.Fatalf("call %d within the limit: %v", i+1, err)
+		}
+	}
+	if _, err := b.allowCall(b.lookupTokenMust(t, rec.ID)); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("third call in the minute: %v, want rate limited (the held calls were charged to a forgotten limiter)", err)
+	}
+}
+
+// Evicted tokens' last uses are kept only until the tokens expire, so the side table does not
+// grow with every token ever used; use-limited tokens keep theirs in bbolt and are not in it.
+func TestLastUseTableForgetsExpiredTokens(t *testing.T) {
+	b, clk := newCacheBroker(t, 2)
+	ctx := context.Background()
+	use := func(r MintRequest) string {
+		raw, rec := mintFor(t, b, r)
+		if _, err := b.Authenticate(ctx, raw, me); err != nil {
+			t.Fatal(err)
+		}
+		b.lookupTokenMust(t, rec.ID).touch(clk.Now())
+		clk.Advance(time.Second)
+		return rec.ID
+	}
+	var short []string
+	for range 10 {
+		short = append(short, use(MintRequest{TTL: time.Minute}))
+	}
+	limited := use(MintRequest{TTL: time.Hour, MaxUses: 5})
+	use(MintRequest{TTL: time.Hour}) // pushes the limited one out
+	use(MintRequest{TTL: time.Hour})
+	b.mu.RLock()
+	_, limitedKept := b.lastUsed[limited]
+	_, shortKept := b.lastUsed[short[0]]
+	b.mu.RUnlock()
+	if limitedKept || !shortKept {
+		t.Fatalf("side table: use-limited token kept=%v (its last use is in bbolt), evicted unlimited token kept=%v", limitedKept, shortKept)
+	}
+	if d, err := b.GetToken(ctx, short[0]); err != nil || d.LastUsed.IsZero() {
+		t.Fatalf("evicted token's last use: %v %v", d.LastUsed, err)
+	}
+	clk.Advance(2 * time.Minute) // every minute-long token has expired
+	for range 30 {
+		use(MintRequest{TTL: time.Hour})
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for _, id := range short {
+		if _, ok := b.lastUsed[id]; ok {
+			t.Fatalf("last use of expired token %s still kept (%d entries)", id, len(b.lastUsed))
+		}
+	}
+	if n := len(b.lastUsed); n > 32 {
+		t.Fatalf("%d entries for 32 live evicted tokens", n)
+	}
+}
