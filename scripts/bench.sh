@@ -262,7 +262,7 @@ Each item names the benchmark that is its evidence; the tables above show its ef
 5. **The token cache is bounded** (8ab3d0a) — at most `--token-cache-size` (10,000) decoded tokens,
    sampled-LRU eviction, never a token whose rate limit is still recovering; a miss costs one bbolt
    read (`BenchmarkAuthenticate/cache-miss`). See the scale run's all-tokens-used memory.
-6. **The result cache fits the budget** (e36f843, f92b12f) — each answer is charged 4× its body
+6. **The result cache fits the budget** (e36f843, 0f758d2) — each answer is charged 4× its body
    (the decoded maps it keeps; `BenchmarkResultCacheHeap`), and the default bound is 16 MiB
    instead of 64 MiB (the whole RSS target).
 

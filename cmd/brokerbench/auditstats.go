@@ -21,14 +21,18 @@ type auditStats struct {
 	CommitsPerSec    float64       `json:"commits_per_s"`
 	RecordsPerCommit float64       `json:"records_per_commit"`
 	MeanCommit       time.Duration `json:"mean_commit_ns"`
-	// Busy is the fraction of the window the writer spent inside commits.
+	// Busy is the fraction of the time between the two scrapes the writer spent inside commits.
 	Busy float64 `json:"writer_busy"`
-	// RecordsPerCall is audit records per successful call (state-changing admin calls write two).
+	// RecordsPerCall is audit records per RPC brokerd finished between the scrapes (its own
+	// credbroker_grpc_calls_total; state-changing admin calls write two records).
 	RecordsPerCall float64 `json:"records_per_call"`
 }
 
-// auditCounters is one scrape of the counters auditStats is computed from.
-type auditCounters struct{ commits, records, seconds float64 }
+// auditCounters is one scrape of the counters auditStats is computed from, and when it was taken.
+type auditCounters struct {
+	at                              time.Time
+	commits, records, seconds, rpcs float64
+}
 
 // scrapeAudit reads brokerd's audit commit counters from its /metrics endpoint.
 func scrapeAudit(ctx context.Context, url string) (auditCounters, error) {
@@ -43,7 +47,10 @@ func scrapeAudit(ctx context.Context, url string) (auditCounters, error) {
 		return auditCounters{}, err
 	}
 	defer resp.Body.Close()
-	var c auditCounters
+	if resp.StatusCode != http.StatusOK {
+		return auditCounters{}, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	c := auditCounters{at: time.Now()}
 	seen := 0
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
@@ -53,6 +60,10 @@ func scrapeAudit(ctx context.Context, url string) (auditCounters, error) {
 		}
 		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
 		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(name, "credbroker_grpc_calls_total{") {
+			c.rpcs += v
 			continue
 		}
 		switch name {
@@ -73,28 +84,35 @@ func scrapeAudit(ctx context.Context, url string) (auditCounters, error) {
 	return c, nil
 }
 
-// stats turns two scrapes around a window into auditStats.
-func (after auditCounters) stats(before auditCounters, window time.Duration, calls int) *auditStats {
+// stats turns two scrapes around a window into auditStats. Rates are over the time between the
+// scrapes, which is what the counter deltas cover.
+func (after auditCounters) stats(before auditCounters) *auditStats {
 	s := &auditStats{Commits: after.commits - before.commits, Records: after.records - before.records}
-	if s.Commits <= 0 || window <= 0 {
+	span := after.at.Sub(before.at).Seconds()
+	if s.Commits <= 0 || span <= 0 {
 		return s
 	}
-	s.CommitsPerSec = s.Commits / window.Seconds()
+	s.CommitsPerSec = s.Commits / span
 	s.RecordsPerCommit = s.Records / s.Commits
 	s.MeanCommit = time.Duration((after.seconds - before.seconds) / s.Commits * float64(time.Second))
-	s.Busy = (after.seconds - before.seconds) / window.Seconds()
-	if calls > 0 {
-		s.RecordsPerCall = s.Records / float64(calls)
+	s.Busy = (after.seconds - before.seconds) / span
+	if rpcs := after.rpcs - before.rpcs; rpcs > 0 {
+		s.RecordsPerCall = s.Records / rpcs
 	}
 	return s
 }
 
 // metricsURL waits for brokerd's "serving Prometheus metrics" log line (it was started with
 // --metrics-listen 127.0.0.1:0) and returns the address it names.
-func metricsURL(ctx context.Context, dir, name string) (string, error) {
-	path := filepath.Join(dir, name+".log")
+func metricsURL(ctx context.Context, dir string, c *child) (string, error) {
+	path := filepath.Join(dir, c.name+".log")
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
+		select {
+		case <-c.done:
+			return "", fmt.Errorf("%s exited (%v); see %s", c.name, c.err, path)
+		default:
+		}
 		raw, _ := os.ReadFile(path)
 		for line := range strings.Lines(string(raw)) {
 			if !strings.Contains(line, "serving Prometheus metrics") {
@@ -110,5 +128,5 @@ func metricsURL(ctx context.Context, dir, name string) (string, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return "", fmt.Errorf("%s: no metrics address in %s", name, path)
+	return "", fmt.Errorf("%s: no metrics address in %s", c.name, path)
 }

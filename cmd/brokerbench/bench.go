@@ -234,7 +234,7 @@ func (e *env) startBrokerd(ctx context.Context, name, db string) (*child, string
 		return nil, "", 0, err
 	}
 	ready := time.Since(t0)
-	if c.metrics, err = metricsURL(ctx, e.dir, name); err != nil {
+	if c.metrics, err = metricsURL(ctx, e.dir, c); err != nil {
 		c.stop()
 		return nil, "", 0, err
 	}
@@ -403,7 +403,7 @@ func (e *env) mint(ctx context.Context, r *report, bd *child, sock string) error
 		res := runLoad(ctx, loadSpec{conc: c, warmup: e.cfg.warmup, window: e.cfg.mintDuration,
 			procs: []watched{{role: "server", pid: bd.pid(), metrics: bd.metrics}, {role: "loadgen"}}, do: do})
 		r.Mint = append(r.Mint, cellResult{Mode: "mint", Conc: c, loadResult: res})
-		progress("mint    c=%-3d %8.0f req/s  p50 %-9s p99 %-9s errors %d %s", c, res.RPS, round(res.P50), round(res.P99), res.Errors, res.FirstErr)
+		progress("mint    c=%-3d %8.0f req/s  p50 %-9s p99 %-9s errors %d %s%s", c, res.RPS, round(res.P50), round(res.P99), res.Errors, res.FirstErr, auditLine(res.Audit))
 	}
 	return nil
 }

@@ -137,7 +137,7 @@ func runLoad(ctx context.Context, spec loadSpec) loadResult {
 	}
 	r.Requests = len(all)
 	if auditErr == nil {
-		r.Audit = auditAfter.stats(auditBefore, window, r.Requests)
+		r.Audit = auditAfter.stats(auditBefore)
 	}
 	r.RPS = float64(len(all)) / window.Seconds()
 	if len(all) > 0 {

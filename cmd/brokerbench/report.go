@@ -250,6 +250,10 @@ func writeAuditTable(p func(string, ...any), r *report) {
 	p("| delay | c | mode | req/s | commits/s | records/commit | mean commit µs | writer busy | records/call |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range rows {
 		a := c.Audit
-		p("| %s | %d | %s | %.0f | %.0f | %.1f | %s | %.2f | %.1f |\n", c.Delay, c.Conc, c.Mode, c.RPS, a.CommitsPerSec, a.RecordsPerCommit, us(a.MeanCommit), a.Busy, a.RecordsPerCall)
+		delay := c.Delay.String()
+		if c.Mode == "mint" {
+			delay = "—"
+		}
+		p("| %s | %d | %s | %.0f | %.0f | %.1f | %s | %.2f | %.1f |\n", delay, c.Conc, c.Mode, c.RPS, a.CommitsPerSec, a.RecordsPerCommit, us(a.MeanCommit), a.Busy, a.RecordsPerCall)
 	}
 }
