@@ -242,11 +242,11 @@ func BenchmarkAppendAudit(b *testing.B) {
 	}
 }
 
-// BenchmarkPutToken is MintToken's write. "update" is PutToken as it is (one bbolt Update per
-// token: concurrent mints queue for the writer lock and each pays its own commit); "batch" is the
-// same write through bbolt's DB.Batch; "group" through a group-commit writer like the audit log's
-// (drain what is queued, one transaction, no timer). batch and group are prototypes here, not
-// store code.
+// BenchmarkPutToken is MintToken's write. "update" is PutToken as built (Store.batch: a plain
+// Update when no other batched write is in flight, bbolt's DB.Batch when there is); "batch" is
+// the same write always through DB.Batch (a lone writer waits MaxBatchDelay); "group" through a
+// group-commit writer like the audit log's (drain what is queued, one transaction, no timer).
+// batch and group are prototypes here, not store code.
 func BenchmarkPutToken(b *testing.B) {
 	for _, how := range []string{"update", "batch", "group"} {
 		for _, c := range []int{1, 32} {
@@ -282,8 +282,8 @@ func BenchmarkPutToken(b *testing.B) {
 	}
 }
 
-// BenchmarkUseToken is the durable use count of a use-limited token (bbolt Batch: up to 10 ms of
-// batching delay when calls are not concurrent).
+// BenchmarkUseToken is the durable use count of a use-limited token (Store.batch: bbolt's Batch
+// when calls are concurrent, a plain Update, with no batching delay, when one is alone).
 func BenchmarkUseToken(b *testing.B) {
 	for _, c := range []int{1, 32} {
 		b.Run(fmt.Sprintf("c=%d", c), func(b *testing.B) {

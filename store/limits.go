@@ -97,7 +97,7 @@ func (s *Store) SetLimits(name string, l Limits) (Credential, error) {
 func (s *Store) SpendCredentialCredits(name string, now time.Time, credits int64, ceiling uint64) (spent uint64, err error) {
 	var result error
 	window := MonthWindow(now)
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		b, err := credentialBucket(tx, name)
 		if err != nil {
 			result = err
@@ -153,7 +153,7 @@ func (s *Store) SpendTokenBudget(id string, now time.Time, credits int64) (Token
 		t      Token
 		result error
 	)
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTokens)
 		raw := b.Get([]byte(id))
 		if raw == nil {

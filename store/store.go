@@ -61,6 +61,9 @@ type Store struct {
 	audit        *auditWriter
 	keys         *dataKeys // master keyset and swappable data primitive, for Rekey (keys.go)
 
+	// batching counts batched writes in flight (batch).
+	batching atomic.Int32
+
 	// current caches each credential's current version and ciphertext (never the plaintext) so
 	// the hot path decrypts without a read transaction. Entries are stamped with writeGen, which
 	// every write transaction bumps after it commits: an entry from before the last write is
@@ -80,6 +83,18 @@ type currentVersion struct {
 func (s *Store) update(fn func(*bolt.Tx) error) error {
 	defer s.writeGen.Add(1)
 	return s.db.Update(fn)
+}
+
+// batch group-commits fn with concurrent batched writes (bbolt's Batch: fn must be idempotent,
+// it may run twice). A writer with no company commits at once instead of waiting MaxBatchDelay
+// for writers that are not coming: a lone mint or use-limited call pays one commit, not one
+// commit plus the timer.
+func (s *Store) batch(fn func(*bolt.Tx) error) error {
+	defer s.batching.Add(-1)
+	if s.batching.Add(1) == 1 {
+		return s.db.Update(fn)
+	}
+	return s.db.Batch(fn)
 }
 
 // Open opens (or creates) the database at path and unlocks it with the master keyset kek.

@@ -67,7 +67,7 @@ func (s *Store) PutToken(t Token) error {
 	// Group-committed: concurrent mints share one fsync. A token touches no credential, so the
 	// current-version cache stays valid.
 	var result error
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTokens)
 		if b.Get([]byte(t.ID)) != nil {
 			result = fmt.Errorf("token %s: %w", t.ID, ErrExists)
@@ -181,7 +181,7 @@ func (s *Store) UseToken(id string, now time.Time) (Token, error) {
 	)
 	// Batch may run fn more than once (after another fn in the batch fails, in a new transaction
 	// over the rolled-back state), so fn only sets its outputs from what it reads: idempotent.
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTokens)
 		raw := b.Get([]byte(id))
 		if raw == nil {

@@ -61,7 +61,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.scaleTokens, "scale-tokens", 100000, "live tokens to seed for the scale run (0 skips it)")
 	fs.IntVar(&c.scaleCredentials, "scale-credentials", 1000, "credentials to seed for the scale run")
 	fs.DurationVar(&c.scaleDuration, "scale-duration", 0, "c=64 load window of the scale run (default --duration)")
-	fs.BoolVar(&c.scaleTouchAll, "scale-touch-all", true, "after the timed load, search once with every remaining token so all are cached, and report memory")
+	fs.BoolVar(&c.scaleTouchAll, "scale-touch-all", true, "after the timed load, search once with every remaining token (each passes through the token cache) and report memory")
 	fs.IntVar(&c.scaleStarts, "scale-starts", 3, "how many times to start brokerd on the seeded database (start-to-ready is reported for each)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "profile daemon.Run in-process under c=64 zero-delay load and write the CPU profile here")
 	fs.StringVar(&c.allocProfile, "allocprofile", "", "with --cpuprofile: also write the allocation profile (FILE.base is the window's start)")
