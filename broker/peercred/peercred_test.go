@@ -66,6 +66,24 @@ func TestReadRefusesTCP(t *testing.T) {
 	}
 }
 
+// selfConnection connects this process to a Unix socket of its own and returns what the server
+// side of the handshake learned about it.
+func selfConnection(t *testing.T) AuthInfo {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return acceptOne(t, l)
+}
+
 // acceptOne returns the server-side AuthInfo of the next connection on l.
 func acceptOne(t *testing.T, l net.Listener) AuthInfo {
 	t.Helper()
@@ -85,18 +103,7 @@ func TestPidfdNamesTheCallingProgram(t *testing.T) {
 	if _, err := os.Stat("/proc/self/fdinfo"); err != nil {
 		t.Skip("no /proc here")
 	}
-	path := filepath.Join(t.TempDir(), "s.sock")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	got := acceptOne(t, l)
+	got := selfConnection(t)
 	if !PidfdSupported() {
 		// SO_PEERPIDFD arrived in Linux 6.5; older kernels must still work, without a program name.
 		if got.PIDFD || got.Exe != "" || got.Comm != "" {
@@ -124,18 +131,7 @@ func TestNoPidfdFallsBackToPeerCred(t *testing.T) {
 	old := peerPidfd
 	peerPidfd = func(int) (int, error) { return -1, unix.ENOPROTOOPT }
 	defer func() { peerPidfd = old }()
-	path := filepath.Join(t.TempDir(), "s.sock")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	got := acceptOne(t, l)
+	got := selfConnection(t)
 	if got.UID != uint32(os.Getuid()) || got.PID != int32(os.Getpid()) {
 		t.Fatalf("uid=%d pid=%d, want %d %d", got.UID, got.PID, os.Getuid(), os.Getpid())
 	}
