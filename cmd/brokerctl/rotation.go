@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/cmd/internal/days"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -48,23 +49,9 @@ func (a *app) callRotation(cmd *cobra.Command, fn func(context.Context, rotation
 
 // parseAge parses a max age: Go durations ("720h", "90m") plus whole days ("30d", "1d12h").
 func parseAge(s string) (time.Duration, error) {
-	bad := fmt.Errorf("%q is not a duration; use e.g. 30d, 12h or 1d12h", s)
-	var d time.Duration
-	rest := s
-	if i := strings.IndexByte(s, 'd'); i >= 0 {
-		days, err := strconv.ParseUint(s[:i], 10, 16)
-		if err != nil {
-			return 0, bad
-		}
-		d = time.Duration(days) * 24 * time.Hour
-		rest = s[i+1:]
-	}
-	if rest != "" {
-		r, err := time.ParseDuration(rest)
-		if err != nil || r < 0 {
-			return 0, bad
-		}
-		d += r
+	d, err := days.Parse(s)
+	if err != nil {
+		return 0, err
 	}
 	if d <= 0 {
 		return 0, fmt.Errorf("%q: a max age must be greater than zero", s)

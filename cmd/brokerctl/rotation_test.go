@@ -102,7 +102,7 @@ func TestParseAndFormatAge(t *testing.T) {
 		{"-1h", 0, "not a duration"},
 		{"xd", 0, "not a duration"},
 		{"30 days", 0, "not a duration"},
-		{"", 0, "greater than zero"},
+		{"", 0, "not a duration"},
 	} {
 		got, err := parseAge(tc.in)
 		if tc.wantErr != "" {

@@ -16,6 +16,7 @@ import (
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/daemon"
 	"github.com/credbroker/credbroker/client"
+	"github.com/credbroker/credbroker/cmd/internal/days"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -93,7 +94,8 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.StringVar(&f.socketGroup, "socket-group", "", "group (name or gid) to own the socket, for clients")
 	fl.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest token ttl MintToken accepts (longer requests are refused)")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight calls may finish after SIGTERM")
-	fl.DurationVar(&f.auditRetention, "audit-retention", 30*24*time.Hour, "prune audit records older than this (0 keeps all); the chain stays verifiable")
+	f.auditRetention = 30 * 24 * time.Hour
+	fl.Var(days.Value{D: &f.auditRetention}, "audit-retention", "prune audit records older than this, e.g. 30d, 12h, 1d12h (0 keeps all); the chain stays verifiable")
 	fl.BoolVar(&f.noReflection, "no-reflection", false, "do not register the gRPC reflection service")
 	fl.StringVar(&f.metricsListen, "metrics-listen", envOr("CREDBROKER_METRICS_LISTEN", ""), "serve Prometheus /metrics on this loopback host:port, e.g. 127.0.0.1:9464 (env CREDBROKER_METRICS_LISTEN; default off)")
 	fl.BoolVar(&f.metricsAllowNonLoopback, "metrics-allow-non-loopback", false, "allow --metrics-listen on a non-loopback address")

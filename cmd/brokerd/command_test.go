@@ -1,40 +1,34 @@
 package main
 
 import (
+	"strings"
 	"testing"
-	"time"
 )
 
-func TestParseCacheTTL(t *testing.T) {
-	cases := []struct {
-		in      string
-		def     time.Duration
-		tools   map[string]time.Duration
-		wantErr bool
-	}{
-		{"10m", 10 * time.Minute, map[string]time.Duration{}, false},
-		{"0", -1, map[string]time.Duration{}, false},
-		{"5m,google_search=0", 5 * time.Minute, map[string]time.Duration{"google_search": -1}, false},
-		{"web_search=30s", 0, map[string]time.Duration{"web_search": 30 * time.Second}, false},
-		{"shell=1m", 0, nil, true},
-		{"ten", 0, nil, true},
-		{"-1m", 0, nil, true},
-	}
-	for _, tc := range cases {
-		e, err := parseCacheTTL(tc.in)
-		if (err != nil) != tc.wantErr {
-			t.Fatalf("%q: err %v", tc.in, err)
-		}
-		if err != nil {
+// --audit-retention takes days, as operators (and the README) write retention.
+func TestAuditRetentionFlag(t *testing.T) {
+	for _, tc := range []struct{ in, want, wantErr string }{
+		{"30d", "30d", ""},
+		{"1d12h", "1d12h", ""},
+		{"720h", "30d", ""},
+		{"0", "0s", ""},
+		{"30days", "", "not a duration"},
+		{"-1h", "", "not a duration"},
+	} {
+		cmd := newCommand()
+		err := cmd.ParseFlags([]string{"--audit-retention", tc.in})
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("--audit-retention %s: %v, want error %q", tc.in, err, tc.wantErr)
+			}
 			continue
 		}
-		if e.DefaultCacheTTL != tc.def || len(e.CacheTTL) != len(tc.tools) {
-			t.Fatalf("%q: %+v", tc.in, e)
+		if err != nil {
+			t.Errorf("--audit-retention %s: %v", tc.in, err)
+			continue
 		}
-		for k, v := range tc.tools {
-			if e.CacheTTL[k] != v {
-				t.Fatalf("%q: %s = %s", tc.in, k, e.CacheTTL[k])
-			}
+		if got := cmd.Flags().Lookup("audit-retention").Value.String(); got != tc.want {
+			t.Errorf("--audit-retention %s = %s, want %s", tc.in, got, tc.want)
 		}
 	}
 }
