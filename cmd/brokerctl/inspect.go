@@ -65,6 +65,12 @@ func newTokenInspectCmd(a *app) *cobra.Command {
 				if t.GetRateLimit() > 0 {
 					row("rate", fmt.Sprintf("%d per %s", t.GetRateLimit(), t.GetRatePeriod().AsDuration()))
 				}
+				if t.GetBudgetCredits() > 0 {
+					row("budget", fmt.Sprintf("%d of %d credits spent this %s", t.GetBudgetSpent(), t.GetBudgetCredits(), t.GetBudgetPeriod()))
+				}
+				if t.GetSharedCache() {
+					row("result cache", "shared")
+				}
 				if t.BindUid != nil {
 					row("bound to uid", strconv.FormatUint(uint64(t.GetBindUid()), 10))
 				}
@@ -93,5 +99,9 @@ func inspectJSON(t *credbrokerv1.TokenInfo) map[string]any {
 	if t.GetRateLimit() > 0 {
 		out["rate_limit"], out["rate_period"] = t.GetRateLimit(), t.GetRatePeriod().AsDuration().String()
 	}
+	if t.GetBudgetCredits() > 0 {
+		out["budget_credits"], out["budget_period"], out["budget_spent"] = t.GetBudgetCredits(), t.GetBudgetPeriod(), t.GetBudgetSpent()
+	}
+	out["shared_cache"] = t.GetSharedCache()
 	return out
 }

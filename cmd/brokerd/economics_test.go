@@ -38,6 +38,9 @@ func TestEconomicsEndToEnd(t *testing.T) {
 	e.search(t, tok, "--no-cache", "cached query").ok(t)            // credit 2
 	e.search(t, tok, "--tool", "google_search", "not cached").ok(t) // credit 3: google_search cache is off
 	e.search(t, tok, "--tool", "google_search", "not cached").fails(t, "budget of 3/day used; resets at")
+	if r := e.ctl(t, "", "token", "inspect", strings.Split(tok, "_")[1]).ok(t); !strings.Contains(r.stdout, "3 of 3 credits spent this day") {
+		t.Fatalf("token inspect does not show the spent budget:\n%s", r.stdout)
+	}
 
 	r = e.ctl(t, "", "usage").ok(t)
 	if !strings.Contains(r.stdout, "agent-a") || !strings.Contains(r.stdout, "credits saved by the cache: 2") {
