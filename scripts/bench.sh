@@ -4,7 +4,7 @@
 # hot-path microbenchmarks (go test -bench, -benchmem). Every number in BENCHMARKS.md comes from
 # this run; nothing is typed by hand.
 #
-#   scripts/bench.sh                 full run, about 10 minutes; run it on a quiet machine
+#   scripts/bench.sh                 full run, about 8-11 minutes; run it on a quiet machine
 #   BENCH_QUICK=1 scripts/bench.sh   reduced run (short windows, 20k tokens), to check the script
 #
 # Environment: BENCH_OUT (default BENCHMARKS.md), BENCH_COUNT (microbenchmark -count), GHZ (path to
