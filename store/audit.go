@@ -142,21 +142,42 @@ func (s *Store) openAudit(kek tink.AEAD, onCommit func(int, time.Duration, error
 		return err
 	}
 	w := &auditWriter{db: s.db, mac: m, onCommit: onCommit, reqs: make(chan *auditReq, maxAuditBatch), quit: make(chan struct{}), done: make(chan struct{})}
-	if err := s.db.View(func(tx *bolt.Tx) error {
-		head, err := w.readPoint(tx, keyAuditHead)
-		if err != nil {
-			return err
-		}
-		if head != nil {
-			w.lastSeq, w.lastMAC = head.Seq, head.Prev
-		}
-		return nil
+	var head *chainPoint
+	if err := s.db.View(func(tx *bolt.Tx) (err error) {
+		head, err = w.readPoint(tx, keyAuditHead)
+		return err
 	}); err != nil {
 		return err
 	}
+	if head == nil {
+		// A log never written to has no head yet; give it one (seq 0) so that from now on a
+		// missing head always means a removed one. Records or an anchor without a head mean
+		// the head was deleted, perhaps with the newest records: starting would write new
+		// records over the old sequence numbers, so refuse.
+		if err := s.db.Update(func(tx *bolt.Tx) error {
+			if auditHasHistory(tx) {
+				return fmt.Errorf("%w: the audit log's chain head is missing but records or a retention anchor exist (removed?); restore the database from a backup", ErrCorrupt)
+			}
+			return w.writePoint(tx, keyAuditHead, chainPoint{Seq: 0})
+		}); err != nil {
+			return err
+		}
+		head = &chainPoint{Seq: 0}
+	}
+	w.lastSeq, w.lastMAC = head.Seq, head.Prev
 	s.audit = w
 	go w.run()
 	return nil
+}
+
+// auditHasHistory reports whether the audit log has any record or a retention anchor.
+func auditHasHistory(tx *bolt.Tx) bool {
+	if b := tx.Bucket(bucketAudit); b != nil {
+		if k, _ := b.Cursor().First(); k != nil {
+			return true
+		}
+	}
+	return tx.Bucket(bucketMeta).Get(keyAuditAnchor) != nil
 }
 
 // readPoint reads a MACed chain point from meta; nil if absent.
@@ -462,6 +483,9 @@ func (s *Store) VerifyAudit() (AuditVerification, error) {
 				v.LastSeq = key
 				want = chainPoint{Seq: key + 1, Prev: tag}
 			}
+		}
+		if head == nil && (v.Checked > 0 || anchor != nil) {
+			return fail(want.Seq, "the chain head is missing (removed): records after %d may have been removed with it", want.Seq-1)
 		}
 		if head != nil && (head.Seq != want.Seq-1 || !hmac.Equal(head.Prev, want.Prev)) {
 			if head.Seq > want.Seq-1 {

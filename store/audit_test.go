@@ -177,3 +177,67 @@ func FuzzDecodeAuditRecord(f *testing.F) {
 		}
 	})
 }
+
+// Deleting the newest records together with the chain head must not pass for a shorter log, and
+// brokerd must not start on such a file: it would write new records over the old sequence numbers.
+func TestAuditHeadRemovalIsDetected(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		from uint64 // records from..10 are deleted with the head; 11 deletes only the head
+	}{
+		{"tail and head removed", 6},
+		{"head removed", 11},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, path, kek := openStore(t)
+			for i := range 10 {
+				if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: fmt.Sprint(i)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.db.Update(func(tx *bolt.Tx) error {
+				for seq := tc.from; seq <= 10; seq++ {
+					if err := tx.Bucket(bucketAudit).Delete(auditKey(seq)); err != nil {
+						return err
+					}
+				}
+				return tx.Bucket(bucketMeta).Delete(keyAuditHead)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			v, err := s.VerifyAudit()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.OK || !strings.Contains(v.Problem, "head is missing") {
+				t.Fatalf("verify after removing the head: %+v", v)
+			}
+			s.Close()
+			if _, err := Open(path, kek, Options{}); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "chain head is missing") {
+				t.Fatalf("reopen without a chain head: %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+// A new database gets its chain head at once, so an empty log and a deleted one differ.
+func TestAuditHeadExistsFromTheStart(t *testing.T) {
+	s, _, _ := openStore(t)
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketMeta).Get(keyAuditHead) == nil {
+			return errors.New("no chain head in a new database")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.VerifyAudit(); err != nil || !v.OK || v.Checked != 0 {
+		t.Fatalf("verify of an empty log: %+v %v", v, err)
+	}
+	if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK"}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.VerifyAudit(); err != nil || !v.OK || v.Checked != 1 || v.FirstSeq != 1 {
+		t.Fatalf("verify after the first record: %+v %v", v, err)
+	}
+}
