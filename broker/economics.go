@@ -179,7 +179,10 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 	if err != nil {
 		return nil, err
 	}
-	refund, err := b.charge(t, tool, cs, int64(cost))
+	// The settle below and any refund are dated with the charge, so they land in the period the
+	// charge did, or are dropped if that period has ended (store.SpendTokenBudget).
+	chargedAt := b.now()
+	refund, err := b.charge(t, tool, cs, int64(cost), chargedAt)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +207,7 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 	res.Credits = cost
 	if n, ok := reportedCredits(res.Metadata); ok && n != cost {
 		// The upstream knows best: settle the difference.
-		if _, err := b.charge(t, tool, cs, int64(n)-int64(cost)); err != nil {
+		if _, err := b.charge(t, tool, cs, int64(n)-int64(cost), chargedAt); err != nil {
 			b.log.Warn("settle reported credits", "credential", tool.Credential, "err", err)
 		}
 		res.Credits = n
@@ -216,9 +219,8 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 }
 
 // charge adds credits to the token's budget and the credential's monthly counter, where those
-// exist, and returns a func that undoes it.
-func (b *Broker) charge(t *store.Token, tool Tool, cs *credSpend, credits int64) (refund func(), err error) {
-	now := b.now()
+// exist, dated now (the periods they count against), and returns a func that undoes it.
+func (b *Broker) charge(t *store.Token, tool Tool, cs *credSpend, credits int64, now time.Time) (refund func(), err error) {
 	var undo []func()
 	refund = func() {
 		for _, f := range undo {

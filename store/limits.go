@@ -91,7 +91,8 @@ func (s *Store) SetLimits(name string, l Limits) (Credential, error) {
 	return out, err
 }
 
-// SpendCredentialCredits adds credits (negative: a refund) to name's counter for the month of now,
+// SpendCredentialCredits adds credits (negative: a refund) to name's counter for the month of now
+// (see spendWindow for spends dated in another month than the counter's),
 // refusing with ErrBudgetExhausted when a positive spend would pass ceiling. Concurrent spends are
 // group-committed.
 func (s *Store) SpendCredentialCredits(name string, now time.Time, credits int64, ceiling uint64) (spent uint64, err error) {
@@ -110,9 +111,12 @@ func (s *Store) SpendCredentialCredits(name string, now time.Time, credits int64
 				return nil
 			}
 		}
-		if cc.Window != window {
-			cc = creditCounter{Window: window}
+		win, base, skip := spendWindow(cc.Window, window, cc.Spent, credits)
+		if skip {
+			spent, result = cc.Spent, nil
+			return nil
 		}
+		cc.Window, cc.Spent = win, base
 		next, ok := addCredits(cc.Spent, credits, ceiling)
 		if !ok {
 			spent, result = cc.Spent, fmt.Errorf("credential %q: %w: %d of %d credits used this month", name, ErrBudgetExhausted, cc.Spent, ceiling)
@@ -132,6 +136,25 @@ func (s *Store) SpendCredentialCredits(name string, now time.Time, credits int64
 }
 
 // addCredits applies delta to spent, refusing a positive delta that passes ceiling (0: none).
+// spendWindow decides which period a spend dated in window lands in, given the stored period and
+// its count. Windows are "2006-01-02" or "2006-01" strings, so they order as text. A later window
+// starts a new period from zero. A spend (credits > 0) dated in an older window than the stored
+// one counts against the stored, current period. A refund (credits < 0) for any other window than
+// the stored one is dropped (skip): a call charged before midnight and refunded after it must not
+// reset or eat into the new period's count.
+func spendWindow(stored, window string, spent uint64, credits int64) (win string, base uint64, skip bool) {
+	switch {
+	case window == stored:
+		return stored, spent, false
+	case credits < 0:
+		return stored, spent, true
+	case window > stored:
+		return window, 0, false
+	default:
+		return stored, spent, false
+	}
+}
+
 func addCredits(spent uint64, delta int64, ceiling uint64) (uint64, bool) {
 	if delta < 0 {
 		if uint64(-delta) > spent {
@@ -146,7 +169,8 @@ func addCredits(spent uint64, delta int64, ceiling uint64) (uint64, bool) {
 	return next, true
 }
 
-// SpendTokenBudget adds credits (negative: a refund) to a token's budget for the period of now,
+// SpendTokenBudget adds credits (negative: a refund) to a token's budget for the period of now
+// (see spendWindow for spends dated in another period than the stored one),
 // refusing with ErrBudgetExhausted past the budget. It returns the token record after the write.
 func (s *Store) SpendTokenBudget(id string, now time.Time, credits int64) (Token, error) {
 	var (
@@ -173,9 +197,12 @@ func (s *Store) SpendTokenBudget(id string, now time.Time, credits int64) (Token
 		if t.BudgetPeriod == "month" {
 			window = MonthWindow(now)
 		}
-		if t.BudgetWindow != window {
-			t.BudgetWindow, t.BudgetSpent = window, 0
+		win, base, skip := spendWindow(t.BudgetWindow, window, t.BudgetSpent, credits)
+		if skip {
+			result = nil
+			return nil
 		}
+		t.BudgetWindow, t.BudgetSpent = win, base
 		next, ok := addCredits(t.BudgetSpent, credits, t.BudgetCredits)
 		if !ok {
 			result = fmt.Errorf("token %s: %w", id, ErrBudgetExhausted)
