@@ -151,6 +151,13 @@ func (b *Broker) spend(ctx context.Context, t *store.Token, tool Tool, req *Sear
 	v, r, err := b.econ.cache.Do(ctx, cacheKey(t, tool, payload), ttl, func() (any, int64, error) {
 		res, err := b.spendUpstream(ctx, t, tool, payload, cost)
 		if err != nil {
+			// Shared-cache tokens wait on each other's identical calls. A failure that is this
+			// caller's own (it gave up, its budget is spent) must not fail the others, nor tell
+			// them this token's id and budget: they compute again themselves.
+			var be *tokenBudgetError
+			if ctx.Err() != nil || errors.As(err, &be) {
+				err = resultcache.Private(err)
+			}
 			return nil, 0, err
 		}
 		return res, res.size, nil
@@ -233,8 +240,8 @@ func (b *Broker) charge(t *store.Token, tool Tool, cs *credSpend, credits int64,
 	if t.BudgetCredits > 0 {
 		if _, err := b.store.SpendTokenBudget(t.ID, now, credits); err != nil {
 			if errors.Is(err, store.ErrBudgetExhausted) {
-				return nil, fmt.Errorf("%w: token %s: budget of %d/%s used; resets at %s", ErrRateLimited, t.ID, t.BudgetCredits, t.BudgetPeriod,
-					nextWindow(now, t.BudgetPeriod).Format(time.RFC3339))
+				return nil, &tokenBudgetError{fmt.Errorf("%w: token %s: budget of %d/%s used; resets at %s", ErrRateLimited, t.ID, t.BudgetCredits, t.BudgetPeriod,
+					nextWindow(now, t.BudgetPeriod).Format(time.RFC3339))}
 			}
 			return nil, err
 		}
@@ -253,6 +260,11 @@ func (b *Broker) charge(t *store.Token, tool Tool, cs *credSpend, credits int64,
 	}
 	return refund, nil
 }
+
+// tokenBudgetError is a refusal because the calling token's own budget is spent.
+type tokenBudgetError struct{ error }
+
+func (e *tokenBudgetError) Unwrap() error { return e.error }
 
 // nextWindow is when the budget period containing now ends (UTC).
 func nextWindow(now time.Time, period string) time.Time {

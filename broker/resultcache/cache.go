@@ -10,6 +10,7 @@ import (
 	"container/list"
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,6 +24,8 @@ type Cache struct {
 	lru      *list.List // front = most recently used; values are *entry
 	entries  map[string]*list.Element
 	inflight map[string]*call
+	// waiting counts callers parked on another's computation (tests wait for it).
+	waiting atomic.Int32
 }
 
 type entry struct {
@@ -53,23 +56,42 @@ type Result struct {
 	Age    time.Duration // how old the cached value is (0 for a fresh or shared computation)
 }
 
+// Private marks an error of fn as the computing caller's own (its context ended, its own budget
+// ran out): callers waiting on that computation do not get it, they try again themselves.
+func Private(err error) error { return privateError{err} }
+
+type privateError struct{ error }
+
+func (e privateError) Unwrap() error { return e.error }
+
 // Do returns the fresh cached value for key, or runs fn once for all concurrent callers of key and
 // caches its value for ttl (when fn succeeds and the value fits). A caller whose ctx ends while
 // waiting for another's computation gets ctx's error; the computation goes on for the others.
+// fn's error is shared with the waiters unless it is Private.
 func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func() (value any, size int64, err error)) (any, Result, error) {
 	c.mu.Lock()
-	if v, age, ok := c.getLocked(key); ok {
+	for {
+		if v, age, ok := c.getLocked(key); ok {
+			c.mu.Unlock()
+			return v, Result{Cached: true, Age: age}, nil
+		}
+		cl, ok := c.inflight[key]
+		if !ok {
+			break
+		}
 		c.mu.Unlock()
-		return v, Result{Cached: true, Age: age}, nil
-	}
-	if cl, ok := c.inflight[key]; ok {
-		c.mu.Unlock()
+		c.waiting.Add(1)
 		select {
 		case <-cl.done:
-			return cl.value, Result{Cached: cl.err == nil}, cl.err
+			c.waiting.Add(-1)
 		case <-ctx.Done():
+			c.waiting.Add(-1)
 			return nil, Result{}, ctx.Err()
 		}
+		if _, private := cl.err.(privateError); !private {
+			return cl.value, Result{Cached: cl.err == nil}, cl.err
+		}
+		c.mu.Lock() // the computing caller failed for its own reasons: compute again
 	}
 	cl := &call{done: make(chan struct{})}
 	c.inflight[key] = cl
@@ -85,6 +107,9 @@ func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func()
 	}
 	c.mu.Unlock()
 	close(cl.done)
+	if p, ok := cl.err.(privateError); ok {
+		return cl.value, Result{}, p.error
+	}
 	return cl.value, Result{}, cl.err
 }
 

@@ -100,3 +100,65 @@ func TestSingleFlight(t *testing.T) {
 		t.Fatalf("calls=%d cached=%d, want 1 and 19", calls.Load(), cached.Load())
 	}
 }
+
+// A computation that fails for its caller's own reasons (Private) is not handed to the callers
+// waiting on it: they compute again, and get their own answer. A plain failure is shared.
+func TestPrivateErrorsAreNotShared(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		leaderErr   error
+		wantWaiters string // "v" or the shared error's text
+		wantCalls   int32
+	}{
+		{"private", Private(errors.New("token A: budget used")), "v", 2},
+		{"shared", errors.New("upstream down"), "upstream down", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := New(1000, nil)
+			var calls atomic.Int32
+			release := make(chan struct{})
+			leaderDone := make(chan error, 1)
+			go func() {
+				_, _, err := c.Do(context.Background(), "k", time.Minute, func() (any, int64, error) {
+					calls.Add(1)
+					<-release
+					return nil, 0, tc.leaderErr
+				})
+				leaderDone <- err
+			}()
+			for calls.Load() == 0 {
+				time.Sleep(time.Millisecond)
+			}
+			const waiters = 5
+			got := make(chan string, waiters)
+			for range waiters {
+				go func() {
+					v, _, err := c.Do(context.Background(), "k", time.Minute, func() (any, int64, error) {
+						calls.Add(1)
+						return "v", 1, nil
+					})
+					if err != nil {
+						got <- err.Error()
+						return
+					}
+					got <- v.(string)
+				}()
+			}
+			for c.waiting.Load() != waiters { // every waiter is parked on the leader's call
+				time.Sleep(time.Millisecond)
+			}
+			close(release)
+			if err := <-leaderDone; err == nil || errors.As(err, new(privateError)) {
+				t.Fatalf("leader got %v, want its own error, unwrapped", err)
+			}
+			for range waiters {
+				if g := <-got; g != tc.wantWaiters {
+					t.Fatalf("a waiter got %q, want %q", g, tc.wantWaiters)
+				}
+			}
+			if n := calls.Load(); n != tc.wantCalls {
+				t.Fatalf("%d computations, want %d", n, tc.wantCalls)
+			}
+		})
+	}
+}
