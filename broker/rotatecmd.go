@@ -47,8 +47,10 @@ func validateCommand(argv []string) error {
 }
 
 // checkProgram refuses a program brokerd must not run: not an absolute path, not an executable
-// regular file, or one that someone other than root and brokerd's own user could have written
-// (which would let them run code as brokerd, next to the keys).
+// regular file, one that someone other than root and brokerd's own user could have written
+// (which would let them run code as brokerd, next to the keys), or a path through a symlink
+// (ownership would be checked on the link's target but the directories of the path as typed, so
+// a target in someone else's directory would pass).
 func checkProgram(path string) error {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
 		return invalid("rotate command %q must be a clean absolute path (no shell, no PATH lookup)", path)
@@ -56,9 +58,16 @@ func checkProgram(path string) error {
 	euid := uint32(os.Geteuid())
 	// Every directory on the way must be safe too, or the file could be swapped.
 	for p := path; ; p = filepath.Dir(p) {
-		st, err := os.Stat(p)
+		st, err := os.Lstat(p)
 		if err != nil {
 			return invalid("rotate command %q: %v", path, errors.Unwrap(err))
+		}
+		if st.Mode()&os.ModeSymlink != 0 {
+			real, err := filepath.EvalSymlinks(path)
+			if err != nil {
+				return invalid("rotate command %q: %s is a symlink; give the program's real path", path, p)
+			}
+			return invalid("rotate command %q: %s is a symlink; give the program's real path (%s)", path, p, real)
 		}
 		sys, ok := st.Sys().(*syscall.Stat_t)
 		if !ok {
@@ -92,11 +101,11 @@ type capWriter struct {
 }
 
 func (w *capWriter) Write(p []byte) (int, error) {
-	if room := w.limit - len(w.buf); room > 0 {
-		w.buf = append(w.buf, p[:min(room, len(p))]...)
-	}
 	if len(w.buf)+len(p) > w.limit {
 		w.over = true
+	}
+	if room := w.limit - len(w.buf); room > 0 {
+		w.buf = append(w.buf, p[:min(room, len(p))]...)
 	}
 	return len(p), nil
 }
@@ -147,6 +156,11 @@ func runRotateCommand(ctx context.Context, argv []string, credential string, ver
 			}
 			return nil, fmt.Errorf("rotate command %s exited with status %d", name, ee.ExitCode())
 		}
+		if errors.Is(err, exec.ErrWaitDelay) {
+			// It exited, but something it started still holds its stdout: kill the group.
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			return nil, fmt.Errorf("rotate command %s exited but left a process holding its output; it must not leave background processes", name)
+		}
 		return nil, fmt.Errorf("rotate command %s could not run: %w", name, errors.Unwrap(err))
 	case stdout.over:
 		return nil, fmt.Errorf("rotate command %s printed more than %d bytes; it must print only the new key", name, MaxCredentialValue)
@@ -155,6 +169,9 @@ func runRotateCommand(ctx context.Context, argv []string, credential string, ver
 	key = bytes.TrimSuffix(key, []byte("\r"))
 	if len(key) == 0 {
 		return nil, fmt.Errorf("rotate command %s printed no key on stdout", name)
+	}
+	if len(key) > MaxCredentialValue { // the cap leaves room for a line ending, not for more key
+		return nil, fmt.Errorf("rotate command %s printed more than %d bytes; it must print only the new key", name, MaxCredentialValue)
 	}
 	if !headerSafe(key) {
 		return nil, fmt.Errorf("rotate command %s printed something that is not a key (only visible ASCII, one line)", name)

@@ -266,6 +266,35 @@ echo sk_test_ENV_OK`)
 	}
 }
 
+// Keys up to the 8 KiB limit come through whatever the pipe's chunking; longer output is refused,
+// and a command that leaves a process holding its stdout fails with a message that says so.
+func TestRotateCommandOutput(t *testing.T) {
+	e := newSchedEnv(t)
+	for _, tc := range []struct {
+		name, body, wantErr string
+		wantLen             int
+	}{
+		{"5000-byte key in one write", `printf '%s\n' "$(head -c 5000 /dev/zero | tr '\0' k)"`, "", 5000},
+		{"8192-byte key", `printf '%s\n' "$(head -c 8192 /dev/zero | tr '\0' k)"`, "", 8192},
+		{"8193 bytes", `printf '%s\n' "$(head -c 8193 /dev/zero | tr '\0' k)"`, "printed more than 8192 bytes", 0},
+		{"background process keeps stdout", `sleep 30 & echo sk_test_BG`, "left a process holding its output", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := e.script(t, strings.ReplaceAll(tc.name, " ", "-"), tc.body)
+			key, err := runRotateCommand(context.Background(), []string{cmd}, DefaultCredential, 1, 20*time.Second)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || len(key) != tc.wantLen {
+				t.Fatalf("got %d bytes, %v; want %d", len(key), err, tc.wantLen)
+			}
+		})
+	}
+}
+
 func TestCheckProgram(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name string, mode os.FileMode) string {
@@ -284,6 +313,12 @@ func TestCheckProgram(t *testing.T) {
 	os.Chmod(looseDir, 0o777)
 	inLooseDir := filepath.Join(looseDir, "cmd")
 	os.WriteFile(inLooseDir, []byte("#!/bin/sh\n"), 0o700)
+	// Symlinks: ownership would be read from the target while the directories checked are the
+	// link's, so a target in someone else's directory would pass. They are refused outright.
+	link := filepath.Join(dir, "link")
+	os.Symlink(ok, link)
+	linkedDir := filepath.Join(dir, "linked")
+	os.Symlink(dir, linkedDir)
 	tests := []struct {
 		name, path, wantErr string
 	}{
@@ -295,6 +330,8 @@ func TestCheckProgram(t *testing.T) {
 		{"not executable", noexec, "not executable"},
 		{"directory", dir, "not a regular file"},
 		{"in a world-writable directory", inLooseDir, "writable by group or others"},
+		{"symlink", link, "is a symlink; give the program's real path (" + ok + ")"},
+		{"through a symlinked directory", filepath.Join(linkedDir, "ok"), "linked is a symlink"},
 	}
 	if os.Geteuid() == 0 {
 		other := write("other", 0o755)
