@@ -93,6 +93,9 @@ Flags:
 	return err
 }
 
+// maxTokenFile bounds what --token-file may hold.
+const maxTokenFile = 4096
+
 // readToken returns the token from file, or from $CREDBROKER_TOKEN when file is empty. An empty
 // result with a nil error means no token was configured.
 func readToken(file string, log *slog.Logger) (string, error) {
@@ -102,9 +105,18 @@ func readToken(file string, log *slog.Logger) (string, error) {
 	if file == "" {
 		return env, nil
 	}
-	data, err := os.ReadFile(file)
+	f, err := os.Open(file)
 	if err != nil {
 		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	defer f.Close()
+	// A token is under a hundred bytes; don't read a wrong path (a log, a device) whole.
+	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	if len(data) > maxTokenFile {
+		return "", fmt.Errorf("--token-file %s is larger than %d bytes; it should hold only the token", file, maxTokenFile)
 	}
 	tok := strings.TrimSpace(string(data))
 	if tok == "" {

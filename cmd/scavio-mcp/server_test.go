@@ -443,6 +443,10 @@ func TestReadToken(t *testing.T) {
 	if _, err := readToken(filepath.Join(dir, "missing"), log); err == nil || !strings.Contains(err.Error(), "--token-file") {
 		t.Errorf("missing file: %v", err)
 	}
+	big := write("big", "cbt_x"+strings.Repeat(" ", maxTokenFile))
+	if _, err := readToken(big, log); err == nil || !strings.Contains(err.Error(), "larger than 4096 bytes") {
+		t.Errorf("oversized file: %v", err)
+	}
 	t.Setenv(tokenEnv, "")
 	if tok, err := readToken("", log); tok != "" || err != nil {
 		t.Errorf("nothing configured: %q, %v", tok, err)
