@@ -36,6 +36,10 @@ func ValidateCredential(name string, value []byte) error {
 	if len(value) > MaxCredentialValue {
 		return invalid("credential value is %d bytes; the limit is %d", len(value), MaxCredentialValue)
 	}
+	if !headerSafe(value) {
+		// Keys travel in HTTP headers; such a value would be stored and then refused on every call.
+		return invalid("credential value must be visible ASCII on one line (no spaces, tabs, line breaks or control characters): it is sent in an HTTP header")
+	}
 	return nil
 }
 
@@ -112,7 +116,7 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 	var scoped []string
 	for _, name := range r.Tools {
 		if _, ok := LookupTool(name); !ok {
-			return "", store.Token{}, invalid("unknown tool %q; known tools: %s", name, strings.Join(ToolNames(), ", "))
+			return "", store.Token{}, invalid("unknown tool %s; known tools: %s", quoteInput(name), strings.Join(ToolNames(), ", "))
 		}
 		if !slices.Contains(scoped, name) {
 			scoped = append(scoped, name)

@@ -27,10 +27,19 @@ func (b *Broker) RecordCall(ctx context.Context, r CallRecord) error {
 	// The record is written even if the caller gave up: the call happened.
 	start := time.Now()
 	defer func() { metrics.ObserveAuditWrite(time.Since(start)) }()
+	// Only names that passed validation reach the audit log: the raw input of a refused request
+	// (perhaps a key typed into the wrong field, perhaps 60 KB of junk) is not kept.
+	credential, tool := ci.Credential, ci.Tool
+	if validateName(credential) != nil {
+		credential = ""
+	}
+	if _, ok := LookupTool(tool); !ok {
+		tool = ""
+	}
 	return b.store.AppendAudit(context.WithoutCancel(ctx), store.AuditRecord{
 		Time: b.now().UTC(), PeerKnown: r.Caller.Known, UID: r.Caller.UID, GID: r.Caller.GID, PID: r.Caller.PID,
-		TokenID: ci.TokenID, Method: r.Method, Tool: ci.Tool, Code: r.Code, LatencyMicros: r.Latency.Microseconds(),
-		Credential: ci.Credential, CredentialVersion: ci.CredentialVersion, QueryLen: ci.QueryLen, QueryMAC: ci.QueryMAC,
+		TokenID: ci.TokenID, Method: r.Method, Tool: tool, Code: r.Code, LatencyMicros: r.Latency.Microseconds(),
+		Credential: credential, CredentialVersion: ci.CredentialVersion, QueryLen: ci.QueryLen, QueryMAC: ci.QueryMAC,
 		Event: ci.Event, Credits: ci.Credits, CreditsSaved: ci.CreditsSaved, TokenLabel: ci.TokenLabel,
 		PIDFD: r.Caller.PIDFD, Exe: r.Caller.Exe, Comm: r.Caller.Comm,
 	})

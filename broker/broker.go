@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -106,6 +107,18 @@ func New(cfg Config) (*Broker, error) {
 	return b, nil
 }
 
+// maxQuoted is how much of a caller's input an error message repeats.
+const maxQuoted = 64
+
+// quoteInput quotes s for an error message, cut to maxQuoted bytes: a refusal should say what
+// was refused, not send back (or log) whatever a caller chose to send.
+func quoteInput(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(strings.ToValidUTF8(s[:maxQuoted], "")), len(s))
+}
+
 func unauthenticated(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrUnauthenticated, fmt.Sprintf(format, args...))
 }
@@ -171,7 +184,7 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 	ci.Tool = req.Tool
 	tool, ok := LookupTool(req.Tool)
 	if !ok {
-		return nil, invalid("unknown tool %q; known tools: %s", req.Tool, strings.Join(ToolNames(), ", "))
+		return nil, invalid("unknown tool %s; known tools: %s", quoteInput(req.Tool), strings.Join(ToolNames(), ", "))
 	}
 	if !slices.Contains(t.Tools, tool.Name) {
 		return nil, fmt.Errorf("%w: token %s may not call %s (allowed: %s)", ErrPermissionDenied, t.ID, tool.Name, strings.Join(t.Tools, ", "))

@@ -312,6 +312,9 @@ func (b *Broker) learnLimits(lim *limiter.Limiter, resp *upstream.Response, err 
 func (b *Broker) SetLimits(ctx context.Context, name string, l store.Limits) (store.Credential, error) {
 	ci := callInfo(ctx)
 	ci.Credential, ci.Event = name, "limits"
+	if err := validateName(name); err != nil {
+		return store.Credential{}, err
+	}
 	switch {
 	case l.RateLimit > 0 && (l.RatePeriod < time.Second || l.RatePeriod > 24*time.Hour):
 		return store.Credential{}, invalid("rate period must be between 1s and 24h, e.g. 10/m")

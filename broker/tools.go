@@ -125,6 +125,18 @@ var (
 	devices     = []string{"desktop", "mobile"}
 )
 
+// asciiLower lowercases ASCII letters only: strings.ToLower would turn U+212A (KELVIN SIGN) into
+// "k" and let it pass as a code.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
 func isLowerAlpha(s string, n int) bool {
 	if len(s) != n {
 		return false
@@ -148,10 +160,10 @@ func googleSearchBody(r *SearchRequest) (any, error) {
 	if g.SearchType != "" && !slices.Contains(searchTypes, g.SearchType) {
 		return nil, invalid("search_type must be one of %s", strings.Join(searchTypes, ", "))
 	}
-	if g.CountryCode != "" && !isLowerAlpha(strings.ToLower(g.CountryCode), 2) {
+	if g.CountryCode != "" && !isLowerAlpha(asciiLower(g.CountryCode), 2) {
 		return nil, invalid("country_code must be an ISO 3166-1 alpha-2 code such as \"us\"")
 	}
-	if g.Language != "" && !isLowerAlpha(strings.ToLower(g.Language), 2) {
+	if g.Language != "" && !isLowerAlpha(asciiLower(g.Language), 2) {
 		return nil, invalid("language must be an ISO 639-1 code such as \"en\"")
 	}
 	if g.Page < 0 || g.Page > maxPage {
@@ -168,10 +180,10 @@ func googleSearchBody(r *SearchRequest) (any, error) {
 		body["search_type"] = g.SearchType
 	}
 	if g.CountryCode != "" {
-		body["country_code"] = strings.ToLower(g.CountryCode)
+		body["country_code"] = asciiLower(g.CountryCode)
 	}
 	if g.Language != "" {
-		body["language"] = strings.ToLower(g.Language)
+		body["language"] = asciiLower(g.Language)
 	}
 	if g.Page != 0 {
 		body["page"] = g.Page

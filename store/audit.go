@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -378,6 +379,9 @@ func (s *Store) QueryDigest(q string) string {
 // ListAudit returns up to limit records with seq > afterSeq and time >= since, in chain order.
 func (s *Store) ListAudit(afterSeq uint64, since time.Time, limit int) ([]AuditRecord, error) {
 	var out []AuditRecord
+	if afterSeq == math.MaxUint64 { // nothing comes after the last possible record (and +1 would wrap)
+		return nil, nil
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAudit)
 		if b == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"google.golang.org/grpc"
@@ -109,18 +110,8 @@ func (s *AdminService) DeleteCredential(ctx context.Context, req *pb.DeleteCrede
 func (s *AdminService) MintToken(ctx context.Context, req *pb.MintTokenRequest) (*pb.MintTokenResponse, error) {
 	r := broker.MintRequest{Tools: req.GetTools(), MaxUses: req.GetMaxUses(), BindUID: req.BindUid, Label: req.GetLabel(), RateLimit: req.GetRateLimit(),
 		BudgetCredits: req.GetBudgetCredits(), BudgetPeriod: req.GetBudgetPeriod(), SharedCache: req.GetSharedCache()}
-	for _, d := range []struct {
-		pb  *durationpb.Duration
-		out *time.Duration
-		f   string
-	}{{req.GetTtl(), &r.TTL, "ttl"}, {req.GetRatePeriod(), &r.RatePeriod, "rate_period"}} {
-		if d.pb == nil {
-			continue
-		}
-		if err := d.pb.CheckValid(); err != nil {
-			return nil, toStatus(s.log, "MintToken", fmt.Errorf("%w: %s is not a valid duration", broker.ErrInvalidArgument, d.f))
-		}
-		*d.out = d.pb.AsDuration()
+	if err := durations(durationArg{req.GetTtl(), &r.TTL, "ttl"}, durationArg{req.GetRatePeriod(), &r.RatePeriod, "rate_period"}); err != nil {
+		return nil, toStatus(s.log, "MintToken", err)
 	}
 	tok, rec, err := s.b.MintToken(ctx, r, callerFrom(ctx))
 	if err != nil {
@@ -215,18 +206,8 @@ func (s *AdminService) SetCredentialLimits(ctx context.Context, req *pb.SetCrede
 	var l store.Limits
 	if in := req.GetLimits(); in != nil {
 		l = store.Limits{RateLimit: in.GetRateLimit(), Burst: in.GetBurst(), MonthlyCredits: in.GetMonthlyCredits()}
-		for _, d := range []struct {
-			pb  *durationpb.Duration
-			out *time.Duration
-			f   string
-		}{{in.GetRatePeriod(), &l.RatePeriod, "rate_period"}, {in.GetMaxWait(), &l.MaxWait, "max_wait"}} {
-			if d.pb == nil {
-				continue
-			}
-			if err := d.pb.CheckValid(); err != nil {
-				return nil, toStatus(s.log, "SetCredentialLimits", fmt.Errorf("%w: %s is not a valid duration", broker.ErrInvalidArgument, d.f))
-			}
-			*d.out = d.pb.AsDuration()
+		if err := durations(durationArg{in.GetRatePeriod(), &l.RatePeriod, "rate_period"}, durationArg{in.GetMaxWait(), &l.MaxWait, "max_wait"}); err != nil {
+			return nil, toStatus(s.log, "SetCredentialLimits", err)
 		}
 	}
 	c, err := s.b.SetLimits(ctx, req.GetName(), l)
@@ -251,4 +232,29 @@ func (s *AdminService) Usage(_ context.Context, req *pb.UsageRequest) (*pb.Usage
 		out.Rows = append(out.Rows, &pb.UsageRow{Key: r.Key, Label: r.Label, Calls: r.Calls, Credits: r.Credits, CacheHits: r.CacheHits, Errors: r.Err})
 	}
 	return out, nil
+}
+
+// durationArg is a Duration field of a request and where its value goes.
+type durationArg struct {
+	pb  *durationpb.Duration
+	out *time.Duration
+	f   string
+}
+
+// durations converts the set Duration fields, refusing invalid ones and ones too long for a
+// time.Duration (about 292 years), which AsDuration would silently clamp.
+func durations(args ...durationArg) error {
+	for _, d := range args {
+		if d.pb == nil {
+			continue
+		}
+		if err := d.pb.CheckValid(); err != nil {
+			return fmt.Errorf("%w: %s is not a valid duration", broker.ErrInvalidArgument, d.f)
+		}
+		if d.pb.GetSeconds() > math.MaxInt64/int64(time.Second)-1 || d.pb.GetSeconds() < math.MinInt64/int64(time.Second)+1 {
+			return fmt.Errorf("%w: %s is out of range", broker.ErrInvalidArgument, d.f)
+		}
+		*d.out = d.pb.AsDuration()
+	}
+	return nil
 }

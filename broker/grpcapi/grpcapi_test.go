@@ -55,6 +55,7 @@ type harness struct {
 	admin  pb.AdminServiceClient
 	health healthpb.HealthClient
 	logs   *strings.Builder
+	sock   string
 }
 
 type syncBuilder struct {
@@ -111,7 +112,7 @@ func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
 		fake.Close()
 	})
 	return &harness{
-		fake: fake, store: st, clock: clk, logs: logs,
+		fake: fake, store: st, clock: clk, logs: logs, sock: sock,
 		search: pb.NewSearchServiceClient(conn), admin: pb.NewAdminServiceClient(conn), health: healthpb.NewHealthClient(conn),
 	}
 }

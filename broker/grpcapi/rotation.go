@@ -2,7 +2,6 @@ package grpcapi
 
 import (
 	"context"
-	"fmt"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -87,11 +86,8 @@ func (s *AdminService) RollbackCredential(ctx context.Context, req *pb.RollbackC
 func (s *AdminService) SetRotationPolicy(ctx context.Context, req *pb.SetRotationPolicyRequest) (*pb.SetRotationPolicyResponse, error) {
 	var p store.Policy
 	if rp := req.GetPolicy(); rp != nil {
-		if d := rp.GetMaxAge(); d != nil {
-			if err := d.CheckValid(); err != nil {
-				return nil, toStatus(s.log, "SetRotationPolicy", fmt.Errorf("%w: max_age is not a valid duration", broker.ErrInvalidArgument))
-			}
-			p.MaxAge = d.AsDuration()
+		if err := durations(durationArg{rp.GetMaxAge(), &p.MaxAge, "max_age"}); err != nil {
+			return nil, toStatus(s.log, "SetRotationPolicy", err)
 		}
 		p.RotateCommand, p.Verify = rp.GetRotateCommand(), rp.GetVerify()
 	}

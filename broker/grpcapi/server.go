@@ -48,6 +48,8 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *health.Server) {
 		// The auditor runs before authorization so refused calls are recorded too.
 		grpc.ChainUnaryInterceptor(auditor{b, o.Logger}.unary, o.Admins.unary),
 		grpc.ChainStreamInterceptor(auditor{b, o.Logger}.stream, o.Admins.stream),
+		// Calls gRPC refuses before the interceptors (undecodable, too large) are audited too.
+		grpc.StatsHandler(refusedEarly{b, o.Logger}),
 	}, o.ServerOptions...)
 	g := grpc.NewServer(opts...)
 	(&SearchService{b: b, log: o.Logger}).Register(g)
