@@ -161,9 +161,11 @@ func (s *scheduler) rotate(ctx context.Context, c store.Credential, now time.Tim
 		nc, err = s.b.scheduledRotate(ctx, c, key)
 		clear(key)
 	}
-	if ctx.Err() != nil {
+	if err != nil && ctx.Err() != nil {
 		return // shutting down: not the command's fault
 	}
+	// A rotation that committed as shutdown began is still recorded below (the audit writer
+	// closes only after the scheduler has stopped; RecordEvent ignores ctx's cancellation).
 	if err != nil {
 		s.mu.Lock()
 		f := s.fails[c.Name]

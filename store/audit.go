@@ -351,6 +351,15 @@ func (s *Store) AppendAudit(ctx context.Context, rec AuditRecord) error {
 	select {
 	case err := <-r.done:
 		return err
+	case <-s.audit.done:
+		// The writer has stopped; it answers every request it took before stopping, so look
+		// once more, then give up: a request that raced Close into the queue is never written.
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return fmt.Errorf("%w: store closed", ErrAuditUnavailable)
+		}
 	case <-ctx.Done():
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, ctx.Err())
 	}

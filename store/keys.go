@@ -231,9 +231,17 @@ func (s *Store) RewrapIfNeeded(kek tink.AEAD) (before []uint32, rewrapped bool, 
 		s.keys.kek.Store(&aeadBox{a: kek})
 		return u.MasterKeyIDs, false, nil
 	}
+	if !u.OpensWith(kek) {
+		return u.MasterKeyIDs, false, ErrWrongMasterKey
+	}
+	// Publish the new master keyset before the re-wrap commits: it opens the old wrapping (just
+	// checked) and the new one, so a concurrent Keys() (Status) never pairs the new wrapping with
+	// the old keyset. On failure the old one comes back.
+	old := s.keys.kek.Load()
+	s.keys.kek.Store(&aeadBox{a: kek})
 	if err := s.Rewrap(kek); err != nil {
+		s.keys.kek.Store(old)
 		return u.MasterKeyIDs, false, err
 	}
-	s.keys.kek.Store(&aeadBox{a: kek})
 	return u.MasterKeyIDs, true, nil
 }

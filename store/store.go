@@ -236,8 +236,8 @@ func parseVersion(b []byte) (uint32, error) {
 	return uint32(v), nil
 }
 
-// Close stops the audit writer (failing appends that arrive later) and closes the database;
-// pending batched writes are committed first.
+// Close stops the audit writer (failing appends that arrive later) and closes the database.
+// Callers stop writing first: a batched write still waiting for its commit fails.
 func (s *Store) Close() error {
 	s.audit.close()
 	return s.db.Close()

@@ -144,10 +144,11 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() { serveErr <- srv.Serve(lis) }()
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
-	go b.RunAuditRetention(bgCtx, cfg.AuditRetention, time.Hour)
-	schedDone := make(chan struct{})
+	retentionDone, schedDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(retentionDone); b.RunAuditRetention(bgCtx, cfg.AuditRetention, time.Hour) }()
 	go func() { defer close(schedDone); b.RunScheduler(bgCtx) }() // rotation policies (broker/scheduler.go)
-	defer func() { stopBackground(); <-schedDone }()
+	// Both touch the store: they stop before the deferred st.Close runs.
+	defer func() { stopBackground(); <-schedDone; <-retentionDone }()
 	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, KeysetPath: cfg.MasterKeyset, Listener: lis})
 	if err != nil {
 		srv.Stop()
@@ -214,6 +215,12 @@ func listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 		if err == nil {
 			c.Close()
 			return nil, fmt.Errorf("socket %s is live: another brokerd is serving on it", path)
+		}
+		// Only a refused connection proves nobody listens. A full accept queue (EAGAIN), a
+		// timeout or a permission error can be a live but busy brokerd, whose socket must
+		// not be taken from it.
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("socket %s exists and cannot be probed (%v); if no brokerd is running, remove it", path, err)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)

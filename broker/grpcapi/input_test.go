@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -62,7 +63,12 @@ func TestUndecodableRequestIsAudited(t *testing.T) {
 	if st, _ := status.FromError(err); err == nil || !strings.Contains(st.Message(), "invalid UTF-8") {
 		t.Fatalf("undecodable request: %v", err)
 	}
+	// gRPC reports the end of the call to the stats handler after the client has its answer, so
+	// the record may land a moment later.
 	recs := auditFor(t, h, "/PutCredential")
+	for deadline := time.Now().Add(10 * time.Second); len(recs) == 0 && time.Now().Before(deadline); recs = auditFor(t, h, "/PutCredential") {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if len(recs) != 1 || recs[0].GetEvent() != "refused-before-handler" || recs[0].GetCode() == "OK" || recs[0].GetCredential() != "" {
 		t.Fatalf("audit of the undecodable call: %v", recs)
 	}

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
@@ -34,7 +33,7 @@ type Options struct {
 
 // NewServer builds a gRPC server with both credbroker services, health and reflection registered.
 // The health server starts SERVING for every service; the daemon flips it on shutdown.
-func NewServer(b *broker.Broker, o Options) (*grpc.Server, *health.Server) {
+func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -54,7 +53,7 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *health.Server) {
 	g := grpc.NewServer(opts...)
 	(&SearchService{b: b, log: o.Logger}).Register(g)
 	(&AdminService{b: b, log: o.Logger}).Register(g)
-	hs := health.NewServer()
+	hs := newHealth()
 	healthpb.RegisterHealthServer(g, hs)
 	for _, name := range []string{"", pb.SearchService_ServiceDesc.ServiceName, pb.AdminService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
