@@ -7,7 +7,6 @@ import (
 	"math"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -23,9 +22,6 @@ type AdminService struct {
 	b   *broker.Broker
 	log *slog.Logger
 }
-
-// Register adds the service to s.
-func (s *AdminService) Register(g *grpc.Server) { pb.RegisterAdminServiceServer(g, s) }
 
 func credentialPB(c store.Credential) *pb.Credential {
 	out := &pb.Credential{Name: c.Name, Version: c.Version, CreatedAt: timestamppb.New(c.CreatedAt), RotatedAt: timestamppb.New(c.RotatedAt),

@@ -37,7 +37,6 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	if !audited(info.FullMethod) {
 		return handler(ctx, req)
 	}
-	markReached(ctx)
 	start := time.Now()
 	ci := &broker.CallInfo{}
 	resp, err := a.run(ctx, ci, req, info, handler)
@@ -73,7 +72,6 @@ func (a auditor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 	if !audited(info.FullMethod) {
 		return handler(srv, ss)
 	}
-	markReached(ss.Context())
 	start := time.Now()
 	err := handler(srv, ss)
 	rec := broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ss.Context()), Code: status.Code(err).String(), Latency: time.Since(start)}

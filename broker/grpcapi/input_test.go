@@ -60,21 +60,21 @@ func TestUndecodableRequestIsAudited(t *testing.T) {
 	msg = protowire.AppendBytes(msg, []byte("v"))
 	var out []byte
 	err = conn.Invoke(context.Background(), "/credbroker.v1.AdminService/PutCredential", &msg, &out)
-	if st, _ := status.FromError(err); err == nil || !strings.Contains(st.Message(), "invalid UTF-8") {
+	// gRPC answers it itself, while decoding: Internal (its code for a codec failure).
+	if st, _ := status.FromError(err); st.Code() != codes.Internal || !strings.Contains(st.Message(), "invalid UTF-8") {
 		t.Fatalf("undecodable request: %v", err)
 	}
-	// gRPC reports the end of the call to the stats handler after the client has its answer, so
-	// the record may land a moment later.
+	// The record follows gRPC's answer, so it may land a moment after the client has it.
 	recs := auditFor(t, h, "/PutCredential")
 	for deadline := time.Now().Add(10 * time.Second); len(recs) == 0 && time.Now().Before(deadline); recs = auditFor(t, h, "/PutCredential") {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if len(recs) != 1 || recs[0].GetEvent() != "refused-before-handler" || recs[0].GetCode() == "OK" || recs[0].GetCredential() != "" {
+	if len(recs) != 1 || recs[0].GetEvent() != "undecodable-request" || recs[0].GetCode() != "Internal" || recs[0].GetCredential() != "" {
 		t.Fatalf("audit of the undecodable call: %v", recs)
 	}
 	// A call that reached the handler is recorded once, not twice.
 	h.search.WhoAmI(context.Background(), &pb.WhoAmIRequest{})
-	if recs := auditFor(t, h, "/WhoAmI"); len(recs) != 1 || recs[0].GetEvent() == "refused-before-handler" {
+	if recs := auditFor(t, h, "/WhoAmI"); len(recs) != 1 || recs[0].GetEvent() == "undecodable-request" {
 		t.Fatalf("audit of a handled call: %v", recs)
 	}
 }

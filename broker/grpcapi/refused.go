@@ -3,64 +3,47 @@ package grpcapi
 import (
 	"context"
 	"log/slog"
-	"sync/atomic"
-	"time"
+	"slices"
 
-	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/broker"
 )
 
-// refusedEarly audits credbroker calls that gRPC refuses before any interceptor runs, so the
-// auditor never sees them: a request that does not decode (a string field that is not valid
-// UTF-8 is refused by protobuf with Internal), one over MaxMessageSize, a method that does not
-// exist. They change nothing, so their record is written after gRPC has answered, not before.
-type refusedEarly struct {
-	b   *broker.Broker
-	log *slog.Logger
+// auditedDecoding returns a copy of desc whose unary handlers audit a request that does not
+// decode. gRPC decodes a request inside the generated handler, before any interceptor runs, so a
+// request it cannot decode (a string field that is not valid UTF-8, a message over
+// MaxMessageSize) was refused without the auditor seeing it. gRPC answers such a request itself,
+// while decoding (Internal for bytes that do not decode, ResourceExhausted for a message that
+// is too large), so this record follows the answer rather than preceding it; the refusal changed
+// nothing. Valid requests pay nothing extra (a stats handler would cost every call).
+func auditedDecoding(desc *grpc.ServiceDesc, b *broker.Broker, log *slog.Logger) *grpc.ServiceDesc {
+	d := *desc
+	d.Methods = slices.Clone(desc.Methods)
+	for i, m := range d.Methods {
+		handler, method := m.Handler, "/"+desc.ServiceName+"/"+m.MethodName
+		d.Methods[i].Handler = func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+			return handler(srv, ctx, func(v any) error {
+				err := dec(v)
+				if err == nil {
+					return nil
+				}
+				return refuseUndecodable(ctx, b, log, method, err)
+			}, ic)
+		}
+	}
+	return &d
 }
 
-// rpcMark travels in a call's context from TagRPC to the auditor, which sets reached.
-type rpcMark struct {
-	method  string
-	start   time.Time
-	reached atomic.Bool
-}
-
-type rpcMarkKey struct{}
-
-// markReached tells refusedEarly that the auditor has the call.
-func markReached(ctx context.Context) {
-	if m, ok := ctx.Value(rpcMarkKey{}).(*rpcMark); ok {
-		m.reached.Store(true)
-	}
-}
-
-func (r refusedEarly) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	if !audited(info.FullMethodName) {
-		return ctx
-	}
-	return context.WithValue(ctx, rpcMarkKey{}, &rpcMark{method: info.FullMethodName, start: time.Now()})
-}
-
-func (r refusedEarly) HandleRPC(ctx context.Context, s stats.RPCStats) {
-	end, ok := s.(*stats.End)
-	if !ok || end.Error == nil {
-		return
-	}
-	m, ok := ctx.Value(rpcMarkKey{}).(*rpcMark)
-	if !ok || m.reached.Load() {
-		return
-	}
+// refuseUndecodable records a request gRPC could not read, with the code gRPC answered it with.
+func refuseUndecodable(ctx context.Context, b *broker.Broker, log *slog.Logger, method string, err error) error {
 	rec := broker.CallRecord{
-		Method: m.method, Caller: callerFrom(ctx), Code: status.Code(end.Error).String(),
-		Latency: time.Since(m.start), Info: &broker.CallInfo{Event: "refused-before-handler"},
+		Method: method, Caller: callerFrom(ctx), Code: status.Code(err).String(),
+		Info: &broker.CallInfo{Event: "undecodable-request"},
 	}
-	if err := r.b.RecordCall(ctx, rec); err != nil {
-		r.log.Error("audit record of a call refused before its handler not written", "method", m.method, "err", err)
+	if aerr := b.RecordCall(ctx, rec); aerr != nil {
+		log.Error("audit record of an undecodable request not written", "method", method, "err", aerr)
 	}
+	return err
 }
-
-func (refusedEarly) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
-func (refusedEarly) HandleConn(context.Context, stats.ConnStats)                       {}

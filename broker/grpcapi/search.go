@@ -24,9 +24,6 @@ type SearchService struct {
 	log *slog.Logger
 }
 
-// Register adds the service to s.
-func (s *SearchService) Register(g *grpc.Server) { pb.RegisterSearchServiceServer(g, s) }
-
 // Search implements SearchService.Search.
 func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.SearchResponse, error) {
 	in := broker.SearchRequest{Tool: req.GetTool(), Query: req.GetQuery(), NumResults: int(req.GetNumResults()), NoCache: req.GetNoCache()}

@@ -47,12 +47,11 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 		// The auditor runs before authorization so refused calls are recorded too.
 		grpc.ChainUnaryInterceptor(auditor{b, o.Logger}.unary, o.Admins.unary),
 		grpc.ChainStreamInterceptor(auditor{b, o.Logger}.stream, o.Admins.stream),
-		// Calls gRPC refuses before the interceptors (undecodable, too large) are audited too.
-		grpc.StatsHandler(refusedEarly{b, o.Logger}),
 	}, o.ServerOptions...)
 	g := grpc.NewServer(opts...)
-	(&SearchService{b: b, log: o.Logger}).Register(g)
-	(&AdminService{b: b, log: o.Logger}).Register(g)
+	// Requests that do not decode are refused before the interceptors; audit them too.
+	g.RegisterService(auditedDecoding(&pb.SearchService_ServiceDesc, b, o.Logger), &SearchService{b: b, log: o.Logger})
+	g.RegisterService(auditedDecoding(&pb.AdminService_ServiceDesc, b, o.Logger), &AdminService{b: b, log: o.Logger})
 	hs := newHealth()
 	healthpb.RegisterHealthServer(g, hs)
 	for _, name := range []string{"", pb.SearchService_ServiceDesc.ServiceName, pb.AdminService_ServiceDesc.ServiceName} {
