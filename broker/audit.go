@@ -30,7 +30,7 @@ func (b *Broker) RecordCall(ctx context.Context, r CallRecord) error {
 	// Only names that passed validation reach the audit log: the raw input of a refused request
 	// (perhaps a key typed into the wrong field, perhaps 60 KB of junk) is not kept.
 	credential, tool := ci.Credential, ci.Tool
-	if validateName(credential) != nil {
+	if !credentialNameRE.MatchString(credential) {
 		credential = ""
 	}
 	if _, ok := LookupTool(tool); !ok {

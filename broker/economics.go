@@ -154,8 +154,9 @@ func (b *Broker) spend(ctx context.Context, t *store.Token, tool Tool, req *Sear
 			// Shared-cache tokens wait on each other's identical calls. A failure that is this
 			// caller's own (it gave up, its budget is spent) must not fail the others, nor tell
 			// them this token's id and budget: they compute again themselves.
+			// (A token's own partition has only its own calls: its spent budget is theirs too.)
 			var be *tokenBudgetError
-			if ctx.Err() != nil || errors.As(err, &be) {
+			if ctx.Err() != nil || (t.SharedCache && errors.As(err, &be)) {
 				err = resultcache.Private(err)
 			}
 			return nil, 0, err

@@ -47,48 +47,62 @@ func validateCommand(argv []string) error {
 }
 
 // checkProgram refuses a program brokerd must not run: not an absolute path, not an executable
-// regular file, one that someone other than root and brokerd's own user could have written
-// (which would let them run code as brokerd, next to the keys), or a path through a symlink
-// (ownership would be checked on the link's target but the directories of the path as typed, so
-// a target in someone else's directory would pass).
+// regular file, or one that someone other than root and brokerd's own user could have written
+// (which would let them run code as brokerd, next to the keys). Symlinks are followed: the path
+// as typed must be safe (so only a trusted user can have made or can change its links), and so
+// must the path they lead to (so a link from a safe directory into someone else's is refused).
 func checkProgram(path string) error {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
 		return invalid("rotate command %q must be a clean absolute path (no shell, no PATH lookup)", path)
 	}
+	linked, err := checkChain(path, path)
+	if err != nil || !linked {
+		return err
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return invalid("rotate command %q: %v", path, errors.Unwrap(err))
+	}
+	if _, err := checkChain(path, real); err != nil {
+		return fmt.Errorf("%w (the path leads to %s)", err, real)
+	}
+	return nil
+}
+
+// checkChain checks p and every directory above it: owned by root or brokerd's user, writable by
+// no one else (a sticky directory aside); p itself must be an executable regular file unless it
+// is a symlink. It reports whether any element was a symlink (its target is checked separately).
+func checkChain(cmd, p0 string) (linked bool, err error) {
 	euid := uint32(os.Geteuid())
-	// Every directory on the way must be safe too, or the file could be swapped.
-	for p := path; ; p = filepath.Dir(p) {
+	for p := p0; ; p = filepath.Dir(p) {
 		st, err := os.Lstat(p)
 		if err != nil {
-			return invalid("rotate command %q: %v", path, errors.Unwrap(err))
+			return linked, invalid("rotate command %q: %v", cmd, errors.Unwrap(err))
 		}
 		if st.Mode()&os.ModeSymlink != 0 {
-			real, err := filepath.EvalSymlinks(path)
-			if err != nil {
-				return invalid("rotate command %q: %s is a symlink; give the program's real path", path, p)
+			linked = true // a link's own mode means nothing; its directory is checked next
+		} else {
+			sys, ok := st.Sys().(*syscall.Stat_t)
+			if !ok {
+				return linked, invalid("rotate command %q: cannot read file ownership", cmd)
 			}
-			return invalid("rotate command %q: %s is a symlink; give the program's real path (%s)", path, p, real)
-		}
-		sys, ok := st.Sys().(*syscall.Stat_t)
-		if !ok {
-			return invalid("rotate command %q: cannot read file ownership", path)
-		}
-		if sys.Uid != 0 && sys.Uid != euid {
-			return invalid("rotate command %q: %s is owned by uid %d; it must belong to root or brokerd's user (uid %d)", path, p, sys.Uid, euid)
-		}
-		if st.Mode().Perm()&0o022 != 0 && !(st.IsDir() && st.Mode()&os.ModeSticky != 0) {
-			return invalid("rotate command %q: %s is writable by group or others; run `chmod go-w %s`", path, p, p)
-		}
-		if p == path {
-			if !st.Mode().IsRegular() {
-				return invalid("rotate command %q is not a regular file", path)
+			if sys.Uid != 0 && sys.Uid != euid {
+				return linked, invalid("rotate command %q: %s is owned by uid %d; it must belong to root or brokerd's user (uid %d)", cmd, p, sys.Uid, euid)
 			}
-			if st.Mode().Perm()&0o111 == 0 {
-				return invalid("rotate command %q is not executable", path)
+			if st.Mode().Perm()&0o022 != 0 && !(st.IsDir() && st.Mode()&os.ModeSticky != 0) {
+				return linked, invalid("rotate command %q: %s is writable by group or others; run `chmod go-w %s`", cmd, p, p)
+			}
+			if p == p0 {
+				if !st.Mode().IsRegular() {
+					return linked, invalid("rotate command %q is not a regular file", cmd)
+				}
+				if st.Mode().Perm()&0o111 == 0 {
+					return linked, invalid("rotate command %q is not executable", cmd)
+				}
 			}
 		}
 		if p == "/" {
-			return nil
+			return linked, nil
 		}
 	}
 }

@@ -313,8 +313,7 @@ func TestCheckProgram(t *testing.T) {
 	os.Chmod(looseDir, 0o777)
 	inLooseDir := filepath.Join(looseDir, "cmd")
 	os.WriteFile(inLooseDir, []byte("#!/bin/sh\n"), 0o700)
-	// Symlinks: ownership would be read from the target while the directories checked are the
-	// link's, so a target in someone else's directory would pass. They are refused outright.
+	// Symlinks are followed, and both the path as typed and where it leads must be safe.
 	link := filepath.Join(dir, "link")
 	os.Symlink(ok, link)
 	linkedDir := filepath.Join(dir, "linked")
@@ -330,13 +329,24 @@ func TestCheckProgram(t *testing.T) {
 		{"not executable", noexec, "not executable"},
 		{"directory", dir, "not a regular file"},
 		{"in a world-writable directory", inLooseDir, "writable by group or others"},
-		{"symlink", link, "is a symlink; give the program's real path (" + ok + ")"},
-		{"through a symlinked directory", filepath.Join(linkedDir, "ok"), "linked is a symlink"},
+		{"symlink to a safe program", link, ""},
+		{"through a symlinked directory", filepath.Join(linkedDir, "ok"), ""},
+		{"symlink to an unsafe program", filepath.Join(dir, "link-loose"), "(the path leads to " + loose + ")"},
 	}
+	os.Symlink(loose, filepath.Join(dir, "link-loose"))
 	if os.Geteuid() == 0 {
 		other := write("other", 0o755)
 		os.Chown(other, 4242, 4242)
 		tests = append(tests, struct{ name, path, wantErr string }{"owned by another user", other, "owned by uid 4242"})
+		// A root-owned program in another user's directory, reached through a link from a safe
+		// directory: that user can swap the program, so it is refused.
+		theirs := filepath.Join(dir, "theirs")
+		os.Mkdir(theirs, 0o755)
+		os.Chown(theirs, 4242, 4242)
+		prog := filepath.Join(theirs, "rotate")
+		os.WriteFile(prog, []byte("#!/bin/sh\n"), 0o755)
+		os.Symlink(prog, filepath.Join(dir, "link-theirs"))
+		tests = append(tests, struct{ name, path, wantErr string }{"symlink into another user's directory", filepath.Join(dir, "link-theirs"), "theirs is owned by uid 4242"})
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

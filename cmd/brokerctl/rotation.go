@@ -282,7 +282,8 @@ credential becomes due.
 (no shell, fixed arguments, a minimal environment with CREDBROKER_CREDENTIAL and
 CREDBROKER_CURRENT_VERSION, no stdin, a 1 minute timeout) and stores what it prints on stdout as the
 new version. On failure the current key stays and brokerd retries with backoff; ` + "`status`" + ` shows
-the failure. PATH must be absolute, free of symlinks, and owned by root or brokerd's user, writable by no one else;
+the failure. PATH must be absolute and owned by root or brokerd's user, writable by no one else (also where
+its symlinks lead);
 only root or brokerd's own user may set it.
 
 --verify: stage each scheduled rotation and promote it only if the upstream accepts the new key.`,

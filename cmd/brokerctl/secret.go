@@ -22,7 +22,7 @@ var (
 
 // readSecret reads a credential value from r. Exactly one trailing "\n" or "\r\n" is removed (what
 // `echo` and editors add); anything else is kept byte for byte. Empty and oversized values are
-// refused.
+// refused here; brokerd also refuses values that are not visible ASCII on one line.
 func readSecret(r io.Reader) ([]byte, error) {
 	// Read at most a limit and a newline more, plus one byte to detect "too large" without
 	// reading an unbounded input into memory.
