@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -72,7 +75,15 @@ func New(socketPath string, opts ...Option) (*Client, error) {
 	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(c.dial),
+		// Dialling a local socket is cheap: after brokerd restarts, a long-lived client (an MCP
+		// server) should find it within a couple of seconds, not after gRPC's default backoff,
+		// which grows to two minutes during a long outage.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 	}
+	o.token = strings.TrimSpace(o.token) // a token read from a file usually ends in a newline
 	if o.token != "" {
 		if !validHeaderValue(o.token) {
 			// Never echo the token: it is a secret, and this may end up in a log.

@@ -178,12 +178,26 @@ func TestNoTokenSendsNoAuthorization(t *testing.T) {
 }
 
 func TestNewRejectsTokenWithControlCharacters(t *testing.T) {
-	_, err := New(filepath.Join(t.TempDir(), "b.sock"), WithToken("cbt_abc\n"))
+	_, err := New(filepath.Join(t.TempDir(), "b.sock"), WithToken("cbt_abc\ndef"))
 	if err == nil {
-		t.Fatal("New accepted a token with a newline")
+		t.Fatal("New accepted a token with a newline inside")
 	}
 	if strings.Contains(err.Error(), "cbt_abc") {
 		t.Errorf("error %q echoes the token", err)
+	}
+}
+
+// A token read from a file keeps its trailing newline; it is trimmed, not refused.
+func TestTokenFromAFileIsTrimmed(t *testing.T) {
+	f := &fakeBroker{}
+	c := newClient(t, startBroker(t, f), WithToken(" cbt_abc_def\n"))
+	if _, err := c.WhoAmI(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.authz) != 1 || len(f.authz[0]) != 1 || f.authz[0][0] != "Bearer cbt_abc_def" {
+		t.Fatalf("authorization = %q", f.authz)
 	}
 }
 
