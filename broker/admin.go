@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/credbroker/credbroker/broker/token"
+	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -36,7 +37,7 @@ func ValidateCredential(name string, value []byte) error {
 	if len(value) > MaxCredentialValue {
 		return invalid("credential value is %d bytes; the limit is %d", len(value), MaxCredentialValue)
 	}
-	if !headerSafe(value) {
+	if !upstream.HeaderSafe(value) {
 		// Keys travel in HTTP headers; such a value would be stored and then refused on every call.
 		return invalid("credential value must be visible ASCII on one line (no spaces, tabs, line breaks or control characters): it is sent in an HTTP header")
 	}

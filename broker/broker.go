@@ -181,11 +181,11 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 		req.Tool = DefaultTool
 	}
 	ci := callInfo(ctx)
-	ci.Tool = req.Tool
 	tool, ok := LookupTool(req.Tool)
 	if !ok {
 		return nil, invalid("unknown tool %s; known tools: %s", quoteInput(req.Tool), strings.Join(ToolNames(), ", "))
 	}
+	ci.Tool = tool.Name
 	if !slices.Contains(t.Tools, tool.Name) {
 		return nil, fmt.Errorf("%w: token %s may not call %s (allowed: %s)", ErrPermissionDenied, t.ID, tool.Name, strings.Join(t.Tools, ", "))
 	}

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 	"unicode/utf8"
+
+	"github.com/credbroker/credbroker/broker/upstream"
 )
 
 // Limits on a rotate command, enforced when the policy is set and again before each run.
@@ -187,18 +189,8 @@ func runRotateCommand(ctx context.Context, argv []string, credential string, ver
 	if len(key) > MaxCredentialValue { // the cap leaves room for a line ending, not for more key
 		return nil, fmt.Errorf("rotate command %s printed more than %d bytes; it must print only the new key", name, MaxCredentialValue)
 	}
-	if !headerSafe(key) {
+	if !upstream.HeaderSafe(key) {
 		return nil, fmt.Errorf("rotate command %s printed something that is not a key (only visible ASCII, one line)", name)
 	}
 	return bytes.Clone(key), nil
-}
-
-// headerSafe reports whether key can travel in an HTTP header: visible ASCII only.
-func headerSafe(key []byte) bool {
-	for _, c := range key {
-		if c < 0x21 || c > 0x7e {
-			return false
-		}
-	}
-	return true
 }

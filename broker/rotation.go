@@ -191,7 +191,7 @@ func (b *Broker) verifyKey(ctx context.Context, tool Tool, key []byte) error {
 	if err != nil {
 		return err
 	}
-	if !headerSafe(key) {
+	if !upstream.HeaderSafe(key) {
 		return upstream.ErrInvalidKey
 	}
 	_, err = b.upstream.Do(ctx, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)

@@ -234,7 +234,7 @@ func (b *Broker) updateCachedToken(rec store.Token) {
 	}
 }
 
-// cachedTokens returns how many tokens are decoded in memory (for tests and metrics).
+// cachedTokens returns how many tokens are decoded in memory (tests use it).
 func (b *Broker) cachedTokens() int {
 	b.mu.RLock()
 	defer b.mu.RUnlock()

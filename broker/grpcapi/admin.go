@@ -248,7 +248,7 @@ func durations(args ...durationArg) error {
 			return fmt.Errorf("%w: %s is not a valid duration", broker.ErrInvalidArgument, d.f)
 		}
 		if d.pb.GetSeconds() > math.MaxInt64/int64(time.Second)-1 || d.pb.GetSeconds() < math.MinInt64/int64(time.Second)+1 {
-			return fmt.Errorf("%w: %s is out of range", broker.ErrInvalidArgument, d.f)
+			return fmt.Errorf("%w: %s is out of range (at most about 290 years)", broker.ErrInvalidArgument, d.f)
 		}
 		*d.out = d.pb.AsDuration()
 	}

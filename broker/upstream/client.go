@@ -222,12 +222,15 @@ func (c *Client) endpoint(p string) (string, error) {
 	return u.String(), nil
 }
 
-// validKey reports whether key can travel as a header value: visible ASCII only, so it cannot
-// split a header or be mangled by trimming.
+// validKey reports whether key can be sent: not empty, not too long, and HeaderSafe.
 func validKey(key []byte) bool {
-	if len(key) == 0 || len(key) > maxKeyLen {
-		return false
-	}
+	return len(key) > 0 && len(key) <= maxKeyLen && HeaderSafe(key)
+}
+
+// HeaderSafe reports whether key can travel as a header value: visible ASCII only, so it cannot
+// split a header or be mangled by trimming. The broker checks stored values with it too, so a key
+// the upstream call would refuse is refused when it is stored.
+func HeaderSafe(key []byte) bool {
 	for _, b := range key {
 		if b < 0x21 || b > 0x7e {
 			return false
