@@ -108,6 +108,10 @@ func (s *tokenState) idle(now time.Time) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.idleLocked(now)
+}
+
+func (s *tokenState) idleLocked(now time.Time) bool {
 	return s.lim == nil || s.lim.TokensAt(now) >= float64(s.lim.Burst())
 }
 
@@ -119,7 +123,7 @@ func (s *tokenState) evict(now time.Time) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.lim != nil && s.lim.TokensAt(now) < float64(s.lim.Burst()) {
+	if !s.idleLocked(now) { // a call spent from it since it was sampled
 		return false
 	}
 	s.evicted = true
