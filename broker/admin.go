@@ -154,14 +154,13 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 			RateLimit: r.RateLimit, RatePeriod: r.RatePeriod,
 			BudgetCredits: r.BudgetCredits, BudgetPeriod: r.BudgetPeriod, SharedCache: r.SharedCache,
 		}
-		err = b.store.PutToken(rec)
+		err = b.putToken(ctx, ci, rec)
 		if errors.Is(err, store.ErrExists) {
 			continue
 		}
 		if err != nil {
 			return "", store.Token{}, err
 		}
-		ci.TokenID = id
 		b.log.Info("token minted", "token_id", id, "tools", scoped, "expires_at", rec.ExpiresAt, "max_uses", r.MaxUses, "label", r.Label)
 		return tok, rec, nil
 	}

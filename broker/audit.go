@@ -20,13 +20,18 @@ type CallRecord struct {
 // RecordCall makes the audit record of a call durable. It fails (store.ErrAuditUnavailable) when
 // the record cannot be written, and the caller must then fail the call: nothing goes unaudited.
 func (b *Broker) RecordCall(ctx context.Context, r CallRecord) error {
+	// The record is written even if the caller gave up: the call happened.
+	start := time.Now()
+	defer func() { metrics.ObserveAuditWrite(time.Since(start)) }()
+	return b.store.AppendAudit(context.WithoutCancel(ctx), b.auditRecord(r))
+}
+
+// auditRecord is r as the audit log keeps it.
+func (b *Broker) auditRecord(r CallRecord) store.AuditRecord {
 	ci := r.Info
 	if ci == nil {
 		ci = &CallInfo{}
 	}
-	// The record is written even if the caller gave up: the call happened.
-	start := time.Now()
-	defer func() { metrics.ObserveAuditWrite(time.Since(start)) }()
 	// Only names that passed validation reach the audit log: the raw input of a refused request
 	// (perhaps a key typed into the wrong field, perhaps 60 KB of junk) is not kept.
 	credential, tool := ci.Credential, ci.Tool
@@ -36,13 +41,35 @@ func (b *Broker) RecordCall(ctx context.Context, r CallRecord) error {
 	if _, ok := LookupTool(tool); !ok {
 		tool = ""
 	}
-	return b.store.AppendAudit(context.WithoutCancel(ctx), store.AuditRecord{
+	return store.AuditRecord{
 		Time: b.now().UTC(), PeerKnown: r.Caller.Known, UID: r.Caller.UID, GID: r.Caller.GID, PID: r.Caller.PID,
 		TokenID: ci.TokenID, Method: r.Method, Tool: tool, Code: r.Code, LatencyMicros: r.Latency.Microseconds(),
 		Credential: credential, CredentialVersion: ci.CredentialVersion, QueryLen: ci.QueryLen, QueryMAC: ci.QueryMAC,
 		Event: ci.Event, Credits: ci.Credits, CreditsSaved: ci.CreditsSaved, TokenLabel: ci.TokenLabel,
 		PIDFD: r.Caller.PIDFD, Exe: r.Caller.Exe, Comm: r.Caller.Comm,
-	})
+	}
+}
+
+// putToken stores a minted token. Called through the gRPC auditor (ci.Outcome set), the token and
+// the call's OK record are committed together, so a token never exists without its record and a
+// mint costs one durable commit; otherwise (tests, embedders) the token alone is written.
+func (b *Broker) putToken(ctx context.Context, ci *CallInfo, t store.Token) error {
+	if ci.Outcome == nil {
+		if err := b.store.PutToken(t); err != nil {
+			return err
+		}
+		ci.TokenID = t.ID
+		return nil
+	}
+	start := time.Now()
+	defer func() { metrics.ObserveAuditWrite(time.Since(start)) }()
+	ci.TokenID = t.ID
+	if err := b.store.PutTokenAudited(ctx, t, b.auditRecord(ci.Outcome("OK"))); err != nil {
+		ci.TokenID = ""
+		return err
+	}
+	ci.Recorded = true
+	return nil
 }
 
 // AuditHealthy reports whether audit records are being written; see store.AuditHealthy.

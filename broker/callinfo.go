@@ -19,6 +19,12 @@ type CallInfo struct {
 	TokenLabel string
 	// Credits spent upstream; CreditsSaved is what a cache hit would otherwise have cost.
 	Credits, CreditsSaved uint64
+
+	// Outcome, set by the gRPC auditor for calls that commit their change together with their
+	// audit record (MintToken), builds the call's record with the given code. Recorded is set once
+	// the OK record is durable, so the auditor does not write a second one.
+	Outcome  func(code string) CallRecord
+	Recorded bool
 }
 
 type callInfoKey struct{}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,9 +100,22 @@ type auditWriter struct {
 }
 
 type auditReq struct {
-	rec  AuditRecord
-	done chan error
+	rec AuditRecord
+	// apply, when set, is the state change rec describes: it runs in the same transaction, just
+	// before rec is appended, so the change is never durable without its record (and the pair
+	// costs one commit). If it fails, the transaction is rolled back and the batch is committed
+	// again without this request, which gets apply's error; its record is not written.
+	apply func(*bolt.Tx) error
+	done  chan error
 }
+
+// applyError is a request's apply failing inside a batch's transaction.
+type applyError struct {
+	req *auditReq
+	err error
+}
+
+func (e *applyError) Error() string { return e.err.Error() }
 
 const maxAuditBatch = 512
 
@@ -256,14 +270,28 @@ func (w *auditWriter) run() {
 				break drain
 			}
 		}
+		w.commitAll(batch)
+	}
+}
+
+// commitAll commits batch and answers every request in it. A request whose apply fails gets that
+// error and is left out of a fresh attempt with the rest (bbolt's DB.Batch does the same).
+func (w *auditWriter) commitAll(batch []*auditReq) {
+	for len(batch) > 0 {
 		start := time.Now()
 		err := w.commit(batch)
+		if failed, ok := errors.AsType[*applyError](err); ok {
+			failed.req.done <- failed.err
+			batch = slices.DeleteFunc(batch, func(r *auditReq) bool { return r == failed.req })
+			continue
+		}
 		if w.onCommit != nil {
 			w.onCommit(len(batch), time.Since(start), err)
 		}
 		for _, r := range batch {
 			r.done <- err
 		}
+		return
 	}
 }
 
@@ -284,6 +312,11 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		b.FillPercent = 0.95
 		seq, prev = w.lastSeq, w.lastMAC
 		for _, r := range batch {
+			if r.apply != nil {
+				if err := r.apply(tx); err != nil {
+					return &applyError{req: r, err: err}
+				}
+			}
 			seq++
 			r.rec.Seq, r.rec.Prev = seq, prev
 			body, err := json.Marshal(&r.rec)
@@ -301,6 +334,9 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		}
 		return w.writePoint(tx, keyAuditHead, chainPoint{Seq: seq, Prev: prev})
 	})
+	if failed, ok := errors.AsType[*applyError](err); ok {
+		return failed // the request's own failure, not the log's
+	}
 	if err != nil {
 		w.failing.Store(true)
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, err)
@@ -335,7 +371,10 @@ func (w *auditWriter) close() {
 // AppendAudit makes rec durable as the next record of the chain and returns when it is (or
 // ctx ends; the record may still be written then). Concurrent appends share one commit.
 func (s *Store) AppendAudit(ctx context.Context, rec AuditRecord) error {
-	r := &auditReq{rec: rec, done: make(chan error, 1)}
+	return s.appendAudit(ctx, &auditReq{rec: rec, done: make(chan error, 1)})
+}
+
+func (s *Store) appendAudit(ctx context.Context, r *auditReq) error {
 	select {
 	case <-s.audit.quit:
 		return fmt.Errorf("%w: store closed", ErrAuditUnavailable)

@@ -241,3 +241,87 @@ func TestAuditHeadExistsFromTheStart(t *testing.T) {
 		t.Fatalf("verify after the first record: %+v %v", v, err)
 	}
 }
+
+// A minted token and its audit record are one commit: both or neither. A request whose change
+// fails (its id is taken) gets its error and no record, and the records queued with it in the same
+// batch are committed without it.
+func TestPutTokenAudited(t *testing.T) {
+	s, _, _ := openStore(t)
+	var commits []int // records per commit; set before any append, read after the last
+	s.audit.onCommit = func(n int, _ time.Duration, err error) {
+		if err == nil {
+			commits = append(commits, n)
+		}
+	}
+	ctx := context.Background()
+	rec := func(id string) AuditRecord {
+		return AuditRecord{Time: t0, Method: "/credbroker.v1.AdminService/MintToken", Code: "OK", TokenID: id, Event: "mint"}
+	}
+	if err := s.PutTokenAudited(ctx, testToken("aaaaaaaaaaaaaaaa", 0), rec("aaaaaaaaaaaaaaaa")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetToken("aaaaaaaaaaaaaaaa"); err != nil {
+		t.Fatalf("minted token: %v", err)
+	}
+
+	// Hold the writer inside a transaction (a change that waits), queue three requests behind
+	// it, then let it go: the three form the next batch, and the middle one's id is taken.
+	release, holding := make(chan struct{}), make(chan struct{})
+	held := make(chan error, 1)
+	go func() {
+		held <- s.appendAudit(ctx, &auditReq{rec: rec("held"), done: make(chan error, 1), apply: func(*bolt.Tx) error {
+			close(holding)
+			<-release
+			return nil
+		}})
+	}()
+	<-holding
+	results := make([]chan error, 3)
+	for i, r := range []func() error{
+		func() error { return s.AppendAudit(ctx, AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "before"}) },
+		func() error { return s.PutTokenAudited(ctx, testToken("aaaaaaaaaaaaaaaa", 0), rec("duplicate")) },
+		func() error { return s.AppendAudit(ctx, AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "after"}) },
+	} {
+		results[i] = make(chan error, 1)
+		go func() { results[i] <- r() }()
+		for len(s.audit.reqs) != i+1 { // queue them in this order
+			time.Sleep(time.Millisecond)
+		}
+	}
+	close(release)
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []error{nil, ErrExists, nil} {
+		if err := <-results[i]; !errors.Is(err, want) || (want == nil) != (err == nil) {
+			t.Fatalf("request %d: %v, want %v", i, err, want)
+		}
+	}
+
+	s.InjectAuditFailure(errors.New("disk full"))
+	if err := s.PutTokenAudited(ctx, testToken("bbbbbbbbbbbbbbbb", 0), rec("bbbbbbbbbbbbbbbb")); !errors.Is(err, ErrAuditUnavailable) {
+		t.Fatalf("mint while the audit log fails: %v", err)
+	}
+	s.InjectAuditFailure(nil)
+	if _, err := s.GetToken("bbbbbbbbbbbbbbbb"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a token whose record failed was stored: %v", err)
+	}
+
+	recs, err := s.ListAudit(0, time.Time{}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range recs {
+		ids = append(ids, r.TokenID)
+	}
+	if got, want := strings.Join(ids, ","), "aaaaaaaaaaaaaaaa,held,before,after"; got != want {
+		t.Fatalf("records %s, want %s", got, want)
+	}
+	if got, want := fmt.Sprint(commits), "[1 1 2]"; got != want {
+		t.Fatalf("records per commit %s, want %s (the duplicate left out of its batch)", got, want)
+	}
+	if v, err := s.VerifyAudit(); err != nil || !v.OK || v.Checked != 4 {
+		t.Fatalf("verify: %+v %v", v, err)
+	}
+}

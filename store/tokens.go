@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,18 +69,39 @@ func (s *Store) PutToken(t Token) error {
 	// current-version cache stays valid.
 	var result error
 	err = s.batch(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTokens)
-		if b.Get([]byte(t.ID)) != nil {
-			result = fmt.Errorf("token %s: %w", t.ID, ErrExists)
+		// An id taken is the caller's answer, not a failed transaction (DB.Batch would retry it).
+		result = putNewToken(tx, t.ID, raw)
+		if errors.Is(result, ErrExists) {
 			return nil
 		}
-		result = nil
-		return b.Put([]byte(t.ID), raw)
+		return result
 	})
 	if err != nil {
 		return err
 	}
 	return result
+}
+
+// PutTokenAudited stores a new token and rec, the audit record of the call that mints it, in one
+// transaction of the audit log's group commit: the token is never durable without its record, and
+// a mint costs one commit, shared with whatever other records are waiting. ErrExists if the id is
+// taken (nothing is written; the caller draws a new id); ErrAuditUnavailable if the commit fails.
+// It waits for the commit even if ctx ends: the caller must learn whether the token exists.
+func (s *Store) PutTokenAudited(ctx context.Context, t Token, rec AuditRecord) error {
+	raw, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	return s.appendAudit(context.WithoutCancel(ctx), &auditReq{rec: rec, done: make(chan error, 1),
+		apply: func(tx *bolt.Tx) error { return putNewToken(tx, t.ID, raw) }})
+}
+
+func putNewToken(tx *bolt.Tx, id string, raw []byte) error {
+	b := tx.Bucket(bucketTokens)
+	if b.Get([]byte(id)) != nil {
+		return fmt.Errorf("token %s: %w", id, ErrExists)
+	}
+	return b.Put([]byte(id), raw)
 }
 
 // GetToken loads a token by id. ErrNotFound if absent.

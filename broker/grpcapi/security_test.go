@@ -48,12 +48,16 @@ func TestAuditRecordsEveryCall(t *testing.T) {
 	if strings.Join(methods, ",") != strings.Join(want, ",") {
 		t.Fatalf("audited methods %v, want %v", methods, want)
 	}
-	if started != 2 {
-		t.Fatalf("%d started records, want 2 (PutCredential, MintToken)", started)
+	// MintToken commits its token together with its record, so it needs no "started" record.
+	if started != 1 {
+		t.Fatalf("%d started records, want 1 (PutCredential)", started)
 	}
-	put, ok1, denied, again := records[0], records[2], records[3], records[4]
+	put, mint, ok1, denied, again := records[0], records[1], records[2], records[3], records[4]
 	if put.Credential != "scavio_api_key" || put.CredentialVersion != 1 || put.Event != "put" || !put.PeerKnown {
 		t.Fatalf("put record: %v", put)
+	}
+	if mint.Code != "OK" || mint.TokenId != tok.Id || mint.Event != "mint" || !mint.PeerKnown || mint.Latency.AsDuration() <= 0 {
+		t.Fatalf("mint record: %v", mint)
 	}
 	if ok1.Code != "OK" || ok1.TokenId != tok.Id || ok1.Tool != "web_search" || ok1.CredentialVersion != 1 ||
 		ok1.QueryLen != uint32(len(query)) || ok1.QueryMac == "" || ok1.Latency.AsDuration() <= 0 {

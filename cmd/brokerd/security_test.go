@@ -148,8 +148,8 @@ func TestAuditVerifyCatchesOfflineEdit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Records 1-4 are put and mint (each "started", then its outcome); 5 is the first search:
-	// make it look like it was refused.
+	// Records 1-3 are put ("started", then its outcome) and mint (its outcome, committed with the
+	// token); 4-6 are the searches: make the second look like it was refused.
 	if err := db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte("audit"))
 		k := []byte{0, 0, 0, 0, 0, 0, 0, 5}
