@@ -278,9 +278,13 @@ func TestPutTokenAudited(t *testing.T) {
 	<-holding
 	results := make([]chan error, 3)
 	for i, r := range []func() error{
-		func() error { return s.AppendAudit(ctx, AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "before"}) },
+		func() error {
+			return s.AppendAudit(ctx, AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "before"})
+		},
 		func() error { return s.PutTokenAudited(ctx, testToken("aaaaaaaaaaaaaaaa", 0), rec("duplicate")) },
-		func() error { return s.AppendAudit(ctx, AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "after"}) },
+		func() error {
+			return s.AppendAudit(ctx, AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "after"})
+		},
 	} {
 		results[i] = make(chan error, 1)
 		go func() { results[i] <- r() }()

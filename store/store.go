@@ -85,6 +85,14 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 	return s.db.Update(fn)
 }
 
+// LastTxID is the id of the newest committed write transaction. bbolt adds one per commit, so its
+// change over a window counts the durable commits (each two fdatasyncs) made in it.
+func (s *Store) LastTxID() uint64 {
+	var id int
+	s.db.View(func(tx *bolt.Tx) error { id = tx.ID(); return nil })
+	return uint64(id)
+}
+
 // batch group-commits fn with concurrent batched writes (bbolt's Batch: fn must be idempotent,
 // it may run twice). A writer with no company commits at once instead of waiting MaxBatchDelay
 // for writers that are not coming: a lone mint or use-limited call pays one commit, not one

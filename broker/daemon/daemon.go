@@ -96,6 +96,7 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Error("close database", "err", err)
 		}
 	}()
+	metrics.SetStoreCommits(st.LastTxID)
 	// A keyset from `brokerctl keyset rotate` has a new primary: move the database's wrapping to it.
 	// This walks every credential version: bbolt panics on damaged pages instead of returning an
 	// error, so refuse to start with a message rather than a goroutine dump.

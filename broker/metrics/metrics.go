@@ -126,13 +126,29 @@ var (
 	}, []string{"version", "goversion"})
 
 	credentialsDue atomic.Int64
+
+	// StoreCommits is the database's newest write transaction id (SetStoreCommits), which grows by
+	// one per commit: its rate is durable commits per second, whatever made them.
+	StoreCommits = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: namespace, Name: "store_commits_total",
+		Help: "Write transactions committed to the database (each one durable commit, two fdatasyncs), counted from the database's creation.",
+	}, func() float64 {
+		if f := storeCommits.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
+	storeCommits atomic.Pointer[func() uint64]
 )
+
+// SetStoreCommits makes credbroker_store_commits_total read f (store.Store.LastTxID).
+func SetStoreCommits(f func() uint64) { storeCommits.Store(&f) }
 
 func init() {
 	Registry.MustRegister(
 		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
-		AuditCommits, AuditRecords, AuditCommitDuration,
+		AuditCommits, AuditRecords, AuditCommitDuration, StoreCommits,
 		CacheLookups, CreditsSaved,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -24,14 +24,17 @@ type auditStats struct {
 	// Busy is the fraction of the time between the two scrapes the writer spent inside commits.
 	Busy float64 `json:"writer_busy"`
 	// RecordsPerCall is audit records per RPC brokerd finished between the scrapes (its own
-	// credbroker_grpc_calls_total; state-changing admin calls write two records).
+	// credbroker_grpc_calls_total; most state-changing admin calls write two records).
 	RecordsPerCall float64 `json:"records_per_call"`
+	// CommitsPerCall is every durable bbolt commit brokerd made (credbroker_store_commits_total:
+	// audit group commits and any other write transaction) per RPC it finished.
+	CommitsPerCall float64 `json:"commits_per_call"`
 }
 
 // auditCounters is one scrape of the counters auditStats is computed from, and when it was taken.
 type auditCounters struct {
-	at                              time.Time
-	commits, records, seconds, rpcs float64
+	at                                   time.Time
+	commits, records, seconds, rpcs, txs float64
 }
 
 // scrapeAudit reads brokerd's audit commit counters from its /metrics endpoint.
@@ -73,12 +76,14 @@ func scrapeAudit(ctx context.Context, url string) (auditCounters, error) {
 			c.records, seen = v, seen+1
 		case "credbroker_audit_commit_duration_seconds_sum":
 			c.seconds, seen = v, seen+1
+		case "credbroker_store_commits_total":
+			c.txs, seen = v, seen+1
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return auditCounters{}, err
 	}
-	if seen < 3 {
+	if seen < 4 {
 		return auditCounters{}, fmt.Errorf("%s has no audit commit series (brokerd too old?)", url)
 	}
 	return c, nil
@@ -98,6 +103,7 @@ func (after auditCounters) stats(before auditCounters) *auditStats {
 	s.Busy = (after.seconds - before.seconds) / span
 	if rpcs := after.rpcs - before.rpcs; rpcs > 0 {
 		s.RecordsPerCall = s.Records / rpcs
+		s.CommitsPerCall = (after.txs - before.txs) / rpcs
 	}
 	return s
 }
