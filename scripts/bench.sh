@@ -225,9 +225,9 @@ These explanations hold for the code as measured; the tables above give this run
   page, each with an fdatasync — see the disk line under *Machine* and `BenchmarkAppendAudit/sync/c=1`.
   No broker that keeps this guarantee can add less than one commit over direct at c=1, so the
   "≤ 100 µs over direct at c=1" target cannot be met on a disk whose commit takes longer; the miss
-  is structural, not a slow code path. Overlapping the commit with the upstream call (write a
-  durable "call started" record concurrently with the upstream request, then the outcome record)
-  would hide it under any real upstream's latency; that is a policy decision, not a tuning one.
+  is structural, not a slow code path. The record holds the outcome (code, latency, credits), so it
+  can only be written once the upstream has answered: only answering before the record is durable
+  would take the commit off the path, and that gives up the fail-closed audit.
 - **Concurrency amortises the commit.** The audit writer commits whatever is queued in one
   transaction, so records per commit ≈ arrival rate × commit time (*disk KiB/1k* falls with c).
 - **Tokens without a use limit cost no write.** `BenchmarkSearch/unlimited` in ./broker writes 0
@@ -254,10 +254,10 @@ Each item names the benchmark that is its evidence; the tables above show its ef
    JSON decode (`BenchmarkLoadCredential` vs `BenchmarkDecryptOnly`).
 2. **A fresh goroutine per RPC** (e36f843) — `grpc.NumStreamWorkers` runs handlers on long-lived
    goroutines (`BenchmarkSearch/unix-workers` vs `unix`).
-3. **MintToken shares commits** (e36f843, and `Store.batch` since) — `PutToken`, `UseToken` and
-   the budget counters go through `DB.Batch` with a 0.5 ms `MaxBatchDelay` (bbolt's is 10 ms) when
-   other batched writes are in flight, so concurrent mints share an fsync (the MintToken table at
-   c=32), and through a plain `Update` when alone, so a lone mint or use-limited call waits for no
+3. **Batched writes share commits** (e36f843, and `Store.batch` since) — `UseToken` and the
+   budget counters (and `PutToken` outside the gRPC path) go through `DB.Batch` with a 0.5 ms
+   `MaxBatchDelay` (bbolt's is 10 ms) when other batched writes are in flight, so concurrent writers
+   share an fsync, and through a plain `Update` when alone, so a lone use-limited call waits for no
    timer (`BenchmarkPutToken/update/c=1` vs `batch/c=1`, `BenchmarkUseToken/c=1`).
 4. **Status does not decode every token for systemd** (e36f843) — the STATUS= line is built only
    when systemd listens, from a count of token keys.
@@ -267,23 +267,30 @@ Each item names the benchmark that is its evidence; the tables above show its ef
 6. **The result cache fits the budget** (e36f843, 0f758d2) — each answer is charged 4× its body
    (the decoded maps it keeps; `BenchmarkResultCacheHeap`), and the default bound is 16 MiB
    instead of 64 MiB (the whole RSS target).
+7. **A mint is one commit** — MintToken used to make three durable commits in a row: a "started"
+   audit record, the token, the outcome record (p50 2.46 ms, 395/s at c=1; 2948/s at c=32 in the
+   previous run). The token is now written inside the audit writer's group commit together with
+   its OK record (`store.PutTokenAudited`): the token is never durable without its record (so no
+   "started" record is needed) and concurrent mints share commits with every other record. The
+   MintToken table and the *commits/call* column (brokerd's `credbroker_store_commits_total`, the
+   bbolt transaction id) show one commit per mint at c=1.
 
 **Not applied (design decisions, or not worth their cost here):**
 
-7. **One audit record alone is a full bbolt commit** — `BenchmarkAppendAudit/sync/c=1`: several
+8. **One audit record alone is a full bbolt commit** — `BenchmarkAppendAudit/sync/c=1`: several
    pages and two fdatasyncs for a ~400-byte record (`BenchmarkBoltAppend`: bbolt's NoFreelistSync
-   does not change that). This is brokerd's c=1 latency over the floor, and a state-changing admin
-   call pays it twice (a durable "started" record, then the outcome), which is why MintToken at c=1
-   is about three commits (started record, token, outcome). Options: make a "call started" record
-   durable concurrently with the upstream request (hides the commit under a real upstream's
-   latency), write a mint's token and its records in one transaction, or move the audit chain to
-   an append-only file with one write and one fdatasync per batch (the issue asks for bbolt).
-8. **The audit writer is one goroutine** — the *Audit group commits* table shows how busy it was.
+   does not change that). This is brokerd's c=1 latency over the floor. Tried and dropped: writing
+   real zeros into the file's unused tail so that fdatasync overwrites initialised blocks instead
+   of allocating them (a standalone two-fdatasync commit went from ~400 µs to ~290 µs; brokerd's
+   ratios moved within run-to-run noise). The other state-changing admin calls still pay two
+   commits (a "started" record, then the outcome); they are rare. Left: an append-only audit file
+   with one write and one fdatasync per batch (the issue asks for bbolt).
+9. **The audit writer is one goroutine** — the *Audit group commits* table shows how busy it was.
    Compare the brokerd and *cached* rows at the same c: when calls arrive faster (cache hits skip
    the upstream) the same writer packs more records into each commit and carries a higher rate,
    so where it is not busy all the time it is not what caps brokerd; CPU is (the *server CPU*
    column against the floor's, and the profile above).
-9. **The upstream body is scanned three times** — `upstream.(*Client).readSuccess` runs `json.Valid`,
+10. **The upstream body is scanned three times** — `upstream.(*Client).readSuccess` runs `json.Valid`,
    then `broker.parseResults`' `json.Unmarshal` validates and decodes again. Dropping the extra pass
    helps floor and brokerd alike (absolute throughput, not the ratio) but changes
    `upstream.Client.Do`'s contract that a successful answer is valid JSON; not done.
