@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/credbroker/credbroker/broker/metrics"
@@ -66,6 +68,11 @@ func (b *Broker) putToken(ctx context.Context, ci *CallInfo, t store.Token) erro
 	ci.TokenID = t.ID
 	if err := b.store.PutTokenAudited(ctx, t, b.auditRecord(ci.Outcome("OK"))); err != nil {
 		ci.TokenID = ""
+		if errors.Is(err, store.ErrAuditUnavailable) {
+			// The detail (bbolt's error, the file's path) is for the operator, not the caller.
+			b.log.Error("token and its audit record not committed; failing the mint", "err", err)
+			return fmt.Errorf("%w: the token was not stored; the operator must check brokerd's log and disk", store.ErrAuditUnavailable)
+		}
 		return err
 	}
 	ci.Recorded = true

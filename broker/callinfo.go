@@ -22,7 +22,8 @@ type CallInfo struct {
 
 	// Outcome, set by the gRPC auditor for calls that commit their change together with their
 	// audit record (MintToken), builds the call's record with the given code. Recorded is set once
-	// the OK record is durable, so the auditor does not write a second one.
+	// the OK record is durable; the auditor then writes no outcome record unless the call still
+	// fails. The latency in the record, as in every record, stops before its own commit.
 	Outcome  func(code string) CallRecord
 	Recorded bool
 }

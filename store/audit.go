@@ -87,9 +87,13 @@ type auditWriter struct {
 	done chan struct{}
 	once sync.Once
 
-	// lastSeq and lastMAC are owned by the writer goroutine after openAudit.
+	// lastSeq and lastMAC are owned by the writer goroutine after openAudit. After a failed commit
+	// they may be wrong: bbolt can fail a commit after its meta page was written (the fdatasync
+	// after it failed), and that transaction is then live. reread makes the next commit take the
+	// head from the database instead, so it never writes over records that did land.
 	lastSeq uint64
 	lastMAC []byte
+	reread  bool
 
 	onCommit func(records int, took time.Duration, err error) // Options.OnAuditCommit
 
@@ -311,6 +315,16 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		// suits random inserts and would double the file's size per record).
 		b.FillPercent = 0.95
 		seq, prev = w.lastSeq, w.lastMAC
+		if w.reread {
+			head, err := w.readPoint(tx, keyAuditHead)
+			if err != nil {
+				return err
+			}
+			if head == nil {
+				return fmt.Errorf("%w: the audit log's chain head is missing", ErrCorrupt)
+			}
+			seq, prev = head.Seq, head.Prev
+		}
 		for _, r := range batch {
 			if r.apply != nil {
 				if err := r.apply(tx); err != nil {
@@ -339,9 +353,11 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 	}
 	if err != nil {
 		w.failing.Store(true)
+		w.reread = true
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, err)
 	}
 	w.failing.Store(false)
+	w.reread = false
 	w.lastSeq, w.lastMAC = seq, prev
 	return nil
 }

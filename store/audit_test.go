@@ -329,3 +329,23 @@ func TestPutTokenAudited(t *testing.T) {
 		t.Fatalf("verify: %+v %v", v, err)
 	}
 }
+
+// bbolt can report a failed commit whose meta page was already written (the fdatasync after it
+// failed), leaving that transaction live. After any failed commit the writer takes the chain head
+// from the database, so the next records follow the ones that landed instead of overwriting them.
+func TestAuditWriterRereadsHeadAfterAFailedCommit(t *testing.T) {
+	s, _, _ := openStore(t)
+	appendN(t, s, 3, t0)
+	// What the writer believes after a commit of records 2-3 that returned an error but landed.
+	// (The writer is idle; these writes happen before the append below hands it work.)
+	s.audit.lastSeq, s.audit.lastMAC, s.audit.reread = 1, []byte("stale"), true
+	if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "next"}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.VerifyAudit(); err != nil || !v.OK || v.Checked != 4 || v.LastSeq != 4 {
+		t.Fatalf("verify: %+v %v", v, err)
+	}
+	if recs, err := s.ListAudit(3, time.Time{}, 10); err != nil || len(recs) != 1 || recs[0].TokenID != "next" {
+		t.Fatalf("records after 3: %+v %v", recs, err)
+	}
+}

@@ -95,8 +95,8 @@ func (s *Store) LastTxID() uint64 {
 
 // batch group-commits fn with concurrent batched writes (bbolt's Batch: fn must be idempotent,
 // it may run twice). A writer with no company commits at once instead of waiting MaxBatchDelay
-// for writers that are not coming: a lone mint or use-limited call pays one commit, not one
-// commit plus the timer.
+// for writers that are not coming: a lone use-limited call pays one commit, not one commit plus
+// the timer. (Mints through the gRPC API commit with their audit record: PutTokenAudited.)
 func (s *Store) batch(fn func(*bolt.Tx) error) error {
 	defer s.batching.Add(-1)
 	if s.batching.Add(1) == 1 {
@@ -138,7 +138,7 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync})
 	if err == nil {
-		// Batch (token uses, mints, budgets) waits this long for company before committing; bbolt's
+		// Batch (token uses, budgets) waits this long for company before committing; bbolt's
 		// 10ms default would be the latency of every use-limited call at low concurrency.
 		db.MaxBatchDelay = 500 * time.Microsecond
 	}

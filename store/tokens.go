@@ -65,7 +65,7 @@ func (s *Store) PutToken(t Token) error {
 	if err != nil {
 		return err
 	}
-	// Group-committed: concurrent mints share one fsync. A token touches no credential, so the
+	// Group-committed: concurrent writes share one fsync. A token touches no credential, so the
 	// current-version cache stays valid.
 	var result error
 	err = s.batch(func(tx *bolt.Tx) error {

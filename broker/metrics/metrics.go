@@ -131,7 +131,7 @@ var (
 	// one per commit: its rate is durable commits per second, whatever made them.
 	StoreCommits = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: namespace, Name: "store_commits_total",
-		Help: "Write transactions committed to the database (each one durable commit, two fdatasyncs), counted from the database's creation.",
+		Help: "Write transactions committed to the database (each one durable commit), counted from the database's creation.",
 	}, func() float64 {
 		if f := storeCommits.Load(); f != nil {
 			return float64((*f)())

@@ -659,9 +659,33 @@ func (e *env) checkAfterCrash(m *crashModel, newKEK uint32, rewrapAcked bool) (p
 			bad("token %s: uses %d of max %d, minted with max %d", id, tok.Uses, tok.MaxUses, ts.maxUses)
 		}
 	}
-	// Every token record decodes (unacknowledged mints may be there too, but whole).
+	// Every token record decodes (unacknowledged mints may be there too, but whole), and none
+	// exists without the OK MintToken record committed in the same transaction.
+	minted := map[string]bool{}
+	for after := uint64(0); ; {
+		recs, err := st.ListAudit(after, time.Time{}, 1000)
+		if err != nil {
+			bad("list audit: %v", err)
+			break
+		}
+		if len(recs) == 0 {
+			break
+		}
+		for _, r := range recs {
+			if strings.HasSuffix(r.Method, "/MintToken") && r.Code == "OK" {
+				minted[r.TokenID] = true
+			}
+		}
+		after = recs[len(recs)-1].Seq
+	}
 	n := 0
-	if err := st.ForEachToken(func(*store.Token) error { n++; return nil }); err != nil {
+	if err := st.ForEachToken(func(tok *store.Token) error {
+		n++
+		if !minted[tok.ID] {
+			bad("token %s is stored without an OK MintToken audit record", tok.ID)
+		}
+		return nil
+	}); err != nil {
 		bad("token records: %v", err)
 	}
 	if n < len(m.tokens) {
@@ -685,8 +709,22 @@ func TestCrashCheckDetectsLoss(t *testing.T) {
 	m.cred("never_stored").acked = 1
 	m.tokens["00000000000000000000000000000000"] = &tokState{}
 	m.ackedRPCs = 1 << 20
+	// A token written behind the audit log's back (no MintToken record) is a problem, not a loss.
+	kek, err := store.LoadMasterKeyset(e.keyset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(e.db, kek, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghost := store.Token{ID: "0123456789abcdef", SecretHash: make([]byte, 32), Tools: []string{"web_search"}, ExpiresAt: time.Now().Add(time.Hour)}
+	if err := st.PutToken(ghost); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
 	problems, lost := e.checkAfterCrash(m, 0, false)
-	if lost != 3 || len(problems) != 4 {
+	if lost != 3 || len(problems) != 5 {
 		t.Fatalf("lost=%d problems:\n%s", lost, strings.Join(problems, "\n"))
 	}
 }
