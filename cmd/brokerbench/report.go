@@ -159,17 +159,20 @@ func writeMarkdown(w io.Writer, r *report) error {
 		p("| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %d | %.2f / %.2f |\n", c.Delay, c.Conc, c.Mode, c.RPS, us(c.P50), us(c.P90), us(c.P99),
 			cpu1k(c.CPUPer1k, "server"), cpu1k(c.CPUPer1k, "upstream"), cpu1k(c.CPUPer1k, "loadgen"), disk, rss, c.Errors, c.OtherCPU, c.Steal)
 	}
-	p("\n#### Ratios\n\n| delay | c | req/s brokerd/floor | p50 brokerd/floor | req/s brokerd/direct | p50 brokerd/direct | p50 brokerd − direct | p50 floor − direct | server CPU brokerd/floor |\n|---|---|---|---|---|---|---|---|---|\n")
+	p("\n#### Ratios\n\n| delay | c | req/s brokerd/floor | p50 brokerd/floor | req/s brokerd/direct | p50 brokerd/direct | p50 brokerd − direct | p50 floor − direct | server CPU brokerd/floor | CPU ceiling brokerd/floor |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range r.Cells {
 		if c.Mode != "brokerd" {
 			continue
 		}
 		f, d := r.cell("floor", c.Delay, c.Conc), r.cell("direct", c.Delay, c.Conc)
-		rf, pf, rd, pd, od, fd, cf := "—", "—", "—", "—", "—", "—", "—"
+		rf, pf, rd, pd, od, fd, cf, ceil := "—", "—", "—", "—", "—", "—", "—", "—"
 		if f != nil {
 			rf, pf = fmt.Sprintf("%.2f", c.RPS/f.RPS), fmt.Sprintf("%.2f", float64(c.P50)/float64(f.P50))
 			if fc := f.CPUPer1k["server"]; fc > 0 {
 				cf = fmt.Sprintf("%.2f", c.CPUPer1k["server"]/fc)
+			}
+			if bt := totalCPU(c.CPUPer1k); bt > 0 {
+				ceil = fmt.Sprintf("%.2f", totalCPU(f.CPUPer1k)/bt)
 			}
 		}
 		if d != nil {
@@ -179,8 +182,9 @@ func writeMarkdown(w io.Writer, r *report) error {
 				fd = round(f.P50 - d.P50).String()
 			}
 		}
-		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, rf, pf, rd, pd, od, fd, cf)
+		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, rf, pf, rd, pd, od, fd, cf, ceil)
 	}
+	p("\n*CPU ceiling* is the floor's CPU per call over brokerd's, counting every process of the cell (server, upstream, loadgen: they share the same cores). Once the cores are saturated, throughput is cores ÷ CPU per call, so this is the best req/s brokerd/floor can reach at that cell's CPU costs however the waiting is arranged; below 0.90, the throughput target needs less CPU per call, not more concurrency.\n")
 	writeAuditTable(p, r)
 	if len(r.Mint) > 0 {
 		p("\n### MintToken\n\n| c | req/s | p50 µs | p99 µs | p50 / one bbolt commit | server CPU s/1k | disk KiB/1k | errors |\n|---|---|---|---|---|---|---|---|\n")
@@ -237,6 +241,15 @@ func writeMarkdown(w io.Writer, r *report) error {
 	p("\n### Targets\n\n")
 	writeTargets(w, r)
 	return nil
+}
+
+// totalCPU is the CPU seconds per 1,000 calls of every process of a cell.
+func totalCPU(per1k map[string]float64) float64 {
+	var t float64
+	for _, v := range per1k {
+		t += v
+	}
+	return t
 }
 
 // writeAuditTable reports what brokerd's single audit writer did in each brokerd cell.
