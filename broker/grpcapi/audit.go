@@ -19,6 +19,9 @@ import (
 type auditor struct {
 	b   *broker.Broker
 	log *slog.Logger
+	// known holds every registered method ("/service/method"); a call to any other is audited as
+	// an unknown method, whatever its service. Filled by NewServer before serving.
+	known map[string]bool
 }
 
 // audited reports whether method is one of ours; health checks and reflection are not audited
@@ -79,15 +82,39 @@ func (a auditor) run(ctx context.Context, ci *broker.CallInfo, req any, info *gr
 }
 
 func (a auditor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if !audited(info.FullMethod) {
+	method, ci := info.FullMethod, &broker.CallInfo{}
+	if !a.known[method] {
+		// Someone probing for methods: record that they tried, but not their string whole.
+		method, ci.Event = boundedMethod(method), "unknown-method"
+	} else if !audited(method) {
 		return handler(srv, ss)
 	}
 	start := time.Now()
 	err := handler(srv, ss)
-	rec := broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ss.Context()), Code: status.Code(err).String(), Latency: time.Since(start)}
+	rec := broker.CallRecord{Method: method, Caller: callerFrom(ss.Context()), Code: status.Code(err).String(), Latency: time.Since(start), Info: ci}
 	if aerr := a.b.RecordCall(ss.Context(), rec); aerr != nil {
-		a.log.Error("audit record not written", "method", info.FullMethod, "err", aerr)
+		a.log.Error("audit record not written", "method", method, "err", aerr)
 		return status.Error(codes.Unavailable, "brokerd cannot write its audit log")
 	}
 	return err
+}
+
+// maxMethodLen bounds a client-chosen method name kept in the audit log (ours are under 50).
+const maxMethodLen = 96
+
+// boundedMethod is the printable ASCII of an unknown method's name, at most maxMethodLen bytes,
+// with "…" marking a cut: enough to see what was probed, never a caller's megabytes or escapes.
+func boundedMethod(m string) string {
+	var b strings.Builder
+	for i := 0; i < len(m); i++ {
+		if b.Len() == maxMethodLen {
+			return b.String() + "…"
+		}
+		if c := m[i]; c > ' ' && c < 0x7f {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('?')
+		}
+	}
+	return b.String()
 }

@@ -141,7 +141,7 @@ func BenchmarkSearchHandler(b *testing.B) {
 		b.Run(mode, func(b *testing.B) {
 			e := newBenchEnv(b, mode == "audited-nosync")
 			svc := &SearchService{b: e.b, log: e.log}
-			aud := auditor{e.b, e.log}
+			aud := auditor{b: e.b, log: e.log}
 			info := &grpc.UnaryServerInfo{FullMethod: pb.SearchService_Search_FullMethodName}
 			handler := func(ctx context.Context, req any) (any, error) { return svc.Search(ctx, req.(*pb.SearchRequest)) }
 			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+e.token))

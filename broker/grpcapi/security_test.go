@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
@@ -157,5 +161,41 @@ func TestKeyEchoRedacted(t *testing.T) {
 	h.fake.SetFault(scaviotest.Fault{})
 	if strings.Contains(h.logs.String(), testKey) {
 		t.Fatal("a log line carries the key")
+	}
+}
+
+// A call to a method brokerd does not have is answered Unimplemented and audited, with the
+// (client-chosen) method name bounded; a probe is recorded like any other refused call.
+func TestUnknownMethodIsAudited(t *testing.T) {
+	h := newHarness(t)
+	conn, err := grpc.NewClient("unix://"+h.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	long := "/evil.Probe/" + strings.Repeat("A", 300)
+	for _, m := range []string{"/credbroker.v1.AdminService/DumpKeys", long} {
+		err := conn.Invoke(context.Background(), m, &pb.StatusRequest{}, &pb.StatusResponse{})
+		requireGRPCStatus(t, err, codes.Unimplemented, "no such method")
+	}
+	if _, err := h.health.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err) // a registered service that is not audited still works
+	}
+	resp, err := h.admin.ListAudit(context.Background(), &pb.ListAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range resp.Records {
+		if r.Event == "unknown-method" {
+			if r.Code != "Unimplemented" || !r.PeerKnown {
+				t.Fatalf("record: %v", r)
+			}
+			got = append(got, r.Method)
+		}
+	}
+	want := []string{"/credbroker.v1.AdminService/DumpKeys", long[:maxMethodLen] + "…"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("unknown-method records %q, want %q", got, want)
 	}
 }

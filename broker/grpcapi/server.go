@@ -6,8 +6,10 @@ import (
 	"log/slog"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/peercred"
@@ -37,6 +39,7 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	aud := auditor{b: b, log: o.Logger, known: map[string]bool{}}
 	opts := append([]grpc.ServerOption{
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.MaxRecvMsgSize(MaxMessageSize),
@@ -45,8 +48,13 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 		grpc.NumStreamWorkers(64),
 		grpc.ChainUnaryInterceptor(o.UnaryInterceptors...),
 		// The auditor runs before authorization so refused calls are recorded too.
-		grpc.ChainUnaryInterceptor(auditor{b, o.Logger}.unary, o.Admins.unary),
-		grpc.ChainStreamInterceptor(auditor{b, o.Logger}.stream, o.Admins.stream),
+		grpc.ChainUnaryInterceptor(aud.unary, o.Admins.unary),
+		grpc.ChainStreamInterceptor(aud.stream, o.Admins.stream),
+		// A method that does not exist reaches the stream interceptors (so it is audited) and then
+		// this handler, instead of a bare Unimplemented from gRPC that nothing records.
+		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
+			return status.Error(codes.Unimplemented, "brokerd has no such method; see proto/credbroker/v1 for the API")
+		}),
 	}, o.ServerOptions...)
 	g := grpc.NewServer(opts...)
 	// Requests that do not decode are refused before the interceptors; audit them too.
@@ -59,6 +67,12 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 	}
 	if !o.NoReflection {
 		reflection.Register(g)
+	}
+	// Filled before the server serves, read-only afterwards.
+	for svc, info := range g.GetServiceInfo() {
+		for _, m := range info.Methods {
+			aud.known["/"+svc+"/"+m.Name] = true
+		}
 	}
 	return g, hs
 }
