@@ -50,6 +50,20 @@ func TestResultCache(t *testing.T) {
 	if h.fake.Count() != before {
 		t.Fatal("a cache hit reached the upstream")
 	}
+	// The audit says what each call spent and what the hit saved.
+	recs, err := h.admin.ListAudit(context.Background(), &pb.ListAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var searches []*pb.AuditRecord
+	for _, r := range recs.Records {
+		if r.Method == pb.SearchService_Search_FullMethodName {
+			searches = append(searches, r)
+		}
+	}
+	if len(searches) != 2 || searches[0].Credits != 1 || searches[0].CreditsSaved != 0 || searches[1].Credits != 0 || searches[1].CreditsSaved != 1 {
+		t.Fatalf("search records: %v", searches)
+	}
 	// Another token does not see a's entry; no_cache forces a fresh call.
 	if r, _ := h.search.Search(withToken(b.Token), &pb.SearchRequest{Query: "Golang  generics"}); r.Cached {
 		t.Fatal("token b was served token a's cached result")
