@@ -173,25 +173,9 @@ func addCredits(spent uint64, delta int64, ceiling uint64) (uint64, bool) {
 // (see spendWindow for spends dated in another period than the stored one),
 // refusing with ErrBudgetExhausted past the budget. It returns the token record after the write.
 func (s *Store) SpendTokenBudget(id string, now time.Time, credits int64) (Token, error) {
-	var (
-		t      Token
-		result error
-	)
-	err := s.batch(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTokens)
-		raw := b.Get([]byte(id))
-		if raw == nil {
-			result = fmt.Errorf("token %s: %w", id, ErrNotFound)
-			return nil
-		}
-		var err error
-		if t, err = DecodeToken(raw); err != nil {
-			result = err
-			return nil
-		}
+	return s.changeToken(id, func(t *Token) (bool, error) {
 		if t.BudgetCredits == 0 {
-			result = nil
-			return nil
+			return false, nil
 		}
 		window := DayWindow(now)
 		if t.BudgetPeriod == "month" {
@@ -199,24 +183,14 @@ func (s *Store) SpendTokenBudget(id string, now time.Time, credits int64) (Token
 		}
 		win, base, skip := spendWindow(t.BudgetWindow, window, t.BudgetSpent, credits)
 		if skip {
-			result = nil
-			return nil
+			return false, nil
 		}
 		t.BudgetWindow, t.BudgetSpent = win, base
 		next, ok := addCredits(t.BudgetSpent, credits, t.BudgetCredits)
 		if !ok {
-			result = fmt.Errorf("token %s: %w", id, ErrBudgetExhausted)
-			return nil
+			return false, fmt.Errorf("token %s: %w", id, ErrBudgetExhausted)
 		}
-		t.BudgetSpent, result = next, nil
-		out, err := json.Marshal(t)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(id), out)
+		t.BudgetSpent = next
+		return true, nil
 	})
-	if err != nil {
-		return Token{}, err
-	}
-	return t, result
 }

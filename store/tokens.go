@@ -197,6 +197,20 @@ func (s *Store) RevokeToken(id string, now time.Time) (Token, error) {
 // ErrExhausted when the limit is already reached (nothing is written then). Concurrent callers are
 // group-committed by bbolt's Batch: many uses share one fsync.
 func (s *Store) UseToken(id string, now time.Time) (Token, error) {
+	return s.changeToken(id, func(t *Token) (bool, error) {
+		if t.MaxUses > 0 && t.Uses >= t.MaxUses {
+			return false, fmt.Errorf("token %s: %w (%d of %d)", id, ErrExhausted, t.Uses, t.MaxUses)
+		}
+		t.Uses++
+		t.LastUsedAt = now.UTC()
+		return true, nil
+	})
+}
+
+// changeToken applies change to token id's record in a batched write and returns the record after
+// it. change reports whether it changed anything to write, or the caller's answer as an error
+// (a refusal, which writes nothing and is not a failed transaction).
+func (s *Store) changeToken(id string, change func(*Token) (bool, error)) (Token, error) {
 	var (
 		t      Token
 		result error
@@ -215,17 +229,14 @@ func (s *Store) UseToken(id string, now time.Time) (Token, error) {
 			result = err
 			return nil
 		}
-		if t.MaxUses > 0 && t.Uses >= t.MaxUses {
-			result = fmt.Errorf("token %s: %w (%d of %d)", id, ErrExhausted, t.Uses, t.MaxUses)
+		var write bool
+		if write, result = change(&t); !write || result != nil {
 			return nil
 		}
-		t.Uses++
-		t.LastUsedAt = now.UTC()
 		out, err := json.Marshal(t)
 		if err != nil {
 			return err
 		}
-		result = nil
 		return b.Put([]byte(id), out)
 	})
 	if err != nil {
