@@ -368,10 +368,7 @@ func TestCrashConsistency(t *testing.T) {
 	m.cred("scavio_api_key").tried[itKey] = true
 	m.creds["scavio_api_key"].acked = 1
 	m.credNames = append(m.credNames, "scavio_api_key")
-	admin, err := client.New(e.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := e.client(t)
 	for range 3 {
 		resp, err := admin.MintToken(context.Background(), &pb.MintTokenRequest{Tools: []string{"web_search"}, Ttl: durationpb.New(2 * time.Hour), MaxUses: 1 << 40, Label: "crash-uses"})
 		if err != nil {

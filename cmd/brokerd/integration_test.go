@@ -23,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
+	"github.com/credbroker/credbroker/client"
 )
 
 // binDir holds brokerd and brokerctl built once for the package.
@@ -227,6 +228,17 @@ func (e *env) setup(t *testing.T) (token, id string) {
 		t.Fatalf("mint --json incomplete: %s", r.stdout)
 	}
 	return minted.Token, minted.ID
+}
+
+// client dials brokerd's socket with the client package; it is closed when the test ends.
+func (e *env) client(t *testing.T, opts ...client.Option) *client.Client {
+	t.Helper()
+	c, err := client.New(e.socket, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func (e *env) search(t *testing.T, token string, args ...string) result {

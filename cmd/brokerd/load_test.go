@@ -127,11 +127,7 @@ func TestLoad1000Clients(t *testing.T) {
 	e.startDaemon(t, "--metrics-listen", "127.0.0.1:0", "--cache-ttl", "0")
 	metrics := e.metricsURL(t)
 	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
-	admin, err := client.New(e.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	admin := e.client(t)
 	// 100 tokens shared round-robin by the clients, like 100 MCP servers with 10 sessions each.
 	var tokens []string
 	for i := range 100 {
@@ -313,11 +309,7 @@ func TestSoak(t *testing.T) {
 	e.startDaemon(t, "--metrics-listen", "127.0.0.1:0", "--cache-size", "4194304")
 	metrics := e.metricsURL(t)
 	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
-	admin, err := client.New(e.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	admin := e.client(t)
 	mint := func(maxUses uint64, label string) *pb.MintTokenResponse {
 		resp, err := admin.MintToken(context.Background(), &pb.MintTokenRequest{Tools: []string{"web_search"}, Ttl: durationpb.New(24 * time.Hour), MaxUses: maxUses, Label: label})
 		if err != nil {

@@ -39,6 +39,19 @@ func mountTmpfs(t *testing.T, dir, size string) {
 	})
 }
 
+// dbOnTmpfs mounts a tmpfs of size at a "data" directory of e's and moves e's database there
+// (before brokerd starts); it returns the directory.
+func (e *env) dbOnTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	data := filepath.Join(e.dir, "data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mountTmpfs(t, data, size)
+	e.db = filepath.Join(data, "broker.db")
+	return data
+}
+
 // fillDisk writes zeros to a file in dir until the filesystem is full and returns its path.
 func fillDisk(t *testing.T, dir string) string {
 	t.Helper()
@@ -61,26 +74,12 @@ func fillDisk(t *testing.T, dir string) string {
 
 func TestDiskFull(t *testing.T) {
 	e := newEnv(t)
-	data := filepath.Join(e.dir, "data")
-	if err := os.Mkdir(data, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	mountTmpfs(t, data, "2m")
-	e.db = filepath.Join(data, "broker.db")
+	data := e.dbOnTmpfs(t, "2m")
 	e.startDaemon(t)
 	tok, _ := e.setup(t)
 	e.search(t, tok, "before the disk fills").ok(t)
 
-	ac, err := client.New(e.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
-	sc, err := client.New(e.socket, client.WithToken(tok))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
+	ac, sc := e.client(t), e.client(t, client.WithToken(tok))
 	ctx := context.Background()
 	value := bytes.Repeat([]byte("v"), 8<<10) // the largest value brokerd accepts
 
@@ -172,19 +171,11 @@ func TestDiskFull(t *testing.T) {
 // (opening needs no new pages), the file is consistent, and the data is all there.
 func TestDiskFullKillRestart(t *testing.T) {
 	e := newEnv(t)
-	data := filepath.Join(e.dir, "data")
-	if err := os.Mkdir(data, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	mountTmpfs(t, data, "2m")
-	e.db = filepath.Join(data, "broker.db")
+	data := e.dbOnTmpfs(t, "2m")
 	e.startDaemon(t)
 	tok, _ := e.setup(t)
 	filler := fillDisk(t, data)
-	ac, err := client.New(e.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ac := e.client(t)
 	value := bytes.Repeat([]byte("w"), 8<<10)
 	for i := range 200 {
 		if _, err := ac.PutCredential(context.Background(), fmt.Sprintf("w-%d", i), value); err != nil {
