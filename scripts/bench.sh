@@ -236,9 +236,12 @@ These explanations hold for the code as measured; the tables above give this run
 - **The Tink primitive is built once.** `BenchmarkBuildDataAEAD` is what each call would pay on top
   of `BenchmarkLoadCredential` otherwise; `BenchmarkDecryptOnly` is the part of LoadCredential that
   is the decrypt itself.
-- **RSS is heap plus the database mmap.** VmRSS counts bbolt's mapped file pages (RssFile) as well
-  as the heap (RssAnon); file pages are page cache the kernel can drop, but they count. Anything
-  that reads every token (Status, the supervisor's STATUS= line) maps the whole token bucket.
+- **RSS is heap plus mapped files.** VmRSS counts file pages mapped into brokerd (RssFile) as well
+  as the heap (RssAnon): its own executable (the memory lines say how much) and the pages of the
+  database that bbolt's mmap has touched. File pages are page cache the kernel can drop, but they
+  count. A token lookup that misses the token cache reads its leaf page through the mmap, so
+  searching with many distinct tokens maps most of the token bucket; anything that reads every
+  token (Status, the supervisor's STATUS= line) maps all of it.
 EOF
   cat <<'EOF'
 

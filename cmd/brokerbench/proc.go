@@ -43,12 +43,14 @@ func procCPU(pid int) (float64, error) {
 }
 
 // memInfo is a process's memory from /proc/PID/status, in bytes. RSS (VmRSS) is Anon (heap,
-// stacks) plus File (mapped files: the bbolt mmap and the binary) plus shared memory.
+// stacks) plus File (mapped files: the bbolt mmap and the binary) plus shared memory. Exe is the
+// part of File that is the process's own executable (from /proc/PID/smaps).
 type memInfo struct {
 	RSS  int64 `json:"vm_rss"`
 	HWM  int64 `json:"vm_hwm"`
 	Anon int64 `json:"rss_anon"`
 	File int64 `json:"rss_file"`
+	Exe  int64 `json:"rss_exe"`
 }
 
 func procMem(pid int) (memInfo, error) {
@@ -74,18 +76,54 @@ func procMem(pid int) (memInfo, error) {
 		default:
 			continue
 		}
-		fields := strings.Fields(line) // "VmRSS:", "12345", "kB"
-		if len(fields) >= 2 {
-			kb, _ := strconv.ParseInt(fields[1], 10, 64)
-			*dst = kb << 10
+		*dst = kiB(line)
+	}
+	if err := sc.Err(); err != nil {
+		return m, err
+	}
+	m.Exe = exeRSS(pid)
+	return m, nil
+}
+
+// kiB is the value of a /proc "Name:   12345 kB" line, in bytes.
+func kiB(line string) int64 {
+	fields := strings.Fields(line)
+	if len(fields) < 2 {
+		return 0
+	}
+	kb, _ := strconv.ParseInt(fields[1], 10, 64)
+	return kb << 10
+}
+
+// exeRSS sums the resident pages of the mappings of pid's own executable (0 if unknown).
+func exeRSS(pid int) int64 {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return 0
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return 0
+	}
+	var total int64
+	mine := false
+	for line := range strings.Lines(string(raw)) {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
+			// A mapping's header: "start-end perms offset dev inode [path]".
+			mine = len(f) >= 6 && f[5] == exe
+		case mine && f[0] == "Rss:":
+			total += kiB(line)
 		}
 	}
-	return m, sc.Err()
+	return total
 }
 
 // maxMem keeps the largest of each field.
 func (m *memInfo) maxWith(o memInfo) {
 	m.RSS, m.HWM, m.Anon, m.File = max(m.RSS, o.RSS), max(m.HWM, o.HWM), max(m.Anon, o.Anon), max(m.File, o.File)
+	m.Exe = max(m.Exe, o.Exe)
 }
 
 // systemCPU returns the machine's busy and stolen CPU seconds since boot (all cores, from the

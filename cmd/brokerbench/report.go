@@ -118,7 +118,7 @@ func writeTargets(w io.Writer, r *report) {
 }
 
 func memString(m memInfo) string {
-	return fmt.Sprintf("VmRSS %.1f MiB (anon %.1f + file %.1f)", float64(m.RSS)/mib, float64(m.Anon)/mib, float64(m.File)/mib)
+	return fmt.Sprintf("VmRSS %.1f MiB (anon %.1f + file %.1f, of which brokerd's executable %.1f)", float64(m.RSS)/mib, float64(m.Anon)/mib, float64(m.File)/mib, float64(m.Exe)/mib)
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond)) }
