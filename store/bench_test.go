@@ -14,11 +14,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,6 +25,8 @@ import (
 	"github.com/tink-crypto/tink-go/v2/keyset"
 	"github.com/tink-crypto/tink-go/v2/tink"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/store/internal/benchdisk"
 )
 
 func benchKEK(b *testing.B) tink.AEAD {
@@ -51,35 +50,6 @@ func benchStore(b *testing.B, opts Options) *Store {
 	}
 	b.Cleanup(func() { s.Close() })
 	return s
-}
-
-// diskWriteBytes is write_bytes from /proc/self/io: bytes this process caused to reach storage.
-func diskWriteBytes(b *testing.B) int64 {
-	raw, err := os.ReadFile("/proc/self/io")
-	if err != nil {
-		b.Skip("no /proc/self/io")
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "write_bytes:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return n
-		}
-	}
-	b.Skip("no write_bytes in /proc/self/io")
-	return 0
-}
-
-// measureDisk resets the timer and reports disk-B/op when the benchmark ends.
-func measureDisk(b *testing.B) {
-	b.Helper()
-	before := diskWriteBytes(b)
-	b.Cleanup(func() {
-		if b.N > 0 {
-			b.ReportMetric(float64(diskWriteBytes(b)-before)/float64(b.N), "disk-B/op")
-		}
-	})
-	b.ReportAllocs()
-	b.ResetTimer()
 }
 
 func benchToken(i int) Token {
@@ -119,7 +89,7 @@ func seedTokens(b *testing.B, n int) (*Store, []string) {
 // BenchmarkGetToken is a token cache miss in the broker: a bbolt read transaction and a JSON decode.
 func BenchmarkGetToken(b *testing.B) {
 	s, ids := seedTokens(b, 10000)
-	measureDisk(b)
+	benchdisk.Measure(b)
 	for i := 0; b.Loop(); i++ {
 		if _, err := s.GetToken(ids[i%len(ids)]); err != nil {
 			b.Fatal(err)
@@ -134,7 +104,7 @@ func BenchmarkLoadCredential(b *testing.B) {
 	if _, err := s.PutCredential("scavio_api_key", []byte("sk_test_0123456789abcdef0123456789abcdef"), t0); err != nil {
 		b.Fatal(err)
 	}
-	measureDisk(b)
+	benchdisk.Measure(b)
 	for b.Loop() {
 		v, _, err := s.LoadCredential("scavio_api_key")
 		if err != nil {
@@ -223,7 +193,7 @@ func BenchmarkAppendAudit(b *testing.B) {
 		for _, c := range []int{1, 16, 64} {
 			b.Run(fmt.Sprintf("%s/c=%d", mode, c), func(b *testing.B) {
 				s := benchStore(b, Options{NoSync: mode == "nosync"})
-				measureDisk(b)
+				benchdisk.Measure(b)
 				if c == 1 {
 					for i := 0; b.Loop(); i++ {
 						if err := s.AppendAudit(ctx, searchAudit(i)); err != nil {
@@ -263,7 +233,7 @@ func BenchmarkPutToken(b *testing.B) {
 				}
 				var seq atomic.Int64
 				seq.Store(int64(c) << 40) // distinct ids per sub-benchmark run
-				measureDisk(b)
+				benchdisk.Measure(b)
 				if c == 1 {
 					for b.Loop() {
 						if err := put(benchToken(int(seq.Add(1)))); err != nil {
@@ -297,7 +267,7 @@ func BenchmarkUseToken(b *testing.B) {
 				}
 				ids[i] = t.ID
 			}
-			measureDisk(b)
+			benchdisk.Measure(b)
 			if c == 1 {
 				for b.Loop() {
 					if _, err := s.UseToken(ids[0], t0); err != nil {
@@ -427,7 +397,7 @@ func BenchmarkBoltAppend(b *testing.B) {
 			}
 			b.Cleanup(func() { db.Close() })
 			val := make([]byte, 400)
-			measureDisk(b)
+			benchdisk.Measure(b)
 			for i := 0; b.Loop(); i++ {
 				err := db.Update(func(tx *bolt.Tx) error {
 					bk, err := tx.CreateBucketIfNotExists([]byte("audit"))
