@@ -88,12 +88,11 @@ type auditWriter struct {
 	once sync.Once
 
 	// lastSeq and lastMAC are owned by the writer goroutine after openAudit. After a failed commit
-	// they may be wrong: bbolt can fail a commit after its meta page was written (the fdatasync
-	// after it failed), and that transaction is then live. reread makes the next commit take the
-	// head from the database instead, so it never writes over records that did land.
+	// (failing) they may be wrong: bbolt can fail a commit after its meta page was written (the
+	// fdatasync after it failed), and that transaction is then live. So the next commit takes the
+	// head from the database instead, and never writes over records that did land.
 	lastSeq uint64
 	lastMAC []byte
-	reread  bool
 
 	onCommit func(records int, took time.Duration, err error) // Options.OnAuditCommit
 
@@ -315,13 +314,13 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		// suits random inserts and would double the file's size per record).
 		b.FillPercent = 0.95
 		seq, prev = w.lastSeq, w.lastMAC
-		if w.reread {
+		if w.failing.Load() {
 			head, err := w.readPoint(tx, keyAuditHead)
 			if err != nil {
 				return err
 			}
 			if head == nil {
-				return fmt.Errorf("%w: the audit log's chain head is missing", ErrCorrupt)
+				return fmt.Errorf("%w: the audit log's chain head is missing; restore the database from a backup", ErrCorrupt)
 			}
 			seq, prev = head.Seq, head.Prev
 		}
@@ -353,11 +352,9 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 	}
 	if err != nil {
 		w.failing.Store(true)
-		w.reread = true
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, err)
 	}
 	w.failing.Store(false)
-	w.reread = false
 	w.lastSeq, w.lastMAC = seq, prev
 	return nil
 }
