@@ -184,13 +184,20 @@ func (w *crashWorker) put(ctx context.Context) {
 		w.fail("put "+name, err)
 		return
 	}
+	w.ackVersion("put", name, val, c.GetVersion())
+	w.m.mu.Lock()
+	w.m.credNames = append(w.m.credNames, name)
+	w.m.mu.Unlock()
+}
+
+// ackVersion records that op's acknowledged answer made val version v of credential name.
+func (w *crashWorker) ackVersion(op, name, val string, v uint64) {
 	w.m.mu.Lock()
 	defer w.m.mu.Unlock()
 	cs := w.m.cred(name)
-	cs.values[c.GetVersion()] = val
-	cs.acked = max(cs.acked, c.GetVersion())
-	w.m.credNames = append(w.m.credNames, name)
-	w.m.acked["put"]++
+	cs.values[v] = val
+	cs.acked = max(cs.acked, v)
+	w.m.acked[op]++
 	w.m.ackedRPCs++
 }
 
@@ -208,13 +215,7 @@ func (w *crashWorker) rotate(ctx context.Context) {
 		w.fail("rotate "+name, err)
 		return
 	}
-	w.m.mu.Lock()
-	defer w.m.mu.Unlock()
-	cs := w.m.cred(name)
-	cs.values[c.GetVersion()] = val
-	cs.acked = max(cs.acked, c.GetVersion())
-	w.m.acked["rotate"]++
-	w.m.ackedRPCs++
+	w.ackVersion("rotate", name, val, c.GetVersion())
 }
 
 // rollback stores the value of an older kept version as a new version. It may be refused when a
