@@ -17,7 +17,7 @@ import (
 // MaxMessageSize) was refused without the auditor seeing it. gRPC answers such a request itself,
 // while decoding (Internal for bytes that do not decode, ResourceExhausted for a message that
 // is too large), so this record follows the answer rather than preceding it; the refusal changed
-// nothing. Valid requests pay nothing extra (a stats handler would cost every call).
+// nothing. A valid request pays one small closure (a stats handler cost about 20 allocations a call).
 func auditedDecoding(desc *grpc.ServiceDesc, b *broker.Broker, log *slog.Logger) *grpc.ServiceDesc {
 	d := *desc
 	d.Methods = slices.Clone(desc.Methods)
