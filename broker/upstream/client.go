@@ -155,7 +155,7 @@ func New(cfg Config) (*Client, error) {
 		hc := *cfg.HTTPClient
 		c.hc = &hc
 	} else {
-		c.hc = &http.Client{Transport: defaultTransport(c.attemptTimeout)}
+		c.hc = &http.Client{Transport: defaultTransport()}
 	}
 	// A redirect would replay the x-api-key header (which net/http does not treat as sensitive) to
 	// wherever the Location points. Scavio does not redirect API calls, so a 3xx is an error.
@@ -195,7 +195,7 @@ func parseBaseURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
-func defaultTransport(attemptTimeout time.Duration) *http.Transport {
+func defaultTransport() *http.Transport {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
@@ -203,7 +203,9 @@ func defaultTransport(attemptTimeout time.Duration) *http.Transport {
 		ForceAttemptHTTP2:     true,
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   5 * time.Second,
-		ResponseHeaderTimeout: attemptTimeout,
+		// No ResponseHeaderTimeout: the attempt's context (attemptTimeout) already bounds the wait
+		// for headers, and a second timer of the same length raced it to decide which error the
+		// caller saw ("attempt timed out" or net/http's "timeout awaiting response headers").
 		ExpectContinueTimeout: time.Second,
 		// Every agent's call goes to the same host through one broker: keep enough idle
 		// connections for a burst instead of the default 2 per host.
