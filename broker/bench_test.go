@@ -267,7 +267,9 @@ func BenchmarkTokenCacheCompact(b *testing.B) {
 		var id [8]byte
 		binary.BigEndian.PutUint64(id[:], uint64(i%n))
 		if _, ok := cache[id]; !ok {
-			cache[id] = &compactToken{expires: int64(i), tools: 1}
+			// Every field is set so that the entry has the shape the hot path would fill in.
+			cache[id] = &compactToken{secretHash: [32]byte{byte(i)}, expires: int64(i), lastUsed: int64(i),
+				tools: 1, bindUID: uint32(i), flags: 1, rateLimit: 10, ratePeriod: int64(time.Minute), limiter: &struct{}{}}
 		}
 	}
 	b.StopTimer()

@@ -173,7 +173,6 @@ type faultCase struct {
 	wantMsg      []string
 	wantMsgOneOf []string      // the message contains at least one of these
 	wantRequests int64         // requests that reached the upstream handler; -1: don't check
-	wantConns    int64         // connections accepted; 0: don't check
 	minElapsed   time.Duration // a wait that must have been honoured
 	maxElapsed   time.Duration // default: the deadline (+ scheduling slack)
 }

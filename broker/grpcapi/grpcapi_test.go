@@ -58,11 +58,6 @@ type harness struct {
 	sock   string
 }
 
-type syncBuilder struct {
-	mu sync.Mutex
-	strings.Builder
-}
-
 // newHarness runs the real server on a real Unix socket in a temp dir, with a real store and the
 // fake upstream.
 func newHarness(t *testing.T) *harness {

@@ -68,7 +68,6 @@ func (creds) Info() credentials.ProtocolInfo {
 }
 func (c creds) Clone() credentials.TransportCredentials { return c }
 
-//lint:ignore SA1019 required by the interface
 func (creds) OverrideServerName(string) error { return nil }
 
 // Read returns the kernel's credentials for the peer of a Unix socket connection.

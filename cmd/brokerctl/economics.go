@@ -37,11 +37,10 @@ func (a *app) callEconomics(cmd *cobra.Command, fn func(context.Context, economi
 // limitFlags are `credential policy`'s spending-limit flags. Only the flags given change; the
 // others keep their current value.
 type limitFlags struct {
-	rate, maxWait       string
-	burst               uint32
-	monthly             uint64
-	clearLimits         bool
-	rateSet, monthlySet bool
+	rate, maxWait string
+	burst         uint32
+	monthly       uint64
+	clearLimits   bool
 }
 
 func (l *limitFlags) register(cmd *cobra.Command) {
