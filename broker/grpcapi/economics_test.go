@@ -136,6 +136,7 @@ func TestCredentialRateLimitSharedByAllTokens(t *testing.T) {
 	}
 	before := len(h.fake.Requests())
 	var wg sync.WaitGroup
+	start := time.Now()
 	for i := range 20 {
 		tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
 		wg.Add(1)
@@ -158,26 +159,44 @@ func TestCredentialRateLimitSharedByAllTokens(t *testing.T) {
 		times = append(times, r.Time)
 	}
 	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	// Arrival times at the upstream carry scheduling jitter, so the window is half a second: the
+	// limiter lets at most 6 calls into any 500 ms (burst 1, then one every 100 ms); more than 10
+	// would take a limiter that lets calls through early, not jitter of up to 400 ms.
 	for i := range times {
 		n := 0
-		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second-20*time.Millisecond; j++ {
+		for j := i; j < len(times) && times[j].Sub(times[i]) < 500*time.Millisecond; j++ {
 			n++
 		}
 		if n > 10 {
-			t.Fatalf("%d upstream calls within one second", n)
+			t.Fatalf("%d upstream calls within half a second", n)
 		}
+	}
+	// And the 20 calls cannot have taken less than the 19 intervals the limit imposes: a lower
+	// bound measured around the whole run, which no scheduling delay can make shorter.
+	if took := time.Since(start); took < 1900*time.Millisecond {
+		t.Fatalf("20 calls at 10/s (burst 1) took %s, want at least 1.9s", took)
 	}
 
 	// A caller whose deadline comes before its slot is told how long to wait, without waiting.
-	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
-	for range 10 { // fill the next second
-		go h.search.Search(withToken(tok), &pb.SearchRequest{Query: "fill"})
+	// One call a minute, burst 1: one finished call takes the only slot for the next minute, so
+	// a caller with a 2 s deadline cannot have one — whatever the scheduler does (no fill
+	// goroutines racing the late call for slots).
+	if _, err := h.admin.SetCredentialLimits(context.Background(), &pb.SetCredentialLimitsRequest{Name: "scavio_api_key",
+		Limits: &pb.CredentialLimits{RateLimit: 1, RatePeriod: durationpb.New(time.Minute), Burst: 1}}); err != nil {
+		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
-	ctx, cancel := context.WithTimeout(withToken(tok), 200*time.Millisecond)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	if _, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "fill"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(withToken(tok), 2*time.Second)
 	defer cancel()
+	asked := time.Now()
 	_, err := h.search.Search(ctx, &pb.SearchRequest{Query: "late"})
 	requireGRPCStatus(t, err, codes.ResourceExhausted, "retry in")
+	if ctx.Err() != nil {
+		t.Fatalf("the late caller waited out its deadline (%s) instead of being told at once", time.Since(asked))
+	}
 }
 
 // A 429 with Retry-After pauses every caller of the key until then, instead of each hitting 429.
