@@ -159,6 +159,22 @@ func (tb *testBroker) mint(t *testing.T, ttl time.Duration, tools ...string) (to
 	return resp.GetToken(), resp.GetId()
 }
 
+// mintAndWaitExpiry mints a token with ttl and returns it with a function that waits until
+// brokerd's clock (this machine's) has passed its expiry: the event itself, not a guessed sleep.
+func (tb *testBroker) mintAndWaitExpiry(t *testing.T, ttl time.Duration, tools ...string) (token string, waitExpired func()) {
+	t.Helper()
+	resp, err := tb.admin.MintToken(testContext(t), &credbrokerv1.MintTokenRequest{Tools: tools, Ttl: durationpb.New(ttl), Label: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := resp.GetExpiresAt().AsTime()
+	return resp.GetToken(), func() {
+		for !time.Now().After(exp) {
+			time.Sleep(time.Until(exp) + time.Millisecond)
+		}
+	}
+}
+
 // session is an MCP client connected in memory to a scavio-mcp server.
 type session struct {
 	*mcp.ClientSession

@@ -217,12 +217,13 @@ func TestRefusedTokenAsksForANewOne(t *testing.T) {
 	tb := startBroker(t, true)
 
 	t.Run("expired", func(t *testing.T) {
-		tok, _ := tb.mint(t, time.Second, webSearch)
+		// 3s: room to list the tools while the token is valid, even on a loaded machine.
+		tok, waitExpired := tb.mintAndWaitExpiry(t, 3*time.Second, webSearch)
 		s := start(t, tb.socket, tok)
 		if got := s.toolNames(t); !slices.Equal(got, []string{webSearch}) {
 			t.Fatalf("tools/list = %v", got)
 		}
-		time.Sleep(1100 * time.Millisecond)
+		waitExpired()
 		wantToolError(t, s.call(t, webSearch, map[string]any{"query": "x"}), "expired", "mint a new token")
 	})
 	t.Run("revoked", func(t *testing.T) {
@@ -237,8 +238,8 @@ func TestRefusedTokenAsksForANewOne(t *testing.T) {
 		wantToolError(t, s.call(t, webSearch, map[string]any{"query": "x"}), "revoked", "mint a new token")
 	})
 	t.Run("expired before start", func(t *testing.T) {
-		tok, _ := tb.mint(t, time.Second, webSearch, googleSearch)
-		time.Sleep(1100 * time.Millisecond)
+		tok, waitExpired := tb.mintAndWaitExpiry(t, time.Second, webSearch, googleSearch)
+		waitExpired()
 		s := start(t, tb.socket, tok)
 		for _, tool := range s.toolNames(t) {
 			wantToolError(t, s.call(t, tool, map[string]any{"query": "x"}), "expired", "mint a new token")
