@@ -226,7 +226,7 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 	if err != nil {
 		return nil, nil, fmt.Errorf("load credential %q: %w", tool.Credential, err)
 	}
-	resp, err := b.upstream.Do(ctx, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
+	resp, err := b.upstream.Do(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
 	if err != nil {
 		// The upstream package never puts bodies in errors; redact anyway, so no future change
 		// or transport message can carry the key out.

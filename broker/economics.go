@@ -40,7 +40,14 @@ type economics struct {
 	clock      Clock
 
 	mu    sync.Mutex
-	creds map[string]*credSpend // by credential name; dropped when its limits change
+	creds map[string]*credSpend  // by credential name; dropped when its limits change
+	gates map[string]versionGate // by credential name
+}
+
+// versionGate is the half-open gate of one credential version's key.
+type versionGate struct {
+	version uint64
+	gate    *limiter.Gate
 }
 
 // credSpend is what the broker keeps in memory about spending one credential.
@@ -63,8 +70,29 @@ func newEconomics(cfg Config) *economics {
 	}
 	return &economics{
 		cache: resultcache.New(e.CacheBytes, cfg.Now), ttl: e.CacheTTL, defaultTTL: e.DefaultCacheTTL,
-		clock: clock, creds: map[string]*credSpend{},
+		clock: clock, creds: map[string]*credSpend{}, gates: map[string]versionGate{},
 	}
+}
+
+// gateFor returns the half-open gate (limiter.Gate) of a credential's key, which every upstream
+// attempt with it enters: after a 429 one probe goes first and the other callers follow only once
+// it succeeds. It outlives limit changes (the upstream's window does not care about ours); a new
+// version gets a new, open gate, since the upstream's wait was about the old key. Only the newest
+// version's gate is kept.
+func (b *Broker) gateFor(name string, version uint64) *limiter.Gate {
+	e := b.econ
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	vg, ok := e.gates[name]
+	switch {
+	case ok && vg.version == version:
+	case ok && vg.version > version:
+		return vg.gate // a call still on an older version shares the newest gate
+	default:
+		vg = versionGate{version: version, gate: limiter.NewGate(e.clock)}
+		e.gates[name] = vg
+	}
+	return vg.gate
 }
 
 func (e *economics) ttlFor(tool string) time.Duration {

@@ -27,7 +27,7 @@ mkdir -p "$logs"
 tests=$(cat <<'LIST'
 ./broker                     TestRunSchedulerUsesTheClock|TestSchedulerFailuresBackOff|TestScheduledRotateAtShutdownIsAudited|TestRotateCommandOutput  30
 ./broker/daemon              TestLiveSocketWithFullBacklogIsNotReplaced  30
-./broker/grpcapi             TestUpstreamFaults  30
+./broker/grpcapi             TestUpstreamFaults|TestRateLimitStormProbesAlone  30
 ./broker/grpcapi             TestCredentialRateLimitSharedByAllTokens|TestLimiterLearnsFromUpstream|TestHealthShutdownEndsWatchers|TestUndecodableRequestIsAudited|TestCacheSingleFlight|TestTokenBudgetAndCredentialCeiling|TestGraceFallback  30
 ./broker/grpcapi             TestZeroDowntimeRotation|TestCacheSavingsWorkload  5
 ./broker/limiter             .*  30

@@ -310,3 +310,31 @@ func TestCacheSavingsWorkload(t *testing.T) {
 	t.Logf("CACHE workload: %d broker calls with 30%% repeats -> %d upstream calls (%.0f%% of credits saved)",
 		calls, upstreamCalls, 100*float64(calls-upstreamCalls)/float64(calls))
 }
+
+// After a 429 with a long Retry-After, every caller of the key is told to wait without reaching
+// the upstream; rotating the credential gives the new key an open gate, since the wait was the
+// old key's.
+func TestRateLimitPauseEndsWithRotation(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	h.fake.SetFault(scaviotest.Fault{Status: 429, RetryAfter: "3600", Times: 1})
+	_, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q"})
+	requireGRPCStatus(t, err, codes.ResourceExhausted, "retry after 1h0m0s")
+
+	before := h.fake.Count()
+	_, err = h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q2"})
+	requireGRPCStatus(t, err, codes.ResourceExhausted, "retry after 1h0m0s")
+	if n := h.fake.Count() - before; n != 0 {
+		t.Fatalf("a call during the upstream's wait reached it %d times", n)
+	}
+
+	const next = "sk_test_after_the_pause"
+	h.fake.AddKey(next)
+	if _, err := h.admin.RotateCredential(context.Background(), &pb.RotateCredentialRequest{Name: "scavio_api_key", Value: []byte(next)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q3"}); err != nil {
+		t.Fatalf("after rotation: %v", err)
+	}
+}

@@ -431,3 +431,71 @@ func msgOf(err error) string {
 	s, _ := status.FromError(err)
 	return s.Message()
 }
+
+// A 429 storm with Retry-After: 1 costs one rejected call per window, not one per caller: after
+// the first wave (six callers in flight together, before anyone knew), one probe goes alone and
+// the other five follow only once it succeeds (issue 16 §7: before, all six retried together).
+func TestRateLimitStormProbesAlone(t *testing.T) {
+	const callers = 6
+	var (
+		wave1    = make(chan struct{}) // closed when all of the first wave has arrived
+		arrived  atomic.Int64
+		inFlight atomic.Int64
+		overlap  atomic.Int64 // requests that arrived while the probe was held
+	)
+	handler := func(f *faultUpstream, w http.ResponseWriter, r *http.Request) {
+		n := arrived.Add(1)
+		switch {
+		case n < callers:
+			<-wave1 // hold the first wave until it is all in flight, so it is one wave
+			writeScavioError(w, http.StatusTooManyRequests, "rate_limit_exceeded", "1")
+		case n == callers:
+			close(wave1)
+			writeScavioError(w, http.StatusTooManyRequests, "rate_limit_exceeded", "1")
+		case n == callers+1:
+			// The probe. Hold it a while: without the gate the other five retries would arrive
+			// now (they all waited the same second). With it none can, so holding longer can
+			// only make this test stricter, never flip it.
+			inFlight.Add(1)
+			select {
+			case <-time.After(500 * time.Millisecond):
+			case <-r.Context().Done():
+			}
+			inFlight.Add(-1)
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(scavioBody(5))
+		default:
+			if inFlight.Load() > 0 {
+				overlap.Add(1)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(scavioBody(5))
+		}
+	}
+	f := startFaultUpstream(t, false, handler)
+	defer f.close()
+	s := newFaultStack(t, f.url, upstream.Config{})
+	defer s.close()
+
+	errs := make(chan error, callers)
+	for i := range callers {
+		go func() {
+			ctx, cancel := context.WithTimeout(withToken(s.token), 20*time.Second)
+			defer cancel()
+			_, err := s.search.Search(ctx, &pb.SearchRequest{Query: fmt.Sprintf("storm %d", i)}) // distinct: no cache sharing
+			errs <- err
+		}()
+	}
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Errorf("a caller failed: %v", err)
+		}
+	}
+	if n := overlap.Load(); n != 0 {
+		t.Errorf("%d retries reached the upstream while the probe was in flight", n)
+	}
+	// 6 rejected in the first wave, 1 probe, 5 followers: 12 in all, 6 of them rejected.
+	if n := f.requests.Load(); n != 2*callers {
+		t.Errorf("upstream saw %d requests, want %d (one rejected wave, one probe, the rest)", n, 2*callers)
+	}
+}

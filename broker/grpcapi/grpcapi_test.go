@@ -264,8 +264,9 @@ func TestSearchErrors(t *testing.T) {
 		{"upstream 401", withToken(web), &pb.SearchRequest{Query: "q"}, &scaviotest.Fault{Status: 401, EchoKey: true}, codes.FailedPrecondition, "upstream rejected the credential", true},
 		{"upstream 403", withToken(web), &pb.SearchRequest{Query: "q"}, &scaviotest.Fault{Status: 403, EchoKey: true}, codes.FailedPrecondition, "upstream rejected the credential", true},
 		{"upstream 402", withToken(web), &pb.SearchRequest{Query: "q"}, &scaviotest.Fault{Status: 402}, codes.ResourceExhausted, "credits", true},
-		{"upstream 429", withToken(web), &pb.SearchRequest{Query: "q"}, &scaviotest.Fault{Status: 429, RetryAfter: "1"}, codes.ResourceExhausted, "rate limit", true},
 		{"upstream 500", withToken(web), &pb.SearchRequest{Query: "q"}, &scaviotest.Fault{Status: 500, EchoKey: true}, codes.Unavailable, "unavailable", true},
+		// Last: a 429 pauses every caller of the key for its Retry-After (the half-open gate).
+		{"upstream 429", withToken(web), &pb.SearchRequest{Query: "q"}, &scaviotest.Fault{Status: 429, RetryAfter: "1"}, codes.ResourceExhausted, "rate limit", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/credbroker/credbroker/broker/limiter"
 )
 
 // Auth says how the key travels to the upstream; the two Scavio contracts disagree.
@@ -198,11 +200,11 @@ func parseBaseURL(s string) (*url.URL, error) {
 func defaultTransport() *http.Transport {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		ForceAttemptHTTP2:     true,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   5 * time.Second,
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         dialer.DialContext,
+		ForceAttemptHTTP2:   true,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 5 * time.Second,
 		// No ResponseHeaderTimeout: the attempt's context (attemptTimeout) already bounds the wait
 		// for headers, and a second timer of the same length raced it to decide which error the
 		// caller saw ("attempt timed out" or net/http's "timeout awaiting response headers").
@@ -268,11 +270,23 @@ func (c *Client) Do(ctx context.Context, req Request, key []byte) (*Response, er
 	if req.Auth != AuthAPIKeyHeader && req.Auth != AuthBearer {
 		return nil, fmt.Errorf("upstream: unknown %v", req.Auth)
 	}
+	gate := gateFrom(ctx)
 	for attempt := 1; ; attempt++ {
 		if ctx.Err() != nil {
 			return nil, ctxError(ctx, attempt-1)
 		}
+		// Every attempt, retries included, enters the credential's gate: after a 429 only one
+		// probe goes until the upstream takes a call again.
+		done, err := gate.Enter(ctx, c.maxRetryAfter)
+		if err != nil {
+			var we *limiter.WaitError
+			if errors.As(err, &we) {
+				return nil, causeError(ErrRateLimited, 0, "the upstream asked every caller of this key to wait", nil, we.Wait, attempt-1)
+			}
+			return nil, ctxError(ctx, attempt-1)
+		}
 		o := c.attempt(ctx, target, req, key)
+		done(o.gateOutcome())
 		if o.resp != nil {
 			return o.resp, nil
 		}
@@ -298,6 +312,34 @@ func (c *Client) Do(ctx context.Context, req Request, key []byte) (*Response, er
 			return nil, ctxError(ctx, attempt)
 		}
 	}
+}
+
+// gateOutcome is what the attempt tells the credential's gate: a 429 closes it for the wait the
+// upstream named; any other answer from the upstream opens it; no answer proves nothing.
+func (o *outcome) gateOutcome() limiter.Outcome {
+	switch {
+	case o.resp != nil:
+		return limiter.Outcome{}
+	case o.kind == ErrRateLimited:
+		return limiter.Outcome{Limited: true, Wait: o.wait}
+	case o.status != 0:
+		return limiter.Outcome{}
+	default:
+		return limiter.Outcome{Unknown: true}
+	}
+}
+
+type gateKey struct{}
+
+// WithGate returns ctx carrying g, the half-open gate of the credential whose key the call uses;
+// Do enters it before every attempt. Calls without one (verifying a new key) are not gated.
+func WithGate(ctx context.Context, g *limiter.Gate) context.Context {
+	return context.WithValue(ctx, gateKey{}, g)
+}
+
+func gateFrom(ctx context.Context) *limiter.Gate {
+	g, _ := ctx.Value(gateKey{}).(*limiter.Gate)
+	return g
 }
 
 func (o *outcome) err(key []byte, retryAfter time.Duration, attempts int) *Error {

@@ -101,7 +101,7 @@ func TestCanaryKeyNeverLeaks(t *testing.T) {
 	id := strings.Split(tok, "_")[1]
 	e.search(t, tok, "canary query").ok(t)
 	e.search(t, tok, "--json", "--tool", "google_search", "canary query").ok(t)
-	for _, st := range []int{400, 401, 403, 429, 500} { // an upstream that echoes the key back
+	for _, st := range []int{400, 401, 403, 500, 429} { // an upstream that echoes the key back (429 last: it pauses the key)
 		e.fake.SetFault(scaviotest.Fault{Status: st, EchoKey: true})
 		e.search(t, tok, "q").fails(t, "")
 	}

@@ -266,19 +266,30 @@ func TestUpstreamFaults(t *testing.T) {
 	}{
 		{"key rejected", scaviotest.Fault{Status: 401, EchoKey: true}, []string{"upstream rejected the credential", "brokerctl rotate scavio_api_key", "operator"}},
 		{"key forbidden", scaviotest.Fault{Status: 403}, []string{"brokerctl rotate scavio_api_key", "Retrying will not help"}},
-		{"rate limited", scaviotest.Fault{Status: 429, RetryAfter: "120"}, []string{"retry after 2m0s", "wait"}},
 		{"out of credits", scaviotest.Fault{Status: 402}, []string{"out of credits", "operator"}},
 		{"upstream down", scaviotest.Fault{Status: 503}, []string{"unavailable", "Try again later"}},
+		// Last: a 429 pauses every caller of the key for its Retry-After (brokerd's half-open gate).
+		{"rate limited", scaviotest.Fault{Status: 429, RetryAfter: "120"}, []string{"retry after 2m0s", "wait"}},
 	} {
+		if tc.fault.Status == 429 {
+			// The server is still fine after the other faults.
+			if res := s.call(t, webSearch, map[string]any{"query": "still fine"}); res.IsError {
+				t.Fatalf("after faults: %s", text(res))
+			}
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			tb.fake.SetFault(tc.fault)
 			t.Cleanup(func() { tb.fake.SetFault(scaviotest.Fault{}) })
-			wantToolError(t, s.call(t, webSearch, map[string]any{"query": "x"}), tc.want...)
+			// A query of its own: an earlier answer from the result cache would hide the fault.
+			wantToolError(t, s.call(t, webSearch, map[string]any{"query": tc.name}), tc.want...)
 		})
 	}
-	// The server is still fine after all that.
-	if res := s.call(t, webSearch, map[string]any{"query": "x"}); res.IsError {
-		t.Fatalf("after faults: %s", text(res))
+	// Every caller of the key now waits out the 429's two minutes, and is told so at once.
+	tb.fake.SetFault(scaviotest.Fault{})
+	before := tb.fake.Count()
+	wantToolError(t, s.call(t, webSearch, map[string]any{"query": "after the 429"}), "retry after 2m0s")
+	if n := tb.fake.Count() - before; n != 0 {
+		t.Errorf("a call during the upstream's wait reached it %d times", n)
 	}
 }
 
