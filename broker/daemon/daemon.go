@@ -84,6 +84,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// On a fresh machine /var/lib/credbroker does not exist yet; under systemd StateDirectory=
+	// has made it already, and an existing directory is never chmod-ed.
+	if err := store.MkdirParent(cfg.DB); err != nil {
+		return fmt.Errorf("--db: %w", err)
+	}
 	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit})
 	if err != nil {
 		if errors.Is(err, store.ErrWrongMasterKey) {
