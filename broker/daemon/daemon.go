@@ -49,6 +49,11 @@ type Config struct {
 	Economics broker.EconomicsConfig
 	// TokenCacheSize bounds the tokens kept decoded in memory (0: broker.DefaultTokenCacheSize).
 	TokenCacheSize int
+
+	// DefaultSocketSource says which rule chose Socket when no --socket or $CREDBROKER_SOCKET gave
+	// one (client.DefaultSocketSource), for the start-up log; "" when the operator named the socket.
+	DefaultSocketSource string
+
 	// MetricsListen is the loopback host:port for Prometheus /metrics; "" serves none.
 	// MetricsAllowNonLoopback permits any other TCP address.
 	MetricsListen           string
