@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -115,4 +116,32 @@ next:
 		out = append(out, kv)
 	}
 	return out
+}
+
+// The first-run slip, through the real binaries: a key stored under a name no tool spends.
+// `credential put` warns, and `status` names both the stray credential and the missing one.
+func TestStatusWarnsAboutCredentials(t *testing.T) {
+	e := newEnv(t)
+	e.startDaemon(t)
+	missing := regexp.MustCompile(`WARNING:\s+tool web_search: credential scavio_api_key is not stored`)
+	if out := e.ctl(t, "", "status").ok(t).stdout; !missing.MatchString(out) {
+		t.Fatalf("status on an empty broker does not say the credential is missing:\n%s", out)
+	}
+	r := e.ctl(t, itKey+"\n", "credential", "put", "scavio").ok(t)
+	if !strings.Contains(r.stderr, "warning: no tool uses credential scavio") {
+		t.Fatalf("put scavio: no warning on stderr: %q", r.stderr)
+	}
+	out := e.ctl(t, "", "status").ok(t).stdout
+	if !strings.Contains(out, "credential scavio is used by no tool") || !missing.MatchString(out) {
+		t.Fatalf("status after put scavio:\n%s", out)
+	}
+	r = e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
+	if r.stderr != "" {
+		t.Fatalf("put scavio_api_key printed %q on stderr", r.stderr)
+	}
+	e.ctl(t, "", "credential", "delete", "scavio").ok(t)
+	if out := e.ctl(t, "", "status").ok(t).stdout; strings.Contains(out, "WARNING") {
+		t.Fatalf("status with the right credential still warns:\n%s", out)
+	}
+	e.assertNoLeak(t, itKey)
 }
