@@ -259,6 +259,15 @@ func (b *Broker) Status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	creds, err := b.store.ListCredentials()
+	if err != nil {
+		return Status{}, err
+	}
+	stored := make([]string, len(creds))
+	for i, c := range creds {
+		stored[i] = c.Name
+	}
+	ri.Warnings = append(ri.Warnings, credentialWarnings(stored)...)
 	return Status{
 		Version: b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
 		Credentials: n, LiveTokens: live, SchemaVersion: store.SchemaVersion, Tools: ts,

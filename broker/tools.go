@@ -55,6 +55,48 @@ func ToolNames() []string {
 	return names
 }
 
+// ToolsSpending returns the tools that spend the credential name, in table order; none means no
+// tool ever reads it (typically a key stored under the wrong name).
+func ToolsSpending(name string) []string {
+	var out []string
+	for _, t := range tools {
+		if t.Credential == name {
+			out = append(out, t.Name)
+		}
+	}
+	return out
+}
+
+// SpentCredentials returns the credential names the tools spend, each once, in table order.
+func SpentCredentials() []string {
+	var out []string
+	for _, t := range tools {
+		if !slices.Contains(out, t.Credential) {
+			out = append(out, t.Credential)
+		}
+	}
+	return out
+}
+
+// credentialWarnings lists, for Status, each tool whose credential is not stored (its calls fail
+// with FailedPrecondition) and each stored credential no tool spends: both are what a first run
+// gets wrong, e.g. a key put as "scavio" while the tools spend "scavio_api_key".
+func credentialWarnings(stored []string) []string {
+	var out []string
+	for _, t := range tools {
+		if !slices.Contains(stored, t.Credential) {
+			out = append(out, fmt.Sprintf("tool %s: credential %s is not stored; its calls fail until `brokerctl credential put %s`", t.Name, t.Credential, t.Credential))
+		}
+	}
+	for _, name := range stored {
+		if len(ToolsSpending(name)) == 0 {
+			out = append(out, fmt.Sprintf("credential %s is used by no tool (the tools spend %s); put the key under that name, and `brokerctl credential delete %s` if it was a mistake",
+				name, strings.Join(SpentCredentials(), ", "), name))
+		}
+	}
+	return out
+}
+
 // SearchRequest is one tool call's arguments.
 type SearchRequest struct {
 	Tool       string

@@ -41,6 +41,9 @@ func writeKeysetFile(path string, h *keyset.Handle) error {
 	if err := insecurecleartextkeyset.Write(h, keyset.NewJSONWriter(&buf)); err != nil {
 		return fmt.Errorf("encode master keyset: %w", err)
 	}
+	if err := MkdirParent(path); err != nil {
+		return fmt.Errorf("write master keyset: %w", err)
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {

@@ -21,6 +21,11 @@ func openListener(cfg Config, log *slog.Logger) (net.Listener, bool, error) {
 		log.Info("using the socket passed by systemd (socket activation)", "socket", lis.Addr().String())
 		return lis, true, nil
 	}
+	if cfg.DefaultSocketSource != "" {
+		// A client run by another user, or with another environment, looks elsewhere: say where
+		// this one is and why, so "no such file" on the client side can be matched against it.
+		log.Info("no --socket or $CREDBROKER_SOCKET given: using the default socket path", "socket", cfg.Socket, "chosen_by", cfg.DefaultSocketSource)
+	}
 	lis, err = listen(cfg.Socket, cfg.SocketMode, cfg.SocketGroup)
 	return lis, false, err
 }

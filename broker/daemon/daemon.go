@@ -49,6 +49,11 @@ type Config struct {
 	Economics broker.EconomicsConfig
 	// TokenCacheSize bounds the tokens kept decoded in memory (0: broker.DefaultTokenCacheSize).
 	TokenCacheSize int
+
+	// DefaultSocketSource says which rule chose Socket when no --socket or $CREDBROKER_SOCKET gave
+	// one (client.DefaultSocketSource), for the start-up log; "" when the operator named the socket.
+	DefaultSocketSource string
+
 	// MetricsListen is the loopback host:port for Prometheus /metrics; "" serves none.
 	// MetricsAllowNonLoopback permits any other TCP address.
 	MetricsListen           string
@@ -83,6 +88,11 @@ func Run(ctx context.Context, cfg Config) error {
 	kek, err := store.LoadMasterKeyset(cfg.MasterKeyset)
 	if err != nil {
 		return err
+	}
+	// On a fresh machine /var/lib/credbroker does not exist yet; under systemd StateDirectory=
+	// has made it already, and an existing directory is never chmod-ed.
+	if err := store.MkdirParent(cfg.DB); err != nil {
+		return fmt.Errorf("--db: %w", err)
 	}
 	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit})
 	if err != nil {

@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/credbroker/credbroker/broker"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -43,9 +46,12 @@ func newPutCmd(a *app) *cobra.Command {
 		Short: "Store a new credential (value from stdin or --from-file)",
 		Long: `Store a new credential as version 1. The value is read from --from-file, or from stdin:
 typed without echo when stdin is a terminal, otherwise the whole input. One trailing newline is
-removed. Values are never accepted on the command line.`,
-		Example: `  brokerctl credential put scavio < scavio.key
-  pass show scavio | brokerctl credential put scavio`,
+removed. Values are never accepted on the command line.
+
+NAME is the credential the tools spend: ` + strings.Join(broker.SpentCredentials(), ", ") + `. A name no tool uses
+is stored all the same, with a warning.`,
+		Example: `  brokerctl credential put scavio_api_key < scavio.key
+  pass show scavio | brokerctl credential put scavio_api_key`,
 		Args: nameOnly,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
@@ -60,12 +66,24 @@ removed. Values are never accepted on the command line.`,
 					return err
 				}
 				fmt.Fprintf(a.stdout, "stored %s version %d\n", name, cred.GetVersion())
+				warnUnusedCredential(a.stderr, name)
 				return nil
 			})
 		},
 	}
 	cmd.Flags().StringVar(&fromFile, "from-file", "", "read the value from this file instead of stdin")
 	return cmd
+}
+
+// warnUnusedCredential says on w when no tool spends the credential name: the usual first-run
+// slip is a key stored under another name than the one the tools read, and every search then
+// fails with "credential scavio_api_key is not stored".
+func warnUnusedCredential(w io.Writer, name string) {
+	if len(broker.ToolsSpending(name)) > 0 {
+		return
+	}
+	fmt.Fprintf(w, "warning: no tool uses credential %s (the tools spend %s); it was stored anyway: put the key under that name, and `brokerctl credential delete %s` if this was a mistake\n",
+		name, strings.Join(broker.SpentCredentials(), ", "), name)
 }
 
 func newRotateCmd(a *app, use, short string) *cobra.Command {

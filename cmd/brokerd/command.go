@@ -79,6 +79,13 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			cfg.Logger = log
+			if !cmd.Flags().Changed("socket") {
+				// Only a fallback is logged: a path from --socket or $CREDBROKER_SOCKET was chosen
+				// by the operator and is already in the "brokerd serving" line.
+				if _, source := client.DefaultSocketSource(); source != "$CREDBROKER_SOCKET" {
+					cfg.DefaultSocketSource = source
+				}
+			}
 			return daemon.Run(ctx, cfg)
 		},
 	}
