@@ -142,6 +142,18 @@ func validateQuery(q string) error {
 	return nil
 }
 
+// ResultsWanted is how many results the caller of tool asked for (the default when it did not
+// say), or 0 where the tool takes no count (google_search pages instead).
+func ResultsWanted(tool string, r SearchRequest) int {
+	if tool != "web_search" {
+		return 0
+	}
+	if r.NumResults > 0 {
+		return r.NumResults
+	}
+	return DefaultNumResult
+}
+
 func webSearchBody(r *SearchRequest) (any, error) {
 	if err := validateQuery(r.Query); err != nil {
 		return nil, err

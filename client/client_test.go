@@ -483,3 +483,20 @@ var fastReconnect = grpc.ConnectParams{
 	Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.6, MaxDelay: 100 * time.Millisecond},
 	MinConnectTimeout: time.Second,
 }
+
+// An answer over the client's receive limit is gRPC's own refusal on this side: it must not read
+// as a quota or a spent token (issue 16 §2: it was reported as ResourceExhausted, "quota").
+func TestResponseTooLargeIsNotAQuota(t *testing.T) {
+	sock := startBroker(t, &fakeBroker{})
+	c := newClient(t, sock, WithToken("cbt_x"), WithDialOptions(grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16))))
+	_, err := c.Search(testContext(t), &credbrokerv1.SearchRequest{Tool: "web_search", Query: "q"})
+	if !errors.Is(err, ErrResponseTooLarge) {
+		t.Fatalf("got %v, want ErrResponseTooLarge", err)
+	}
+	if errors.Is(err, ErrResourceExhausted) {
+		t.Fatalf("%v also reads as ErrResourceExhausted", err)
+	}
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "ask for fewer results") {
+		t.Fatalf("code %v, message %q", status.Code(err), err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -39,6 +40,11 @@ var (
 	ErrUnimplemented = errors.New("unimplemented")
 	// ErrInternal: brokerd failed in a way the caller cannot fix.
 	ErrInternal = errors.New("internal error")
+	// ErrResponseTooLarge: the answer was larger than this client accepts (gRPC's own receive
+	// limit). It is not a quota: ask for fewer results, or raise the limit with
+	// WithDialOptions(grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(n))). Its Code is
+	// ResourceExhausted, as gRPC reports it.
+	ErrResponseTooLarge = errors.New("response too large for this client")
 )
 
 // codeSentinels is the one mapping from gRPC codes back to sentinels. Codes brokerd does not use on
@@ -69,6 +75,9 @@ type Error struct {
 	Code codes.Code
 	// Message is the server's message, meant for a human; never parse it.
 	Message string
+
+	// sentinel overrides the one for Code where the code alone would mislead (ErrResponseTooLarge).
+	sentinel error
 }
 
 // Error returns the server's message, or the sentinel's text if the server sent none.
@@ -79,8 +88,13 @@ func (e *Error) Error() string {
 	return sentinelFor(e.Code).Error()
 }
 
-// Unwrap returns the sentinel for e.Code.
-func (e *Error) Unwrap() error { return sentinelFor(e.Code) }
+// Unwrap returns the sentinel for e.Code (ErrResponseTooLarge for gRPC's own size refusal).
+func (e *Error) Unwrap() error {
+	if e.sentinel != nil {
+		return e.sentinel
+	}
+	return sentinelFor(e.Code)
+}
 
 // GRPCStatus lets status.Code and status.FromError keep working on errors this package returns.
 func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Message) }
@@ -105,6 +119,12 @@ func fromStatus(err error) error {
 		return err
 	}
 	if st, ok := status.FromError(err); ok {
+		if st.Code() == codes.ResourceExhausted && strings.HasPrefix(st.Message(), grpcTooLarge) {
+			// gRPC itself refused the answer (brokerd never words a refusal like this): a size
+			// limit on this side, not a use limit or a quota.
+			return &Error{Code: st.Code(), sentinel: ErrResponseTooLarge,
+				Message: "brokerd's answer is larger than this client accepts (" + st.Message() + "); ask for fewer results or raise the client's receive limit"}
+		}
 		return &Error{Code: st.Code(), Message: st.Message()}
 	}
 	switch {
@@ -115,6 +135,10 @@ func fromStatus(err error) error {
 	}
 	return err
 }
+
+// grpcTooLarge starts the message grpc-go gives when a received message is over the call's
+// MaxCallRecvMsgSize.
+const grpcTooLarge = "grpc: received message larger than max"
 
 // unreachable builds the error for a socket nobody answers on. cause is the dial error, already
 // stripped of the path (it is in the message once).

@@ -21,6 +21,8 @@ var errorCodes = []struct {
 	err  error
 	code codes.Code
 }{
+	// Before upstream.ErrResponseTooLarge, which it wraps: asking for fewer results helps.
+	{errAnswerTooLarge, codes.OutOfRange},
 	{broker.ErrUnauthenticated, codes.Unauthenticated},
 	{broker.ErrPermissionDenied, codes.PermissionDenied},
 	{broker.ErrInvalidArgument, codes.InvalidArgument},

@@ -499,3 +499,53 @@ func TestRateLimitStormProbesAlone(t *testing.T) {
 		t.Errorf("upstream saw %d requests, want %d (one rejected wave, one probe, the rest)", n, 2*callers)
 	}
 }
+
+// bigResults answers n results whose snippets are size bytes each: a large answer within the
+// upstream cap (4 MiB).
+func bigResults(n, size int) func(*faultUpstream, http.ResponseWriter, *http.Request) {
+	return func(_ *faultUpstream, w http.ResponseWriter, _ *http.Request) {
+		resp := scaviotest.SearchResponse{Query: "q", CreditsUsed: 1}
+		for i := range n {
+			resp.Results = append(resp.Results, scaviotest.Result{Title: fmt.Sprintf("Result %d", i+1), URL: fmt.Sprintf("https://example.com/%d", i+1),
+				Snippet: strings.Repeat("x", size), Position: i + 1})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(resp)
+	}
+}
+
+// A 3.6 MB answer (under the upstream cap) is trimmed to the results asked for; when what was
+// asked for cannot fit in a message a default gRPC client accepts, the caller is told so plainly
+// (issue 16 §2: brokerd sent 7.3 MB and every client failed with a transport error).
+func TestLargeAnswers(t *testing.T) {
+	f := startFaultUpstream(t, false, bigResults(100, 36<<10)) // 100 × 36 KiB ≈ 3.6 MB
+	defer f.close()
+	s := newFaultStack(t, f.url, upstream.Config{})
+	defer s.close()
+
+	for _, tc := range []struct {
+		num      int32
+		wantCode codes.Code
+		wantN    int
+	}{
+		{0, codes.OK, 5},   // the default count (broker.DefaultNumResult)
+		{20, codes.OK, 20}, // 20 × 2 × 36 KiB (typed snippet + raw) ≈ 1.5 MB
+		{100, codes.OutOfRange, 0},
+	} {
+		t.Run(fmt.Sprintf("num_results=%d", tc.num), func(t *testing.T) {
+			// A default client: no raised receive limit.
+			resp, err := s.search.Search(withToken(s.token), &pb.SearchRequest{Query: fmt.Sprintf("big %d", tc.num), NumResults: tc.num})
+			if tc.wantCode == codes.OK {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(resp.Results) != tc.wantN {
+					t.Fatalf("%d results, want %d", len(resp.Results), tc.wantN)
+				}
+				return
+			}
+			requireGRPCStatus(t, err, tc.wantCode, "upstream response too large")
+			requireGRPCStatus(t, err, tc.wantCode, "ask for fewer results")
+		})
+	}
+}

@@ -3,16 +3,17 @@ package grpcapi
 import (
 	"context"
 	"fmt"
-
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"log/slog"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/upstream"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -37,11 +38,17 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 	if err != nil {
 		return nil, toStatus(s.log, "Search", err)
 	}
+	// The upstream may answer with more results than were asked for; the caller gets what it asked
+	// for (and brokerd converts no more than that).
+	results := res.Results
+	if want := broker.ResultsWanted(res.Tool, in); want > 0 && len(results) > want {
+		results = results[:want]
+	}
 	out := &pb.SearchResponse{
 		Tool: res.Tool, Credential: res.Credential, CredentialVersion: res.CredentialVersion, Cached: res.Cached, Credits: res.Credits,
-		Results: make([]*pb.SearchResult, 0, len(res.Results)),
+		Results: make([]*pb.SearchResult, 0, len(results)),
 	}
-	for _, r := range res.Results {
+	for _, r := range results {
 		raw, err := structpb.NewStruct(r.Raw)
 		if err != nil {
 			return nil, toStatus(s.log, "Search", err)
@@ -60,8 +67,23 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 			return nil, toStatus(s.log, "Search", err)
 		}
 	}
+	// Never send what a client with gRPC's default limit cannot receive: it would fail with a
+	// transport error that says nothing of the cause. The typed fields and the raw Struct of every
+	// result are counted together, as they travel.
+	if n := proto.Size(out); n > MaxResponseBytes {
+		return nil, toStatus(s.log, "Search", fmt.Errorf("%w: the answer is %d bytes with %d results, over the %d bytes a gRPC client accepts by default; ask for fewer results",
+			errAnswerTooLarge, n, len(out.Results), MaxResponseBytes))
+	}
 	return out, nil
 }
+
+// errAnswerTooLarge: the upstream's answer, trimmed to what was asked for, does not fit in one
+// message; it is an upstream.ErrResponseTooLarge whose cure is a smaller request (OutOfRange).
+var errAnswerTooLarge = fmt.Errorf("%w", upstream.ErrResponseTooLarge)
+
+// MaxResponseBytes bounds a SearchResponse: gRPC clients refuse a message over 4 MiB by default
+// (grpc.MaxCallRecvMsgSize), and a few KiB are left for the framing around it.
+const MaxResponseBytes = 4<<20 - 4<<10
 
 // WhoAmI implements SearchService.WhoAmI.
 func (s *SearchService) WhoAmI(ctx context.Context, _ *pb.WhoAmIRequest) (*pb.WhoAmIResponse, error) {

@@ -34,6 +34,8 @@ func toolErrorText(tool string, err error) string {
 	case errors.Is(err, client.ErrFailedPrecondition):
 		return fmt.Sprintf("brokerd cannot run %s until its operator acts: %s. Retrying will not help; tell the user "+
 			"so they can pass this on to the operator.", tool, msg)
+	case errors.Is(err, client.ErrResponseTooLarge):
+		return fmt.Sprintf("the answer for %s was too large to receive: %s. Call again asking for fewer results.", tool, msg)
 	case errors.Is(err, client.ErrResourceExhausted):
 		return fmt.Sprintf("the search quota is exhausted: %s. If this is a rate limit, wait the time given "+
 			"(\"retry after …\", else a minute) before calling again; if the account is out of credits, "+

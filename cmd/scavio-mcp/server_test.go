@@ -389,6 +389,7 @@ func TestToolErrorText(t *testing.T) {
 		{codes.Unauthenticated, "mint a new token"},
 		{codes.PermissionDenied, "not scoped for web_search"},
 		{codes.InvalidArgument, "Correct the arguments"},
+		{codes.OutOfRange, "Correct the arguments"}, // e.g. an answer too large for the results asked
 		{codes.FailedPrecondition, "operator"},
 		{codes.ResourceExhausted, "wait"},
 		{codes.Unavailable, "Try again later"},
