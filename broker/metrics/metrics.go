@@ -120,6 +120,13 @@ var (
 		Help: "Upstream credits the result cache saved.",
 	})
 
+	// KeyReflections counts upstream answers that echoed the credential they were sent with (in the
+	// body, a header or error.code); the key was redacted before anything else saw the answer.
+	KeyReflections = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_key_reflections_total",
+		Help: "Upstream answers that echoed the credential (redacted before use), audited as key-reflected.",
+	})
+
 	buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help: "Always 1; labels carry brokerd's version and the Go version it was built with.",
@@ -149,7 +156,7 @@ func init() {
 		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
 		AuditCommits, AuditRecords, AuditCommitDuration, StoreCommits,
-		CacheLookups, CreditsSaved,
+		CacheLookups, CreditsSaved, KeyReflections,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"net/url"
 	"slices"
 	"strings"
@@ -22,7 +23,14 @@ func Redact(s string, key []byte) string {
 	if len(key) == 0 || s == "" {
 		return s
 	}
-	forms := []string{
+	return keyForms(key).redact(s)
+}
+
+// forms is every encoding of one key that Redact looks for, longest first.
+type forms []string
+
+func keyForms(key []byte) forms {
+	fs := []string{
 		string(key),
 		base64.StdEncoding.EncodeToString(key),
 		base64.RawStdEncoding.EncodeToString(key),
@@ -38,16 +46,96 @@ func Redact(s string, key []byte) string {
 	}
 	// Longest first, so that replacing a short form cannot break up a longer one that contains it
 	// (the padded base64 contains the raw base64, for instance) and leave part of it behind.
-	slices.SortFunc(forms, func(a, b string) int {
+	slices.SortFunc(fs, func(a, b string) int {
 		return cmp.Or(cmp.Compare(len(b), len(a)), strings.Compare(a, b))
 	})
-	forms = slices.Compact(forms)
-	for _, f := range forms {
-		if f != "" {
+	fs = slices.Compact(fs)
+	if len(fs) > 0 && fs[len(fs)-1] == "" {
+		fs = fs[:len(fs)-1]
+	}
+	return fs
+}
+
+func (fs forms) redact(s string) string {
+	for _, f := range fs {
+		if strings.Contains(s, f) {
 			s = strings.ReplaceAll(s, f, redacted)
 		}
 	}
 	return s
+}
+
+// RedactJSON returns body, a valid JSON document, with every string (object names included) that
+// holds key in a form Redact knows replaced as Redact would, and the number of strings and bare
+// values it changed. Strings are compared after decoding their JSON escapes, so the key written
+// as "sk\/live" or "\u0073k_live" is found too; a changed string is re-encoded, so the result
+// stays valid JSON. A bare value (a number) holding the key becomes the string "[REDACTED]".
+// A body without the key is returned unchanged (the same slice).
+func RedactJSON(body, key []byte) ([]byte, int) {
+	if len(key) == 0 || len(body) == 0 {
+		return body, 0
+	}
+	fs := keyForms(key)
+	var (
+		out  []byte // nil until the first change
+		done int    // body[:done] is already in out
+		n    int
+	)
+	replace := func(from, to int, with []byte) {
+		out = append(append(out, body[done:from]...), with...)
+		done = to
+		n++
+	}
+	for i := 0; i < len(body); {
+		switch c := body[i]; {
+		case c == '"':
+			j := i + 1
+			escaped := false
+			for j < len(body) && body[j] != '"' {
+				if body[j] == '\\' {
+					escaped = true
+					j++
+				}
+				j++
+			}
+			j = min(j+1, len(body)) // past the closing quote
+			lit := body[i:j]
+			if escaped {
+				var s string
+				if json.Unmarshal(lit, &s) == nil {
+					if r := fs.redact(s); r != s {
+						enc, _ := json.Marshal(r)
+						replace(i, j, enc)
+					}
+				}
+			} else if inner := string(lit[1 : len(lit)-1]); fs.redact(inner) != inner {
+				// No escapes: the forms and the marker hold no '"' or '\\' here, so replacing
+				// inside the literal keeps it a literal.
+				replace(i, j, []byte(`"`+fs.redact(inner)+`"`))
+			}
+			i = j
+		case bareByte(c):
+			j := i
+			for j < len(body) && bareByte(body[j]) {
+				j++
+			}
+			if v := string(body[i:j]); fs.redact(v) != v {
+				replace(i, j, []byte(`"`+redacted+`"`))
+			}
+			i = j
+		default:
+			i++
+		}
+	}
+	if out == nil {
+		return body, 0
+	}
+	return append(out, body[done:]...), n
+}
+
+// bareByte reports whether c can be part of a JSON number or literal (true, false, null).
+func bareByte(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-' || c == '+' || c == '.'
 }
 
 // lowerPercentHex lower-cases the two hex digits after each '%'.
