@@ -55,6 +55,10 @@ type Config struct {
 	MetricsAllowNonLoopback bool
 	Version                 string
 	Logger                  *slog.Logger
+
+	// UpstreamProxy is the proxy for upstream calls (--upstream-proxy); "" calls directly, whatever
+	// HTTP(S)_PROXY says.
+	UpstreamProxy string
 }
 
 // Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil.
@@ -69,6 +73,10 @@ func Run(ctx context.Context, cfg Config) error {
 		if req.v == "" {
 			return fmt.Errorf("%s is required", req.flag)
 		}
+	}
+	proxy, err := CheckUpstream(cfg.UpstreamURL, cfg.UpstreamProxy)
+	if err != nil {
+		return err
 	}
 	if cfg.SocketMode == 0 {
 		cfg.SocketMode = 0o660
@@ -113,7 +121,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("database re-wrapped under the master keyset's primary key; the old master key can be pruned", "previous_master_key_ids", before)
 	}
 
-	up, err := upstream.New(upstream.Config{BaseURL: cfg.UpstreamURL, HTTPClient: meteredUpstreamClient()})
+	up, err := upstream.New(upstream.Config{BaseURL: cfg.UpstreamURL, HTTPClient: meteredUpstreamClient(proxy)})
 	if err != nil {
 		return fmt.Errorf("--upstream-url: %w", err)
 	}

@@ -2,12 +2,12 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -111,23 +111,10 @@ func toolLabel(method string, req any) string {
 	return "unknown"
 }
 
-// meteredUpstreamClient is the HTTP client for the upstream: the same transport settings
-// broker/upstream uses by default, wrapped to time each attempt and count its status.
-func meteredUpstreamClient() *http.Client {
-	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	base := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		ForceAttemptHTTP2:     true,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   5 * time.Second,
-		ResponseHeaderTimeout: 15 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		MaxIdleConns:          64,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-	}
-	return &http.Client{Transport: meteredTransport{base}}
+// meteredUpstreamClient is the HTTP client for the upstream: upstreamTransport (no proxy unless
+// --upstream-proxy), wrapped to time each attempt and count its status.
+func meteredUpstreamClient(proxy *url.URL) *http.Client {
+	return &http.Client{Transport: meteredTransport{upstreamTransport(proxy)}}
 }
 
 // meteredTransport observes each upstream attempt. Labels are the request path (from the tool

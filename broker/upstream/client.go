@@ -61,8 +61,8 @@ type Config struct {
 	// or fragment.
 	BaseURL string
 	// HTTPClient is optional. It is copied, and redirects are always disabled on the copy. The
-	// default has its own Transport with connection reuse (64 idle per host) and dial, TLS and
-	// response-header timeouts.
+	// default has its own Transport with connection reuse (64 idle per host), dial, TLS and
+	// response-header timeouts, and no proxy (HTTP_PROXY and HTTPS_PROXY are ignored).
 	HTTPClient *http.Client
 	// AttemptTimeout bounds each attempt, including reading the body. Default 15s.
 	AttemptTimeout time.Duration
@@ -202,7 +202,9 @@ func parseBaseURL(s string) (*url.URL, error) {
 func defaultTransport(attemptTimeout time.Duration) *http.Transport {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
+		// Never HTTP(S)_PROXY from the environment: an inherited variable would route the key
+		// through whatever proxy it names. A caller that wants a proxy passes its own HTTPClient.
+		Proxy:                 nil,
 		DialContext:           dialer.DialContext,
 		ForceAttemptHTTP2:     true,
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
