@@ -49,7 +49,8 @@ type Config struct {
 	Economics broker.EconomicsConfig
 	// TokenCacheSize bounds the tokens kept decoded in memory (0: broker.DefaultTokenCacheSize).
 	TokenCacheSize int
-	// MetricsListen is the loopback host:port for Prometheus /metrics; "" serves none.
+	// MetricsListen is the loopback host:port, or unix:PATH (a 0600 socket), for Prometheus
+	// /metrics; "" serves none.
 	// MetricsAllowNonLoopback permits any other TCP address.
 	MetricsListen           string
 	MetricsAllowNonLoopback bool
@@ -135,7 +136,7 @@ func Run(ctx context.Context, cfg Config) error {
 	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection,
 		UnaryInterceptors: []grpc.UnaryServerInterceptor{metricsUnary}})
 
-	mlis, err := listenMetrics(cfg.MetricsListen, cfg.MetricsAllowNonLoopback)
+	mlis, err := listenMetrics(cfg.MetricsListen, cfg.MetricsAllowNonLoopback, cfg.Socket)
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,8 @@
 // Package metrics holds brokerd's Prometheus collectors on a registry of their own, so the
 // exposition carries exactly these series plus the Go runtime and process collectors. Any package
-// may observe into them; only broker/daemon serves them (on an opt-in loopback TCP listener, never
-// on the Unix socket). Labels must come from bounded sets: never a token, a query, a raw
-// client-supplied string or an upstream body.
+// may observe into them; only broker/daemon serves them (on an opt-in loopback TCP listener or a
+// 0600 Unix socket of their own, never on the gRPC socket). Labels must come from bounded sets:
+// never a token, a query, a raw client-supplied string or an upstream body.
 package metrics
 
 import (

@@ -100,7 +100,7 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	f.auditRetention = 30 * 24 * time.Hour
 	fl.Var(days.Value{D: &f.auditRetention}, "audit-retention", "prune audit records older than this, e.g. 30d, 12h, 1d12h (0 keeps all); the chain stays verifiable")
 	fl.BoolVar(&f.noReflection, "no-reflection", false, "do not register the gRPC reflection service")
-	fl.StringVar(&f.metricsListen, "metrics-listen", envOr("CREDBROKER_METRICS_LISTEN", ""), "serve Prometheus /metrics on this loopback host:port, e.g. 127.0.0.1:9464 (env CREDBROKER_METRICS_LISTEN; default off)")
+	fl.StringVar(&f.metricsListen, "metrics-listen", envOr("CREDBROKER_METRICS_LISTEN", ""), "serve Prometheus /metrics on this loopback host:port, e.g. 127.0.0.1:9464 (readable by every local user), or on unix:PATH, a 0600 Unix socket (env CREDBROKER_METRICS_LISTEN; default off)")
 	fl.BoolVar(&f.metricsAllowNonLoopback, "metrics-allow-non-loopback", false, "allow --metrics-listen on a non-loopback address")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.DurationVar(&f.graceWindow, "grace-window", 10*time.Minute, "after a rotation, retry a call the upstream rejects (401/403) once with the previous key for this long (0: off)")
