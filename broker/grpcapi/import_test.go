@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/client"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -90,5 +91,25 @@ func TestImportCredentialsAllOrNothing(t *testing.T) {
 	want := []string{"Started", "InvalidArgument", "Started", "InvalidArgument", "Started", "AlreadyExists", "Started", "OK"}
 	if fmt.Sprint(codesSeen) != fmt.Sprint(want) {
 		t.Errorf("ImportCredentials audit codes %v, want %v", codesSeen, want)
+	}
+}
+
+// An import larger than the bound is refused while it streams, before brokerd holds it all.
+func TestImportCredentialsTooLarge(t *testing.T) {
+	h := newHarness(t)
+	c, err := client.New(h.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	entries := make([]client.ImportEntry, broker.MaxImportEntries+1)
+	for i := range entries {
+		entries[i] = client.ImportEntry{Name: fmt.Sprintf("k%d", i), Value: []byte("v")}
+	}
+	_, err = c.ImportCredentials(context.Background(), entries, "fernet")
+	requireGRPCStatus(t, err, codes.InvalidArgument, "import too large")
+	list, err := h.admin.ListCredentials(context.Background(), &pb.ListCredentialsRequest{})
+	if err != nil || len(list.Credentials) != 0 {
+		t.Fatalf("after a refused import: %d credentials, %v", len(list.GetCredentials()), err)
 	}
 }

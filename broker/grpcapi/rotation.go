@@ -3,10 +3,8 @@ package grpcapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -143,7 +141,8 @@ func (s *AdminService) ImportCredentials(stream pb.AdminService_ImportCredential
 		for _, e := range req.GetEntries() {
 			size += len(e.GetName()) + len(e.GetValue())
 			if size > maxImportBytes || len(entries) >= broker.MaxImportEntries {
-				return status.Errorf(codes.InvalidArgument, "import too large: at most %d entries and %d bytes in one import; nothing was imported", broker.MaxImportEntries, maxImportBytes)
+				return toStatus(s.log, "ImportCredentials", fmt.Errorf("%w: import too large: at most %d entries and %d bytes in one import; nothing was imported",
+					broker.ErrInvalidArgument, broker.MaxImportEntries, maxImportBytes))
 			}
 			entries = append(entries, broker.ImportEntry{Name: e.GetName(), Value: e.GetValue()})
 		}

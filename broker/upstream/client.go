@@ -416,7 +416,9 @@ func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key
 		return tooLarge
 	}
 	if !json.Valid(body) {
-		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response body is not valid JSON"}
+		// Not passed on, but an echoed key is still worth counting.
+		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response body is not valid JSON",
+			reflected: Redact(string(body), key) != string(body)}
 	}
 	// Redact before anything parses, caches or returns the body: every field, nested or not,
 	// reaches the client, the result cache and scavio-mcp's agent.

@@ -722,6 +722,13 @@ func TestKeyReflectedInErrorReported(t *testing.T) {
 	if !ue.KeyReflected {
 		t.Error("KeyReflected = false for a 401 body echoing the key")
 	}
+	// A 2xx that is not JSON is not passed on, but its echo is reported too.
+	srv = newServer(t, reply(200, "key="+testKey))
+	c, _ = newClient(t, srv.URL, upstream.Config{})
+	_, err = c.Do(context.Background(), searchReq(), []byte(testKey))
+	if ue := requireError(t, err, upstream.ErrBadResponse, 200, "", "not valid JSON"); !ue.KeyReflected {
+		t.Error("KeyReflected = false for a non-JSON 2xx echoing the key")
+	}
 }
 
 func TestRedactJSON(t *testing.T) {
