@@ -761,3 +761,70 @@ func TestRedactJSON(t *testing.T) {
 		t.Errorf("numeric key: %s, %d", got, n)
 	}
 }
+
+// BenchmarkRedactJSON is the cost every 2xx answer now pays: a 10-result answer (about 3 KiB,
+// the common case) and a 1 MiB one, neither holding the key.
+func BenchmarkRedactJSON(b *testing.B) {
+	key := []byte(testKey)
+	result := `{"title":"Result %d for golang generics","url":"https:\/\/example.com\/classic\/%d?q=golang+generics","snippet":"Fake classic result %d about golang generics.","position":%d}`
+	for _, n := range []int{10, 3500} {
+		var parts []string
+		for i := range n {
+			parts = append(parts, fmt.Sprintf(result, i, i, i, i))
+		}
+		body := []byte(`{"query":"golang generics","results":[` + strings.Join(parts, ",") + `],"credits_used":1}`)
+		b.Run(fmt.Sprintf("%dKiB", len(body)>>10), func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if _, n := upstream.RedactJSON(body, key); n != 0 {
+					b.Fatal("redacted a body without the key")
+				}
+			}
+		})
+	}
+}
+
+// FuzzRedactJSON: whatever valid JSON the upstream sends, the redacted body is valid JSON, and
+// none of its strings or values, decoded, still holds the key.
+func FuzzRedactJSON(f *testing.F) {
+	f.Add([]byte(`{"a":"sk_test_Zq9Xw2Lk7Pm4Rt8Yv1","b":["x\/y","\u0073k_test_Zq9Xw2Lk7Pm4Rt8Yv1"],"c":1.5e3}`), "sk_test_Zq9Xw2Lk7Pm4Rt8Yv1")
+	f.Add([]byte(`["a\"b\\c", "\ud83d\ude00 sk/1", null, true]`), "sk/1")
+	f.Add([]byte(`{"n":123456789}`), "12345")
+	f.Fuzz(func(t *testing.T, body []byte, key string) {
+		// Keys are visible ASCII (HeaderSafe): the only ones Do sends.
+		// A key inside the marker itself would be "found" in every redaction.
+		if !json.Valid(body) || key == "" || len(key) > 64 || !upstream.HeaderSafe([]byte(key)) || strings.Contains("[REDACTED]", key) {
+			return
+		}
+		out, n := upstream.RedactJSON(body, []byte(key))
+		if !json.Valid(out) {
+			t.Fatalf("RedactJSON(%q, %q) = %q: not JSON", body, key, out)
+		}
+		if n == 0 && string(out) != string(body) {
+			t.Fatalf("changed the body but reported no change")
+		}
+		var v any
+		if err := json.Unmarshal(out, &v); err != nil {
+			t.Fatal(err)
+		}
+		var walk func(any)
+		walk = func(v any) {
+			switch x := v.(type) {
+			case string:
+				if strings.Contains(x, key) {
+					t.Fatalf("RedactJSON(%q, %q): %q still holds the key", body, key, x)
+				}
+			case []any:
+				for _, e := range x {
+					walk(e)
+				}
+			case map[string]any:
+				for k, e := range x {
+					walk(k)
+					walk(e)
+				}
+			}
+		}
+		walk(v)
+	})
+}
