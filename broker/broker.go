@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/metrics"
 	"github.com/credbroker/credbroker/broker/token"
 	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/store"
@@ -227,6 +228,7 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 		return nil, nil, fmt.Errorf("load credential %q: %w", tool.Credential, err)
 	}
 	resp, err := b.upstream.Do(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
+	b.noteReflection(ctx, tool, version, resp, err)
 	if err != nil {
 		// The upstream package never puts bodies in errors; redact anyway, so no future change
 		// or transport message can carry the key out.
@@ -246,6 +248,23 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 		return nil, resp, err
 	}
 	return &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, Results: results, Metadata: meta}, resp, nil
+}
+
+// errKeyReflected is the audited event's error: the upstream echoed the key it was sent.
+var errKeyReflected = errors.New("the upstream echoed the credential in its answer; it was redacted before use")
+
+// noteReflection counts, logs and audits an upstream answer (resp or err) that echoed the key.
+// The upstream client has already redacted it; this makes a misbehaving upstream visible.
+func (b *Broker) noteReflection(ctx context.Context, tool Tool, version uint64, resp *upstream.Response, err error) {
+	var ue *upstream.Error
+	if !(resp != nil && resp.KeyReflected > 0 || errors.As(err, &ue) && ue.KeyReflected) {
+		return
+	}
+	metrics.KeyReflections.Inc()
+	if ci := callInfo(ctx); ci.Event == "" {
+		ci.Event = "key-reflected"
+	}
+	b.recordEvent(ctx, "key-reflected", tool.Credential, version, errKeyReflected)
 }
 
 // WhoAmI authenticates raw and returns its record, with the current use count for limited tokens.

@@ -194,7 +194,8 @@ func (b *Broker) verifyKey(ctx context.Context, tool Tool, key []byte) error {
 	if !upstream.HeaderSafe(key) {
 		return upstream.ErrInvalidKey
 	}
-	_, err = b.upstream.Do(ctx, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
+	resp, err := b.upstream.Do(ctx, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
+	b.noteReflection(ctx, tool, 0, resp, err) // 0: the staged version is not current yet
 	if err != nil {
 		return redacted(err, key)
 	}
@@ -377,6 +378,7 @@ func (b *Broker) graceFallback(ctx context.Context, tool Tool, payload []byte, v
 	}
 	resp, err := b.upstream.Do(ctx, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, prev)
 	clear(prev)
+	b.noteReflection(ctx, tool, c.Previous, resp, err)
 	if err != nil {
 		return nil, version, cause
 	}

@@ -31,4 +31,5 @@ done <<'TARGETS'
 ./store FuzzDecodeToken
 ./store FuzzDecodeAuditRecord
 ./broker FuzzSearchRequest
+./broker/upstream FuzzRedactJSON
 TARGETS

@@ -75,7 +75,7 @@ func LoadMasterKeyset(path string) (tink.AEAD, error) {
 }
 
 // readKeysetFile reads a keyset file, refusing anything but a small regular file that only its
-// owner can read.
+// owner can read, owned by this process's uid or root.
 func readKeysetFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -88,6 +88,9 @@ func readKeysetFile(path string) ([]byte, error) {
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("master keyset %s is not a regular file", path)
+	}
+	if err := checkKeysetOwner(path, st); err != nil {
+		return nil, err
 	}
 	if st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("%w: %s has mode %#o; run `chmod 600 %s`", ErrKeysetPermissions, path, st.Mode().Perm(), path)

@@ -108,7 +108,11 @@ func (s *Store) batch(fn func(*bolt.Tx) error) error {
 // Open opens (or creates) the database at path and unlocks it with the master keyset kek.
 // A wrong kek leaves the file untouched and returns ErrWrongMasterKey.
 func Open(path string, kek tink.AEAD, opts Options) (s *Store, err error) {
-	if st, serr := os.Stat(path); serr == nil && st.Mode().IsRegular() && st.Size() == 0 {
+	// Before anything reads or changes it: not a symbolic link, a regular file, ours.
+	if err := checkDBPath(path); err != nil {
+		return nil, err
+	}
+	if st, serr := os.Lstat(path); serr == nil && st.Mode().IsRegular() && st.Size() == 0 {
 		// bbolt would quietly initialise it, and brokerd would start with nothing: an empty file
 		// where a database should be is a lost database, not a new one.
 		return nil, fmt.Errorf("open database %s: %w: the file is empty; restore it from a backup, or remove it to start a new database", path, ErrCorrupt)
@@ -130,13 +134,9 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 	if opts.KeepVersions <= 0 {
 		opts.KeepVersions = 3
 	}
-	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
-		// bbolt only applies the mode on create; tighten a file someone loosened.
-		if err := os.Chmod(path, 0o600); err != nil {
-			return nil, fmt.Errorf("database %s has mode %#o and cannot be made 0600: %w", path, st.Mode().Perm(), err)
-		}
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync})
+	// openDBFile refuses a symbolic link, another user's file or a non-regular one, and tightens a
+	// loosened mode on the descriptor it checked.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, OpenFile: openDBFile})
 	if err == nil {
 		// Batch (token uses, budgets) waits this long for company before committing; bbolt's
 		// 10ms default would be the latency of every use-limited call at low concurrency.
@@ -145,6 +145,9 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open database %s: %w (is another brokerd running on it?)", path, ErrLocked)
+		}
+		if errors.Is(err, ErrFileOwner) {
+			return nil, err
 		}
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}

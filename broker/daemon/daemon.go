@@ -54,12 +54,17 @@ type Config struct {
 	// one (client.DefaultSocketSource), for the start-up log; "" when the operator named the socket.
 	DefaultSocketSource string
 
-	// MetricsListen is the loopback host:port for Prometheus /metrics; "" serves none.
+	// MetricsListen is the loopback host:port, or unix:PATH (a 0600 socket), for Prometheus
+	// /metrics; "" serves none.
 	// MetricsAllowNonLoopback permits any other TCP address.
 	MetricsListen           string
 	MetricsAllowNonLoopback bool
 	Version                 string
 	Logger                  *slog.Logger
+
+	// UpstreamProxy is the proxy for upstream calls (--upstream-proxy); "" calls directly, whatever
+	// HTTP(S)_PROXY says.
+	UpstreamProxy string
 }
 
 // Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil.
@@ -74,6 +79,10 @@ func Run(ctx context.Context, cfg Config) error {
 		if req.v == "" {
 			return fmt.Errorf("%s is required", req.flag)
 		}
+	}
+	proxy, err := CheckUpstream(cfg.UpstreamURL, cfg.UpstreamProxy)
+	if err != nil {
+		return err
 	}
 	if cfg.SocketMode == 0 {
 		cfg.SocketMode = 0o660
@@ -123,7 +132,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("database re-wrapped under the master keyset's primary key; the old master key can be pruned", "previous_master_key_ids", before)
 	}
 
-	up, err := upstream.New(upstream.Config{BaseURL: cfg.UpstreamURL, HTTPClient: meteredUpstreamClient()})
+	up, err := upstream.New(upstream.Config{BaseURL: cfg.UpstreamURL, HTTPClient: meteredUpstreamClient(proxy)})
 	if err != nil {
 		return fmt.Errorf("--upstream-url: %w", err)
 	}
@@ -137,7 +146,7 @@ func Run(ctx context.Context, cfg Config) error {
 	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection,
 		UnaryInterceptors: []grpc.UnaryServerInterceptor{metricsUnary}})
 
-	mlis, err := listenMetrics(cfg.MetricsListen, cfg.MetricsAllowNonLoopback)
+	mlis, err := listenMetrics(cfg.MetricsListen, cfg.MetricsAllowNonLoopback, cfg.Socket)
 	if err != nil {
 		return err
 	}

@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -23,26 +25,40 @@ import (
 )
 
 // listenMetrics opens the Prometheus listener for --metrics-listen, or returns nil when it is
-// empty. Metrics go over TCP only, never on brokerd's Unix socket, and only on a loopback address
-// unless allowNonLoopback: they name tools, credentials and call rates, which is nobody else's
-// business.
-func listenMetrics(addr string, allowNonLoopback bool) (net.Listener, error) {
+// empty. Metrics are never served on brokerd's gRPC socket (brokerSocket). "unix:PATH" serves them
+// on a Unix socket of their own, created mode 0600, so only brokerd's user (and root) can read
+// them; a TCP address must be loopback unless allowNonLoopback, and even then every local user can
+// read it: metrics name tools, credentials and call rates, which is nobody else's business.
+func listenMetrics(addr string, allowNonLoopback bool, brokerSocket string) (net.Listener, error) {
 	if addr == "" {
 		return nil, nil
 	}
-	if strings.HasPrefix(addr, "unix:") || strings.Contains(addr, "/") {
-		return nil, fmt.Errorf("--metrics-listen %q: want host:port on TCP, e.g. 127.0.0.1:9464; metrics are never served on a Unix socket", addr)
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if !filepath.IsAbs(path) {
+			return nil, fmt.Errorf("--metrics-listen %q: want unix:/absolute/path, e.g. unix:/run/credbroker/metrics.sock", addr)
+		}
+		if filepath.Clean(path) == filepath.Clean(brokerSocket) {
+			return nil, fmt.Errorf("--metrics-listen %q is brokerd's gRPC socket; metrics need a socket of their own", addr)
+		}
+		lis, err := listen(path, 0o600, "")
+		if err != nil {
+			return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
+		}
+		return lis, nil
+	}
+	if strings.Contains(addr, "/") {
+		return nil, fmt.Errorf("--metrics-listen %q: want host:port on loopback TCP (e.g. 127.0.0.1:9464) or unix:PATH for a Unix socket", addr)
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("--metrics-listen %q: want host:port, e.g. 127.0.0.1:9464: %w", addr, err)
+		return nil, fmt.Errorf("--metrics-listen %q: want host:port, e.g. 127.0.0.1:9464, or unix:PATH: %w", addr, err)
 	}
 	if host == "localhost" {
 		host = "127.0.0.1"
 	}
 	ip := net.ParseIP(host)
 	if !allowNonLoopback && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("--metrics-listen %q is not a loopback address, so metrics would be reachable from other machines; use 127.0.0.1:%s, or add --metrics-allow-non-loopback if you mean it", addr, port)
+		return nil, fmt.Errorf("--metrics-listen %q is not a loopback address, so metrics would be reachable from other machines; use 127.0.0.1:%s or unix:PATH, or add --metrics-allow-non-loopback if you mean it", addr, port)
 	}
 	lis, err := net.Listen("tcp", net.JoinHostPort(host, port))
 	if err != nil {
@@ -67,11 +83,20 @@ func serveMetrics(lis net.Listener, version string, log *slog.Logger) (stop func
 			log.Error("metrics endpoint stopped", "err", err)
 		}
 	}()
-	log.Info("serving Prometheus metrics", "addr", "http://"+lis.Addr().String()+"/metrics")
+	unixPath := ""
+	if lis.Addr().Network() == "unix" {
+		unixPath = lis.Addr().String()
+		log.Info("serving Prometheus metrics on a Unix socket (mode 0600)", "socket", unixPath, "path", "/metrics")
+	} else {
+		log.Info("serving Prometheus metrics", "addr", "http://"+lis.Addr().String()+"/metrics")
+	}
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
+		if unixPath != "" {
+			os.Remove(unixPath) // listen leaves the file; it is ours, and stale once we stop
+		}
 	}
 }
 
@@ -111,23 +136,10 @@ func toolLabel(method string, req any) string {
 	return "unknown"
 }
 
-// meteredUpstreamClient is the HTTP client for the upstream: the same transport settings
-// broker/upstream uses by default, wrapped to time each attempt and count its status.
-func meteredUpstreamClient() *http.Client {
-	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	base := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		ForceAttemptHTTP2:     true,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   5 * time.Second,
-		ResponseHeaderTimeout: 15 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		MaxIdleConns:          64,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-	}
-	return &http.Client{Transport: meteredTransport{base}}
+// meteredUpstreamClient is the HTTP client for the upstream: upstreamTransport (no proxy unless
+// --upstream-proxy), wrapped to time each attempt and count its status.
+func meteredUpstreamClient(proxy *url.URL) *http.Client {
+	return &http.Client{Transport: meteredTransport{upstreamTransport(proxy)}}
 }
 
 // meteredTransport observes each upstream attempt. Labels are the request path (from the tool

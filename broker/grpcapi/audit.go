@@ -33,7 +33,7 @@ func audited(method string) bool { return strings.HasPrefix(method, "/credbroker
 var changesState = map[string]bool{
 	"PutCredential": true, "RotateCredential": true, "DeleteCredential": true,
 	"RevokeToken": true, "RollbackCredential": true, "SetRotationPolicy": true, "ImportCredential": true,
-	"Rekey": true, "SetCredentialLimits": true,
+	"Rekey": true, "SetCredentialLimits": true, "ImportCredentials": true,
 }
 
 // recordedWithChange lists the admin calls whose change is committed in the same transaction as
@@ -90,7 +90,14 @@ func (a auditor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 		return handler(srv, ss)
 	}
 	start := time.Now()
-	err := handler(srv, ss)
+	if changesState[strings.TrimPrefix(method, adminPrefix)] {
+		// As for unary calls (run): no state-changing stream runs unless its start is on record.
+		if err := a.b.RecordCall(ss.Context(), broker.CallRecord{Method: method, Caller: callerFrom(ss.Context()), Code: "Started", Info: &broker.CallInfo{Event: "started"}}); err != nil {
+			a.log.Error("audit record not written; refusing the call before it runs", "method", method, "err", err)
+			return status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
+		}
+	}
+	err := handler(srv, callInfoStream{ServerStream: ss, ctx: broker.WithCallInfo(ss.Context(), ci)})
 	rec := broker.CallRecord{Method: method, Caller: callerFrom(ss.Context()), Code: status.Code(err).String(), Latency: time.Since(start), Info: ci}
 	if aerr := a.b.RecordCall(ss.Context(), rec); aerr != nil {
 		a.log.Error("audit record not written", "method", method, "err", aerr)
@@ -98,6 +105,15 @@ func (a auditor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 	}
 	return err
 }
+
+// callInfoStream hands a stream's handler the context carrying the call's CallInfo, as unary
+// handlers get it.
+type callInfoStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s callInfoStream) Context() context.Context { return s.ctx }
 
 // maxMethodLen bounds a client-chosen method name kept in the audit log (ours are under 50).
 const maxMethodLen = 96

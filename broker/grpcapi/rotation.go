@@ -2,6 +2,9 @@ package grpcapi
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -105,6 +108,54 @@ func (s *AdminService) ImportCredential(ctx context.Context, req *pb.ImportCrede
 		return nil, toStatus(s.log, "ImportCredential", err)
 	}
 	return &pb.ImportCredentialResponse{Credential: s.credentialOut(c)}, nil
+}
+
+// maxImportBytes bounds what one ImportCredentials stream may make brokerd hold before it
+// commits: names and values of every entry (the tutorial's file is at most 1 MiB).
+const maxImportBytes = 4 << 20
+
+// ImportCredentials implements AdminService.ImportCredentials: it collects the streamed entries
+// and stores them all in one transaction when the stream ends, or none.
+func (s *AdminService) ImportCredentials(stream pb.AdminService_ImportCredentialsServer) error {
+	var (
+		entries []broker.ImportEntry
+		source  string
+		size    int
+	)
+	defer func() {
+		for _, e := range entries {
+			clear(e.Value)
+		}
+	}()
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err // the client went away or sent garbage; gRPC already has the status
+		}
+		if source == "" {
+			source = req.GetSource()
+		}
+		for _, e := range req.GetEntries() {
+			size += len(e.GetName()) + len(e.GetValue())
+			if size > maxImportBytes || len(entries) >= broker.MaxImportEntries {
+				return toStatus(s.log, "ImportCredentials", fmt.Errorf("%w: import too large: at most %d entries and %d bytes in one import; nothing was imported",
+					broker.ErrInvalidArgument, broker.MaxImportEntries, maxImportBytes))
+			}
+			entries = append(entries, broker.ImportEntry{Name: e.GetName(), Value: e.GetValue()})
+		}
+	}
+	creds, err := s.b.ImportAll(stream.Context(), entries, source, callerFrom(stream.Context()))
+	if err != nil {
+		return toStatus(s.log, "ImportCredentials", err)
+	}
+	out := &pb.ImportCredentialsResponse{Credentials: make([]*pb.Credential, len(creds))}
+	for i, c := range creds {
+		out.Credentials[i] = s.credentialOut(c)
+	}
+	return stream.SendAndClose(out)
 }
 
 // Rekey implements AdminService.Rekey.

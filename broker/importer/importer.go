@@ -7,6 +7,7 @@
 package importer
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"encoding/hex"
@@ -41,18 +42,41 @@ func Clear(entries []Entry) {
 	}
 }
 
-// readFile parses the file's JSON object, in name order.
+// readFile parses the file's JSON object, in name order. A name that appears twice is refused:
+// encoding/json would keep the last value silently, and which of two keys is the real one is not
+// for us to guess. Names are compared after decoding, so "a" and "\u0061" are the same name.
 func readFile(data []byte) ([]string, map[string]string, error) {
 	if len(data) > MaxFileSize {
 		return nil, nil, fmt.Errorf("the file is larger than %d bytes; is it the tutorial's mcp_credentials.enc?", MaxFileSize)
 	}
-	var m map[string]string
-	if err := json.Unmarshal(data, &m); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return nil, nil, errors.New("the file must be a JSON object mapping each credential name to its encrypted value (a string)")
+	notJSON := errors.New("the file is not valid JSON; is it the tutorial's mcp_credentials.enc?")
+	notObject := errors.New("the file must be a JSON object mapping each credential name to its encrypted value (a string)")
+	if !json.Valid(data) {
+		return nil, nil, notJSON
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, nil, notObject
+	}
+	m := map[string]string{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, nil, notJSON
 		}
-		return nil, nil, errors.New("the file is not valid JSON; is it the tutorial's mcp_credentials.enc?")
+		name, _ := tok.(string) // in an object, a name token is always a string
+		tok, err = dec.Token()
+		if err != nil {
+			return nil, nil, notJSON
+		}
+		v, ok := tok.(string)
+		if !ok {
+			return nil, nil, notObject
+		}
+		if _, dup := m[name]; dup {
+			return nil, nil, fmt.Errorf("the name %q appears more than once in the file; which value is right is unclear, so nothing was imported: fix the file", name)
+		}
+		m[name] = v
 	}
 	if len(m) == 0 {
 		return nil, nil, errors.New("the file holds no credentials")

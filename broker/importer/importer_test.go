@@ -162,3 +162,40 @@ func TestParseAESGCMHex(t *testing.T) {
 		})
 	}
 }
+
+// A name twice in the file is refused, whichever format and however the second is spelled:
+// encoding/json would keep the last value silently and the import would store a key nobody chose.
+func TestDuplicateNamesRefused(t *testing.T) {
+	var fkey fernet.Key
+	fkey.Generate()
+	tokA, _ := fernet.EncryptAndSign([]byte("sk_live_FIRST"), &fkey)
+	tokB, _ := fernet.EncryptAndSign([]byte("sk_live_SECOND"), &fkey)
+	gkey := make([]byte, 32)
+	rand.Read(gkey)
+	gA, gB := gcmValue(t, gkey, "sk_live_FIRST", 16), gcmValue(t, gkey, "sk_live_SECOND", 16)
+	for _, tc := range []struct {
+		name, file string
+		parse      func([]byte) ([]Entry, error)
+	}{
+		{"fernet", `{"scavio_api_key": "` + string(tokA) + `", "other": "` + string(tokA) + `", "scavio_api_key": "` + string(tokB) + `"}`,
+			func(b []byte) ([]Entry, error) { return ParseFernet(b, fkey.Encode()) }},
+		{"fernet escaped name", `{"scavio_api_key": "` + string(tokA) + `", "scavio\u005fapi_key": "` + string(tokB) + `"}`,
+			func(b []byte) ([]Entry, error) { return ParseFernet(b, fkey.Encode()) }},
+		{"aes-gcm", `{"scavio_api_key": "` + gA + `", "scavio_api_key": "` + gB + `"}`,
+			func(b []byte) ([]Entry, error) { return ParseAESGCMHex(b, hex.EncodeToString(gkey)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.parse([]byte(tc.file))
+			if err == nil || !strings.Contains(err.Error(), `the name "scavio_api_key" appears more than once`) {
+				t.Fatalf("Parse = %d entries, %v; want the duplicate named", len(got), err)
+			}
+			if strings.Contains(err.Error(), "sk_live") {
+				t.Fatal("error holds a value")
+			}
+		})
+	}
+	// Trailing data after the object is not a file we understand either.
+	if _, err := ParseFernet([]byte(`{"a": "`+string(tokA)+`"} {"a": "x"}`), fkey.Encode()); err == nil || !strings.Contains(err.Error(), "not valid JSON") {
+		t.Fatalf("trailing object: %v", err)
+	}
+}

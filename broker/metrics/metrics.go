@@ -1,8 +1,8 @@
 // Package metrics holds brokerd's Prometheus collectors on a registry of their own, so the
 // exposition carries exactly these series plus the Go runtime and process collectors. Any package
-// may observe into them; only broker/daemon serves them (on an opt-in loopback TCP listener, never
-// on the Unix socket). Labels must come from bounded sets: never a token, a query, a raw
-// client-supplied string or an upstream body.
+// may observe into them; only broker/daemon serves them (on an opt-in loopback TCP listener or a
+// 0600 Unix socket of their own, never on the gRPC socket). Labels must come from bounded sets:
+// never a token, a query, a raw client-supplied string or an upstream body.
 package metrics
 
 import (
@@ -120,6 +120,13 @@ var (
 		Help: "Upstream credits the result cache saved.",
 	})
 
+	// KeyReflections counts upstream answers that echoed the credential they were sent with (in the
+	// body, a header or error.code); the key was redacted before anything else saw the answer.
+	KeyReflections = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_key_reflections_total",
+		Help: "Upstream answers that echoed the credential (redacted before use), audited as key-reflected.",
+	})
+
 	buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help: "Always 1; labels carry brokerd's version and the Go version it was built with.",
@@ -149,7 +156,7 @@ func init() {
 		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
 		AuditCommits, AuditRecords, AuditCommitDuration, StoreCommits,
-		CacheLookups, CreditsSaved,
+		CacheLookups, CreditsSaved, KeyReflections,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -46,11 +46,15 @@ type Request struct {
 	Body []byte // JSON body, sent with Content-Type: application/json
 }
 
-// Response is a successful (2xx) upstream answer.
+// Response is a successful (2xx) upstream answer. Body and Header are redacted: wherever the
+// upstream echoed the key (in any form Redact knows), they hold "[REDACTED]" instead.
 type Response struct {
 	Status int
-	Body   []byte      // raw JSON body, already checked to be valid JSON
-	Header http.Header // includes X-RateLimit-* headers
+	Body   []byte      // JSON body, checked to be valid JSON, redacted with RedactJSON
+	Header http.Header // includes X-RateLimit-* headers; values redacted, names holding the key dropped
+	// KeyReflected counts the body strings and header fields that held the key: an upstream that
+	// echoes the key in a success answer would otherwise hand it to every client and cache.
+	KeyReflected int
 }
 
 // Config configures a Client. Zero values select the defaults noted on each field.
@@ -59,8 +63,8 @@ type Config struct {
 	// or fragment.
 	BaseURL string
 	// HTTPClient is optional. It is copied, and redirects are always disabled on the copy. The
-	// default has its own Transport with connection reuse (64 idle per host) and dial, TLS and
-	// response-header timeouts.
+	// default has its own Transport with connection reuse (64 idle per host), dial, TLS and
+	// response-header timeouts, and no proxy (HTTP_PROXY and HTTPS_PROXY are ignored).
 	HTTPClient *http.Client
 	// AttemptTimeout bounds each attempt, including reading the body. Default 15s.
 	AttemptTimeout time.Duration
@@ -200,7 +204,9 @@ func parseBaseURL(s string) (*url.URL, error) {
 func defaultTransport() *http.Transport {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
+		// Never HTTP(S)_PROXY from the environment: an inherited variable would route the key
+		// through whatever proxy it names. A caller that wants a proxy passes its own HTTPClient.
+		Proxy:               nil,
 		DialContext:         dialer.DialContext,
 		ForceAttemptHTTP2:   true,
 		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
@@ -250,6 +256,7 @@ type outcome struct {
 	kind      error
 	status    int
 	code      string        // raw error.code; vetted by statusError
+	reflected bool          // the error body echoed the key
 	wait      time.Duration // Retry-After / X-RateLimit-Reset, if the upstream sent one
 	hasWait   bool
 	detail    string // redacted, for failures without a status
@@ -343,10 +350,14 @@ func gateFrom(ctx context.Context) *limiter.Gate {
 }
 
 func (o *outcome) err(key []byte, retryAfter time.Duration, attempts int) *Error {
+	var e *Error
 	if o.status != 0 && o.detail == "" {
-		return statusError(o.kind, o.status, o.code, retryAfter, key, attempts)
+		e = statusError(o.kind, o.status, o.code, retryAfter, key, attempts)
+	} else {
+		e = causeError(o.kind, o.status, o.detail, o.cause, retryAfter, attempts)
 	}
-	return causeError(o.kind, o.status, o.detail, o.cause, retryAfter, attempts)
+	e.KeyReflected = o.reflected
+	return e
 }
 
 // ctxError reports the caller's context ending. A deadline is ErrUnavailable (the upstream did not
@@ -393,28 +404,38 @@ func (c *Client) attempt(ctx context.Context, target string, req Request, key []
 
 	switch s := resp.StatusCode; {
 	case s >= 200 && s <= 299:
-		return c.readSuccess(ctx, actx, resp)
+		return c.readSuccess(ctx, actx, resp, key)
 	case s == http.StatusTooManyRequests:
-		o := outcome{kind: ErrRateLimited, status: s, code: errorCode(resp.Body), retryable: true}
+		o := errorOutcome(ErrRateLimited, s, resp, key)
+		o.retryable = true
 		o.wait, o.hasWait = c.retryAfter(resp.Header, true)
 		return o
 	case s == http.StatusRequestTimeout || s >= 500 && s <= 599:
-		o := outcome{kind: ErrUnavailable, status: s, code: errorCode(resp.Body), retryable: true}
+		o := errorOutcome(ErrUnavailable, s, resp, key)
+		o.retryable = true
 		// X-RateLimit-Reset describes the rate window, not an outage, so only Retry-After counts.
 		o.wait, o.hasWait = c.retryAfter(resp.Header, false)
 		return o
 	case s == http.StatusUnauthorized || s == http.StatusForbidden:
-		return outcome{kind: ErrRejected, status: s, code: errorCode(resp.Body)}
+		return errorOutcome(ErrRejected, s, resp, key)
 	case s == http.StatusPaymentRequired:
-		return outcome{kind: ErrInsufficientCredits, status: s, code: errorCode(resp.Body)}
+		return errorOutcome(ErrInsufficientCredits, s, resp, key)
 	case s >= 400 && s <= 499:
-		return outcome{kind: ErrBadRequest, status: s, code: errorCode(resp.Body)}
+		return errorOutcome(ErrBadRequest, s, resp, key)
 	default:
 		return outcome{kind: ErrBadResponse, status: s, detail: "unexpected status " + strconv.Itoa(s)}
 	}
 }
 
-func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response) outcome {
+// errorOutcome reads a non-2xx answer's error.code and notes whether its body or headers echoed
+// the key.
+func errorOutcome(kind error, status int, resp *http.Response, key []byte) outcome {
+	code, reflected := errorCode(resp.Body, key)
+	_, n := redactHeader(resp.Header, key)
+	return outcome{kind: kind, status: status, code: code, reflected: reflected || n > 0}
+}
+
+func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key []byte) outcome {
 	tooLarge := outcome{
 		kind:   ErrResponseTooLarge,
 		status: resp.StatusCode,
@@ -439,24 +460,65 @@ func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response) out
 		return tooLarge
 	}
 	if !json.Valid(body) {
-		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response body is not valid JSON"}
+		// Not passed on, but an echoed key is still worth counting.
+		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response body is not valid JSON",
+			reflected: Redact(string(body), key) != string(body)}
 	}
-	return outcome{resp: &Response{Status: resp.StatusCode, Body: body, Header: resp.Header.Clone()}}
+	// Redact before anything parses, caches or returns the body: every field, nested or not,
+	// reaches the client, the result cache and scavio-mcp's agent.
+	body, n := RedactJSON(body, key)
+	if n > 0 && !json.Valid(body) {
+		// RedactJSON keeps JSON valid; if it ever did not, the answer is dropped, never sent on.
+		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response echoed the credential and could not be redacted", reflected: true}
+	}
+	hdr, hn := redactHeader(resp.Header, key)
+	return outcome{resp: &Response{Status: resp.StatusCode, Body: body, Header: hdr, KeyReflected: n + hn}}
 }
 
-// errorCode extracts error.code from a Scavio error body. The message is deliberately not read: an
-// upstream may echo the key in it.
-func errorCode(body io.Reader) string {
+// redactHeader returns a copy of h with the key redacted from every value and every field whose
+// name holds it dropped, and how many fields held it.
+func redactHeader(h http.Header, key []byte) (http.Header, int) {
+	fs := keyForms(key)
+	out := make(http.Header, len(h))
+	n := 0
+	for name, vs := range h {
+		if fs.redact(name) != name {
+			n++
+			continue
+		}
+		red := make([]string, len(vs))
+		for i, v := range vs {
+			if red[i] = fs.redact(v); red[i] != v {
+				n++
+			}
+		}
+		out[name] = red
+	}
+	return out, n
+}
+
+// errorCode extracts error.code from a Scavio error body, and reports whether the body echoed the
+// key anywhere. The message is deliberately not read: an upstream may echo the key in it.
+func errorCode(body io.Reader, key []byte) (code string, reflected bool) {
 	var e struct {
 		Error struct {
 			Code string `json:"code"`
 		} `json:"error"`
 	}
 	b, err := io.ReadAll(io.LimitReader(body, errorBodyLimit))
-	if err != nil || json.Unmarshal(b, &e) != nil {
-		return ""
+	if err != nil {
+		return "", false
 	}
-	return e.Error.Code
+	if json.Valid(b) {
+		_, n := RedactJSON(b, key)
+		reflected = n > 0
+	} else {
+		reflected = Redact(string(b), key) != string(b)
+	}
+	if json.Unmarshal(b, &e) != nil {
+		return "", reflected
+	}
+	return e.Error.Code, reflected
 }
 
 // retryAfter reads how long the upstream asked us to wait: Retry-After (delta seconds or

@@ -8,7 +8,10 @@
 // returns. It knows nothing about tokens, scopes, storage or gRPC.
 //
 // It must never put the key, the upstream's error message text or any response body bytes in an
-// error, never follow a redirect (a redirect would carry the key to another origin), never wait past
-// the caller's deadline, and never retry a request the upstream refused as bad, unauthorized or out
-// of credits.
+// error, never hand back a 2xx body or header that still holds the key (an upstream that reflects
+// request fields would send it on to every client and cache: RedactJSON runs on the raw bytes
+// first, and Response.KeyReflected says it happened), never follow a redirect (a redirect would
+// carry the key to another origin), never use a proxy from the environment, never wait past the
+// caller's deadline, and never retry a request the upstream refused as bad, unauthorized or out of
+// credits.
 package upstream

@@ -41,6 +41,9 @@ type Error struct {
 	Status     int           // HTTP status of the last attempt, 0 if none arrived
 	Code       string        // upstream error.code, only if it matches ^[a-z_]{1,64}$ and is not part of the key
 	RetryAfter time.Duration // how long the upstream asked us (or we needed) to wait; 0 if unknown
+	// KeyReflected reports that the upstream echoed the key in its error body or headers. None of
+	// those bytes are in the error; the broker counts and audits the event.
+	KeyReflected bool
 
 	msg   string // complete, already-redacted message
 	cause error  // context or transport error; reachable through Is only, never through Unwrap
@@ -63,7 +66,7 @@ var codeRE = regexp.MustCompile(`^[a-z_]{1,64}$`)
 // statusError builds the error for a non-2xx status. code is the raw error.code from the body (may
 // be empty); it is dropped unless it looks like a code and cannot be a piece of the key.
 func statusError(kind error, status int, code string, retryAfter time.Duration, key []byte, attempts int) *Error {
-	if !codeRE.MatchString(code) || strings.Contains(code, string(key)) || strings.Contains(string(key), code) {
+	if !codeRE.MatchString(code) || Redact(code, key) != code || strings.Contains(string(key), code) {
 		code = ""
 	}
 	var b strings.Builder

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -634,4 +636,195 @@ func TestRedact(t *testing.T) {
 			t.Errorf("Redact(%q) = %q", in, got)
 		}
 	}
+}
+
+// jsonEscapeAll writes s as a JSON string with every byte \u-escaped, as some encoders do for
+// non-alphanumerics and a hostile upstream might for everything.
+func jsonEscapeAll(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&b, `\u%04x`, s[i])
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// TestKeyNeverInSuccess: an upstream that reflects the key in a 2xx answer (results, metadata,
+// nested strings, object names, JSON escapes, headers) has it redacted before the Response
+// leaves the client, and the reflection is reported.
+func TestKeyNeverInSuccess(t *testing.T) {
+	const key = "sk_live_a/b+c=d~Zq9"
+	slashed := strings.ReplaceAll(key, "/", `\/`) // PHP's json_encode escapes '/'
+	var forms []string
+	for _, f := range keyForms(key) {
+		forms = append(forms, strconv.Quote(f))
+	}
+	body := `{"results":[{"title":"t","url":"https://x.test/?k=` + url.QueryEscape(key) + `","snippet":"your key is ` + slashed + `"}],` +
+		`"metadata":{"echo":` + jsonEscapeAll(key) + `,"forms":[` + strings.Join(forms, ",") + `],` +
+		`"nested":{"deeper":["` + slashed + `"]},"` + slashed + `":1,"credits_used":1},"query":"go"}`
+	if !json.Valid([]byte(body)) {
+		t.Fatalf("test body is not JSON: %s", body)
+	}
+	srv := newServer(t, reply(200, body, "X-Echo", "key="+key, "X-Echo-B64", base64.StdEncoding.EncodeToString([]byte(key)),
+		"X-RateLimit-Remaining", "8"))
+	c, _ := newClient(t, srv.URL, upstream.Config{})
+	resp, err := c.Do(context.Background(), searchReq(), []byte(key))
+	if err != nil {
+		t.Fatalf("Do: %v", err)
+	}
+	if !json.Valid(resp.Body) {
+		t.Fatalf("redacted body is not JSON: %s", resp.Body)
+	}
+	// Decoded, so that a form hidden behind an escape is found too.
+	var decoded any
+	json.Unmarshal(resp.Body, &decoded)
+	flat := fmt.Sprintf("%v", decoded)
+	for _, f := range append(keyForms(key), url.PathEscape(key)) {
+		for _, where := range []string{string(resp.Body), flat, fmt.Sprint(resp.Header)} {
+			if strings.Contains(where, f) {
+				t.Errorf("response holds key form %q: %s", f, where)
+			}
+		}
+	}
+	for _, want := range []string{`"title":"t"`, `"credits_used":1`, `"query":"go"`} {
+		if !strings.Contains(string(resp.Body), want) {
+			t.Errorf("redaction lost %s: %s", want, resp.Body)
+		}
+	}
+	if got := resp.Header.Get("X-RateLimit-Remaining"); got != "8" {
+		t.Errorf("X-RateLimit-Remaining = %q, want 8 (headers without the key pass)", got)
+	}
+	// url, snippet, echo, 8 forms (some identical as JSON), nested, the object name, 2 headers.
+	if resp.KeyReflected < 14 {
+		t.Errorf("KeyReflected = %d, want at least 14", resp.KeyReflected)
+	}
+
+	// Without the key, nothing changes and nothing is reported.
+	plain := `{"results":[{"title":"sk_live","url":"https:\/\/x.test"}],"n":12}`
+	srv2 := newServer(t, reply(200, plain))
+	c2, _ := newClient(t, srv2.URL, upstream.Config{})
+	resp, err = c2.Do(context.Background(), searchReq(), []byte(key))
+	if err != nil || string(resp.Body) != plain || resp.KeyReflected != 0 {
+		t.Errorf("Do(no key in body) = %s, reflected %d, %v; want the body unchanged", resp.Body, resp.KeyReflected, err)
+	}
+}
+
+func TestKeyReflectedInErrorReported(t *testing.T) {
+	srv := newServer(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(401)
+		fmt.Fprintf(w, `{"error":{"code":"unauthorized","message":"bad key %s"}}`, strings.ReplaceAll(r.Header.Get("x-api-key"), "_", `\u005f`))
+	})
+	c, _ := newClient(t, srv.URL, upstream.Config{})
+	_, err := c.Do(context.Background(), searchReq(), []byte(testKey))
+	ue := requireError(t, err, upstream.ErrRejected, 401, "unauthorized", "upstream returned 401 unauthorized")
+	if !ue.KeyReflected {
+		t.Error("KeyReflected = false for a 401 body echoing the key")
+	}
+	// A 2xx that is not JSON is not passed on, but its echo is reported too.
+	srv = newServer(t, reply(200, "key="+testKey))
+	c, _ = newClient(t, srv.URL, upstream.Config{})
+	_, err = c.Do(context.Background(), searchReq(), []byte(testKey))
+	if ue := requireError(t, err, upstream.ErrBadResponse, 200, "", "not valid JSON"); !ue.KeyReflected {
+		t.Error("KeyReflected = false for a non-JSON 2xx echoing the key")
+	}
+}
+
+func TestRedactJSON(t *testing.T) {
+	key := []byte(`sk"live\x/1`)
+	tests := []struct{ name, in, want string }{
+		{"raw in string", `{"a":"x sk\"live\\x/1 y"}`, `{"a":"x [REDACTED] y"}`},
+		{"escaped slash", `["sk\"live\\x\/1"]`, `["[REDACTED]"]`},
+		{"unicode escapes", `["\u0073k\u0022live\u005cx/1"]`, `["[REDACTED]"]`},
+		{"hex form", `{"h":"` + hex.EncodeToString(key) + `"}`, `{"h":"[REDACTED]"}`},
+		{"object name", `{"sk\"live\\x/1":true}`, `{"[REDACTED]":true}`},
+		{"untouched", `{"a":"sk\"live","n":-1.5e3,"t":true,"z":null}`, `{"a":"sk\"live","n":-1.5e3,"t":true,"z":null}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, n := upstream.RedactJSON([]byte(tt.in), key)
+			if string(got) != tt.want {
+				t.Errorf("RedactJSON(%s) = %s, want %s", tt.in, got, tt.want)
+			}
+			if (n > 0) != (tt.in != tt.want) {
+				t.Errorf("count = %d", n)
+			}
+			if !json.Valid(got) {
+				t.Errorf("result not JSON: %s", got)
+			}
+		})
+	}
+	// A key of digits echoed as a number becomes a string.
+	got, n := upstream.RedactJSON([]byte(`{"id":12345678901234,"k":1}`), []byte("12345678901234"))
+	if string(got) != `{"id":"[REDACTED]","k":1}` || n != 1 {
+		t.Errorf("numeric key: %s, %d", got, n)
+	}
+}
+
+// BenchmarkRedactJSON is the cost every 2xx answer now pays: a 10-result answer (about 3 KiB,
+// the common case) and a 1 MiB one, neither holding the key.
+func BenchmarkRedactJSON(b *testing.B) {
+	key := []byte(testKey)
+	result := `{"title":"Result %d for golang generics","url":"https:\/\/example.com\/classic\/%d?q=golang+generics","snippet":"Fake classic result %d about golang generics.","position":%d}`
+	for _, n := range []int{10, 3500} {
+		var parts []string
+		for i := range n {
+			parts = append(parts, fmt.Sprintf(result, i, i, i, i))
+		}
+		body := []byte(`{"query":"golang generics","results":[` + strings.Join(parts, ",") + `],"credits_used":1}`)
+		b.Run(fmt.Sprintf("%dKiB", len(body)>>10), func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if _, n := upstream.RedactJSON(body, key); n != 0 {
+					b.Fatal("redacted a body without the key")
+				}
+			}
+		})
+	}
+}
+
+// FuzzRedactJSON: whatever valid JSON the upstream sends, the redacted body is valid JSON, and
+// none of its strings or values, decoded, still holds the key.
+func FuzzRedactJSON(f *testing.F) {
+	f.Add([]byte(`{"a":"sk_test_Zq9Xw2Lk7Pm4Rt8Yv1","b":["x\/y","\u0073k_test_Zq9Xw2Lk7Pm4Rt8Yv1"],"c":1.5e3}`), "sk_test_Zq9Xw2Lk7Pm4Rt8Yv1")
+	f.Add([]byte(`["a\"b\\c", "\ud83d\ude00 sk/1", null, true]`), "sk/1")
+	f.Add([]byte(`{"n":123456789}`), "12345")
+	f.Fuzz(func(t *testing.T, body []byte, key string) {
+		// Keys are visible ASCII (HeaderSafe): the only ones Do sends.
+		// A key inside the marker itself would be "found" in every redaction.
+		if !json.Valid(body) || key == "" || len(key) > 64 || !upstream.HeaderSafe([]byte(key)) || strings.Contains("[REDACTED]", key) {
+			return
+		}
+		out, n := upstream.RedactJSON(body, []byte(key))
+		if !json.Valid(out) {
+			t.Fatalf("RedactJSON(%q, %q) = %q: not JSON", body, key, out)
+		}
+		if n == 0 && string(out) != string(body) {
+			t.Fatalf("changed the body but reported no change")
+		}
+		var v any
+		if err := json.Unmarshal(out, &v); err != nil {
+			t.Fatal(err)
+		}
+		var walk func(any)
+		walk = func(v any) {
+			switch x := v.(type) {
+			case string:
+				if strings.Contains(x, key) {
+					t.Fatalf("RedactJSON(%q, %q): %q still holds the key", body, key, x)
+				}
+			case []any:
+				for _, e := range x {
+					walk(e)
+				}
+			case map[string]any:
+				for k, e := range x {
+					walk(k)
+					walk(e)
+				}
+			}
+		}
+		walk(v)
+	})
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/importer"
+	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -118,10 +119,15 @@ func readLimited(path string, limit int64) ([]byte, error) {
 	return b, nil
 }
 
+// importAPI is the one-transaction import; *client.Client has it, tests substitute a fake.
+type importAPI interface {
+	ImportCredentials(ctx context.Context, entries []client.ImportEntry, source string) ([]*credbrokerv1.Credential, error)
+}
+
 func (a *app) importEntries(ctx context.Context, c brokerAPI, path, format string, entries []importer.Entry) error {
-	r, err := rotationClient(c)
-	if err != nil {
-		return err
+	imp, ok := c.(importAPI)
+	if !ok {
+		return errors.New("internal error: this client cannot import")
 	}
 	existing, err := c.ListCredentials(ctx)
 	if err != nil {
@@ -131,21 +137,24 @@ func (a *app) importEntries(ctx context.Context, c brokerAPI, path, format strin
 	for _, e := range existing {
 		taken[e.GetName()] = true
 	}
-	for _, e := range entries {
+	batch := make([]client.ImportEntry, len(entries))
+	for i, e := range entries {
 		if taken[e.Name] {
 			return fmt.Errorf("credential %q already exists in brokerd; nothing was imported (delete it, or rotate it with the value instead)", e.Name)
 		}
+		batch[i] = client.ImportEntry{Name: e.Name, Value: e.Value}
 	}
-	var done []string
-	for _, e := range entries {
-		var cred *credbrokerv1.Credential
-		if cred, err = r.ImportCredential(ctx, e.Name, e.Value, format); err != nil {
-			if len(done) > 0 {
-				return fmt.Errorf("imported %s, then %q failed: %w", strings.Join(done, ", "), e.Name, err)
-			}
+	// One call, one transaction: brokerd stores every entry or, on any error, none.
+	creds, err := imp.ImportCredentials(ctx, batch, format)
+	if err != nil {
+		if strings.Contains(err.Error(), "nothing was imported") {
 			return err
 		}
-		done = append(done, fmt.Sprintf("%s (v%d)", e.Name, cred.GetVersion()))
+		return fmt.Errorf("%w (nothing was imported)", err)
+	}
+	done := make([]string, len(creds))
+	for i, cred := range creds {
+		done[i] = fmt.Sprintf("%s (v%d)", cred.GetName(), cred.GetVersion())
 	}
 	fmt.Fprintf(a.stdout, "imported %d credentials from %s: %s\n", len(done), path, strings.Join(done, ", "))
 	fmt.Fprintf(a.stdout, "brokerd now holds them. Delete the old file, which anyone with %s can decrypt:\n  shred -u %s\nand remove %s from your environment and shell profile.\n",

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/store"
 )
@@ -63,6 +64,19 @@ func (f *rotFake) ImportCredential(_ context.Context, name string, value []byte,
 	f.imported[name] = string(value)
 	f.sources = append(f.sources, source)
 	return &credbrokerv1.Credential{Name: name, Version: 1}, nil
+}
+
+func (f *rotFake) ImportCredentials(_ context.Context, entries []client.ImportEntry, source string) ([]*credbrokerv1.Credential, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	var out []*credbrokerv1.Credential
+	for _, e := range entries {
+		f.imported[e.Name] = string(e.Value)
+		out = append(out, &credbrokerv1.Credential{Name: e.Name, Version: 1})
+	}
+	f.sources = append(f.sources, source)
+	return out, nil
 }
 
 func (f *rotFake) Rekey(context.Context) (*credbrokerv1.RekeyResponse, error) {

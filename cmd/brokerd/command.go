@@ -38,6 +38,8 @@ type flags struct {
 	cacheTTL       string
 	cacheSize      int64
 	tokenCacheSize int
+
+	upstreamProxy string // "" = no proxy, whatever HTTP(S)_PROXY says
 }
 
 // envOr returns the environment variable's value, or def.
@@ -95,6 +97,7 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.StringVar(&f.masterKeyset, "master-keyset", envOr("CREDBROKER_MASTER_KEYSET", systemdPath("CREDENTIALS_DIRECTORY", "master-keyset")),
 		"master keyset file, mode 0600 (env CREDBROKER_MASTER_KEYSET; default $CREDENTIALS_DIRECTORY/master-keyset)")
 	fl.StringVar(&f.upstreamURL, "upstream-url", envOr("CREDBROKER_UPSTREAM_URL", "https://api.scavio.dev"), "Scavio API base URL (env CREDBROKER_UPSTREAM_URL)")
+	fl.StringVar(&f.upstreamProxy, "upstream-proxy", "", "send upstream calls through this proxy (http://, https:// or socks5://host:port); without it HTTP_PROXY/HTTPS_PROXY are ignored")
 	fl.StringVar(&f.adminUIDs, "admin-uid", "", "comma-separated uids allowed to use the admin API (root and brokerd's own uid always are)")
 	fl.StringVar(&f.adminGIDs, "admin-gid", "", "comma-separated gids allowed to use the admin API")
 	fl.StringVar(&f.socketMode, "socket-mode", "0660", "socket file mode (octal)")
@@ -104,7 +107,7 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	f.auditRetention = 30 * 24 * time.Hour
 	fl.Var(days.Value{D: &f.auditRetention}, "audit-retention", "prune audit records older than this, e.g. 30d, 12h, 1d12h (0 keeps all); the chain stays verifiable")
 	fl.BoolVar(&f.noReflection, "no-reflection", false, "do not register the gRPC reflection service")
-	fl.StringVar(&f.metricsListen, "metrics-listen", envOr("CREDBROKER_METRICS_LISTEN", ""), "serve Prometheus /metrics on this loopback host:port, e.g. 127.0.0.1:9464 (env CREDBROKER_METRICS_LISTEN; default off)")
+	fl.StringVar(&f.metricsListen, "metrics-listen", envOr("CREDBROKER_METRICS_LISTEN", ""), "serve Prometheus /metrics on this loopback host:port, e.g. 127.0.0.1:9464 (readable by every local user), or on unix:PATH, a 0600 Unix socket (env CREDBROKER_METRICS_LISTEN; default off)")
 	fl.BoolVar(&f.metricsAllowNonLoopback, "metrics-allow-non-loopback", false, "allow --metrics-listen on a non-loopback address")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.DurationVar(&f.graceWindow, "grace-window", 10*time.Minute, "after a rotation, retry a call the upstream rejects (401/403) once with the previous key for this long (0: off)")
@@ -121,6 +124,9 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 		return daemon.Config{}, nil, fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if _, err := daemon.CheckUpstream(f.upstreamURL, f.upstreamProxy); err != nil {
+		return daemon.Config{}, nil, err
+	}
 	mode, err := strconv.ParseUint(f.socketMode, 8, 32)
 	if err != nil || mode > 0o777 {
 		return daemon.Config{}, nil, fmt.Errorf("--socket-mode %q: want an octal mode such as 0660", f.socketMode)
@@ -163,7 +169,7 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, AuditRetention: f.auditRetention, NoReflection: f.noReflection, Version: version,
 		MetricsListen: f.metricsListen, MetricsAllowNonLoopback: f.metricsAllowNonLoopback,
 		GraceWindow: grace, KeepVersions: f.keepVersions, Economics: econ,
-		TokenCacheSize: f.tokenCacheSize,
+		TokenCacheSize: f.tokenCacheSize, UpstreamProxy: f.upstreamProxy,
 	}, log, nil
 }
 

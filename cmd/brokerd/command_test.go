@@ -32,3 +32,24 @@ func TestAuditRetentionFlag(t *testing.T) {
 		}
 	}
 }
+
+// brokerd refuses, before it opens anything, an http:// upstream off loopback (the key would
+// cross the network in clear text, to any proxy on the way) and a malformed --upstream-proxy.
+func TestUpstreamURLValidatedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"--upstream-url", "http://example.com"}, "http:// is refused for example.com"},
+		{[]string{"--upstream-url", "http://api.scavio.dev:80/v1"}, "not a loopback host"},
+		{[]string{"--upstream-url", "https://api.scavio.dev", "--upstream-proxy", "ftp://proxy"}, "--upstream-proxy must be"},
+	} {
+		cmd := newCommand()
+		cmd.SetArgs(append(tc.args, "--db", dir+"/broker.db", "--master-keyset", dir+"/none", "--socket", dir+"/b.sock"))
+		err := cmd.Execute()
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("brokerd %v: %v, want %q", tc.args, err, tc.wantErr)
+		}
+	}
+}

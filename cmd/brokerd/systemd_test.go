@@ -504,7 +504,8 @@ func TestMetricsScrape(t *testing.T) {
 		{"0.0.0.0:9464", "not a loopback address"},
 		{":9464", "not a loopback address"},
 		{"example.com:9464", "not a loopback address"},
-		{"unix:" + e.socket, "never served on a Unix socket"},
+		{"unix:" + e.socket, "is brokerd's gRPC socket"},
+		{"/run/metrics.sock", "or unix:PATH"},
 	} {
 		out, err := exec.Command(filepath.Join(binDir, "brokerd"), "--socket", e.socket, "--db", e.db, "--master-keyset", e.keyset,
 			"--upstream-url", e.fake.URL, "--metrics-listen", bad.addr).CombinedOutput()

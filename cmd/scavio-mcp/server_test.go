@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"os"
@@ -485,4 +486,30 @@ func equalJSON(got, want any) bool {
 		return true
 	}
 	return got == want
+}
+
+// TestKeyReflectedNeverReachesAgent: an upstream that echoes the key in a successful answer must
+// not get it into what the agent sees (text and structured content) or either log.
+func TestKeyReflectedNeverReachesAgent(t *testing.T) {
+	tb := startBroker(t, true)
+	tok, _ := tb.mint(t, time.Hour, webSearch)
+	s := start(t, tb.socket, tok)
+	tb.fake.SetFault(scaviotest.Fault{EchoKeyInResults: true})
+
+	res := s.call(t, webSearch, map[string]any{"query": "canary"})
+	if res.IsError {
+		t.Fatalf("tool error: %s", text(res))
+	}
+	raw, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for where, s := range map[string]string{"tool result": string(raw), "brokerd log": tb.log.String(), "scavio-mcp log": s.log.String()} {
+		if strings.Contains(s, testKey) {
+			t.Errorf("%s holds the key: %s", where, s)
+		}
+	}
+	if !strings.Contains(text(res), "[REDACTED]") {
+		t.Errorf("text does not show the redaction:\n%s", text(res))
+	}
 }

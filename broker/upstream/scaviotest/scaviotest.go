@@ -9,6 +9,7 @@ package scaviotest
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,6 +48,10 @@ type Fault struct {
 	Times      int           // apply the fault to the next N requests only (0 = until cleared)
 	Delay      time.Duration // sleep before answering; a request whose context ends first gets no answer
 	EchoKey    bool          // put the presented key in error messages (forced and 401), to test redaction
+	// EchoKeyInResults answers a successful search with the presented key in a result's snippet
+	// and URL, in nested metadata (raw, base64 and with JSON-escaped slashes) and in a header, as
+	// an upstream that reflects request fields would: for the redaction canary tests.
+	EchoKeyInResults bool
 }
 
 // Recorded is one request as the server saw it.
@@ -231,7 +236,32 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
+	if faulty && f.EchoKeyInResults {
+		writeEchoingKey(w, resp, key)
+		return
+	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// writeEchoingKey writes resp with key reflected in a result, in metadata and in a header.
+func writeEchoingKey(w http.ResponseWriter, resp any, key string) {
+	b, _ := json.Marshal(resp)
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	if rs, _ := m["results"].([]any); len(rs) > 0 {
+		if r0, ok := rs[0].(map[string]any); ok {
+			r0["snippet"] = "the key you sent is " + key
+			r0["url"] = "https://example.com/echo?api_key=" + url.QueryEscape(key)
+		}
+	}
+	m["request"] = map[string]any{"headers": map[string]any{"x-api-key": key, "b64": base64.StdEncoding.EncodeToString([]byte(key))}}
+	b, _ = json.Marshal(m)
+	// Escape '/' as PHP's json_encode does: the key must still be found behind the escape.
+	b = bytes.ReplaceAll(b, []byte("/"), []byte(`\/`))
+	w.Header().Set("X-Echo-Api-Key", key)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
 }
 
 // takeFault returns the fault to apply to this request, consuming one of its Times. s.mu is held.

@@ -3277,6 +3277,163 @@ func (x *UsageResponse) GetCreditsSaved() uint64 {
 	return 0
 }
 
+// ImportCredentialsRequest is one part of an import: some of its entries. Every message of the
+// stream may carry entries; source is read from the first message that sets it.
+type ImportCredentialsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entries in this part of the stream.
+	Entries []*ImportCredentialsRequest_Entry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// source names the format they were read from ("fernet", "aes-gcm-hex"), for the logs.
+	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportCredentialsRequest) Reset() {
+	*x = ImportCredentialsRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportCredentialsRequest) ProtoMessage() {}
+
+func (x *ImportCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*ImportCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ImportCredentialsRequest) GetEntries() []*ImportCredentialsRequest_Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ImportCredentialsRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// ImportCredentialsResponse describes the stored credentials.
+type ImportCredentialsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// credentials stored (each version 1), in the order they were sent.
+	Credentials   []*Credential `protobuf:"bytes,1,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportCredentialsResponse) Reset() {
+	*x = ImportCredentialsResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportCredentialsResponse) ProtoMessage() {}
+
+func (x *ImportCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*ImportCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ImportCredentialsResponse) GetCredentials() []*Credential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+// Entry is one credential to import.
+type ImportCredentialsRequest_Entry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the credential, [a-z0-9_.-]{1,64}; unique within the import and not yet stored.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// value is the secret, 1 byte to 8 KiB.
+	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportCredentialsRequest_Entry) Reset() {
+	*x = ImportCredentialsRequest_Entry{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportCredentialsRequest_Entry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportCredentialsRequest_Entry) ProtoMessage() {}
+
+func (x *ImportCredentialsRequest_Entry) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportCredentialsRequest_Entry.ProtoReflect.Descriptor instead.
+func (*ImportCredentialsRequest_Entry) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{46, 0}
+}
+
+func (x *ImportCredentialsRequest_Entry) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ImportCredentialsRequest_Entry) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
@@ -3550,7 +3707,15 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x06errors\x18\x06 \x01(\x04R\x06errors\"a\n" +
 	"\rUsageResponse\x12+\n" +
 	"\x04rows\x18\x01 \x03(\v2\x17.credbroker.v1.UsageRowR\x04rows\x12#\n" +
-	"\rcredits_saved\x18\x02 \x01(\x04R\fcreditsSaved2\xdf\f\n" +
+	"\rcredits_saved\x18\x02 \x01(\x04R\fcreditsSaved\"\xae\x01\n" +
+	"\x18ImportCredentialsRequest\x12G\n" +
+	"\aentries\x18\x01 \x03(\v2-.credbroker.v1.ImportCredentialsRequest.EntryR\aentries\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x1a1\n" +
+	"\x05Entry\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"X\n" +
+	"\x19ImportCredentialsResponse\x12;\n" +
+	"\vcredentials\x18\x01 \x03(\v2\x19.credbroker.v1.CredentialR\vcredentials2\xc9\r\n" +
 	"\fAdminService\x12Z\n" +
 	"\rPutCredential\x12#.credbroker.v1.PutCredentialRequest\x1a$.credbroker.v1.PutCredentialResponse\x12c\n" +
 	"\x10RotateCredential\x12&.credbroker.v1.RotateCredentialRequest\x1a'.credbroker.v1.RotateCredentialResponse\x12`\n" +
@@ -3570,7 +3735,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x10ImportCredential\x12&.credbroker.v1.ImportCredentialRequest\x1a'.credbroker.v1.ImportCredentialResponse\x12B\n" +
 	"\x05Rekey\x12\x1b.credbroker.v1.RekeyRequest\x1a\x1c.credbroker.v1.RekeyResponse\x12l\n" +
 	"\x13SetCredentialLimits\x12).credbroker.v1.SetCredentialLimitsRequest\x1a*.credbroker.v1.SetCredentialLimitsResponse\x12B\n" +
-	"\x05Usage\x12\x1b.credbroker.v1.UsageRequest\x1a\x1c.credbroker.v1.UsageResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x05Usage\x12\x1b.credbroker.v1.UsageRequest\x1a\x1c.credbroker.v1.UsageResponse\x12h\n" +
+	"\x11ImportCredentials\x12'.credbroker.v1.ImportCredentialsRequest\x1a(.credbroker.v1.ImportCredentialsResponse(\x01BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -3584,92 +3750,95 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_credbroker_v1_admin_proto_goTypes = []any{
-	(*Credential)(nil),                  // 0: credbroker.v1.Credential
-	(*CredentialLimits)(nil),            // 1: credbroker.v1.CredentialLimits
-	(*RotationPolicy)(nil),              // 2: credbroker.v1.RotationPolicy
-	(*PutCredentialRequest)(nil),        // 3: credbroker.v1.PutCredentialRequest
-	(*PutCredentialResponse)(nil),       // 4: credbroker.v1.PutCredentialResponse
-	(*RotateCredentialRequest)(nil),     // 5: credbroker.v1.RotateCredentialRequest
-	(*RotateCredentialResponse)(nil),    // 6: credbroker.v1.RotateCredentialResponse
-	(*ListCredentialsRequest)(nil),      // 7: credbroker.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),     // 8: credbroker.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),     // 9: credbroker.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil),    // 10: credbroker.v1.DeleteCredentialResponse
-	(*MintTokenRequest)(nil),            // 11: credbroker.v1.MintTokenRequest
-	(*MintTokenResponse)(nil),           // 12: credbroker.v1.MintTokenResponse
-	(*TokenInfo)(nil),                   // 13: credbroker.v1.TokenInfo
-	(*ListTokensRequest)(nil),           // 14: credbroker.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),          // 15: credbroker.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),          // 16: credbroker.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),         // 17: credbroker.v1.RevokeTokenResponse
-	(*StatusRequest)(nil),               // 18: credbroker.v1.StatusRequest
-	(*StatusResponse)(nil),              // 19: credbroker.v1.StatusResponse
-	(*DataKeyUsage)(nil),                // 20: credbroker.v1.DataKeyUsage
-	(*RotationStatus)(nil),              // 21: credbroker.v1.RotationStatus
-	(*GetTokenRequest)(nil),             // 22: credbroker.v1.GetTokenRequest
-	(*GetTokenResponse)(nil),            // 23: credbroker.v1.GetTokenResponse
-	(*AuditRecord)(nil),                 // 24: credbroker.v1.AuditRecord
-	(*ListAuditRequest)(nil),            // 25: credbroker.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),           // 26: credbroker.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),          // 27: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),         // 28: credbroker.v1.VerifyAuditResponse
-	(*CredentialVersion)(nil),           // 29: credbroker.v1.CredentialVersion
-	(*CredentialHistoryRequest)(nil),    // 30: credbroker.v1.CredentialHistoryRequest
-	(*CredentialHistoryResponse)(nil),   // 31: credbroker.v1.CredentialHistoryResponse
-	(*RollbackCredentialRequest)(nil),   // 32: credbroker.v1.RollbackCredentialRequest
-	(*RollbackCredentialResponse)(nil),  // 33: credbroker.v1.RollbackCredentialResponse
-	(*SetRotationPolicyRequest)(nil),    // 34: credbroker.v1.SetRotationPolicyRequest
-	(*SetRotationPolicyResponse)(nil),   // 35: credbroker.v1.SetRotationPolicyResponse
-	(*ImportCredentialRequest)(nil),     // 36: credbroker.v1.ImportCredentialRequest
-	(*ImportCredentialResponse)(nil),    // 37: credbroker.v1.ImportCredentialResponse
-	(*RekeyRequest)(nil),                // 38: credbroker.v1.RekeyRequest
-	(*RekeyResponse)(nil),               // 39: credbroker.v1.RekeyResponse
-	(*CredentialEvent)(nil),             // 40: credbroker.v1.CredentialEvent
-	(*SetCredentialLimitsRequest)(nil),  // 41: credbroker.v1.SetCredentialLimitsRequest
-	(*SetCredentialLimitsResponse)(nil), // 42: credbroker.v1.SetCredentialLimitsResponse
-	(*UsageRequest)(nil),                // 43: credbroker.v1.UsageRequest
-	(*UsageRow)(nil),                    // 44: credbroker.v1.UsageRow
-	(*UsageResponse)(nil),               // 45: credbroker.v1.UsageResponse
-	(*timestamppb.Timestamp)(nil),       // 46: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 47: google.protobuf.Duration
+	(*Credential)(nil),                     // 0: credbroker.v1.Credential
+	(*CredentialLimits)(nil),               // 1: credbroker.v1.CredentialLimits
+	(*RotationPolicy)(nil),                 // 2: credbroker.v1.RotationPolicy
+	(*PutCredentialRequest)(nil),           // 3: credbroker.v1.PutCredentialRequest
+	(*PutCredentialResponse)(nil),          // 4: credbroker.v1.PutCredentialResponse
+	(*RotateCredentialRequest)(nil),        // 5: credbroker.v1.RotateCredentialRequest
+	(*RotateCredentialResponse)(nil),       // 6: credbroker.v1.RotateCredentialResponse
+	(*ListCredentialsRequest)(nil),         // 7: credbroker.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),        // 8: credbroker.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),        // 9: credbroker.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil),       // 10: credbroker.v1.DeleteCredentialResponse
+	(*MintTokenRequest)(nil),               // 11: credbroker.v1.MintTokenRequest
+	(*MintTokenResponse)(nil),              // 12: credbroker.v1.MintTokenResponse
+	(*TokenInfo)(nil),                      // 13: credbroker.v1.TokenInfo
+	(*ListTokensRequest)(nil),              // 14: credbroker.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),             // 15: credbroker.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),             // 16: credbroker.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),            // 17: credbroker.v1.RevokeTokenResponse
+	(*StatusRequest)(nil),                  // 18: credbroker.v1.StatusRequest
+	(*StatusResponse)(nil),                 // 19: credbroker.v1.StatusResponse
+	(*DataKeyUsage)(nil),                   // 20: credbroker.v1.DataKeyUsage
+	(*RotationStatus)(nil),                 // 21: credbroker.v1.RotationStatus
+	(*GetTokenRequest)(nil),                // 22: credbroker.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),               // 23: credbroker.v1.GetTokenResponse
+	(*AuditRecord)(nil),                    // 24: credbroker.v1.AuditRecord
+	(*ListAuditRequest)(nil),               // 25: credbroker.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),              // 26: credbroker.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),             // 27: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),            // 28: credbroker.v1.VerifyAuditResponse
+	(*CredentialVersion)(nil),              // 29: credbroker.v1.CredentialVersion
+	(*CredentialHistoryRequest)(nil),       // 30: credbroker.v1.CredentialHistoryRequest
+	(*CredentialHistoryResponse)(nil),      // 31: credbroker.v1.CredentialHistoryResponse
+	(*RollbackCredentialRequest)(nil),      // 32: credbroker.v1.RollbackCredentialRequest
+	(*RollbackCredentialResponse)(nil),     // 33: credbroker.v1.RollbackCredentialResponse
+	(*SetRotationPolicyRequest)(nil),       // 34: credbroker.v1.SetRotationPolicyRequest
+	(*SetRotationPolicyResponse)(nil),      // 35: credbroker.v1.SetRotationPolicyResponse
+	(*ImportCredentialRequest)(nil),        // 36: credbroker.v1.ImportCredentialRequest
+	(*ImportCredentialResponse)(nil),       // 37: credbroker.v1.ImportCredentialResponse
+	(*RekeyRequest)(nil),                   // 38: credbroker.v1.RekeyRequest
+	(*RekeyResponse)(nil),                  // 39: credbroker.v1.RekeyResponse
+	(*CredentialEvent)(nil),                // 40: credbroker.v1.CredentialEvent
+	(*SetCredentialLimitsRequest)(nil),     // 41: credbroker.v1.SetCredentialLimitsRequest
+	(*SetCredentialLimitsResponse)(nil),    // 42: credbroker.v1.SetCredentialLimitsResponse
+	(*UsageRequest)(nil),                   // 43: credbroker.v1.UsageRequest
+	(*UsageRow)(nil),                       // 44: credbroker.v1.UsageRow
+	(*UsageResponse)(nil),                  // 45: credbroker.v1.UsageResponse
+	(*ImportCredentialsRequest)(nil),       // 46: credbroker.v1.ImportCredentialsRequest
+	(*ImportCredentialsResponse)(nil),      // 47: credbroker.v1.ImportCredentialsResponse
+	(*ImportCredentialsRequest_Entry)(nil), // 48: credbroker.v1.ImportCredentialsRequest.Entry
+	(*timestamppb.Timestamp)(nil),          // 49: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 50: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	46, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
-	46, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
+	49, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
+	49, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
 	2,  // 2: credbroker.v1.Credential.policy:type_name -> credbroker.v1.RotationPolicy
-	46, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
+	49, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
 	1,  // 4: credbroker.v1.Credential.limits:type_name -> credbroker.v1.CredentialLimits
-	47, // 5: credbroker.v1.CredentialLimits.rate_period:type_name -> google.protobuf.Duration
-	47, // 6: credbroker.v1.CredentialLimits.max_wait:type_name -> google.protobuf.Duration
-	47, // 7: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
+	50, // 5: credbroker.v1.CredentialLimits.rate_period:type_name -> google.protobuf.Duration
+	50, // 6: credbroker.v1.CredentialLimits.max_wait:type_name -> google.protobuf.Duration
+	50, // 7: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
 	0,  // 8: credbroker.v1.PutCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 9: credbroker.v1.RotateCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 10: credbroker.v1.ListCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	47, // 11: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
-	47, // 12: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
-	46, // 13: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	46, // 14: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	46, // 15: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	46, // 16: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
-	46, // 17: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
-	47, // 18: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
+	50, // 11: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
+	50, // 12: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
+	49, // 13: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	49, // 14: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	49, // 15: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	49, // 16: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	49, // 17: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	50, // 18: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
 	13, // 19: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
 	13, // 20: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	46, // 21: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	47, // 22: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
+	49, // 21: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	50, // 22: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
 	20, // 23: credbroker.v1.StatusResponse.data_keys:type_name -> credbroker.v1.DataKeyUsage
 	21, // 24: credbroker.v1.StatusResponse.rotation:type_name -> credbroker.v1.RotationStatus
-	46, // 25: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
-	46, // 26: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
-	46, // 27: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	49, // 25: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
+	49, // 26: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
+	49, // 27: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
 	13, // 28: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	46, // 29: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	47, // 30: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
-	46, // 31: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	49, // 29: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	50, // 30: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
+	49, // 31: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
 	24, // 32: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
-	46, // 33: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
+	49, // 33: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 34: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
 	29, // 35: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
 	40, // 36: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
@@ -3677,52 +3846,56 @@ var file_credbroker_v1_admin_proto_depIdxs = []int32{
 	2,  // 38: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
 	0,  // 39: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 40: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	46, // 41: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
+	49, // 41: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
 	1,  // 42: credbroker.v1.SetCredentialLimitsRequest.limits:type_name -> credbroker.v1.CredentialLimits
 	0,  // 43: credbroker.v1.SetCredentialLimitsResponse.credential:type_name -> credbroker.v1.Credential
-	46, // 44: credbroker.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
+	49, // 44: credbroker.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
 	44, // 45: credbroker.v1.UsageResponse.rows:type_name -> credbroker.v1.UsageRow
-	3,  // 46: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
-	5,  // 47: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
-	7,  // 48: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
-	9,  // 49: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
-	11, // 50: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
-	14, // 51: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
-	16, // 52: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
-	18, // 53: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
-	22, // 54: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
-	25, // 55: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
-	27, // 56: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	30, // 57: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
-	32, // 58: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
-	34, // 59: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
-	36, // 60: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
-	38, // 61: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
-	41, // 62: credbroker.v1.AdminService.SetCredentialLimits:input_type -> credbroker.v1.SetCredentialLimitsRequest
-	43, // 63: credbroker.v1.AdminService.Usage:input_type -> credbroker.v1.UsageRequest
-	4,  // 64: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
-	6,  // 65: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
-	8,  // 66: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
-	10, // 67: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
-	12, // 68: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
-	15, // 69: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
-	17, // 70: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
-	19, // 71: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
-	23, // 72: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
-	26, // 73: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
-	28, // 74: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	31, // 75: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
-	33, // 76: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
-	35, // 77: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
-	37, // 78: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
-	39, // 79: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
-	42, // 80: credbroker.v1.AdminService.SetCredentialLimits:output_type -> credbroker.v1.SetCredentialLimitsResponse
-	45, // 81: credbroker.v1.AdminService.Usage:output_type -> credbroker.v1.UsageResponse
-	64, // [64:82] is the sub-list for method output_type
-	46, // [46:64] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	48, // 46: credbroker.v1.ImportCredentialsRequest.entries:type_name -> credbroker.v1.ImportCredentialsRequest.Entry
+	0,  // 47: credbroker.v1.ImportCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
+	3,  // 48: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
+	5,  // 49: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
+	7,  // 50: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
+	9,  // 51: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
+	11, // 52: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
+	14, // 53: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
+	16, // 54: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
+	18, // 55: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
+	22, // 56: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
+	25, // 57: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
+	27, // 58: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	30, // 59: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
+	32, // 60: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
+	34, // 61: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
+	36, // 62: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
+	38, // 63: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
+	41, // 64: credbroker.v1.AdminService.SetCredentialLimits:input_type -> credbroker.v1.SetCredentialLimitsRequest
+	43, // 65: credbroker.v1.AdminService.Usage:input_type -> credbroker.v1.UsageRequest
+	46, // 66: credbroker.v1.AdminService.ImportCredentials:input_type -> credbroker.v1.ImportCredentialsRequest
+	4,  // 67: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
+	6,  // 68: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
+	8,  // 69: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
+	10, // 70: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
+	12, // 71: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
+	15, // 72: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
+	17, // 73: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
+	19, // 74: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
+	23, // 75: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
+	26, // 76: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
+	28, // 77: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	31, // 78: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
+	33, // 79: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
+	35, // 80: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
+	37, // 81: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
+	39, // 82: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
+	42, // 83: credbroker.v1.AdminService.SetCredentialLimits:output_type -> credbroker.v1.SetCredentialLimitsResponse
+	45, // 84: credbroker.v1.AdminService.Usage:output_type -> credbroker.v1.UsageResponse
+	47, // 85: credbroker.v1.AdminService.ImportCredentials:output_type -> credbroker.v1.ImportCredentialsResponse
+	67, // [67:86] is the sub-list for method output_type
+	48, // [48:67] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -3740,7 +3913,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   46,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

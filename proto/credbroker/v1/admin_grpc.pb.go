@@ -37,6 +37,7 @@ const (
 	AdminService_Rekey_FullMethodName               = "/credbroker.v1.AdminService/Rekey"
 	AdminService_SetCredentialLimits_FullMethodName = "/credbroker.v1.AdminService/SetCredentialLimits"
 	AdminService_Usage_FullMethodName               = "/credbroker.v1.AdminService/Usage"
+	AdminService_ImportCredentials_FullMethodName   = "/credbroker.v1.AdminService/ImportCredentials"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -94,6 +95,12 @@ type AdminServiceClient interface {
 	SetCredentialLimits(ctx context.Context, in *SetCredentialLimitsRequest, opts ...grpc.CallOption) (*SetCredentialLimitsResponse, error)
 	// Usage sums calls, credits, cache hits and errors per token or per credential from the audit log.
 	Usage(ctx context.Context, in *UsageRequest, opts ...grpc.CallOption) (*UsageResponse, error)
+	// ImportCredentials stores every credential read from another store (the tutorial's encrypted
+	// file) as version 1 with how=import, in one transaction: all of them, or on any error none.
+	// The client streams the entries in messages under the message size bound; nothing is stored
+	// until the stream ends. AlreadyExists if a name is taken, InvalidArgument if a name repeats or
+	// an entry is invalid.
+	ImportCredentials(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportCredentialsRequest, ImportCredentialsResponse], error)
 }
 
 type adminServiceClient struct {
@@ -284,6 +291,19 @@ func (c *adminServiceClient) Usage(ctx context.Context, in *UsageRequest, opts .
 	return out, nil
 }
 
+func (c *adminServiceClient) ImportCredentials(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportCredentialsRequest, ImportCredentialsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_ImportCredentials_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ImportCredentialsRequest, ImportCredentialsResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_ImportCredentialsClient = grpc.ClientStreamingClient[ImportCredentialsRequest, ImportCredentialsResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -339,6 +359,12 @@ type AdminServiceServer interface {
 	SetCredentialLimits(context.Context, *SetCredentialLimitsRequest) (*SetCredentialLimitsResponse, error)
 	// Usage sums calls, credits, cache hits and errors per token or per credential from the audit log.
 	Usage(context.Context, *UsageRequest) (*UsageResponse, error)
+	// ImportCredentials stores every credential read from another store (the tutorial's encrypted
+	// file) as version 1 with how=import, in one transaction: all of them, or on any error none.
+	// The client streams the entries in messages under the message size bound; nothing is stored
+	// until the stream ends. AlreadyExists if a name is taken, InvalidArgument if a name repeats or
+	// an entry is invalid.
+	ImportCredentials(grpc.ClientStreamingServer[ImportCredentialsRequest, ImportCredentialsResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -402,6 +428,9 @@ func (UnimplementedAdminServiceServer) SetCredentialLimits(context.Context, *Set
 }
 func (UnimplementedAdminServiceServer) Usage(context.Context, *UsageRequest) (*UsageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Usage not implemented")
+}
+func (UnimplementedAdminServiceServer) ImportCredentials(grpc.ClientStreamingServer[ImportCredentialsRequest, ImportCredentialsResponse]) error {
+	return status.Error(codes.Unimplemented, "method ImportCredentials not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -748,6 +777,13 @@ func _AdminService_Usage_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ImportCredentials_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AdminServiceServer).ImportCredentials(&grpc.GenericServerStream[ImportCredentialsRequest, ImportCredentialsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_ImportCredentialsServer = grpc.ClientStreamingServer[ImportCredentialsRequest, ImportCredentialsResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -828,6 +864,12 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_Usage_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ImportCredentials",
+			Handler:       _AdminService_ImportCredentials_Handler,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "credbroker/v1/admin.proto",
 }

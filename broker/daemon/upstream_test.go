@@ -1,0 +1,145 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+func TestCheckUpstream(t *testing.T) {
+	for _, tc := range []struct {
+		name, upstream, proxy, wantErr string
+		wantProxy                      bool
+	}{
+		{name: "https", upstream: "https://api.scavio.dev"},
+		{name: "http loopback v4", upstream: "http://127.0.0.1:8080"},
+		{name: "http loopback 127/8", upstream: "http://127.3.2.1:8080"},
+		{name: "http loopback v6", upstream: "http://[::1]:8080"},
+		{name: "http localhost", upstream: "http://localhost:8080"},
+		{name: "http remote", upstream: "http://example.com", wantErr: "http:// is refused for example.com"},
+		{name: "http remote ip", upstream: "http://10.0.0.1:80", wantErr: "not a loopback host"},
+		{name: "http localhost lookalike", upstream: "http://localhost.example.com", wantErr: "not a loopback host"},
+		{name: "http remote with password", upstream: "http://u:sk_live_secret@example.com", wantErr: "not a loopback host"},
+		{name: "proxy", upstream: "https://api.scavio.dev", proxy: "http://proxy.corp:3128", wantProxy: true},
+		{name: "socks proxy", upstream: "https://api.scavio.dev", proxy: "socks5://127.0.0.1:1080", wantProxy: true},
+		{name: "proxy bad scheme", upstream: "https://api.scavio.dev", proxy: "ftp://proxy.corp", wantErr: "http://, https:// or socks5://"},
+		{name: "proxy no host", upstream: "https://api.scavio.dev", proxy: "http://", wantErr: "scheme://host:port"},
+		{name: "proxy path", upstream: "https://api.scavio.dev", proxy: "http://u:sk_live_secret@proxy.corp/x", wantErr: "scheme://host:port"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := CheckUpstream(tc.upstream, tc.proxy)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("CheckUpstream(%q, %q) = %v, want error %q", tc.upstream, tc.proxy, err, tc.wantErr)
+				}
+				if strings.Contains(err.Error(), "secret") {
+					t.Errorf("error %q repeats a password", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("CheckUpstream(%q, %q) = %v", tc.upstream, tc.proxy, err)
+			}
+			if (p != nil) != tc.wantProxy {
+				t.Errorf("proxy = %v, want one: %v", p, tc.wantProxy)
+			}
+		})
+	}
+}
+
+// countingProxy is an HTTP proxy that counts what reaches it and refuses it all.
+func countingProxy(t *testing.T) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		http.Error(w, "proxy says no", http.StatusBadGateway)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &hits
+}
+
+// dialRecorder replaces a transport's dialer: it records each address and dials only addrs in
+// allow (the test's own servers), so the test never reaches beyond loopback.
+type dialRecorder struct {
+	mu    sync.Mutex
+	addrs []string
+	allow map[string]bool
+}
+
+func (d *dialRecorder) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	d.addrs = append(d.addrs, addr)
+	d.mu.Unlock()
+	if !d.allow[addr] {
+		return nil, errors.New("test dialer: no network")
+	}
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, addr)
+}
+
+func (d *dialRecorder) dialed() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.addrs...)
+}
+
+// TestUpstreamIgnoresProxyEnvironment: with HTTPS_PROXY and HTTP_PROXY pointing at a proxy, the
+// upstream transport still goes straight to the upstream; only --upstream-proxy sends it through
+// one.
+func TestUpstreamIgnoresProxyEnvironment(t *testing.T) {
+	proxy, hits := countingProxy(t)
+	proxyAddr := strings.TrimPrefix(proxy.URL, "http://")
+	for _, v := range []string{"HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY"} {
+		t.Setenv(v, proxy.URL)
+	}
+	t.Setenv("NO_PROXY", "")
+	t.Setenv("no_proxy", "")
+
+	call := func(c *http.Client) {
+		req, _ := http.NewRequest(http.MethodPost, "https://api.scavio.test/api/v1/search", strings.NewReader(`{}`))
+		req.Header.Set("x-api-key", "sk_test_proxy_canary")
+		if resp, err := c.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}
+
+	c := meteredUpstreamClient(nil)
+	tr := c.Transport.(meteredTransport).next.(*http.Transport)
+	if tr.Proxy != nil {
+		t.Fatal("upstream transport has a Proxy function without --upstream-proxy")
+	}
+	rec := &dialRecorder{allow: map[string]bool{proxyAddr: true}}
+	tr.DialContext = rec.dial
+	call(c)
+	if got := rec.dialed(); len(got) != 1 || got[0] != "api.scavio.test:443" {
+		t.Errorf("dialed %v, want the upstream itself", got)
+	}
+	if hits.Load() != 0 {
+		t.Errorf("the proxy from the environment saw %d requests", hits.Load())
+	}
+
+	// --upstream-proxy: the call goes to the named proxy (a CONNECT: the key stays inside TLS).
+	pu, err := url.Parse(proxy.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c = meteredUpstreamClient(pu)
+	tr = c.Transport.(meteredTransport).next.(*http.Transport)
+	rec = &dialRecorder{allow: map[string]bool{proxyAddr: true}}
+	tr.DialContext = rec.dial
+	call(c)
+	if got := rec.dialed(); len(got) != 1 || got[0] != proxyAddr {
+		t.Errorf("with --upstream-proxy dialed %v, want the proxy %s", got, proxyAddr)
+	}
+	if hits.Load() != 1 {
+		t.Errorf("--upstream-proxy: the proxy saw %d requests, want 1", hits.Load())
+	}
+}
