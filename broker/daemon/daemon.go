@@ -143,8 +143,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	admins := grpcapi.Admins{UIDs: append([]uint32{uint32(os.Geteuid())}, cfg.AdminUIDs...), GIDs: cfg.AdminGIDs}
+	drainer := grpcapi.NewDrainer()
 	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection,
-		UnaryInterceptors: []grpc.UnaryServerInterceptor{metricsUnary}})
+		UnaryInterceptors: []grpc.UnaryServerInterceptor{metricsUnary}, Drainer: drainer})
 
 	mlis, err := listenMetrics(cfg.MetricsListen, cfg.MetricsAllowNonLoopback, cfg.Socket)
 	if err != nil {
@@ -186,13 +187,20 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("brokerd stopping: draining in-flight calls", "timeout", cfg.ShutdownTimeout)
 	sup.stopping()
 	hs.Shutdown()
-	stopGracefully(srv, cfg.ShutdownTimeout, log)
+	drainer.Stopping() // watch streams would hold the graceful stop for its whole timeout
+	stopGracefully(srv, drainer, cfg.ShutdownTimeout, log)
 	log.Info("brokerd stopped")
 	return nil
 }
 
-// stopGracefully lets in-flight calls finish for up to timeout, then cuts them off.
-func stopGracefully(srv *grpc.Server, timeout time.Duration, log *slog.Logger) {
+// drainGrace is how long handlers get, once the drainer has cancelled them, to return their
+// "shutting down" answer and write its audit record before the transport is cut. Handlers honour
+// their context within milliseconds; this only bounds one that does not.
+const drainGrace = 5 * time.Second
+
+// stopGracefully lets in-flight calls finish for up to timeout, then ends them with a clean
+// Unavailable through the drainer, and cuts off only what still runs drainGrace later.
+func stopGracefully(srv *grpc.Server, drainer *grpcapi.Drainer, timeout time.Duration, log *slog.Logger) {
 	done := make(chan struct{})
 	go func() {
 		srv.GracefulStop()
@@ -200,8 +208,15 @@ func stopGracefully(srv *grpc.Server, timeout time.Duration, log *slog.Logger) {
 	}()
 	select {
 	case <-done:
+		return
 	case <-time.After(timeout):
-		log.Warn("shutdown timeout reached; cancelling remaining calls")
+	}
+	n := drainer.Drain()
+	log.Warn("shutdown timeout reached; ending the remaining calls with Unavailable", "calls", n)
+	select {
+	case <-done:
+	case <-time.After(drainGrace):
+		log.Error("calls still running after being ended; closing their connections", "grace", drainGrace)
 		srv.Stop()
 		<-done
 	}

@@ -31,6 +31,9 @@ type Options struct {
 	// UnaryInterceptors wrap every unary call, outside the auditor and authorization, so they see
 	// the code the client got (brokerd's metrics use this).
 	UnaryInterceptors []grpc.UnaryServerInterceptor
+	// Drainer, if set, lets the daemon end in-flight calls with a clean Unavailable at shutdown
+	// (see Drainer); it wraps the handlers inside the auditor, so the ended calls are audited.
+	Drainer *Drainer
 }
 
 // NewServer builds a gRPC server with both credbroker services, health and reflection registered.
@@ -56,6 +59,9 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 			return status.Error(codes.Unimplemented, "brokerd has no such method; see proto/credbroker/v1 for the API")
 		}),
 	}, o.ServerOptions...)
+	if o.Drainer != nil {
+		opts = append(opts, grpc.ChainUnaryInterceptor(o.Drainer.unary), grpc.ChainStreamInterceptor(o.Drainer.stream))
+	}
 	g := grpc.NewServer(opts...)
 	// Requests that do not decode are refused before the interceptors; audit them too.
 	g.RegisterService(auditedDecoding(&pb.SearchService_ServiceDesc, b, o.Logger), &SearchService{b: b, log: o.Logger})

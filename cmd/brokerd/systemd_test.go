@@ -7,6 +7,8 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -302,7 +304,8 @@ func TestSIGTERMDrainsInFlightCall(t *testing.T) {
 	e.startDaemon(t)
 	token, _ := e.setup(t)
 
-	e.fake.SetFault(scaviotest.Fault{Delay: 2 * time.Second, Times: 1})
+	// 5 s: well past the checks below even on a loaded machine, well within the 10 s timeout.
+	e.fake.SetFault(scaviotest.Fault{Delay: 5 * time.Second, Times: 1})
 	before := e.fake.Count()
 	inflight := make(chan result, 1)
 	go func() { inflight <- e.search(t, token, "slow query") }()
@@ -341,6 +344,50 @@ func TestSIGTERMDrainsInFlightCall(t *testing.T) {
 	e.ctl(t, "", "health").fails(t, "is not healthy")
 	if !strings.Contains(e.stderr.String(), "draining in-flight calls") {
 		t.Fatalf("no drain log line:\n%s", e.stderr.String())
+	}
+}
+
+// A call still running at the shutdown timeout (a hung upstream) gets a clean "brokerd is
+// shutting down" from brokerd, not a transport error, and is audited (issue 16 §5).
+func TestShutdownTimeoutEndsCallsCleanly(t *testing.T) {
+	e := newEnv(t)
+	e.startDaemon(t, "--shutdown-timeout", "1s")
+	token, _ := e.setup(t)
+
+	e.fake.SetFault(scaviotest.Fault{Delay: time.Hour, Times: 1}) // hung: answers only when cancelled
+	before := e.fake.Count()
+	inflight := make(chan result, 1)
+	go func() { inflight <- e.search(t, token, "hung query") }()
+	waitUntil(t, 10*time.Second, "the hung call reached the upstream", func() bool { return e.fake.Count() > before })
+	if err := e.daemon.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	r := <-inflight
+	if r.err == nil || !strings.Contains(r.stderr, "brokerd is shutting down") {
+		t.Fatalf("in-flight call at the shutdown timeout: err=%v\nstdout=%s\nstderr=%s", r.err, r.stdout, r.stderr)
+	}
+	if err := e.daemon.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, e.stderr.String())
+	}
+	if !strings.Contains(e.stderr.String(), "ending the remaining calls with Unavailable") {
+		t.Fatalf("no drain log line:\n%s", e.stderr.String())
+	}
+
+	// The ended call is in the audit log, with the code its caller got.
+	e.startDaemon(t)
+	out := e.ctl(t, "", "audit", "--json").ok(t).stdout
+	found := false
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("audit --json line %q: %v", line, err)
+		}
+		if strings.HasSuffix(fmt.Sprint(rec["method"]), "/Search") && rec["code"] == "Unavailable" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no Unavailable Search record in the audit log:\n%s", out)
 	}
 }
 

@@ -1,0 +1,122 @@
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Drainer ends in-flight calls with a clean answer when brokerd stops. Without it, a call still
+// running at the shutdown timeout (a hung upstream) was cut by grpc.Server.Stop and its caller saw
+// a raw transport error. With it, the daemon first cancels every call's context with
+// ErrShuttingDown; each handler then returns through the usual path (its use and credits settled
+// like any failed call, its audit record written) and the caller gets
+// "Unavailable: brokerd is shutting down" while the transport is still open. Stop stays the last
+// resort, for a handler that ignores its context.
+type Drainer struct {
+	mu       sync.Mutex
+	draining bool
+	calls    map[*drainCall]struct{}
+	streams  map[*drainCall]struct{}
+	stopping bool
+}
+
+type drainCall struct{ cancel context.CancelCauseFunc }
+
+// ErrShuttingDown is the cause the Drainer cancels calls with.
+var ErrShuttingDown = errors.New("brokerd is shutting down")
+
+// NewDrainer returns a Drainer to pass in Options.Drainer.
+func NewDrainer() *Drainer {
+	return &Drainer{calls: map[*drainCall]struct{}{}, streams: map[*drainCall]struct{}{}}
+}
+
+// shuttingDown is what a drained caller is told.
+var shuttingDown = status.Error(codes.Unavailable, "brokerd is shutting down; the call was ended before it finished, retry once brokerd is back")
+
+// track derives the call's context, cancelled with ErrShuttingDown by Drain (stream: by Stopping),
+// or at once when that has already happened.
+func (d *Drainer) track(ctx context.Context, stream bool) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	c := &drainCall{cancel: cancel}
+	d.mu.Lock()
+	if (stream && d.stopping) || (!stream && d.draining) {
+		d.mu.Unlock()
+		cancel(ErrShuttingDown)
+		return ctx, func() {}
+	}
+	d.set(stream)[c] = struct{}{}
+	d.mu.Unlock()
+	return ctx, func() {
+		d.mu.Lock()
+		delete(d.set(stream), c) // the current set: Drain and Stopping replace them
+		d.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+func (d *Drainer) set(stream bool) map[*drainCall]struct{} {
+	if stream {
+		return d.streams
+	}
+	return d.calls
+}
+
+func (d *Drainer) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, done := d.track(ctx, false)
+	defer done()
+	resp, err := handler(ctx, req)
+	if err != nil && errors.Is(context.Cause(ctx), ErrShuttingDown) {
+		return nil, shuttingDown
+	}
+	return resp, err
+}
+
+func (d *Drainer) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, done := d.track(ss.Context(), true)
+	defer done()
+	err := handler(srv, &drainStream{ServerStream: ss, ctx: ctx})
+	if err != nil && errors.Is(context.Cause(ctx), ErrShuttingDown) {
+		return shuttingDown
+	}
+	return err
+}
+
+type drainStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *drainStream) Context() context.Context { return s.ctx }
+
+// Stopping ends the streams (followers such as a watch, which would otherwise hold the graceful
+// stop for its whole timeout) at the start of a shutdown. Unary calls go on.
+func (d *Drainer) Stopping() {
+	d.mu.Lock()
+	d.stopping = true
+	streams := d.streams
+	d.streams = map[*drainCall]struct{}{}
+	d.mu.Unlock()
+	for c := range streams {
+		c.cancel(ErrShuttingDown)
+	}
+}
+
+// Drain ends every in-flight call, and any that starts afterwards, with ErrShuttingDown. It returns
+// how many calls it ended.
+func (d *Drainer) Drain() int {
+	d.Stopping()
+	d.mu.Lock()
+	d.draining = true
+	calls := d.calls
+	d.calls = map[*drainCall]struct{}{}
+	d.mu.Unlock()
+	for c := range calls {
+		c.cancel(ErrShuttingDown)
+	}
+	return len(calls)
+}
