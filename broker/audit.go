@@ -68,6 +68,11 @@ func (b *Broker) putToken(ctx context.Context, ci *CallInfo, t store.Token) erro
 	ci.TokenID = t.ID
 	if err := b.store.PutTokenAudited(ctx, t, b.auditRecord(ci.Outcome("OK"))); err != nil {
 		ci.TokenID = ""
+		if errors.Is(err, store.ErrOutcomeUnknown) {
+			b.log.Error("token commit failed and its outcome is unknown", "token_id", t.ID, "err", err)
+			return fmt.Errorf("%w: the disk reported an error while token %s was stored, and brokerd cannot tell whether it was; "+
+				"after brokerd restarts, `brokerctl token inspect %s` says, and `brokerctl token revoke %s` removes it", store.ErrOutcomeUnknown, t.ID, t.ID, t.ID)
+		}
 		if errors.Is(err, store.ErrAuditUnavailable) {
 			// The detail (bbolt's error, the file's path) is for the operator, not the caller.
 			b.log.Error("token and its audit record not committed; failing the mint", "err", err)

@@ -80,12 +80,13 @@ func auditKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq
 // one transaction, so N concurrent calls cost one fsync, not N, and a lone call is not delayed by a
 // batching timer.
 type auditWriter struct {
-	db   *bolt.DB
-	mac  tink.MAC
-	reqs chan *auditReq
-	quit chan struct{}
-	done chan struct{}
-	once sync.Once
+	db    *bolt.DB
+	guard *commitGuard // the store's: a failed commit that landed anyway counts as committed
+	mac   tink.MAC
+	reqs  chan *auditReq
+	quit  chan struct{}
+	done  chan struct{}
+	once  sync.Once
 
 	// lastSeq and lastMAC are owned by the writer goroutine after openAudit. After a failed commit
 	// (failing) they may be wrong: bbolt can fail a commit after its meta page was written (the
@@ -159,7 +160,7 @@ func (s *Store) openAudit(kek tink.AEAD, onCommit func(int, time.Duration, error
 	if err != nil {
 		return err
 	}
-	w := &auditWriter{db: s.db, mac: m, onCommit: onCommit, reqs: make(chan *auditReq, maxAuditBatch), quit: make(chan struct{}), done: make(chan struct{})}
+	w := &auditWriter{db: s.db, guard: s.guard, mac: m, onCommit: onCommit, reqs: make(chan *auditReq, maxAuditBatch), quit: make(chan struct{}), done: make(chan struct{})}
 	var head *chainPoint
 	if err := s.db.View(func(tx *bolt.Tx) (err error) {
 		head, err = w.readPoint(tx, keyAuditHead)
@@ -305,7 +306,7 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, *f)
 	}
 	seq, prev := w.lastSeq, w.lastMAC
-	err := w.db.Update(func(tx *bolt.Tx) error {
+	err := w.guard.update(w.db.Update, func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketAudit)
 		if err != nil {
 			return err
@@ -352,7 +353,7 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 	}
 	if err != nil {
 		w.failing.Store(true)
-		return fmt.Errorf("%w: %v", ErrAuditUnavailable, err)
+		return fmt.Errorf("%w: %w", ErrAuditUnavailable, err) // ErrOutcomeUnknown stays visible
 	}
 	w.failing.Store(false)
 	w.lastSeq, w.lastMAC = seq, prev

@@ -51,6 +51,10 @@ type Options struct {
 	// durable, how long the transaction took and whether it failed. brokerd feeds its metrics
 	// with it. It runs on the audit writer goroutine, so it must be quick.
 	OnAuditCommit func(records int, took time.Duration, err error)
+	// OnFatal, if set, is told (once, on its own goroutine) when a commit failed but became visible
+	// anyway (a failed fdatasync): the store takes no more writes, and brokerd should restart so
+	// it reads the file again. See commitGuard.
+	OnFatal func(error)
 }
 
 // Store is the bbolt database plus the data-keyset AEAD built once at Open.
@@ -59,6 +63,7 @@ type Store struct {
 	data         tink.AEAD
 	keepVersions int
 	audit        *auditWriter
+	guard        *commitGuard // every write transaction's commit goes through it
 	keys         *dataKeys // master keyset and swappable data primitive, for Rekey (keys.go)
 
 	// batching counts batched writes in flight (batch).
@@ -82,7 +87,7 @@ type currentVersion struct {
 // in this package goes through it (the audit log's appends, which touch no credential, do not).
 func (s *Store) update(fn func(*bolt.Tx) error) error {
 	defer s.writeGen.Add(1)
-	return s.db.Update(fn)
+	return s.guard.update(s.db.Update, fn)
 }
 
 // LastTxID is the id of the newest committed write transaction. bbolt adds one per commit, so its
@@ -100,9 +105,9 @@ func (s *Store) LastTxID() uint64 {
 func (s *Store) batch(fn func(*bolt.Tx) error) error {
 	defer s.batching.Add(-1)
 	if s.batching.Add(1) == 1 {
-		return s.db.Update(fn)
+		return s.guard.update(s.db.Update, fn)
 	}
-	return s.db.Batch(fn)
+	return s.guard.update(s.db.Batch, fn)
 }
 
 // Open opens (or creates) the database at path and unlocks it with the master keyset kek.
@@ -151,7 +156,7 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	s := &Store{db: db, keepVersions: opts.KeepVersions}
+	s := &Store{db: db, keepVersions: opts.KeepVersions, guard: &commitGuard{db: db, onFatal: opts.OnFatal}}
 	if err := s.init(kek); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)

@@ -103,7 +103,16 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := store.MkdirParent(cfg.DB); err != nil {
 		return fmt.Errorf("--db: %w", err)
 	}
-	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit})
+	// A commit that failed but landed (a failed fdatasync) stops the store's writes; the daemon then
+	// stops too, so systemd restarts it and the file is read again (fail-stop, as databases do).
+	fatal := make(chan error, 1)
+	onFatal := func(err error) {
+		select {
+		case fatal <- err:
+		default:
+		}
+	}
+	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit, OnFatal: onFatal})
 	if err != nil {
 		if errors.Is(err, store.ErrWrongMasterKey) {
 			return fmt.Errorf("%w: %s was not made with the master keyset %s; nothing was changed", err, cfg.DB, cfg.MasterKeyset)
@@ -179,10 +188,14 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("brokerd serving", "socket", lis.Addr().String(), "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version,
 		"caller_identity", callerIdentity())
 
+	var stopErr error
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("serve %s: %w", cfg.Socket, err)
 	case <-ctx.Done():
+	case err := <-fatal:
+		log.Error("stopping: the database reported a disk error after a commit became visible; restart brokerd so it reads the file again", "err", err)
+		stopErr = fmt.Errorf("database write failed with its outcome in doubt (%v); brokerd stopped so it can be restarted", err)
 	}
 	log.Info("brokerd stopping: draining in-flight calls", "timeout", cfg.ShutdownTimeout)
 	sup.stopping()
@@ -190,7 +203,7 @@ func Run(ctx context.Context, cfg Config) error {
 	drainer.Stopping() // watch streams would hold the graceful stop for its whole timeout
 	stopGracefully(srv, drainer, cfg.ShutdownTimeout, log)
 	log.Info("brokerd stopped")
-	return nil
+	return stopErr
 }
 
 // drainGrace is how long handlers get, once the drainer has cancelled them, to return their

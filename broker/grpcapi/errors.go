@@ -28,7 +28,10 @@ var errorCodes = []struct {
 	{broker.ErrInvalidArgument, codes.InvalidArgument},
 	{broker.ErrCredentialMissing, codes.FailedPrecondition},
 	{broker.ErrRateLimited, codes.ResourceExhausted},
+	// Before ErrAuditUnavailable, which a failed audit commit wraps it in.
+	{store.ErrOutcomeUnknown, codes.Unknown},
 	{store.ErrAuditUnavailable, codes.Unavailable},
+	{store.ErrSyncFailed, codes.Unavailable},
 	{store.ErrNotFound, codes.NotFound},
 	{store.ErrExists, codes.AlreadyExists},
 	{upstream.ErrRejected, codes.FailedPrecondition},
