@@ -9,6 +9,8 @@
 //
 // It must never put the key, the upstream's error message text or any response body bytes in an
 // error, never follow a redirect (a redirect would carry the key to another origin), never wait past
-// the caller's deadline, and never retry a request the upstream refused as bad, unauthorized or out
-// of credits.
+// the caller's deadline (except DoDetached's attempt already sent, which runs to its answer or its
+// attempt timeout so that an answer the upstream billed is not lost), and never retry a request the
+// upstream refused as bad, unauthorized or out of credits. MayHaveBilled tells a failure the
+// upstream may have charged for from one it provably did not.
 package upstream
