@@ -54,6 +54,8 @@ func New(maxBytes int64, now func() time.Time) *Cache {
 type Result struct {
 	Cached bool          // served without running fn (from the cache or a shared in-flight call)
 	Age    time.Duration // how old the cached value is (0 for a fresh or shared computation)
+	// Started: this caller started the computation (fn ran, or is still running, for it).
+	Started bool
 }
 
 // Private marks an error of fn as the computing caller's own (its context ended, its own budget
@@ -65,9 +67,11 @@ type privateError struct{ error }
 func (e privateError) Unwrap() error { return e.error }
 
 // Do returns the fresh cached value for key, or runs fn once for all concurrent callers of key and
-// caches its value for ttl (when fn succeeds and the value fits). A caller whose ctx ends while
-// waiting for another's computation gets ctx's error; the computation goes on for the others.
-// fn's error is shared with the waiters unless it is Private.
+// caches its value for ttl (when fn succeeds and the value fits). fn runs on a goroutine of its
+// own: a caller whose ctx ends stops waiting and gets ctx's error, the caller that started fn
+// included, while the computation goes on; its value is cached for the others and whoever asks
+// next (an answer already paid for is not thrown away because its caller gave up). fn must end by
+// itself. fn's error is shared with the waiters unless it is Private.
 func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func() (value any, size int64, err error)) (any, Result, error) {
 	c.mu.Lock()
 	for {
@@ -97,6 +101,20 @@ func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func()
 	c.inflight[key] = cl
 	c.mu.Unlock()
 
+	go c.compute(key, ttl, cl, fn)
+	select {
+	case <-cl.done:
+	case <-ctx.Done():
+		return nil, Result{Started: true}, ctx.Err()
+	}
+	if p, ok := cl.err.(privateError); ok {
+		return cl.value, Result{Started: true}, p.error
+	}
+	return cl.value, Result{Started: true}, cl.err
+}
+
+// compute runs fn for cl and caches its value.
+func (c *Cache) compute(key string, ttl time.Duration, cl *call, fn func() (any, int64, error)) {
 	var size int64
 	cl.value, size, cl.err = fn()
 
@@ -107,10 +125,6 @@ func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func()
 	}
 	c.mu.Unlock()
 	close(cl.done)
-	if p, ok := cl.err.(privateError); ok {
-		return cl.value, Result{}, p.error
-	}
-	return cl.value, Result{}, cl.err
 }
 
 func (c *Cache) getLocked(key string) (any, time.Duration, bool) {
