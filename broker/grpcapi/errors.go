@@ -25,6 +25,7 @@ var errorCodes = []struct {
 	{broker.ErrPermissionDenied, codes.PermissionDenied},
 	{broker.ErrInvalidArgument, codes.InvalidArgument},
 	{broker.ErrCredentialMissing, codes.FailedPrecondition},
+	{broker.ErrShuttingDown, codes.Unavailable},
 	{broker.ErrRateLimited, codes.ResourceExhausted},
 	{store.ErrAuditUnavailable, codes.Unavailable},
 	{store.ErrNotFound, codes.NotFound},

@@ -47,6 +47,16 @@ type Fault struct {
 	Times      int           // apply the fault to the next N requests only (0 = until cleared)
 	Delay      time.Duration // sleep before answering; a request whose context ends first gets no answer
 	EchoKey    bool          // put the presented key in error messages (forced and 401), to test redaction
+	// Arrived, if set, receives a value once each faulty request has been read and recorded, so a
+	// test can act while the upstream holds it (no sleeps). The send gives up if the request's
+	// context ends first.
+	Arrived chan<- struct{}
+	// Hold, if set, keeps each faulty request waiting until Hold is closed (or its context ends:
+	// then it gets no answer), after Arrived and Delay.
+	Hold <-chan struct{}
+	// CreditsUsed, if set, is the credits_used a successful answer reports, instead of the
+	// contract's 1 or 2.
+	CreditsUsed int
 }
 
 // Recorded is one request as the server saw it.
@@ -173,6 +183,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	f, faulty := s.takeFault()
 	s.mu.Unlock()
 
+	if faulty && f.Arrived != nil {
+		select {
+		case f.Arrived <- struct{}{}:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	if faulty && f.Delay > 0 {
 		t := time.NewTimer(f.Delay)
 		select {
@@ -180,6 +197,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			t.Stop()
 			return
 		case <-t.C:
+		}
+	}
+
+	if faulty && f.Hold != nil {
+		select {
+		case <-f.Hold:
+		case <-r.Context().Done():
+			return
 		}
 	}
 
@@ -230,6 +255,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
+	}
+	if faulty && f.CreditsUsed != 0 {
+		switch r := resp.(type) {
+		case *SearchResponse:
+			r.CreditsUsed = f.CreditsUsed
+		case *GoogleResponse:
+			r.CreditsUsed = f.CreditsUsed
+		}
 	}
 	writeJSON(w, http.StatusOK, resp)
 }
