@@ -79,6 +79,7 @@ type Broker struct {
 	rot     *rotation  // versions, verification, grace fallback, scheduler (rotation.go)
 	econ    *economics // credential limiters, result cache, budgets (economics.go)
 	flights *flights   // searches' upstream calls, which may outlive their callers (settle.go)
+	workers *workers   // the goroutines those calls run on (settle.go)
 }
 
 // New builds a Broker.
@@ -105,6 +106,8 @@ func New(cfg Config) (*Broker, error) {
 		rot: newRotation(cfg), econ: newEconomics(cfg), flights: newFlights(),
 	}
 	b.rot.sched = newScheduler(b, cfg.Clock, cfg.Scheduler)
+	b.workers = newWorkers(searchWorkers)
+	b.econ.cache.SetSpawn(b.workers.run)
 	return b, nil
 }
 

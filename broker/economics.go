@@ -174,7 +174,7 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 		})
 	} else {
 		r.Started = true
-		v, err = runDetached(ctx, func() (any, int64, error) {
+		v, err = b.runDetached(ctx, func() (any, int64, error) {
 			res, err := call.run(ctx, t, tool, payload, cost)
 			return res, 0, err
 		})

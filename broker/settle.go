@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/credbroker/credbroker/store"
@@ -82,6 +83,51 @@ func (f *flights) wait(ctx context.Context) error {
 	}
 }
 
+// workers runs the searches' computations on reused goroutines, as gRPC's stream workers do for
+// handlers: a search costs no new goroutine, and the goroutine count does not swing with the calls
+// in flight. Up to max workers are kept; past that a computation gets a goroutine of its own.
+// Idle workers end at Drain.
+type workers struct {
+	work chan func()
+	quit chan struct{}
+	once sync.Once
+	n    atomic.Int32
+	max  int32
+}
+
+func newWorkers(max int32) *workers {
+	return &workers{work: make(chan func()), quit: make(chan struct{}), max: max}
+}
+
+// run runs f on an idle worker, a new one, or past max a goroutine of its own.
+func (w *workers) run(f func()) {
+	select {
+	case w.work <- f:
+		return
+	default:
+	}
+	if w.n.Add(1) <= w.max {
+		go w.loop(f)
+		return
+	}
+	w.n.Add(-1)
+	go f()
+}
+
+func (w *workers) loop(f func()) {
+	defer w.n.Add(-1)
+	for {
+		f()
+		select {
+		case f = <-w.work:
+		case <-w.quit:
+			return
+		}
+	}
+}
+
+func (w *workers) stop() { w.once.Do(func() { close(w.quit) }) }
+
 // WaitSettled waits until no search computation is running: every upstream call whose caller left
 // has settled its credits, uses, cache entry and audit record. It returns ctx's error if ctx ends
 // first.
@@ -97,10 +143,12 @@ func (b *Broker) Drain(ctx context.Context) error {
 	f.closed = true
 	f.mu.Unlock()
 	if err := f.wait(ctx); err == nil {
+		b.workers.stop()
 		return nil
 	}
 	f.cancel()
 	_ = f.wait(context.Background()) // each attempt ends promptly once cut off
+	b.workers.stop()
 	return fmt.Errorf("upstream calls still running were cut off and counted as charged: %w", ctx.Err())
 }
 
@@ -193,16 +241,16 @@ func (c *upstreamCall) run(ctx context.Context, t *store.Token, tool Tool, paylo
 
 // runDetached runs fn on a goroutine of its own and returns its answer, or ctx's error as soon as
 // ctx ends; fn goes on (it ends by itself). It is the result cache's Do without the cache.
-func runDetached(ctx context.Context, fn func() (any, int64, error)) (any, error) {
+func (b *Broker) runDetached(ctx context.Context, fn func() (any, int64, error)) (any, error) {
 	type answer struct {
 		v   any
 		err error
 	}
 	ch := make(chan answer, 1)
-	go func() {
+	b.workers.run(func() {
 		v, _, err := fn()
 		ch <- answer{v, err}
-	}()
+	})
 	select {
 	case a := <-ch:
 		return a.v, a.err
@@ -215,3 +263,7 @@ func runDetached(ctx context.Context, fn func() (any, int64, error)) (any, error
 func callerLeft(err error) error {
 	return fmt.Errorf("the caller stopped waiting before the upstream answered (if the request was sent, its credits are counted and its answer is cached for a retry): %w", err)
 }
+
+// searchWorkers is how many goroutines the workers keep: gRPC's stream workers (64) serve as many
+// calls at once.
+const searchWorkers = 64

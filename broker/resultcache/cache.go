@@ -26,6 +26,8 @@ type Cache struct {
 	inflight map[string]*call
 	// waiting counts callers parked on another's computation (tests wait for it).
 	waiting atomic.Int32
+	// spawn starts a computation (SetSpawn); a new goroutine by default.
+	spawn func(func())
 }
 
 type entry struct {
@@ -47,8 +49,13 @@ func New(maxBytes int64, now func() time.Time) *Cache {
 	if now == nil {
 		now = time.Now
 	}
-	return &Cache{maxBytes: maxBytes, now: now, lru: list.New(), entries: map[string]*list.Element{}, inflight: map[string]*call{}}
+	return &Cache{maxBytes: maxBytes, now: now, lru: list.New(), entries: map[string]*list.Element{}, inflight: map[string]*call{},
+		spawn: func(f func()) { go f() }}
 }
+
+// SetSpawn makes the cache start its computations with spawn (say, a pool of reused goroutines)
+// instead of a new goroutine each. spawn must run f soon, on another goroutine. Call it before use.
+func (c *Cache) SetSpawn(spawn func(f func())) { c.spawn = spawn }
 
 // Result says where a value came from.
 type Result struct {
@@ -101,7 +108,7 @@ func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func()
 	c.inflight[key] = cl
 	c.mu.Unlock()
 
-	go c.compute(key, ttl, cl, fn)
+	c.spawn(func() { c.compute(key, ttl, cl, fn) })
 	select {
 	case <-cl.done:
 	case <-ctx.Done():
