@@ -84,9 +84,10 @@ func (f *flights) wait(ctx context.Context) error {
 }
 
 // workers runs the searches' computations on reused goroutines, as gRPC's stream workers do for
-// handlers: a search costs no new goroutine, and the goroutine count does not swing with the calls
-// in flight. Up to max workers are kept; past that a computation gets a goroutine of its own.
-// Idle workers end at Drain.
+// handlers: a search costs no new goroutine, and under load the goroutine count does not swing with
+// the calls in flight. Up to max workers are kept; past that a computation gets a goroutine of its
+// own. A worker idle for workerIdle ends (so an idle brokerd returns to its baseline), and all
+// idle ones end at Drain.
 type workers struct {
 	work chan func()
 	quit chan struct{}
@@ -116,10 +117,15 @@ func (w *workers) run(f func()) {
 
 func (w *workers) loop(f func()) {
 	defer w.n.Add(-1)
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
 	for {
 		f()
+		idle.Reset(workerIdle)
 		select {
 		case f = <-w.work:
+		case <-idle.C:
+			return
 		case <-w.quit:
 			return
 		}
@@ -267,3 +273,6 @@ func callerLeft(err error) error {
 // searchWorkers is how many goroutines the workers keep: gRPC's stream workers (64) serve as many
 // calls at once.
 const searchWorkers = 64
+
+// workerIdle is how long an idle worker waits for the next search before it ends.
+const workerIdle = 2 * time.Second
