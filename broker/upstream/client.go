@@ -378,11 +378,17 @@ func (c *Client) attempt(ctx, detached context.Context, target string, req Reque
 		mu        sync.Mutex
 		connected bool
 	)
-	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
+	setConnected := func() {
 		mu.Lock()
 		connected = true
 		mu.Unlock()
-	}})
+	}
+	// WroteHeaders too, in case a transport writes without reporting GotConn: what was written may
+	// be billed, so err on the side of counting.
+	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
+		GotConn:      func(httptrace.GotConnInfo) { setConnected() },
+		WroteHeaders: setConnected,
+	})
 	if detached != nil {
 		stop := context.AfterFunc(ctx, func() {
 			mu.Lock()
