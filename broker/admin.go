@@ -243,9 +243,13 @@ func (b *Broker) Status() (Status, error) {
 		return Status{}, err
 	}
 	live := 0
+	var overshoots []string
 	if err := b.store.ForEachToken(func(t *store.Token) error {
 		if t.Live(now) {
 			live++
+			if w := overshootWarning(t, now); w != "" {
+				overshoots = append(overshoots, w)
+			}
 		}
 		return nil
 	}); err != nil {
@@ -268,6 +272,7 @@ func (b *Broker) Status() (Status, error) {
 		stored[i] = c.Name
 	}
 	ri.Warnings = append(ri.Warnings, credentialWarnings(stored)...)
+	ri.Warnings = append(ri.Warnings, overshoots...)
 	return Status{
 		Version: b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
 		Credentials: n, LiveTokens: live, SchemaVersion: store.SchemaVersion, Tools: ts,

@@ -77,8 +77,10 @@ type Broker struct {
 	// lastUsedSweep is the size of lastUsed at which expired entries are next swept.
 	lastUsedSweep int
 
-	rot  *rotation  // versions, verification, grace fallback, scheduler (rotation.go)
-	econ *economics // credential limiters, result cache, budgets (economics.go)
+	rot     *rotation  // versions, verification, grace fallback, scheduler (rotation.go)
+	econ    *economics // credential limiters, result cache, budgets (economics.go)
+	flights *flights   // searches' upstream calls, which may outlive their callers (settle.go)
+	workers *workers   // the goroutines those calls run on (settle.go)
 }
 
 // New builds a Broker.
@@ -102,9 +104,11 @@ func New(cfg Config) (*Broker, error) {
 		store: cfg.Store, upstream: cfg.Upstream, log: cfg.Logger, maxTTL: cfg.MaxTTL,
 		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*tokenState),
 		tokenCap: cfg.TokenCacheSize, lastUsed: make(map[string]lastUse), lastUsedSweep: cfg.TokenCacheSize,
-		rot: newRotation(cfg), econ: newEconomics(cfg),
+		rot: newRotation(cfg), econ: newEconomics(cfg), flights: newFlights(),
 	}
 	b.rot.sched = newScheduler(b, cfg.Clock, cfg.Scheduler)
+	b.workers = newWorkers(searchWorkers)
+	b.econ.cache.SetSpawn(b.workers.run)
 	return b, nil
 }
 
@@ -203,16 +207,20 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 		return nil, err
 	}
 	st.touch(b.now())
+	call := &upstreamCall{b: b, caller: caller, start: time.Now()}
 	if t.MaxUses > 0 {
+		// A use is reserved durably before the call (concurrent calls cannot pass the limit, a
+		// crash leaves it counted) and given back if the call does not reach the upstream.
 		if _, err := b.store.UseToken(t.ID, b.now()); err != nil {
 			if errors.Is(err, store.ErrExhausted) {
 				return nil, unauthenticated("token %s has used all %d of its uses; ask the operator to mint a new one", t.ID, t.MaxUses)
 			}
 			return nil, fmt.Errorf("count token use: %w", err)
 		}
+		call.use = &useHold{b: b, id: t.ID}
 	}
 	ci.Credential = tool.Credential
-	return b.spend(ctx, t, tool, &req, payload)
+	return b.spend(ctx, call, t, tool, &req, payload)
 }
 
 // callUpstream loads the tool's credential, calls the upstream with it (falling back to the
@@ -227,7 +235,12 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 	if err != nil {
 		return nil, nil, fmt.Errorf("load credential %q: %w", tool.Credential, err)
 	}
-	resp, err := b.upstream.Do(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
+	// Once sent, the request runs on a context detached from the caller's (ended only by Drain):
+	// the upstream may bill it whatever the caller does, so its answer must not be thrown away.
+	detached, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	defer context.AfterFunc(b.flights.ctx, cancel)()
+	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
 	b.noteReflection(ctx, tool, version, resp, err)
 	if err != nil {
 		// The upstream package never puts bodies in errors; redact anyway, so no future change
@@ -237,7 +250,7 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 	clear(key) // the plaintext lives for this call only
 	if errors.Is(err, upstream.ErrRejected) {
 		// Shortly after a rotation, retry once with the previous version (rotation.go).
-		resp, version, err = b.graceFallback(ctx, tool, payload, version, err)
+		resp, version, err = b.graceFallback(ctx, detached, tool, payload, version, err)
 	}
 	if err != nil {
 		b.log.Warn("upstream call failed", "tool", tool.Name, "token_id", t.ID, "credential", tool.Credential, "version", version, "err", err)

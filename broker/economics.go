@@ -164,39 +164,71 @@ func cacheKey(t *store.Token, tool Tool, payload []byte) string {
 }
 
 // spend serves a validated request from the cache or the upstream, within the credential's rate
-// limit and the budgets.
-func (b *Broker) spend(ctx context.Context, t *store.Token, tool Tool, req *SearchRequest, payload []byte) (*SearchResult, error) {
+// limit and the budgets. The computation runs on its own goroutine (settle.go): the caller stops
+// waiting when its ctx ends, but a request already sent runs to its answer, which is settled,
+// cached and recorded.
+func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, tool Tool, req *SearchRequest, payload []byte) (*SearchResult, error) {
 	ci := callInfo(ctx)
 	cost := expectedCredits(tool, req)
 	ttl := b.econ.ttlFor(tool.Name)
-	if ttl <= 0 || req.NoCache {
-		res, err := b.spendUpstream(ctx, t, tool, payload, cost)
-		if err == nil && ttl > 0 {
-			metrics.CacheLookup(false, 0)
-		}
-		return res, err
+	cacheable := ttl > 0 && !req.NoCache
+	call.ci = *ci // what the caller knows so far; the computation's record from here on
+	// Counted before the computation can start, so WaitSettled and Drain never miss one; the
+	// computation exits, or this caller if it did not start one.
+	if !b.flights.enter() {
+		call.use.settle(false)
+		return nil, fmt.Errorf("%w; retry when it is back", ErrShuttingDown)
 	}
-	v, r, err := b.econ.cache.Do(ctx, cacheKey(t, tool, payload), ttl, func() (any, int64, error) {
-		res, err := b.spendUpstream(ctx, t, tool, payload, cost)
-		if err != nil {
-			// Shared-cache tokens wait on each other's identical calls. A failure that is this
-			// caller's own (it gave up, its budget is spent) must not fail the others, nor tell
-			// them this token's id and budget: they compute again themselves.
-			// (A token's own partition has only its own calls: its spent budget is theirs too.)
-			var be *tokenBudgetError
-			if ctx.Err() != nil || (t.SharedCache && errors.As(err, &be)) {
-				err = resultcache.Private(err)
+	var (
+		v   any
+		r   resultcache.Result
+		err error
+	)
+	if cacheable {
+		v, r, err = b.econ.cache.Do(ctx, cacheKey(t, tool, payload), ttl, func() (any, int64, error) {
+			res, err := call.run(ctx, t, tool, payload, cost)
+			if err != nil {
+				// Shared-cache tokens wait on each other's identical calls. A failure that is this
+				// caller's own (it gave up, its budget is spent) must not fail the others, nor tell
+				// them this token's id and budget: they compute again themselves.
+				// (A token's own partition has only its own calls: its spent budget is theirs too.)
+				var be *tokenBudgetError
+				if ctx.Err() != nil || (t.SharedCache && errors.As(err, &be)) {
+					err = resultcache.Private(err)
+				}
+				return nil, 0, err
 			}
-			return nil, 0, err
-		}
-		return res, res.size, nil
-	})
+			return res, res.size, nil
+		})
+	} else {
+		r.Started = true
+		v, err = b.runDetached(ctx, func() (any, int64, error) {
+			res, err := call.run(ctx, t, tool, payload, cost)
+			return res, 0, err
+		})
+	}
+	if !r.Started {
+		b.flights.exit()
+	}
+	switch {
+	case r.Started:
+		call.handOff(ci) // the computation settles the use
+	case err != nil:
+		call.use.settle(false) // another caller's computation failed, or this caller left waiting
+	default:
+		call.use.settle(true) // answered from the cache
+	}
 	if err != nil {
+		if cerr := ctx.Err(); cerr != nil && err == cerr {
+			return nil, callerLeft(err)
+		}
 		return nil, err
 	}
 	res := v.(*SearchResult)
 	if !r.Cached {
-		metrics.CacheLookup(false, 0)
+		if ttl > 0 {
+			metrics.CacheLookup(false, 0)
+		}
 		return res, nil
 	}
 	// A hit: the cached result is shared, so hand out a copy that says where it came from.
@@ -208,28 +240,30 @@ func (b *Broker) spend(ctx context.Context, t *store.Token, tool Tool, req *Sear
 }
 
 // spendUpstream charges the budgets, waits for a slot of the credential's limiter and calls the
-// upstream; the budgets are refunded when no credit was spent.
-func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte, cost uint64) (*SearchResult, error) {
+// upstream. reached reports whether the call reached the upstream in a way it may bill (see
+// upstream.MayHaveBilled); the budgets are refunded only when it did not. Credits the upstream
+// reports are recorded whole, even past a budget (an overshoot, refused until the period resets).
+func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte, cost uint64) (_ *SearchResult, reached bool, _ error) {
 	ci := callInfo(ctx)
 	cs, err := b.spendingFor(tool.Credential)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	// The settle below and any refund are dated with the charge, so they land in the period the
 	// charge did, or are dropped if that period has ended (store.SpendTokenBudget).
 	chargedAt := b.now()
 	refund, err := b.charge(t, tool, cs, int64(cost), chargedAt)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if cs.lim != nil {
 		if err := cs.lim.Wait(ctx, cs.limits.MaxWait); err != nil {
 			refund()
 			var we *limiter.WaitError
 			if errors.As(err, &we) {
-				return nil, fmt.Errorf("%w: credential %q: %v; retry in %s", ErrRateLimited, tool.Credential, we, we.Wait.Round(time.Second))
+				return nil, false, fmt.Errorf("%w: credential %q: %v; retry in %s", ErrRateLimited, tool.Credential, we, we.Wait.Round(time.Second))
 			}
-			return nil, err
+			return nil, false, err
 		}
 	}
 	res, resp, err := b.callUpstream(ctx, t, tool, payload)
@@ -237,21 +271,41 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 		b.learnLimits(cs.lim, resp, err)
 	}
 	if err != nil {
-		refund() // failed calls are not billed upstream
-		return nil, err
+		if resp == nil && !upstream.MayHaveBilled(err) {
+			refund() // provably not billed: nothing was sent, or an error status answered it
+			return nil, false, err
+		}
+		// Sent and not answered (a timeout, a reset, cut off at shutdown), or answered 2xx with a
+		// body we cannot use: the upstream may have billed it, so the expected credits stay spent.
+		ci.Credits = cost
+		return nil, true, err
 	}
 	res.Credits = cost
 	if n, ok := reportedCredits(res.Metadata); ok && n != cost {
-		// The upstream knows best: settle the difference.
-		if _, err := b.charge(t, tool, cs, int64(n)-int64(cost), chargedAt); err != nil {
-			b.log.Warn("settle reported credits", "credential", tool.Credential, "err", err)
-		}
+		// The upstream knows best: settle the difference, past the budget if need be.
+		b.settle(t, tool, cs, int64(n)-int64(cost), chargedAt)
 		res.Credits = n
 	}
 	// The decoded results (maps, strings, structpb later) take about four times the body's bytes.
 	res.size = 4*int64(len(resp.Body)) + 512
 	ci.Credits = res.Credits
-	return res, nil
+	return res, true, nil
+}
+
+// settle records credits the upstream charged beyond (or short of) what was charged up front.
+// It is never refused: they were spent. A budget or ceiling passed this way is an overshoot, and
+// charge refuses the next calls until the period resets.
+func (b *Broker) settle(t *store.Token, tool Tool, cs *credSpend, credits int64, at time.Time) {
+	if t.BudgetCredits > 0 {
+		if _, err := b.store.SettleTokenBudget(t.ID, at, credits); err != nil {
+			b.log.Warn("settle reported credits on the token's budget", "token_id", t.ID, "credits", credits, "err", err)
+		}
+	}
+	if cs.limits.MonthlyCredits > 0 {
+		if _, err := b.store.SettleCredentialCredits(tool.Credential, at, credits); err != nil {
+			b.log.Warn("settle reported credits on the credential's ceiling", "credential", tool.Credential, "credits", credits, "err", err)
+		}
+	}
 }
 
 // charge adds credits to the token's budget and the credential's monthly counter, where those
@@ -364,13 +418,32 @@ func (b *Broker) SetLimits(ctx context.Context, name string, l store.Limits) (st
 	return c, nil
 }
 
-// ceilingWarning warns when a credential has spent 80% of its monthly ceiling.
+// ceilingWarning warns when a credential has spent 80% of its monthly ceiling, and says by how
+// much the upstream's reported credits passed it (an overshoot: refused until the month ends).
 func ceilingWarning(c store.Credential) string {
 	if c.Limits == nil || c.Limits.MonthlyCredits == 0 || c.CreditsThisMonth*5 < c.Limits.MonthlyCredits*4 {
 		return ""
 	}
+	if ceiling := c.Limits.MonthlyCredits; c.CreditsThisMonth > ceiling {
+		return fmt.Sprintf("credential %s: %d of its %d monthly credits used (overshoot %d); refused until the month ends", c.Name,
+			c.CreditsThisMonth, ceiling, c.CreditsThisMonth-ceiling)
+	}
 	return fmt.Sprintf("credential %s: %d of its %d monthly credits used (%d%%)", c.Name, c.CreditsThisMonth,
 		c.Limits.MonthlyCredits, c.CreditsThisMonth*100/c.Limits.MonthlyCredits)
+}
+
+// overshootWarning names a token whose budget the upstream's reported credits passed in the
+// current period; it is refused until the period resets.
+func overshootWarning(t *store.Token, now time.Time) string {
+	window := store.DayWindow(now)
+	if t.BudgetPeriod == "month" {
+		window = store.MonthWindow(now)
+	}
+	if t.BudgetCredits == 0 || t.BudgetWindow != window || t.BudgetSpent <= t.BudgetCredits {
+		return ""
+	}
+	return fmt.Sprintf("token %s: %d of its %d credits spent this %s (overshoot %d); refused until %s", t.ID, t.BudgetSpent,
+		t.BudgetCredits, t.BudgetPeriod, t.BudgetSpent-t.BudgetCredits, nextWindow(now, t.BudgetPeriod).Format(time.RFC3339))
 }
 
 // UsageRow sums one token's or credential's calls.
@@ -397,7 +470,7 @@ func (b *Broker) Usage(by string, since time.Time) ([]UsageRow, uint64, error) {
 		}
 		for _, r := range recs {
 			after = r.Seq
-			if r.Method != "/credbroker.v1.SearchService/Search" {
+			if r.Method != searchMethod {
 				continue
 			}
 			key := r.TokenID
@@ -415,8 +488,11 @@ func (b *Broker) Usage(by string, since time.Time) ([]UsageRow, uint64, error) {
 			if by == "token" && r.TokenLabel != "" {
 				row.Label = r.TokenLabel
 			}
-			row.Calls++
 			row.Credits += r.Credits
+			if r.Event == eventSettled {
+				continue // the credits of a call already counted by its caller's record
+			}
+			row.Calls++
 			if r.Event == "cache-hit" {
 				row.CacheHits++
 				saved += r.CreditsSaved

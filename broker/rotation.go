@@ -363,7 +363,7 @@ func (b *Broker) Rekey(ctx context.Context) (store.RekeyResult, error) {
 // graceFallback is called when the upstream rejected version of tool's credential. Within the
 // grace window after a rotation it retries once with the previous version; it returns the
 // response and the version that served it, or the original error.
-func (b *Broker) graceFallback(ctx context.Context, tool Tool, payload []byte, version uint64, cause error) (*upstream.Response, uint64, error) {
+func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload []byte, version uint64, cause error) (*upstream.Response, uint64, error) {
 	if b.rot.graceWindow <= 0 {
 		return nil, version, cause
 	}
@@ -376,9 +376,12 @@ func (b *Broker) graceFallback(ctx context.Context, tool Tool, payload []byte, v
 	if err != nil {
 		return nil, version, cause
 	}
-	resp, err := b.upstream.Do(ctx, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, prev)
+	resp, err := b.upstream.DoDetached(ctx, detached, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, prev)
 	clear(prev)
 	b.noteReflection(ctx, tool, c.Previous, resp, err)
+	if upstream.MayHaveBilled(err) {
+		return nil, c.Previous, err // the fallback may have been charged: say so, not the rejection
+	}
 	if err != nil {
 		return nil, version, cause
 	}

@@ -96,6 +96,20 @@ func (s *Store) SetLimits(name string, l Limits) (Credential, error) {
 // refusing with ErrBudgetExhausted when a positive spend would pass ceiling. Concurrent spends are
 // group-committed.
 func (s *Store) SpendCredentialCredits(name string, now time.Time, credits int64, ceiling uint64) (spent uint64, err error) {
+	return s.spendCredentialCredits(name, now, credits, ceiling, true)
+}
+
+// SettleCredentialCredits records credits the upstream already charged (negative: a refund) on
+// name's counter for the month of now, like SpendCredentialCredits but never refused: the count
+// may pass the ceiling (an overshoot), and spends are then refused until the month ends.
+func (s *Store) SettleCredentialCredits(name string, now time.Time, credits int64) (spent uint64, err error) {
+	return s.spendCredentialCredits(name, now, credits, 0, false)
+}
+
+func (s *Store) spendCredentialCredits(name string, now time.Time, credits int64, ceiling uint64, enforce bool) (spent uint64, err error) {
+	if !enforce {
+		ceiling = 0
+	}
 	var result error
 	window := MonthWindow(now)
 	err = s.batch(func(tx *bolt.Tx) error {
@@ -173,6 +187,17 @@ func addCredits(spent uint64, delta int64, ceiling uint64) (uint64, bool) {
 // (see spendWindow for spends dated in another period than the stored one),
 // refusing with ErrBudgetExhausted past the budget. It returns the token record after the write.
 func (s *Store) SpendTokenBudget(id string, now time.Time, credits int64) (Token, error) {
+	return s.spendTokenBudget(id, now, credits, true)
+}
+
+// SettleTokenBudget records credits the upstream already charged (negative: a refund) on a
+// token's budget for the period of now, like SpendTokenBudget but never refused: the count may
+// pass the budget (an overshoot), and spends are then refused until the period resets.
+func (s *Store) SettleTokenBudget(id string, now time.Time, credits int64) (Token, error) {
+	return s.spendTokenBudget(id, now, credits, false)
+}
+
+func (s *Store) spendTokenBudget(id string, now time.Time, credits int64, enforce bool) (Token, error) {
 	return s.changeToken(id, func(t *Token) (bool, error) {
 		if t.BudgetCredits == 0 {
 			return false, nil
@@ -186,7 +211,11 @@ func (s *Store) SpendTokenBudget(id string, now time.Time, credits int64) (Token
 			return false, nil
 		}
 		t.BudgetWindow, t.BudgetSpent = win, base
-		next, ok := addCredits(t.BudgetSpent, credits, t.BudgetCredits)
+		ceiling := t.BudgetCredits
+		if !enforce {
+			ceiling = 0
+		}
+		next, ok := addCredits(t.BudgetSpent, credits, ceiling)
 		if !ok {
 			return false, fmt.Errorf("token %s: %w", id, ErrBudgetExhausted)
 		}

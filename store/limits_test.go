@@ -56,3 +56,65 @@ func TestCredentialCreditsLateRefund(t *testing.T) {
 		t.Fatalf("December's ceiling after November's late refund: %v, want exhausted", err)
 	}
 }
+
+// Credits the upstream already charged are recorded whole, even past the budget or ceiling (an
+// overshoot), and further spends are refused until the period resets.
+func TestSettleRecordsOvershoot(t *testing.T) {
+	s, _, _ := openStore(t)
+	if _, err := s.PutCredential("scavio_api_key", []byte("sk_test"), t0); err != nil {
+		t.Fatal(err)
+	}
+	tok := testToken("tok1", 0)
+	tok.BudgetCredits, tok.BudgetPeriod = 10, "day"
+	if err := s.PutToken(tok); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	if _, err := s.SpendTokenBudget("tok1", now, 1); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.SettleTokenBudget("tok1", now, 49) // the upstream said 50, 1 was charged up front
+	if err != nil || got.BudgetSpent != 50 {
+		t.Fatalf("settle past the budget: spent %d, %v; want 50", got.BudgetSpent, err)
+	}
+	if _, err := s.SpendTokenBudget("tok1", now, 1); !errors.Is(err, ErrBudgetExhausted) {
+		t.Fatalf("spend after an overshoot: %v, want exhausted", err)
+	}
+	if got, err := s.SpendTokenBudget("tok1", now.Add(24*time.Hour), 1); err != nil || got.BudgetSpent != 1 {
+		t.Fatalf("next day: spent %d, %v; want a fresh budget", got.BudgetSpent, err)
+	}
+
+	if _, err := s.SpendCredentialCredits("scavio_api_key", now, 1, 3); err != nil {
+		t.Fatal(err)
+	}
+	if spent, err := s.SettleCredentialCredits("scavio_api_key", now, 9); err != nil || spent != 10 {
+		t.Fatalf("settle past the ceiling: %d, %v; want 10", spent, err)
+	}
+	if _, err := s.SpendCredentialCredits("scavio_api_key", now, 1, 3); !errors.Is(err, ErrBudgetExhausted) {
+		t.Fatalf("spend after a ceiling overshoot: %v, want exhausted", err)
+	}
+}
+
+// A use given back (the call never reached the upstream) can be used again; never below zero.
+func TestUnuseToken(t *testing.T) {
+	s, _, _ := openStore(t)
+	if err := s.PutToken(testToken("tok1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.UnuseToken("tok1"); err != nil || got.Uses != 0 {
+		t.Fatalf("unuse of an unused token: %d, %v", got.Uses, err)
+	}
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	if _, err := s.UseToken("tok1", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UseToken("tok1", now); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("second use of a 1-use token: %v", err)
+	}
+	if got, err := s.UnuseToken("tok1"); err != nil || got.Uses != 0 {
+		t.Fatalf("unuse: %d, %v", got.Uses, err)
+	}
+	if _, err := s.UseToken("tok1", now); err != nil {
+		t.Fatalf("use after a use was given back: %v", err)
+	}
+}

@@ -64,7 +64,7 @@ type Store struct {
 	keepVersions int
 	audit        *auditWriter
 	guard        *commitGuard // every write transaction's commit goes through it
-	keys         *dataKeys // master keyset and swappable data primitive, for Rekey (keys.go)
+	keys         *dataKeys    // master keyset and swappable data primitive, for Rekey (keys.go)
 
 	// batching counts batched writes in flight (batch).
 	batching atomic.Int32

@@ -207,6 +207,19 @@ func (s *Store) UseToken(id string, now time.Time) (Token, error) {
 	})
 }
 
+// UnuseToken gives back one use counted by UseToken, for a call that provably did not reach the
+// upstream (refused by the broker, nothing sent, an error status answered it). A crash between the
+// two leaves the use counted: uses err on the side of counting, never past MaxUses.
+func (s *Store) UnuseToken(id string) (Token, error) {
+	return s.changeToken(id, func(t *Token) (bool, error) {
+		if t.Uses == 0 {
+			return false, nil
+		}
+		t.Uses--
+		return true, nil
+	})
+}
+
 // changeToken applies change to token id's record in a batched write and returns the record after
 // it. change reports whether it changed anything to write, or the caller's answer as an error
 // (a refusal, which writes nothing and is not a failed transaction).

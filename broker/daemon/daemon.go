@@ -150,6 +150,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// On every way out, before the store closes: searches settle what they spent (Drain). The
+	// normal stop drains below, after the server stopped; this covers the error returns.
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		_ = b.Drain(dctx)
+	}()
 
 	admins := grpcapi.Admins{UIDs: append([]uint32{uint32(os.Geteuid())}, cfg.AdminUIDs...), GIDs: cfg.AdminGIDs}
 	drainer := grpcapi.NewDrainer()
@@ -202,6 +209,13 @@ func Run(ctx context.Context, cfg Config) error {
 	hs.Shutdown()
 	drainer.Stopping() // watch streams would hold the graceful stop for its whole timeout
 	stopGracefully(srv, drainer, cfg.ShutdownTimeout, log)
+	// Searches whose callers left may still be waiting for the upstream: let them settle their
+	// credits and audit records before the store closes.
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	if err := b.Drain(drainCtx); err != nil {
+		log.Warn("shutdown: searches still waiting for the upstream", "err", err)
+	}
+	cancelDrain()
 	log.Info("brokerd stopped")
 	return stopErr
 }

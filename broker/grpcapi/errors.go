@@ -27,6 +27,7 @@ var errorCodes = []struct {
 	{broker.ErrPermissionDenied, codes.PermissionDenied},
 	{broker.ErrInvalidArgument, codes.InvalidArgument},
 	{broker.ErrCredentialMissing, codes.FailedPrecondition},
+	{broker.ErrShuttingDown, codes.Unavailable},
 	{broker.ErrRateLimited, codes.ResourceExhausted},
 	// Before ErrAuditUnavailable, which a failed audit commit wraps it in.
 	{store.ErrOutcomeUnknown, codes.Unknown},

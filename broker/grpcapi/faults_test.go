@@ -153,6 +153,10 @@ func newFaultStack(t *testing.T, url string, cfg upstream.Config) *faultStack {
 			conn.Close()
 			srv.Stop()
 			<-served
+			// Cut off at once what still waits for the upstream, settled before the store closes.
+			now, cancel := context.WithCancel(context.Background())
+			cancel()
+			b.Drain(now)
 			st.Close()
 			os.RemoveAll(dir)
 		},

@@ -48,6 +48,7 @@ func (c *clock) Add(d time.Duration) {
 }
 
 type harness struct {
+	b      *broker.Broker
 	fake   *scaviotest.Server
 	store  *store.Store
 	clock  *clock
@@ -67,6 +68,12 @@ func newHarness(t *testing.T) *harness {
 }
 
 func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
+	t.Helper()
+	return newHarnessOpts(t, configure, nil)
+}
+
+// newHarnessOpts is newHarnessWith that also adjusts the server's options.
+func newHarnessOpts(t *testing.T, configure func(*broker.Config), serverOpts func(*Options)) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	st := storetest.Open(t, dir, store.Options{})
@@ -89,7 +96,11 @@ func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, _ := NewServer(b, Options{Admins: Admins{UIDs: []uint32{uint32(os.Geteuid())}}, Logger: log})
+	opts := Options{Admins: Admins{UIDs: []uint32{uint32(os.Geteuid())}}, Logger: log}
+	if serverOpts != nil {
+		serverOpts(&opts)
+	}
+	srv, _ := NewServer(b, opts)
 	sock := filepath.Join(dir, "broker.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
@@ -103,11 +114,17 @@ func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
 	t.Cleanup(func() {
 		conn.Close()
 		srv.Stop()
+		// Searches whose callers left settle before the store closes.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := b.Drain(ctx); err != nil {
+			t.Errorf("drain: %v", err)
+		}
 		st.Close()
 		fake.Close()
 	})
 	return &harness{
-		fake: fake, store: st, clock: clk, logs: logs, sock: sock,
+		b: b, fake: fake, store: st, clock: clk, logs: logs, sock: sock,
 		search: pb.NewSearchServiceClient(conn), admin: pb.NewAdminServiceClient(conn), health: healthpb.NewHealthClient(conn),
 	}
 }

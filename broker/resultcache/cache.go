@@ -26,6 +26,8 @@ type Cache struct {
 	inflight map[string]*call
 	// waiting counts callers parked on another's computation (tests wait for it).
 	waiting atomic.Int32
+	// spawn starts a computation (SetSpawn); a new goroutine by default.
+	spawn func(func())
 }
 
 type entry struct {
@@ -47,13 +49,20 @@ func New(maxBytes int64, now func() time.Time) *Cache {
 	if now == nil {
 		now = time.Now
 	}
-	return &Cache{maxBytes: maxBytes, now: now, lru: list.New(), entries: map[string]*list.Element{}, inflight: map[string]*call{}}
+	return &Cache{maxBytes: maxBytes, now: now, lru: list.New(), entries: map[string]*list.Element{}, inflight: map[string]*call{},
+		spawn: func(f func()) { go f() }}
 }
+
+// SetSpawn makes the cache start its computations with spawn (say, a pool of reused goroutines)
+// instead of a new goroutine each. spawn must run f soon, on another goroutine. Call it before use.
+func (c *Cache) SetSpawn(spawn func(f func())) { c.spawn = spawn }
 
 // Result says where a value came from.
 type Result struct {
 	Cached bool          // served without running fn (from the cache or a shared in-flight call)
 	Age    time.Duration // how old the cached value is (0 for a fresh or shared computation)
+	// Started: this caller started the computation (fn ran, or is still running, for it).
+	Started bool
 }
 
 // Private marks an error of fn as the computing caller's own (its context ended, its own budget
@@ -65,9 +74,11 @@ type privateError struct{ error }
 func (e privateError) Unwrap() error { return e.error }
 
 // Do returns the fresh cached value for key, or runs fn once for all concurrent callers of key and
-// caches its value for ttl (when fn succeeds and the value fits). A caller whose ctx ends while
-// waiting for another's computation gets ctx's error; the computation goes on for the others.
-// fn's error is shared with the waiters unless it is Private.
+// caches its value for ttl (when fn succeeds and the value fits). fn runs on a goroutine of its
+// own: a caller whose ctx ends stops waiting and gets ctx's error, the caller that started fn
+// included, while the computation goes on; its value is cached for the others and whoever asks
+// next (an answer already paid for is not thrown away because its caller gave up). fn must end by
+// itself. fn's error is shared with the waiters unless it is Private.
 func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func() (value any, size int64, err error)) (any, Result, error) {
 	c.mu.Lock()
 	for {
@@ -97,6 +108,20 @@ func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func()
 	c.inflight[key] = cl
 	c.mu.Unlock()
 
+	c.spawn(func() { c.compute(key, ttl, cl, fn) })
+	select {
+	case <-cl.done:
+	case <-ctx.Done():
+		return nil, Result{Started: true}, ctx.Err()
+	}
+	if p, ok := cl.err.(privateError); ok {
+		return cl.value, Result{Started: true}, p.error
+	}
+	return cl.value, Result{Started: true}, cl.err
+}
+
+// compute runs fn for cl and caches its value.
+func (c *Cache) compute(key string, ttl time.Duration, cl *call, fn func() (any, int64, error)) {
 	var size int64
 	cl.value, size, cl.err = fn()
 
@@ -107,10 +132,6 @@ func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func()
 	}
 	c.mu.Unlock()
 	close(cl.done)
-	if p, ok := cl.err.(privateError); ok {
-		return cl.value, Result{}, p.error
-	}
-	return cl.value, Result{}, cl.err
 }
 
 func (c *Cache) getLocked(key string) (any, time.Duration, bool) {

@@ -162,3 +162,28 @@ func TestPrivateErrorsAreNotShared(t *testing.T) {
 		})
 	}
 }
+
+// The caller that started a computation may leave (its ctx ends) without ending it: the value is
+// still cached, so the caller's retry gets it without a second computation.
+func TestStarterLeavesComputationGoesOn(t *testing.T) {
+	c := New(1<<20, nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	fn := func() (any, int64, error) {
+		calls.Add(1)
+		close(started)
+		<-release
+		return "answer", 6, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-started; cancel() }()
+	_, r, err := c.Do(ctx, "k", time.Minute, fn)
+	if !errors.Is(err, context.Canceled) || !r.Started {
+		t.Fatalf("starter whose ctx ended: %v %+v, want Canceled and Started", err, r)
+	}
+	close(release)
+	v, r, err := c.Do(context.Background(), "k", time.Minute, fn)
+	if err != nil || v != "answer" || !r.Cached || r.Started || calls.Load() != 1 {
+		t.Fatalf("retry: %v %+v %v after %d computations; want the first computation's answer", v, r, err, calls.Load())
+	}
+}

@@ -11,10 +11,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/credbroker/credbroker/broker/limiter"
@@ -262,11 +264,45 @@ type outcome struct {
 	detail    string // redacted, for failures without a status
 	cause     error
 	retryable bool
+	// billed: the attempt got a connection (so its request may have been written) and no error
+	// status came back for it; the upstream may have served it and charged credits.
+	billed bool
 }
 
 // Do sends req with key and returns the 2xx response, or an error whose Kind classifies the
 // failure. See the package documentation for what is retried.
 func (c *Client) Do(ctx context.Context, req Request, key []byte) (*Response, error) {
+	return c.do(ctx, nil, req, key)
+}
+
+// DoDetached is Do for a call whose answer must not be thrown away once the upstream may have
+// billed it. ctx, the caller's, still ends the waits between attempts, stops further attempts and
+// cuts off an attempt that has no connection yet (nothing was sent); but an attempt that has a
+// connection runs on detached instead, until it is answered or its attempt timeout passes, so a
+// caller giving up does not lose an answer the upstream charged for. detached should carry no
+// deadline of its own and end only when the process stops.
+//
+// Use MayHaveBilled on the error to learn whether a failed call may still have been charged.
+func (c *Client) DoDetached(ctx, detached context.Context, req Request, key []byte) (*Response, error) {
+	return c.do(ctx, detached, req, key)
+}
+
+// MayHaveBilled reports whether a failed Do or DoDetached may have been charged by the upstream:
+// some attempt got a connection (its request may have been written) and was not answered with an
+// error status (a timeout, a reset, a cancel after sending, a 2xx whose body was unusable). It is
+// false when nothing was sent (dial failures, refusals before sending) or every attempt that was
+// sent was answered with an error status, which the upstream does not bill.
+func MayHaveBilled(err error) bool {
+	var be *billedError
+	return errors.As(err, &be)
+}
+
+// billedError marks a failure the upstream may have charged for; its message is the wrapped one.
+type billedError struct{ error }
+
+func (e *billedError) Unwrap() error { return e.error }
+
+func (c *Client) do(ctx, detached context.Context, req Request, key []byte) (_ *Response, err error) {
 	if !validKey(key) {
 		return nil, ErrInvalidKey
 	}
@@ -278,22 +314,29 @@ func (c *Client) Do(ctx context.Context, req Request, key []byte) (*Response, er
 		return nil, fmt.Errorf("upstream: unknown %v", req.Auth)
 	}
 	gate := gateFrom(ctx)
+	billed := false // some attempt may have been charged for
+	defer func() {
+		if err != nil && billed {
+			err = &billedError{err}
+		}
+	}()
 	for attempt := 1; ; attempt++ {
 		if ctx.Err() != nil {
 			return nil, ctxError(ctx, attempt-1)
 		}
 		// Every attempt, retries included, enters the credential's gate: after a 429 only one
 		// probe goes until the upstream takes a call again.
-		done, err := gate.Enter(ctx, c.maxRetryAfter)
-		if err != nil {
+		done, gerr := gate.Enter(ctx, c.maxRetryAfter)
+		if gerr != nil {
 			var we *limiter.WaitError
-			if errors.As(err, &we) {
+			if errors.As(gerr, &we) {
 				return nil, causeError(ErrRateLimited, 0, "the upstream asked every caller of this key to wait", nil, we.Wait, attempt-1)
 			}
 			return nil, ctxError(ctx, attempt-1)
 		}
-		o := c.attempt(ctx, target, req, key)
+		o := c.attempt(ctx, detached, target, req, key)
 		done(o.gateOutcome())
+		billed = billed || o.billed
 		if o.resp != nil {
 			return o.resp, nil
 		}
@@ -374,9 +417,49 @@ func ctxError(ctx context.Context, attempts int) error {
 	return fmt.Errorf("upstream call canceled: %w", err)
 }
 
-func (c *Client) attempt(ctx context.Context, target string, req Request, key []byte) outcome {
-	actx, cancel := context.WithTimeout(ctx, c.attemptTimeout)
+// attempt sends req once. With detached set, the attempt runs on detached and ctx cuts it off only
+// until it has a connection: from then on its request may be on the wire, and the upstream may bill
+// it, so it is let run to its answer or its timeout.
+func (c *Client) attempt(ctx, detached context.Context, target string, req Request, key []byte) (o outcome) {
+	base := ctx
+	if detached != nil {
+		base = detached
+	}
+	actx, cancel := context.WithTimeout(base, c.attemptTimeout)
 	defer cancel()
+	// connected is set when the transport hands the request a connection, before it writes a byte
+	// (GotConn runs on the request's goroutine, so it is final once hc.Do returns).
+	var (
+		mu        sync.Mutex
+		connected bool
+	)
+	setConnected := func() {
+		mu.Lock()
+		connected = true
+		mu.Unlock()
+	}
+	// WroteHeaders too, in case a transport writes without reporting GotConn: what was written may
+	// be billed, so err on the side of counting.
+	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
+		GotConn:      func(httptrace.GotConnInfo) { setConnected() },
+		WroteHeaders: setConnected,
+	})
+	if detached != nil {
+		stop := context.AfterFunc(ctx, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !connected {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		// An error status is the upstream saying it did not serve the call: not billed.
+		o.billed = connected && (o.resp != nil || o.status == 0 || o.status >= 200 && o.status <= 299)
+	}()
 	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, target, bytes.NewReader(req.Body))
 	if err != nil {
 		// Only a malformed target can get here, and endpoint already vetted it.
@@ -395,7 +478,7 @@ func (c *Client) attempt(ctx context.Context, target string, req Request, key []
 	resp, err := c.hc.Do(hreq)
 	if err != nil {
 		detail := Redact(err.Error(), key)
-		if actx.Err() != nil && ctx.Err() == nil {
+		if base.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
 			detail = "attempt timed out after " + c.attemptTimeout.String()
 		}
 		return outcome{kind: ErrUnavailable, detail: detail, cause: err, retryable: true}
@@ -404,7 +487,7 @@ func (c *Client) attempt(ctx context.Context, target string, req Request, key []
 
 	switch s := resp.StatusCode; {
 	case s >= 200 && s <= 299:
-		return c.readSuccess(ctx, actx, resp, key)
+		return c.readSuccess(base, actx, resp, key)
 	case s == http.StatusTooManyRequests:
 		o := errorOutcome(ErrRateLimited, s, resp, key)
 		o.retryable = true

@@ -12,6 +12,8 @@
 // request fields would send it on to every client and cache: RedactJSON runs on the raw bytes
 // first, and Response.KeyReflected says it happened), never follow a redirect (a redirect would
 // carry the key to another origin), never use a proxy from the environment, never wait past the
-// caller's deadline, and never retry a request the upstream refused as bad, unauthorized or out of
-// credits.
+// caller's deadline (except DoDetached's attempt already sent, which runs to its answer or its
+// attempt timeout so that an answer the upstream billed is not lost), and never retry a request
+// the upstream refused as bad, unauthorized or out of credits. MayHaveBilled tells a failure the
+// upstream may have charged for from one it provably did not.
 package upstream

@@ -828,3 +828,87 @@ func FuzzRedactJSON(f *testing.F) {
 		walk(v)
 	})
 }
+
+// A caller that gives up after its request reached the upstream does not throw away the answer:
+// DoDetached lets the sent attempt finish and returns it. Before a connection, the caller's cancel
+// still ends the attempt at once, and nothing was sent, so nothing may have been billed.
+func TestDoDetached(t *testing.T) {
+	t.Run("canceled after sending", func(t *testing.T) {
+		arrived, release := make(chan struct{}), make(chan struct{})
+		srv := newServer(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			close(arrived)
+			<-release
+			reply(200, `{"results":[],"credits_used":1}`)(0, w, r)
+		})
+		c, _ := newClient(t, srv.URL, upstream.Config{MaxRetries: -1})
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			<-arrived
+			cancel()
+			close(release)
+		}()
+		resp, err := c.DoDetached(ctx, context.Background(), searchReq(), []byte(testKey))
+		if err != nil || resp == nil || !strings.Contains(string(resp.Body), "credits_used") {
+			t.Fatalf("DoDetached canceled after sending: %v %v, want the upstream's answer", resp, err)
+		}
+	})
+	t.Run("canceled before a connection", func(t *testing.T) {
+		dialing := make(chan struct{})
+		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			close(dialing)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}}
+		c, _ := newClient(t, "http://127.0.0.1:9", upstream.Config{HTTPClient: &http.Client{Transport: tr}, MaxRetries: -1, AttemptTimeout: time.Hour})
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-dialing; cancel() }()
+		_, err := c.DoDetached(ctx, context.Background(), searchReq(), []byte(testKey))
+		if !errors.Is(err, context.Canceled) || upstream.MayHaveBilled(err) {
+			t.Fatalf("DoDetached canceled while dialing: %v (may have billed: %v), want Canceled and not billed", err, upstream.MayHaveBilled(err))
+		}
+	})
+}
+
+// MayHaveBilled is true exactly when a request may have been written and no error status answered
+// it: what the broker refunds credits and uses by.
+func TestMayHaveBilled(t *testing.T) {
+	refused, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusedURL := "http://" + refused.Addr().String()
+	refused.Close()
+	hold := func(_ int, w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		<-r.Context().Done()
+	}
+	for _, tc := range []struct {
+		name   string
+		handle func(int, http.ResponseWriter, *http.Request)
+		url    string
+		want   bool
+	}{
+		{"500 answer", reply(500, `{"error":{"code":"internal_error"}}`), "", false},
+		{"402 answer", reply(402, `{"error":{"code":"insufficient_credits"}}`), "", false},
+		{"429 answer", reply(429, `{}`, "Retry-After", "3600"), "", false},
+		{"connection refused", nil, refusedURL, false},
+		{"2xx with a malformed body", reply(200, `{"results":[`), "", true},
+		{"attempt timed out after sending", hold, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := tc.url
+			if url == "" {
+				url = newServer(t, tc.handle).URL
+			}
+			c, _ := newClient(t, url, upstream.Config{AttemptTimeout: 50 * time.Millisecond, MaxRetries: -1})
+			_, err := c.Do(context.Background(), searchReq(), []byte(testKey))
+			if err == nil {
+				t.Fatal("Do succeeded")
+			}
+			if got := upstream.MayHaveBilled(err); got != tc.want {
+				t.Fatalf("MayHaveBilled(%v) = %v, want %v", err, got, tc.want)
+			}
+		})
+	}
+}

@@ -153,9 +153,19 @@ func describeLimits(c *credbrokerv1.Credential) string {
 		parts = append(parts, p)
 	}
 	if l.GetMonthlyCredits() > 0 {
-		parts = append(parts, fmt.Sprintf("%d of %d monthly credits used", c.GetCreditsThisMonth(), l.GetMonthlyCredits()))
+		parts = append(parts, fmt.Sprintf("%d of %d monthly credits used%s", c.GetCreditsThisMonth(), l.GetMonthlyCredits(),
+			overshoot(c.GetCreditsThisMonth(), l.GetMonthlyCredits())))
 	}
 	return fmt.Sprintf("%s: %s", c.GetName(), strings.Join(parts, "; "))
+}
+
+// overshoot says by how much the upstream's reported credits passed a budget (brokerd records
+// them whole and refuses further calls until the period resets), or nothing.
+func overshoot(spent, budget uint64) string {
+	if budget == 0 || spent <= budget {
+		return ""
+	}
+	return fmt.Sprintf(" (overshoot %d; refused until the period resets)", spent-budget)
 }
 
 // parseBudget parses N/d or N/m (also N/day, N/month).

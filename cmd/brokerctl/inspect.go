@@ -66,7 +66,8 @@ func newTokenInspectCmd(a *app) *cobra.Command {
 					row("rate", fmt.Sprintf("%d per %s", t.GetRateLimit(), t.GetRatePeriod().AsDuration()))
 				}
 				if t.GetBudgetCredits() > 0 {
-					row("budget", fmt.Sprintf("%d of %d credits spent this %s", t.GetBudgetSpent(), t.GetBudgetCredits(), t.GetBudgetPeriod()))
+					row("budget", fmt.Sprintf("%d of %d credits spent this %s%s", t.GetBudgetSpent(), t.GetBudgetCredits(), t.GetBudgetPeriod(),
+						overshoot(t.GetBudgetSpent(), t.GetBudgetCredits())))
 				}
 				if t.GetSharedCache() {
 					row("result cache", "shared")

@@ -52,6 +52,16 @@ type Fault struct {
 	// and URL, in nested metadata (raw, base64 and with JSON-escaped slashes) and in a header, as
 	// an upstream that reflects request fields would: for the redaction canary tests.
 	EchoKeyInResults bool
+	// Arrived, if set, receives a value once each faulty request has been read and recorded, so a
+	// test can act while the upstream holds it (no sleeps). The send gives up if the request's
+	// context ends first.
+	Arrived chan<- struct{}
+	// Hold, if set, keeps each faulty request waiting until Hold is closed (or its context ends:
+	// then it gets no answer), after Arrived and Delay.
+	Hold <-chan struct{}
+	// CreditsUsed, if set, is the credits_used a successful answer reports, instead of the
+	// contract's 1 or 2.
+	CreditsUsed int
 }
 
 // Recorded is one request as the server saw it.
@@ -178,6 +188,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	f, faulty := s.takeFault()
 	s.mu.Unlock()
 
+	if faulty && f.Arrived != nil {
+		select {
+		case f.Arrived <- struct{}{}:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	if faulty && f.Delay > 0 {
 		t := time.NewTimer(f.Delay)
 		select {
@@ -185,6 +202,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			t.Stop()
 			return
 		case <-t.C:
+		}
+	}
+
+	if faulty && f.Hold != nil {
+		select {
+		case <-f.Hold:
+		case <-r.Context().Done():
+			return
 		}
 	}
 
@@ -235,6 +260,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
+	}
+	if faulty && f.CreditsUsed != 0 {
+		switch r := resp.(type) {
+		case *SearchResponse:
+			r.CreditsUsed = f.CreditsUsed
+		case *GoogleResponse:
+			r.CreditsUsed = f.CreditsUsed
+		}
 	}
 	if faulty && f.EchoKeyInResults {
 		writeEchoingKey(w, resp, key)
