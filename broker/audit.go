@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/credbroker/credbroker/broker/metrics"
@@ -115,16 +116,24 @@ func (b *Broker) RunAuditRetention(ctx context.Context, retention, interval time
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		n, err := b.store.PruneAudit(b.now().Add(-retention))
-		if err != nil {
-			b.log.Error("audit retention", "err", err)
-		} else if n > 0 {
-			b.log.Info("audit retention pruned records", "records", n, "retention", retention)
-		}
+		b.pruneAudit(ctx, retention)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
 	}
+}
+
+// pruneAudit is one retention pass. The store deletes in small batches between the audit
+// writer's group commits, so calls go on while it runs; ctx ending stops it between batches.
+func (b *Broker) pruneAudit(ctx context.Context, retention time.Duration) (int, error) {
+	n, err := b.store.PruneAudit(ctx, b.now().Add(-retention), math.MaxInt)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		b.log.Error("audit retention", "err", err, "pruned", n)
+	case n > 0:
+		b.log.Info("audit retention pruned records", "records", n, "retention", retention)
+	}
+	return n, err
 }

@@ -95,6 +95,7 @@ type auditWriter struct {
 	lastMAC []byte
 
 	onCommit func(records int, took time.Duration, err error) // Options.OnAuditCommit
+	onPrune  func(records int, took time.Duration, err error) // Options.OnAuditPrune
 
 	// fault, when set, makes appends fail: fault injection for tests of the fail-closed path.
 	fault atomic.Pointer[error]
@@ -109,8 +110,25 @@ type auditReq struct {
 	// costs one commit). If it fails, the transaction is rolled back and the batch is committed
 	// again without this request, which gets apply's error; its record is not written.
 	apply func(*bolt.Tx) error
+	// prune, when set, makes this a retention prune batch (PruneAudit) instead of an append:
+	// the writer runs it in a transaction of its own between two group commits.
+	prune *pruneReq
 	done  chan error
 }
+
+// pruneReq is one prune batch: delete up to max of the oldest records older than before.
+type pruneReq struct {
+	before time.Time
+	max    int
+	n      int // records deleted; set by the writer before it answers
+}
+
+// maxPruneBatch bounds the records one prune transaction deletes. Each batch runs on the audit
+// writer between group commits, so a call's audit append waits behind at most one batch: a
+// thousand deletions and an anchor write are a few milliseconds of bbolt work, where pruning
+// 215k records in one transaction stalled a call for 3.4 s (issue 16). Smaller batches cost more
+// commits (two fdatasyncs each) for the same prune; larger ones lengthen the worst wait.
+const maxPruneBatch = 1000
 
 // applyError is a request's apply failing inside a batch's transaction.
 type applyError struct {
@@ -123,7 +141,7 @@ func (e *applyError) Error() string { return e.err.Error() }
 const maxAuditBatch = 512
 
 // openAudit loads or creates the audit MAC keyset and the chain head, and starts the writer.
-func (s *Store) openAudit(kek tink.AEAD, onCommit func(int, time.Duration, error)) error {
+func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 	var encrypted []byte
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		encrypted = bytes.Clone(tx.Bucket(bucketMeta).Get(keyAuditKeyset))
@@ -159,7 +177,7 @@ func (s *Store) openAudit(kek tink.AEAD, onCommit func(int, time.Duration, error
 	if err != nil {
 		return err
 	}
-	w := &auditWriter{db: s.db, mac: m, onCommit: onCommit, reqs: make(chan *auditReq, maxAuditBatch), quit: make(chan struct{}), done: make(chan struct{})}
+	w := &auditWriter{db: s.db, mac: m, onCommit: opts.OnAuditCommit, onPrune: opts.OnAuditPrune, reqs: make(chan *auditReq, maxAuditBatch), quit: make(chan struct{}), done: make(chan struct{})}
 	var head *chainPoint
 	if err := s.db.View(func(tx *bolt.Tx) (err error) {
 		head, err = w.readPoint(tx, keyAuditHead)
@@ -263,17 +281,35 @@ func (w *auditWriter) run() {
 				}
 			}
 		}
-		batch := []*auditReq{first}
-	drain:
-		for len(batch) < maxAuditBatch {
-			select {
-			case r := <-w.reqs:
-				batch = append(batch, r)
-			default:
-				break drain
+		// A prune batch ends the gathering: the appends queued before it commit first, then it
+		// runs alone, and appends that arrive meanwhile queue ahead of the next prune batch
+		// (PruneAudit sends it only when this one is answered).
+		var batch []*auditReq
+		var prune *auditReq
+		if first.prune != nil {
+			prune = first
+		} else {
+			batch = []*auditReq{first}
+		drain:
+			for len(batch) < maxAuditBatch {
+				select {
+				case r := <-w.reqs:
+					if r.prune != nil {
+						prune = r
+						break drain
+					}
+					batch = append(batch, r)
+				default:
+					break drain
+				}
 			}
 		}
-		w.commitAll(batch)
+		if len(batch) > 0 {
+			w.commitAll(batch)
+		}
+		if prune != nil {
+			prune.done <- w.pruneBatch(prune.prune)
+		}
 	}
 }
 
@@ -564,12 +600,41 @@ func (s *Store) VerifyAudit() (AuditVerification, error) {
 	return v, err
 }
 
-// PruneAudit deletes records older than before (oldest first, never past the newest record's
-// predecessor chain) and moves the retention anchor so the rest still verifies. It returns the
-// number of records deleted.
-func (s *Store) PruneAudit(before time.Time) (int, error) {
-	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+// PruneAudit deletes up to limit of the oldest records, stopping at the first one not older
+// than before, and moves the retention anchor so the rest still verifies. It deletes in
+// transactions of at most maxPruneBatch records, each run by the audit writer between its group
+// commits, so an audited call waits behind one batch at most, never the whole prune. Each batch
+// moves the anchor with the records it deletes: the chain verifies after every batch, and a crash
+// between batches leaves a shorter prune, not a broken chain. ctx ending stops it between
+// batches. It returns the number of records deleted.
+func (s *Store) PruneAudit(ctx context.Context, before time.Time, limit int) (int, error) {
+	total := 0
+	for total < limit {
+		if err := ctx.Err(); err != nil {
+			return total, err // checked first: a prune cancelled between batches sends no more
+		}
+		p := &pruneReq{before: before, max: min(maxPruneBatch, limit-total)}
+		if err := s.appendAudit(ctx, &auditReq{prune: p, done: make(chan error, 1)}); err != nil {
+			if ctx.Err() != nil {
+				return total, ctx.Err()
+			}
+			return total, fmt.Errorf("audit retention: %w", err)
+		}
+		total += p.n
+		if p.n < p.max {
+			break // reached a record to keep, or the end of the log
+		}
+	}
+	return total, nil
+}
+
+// pruneBatch deletes, in one transaction, up to p.max of the oldest records older than p.before
+// and writes the anchor the remaining chain starts from. It touches neither the chain head nor
+// the writer's in-memory head: appends go on from where they were.
+func (w *auditWriter) pruneBatch(p *pruneReq) error {
+	start := time.Now()
+	err := w.db.Update(func(tx *bolt.Tx) error {
+		p.n = 0
 		b := tx.Bucket(bucketAudit)
 		if b == nil {
 			return nil
@@ -579,8 +644,8 @@ func (s *Store) PruneAudit(before time.Time) (int, error) {
 			next chainPoint
 		)
 		c := b.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			tag, body, err := s.audit.split(v)
+		for k, v := c.First(); k != nil && len(keys) < p.max; k, v = c.Next() {
+			tag, body, err := w.split(v)
 			if err != nil {
 				return err
 			}
@@ -588,22 +653,29 @@ func (s *Store) PruneAudit(before time.Time) (int, error) {
 			if err != nil {
 				return err
 			}
-			if !rec.Time.Before(before) {
+			if !rec.Time.Before(p.before) {
 				break
 			}
 			keys = append(keys, bytes.Clone(k))
 			next = chainPoint{Seq: rec.Seq + 1, Prev: bytes.Clone(tag)}
 		}
+		// Delete after the walk: a bbolt cursor skips the next key after a Delete under it.
 		for _, k := range keys {
 			if err := b.Delete(k); err != nil {
 				return err
 			}
 		}
-		n = len(keys)
-		if n == 0 {
+		if len(keys) == 0 {
 			return nil
 		}
-		return s.audit.writePoint(tx, keyAuditAnchor, next)
+		p.n = len(keys)
+		return w.writePoint(tx, keyAuditAnchor, next)
 	})
-	return n, err
+	if err != nil {
+		p.n = 0
+	}
+	if w.onPrune != nil {
+		w.onPrune(p.n, time.Since(start), err)
+	}
+	return err
 }

@@ -51,6 +51,10 @@ type Options struct {
 	// durable, how long the transaction took and whether it failed. brokerd feeds its metrics
 	// with it. It runs on the audit writer goroutine, so it must be quick.
 	OnAuditCommit func(records int, took time.Duration, err error)
+	// OnAuditPrune, if set, is told about every retention prune batch (PruneAudit): how many
+	// records its transaction deleted, how long it took and whether it failed. Like
+	// OnAuditCommit it runs on the audit writer goroutine and must be quick.
+	OnAuditPrune func(records int, took time.Duration, err error)
 }
 
 // Store is the bbolt database plus the data-keyset AEAD built once at Open.
@@ -154,7 +158,7 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	s.openKeys(kek)
-	if err := s.openAudit(kek, opts.OnAuditCommit); err != nil {
+	if err := s.openAudit(kek, opts); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: audit log: %w", path, err)
 	}
