@@ -78,6 +78,9 @@ type Broker struct {
 
 	rot  *rotation  // versions, verification, grace fallback, scheduler (rotation.go)
 	econ *economics // credential limiters, result cache, budgets (economics.go)
+
+	// ret is audit retention's state between passes (audit.go).
+	ret auditRetention
 }
 
 // New builds a Broker.

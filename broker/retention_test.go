@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,5 +52,57 @@ func TestAuditRetentionPrunesInBatches(t *testing.T) {
 	}
 	if txs < 3 {
 		t.Errorf("2500 records were pruned in %d transaction(s); want batches of at most 1000 (3 or more)", txs)
+	}
+}
+
+// Issue 16 item 6: a forward wall-clock jump larger than the retention deleted the whole audit
+// log in one pass. Now a pass never deletes a record newer than the newest record minus the
+// retention, logs the jump once, and deletes at most a bounded number of records.
+func TestAuditRetentionClockJump(t *testing.T) {
+	e := newSchedEnv(t)
+	const retention = 24 * time.Hour
+	for range 4 { // 5 records every 12h: T0, T0+12h, T0+24h, T0+36h
+		e.recordEvents(t, 5)
+		e.clock.Advance(retention / 2)
+	}
+	e.clock.Advance(-retention / 2)
+	newest := e.clock.Now()
+	keepFrom := newest.Add(-retention) // T0+12h: records from here on must stay
+
+	e.clock.Advance(10 * retention) // the wall clock steps forward 10 days
+	for pass := 1; pass <= 2; pass++ {
+		n := e.retainOnce(t, retention)
+		if want := map[int]int{1: 5, 2: 0}[pass]; n != want {
+			t.Errorf("pass %d after the jump pruned %d records, want %d (only those before newest-retention)", pass, n, want)
+		}
+	}
+	recs, err := e.st.ListAudit(0, time.Time{}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.Time.Before(keepFrom) {
+			t.Errorf("record %d (%s) is older than the newest record minus the retention but was kept", r.Seq, r.Time)
+		}
+	}
+	if v, err := e.st.VerifyAudit(); err != nil || !v.OK || v.FirstSeq != 6 || v.Checked != 15 {
+		t.Fatalf("after the jump: %+v %v (want records 6..20 kept, chain OK)", v, err)
+	}
+	if got := strings.Count(e.logs.String(), "the wall clock is more than the retention past the newest audit record"); got != 1 {
+		t.Errorf("clock jump logged %d times over two passes, want once:\n%s", got, e.logs.String())
+	}
+
+	// A call audited after the jump carries the jumped time, so the old records are now past
+	// the retention of the newest one: a pass deletes no more than its bound, and says so.
+	e.b.ret.perRun = 7
+	e.recordEvents(t, 1)
+	if n := e.retainOnce(t, retention); n != 7 {
+		t.Errorf("a pass with a bound of 7 pruned %d records", n)
+	}
+	if v, _ := e.st.VerifyAudit(); !v.OK || v.FirstSeq != 13 || v.Checked != 9 {
+		t.Fatalf("after a bounded pass: %+v", v)
+	}
+	if !strings.Contains(e.logs.String(), "pruned the most records one pass may") {
+		t.Errorf("a pass that hit its bound did not say so:\n%s", e.logs.String())
 	}
 }

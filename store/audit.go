@@ -504,6 +504,32 @@ func (s *Store) ListAudit(afterSeq uint64, since time.Time, limit int) ([]AuditR
 	return out, err
 }
 
+// NewestAuditTime returns the time of the newest audit record; ok is false when the log holds
+// none (empty, or pruned to its anchor).
+func (s *Store) NewestAuditTime() (t time.Time, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAudit)
+		if b == nil {
+			return nil
+		}
+		k, v := b.Cursor().Last()
+		if k == nil {
+			return nil
+		}
+		_, body, err := s.audit.split(v)
+		if err != nil {
+			return err
+		}
+		rec, err := DecodeAuditRecord(body)
+		if err != nil {
+			return err
+		}
+		t, ok = rec.Time, true
+		return nil
+	})
+	return t, ok, err
+}
+
 // DecodeAuditRecord parses an audit record body.
 func DecodeAuditRecord(body []byte) (AuditRecord, error) {
 	var rec AuditRecord
