@@ -259,6 +259,12 @@ func (b *Broker) Status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	if w := b.diskWarning(); w != "" {
+		ri.Warnings = append(ri.Warnings, w)
+	}
+	if err := b.store.AuditHealthy(); err != nil {
+		ri.Warnings = append(ri.Warnings, auditWarning(err))
+	}
 	return Status{
 		Version: b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
 		Credentials: n, LiveTokens: live, SchemaVersion: store.SchemaVersion, Tools: ts,

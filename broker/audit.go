@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/credbroker/credbroker/broker/metrics"
@@ -81,6 +82,44 @@ func (b *Broker) putToken(ctx context.Context, ci *CallInfo, t store.Token) erro
 
 // AuditHealthy reports whether audit records are being written; see store.AuditHealthy.
 func (b *Broker) AuditHealthy() error { return b.store.AuditHealthy() }
+
+// lowDisk is the free space below which Status warns: bbolt grows the file in steps of up to
+// 16 MiB, and every write, audit records included, fails once none is left.
+const lowDisk = 16 << 20
+
+// diskWarning is Status's line about the space left for the database, if it is short. A full
+// disk is the usual reason audited calls are refused, and while the disk is full the audit
+// writer's state flaps (a commit that fits in pages bbolt can reuse still succeeds), so Status
+// reads the file system itself.
+func (b *Broker) diskWarning() string {
+	free, err := b.store.DiskFree()
+	switch {
+	case err != nil:
+		b.log.Warn("status: cannot read the free space on the database's file system", "err", err)
+		return ""
+	case free < 1<<20:
+		return fmt.Sprintf("the disk holding the database is full (%d KiB free): writes and audited calls fail until space is freed", free>>10)
+	case free < lowDisk:
+		return fmt.Sprintf("the disk holding the database is nearly full (%d MiB free): writes and audited calls fail once it is", free>>20)
+	}
+	return ""
+}
+
+// auditWarning is Status's line for an audit log that cannot be written: why, when the disk says
+// (never bbolt's raw error, which names paths), and what it means for callers.
+func auditWarning(err error) string {
+	why := "see brokerd's log"
+	for _, e := range []struct {
+		errno syscall.Errno
+		why   string
+	}{{syscall.ENOSPC, "the disk is full"}, {syscall.EDQUOT, "the disk quota is exceeded"}, {syscall.EROFS, "the file system is read-only"}, {syscall.EIO, "an I/O error"}} {
+		if errors.Is(err, e.errno) {
+			why = e.why
+			break
+		}
+	}
+	return fmt.Sprintf("the audit log cannot be written (%s): audited calls are refused until it can; brokerd retries on the next call, no restart needed", why)
+}
 
 // RecordEvent audits something that happened without an RPC (a scheduled rotation, a fallback).
 func (b *Broker) RecordEvent(ctx context.Context, event, credential string, version uint64, err error) error {

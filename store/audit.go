@@ -99,8 +99,10 @@ type auditWriter struct {
 
 	// fault, when set, makes appends fail: fault injection for tests of the fail-closed path.
 	fault atomic.Pointer[error]
-	// failing is set when a commit fails and cleared by the next one that succeeds.
+	// failing is set when a commit fails and cleared by the next one that succeeds; cause is
+	// that failure (bbolt's error: errors.Is finds syscall.ENOSPC in it on a full disk).
 	failing atomic.Bool
+	cause   atomic.Pointer[error]
 }
 
 type auditReq struct {
@@ -113,6 +115,10 @@ type auditReq struct {
 	// prune, when set, makes this a retention prune batch (PruneAudit) instead of an append:
 	// the writer runs it in a transaction of its own between two group commits.
 	prune *pruneReq
+	// probe, when set, asks only whether a commit succeeds: it rides a group commit (or makes
+	// one that rewrites the chain head) without adding a record. AuditHealthy sends it after a
+	// failure, so the first call after the disk recovers is not refused on stale news.
+	probe bool
 	done  chan error
 }
 
@@ -325,7 +331,13 @@ func (w *auditWriter) commitAll(batch []*auditReq) {
 			continue
 		}
 		if w.onCommit != nil {
-			w.onCommit(len(batch), time.Since(start), err)
+			records := len(batch)
+			for _, r := range batch {
+				if r.probe {
+					records-- // a probe carries no record
+				}
+			}
+			w.onCommit(records, time.Since(start), err)
 		}
 		for _, r := range batch {
 			r.done <- err
@@ -338,6 +350,7 @@ func (w *auditWriter) commitAll(batch []*auditReq) {
 // only if the transaction commits.
 func (w *auditWriter) commit(batch []*auditReq) error {
 	if f := w.fault.Load(); f != nil {
+		w.fail(*f) // as a real failure would: the log stays failing until a commit succeeds
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, *f)
 	}
 	seq, prev := w.lastSeq, w.lastMAC
@@ -361,6 +374,9 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 			seq, prev = head.Seq, head.Prev
 		}
 		for _, r := range batch {
+			if r.probe {
+				continue
+			}
 			if r.apply != nil {
 				if err := r.apply(tx); err != nil {
 					return &applyError{req: r, err: err}
@@ -387,7 +403,7 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		return failed // the request's own failure, not the log's
 	}
 	if err != nil {
-		w.failing.Store(true)
+		w.fail(err)
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, err)
 	}
 	w.failing.Store(false)
@@ -395,14 +411,29 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 	return nil
 }
 
-// AuditHealthy reports (as an error) whether the last audit commit failed: a call that cannot be
-// audited should not start. The next successful append clears it.
+func (w *auditWriter) fail(err error) {
+	w.cause.Store(&err)
+	w.failing.Store(true)
+}
+
+// AuditHealthy reports (as an error) whether audit records can be written: a call that cannot be
+// audited should not start. While the last commit succeeded it costs nothing. After a failure it
+// probes with a commit of its own (shared with concurrent calls, like any append) instead of
+// answering from the failure, so the first call after space returns goes ahead; the probe clears
+// the failure when it commits. The error wraps the failure's cause (errors.Is finds
+// syscall.ENOSPC on a full disk).
 func (s *Store) AuditHealthy() error {
 	if f := s.audit.fault.Load(); f != nil {
-		return fmt.Errorf("%w: %v", ErrAuditUnavailable, *f)
+		return fmt.Errorf("%w: %w", ErrAuditUnavailable, *f)
 	}
-	if s.audit.failing.Load() {
-		return fmt.Errorf("%w: the last audit write failed", ErrAuditUnavailable)
+	if !s.audit.failing.Load() {
+		return nil
+	}
+	if err := s.appendAudit(context.Background(), &auditReq{probe: true, done: make(chan error, 1)}); err != nil {
+		if c := s.audit.cause.Load(); c != nil && s.audit.failing.Load() {
+			return fmt.Errorf("%w: the last audit write failed: %w", ErrAuditUnavailable, *c)
+		}
+		return err
 	}
 	return nil
 }
