@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -142,5 +143,41 @@ func TestAuditPruneLimitThenReopen(t *testing.T) {
 	cancel()
 	if n, err := s2.PruneAudit(ctx, t0.Add(3*time.Hour), math.MaxInt); n != 0 || err == nil {
 		t.Fatalf("cancelled prune: %d %v", n, err)
+	}
+}
+
+// The prune reads a record's seq and time from the front of its body; it must agree with the full
+// decode, and fall back to it for any other shape.
+func TestAuditRecordTime(t *testing.T) {
+	rec := AuditRecord{Seq: 42, Time: t0.Add(1234567 * time.Nanosecond), Method: "/m", Code: "OK", TokenID: "tok", Prev: []byte{1, 2}}
+	marshalled, err := json.Marshal(&rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		body    string
+		wantSeq uint64
+		wantErr bool
+	}{
+		{"as written", string(marshalled), 42, false},
+		{"fields reordered", `{"time":"2026-11-25T12:00:00.001234567Z","method":"/m","seq":42,"code":"OK","prev":null}`, 42, false},
+		{"spaces", `{"seq": 42, "time": "2026-11-25T12:00:00.001234567Z", "method":"/m", "code":"OK"}`, 42, false},
+		{"seq 0", `{"seq":0,"time":"2026-11-25T12:00:00.001234567Z","method":"/m"}`, 0, true},
+		{"bad time", `{"seq":42,"time":"yesterday","method":"/m"}`, 0, true},
+		{"garbage", `{"seq":42,"time":"2026`, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			seq, at, err := auditRecordTime([]byte(tc.body))
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("got %d %s, want an error", seq, at)
+				}
+				return
+			}
+			if err != nil || seq != tc.wantSeq || !at.Equal(rec.Time) {
+				t.Fatalf("got %d %s %v, want %d %s", seq, at, err, tc.wantSeq, rec.Time)
+			}
+		})
 	}
 }
