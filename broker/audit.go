@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"syscall"
 	"time"
 
@@ -146,19 +147,20 @@ func (b *Broker) ListAudit(afterSeq uint64, since time.Time, pageSize int) ([]st
 // VerifyAudit walks the audit chain.
 func (b *Broker) VerifyAudit() (store.AuditVerification, error) { return b.store.VerifyAudit() }
 
-// maxPrunePerRun bounds the records one retention pass (one an hour in brokerd) deletes. The
-// cutoff already keeps every record within the retention of the newest one; the bound caps the
-// damage when that reference is itself wrong (calls audited after the clock jumped forward carry
-// the future time) to one logged pass's worth an hour, giving an operator time to notice. It also
-// bounds what retention can keep up with: 100k records an hour is 28 audited calls a second
-// around the clock, far beyond a sidecar's paid-API traffic; a pass that hits it says so.
+// maxPrunePerRun is the least a retention pass (one an hour in brokerd) may delete; a pass may
+// delete up to twice the records audited since the previous one if that is more, so retention
+// keeps up with any steady traffic and catches up a backlog at that rate. The cutoff already keeps
+// every record within the retention of the newest one; the bound caps the damage when that
+// reference is itself wrong (calls audited after the clock jumped forward carry the future time)
+// to one logged pass's worth an hour, giving an operator time to notice.
 const maxPrunePerRun = 100_000
 
 // auditRetention is audit retention's state between passes; only RunAuditRetention's goroutine
 // (or a test calling pruneAudit) touches it.
 type auditRetention struct {
-	perRun      int  // maxPrunePerRun; tests lower it
-	clockWarned bool // the clock-jump warning was logged and its condition has not cleared since
+	perRun      int    // maxPrunePerRun; tests lower it
+	lastSeq     uint64 // the newest record's seq at the previous pass (0: no pass yet)
+	clockWarned bool   // the clock-jump warning was logged and its condition has not cleared since
 }
 
 // RunAuditRetention prunes audit records older than retention every interval until ctx ends.
@@ -178,22 +180,16 @@ func (b *Broker) RunAuditRetention(ctx context.Context, retention, interval time
 	}
 }
 
-func (b *Broker) prunePerRun() int {
-	if b.ret.perRun > 0 {
-		return b.ret.perRun
-	}
-	return maxPrunePerRun
-}
-
 // pruneAudit is one retention pass. It deletes records older than the retention before the
 // earlier of now and the newest record's time: a wall clock stepped far forward (or a broker idle
 // longer than the retention) then keeps the last retention's worth of records instead of deleting
-// the whole log in one go, and the step is logged. At most prunePerRun records go per pass. The
+// the whole log in one go, and the step is logged. A pass deletes a bounded number of records
+// (maxPrunePerRun, or twice the records audited since the previous pass if more). The
 // store deletes in small batches between the audit writer's group commits, so calls go on while
 // it runs; ctx ending stops it between batches.
 func (b *Broker) pruneAudit(ctx context.Context, retention time.Duration) (int, error) {
 	now := b.now()
-	newest, ok, err := b.store.NewestAuditTime()
+	rec, ok, err := b.store.NewestAudit()
 	if err != nil {
 		b.log.Error("audit retention", "err", err)
 		return 0, err
@@ -201,6 +197,7 @@ func (b *Broker) pruneAudit(ctx context.Context, retention time.Duration) (int, 
 	if !ok {
 		return 0, nil // an empty log
 	}
+	newest := rec.Time
 	ref := now
 	if newest.Before(now) {
 		ref = newest
@@ -214,14 +211,21 @@ func (b *Broker) pruneAudit(ctx context.Context, retention time.Duration) (int, 
 			"the clock jumped forward (or nothing was audited for that long). Keeping the records within the retention of the newest one",
 			"now", now.UTC(), "newest_record", newest.UTC(), "ahead", ahead.Round(time.Second), "retention", retention)
 	}
-	limit := b.prunePerRun()
+	limit := b.ret.perRun
+	if limit <= 0 {
+		limit = maxPrunePerRun
+	}
+	if b.ret.lastSeq != 0 && rec.Seq > b.ret.lastSeq {
+		limit = max(limit, 2*int(min(rec.Seq-b.ret.lastSeq, math.MaxInt32)))
+	}
+	b.ret.lastSeq = rec.Seq
 	n, err := b.store.PruneAudit(ctx, ref.Add(-retention), limit)
 	switch {
 	case err != nil && ctx.Err() == nil:
 		b.log.Error("audit retention", "err", err, "pruned", n)
 	case n >= limit:
-		b.log.Warn("audit retention pruned the most records one pass may; the rest go in the next pass "+
-			"(if every pass says this, calls are audited faster than retention prunes)", "records", n, "retention", retention)
+		b.log.Warn("audit retention pruned the most records one pass may; the rest go in the next pass",
+			"records", n, "retention", retention)
 	case n > 0:
 		b.log.Info("audit retention pruned records", "records", n, "retention", retention)
 	}

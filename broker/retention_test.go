@@ -105,4 +105,14 @@ func TestAuditRetentionClockJump(t *testing.T) {
 	if !strings.Contains(e.logs.String(), "pruned the most records one pass may") {
 		t.Errorf("a pass that hit its bound did not say so:\n%s", e.logs.String())
 	}
+
+	// The bound grows to twice the records audited since the previous pass, so retention keeps
+	// up with traffic: 5 new records allow 10, and the 8 old records left all go.
+	e.recordEvents(t, 5)
+	if n := e.retainOnce(t, retention); n != 8 {
+		t.Errorf("after 5 new records, a pass with a bound of max(7, 2×5) pruned %d records, want 8", n)
+	}
+	if v, _ := e.st.VerifyAudit(); !v.OK || v.FirstSeq != 21 || v.Checked != 6 {
+		t.Fatalf("after the last pass: %+v", v)
+	}
 }

@@ -536,9 +536,9 @@ func (s *Store) ListAudit(afterSeq uint64, since time.Time, limit int) ([]AuditR
 	return out, err
 }
 
-// NewestAuditTime returns the time of the newest audit record; ok is false when the log holds
-// none (empty, or pruned to its anchor).
-func (s *Store) NewestAuditTime() (t time.Time, ok bool, err error) {
+// NewestAudit returns the newest audit record; ok is false when the log holds none (empty, or
+// pruned to its anchor).
+func (s *Store) NewestAudit() (rec AuditRecord, ok bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAudit)
 		if b == nil {
@@ -552,14 +552,13 @@ func (s *Store) NewestAuditTime() (t time.Time, ok bool, err error) {
 		if err != nil {
 			return err
 		}
-		rec, err := DecodeAuditRecord(body)
-		if err != nil {
+		if rec, err = DecodeAuditRecord(body); err != nil {
 			return err
 		}
-		t, ok = rec.Time, true
+		ok = true
 		return nil
 	})
-	return t, ok, err
+	return rec, ok, err
 }
 
 // auditRecordTime returns a record body's seq and time without decoding the rest. A prune batch
