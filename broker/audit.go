@@ -158,7 +158,7 @@ const maxPrunePerRun = 100_000
 // auditRetention is audit retention's state between passes; only RunAuditRetention's goroutine
 // (or a test calling pruneAudit) touches it.
 type auditRetention struct {
-	perRun      int    // maxPrunePerRun; tests lower it
+	perRun      int    // the least a pass may delete; 0 is maxPrunePerRun (tests lower it)
 	lastSeq     uint64 // the newest record's seq at the previous pass (0: no pass yet)
 	clockWarned bool   // the clock-jump warning was logged and its condition has not cleared since
 }
