@@ -273,6 +273,12 @@ func (b *Broker) Status() (Status, error) {
 	}
 	ri.Warnings = append(ri.Warnings, credentialWarnings(stored)...)
 	ri.Warnings = append(ri.Warnings, overshoots...)
+	if w := b.diskWarning(); w != "" {
+		ri.Warnings = append(ri.Warnings, w)
+	}
+	if err := b.store.AuditHealthy(); err != nil {
+		ri.Warnings = append(ri.Warnings, auditWarning(err))
+	}
 	return Status{
 		Version: b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
 		Credentials: n, LiveTokens: live, SchemaVersion: store.SchemaVersion, Tools: ts,

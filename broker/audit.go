@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"syscall"
 	"time"
 
 	"github.com/credbroker/credbroker/broker/metrics"
@@ -87,6 +89,44 @@ func (b *Broker) putToken(ctx context.Context, ci *CallInfo, t store.Token) erro
 // AuditHealthy reports whether audit records are being written; see store.AuditHealthy.
 func (b *Broker) AuditHealthy() error { return b.store.AuditHealthy() }
 
+// lowDisk is the free space below which Status warns: bbolt grows the file in steps of up to
+// 16 MiB, and every write, audit records included, fails once none is left.
+const lowDisk = 16 << 20
+
+// diskWarning is Status's line about the space left for the database, if it is short. A full
+// disk is the usual reason audited calls are refused, and while the disk is full the audit
+// writer's state flaps (a commit that fits in pages bbolt can reuse still succeeds), so Status
+// reads the file system itself.
+func (b *Broker) diskWarning() string {
+	free, err := b.store.DiskFree()
+	switch {
+	case err != nil:
+		b.log.Warn("status: cannot read the free space on the database's file system", "err", err)
+		return ""
+	case free < 1<<20:
+		return fmt.Sprintf("the disk holding the database is full (%d KiB free): writes and audited calls fail until space is freed", free>>10)
+	case free < lowDisk:
+		return fmt.Sprintf("the disk holding the database is nearly full (%d MiB free): writes and audited calls fail once it is", free>>20)
+	}
+	return ""
+}
+
+// auditWarning is Status's line for an audit log that cannot be written: why, when the disk says
+// (never bbolt's raw error, which names paths), and what it means for callers.
+func auditWarning(err error) string {
+	why := "see brokerd's log"
+	for _, e := range []struct {
+		errno syscall.Errno
+		why   string
+	}{{syscall.ENOSPC, "the disk is full"}, {syscall.EDQUOT, "the disk quota is exceeded"}, {syscall.EROFS, "the file system is read-only"}, {syscall.EIO, "an I/O error"}} {
+		if errors.Is(err, e.errno) {
+			why = e.why
+			break
+		}
+	}
+	return fmt.Sprintf("the audit log cannot be written (%s): audited calls are refused until it can; brokerd retries on the next call, no restart needed", why)
+}
+
 // RecordEvent audits something that happened without an RPC (a scheduled rotation, a fallback).
 func (b *Broker) RecordEvent(ctx context.Context, event, credential string, version uint64, err error) error {
 	code := "OK"
@@ -112,6 +152,22 @@ func (b *Broker) ListAudit(afterSeq uint64, since time.Time, pageSize int) ([]st
 // VerifyAudit walks the audit chain.
 func (b *Broker) VerifyAudit() (store.AuditVerification, error) { return b.store.VerifyAudit() }
 
+// maxPrunePerRun is the least a retention pass (one an hour in brokerd) may delete; a pass may
+// delete up to twice the records audited since the previous one if that is more, so retention
+// keeps up with any steady traffic and catches up a backlog at that rate. The cutoff already keeps
+// every record within the retention of the newest one; the bound caps the damage when that
+// reference is itself wrong (calls audited after the clock jumped forward carry the future time)
+// to one logged pass's worth an hour, giving an operator time to notice.
+const maxPrunePerRun = 100_000
+
+// auditRetention is audit retention's state between passes; only RunAuditRetention's goroutine
+// (or a test calling pruneAudit) touches it.
+type auditRetention struct {
+	perRun      int    // the least a pass may delete; 0 is maxPrunePerRun (tests lower it)
+	lastSeq     uint64 // the newest record's seq at the previous pass (0: no pass yet)
+	clockWarned bool   // the clock-jump warning was logged and its condition has not cleared since
+}
+
 // RunAuditRetention prunes audit records older than retention every interval until ctx ends.
 func (b *Broker) RunAuditRetention(ctx context.Context, retention, interval time.Duration) error {
 	if retention <= 0 {
@@ -120,16 +176,63 @@ func (b *Broker) RunAuditRetention(ctx context.Context, retention, interval time
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		n, err := b.store.PruneAudit(b.now().Add(-retention))
-		if err != nil {
-			b.log.Error("audit retention", "err", err)
-		} else if n > 0 {
-			b.log.Info("audit retention pruned records", "records", n, "retention", retention)
-		}
+		b.pruneAudit(ctx, retention)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
 	}
+}
+
+// pruneAudit is one retention pass. It deletes records older than the retention before the
+// earlier of now and the newest record's time: a wall clock stepped far forward (or a broker idle
+// longer than the retention) then keeps the last retention's worth of records instead of deleting
+// the whole log in one go, and the step is logged. A pass deletes a bounded number of records
+// (maxPrunePerRun, or twice the records audited since the previous pass if more). The
+// store deletes in small batches between the audit writer's group commits, so calls go on while
+// it runs; ctx ending stops it between batches.
+func (b *Broker) pruneAudit(ctx context.Context, retention time.Duration) (int, error) {
+	now := b.now()
+	rec, ok, err := b.store.NewestAudit()
+	if err != nil {
+		b.log.Error("audit retention", "err", err)
+		return 0, err
+	}
+	if !ok {
+		return 0, nil // an empty log
+	}
+	newest := rec.Time
+	ref := now
+	if newest.Before(now) {
+		ref = newest
+	}
+	if ahead := now.Sub(newest); ahead <= retention {
+		b.ret.clockWarned = false
+	} else if !b.ret.clockWarned {
+		// The old rule (now minus the retention) would have deleted the whole log here.
+		b.ret.clockWarned = true
+		b.log.Warn("audit retention: the wall clock is more than the retention past the newest audit record; "+
+			"the clock jumped forward (or nothing was audited for that long). Keeping the records within the retention of the newest one",
+			"now", now.UTC(), "newest_record", newest.UTC(), "ahead", ahead.Round(time.Second), "retention", retention)
+	}
+	limit := b.ret.perRun
+	if limit <= 0 {
+		limit = maxPrunePerRun
+	}
+	if b.ret.lastSeq != 0 && rec.Seq > b.ret.lastSeq {
+		limit = max(limit, 2*int(min(rec.Seq-b.ret.lastSeq, math.MaxInt32)))
+	}
+	b.ret.lastSeq = rec.Seq
+	n, err := b.store.PruneAudit(ctx, ref.Add(-retention), limit)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		b.log.Error("audit retention", "err", err, "pruned", n)
+	case n >= limit:
+		b.log.Warn("audit retention pruned the most records one pass may; the rest go in the next pass",
+			"records", n, "retention", retention)
+	case n > 0:
+		b.log.Info("audit retention pruned records", "records", n, "retention", retention)
+	}
+	return n, err
 }

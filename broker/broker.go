@@ -81,6 +81,9 @@ type Broker struct {
 	econ    *economics // credential limiters, result cache, budgets (economics.go)
 	flights *flights   // searches' upstream calls, which may outlive their callers (settle.go)
 	workers *workers   // the goroutines those calls run on (settle.go)
+
+	// ret is audit retention's state between passes (audit.go).
+	ret auditRetention
 }
 
 // New builds a Broker.

@@ -114,7 +114,7 @@ func TestAuditPruneKeepsChainVerifiable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n, err := s.PruneAudit(t0.Add(4 * time.Hour))
+	n, err := s.PruneAudit(context.Background(), t0.Add(4*time.Hour), 100)
 	if err != nil || n != 4 {
 		t.Fatalf("prune: %d %v", n, err)
 	}
@@ -130,7 +130,7 @@ func TestAuditPruneKeepsChainVerifiable(t *testing.T) {
 	// Pruning everything leaves a verifiable empty chain that later appends extend.
 	s2, _, _ := openStore(t)
 	s2.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK"})
-	if n, _ := s2.PruneAudit(t0.Add(time.Hour)); n != 1 {
+	if n, _ := s2.PruneAudit(context.Background(), t0.Add(time.Hour), 100); n != 1 {
 		t.Fatal("prune all")
 	}
 	s2.AppendAudit(context.Background(), AuditRecord{Time: t0.Add(2 * time.Hour), Method: "/m", Code: "OK"})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/tink-crypto/tink-go/v2/tink"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors. Callers match them with errors.Is; messages carry names, never values.
@@ -55,6 +57,10 @@ type Options struct {
 	// anyway (a failed fdatasync): the store takes no more writes, and brokerd should restart so
 	// it reads the file again. See commitGuard.
 	OnFatal func(error)
+	// OnAuditPrune, if set, is told about every retention prune batch (PruneAudit): how many
+	// records its transaction deleted, how long it took and whether it failed. Like
+	// OnAuditCommit it runs on the audit writer goroutine and must be quick.
+	OnAuditPrune func(records int, took time.Duration, err error)
 }
 
 // Store is the bbolt database plus the data-keyset AEAD built once at Open.
@@ -162,7 +168,7 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	s.openKeys(kek)
-	if err := s.openAudit(kek, opts.OnAuditCommit); err != nil {
+	if err := s.openAudit(kek, opts); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: audit log: %w", path, err)
 	}
@@ -261,6 +267,16 @@ func (s *Store) Close() error {
 
 // Path returns the database file's path.
 func (s *Store) Path() string { return s.db.Path() }
+
+// DiskFree returns the bytes brokerd may still use on the file system holding the database.
+// It reads the file system (statfs), not the database, so it answers while writes fail.
+func (s *Store) DiskFree() (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(s.db.Path()), &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", filepath.Dir(s.db.Path()), err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
 
 // Check runs bbolt's consistency check over the whole file and returns the first problem found.
 func (s *Store) Check() error {

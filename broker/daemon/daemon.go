@@ -112,7 +112,8 @@ func Run(ctx context.Context, cfg Config) error {
 		default:
 		}
 	}
-	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit, OnFatal: onFatal})
+	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit, OnFatal: onFatal,
+		OnAuditPrune: metrics.ObserveAuditPrune})
 	if err != nil {
 		if errors.Is(err, store.ErrWrongMasterKey) {
 			return fmt.Errorf("%w: %s was not made with the master keyset %s; nothing was changed", err, cfg.DB, cfg.MasterKeyset)

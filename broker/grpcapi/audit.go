@@ -36,6 +36,12 @@ var changesState = map[string]bool{
 	"Rekey": true, "SetCredentialLimits": true, "ImportCredentials": true,
 }
 
+// answersUnaudited lists read-only calls that answer even when the audit log cannot be written:
+// Status is how an operator learns that it cannot (its warnings say why: a full disk), so
+// refusing it would hide the one thing they need. It changes nothing and returns no secret, only
+// to admins; its record is written whenever the log takes it, and a missed one is logged.
+var answersUnaudited = map[string]bool{"Status": true}
+
 // recordedWithChange lists the admin calls whose change is committed in the same transaction as
 // their OK record (broker.CallInfo.Outcome): the change cannot exist without its record, so they
 // need no "started" record, and a call costs one durable commit instead of three.
@@ -58,6 +64,10 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		return resp, nil // the OK record was committed with the change
 	}
 	if aerr := a.b.RecordCall(ctx, record(status.Code(err).String())); aerr != nil {
+		if err == nil && answersUnaudited[strings.TrimPrefix(info.FullMethod, adminPrefix)] {
+			a.log.Error("audit record not written; answering anyway (read-only)", "method", info.FullMethod, "err", aerr)
+			return resp, nil
+		}
 		a.log.Error("audit record not written; failing the call", "method", info.FullMethod, "err", aerr)
 		return nil, status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
 	}
@@ -66,17 +76,24 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 
 // run gates the handler on the audit log: a state-changing admin call first makes a "started"
 // record durable; any other call starts only while audit writes succeed (a Search runs before its
-// record is written, so the window is the calls in flight when the disk fails). The refusal itself
-// is still recorded afterwards when possible, which is also how the gate reopens.
+// record is written, so the window is the calls in flight when the disk fails). After a failure
+// the gate probes with a commit before refusing (store.AuditHealthy), so the first call after the
+// disk recovers goes ahead. The refusal itself is still recorded afterwards when possible. The
+// calls in answersUnaudited are not gated.
 func (a auditor) run(ctx context.Context, ci *broker.CallInfo, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	refused := status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
-	if changesState[strings.TrimPrefix(info.FullMethod, adminPrefix)] {
+	switch name := strings.TrimPrefix(info.FullMethod, adminPrefix); {
+	case changesState[name]:
 		if err := a.b.RecordCall(ctx, broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ctx), Code: "Started", Info: &broker.CallInfo{Event: "started"}}); err != nil {
 			a.log.Error("audit record not written; refusing the call before it runs", "method", info.FullMethod, "err", err)
 			return nil, refused
 		}
-	} else if err := a.b.AuditHealthy(); err != nil {
-		return nil, refused
+	case answersUnaudited[name]:
+		// Not gated: it reports the failure instead.
+	default:
+		if err := a.b.AuditHealthy(); err != nil {
+			return nil, refused
+		}
 	}
 	return handler(broker.WithCallInfo(ctx, ci), req)
 }

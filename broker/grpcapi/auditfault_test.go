@@ -3,6 +3,9 @@ package grpcapi
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,7 +53,8 @@ func TestAuditFailureRefusesBeforeExecuting(t *testing.T) {
 }
 
 // With the audit log unwritable every audited call fails closed with the same message, while the
-// health service (not audited) keeps answering SERVING — so a health probe does not notice.
+// health service (not audited) keeps answering SERVING — so a health probe does not notice. Status
+// is the exception (TestStatusAnswersWhileAuditFails).
 func TestAuditFailureScope(t *testing.T) {
 	h := newHarness(t)
 	h.putKey(t)
@@ -65,7 +69,6 @@ func TestAuditFailureScope(t *testing.T) {
 	}{
 		{"Search", func() error { _, err := h.search.Search(ctx, &pb.SearchRequest{Query: "q"}); return err }},
 		{"WhoAmI", func() error { _, err := h.search.WhoAmI(ctx, &pb.WhoAmIRequest{}); return err }},
-		{"Status", func() error { _, err := h.admin.Status(bg, &pb.StatusRequest{}); return err }},
 		{"ListCredentials", func() error { _, err := h.admin.ListCredentials(bg, &pb.ListCredentialsRequest{}); return err }},
 		{"ListTokens", func() error { _, err := h.admin.ListTokens(bg, &pb.ListTokensRequest{}); return err }},
 		{"VerifyAudit", func() error { _, err := h.admin.VerifyAudit(bg, &pb.VerifyAuditRequest{}); return err }},
@@ -75,5 +78,40 @@ func TestAuditFailureScope(t *testing.T) {
 	resp, err := h.health.Check(context.Background(), &healthpb.HealthCheckRequest{})
 	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health: %v %v", resp, err)
+	}
+}
+
+// Issue 16 item 4: Status is read-only and is how the operator learns the audit log is failing,
+// so it answers while the disk is full and says so; and once the disk recovers, the first call
+// goes ahead (the gate probes with a commit instead of refusing on the last failure).
+func TestStatusAnswersWhileAuditFails(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}})
+	ctx, bg := withToken(tok.Token), context.Background()
+
+	h.store.InjectAuditFailure(fmt.Errorf("injected: %w", syscall.ENOSPC))
+	_, err := h.search.Search(ctx, &pb.SearchRequest{Query: "q"})
+	requireGRPCStatus(t, err, codes.Unavailable, "audit log")
+	st, err := h.admin.Status(bg, &pb.StatusRequest{})
+	if err != nil {
+		t.Fatalf("Status while the audit log fails: %v", err)
+	}
+	if w := strings.Join(st.Warnings, "\n"); !strings.Contains(w, "the audit log cannot be written (the disk is full)") || strings.Contains(w, "injected") {
+		t.Errorf("Status warnings while the disk is full: %q", st.Warnings)
+	}
+
+	// Space returns: the log is still marked failing (no commit has succeeded since), and the
+	// first call must not be refused for it.
+	h.store.InjectAuditFailure(nil)
+	if _, err := h.search.Search(ctx, &pb.SearchRequest{Query: "q"}); err != nil {
+		t.Fatalf("first search after the audit log recovered: %v", err)
+	}
+	st, err = h.admin.Status(bg, &pb.StatusRequest{})
+	if err != nil || strings.Contains(strings.Join(st.Warnings, "\n"), "audit log") {
+		t.Fatalf("Status after recovery: %v %q", err, st.GetWarnings())
+	}
+	if v, err := h.admin.VerifyAudit(bg, &pb.VerifyAuditRequest{}); err != nil || !v.Ok {
+		t.Fatalf("verify after recovery: %v %v", v, err)
 	}
 }

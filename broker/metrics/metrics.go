@@ -102,6 +102,28 @@ var (
 		Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 	})
 
+	// AuditPruned counts audit records deleted by retention; AuditPruneBatchDuration times each
+	// prune batch (one bbolt transaction of at most 1000 deletions, run between group commits:
+	// the longest a call's audit append waits behind retention); AuditLastPrune is when the last
+	// batch finished, as a Unix time (0: retention has not run). All are fed by ObserveAuditPrune.
+	AuditPruned = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "audit_pruned_records_total",
+		Help: "Audit records deleted by retention (--audit-retention).",
+	})
+	AuditPruneBatches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "audit_prune_batches_total",
+		Help: "Audit retention prune batches (one bbolt transaction each), by result (ok, failed).",
+	}, []string{"result"})
+	AuditPruneBatchDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "audit_prune_batch_duration_seconds",
+		Help:    "Duration of one audit retention prune batch (a call's audit append waits behind at most one).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+	})
+	AuditLastPrune = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "audit_last_prune_timestamp_seconds",
+		Help: "Unix time the last audit retention prune batch finished successfully (0 if none has).",
+	})
+
 	// KeysetReloads counts master keyset reloads (SIGHUP) by result: "accepted" or "rejected".
 	KeysetReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "master_keyset_reloads_total",
@@ -156,6 +178,7 @@ func init() {
 		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
 		AuditCommits, AuditRecords, AuditCommitDuration, StoreCommits,
+		AuditPruned, AuditPruneBatches, AuditPruneBatchDuration, AuditLastPrune,
 		CacheLookups, CreditsSaved, KeyReflections,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -169,6 +192,9 @@ func init() {
 	}
 	for _, r := range []string{"hit", "miss"} {
 		CacheLookups.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		AuditPruneBatches.WithLabelValues(r)
 	}
 }
 
@@ -211,6 +237,18 @@ func ObserveAuditCommit(records int, took time.Duration, err error) {
 	AuditCommits.WithLabelValues("ok").Inc()
 	AuditRecords.Add(float64(records))
 	AuditCommitDuration.Observe(took.Seconds())
+}
+
+// ObserveAuditPrune records one audit retention prune batch; it is store.Options.OnAuditPrune.
+func ObserveAuditPrune(records int, took time.Duration, err error) {
+	if err != nil {
+		AuditPruneBatches.WithLabelValues("failed").Inc()
+		return
+	}
+	AuditPruneBatches.WithLabelValues("ok").Inc()
+	AuditPruned.Add(float64(records))
+	AuditPruneBatchDuration.Observe(took.Seconds())
+	AuditLastPrune.Set(float64(time.Now().UnixNano()) / 1e9)
 }
 
 // ObserveAuditWrite records how long one audit record took to become durable.
