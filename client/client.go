@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"strings"
@@ -274,6 +275,32 @@ func (c *Client) ListAudit(ctx context.Context, req *credbrokerv1.ListAuditReque
 		return nil, c.convert(err)
 	}
 	return resp.GetRecords(), nil
+}
+
+// WatchAudit follows the audit log: it calls fn with the records after req.AfterSeq (at or after
+// req.Since) that are already written, then with each new batch as brokerd commits it, in chain
+// order. It returns when ctx ends (ctx's error, as ErrCanceled or ErrDeadlineExceeded), when fn
+// returns an error (that error) or when the stream fails (brokerd stopping: ErrUnavailable). A
+// brokerd older than the WatchAudit call answers ErrUnimplemented; ListAudit works there.
+func (c *Client) WatchAudit(ctx context.Context, req *credbrokerv1.WatchAuditRequest, fn func([]*credbrokerv1.AuditRecord) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the stream when fn fails
+	stream, err := c.admin.WatchAudit(ctx, req)
+	if err != nil {
+		return c.convert(err)
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return c.convert(err)
+		}
+		if err := fn(resp.GetRecords()); err != nil {
+			return err
+		}
+	}
 }
 
 // VerifyAudit asks brokerd to walk its audit hash chain.

@@ -55,7 +55,9 @@ type harness struct {
 	admin  pb.AdminServiceClient
 	health healthpb.HealthClient
 	logs   *strings.Builder
-	sock   string
+	// healthServer is the server's side of health (Shutdown starts a graceful stop's signals).
+	healthServer *Health
+	sock         string
 }
 
 type syncBuilder struct {
@@ -94,7 +96,7 @@ func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, _ := NewServer(b, Options{Admins: Admins{UIDs: []uint32{uint32(os.Geteuid())}}, Logger: log})
+	srv, hs := NewServer(b, Options{Admins: Admins{UIDs: []uint32{uint32(os.Geteuid())}}, Logger: log})
 	sock := filepath.Join(dir, "broker.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
@@ -112,7 +114,7 @@ func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
 		fake.Close()
 	})
 	return &harness{
-		fake: fake, store: st, clock: clk, logs: logs, sock: sock,
+		fake: fake, store: st, clock: clk, logs: logs, sock: sock, healthServer: hs,
 		search: pb.NewSearchServiceClient(conn), admin: pb.NewAdminServiceClient(conn), health: healthpb.NewHealthClient(conn),
 	}
 }
@@ -464,6 +466,7 @@ func TestAdminAuthorization(t *testing.T) {
 		{"other uid", ctxFor(65534, 65534), "/credbroker.v1.AdminService/MintToken", true},
 		{"unknown peer", context.Background(), "/credbroker.v1.AdminService/Status", true},
 		{"other uid on data plane", ctxFor(65534, 65534), "/credbroker.v1.SearchService/Search", false},
+		{"other uid watching the audit log", ctxFor(65534, 65534), "/credbroker.v1.AdminService/WatchAudit", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,6 +37,7 @@ const (
 	AdminService_Rekey_FullMethodName               = "/credbroker.v1.AdminService/Rekey"
 	AdminService_SetCredentialLimits_FullMethodName = "/credbroker.v1.AdminService/SetCredentialLimits"
 	AdminService_Usage_FullMethodName               = "/credbroker.v1.AdminService/Usage"
+	AdminService_WatchAudit_FullMethodName          = "/credbroker.v1.AdminService/WatchAudit"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -94,6 +95,11 @@ type AdminServiceClient interface {
 	SetCredentialLimits(ctx context.Context, in *SetCredentialLimitsRequest, opts ...grpc.CallOption) (*SetCredentialLimitsResponse, error)
 	// Usage sums calls, credits, cache hits and errors per token or per credential from the audit log.
 	Usage(ctx context.Context, in *UsageRequest, opts ...grpc.CallOption) (*UsageResponse, error)
+	// WatchAudit streams the audit log: first the records after after_seq (at or after since), then
+	// each new record as it is committed, until the caller ends the stream or brokerd stops. The
+	// watch itself is audited once when it starts (event "watch") and once when it ends; the
+	// records it sends are not, so a follower does not grow the log it follows.
+	WatchAudit(ctx context.Context, in *WatchAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAuditResponse], error)
 }
 
 type adminServiceClient struct {
@@ -284,6 +290,25 @@ func (c *adminServiceClient) Usage(ctx context.Context, in *UsageRequest, opts .
 	return out, nil
 }
 
+func (c *adminServiceClient) WatchAudit(ctx context.Context, in *WatchAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAuditResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_WatchAudit_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchAuditRequest, WatchAuditResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchAuditClient = grpc.ServerStreamingClient[WatchAuditResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -339,6 +364,11 @@ type AdminServiceServer interface {
 	SetCredentialLimits(context.Context, *SetCredentialLimitsRequest) (*SetCredentialLimitsResponse, error)
 	// Usage sums calls, credits, cache hits and errors per token or per credential from the audit log.
 	Usage(context.Context, *UsageRequest) (*UsageResponse, error)
+	// WatchAudit streams the audit log: first the records after after_seq (at or after since), then
+	// each new record as it is committed, until the caller ends the stream or brokerd stops. The
+	// watch itself is audited once when it starts (event "watch") and once when it ends; the
+	// records it sends are not, so a follower does not grow the log it follows.
+	WatchAudit(*WatchAuditRequest, grpc.ServerStreamingServer[WatchAuditResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -402,6 +432,9 @@ func (UnimplementedAdminServiceServer) SetCredentialLimits(context.Context, *Set
 }
 func (UnimplementedAdminServiceServer) Usage(context.Context, *UsageRequest) (*UsageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Usage not implemented")
+}
+func (UnimplementedAdminServiceServer) WatchAudit(*WatchAuditRequest, grpc.ServerStreamingServer[WatchAuditResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchAudit not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -748,6 +781,17 @@ func _AdminService_Usage_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_WatchAudit_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchAuditRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).WatchAudit(m, &grpc.GenericServerStream[WatchAuditRequest, WatchAuditResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchAuditServer = grpc.ServerStreamingServer[WatchAuditResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -828,6 +872,12 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_Usage_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchAudit",
+			Handler:       _AdminService_WatchAudit_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "credbroker/v1/admin.proto",
 }
