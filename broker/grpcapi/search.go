@@ -3,6 +3,7 @@ package grpcapi
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -15,6 +16,10 @@ import (
 	"github.com/credbroker/credbroker/broker"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
+
+// RateLimitWaitHeader carries, in seconds, how long a Search waited for a slot of its credential's
+// rate limiter (sent only when it waited), for clients that only look at metadata.
+const RateLimitWaitHeader = "x-credbroker-ratelimit-wait"
 
 // SearchService adapts broker.Broker to credbroker.v1.SearchService: it converts proto to domain
 // types and back, and nothing else.
@@ -54,6 +59,10 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 		out.CacheAge = durationpb.New(res.CacheAge)
 		// Also as a header, for clients that only look at metadata.
 		grpc.SetHeader(ctx, metadata.Pairs("x-credbroker-cache", fmt.Sprintf("hit; age=%ds", int(res.CacheAge.Seconds()))))
+	}
+	if res.RateLimitWait > 0 {
+		out.RateLimitWait = durationpb.New(res.RateLimitWait)
+		grpc.SetHeader(ctx, metadata.Pairs(RateLimitWaitHeader, strconv.FormatFloat(res.RateLimitWait.Seconds(), 'f', 3, 64)))
 	}
 	if len(res.Metadata) > 0 {
 		if out.Metadata, err = structpb.NewStruct(res.Metadata); err != nil {
