@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -125,6 +126,17 @@ func (c *Client) dial(ctx context.Context, _ string) (net.Conn, error) {
 
 // Close releases the connection. Calls in flight fail with ErrCanceled.
 func (c *Client) Close() error { return c.conn.Close() }
+
+// Health asks brokerd's grpc.health.v1 service whether service ("" for the whole server) is
+// serving. It needs no token and no admin rights. Errors are converted like every call's: an
+// unreachable socket is an ErrUnavailable that says why, an unknown service ErrNotFound.
+func (c *Client) Health(ctx context.Context, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	resp, err := healthpb.NewHealthClient(c.conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN, c.convert(err)
+	}
+	return resp.GetStatus(), nil
+}
 
 // Conn returns the underlying connection, e.g. for grpc_health_v1 checks. Don't close it: use Close.
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }

@@ -5,10 +5,15 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -123,4 +128,64 @@ func TestRateLimitVisibleEndToEnd(t *testing.T) {
 	if !strings.HasSuffix(strings.TrimSpace(r.stdout), "Results: 5") {
 		t.Fatalf("second search: %s", r.stdout)
 	}
+}
+
+// A uid outside the socket's group is told that, not "is it running?", by every command and by
+// the health probe; one in the group whose socket mode shuts the group out is told that instead.
+func TestSocketPermissionDeniedNamesTheGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run brokerctl as uid 65534 (CI runs as root); client/errors_test.go covers a non-root run")
+	}
+	e := newEnv(t)
+	for _, d := range []string{binDir, e.dir} { // let uid 65534 reach the binaries and the socket's parent
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.startDaemon(t) // socket 0660 and its directory 0750, both group root
+	group := "root"
+	if g, err := user.LookupGroupId("0"); err == nil {
+		group = g.Name
+	}
+	who := strconv.Itoa(nobody)
+	if u, err := user.LookupId(who); err == nil {
+		who = u.Username
+	}
+	want := fmt.Sprintf("brokerctl: permission denied on %s: your uid %d is not in group %s (ask an operator: usermod -aG %s %s)", e.socket, nobody, group, group, who)
+	for _, args := range [][]string{{"status"}, {"audit"}, {"search", "q"}} {
+		r := e.asUIDGroups(t, nobody, nil, args...)
+		if r.err == nil || strings.TrimSpace(r.stderr) != want {
+			t.Errorf("%v as uid %d: stderr %q, want %q", args, nobody, r.stderr, want)
+		}
+	}
+	if r := e.asUIDGroups(t, nobody, nil, "health"); r.err == nil || !strings.HasPrefix(r.stderr, "brokerctl: not healthy: permission denied on "+e.socket+": your uid 65534 is not in group "+group) {
+		t.Errorf("health as uid %d: %q", nobody, r.stderr)
+	}
+
+	// In the group, but the socket's mode lets the group nothing.
+	if err := os.Chmod(e.socket, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := e.asUIDGroups(t, nobody, []uint32{0}, "status")
+	if r.err == nil || !strings.Contains(r.stderr, fmt.Sprintf("permission denied on %s: your uid %d is in group %s, but the mode of %s (0600) gives that group no access", e.socket, nobody, group, e.socket)) {
+		t.Errorf("in the group, socket 0600: %q", r.stderr)
+	}
+
+	// A stopped brokerd is still "is it running?".
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	e.ctl(t, "", "status").fails(t, "cannot reach brokerd at "+e.socket+": is it running?")
+}
+
+// asUIDGroups runs brokerctl as uid (gid uid) with exactly the supplementary groups given.
+func (e *env) asUIDGroups(t *testing.T, uid uint32, groups []uint32, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "brokerctl"), append([]string{"--socket", e.socket}, args...)...)
+	cmd.Env = []string{"CREDBROKER_TOKEN=cbt_0123456789abcdef_x", "PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, Groups: groups, NoSetGroups: false}}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return result{out.String(), errb.String(), err}
 }
