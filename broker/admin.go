@@ -233,6 +233,9 @@ type Status struct {
 	SchemaVersion int
 	Tools         []string // "tool=credential"
 	RotationInfo           // warnings, key ids, rotation policies (rotation.go)
+	// Limited are the credentials with spending limits: limits set once are easy to forget, and a
+	// call that waits for a slot looks like a slow upstream unless status shows them.
+	Limited []store.Credential
 }
 
 // Status counts credentials and live tokens.
@@ -279,10 +282,16 @@ func (b *Broker) Status() (Status, error) {
 	if err := b.store.AuditHealthy(); err != nil {
 		ri.Warnings = append(ri.Warnings, auditWarning(err))
 	}
+	var limited []store.Credential
+	for _, c := range creds {
+		if c.Limits != nil && (c.Limits.RateLimit > 0 || c.Limits.MonthlyCredits > 0) {
+			limited = append(limited, c)
+		}
+	}
 	return Status{
 		Version: b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
 		Credentials: n, LiveTokens: live, SchemaVersion: store.SchemaVersion, Tools: ts,
-		RotationInfo: ri,
+		RotationInfo: ri, Limited: limited,
 	}, nil
 }
 

@@ -236,3 +236,42 @@ func (b *Broker) pruneAudit(ctx context.Context, retention time.Duration) (int, 
 	}
 	return n, err
 }
+
+// WatchAudit calls send with the records after afterSeq at or after since: first those already
+// written, a page at a time, then the records of each commit as it lands. It returns when ctx
+// ends (ctx's error), when send fails (its error) or when the store closes
+// (store.ErrAuditUnavailable). It never polls: it waits for the audit writer's commit signal and
+// then rereads the log from where it was, so the writer never waits for a watcher, a slow
+// watcher holds one page in memory at most, and nothing committed is skipped.
+func (b *Broker) WatchAudit(ctx context.Context, afterSeq uint64, since time.Time, send func([]store.AuditRecord) error) error {
+	closed := b.store.AuditClosed()
+	for {
+		// Taken before the read, so a commit that lands after the read still wakes us.
+		committed := b.store.AuditCommitted()
+		select {
+		case <-closed:
+			return fmt.Errorf("%w: brokerd is stopping", store.ErrAuditUnavailable)
+		default:
+		}
+		recs, last, err := b.store.ScanAudit(afterSeq, since, MaxPageSize)
+		if err != nil {
+			return err
+		}
+		// Resume after the last record read, even one since skipped: an old log is scanned once,
+		// not at every commit.
+		afterSeq = last
+		if len(recs) > 0 {
+			if err := send(recs); err != nil {
+				return err
+			}
+			if len(recs) == MaxPageSize {
+				continue // more backlog now
+			}
+		}
+		select {
+		case <-committed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -234,7 +234,7 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 	// A hit: the cached result is shared, so hand out a copy that says where it came from.
 	metrics.CacheLookup(true, cost)
 	hit := *res
-	hit.Cached, hit.CacheAge, hit.Credits = true, r.Age, 0
+	hit.Cached, hit.CacheAge, hit.Credits, hit.RateLimitWait = true, r.Age, 0, 0
 	ci.Event, ci.Credits, ci.CreditsSaved, ci.CredentialVersion = "cache-hit", 0, cost, res.CredentialVersion
 	return &hit, nil
 }
@@ -256,8 +256,9 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 	if err != nil {
 		return nil, false, err
 	}
+	var waited time.Duration
 	if cs.lim != nil {
-		if err := cs.lim.Wait(ctx, cs.limits.MaxWait); err != nil {
+		if waited, err = cs.lim.WaitTook(ctx, cs.limits.MaxWait); err != nil {
 			refund()
 			var we *limiter.WaitError
 			if errors.As(err, &we) {
@@ -280,7 +281,7 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 		ci.Credits = cost
 		return nil, true, err
 	}
-	res.Credits = cost
+	res.Credits, res.RateLimitWait = cost, waited
 	if n, ok := reportedCredits(res.Metadata); ok && n != cost {
 		// The upstream knows best: settle the difference, past the budget if need be.
 		b.settle(t, tool, cs, int64(n)-int64(cost), chargedAt)

@@ -271,6 +271,7 @@ type SearchResult struct {
 	Cached            bool           // served from the result cache
 	CacheAge          time.Duration  // age of the cached answer
 	Credits           uint64         // upstream credits this call spent (0 when cached)
+	RateLimitWait     time.Duration  // how long the call waited for a slot of the credential's rate limiter
 
 	size int64 // bytes it holds in the result cache
 }

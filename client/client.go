@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -124,6 +126,17 @@ func (c *Client) dial(ctx context.Context, _ string) (net.Conn, error) {
 
 // Close releases the connection. Calls in flight fail with ErrCanceled.
 func (c *Client) Close() error { return c.conn.Close() }
+
+// Health asks brokerd's grpc.health.v1 service whether service ("" for the whole server) is
+// serving. It needs no token and no admin rights. Errors are converted like every call's: an
+// unreachable socket is an ErrUnavailable that says why, an unknown service ErrNotFound.
+func (c *Client) Health(ctx context.Context, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	resp, err := healthpb.NewHealthClient(c.conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN, c.convert(err)
+	}
+	return resp.GetStatus(), nil
+}
 
 // Conn returns the underlying connection, e.g. for grpc_health_v1 checks. Don't close it: use Close.
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
@@ -274,6 +287,32 @@ func (c *Client) ListAudit(ctx context.Context, req *credbrokerv1.ListAuditReque
 		return nil, c.convert(err)
 	}
 	return resp.GetRecords(), nil
+}
+
+// WatchAudit follows the audit log: it calls fn with the records after req.AfterSeq (at or after
+// req.Since) that are already written, then with each new batch as brokerd commits it, in chain
+// order. It returns when ctx ends (ctx's error, as ErrCanceled or ErrDeadlineExceeded), when fn
+// returns an error (that error) or when the stream fails (brokerd stopping: ErrUnavailable). A
+// brokerd older than the WatchAudit call answers ErrUnimplemented; ListAudit works there.
+func (c *Client) WatchAudit(ctx context.Context, req *credbrokerv1.WatchAuditRequest, fn func([]*credbrokerv1.AuditRecord) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the stream when fn fails
+	stream, err := c.admin.WatchAudit(ctx, req)
+	if err != nil {
+		return c.convert(err)
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return c.convert(err)
+		}
+		if err := fn(resp.GetRecords()); err != nil {
+			return err
+		}
+	}
 }
 
 // VerifyAudit asks brokerd to walk its audit hash chain.

@@ -4,7 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -141,10 +147,92 @@ func fromStatus(err error) error {
 const grpcTooLarge = "grpc: received message larger than max"
 
 // unreachable builds the error for a socket nobody answers on. cause is the dial error, already
-// stripped of the path (it is in the message once).
+// stripped of the path (it is in the message once). A socket the caller may not open (EACCES) is
+// not a stopped brokerd: that message says whose permission is missing instead.
 func unreachable(path string, cause error) *Error {
+	if errors.Is(cause, syscall.EACCES) {
+		return &Error{Code: codes.Unavailable, Message: socketDenied(path, cause)}
+	}
 	return &Error{
 		Code:    codes.Unavailable,
 		Message: fmt.Sprintf("cannot reach brokerd at %s: is it running? (%v)", path, cause),
 	}
+}
+
+// socketDenied explains an EACCES from connecting to path: the socket or one of its directories
+// lets the caller in only through a group, so name the group and how to join it.
+func socketDenied(path string, cause error) string {
+	uid := os.Geteuid()
+	who := strconv.Itoa(uid)
+	if u, err := user.LookupId(who); err == nil {
+		who = u.Username
+	}
+	// The first directory on the way that the caller may not search refused it, else the socket.
+	denied := path
+	for _, dir := range ancestors(filepath.Dir(path)) {
+		if syscall.Access(dir, 1 /* X_OK */) != nil {
+			denied = dir
+			break
+		}
+	}
+	var st syscall.Stat_t
+	if syscall.Stat(denied, &st) != nil {
+		return fmt.Sprintf("permission denied on %s: your uid %d may not reach it (%v); ask an operator which group may", path, uid, cause)
+	}
+	gid := int(st.Gid)
+	group := strconv.Itoa(gid)
+	if g, err := user.LookupGroupId(group); err == nil {
+		group = g.Name
+	}
+	// In a normal install the socket and its directory share the group that may connect
+	// (credbroker), so the group of whichever refused is the one to join.
+	if int(st.Uid) == uid {
+		return fmt.Sprintf("permission denied on %s: your uid %d owns %s, but its mode (%#o) lets you no access", path, uid, denied, st.Mode&0o777)
+	}
+	if inGroup(gid) {
+		return fmt.Sprintf("permission denied on %s: your uid %d is in group %s, but the mode of %s (%#o) gives that group no access; ask an operator to fix it (brokerd --socket-mode 0660)",
+			path, uid, group, denied, st.Mode&0o777)
+	}
+	if listed(who, group) {
+		return fmt.Sprintf("permission denied on %s: your uid %d was added to group %s after this session started; log in again (or run `newgrp %s`)",
+			path, uid, group, group)
+	}
+	return fmt.Sprintf("permission denied on %s: your uid %d is not in group %s (ask an operator: usermod -aG %s %s)", path, uid, group, group, who)
+}
+
+// ancestors lists dir and the directories above it, root first.
+func ancestors(dir string) []string {
+	var out []string
+	for {
+		out = append([]string{dir}, out...)
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return out
+		}
+		dir = parent
+	}
+}
+
+// inGroup reports whether this process has gid, as its own or a supplementary group.
+func inGroup(gid int) bool {
+	if os.Getegid() == gid {
+		return true
+	}
+	groups, _ := os.Getgroups()
+	return slices.Contains(groups, gid)
+}
+
+// listed reports whether the group database names the user as a member of group, though the
+// process lacks it (the user was added after logging in).
+func listed(username, group string) bool {
+	u, err := user.Lookup(username)
+	if err != nil {
+		return false
+	}
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		return false
+	}
+	ids, err := u.GroupIds()
+	return err == nil && slices.Contains(ids, g.Gid)
 }

@@ -105,6 +105,12 @@ type auditWriter struct {
 	// that failure (bbolt's error: errors.Is finds syscall.ENOSPC in it on a full disk).
 	failing atomic.Bool
 	cause   atomic.Pointer[error]
+
+	// committed is closed (and replaced) after every commit that lands, and when the writer
+	// stops: watchers of the log (WatchAudit) wait on it instead of polling, and reread the log
+	// themselves, so a slow watcher costs the writer nothing.
+	commitMu  sync.Mutex
+	committed chan struct{}
 }
 
 type auditReq struct {
@@ -185,7 +191,8 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 	if err != nil {
 		return err
 	}
-	w := &auditWriter{db: s.db, guard: s.guard, mac: m, onCommit: opts.OnAuditCommit, onPrune: opts.OnAuditPrune, reqs: make(chan *auditReq, maxAuditBatch), quit: make(chan struct{}), done: make(chan struct{})}
+	w := &auditWriter{db: s.db, guard: s.guard, mac: m, onCommit: opts.OnAuditCommit, onPrune: opts.OnAuditPrune, reqs: make(chan *auditReq, maxAuditBatch),
+		quit: make(chan struct{}), done: make(chan struct{}), committed: make(chan struct{})}
 	var head *chainPoint
 	if err := s.db.View(func(tx *bolt.Tx) (err error) {
 		head, err = w.readPoint(tx, keyAuditHead)
@@ -273,6 +280,9 @@ func (w *auditWriter) split(raw []byte) (tag, body []byte, err error) {
 }
 
 func (w *auditWriter) run() {
+	// Deferred calls run last first: done is closed before the watchers wake, so they see the
+	// store closing instead of waiting for a commit that never comes.
+	defer w.wake()
 	defer close(w.done)
 	for {
 		var first *auditReq
@@ -410,8 +420,29 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 	}
 	w.failing.Store(false)
 	w.lastSeq, w.lastMAC = seq, prev
+	w.wake()
 	return nil
 }
+
+// wake tells everyone waiting on the current committed channel that the log changed.
+func (w *auditWriter) wake() {
+	w.commitMu.Lock()
+	close(w.committed)
+	w.committed = make(chan struct{})
+	w.commitMu.Unlock()
+}
+
+// AuditCommitted returns a channel that is closed at the next audit commit (or when the store
+// closes). Take it before reading the log, so a commit between the read and the wait is not
+// missed.
+func (s *Store) AuditCommitted() <-chan struct{} {
+	s.audit.commitMu.Lock()
+	defer s.audit.commitMu.Unlock()
+	return s.audit.committed
+}
+
+// AuditClosed returns a channel that is closed when the store's audit writer stops.
+func (s *Store) AuditClosed() <-chan struct{} { return s.audit.done }
 
 func (w *auditWriter) fail(err error) {
 	w.cause.Store(&err)
@@ -508,9 +539,18 @@ func (s *Store) QueryDigest(q string) string {
 
 // ListAudit returns up to limit records with seq > afterSeq and time >= since, in chain order.
 func (s *Store) ListAudit(afterSeq uint64, since time.Time, limit int) ([]AuditRecord, error) {
+	out, _, err := s.ScanAudit(afterSeq, since, limit)
+	return out, err
+}
+
+// ScanAudit is ListAudit that also returns the seq of the last record it looked at (afterSeq if
+// none), skipped by since or not, so a caller that resumes from there does not read the skipped
+// records again.
+func (s *Store) ScanAudit(afterSeq uint64, since time.Time, limit int) ([]AuditRecord, uint64, error) {
 	var out []AuditRecord
+	last := afterSeq
 	if afterSeq == math.MaxUint64 { // nothing comes after the last possible record (and +1 would wrap)
-		return nil, nil
+		return nil, last, nil
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAudit)
@@ -527,6 +567,7 @@ func (s *Store) ListAudit(afterSeq uint64, since time.Time, limit int) ([]AuditR
 			if err != nil {
 				return err
 			}
+			last = rec.Seq
 			if rec.Time.Before(since) {
 				continue
 			}
@@ -534,7 +575,7 @@ func (s *Store) ListAudit(afterSeq uint64, since time.Time, limit int) ([]AuditR
 		}
 		return nil
 	})
-	return out, err
+	return out, last, err
 }
 
 // NewestAudit returns the newest audit record; ok is false when the log holds none (empty, or

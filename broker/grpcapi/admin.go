@@ -7,6 +7,9 @@ import (
 	"math"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -21,6 +24,8 @@ type AdminService struct {
 	pb.UnimplementedAdminServiceServer
 	b   *broker.Broker
 	log *slog.Logger
+	// stopping is closed when brokerd starts to shut down (Health.Shutdown); watches end then.
+	stopping <-chan struct{}
 }
 
 func credentialPB(c store.Credential) *pb.Credential {
@@ -150,6 +155,9 @@ func (s *AdminService) Status(context.Context, *pb.StatusRequest) (*pb.StatusRes
 		SchemaVersion: uint32(st.SchemaVersion), Tools: st.Tools,
 	}
 	rotationStatusPB(out, st.RotationInfo)
+	for _, c := range st.Limited {
+		out.LimitedCredentials = append(out.LimitedCredentials, credentialPB(c))
+	}
 	return out, nil
 }
 
@@ -173,9 +181,13 @@ func (s *AdminService) ListAudit(_ context.Context, req *pb.ListAuditRequest) (*
 	if err != nil {
 		return nil, toStatus(s.log, "ListAudit", err)
 	}
-	out := &pb.ListAuditResponse{Records: make([]*pb.AuditRecord, 0, len(recs))}
+	return &pb.ListAuditResponse{Records: auditPB(recs)}, nil
+}
+
+func auditPB(recs []store.AuditRecord) []*pb.AuditRecord {
+	out := make([]*pb.AuditRecord, 0, len(recs))
 	for _, r := range recs {
-		out.Records = append(out.Records, &pb.AuditRecord{
+		out = append(out, &pb.AuditRecord{
 			Seq: r.Seq, Time: timestamppb.New(r.Time), PeerKnown: r.PeerKnown, Uid: r.UID, Gid: r.GID, Pid: r.PID,
 			TokenId: r.TokenID, Method: r.Method, Tool: r.Tool, Code: r.Code,
 			Latency: durationpb.New(time.Duration(r.LatencyMicros) * time.Microsecond), Credential: r.Credential,
@@ -183,8 +195,49 @@ func (s *AdminService) ListAudit(_ context.Context, req *pb.ListAuditRequest) (*
 			Credits: r.Credits, CreditsSaved: r.CreditsSaved, TokenLabel: r.TokenLabel, Pidfd: r.PIDFD, Exe: r.Exe, Comm: r.Comm,
 		})
 	}
-	return out, nil
+	return out
 }
+
+// WatchAudit implements AdminService.WatchAudit. The watch is audited when it starts (here, after
+// authorization, so a refused caller gets one record and not a "started" one too) and when it ends
+// (the stream interceptor); the records it sends are not audited, or a follower would grow the log
+// it follows by a record per record.
+func (s *AdminService) WatchAudit(req *pb.WatchAuditRequest, stream grpc.ServerStreamingServer[pb.WatchAuditResponse]) error {
+	ctx := stream.Context()
+	var since time.Time
+	if req.GetSince() != nil {
+		if err := req.GetSince().CheckValid(); err != nil {
+			return toStatus(s.log, "WatchAudit", fmt.Errorf("%w: since is not a valid time", broker.ErrInvalidArgument))
+		}
+		since = req.GetSince().AsTime()
+	}
+	started := broker.CallRecord{Method: watchAuditMethod, Caller: callerFrom(ctx), Code: "Started", Info: &broker.CallInfo{Event: "watch"}}
+	if err := s.b.RecordCall(ctx, started); err != nil {
+		s.log.Error("audit record not written; refusing the watch", "err", err)
+		return status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
+	}
+	// End the watch when brokerd starts stopping: a graceful stop waits for every open stream.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := s.b.WatchAudit(ctx, req.GetAfterSeq(), since, func(recs []store.AuditRecord) error {
+		return stream.Send(&pb.WatchAuditResponse{Records: auditPB(recs)})
+	})
+	select {
+	case <-s.stopping:
+		return status.Error(codes.Unavailable, "brokerd is stopping; watch again when it is back")
+	default:
+	}
+	return toStatus(s.log, "WatchAudit", err)
+}
+
+const watchAuditMethod = adminPrefix + "WatchAudit"
 
 // VerifyAudit implements AdminService.VerifyAudit.
 func (s *AdminService) VerifyAudit(context.Context, *pb.VerifyAuditRequest) (*pb.VerifyAuditResponse, error) {

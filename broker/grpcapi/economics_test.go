@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/clocktest"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -336,5 +337,50 @@ func TestRateLimitPauseEndsWithRotation(t *testing.T) {
 	}
 	if _, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q3"}); err != nil {
 		t.Fatalf("after rotation: %v", err)
+	}
+}
+
+// A call held for a limiter slot says how long, in the response and a header, so a client can tell
+// the wait from a slow upstream. Rate 1/2s with burst 1 on a fake clock: the second call's slot is
+// exactly 2s after the first's. (Nothing is asserted about the first call.)
+func TestSearchReportsRateLimitWait(t *testing.T) {
+	fc := clocktest.New(time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC))
+	h := newHarnessWith(t, func(c *broker.Config) { c.Economics.DefaultCacheTTL = -1; c.Clock = fc })
+	h.putKey(t)
+	if _, err := h.admin.SetCredentialLimits(context.Background(), &pb.SetCredentialLimitsRequest{Name: "scavio_api_key",
+		Limits: &pb.CredentialLimits{RateLimit: 1, RatePeriod: durationpb.New(2 * time.Second), Burst: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	if _, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "first"}); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		resp *pb.SearchResponse
+		hdr  metadata.MD
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		var a answer
+		a.resp, a.err = h.search.Search(withToken(tok), &pb.SearchRequest{Query: "second"}, grpc.Header(&a.hdr))
+		done <- a
+	}()
+	// The second call is parked on the fake clock until it is advanced past its slot.
+	for deadline := time.Now().Add(10 * time.Second); fc.Waiting() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the second call never waited for a slot")
+		}
+	}
+	fc.Advance(2 * time.Second)
+	a := <-done
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	if got := a.resp.GetRateLimitWait().AsDuration(); got != 2*time.Second {
+		t.Fatalf("rate_limit_wait %v, want 2s", got)
+	}
+	if got := a.hdr.Get(RateLimitWaitHeader); len(got) != 1 || got[0] != "2.000" {
+		t.Fatalf("%s header %v, want [2.000]", RateLimitWaitHeader, got)
 	}
 }

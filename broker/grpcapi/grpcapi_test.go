@@ -56,7 +56,9 @@ type harness struct {
 	admin  pb.AdminServiceClient
 	health healthpb.HealthClient
 	logs   *strings.Builder
-	sock   string
+	// healthServer is the server's side of health (Shutdown starts a graceful stop's signals).
+	healthServer *Health
+	sock         string
 }
 
 // newHarness runs the real server on a real Unix socket in a temp dir, with a real store and the
@@ -100,7 +102,7 @@ func newHarnessOpts(t *testing.T, configure func(*broker.Config), serverOpts fun
 	if serverOpts != nil {
 		serverOpts(&opts)
 	}
-	srv, _ := NewServer(b, opts)
+	srv, hs := NewServer(b, opts)
 	sock := filepath.Join(dir, "broker.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
@@ -124,7 +126,7 @@ func newHarnessOpts(t *testing.T, configure func(*broker.Config), serverOpts fun
 		fake.Close()
 	})
 	return &harness{
-		b: b, fake: fake, store: st, clock: clk, logs: logs, sock: sock,
+		b: b, fake: fake, store: st, clock: clk, logs: logs, sock: sock, healthServer: hs,
 		search: pb.NewSearchServiceClient(conn), admin: pb.NewAdminServiceClient(conn), health: healthpb.NewHealthClient(conn),
 	}
 }
@@ -477,6 +479,7 @@ func TestAdminAuthorization(t *testing.T) {
 		{"other uid", ctxFor(65534, 65534), "/credbroker.v1.AdminService/MintToken", true},
 		{"unknown peer", context.Background(), "/credbroker.v1.AdminService/Status", true},
 		{"other uid on data plane", ctxFor(65534, 65534), "/credbroker.v1.SearchService/Search", false},
+		{"other uid watching the audit log", ctxFor(65534, 65534), "/credbroker.v1.AdminService/WatchAudit", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

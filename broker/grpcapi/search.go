@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -16,6 +17,10 @@ import (
 	"github.com/credbroker/credbroker/broker/upstream"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
+
+// RateLimitWaitHeader carries, in seconds, how long a Search waited for a slot of its credential's
+// rate limiter (sent only when it waited), for clients that only look at metadata.
+const RateLimitWaitHeader = "x-credbroker-ratelimit-wait"
 
 // SearchService adapts broker.Broker to credbroker.v1.SearchService: it converts proto to domain
 // types and back, and nothing else.
@@ -61,6 +66,10 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 		out.CacheAge = durationpb.New(res.CacheAge)
 		// Also as a header, for clients that only look at metadata.
 		grpc.SetHeader(ctx, metadata.Pairs("x-credbroker-cache", fmt.Sprintf("hit; age=%ds", int(res.CacheAge.Seconds()))))
+	}
+	if res.RateLimitWait > 0 {
+		out.RateLimitWait = durationpb.New(res.RateLimitWait)
+		grpc.SetHeader(ctx, metadata.Pairs(RateLimitWaitHeader, strconv.FormatFloat(res.RateLimitWait.Seconds(), 'f', 3, 64)))
 	}
 	if len(res.Metadata) > 0 {
 		if out.Metadata, err = structpb.NewStruct(res.Metadata); err != nil {

@@ -63,10 +63,10 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 		opts = append(opts, grpc.ChainUnaryInterceptor(o.Drainer.unary), grpc.ChainStreamInterceptor(o.Drainer.stream))
 	}
 	g := grpc.NewServer(opts...)
+	hs := newHealth()
 	// Requests that do not decode are refused before the interceptors; audit them too.
 	g.RegisterService(auditedDecoding(&pb.SearchService_ServiceDesc, b, o.Logger), &SearchService{b: b, log: o.Logger})
-	g.RegisterService(auditedDecoding(&pb.AdminService_ServiceDesc, b, o.Logger), &AdminService{b: b, log: o.Logger})
-	hs := newHealth()
+	g.RegisterService(auditedDecoding(&pb.AdminService_ServiceDesc, b, o.Logger), &AdminService{b: b, log: o.Logger, stopping: hs.stopping})
 	healthpb.RegisterHealthServer(g, hs)
 	for _, name := range []string{"", pb.SearchService_ServiceDesc.ServiceName, pb.AdminService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)

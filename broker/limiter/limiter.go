@@ -95,6 +95,14 @@ func (l *Limiter) reserve(deadline time.Time) (at time.Time, err error) {
 // slot would start after ctx's deadline or after maxWait (0: no cap), and ctx's error if ctx ends
 // while waiting (the slot is then lost, which errs on the side of the upstream's limit).
 func (l *Limiter) Wait(ctx context.Context, maxWait time.Duration) error {
+	_, err := l.WaitTook(ctx, maxWait)
+	return err
+}
+
+// WaitTook is Wait that also says how long the caller's slot was in the future, i.e. how long it
+// waited when err is nil (0 when a slot was free). It is read from the limiter's clock, so it is
+// exact under a fake clock.
+func (l *Limiter) WaitTook(ctx context.Context, maxWait time.Duration) (time.Duration, error) {
 	var deadline time.Time
 	if d, ok := ctx.Deadline(); ok {
 		deadline = d
@@ -106,17 +114,17 @@ func (l *Limiter) Wait(ctx context.Context, maxWait time.Duration) error {
 	}
 	at, err := l.reserve(deadline)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	d := at.Sub(l.clock.Now())
 	if d <= 0 {
-		return nil
+		return 0, nil
 	}
 	select {
 	case <-l.clock.After(d):
-		return nil
+		return d, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 }
 

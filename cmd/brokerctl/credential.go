@@ -137,7 +137,7 @@ func newCredentialListCmd(a *app) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List credentials (names, versions and times; never values)",
+		Short: "List credentials (names, versions, times, rotation due dates and spending limits; never values)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var creds []*credbrokerv1.Credential
@@ -158,15 +158,15 @@ func newCredentialListCmd(a *app) *cobra.Command {
 						Version:   c.GetVersion(),
 						CreatedAt: rfc3339(c.GetCreatedAt()),
 						RotatedAt: rfc3339(c.GetRotatedAt()),
-					}, rotationOf(c, now)}) // rotation.go
+					}, rotationOf(c, now), limitsOf(c)}) // rotation.go, economics.go
 				}
 				return writeJSON(a.stdout, out)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tVERSION\tCREATED\tROTATED\tAGE\tDUE")
+			fmt.Fprintln(tw, "NAME\tVERSION\tCREATED\tROTATED\tAGE\tDUE\tLIMITS")
 			for _, c := range creds {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", c.GetName(), c.GetVersion(), orDash(rfc3339(c.GetCreatedAt())), orDash(rfc3339(c.GetRotatedAt())),
-					ageColumn(c, now), dueColumn(c, now))
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", c.GetName(), c.GetVersion(), orDash(rfc3339(c.GetCreatedAt())), orDash(rfc3339(c.GetRotatedAt())),
+					ageColumn(c, now), dueColumn(c, now), limitsColumn(c))
 			}
 			return tw.Flush()
 		},

@@ -244,3 +244,67 @@ func newUsageCmd(a *app) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON object")
 	return cmd
 }
+
+// limitsJSON is a credential's spending limits in `credential list --json` and `status --json`.
+type limitsJSON struct {
+	RateLimit         uint32  `json:"rate_limit,omitempty"`
+	RatePeriod        string  `json:"rate_period,omitempty"`
+	RatePeriodSeconds float64 `json:"rate_period_seconds,omitempty"`
+	Burst             uint32  `json:"burst,omitempty"`
+	MaxWait           string  `json:"max_wait,omitempty"`
+	MaxWaitSeconds    float64 `json:"max_wait_seconds,omitempty"`
+	MonthlyCredits    uint64  `json:"monthly_credits,omitempty"`
+	CreditsThisMonth  uint64  `json:"credits_this_month"`
+}
+
+// limitsOf returns c's limits for JSON, nil when it has none.
+func limitsOf(c *credbrokerv1.Credential) *limitsJSON {
+	l := c.GetLimits()
+	if l == nil || (l.GetRateLimit() == 0 && l.GetMonthlyCredits() == 0) {
+		return nil
+	}
+	out := &limitsJSON{RateLimit: l.GetRateLimit(), Burst: l.GetBurst(), MonthlyCredits: l.GetMonthlyCredits(), CreditsThisMonth: c.GetCreditsThisMonth()}
+	if l.GetRateLimit() > 0 {
+		out.RatePeriod, out.RatePeriodSeconds = shortDuration(l.GetRatePeriod().AsDuration()), l.GetRatePeriod().AsDuration().Seconds()
+		if out.Burst == 0 {
+			out.Burst = 1 // what brokerd applies
+		}
+	}
+	if l.GetMaxWait() != nil && l.GetMaxWait().AsDuration() > 0 {
+		out.MaxWait, out.MaxWaitSeconds = shortDuration(l.GetMaxWait().AsDuration()), l.GetMaxWait().AsDuration().Seconds()
+	}
+	return out
+}
+
+// limitsColumn is c's limits on one line for `credential list` and `status`: "rate 10/1m burst 2
+// max-wait 30s, credits 12/100 this month", or "-".
+func limitsColumn(c *credbrokerv1.Credential) string {
+	l := limitsOf(c)
+	if l == nil {
+		return "-"
+	}
+	var parts []string
+	if l.RateLimit > 0 {
+		p := fmt.Sprintf("rate %d/%s burst %d", l.RateLimit, l.RatePeriod, l.Burst)
+		if l.MaxWait != "" {
+			p += " max-wait " + l.MaxWait
+		}
+		parts = append(parts, p)
+	}
+	if l.MonthlyCredits > 0 {
+		parts = append(parts, fmt.Sprintf("credits %d/%d this month", l.CreditsThisMonth, l.MonthlyCredits))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// shortDuration drops a Duration's zero tails: 1m rather than 1m0s, 1h rather than 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}

@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/client"
 )
@@ -19,11 +19,22 @@ var checkHealth = func(ctx context.Context, socket, service string) (healthpb.He
 		return healthpb.HealthCheckResponse_UNKNOWN, err
 	}
 	defer c.Close()
-	resp, err := healthpb.NewHealthClient(c.Conn()).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
-	if err != nil {
-		return healthpb.HealthCheckResponse_UNKNOWN, err
+	return c.Health(ctx, service)
+}
+
+// healthError is the one line `health` prints for a failed check: why, in words, not the gRPC
+// status text ("Unavailable: connection error: desc = \"transport: Error while dialing…").
+func healthError(socket, service string, err error) error {
+	switch {
+	case errors.Is(err, client.ErrNotFound):
+		return fmt.Errorf("brokerd at %s is not healthy: it has no service %q (it serves credbroker.v1.SearchService and credbroker.v1.AdminService)", socket, service)
+	case errors.Is(err, client.ErrDeadlineExceeded):
+		return fmt.Errorf("brokerd at %s is not healthy: no answer within --timeout", socket)
+	case errors.Is(err, client.ErrUnavailable):
+		// The client's message already names the socket and the cause (not running, permission).
+		return fmt.Errorf("not healthy: %s", err.Error())
 	}
-	return resp.GetStatus(), nil
+	return fmt.Errorf("brokerd at %s is not healthy: %s", socket, err.Error())
 }
 
 func newHealthCmd(a *app) *cobra.Command {
@@ -44,11 +55,14 @@ unknown service). Needs no admin rights and no token.`,
 			}
 			st, err := checkHealth(ctx, a.socket, service)
 			if err != nil {
-				st := status.Convert(err)
-				return fmt.Errorf("brokerd at %s is not healthy: %s: %s", a.socket, st.Code(), st.Message())
+				return healthError(a.socket, service, err)
 			}
-			if st != healthpb.HealthCheckResponse_SERVING {
-				return fmt.Errorf("brokerd at %s is %s", a.socket, st)
+			switch st {
+			case healthpb.HealthCheckResponse_SERVING:
+			case healthpb.HealthCheckResponse_NOT_SERVING:
+				return fmt.Errorf("brokerd at %s is not healthy: NOT_SERVING (stopping, or not ready yet)", a.socket)
+			default:
+				return fmt.Errorf("brokerd at %s is not healthy: %s", a.socket, st)
 			}
 			fmt.Fprintln(a.stdout, st)
 			return nil

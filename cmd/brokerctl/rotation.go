@@ -115,6 +115,7 @@ type rotationJSON struct {
 type credentialListJSON struct {
 	credentialJSON
 	rotationJSON
+	Limits *limitsJSON `json:"limits,omitempty"` // economics.go; absent without limits
 }
 
 func rotationOf(c *credbrokerv1.Credential, now time.Time) rotationJSON {

@@ -93,6 +93,8 @@ type searchJSON struct {
 	Cached            bool               `json:"cached"`
 	CacheAgeSeconds   float64            `json:"cache_age_seconds,omitempty"`
 	Credits           uint64             `json:"credits"`
+	// RateLimitWaitSeconds is how long brokerd held the call for a slot of the credential's limiter.
+	RateLimitWaitSeconds float64 `json:"rate_limit_wait_seconds,omitempty"`
 }
 
 func newSearchCmd(a *app) *cobra.Command {
@@ -127,6 +129,11 @@ variable CREDBROKER_TOKEN (never a flag). The query words are joined with spaces
 			if tool == "" {
 				tool = req.GetTool()
 			}
+			// A limiter wait looks like a slow upstream unless it is named; under a second is noise.
+			if w := resp.GetRateLimitWait().AsDuration(); w > time.Second {
+				fmt.Fprintf(a.stderr, "brokerctl: waited %s for a rate-limit slot on %s (see `brokerctl credential list`)\n",
+					w.Round(100*time.Millisecond), orDash(printable(resp.GetCredential())))
+			}
 			if f.asJSON {
 				out := searchJSON{
 					Tool:              tool,
@@ -136,6 +143,8 @@ variable CREDBROKER_TOKEN (never a flag). The query words are joined with spaces
 					Cached:            resp.GetCached(),
 					CacheAgeSeconds:   resp.GetCacheAge().AsDuration().Seconds(),
 					Credits:           resp.GetCredits(),
+
+					RateLimitWaitSeconds: resp.GetRateLimitWait().AsDuration().Seconds(),
 				}
 				if resp.GetMetadata() != nil {
 					out.Metadata = resp.GetMetadata().AsMap()

@@ -22,6 +22,8 @@ type statusJSON struct {
 	LiveTokens    uint32   `json:"live_tokens"`
 	SchemaVersion uint32   `json:"schema_version"`
 	Tools         []string `json:"tools"`
+	// Limits are the credentials with spending limits (economics.go).
+	Limits []credentialLimitsJSON `json:"limits"`
 
 	statusRotationJSON // rotation.go: warnings, key ids, rotation state
 }
@@ -55,6 +57,7 @@ func newStatusCmd(a *app) *cobra.Command {
 					Tools:         append([]string{}, st.GetTools()...),
 
 					statusRotationJSON: statusRotation(st), // rotation.go
+					Limits:             statusLimits(st),
 				})
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
@@ -65,10 +68,29 @@ func newStatusCmd(a *app) *cobra.Command {
 			fmt.Fprintf(tw, "live tokens:\t%d\n", st.GetLiveTokens())
 			fmt.Fprintf(tw, "schema version:\t%d\n", st.GetSchemaVersion())
 			fmt.Fprintf(tw, "tools:\t%s\n", orDash(strings.Join(st.GetTools(), ", ")))
+			for _, c := range st.GetLimitedCredentials() {
+				fmt.Fprintf(tw, "limits %s:\t%s\n", c.GetName(), limitsColumn(c))
+			}
 			printRotationStatus(tw, st) // rotation.go
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON object")
 	return cmd
+}
+
+// credentialLimitsJSON is one credential's limits in `status --json`.
+type credentialLimitsJSON struct {
+	Credential string `json:"credential"`
+	limitsJSON
+}
+
+func statusLimits(st *credbrokerv1.StatusResponse) []credentialLimitsJSON {
+	out := []credentialLimitsJSON{}
+	for _, c := range st.GetLimitedCredentials() {
+		if l := limitsOf(c); l != nil {
+			out = append(out, credentialLimitsJSON{c.GetName(), *l})
+		}
+	}
+	return out
 }

@@ -153,7 +153,7 @@ func TestSystemdNotify(t *testing.T) {
 		t.Fatalf("brokerctl health: %q", r.stdout)
 	}
 	e.ctl(t, "", "health", "--service", "credbroker.v1.SearchService").ok(t)
-	e.ctl(t, "", "health", "--service", "no.such.Service").fails(t, "NotFound")
+	e.ctl(t, "", "health", "--service", "no.such.Service").fails(t, `is not healthy: it has no service "no.such.Service"`)
 
 	// The STATUS line follows the token count.
 	e.setup(t)
@@ -341,7 +341,7 @@ func TestSIGTERMDrainsInFlightCall(t *testing.T) {
 	if took := time.Since(sent); took > 10*time.Second {
 		t.Fatalf("drain took %s, longer than --shutdown-timeout", took)
 	}
-	e.ctl(t, "", "health").fails(t, "is not healthy")
+	e.ctl(t, "", "health").fails(t, "not healthy: cannot reach brokerd at "+e.socket+": is it running?")
 	if !strings.Contains(e.stderr.String(), "draining in-flight calls") {
 		t.Fatalf("no drain log line:\n%s", e.stderr.String())
 	}

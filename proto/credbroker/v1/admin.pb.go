@@ -1363,9 +1363,12 @@ type StatusResponse struct {
 	// data_keys lists every data key and how many stored versions it encrypts.
 	DataKeys []*DataKeyUsage `protobuf:"bytes,11,rep,name=data_keys,json=dataKeys,proto3" json:"data_keys,omitempty"`
 	// rotation describes each credential that has a rotation policy.
-	Rotation      []*RotationStatus `protobuf:"bytes,12,rep,name=rotation,proto3" json:"rotation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Rotation []*RotationStatus `protobuf:"bytes,12,rep,name=rotation,proto3" json:"rotation,omitempty"`
+	// limited_credentials are the credentials that have spending limits, with those limits and
+	// the credits spent this month (name, version, limits and credits_this_month are set).
+	LimitedCredentials []*Credential `protobuf:"bytes,13,rep,name=limited_credentials,json=limitedCredentials,proto3" json:"limited_credentials,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1478,6 +1481,13 @@ func (x *StatusResponse) GetDataKeys() []*DataKeyUsage {
 func (x *StatusResponse) GetRotation() []*RotationStatus {
 	if x != nil {
 		return x.Rotation
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetLimitedCredentials() []*Credential {
+	if x != nil {
+		return x.LimitedCredentials
 	}
 	return nil
 }
@@ -2103,6 +2113,107 @@ func (x *ListAuditResponse) GetRecords() []*AuditRecord {
 	return nil
 }
 
+// WatchAuditRequest selects where a watch starts.
+type WatchAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// after_seq starts after this record (0 = from the oldest kept record).
+	AfterSeq uint64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// since skips records written before this time.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchAuditRequest) Reset() {
+	*x = WatchAuditRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchAuditRequest) ProtoMessage() {}
+
+func (x *WatchAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchAuditRequest.ProtoReflect.Descriptor instead.
+func (*WatchAuditRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *WatchAuditRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *WatchAuditRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+// WatchAuditResponse carries the records of one commit (or one page of the backlog).
+type WatchAuditResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// records in chain order; seq only grows across responses.
+	Records       []*AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchAuditResponse) Reset() {
+	*x = WatchAuditResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchAuditResponse) ProtoMessage() {}
+
+func (x *WatchAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchAuditResponse.ProtoReflect.Descriptor instead.
+func (*WatchAuditResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *WatchAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
 // VerifyAuditRequest has no fields.
 type VerifyAuditRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2112,7 +2223,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2235,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2248,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 // VerifyAuditResponse reports the result of walking the chain.
@@ -2161,7 +2272,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2284,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2297,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -2256,7 +2367,7 @@ type CredentialVersion struct {
 
 func (x *CredentialVersion) Reset() {
 	*x = CredentialVersion{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2268,7 +2379,7 @@ func (x *CredentialVersion) String() string {
 func (*CredentialVersion) ProtoMessage() {}
 
 func (x *CredentialVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2281,7 +2392,7 @@ func (x *CredentialVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialVersion.ProtoReflect.Descriptor instead.
 func (*CredentialVersion) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CredentialVersion) GetVersion() uint64 {
@@ -2351,7 +2462,7 @@ type CredentialHistoryRequest struct {
 
 func (x *CredentialHistoryRequest) Reset() {
 	*x = CredentialHistoryRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2363,7 +2474,7 @@ func (x *CredentialHistoryRequest) String() string {
 func (*CredentialHistoryRequest) ProtoMessage() {}
 
 func (x *CredentialHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2376,7 +2487,7 @@ func (x *CredentialHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialHistoryRequest.ProtoReflect.Descriptor instead.
 func (*CredentialHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CredentialHistoryRequest) GetName() string {
@@ -2401,7 +2512,7 @@ type CredentialHistoryResponse struct {
 
 func (x *CredentialHistoryResponse) Reset() {
 	*x = CredentialHistoryResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2413,7 +2524,7 @@ func (x *CredentialHistoryResponse) String() string {
 func (*CredentialHistoryResponse) ProtoMessage() {}
 
 func (x *CredentialHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2426,7 +2537,7 @@ func (x *CredentialHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialHistoryResponse.ProtoReflect.Descriptor instead.
 func (*CredentialHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CredentialHistoryResponse) GetCredential() *Credential {
@@ -2463,7 +2574,7 @@ type RollbackCredentialRequest struct {
 
 func (x *RollbackCredentialRequest) Reset() {
 	*x = RollbackCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +2586,7 @@ func (x *RollbackCredentialRequest) String() string {
 func (*RollbackCredentialRequest) ProtoMessage() {}
 
 func (x *RollbackCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +2599,7 @@ func (x *RollbackCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackCredentialRequest.ProtoReflect.Descriptor instead.
 func (*RollbackCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RollbackCredentialRequest) GetName() string {
@@ -2518,7 +2629,7 @@ type RollbackCredentialResponse struct {
 
 func (x *RollbackCredentialResponse) Reset() {
 	*x = RollbackCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2530,7 +2641,7 @@ func (x *RollbackCredentialResponse) String() string {
 func (*RollbackCredentialResponse) ProtoMessage() {}
 
 func (x *RollbackCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2543,7 +2654,7 @@ func (x *RollbackCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackCredentialResponse.ProtoReflect.Descriptor instead.
 func (*RollbackCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RollbackCredentialResponse) GetCredential() *Credential {
@@ -2573,7 +2684,7 @@ type SetRotationPolicyRequest struct {
 
 func (x *SetRotationPolicyRequest) Reset() {
 	*x = SetRotationPolicyRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2696,7 @@ func (x *SetRotationPolicyRequest) String() string {
 func (*SetRotationPolicyRequest) ProtoMessage() {}
 
 func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2709,7 @@ func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRotationPolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetRotationPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SetRotationPolicyRequest) GetName() string {
@@ -2626,7 +2737,7 @@ type SetRotationPolicyResponse struct {
 
 func (x *SetRotationPolicyResponse) Reset() {
 	*x = SetRotationPolicyResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2638,7 +2749,7 @@ func (x *SetRotationPolicyResponse) String() string {
 func (*SetRotationPolicyResponse) ProtoMessage() {}
 
 func (x *SetRotationPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2651,7 +2762,7 @@ func (x *SetRotationPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRotationPolicyResponse.ProtoReflect.Descriptor instead.
 func (*SetRotationPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SetRotationPolicyResponse) GetCredential() *Credential {
@@ -2676,7 +2787,7 @@ type ImportCredentialRequest struct {
 
 func (x *ImportCredentialRequest) Reset() {
 	*x = ImportCredentialRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2688,7 +2799,7 @@ func (x *ImportCredentialRequest) String() string {
 func (*ImportCredentialRequest) ProtoMessage() {}
 
 func (x *ImportCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2701,7 +2812,7 @@ func (x *ImportCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCredentialRequest.ProtoReflect.Descriptor instead.
 func (*ImportCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ImportCredentialRequest) GetName() string {
@@ -2736,7 +2847,7 @@ type ImportCredentialResponse struct {
 
 func (x *ImportCredentialResponse) Reset() {
 	*x = ImportCredentialResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2748,7 +2859,7 @@ func (x *ImportCredentialResponse) String() string {
 func (*ImportCredentialResponse) ProtoMessage() {}
 
 func (x *ImportCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2761,7 +2872,7 @@ func (x *ImportCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCredentialResponse.ProtoReflect.Descriptor instead.
 func (*ImportCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ImportCredentialResponse) GetCredential() *Credential {
@@ -2780,7 +2891,7 @@ type RekeyRequest struct {
 
 func (x *RekeyRequest) Reset() {
 	*x = RekeyRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2792,7 +2903,7 @@ func (x *RekeyRequest) String() string {
 func (*RekeyRequest) ProtoMessage() {}
 
 func (x *RekeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2805,7 +2916,7 @@ func (x *RekeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeyRequest.ProtoReflect.Descriptor instead.
 func (*RekeyRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 // RekeyResponse says what the rekey did.
@@ -2827,7 +2938,7 @@ type RekeyResponse struct {
 
 func (x *RekeyResponse) Reset() {
 	*x = RekeyResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2839,7 +2950,7 @@ func (x *RekeyResponse) String() string {
 func (*RekeyResponse) ProtoMessage() {}
 
 func (x *RekeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2852,7 +2963,7 @@ func (x *RekeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RekeyResponse.ProtoReflect.Descriptor instead.
 func (*RekeyResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RekeyResponse) GetNewPrimaryKeyId() uint32 {
@@ -2912,7 +3023,7 @@ type CredentialEvent struct {
 
 func (x *CredentialEvent) Reset() {
 	*x = CredentialEvent{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2924,7 +3035,7 @@ func (x *CredentialEvent) String() string {
 func (*CredentialEvent) ProtoMessage() {}
 
 func (x *CredentialEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2937,7 +3048,7 @@ func (x *CredentialEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialEvent.ProtoReflect.Descriptor instead.
 func (*CredentialEvent) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CredentialEvent) GetAt() *timestamppb.Timestamp {
@@ -2988,7 +3099,7 @@ type SetCredentialLimitsRequest struct {
 
 func (x *SetCredentialLimitsRequest) Reset() {
 	*x = SetCredentialLimitsRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3000,7 +3111,7 @@ func (x *SetCredentialLimitsRequest) String() string {
 func (*SetCredentialLimitsRequest) ProtoMessage() {}
 
 func (x *SetCredentialLimitsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3013,7 +3124,7 @@ func (x *SetCredentialLimitsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCredentialLimitsRequest.ProtoReflect.Descriptor instead.
 func (*SetCredentialLimitsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SetCredentialLimitsRequest) GetName() string {
@@ -3041,7 +3152,7 @@ type SetCredentialLimitsResponse struct {
 
 func (x *SetCredentialLimitsResponse) Reset() {
 	*x = SetCredentialLimitsResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3053,7 +3164,7 @@ func (x *SetCredentialLimitsResponse) String() string {
 func (*SetCredentialLimitsResponse) ProtoMessage() {}
 
 func (x *SetCredentialLimitsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3066,7 +3177,7 @@ func (x *SetCredentialLimitsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCredentialLimitsResponse.ProtoReflect.Descriptor instead.
 func (*SetCredentialLimitsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SetCredentialLimitsResponse) GetCredential() *Credential {
@@ -3089,7 +3200,7 @@ type UsageRequest struct {
 
 func (x *UsageRequest) Reset() {
 	*x = UsageRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3101,7 +3212,7 @@ func (x *UsageRequest) String() string {
 func (*UsageRequest) ProtoMessage() {}
 
 func (x *UsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3114,7 +3225,7 @@ func (x *UsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageRequest.ProtoReflect.Descriptor instead.
 func (*UsageRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *UsageRequest) GetBy() string {
@@ -3152,7 +3263,7 @@ type UsageRow struct {
 
 func (x *UsageRow) Reset() {
 	*x = UsageRow{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3164,7 +3275,7 @@ func (x *UsageRow) String() string {
 func (*UsageRow) ProtoMessage() {}
 
 func (x *UsageRow) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3177,7 +3288,7 @@ func (x *UsageRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageRow.ProtoReflect.Descriptor instead.
 func (*UsageRow) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UsageRow) GetKey() string {
@@ -3235,7 +3346,7 @@ type UsageResponse struct {
 
 func (x *UsageResponse) Reset() {
 	*x = UsageResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3247,7 +3358,7 @@ func (x *UsageResponse) String() string {
 func (*UsageResponse) ProtoMessage() {}
 
 func (x *UsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3260,7 +3371,7 @@ func (x *UsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageResponse.ProtoReflect.Descriptor instead.
 func (*UsageResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UsageResponse) GetRows() []*UsageRow {
@@ -3291,7 +3402,7 @@ type ImportCredentialsRequest struct {
 
 func (x *ImportCredentialsRequest) Reset() {
 	*x = ImportCredentialsRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3303,7 +3414,7 @@ func (x *ImportCredentialsRequest) String() string {
 func (*ImportCredentialsRequest) ProtoMessage() {}
 
 func (x *ImportCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3316,7 +3427,7 @@ func (x *ImportCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ImportCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ImportCredentialsRequest) GetEntries() []*ImportCredentialsRequest_Entry {
@@ -3344,7 +3455,7 @@ type ImportCredentialsResponse struct {
 
 func (x *ImportCredentialsResponse) Reset() {
 	*x = ImportCredentialsResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3356,7 +3467,7 @@ func (x *ImportCredentialsResponse) String() string {
 func (*ImportCredentialsResponse) ProtoMessage() {}
 
 func (x *ImportCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3369,7 +3480,7 @@ func (x *ImportCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ImportCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ImportCredentialsResponse) GetCredentials() []*Credential {
@@ -3392,7 +3503,7 @@ type ImportCredentialsRequest_Entry struct {
 
 func (x *ImportCredentialsRequest_Entry) Reset() {
 	*x = ImportCredentialsRequest_Entry{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3404,7 +3515,7 @@ func (x *ImportCredentialsRequest_Entry) String() string {
 func (*ImportCredentialsRequest_Entry) ProtoMessage() {}
 
 func (x *ImportCredentialsRequest_Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3417,7 +3528,7 @@ func (x *ImportCredentialsRequest_Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCredentialsRequest_Entry.ProtoReflect.Descriptor instead.
 func (*ImportCredentialsRequest_Entry) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{46, 0}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{48, 0}
 }
 
 func (x *ImportCredentialsRequest_Entry) GetName() string {
@@ -3548,7 +3659,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
 	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\x0f\n" +
-	"\rStatusRequest\"\xfe\x03\n" +
+	"\rStatusRequest\"\xca\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x129\n" +
 	"\n" +
@@ -3564,7 +3675,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x13data_primary_key_id\x18\n" +
 	" \x01(\rR\x10dataPrimaryKeyId\x128\n" +
 	"\tdata_keys\x18\v \x03(\v2\x1b.credbroker.v1.DataKeyUsageR\bdataKeys\x129\n" +
-	"\brotation\x18\f \x03(\v2\x1d.credbroker.v1.RotationStatusR\brotation\"[\n" +
+	"\brotation\x18\f \x03(\v2\x1d.credbroker.v1.RotationStatusR\brotation\x12J\n" +
+	"\x13limited_credentials\x18\r \x03(\v2\x19.credbroker.v1.CredentialR\x12limitedCredentials\"[\n" +
 	"\fDataKeyUsage\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\rR\x05keyId\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\bR\aprimary\x12\x1a\n" +
@@ -3621,6 +3733,11 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\"I\n" +
 	"\x11ListAuditResponse\x124\n" +
+	"\arecords\x18\x01 \x03(\v2\x1a.credbroker.v1.AuditRecordR\arecords\"b\n" +
+	"\x11WatchAuditRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"J\n" +
+	"\x12WatchAuditResponse\x124\n" +
 	"\arecords\x18\x01 \x03(\v2\x1a.credbroker.v1.AuditRecordR\arecords\"\x14\n" +
 	"\x12VerifyAuditRequest\"\xaa\x01\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
@@ -3715,7 +3832,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\"X\n" +
 	"\x19ImportCredentialsResponse\x12;\n" +
-	"\vcredentials\x18\x01 \x03(\v2\x19.credbroker.v1.CredentialR\vcredentials2\xc9\r\n" +
+	"\vcredentials\x18\x01 \x03(\v2\x19.credbroker.v1.CredentialR\vcredentials2\x9e\x0e\n" +
 	"\fAdminService\x12Z\n" +
 	"\rPutCredential\x12#.credbroker.v1.PutCredentialRequest\x1a$.credbroker.v1.PutCredentialResponse\x12c\n" +
 	"\x10RotateCredential\x12&.credbroker.v1.RotateCredentialRequest\x1a'.credbroker.v1.RotateCredentialResponse\x12`\n" +
@@ -3736,7 +3853,9 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x05Rekey\x12\x1b.credbroker.v1.RekeyRequest\x1a\x1c.credbroker.v1.RekeyResponse\x12l\n" +
 	"\x13SetCredentialLimits\x12).credbroker.v1.SetCredentialLimitsRequest\x1a*.credbroker.v1.SetCredentialLimitsResponse\x12B\n" +
 	"\x05Usage\x12\x1b.credbroker.v1.UsageRequest\x1a\x1c.credbroker.v1.UsageResponse\x12h\n" +
-	"\x11ImportCredentials\x12'.credbroker.v1.ImportCredentialsRequest\x1a(.credbroker.v1.ImportCredentialsResponse(\x01BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x11ImportCredentials\x12'.credbroker.v1.ImportCredentialsRequest\x1a(.credbroker.v1.ImportCredentialsResponse(\x01\x12S\n" +
+	"\n" +
+	"WatchAudit\x12 .credbroker.v1.WatchAuditRequest\x1a!.credbroker.v1.WatchAuditResponse0\x01BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -3750,7 +3869,7 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*Credential)(nil),                     // 0: credbroker.v1.Credential
 	(*CredentialLimits)(nil),               // 1: credbroker.v1.CredentialLimits
@@ -3779,123 +3898,130 @@ var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*AuditRecord)(nil),                    // 24: credbroker.v1.AuditRecord
 	(*ListAuditRequest)(nil),               // 25: credbroker.v1.ListAuditRequest
 	(*ListAuditResponse)(nil),              // 26: credbroker.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),             // 27: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),            // 28: credbroker.v1.VerifyAuditResponse
-	(*CredentialVersion)(nil),              // 29: credbroker.v1.CredentialVersion
-	(*CredentialHistoryRequest)(nil),       // 30: credbroker.v1.CredentialHistoryRequest
-	(*CredentialHistoryResponse)(nil),      // 31: credbroker.v1.CredentialHistoryResponse
-	(*RollbackCredentialRequest)(nil),      // 32: credbroker.v1.RollbackCredentialRequest
-	(*RollbackCredentialResponse)(nil),     // 33: credbroker.v1.RollbackCredentialResponse
-	(*SetRotationPolicyRequest)(nil),       // 34: credbroker.v1.SetRotationPolicyRequest
-	(*SetRotationPolicyResponse)(nil),      // 35: credbroker.v1.SetRotationPolicyResponse
-	(*ImportCredentialRequest)(nil),        // 36: credbroker.v1.ImportCredentialRequest
-	(*ImportCredentialResponse)(nil),       // 37: credbroker.v1.ImportCredentialResponse
-	(*RekeyRequest)(nil),                   // 38: credbroker.v1.RekeyRequest
-	(*RekeyResponse)(nil),                  // 39: credbroker.v1.RekeyResponse
-	(*CredentialEvent)(nil),                // 40: credbroker.v1.CredentialEvent
-	(*SetCredentialLimitsRequest)(nil),     // 41: credbroker.v1.SetCredentialLimitsRequest
-	(*SetCredentialLimitsResponse)(nil),    // 42: credbroker.v1.SetCredentialLimitsResponse
-	(*UsageRequest)(nil),                   // 43: credbroker.v1.UsageRequest
-	(*UsageRow)(nil),                       // 44: credbroker.v1.UsageRow
-	(*UsageResponse)(nil),                  // 45: credbroker.v1.UsageResponse
-	(*ImportCredentialsRequest)(nil),       // 46: credbroker.v1.ImportCredentialsRequest
-	(*ImportCredentialsResponse)(nil),      // 47: credbroker.v1.ImportCredentialsResponse
-	(*ImportCredentialsRequest_Entry)(nil), // 48: credbroker.v1.ImportCredentialsRequest.Entry
-	(*timestamppb.Timestamp)(nil),          // 49: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 50: google.protobuf.Duration
+	(*WatchAuditRequest)(nil),              // 27: credbroker.v1.WatchAuditRequest
+	(*WatchAuditResponse)(nil),             // 28: credbroker.v1.WatchAuditResponse
+	(*VerifyAuditRequest)(nil),             // 29: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),            // 30: credbroker.v1.VerifyAuditResponse
+	(*CredentialVersion)(nil),              // 31: credbroker.v1.CredentialVersion
+	(*CredentialHistoryRequest)(nil),       // 32: credbroker.v1.CredentialHistoryRequest
+	(*CredentialHistoryResponse)(nil),      // 33: credbroker.v1.CredentialHistoryResponse
+	(*RollbackCredentialRequest)(nil),      // 34: credbroker.v1.RollbackCredentialRequest
+	(*RollbackCredentialResponse)(nil),     // 35: credbroker.v1.RollbackCredentialResponse
+	(*SetRotationPolicyRequest)(nil),       // 36: credbroker.v1.SetRotationPolicyRequest
+	(*SetRotationPolicyResponse)(nil),      // 37: credbroker.v1.SetRotationPolicyResponse
+	(*ImportCredentialRequest)(nil),        // 38: credbroker.v1.ImportCredentialRequest
+	(*ImportCredentialResponse)(nil),       // 39: credbroker.v1.ImportCredentialResponse
+	(*RekeyRequest)(nil),                   // 40: credbroker.v1.RekeyRequest
+	(*RekeyResponse)(nil),                  // 41: credbroker.v1.RekeyResponse
+	(*CredentialEvent)(nil),                // 42: credbroker.v1.CredentialEvent
+	(*SetCredentialLimitsRequest)(nil),     // 43: credbroker.v1.SetCredentialLimitsRequest
+	(*SetCredentialLimitsResponse)(nil),    // 44: credbroker.v1.SetCredentialLimitsResponse
+	(*UsageRequest)(nil),                   // 45: credbroker.v1.UsageRequest
+	(*UsageRow)(nil),                       // 46: credbroker.v1.UsageRow
+	(*UsageResponse)(nil),                  // 47: credbroker.v1.UsageResponse
+	(*ImportCredentialsRequest)(nil),       // 48: credbroker.v1.ImportCredentialsRequest
+	(*ImportCredentialsResponse)(nil),      // 49: credbroker.v1.ImportCredentialsResponse
+	(*ImportCredentialsRequest_Entry)(nil), // 50: credbroker.v1.ImportCredentialsRequest.Entry
+	(*timestamppb.Timestamp)(nil),          // 51: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 52: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	49, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
-	49, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
+	51, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
+	51, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
 	2,  // 2: credbroker.v1.Credential.policy:type_name -> credbroker.v1.RotationPolicy
-	49, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
+	51, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
 	1,  // 4: credbroker.v1.Credential.limits:type_name -> credbroker.v1.CredentialLimits
-	50, // 5: credbroker.v1.CredentialLimits.rate_period:type_name -> google.protobuf.Duration
-	50, // 6: credbroker.v1.CredentialLimits.max_wait:type_name -> google.protobuf.Duration
-	50, // 7: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
+	52, // 5: credbroker.v1.CredentialLimits.rate_period:type_name -> google.protobuf.Duration
+	52, // 6: credbroker.v1.CredentialLimits.max_wait:type_name -> google.protobuf.Duration
+	52, // 7: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
 	0,  // 8: credbroker.v1.PutCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 9: credbroker.v1.RotateCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 10: credbroker.v1.ListCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	50, // 11: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
-	50, // 12: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
-	49, // 13: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	49, // 14: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	49, // 15: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	49, // 16: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
-	49, // 17: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
-	50, // 18: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
+	52, // 11: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
+	52, // 12: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
+	51, // 13: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	51, // 14: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	51, // 15: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	51, // 16: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	51, // 17: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	52, // 18: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
 	13, // 19: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
 	13, // 20: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	49, // 21: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	50, // 22: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
+	51, // 21: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	52, // 22: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
 	20, // 23: credbroker.v1.StatusResponse.data_keys:type_name -> credbroker.v1.DataKeyUsage
 	21, // 24: credbroker.v1.StatusResponse.rotation:type_name -> credbroker.v1.RotationStatus
-	49, // 25: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
-	49, // 26: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
-	49, // 27: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
-	13, // 28: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	49, // 29: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	50, // 30: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
-	49, // 31: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
-	24, // 32: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
-	49, // 33: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 34: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
-	29, // 35: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
-	40, // 36: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
-	0,  // 37: credbroker.v1.RollbackCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	2,  // 38: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
-	0,  // 39: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
-	0,  // 40: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	49, // 41: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
-	1,  // 42: credbroker.v1.SetCredentialLimitsRequest.limits:type_name -> credbroker.v1.CredentialLimits
-	0,  // 43: credbroker.v1.SetCredentialLimitsResponse.credential:type_name -> credbroker.v1.Credential
-	49, // 44: credbroker.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
-	44, // 45: credbroker.v1.UsageResponse.rows:type_name -> credbroker.v1.UsageRow
-	48, // 46: credbroker.v1.ImportCredentialsRequest.entries:type_name -> credbroker.v1.ImportCredentialsRequest.Entry
-	0,  // 47: credbroker.v1.ImportCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	3,  // 48: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
-	5,  // 49: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
-	7,  // 50: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
-	9,  // 51: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
-	11, // 52: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
-	14, // 53: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
-	16, // 54: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
-	18, // 55: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
-	22, // 56: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
-	25, // 57: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
-	27, // 58: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	30, // 59: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
-	32, // 60: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
-	34, // 61: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
-	36, // 62: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
-	38, // 63: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
-	41, // 64: credbroker.v1.AdminService.SetCredentialLimits:input_type -> credbroker.v1.SetCredentialLimitsRequest
-	43, // 65: credbroker.v1.AdminService.Usage:input_type -> credbroker.v1.UsageRequest
-	46, // 66: credbroker.v1.AdminService.ImportCredentials:input_type -> credbroker.v1.ImportCredentialsRequest
-	4,  // 67: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
-	6,  // 68: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
-	8,  // 69: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
-	10, // 70: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
-	12, // 71: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
-	15, // 72: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
-	17, // 73: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
-	19, // 74: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
-	23, // 75: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
-	26, // 76: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
-	28, // 77: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	31, // 78: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
-	33, // 79: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
-	35, // 80: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
-	37, // 81: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
-	39, // 82: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
-	42, // 83: credbroker.v1.AdminService.SetCredentialLimits:output_type -> credbroker.v1.SetCredentialLimitsResponse
-	45, // 84: credbroker.v1.AdminService.Usage:output_type -> credbroker.v1.UsageResponse
-	47, // 85: credbroker.v1.AdminService.ImportCredentials:output_type -> credbroker.v1.ImportCredentialsResponse
-	67, // [67:86] is the sub-list for method output_type
-	48, // [48:67] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	0,  // 25: credbroker.v1.StatusResponse.limited_credentials:type_name -> credbroker.v1.Credential
+	51, // 26: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
+	51, // 27: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
+	51, // 28: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	13, // 29: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
+	51, // 30: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	52, // 31: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
+	51, // 32: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 33: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
+	51, // 34: credbroker.v1.WatchAuditRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 35: credbroker.v1.WatchAuditResponse.records:type_name -> credbroker.v1.AuditRecord
+	51, // 36: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 37: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
+	31, // 38: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
+	42, // 39: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
+	0,  // 40: credbroker.v1.RollbackCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	2,  // 41: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
+	0,  // 42: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
+	0,  // 43: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	51, // 44: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
+	1,  // 45: credbroker.v1.SetCredentialLimitsRequest.limits:type_name -> credbroker.v1.CredentialLimits
+	0,  // 46: credbroker.v1.SetCredentialLimitsResponse.credential:type_name -> credbroker.v1.Credential
+	51, // 47: credbroker.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
+	46, // 48: credbroker.v1.UsageResponse.rows:type_name -> credbroker.v1.UsageRow
+	50, // 49: credbroker.v1.ImportCredentialsRequest.entries:type_name -> credbroker.v1.ImportCredentialsRequest.Entry
+	0,  // 50: credbroker.v1.ImportCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
+	3,  // 51: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
+	5,  // 52: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
+	7,  // 53: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
+	9,  // 54: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
+	11, // 55: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
+	14, // 56: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
+	16, // 57: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
+	18, // 58: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
+	22, // 59: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
+	25, // 60: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
+	29, // 61: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	32, // 62: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
+	34, // 63: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
+	36, // 64: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
+	38, // 65: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
+	40, // 66: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
+	43, // 67: credbroker.v1.AdminService.SetCredentialLimits:input_type -> credbroker.v1.SetCredentialLimitsRequest
+	45, // 68: credbroker.v1.AdminService.Usage:input_type -> credbroker.v1.UsageRequest
+	48, // 69: credbroker.v1.AdminService.ImportCredentials:input_type -> credbroker.v1.ImportCredentialsRequest
+	27, // 70: credbroker.v1.AdminService.WatchAudit:input_type -> credbroker.v1.WatchAuditRequest
+	4,  // 71: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
+	6,  // 72: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
+	8,  // 73: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
+	10, // 74: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
+	12, // 75: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
+	15, // 76: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
+	17, // 77: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
+	19, // 78: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
+	23, // 79: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
+	26, // 80: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
+	30, // 81: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	33, // 82: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
+	35, // 83: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
+	37, // 84: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
+	39, // 85: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
+	41, // 86: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
+	44, // 87: credbroker.v1.AdminService.SetCredentialLimits:output_type -> credbroker.v1.SetCredentialLimitsResponse
+	47, // 88: credbroker.v1.AdminService.Usage:output_type -> credbroker.v1.UsageResponse
+	49, // 89: credbroker.v1.AdminService.ImportCredentials:output_type -> credbroker.v1.ImportCredentialsResponse
+	28, // 90: credbroker.v1.AdminService.WatchAudit:output_type -> credbroker.v1.WatchAuditResponse
+	71, // [71:91] is the sub-list for method output_type
+	51, // [51:71] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -3905,15 +4031,15 @@ func file_credbroker_v1_admin_proto_init() {
 	}
 	file_credbroker_v1_admin_proto_msgTypes[11].OneofWrappers = []any{}
 	file_credbroker_v1_admin_proto_msgTypes[13].OneofWrappers = []any{}
-	file_credbroker_v1_admin_proto_msgTypes[29].OneofWrappers = []any{}
-	file_credbroker_v1_admin_proto_msgTypes[40].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[31].OneofWrappers = []any{}
+	file_credbroker_v1_admin_proto_msgTypes[42].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   49,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

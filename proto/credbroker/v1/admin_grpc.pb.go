@@ -38,6 +38,7 @@ const (
 	AdminService_SetCredentialLimits_FullMethodName = "/credbroker.v1.AdminService/SetCredentialLimits"
 	AdminService_Usage_FullMethodName               = "/credbroker.v1.AdminService/Usage"
 	AdminService_ImportCredentials_FullMethodName   = "/credbroker.v1.AdminService/ImportCredentials"
+	AdminService_WatchAudit_FullMethodName          = "/credbroker.v1.AdminService/WatchAudit"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -101,6 +102,11 @@ type AdminServiceClient interface {
 	// until the stream ends. AlreadyExists if a name is taken, InvalidArgument if a name repeats or
 	// an entry is invalid.
 	ImportCredentials(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportCredentialsRequest, ImportCredentialsResponse], error)
+	// WatchAudit streams the audit log: first the records after after_seq (at or after since), then
+	// each new record as it is committed, until the caller ends the stream or brokerd stops. The
+	// watch itself is audited once when it starts (event "watch") and once when it ends; the
+	// records it sends are not, so a follower does not grow the log it follows.
+	WatchAudit(ctx context.Context, in *WatchAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAuditResponse], error)
 }
 
 type adminServiceClient struct {
@@ -304,6 +310,25 @@ func (c *adminServiceClient) ImportCredentials(ctx context.Context, opts ...grpc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_ImportCredentialsClient = grpc.ClientStreamingClient[ImportCredentialsRequest, ImportCredentialsResponse]
 
+func (c *adminServiceClient) WatchAudit(ctx context.Context, in *WatchAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAuditResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[1], AdminService_WatchAudit_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchAuditRequest, WatchAuditResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchAuditClient = grpc.ServerStreamingClient[WatchAuditResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -365,6 +390,11 @@ type AdminServiceServer interface {
 	// until the stream ends. AlreadyExists if a name is taken, InvalidArgument if a name repeats or
 	// an entry is invalid.
 	ImportCredentials(grpc.ClientStreamingServer[ImportCredentialsRequest, ImportCredentialsResponse]) error
+	// WatchAudit streams the audit log: first the records after after_seq (at or after since), then
+	// each new record as it is committed, until the caller ends the stream or brokerd stops. The
+	// watch itself is audited once when it starts (event "watch") and once when it ends; the
+	// records it sends are not, so a follower does not grow the log it follows.
+	WatchAudit(*WatchAuditRequest, grpc.ServerStreamingServer[WatchAuditResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -431,6 +461,9 @@ func (UnimplementedAdminServiceServer) Usage(context.Context, *UsageRequest) (*U
 }
 func (UnimplementedAdminServiceServer) ImportCredentials(grpc.ClientStreamingServer[ImportCredentialsRequest, ImportCredentialsResponse]) error {
 	return status.Error(codes.Unimplemented, "method ImportCredentials not implemented")
+}
+func (UnimplementedAdminServiceServer) WatchAudit(*WatchAuditRequest, grpc.ServerStreamingServer[WatchAuditResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchAudit not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -784,6 +817,17 @@ func _AdminService_ImportCredentials_Handler(srv interface{}, stream grpc.Server
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_ImportCredentialsServer = grpc.ClientStreamingServer[ImportCredentialsRequest, ImportCredentialsResponse]
 
+func _AdminService_WatchAudit_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchAuditRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).WatchAudit(m, &grpc.GenericServerStream[WatchAuditRequest, WatchAuditResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchAuditServer = grpc.ServerStreamingServer[WatchAuditResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -869,6 +913,11 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "ImportCredentials",
 			Handler:       _AdminService_ImportCredentials_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "WatchAudit",
+			Handler:       _AdminService_WatchAudit_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "credbroker/v1/admin.proto",

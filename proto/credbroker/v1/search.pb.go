@@ -308,7 +308,10 @@ type SearchResponse struct {
 	// cache_age is how old the cached results are.
 	CacheAge *durationpb.Duration `protobuf:"bytes,7,opt,name=cache_age,json=cacheAge,proto3" json:"cache_age,omitempty"`
 	// credits the call spent upstream (0 when cached).
-	Credits       uint64 `protobuf:"varint,8,opt,name=credits,proto3" json:"credits,omitempty"`
+	Credits uint64 `protobuf:"varint,8,opt,name=credits,proto3" json:"credits,omitempty"`
+	// rate_limit_wait is how long the call waited for a slot of the credential's rate limiter
+	// (unset when it did not wait). Also sent as the header "x-credbroker-ratelimit-wait" in seconds.
+	RateLimitWait *durationpb.Duration `protobuf:"bytes,9,opt,name=rate_limit_wait,json=rateLimitWait,proto3" json:"rate_limit_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -397,6 +400,13 @@ func (x *SearchResponse) GetCredits() uint64 {
 		return x.Credits
 	}
 	return 0
+}
+
+func (x *SearchResponse) GetRateLimitWait() *durationpb.Duration {
+	if x != nil {
+		return x.RateLimitWait
+	}
+	return nil
 }
 
 // WhoAmIRequest has no fields: the token in the call's metadata is the subject.
@@ -564,7 +574,7 @@ const file_credbroker_v1_search_proto_rawDesc = "" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x18\n" +
 	"\asnippet\x18\x03 \x01(\tR\asnippet\x12\x1a\n" +
 	"\bposition\x18\x04 \x01(\x05R\bposition\x12)\n" +
-	"\x03raw\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x03raw\"\xc9\x02\n" +
+	"\x03raw\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x03raw\"\x8c\x03\n" +
 	"\x0eSearchResponse\x125\n" +
 	"\aresults\x18\x01 \x03(\v2\x1b.credbroker.v1.SearchResultR\aresults\x12\x12\n" +
 	"\x04tool\x18\x02 \x01(\tR\x04tool\x12\x1e\n" +
@@ -575,7 +585,8 @@ const file_credbroker_v1_search_proto_rawDesc = "" +
 	"\bmetadata\x18\x05 \x01(\v2\x17.google.protobuf.StructR\bmetadata\x12\x16\n" +
 	"\x06cached\x18\x06 \x01(\bR\x06cached\x126\n" +
 	"\tcache_age\x18\a \x01(\v2\x19.google.protobuf.DurationR\bcacheAge\x12\x18\n" +
-	"\acredits\x18\b \x01(\x04R\acredits\"\x0f\n" +
+	"\acredits\x18\b \x01(\x04R\acredits\x12A\n" +
+	"\x0frate_limit_wait\x18\t \x01(\v2\x19.google.protobuf.DurationR\rrateLimitWait\"\x0f\n" +
 	"\rWhoAmIRequest\"\xee\x01\n" +
 	"\x0eWhoAmIResponse\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x14\n" +
@@ -621,16 +632,17 @@ var file_credbroker_v1_search_proto_depIdxs = []int32{
 	2, // 2: credbroker.v1.SearchResponse.results:type_name -> credbroker.v1.SearchResult
 	6, // 3: credbroker.v1.SearchResponse.metadata:type_name -> google.protobuf.Struct
 	7, // 4: credbroker.v1.SearchResponse.cache_age:type_name -> google.protobuf.Duration
-	8, // 5: credbroker.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
-	0, // 6: credbroker.v1.SearchService.Search:input_type -> credbroker.v1.SearchRequest
-	4, // 7: credbroker.v1.SearchService.WhoAmI:input_type -> credbroker.v1.WhoAmIRequest
-	3, // 8: credbroker.v1.SearchService.Search:output_type -> credbroker.v1.SearchResponse
-	5, // 9: credbroker.v1.SearchService.WhoAmI:output_type -> credbroker.v1.WhoAmIResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7, // 5: credbroker.v1.SearchResponse.rate_limit_wait:type_name -> google.protobuf.Duration
+	8, // 6: credbroker.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
+	0, // 7: credbroker.v1.SearchService.Search:input_type -> credbroker.v1.SearchRequest
+	4, // 8: credbroker.v1.SearchService.WhoAmI:input_type -> credbroker.v1.WhoAmIRequest
+	3, // 9: credbroker.v1.SearchService.Search:output_type -> credbroker.v1.SearchResponse
+	5, // 10: credbroker.v1.SearchService.WhoAmI:output_type -> credbroker.v1.WhoAmIResponse
+	9, // [9:11] is the sub-list for method output_type
+	7, // [7:9] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_search_proto_init() }
