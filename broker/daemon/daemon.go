@@ -40,7 +40,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// AuditRetention prunes audit records older than this (0 keeps everything).
 	AuditRetention time.Duration
-	NoReflection   bool
+	// RefusalInterval is how often coalesced refusal counts are written (0: 1m; broker/refusals.go).
+	RefusalInterval time.Duration
+	NoReflection    bool
 	// KeepVersions is how many versions of each credential are kept (0: 3). GraceWindow is how long
 	// after a rotation a rejected current key falls back to the previous one (0: 10m; <0: off).
 	KeepVersions int
@@ -155,11 +157,19 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() { serveErr <- srv.Serve(lis) }()
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
-	retentionDone, schedDone := make(chan struct{}), make(chan struct{})
+	retentionDone, schedDone, refusalsDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() { defer close(retentionDone); b.RunAuditRetention(bgCtx, cfg.AuditRetention, time.Hour) }()
 	go func() { defer close(schedDone); b.RunScheduler(bgCtx) }() // rotation policies (broker/scheduler.go)
-	// Both touch the store: they stop before the deferred st.Close runs.
-	defer func() { stopBackground(); <-schedDone; <-retentionDone }()
+	go func() { defer close(refusalsDone); b.RunRefusalFlush(bgCtx, cfg.RefusalInterval) }()
+	// All touch the store: they stop before the deferred st.Close runs. The server has stopped by
+	// then, so the last flush keeps the counts of the final interval.
+	defer func() {
+		stopBackground()
+		<-schedDone
+		<-retentionDone
+		<-refusalsDone
+		b.FlushRefusals(context.Background())
+	}()
 	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, KeysetPath: cfg.MasterKeyset, Listener: lis})
 	if err != nil {
 		srv.Stop()

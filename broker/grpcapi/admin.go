@@ -181,6 +181,7 @@ func (s *AdminService) ListAudit(_ context.Context, req *pb.ListAuditRequest) (*
 			Latency: durationpb.New(time.Duration(r.LatencyMicros) * time.Microsecond), Credential: r.Credential,
 			CredentialVersion: r.CredentialVersion, QueryLen: uint32(r.QueryLen), QueryMac: r.QueryMAC, Event: r.Event,
 			Credits: r.Credits, CreditsSaved: r.CreditsSaved, TokenLabel: r.TokenLabel, Pidfd: r.PIDFD, Exe: r.Exe, Comm: r.Comm,
+			Count: r.Count,
 		})
 	}
 	return out, nil

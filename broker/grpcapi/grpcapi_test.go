@@ -56,6 +56,7 @@ type harness struct {
 	health healthpb.HealthClient
 	logs   *strings.Builder
 	sock   string
+	b      *broker.Broker
 }
 
 // newHarness runs the real server on a real Unix socket in a temp dir, with a real store and the
@@ -67,6 +68,12 @@ func newHarness(t *testing.T) *harness {
 }
 
 func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
+	t.Helper()
+	return newHarnessOpts(t, configure, nil)
+}
+
+// newHarnessOpts is newHarnessWith whose server Options are adjusted by options, if not nil.
+func newHarnessOpts(t *testing.T, configure func(*broker.Config), options func(*Options)) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	st := storetest.Open(t, dir, store.Options{})
@@ -89,7 +96,11 @@ func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, _ := NewServer(b, Options{Admins: Admins{UIDs: []uint32{uint32(os.Geteuid())}}, Logger: log})
+	o := Options{Admins: Admins{UIDs: []uint32{uint32(os.Geteuid())}}, Logger: log}
+	if options != nil {
+		options(&o)
+	}
+	srv, _ := NewServer(b, o)
 	sock := filepath.Join(dir, "broker.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
@@ -107,7 +118,7 @@ func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
 		fake.Close()
 	})
 	return &harness{
-		fake: fake, store: st, clock: clk, logs: logs, sock: sock,
+		fake: fake, store: st, clock: clk, logs: logs, sock: sock, b: b,
 		search: pb.NewSearchServiceClient(conn), admin: pb.NewAdminServiceClient(conn), health: healthpb.NewHealthClient(conn),
 	}
 }

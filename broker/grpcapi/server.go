@@ -39,7 +39,7 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	aud := auditor{b: b, log: o.Logger, known: map[string]bool{}}
+	aud := auditor{b: b, log: o.Logger, known: map[string]bool{}, admins: o.Admins}
 	opts := append([]grpc.ServerOption{
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.MaxRecvMsgSize(MaxMessageSize),

@@ -120,6 +120,14 @@ var (
 		Help: "Upstream credits the result cache saved.",
 	})
 
+	// Refusals counts calls and connections refused before they did anything (no or bad token,
+	// admin call from a non-admin, connection caps, ...), by reason: a fixed set (broker's
+	// Refused* constants). The audit log keeps them coalesced per uid (broker/refusals.go).
+	Refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "refusals_total",
+		Help: "Calls and connections refused before doing anything, by reason.",
+	}, []string{"reason"})
+
 	buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help: "Always 1; labels carry brokerd's version and the Go version it was built with.",
@@ -149,7 +157,7 @@ func init() {
 		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
 		AuditCommits, AuditRecords, AuditCommitDuration, StoreCommits,
-		CacheLookups, CreditsSaved,
+		CacheLookups, CreditsSaved, Refusals,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -205,6 +213,9 @@ func ObserveAuditCommit(records int, took time.Duration, err error) {
 	AuditRecords.Add(float64(records))
 	AuditCommitDuration.Observe(took.Seconds())
 }
+
+// Refused counts one refusal for reason.
+func Refused(reason string) { Refusals.WithLabelValues(reason).Inc() }
 
 // ObserveAuditWrite records how long one audit record took to become durable.
 func ObserveAuditWrite(d time.Duration) { AuditWriteDuration.Observe(d.Seconds()) }
