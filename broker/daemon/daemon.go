@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/connlimit"
 	"github.com/credbroker/credbroker/broker/grpcapi"
 	"github.com/credbroker/credbroker/broker/metrics"
 	"github.com/credbroker/credbroker/broker/peercred"
@@ -40,9 +41,7 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// AuditRetention prunes audit records older than this (0 keeps everything).
 	AuditRetention time.Duration
-	// RefusalInterval is how often coalesced refusal counts are written (0: 1m; broker/refusals.go).
-	RefusalInterval time.Duration
-	NoReflection    bool
+	NoReflection   bool
 	// KeepVersions is how many versions of each credential are kept (0: 3). GraceWindow is how long
 	// after a rotation a rejected current key falls back to the previous one (0: 10m; <0: off).
 	KeepVersions int
@@ -55,6 +54,14 @@ type Config struct {
 	// DefaultSocketSource says which rule chose Socket when no --socket or $CREDBROKER_SOCKET gave
 	// one (client.DefaultSocketSource), for the start-up log; "" when the operator named the socket.
 	DefaultSocketSource string
+
+	// MaxConns caps open client connections, the last connlimit.DefaultReserve(MaxConns) of them
+	// kept for admin uids; MaxConnsPerUID caps those of each non-admin uid (0: the defaults).
+	MaxConns, MaxConnsPerUID int
+	// IdleTimeout closes a connection with no call in flight for this long (0: 5m).
+	IdleTimeout time.Duration
+	// RefusalInterval is how often coalesced refusal counts are written (0: 1m; broker/refusals.go).
+	RefusalInterval time.Duration
 
 	// MetricsListen is the loopback host:port for Prometheus /metrics; "" serves none.
 	// MetricsAllowNonLoopback permits any other TCP address.
@@ -137,7 +144,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	admins := grpcapi.Admins{UIDs: append([]uint32{uint32(os.Geteuid())}, cfg.AdminUIDs...), GIDs: cfg.AdminGIDs}
 	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection,
-		UnaryInterceptors: []grpc.UnaryServerInterceptor{metricsUnary}})
+		UnaryInterceptors: []grpc.UnaryServerInterceptor{metricsUnary}, IdleTimeout: cfg.IdleTimeout})
 
 	mlis, err := listenMetrics(cfg.MetricsListen, cfg.MetricsAllowNonLoopback)
 	if err != nil {
@@ -152,6 +159,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if !activated {
 		defer os.Remove(cfg.Socket)
 	}
+	lis = limitConns(lis, cfg, admins, b)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
@@ -190,6 +198,34 @@ func Run(ctx context.Context, cfg Config) error {
 	stopGracefully(srv, cfg.ShutdownTimeout, log)
 	log.Info("brokerd stopped")
 	return nil
+}
+
+// Default connection caps (brokerd --max-conns, --max-conns-per-uid).
+const (
+	DefaultMaxConns       = 1024
+	DefaultMaxConnsPerUID = 32
+)
+
+// limitConns applies the connection caps to lis; refusals are counted and audited, coalesced per
+// uid like other refusals.
+func limitConns(lis net.Listener, cfg Config, admins grpcapi.Admins, b *broker.Broker) net.Listener {
+	total, perUID := cfg.MaxConns, cfg.MaxConnsPerUID
+	if total <= 0 {
+		total = DefaultMaxConns
+	}
+	if perUID <= 0 {
+		perUID = DefaultMaxConnsPerUID
+	}
+	return connlimit.New(lis, connlimit.Config{
+		PerUID: perUID, Total: total, Reserve: connlimit.DefaultReserve(total), IsAdmin: admins.IsAdmin,
+		OnRefuse: func(p connlimit.Peer, reason string) {
+			b.RecordRefusal(context.Background(), broker.CallRecord{
+				Method: "connection", Code: "ResourceExhausted",
+				Caller: broker.Caller{UID: p.UID, GID: p.GID, PID: p.PID, Known: p.Known},
+			}, reason)
+		},
+		OnChange: func(open int) { metrics.Connections.Set(float64(open)) },
+	})
 }
 
 // stopGracefully lets in-flight calls finish for up to timeout, then cuts them off.

@@ -128,6 +128,12 @@ var (
 		Help: "Calls and connections refused before doing anything, by reason.",
 	}, []string{"reason"})
 
+	// Connections is how many client connections brokerd holds open (broker/connlimit).
+	Connections = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "connections_open",
+		Help: "Client connections open on the Unix socket.",
+	})
+
 	buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help: "Always 1; labels carry brokerd's version and the Go version it was built with.",
@@ -157,7 +163,7 @@ func init() {
 		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
 		AuditCommits, AuditRecords, AuditCommitDuration, StoreCommits,
-		CacheLookups, CreditsSaved, Refusals,
+		CacheLookups, CreditsSaved, Refusals, Connections,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
