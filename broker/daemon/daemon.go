@@ -160,6 +160,7 @@ func Run(ctx context.Context, cfg Config) error {
 		defer os.Remove(cfg.Socket)
 	}
 	lis = limitConns(lis, cfg, admins, b)
+	warnFDLimit(cfg.MaxConns, log)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
@@ -204,7 +205,27 @@ func Run(ctx context.Context, cfg Config) error {
 const (
 	DefaultMaxConns       = 1024
 	DefaultMaxConnsPerUID = 32
+	// FDHeadroom is the file descriptors brokerd needs beyond its client connections: the
+	// database, the listeners, upstream and metrics connections, pidfds and /proc reads at
+	// accept. The open-file limit should be at least --max-conns plus this (the unit's
+	// LimitNOFILE= is), so the cap refuses a connection before accept(2) fails with EMFILE.
+	FDHeadroom = 256
 )
+
+// warnFDLimit logs when the open-file limit is below what --max-conns needs.
+func warnFDLimit(maxConns int, log *slog.Logger) {
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConns
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	if want := uint64(maxConns + FDHeadroom); lim.Cur < want {
+		log.Warn("the open-file limit is below --max-conns plus headroom: accept may fail (EMFILE) before the connection cap refuses anyone; raise LimitNOFILE= or lower --max-conns",
+			"limit", lim.Cur, "max_conns", maxConns, "want_at_least", want)
+	}
+}
 
 // limitConns applies the connection caps to lis; refusals are counted and audited, coalesced per
 // uid like other refusals.
