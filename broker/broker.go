@@ -84,6 +84,8 @@ type Broker struct {
 
 	// ret is audit retention's state between passes (audit.go).
 	ret auditRetention
+
+	refused refusalLog // coalesced audit of refusals (refusals.go)
 }
 
 // New builds a Broker.
@@ -144,15 +146,18 @@ func (b *Broker) Authenticate(ctx context.Context, raw string, caller Caller) (*
 func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*tokenState, error) {
 	ci := callInfo(ctx)
 	if raw == "" {
+		ci.Event = RefusedNoToken
 		return nil, unauthenticated("no token: send metadata \"authorization: Bearer <token>\" with a token from `brokerctl token mint`")
 	}
 	p, err := token.Parse(raw)
 	if err != nil {
+		ci.Event = RefusedInvalidToken
 		return nil, unauthenticated("invalid token")
 	}
 	ci.TokenID = p.ID
 	st, err := b.lookupToken(p.ID)
 	if errors.Is(err, store.ErrNotFound) {
+		ci.Event = RefusedInvalidToken
 		return nil, unauthenticated("invalid token")
 	}
 	if err != nil {
@@ -160,17 +165,20 @@ func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*
 	}
 	t := st.record()
 	if !p.Verify(t.SecretHash) {
+		ci.Event = RefusedInvalidToken
 		return nil, unauthenticated("invalid token")
 	}
 	ci.TokenLabel = t.Label
 	if t.Revoked {
+		ci.Event = RefusedRevokedToken
 		return nil, unauthenticated("token %s was revoked; ask the operator for a new one", t.ID)
 	}
 	if now := b.now(); !now.Before(t.ExpiresAt) {
+		ci.Event = RefusedExpiredToken
 		return nil, unauthenticated("token %s expired at %s; ask the operator to mint a new one", t.ID, t.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	if t.BindUID != nil && (!caller.Known || caller.UID != *t.BindUID) {
-		ci.Event = "bound-token-misuse"
+		ci.Event = RefusedBoundMisuse
 		b.log.Warn("bound token presented by another uid", "token_id", t.ID, "bound_uid", *t.BindUID, "peer_uid", caller.UID, "peer_pid", caller.PID)
 		return nil, unauthenticated("token %s is bound to another uid", t.ID)
 	}
@@ -216,6 +224,7 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 		// crash leaves it counted) and given back if the call does not reach the upstream.
 		if _, err := b.store.UseToken(t.ID, b.now()); err != nil {
 			if errors.Is(err, store.ErrExhausted) {
+				ci.Event = RefusedSpentToken
 				return nil, unauthenticated("token %s has used all %d of its uses; ask the operator to mint a new one", t.ID, t.MaxUses)
 			}
 			return nil, fmt.Errorf("count token use: %w", err)

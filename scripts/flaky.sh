@@ -30,6 +30,8 @@ tests=$(cat <<'LIST'
 ./broker/grpcapi             TestUpstreamFaults|TestRateLimitStormProbesAlone  30
 ./broker/grpcapi             TestCredentialRateLimitSharedByAllTokens|TestLimiterLearnsFromUpstream|TestHealthShutdownEndsWatchers|TestUndecodableRequestIsAudited|TestCacheSingleFlight|TestTokenBudgetAndCredentialCeiling|TestGraceFallback  30
 ./broker/grpcapi             TestZeroDowntimeRotation|TestCacheSavingsWorkload  5
+./broker/grpcapi             TestIdleConnectionIsClosed|TestHeaderListSizeIsBounded|TestRefusalsWithoutTokenAreCoalesced  30
+./broker/connlimit           .*  30
 ./broker/limiter             .*  30
 ./broker/resultcache         .*  30
 ./broker/upstream            TestAttemptTimeoutRetried|TestContextEnds|TestRetryAfter  30
@@ -39,6 +41,7 @@ tests=$(cat <<'LIST'
 ./cmd/scavio-mcp             TestCancelReachesBroker|TestRefusedTokenAsksForANewOne|TestUpstreamFaults  30
 ./cmd/brokerd                TestSIGTERMDrainsInFlightCall|TestShutdownTimeoutEndsCallsCleanly|TestFailedFsyncNeverContradictsTheDatabase|TestDiskFull|TestDiskFullKillRestart|TestSocketActivation|TestSystemdNotify|TestSystemdNoWatchdogWithoutUsec|TestStartupRefusals|TestMasterKeyRotationEndToEnd|TestKill9AndRestart  30
 ./cmd/brokerd                TestBigBodyStormRSS|TestRekeyKill9EndToEnd|TestCrashConsistency|TestLoad1000Clients|TestSoak  5
+./cmd/brokerd                TestConnectionCapKeepsAdminsIn|TestTokenlessFloodIsCoalescedAcrossShutdown  30
 ./store                      TestAppendAuditRacingClose|TestKeysDuringRewrap|TestSecondOpenFailsFast|TestPutTokenAudited  30
 LIST
 )

@@ -66,7 +66,10 @@ type AuditRecord struct {
 	PIDFD             bool      `json:"pidfd,omitempty"`
 	Exe               string    `json:"exe,omitempty"`
 	Comm              string    `json:"comm,omitempty"`
-	Prev              []byte    `json:"prev"`
+	// Count is how many refusals a coalesced record stands for (broker/refusals.go); 0 for a
+	// record of one call. omitempty keeps the bodies, and so the MACs, of older records unchanged.
+	Count uint64 `json:"count,omitempty"`
+	Prev  []byte `json:"prev"`
 }
 
 // chainPoint is a position in the chain: the seq of a record and the MAC it must follow.

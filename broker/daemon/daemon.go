@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/connlimit"
 	"github.com/credbroker/credbroker/broker/grpcapi"
 	"github.com/credbroker/credbroker/broker/metrics"
 	"github.com/credbroker/credbroker/broker/peercred"
@@ -53,6 +54,14 @@ type Config struct {
 	// DefaultSocketSource says which rule chose Socket when no --socket or $CREDBROKER_SOCKET gave
 	// one (client.DefaultSocketSource), for the start-up log; "" when the operator named the socket.
 	DefaultSocketSource string
+
+	// MaxConns caps open client connections, the last connlimit.DefaultReserve(MaxConns) of them
+	// kept for admin uids; MaxConnsPerUID caps those of each non-admin uid (0: the defaults).
+	MaxConns, MaxConnsPerUID int
+	// IdleTimeout closes a connection with no call in flight for this long (0: 5m).
+	IdleTimeout time.Duration
+	// RefusalInterval is how often coalesced refusal counts are written (0: 1m; broker/refusals.go).
+	RefusalInterval time.Duration
 
 	// MetricsListen is the loopback host:port, or unix:PATH (a 0600 socket), for Prometheus
 	// /metrics; "" serves none.
@@ -162,7 +171,7 @@ func Run(ctx context.Context, cfg Config) error {
 	admins := grpcapi.Admins{UIDs: append([]uint32{uint32(os.Geteuid())}, cfg.AdminUIDs...), GIDs: cfg.AdminGIDs}
 	drainer := grpcapi.NewDrainer()
 	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection,
-		UnaryInterceptors: []grpc.UnaryServerInterceptor{metricsUnary}, Drainer: drainer})
+		UnaryInterceptors: []grpc.UnaryServerInterceptor{metricsUnary}, Drainer: drainer, IdleTimeout: cfg.IdleTimeout})
 
 	mlis, err := listenMetrics(cfg.MetricsListen, cfg.MetricsAllowNonLoopback, cfg.Socket)
 	if err != nil {
@@ -177,16 +186,26 @@ func Run(ctx context.Context, cfg Config) error {
 	if !activated {
 		defer os.Remove(cfg.Socket)
 	}
+	lis = limitConns(lis, cfg, admins, b)
+	warnFDLimit(cfg.MaxConns, log)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
-	retentionDone, schedDone := make(chan struct{}), make(chan struct{})
+	retentionDone, schedDone, refusalsDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go func() { defer close(retentionDone); b.RunAuditRetention(bgCtx, cfg.AuditRetention, time.Hour) }()
 	go func() { defer close(schedDone); b.RunScheduler(bgCtx) }() // rotation policies (broker/scheduler.go)
-	// Both touch the store: they stop before the deferred st.Close runs.
-	defer func() { stopBackground(); <-schedDone; <-retentionDone }()
+	go func() { defer close(refusalsDone); b.RunRefusalFlush(bgCtx, cfg.RefusalInterval) }()
+	// All touch the store: they stop before the deferred st.Close runs. The server has stopped by
+	// then, so the last flush keeps the counts of the final interval.
+	defer func() {
+		stopBackground()
+		<-schedDone
+		<-retentionDone
+		<-refusalsDone
+		b.FlushRefusals(context.Background())
+	}()
 	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, KeysetPath: cfg.MasterKeyset, Listener: lis})
 	if err != nil {
 		srv.Stop()
@@ -219,6 +238,54 @@ func Run(ctx context.Context, cfg Config) error {
 	cancelDrain()
 	log.Info("brokerd stopped")
 	return stopErr
+}
+
+// Default connection caps (brokerd --max-conns, --max-conns-per-uid).
+const (
+	DefaultMaxConns       = 1024
+	DefaultMaxConnsPerUID = 32
+	// FDHeadroom is the file descriptors brokerd needs beyond its client connections: the
+	// database, the listeners, upstream and metrics connections, pidfds and /proc reads at
+	// accept. The open-file limit should be at least --max-conns plus this (the unit's
+	// LimitNOFILE= is), so the cap refuses a connection before accept(2) fails with EMFILE.
+	FDHeadroom = 256
+)
+
+// warnFDLimit logs when the open-file limit is below what --max-conns needs.
+func warnFDLimit(maxConns int, log *slog.Logger) {
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConns
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	if want := uint64(maxConns + FDHeadroom); lim.Cur < want {
+		log.Warn("the open-file limit is below --max-conns plus headroom: accept may fail (EMFILE) before the connection cap refuses anyone; raise LimitNOFILE= or lower --max-conns",
+			"limit", lim.Cur, "max_conns", maxConns, "want_at_least", want)
+	}
+}
+
+// limitConns applies the connection caps to lis; refusals are counted and audited, coalesced per
+// uid like other refusals.
+func limitConns(lis net.Listener, cfg Config, admins grpcapi.Admins, b *broker.Broker) net.Listener {
+	total, perUID := cfg.MaxConns, cfg.MaxConnsPerUID
+	if total <= 0 {
+		total = DefaultMaxConns
+	}
+	if perUID <= 0 {
+		perUID = DefaultMaxConnsPerUID
+	}
+	return connlimit.New(lis, connlimit.Config{
+		PerUID: perUID, Total: total, Reserve: connlimit.DefaultReserve(total), IsAdmin: admins.IsAdmin,
+		OnRefuse: func(p connlimit.Peer, reason string) {
+			b.RecordRefusal(context.Background(), broker.CallRecord{
+				Method: "connection", Code: "ResourceExhausted",
+				Caller: broker.Caller{UID: p.UID, GID: p.GID, PID: p.PID, Known: p.Known},
+			}, reason)
+		},
+		OnChange: func(open int) { metrics.Connections.Set(float64(open)) },
+	})
 }
 
 // drainGrace is how long handlers get, once the drainer has cancelled them, to return their

@@ -193,6 +193,7 @@ func auditPB(recs []store.AuditRecord) []*pb.AuditRecord {
 			Latency: durationpb.New(time.Duration(r.LatencyMicros) * time.Microsecond), Credential: r.Credential,
 			CredentialVersion: r.CredentialVersion, QueryLen: uint32(r.QueryLen), QueryMac: r.QueryMAC, Event: r.Event,
 			Credits: r.Credits, CreditsSaved: r.CreditsSaved, TokenLabel: r.TokenLabel, Pidfd: r.PIDFD, Exe: r.Exe, Comm: r.Comm,
+			Count: r.Count,
 		})
 	}
 	return out

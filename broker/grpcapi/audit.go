@@ -22,6 +22,9 @@ type auditor struct {
 	// known holds every registered method ("/service/method"); a call to any other is audited as
 	// an unknown method, whatever its service. Filled by NewServer before serving.
 	known map[string]bool
+	// admins is checked here as well as in Admins.unary, so a refused admin call is refused
+	// before its "started" record and is coalesced like other refusals (broker/refusals.go).
+	admins Admins
 }
 
 // audited reports whether method is one of ours; health checks and reflection are not audited
@@ -51,6 +54,10 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	if !audited(info.FullMethod) {
 		return handler(ctx, req)
 	}
+	if err := a.admins.authorize(ctx, info.FullMethod); err != nil {
+		a.b.RecordRefusal(ctx, broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ctx), Code: status.Code(err).String()}, broker.RefusedNotAdmin)
+		return nil, err
+	}
 	start := time.Now()
 	ci := &broker.CallInfo{}
 	record := func(code string) broker.CallRecord {
@@ -62,6 +69,11 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	resp, err := a.run(ctx, ci, req, info, handler)
 	if ci.Recorded && err == nil {
 		return resp, nil // the OK record was committed with the change
+	}
+	if status.Code(err) == codes.Unauthenticated {
+		// No valid token: anyone who can reach the socket can cause this, as often as they like.
+		a.b.RecordRefusal(ctx, record(codes.Unauthenticated.String()), tokenRefusal(ci.Event))
+		return nil, err
 	}
 	if aerr := a.b.RecordCall(ctx, record(status.Code(err).String())); aerr != nil {
 		if err == nil && answersUnaudited[strings.TrimPrefix(info.FullMethod, adminPrefix)] {
@@ -98,13 +110,32 @@ func (a auditor) run(ctx context.Context, ci *broker.CallInfo, req any, info *gr
 	return handler(broker.WithCallInfo(ctx, ci), req)
 }
 
+// tokenRefusal is the refusal reason for an Unauthenticated call whose CallInfo event is event.
+func tokenRefusal(event string) string {
+	switch event {
+	case broker.RefusedNoToken, broker.RefusedInvalidToken, broker.RefusedRevokedToken, broker.RefusedExpiredToken,
+		broker.RefusedBoundMisuse, broker.RefusedSpentToken:
+		return event
+	}
+	return broker.RefusedInvalidToken
+}
+
 func (a auditor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	method, ci := info.FullMethod, &broker.CallInfo{}
 	if !a.known[method] {
-		// Someone probing for methods: record that they tried, but not their string whole.
-		method, ci.Event = boundedMethod(method), "unknown-method"
-	} else if !audited(method) {
+		// Someone probing for methods: record that they tried, but not their string whole, and
+		// coalesced, since it needs no token.
+		err := handler(srv, ss)
+		a.b.RecordRefusal(ss.Context(), broker.CallRecord{Method: boundedMethod(method), Caller: callerFrom(ss.Context()), Code: status.Code(err).String()},
+			broker.RefusedUnknownMethod)
+		return err
+	}
+	if !audited(method) {
 		return handler(srv, ss)
+	}
+	if err := a.admins.authorize(ss.Context(), method); err != nil {
+		a.b.RecordRefusal(ss.Context(), broker.CallRecord{Method: method, Caller: callerFrom(ss.Context()), Code: status.Code(err).String()}, broker.RefusedNotAdmin)
+		return err
 	}
 	start := time.Now()
 	if changesState[strings.TrimPrefix(method, adminPrefix)] {

@@ -46,6 +46,12 @@ func (a Admins) allowed(c broker.Caller) bool {
 	return c.Known && (c.UID == 0 || slices.Contains(a.UIDs, c.UID) || slices.Contains(a.GIDs, c.GID))
 }
 
+// IsAdmin reports whether a peer with uid and gid (from SO_PEERCRED) is an admin; broker/connlimit
+// uses it to give admins their reserve of connections.
+func (a Admins) IsAdmin(uid, gid uint32) bool {
+	return a.allowed(broker.Caller{UID: uid, GID: gid, Known: true})
+}
+
 const adminPrefix = "/credbroker.v1.AdminService/"
 
 // authorize refuses AdminService calls from callers that are not admins. It is keyed on the full

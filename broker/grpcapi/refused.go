@@ -37,13 +37,8 @@ func auditedDecoding(desc *grpc.ServiceDesc, b *broker.Broker, log *slog.Logger)
 }
 
 // refuseUndecodable records a request gRPC could not read, with the code gRPC answered it with.
-func refuseUndecodable(ctx context.Context, b *broker.Broker, log *slog.Logger, method string, err error) error {
-	rec := broker.CallRecord{
-		Method: method, Caller: callerFrom(ctx), Code: status.Code(err).String(),
-		Info: &broker.CallInfo{Event: "undecodable-request"},
-	}
-	if aerr := b.RecordCall(ctx, rec); aerr != nil {
-		log.Error("audit record of an undecodable request not written", "method", method, "err", aerr)
-	}
+// It needs no token, so it is coalesced like the other refusals (broker/refusals.go).
+func refuseUndecodable(ctx context.Context, b *broker.Broker, _ *slog.Logger, method string, err error) error {
+	b.RecordRefusal(ctx, broker.CallRecord{Method: method, Caller: callerFrom(ctx), Code: status.Code(err).String()}, broker.RefusedUndecodable)
 	return err
 }

@@ -165,7 +165,8 @@ func TestKeyEchoRedacted(t *testing.T) {
 }
 
 // A call to a method brokerd does not have is answered Unimplemented and audited, with the
-// (client-chosen) method name bounded; a probe is recorded like any other refused call.
+// (client-chosen) method name bounded; a probe is coalesced like any other refusal without a
+// token: the first at once, the next in the interval's count record.
 func TestUnknownMethodIsAudited(t *testing.T) {
 	h := newHarness(t)
 	conn, err := grpc.NewClient("unix://"+h.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -181,6 +182,9 @@ func TestUnknownMethodIsAudited(t *testing.T) {
 	if _, err := h.health.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatal(err) // a registered service that is not audited still works
 	}
+	if err := h.b.FlushRefusals(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	resp, err := h.admin.ListAudit(context.Background(), &pb.ListAuditRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +192,7 @@ func TestUnknownMethodIsAudited(t *testing.T) {
 	var got []string
 	for _, r := range resp.Records {
 		if r.Event == "unknown-method" {
-			if r.Code != "Unimplemented" || !r.PeerKnown {
+			if r.Code != "Unimplemented" || !r.PeerKnown || r.Count != 1 {
 				t.Fatalf("record: %v", r)
 			}
 			got = append(got, r.Method)

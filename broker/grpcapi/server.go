@@ -4,10 +4,12 @@ package grpcapi
 
 import (
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -20,6 +22,28 @@ import (
 // smaller, and a bound keeps a misbehaving client from making the daemon buffer megabytes.
 const MaxMessageSize = 64 << 10
 
+// Per-connection bounds, so what one connection can make brokerd hold is known (README "Resource
+// limits"); how many connections there are is broker/connlimit's business.
+const (
+	// MaxHeaderListSize bounds a call's header block: a token and a few headers need a few KiB.
+	// gRPC's default (16 MiB) let 40 connections with unfinished header blocks hold ~580 MB; over
+	// the bound the stream is reset, and far over it the connection is closed.
+	MaxHeaderListSize = 16 << 10
+	// MaxConcurrentStreams bounds the calls in flight on one connection (as many as the stream
+	// workers); a client asking for more waits, client-side, for one to finish.
+	MaxConcurrentStreams = 64
+	// windowSize is the flow-control window for each stream and connWindowSize for each
+	// connection: the request bytes one can make brokerd buffer. Setting them also turns off
+	// gRPC's BDP estimation, which could grow a connection's window to 16 MiB.
+	windowSize     = MaxMessageSize
+	connWindowSize = 4 * MaxMessageSize
+	// HandshakeTimeout bounds a new connection's credentials handshake and HTTP/2 preface.
+	HandshakeTimeout = 10 * time.Second
+	// DefaultIdleTimeout closes a connection with no call in flight for this long (gRPC clients
+	// reconnect on their next call).
+	DefaultIdleTimeout = 5 * time.Minute
+)
+
 // Options configure NewServer.
 type Options struct {
 	Admins Admins
@@ -28,6 +52,8 @@ type Options struct {
 	NoReflection bool
 	// Extra server options (tests use them to swap the transport credentials).
 	ServerOptions []grpc.ServerOption
+	// IdleTimeout closes a connection with no call in flight for this long (0: DefaultIdleTimeout).
+	IdleTimeout time.Duration
 	// UnaryInterceptors wrap every unary call, outside the auditor and authorization, so they see
 	// the code the client got (brokerd's metrics use this).
 	UnaryInterceptors []grpc.UnaryServerInterceptor
@@ -42,10 +68,26 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	aud := auditor{b: b, log: o.Logger, known: map[string]bool{}}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	aud := auditor{b: b, log: o.Logger, known: map[string]bool{}, admins: o.Admins}
 	opts := append([]grpc.ServerOption{
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.InitialWindowSize(windowSize),
+		grpc.InitialConnWindowSize(connWindowSize),
+		grpc.ConnectionTimeout(HandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: o.IdleTimeout,
+			// A peer that stops answering (stopped, not dead: the kernel closes a dead one's
+			// socket) while a call is open is dropped after Time+Timeout.
+			Time: 2 * time.Minute, Timeout: 20 * time.Second,
+		}),
+		// Pings cost a write each: a client pinging more often than this is sent GOAWAY.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Reuse handler goroutines instead of growing a fresh stack per call (stack copying was
 		// 7% of brokerd's CPU at 64 concurrent calls; see BENCHMARKS.md).
 		grpc.NumStreamWorkers(64),

@@ -149,6 +149,20 @@ var (
 		Help: "Upstream answers that echoed the credential (redacted before use), audited as key-reflected.",
 	})
 
+	// Refusals counts calls and connections refused before they did anything (no or bad token,
+	// admin call from a non-admin, connection caps, ...), by reason: a fixed set (broker's
+	// Refused* constants). The audit log keeps them coalesced per uid (broker/refusals.go).
+	Refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "refusals_total",
+		Help: "Calls and connections refused before doing anything, by reason.",
+	}, []string{"reason"})
+
+	// Connections is how many client connections brokerd holds open (broker/connlimit).
+	Connections = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "connections_open",
+		Help: "Client connections open on the Unix socket.",
+	})
+
 	buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help: "Always 1; labels carry brokerd's version and the Go version it was built with.",
@@ -179,7 +193,7 @@ func init() {
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
 		AuditCommits, AuditRecords, AuditCommitDuration, StoreCommits,
 		AuditPruned, AuditPruneBatches, AuditPruneBatchDuration, AuditLastPrune,
-		CacheLookups, CreditsSaved, KeyReflections,
+		CacheLookups, CreditsSaved, KeyReflections, Refusals, Connections,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -250,6 +264,9 @@ func ObserveAuditPrune(records int, took time.Duration, err error) {
 	AuditPruneBatchDuration.Observe(took.Seconds())
 	AuditLastPrune.Set(float64(time.Now().UnixNano()) / 1e9)
 }
+
+// Refused counts one refusal for reason.
+func Refused(reason string) { Refusals.WithLabelValues(reason).Inc() }
 
 // ObserveAuditWrite records how long one audit record took to become durable.
 func ObserveAuditWrite(d time.Duration) { AuditWriteDuration.Observe(d.Seconds()) }

@@ -70,8 +70,12 @@ func (c creds) Clone() credentials.TransportCredentials { return c }
 
 func (creds) OverrideServerName(string) error { return nil }
 
-// Read returns the kernel's credentials for the peer of a Unix socket connection.
+// Read returns the kernel's credentials for the peer of a Unix socket connection. A wrapper
+// around one (connlimit's) is looked through by its NetConn method, as for tls.Conn.
 func Read(conn net.Conn) (AuthInfo, error) {
+	if w, ok := conn.(interface{ NetConn() net.Conn }); ok {
+		conn = w.NetConn()
+	}
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
 		return AuthInfo{}, ErrNoPeerCred
@@ -80,21 +84,13 @@ func Read(conn net.Conn) (AuthInfo, error) {
 	if err != nil {
 		return AuthInfo{}, fmt.Errorf("peer credentials: %w", err)
 	}
-	var (
-		cred    *unix.Ucred
-		credErr error
-	)
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return AuthInfo{}, fmt.Errorf("peer credentials: %w", err)
-	}
-	if credErr != nil {
-		return AuthInfo{}, fmt.Errorf("peer credentials: SO_PEERCRED: %w", credErr)
+	uid, gid, pid, err := Ucred(uc)
+	if err != nil {
+		return AuthInfo{}, err
 	}
 	info := AuthInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity},
-		UID:            cred.Uid, GID: cred.Gid, PID: cred.Pid,
+		UID:            uid, GID: gid, PID: pid,
 	}
 	var (
 		pidfd    = -1
@@ -105,7 +101,7 @@ func Read(conn net.Conn) (AuthInfo, error) {
 	}
 	defer unix.Close(pidfd)
 	p, err := identify(pidfd)
-	if err != nil || p.pid != cred.Pid {
+	if err != nil || p.pid != pid {
 		// Reaped already, or the pidfd's pid differs from SO_PEERCRED's (the /proc brokerd reads
 		// belongs to another pid namespace than brokerd): nothing about the process can be
 		// vouched for.
@@ -113,6 +109,28 @@ func Read(conn net.Conn) (AuthInfo, error) {
 	}
 	info.PIDFD, info.Exe, info.Comm = true, p.exe, p.comm
 	return info, nil
+}
+
+// Ucred returns SO_PEERCRED alone: uid, gid and pid, without naming the program (one getsockopt,
+// cheap enough for every accept).
+func Ucred(uc *net.UnixConn) (uid, gid uint32, pid int32, err error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("peer credentials: %w", err)
+	}
+	var (
+		cred    *unix.Ucred
+		credErr error
+	)
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, 0, 0, fmt.Errorf("peer credentials: %w", err)
+	}
+	if credErr != nil {
+		return 0, 0, 0, fmt.Errorf("peer credentials: SO_PEERCRED: %w", credErr)
+	}
+	return cred.Uid, cred.Gid, cred.Pid, nil
 }
 
 // FromContext returns the caller's AuthInfo for a server-side call context.

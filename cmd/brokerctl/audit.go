@@ -164,7 +164,7 @@ func (p *auditPrinter) print(recs []*credbrokerv1.AuditRecord) error {
 			strconv.FormatUint(r.GetSeq(), 10), rfc3339(r.GetTime()), strconv.FormatUint(uint64(r.GetUid()), 10),
 			strconv.FormatInt(int64(r.GetPid()), 10), program(r), strings.TrimPrefix(r.GetMethod(), "/credbroker.v1."),
 			orDash(r.GetTool()), orDash(r.GetTokenId()), r.GetCode(), r.GetLatency().AsDuration().Round(time.Microsecond).String(),
-			orDash(cred), orDash(r.GetEvent()),
+			orDash(cred), eventText(r),
 		}))
 	}
 	_, err := io.WriteString(p.w, b.String())
@@ -245,7 +245,17 @@ func auditJSON(r *credbrokerv1.AuditRecord) map[string]any {
 		"latency_us": r.GetLatency().AsDuration().Microseconds(), "credential": r.GetCredential(),
 		"credential_version": r.GetCredentialVersion(), "query_len": r.GetQueryLen(), "query_mac": r.GetQueryMac(), "event": r.GetEvent(),
 		"credits": r.GetCredits(), "credits_saved": r.GetCreditsSaved(), "token_label": r.GetTokenLabel(), "pidfd": r.GetPidfd(), "exe": r.GetExe(), "comm": r.GetComm(),
+		"count": r.GetCount(),
 	}
+}
+
+// eventText is the EVENT column: the event, and for a record that stands for several coalesced
+// refusals, how many ("no-token ×250").
+func eventText(r *credbrokerv1.AuditRecord) string {
+	if r.GetCount() > 1 {
+		return fmt.Sprintf("%s ×%d", orDash(r.GetEvent()), r.GetCount())
+	}
+	return orDash(r.GetEvent())
 }
 
 // program names the calling program for the text listing: its executable's base name, else its

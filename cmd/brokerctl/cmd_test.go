@@ -492,3 +492,20 @@ func TestAuditProgramColumn(t *testing.T) {
 		}
 	}
 }
+
+// A coalesced refusal shows how many calls it stands for; a single call's record does not.
+func TestAuditEventColumnShowsCount(t *testing.T) {
+	for _, tc := range []struct {
+		rec  *credbrokerv1.AuditRecord
+		want string
+	}{
+		{&credbrokerv1.AuditRecord{Event: "no-token", Count: 250}, "no-token ×250"},
+		{&credbrokerv1.AuditRecord{Event: "no-token", Count: 1}, "no-token"},
+		{&credbrokerv1.AuditRecord{Event: "mint"}, "mint"},
+		{&credbrokerv1.AuditRecord{}, "-"},
+	} {
+		if got := eventText(tc.rec); got != tc.want {
+			t.Errorf("eventText(%v) = %q, want %q", tc.rec, got, tc.want)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/daemon"
+	"github.com/credbroker/credbroker/broker/grpcapi"
 	"github.com/credbroker/credbroker/client"
 	"github.com/credbroker/credbroker/cmd/internal/days"
 )
@@ -39,7 +40,9 @@ type flags struct {
 	cacheSize      int64
 	tokenCacheSize int
 
-	upstreamProxy string // "" = no proxy, whatever HTTP(S)_PROXY says
+	upstreamProxy                string // "" = no proxy, whatever HTTP(S)_PROXY says
+	maxConns, maxConnsPerUID     int    // connection caps (broker/connlimit)
+	idleTimeout, refusalInterval time.Duration
 }
 
 // envOr returns the environment variable's value, or def.
@@ -114,6 +117,10 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.StringVar(&f.cacheTTL, "cache-ttl", "10m", "how long identical searches are answered from the result cache: a duration, and/or TOOL=DURATION entries, comma-separated (0 = off), e.g. 10m,google_search=0")
 	fl.Int64Var(&f.cacheSize, "cache-size", 16<<20, "result cache size bound in bytes (least recently used entries go first)")
 	fl.IntVar(&f.tokenCacheSize, "token-cache-size", broker.DefaultTokenCacheSize, "tokens kept decoded in memory; others are read from the database on use (tokens whose rate limit is recovering are always kept)")
+	fl.IntVar(&f.maxConns, "max-conns", daemon.DefaultMaxConns, "most client connections open at once; the last 1/16th (4 to 64) are kept for admin uids")
+	fl.IntVar(&f.maxConnsPerUID, "max-conns-per-uid", daemon.DefaultMaxConnsPerUID, "most connections open at once from one non-admin uid (admin uids: no per-uid cap)")
+	fl.DurationVar(&f.idleTimeout, "idle-timeout", grpcapi.DefaultIdleTimeout, "close a client connection with no call in flight for this long (clients reconnect on their next call)")
+	fl.DurationVar(&f.refusalInterval, "refusal-interval", broker.DefaultRefusalInterval, "refusals without a valid token are audited once per uid and reason, then as one record with a count per interval this long")
 	fl.IntVar(&f.keepVersions, "keep-versions", 3, "versions of each credential kept for rollback, the current one included")
 	return cmd
 }
@@ -156,6 +163,18 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 	if f.tokenCacheSize < 1 {
 		return daemon.Config{}, nil, fmt.Errorf("--token-cache-size must be at least 1")
 	}
+	if f.maxConns < 16 {
+		return daemon.Config{}, nil, fmt.Errorf("--max-conns must be at least 16")
+	}
+	if f.maxConnsPerUID < 1 || f.maxConnsPerUID > f.maxConns {
+		return daemon.Config{}, nil, fmt.Errorf("--max-conns-per-uid must be between 1 and --max-conns (%d)", f.maxConns)
+	}
+	if f.idleTimeout <= 0 {
+		return daemon.Config{}, nil, fmt.Errorf("--idle-timeout must be positive")
+	}
+	if f.refusalInterval < time.Second {
+		return daemon.Config{}, nil, fmt.Errorf("--refusal-interval must be at least 1s")
+	}
 	grace := f.graceWindow
 	switch {
 	case grace < 0:
@@ -170,6 +189,7 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 		MetricsListen: f.metricsListen, MetricsAllowNonLoopback: f.metricsAllowNonLoopback,
 		GraceWindow: grace, KeepVersions: f.keepVersions, Economics: econ,
 		TokenCacheSize: f.tokenCacheSize, UpstreamProxy: f.upstreamProxy,
+		MaxConns: f.maxConns, MaxConnsPerUID: f.maxConnsPerUID, IdleTimeout: f.idleTimeout, RefusalInterval: f.refusalInterval,
 	}, log, nil
 }
 

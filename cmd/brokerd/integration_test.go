@@ -30,6 +30,9 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	if os.Getenv("CREDBROKER_HOLD_SOCKET") != "" {
+		os.Exit(m.Run()) // TestHelperHoldConnections, run as another uid: nothing to build
+	}
 	dir, err := os.MkdirTemp("", "credbroker-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
@@ -37,6 +43,7 @@ var (
 	soakDuration = flag.Duration("soak.duration", 16*time.Second, "how long TestSoak runs (scripts/soak.sh: 10m)")
 	soakEvery    = flag.Duration("soak.every", 4*time.Second, "TestSoak: rotate and sample this often (scripts/soak.sh: 30s)")
 	soakWorkers  = flag.Int("soak.workers", 32, "TestSoak: concurrent searching clients")
+	soakChurners = flag.Int("soak.churners", 4, "TestSoak: clients that each open a connection, make a call or two and close it, over and over")
 )
 
 // lightUpstream is a minimal Scavio for load: it checks the key and answers five results, and,
@@ -124,7 +131,8 @@ func TestLoad1000Clients(t *testing.T) {
 	up := e.useLightUpstream(t)
 	// Worst case for brokerd: no result cache and a distinct query per call, so every call is an
 	// upstream call.
-	e.startDaemon(t, "--metrics-listen", "127.0.0.1:0", "--cache-ttl", "0")
+	// The clients run as brokerd's own uid (an admin), so only --max-conns applies to them.
+	e.startDaemon(t, "--metrics-listen", "127.0.0.1:0", "--cache-ttl", "0", "--max-conns", strconv.Itoa(max(1024, *loadClients+64)))
 	metrics := e.metricsURL(t)
 	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
 	admin := e.client(t)
@@ -360,6 +368,31 @@ func TestSoak(t *testing.T) {
 			}
 		}()
 	}
+	// Connection churn: short-lived connections, each with a call as a token holder and a call
+	// without a token (refused, and coalesced in the audit), so fds and goroutines must come back
+	// after every close and the refusals must not grow the log per call.
+	var churned atomic.Int64
+	for range *soakChurners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				conn, err := grpc.NewClient("unix://"+e.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if err != nil {
+					record("churn-dial", err)
+					continue
+				}
+				sc := pb.NewSearchServiceClient(conn)
+				_, err = sc.WhoAmI(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+unlimited.GetToken()), &pb.WhoAmIRequest{})
+				record("churn-whoami", err)
+				if _, err := sc.WhoAmI(ctx, &pb.WhoAmIRequest{}); status.Code(err) != codes.Unauthenticated {
+					record("churn-tokenless", fmt.Errorf("want Unauthenticated, got %v", err))
+				}
+				conn.Close()
+				churned.Add(1)
+			}
+		}()
+	}
 	wg.Add(1)
 	go func() { // the operator: mint, use, revoke, list, status
 		defer wg.Done()
@@ -430,8 +463,8 @@ func TestSoak(t *testing.T) {
 	}
 
 	total := calls.Load()
-	t.Logf("SOAK RESULT: %s, %d workers, %d calls (%.0f/s), %d rotations, errors=%v; audit chain OK with %d records; db file %.1f MiB, audit leaf pages %.0f%% full, %.0f bytes of leaf pages per audit record",
-		elapsed.Round(time.Second), *soakWorkers, total, float64(total)/elapsed.Seconds(), rotations, errs, v.Checked,
+	t.Logf("SOAK RESULT: %s, %d workers, %d calls (%.0f/s), %d connections opened and closed by %d churners, %d rotations, errors=%v; audit chain OK with %d records; db file %.1f MiB, audit leaf pages %.0f%% full, %.0f bytes of leaf pages per audit record",
+		elapsed.Round(time.Second), *soakWorkers, total, float64(total)/elapsed.Seconds(), churned.Load(), *soakChurners, rotations, errs, v.Checked,
 		float64(fileSize(e.db))/(1<<20), 100*fill, perRecord)
 	if len(errs) > 0 {
 		t.Errorf("errors during the soak: %v", errs)

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/daemon"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 )
 
@@ -608,6 +609,19 @@ func TestSystemdUnits(t *testing.T) {
 	} {
 		if !strings.Contains(string(service), "\n"+directive) {
 			t.Errorf("credbroker.service lacks %q", strings.TrimSpace(directive))
+		}
+	}
+
+	// The unit's budget matches brokerd's defaults: the fd limit covers --max-conns plus the
+	// headroom brokerd warns about, and memory has a hard ceiling.
+	if m := regexp.MustCompile(`\nLimitNOFILE=(\d+)\n`).FindStringSubmatch(string(service)); m == nil {
+		t.Error("credbroker.service sets no LimitNOFILE=")
+	} else if n, _ := strconv.Atoi(m[1]); n < daemon.DefaultMaxConns+daemon.FDHeadroom {
+		t.Errorf("LimitNOFILE=%d is below --max-conns %d + %d", n, daemon.DefaultMaxConns, daemon.FDHeadroom)
+	}
+	for _, directive := range []string{"MemoryMax=", "MemoryHigh=", "Environment=GOMEMLIMIT="} {
+		if !strings.Contains(string(service), "\n"+directive) {
+			t.Errorf("credbroker.service lacks %q", directive)
 		}
 	}
 

@@ -1814,7 +1814,11 @@ type AuditRecord struct {
 	// comm is the caller's command name (/proc/PID/comm), when brokerd can see the process.
 	Comm string `protobuf:"bytes,21,opt,name=comm,proto3" json:"comm,omitempty"`
 	// credits_saved is what a result-cache hit would have cost upstream (0 otherwise).
-	CreditsSaved  uint64 `protobuf:"varint,22,opt,name=credits_saved,json=creditsSaved,proto3" json:"credits_saved,omitempty"`
+	CreditsSaved uint64 `protobuf:"varint,22,opt,name=credits_saved,json=creditsSaved,proto3" json:"credits_saved,omitempty"`
+	// count is how many refused calls or connections this record stands for when brokerd
+	// coalesced them (the same uid and event, such as "no-token" or "not-admin", within one
+	// interval); 0 for a record of a single call.
+	Count         uint64 `protobuf:"varint,40,opt,name=count,proto3" json:"count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1999,6 +2003,13 @@ func (x *AuditRecord) GetComm() string {
 func (x *AuditRecord) GetCreditsSaved() uint64 {
 	if x != nil {
 		return x.CreditsSaved
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetCount() uint64 {
+	if x != nil {
+		return x.Count
 	}
 	return 0
 }
@@ -3699,7 +3710,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fGetTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"B\n" +
 	"\x10GetTokenResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\xef\x04\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\x85\x05\n" +
 	"\vAuditRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
@@ -3727,7 +3738,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x05pidfd\x18\x13 \x01(\bR\x05pidfd\x12\x10\n" +
 	"\x03exe\x18\x14 \x01(\tR\x03exe\x12\x12\n" +
 	"\x04comm\x18\x15 \x01(\tR\x04comm\x12#\n" +
-	"\rcredits_saved\x18\x16 \x01(\x04R\fcreditsSaved\"~\n" +
+	"\rcredits_saved\x18\x16 \x01(\x04R\fcreditsSaved\x12\x14\n" +
+	"\x05count\x18( \x01(\x04R\x05count\"~\n" +
 	"\x10ListAuditRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x120\n" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +

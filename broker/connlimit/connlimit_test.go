@@ -1,0 +1,128 @@
+package connlimit
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type refusal struct {
+	peer   Peer
+	reason string
+}
+
+// server accepts on a Unix socket through a Listener with cfg and hands accepted conns to a
+// channel; refusals go to another.
+func server(t *testing.T, cfg Config) (*Listener, string, <-chan net.Conn, <-chan refusal) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	raw, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := make(chan refusal, 100)
+	cfg.OnRefuse = func(p Peer, reason string) { refused <- refusal{p, reason} }
+	l := New(raw, cfg)
+	accepted := make(chan net.Conn, 100)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	return l, sock, accepted, refused
+}
+
+func dial(t *testing.T, sock string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// closedByServer reports whether the server closed c (a read sees EOF), waiting at most 10s.
+func closedByServer(t *testing.T, c net.Conn) bool {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := c.Read(make([]byte, 1))
+	return errors.Is(err, io.EOF)
+}
+
+func TestPerUIDCapAdminReserveAndRelease(t *testing.T) {
+	var admin atomic.Bool
+	l, sock, accepted, refused := server(t, Config{PerUID: 3, Total: 8, Reserve: 2, IsAdmin: func(uid, gid uint32) bool { return admin.Load() }})
+	var mine []net.Conn
+	for range 3 {
+		dial(t, sock)
+		mine = append(mine, <-accepted)
+	}
+	over := dial(t, sock)
+	r := <-refused
+	if r.reason != ReasonPerUID || !r.peer.Known || r.peer.UID != uint32(os.Getuid()) || r.peer.PID != int32(os.Getpid()) {
+		t.Fatalf("refusal %+v, want %s from this process", r, ReasonPerUID)
+	}
+	if !closedByServer(t, over) {
+		t.Fatal("connection over the per-uid cap was not closed")
+	}
+	// An admin is not held to the per-uid cap, and gets the reserve: 5 more fill the total of 8.
+	admin.Store(true)
+	for range 5 {
+		dial(t, sock)
+		<-accepted
+	}
+	if n := l.Open(); n != 8 {
+		t.Fatalf("%d open, want 8", n)
+	}
+	dial(t, sock)
+	if r := <-refused; r.reason != ReasonTotal {
+		t.Fatalf("admin over the total: %+v", r)
+	}
+	// Closing one (twice: counted once) frees one place.
+	mine[0].Close()
+	mine[0].Close()
+	admin.Store(false)
+	dial(t, sock)
+	<-accepted
+	if n := l.Open(); n != 8 {
+		t.Fatalf("%d open after close and re-open, want 8", n)
+	}
+}
+
+// Non-admins together cannot take the admins' reserve.
+func TestNonAdminsLeaveTheReserve(t *testing.T) {
+	var admin atomic.Bool
+	_, sock, accepted, refused := server(t, Config{PerUID: 100, Total: 6, Reserve: 2, IsAdmin: func(uint32, uint32) bool { return admin.Load() }})
+	for range 4 {
+		dial(t, sock)
+		<-accepted
+	}
+	dial(t, sock)
+	if r := <-refused; r.reason != ReasonTotal {
+		t.Fatalf("non-admin into the reserve: %+v", r)
+	}
+	admin.Store(true)
+	for range 2 {
+		dial(t, sock)
+		select {
+		case <-accepted:
+		case r := <-refused:
+			t.Fatalf("admin refused from its reserve: %+v", r)
+		}
+	}
+}
