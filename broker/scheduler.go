@@ -2,8 +2,8 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
