@@ -34,6 +34,11 @@ type credentialRecord struct {
 	Previous  uint64    `json:"previous,omitempty"`
 	Pending   uint64    `json:"pending,omitempty"`
 	Last      uint64    `json:"last,omitempty"` // highest version number ever used; never reused
+	// PolicyTag and LimitsTag bind the credential's policy and limits records to this one: the
+	// first bytes of their MAC tags, nil when there is none (records.go, bindings). A policy or
+	// limits record removed, added or put back to an earlier value no longer matches.
+	PolicyTag []byte `json:"policy_tag,omitempty"`
+	LimitsTag []byte `json:"limits_tag,omitempty"`
 }
 
 // versionRecord is the JSON under credentials/<name>/versions/<version>. Fields after Ciphertext

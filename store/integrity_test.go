@@ -365,3 +365,69 @@ func TestRecordKeysetIsWrapped(t *testing.T) {
 		t.Fatalf("keys: %d wrapped keysets %v, want data, audit and record", len(u.wrapped), err)
 	}
 }
+
+// A policy or limits record removed, or put back to its own earlier (validly MACed) value, is
+// caught: the credential's meta record binds the current ones.
+func TestPolicyAndLimitsBoundToCredential(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		key  []byte
+		drop bool // remove it, instead of putting back the earlier value
+	}{
+		{"policy removed", keyPolicy, true},
+		{"earlier rotate command put back", keyPolicy, false},
+		{"limits removed", keyLimits, true},
+		{"earlier, higher ceiling put back", keyLimits, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, path, kek := openStore(t)
+			if _, err := s.PutCredential("a", []byte("k1"), t0); err != nil {
+				t.Fatal(err)
+			}
+			earlier := map[string][]byte{}
+			snapshot := func() {
+				s.db.View(func(tx *bolt.Tx) error {
+					b := tx.Bucket(bucketCredentials).Bucket([]byte("a"))
+					earlier[string(keyPolicy)] = bytes.Clone(b.Get(keyPolicy))
+					earlier[string(keyLimits)] = bytes.Clone(b.Get(keyLimits))
+					return nil
+				})
+			}
+			if _, err := s.SetPolicy("a", Policy{MaxAge: time.Hour, RotateCommand: []string{"/usr/local/bin/old-key"}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.SetLimits("a", Limits{MonthlyCredits: 1_000_000}); err != nil {
+				t.Fatal(err)
+			}
+			snapshot()
+			if _, err := s.SetPolicy("a", Policy{MaxAge: time.Hour, RotateCommand: []string{"/usr/local/bin/new-key"}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.SetLimits("a", Limits{MonthlyCredits: 100}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.RotateCredential("a", []byte("k2"), t0); err != nil { // rewrites meta: bindings kept
+				t.Fatal(err)
+			}
+			if c, err := s.GetCredential("a"); err != nil || c.Policy.RotateCommand[0] != "/usr/local/bin/new-key" || c.Limits.MonthlyCredits != 100 {
+				t.Fatalf("before: %+v %v", c, err)
+			}
+			if err := s.db.Update(func(tx *bolt.Tx) error {
+				b := tx.Bucket(bucketCredentials).Bucket([]byte("a"))
+				if tc.drop {
+					return b.Delete(tc.key)
+				}
+				return b.Put(tc.key, earlier[string(tc.key)])
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if c, err := s.GetCredential("a"); !errors.Is(err, ErrTampered) {
+				t.Fatalf("GetCredential: got %+v %+v %v, want ErrTampered", c.Policy, c.Limits, err)
+			}
+			s.Close()
+			if _, err := reopen(t, path, kek); !errors.Is(err, ErrTampered) || !strings.Contains(err.Error(), "binds") {
+				t.Fatalf("Open: got %v, want ErrTampered", err)
+			}
+		})
+	}
+}

@@ -88,6 +88,9 @@ func (s *Store) SetLimits(name string, l Limits) (Credential, error) {
 				return err
 			}
 		}
+		if err := s.rebind(b, name); err != nil {
+			return err
+		}
 		out, err = s.readCredential(b, name)
 		return err
 	})

@@ -68,6 +68,9 @@ func (s *Store) SetPolicy(name string, p Policy) (Credential, error) {
 				return err
 			}
 		}
+		if err := s.rebind(b, name); err != nil {
+			return err
+		}
 		out, err = s.readCredential(b, name)
 		return err
 	})

@@ -2,10 +2,12 @@ package store
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/tink-crypto/tink-go/v2/keyset"
 	"github.com/tink-crypto/tink-go/v2/mac"
@@ -203,7 +205,7 @@ func (s *Store) migrateRecordMACs(tx *bolt.Tx, kek tink.AEAD) error {
 	if err := tx.Bucket(bucketMeta).Put(keyRecordKeyset, blob); err != nil {
 		return err
 	}
-	return forEachRecordBucket(tx, func(b *bolt.Bucket, sl slot) error {
+	if err := forEachRecordBucket(tx, func(b *bolt.Bucket, sl slot) error {
 		type kv struct{ k, v []byte }
 		var todo []kv
 		c := b.Cursor()
@@ -223,7 +225,64 @@ func (s *Store) migrateRecordMACs(tx *bolt.Tx, kek tink.AEAD) error {
 			}
 		}
 		return nil
+	}); err != nil {
+		return err
+	}
+	// Bind each credential's policy and limits to its meta record. A credential whose meta record
+	// does not decode is left as it is: reading it fails as it did before the migration.
+	creds := tx.Bucket(bucketCredentials)
+	if creds == nil {
+		return nil
+	}
+	return creds.ForEachBucket(func(k []byte) error {
+		b := creds.Bucket(k)
+		if _, err := s.readCredentialRecord(b, string(k)); err != nil {
+			return nil
+		}
+		return s.rebind(b, string(k))
 	})
+}
+
+// Bindings: a credential's meta record keeps the first bindingLen bytes of the MAC tags of its
+// policy and limits records, so that removing one (no limits: unlimited spending), or putting back
+// an earlier, validly MACed value (a previous rotate command, a higher ceiling), is caught like an
+// edit. The monthly credit counter and the event list are not bound (see README's security model).
+const bindingLen = 16
+
+// bindingTag is what a meta record keeps of the sealed value raw; nil for none.
+func bindingTag(raw []byte) []byte {
+	if raw == nil {
+		return nil
+	}
+	_, tag, _, ok := splitSealed(raw)
+	if !ok || len(tag) < bindingLen {
+		return []byte{0} // matches no stored binding: the record itself fails to open anyway
+	}
+	return bytes.Clone(tag[len(tag)-bindingLen:])
+}
+
+// checkBindings reports a policy or limits record in b that is not the one rec binds.
+func checkBindings(b *bolt.Bucket, name string, rec credentialRecord) error {
+	for _, k := range []struct {
+		key  []byte
+		want []byte
+	}{{keyPolicy, rec.PolicyTag}, {keyLimits, rec.LimitsTag}} {
+		if !hmac.Equal(bindingTag(b.Get(k.key)), k.want) {
+			return tamperedError(credentialSlot(name), k.key, "is not the one the credential's meta record binds (removed, added or put back to an earlier value)")
+		}
+	}
+	return nil
+}
+
+// rebind records in name's meta record the policy and limits records b now holds; every write
+// of either calls it in the same transaction.
+func (s *Store) rebind(b *bolt.Bucket, name string) error {
+	rec, err := s.readCredentialRecord(b, name)
+	if err != nil {
+		return err
+	}
+	rec.PolicyTag, rec.LimitsTag = bindingTag(b.Get(keyPolicy)), bindingTag(b.Get(keyLimits))
+	return s.writeCredentialRecord(b, name, rec)
 }
 
 // forEachRecordBucket calls fn for every bucket whose values are sealed records: tokens/,
@@ -299,6 +358,17 @@ func (s *Store) checkIntegrity(tx *bolt.Tx, head uint64) IntegrityReport {
 	})
 	if err != nil {
 		r.problem("walking the records: %v", err)
+	}
+	if creds := tx.Bucket(bucketCredentials); creds != nil {
+		creds.ForEachBucket(func(k []byte) error {
+			b := creds.Bucket(k)
+			if rec, err := s.readCredentialRecord(b, string(k)); err == nil {
+				if err := checkBindings(b, string(k), rec); err != nil {
+					r.problem("credential %q: %s", k, strings.TrimSuffix(err.Error(), "; never used: restore the database from a backup"))
+				}
+			}
+			return nil
+		})
 	}
 	if b := tx.Bucket(bucketAudit); b != nil {
 		if k, _ := b.Cursor().Last(); len(k) == 8 {

@@ -75,6 +75,9 @@ func (s *Store) readCredential(b *bolt.Bucket, name string) (Credential, error) 
 	if err != nil {
 		return Credential{}, err
 	}
+	if err := checkBindings(b, name, rec); err != nil {
+		return Credential{}, err
+	}
 	p, err := s.readPolicy(b, name)
 	if err != nil {
 		return Credential{}, err
@@ -287,6 +290,9 @@ func (s *Store) Rollback(name string, to uint64, m VersionMeta) (Credential, err
 
 // readCredentialAfter builds the Credential for rec, with the policy stored in b.
 func (s *Store) readCredentialAfter(b *bolt.Bucket, name string, rec credentialRecord) (Credential, error) {
+	if err := checkBindings(b, name, rec); err != nil {
+		return Credential{}, err
+	}
 	p, err := s.readPolicy(b, name)
 	if err != nil {
 		return Credential{}, err
