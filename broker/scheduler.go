@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -101,6 +102,11 @@ func (b *Broker) RunScheduler(ctx context.Context) error {
 func (s *scheduler) tick(ctx context.Context) {
 	now := s.clock.Now()
 	creds, err := s.b.store.ListCredentials()
+	if errors.Is(err, store.ErrTampered) {
+		// Fail closed: no rotate command runs while any credential record does not verify.
+		s.b.log.Error("DATABASE TAMPERING: rotation scheduler refuses to run any rotate command", "err", err)
+		return
+	}
 	if err != nil {
 		s.b.log.Error("rotation scheduler: list credentials", "err", err)
 		return

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -408,5 +409,29 @@ func TestRunSchedulerUsesTheClock(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A rotate command edited in the database file (here under the running brokerd, pointed at
+// another program) is never run: the policy does not verify, so the scheduler rotates nothing
+// and says why in its log.
+func TestSchedulerNeverRunsATamperedRotateCommand(t *testing.T) {
+	e := newSchedEnv(t)
+	good := e.script(t, "newkey", printKey)
+	evil := e.script(t, "evilky", printKey) // same length: an in-place edit of the record
+	e.put(t, DefaultCredential, store.Policy{MaxAge: time.Hour, RotateCommand: []string{good}})
+	if n := storetest.EditFile(t, e.st.Path(), []byte(good), []byte(evil)); n == 0 {
+		t.Fatal("rotate command not found in the file")
+	}
+	e.clock.Advance(2 * time.Hour)
+	e.b.rot.sched.tick(context.Background())
+	if e.runs("newkey") != 0 || e.runs("evilky") != 0 {
+		t.Fatalf("ran a rotate command from a record that does not verify (newkey %d, evilky %d)", e.runs("newkey"), e.runs("evilky"))
+	}
+	if _, err := e.st.GetCredential(DefaultCredential); !errors.Is(err, store.ErrTampered) {
+		t.Fatalf("GetCredential: %v, want ErrTampered", err)
+	}
+	if logs := e.logs.String(); !strings.Contains(logs, "DATABASE TAMPERING") || !strings.Contains(logs, "restore the database from a backup") {
+		t.Fatalf("scheduler log does not say why: %s", logs)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,6 +99,9 @@ type auditWriter struct {
 	// head from the database instead, and never writes over records that did land.
 	lastSeq uint64
 	lastMAC []byte
+	// headSeq is lastSeq as of the last successful commit, for any goroutine: records sealed in
+	// other transactions are stamped with it (records.go).
+	headSeq atomic.Uint64
 
 	onCommit func(records int, took time.Duration, err error) // Options.OnAuditCommit
 	onPrune  func(records int, took time.Duration, err error) // Options.OnAuditPrune
@@ -121,8 +125,9 @@ type auditReq struct {
 	// apply, when set, is the state change rec describes: it runs in the same transaction, just
 	// before rec is appended, so the change is never durable without its record (and the pair
 	// costs one commit). If it fails, the transaction is rolled back and the batch is committed
-	// again without this request, which gets apply's error; its record is not written.
-	apply func(*bolt.Tx) error
+	// again without this request, which gets apply's error; its record is not written. seq is the
+	// seq rec will be written at.
+	apply func(tx *bolt.Tx, seq uint64) error
 	// prune, when set, makes this a retention prune batch (PruneAudit) instead of an append:
 	// the writer runs it in a transaction of its own between two group commits.
 	prune *pruneReq
@@ -219,6 +224,7 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 		head = &chainPoint{Seq: 0}
 	}
 	w.lastSeq, w.lastMAC = head.Seq, head.Prev
+	w.headSeq.Store(head.Seq)
 	s.audit = w
 	go w.run()
 	return nil
@@ -393,7 +399,7 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 				continue
 			}
 			if r.apply != nil {
-				if err := r.apply(tx); err != nil {
+				if err := r.apply(tx, seq+1); err != nil {
 					return &applyError{req: r, err: err}
 				}
 			}
@@ -423,6 +429,7 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 	}
 	w.failing.Store(false)
 	w.lastSeq, w.lastMAC = seq, prev
+	w.headSeq.Store(seq)
 	w.wake()
 	return nil
 }
@@ -645,12 +652,16 @@ type AuditVerification struct {
 	FirstSeq uint64 // first record checked (after the retention anchor)
 	LastSeq  uint64
 	OK       bool
-	BadSeq   uint64 // the first record that fails, when !OK
+	BadSeq   uint64 // the first record that fails, when !OK; 0 if what fails is a token or credential record
 	Problem  string
+	// Records is how many token and credential records were checked against their MACs.
+	Records int
 }
 
 // VerifyAudit walks the whole chain from the retention anchor (or the start) to the head and
-// reports the first record that was edited, removed or moved.
+// reports the first record that was edited, removed or moved. It then checks every token and
+// credential record's MAC, and that none was written after the head (a head put back to an older
+// value, dropping the newest records, see checkIntegrity).
 func (s *Store) VerifyAudit() (AuditVerification, error) {
 	var v AuditVerification
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -716,6 +727,21 @@ func (s *Store) VerifyAudit() (AuditVerification, error) {
 				return fail(want.Seq, "records %d..%d at the end of the log are missing (removed)", want.Seq, head.Seq)
 			}
 			return fail(head.Seq, "the chain head does not match the last record")
+		}
+		// The chain is whole up to its head; the head must also be no older than the state, and
+		// every token and credential record must verify (records.go).
+		var headSeq uint64
+		if head != nil {
+			headSeq = head.Seq
+		}
+		r := s.checkIntegrity(tx, headSeq)
+		v.Records = r.Records
+		if !r.OK() {
+			bad := uint64(0) // a record outside the chain
+			if r.MaxStamp > headSeq {
+				bad = headSeq + 1 // the first record dropped with the head
+			}
+			return fail(bad, "%s", strings.Join(r.Problems, "; "))
 		}
 		v.OK = true
 		return nil

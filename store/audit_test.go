@@ -269,7 +269,7 @@ func TestPutTokenAudited(t *testing.T) {
 	release, holding := make(chan struct{}), make(chan struct{})
 	held := make(chan error, 1)
 	go func() {
-		held <- s.appendAudit(ctx, &auditReq{rec: rec("held"), done: make(chan error, 1), apply: func(*bolt.Tx) error {
+		held <- s.appendAudit(ctx, &auditReq{rec: rec("held"), done: make(chan error, 1), apply: func(*bolt.Tx, uint64) error {
 			close(holding)
 			<-release
 			return nil

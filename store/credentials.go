@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -33,6 +34,11 @@ type credentialRecord struct {
 	Previous  uint64    `json:"previous,omitempty"`
 	Pending   uint64    `json:"pending,omitempty"`
 	Last      uint64    `json:"last,omitempty"` // highest version number ever used; never reused
+	// PolicyTag and LimitsTag bind the credential's policy and limits records to this one: the
+	// first bytes of their MAC tags, nil when there is none (records.go, bindings). A policy or
+	// limits record removed, added or put back to an earlier value no longer matches.
+	PolicyTag []byte `json:"policy_tag,omitempty"`
+	LimitsTag []byte `json:"limits_tag,omitempty"`
 }
 
 // versionRecord is the JSON under credentials/<name>/versions/<version>. Fields after Ciphertext
@@ -68,9 +74,12 @@ func (s *Store) RotateCredential(name string, value []byte, now time.Time) (Cred
 	return s.AddVersion(name, value, VersionMeta{At: now, How: HowManual})
 }
 
-func readCredentialRecord(b *bolt.Bucket, name string) (credentialRecord, error) {
+func (s *Store) readCredentialRecord(b *bolt.Bucket, name string) (credentialRecord, error) {
 	var rec credentialRecord
-	raw := b.Get(keyCredMeta)
+	raw, err := s.getRecord(b, credentialSlot(name), keyCredMeta)
+	if err != nil {
+		return rec, err
+	}
 	if raw == nil {
 		return rec, fmt.Errorf("credential %q: %w: no metadata", name, ErrCorrupt)
 	}
@@ -85,7 +94,7 @@ func (s *Store) ListCredentials() ([]Credential, error) {
 	var out []Credential
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketCredentials).ForEachBucket(func(k []byte) error {
-			c, err := readCredential(tx.Bucket(bucketCredentials).Bucket(k), string(k))
+			c, err := s.readCredential(tx.Bucket(bucketCredentials).Bucket(k), string(k))
 			if err != nil {
 				return err
 			}
@@ -122,18 +131,17 @@ func (s *Store) LoadCredential(name string) (value []byte, version uint64, err e
 		if b == nil {
 			return fmt.Errorf("credential %q: %w", name, ErrNotFound)
 		}
-		rec, err := readCredentialRecord(b, name)
+		rec, err := s.readCredentialRecord(b, name)
 		if err != nil {
 			return err
 		}
 		version = rec.Current
-		raw := b.Bucket(bucketVersions).Get(versionKey(version))
-		if raw == nil {
+		vrec, err := s.readVersionRecord(b.Bucket(bucketVersions), name, version)
+		if errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("credential %q version %d: %w: missing", name, version, ErrCorrupt)
 		}
-		var vrec versionRecord
-		if err := json.Unmarshal(raw, &vrec); err != nil {
-			return fmt.Errorf("credential %q version %d: %w", name, version, ErrCorrupt)
+		if err != nil {
+			return err
 		}
 		ct = vrec.Ciphertext // json decoding copied it out of the mmap
 		return nil

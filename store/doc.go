@@ -13,11 +13,25 @@
 // Each credential version is encrypted under the data keyset with the associated data
 // "credential/<name>/<version>", so a ciphertext moved to another slot fails to decrypt.
 //
-// # Buckets (schema version 1)
+// # Record MACs
+//
+// Every value in tokens/ and under credentials/ is sealed (records.go): 0x01, the audit seq it
+// was stamped with (8 bytes), a 1-byte tag length, a Tink HMAC-SHA256 tag under the record keyset
+// over (bucket path, key, stamp, body), then the JSON body listed below. Every read verifies the
+// tag and refuses a record that fails with ErrTampered; Open checks every record and refuses the
+// database if one fails, or if one is stamped later than the audit chain head (a head put back
+// to an older value). New record keys under these buckets must be written with putRecord/seal,
+// or Open will refuse the database. The schema 1 -> 2 migration seals the records it finds,
+// stamped 0: that is the trust-on-first-use point.
+//
+// # Buckets (schema version 2)
 //
 //	meta/
-//	    version        -> "1" (schema version, decimal ASCII)
+//	    version        -> "2" (schema version, decimal ASCII)
 //	    data_keyset    -> Tink EncryptedKeyset (binary), encrypted under the master keyset
+//	    audit_keyset   -> the audit MAC keyset, likewise (audit.go)
+//	    record_keyset  -> the record MAC keyset, likewise (records.go; since schema 2)
+//	    audit_head, audit_anchor -> MACed audit chain points (audit.go)
 //	    rekey_target   -> data key id (decimal) an unfinished Rekey is moving versions to (rekey.go)
 //	credentials/
 //	    <name>/                         one bucket per credential
@@ -25,11 +39,14 @@
 //	                      previous, pending, last}
 //	        policy     -> JSON Policy {max_age, rotate_command, verify} (absent: no policy)
 //	        events     -> JSON [CredentialEvent] the last 50 rotation events (events.go)
+//	        limits     -> JSON Limits; credits -> the monthly credit counter (limits.go)
 //	        versions/
 //	            <version, 8-byte big endian> -> JSON versionRecord {created_at, ciphertext,
 //	                      created_by_uid, how, verified, state, from}
 //	tokens/
 //	    <id>           -> JSON tokenRecord (SHA-256 of the secret, scope, limits, use count)
+//	audit/
+//	    <seq, 8-byte big endian> -> MAC || JSON AuditRecord, a hash chain (audit.go)
 //
 // The fields after rotated_at and ciphertext, the policy and events keys and rekey_target were
 // added without a schema bump: each is optional and its zero value describes a database written

@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -25,10 +26,10 @@ type CredentialEvent struct {
 	Detail  string    `json:"detail,omitempty"` // e.g. an error message; built from names and codes only
 }
 
-func readEvents(b *bolt.Bucket, name string) ([]CredentialEvent, error) {
-	raw := b.Get(keyEvents)
-	if raw == nil {
-		return nil, nil
+func (s *Store) readEvents(b *bolt.Bucket, name string) ([]CredentialEvent, error) {
+	raw, err := s.getRecord(b, credentialSlot(name), keyEvents)
+	if raw == nil || err != nil {
+		return nil, err
 	}
 	var evs []CredentialEvent
 	if err := json.Unmarshal(raw, &evs); err != nil {
@@ -46,7 +47,10 @@ func (s *Store) AppendCredentialEvent(name string, e CredentialEvent) error {
 		if err != nil {
 			return err
 		}
-		evs, err := readEvents(b, name)
+		evs, err := s.readEvents(b, name)
+		if errors.Is(err, ErrTampered) {
+			return err // keep the evidence: a list that does not verify is not overwritten
+		}
 		if err != nil {
 			evs = nil // a corrupt list is replaced rather than blocking every rotation
 		}
@@ -54,11 +58,7 @@ func (s *Store) AppendCredentialEvent(name string, e CredentialEvent) error {
 		if len(evs) > MaxCredentialEvents {
 			evs = evs[len(evs)-MaxCredentialEvents:]
 		}
-		raw, err := json.Marshal(evs)
-		if err != nil {
-			return err
-		}
-		return b.Put(keyEvents, raw)
+		return s.putRecord(b, credentialSlot(name), keyEvents, evs)
 	})
 }
 
@@ -70,7 +70,7 @@ func (s *Store) CredentialEvents(name string) ([]CredentialEvent, error) {
 		if err != nil {
 			return err
 		}
-		evs, err = readEvents(b, name)
+		evs, err = s.readEvents(b, name)
 		return err
 	})
 	return evs, err

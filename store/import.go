@@ -1,7 +1,6 @@
 package store
 
 import (
-	"encoding/json"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -62,11 +61,8 @@ func (s *Store) createIn(root *bolt.Bucket, e NewCredential, m VersionMeta) (Cre
 	if e.Event != nil {
 		ev := *e.Event
 		ev.At = ev.At.UTC()
-		raw, err := json.Marshal([]CredentialEvent{ev})
-		if err != nil {
-			return Credential{}, err
-		}
-		if err := b.Put(keyEvents, raw); err != nil {
+		// Sealed like every credential record (records.go), or Open would refuse the database.
+		if err := s.putRecord(b, credentialSlot(e.Name), keyEvents, []CredentialEvent{ev}); err != nil {
 			return Credential{}, err
 		}
 	}

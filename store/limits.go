@@ -44,15 +44,22 @@ func MonthWindow(t time.Time) string { return t.UTC().Format("2006-01") }
 // DayWindow names the UTC day t falls in.
 func DayWindow(t time.Time) string { return t.UTC().Format("2006-01-02") }
 
-func readLimits(b *bolt.Bucket, name string, c *Credential) error {
-	if raw := b.Get(keyLimits); raw != nil {
+func (s *Store) readLimits(b *bolt.Bucket, name string, c *Credential) error {
+	raw, err := s.getRecord(b, credentialSlot(name), keyLimits)
+	if err != nil {
+		return err
+	}
+	if raw != nil {
 		var l Limits
 		if err := json.Unmarshal(raw, &l); err != nil {
 			return fmt.Errorf("credential %q: %w: bad limits", name, ErrCorrupt)
 		}
 		c.Limits = &l
 	}
-	if raw := b.Get(keyCredits); raw != nil {
+	if raw, err = s.getRecord(b, credentialSlot(name), keyCredits); err != nil {
+		return err
+	}
+	if raw != nil {
 		var cc creditCounter
 		if err := json.Unmarshal(raw, &cc); err != nil {
 			return fmt.Errorf("credential %q: %w: bad credit counter", name, ErrCorrupt)
@@ -77,15 +84,14 @@ func (s *Store) SetLimits(name string, l Limits) (Credential, error) {
 				return err
 			}
 		} else {
-			raw, err := json.Marshal(l)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(keyLimits, raw); err != nil {
+			if err := s.putRecord(b, credentialSlot(name), keyLimits, l); err != nil {
 				return err
 			}
 		}
-		out, err = readCredential(b, name)
+		if err := s.rebind(b, name); err != nil {
+			return err
+		}
+		out, err = s.readCredential(b, name)
 		return err
 	})
 	return out, err
@@ -119,7 +125,12 @@ func (s *Store) spendCredentialCredits(name string, now time.Time, credits int64
 			return nil
 		}
 		var cc creditCounter
-		if raw := b.Get(keyCredits); raw != nil {
+		raw, err := s.getRecord(b, credentialSlot(name), keyCredits)
+		if err != nil {
+			result = err
+			return nil
+		}
+		if raw != nil {
 			if err := json.Unmarshal(raw, &cc); err != nil {
 				result = fmt.Errorf("credential %q: %w: bad credit counter", name, ErrCorrupt)
 				return nil
@@ -137,11 +148,7 @@ func (s *Store) spendCredentialCredits(name string, now time.Time, credits int64
 			return nil
 		}
 		cc.Spent, spent, result = next, next, nil
-		raw, err := json.Marshal(cc)
-		if err != nil {
-			return err
-		}
-		return b.Put(keyCredits, raw)
+		return s.putRecord(b, credentialSlot(name), keyCredits, cc)
 	})
 	if err != nil {
 		return 0, err

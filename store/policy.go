@@ -37,10 +37,10 @@ func (p *Policy) NextDue(rotatedAt time.Time) (time.Time, bool) {
 	return rotatedAt.Add(p.MaxAge), true
 }
 
-func readPolicy(b *bolt.Bucket, name string) (*Policy, error) {
-	raw := b.Get(keyPolicy)
-	if raw == nil {
-		return nil, nil
+func (s *Store) readPolicy(b *bolt.Bucket, name string) (*Policy, error) {
+	raw, err := s.getRecord(b, credentialSlot(name), keyPolicy)
+	if raw == nil || err != nil {
+		return nil, err
 	}
 	var p Policy
 	if err := json.Unmarshal(raw, &p); err != nil {
@@ -64,15 +64,14 @@ func (s *Store) SetPolicy(name string, p Policy) (Credential, error) {
 			}
 		} else {
 			p.RotateCommand = slices.Clone(p.RotateCommand)
-			raw, err := json.Marshal(p)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(keyPolicy, raw); err != nil {
+			if err := s.putRecord(b, credentialSlot(name), keyPolicy, p); err != nil {
 				return err
 			}
 		}
-		out, err = readCredential(b, name)
+		if err := s.rebind(b, name); err != nil {
+			return err
+		}
+		out, err = s.readCredential(b, name)
 		return err
 	})
 	return out, err

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -188,7 +189,7 @@ func (s *Store) reencrypt(tx *bolt.Tx, name string, v uint64, primary uint32) (b
 	if versions.Get(versionKey(v)) == nil {
 		return false, nil // pruned meanwhile
 	}
-	vrec, err := readVersionRecord(versions, name, v)
+	vrec, err := s.readVersionRecord(versions, name, v)
 	if err != nil {
 		return false, err
 	}
@@ -209,10 +210,12 @@ func (s *Store) reencrypt(tx *bolt.Tx, name string, v uint64, primary uint32) (b
 		return false, fmt.Errorf("rekey: credential %q version %d: the data primitive is not using key %d", name, v, primary)
 	}
 	vrec.Ciphertext = ct
-	return true, writeVersionRecord(versions, v, vrec)
+	return true, s.writeVersionRecord(versions, name, v, vrec)
 }
 
-// forEachVersion calls fn for every stored credential version.
+// forEachVersion calls fn for every stored credential version. It reads the records without
+// verifying their MACs (InspectKeys has no keys, and only public key ids are read from them):
+// whatever acts on a version reads it again verified (reencrypt).
 func forEachVersion(tx *bolt.Tx, fn func(name string, v uint64, vrec versionRecord) error) error {
 	creds := tx.Bucket(bucketCredentials)
 	return creds.ForEachBucket(func(k []byte) error {
@@ -226,7 +229,7 @@ func forEachVersion(tx *bolt.Tx, fn func(name string, v uint64, vrec versionReco
 				return fmt.Errorf("credential %q: %w: bad version key", name, ErrCorrupt)
 			}
 			v := binary.BigEndian.Uint64(key)
-			vrec, err := readVersionRecord(versions, name, v)
+			vrec, err := peekVersionRecord(versions.Get(key), name, v)
 			if err != nil {
 				return err
 			}
@@ -269,4 +272,17 @@ func (s *Store) writeDataKeyset(old []byte, h *keyset.Handle, also func(*bolt.Bu
 		}
 		return also(m)
 	})
+}
+
+// peekVersionRecord decodes a version record, sealed or (in a database not yet migrated to
+// record MACs) not, without verifying it: only for reading public key ids.
+func peekVersionRecord(raw []byte, name string, v uint64) (versionRecord, error) {
+	var vrec versionRecord
+	if _, _, body, ok := splitSealed(raw); ok {
+		raw = body
+	}
+	if err := json.Unmarshal(raw, &vrec); err != nil {
+		return vrec, fmt.Errorf("credential %q version %d: %w", name, v, ErrCorrupt)
+	}
+	return vrec, nil
 }

@@ -20,10 +20,12 @@ var wrappedKeysets = []struct {
 }{
 	{"data keyset", keyDataKeyset, dataKeysetAAD, true},
 	{"audit keyset", keyAuditKeyset, auditKeysetAAD, false},
+	// Absent only in a schema-1 database (before record MACs), which InspectKeys may look at.
+	{"record keyset", keyRecordKeyset, recordKeysetAAD, false},
 }
 
-// Rewrap re-encrypts the keysets stored under the master keyset (the data keyset and the audit
-// MAC keyset) under kek's primary key, in one transaction. kek must decrypt every one of them (a
+// Rewrap re-encrypts the keysets stored under the master keyset (the data keyset, the audit MAC
+// keyset and the record MAC keyset) under kek's primary key, in one transaction. kek must decrypt every one of them (a
 // rotated master keyset keeps the old key next to a new primary), or Rewrap returns
 // ErrWrongMasterKey and changes nothing. The wrapped keysets themselves, and so every stored
 // credential and audit MAC, are unchanged: only their wrapping moves to the new key, after which

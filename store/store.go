@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +72,7 @@ type Store struct {
 	audit        *auditWriter
 	guard        *commitGuard // every write transaction's commit goes through it
 	keys         *dataKeys    // master keyset and swappable data primitive, for Rekey (keys.go)
+	recMAC       tink.MAC     // record keyset: seals every token and credential record (records.go)
 
 	// batching counts batched writes in flight (batch).
 	batching atomic.Int32
@@ -172,6 +174,16 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: audit log: %w", path, err)
 	}
+	// Fail closed: a forged record or a rolled-back audit head means the file was changed by
+	// something other than brokerd, and nothing in it can be trusted to serve from.
+	r, err := s.CheckIntegrity()
+	if err == nil && !r.OK() {
+		err = fmt.Errorf("%w: %s; brokerd will not serve from it: restore the database from a backup", ErrTampered, strings.Join(r.Problems, "; "))
+	}
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
 	return s, nil
 }
 
@@ -214,7 +226,20 @@ func (s *Store) init(kek tink.AEAD) error {
 	if s.data, err = aead.New(h); err != nil {
 		return fmt.Errorf("data keyset: %w", err)
 	}
-	return s.migrate(version)
+	if version >= 2 {
+		var blob []byte
+		s.db.View(func(tx *bolt.Tx) error {
+			blob = bytes.Clone(tx.Bucket(bucketMeta).Get(keyRecordKeyset))
+			return nil
+		})
+		if blob == nil {
+			return fmt.Errorf("%w: schema %d but no record keyset", ErrTampered, version)
+		}
+		if s.recMAC, err = loadRecordKeyset(kek, blob); err != nil {
+			return err
+		}
+	}
+	return s.migrate(version, kek)
 }
 
 // create initialises an empty database: buckets, schema version and a fresh data keyset.
@@ -230,6 +255,11 @@ func (s *Store) create(kek tink.AEAD) error {
 	if s.data, err = aead.New(h); err != nil {
 		return fmt.Errorf("data keyset: %w", err)
 	}
+	recMAC, recBlob, err := newRecordKeyset(kek)
+	if err != nil {
+		return err
+	}
+	s.recMAC = recMAC
 	return s.db.Update(func(tx *bolt.Tx) error {
 		m, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
@@ -241,6 +271,9 @@ func (s *Store) create(kek tink.AEAD) error {
 			}
 		}
 		if err := m.Put(keyDataKeyset, buf.Bytes()); err != nil {
+			return err
+		}
+		if err := m.Put(keyRecordKeyset, recBlob); err != nil {
 			return err
 		}
 		return m.Put(keySchemaVersion, []byte(strconv.Itoa(SchemaVersion)))

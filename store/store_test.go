@@ -105,7 +105,9 @@ func TestCredentialRoundTripAndRotation(t *testing.T) {
 	}
 }
 
-// A ciphertext copied into another credential's slot must not decrypt: the AAD names the slot.
+// A version record copied into another credential's slot is refused: its MAC names the slot
+// (ErrTampered), and were it re-sealed for the new slot, its ciphertext still would not decrypt
+// because the AEAD's associated data names the slot too (ErrCorrupt).
 func TestCiphertextSwapFails(t *testing.T) {
 	s, _, _ := openStore(t)
 	if _, err := s.PutCredential("a", []byte("secret-a"), t0); err != nil {
@@ -117,23 +119,37 @@ func TestCiphertextSwapFails(t *testing.T) {
 	if _, err := s.RotateCredential("a", []byte("secret-a2"), t0); err != nil {
 		t.Fatal(err)
 	}
-	copyVersion := func(fromName string, fromV uint64, toName string, toV uint64) {
+	copyVersion := func(fromName string, fromV uint64, toName string, toV uint64, reseal bool) {
 		t.Helper()
 		if err := s.db.Update(func(tx *bolt.Tx) error {
 			root := tx.Bucket(bucketCredentials)
 			raw := bytes.Clone(root.Bucket([]byte(fromName)).Bucket(bucketVersions).Get(versionKey(fromV)))
+			if reseal {
+				body, _, err := s.openSealed(versionsSlot(fromName), versionKey(fromV), raw)
+				if err != nil {
+					return err
+				}
+				if raw, err = s.seal(versionsSlot(toName), versionKey(toV), body); err != nil {
+					return err
+				}
+			}
 			return root.Bucket([]byte(toName)).Bucket(bucketVersions).Put(versionKey(toV), raw)
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	copyVersion("a", 2, "b", 1) // another name
-	if _, _, err := s.LoadCredential("b"); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("swapped name: got %v, want ErrCorrupt", err)
-	}
-	copyVersion("a", 1, "a", 2) // another version of the same name (a rollback attack)
-	if _, _, err := s.LoadCredential("a"); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("swapped version: got %v, want ErrCorrupt", err)
+	for _, tc := range []struct {
+		reseal bool
+		want   error
+	}{{true, ErrCorrupt}, {false, ErrTampered}} {
+		copyVersion("a", 2, "b", 1, tc.reseal) // another name
+		if _, _, err := s.LoadCredential("b"); !errors.Is(err, tc.want) {
+			t.Fatalf("swapped name (reseal %v): got %v, want %v", tc.reseal, err, tc.want)
+		}
+		copyVersion("a", 1, "a", 2, tc.reseal) // another version of the same name (a rollback attack)
+		if _, _, err := s.LoadCredential("a"); !errors.Is(err, tc.want) {
+			t.Fatalf("swapped version (reseal %v): got %v, want %v", tc.reseal, err, tc.want)
+		}
 	}
 }
 

@@ -46,8 +46,8 @@ type Token struct {
 // Live reports whether the token is neither revoked nor expired at now.
 func (t *Token) Live(now time.Time) bool { return !t.Revoked && now.Before(t.ExpiresAt) }
 
-// DecodeToken parses a stored token record, rejecting records that could not have been written by
-// PutToken (so a corrupted file never yields a usable token).
+// DecodeToken parses a token record's body (what its MAC covers, records.go), rejecting records
+// that could not have been written by PutToken (so a corrupted file never yields a usable token).
 func DecodeToken(raw []byte) (Token, error) {
 	var t Token
 	if err := json.Unmarshal(raw, &t); err != nil {
@@ -70,7 +70,7 @@ func (s *Store) PutToken(t Token) error {
 	var result error
 	err = s.batch(func(tx *bolt.Tx) error {
 		// An id taken is the caller's answer, not a failed transaction (DB.Batch would retry it).
-		result = putNewToken(tx, t.ID, raw)
+		result = s.putNewToken(tx, t.ID, raw, s.auditStamp())
 		if errors.Is(result, ErrExists) {
 			return nil
 		}
@@ -93,15 +93,39 @@ func (s *Store) PutTokenAudited(ctx context.Context, t Token, rec AuditRecord) e
 		return err
 	}
 	return s.appendAudit(context.WithoutCancel(ctx), &auditReq{rec: rec, done: make(chan error, 1),
-		apply: func(tx *bolt.Tx) error { return putNewToken(tx, t.ID, raw) }})
+		apply: func(tx *bolt.Tx, seq uint64) error { return s.putNewToken(tx, t.ID, raw, seq) }})
 }
 
-func putNewToken(tx *bolt.Tx, id string, raw []byte) error {
+// putNewToken stores body sealed and stamped with the audit seq stamp (records.go).
+func (s *Store) putNewToken(tx *bolt.Tx, id string, body []byte, stamp uint64) error {
 	b := tx.Bucket(bucketTokens)
 	if b.Get([]byte(id)) != nil {
 		return fmt.Errorf("token %s: %w", id, ErrExists)
 	}
-	return b.Put([]byte(id), raw)
+	sealed, err := sealWith(s.recMAC, tokensSlot(), []byte(id), body, stamp)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(id), sealed)
+}
+
+// openToken verifies and decodes the sealed token record stored under key: ErrTampered if it
+// does not verify (it is never used then), ErrCorrupt if it verifies but does not decode.
+func (s *Store) openToken(key, raw []byte) (Token, error) {
+	body, _, err := s.openSealed(tokensSlot(), key, raw)
+	if err != nil {
+		return Token{}, err
+	}
+	return DecodeToken(body)
+}
+
+// sealToken encodes t as the sealed record stored under its id.
+func (s *Store) sealToken(t *Token) ([]byte, error) {
+	body, err := json.Marshal(t)
+	if err != nil {
+		return nil, err
+	}
+	return s.seal(tokensSlot(), []byte(t.ID), body)
 }
 
 // GetToken loads a token by id. ErrNotFound if absent.
@@ -113,7 +137,7 @@ func (s *Store) GetToken(id string) (Token, error) {
 			return fmt.Errorf("token %s: %w", id, ErrNotFound)
 		}
 		var err error
-		t, err = DecodeToken(raw)
+		t, err = s.openToken([]byte(id), raw)
 		return err
 	})
 	return t, err
@@ -136,7 +160,7 @@ func (s *Store) ListTokens(after string, limit int, keep func(*Token) bool) ([]T
 			}
 		}
 		for ; k != nil; k, v = c.Next() {
-			t, err := DecodeToken(v)
+			t, err := s.openToken(k, v)
 			if err != nil {
 				return fmt.Errorf("token %q: %w", k, err)
 			}
@@ -158,7 +182,7 @@ func (s *Store) ListTokens(after string, limit int, keep func(*Token) bool) ([]T
 func (s *Store) ForEachToken(fn func(*Token) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
-			t, err := DecodeToken(v)
+			t, err := s.openToken(k, v)
 			if err != nil {
 				return fmt.Errorf("token %q: %w", k, err)
 			}
@@ -177,14 +201,14 @@ func (s *Store) RevokeToken(id string, now time.Time) (Token, error) {
 			return fmt.Errorf("token %s: %w", id, ErrNotFound)
 		}
 		var err error
-		if t, err = DecodeToken(raw); err != nil {
+		if t, err = s.openToken([]byte(id), raw); err != nil {
 			return err
 		}
 		if t.Revoked {
 			return nil
 		}
 		t.Revoked, t.RevokedAt = true, now.UTC()
-		out, err := json.Marshal(t)
+		out, err := s.sealToken(&t)
 		if err != nil {
 			return err
 		}
@@ -238,7 +262,7 @@ func (s *Store) changeToken(id string, change func(*Token) (bool, error)) (Token
 			return nil
 		}
 		var err error
-		if t, err = DecodeToken(raw); err != nil {
+		if t, err = s.openToken([]byte(id), raw); err != nil {
 			result = err
 			return nil
 		}
@@ -246,7 +270,7 @@ func (s *Store) changeToken(id string, change func(*Token) (bool, error)) (Token
 		if write, result = change(&t); !write || result != nil {
 			return nil
 		}
-		out, err := json.Marshal(t)
+		out, err := s.sealToken(&t)
 		if err != nil {
 			return err
 		}

@@ -70,17 +70,20 @@ func credentialBucket(tx *bolt.Tx, name string) (*bolt.Bucket, error) {
 }
 
 // readCredential reads a credential's metadata and policy.
-func readCredential(b *bolt.Bucket, name string) (Credential, error) {
-	rec, err := readCredentialRecord(b, name)
+func (s *Store) readCredential(b *bolt.Bucket, name string) (Credential, error) {
+	rec, err := s.readCredentialRecord(b, name)
 	if err != nil {
 		return Credential{}, err
 	}
-	p, err := readPolicy(b, name)
+	if err := checkBindings(b, name, rec); err != nil {
+		return Credential{}, err
+	}
+	p, err := s.readPolicy(b, name)
 	if err != nil {
 		return Credential{}, err
 	}
 	c := credentialFrom(name, rec, p)
-	if err := readLimits(b, name, &c); err != nil {
+	if err := s.readLimits(b, name, &c); err != nil {
 		return Credential{}, err
 	}
 	return c, nil
@@ -93,17 +96,16 @@ func credentialFrom(name string, rec credentialRecord, p *Policy) Credential {
 	}
 }
 
-func writeCredentialRecord(b *bolt.Bucket, rec credentialRecord) error {
-	raw, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	return b.Put(keyCredMeta, raw)
+func (s *Store) writeCredentialRecord(b *bolt.Bucket, name string, rec credentialRecord) error {
+	return s.putRecord(b, credentialSlot(name), keyCredMeta, rec)
 }
 
-func readVersionRecord(versions *bolt.Bucket, name string, v uint64) (versionRecord, error) {
+func (s *Store) readVersionRecord(versions *bolt.Bucket, name string, v uint64) (versionRecord, error) {
 	var vrec versionRecord
-	raw := versions.Get(versionKey(v))
+	raw, err := s.getRecord(versions, versionsSlot(name), versionKey(v))
+	if err != nil {
+		return vrec, err
+	}
 	if raw == nil {
 		return vrec, fmt.Errorf("credential %q version %d: %w", name, v, ErrNotFound)
 	}
@@ -113,12 +115,8 @@ func readVersionRecord(versions *bolt.Bucket, name string, v uint64) (versionRec
 	return vrec, nil
 }
 
-func writeVersionRecord(versions *bolt.Bucket, v uint64, vrec versionRecord) error {
-	raw, err := json.Marshal(vrec)
-	if err != nil {
-		return err
-	}
-	return versions.Put(versionKey(v), raw)
+func (s *Store) writeVersionRecord(versions *bolt.Bucket, name string, v uint64, vrec versionRecord) error {
+	return s.putRecord(versions, versionsSlot(name), versionKey(v), vrec)
 }
 
 // nextVersion is the number the next version gets. Numbers are never reused, not even a discarded
@@ -162,14 +160,14 @@ func (s *Store) AddVersion(name string, value []byte, m VersionMeta) (Credential
 		if err != nil {
 			return err
 		}
-		rec, err := readCredentialRecord(b, name)
+		rec, err := s.readCredentialRecord(b, name)
 		if err != nil {
 			return err
 		}
 		if _, err := s.putVersion(b, name, &rec, value, m, StateCurrent, 0); err != nil {
 			return err
 		}
-		out, err = readCredentialAfter(b, name, rec)
+		out, err = s.readCredentialAfter(b, name, rec)
 		return err
 	})
 	return out, err
@@ -184,7 +182,7 @@ func (s *Store) StageVersion(name string, value []byte, m VersionMeta) (uint64, 
 		if err != nil {
 			return err
 		}
-		rec, err := readCredentialRecord(b, name)
+		rec, err := s.readCredentialRecord(b, name)
 		if err != nil {
 			return err
 		}
@@ -203,7 +201,7 @@ func (s *Store) PromoteVersion(name string, v uint64, verified bool, at time.Tim
 		if err != nil {
 			return err
 		}
-		rec, err := readCredentialRecord(b, name)
+		rec, err := s.readCredentialRecord(b, name)
 		if err != nil {
 			return err
 		}
@@ -211,21 +209,21 @@ func (s *Store) PromoteVersion(name string, v uint64, verified bool, at time.Tim
 			return fmt.Errorf("credential %q has no pending version %d (another rotation replaced it): %w", name, v, ErrNotFound)
 		}
 		versions := b.Bucket(bucketVersions)
-		vrec, err := readVersionRecord(versions, name, v)
+		vrec, err := s.readVersionRecord(versions, name, v)
 		if err != nil {
 			return err
 		}
 		vrec.Verified = vrec.Verified || verified
-		if err := writeVersionRecord(versions, v, vrec); err != nil {
+		if err := s.writeVersionRecord(versions, name, v, vrec); err != nil {
 			return err
 		}
 		if err := s.makeCurrent(b, name, &rec, v, at); err != nil {
 			return err
 		}
-		if err := writeCredentialRecord(b, rec); err != nil {
+		if err := s.writeCredentialRecord(b, name, rec); err != nil {
 			return err
 		}
-		out, err = readCredentialAfter(b, name, rec)
+		out, err = s.readCredentialAfter(b, name, rec)
 		return err
 	})
 	return out, err
@@ -238,7 +236,7 @@ func (s *Store) DiscardVersion(name string, v uint64) error {
 		if err != nil {
 			return err
 		}
-		rec, err := readCredentialRecord(b, name)
+		rec, err := s.readCredentialRecord(b, name)
 		if err != nil {
 			return err
 		}
@@ -249,7 +247,7 @@ func (s *Store) DiscardVersion(name string, v uint64) error {
 			return err
 		}
 		rec.Pending = 0
-		return writeCredentialRecord(b, rec)
+		return s.writeCredentialRecord(b, name, rec)
 	})
 }
 
@@ -265,14 +263,14 @@ func (s *Store) Rollback(name string, to uint64, m VersionMeta) (Credential, err
 		if err != nil {
 			return err
 		}
-		rec, err := readCredentialRecord(b, name)
+		rec, err := s.readCredentialRecord(b, name)
 		if err != nil {
 			return err
 		}
 		if to == 0 || to == rec.Current || to == rec.Pending {
 			return fmt.Errorf("credential %q: version %d cannot be rolled back to: %w", name, to, ErrNotFound)
 		}
-		src, err := readVersionRecord(b.Bucket(bucketVersions), name, to)
+		src, err := s.readVersionRecord(b.Bucket(bucketVersions), name, to)
 		if err != nil {
 			return err
 		}
@@ -284,15 +282,18 @@ func (s *Store) Rollback(name string, to uint64, m VersionMeta) (Credential, err
 		if _, err := s.putVersion(b, name, &rec, value, m, StateCurrent, to); err != nil {
 			return err
 		}
-		out, err = readCredentialAfter(b, name, rec)
+		out, err = s.readCredentialAfter(b, name, rec)
 		return err
 	})
 	return out, err
 }
 
 // readCredentialAfter builds the Credential for rec, with the policy stored in b.
-func readCredentialAfter(b *bolt.Bucket, name string, rec credentialRecord) (Credential, error) {
-	p, err := readPolicy(b, name)
+func (s *Store) readCredentialAfter(b *bolt.Bucket, name string, rec credentialRecord) (Credential, error) {
+	if err := checkBindings(b, name, rec); err != nil {
+		return Credential{}, err
+	}
+	p, err := s.readPolicy(b, name)
 	if err != nil {
 		return Credential{}, err
 	}
@@ -317,7 +318,7 @@ func (s *Store) putVersion(b *bolt.Bucket, name string, rec *credentialRecord, v
 		CreatedAt: m.At.UTC(), Ciphertext: ct, CreatedByUID: m.ByUID, How: how, Verified: m.Verified,
 		State: state, From: from,
 	}
-	if err := writeVersionRecord(versions, next, vrec); err != nil {
+	if err := s.writeVersionRecord(versions, name, next, vrec); err != nil {
 		return 0, err
 	}
 	rec.Last = next
@@ -336,7 +337,7 @@ func (s *Store) putVersion(b *bolt.Bucket, name string, rec *credentialRecord, v
 	default:
 		return 0, fmt.Errorf("putVersion: bad state %q", state)
 	}
-	return next, writeCredentialRecord(b, *rec)
+	return next, s.writeCredentialRecord(b, name, *rec)
 }
 
 // makeCurrent makes version v current: the old current version becomes previous, and versions
@@ -344,21 +345,21 @@ func (s *Store) putVersion(b *bolt.Bucket, name string, rec *credentialRecord, v
 func (s *Store) makeCurrent(b *bolt.Bucket, name string, rec *credentialRecord, v uint64, at time.Time) error {
 	versions := b.Bucket(bucketVersions)
 	if rec.Current != 0 && rec.Current != v {
-		old, err := readVersionRecord(versions, name, rec.Current)
+		old, err := s.readVersionRecord(versions, name, rec.Current)
 		if err == nil {
 			old.State = StatePrevious
-			if err := writeVersionRecord(versions, rec.Current, old); err != nil {
+			if err := s.writeVersionRecord(versions, name, rec.Current, old); err != nil {
 				return err
 			}
 		}
 		rec.Previous = rec.Current
 	}
-	cur, err := readVersionRecord(versions, name, v)
+	cur, err := s.readVersionRecord(versions, name, v)
 	if err != nil {
 		return err
 	}
 	cur.State = StateCurrent
-	if err := writeVersionRecord(versions, v, cur); err != nil {
+	if err := s.writeVersionRecord(versions, name, v, cur); err != nil {
 		return err
 	}
 	rec.Current = v
@@ -411,7 +412,7 @@ func (s *Store) GetCredential(name string) (Credential, error) {
 		if err != nil {
 			return err
 		}
-		out, err = readCredential(b, name)
+		out, err = s.readCredential(b, name)
 		return err
 	})
 	return out, err
@@ -428,7 +429,7 @@ func (s *Store) History(name string) (Credential, []Version, error) {
 		if err != nil {
 			return err
 		}
-		if cred, err = readCredential(b, name); err != nil {
+		if cred, err = s.readCredential(b, name); err != nil {
 			return err
 		}
 		return b.Bucket(bucketVersions).ForEach(func(k, raw []byte) error {
@@ -436,8 +437,12 @@ func (s *Store) History(name string) (Credential, []Version, error) {
 				return fmt.Errorf("credential %q: %w: bad version key", name, ErrCorrupt)
 			}
 			v := binary.BigEndian.Uint64(k)
+			body, _, err := s.openSealed(versionsSlot(name), k, raw)
+			if err != nil {
+				return err
+			}
 			var vrec versionRecord
-			if err := json.Unmarshal(raw, &vrec); err != nil {
+			if err := json.Unmarshal(body, &vrec); err != nil {
 				return fmt.Errorf("credential %q version %d: %w", name, v, ErrCorrupt)
 			}
 			how := vrec.How
@@ -473,7 +478,7 @@ func (s *Store) LoadCredentialVersion(name string, v uint64) ([]byte, error) {
 		if err != nil {
 			return err
 		}
-		vrec, err := readVersionRecord(b.Bucket(bucketVersions), name, v)
+		vrec, err := s.readVersionRecord(b.Bucket(bucketVersions), name, v)
 		ct = vrec.Ciphertext // json decoding copied it out of the mmap
 		return err
 	})

@@ -202,22 +202,39 @@ func TestVersionRecordsFromSchema1Binary(t *testing.T) {
 	if _, err := s.RotateCredential("old", []byte("k2"), t0); err != nil {
 		t.Fatal(err)
 	}
-	// Rewrite the records the way the first release wrote them.
+	// Rewrite the records' bodies the way the first release wrote them (sealed, as the schema 2
+	// migration leaves them).
 	if err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCredentials).Bucket([]byte("old"))
-		if err := b.Put(keyCredMeta, fmt.Appendf(nil, `{"current":2,"created_at":%q,"rotated_at":%q}`, t0.Format(time.RFC3339), t0.Format(time.RFC3339))); err != nil {
+		meta, err := s.seal(credentialSlot("old"), keyCredMeta, fmt.Appendf(nil, `{"current":2,"created_at":%q,"rotated_at":%q}`, t0.Format(time.RFC3339), t0.Format(time.RFC3339)))
+		if err != nil {
+			return err
+		}
+		if err := b.Put(keyCredMeta, meta); err != nil {
 			return err
 		}
 		versions := b.Bucket(bucketVersions)
-		return versions.ForEach(func(k, raw []byte) error {
+		olds := map[string][]byte{}
+		if err := versions.ForEach(func(k, raw []byte) error {
+			_, _, body, _ := splitSealed(raw)
 			var vrec versionRecord
-			json.Unmarshal(raw, &vrec)
+			json.Unmarshal(body, &vrec)
 			old, _ := json.Marshal(struct {
 				CreatedAt  time.Time `json:"created_at"`
 				Ciphertext []byte    `json:"ciphertext"`
 			}{vrec.CreatedAt, vrec.Ciphertext})
-			return versions.Put(k, old)
-		})
+			sealed, err := s.seal(versionsSlot("old"), k, old)
+			olds[string(k)] = sealed
+			return err
+		}); err != nil {
+			return err
+		}
+		for k, v := range olds {
+			if err := versions.Put([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}

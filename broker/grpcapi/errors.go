@@ -57,6 +57,12 @@ func toStatus(log *slog.Logger, method string, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	if errors.Is(err, store.ErrTampered) {
+		// Loud: a record in the database was forged, edited or moved by something other than
+		// brokerd. The record was not used; the message (names and keys only) says what to do.
+		log.Error("DATABASE TAMPERING: a record failed its integrity check and was refused; restore the database from a backup", "method", method, "err", err)
+		return status.Error(codes.DataLoss, err.Error())
+	}
 	for _, m := range errorCodes {
 		if errors.Is(err, m.err) {
 			return status.Error(m.code, err.Error())

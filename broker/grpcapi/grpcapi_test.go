@@ -455,7 +455,7 @@ func TestListTokensPagedAndStatus(t *testing.T) {
 		t.Fatalf("listed %d of 7", len(seen))
 	}
 	st, err := h.admin.Status(context.Background(), &pb.StatusRequest{})
-	if err != nil || st.Credentials != 1 || st.LiveTokens != 7 || st.Version != "test" || st.SchemaVersion != 1 {
+	if err != nil || st.Credentials != 1 || st.LiveTokens != 7 || st.Version != "test" || st.SchemaVersion != store.SchemaVersion {
 		t.Fatalf("status: %+v %v", st, err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/store/storetest"
 )
 
 func TestAuditRecordsEveryCall(t *testing.T) {
@@ -201,5 +202,29 @@ func TestUnknownMethodIsAudited(t *testing.T) {
 	want := []string{"/credbroker.v1.AdminService/DumpKeys", long[:maxMethodLen] + "…"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("unknown-method records %q, want %q", got, want)
+	}
+}
+
+// A token record edited in the database file under a running brokerd (here: its tool scope) is
+// refused with DataLoss and a message telling the operator to restore from a backup, and the
+// refusal is logged loudly. The token is never used.
+func TestTamperedTokenIsDataLoss(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	if n := storetest.EditFile(t, h.store.Path(), []byte(`"tools":["web_search"]`), []byte(`"tools":["web_searcX"]`)); n == 0 {
+		t.Fatal("token record not found in the file")
+	}
+	_, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "q"})
+	requireGRPCStatus(t, err, codes.DataLoss, "restore the database from a backup")
+	if calls := h.fake.Count(); calls != 0 {
+		t.Fatalf("upstream called %d times with a tampered token", calls)
+	}
+	if !strings.Contains(h.logs.String(), "DATABASE TAMPERING") {
+		t.Fatalf("tampering not logged: %s", h.logs.String())
+	}
+	v, err := h.admin.VerifyAudit(context.Background(), &pb.VerifyAuditRequest{})
+	if err != nil || v.Ok || !strings.Contains(v.Problem, "does not verify") {
+		t.Fatalf("VerifyAudit: %v %v", v, err)
 	}
 }

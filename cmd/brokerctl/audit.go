@@ -209,13 +209,17 @@ func fitWidth(v string, width int, right bool) string {
 func newAuditVerifyCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "verify",
-		Short: "Check the audit hash chain; exits 1 and names the first bad record if it was tampered with",
+		Short: "Check the audit hash chain, every token and credential record's MAC, and that the chain head is not older than them; exits 1 and names the first bad record if anything was tampered with",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.call(cmd, "", func(ctx context.Context, c brokerAPI) error {
 				v, err := c.VerifyAudit(ctx)
 				if err != nil {
 					return err
+				}
+				if !v.GetOk() && v.GetBadSeq() == 0 {
+					// A token or credential record failed its MAC: nothing in the chain to point at.
+					return fmt.Errorf("database does not verify: %s", v.GetProblem())
 				}
 				if !v.GetOk() {
 					return fmt.Errorf("audit log does not verify at record %d: %s", v.GetBadSeq(), v.GetProblem())

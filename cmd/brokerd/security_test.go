@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -161,4 +162,114 @@ func TestAuditVerifyCatchesOfflineEdit(t *testing.T) {
 	db.Close()
 	e.startDaemon(t)
 	e.ctl(t, "", "audit", "verify").fails(t, "record 5 was edited")
+}
+
+// brokerd refuses to start on a database changed offline by someone without the master keyset:
+// a token or rotation policy edited in the file, or the audit chain head put back to its value
+// in an earlier copy of the file (with the newest audit records removed), which drops the
+// newest records while the chain still verifies. It exits non-zero and says to restore from a
+// backup; nothing is served from the file.
+func TestStartupRefusesTamperedDatabase(t *testing.T) {
+	for _, tc := range []struct {
+		name, want string
+		tamper     func(t *testing.T, e *env, snapshot string)
+	}{
+		{"token scope widened", `"tokens"`, func(t *testing.T, e *env, _ string) {
+			editBolt(t, e.db, func(tx *bolt.Tx) error {
+				b := tx.Bucket([]byte("tokens"))
+				return b.ForEach(func(k, v []byte) error {
+					return b.Put(bytes.Clone(k), bytes.Replace(bytes.Clone(v), []byte(`"tools":["web_search"]`), []byte(`"tools":["web_search","google_search"]`), 1))
+				})
+			})
+		}},
+		{"rotate command replaced", `"policy"`, func(t *testing.T, e *env, _ string) {
+			editBolt(t, e.db, func(tx *bolt.Tx) error {
+				b := tx.Bucket([]byte("credentials")).Bucket([]byte("scavio_api_key"))
+				return b.Put([]byte("policy"), bytes.Replace(bytes.Clone(b.Get([]byte("policy"))), []byte("/bin/true"), []byte("/bin/sh"), 1))
+			})
+		}},
+		{"audit head put back", "older than the state", func(t *testing.T, e *env, snapshot string) {
+			var oldHead []byte
+			sdb, err := bolt.Open(snapshot, 0o600, &bolt.Options{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sdb.View(func(tx *bolt.Tx) error {
+				oldHead = bytes.Clone(tx.Bucket([]byte("meta")).Get([]byte("audit_head")))
+				return nil
+			})
+			var oldLast []byte
+			sdb.View(func(tx *bolt.Tx) error {
+				oldLast, _ = tx.Bucket([]byte("audit")).Cursor().Last()
+				oldLast = bytes.Clone(oldLast)
+				return nil
+			})
+			sdb.Close()
+			editBolt(t, e.db, func(tx *bolt.Tx) error {
+				a := tx.Bucket([]byte("audit"))
+				var newer [][]byte
+				c := a.Cursor()
+				for k, _ := c.Seek(oldLast); k != nil; k, _ = c.Next() {
+					if !bytes.Equal(k, oldLast) {
+						newer = append(newer, bytes.Clone(k))
+					}
+				}
+				for _, k := range newer {
+					if err := a.Delete(k); err != nil {
+						return err
+					}
+				}
+				return tx.Bucket([]byte("meta")).Put([]byte("audit_head"), oldHead)
+			})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.startDaemon(t)
+			e.setup(t)
+			e.ctl(t, "", "credential", "policy", "scavio_api_key", "--max-age", "720h", "--rotate-command", "/bin/true").ok(t)
+			if err := e.stop(t, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			snapshot := filepath.Join(e.dir, "backup.db")
+			raw, err := os.ReadFile(e.db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(snapshot, raw, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			e.startDaemon(t) // state written after the snapshot: a token minted later
+			e.ctl(t, "", "token", "mint", "--tools", "web_search", "--ttl", "30m", "--label", "later").ok(t)
+			if err := e.stop(t, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+
+			tc.tamper(t, e, snapshot)
+			cmd := e.daemonCmd()
+			err = cmd.Run()
+			out := e.stderr.String()
+			t.Logf("brokerd: %s", lastLines(out, 2))
+			if err == nil {
+				t.Fatalf("brokerd started on a tampered database: %s", out)
+			}
+			for _, want := range []string{"integrity check", "restore the database from a backup", tc.want} {
+				if !strings.Contains(out, want) {
+					t.Fatalf("brokerd's refusal does not say %q: %s", want, out)
+				}
+			}
+		})
+	}
+}
+
+func editBolt(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(fn); err != nil {
+		t.Fatal(err)
+	}
 }
