@@ -95,28 +95,27 @@ func (s *drainStream) Context() context.Context { return s.ctx }
 
 // Stopping ends the streams (followers such as a watch, which would otherwise hold the graceful
 // stop for its whole timeout) at the start of a shutdown. Unary calls go on.
-func (d *Drainer) Stopping() {
-	d.mu.Lock()
-	d.stopping = true
-	streams := d.streams
-	d.streams = map[*drainCall]struct{}{}
-	d.mu.Unlock()
-	for c := range streams {
-		c.cancel(ErrShuttingDown)
-	}
-}
+func (d *Drainer) Stopping() { d.end(true) }
 
 // Drain ends every in-flight call, and any that starts afterwards, with ErrShuttingDown. It returns
 // how many calls it ended.
 func (d *Drainer) Drain() int {
 	d.Stopping()
+	return d.end(false)
+}
+
+// end marks streams (or calls) as ended from now on and cancels those in flight.
+func (d *Drainer) end(stream bool) int {
 	d.mu.Lock()
-	d.draining = true
-	calls := d.calls
-	d.calls = map[*drainCall]struct{}{}
+	set := d.set(stream)
+	if stream {
+		d.stopping, d.streams = true, map[*drainCall]struct{}{}
+	} else {
+		d.draining, d.calls = true, map[*drainCall]struct{}{}
+	}
 	d.mu.Unlock()
-	for c := range calls {
+	for c := range set {
 		c.cancel(ErrShuttingDown)
 	}
-	return len(calls)
+	return len(set)
 }

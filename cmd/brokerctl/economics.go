@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credbroker/credbroker/cmd/internal/days"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -265,13 +266,13 @@ func limitsOf(c *credbrokerv1.Credential) *limitsJSON {
 	}
 	out := &limitsJSON{RateLimit: l.GetRateLimit(), Burst: l.GetBurst(), MonthlyCredits: l.GetMonthlyCredits(), CreditsThisMonth: c.GetCreditsThisMonth()}
 	if l.GetRateLimit() > 0 {
-		out.RatePeriod, out.RatePeriodSeconds = shortDuration(l.GetRatePeriod().AsDuration()), l.GetRatePeriod().AsDuration().Seconds()
+		out.RatePeriod, out.RatePeriodSeconds = days.Compact(l.GetRatePeriod().AsDuration()), l.GetRatePeriod().AsDuration().Seconds()
 		if out.Burst == 0 {
 			out.Burst = 1 // what brokerd applies
 		}
 	}
 	if l.GetMaxWait() != nil && l.GetMaxWait().AsDuration() > 0 {
-		out.MaxWait, out.MaxWaitSeconds = shortDuration(l.GetMaxWait().AsDuration()), l.GetMaxWait().AsDuration().Seconds()
+		out.MaxWait, out.MaxWaitSeconds = days.Compact(l.GetMaxWait().AsDuration()), l.GetMaxWait().AsDuration().Seconds()
 	}
 	return out
 }
@@ -295,16 +296,4 @@ func limitsColumn(c *credbrokerv1.Credential) string {
 		parts = append(parts, fmt.Sprintf("credits %d/%d this month", l.CreditsThisMonth, l.MonthlyCredits))
 	}
 	return strings.Join(parts, ", ")
-}
-
-// shortDuration drops a Duration's zero tails: 1m rather than 1m0s, 1h rather than 1h0m0s.
-func shortDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
 }

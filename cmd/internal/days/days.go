@@ -44,15 +44,15 @@ func Format(d time.Duration) string {
 	rest := d % (24 * time.Hour)
 	switch {
 	case n == 0:
-		return compact(rest)
+		return Compact(rest)
 	case rest == 0:
 		return fmt.Sprintf("%dd", n)
 	}
-	return fmt.Sprintf("%dd%s", n, compact(rest))
+	return fmt.Sprintf("%dd%s", n, Compact(rest))
 }
 
-// compact is d.String() without trailing zero units: "12h" for 12h0m0s, "5h30m" for 5h30m0s.
-func compact(d time.Duration) string {
+// Compact is d.String() without trailing zero units: "12h" for 12h0m0s, "5h30m" for 5h30m0s.
+func Compact(d time.Duration) string {
 	s := d.String()
 	if strings.HasSuffix(s, "m0s") {
 		s = strings.TrimSuffix(s, "0s")
