@@ -273,3 +273,27 @@ func editBolt(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
 		t.Fatal(err)
 	}
 }
+
+// --admin-gid counts supplementary groups too (SO_PEERGROUPS, as the caller had them when it
+// connected): a uid whose primary group is not the admin group but who is in it may call the
+// admin API; the same uid without that group may not.
+func TestAdminGIDMatchesSupplementaryGroups(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a client as uid 65534 with chosen groups (CI runs as root)")
+	}
+	const adminGID = 4242
+	e := newEnv(t)
+	for _, d := range []string{binDir, e.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.startDaemon(t, "--socket-group", "65534", "--admin-gid", "4242")
+	r := e.asUIDGroups(t, nobody, []uint32{adminGID}, "status")
+	if r.err != nil {
+		t.Fatalf("uid 65534 in supplementary group %d refused: %s", adminGID, r.stderr)
+	}
+	if r := e.asUIDGroups(t, nobody, []uint32{7}, "status"); r.err == nil || !strings.Contains(r.stderr, "permission denied: uid 65534") {
+		t.Fatalf("uid 65534 without group %d: err %v, stderr %q", adminGID, r.err, r.stderr)
+	}
+}
