@@ -297,3 +297,74 @@ func TestAdminGIDMatchesSupplementaryGroups(t *testing.T) {
 		t.Fatalf("uid 65534 without group %d: err %v, stderr %q", adminGID, r.err, r.stderr)
 	}
 }
+
+// Another local user (65534) runs a brokerd of its own at the path brokerctl dials: brokerctl,
+// run as root, sees the server's uid and refuses to send the secret; the squatter's database
+// never holds it and its audit log has no call from root until root says to trust that uid with
+// CREDBROKER_SERVER_UID.
+func TestBrokerctlRefusesSquattedSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a brokerd as uid 65534 (CI runs as root)")
+	}
+	e := newEnv(t)
+	for _, d := range []string{binDir, e.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The squatter's own directory, keyset, database and socket.
+	sq := filepath.Join(e.dir, "squat")
+	if err := os.Mkdir(sq, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	keyset, err := os.ReadFile(e.keyset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.keyset, e.db, e.socket = filepath.Join(sq, "master.json"), filepath.Join(sq, "broker.db"), filepath.Join(sq, "broker.sock")
+	if err := os.WriteFile(e.keyset, keyset, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{sq, e.keyset} {
+		if err := os.Chown(p, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(sq, 0o755); err != nil { // root's client must reach the socket
+		t.Fatal(err)
+	}
+	cmd := e.daemonCmd("--socket-mode", "0666")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	e.waitHealthy(t)
+
+	const secret = "sk_live_SQUATTED_0f9e8d7c6b5a"
+	want := "the socket " + e.socket + " is served by uid 65534"
+	for _, args := range [][]string{{"credential", "put", "scavio_api_key"}, {"credential", "rotate", "scavio_api_key"}, {"status"}} {
+		r := e.ctl(t, secret+"\n", args...).fails(t, want)
+		if !strings.Contains(r.stderr, "refusing to send a token or secret") || !strings.Contains(r.stderr, "CREDBROKER_SERVER_UID=65534") {
+			t.Errorf("%v: stderr %q", args, r.stderr)
+		}
+	}
+	trust := []string{"CREDBROKER_SERVER_UID=65534"}
+	if out := e.ctlEnv(t, trust, "", "credential", "list").ok(t).stdout; strings.Contains(out, "scavio_api_key") {
+		t.Fatalf("the squatter holds the credential:\n%s", out)
+	}
+	// Nothing but the list call just made reached the squatter from root.
+	audit := e.ctlEnv(t, trust, "", "audit", "--json").ok(t).stdout
+	if strings.Contains(audit, "PutCredential") || strings.Contains(audit, "RotateCredential") || strings.Contains(audit, "/Status") {
+		t.Fatalf("refused calls reached the squatter:\n%s", audit)
+	}
+	raw, err := os.ReadFile(e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(secret)) || strings.Contains(e.stderr.String(), secret) {
+		t.Fatal("the secret reached the squatter")
+	}
+	// Trusted on purpose, the same command goes through: the refusal was the check, nothing else.
+	e.ctlEnv(t, trust, secret+"\n", "credential", "put", "scavio_api_key").ok(t)
+}
