@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fernet/fernet-go"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/broker/peercred"
@@ -342,9 +343,21 @@ func TestBrokerctlRefusesSquattedSocket(t *testing.T) {
 	e.waitHealthy(t)
 
 	const secret = "sk_live_SQUATTED_0f9e8d7c6b5a"
+	// The tutorial's encrypted file, for import.
+	var fkey fernet.Key
+	fkey.Generate()
+	ftok, err := fernet.EncryptAndSign([]byte(secret), &fkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fpath := filepath.Join(e.dir, "mcp_credentials.enc")
+	fb, _ := json.Marshal(map[string]string{"scavio_api_key": string(ftok)})
+	if err := os.WriteFile(fpath, fb, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	want := "the socket " + e.socket + " is served by uid 65534"
-	for _, args := range [][]string{{"credential", "put", "scavio_api_key"}, {"credential", "rotate", "scavio_api_key"}, {"status"}} {
-		r := e.ctl(t, secret+"\n", args...).fails(t, want)
+	for _, args := range [][]string{{"credential", "put", "scavio_api_key"}, {"credential", "rotate", "scavio_api_key"}, {"status"}, {"import", "--fernet", fpath}} {
+		r := e.ctlEnv(t, []string{"MCP_ENCRYPTION_KEY=" + fkey.Encode()}, secret+"\n", args...).fails(t, want)
 		if !strings.Contains(r.stderr, "refusing to send a token or secret") || !strings.Contains(r.stderr, "CREDBROKER_SERVER_UID=65534") {
 			t.Errorf("%v: stderr %q", args, r.stderr)
 		}
@@ -355,7 +368,7 @@ func TestBrokerctlRefusesSquattedSocket(t *testing.T) {
 	}
 	// Nothing but the list call just made reached the squatter from root.
 	audit := e.ctlEnv(t, trust, "", "audit", "--json").ok(t).stdout
-	if strings.Contains(audit, "PutCredential") || strings.Contains(audit, "RotateCredential") || strings.Contains(audit, "/Status") {
+	if strings.Contains(audit, "PutCredential") || strings.Contains(audit, "RotateCredential") || strings.Contains(audit, "/Status") || strings.Contains(audit, "Import") {
 		t.Fatalf("refused calls reached the squatter:\n%s", audit)
 	}
 	raw, err := os.ReadFile(e.db)
