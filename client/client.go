@@ -25,26 +25,28 @@ import (
 // Client talks to one brokerd over its Unix socket. It is safe for concurrent use. Create it with
 // New and Close it when done.
 type Client struct {
-	path string
-	// trusted are the uids that may serve the socket (serverUIDs); dial refuses any other.
-	trusted []uint32
-	conn    *grpc.ClientConn
-	search  credbrokerv1.SearchServiceClient
-	admin   credbrokerv1.AdminServiceClient
+	path   string
+	conn   *grpc.ClientConn
+	search credbrokerv1.SearchServiceClient
+	admin  credbrokerv1.AdminServiceClient
 
 	// dialErr is the error of the latest failed connection attempt, cleared by a successful one. It
 	// tells "nobody listens on the socket" apart from an Unavailable that brokerd itself returned
 	// (for example when the upstream is down).
 	dialErr atomic.Pointer[error]
+
+	// trusted are the uids that may serve the socket (serverUIDs); dial refuses any other.
+	trusted []uint32
 }
 
 // Option configures New.
 type Option func(*options)
 
 type options struct {
-	token      string
-	dialOpts   []grpc.DialOption
-	serverUIDs []uint32
+	token    string
+	dialOpts []grpc.DialOption
+
+	serverUIDs []uint32 // WithServerUID
 }
 
 // WithToken sends token on every call as the metadata entry "authorization: Bearer <token>".
