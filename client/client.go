@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -33,6 +34,9 @@ type Client struct {
 	// tells "nobody listens on the socket" apart from an Unavailable that brokerd itself returned
 	// (for example when the upstream is down).
 	dialErr atomic.Pointer[error]
+
+	// trusted are the uids that may serve the socket (serverUIDs); dial refuses any other.
+	trusted []uint32
 }
 
 // Option configures New.
@@ -41,6 +45,8 @@ type Option func(*options)
 type options struct {
 	token    string
 	dialOpts []grpc.DialOption
+
+	serverUIDs []uint32 // WithServerUID
 }
 
 // WithToken sends token on every call as the metadata entry "authorization: Bearer <token>".
@@ -58,6 +64,11 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // New returns a client for the brokerd listening on socketPath; an empty path means
 // DefaultSocket(). It does not connect: the first call does, and reports an unreachable socket as
 // an ErrUnavailable that says so.
+//
+// Every connection first checks who serves the socket (SO_PEERCRED): root, the client's own
+// effective uid, a uid in $CREDBROKER_SERVER_UID or one given WithServerUID. Any other uid may be
+// squatting on the path, so the call fails with ErrUntrustedServer before a byte (token, secret or
+// request) is written.
 func New(socketPath string, opts ...Option) (*Client, error) {
 	var o options
 	for _, opt := range opts {
@@ -70,7 +81,11 @@ func New(socketPath string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socket path %q: %w", socketPath, err)
 	}
-	c := &Client{path: abs}
+	trusted, err := serverUIDs(os.Getenv, os.Geteuid(), o.serverUIDs)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{path: abs, trusted: trusted}
 
 	// The socket is local and its peer is authenticated by SO_PEERCRED on the server side: there
 	// is no TLS to negotiate.
@@ -105,7 +120,8 @@ func New(socketPath string, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// dial connects to the socket and remembers why it failed, for (*Client).convert.
+// dial connects to the socket, checks who serves it, and remembers why it failed, for
+// (*Client).convert.
 func (c *Client) dial(ctx context.Context, _ string) (net.Conn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.path)
@@ -118,6 +134,12 @@ func (c *Client) dial(ctx context.Context, _ string) (net.Conn, error) {
 			cause = op.Err
 		}
 		c.dialErr.Store(&cause)
+		return nil, err
+	}
+	// Before gRPC writes its preface: nothing may reach a server we do not trust.
+	if err := checkServer(conn, c.path, c.trusted); err != nil {
+		conn.Close()
+		c.dialErr.Store(&err)
 		return nil, err
 	}
 	c.dialErr.Store(nil)
@@ -152,6 +174,10 @@ func (c *Client) convert(err error) error {
 	}
 	if status.Code(err) == codes.Unavailable {
 		if cause := c.dialErr.Load(); cause != nil {
+			var untrusted *untrustedServer
+			if errors.As(*cause, &untrusted) {
+				return untrusted.asError()
+			}
 			return unreachable(c.path, *cause)
 		}
 	}

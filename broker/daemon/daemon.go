@@ -318,7 +318,8 @@ func stopGracefully(srv *grpc.Server, drainer *grpcapi.Drainer, timeout time.Dur
 }
 
 // listen creates the Unix socket at path with mode and group. A live socket at path means
-// another daemon is serving: refuse. A stale one (nothing answers) is replaced.
+// another daemon is serving: refuse. A stale one (nothing answers) is replaced. A directory another
+// user could replace the socket in is refused (checkSocketDir).
 func listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 	gid := -1
 	if group != "" {
@@ -336,6 +337,9 @@ func listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 		if err := os.Chown(dir, -1, gid); err != nil {
 			return nil, fmt.Errorf("--socket-group %s: chown %s: %w", group, dir, err)
 		}
+	}
+	if err := checkSocketDir(dir); err != nil {
+		return nil, err
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {

@@ -36,20 +36,30 @@ func bearerToken(ctx context.Context) string {
 }
 
 // Admins decides who may call AdminService: root, the daemon's own uid and the configured uids
-// and gids.
+// and gids. A gid matches the caller's primary gid or one of its supplementary groups, as the
+// kernel recorded them when it connected (peercred.AuthInfo.Groups; the primary gid alone on a
+// kernel without SO_PEERGROUPS).
 type Admins struct {
 	UIDs []uint32
 	GIDs []uint32
 }
 
-func (a Admins) allowed(c broker.Caller) bool {
-	return c.Known && (c.UID == 0 || slices.Contains(a.UIDs, c.UID) || slices.Contains(a.GIDs, c.GID))
+func (a Admins) allowed(c broker.Caller, groups []uint32) bool {
+	if !c.Known {
+		return false
+	}
+	if c.UID == 0 || slices.Contains(a.UIDs, c.UID) || slices.Contains(a.GIDs, c.GID) {
+		return true
+	}
+	return slices.ContainsFunc(groups, func(g uint32) bool { return slices.Contains(a.GIDs, g) })
 }
 
 // IsAdmin reports whether a peer with uid and gid (from SO_PEERCRED) is an admin; broker/connlimit
-// uses it to give admins their reserve of connections.
+// uses it to give admins their reserve of connections. It does not see supplementary groups: a
+// member of an --admin-gid group only by a supplementary group may call the admin API but counts
+// against the non-admin connection caps.
 func (a Admins) IsAdmin(uid, gid uint32) bool {
-	return a.allowed(broker.Caller{UID: uid, GID: gid, Known: true})
+	return a.allowed(broker.Caller{UID: uid, GID: gid, Known: true}, nil)
 }
 
 const adminPrefix = "/credbroker.v1.AdminService/"
@@ -61,7 +71,8 @@ func (a Admins) authorize(ctx context.Context, method string) error {
 		return nil
 	}
 	c := callerFrom(ctx)
-	if a.allowed(c) {
+	info, _ := peercred.FromContext(ctx)
+	if a.allowed(c, info.Groups) {
 		return nil
 	}
 	if !c.Known {

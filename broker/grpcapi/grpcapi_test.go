@@ -467,6 +467,9 @@ func TestAdminAuthorization(t *testing.T) {
 	ctxFor := func(uid, gid uint32) context.Context {
 		return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: peercred.AuthInfo{UID: uid, GID: gid}})
 	}
+	ctxForGroups := func(uid, gid uint32, groups ...uint32) context.Context {
+		return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: peercred.AuthInfo{UID: uid, GID: gid, Groups: groups}})
+	}
 	cases := []struct {
 		name    string
 		ctx     context.Context
@@ -476,6 +479,8 @@ func TestAdminAuthorization(t *testing.T) {
 		{"root", ctxFor(0, 0), "/credbroker.v1.AdminService/MintToken", false},
 		{"listed uid", ctxFor(1000, 1000), "/credbroker.v1.AdminService/MintToken", false},
 		{"listed gid", ctxFor(2000, 50), "/credbroker.v1.AdminService/MintToken", false},
+		{"listed gid as a supplementary group", ctxForGroups(2000, 2000, 7, 50), "/credbroker.v1.AdminService/MintToken", false},
+		{"other supplementary groups", ctxForGroups(2000, 2000, 7, 51), "/credbroker.v1.AdminService/MintToken", true},
 		{"other uid", ctxFor(65534, 65534), "/credbroker.v1.AdminService/MintToken", true},
 		{"unknown peer", context.Background(), "/credbroker.v1.AdminService/Status", true},
 		{"other uid on data plane", ctxFor(65534, 65534), "/credbroker.v1.SearchService/Search", false},

@@ -20,11 +20,17 @@ import (
 
 // AuthInfo is the peer's identity as the kernel reported it when the connection was accepted.
 // The kernel records credentials at connect() time, so a later setuid in the peer does not change
-// them. Access decisions use UID and GID only; the rest says which process it was, for the audit.
+// them. Access decisions use UID, GID and Groups only; the rest says which process it was, for the
+// audit.
 type AuthInfo struct {
 	credentials.CommonAuthInfo
 	UID, GID uint32
 	PID      int32
+	// Groups are the peer's supplementary groups as the kernel recorded them with UID and GID
+	// (SO_PEERGROUPS), so they too belong to the process that connected, as it was then; nil when
+	// the kernel has no SO_PEERGROUPS (before Linux 4.13). A connected socket handed to another
+	// process (SCM_RIGHTS, fork) keeps the connector's UID, GID and Groups.
+	Groups []uint32
 	// PIDFD is true when the kernel handed over a pidfd for the peer and the process was still
 	// alive after Exe and Comm were read, so they describe the caller and not a process that
 	// reused its pid. Without it (older kernels), Exe and Comm are empty.
@@ -91,6 +97,10 @@ func Read(conn net.Conn) (AuthInfo, error) {
 	info := AuthInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity},
 		UID:            uid, GID: gid, PID: pid,
+	}
+	var groupsErr error
+	if err := raw.Control(func(fd uintptr) { info.Groups, groupsErr = peerGroups(int(fd)) }); err != nil || groupsErr != nil {
+		info.Groups = nil // an old kernel: the primary gid alone decides
 	}
 	var (
 		pidfd    = -1

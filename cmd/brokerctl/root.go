@@ -83,7 +83,10 @@ func newRootCmd(a *app) *cobra.Command {
 		Short: "Operate a credbroker daemon (brokerd)",
 		Long: `brokerctl talks to brokerd over its Unix socket. It stores and rotates upstream
 credentials (values are read from stdin or a file, never from the command line), mints and
-revokes scoped tokens, and can run a search with a token for testing.`,
+revokes scoped tokens, and can run a search with a token for testing.
+
+It sends nothing to a socket served by another uid than root, your own or one listed in
+$CREDBROKER_SERVER_UID (comma-separated): that could be another user squatting on the path.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}

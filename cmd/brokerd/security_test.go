@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fernet/fernet-go"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/broker/peercred"
@@ -272,4 +273,111 @@ func editBolt(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
 	if err := db.Update(fn); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// --admin-gid counts supplementary groups too (SO_PEERGROUPS, as the caller had them when it
+// connected): a uid whose primary group is not the admin group but who is in it may call the
+// admin API; the same uid without that group may not.
+func TestAdminGIDMatchesSupplementaryGroups(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a client as uid 65534 with chosen groups (CI runs as root)")
+	}
+	const adminGID = 4242
+	e := newEnv(t)
+	for _, d := range []string{binDir, e.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.startDaemon(t, "--socket-group", "65534", "--admin-gid", "4242")
+	r := e.asUIDGroups(t, nobody, []uint32{adminGID}, "status")
+	if r.err != nil {
+		t.Fatalf("uid 65534 in supplementary group %d refused: %s", adminGID, r.stderr)
+	}
+	if r := e.asUIDGroups(t, nobody, []uint32{7}, "status"); r.err == nil || !strings.Contains(r.stderr, "permission denied: uid 65534") {
+		t.Fatalf("uid 65534 without group %d: err %v, stderr %q", adminGID, r.err, r.stderr)
+	}
+}
+
+// Another local user (65534) runs a brokerd of its own at the path brokerctl dials: brokerctl,
+// run as root, sees the server's uid and refuses to send the secret; the squatter's database
+// never holds it and its audit log has no call from root until root says to trust that uid with
+// CREDBROKER_SERVER_UID.
+func TestBrokerctlRefusesSquattedSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a brokerd as uid 65534 (CI runs as root)")
+	}
+	e := newEnv(t)
+	for _, d := range []string{binDir, e.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The squatter's own directory, keyset, database and socket.
+	sq := filepath.Join(e.dir, "squat")
+	if err := os.Mkdir(sq, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	keyset, err := os.ReadFile(e.keyset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.keyset, e.db, e.socket = filepath.Join(sq, "master.json"), filepath.Join(sq, "broker.db"), filepath.Join(sq, "broker.sock")
+	if err := os.WriteFile(e.keyset, keyset, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{sq, e.keyset} {
+		if err := os.Chown(p, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(sq, 0o755); err != nil { // root's client must reach the socket
+		t.Fatal(err)
+	}
+	cmd := e.daemonCmd("--socket-mode", "0666")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	e.waitHealthy(t)
+
+	const secret = "sk_live_SQUATTED_0f9e8d7c6b5a"
+	// The tutorial's encrypted file, for import.
+	var fkey fernet.Key
+	fkey.Generate()
+	ftok, err := fernet.EncryptAndSign([]byte(secret), &fkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fpath := filepath.Join(e.dir, "mcp_credentials.enc")
+	fb, _ := json.Marshal(map[string]string{"scavio_api_key": string(ftok)})
+	if err := os.WriteFile(fpath, fb, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := "the socket " + e.socket + " is served by uid 65534"
+	for _, args := range [][]string{{"credential", "put", "scavio_api_key"}, {"credential", "rotate", "scavio_api_key"}, {"status"}, {"import", "--fernet", fpath}} {
+		r := e.ctlEnv(t, []string{"MCP_ENCRYPTION_KEY=" + fkey.Encode()}, secret+"\n", args...).fails(t, want)
+		if !strings.Contains(r.stderr, "refusing to send a token or secret") || !strings.Contains(r.stderr, "CREDBROKER_SERVER_UID=65534") {
+			t.Errorf("%v: stderr %q", args, r.stderr)
+		}
+	}
+	trust := []string{"CREDBROKER_SERVER_UID=65534"}
+	if out := e.ctlEnv(t, trust, "", "credential", "list").ok(t).stdout; strings.Contains(out, "scavio_api_key") {
+		t.Fatalf("the squatter holds the credential:\n%s", out)
+	}
+	// Nothing but the list call just made reached the squatter from root.
+	audit := e.ctlEnv(t, trust, "", "audit", "--json").ok(t).stdout
+	if strings.Contains(audit, "PutCredential") || strings.Contains(audit, "RotateCredential") || strings.Contains(audit, "/Status") || strings.Contains(audit, "Import") {
+		t.Fatalf("refused calls reached the squatter:\n%s", audit)
+	}
+	raw, err := os.ReadFile(e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(secret)) || strings.Contains(e.stderr.String(), secret) {
+		t.Fatal("the secret reached the squatter")
+	}
+	// Trusted on purpose, the same command goes through: the refusal was the check, nothing else.
+	e.ctlEnv(t, trust, secret+"\n", "credential", "put", "scavio_api_key").ok(t)
 }

@@ -24,6 +24,9 @@ const noTokenText = "no broker token: set CREDBROKER_TOKEN or --token-file to a 
 func toolErrorText(tool string, err error) string {
 	msg := err.Error()
 	switch {
+	case errors.Is(err, client.ErrUntrustedServer):
+		return fmt.Sprintf("nothing was sent: %s. Retrying will not help; tell the user, so they can check who serves the socket "+
+			"and, if it is brokerd, set CREDBROKER_SERVER_UID to its uid in this MCP server's configuration.", msg)
 	case errors.Is(err, client.ErrUnauthenticated):
 		return fmt.Sprintf("brokerd refused the broker token: %s. %s", msg, mintAdvice)
 	case errors.Is(err, client.ErrPermissionDenied):

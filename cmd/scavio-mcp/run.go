@@ -44,7 +44,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 scavio-mcp is an MCP server on stdio offering web_search and google_search. It searches through
 brokerd, which holds the Scavio API key; scavio-mcp holds only a broker token, read from
-$%s or --token-file (never from the command line). Get one from the operator:
+$%s or --token-file (never from the command line). It sends nothing to a socket
+served by another uid than root, its own or one in $CREDBROKER_SERVER_UID. Get a token from the
+operator:
 
   brokerctl token mint --tools web_search,google_search --ttl 24h --label my-agent
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -415,6 +416,11 @@ func TestToolErrorText(t *testing.T) {
 				t.Errorf("text = %q, want %q and the server message", got, tc.want)
 			}
 		})
+	}
+	// A socket served by an untrusted uid is not brokerd refusing the token or its scope.
+	got := toolErrorText(webSearch, fmt.Errorf("the socket S is served by uid 65534: %w", client.ErrUntrustedServer))
+	if !strings.Contains(got, "nothing was sent") || !strings.Contains(got, "CREDBROKER_SERVER_UID") || strings.Contains(got, "not scoped") {
+		t.Errorf("untrusted server: %q", got)
 	}
 }
 
