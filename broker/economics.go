@@ -473,7 +473,7 @@ func (b *Broker) Usage(by string, since time.Time) ([]UsageRow, uint64, error) {
 		}
 		for _, r := range recs {
 			after = r.Seq
-			if r.Method != searchMethod {
+			if !isSearchMethod(r.Method) {
 				continue
 			}
 			key := r.TokenID
