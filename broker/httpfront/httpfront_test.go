@@ -234,6 +234,10 @@ func TestBothEndpointsAnswerLikeScavio(t *testing.T) {
 	if n != 4 {
 		t.Fatalf("%d audited HTTP searches, want 4: %+v", n, recs)
 	}
+	rows, _, err := h.b.Usage("credential", time.Time{})
+	if err != nil || len(rows) != 1 || rows[0].Calls != 4 {
+		t.Fatalf("usage: %+v %v, want 4 calls on the credential", rows, err)
+	}
 }
 
 // A raw upstream key in place of a token is refused with 401 before any upstream call, on both
