@@ -53,9 +53,10 @@ func New(b *broker.Broker, log *slog.Logger) *Handler {
 	return &Handler{b: b, log: log}
 }
 
-// NewServer returns an http.Server for h with brokerd's limits, which identifies each Unix-socket
-// peer by SO_PEERCRED at accept. A TCP peer stays unknown, so tokens bound to a uid are refused
-// there (TOKEN_BOUND_TO_OTHER_UID).
+// NewServer returns an http.Server for h with brokerd's limits, which identifies each peer at
+// accept: SO_PEERCRED on a Unix socket, the kernel's socket table on loopback TCP. A peer whose
+// uid cannot be told stays unknown, and tokens bound to a uid are refused to it
+// (TOKEN_BOUND_TO_OTHER_UID).
 func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -71,6 +72,14 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 			if info, err := peercred.Read(c); err == nil {
 				return context.WithValue(ctx, callerKey{}, broker.Caller{UID: info.UID, GID: info.GID, PID: info.PID, Known: true,
 					PIDFD: info.PIDFD, Exe: info.Exe, Comm: info.Comm})
+			}
+			// Loopback TCP: the uid from the kernel's socket table (gid and pid are not there,
+			// and stay 0). Where it cannot be found the caller stays unknown, and uid-bound
+			// tokens are refused.
+			if uid, err := peercred.LoopbackTCPUID(c); err == nil {
+				return context.WithValue(ctx, callerKey{}, broker.Caller{UID: uid, Known: true})
+			} else if !errors.Is(err, peercred.ErrNotLoopback) {
+				log.Warn("cannot tell the uid of a loopback TCP peer; uid-bound tokens are refused on this connection", "peer", c.RemoteAddr().String(), "err", err)
 			}
 			return ctx
 		},

@@ -347,13 +347,10 @@ func TestRefusals(t *testing.T) {
 			setup: func(t *testing.T, h *harness) (*http.Client, string, string, string, string) {
 				return h.unix, "http://b", scaviotest.SearchPath, h.mint(t, broker.MintRequest{Tools: []string{"web_search"}}), `{"query":"q"}`
 			}},
-		// A uid-bound token works on the Unix socket (SO_PEERCRED) for its uid only, and never on
-		// TCP, where brokerd does not know the peer's uid.
-		{name: "bound token over TCP", status: 401, code: "unauthorized", reason: broker.ReasonTokenBoundToOtherUID,
+		{name: "token bound to another uid over TCP", status: 401, code: "unauthorized", reason: broker.ReasonTokenBoundToOtherUID,
 			setup: func(t *testing.T, h *harness) (*http.Client, string, string, string, string) {
 				h.putKey(t)
-				self := uint32(os.Geteuid())
-				return h.tcp, h.tcpURL, scaviotest.SearchPath, h.mint(t, broker.MintRequest{Tools: []string{"web_search"}, BindUID: &self}), `{"query":"q"}`
+				return h.tcp, h.tcpURL, scaviotest.SearchPath, h.mint(t, broker.MintRequest{Tools: []string{"web_search"}, BindUID: &other}), `{"query":"q"}`
 			}},
 		{name: "token bound to another uid", status: 401, code: "unauthorized", reason: broker.ReasonTokenBoundToOtherUID,
 			setup: func(t *testing.T, h *harness) (*http.Client, string, string, string, string) {
@@ -382,14 +379,30 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
-// A uid-bound token of the caller's own uid works over the Unix socket.
-func TestBoundTokenOnUnixSocket(t *testing.T) {
+// A uid-bound token of the caller's own uid works over the Unix socket (SO_PEERCRED) and over
+// loopback TCP (the kernel's socket table), and each call is audited with that uid.
+func TestBoundTokenOwnUID(t *testing.T) {
 	h := newHarness(t)
 	h.putKey(t)
 	self := uint32(os.Geteuid())
 	tok := h.mint(t, broker.MintRequest{Tools: []string{"web_search"}, BindUID: &self})
-	if a := post(t, h.unix, "http://b", scaviotest.SearchPath, tok, `{"query":"q"}`); a.status != 200 {
-		t.Fatalf("%d %s", a.status, a.body)
+	for _, via := range []struct {
+		c    *http.Client
+		base string
+	}{{h.unix, "http://b"}, {h.tcp, h.tcpURL}} {
+		if a := post(t, via.c, via.base, scaviotest.SearchPath, tok, `{"query":"q"}`); a.status != 200 {
+			t.Fatalf("%s: %d %s", via.base, a.status, a.body)
+		}
+	}
+	recs, _ := h.b.ListAudit(0, time.Time{}, 100)
+	n := 0
+	for _, r := range recs {
+		if r.Method == broker.HTTPSearchMethod && r.Code == "OK" && r.PeerKnown && r.UID == self {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Fatalf("%d searches audited with uid %d, want 2: %+v", n, self, recs)
 	}
 }
 

@@ -113,3 +113,44 @@ func TestHTTPListenRefusesNonLoopback(t *testing.T) {
 		}
 	}
 }
+
+// Over loopback TCP brokerd tells callers apart by the kernel's socket table: a token bound to
+// uid 65534 works for a client running as 65534 and is refused to root's client.
+func TestHTTPFrontTCPKnowsTheCallersUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a client as uid 65534 (CI runs as root)")
+	}
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("needs curl as an unrelated HTTP client")
+	}
+	e := newEnv(t)
+	e.startDaemon(t, "--http-listen", "127.0.0.1:0")
+	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
+	tok := strings.TrimSpace(e.ctl(t, "", "token", "mint", "--tools", "web_search", "--bind-uid", "65534").ok(t).stdout)
+	var base string
+	deadline := time.Now().Add(10 * time.Second)
+	for base == "" && time.Now().Before(deadline) {
+		if m := httpFrontAddrRE.FindStringSubmatch(e.stderr.String()); m != nil {
+			base = "http://" + m[1]
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	run := func(uid uint32) string {
+		t.Helper()
+		cmd := exec.Command(curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", base+scaviotest.SearchPath,
+			"-H", "x-api-key: "+tok, "-H", "Content-Type: application/json", "-d", `{"query": "q"}`)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("curl as %d: %v", uid, err)
+		}
+		return string(out)
+	}
+	if got := run(nobody); got != "200" {
+		t.Fatalf("uid 65534 with its own bound token: HTTP %s", got)
+	}
+	if got := run(0); got != "401" {
+		t.Fatalf("root with a token bound to 65534: HTTP %s", got)
+	}
+}
