@@ -457,3 +457,38 @@ func TestBadHTTP(t *testing.T) {
 		t.Fatal("bad HTTP reached the upstream")
 	}
 }
+
+// An upstream that echoes the key into its results: the answer carries [REDACTED] in its place
+// (post fails the test if the key is anywhere in an answer).
+func TestAnswerIsRedacted(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	h.fake.SetFault(scaviotest.Fault{EchoKeyInResults: true})
+	tok := h.mint(t, broker.MintRequest{Tools: []string{"web_search", "google_search"}})
+	for _, path := range []string{scaviotest.SearchPath, scaviotest.GooglePath} {
+		a := post(t, h.tcp, h.tcpURL, path, tok, `{"query":"echo"}`)
+		if a.status != 200 || !bytes.Contains(a.body, []byte("[REDACTED]")) {
+			t.Fatalf("%s: %d %s", path, a.status, a.body)
+		}
+	}
+}
+
+// Bytes that are not HTTP get net/http's 400 and a closed connection; the server goes on.
+func TestGarbageIsRefused(t *testing.T) {
+	h := newHarness(t)
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.tcpURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("\x00\x01GARBAGE\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := io.ReadAll(io.LimitReader(c, 64))
+	if !strings.HasPrefix(string(line), "HTTP/1.1 400") {
+		t.Fatalf("answer %q", line)
+	}
+	if a := post(t, h.tcp, h.tcpURL, scaviotest.SearchPath, "", `{"query":"q"}`); a.status != 401 {
+		t.Fatalf("after garbage: %d", a.status)
+	}
+}
