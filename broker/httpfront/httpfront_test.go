@@ -38,7 +38,7 @@ type harness struct {
 
 // newHarness runs a real broker (real store, fake Scavio) behind the HTTP front on a Unix socket
 // and on 127.0.0.1, as brokerd does.
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	st := storetest.Open(t, dir, store.Options{})
@@ -95,14 +95,14 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func (h *harness) putKey(t *testing.T) {
+func (h *harness) putKey(t testing.TB) {
 	t.Helper()
 	if _, err := h.b.PutCredential(context.Background(), broker.DefaultCredential, []byte(testKey)); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func (h *harness) mint(t *testing.T, r broker.MintRequest) string {
+func (h *harness) mint(t testing.TB, r broker.MintRequest) string {
 	t.Helper()
 	if r.TTL == 0 {
 		r.TTL = time.Hour
@@ -122,7 +122,7 @@ type answer struct {
 
 // post sends a request exactly as Scavio's docs show it: contract A with x-api-key, contract B
 // with Authorization: Bearer and Content-Type: application/json.
-func post(t *testing.T, c *http.Client, base, path, key, body string) answer {
+func post(t testing.TB, c *http.Client, base, path, key, body string) answer {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
 	if err != nil {
