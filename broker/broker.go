@@ -129,8 +129,8 @@ func quoteInput(s string) string {
 	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(strings.ToValidUTF8(s[:maxQuoted], "")), len(s))
 }
 
-func unauthenticated(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrUnauthenticated, fmt.Sprintf(format, args...))
+func unauthenticated(reason, format string, args ...any) error {
+	return refusal(reason, 0, fmt.Errorf("%w: %s", ErrUnauthenticated, fmt.Sprintf(format, args...)))
 }
 
 // Authenticate checks a bearer token presented by caller: shape, secret, revocation, expiry and
@@ -147,18 +147,18 @@ func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*
 	ci := callInfo(ctx)
 	if raw == "" {
 		ci.Event = RefusedNoToken
-		return nil, unauthenticated("no token: send metadata \"authorization: Bearer <token>\" with a token from `brokerctl token mint`")
+		return nil, unauthenticated(ReasonTokenMissing, "no token: send metadata \"authorization: Bearer <token>\" with a token from `brokerctl token mint`")
 	}
 	p, err := token.Parse(raw)
 	if err != nil {
 		ci.Event = RefusedInvalidToken
-		return nil, unauthenticated("invalid token")
+		return nil, unauthenticated(ReasonTokenInvalid, "invalid token")
 	}
 	ci.TokenID = p.ID
 	st, err := b.lookupToken(p.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		ci.Event = RefusedInvalidToken
-		return nil, unauthenticated("invalid token")
+		return nil, unauthenticated(ReasonTokenInvalid, "invalid token")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("token %s: %w", p.ID, err)
@@ -166,21 +166,21 @@ func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*
 	t := st.record()
 	if !p.Verify(t.SecretHash) {
 		ci.Event = RefusedInvalidToken
-		return nil, unauthenticated("invalid token")
+		return nil, unauthenticated(ReasonTokenInvalid, "invalid token")
 	}
 	ci.TokenLabel = t.Label
 	if t.Revoked {
 		ci.Event = RefusedRevokedToken
-		return nil, unauthenticated("token %s was revoked; ask the operator for a new one", t.ID)
+		return nil, unauthenticated(ReasonTokenRevoked, "token %s was revoked; ask the operator for a new one", t.ID)
 	}
 	if now := b.now(); !now.Before(t.ExpiresAt) {
 		ci.Event = RefusedExpiredToken
-		return nil, unauthenticated("token %s expired at %s; ask the operator to mint a new one", t.ID, t.ExpiresAt.UTC().Format(time.RFC3339))
+		return nil, unauthenticated(ReasonTokenExpired, "token %s expired at %s; ask the operator to mint a new one", t.ID, t.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	if t.BindUID != nil && (!caller.Known || caller.UID != *t.BindUID) {
 		ci.Event = RefusedBoundMisuse
 		b.log.Warn("bound token presented by another uid", "token_id", t.ID, "bound_uid", *t.BindUID, "peer_uid", caller.UID, "peer_pid", caller.PID)
-		return nil, unauthenticated("token %s is bound to another uid", t.ID)
+		return nil, unauthenticated(ReasonTokenBoundToOtherUID, "token %s is bound to another uid", t.ID)
 	}
 	return st, nil
 }
@@ -203,7 +203,7 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 	}
 	ci.Tool = tool.Name
 	if !slices.Contains(t.Tools, tool.Name) {
-		return nil, fmt.Errorf("%w: token %s may not call %s (allowed: %s)", ErrPermissionDenied, t.ID, tool.Name, strings.Join(t.Tools, ", "))
+		return nil, refusal(ReasonToolNotInScope, 0, fmt.Errorf("%w: token %s may not call %s (allowed: %s)", ErrPermissionDenied, t.ID, tool.Name, strings.Join(t.Tools, ", ")))
 	}
 	body, err := tool.body(&req)
 	if err != nil {
@@ -225,7 +225,7 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 		if _, err := b.store.UseToken(t.ID, b.now()); err != nil {
 			if errors.Is(err, store.ErrExhausted) {
 				ci.Event = RefusedSpentToken
-				return nil, unauthenticated("token %s has used all %d of its uses; ask the operator to mint a new one", t.ID, t.MaxUses)
+				return nil, unauthenticated(ReasonTokenExhausted, "token %s has used all %d of its uses; ask the operator to mint a new one", t.ID, t.MaxUses)
 			}
 			return nil, fmt.Errorf("count token use: %w", err)
 		}

@@ -177,7 +177,7 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 	// computation exits, or this caller if it did not start one.
 	if !b.flights.enter() {
 		call.use.settle(false)
-		return nil, fmt.Errorf("%w; retry when it is back", ErrShuttingDown)
+		return nil, refusal(ReasonShuttingDown, 0, fmt.Errorf("%w; retry when it is back", ErrShuttingDown))
 	}
 	var (
 		v   any
@@ -262,7 +262,7 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 			refund()
 			var we *limiter.WaitError
 			if errors.As(err, &we) {
-				return nil, false, fmt.Errorf("%w: credential %q: %v; retry in %s", ErrRateLimited, tool.Credential, we, we.Wait.Round(time.Second))
+				return nil, false, refusal(ReasonRateLimited, we.Wait, fmt.Errorf("%w: credential %q: %v; retry in %s", ErrRateLimited, tool.Credential, we, we.Wait.Round(time.Second)))
 			}
 			return nil, false, err
 		}
@@ -324,8 +324,9 @@ func (b *Broker) charge(t *store.Token, tool Tool, cs *credSpend, credits int64,
 	if t.BudgetCredits > 0 {
 		if _, err := b.store.SpendTokenBudget(t.ID, now, credits); err != nil {
 			if errors.Is(err, store.ErrBudgetExhausted) {
-				return nil, &tokenBudgetError{fmt.Errorf("%w: token %s: budget of %d/%s used; resets at %s", ErrRateLimited, t.ID, t.BudgetCredits, t.BudgetPeriod,
-					nextWindow(now, t.BudgetPeriod).Format(time.RFC3339))}
+				reset := nextWindow(now, t.BudgetPeriod)
+				return nil, &tokenBudgetError{refusal(ReasonBudgetExhausted, reset.Sub(now), fmt.Errorf("%w: token %s: budget of %d/%s used; resets at %s", ErrRateLimited, t.ID, t.BudgetCredits, t.BudgetPeriod,
+					reset.Format(time.RFC3339)))}
 			}
 			return nil, err
 		}
@@ -335,8 +336,9 @@ func (b *Broker) charge(t *store.Token, tool Tool, cs *credSpend, credits int64,
 		if _, err := b.store.SpendCredentialCredits(tool.Credential, now, credits, ceiling); err != nil {
 			refund()
 			if errors.Is(err, store.ErrBudgetExhausted) {
-				return nil, fmt.Errorf("%w: credential %q reached its monthly ceiling of %d credits; resets at %s", ErrRateLimited, tool.Credential, ceiling,
-					nextWindow(now, "month").Format(time.RFC3339))
+				reset := nextWindow(now, "month")
+				return nil, refusal(ReasonCredentialCeiling, reset.Sub(now), fmt.Errorf("%w: credential %q reached its monthly ceiling of %d credits; resets at %s", ErrRateLimited, tool.Credential, ceiling,
+					reset.Format(time.RFC3339)))
 			}
 			return nil, err
 		}
@@ -471,7 +473,7 @@ func (b *Broker) Usage(by string, since time.Time) ([]UsageRow, uint64, error) {
 		}
 		for _, r := range recs {
 			after = r.Seq
-			if r.Method != searchMethod {
+			if !isSearchMethod(r.Method) {
 				continue
 			}
 			key := r.TokenID

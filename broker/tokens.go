@@ -76,8 +76,8 @@ func (s *tokenState) allow(now time.Time) error {
 	r := s.lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
-		return fmt.Errorf("%w: token %s is limited to %d calls per %s; retry in %s",
-			ErrRateLimited, t.ID, t.RateLimit, t.RatePeriod, d.Round(time.Millisecond))
+		return refusal(ReasonRateLimited, d, fmt.Errorf("%w: token %s is limited to %d calls per %s; retry in %s",
+			ErrRateLimited, t.ID, t.RateLimit, t.RatePeriod, d.Round(time.Millisecond)))
 	}
 	return nil
 }

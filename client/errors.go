@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -11,7 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -84,7 +87,28 @@ type Error struct {
 
 	// sentinel overrides the one for Code where the code alone would mislead (ErrResponseTooLarge).
 	sentinel error
+	// From the status's google.rpc.ErrorInfo and RetryInfo, when brokerd sent them.
+	reason   string
+	metadata map[string]string
+	retry    time.Duration
+	hasRetry bool
+	st       *status.Status
 }
+
+// Reason is brokerd's stable, machine-readable name for the refusal (google.rpc.ErrorInfo.reason
+// in domain credbroker.dev: TOKEN_EXPIRED, TOOL_NOT_IN_SCOPE, RATE_LIMITED, ...; README.md lists
+// them with who must act). Act on it rather than on Message. It is "" when the error did not come
+// from brokerd (a transport failure, an older brokerd).
+func (e *Error) Reason() string { return e.reason }
+
+// RetryDelay is how long brokerd says to wait before the same call can succeed
+// (google.rpc.RetryInfo), and whether it said: a rate limit's wait, a budget's reset. When ok is
+// false, waiting is not known to help.
+func (e *Error) RetryDelay() (time.Duration, bool) { return e.retry, e.hasRetry }
+
+// Metadata is what brokerd says the refused call used: token_id, tool, credential (ids and names,
+// never a secret). It may be empty; the map is a copy.
+func (e *Error) Metadata() map[string]string { return maps.Clone(e.metadata) }
 
 // Error returns the server's message, or the sentinel's text if the server sent none.
 func (e *Error) Error() string {
@@ -103,7 +127,12 @@ func (e *Error) Unwrap() error {
 }
 
 // GRPCStatus lets status.Code and status.FromError keep working on errors this package returns.
-func (e *Error) GRPCStatus() *status.Status { return status.New(e.Code, e.Message) }
+func (e *Error) GRPCStatus() *status.Status {
+	if e.st != nil {
+		return e.st
+	}
+	return status.New(e.Code, e.Message)
+}
 
 // sentinelFor returns the sentinel for code; a code this package does not know is an internal error.
 func sentinelFor(code codes.Code) error {
@@ -131,7 +160,7 @@ func fromStatus(err error) error {
 			return &Error{Code: st.Code(), sentinel: ErrResponseTooLarge,
 				Message: "brokerd's answer is larger than this client accepts (" + st.Message() + "); ask for fewer results or raise the client's receive limit"}
 		}
-		return &Error{Code: st.Code(), Message: st.Message()}
+		return withDetails(&Error{Code: st.Code(), Message: st.Message()}, st)
 	}
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -140,6 +169,27 @@ func fromStatus(err error) error {
 		return &Error{Code: codes.DeadlineExceeded, Message: err.Error()}
 	}
 	return err
+}
+
+// errorDomain is the ErrorInfo domain of brokerd's refusals; details from any other are ignored.
+const errorDomain = "credbroker.dev"
+
+// withDetails copies the ErrorInfo and RetryInfo of st into e.
+func withDetails(e *Error, st *status.Status) *Error {
+	e.st = st
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			if d.GetDomain() == errorDomain && e.reason == "" {
+				e.reason, e.metadata = d.GetReason(), d.GetMetadata()
+			}
+		case *errdetails.RetryInfo:
+			if delay := d.GetRetryDelay(); delay != nil && delay.IsValid() && delay.AsDuration() > 0 {
+				e.retry, e.hasRetry = delay.AsDuration(), true
+			}
+		}
+	}
+	return e
 }
 
 // grpcTooLarge starts the message grpc-go gives when a received message is over the call's

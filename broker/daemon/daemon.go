@@ -68,8 +68,11 @@ type Config struct {
 	// MetricsAllowNonLoopback permits any other TCP address.
 	MetricsListen           string
 	MetricsAllowNonLoopback bool
-	Version                 string
-	Logger                  *slog.Logger
+	// HTTPListen lists the Scavio-compatible HTTP front's listeners (--http-listen): unix:PATH or
+	// a loopback host:port each (httpfront.go).
+	HTTPListen []string
+	Version    string
+	Logger     *slog.Logger
 
 	// UpstreamProxy is the proxy for upstream calls (--upstream-proxy); "" calls directly, whatever
 	// HTTP(S)_PROXY says.
@@ -179,6 +182,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	stopMetrics := serveMetrics(mlis, cfg.Version, log)
 	defer stopMetrics()
+	hlis, err := listenHTTP(cfg.HTTPListen, cfg)
+	if err != nil {
+		return err
+	}
+	stopHTTP := serveHTTPFront(hlis, b, cfg, admins, log)
+	defer stopHTTP()
 	lis, activated, err := openListener(cfg, log)
 	if err != nil {
 		return err
@@ -228,6 +237,7 @@ func Run(ctx context.Context, cfg Config) error {
 	sup.stopping()
 	hs.Shutdown()
 	drainer.Stopping() // watch streams would hold the graceful stop for its whole timeout
+	stopHTTP()
 	stopGracefully(srv, drainer, cfg.ShutdownTimeout, log)
 	// Searches whose callers left may still be waiting for the upstream: let them settle their
 	// credits and audit records before the store closes.

@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -215,7 +214,7 @@ func (s *AdminService) WatchAudit(req *pb.WatchAuditRequest, stream grpc.ServerS
 	started := broker.CallRecord{Method: watchAuditMethod, Caller: callerFrom(ctx), Code: "Started", Info: &broker.CallInfo{Event: "watch"}}
 	if err := s.b.RecordCall(ctx, started); err != nil {
 		s.log.Error("audit record not written; refusing the watch", "err", err)
-		return status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
+		return errAuditRefused()
 	}
 	// End the watch when brokerd starts stopping: a graceful stop waits for every open stream.
 	ctx, cancel := context.WithCancel(ctx)
@@ -232,7 +231,7 @@ func (s *AdminService) WatchAudit(req *pb.WatchAuditRequest, stream grpc.ServerS
 	})
 	select {
 	case <-s.stopping:
-		return status.Error(codes.Unavailable, "brokerd is stopping; watch again when it is back")
+		return refuse(codes.Unavailable, broker.ReasonShuttingDown, "brokerd is stopping; watch again when it is back", 0, nil)
 	default:
 	}
 	return toStatus(s.log, "WatchAudit", err)

@@ -73,7 +73,7 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	if status.Code(err) == codes.Unauthenticated {
 		// No valid token: anyone who can reach the socket can cause this, as often as they like.
 		a.b.RecordRefusal(ctx, record(codes.Unauthenticated.String()), tokenRefusal(ci.Event))
-		return nil, err
+		return nil, withCallMetadata(err, ci)
 	}
 	if aerr := a.b.RecordCall(ctx, record(status.Code(err).String())); aerr != nil {
 		if err == nil && answersUnaudited[strings.TrimPrefix(info.FullMethod, adminPrefix)] {
@@ -81,9 +81,14 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 			return resp, nil
 		}
 		a.log.Error("audit record not written; failing the call", "method", info.FullMethod, "err", aerr)
-		return nil, status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
+		return nil, errAuditRefused()
 	}
-	return resp, err
+	return resp, withCallMetadata(err, ci)
+}
+
+// errAuditRefused is what a call refused because its audit record cannot be written is told.
+func errAuditRefused() error {
+	return refuse(codes.Unavailable, broker.ReasonAuditUnavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk", 0, nil)
 }
 
 // run gates the handler on the audit log: a state-changing admin call first makes a "started"
@@ -93,7 +98,7 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 // disk recovers goes ahead. The refusal itself is still recorded afterwards when possible. The
 // calls in answersUnaudited are not gated.
 func (a auditor) run(ctx context.Context, ci *broker.CallInfo, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	refused := status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
+	refused := errAuditRefused()
 	switch name := strings.TrimPrefix(info.FullMethod, adminPrefix); {
 	case changesState[name]:
 		if err := a.b.RecordCall(ctx, broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ctx), Code: "Started", Info: &broker.CallInfo{Event: "started"}}); err != nil {
@@ -142,14 +147,14 @@ func (a auditor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 		// As for unary calls (run): no state-changing stream runs unless its start is on record.
 		if err := a.b.RecordCall(ss.Context(), broker.CallRecord{Method: method, Caller: callerFrom(ss.Context()), Code: "Started", Info: &broker.CallInfo{Event: "started"}}); err != nil {
 			a.log.Error("audit record not written; refusing the call before it runs", "method", method, "err", err)
-			return status.Error(codes.Unavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk")
+			return errAuditRefused()
 		}
 	}
 	err := handler(srv, callInfoStream{ServerStream: ss, ctx: broker.WithCallInfo(ss.Context(), ci)})
 	rec := broker.CallRecord{Method: method, Caller: callerFrom(ss.Context()), Code: status.Code(err).String(), Latency: time.Since(start), Info: ci}
 	if aerr := a.b.RecordCall(ss.Context(), rec); aerr != nil {
 		a.log.Error("audit record not written", "method", method, "err", aerr)
-		return status.Error(codes.Unavailable, "brokerd cannot write its audit log")
+		return refuse(codes.Unavailable, broker.ReasonAuditUnavailable, "brokerd cannot write its audit log", 0, nil)
 	}
 	return err
 }

@@ -9,7 +9,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/peercred"
@@ -76,11 +75,11 @@ func (a Admins) authorize(ctx context.Context, method string) error {
 		return nil
 	}
 	if !c.Known {
-		return status.Error(codes.PermissionDenied, "admin calls need a Unix-socket peer whose uid brokerd can verify")
+		return refuse(codes.PermissionDenied, broker.ReasonNotAdmin, "admin calls need a Unix-socket peer whose uid brokerd can verify", 0, nil)
 	}
-	return status.Error(codes.PermissionDenied, fmt.Sprintf(
+	return refuse(codes.PermissionDenied, broker.ReasonNotAdmin, fmt.Sprintf(
 		"uid %d (gid %d) may not call %s; an operator can grant access with brokerd --admin-uid %d or --admin-gid %d",
-		c.UID, c.GID, strings.TrimPrefix(method, adminPrefix), c.UID, c.GID))
+		c.UID, c.GID, strings.TrimPrefix(method, adminPrefix), c.UID, c.GID), 0, nil)
 }
 
 func (a Admins) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

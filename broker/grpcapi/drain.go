@@ -7,7 +7,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/credbroker/credbroker/broker"
 )
 
 // Drainer ends in-flight calls with a clean answer when brokerd stops. Without it, a call still
@@ -36,7 +37,7 @@ func NewDrainer() *Drainer {
 }
 
 // shuttingDown is what a drained caller is told.
-var shuttingDown = status.Error(codes.Unavailable, "brokerd is shutting down; the call was ended before it finished, retry once brokerd is back")
+var shuttingDown = refuse(codes.Unavailable, broker.ReasonShuttingDown, "brokerd is shutting down; the call was ended before it finished, retry once brokerd is back", 0, nil)
 
 // track derives the call's context, cancelled with ErrShuttingDown by Drain (stream: by Stopping),
 // or at once when that has already happened.

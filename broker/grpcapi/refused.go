@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/broker"
@@ -40,5 +41,10 @@ func auditedDecoding(desc *grpc.ServiceDesc, b *broker.Broker, log *slog.Logger)
 // It needs no token, so it is coalesced like the other refusals (broker/refusals.go).
 func refuseUndecodable(ctx context.Context, b *broker.Broker, _ *slog.Logger, method string, err error) error {
 	b.RecordRefusal(ctx, broker.CallRecord{Method: method, Caller: callerFrom(ctx), Code: status.Code(err).String()}, broker.RefusedUndecodable)
-	return err
+	st, _ := status.FromError(err)
+	reason := broker.ReasonRequestUndecodable
+	if st.Code() == codes.ResourceExhausted {
+		reason = broker.ReasonRequestTooLarge
+	}
+	return refuse(st.Code(), reason, st.Message(), 0, nil)
 }

@@ -11,7 +11,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/peercred"
@@ -98,7 +97,7 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 		// A method that does not exist reaches the stream interceptors (so it is audited) and then
 		// this handler, instead of a bare Unimplemented from gRPC that nothing records.
 		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
-			return status.Error(codes.Unimplemented, "brokerd has no such method; see proto/credbroker/v1 for the API")
+			return refuse(codes.Unimplemented, broker.ReasonUnknownMethod, "brokerd has no such method; see proto/credbroker/v1 for the API", 0, nil)
 		}),
 	}, o.ServerOptions...)
 	if o.Drainer != nil {

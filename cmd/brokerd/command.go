@@ -27,6 +27,7 @@ type flags struct {
 	socket, db, masterKeyset, upstreamURL string
 	adminUIDs, adminGIDs                  string
 	socketMode, socketGroup               string
+	httpListen                            []string
 	maxTTL, shutdownTimeout               time.Duration
 	auditRetention                        time.Duration
 	noReflection                          bool
@@ -111,6 +112,7 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.Var(days.Value{D: &f.auditRetention}, "audit-retention", "prune audit records older than this, e.g. 30d, 12h, 1d12h (0 keeps all); the chain stays verifiable")
 	fl.BoolVar(&f.noReflection, "no-reflection", false, "do not register the gRPC reflection service")
 	fl.StringVar(&f.metricsListen, "metrics-listen", envOr("CREDBROKER_METRICS_LISTEN", ""), "serve Prometheus /metrics on this loopback host:port, e.g. 127.0.0.1:9464 (readable by every local user), or on unix:PATH, a 0600 Unix socket (env CREDBROKER_METRICS_LISTEN; default off)")
+	fl.StringArrayVar(&f.httpListen, "http-listen", nil, "also serve Scavio's REST API (POST /api/v1/search, /api/v1/google) with broker tokens as API keys on unix:/PATH (mode and group as --socket) or a loopback 127.0.0.1:PORT / [::1]:PORT; repeatable; anything else is refused")
 	fl.BoolVar(&f.metricsAllowNonLoopback, "metrics-allow-non-loopback", false, "allow --metrics-listen on a non-loopback address")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.DurationVar(&f.graceWindow, "grace-window", 10*time.Minute, "after a rotation, retry a call the upstream rejects (401/403) once with the previous key for this long (0: off)")
@@ -186,7 +188,7 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 		Socket: f.socket, DB: f.db, MasterKeyset: f.masterKeyset, UpstreamURL: f.upstreamURL,
 		AdminUIDs: uids, AdminGIDs: gids, SocketMode: os.FileMode(mode), SocketGroup: f.socketGroup,
 		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, AuditRetention: f.auditRetention, NoReflection: f.noReflection, Version: version,
-		MetricsListen: f.metricsListen, MetricsAllowNonLoopback: f.metricsAllowNonLoopback,
+		MetricsListen: f.metricsListen, MetricsAllowNonLoopback: f.metricsAllowNonLoopback, HTTPListen: f.httpListen,
 		GraceWindow: grace, KeepVersions: f.keepVersions, Economics: econ,
 		TokenCacheSize: f.tokenCacheSize, UpstreamProxy: f.upstreamProxy,
 		MaxConns: f.maxConns, MaxConnsPerUID: f.maxConnsPerUID, IdleTimeout: f.idleTimeout, RefusalInterval: f.refusalInterval,

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/credbroker/credbroker/client"
 )
@@ -21,8 +22,49 @@ const noTokenText = "no broker token: set CREDBROKER_TOKEN or --token-file to a 
 // already name the cause and, where one exists, the operator command that fixes it (`brokerctl
 // rotate …`, `brokerctl credential put …`, "retry after 7s"), so they are passed through; the code
 // decides who must act, which is what the agent needs to know. The messages never carry a secret.
+//
+// brokerd's reason (google.rpc.ErrorInfo) refines the advice where the code alone cannot tell (a
+// rate limit from spent credits), and its RetryInfo says how long to wait; both are appended so an
+// agent can act on them without parsing the message.
 func toolErrorText(tool string, err error) string {
+	text := adviceText(tool, err)
+	var e *client.Error
+	if !errors.As(err, &e) {
+		return text
+	}
+	if d, ok := e.RetryDelay(); ok {
+		text += fmt.Sprintf(" Retry after %s.", roundUp(d))
+	}
+	if r := e.Reason(); r != "" {
+		text += " [reason: " + r + "]"
+	}
+	return text
+}
+
+// roundUp rounds a wait up to whole seconds (a client back too early is refused again).
+func roundUp(d time.Duration) time.Duration {
+	if d < time.Second {
+		return d.Round(time.Millisecond)
+	}
+	return (d + time.Second - 1) / time.Second * time.Second
+}
+
+func adviceText(tool string, err error) string {
 	msg := err.Error()
+	var reason string
+	var e *client.Error
+	if errors.As(err, &e) {
+		reason = e.Reason()
+	}
+	switch reason {
+	case "UPSTREAM_OUT_OF_CREDITS":
+		return fmt.Sprintf("the search account is out of credits: %s. Retrying will not help: tell the user so the operator can add credits.", msg)
+	case "BUDGET_EXHAUSTED", "CREDENTIAL_CEILING_REACHED":
+		return fmt.Sprintf("the search budget is spent: %s. Calls succeed again when it resets (see below); tell the user if "+
+			"they cannot wait, so the operator can raise it.", msg)
+	case "RATE_LIMITED", "UPSTREAM_RATE_LIMITED":
+		return fmt.Sprintf("the search is rate limited: %s. wait the time given before calling again.", msg)
+	}
 	switch {
 	case errors.Is(err, client.ErrUntrustedServer):
 		return fmt.Sprintf("nothing was sent: %s. Retrying will not help; tell the user, so they can check who serves the socket "+

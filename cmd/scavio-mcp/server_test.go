@@ -238,14 +238,14 @@ func TestRefusedTokenAsksForANewOne(t *testing.T) {
 		if _, err := tb.admin.RevokeToken(testContext(t), id); err != nil {
 			t.Fatal(err)
 		}
-		wantToolError(t, s.call(t, webSearch, map[string]any{"query": "x"}), "revoked", "mint a new token")
+		wantToolError(t, s.call(t, webSearch, map[string]any{"query": "x"}), "revoked", "mint a new token", "[reason: TOKEN_REVOKED]")
 	})
 	t.Run("expired before start", func(t *testing.T) {
 		tok, waitExpired := tb.mintAndWaitExpiry(t, time.Second, webSearch, googleSearch)
 		waitExpired()
 		s := start(t, tb.socket, tok)
 		for _, tool := range s.toolNames(t) {
-			wantToolError(t, s.call(t, tool, map[string]any{"query": "x"}), "expired", "mint a new token")
+			wantToolError(t, s.call(t, tool, map[string]any{"query": "x"}), "expired", "mint a new token", "[reason: TOKEN_EXPIRED]")
 		}
 	})
 	t.Run("unknown", func(t *testing.T) {
@@ -267,12 +267,12 @@ func TestUpstreamFaults(t *testing.T) {
 		fault scaviotest.Fault
 		want  []string
 	}{
-		{"key rejected", scaviotest.Fault{Status: 401, EchoKey: true}, []string{"upstream rejected the credential", "brokerctl rotate scavio_api_key", "operator"}},
+		{"key rejected", scaviotest.Fault{Status: 401, EchoKey: true}, []string{"upstream rejected the credential", "brokerctl rotate scavio_api_key", "operator", "[reason: UPSTREAM_REJECTED_KEY]"}},
 		{"key forbidden", scaviotest.Fault{Status: 403}, []string{"brokerctl rotate scavio_api_key", "Retrying will not help"}},
-		{"out of credits", scaviotest.Fault{Status: 402}, []string{"out of credits", "operator"}},
+		{"out of credits", scaviotest.Fault{Status: 402}, []string{"out of credits", "operator", "Retrying will not help", "[reason: UPSTREAM_OUT_OF_CREDITS]"}},
 		{"upstream down", scaviotest.Fault{Status: 503}, []string{"unavailable", "Try again later"}},
 		// Last: a 429 pauses every caller of the key for its Retry-After (brokerd's half-open gate).
-		{"rate limited", scaviotest.Fault{Status: 429, RetryAfter: "120"}, []string{"retry after 2m0s", "wait"}},
+		{"rate limited", scaviotest.Fault{Status: 429, RetryAfter: "120"}, []string{"retry after 2m0s", "wait", "Retry after 2m0s.", "[reason: UPSTREAM_RATE_LIMITED]"}},
 	} {
 		if tc.fault.Status == 429 {
 			// The server is still fine after the other faults.

@@ -1,0 +1,53 @@
+package peercred
+
+import (
+	"encoding/binary"
+	"net"
+	"os"
+	"testing"
+)
+
+// The peer's uid of a loopback TCP connection is found in the kernel's table, on IPv4 and IPv6.
+func TestLoopbackTCPUID(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Logf("%s: %v (no such loopback here)", addr, err)
+			continue
+		}
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, err := LoopbackTCPUID(s)
+		if err != nil || uid != uint32(os.Geteuid()) {
+			t.Fatalf("%s: uid %d %v, want %d", addr, uid, err, os.Geteuid())
+		}
+		c.Close()
+		s.Close()
+		l.Close()
+	}
+}
+
+func TestParseAddr(t *testing.T) {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		t.Skip("the table below is as a little-endian kernel prints it")
+	}
+	for in, want := range map[string]string{
+		"0100007F:1F90":                         "127.0.0.1:8080",
+		"00000000000000000000000001000000:0050": "[::1]:80",
+		"0000000000000000FFFF00000100007F:0050": "127.0.0.1:80",
+	} {
+		a, err := parseAddr(in)
+		if err != nil || a.String() != want {
+			t.Errorf("parseAddr(%s) = %v %v, want %s", in, a, err, want)
+		}
+	}
+	if _, err := parseAddr("zz:1"); err == nil {
+		t.Error("bad address accepted")
+	}
+}
