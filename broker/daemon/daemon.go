@@ -168,6 +168,15 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = b.Drain(dctx)
 	}()
 
+	// Tokens fetched by attestation before this start are bound to processes brokerd can no
+	// longer watch: revoke them (their clients fetch new ones). Their watches end at stop.
+	if n, err := b.RevokeProcessBound(ctx); err != nil {
+		return fmt.Errorf("revoke process-bound tokens: %w", err)
+	} else if n > 0 {
+		log.Info("revoked tokens bound to processes of the previous brokerd", "tokens", n)
+	}
+	defer b.StopWatching()
+
 	admins := grpcapi.Admins{UIDs: append([]uint32{uint32(os.Geteuid())}, cfg.AdminUIDs...), GIDs: cfg.AdminGIDs}
 	drainer := grpcapi.NewDrainer()
 	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection,

@@ -158,6 +158,9 @@ func (s *AdminService) Status(context.Context, *pb.StatusRequest) (*pb.StatusRes
 	for _, c := range st.Limited {
 		out.LimitedCredentials = append(out.LimitedCredentials, credentialPB(c))
 	}
+	for _, w := range st.Workloads {
+		out.Workloads = append(out.Workloads, workloadPB(w))
+	}
 	return out, nil
 }
 
@@ -193,7 +196,7 @@ func auditPB(recs []store.AuditRecord) []*pb.AuditRecord {
 			Latency: durationpb.New(time.Duration(r.LatencyMicros) * time.Microsecond), Credential: r.Credential,
 			CredentialVersion: r.CredentialVersion, QueryLen: uint32(r.QueryLen), QueryMac: r.QueryMAC, Event: r.Event,
 			Credits: r.Credits, CreditsSaved: r.CreditsSaved, TokenLabel: r.TokenLabel, Pidfd: r.PIDFD, Exe: r.Exe, Comm: r.Comm,
-			Count: r.Count,
+			Count: r.Count, Workload: r.Workload,
 		})
 	}
 	return out

@@ -14,6 +14,8 @@ type process struct {
 	pid  int32  // the peer's pid in brokerd's pid namespace, from the pidfd
 	exe  string // /proc/PID/exe, when brokerd may read it (same uid or root)
 	comm string // /proc/PID/comm
+	// start is the process's start time (StartTime): with pid, a name no later process reuses.
+	start uint64
 }
 
 // peerPidfd returns a pidfd for the peer of the socket fd (SO_PEERPIDFD, Linux 6.5+), or an
@@ -47,6 +49,9 @@ func identify(pidfd int) (process, error) {
 	}
 	if comm, err := os.ReadFile(dir + "/comm"); err == nil {
 		p.comm = string(bytes.TrimSpace(comm))
+	}
+	if start, err := StartTime(pid); err == nil {
+		p.start = start
 	}
 	if again, err := pidfdPID(pidfd); err != nil || again != pid {
 		return process{pid: pid}, errExited

@@ -107,6 +107,7 @@ revokes scoped tokens, and can run a search with a token for testing.`,
 		newHealthCmd(a),
 		newImportCmd(a), // importcmd.go
 		newRekeyCmd(a),  // keyset_prune.go
+		newWorkloadCmd(a),
 	)
 	return root
 }

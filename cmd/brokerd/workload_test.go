@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/broker/peercred"
+	"github.com/credbroker/credbroker/client"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// attestHelper is a registered program: it fetches a token with no secret, searches with it,
+// prints "TOKEN id" and "RESULTS n" (or "ERR message"), then waits for stdin to close and exits.
+// The test binary runs it as another uid (TestMain dispatches on CREDBROKER_ATTEST_HELPER).
+func attestHelper() int {
+	socket := os.Getenv("CREDBROKER_SOCKET")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := client.New(socket)
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 2
+	}
+	defer c.Close()
+	resp, err := c.FetchToken(ctx, nil)
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 2
+	}
+	tc, err := client.New(socket, client.WithToken(resp.GetToken()))
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 2
+	}
+	defer tc.Close()
+	res, err := tc.Search(ctx, &credbrokerv1.SearchRequest{Query: "attested"})
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 2
+	}
+	fmt.Printf("TOKEN %s\nRESULTS %d\n", resp.GetId(), len(res.GetResults()))
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// helperProc is a running attestHelper.
+type helperProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines *bufio.Scanner
+}
+
+// startHelper runs exe (a copy of the test binary) as uid:gid and returns it once it printed its
+// first line.
+func (e *env) startHelper(t *testing.T, exe string, uid, gid uint32) (*helperProc, string) {
+	t.Helper()
+	cmd := exec.Command(exe)
+	cmd.Env = []string{"CREDBROKER_ATTEST_HELPER=1", "CREDBROKER_SOCKET=" + e.socket, "PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h := &helperProc{cmd: cmd, stdin: in, lines: bufio.NewScanner(out)}
+	t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
+	if !h.lines.Scan() {
+		t.Fatalf("helper printed nothing (exit %v)", cmd.Wait())
+	}
+	return h, h.lines.Text()
+}
+
+// copyExe copies the test binary to dir/name, readable and executable by everyone.
+func copyExe(t *testing.T, dir, name string) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestWorkloadAttestation: a registered program gets a token with no secret and searches; the
+// same program under another uid, and another program under the same uid, are refused with a
+// message naming what did not match; the token is revoked when its process exits.
+func TestWorkloadAttestation(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the workload as uid 65534 (CI runs as root)")
+	}
+	if !peercred.PidfdSupported() {
+		t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+): attestation refuses every caller")
+	}
+	e := newEnv(t)
+	for _, d := range []string{binDir, e.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	helper := copyExe(t, e.dir, "mcp-helper")
+	other := copyExe(t, e.dir, "other-helper")
+	e.startDaemon(t, "--socket-group", "65534")
+	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
+
+	// No registrations: refused, and says how to add one.
+	_, line := e.startHelper(t, helper, nobody, nobody)
+	if !strings.Contains(line, "none are registered") {
+		t.Fatalf("no registration: %q", line)
+	}
+	e.ctl(t, "", "workload", "add", "anyone", "--tools", "web_search").fails(t, "at least one of --uid, --gid or --unit")
+	e.ctl(t, "", "workload", "add", "mcp", "--tools", "web_search", "--uid", "65534", "--exe", helper, "--pin-exe", "--ttl", "10m").ok(t)
+	if out := e.ctl(t, "", "status").ok(t).stdout; !strings.Contains(out, "workload mcp:") || !strings.Contains(out, "uid=65534") {
+		t.Fatalf("status does not show the registration:\n%s", out)
+	}
+
+	// The registered program, as the registered uid: a token with no secret, and a search.
+	h, line := e.startHelper(t, helper, nobody, nobody)
+	id, ok := strings.CutPrefix(line, "TOKEN ")
+	if !ok {
+		t.Fatalf("registered program refused: %q", line)
+	}
+	if !h.lines.Scan() || h.lines.Text() != "RESULTS 5" {
+		t.Fatalf("search with the fetched token: %q", h.lines.Text())
+	}
+	if out := e.ctl(t, "", "token", "inspect", id).ok(t).stdout; strings.Contains(out, "revoked") {
+		t.Fatalf("token revoked while its process lives:\n%s", out)
+	}
+
+	// Same program, another uid (gid 65534 so it can reach the socket): refused, naming the uid.
+	_, line = e.startHelper(t, helper, nobody-1, nobody)
+	if !strings.Contains(line, "PermissionDenied") && !strings.Contains(line, "uid 65533") {
+		t.Fatalf("other uid: %q", line)
+	}
+	if !strings.Contains(line, "mcp: uid 65533") {
+		t.Fatalf("refusal does not name the uid: %q", line)
+	}
+	// Another program, same uid: refused, naming the exe path.
+	_, line = e.startHelper(t, other, nobody, nobody)
+	if !strings.Contains(line, "exe path "+other) {
+		t.Fatalf("refusal does not name the exe: %q", line)
+	}
+	// brokerctl itself, same uid: likewise.
+	e.asUID(t, nobody, "", "token", "fetch").fails(t, "exe path")
+
+	// The process exits: its token is revoked.
+	h.stdin.Close()
+	if err := h.cmd.Wait(); err != nil {
+		t.Fatalf("helper exit: %v", err)
+	}
+	exited := time.Now()
+	c := e.client(t)
+	for {
+		ti, err := c.GetToken(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ti.GetRevoked() {
+			t.Logf("token revoked %s after its process exited", time.Since(exited).Round(time.Millisecond))
+			break
+		}
+		if time.Since(exited) > 10*time.Second {
+			t.Fatal("token still live 10s after its process exited")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	out := e.ctl(t, "", "audit", "--json").ok(t).stdout
+	for _, want := range []string{`"event":"fetch"`, `"workload":"mcp"`, `"event":"revoke-process-exit"`, `"event":"attestation-refused"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("audit lacks %s", want)
+		}
+	}
+
+	// A restart revokes process-bound tokens it can no longer watch.
+	h2, line := e.startHelper(t, helper, nobody, nobody)
+	id2, ok := strings.CutPrefix(line, "TOKEN ")
+	if !ok {
+		t.Fatalf("second fetch: %q", line)
+	}
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	e.startDaemon(t, "--socket-group", "65534")
+	ti, err := e.client(t).GetToken(context.Background(), id2)
+	if err != nil || !ti.GetRevoked() {
+		t.Fatalf("process-bound token after restart: revoked=%v err=%v", ti.GetRevoked(), err)
+	}
+	h2.stdin.Close()
+	h2.cmd.Wait()
+	e.ctl(t, "", "workload", "remove", "mcp").ok(t)
+	e.ctl(t, "", "workload", "remove", "mcp").fails(t, "not found")
+}
