@@ -107,6 +107,8 @@ type MintRequest struct {
 	// Workload names the registration a token fetched by attestation came from; such a token
 	// is process-bound (revoked when its process exits, and at brokerd's start).
 	Workload string
+	// BindProcess makes the token process-bound to the caller (MintBoundToProcess).
+	BindProcess bool
 }
 
 // MintToken validates r and creates a token. It returns the token string (shown once) and its
@@ -131,7 +133,7 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 			MaxUses: r.MaxUses, BindUID: r.BindUID, Label: r.Label, MintedByUID: caller.UID,
 			RateLimit: r.RateLimit, RatePeriod: r.RatePeriod,
 			BudgetCredits: r.BudgetCredits, BudgetPeriod: r.BudgetPeriod, SharedCache: r.SharedCache,
-			Workload: r.Workload, ProcessBound: r.Workload != "",
+			Workload: r.Workload, ProcessBound: r.Workload != "" || r.BindProcess,
 		}
 		err = b.putToken(ctx, ci, rec)
 		if errors.Is(err, store.ErrExists) {

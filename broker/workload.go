@@ -173,6 +173,32 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 	return tok, rec, nil
 }
 
+// MintBoundToProcess mints r for an admin caller like MintToken, and revokes the token when the
+// calling process exits (`brokerctl exec`: brokerctl lives exactly as long as its child, so a
+// brokerctl killed with SIGKILL does not leave the child's token behind).
+func (b *Broker) MintBoundToProcess(ctx context.Context, r MintRequest, caller Caller) (string, store.Token, error) {
+	pin, err := attest.Pin(caller.PID, caller.StartTime)
+	if err != nil {
+		return "", store.Token{}, fmt.Errorf("%w: bind_process: %v", ErrInvalidArgument, err)
+	}
+	defer pin.Close()
+	if !b.watch.reserve() {
+		return "", store.Token{}, fmt.Errorf("%w: %d process-bound tokens are alive, the most brokerd watches; try again when some expire", ErrRateLimited, MaxWatchedTokens)
+	}
+	r.BindProcess = true
+	tok, rec, err := b.MintToken(ctx, r, caller)
+	if err != nil {
+		b.watch.release()
+		return "", store.Token{}, err
+	}
+	program := caller.Exe
+	if program == "" {
+		program = fmt.Sprintf("pid %d", caller.PID)
+	}
+	b.watchToken(pin, rec, caller, program)
+	return tok, rec, nil
+}
+
 // watchToken revokes rec when the pinned process exits; the watch ends (and the pidfd closes)
 // when the token expires first or brokerd stops watching.
 func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, program string) {

@@ -114,7 +114,11 @@ func (s *AdminService) MintToken(ctx context.Context, req *pb.MintTokenRequest) 
 	if err := durations(durationArg{req.GetTtl(), &r.TTL, "ttl"}, durationArg{req.GetRatePeriod(), &r.RatePeriod, "rate_period"}); err != nil {
 		return nil, toStatus(s.log, "MintToken", err)
 	}
-	tok, rec, err := s.b.MintToken(ctx, r, callerFrom(ctx))
+	mint := s.b.MintToken
+	if req.GetBindProcess() {
+		mint = s.b.MintBoundToProcess
+	}
+	tok, rec, err := mint(ctx, r, callerFrom(ctx))
 	if err != nil {
 		return nil, toStatus(s.log, "MintToken", err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -211,4 +212,81 @@ func TestWorkloadAttestation(t *testing.T) {
 	h2.cmd.Wait()
 	e.ctl(t, "", "workload", "remove", "mcp").ok(t)
 	e.ctl(t, "", "workload", "remove", "mcp").fails(t, "not found")
+}
+
+// waitRevoked polls until token id is revoked and returns how long that took after since.
+func (e *env) waitRevoked(t *testing.T, id string, since time.Time) time.Duration {
+	t.Helper()
+	c := e.client(t)
+	for {
+		ti, err := c.GetToken(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ti.GetRevoked() {
+			return time.Since(since)
+		}
+		if time.Since(since) > 10*time.Second {
+			t.Fatalf("token %s still live 10s later", id)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestExecRevokesOnExit: `brokerctl exec` gives the child a working token in its environment,
+// passes its exit status through, and the token is revoked when the child exits, or when
+// brokerctl itself is killed.
+func TestExecRevokesOnExit(t *testing.T) {
+	if !peercred.PidfdSupported() {
+		t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+)")
+	}
+	e := newEnv(t)
+	e.startDaemon(t)
+	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
+	ctl := filepath.Join(binDir, "brokerctl")
+	script := `set -e; case "$*" in *cbt_*) exit 90;; esac
+"` + ctl + `" search exec-query | tail -1
+echo "id=$(echo "$CREDBROKER_TOKEN" | cut -d_ -f2)"; exit 7`
+	r := e.ctl(t, "", "exec", "--tools", "web_search", "--ttl", "5m", "--", "sh", "-c", script)
+	var ee *exec.ExitError
+	if !errors.As(r.err, &ee) || ee.ExitCode() != 7 {
+		t.Fatalf("exec exit: %v (want status 7)\n%s%s", r.err, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "Results: 5") {
+		t.Fatalf("child's search: %s%s", r.stdout, r.stderr)
+	}
+	_, id, ok := strings.Cut(strings.TrimSpace(r.stdout), "id=")
+	if !ok || id == "" {
+		t.Fatalf("no token id: %s", r.stdout)
+	}
+	if ti, err := e.client(t).GetToken(context.Background(), id); err != nil || !ti.GetRevoked() {
+		t.Fatalf("token after the child exited: revoked=%v err=%v", ti.GetRevoked(), err)
+	}
+	e.ctl(t, "", "exec", "--", "sh", "-c", "exit 0").ok(t)
+	r = e.ctl(t, "", "exec", "--", "sh", "-c", "kill -TERM $$")
+	if !errors.As(r.err, &ee) || ee.ExitCode() != 128+15 {
+		t.Fatalf("child killed by SIGTERM: %v, want status 143", r.err)
+	}
+
+	// brokerctl killed outright: brokerd's watch of it revokes the token.
+	cmd := exec.Command(ctl, "--socket", e.socket, "exec", "--", "sh", "-c", `echo "$CREDBROKER_TOKEN" | cut -d_ -f2; echo $$; exec sleep 60`)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	var id2, childPID string
+	if sc.Scan() {
+		id2 = sc.Text()
+	}
+	if sc.Scan() {
+		childPID = sc.Text()
+	}
+	t.Cleanup(func() { exec.Command("kill", childPID).Run() })
+	cmd.Process.Kill()
+	cmd.Wait()
+	t.Logf("token revoked %s after brokerctl was killed", e.waitRevoked(t, id2, time.Now()).Round(time.Millisecond))
 }

@@ -710,7 +710,10 @@ type MintTokenRequest struct {
 	BudgetPeriod string `protobuf:"bytes,9,opt,name=budget_period,json=budgetPeriod,proto3" json:"budget_period,omitempty"`
 	// shared_cache lets the token be served results cached for other shared-cache tokens (and share
 	// its own); otherwise its cache entries are its own.
-	SharedCache   bool `protobuf:"varint,10,opt,name=shared_cache,json=sharedCache,proto3" json:"shared_cache,omitempty"`
+	SharedCache bool `protobuf:"varint,10,opt,name=shared_cache,json=sharedCache,proto3" json:"shared_cache,omitempty"`
+	// bind_process revokes the token when the calling process exits (brokerd watches it with a
+	// pidfd) and at brokerd's restart: `brokerctl exec` mints so, for the child it runs.
+	BindProcess   bool `protobuf:"varint,11,opt,name=bind_process,json=bindProcess,proto3" json:"bind_process,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -811,6 +814,13 @@ func (x *MintTokenRequest) GetBudgetPeriod() string {
 func (x *MintTokenRequest) GetSharedCache() bool {
 	if x != nil {
 		return x.SharedCache
+	}
+	return false
+}
+
+func (x *MintTokenRequest) GetBindProcess() bool {
+	if x != nil {
+		return x.BindProcess
 	}
 	return false
 }
@@ -4077,7 +4087,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\vcredentials\x18\x01 \x03(\v2\x19.credbroker.v1.CredentialR\vcredentials\"-\n" +
 	"\x17DeleteCredentialRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x1a\n" +
-	"\x18DeleteCredentialResponse\"\xfd\x02\n" +
+	"\x18DeleteCredentialResponse\"\xa0\x03\n" +
 	"\x10MintTokenRequest\x12\x14\n" +
 	"\x05tools\x18\x01 \x03(\tR\x05tools\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
@@ -4091,7 +4101,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0ebudget_credits\x18\b \x01(\x04R\rbudgetCredits\x12#\n" +
 	"\rbudget_period\x18\t \x01(\tR\fbudgetPeriod\x12!\n" +
 	"\fshared_cache\x18\n" +
-	" \x01(\bR\vsharedCacheB\v\n" +
+	" \x01(\bR\vsharedCache\x12!\n" +
+	"\fbind_process\x18\v \x01(\bR\vbindProcessB\v\n" +
 	"\t_bind_uid\"t\n" +
 	"\x11MintTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
