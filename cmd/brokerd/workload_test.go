@@ -26,6 +26,9 @@ func attestHelper() int {
 	socket := os.Getenv("CREDBROKER_SOCKET")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	if os.Getenv("CREDBROKER_ATTEST_HELPER") == "renew" {
+		return renewHelper(ctx, socket)
+	}
 	c, err := client.New(socket)
 	if err != nil {
 		fmt.Println("ERR", err)
@@ -289,4 +292,62 @@ echo "id=$(echo "$CREDBROKER_TOKEN" | cut -d_ -f2)"; exit 7`
 	cmd.Process.Kill()
 	cmd.Wait()
 	t.Logf("token revoked %s after brokerctl was killed", e.waitRevoked(t, id2, time.Now()).Round(time.Millisecond))
+}
+
+// renewHelper uses the Go client with no token at all: it searches until it has seen four
+// tokens (the first and three renewals) and prints "RENEWED tokens calls", or "ERR" on the first
+// failed call.
+func renewHelper(ctx context.Context, socket string) int {
+	c, err := client.New(socket)
+	if err != nil {
+		fmt.Println("ERR", err)
+		return 2
+	}
+	defer c.Close()
+	seen, calls := map[string]bool{}, 0
+	for len(seen) < 4 {
+		who, err := c.WhoAmI(ctx)
+		if err != nil {
+			fmt.Println("ERR whoami", calls, err)
+			return 2
+		}
+		seen[who.GetTokenId()] = true
+		if _, err := c.Search(ctx, &credbrokerv1.SearchRequest{Query: "renew"}); err != nil {
+			fmt.Println("ERR search", calls, err)
+			return 2
+		}
+		calls += 2
+		time.Sleep(20 * time.Millisecond) // a server's pace, not a synchronisation
+	}
+	fmt.Printf("RENEWED %d %d\n", len(seen), calls)
+	return 0
+}
+
+// TestClientRenewsAsAnotherUID: the Go client with no token, in a process of another uid,
+// renews across several short ttls with no failed call.
+func TestClientRenewsAsAnotherUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the workload as uid 65534 (CI runs as root)")
+	}
+	if !peercred.PidfdSupported() {
+		t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+)")
+	}
+	e := newEnv(t)
+	for _, d := range []string{binDir, e.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	helper := copyExe(t, e.dir, "mcp-helper")
+	e.startDaemon(t, "--socket-group", "65534")
+	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
+	e.ctl(t, "", "workload", "add", "renew", "--tools", "web_search", "--uid", "65534", "--exe", helper, "--ttl", "1s").ok(t)
+	cmd := exec.Command(helper)
+	cmd.Env = []string{"CREDBROKER_ATTEST_HELPER=renew", "CREDBROKER_SOCKET=" + e.socket, "PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "RENEWED 4 ") {
+		t.Fatalf("helper: %v: %s", err, out)
+	}
+	t.Logf("%s", strings.TrimSpace(string(out)))
 }
