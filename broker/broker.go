@@ -29,6 +29,8 @@ type Caller struct {
 	// StartTime is the process's start time when the pidfd pinned it (peercred.AuthInfo);
 	// attestation uses it to find the same process again.
 	StartTime uint64
+	// PidfdInode names it too, on Linux 6.9+ (peercred.AuthInfo.PidfdInode).
+	PidfdInode uint64
 }
 
 // Config wires a Broker.

@@ -139,7 +139,7 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 	if !caller.Known {
 		return "", store.Token{}, fmt.Errorf("%w: attestation needs a Unix-socket peer whose identity brokerd can verify", ErrPermissionDenied)
 	}
-	pin, err := attest.Pin(caller.PID, caller.StartTime)
+	pin, err := attest.Pin(caller.PID, caller.StartTime, caller.PidfdInode)
 	if err != nil {
 		return "", store.Token{}, fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	}
@@ -177,7 +177,7 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 // calling process exits (`brokerctl exec`: brokerctl lives exactly as long as its child, so a
 // brokerctl killed with SIGKILL does not leave the child's token behind).
 func (b *Broker) MintBoundToProcess(ctx context.Context, r MintRequest, caller Caller) (string, store.Token, error) {
-	pin, err := attest.Pin(caller.PID, caller.StartTime)
+	pin, err := attest.Pin(caller.PID, caller.StartTime, caller.PidfdInode)
 	if err != nil {
 		return "", store.Token{}, fmt.Errorf("%w: bind_process: %v", ErrInvalidArgument, err)
 	}

@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/credbroker/credbroker/broker/peercred"
 )
 
@@ -30,12 +32,12 @@ func TestParseUnitAndGroups(t *testing.T) {
 // TestPinRefusesAnotherStartTime: a pid whose start time is not the one vouched for at accept
 // (the pid was reused) is never pinned.
 func TestPinRefusesAnotherStartTime(t *testing.T) {
-	p, err := Pin(int32(os.Getpid()), 1)
+	p, err := Pin(int32(os.Getpid()), 1, 0)
 	if err == nil {
 		p.Close()
 		t.Fatal("pinned a process with the wrong start time")
 	}
-	if _, err := Pin(int32(os.Getpid()), 0); !errors.Is(err, ErrUnidentified) {
+	if _, err := Pin(int32(os.Getpid()), 0, 0); !errors.Is(err, ErrUnidentified) {
 		t.Fatalf("no start time: %v", err)
 	}
 }
@@ -52,7 +54,7 @@ func TestWatchSeesExit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := Pin(int32(cmd.Process.Pid), st)
+		p, err := Pin(int32(cmd.Process.Pid), st, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,5 +95,28 @@ func TestWatchSeesExit(t *testing.T) {
 	case <-fired:
 		t.Fatal("a stopped watch fired")
 	default:
+	}
+}
+
+// TestPinByPidfdInode: on pidfs (Linux 6.9+) the pidfd's inode names the process, with no /proc
+// read: the same process pins, another inode does not.
+func TestPinByPidfdInode(t *testing.T) {
+	fd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Skip("no pidfd_open:", err)
+	}
+	ino := peercred.PidfdInode(fd)
+	unix.Close(fd)
+	if ino == 0 {
+		t.Skip("pidfds are not on pidfs here (Linux < 6.9)")
+	}
+	p, err := Pin(int32(os.Getpid()), 0, ino)
+	if err != nil {
+		t.Fatalf("same process: %v", err)
+	}
+	p.Close()
+	if p, err := Pin(int32(os.Getpid()), 0, ino+1); err == nil {
+		p.Close()
+		t.Fatal("pinned with another process's inode")
 	}
 }

@@ -26,13 +26,13 @@ type Pinned struct {
 	pidfd int
 }
 
-// Pin opens a pidfd for pid and checks it is the process whose start time the connection's
-// pidfd vouched for at accept (peercred.AuthInfo.StartTime): a pid reused since then has a
-// later start time and is refused. The order matters as in peercred.identify: open the pidfd,
-// read the start time, then check that the pidfd's process is still not reaped, so the start time
-// read is the pinned process's.
-func Pin(pid int32, startTime uint64) (*Pinned, error) {
-	if pid <= 0 || startTime == 0 {
+// Pin opens a pidfd for pid and checks it is the process the connection's pidfd named at accept:
+// on Linux 6.9+ by the pidfd's inode on pidfs (inode, unique per process, needs no /proc), else
+// by the start time read then (peercred.AuthInfo.StartTime; a pid reused since has a later one).
+// The order matters as in peercred.identify: open the pidfd, read, then check that the pidfd's
+// process is still not reaped, so what was read is the pinned process's.
+func Pin(pid int32, startTime, inode uint64) (*Pinned, error) {
+	if pid <= 0 || (startTime == 0 && inode == 0) {
 		return nil, fmt.Errorf("%w: brokerd could not pin the caller with a pidfd when it connected (Linux 6.5+ needed)", ErrUnidentified)
 	}
 	fd, err := unix.PidfdOpen(int(pid), unix.PIDFD_NONBLOCK)
@@ -40,8 +40,13 @@ func Pin(pid int32, startTime uint64) (*Pinned, error) {
 		return nil, fmt.Errorf("%w: the process has exited", ErrUnidentified)
 	}
 	p := &Pinned{pid: pid, pidfd: fd}
-	st, err := peercred.StartTime(pid)
-	if err != nil || st != startTime || !p.alive() {
+	same := false
+	if inode != 0 {
+		same = peercred.PidfdInode(fd) == inode
+	} else if st, err := peercred.StartTime(pid); err == nil {
+		same = st == startTime
+	}
+	if !same || !p.alive() {
 		p.Close()
 		return nil, fmt.Errorf("%w: the process that connected has exited", ErrUnidentified)
 	}

@@ -14,7 +14,7 @@ import (
 type Pinned struct{}
 
 // Pin refuses: brokerd attests callers on Linux only.
-func Pin(int32, uint64) (*Pinned, error) {
+func Pin(int32, uint64, uint64) (*Pinned, error) {
 	return nil, fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
 }
 

@@ -16,6 +16,8 @@ type process struct {
 	comm string // /proc/PID/comm
 	// start is the process's start time (StartTime): with pid, a name no later process reuses.
 	start uint64
+	// ino is the pidfd's inode on pidfs (PidfdInode), another such name; 0 before Linux 6.9.
+	ino uint64
 }
 
 // peerPidfd returns a pidfd for the peer of the socket fd (SO_PEERPIDFD, Linux 6.5+), or an
@@ -42,7 +44,7 @@ func identify(pidfd int) (process, error) {
 	if err != nil {
 		return process{}, err
 	}
-	p := process{pid: pid}
+	p := process{pid: pid, ino: PidfdInode(pidfd)}
 	dir := "/proc/" + strconv.Itoa(int(pid))
 	if exe, err := os.Readlink(dir + "/exe"); err == nil {
 		p.exe = exe
