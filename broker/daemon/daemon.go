@@ -255,9 +255,10 @@ const (
 	DefaultMaxConnsPerUID = 32
 	// FDHeadroom is the file descriptors brokerd needs beyond its client connections: the
 	// database, the listeners, upstream and metrics connections, pidfds and /proc reads at
-	// accept. The open-file limit should be at least --max-conns plus this (the unit's
-	// LimitNOFILE= is), so the cap refuses a connection before accept(2) fails with EMFILE.
-	FDHeadroom = 256
+	// accept, and one pidfd per process-bound token (broker.MaxWatchedTokens). The open-file
+	// limit should be at least --max-conns plus this (the unit's LimitNOFILE= is), so the cap
+	// refuses a connection before accept(2) fails with EMFILE.
+	FDHeadroom = 256 + broker.MaxWatchedTokens
 )
 
 // warnFDLimit logs when the open-file limit is below what --max-conns needs.
