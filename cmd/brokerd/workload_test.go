@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -138,6 +139,18 @@ func TestWorkloadAttestation(t *testing.T) {
 	e.ctl(t, "", "workload", "add", "mcp", "--tools", "web_search", "--uid", "65534", "--exe", helper, "--pin-exe", "--ttl", "10m").ok(t)
 	if out := e.ctl(t, "", "status").ok(t).stdout; !strings.Contains(out, "workload mcp:") || !strings.Contains(out, "uid=65534") {
 		t.Fatalf("status does not show the registration:\n%s", out)
+	}
+	var listed []struct {
+		Name      string   `json:"name"`
+		UIDs      []uint32 `json:"uids"`
+		Exe       string   `json:"exe"`
+		ExeSHA256 string   `json:"exe_sha256"`
+	}
+	if err := json.Unmarshal([]byte(e.ctl(t, "", "workload", "list", "--json").ok(t).stdout), &listed); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != 1 || listed[0].Name != "mcp" || listed[0].Exe != helper || len(listed[0].ExeSHA256) != 64 || listed[0].UIDs[0] != nobody {
+		t.Fatalf("workload list --json: %+v", listed)
 	}
 
 	// The registered program, as the registered uid: a token with no secret, and a search.
