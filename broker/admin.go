@@ -104,43 +104,23 @@ type MintRequest struct {
 	BudgetPeriod  string
 	// SharedCache opts the token into the result cache shared by all shared-cache tokens.
 	SharedCache bool
+	// Workload names the registration a token fetched by attestation came from; such a token
+	// is process-bound (revoked when its process exits, and at brokerd's start).
+	Workload string
+	// BindProcess makes the token process-bound to the caller (MintBoundToProcess).
+	BindProcess bool
 }
 
 // MintToken validates r and creates a token. It returns the token string (shown once) and its
 // stored record.
 func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (string, store.Token, error) {
 	ci := callInfo(ctx)
-	ci.Event = "mint"
-	if len(r.Tools) == 0 {
-		return "", store.Token{}, invalid("at least one tool is required; known tools: %s", strings.Join(ToolNames(), ", "))
+	if ci.Event == "" {
+		ci.Event = "mint" // FetchToken names its own
 	}
-	var scoped []string
-	for _, name := range r.Tools {
-		if _, ok := LookupTool(name); !ok {
-			return "", store.Token{}, invalid("unknown tool %s; known tools: %s", quoteInput(name), strings.Join(ToolNames(), ", "))
-		}
-		if !slices.Contains(scoped, name) {
-			scoped = append(scoped, name)
-		}
-	}
-	switch {
-	case r.TTL <= 0:
-		return "", store.Token{}, invalid("ttl must be greater than zero")
-	case r.TTL > b.maxTTL:
-		return "", store.Token{}, invalid("ttl %s exceeds the maximum %s (brokerd --max-ttl)", r.TTL, b.maxTTL)
-	}
-	if err := validateLabel(r.Label); err != nil {
+	scoped, err := b.checkMint(r)
+	if err != nil {
 		return "", store.Token{}, err
-	}
-	switch {
-	case r.RateLimit == 0 && r.RatePeriod != 0:
-		return "", store.Token{}, invalid("rate_period needs rate_limit")
-	case r.RateLimit > 0 && (r.RatePeriod < time.Second || r.RatePeriod > 24*time.Hour):
-		return "", store.Token{}, invalid("rate period must be between 1s and 24h, e.g. 10/m")
-	case r.BudgetCredits > 0 && r.BudgetPeriod != "day" && r.BudgetPeriod != "month":
-		return "", store.Token{}, invalid("budget period must be day or month, e.g. 100/d")
-	case r.BudgetCredits == 0 && r.BudgetPeriod != "":
-		return "", store.Token{}, invalid("budget period needs budget credits")
 	}
 	now := b.now().UTC()
 	for range 3 { // an id collision (2^-64 per pair) is retried, not reported
@@ -153,6 +133,7 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 			MaxUses: r.MaxUses, BindUID: r.BindUID, Label: r.Label, MintedByUID: caller.UID,
 			RateLimit: r.RateLimit, RatePeriod: r.RatePeriod,
 			BudgetCredits: r.BudgetCredits, BudgetPeriod: r.BudgetPeriod, SharedCache: r.SharedCache,
+			Workload: r.Workload, ProcessBound: r.Workload != "" || r.BindProcess,
 		}
 		err = b.putToken(ctx, ci, rec)
 		if errors.Is(err, store.ErrExists) {
@@ -165,6 +146,42 @@ func (b *Broker) MintToken(ctx context.Context, r MintRequest, caller Caller) (s
 		return tok, rec, nil
 	}
 	return "", store.Token{}, errors.New("could not draw an unused token id")
+}
+
+// checkMint validates r as MintToken would and returns its tools without duplicates.
+func (b *Broker) checkMint(r MintRequest) ([]string, error) {
+	if len(r.Tools) == 0 {
+		return nil, invalid("at least one tool is required; known tools: %s", strings.Join(ToolNames(), ", "))
+	}
+	var scoped []string
+	for _, name := range r.Tools {
+		if _, ok := LookupTool(name); !ok {
+			return nil, invalid("unknown tool %s; known tools: %s", quoteInput(name), strings.Join(ToolNames(), ", "))
+		}
+		if !slices.Contains(scoped, name) {
+			scoped = append(scoped, name)
+		}
+	}
+	switch {
+	case r.TTL <= 0:
+		return nil, invalid("ttl must be greater than zero")
+	case r.TTL > b.maxTTL:
+		return nil, invalid("ttl %s exceeds the maximum %s (brokerd --max-ttl)", r.TTL, b.maxTTL)
+	}
+	if err := validateLabel(r.Label); err != nil {
+		return nil, err
+	}
+	switch {
+	case r.RateLimit == 0 && r.RatePeriod != 0:
+		return nil, invalid("rate_period needs rate_limit")
+	case r.RateLimit > 0 && (r.RatePeriod < time.Second || r.RatePeriod > 24*time.Hour):
+		return nil, invalid("rate period must be between 1s and 24h, e.g. 10/m")
+	case r.BudgetCredits > 0 && r.BudgetPeriod != "day" && r.BudgetPeriod != "month":
+		return nil, invalid("budget period must be day or month, e.g. 100/d")
+	case r.BudgetCredits == 0 && r.BudgetPeriod != "":
+		return nil, invalid("budget period needs budget credits")
+	}
+	return scoped, nil
 }
 
 func validateTokenID(id string) error {
@@ -236,6 +253,8 @@ type Status struct {
 	// Limited are the credentials with spending limits: limits set once are easy to forget, and a
 	// call that waits for a slot looks like a slow upstream unless status shows them.
 	Limited []store.Credential
+	// Workloads are the registrations that may fetch tokens by attestation.
+	Workloads []store.Workload
 }
 
 // Status counts credentials and live tokens.
@@ -288,8 +307,13 @@ func (b *Broker) Status() (Status, error) {
 			limited = append(limited, c)
 		}
 	}
+	workloads, err := b.store.ListWorkloads()
+	if err != nil {
+		return Status{}, err
+	}
 	return Status{
-		Version: b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
+		Workloads: workloads,
+		Version:   b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
 		Credentials: n, LiveTokens: live, SchemaVersion: store.SchemaVersion, Tools: ts,
 		RotationInfo: ri, Limited: limited,
 	}, nil

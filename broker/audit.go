@@ -50,7 +50,7 @@ func (b *Broker) auditRecord(r CallRecord) store.AuditRecord {
 		TokenID: ci.TokenID, Method: r.Method, Tool: tool, Code: r.Code, LatencyMicros: r.Latency.Microseconds(),
 		Credential: credential, CredentialVersion: ci.CredentialVersion, QueryLen: ci.QueryLen, QueryMAC: ci.QueryMAC,
 		Event: ci.Event, Credits: ci.Credits, CreditsSaved: ci.CreditsSaved, TokenLabel: ci.TokenLabel,
-		PIDFD: r.Caller.PIDFD, Exe: r.Caller.Exe, Comm: r.Caller.Comm,
+		PIDFD: r.Caller.PIDFD, Exe: r.Caller.Exe, Comm: r.Caller.Comm, Workload: ci.Workload,
 	}
 }
 

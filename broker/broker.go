@@ -26,6 +26,11 @@ type Caller struct {
 	// PIDFD, Exe and Comm name the calling program; see peercred.AuthInfo.
 	PIDFD     bool
 	Exe, Comm string
+	// StartTime is the process's start time when the pidfd pinned it (peercred.AuthInfo);
+	// attestation uses it to find the same process again.
+	StartTime uint64
+	// PidfdInode names it too, on Linux 6.9+ (peercred.AuthInfo.PidfdInode).
+	PidfdInode uint64
 }
 
 // Config wires a Broker.
@@ -76,6 +81,8 @@ type Broker struct {
 	lastUsed map[string]lastUse
 	// lastUsedSweep is the size of lastUsed at which expired entries are next swept.
 	lastUsedSweep int
+
+	watch workloadWatch // process-bound tokens' pidfds (workload.go)
 
 	rot     *rotation  // versions, verification, grace fallback, scheduler (rotation.go)
 	econ    *economics // credential limiters, result cache, budgets (economics.go)

@@ -17,6 +17,8 @@ type CallInfo struct {
 	Event string
 	// TokenLabel is the calling token's label, for usage reports.
 	TokenLabel string
+	// Workload is the registration a FetchToken matched.
+	Workload string
 	// Credits spent upstream; CreditsSaved is what a cache hit would otherwise have cost.
 	Credits, CreditsSaved uint64
 

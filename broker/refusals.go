@@ -38,14 +38,15 @@ const (
 	RefusedNotAdmin      = "not-admin"
 	RefusedUnknownMethod = "unknown-method"
 	RefusedUndecodable   = "undecodable-request"
-	RefusedConnUID       = "conn-limit-uid"   // the uid has --max-conns-per-uid connections open
-	RefusedConnTotal     = "conn-limit-total" // brokerd has --max-conns connections open
+	RefusedConnUID       = "conn-limit-uid"      // the uid has --max-conns-per-uid connections open
+	RefusedConnTotal     = "conn-limit-total"    // brokerd has --max-conns connections open
+	RefusedAttestation   = "attestation-refused" // FetchToken: no registration matches the process
 )
 
 // RefusalReasons lists every reason, for metrics that should start at 0.
 var RefusalReasons = []string{
 	RefusedNoToken, RefusedInvalidToken, RefusedRevokedToken, RefusedExpiredToken, RefusedBoundMisuse,
-	RefusedSpentToken, RefusedNotAdmin, RefusedUnknownMethod, RefusedUndecodable, RefusedConnUID, RefusedConnTotal,
+	RefusedSpentToken, RefusedNotAdmin, RefusedUnknownMethod, RefusedUndecodable, RefusedConnUID, RefusedConnTotal, RefusedAttestation,
 }
 
 func init() {

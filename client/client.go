@@ -37,6 +37,8 @@ type Client struct {
 
 	// trusted are the uids that may serve the socket (serverUIDs); dial refuses any other.
 	trusted []uint32
+	// attested fetches and renews tokens by attestation when no token was given (tokensource.go).
+	attested *attestSource
 }
 
 // Option configures New.
@@ -44,6 +46,8 @@ type Option func(*options)
 
 type options struct {
 	token    string
+	tokenSet bool // WithToken was given (even an empty token: no token at all)
+	source   TokenSource
 	dialOpts []grpc.DialOption
 
 	serverUIDs []uint32 // WithServerUID
@@ -52,7 +56,7 @@ type options struct {
 // WithToken sends token on every call as the metadata entry "authorization: Bearer <token>".
 // SearchService calls need it; AdminService calls authorize by the caller's uid and ignore it.
 func WithToken(token string) Option {
-	return func(o *options) { o.token = token }
+	return func(o *options) { o.token, o.tokenSet = token, true }
 }
 
 // WithDialOptions appends gRPC dial options after the client's own, so they can override them
@@ -69,6 +73,13 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // effective uid, a uid in $CREDBROKER_SERVER_UID or one given WithServerUID. Any other uid may be
 // squatting on the path, so the call fails with ErrUntrustedServer before a byte (token, secret or
 // request) is written.
+//
+// SearchService calls carry a token: WithToken's, WithTokenSource's or WithTokenFile's; with none
+// of these, $CREDBROKER_TOKEN; and without that, tokens fetched by attestation (FetchToken: no
+// secret, brokerd identifies this process and matches an operator's `brokerctl workload add`),
+// renewed in the background at about two thirds of their lifetime, retried with backoff, so calls
+// never carry an expired token. A call refused as Unauthenticated with a fetched token (revoked
+// by a brokerd restart) is retried once with a fresh one. AdminService calls need no token.
 func New(socketPath string, opts ...Option) (*Client, error) {
 	var o options
 	for _, opt := range opts {
@@ -108,12 +119,33 @@ func New(socketPath string, opts ...Option) (*Client, error) {
 		}
 		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(bearerToken(o.token)))
 	}
+	// No token option: $CREDBROKER_TOKEN, else tokens fetched by attestation and renewed in the
+	// background (tokensource.go); the first SearchService call fetches the first one.
+	var attested *attestSource
+	if !o.tokenSet && o.source == nil {
+		if env := strings.TrimSpace(os.Getenv(TokenEnv)); env != "" {
+			if !validHeaderValue(env) {
+				return nil, errors.New("$" + TokenEnv + " contains characters that cannot be sent in a gRPC header; is it a credbroker token?")
+			}
+			dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(bearerToken(env)))
+		} else {
+			attested = newAttestSource(attestFetch(c))
+			o.source = attested
+		}
+	}
+	if o.source != nil && !o.tokenSet {
+		dialOpts = append(dialOpts, grpc.WithChainUnaryInterceptor(sourceUnary(o.source)), grpc.WithChainStreamInterceptor(sourceStream(o.source)))
+	}
 	dialOpts = append(dialOpts, o.dialOpts...)
 
 	conn, err := grpc.NewClient("unix://"+abs, dialOpts...)
 	if err != nil {
+		if attested != nil {
+			attested.close()
+		}
 		return nil, fmt.Errorf("set up connection to brokerd at %s: %w", abs, err)
 	}
+	c.attested = attested
 	c.conn = conn
 	c.search = credbrokerv1.NewSearchServiceClient(conn)
 	c.admin = credbrokerv1.NewAdminServiceClient(conn)
@@ -147,7 +179,12 @@ func (c *Client) dial(ctx context.Context, _ string) (net.Conn, error) {
 }
 
 // Close releases the connection. Calls in flight fail with ErrCanceled.
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error {
+	if c.attested != nil {
+		c.attested.close()
+	}
+	return c.conn.Close()
+}
 
 // Health asks brokerd's grpc.health.v1 service whether service ("" for the whole server) is
 // serving. It needs no token and no admin rights. Errors are converted like every call's: an
@@ -184,7 +221,7 @@ func (c *Client) convert(err error) error {
 	return fromStatus(err)
 }
 
-// Search runs one search. The client must have been created WithToken.
+// Search runs one search with the client's token (see New).
 func (c *Client) Search(ctx context.Context, req *credbrokerv1.SearchRequest) (*credbrokerv1.SearchResponse, error) {
 	resp, err := c.search.Search(ctx, req)
 	if err != nil {

@@ -67,6 +67,8 @@ type AuditRecord struct {
 	PIDFD             bool      `json:"pidfd,omitempty"`
 	Exe               string    `json:"exe,omitempty"`
 	Comm              string    `json:"comm,omitempty"`
+	// Workload is the registration a FetchToken matched (or the process-bound token's).
+	Workload string `json:"workload,omitempty"`
 	// Count is how many refusals a coalesced record stands for (broker/refusals.go); 0 for a
 	// record of one call. omitempty keeps the bodies, and so the MACs, of older records unchanged.
 	Count uint64 `json:"count,omitempty"`

@@ -15,7 +15,7 @@
 //
 // # Record MACs
 //
-// Every value in tokens/ and under credentials/ is sealed (records.go): 0x01, the audit seq it
+// Every value in tokens/, workloads/ and under credentials/ is sealed (records.go): 0x01, the audit seq it
 // was stamped with (8 bytes), a 1-byte tag length, a Tink HMAC-SHA256 tag under the record keyset
 // over (bucket path, key, stamp, body), then the JSON body listed below. Every read verifies the
 // tag and refuses a record that fails with ErrTampered; Open checks every record and refuses the
@@ -45,6 +45,8 @@
 //	                      created_by_uid, how, verified, state, from}
 //	tokens/
 //	    <id>           -> JSON tokenRecord (SHA-256 of the secret, scope, limits, use count)
+//	workloads/      (created by the first registration; absent means none)
+//	    <name>         -> JSON Workload: selectors (uids, gids, exe, exe_sha256, unit), tools, limits
 //	audit/
 //	    <seq, 8-byte big endian> -> MAC || JSON AuditRecord, a hash chain (audit.go)
 //

@@ -286,10 +286,15 @@ func (s *Store) rebind(b *bolt.Bucket, name string) error {
 }
 
 // forEachRecordBucket calls fn for every bucket whose values are sealed records: tokens/,
-// credentials/<name>/ and credentials/<name>/versions/.
+// workloads/, credentials/<name>/ and credentials/<name>/versions/.
 func forEachRecordBucket(tx *bolt.Tx, fn func(b *bolt.Bucket, sl slot) error) error {
 	if b := tx.Bucket(bucketTokens); b != nil {
 		if err := fn(b, tokensSlot()); err != nil {
+			return err
+		}
+	}
+	if b := tx.Bucket(bucketWorkloads); b != nil {
+		if err := fn(b, workloadsSlot()); err != nil {
 			return err
 		}
 	}

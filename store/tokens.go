@@ -41,6 +41,11 @@ type Token struct {
 	BudgetSpent   uint64 `json:"budget_spent,omitempty"`
 	// SharedCache lets the token use the result cache shared by all shared-cache tokens.
 	SharedCache bool `json:"shared_cache,omitempty"`
+	// Workload is the registration a token fetched by attestation came from (FetchToken).
+	// ProcessBound tokens die with the process that fetched them; brokerd revokes them at start,
+	// since it can no longer watch their processes.
+	Workload     string `json:"workload,omitempty"`
+	ProcessBound bool   `json:"process_bound,omitempty"`
 }
 
 // Live reports whether the token is neither revoked nor expired at now.

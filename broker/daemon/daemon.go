@@ -171,6 +171,15 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = b.Drain(dctx)
 	}()
 
+	// Tokens fetched by attestation before this start are bound to processes brokerd can no
+	// longer watch: revoke them (their clients fetch new ones). Their watches end at stop.
+	if n, err := b.RevokeProcessBound(ctx); err != nil {
+		return fmt.Errorf("revoke process-bound tokens: %w", err)
+	} else if n > 0 {
+		log.Info("revoked tokens bound to processes of the previous brokerd", "tokens", n)
+	}
+	defer b.StopWatching()
+
 	admins := grpcapi.Admins{UIDs: append([]uint32{uint32(os.Geteuid())}, cfg.AdminUIDs...), GIDs: cfg.AdminGIDs}
 	drainer := grpcapi.NewDrainer()
 	srv, hs := grpcapi.NewServer(b, grpcapi.Options{Admins: admins, Logger: log, NoReflection: cfg.NoReflection,
@@ -256,9 +265,10 @@ const (
 	DefaultMaxConnsPerUID = 32
 	// FDHeadroom is the file descriptors brokerd needs beyond its client connections: the
 	// database, the listeners, upstream and metrics connections, pidfds and /proc reads at
-	// accept. The open-file limit should be at least --max-conns plus this (the unit's
-	// LimitNOFILE= is), so the cap refuses a connection before accept(2) fails with EMFILE.
-	FDHeadroom = 256
+	// accept, and one pidfd per process-bound token (broker.MaxWatchedTokens). The open-file
+	// limit should be at least --max-conns plus this (the unit's LimitNOFILE= is), so the cap
+	// refuses a connection before accept(2) fails with EMFILE.
+	FDHeadroom = 256 + broker.MaxWatchedTokens
 )
 
 // warnFDLimit logs when the open-file limit is below what --max-conns needs.

@@ -113,7 +113,11 @@ func (s *AdminService) MintToken(ctx context.Context, req *pb.MintTokenRequest) 
 	if err := durations(durationArg{req.GetTtl(), &r.TTL, "ttl"}, durationArg{req.GetRatePeriod(), &r.RatePeriod, "rate_period"}); err != nil {
 		return nil, toStatus(s.log, "MintToken", err)
 	}
-	tok, rec, err := s.b.MintToken(ctx, r, callerFrom(ctx))
+	mint := s.b.MintToken
+	if req.GetBindProcess() {
+		mint = s.b.MintBoundToProcess
+	}
+	tok, rec, err := mint(ctx, r, callerFrom(ctx))
 	if err != nil {
 		return nil, toStatus(s.log, "MintToken", err)
 	}
@@ -157,6 +161,9 @@ func (s *AdminService) Status(context.Context, *pb.StatusRequest) (*pb.StatusRes
 	for _, c := range st.Limited {
 		out.LimitedCredentials = append(out.LimitedCredentials, credentialPB(c))
 	}
+	for _, w := range st.Workloads {
+		out.Workloads = append(out.Workloads, workloadPB(w))
+	}
 	return out, nil
 }
 
@@ -192,7 +199,7 @@ func auditPB(recs []store.AuditRecord) []*pb.AuditRecord {
 			Latency: durationpb.New(time.Duration(r.LatencyMicros) * time.Microsecond), Credential: r.Credential,
 			CredentialVersion: r.CredentialVersion, QueryLen: uint32(r.QueryLen), QueryMac: r.QueryMAC, Event: r.Event,
 			Credits: r.Credits, CreditsSaved: r.CreditsSaved, TokenLabel: r.TokenLabel, Pidfd: r.PIDFD, Exe: r.Exe, Comm: r.Comm,
-			Count: r.Count,
+			Count: r.Count, Workload: r.Workload,
 		})
 	}
 	return out

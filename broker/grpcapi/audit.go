@@ -37,6 +37,7 @@ var changesState = map[string]bool{
 	"PutCredential": true, "RotateCredential": true, "DeleteCredential": true,
 	"RevokeToken": true, "RollbackCredential": true, "SetRotationPolicy": true, "ImportCredential": true,
 	"Rekey": true, "SetCredentialLimits": true, "ImportCredentials": true,
+	"AddWorkload": true, "RemoveWorkload": true,
 }
 
 // answersUnaudited lists read-only calls that answer even when the audit log cannot be written:
@@ -63,12 +64,17 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	record := func(code string) broker.CallRecord {
 		return broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ctx), Code: code, Latency: time.Since(start), Info: ci}
 	}
-	if recordedWithChange[strings.TrimPrefix(info.FullMethod, adminPrefix)] {
+	if recordedWithChange[strings.TrimPrefix(info.FullMethod, adminPrefix)] || info.FullMethod == fetchTokenMethod {
 		ci.Outcome = record
 	}
 	resp, err := a.run(ctx, ci, req, info, handler)
 	if ci.Recorded && err == nil {
 		return resp, nil // the OK record was committed with the change
+	}
+	if info.FullMethod == fetchTokenMethod && status.Code(err) == codes.PermissionDenied {
+		// Attestation refused: anyone who can reach the socket can cause this, like a bad token.
+		a.b.RecordRefusal(ctx, record(codes.PermissionDenied.String()), broker.RefusedAttestation)
+		return nil, err
 	}
 	if status.Code(err) == codes.Unauthenticated {
 		// No valid token: anyone who can reach the socket can cause this, as often as they like.

@@ -42,6 +42,12 @@ type AuthInfo struct {
 	// Comm is the peer's command name (/proc/PID/comm), when /proc shows brokerd the process. The
 	// peer chooses it (prctl PR_SET_NAME): it is a hint, and may hold any bytes but NUL.
 	Comm string
+	// StartTime is the peer's start time (see StartTime), read while the pidfd pinned it; 0
+	// without a pidfd. Attestation uses it to find the same process again, never a reused pid.
+	StartTime uint64
+	// PidfdInode names the peer process like StartTime, from its pidfd on pidfs (Linux 6.9+),
+	// without reading /proc; 0 otherwise.
+	PidfdInode uint64
 }
 
 // AuthType implements credentials.AuthInfo.
@@ -117,7 +123,7 @@ func Read(conn net.Conn) (AuthInfo, error) {
 		// vouched for.
 		return info, nil
 	}
-	info.PIDFD, info.Exe, info.Comm = true, p.exe, p.comm
+	info.PIDFD, info.Exe, info.Comm, info.StartTime, info.PidfdInode = true, p.exe, p.comm, p.start, p.ino
 	return info, nil
 }
 

@@ -14,6 +14,10 @@ type process struct {
 	pid  int32  // the peer's pid in brokerd's pid namespace, from the pidfd
 	exe  string // /proc/PID/exe, when brokerd may read it (same uid or root)
 	comm string // /proc/PID/comm
+	// start is the process's start time (StartTime): with pid, a name no later process reuses.
+	start uint64
+	// ino is the pidfd's inode on pidfs (PidfdInode), another such name; 0 before Linux 6.9.
+	ino uint64
 }
 
 // peerPidfd returns a pidfd for the peer of the socket fd (SO_PEERPIDFD, Linux 6.5+), or an
@@ -40,13 +44,16 @@ func identify(pidfd int) (process, error) {
 	if err != nil {
 		return process{}, err
 	}
-	p := process{pid: pid}
+	p := process{pid: pid, ino: PidfdInode(pidfd)}
 	dir := "/proc/" + strconv.Itoa(int(pid))
 	if exe, err := os.Readlink(dir + "/exe"); err == nil {
 		p.exe = exe
 	}
 	if comm, err := os.ReadFile(dir + "/comm"); err == nil {
 		p.comm = string(bytes.TrimSpace(comm))
+	}
+	if start, err := StartTime(pid); err == nil {
+		p.start = start
 	}
 	if again, err := pidfdPID(pidfd); err != nil || again != pid {
 		return process{pid: pid}, errExited

@@ -248,7 +248,7 @@ func auditJSON(r *credbrokerv1.AuditRecord) map[string]any {
 		"pid": r.GetPid(), "token_id": r.GetTokenId(), "method": r.GetMethod(), "tool": r.GetTool(), "code": r.GetCode(),
 		"latency_us": r.GetLatency().AsDuration().Microseconds(), "credential": r.GetCredential(),
 		"credential_version": r.GetCredentialVersion(), "query_len": r.GetQueryLen(), "query_mac": r.GetQueryMac(), "event": r.GetEvent(),
-		"credits": r.GetCredits(), "credits_saved": r.GetCreditsSaved(), "token_label": r.GetTokenLabel(), "pidfd": r.GetPidfd(), "exe": r.GetExe(), "comm": r.GetComm(),
+		"credits": r.GetCredits(), "credits_saved": r.GetCreditsSaved(), "token_label": r.GetTokenLabel(), "pidfd": r.GetPidfd(), "exe": r.GetExe(), "comm": r.GetComm(), "workload": r.GetWorkload(),
 		"count": r.GetCount(),
 	}
 }

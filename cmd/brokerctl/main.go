@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -14,6 +15,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd(newApp(os.Stdin, os.Stdout, os.Stderr)).ExecuteContext(ctx)
 	stop()
+	var child childExit
+	if errors.As(err, &child) {
+		os.Exit(int(child)) // `brokerctl exec`: the child's status, already reported by the child
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "brokerctl: "+errorLine(err))
 		os.Exit(1)

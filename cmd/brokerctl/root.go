@@ -77,6 +77,19 @@ func (a *app) call(cmd *cobra.Command, token string, fn func(context.Context, br
 	return fn(ctx, c)
 }
 
+// callBackground is call with a fresh context: for cleanup after the command's own context was
+// canceled (a forwarded SIGINT or SIGTERM cancels it too).
+func (a *app) callBackground(fn func(context.Context, brokerAPI) error) error {
+	c, err := a.dial(a.socket, "")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return fn(ctx, c)
+}
+
 func newRootCmd(a *app) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "brokerctl",
@@ -110,6 +123,8 @@ $CREDBROKER_SERVER_UID (comma-separated): that could be another user squatting o
 		newHealthCmd(a),
 		newImportCmd(a), // importcmd.go
 		newRekeyCmd(a),  // keyset_prune.go
+		newWorkloadCmd(a),
+		newExecCmd(a),
 	)
 	return root
 }

@@ -24,6 +24,8 @@ type statusJSON struct {
 	Tools         []string `json:"tools"`
 	// Limits are the credentials with spending limits (economics.go).
 	Limits []credentialLimitsJSON `json:"limits"`
+	// Workloads are the attestation registrations (workload.go).
+	Workloads []workloadJSON `json:"workloads"`
 
 	statusRotationJSON // rotation.go: warnings, key ids, rotation state
 }
@@ -58,6 +60,7 @@ func newStatusCmd(a *app) *cobra.Command {
 
 					statusRotationJSON: statusRotation(st), // rotation.go
 					Limits:             statusLimits(st),
+					Workloads:          statusWorkloads(st),
 				})
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
@@ -70,6 +73,9 @@ func newStatusCmd(a *app) *cobra.Command {
 			fmt.Fprintf(tw, "tools:\t%s\n", orDash(strings.Join(st.GetTools(), ", ")))
 			for _, c := range st.GetLimitedCredentials() {
 				fmt.Fprintf(tw, "limits %s:\t%s\n", c.GetName(), limitsColumn(c))
+			}
+			for _, w := range st.GetWorkloads() {
+				fmt.Fprintf(tw, "workload %s:\t%s\n", w.GetName(), workloadSelectors(w))
 			}
 			printRotationStatus(tw, st) // rotation.go
 			return tw.Flush()
@@ -91,6 +97,14 @@ func statusLimits(st *credbrokerv1.StatusResponse) []credentialLimitsJSON {
 		if l := limitsOf(c); l != nil {
 			out = append(out, credentialLimitsJSON{c.GetName(), *l})
 		}
+	}
+	return out
+}
+
+func statusWorkloads(st *credbrokerv1.StatusResponse) []workloadJSON {
+	out := []workloadJSON{}
+	for _, w := range st.GetWorkloads() {
+		out = append(out, toWorkloadJSON(w))
 	}
 	return out
 }

@@ -20,6 +20,7 @@ func newTokenCmd(a *app) *cobra.Command {
 		newTokenListCmd(a),
 		newTokenRevokeCmd(a),
 		newTokenInspectCmd(a),
+		newTokenFetchCmd(a), // workload.go
 	)
 }
 

@@ -30,6 +30,9 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	if os.Getenv("CREDBROKER_ATTEST_HELPER") != "" {
+		os.Exit(attestHelper()) // workload_test.go: a registered program, run as another uid
+	}
 	if os.Getenv("CREDBROKER_HOLD_SOCKET") != "" {
 		os.Exit(m.Run()) // TestHelperHoldConnections, run as another uid: nothing to build
 	}

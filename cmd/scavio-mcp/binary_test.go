@@ -14,6 +14,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // binEnv is the test's environment without any CREDBROKER_* variable, plus extra.
@@ -107,10 +108,27 @@ func TestBinaryNoToken(t *testing.T) {
 	if got := s.toolNames(t); len(got) != 2 {
 		t.Errorf("tools/list = %v, want both tools", got)
 	}
+	// No token and no registration: attestation is refused, and the text says how to register.
 	res := s.call(t, webSearch, map[string]any{"query": "x"})
-	wantToolError(t, res, "no broker token: set CREDBROKER_TOKEN or --token-file")
-	if !strings.Contains(stderr.String(), "no broker token") {
+	wantToolError(t, res, "none are registered", "brokerctl workload add")
+	if !strings.Contains(stderr.String(), "fetching tokens by attestation") {
 		t.Errorf("stderr does not explain:\n%s", stderr)
+	}
+
+	// Registered (its uid, its executable pinned by digest): the same binary, with no token at
+	// all, searches.
+	if _, err := tb.admin.AddWorkload(testContext(t), &credbrokerv1.AddWorkloadRequest{Workload: &credbrokerv1.Workload{
+		Name: "scavio-mcp", Tools: []string{webSearch}, Uids: []uint32{uint32(os.Getuid())}, Exe: binPath,
+	}, PinExe: true}); err != nil {
+		t.Fatal(err)
+	}
+	cs, _, stderr = startBinary(t, binEnv("CREDBROKER_SOCKET="+tb.socket))
+	s = &session{ClientSession: cs, log: stderr}
+	if got := s.toolNames(t); !slices.Equal(got, []string{webSearch}) {
+		t.Errorf("registered: tools/list = %v, want [web_search]\nstderr:\n%s", got, stderr)
+	}
+	if res := s.call(t, webSearch, map[string]any{"query": "x"}); res.IsError {
+		t.Errorf("registered, no token: %s", text(res))
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/credbroker/credbroker/client"
@@ -14,9 +15,15 @@ const mintAdvice = "Retrying will not help: ask the operator of brokerd to mint 
 	"(`brokerctl token mint --tools web_search,google_search --ttl 24h`), put it in CREDBROKER_TOKEN " +
 	"or the --token-file of this MCP server's configuration, and restart the server."
 
-const noTokenText = "no broker token: set CREDBROKER_TOKEN or --token-file to a token from " +
-	"`brokerctl token mint --tools web_search,google_search --ttl 24h` in this MCP server's configuration, " +
-	"then restart it. Ask the operator of brokerd for the token; retrying will not help."
+// attestAdvice is what to do when brokerd refuses to attest this server (no token configured).
+const attestAdvice = "Retrying will not help: ask the operator of brokerd to register this server " +
+	"(`brokerctl workload add scavio-mcp --tools web_search,google_search --uid UID --exe PATH`; the message above " +
+	"names what did not match), or configure a token in CREDBROKER_TOKEN or --token-file."
+
+// attestationRefused reports whether a PermissionDenied message is FetchToken's refusal.
+func attestationRefused(msg string) bool {
+	return strings.Contains(msg, "workload registration") || strings.Contains(msg, "cannot attest")
+}
 
 // toolErrorText turns a failed Search into the text of an isError tool result. brokerd's messages
 // already name the cause and, where one exists, the operator command that fixes it (`brokerctl
@@ -71,6 +78,8 @@ func adviceText(tool string, err error) string {
 			"and, if it is brokerd, set CREDBROKER_SERVER_UID to its uid in this MCP server's configuration.", msg)
 	case errors.Is(err, client.ErrUnauthenticated):
 		return fmt.Sprintf("brokerd refused the broker token: %s. %s", msg, mintAdvice)
+	case errors.Is(err, client.ErrPermissionDenied) && attestationRefused(msg):
+		return fmt.Sprintf("brokerd gives this MCP server no token: %s. %s", msg, attestAdvice)
 	case errors.Is(err, client.ErrPermissionDenied):
 		return fmt.Sprintf("the broker token is not scoped for %s: %s. Use another tool, or ask the operator of brokerd "+
 			"to mint a token that includes it (`brokerctl token mint --tools %s ...`).", tool, msg, tool)

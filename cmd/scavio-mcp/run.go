@@ -43,10 +43,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, `Usage: scavio-mcp [--socket PATH] [--token-file FILE]
 
 scavio-mcp is an MCP server on stdio offering web_search and google_search. It searches through
-brokerd, which holds the Scavio API key; scavio-mcp holds only a broker token, read from
-$%s or --token-file (never from the command line). It sends nothing to a socket
-served by another uid than root, its own or one in $CREDBROKER_SERVER_UID. Get a token from the
-operator:
+brokerd, which holds the Scavio API key. With no token configured it holds no secret at all:
+brokerd identifies it from the socket and hands it short-lived tokens, renewed in the background,
+once the operator has registered it:
+
+  brokerctl workload add scavio-mcp --tools web_search,google_search --uid $(id -u) \
+      --exe $(command -v scavio-mcp) --pin-exe
+
+Or a broker token, read from $%s or --token-file (never from the command line). It sends nothing
+to a socket served by another uid than root, its own or one in $CREDBROKER_SERVER_UID.
 
   brokerctl token mint --tools web_search,google_search --ttl 24h --label my-agent
 
@@ -144,11 +149,16 @@ type backend struct {
 // (unreachable, expired, revoked) gets every tool, so that each call reports brokerd's answer at
 // the time, which may have changed (brokerd started, say).
 func connect(ctx context.Context, log *slog.Logger, socket, token string) *backend {
-	if token == "" {
-		log.Warn("no broker token: set " + tokenEnv + " or --token-file; every tool call will say so")
-		return &backend{unusable: noTokenText, tools: toolNames()}
+	var opts []client.Option
+	if token != "" {
+		opts = append(opts, client.WithToken(token))
+	} else {
+		// No secret configured: the client fetches tokens by attestation (brokerd identifies this
+		// process from the socket and matches an operator's `brokerctl workload add`) and renews
+		// them in the background. Each token dies with this process.
+		log.Info("no broker token configured: fetching tokens by attestation (the operator registers this server with `brokerctl workload add`)")
 	}
-	c, err := client.New(socket, client.WithToken(token))
+	c, err := client.New(socket, opts...)
 	if err != nil {
 		log.Error("cannot use the broker token", "err", err)
 		return &backend{unusable: fmt.Sprintf("the broker token cannot be used: %v. %s", err, mintAdvice), tools: toolNames()}

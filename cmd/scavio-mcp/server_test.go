@@ -320,12 +320,10 @@ func TestNoToken(t *testing.T) {
 	for _, tool := range []string{webSearch, googleSearch} {
 		res := s.call(t, tool, map[string]any{"query": "x"})
 		wantToolError(t, res)
-		if text(res) != noTokenText {
-			t.Errorf("%s: text = %q, want %q", tool, text(res), noTokenText)
+		// No token and no registration: attestation is refused, and the text says how to register.
+		if !strings.Contains(text(res), "none are registered") || !strings.Contains(text(res), "brokerctl workload add") {
+			t.Errorf("%s: text = %q", tool, text(res))
 		}
-	}
-	if !strings.HasPrefix(noTokenText, "no broker token: set CREDBROKER_TOKEN or --token-file") {
-		t.Errorf("noTokenText = %q", noTokenText)
 	}
 	if n := tb.fake.Count(); n != 0 {
 		t.Errorf("upstream saw %d requests", n)

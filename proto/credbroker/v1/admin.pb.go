@@ -710,7 +710,10 @@ type MintTokenRequest struct {
 	BudgetPeriod string `protobuf:"bytes,9,opt,name=budget_period,json=budgetPeriod,proto3" json:"budget_period,omitempty"`
 	// shared_cache lets the token be served results cached for other shared-cache tokens (and share
 	// its own); otherwise its cache entries are its own.
-	SharedCache   bool `protobuf:"varint,10,opt,name=shared_cache,json=sharedCache,proto3" json:"shared_cache,omitempty"`
+	SharedCache bool `protobuf:"varint,10,opt,name=shared_cache,json=sharedCache,proto3" json:"shared_cache,omitempty"`
+	// bind_process revokes the token when the calling process exits (brokerd watches it with a
+	// pidfd) and at brokerd's restart: `brokerctl exec` mints so, for the child it runs.
+	BindProcess   bool `protobuf:"varint,11,opt,name=bind_process,json=bindProcess,proto3" json:"bind_process,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -811,6 +814,13 @@ func (x *MintTokenRequest) GetBudgetPeriod() string {
 func (x *MintTokenRequest) GetSharedCache() bool {
 	if x != nil {
 		return x.SharedCache
+	}
+	return false
+}
+
+func (x *MintTokenRequest) GetBindProcess() bool {
+	if x != nil {
+		return x.BindProcess
 	}
 	return false
 }
@@ -1367,8 +1377,10 @@ type StatusResponse struct {
 	// limited_credentials are the credentials that have spending limits, with those limits and
 	// the credits spent this month (name, version, limits and credits_this_month are set).
 	LimitedCredentials []*Credential `protobuf:"bytes,13,rep,name=limited_credentials,json=limitedCredentials,proto3" json:"limited_credentials,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// workloads are the registrations that may fetch tokens by attestation, sorted by name.
+	Workloads     []*Workload `protobuf:"bytes,14,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1488,6 +1500,13 @@ func (x *StatusResponse) GetRotation() []*RotationStatus {
 func (x *StatusResponse) GetLimitedCredentials() []*Credential {
 	if x != nil {
 		return x.LimitedCredentials
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetWorkloads() []*Workload {
+	if x != nil {
+		return x.Workloads
 	}
 	return nil
 }
@@ -1818,7 +1837,10 @@ type AuditRecord struct {
 	// count is how many refused calls or connections this record stands for when brokerd
 	// coalesced them (the same uid and event, such as "no-token" or "not-admin", within one
 	// interval); 0 for a record of a single call.
-	Count         uint64 `protobuf:"varint,40,opt,name=count,proto3" json:"count,omitempty"`
+	Count uint64 `protobuf:"varint,40,opt,name=count,proto3" json:"count,omitempty"`
+	// workload is the registration a FetchToken matched, or the workload of a process-bound token
+	// revoked because its process exited ("revoke-process-exit") or brokerd restarted.
+	Workload      string `protobuf:"bytes,45,opt,name=workload,proto3" json:"workload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2012,6 +2034,13 @@ func (x *AuditRecord) GetCount() uint64 {
 		return x.Count
 	}
 	return 0
+}
+
+func (x *AuditRecord) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
 }
 
 // ListAuditRequest selects audit records.
@@ -3501,6 +3530,455 @@ func (x *ImportCredentialsResponse) GetCredentials() []*Credential {
 	return nil
 }
 
+// Workload is a registration: which callers (selectors, all of which must match) may fetch a
+// token by attestation, and the scope and limits of the tokens they get.
+type Workload struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the registration, [a-z0-9_.-]{1,64}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// tools the fetched tokens are scoped to.
+	Tools []string `protobuf:"bytes,2,rep,name=tools,proto3" json:"tools,omitempty"`
+	// uids: the caller's uid must be one of these (when set).
+	Uids []uint32 `protobuf:"varint,3,rep,packed,name=uids,proto3" json:"uids,omitempty"`
+	// gids: the caller's gid or one of its supplementary groups must be one of these (when set).
+	Gids []uint32 `protobuf:"varint,4,rep,packed,name=gids,proto3" json:"gids,omitempty"`
+	// exe: the caller's executable path (/proc/PID/exe) must be this (when set).
+	Exe string `protobuf:"bytes,5,opt,name=exe,proto3" json:"exe,omitempty"`
+	// exe_sha256: the sha256 of the caller's executable, lowercase hex (when set).
+	ExeSha256 string `protobuf:"bytes,6,opt,name=exe_sha256,json=exeSha256,proto3" json:"exe_sha256,omitempty"`
+	// unit: the systemd unit of the caller's cgroup, e.g. "scavio-mcp.service" (when set).
+	Unit string `protobuf:"bytes,7,opt,name=unit,proto3" json:"unit,omitempty"`
+	// ttl of each fetched token.
+	Ttl *durationpb.Duration `protobuf:"bytes,8,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// max_uses of each fetched token; 0 = unlimited.
+	MaxUses uint64 `protobuf:"varint,9,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	// budget_credits per budget_period ("day" or "month") of each fetched token; 0 = no budget.
+	BudgetCredits uint64 `protobuf:"varint,10,opt,name=budget_credits,json=budgetCredits,proto3" json:"budget_credits,omitempty"`
+	// budget_period is "day" or "month".
+	BudgetPeriod string `protobuf:"bytes,11,opt,name=budget_period,json=budgetPeriod,proto3" json:"budget_period,omitempty"`
+	// rate_limit calls per rate_period of each fetched token; 0 = unlimited.
+	RateLimit uint32 `protobuf:"varint,12,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// rate_period of rate_limit.
+	RatePeriod *durationpb.Duration `protobuf:"bytes,13,opt,name=rate_period,json=ratePeriod,proto3" json:"rate_period,omitempty"`
+	// label given to each fetched token (default "workload:NAME").
+	Label string `protobuf:"bytes,14,opt,name=label,proto3" json:"label,omitempty"`
+	// created_at is when the registration was added.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// created_by_uid is the admin uid that added it.
+	CreatedByUid  uint32 `protobuf:"varint,16,opt,name=created_by_uid,json=createdByUid,proto3" json:"created_by_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Workload) Reset() {
+	*x = Workload{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Workload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Workload) ProtoMessage() {}
+
+func (x *Workload) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Workload.ProtoReflect.Descriptor instead.
+func (*Workload) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *Workload) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Workload) GetTools() []string {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *Workload) GetUids() []uint32 {
+	if x != nil {
+		return x.Uids
+	}
+	return nil
+}
+
+func (x *Workload) GetGids() []uint32 {
+	if x != nil {
+		return x.Gids
+	}
+	return nil
+}
+
+func (x *Workload) GetExe() string {
+	if x != nil {
+		return x.Exe
+	}
+	return ""
+}
+
+func (x *Workload) GetExeSha256() string {
+	if x != nil {
+		return x.ExeSha256
+	}
+	return ""
+}
+
+func (x *Workload) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+func (x *Workload) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *Workload) GetMaxUses() uint64 {
+	if x != nil {
+		return x.MaxUses
+	}
+	return 0
+}
+
+func (x *Workload) GetBudgetCredits() uint64 {
+	if x != nil {
+		return x.BudgetCredits
+	}
+	return 0
+}
+
+func (x *Workload) GetBudgetPeriod() string {
+	if x != nil {
+		return x.BudgetPeriod
+	}
+	return ""
+}
+
+func (x *Workload) GetRateLimit() uint32 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *Workload) GetRatePeriod() *durationpb.Duration {
+	if x != nil {
+		return x.RatePeriod
+	}
+	return nil
+}
+
+func (x *Workload) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *Workload) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Workload) GetCreatedByUid() uint32 {
+	if x != nil {
+		return x.CreatedByUid
+	}
+	return 0
+}
+
+// AddWorkloadRequest registers workload (created_at and created_by_uid are ignored).
+type AddWorkloadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// workload to register.
+	Workload *Workload `protobuf:"bytes,1,opt,name=workload,proto3" json:"workload,omitempty"`
+	// pin_exe asks brokerd to record the sha256 of the file at workload.exe now.
+	PinExe        bool `protobuf:"varint,2,opt,name=pin_exe,json=pinExe,proto3" json:"pin_exe,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddWorkloadRequest) Reset() {
+	*x = AddWorkloadRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddWorkloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddWorkloadRequest) ProtoMessage() {}
+
+func (x *AddWorkloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddWorkloadRequest.ProtoReflect.Descriptor instead.
+func (*AddWorkloadRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *AddWorkloadRequest) GetWorkload() *Workload {
+	if x != nil {
+		return x.Workload
+	}
+	return nil
+}
+
+func (x *AddWorkloadRequest) GetPinExe() bool {
+	if x != nil {
+		return x.PinExe
+	}
+	return false
+}
+
+// AddWorkloadResponse is the stored registration.
+type AddWorkloadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// workload as stored.
+	Workload      *Workload `protobuf:"bytes,1,opt,name=workload,proto3" json:"workload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddWorkloadResponse) Reset() {
+	*x = AddWorkloadResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddWorkloadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddWorkloadResponse) ProtoMessage() {}
+
+func (x *AddWorkloadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddWorkloadResponse.ProtoReflect.Descriptor instead.
+func (*AddWorkloadResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *AddWorkloadResponse) GetWorkload() *Workload {
+	if x != nil {
+		return x.Workload
+	}
+	return nil
+}
+
+// ListWorkloadsRequest has no fields.
+type ListWorkloadsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkloadsRequest) Reset() {
+	*x = ListWorkloadsRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkloadsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkloadsRequest) ProtoMessage() {}
+
+func (x *ListWorkloadsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkloadsRequest.ProtoReflect.Descriptor instead.
+func (*ListWorkloadsRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{53}
+}
+
+// ListWorkloadsResponse lists the registrations.
+type ListWorkloadsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// workloads sorted by name.
+	Workloads     []*Workload `protobuf:"bytes,1,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkloadsResponse) Reset() {
+	*x = ListWorkloadsResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkloadsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkloadsResponse) ProtoMessage() {}
+
+func (x *ListWorkloadsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkloadsResponse.ProtoReflect.Descriptor instead.
+func (*ListWorkloadsResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *ListWorkloadsResponse) GetWorkloads() []*Workload {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
+// RemoveWorkloadRequest names the registration to delete.
+type RemoveWorkloadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the registration.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveWorkloadRequest) Reset() {
+	*x = RemoveWorkloadRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveWorkloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveWorkloadRequest) ProtoMessage() {}
+
+func (x *RemoveWorkloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveWorkloadRequest.ProtoReflect.Descriptor instead.
+func (*RemoveWorkloadRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *RemoveWorkloadRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// RemoveWorkloadResponse is empty.
+type RemoveWorkloadResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveWorkloadResponse) Reset() {
+	*x = RemoveWorkloadResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveWorkloadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveWorkloadResponse) ProtoMessage() {}
+
+func (x *RemoveWorkloadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveWorkloadResponse.ProtoReflect.Descriptor instead.
+func (*RemoveWorkloadResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{56}
+}
+
 // Entry is one credential to import.
 type ImportCredentialsRequest_Entry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3514,7 +3992,7 @@ type ImportCredentialsRequest_Entry struct {
 
 func (x *ImportCredentialsRequest_Entry) Reset() {
 	*x = ImportCredentialsRequest_Entry{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3526,7 +4004,7 @@ func (x *ImportCredentialsRequest_Entry) String() string {
 func (*ImportCredentialsRequest_Entry) ProtoMessage() {}
 
 func (x *ImportCredentialsRequest_Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3609,7 +4087,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\vcredentials\x18\x01 \x03(\v2\x19.credbroker.v1.CredentialR\vcredentials\"-\n" +
 	"\x17DeleteCredentialRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x1a\n" +
-	"\x18DeleteCredentialResponse\"\xfd\x02\n" +
+	"\x18DeleteCredentialResponse\"\xa0\x03\n" +
 	"\x10MintTokenRequest\x12\x14\n" +
 	"\x05tools\x18\x01 \x03(\tR\x05tools\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
@@ -3623,7 +4101,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0ebudget_credits\x18\b \x01(\x04R\rbudgetCredits\x12#\n" +
 	"\rbudget_period\x18\t \x01(\tR\fbudgetPeriod\x12!\n" +
 	"\fshared_cache\x18\n" +
-	" \x01(\bR\vsharedCacheB\v\n" +
+	" \x01(\bR\vsharedCache\x12!\n" +
+	"\fbind_process\x18\v \x01(\bR\vbindProcessB\v\n" +
 	"\t_bind_uid\"t\n" +
 	"\x11MintTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
@@ -3670,7 +4149,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
 	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\x0f\n" +
-	"\rStatusRequest\"\xca\x04\n" +
+	"\rStatusRequest\"\x81\x05\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x129\n" +
 	"\n" +
@@ -3687,7 +4166,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	" \x01(\rR\x10dataPrimaryKeyId\x128\n" +
 	"\tdata_keys\x18\v \x03(\v2\x1b.credbroker.v1.DataKeyUsageR\bdataKeys\x129\n" +
 	"\brotation\x18\f \x03(\v2\x1d.credbroker.v1.RotationStatusR\brotation\x12J\n" +
-	"\x13limited_credentials\x18\r \x03(\v2\x19.credbroker.v1.CredentialR\x12limitedCredentials\"[\n" +
+	"\x13limited_credentials\x18\r \x03(\v2\x19.credbroker.v1.CredentialR\x12limitedCredentials\x125\n" +
+	"\tworkloads\x18\x0e \x03(\v2\x17.credbroker.v1.WorkloadR\tworkloads\"[\n" +
 	"\fDataKeyUsage\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\rR\x05keyId\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\bR\aprimary\x12\x1a\n" +
@@ -3710,7 +4190,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fGetTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"B\n" +
 	"\x10GetTokenResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\x85\x05\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\xa1\x05\n" +
 	"\vAuditRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
@@ -3739,7 +4219,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x03exe\x18\x14 \x01(\tR\x03exe\x12\x12\n" +
 	"\x04comm\x18\x15 \x01(\tR\x04comm\x12#\n" +
 	"\rcredits_saved\x18\x16 \x01(\x04R\fcreditsSaved\x12\x14\n" +
-	"\x05count\x18( \x01(\x04R\x05count\"~\n" +
+	"\x05count\x18( \x01(\x04R\x05count\x12\x1a\n" +
+	"\bworkload\x18- \x01(\tR\bworkload\"~\n" +
 	"\x10ListAuditRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x120\n" +
 	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +
@@ -3844,7 +4325,40 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\"X\n" +
 	"\x19ImportCredentialsResponse\x12;\n" +
-	"\vcredentials\x18\x01 \x03(\v2\x19.credbroker.v1.CredentialR\vcredentials2\x9e\x0e\n" +
+	"\vcredentials\x18\x01 \x03(\v2\x19.credbroker.v1.CredentialR\vcredentials\"\x87\x04\n" +
+	"\bWorkload\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05tools\x18\x02 \x03(\tR\x05tools\x12\x12\n" +
+	"\x04uids\x18\x03 \x03(\rR\x04uids\x12\x12\n" +
+	"\x04gids\x18\x04 \x03(\rR\x04gids\x12\x10\n" +
+	"\x03exe\x18\x05 \x01(\tR\x03exe\x12\x1d\n" +
+	"\n" +
+	"exe_sha256\x18\x06 \x01(\tR\texeSha256\x12\x12\n" +
+	"\x04unit\x18\a \x01(\tR\x04unit\x12+\n" +
+	"\x03ttl\x18\b \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
+	"\bmax_uses\x18\t \x01(\x04R\amaxUses\x12%\n" +
+	"\x0ebudget_credits\x18\n" +
+	" \x01(\x04R\rbudgetCredits\x12#\n" +
+	"\rbudget_period\x18\v \x01(\tR\fbudgetPeriod\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\f \x01(\rR\trateLimit\x12:\n" +
+	"\vrate_period\x18\r \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"ratePeriod\x12\x14\n" +
+	"\x05label\x18\x0e \x01(\tR\x05label\x129\n" +
+	"\n" +
+	"created_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12$\n" +
+	"\x0ecreated_by_uid\x18\x10 \x01(\rR\fcreatedByUid\"b\n" +
+	"\x12AddWorkloadRequest\x123\n" +
+	"\bworkload\x18\x01 \x01(\v2\x17.credbroker.v1.WorkloadR\bworkload\x12\x17\n" +
+	"\apin_exe\x18\x02 \x01(\bR\x06pinExe\"J\n" +
+	"\x13AddWorkloadResponse\x123\n" +
+	"\bworkload\x18\x01 \x01(\v2\x17.credbroker.v1.WorkloadR\bworkload\"\x16\n" +
+	"\x14ListWorkloadsRequest\"N\n" +
+	"\x15ListWorkloadsResponse\x125\n" +
+	"\tworkloads\x18\x01 \x03(\v2\x17.credbroker.v1.WorkloadR\tworkloads\"+\n" +
+	"\x15RemoveWorkloadRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
+	"\x16RemoveWorkloadResponse2\xaf\x10\n" +
 	"\fAdminService\x12Z\n" +
 	"\rPutCredential\x12#.credbroker.v1.PutCredentialRequest\x1a$.credbroker.v1.PutCredentialResponse\x12c\n" +
 	"\x10RotateCredential\x12&.credbroker.v1.RotateCredentialRequest\x1a'.credbroker.v1.RotateCredentialResponse\x12`\n" +
@@ -3867,7 +4381,10 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x05Usage\x12\x1b.credbroker.v1.UsageRequest\x1a\x1c.credbroker.v1.UsageResponse\x12h\n" +
 	"\x11ImportCredentials\x12'.credbroker.v1.ImportCredentialsRequest\x1a(.credbroker.v1.ImportCredentialsResponse(\x01\x12S\n" +
 	"\n" +
-	"WatchAudit\x12 .credbroker.v1.WatchAuditRequest\x1a!.credbroker.v1.WatchAuditResponse0\x01BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"WatchAudit\x12 .credbroker.v1.WatchAuditRequest\x1a!.credbroker.v1.WatchAuditResponse0\x01\x12T\n" +
+	"\vAddWorkload\x12!.credbroker.v1.AddWorkloadRequest\x1a\".credbroker.v1.AddWorkloadResponse\x12Z\n" +
+	"\rListWorkloads\x12#.credbroker.v1.ListWorkloadsRequest\x1a$.credbroker.v1.ListWorkloadsResponse\x12]\n" +
+	"\x0eRemoveWorkload\x12$.credbroker.v1.RemoveWorkloadRequest\x1a%.credbroker.v1.RemoveWorkloadResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -3881,7 +4398,7 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*Credential)(nil),                     // 0: credbroker.v1.Credential
 	(*CredentialLimits)(nil),               // 1: credbroker.v1.CredentialLimits
@@ -3933,107 +4450,127 @@ var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*UsageResponse)(nil),                  // 47: credbroker.v1.UsageResponse
 	(*ImportCredentialsRequest)(nil),       // 48: credbroker.v1.ImportCredentialsRequest
 	(*ImportCredentialsResponse)(nil),      // 49: credbroker.v1.ImportCredentialsResponse
-	(*ImportCredentialsRequest_Entry)(nil), // 50: credbroker.v1.ImportCredentialsRequest.Entry
-	(*timestamppb.Timestamp)(nil),          // 51: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 52: google.protobuf.Duration
+	(*Workload)(nil),                       // 50: credbroker.v1.Workload
+	(*AddWorkloadRequest)(nil),             // 51: credbroker.v1.AddWorkloadRequest
+	(*AddWorkloadResponse)(nil),            // 52: credbroker.v1.AddWorkloadResponse
+	(*ListWorkloadsRequest)(nil),           // 53: credbroker.v1.ListWorkloadsRequest
+	(*ListWorkloadsResponse)(nil),          // 54: credbroker.v1.ListWorkloadsResponse
+	(*RemoveWorkloadRequest)(nil),          // 55: credbroker.v1.RemoveWorkloadRequest
+	(*RemoveWorkloadResponse)(nil),         // 56: credbroker.v1.RemoveWorkloadResponse
+	(*ImportCredentialsRequest_Entry)(nil), // 57: credbroker.v1.ImportCredentialsRequest.Entry
+	(*timestamppb.Timestamp)(nil),          // 58: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 59: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	51, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
-	51, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
+	58, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
+	58, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
 	2,  // 2: credbroker.v1.Credential.policy:type_name -> credbroker.v1.RotationPolicy
-	51, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
+	58, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
 	1,  // 4: credbroker.v1.Credential.limits:type_name -> credbroker.v1.CredentialLimits
-	52, // 5: credbroker.v1.CredentialLimits.rate_period:type_name -> google.protobuf.Duration
-	52, // 6: credbroker.v1.CredentialLimits.max_wait:type_name -> google.protobuf.Duration
-	52, // 7: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
+	59, // 5: credbroker.v1.CredentialLimits.rate_period:type_name -> google.protobuf.Duration
+	59, // 6: credbroker.v1.CredentialLimits.max_wait:type_name -> google.protobuf.Duration
+	59, // 7: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
 	0,  // 8: credbroker.v1.PutCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 9: credbroker.v1.RotateCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 10: credbroker.v1.ListCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	52, // 11: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
-	52, // 12: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
-	51, // 13: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	51, // 14: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	51, // 15: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	51, // 16: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
-	51, // 17: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
-	52, // 18: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
+	59, // 11: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
+	59, // 12: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
+	58, // 13: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	58, // 14: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	58, // 15: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	58, // 16: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	58, // 17: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	59, // 18: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
 	13, // 19: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
 	13, // 20: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	51, // 21: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	52, // 22: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
+	58, // 21: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	59, // 22: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
 	20, // 23: credbroker.v1.StatusResponse.data_keys:type_name -> credbroker.v1.DataKeyUsage
 	21, // 24: credbroker.v1.StatusResponse.rotation:type_name -> credbroker.v1.RotationStatus
 	0,  // 25: credbroker.v1.StatusResponse.limited_credentials:type_name -> credbroker.v1.Credential
-	51, // 26: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
-	51, // 27: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
-	51, // 28: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
-	13, // 29: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	51, // 30: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	52, // 31: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
-	51, // 32: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
-	24, // 33: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
-	51, // 34: credbroker.v1.WatchAuditRequest.since:type_name -> google.protobuf.Timestamp
-	24, // 35: credbroker.v1.WatchAuditResponse.records:type_name -> credbroker.v1.AuditRecord
-	51, // 36: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 37: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
-	31, // 38: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
-	42, // 39: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
-	0,  // 40: credbroker.v1.RollbackCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	2,  // 41: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
-	0,  // 42: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
-	0,  // 43: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	51, // 44: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
-	1,  // 45: credbroker.v1.SetCredentialLimitsRequest.limits:type_name -> credbroker.v1.CredentialLimits
-	0,  // 46: credbroker.v1.SetCredentialLimitsResponse.credential:type_name -> credbroker.v1.Credential
-	51, // 47: credbroker.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
-	46, // 48: credbroker.v1.UsageResponse.rows:type_name -> credbroker.v1.UsageRow
-	50, // 49: credbroker.v1.ImportCredentialsRequest.entries:type_name -> credbroker.v1.ImportCredentialsRequest.Entry
-	0,  // 50: credbroker.v1.ImportCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	3,  // 51: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
-	5,  // 52: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
-	7,  // 53: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
-	9,  // 54: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
-	11, // 55: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
-	14, // 56: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
-	16, // 57: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
-	18, // 58: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
-	22, // 59: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
-	25, // 60: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
-	29, // 61: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	32, // 62: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
-	34, // 63: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
-	36, // 64: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
-	38, // 65: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
-	40, // 66: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
-	43, // 67: credbroker.v1.AdminService.SetCredentialLimits:input_type -> credbroker.v1.SetCredentialLimitsRequest
-	45, // 68: credbroker.v1.AdminService.Usage:input_type -> credbroker.v1.UsageRequest
-	48, // 69: credbroker.v1.AdminService.ImportCredentials:input_type -> credbroker.v1.ImportCredentialsRequest
-	27, // 70: credbroker.v1.AdminService.WatchAudit:input_type -> credbroker.v1.WatchAuditRequest
-	4,  // 71: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
-	6,  // 72: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
-	8,  // 73: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
-	10, // 74: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
-	12, // 75: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
-	15, // 76: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
-	17, // 77: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
-	19, // 78: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
-	23, // 79: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
-	26, // 80: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
-	30, // 81: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	33, // 82: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
-	35, // 83: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
-	37, // 84: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
-	39, // 85: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
-	41, // 86: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
-	44, // 87: credbroker.v1.AdminService.SetCredentialLimits:output_type -> credbroker.v1.SetCredentialLimitsResponse
-	47, // 88: credbroker.v1.AdminService.Usage:output_type -> credbroker.v1.UsageResponse
-	49, // 89: credbroker.v1.AdminService.ImportCredentials:output_type -> credbroker.v1.ImportCredentialsResponse
-	28, // 90: credbroker.v1.AdminService.WatchAudit:output_type -> credbroker.v1.WatchAuditResponse
-	71, // [71:91] is the sub-list for method output_type
-	51, // [51:71] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	50, // 26: credbroker.v1.StatusResponse.workloads:type_name -> credbroker.v1.Workload
+	58, // 27: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
+	58, // 28: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
+	58, // 29: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	13, // 30: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
+	58, // 31: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	59, // 32: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
+	58, // 33: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 34: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
+	58, // 35: credbroker.v1.WatchAuditRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 36: credbroker.v1.WatchAuditResponse.records:type_name -> credbroker.v1.AuditRecord
+	58, // 37: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 38: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
+	31, // 39: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
+	42, // 40: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
+	0,  // 41: credbroker.v1.RollbackCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	2,  // 42: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
+	0,  // 43: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
+	0,  // 44: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	58, // 45: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
+	1,  // 46: credbroker.v1.SetCredentialLimitsRequest.limits:type_name -> credbroker.v1.CredentialLimits
+	0,  // 47: credbroker.v1.SetCredentialLimitsResponse.credential:type_name -> credbroker.v1.Credential
+	58, // 48: credbroker.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
+	46, // 49: credbroker.v1.UsageResponse.rows:type_name -> credbroker.v1.UsageRow
+	57, // 50: credbroker.v1.ImportCredentialsRequest.entries:type_name -> credbroker.v1.ImportCredentialsRequest.Entry
+	0,  // 51: credbroker.v1.ImportCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
+	59, // 52: credbroker.v1.Workload.ttl:type_name -> google.protobuf.Duration
+	59, // 53: credbroker.v1.Workload.rate_period:type_name -> google.protobuf.Duration
+	58, // 54: credbroker.v1.Workload.created_at:type_name -> google.protobuf.Timestamp
+	50, // 55: credbroker.v1.AddWorkloadRequest.workload:type_name -> credbroker.v1.Workload
+	50, // 56: credbroker.v1.AddWorkloadResponse.workload:type_name -> credbroker.v1.Workload
+	50, // 57: credbroker.v1.ListWorkloadsResponse.workloads:type_name -> credbroker.v1.Workload
+	3,  // 58: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
+	5,  // 59: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
+	7,  // 60: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
+	9,  // 61: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
+	11, // 62: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
+	14, // 63: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
+	16, // 64: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
+	18, // 65: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
+	22, // 66: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
+	25, // 67: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
+	29, // 68: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	32, // 69: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
+	34, // 70: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
+	36, // 71: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
+	38, // 72: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
+	40, // 73: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
+	43, // 74: credbroker.v1.AdminService.SetCredentialLimits:input_type -> credbroker.v1.SetCredentialLimitsRequest
+	45, // 75: credbroker.v1.AdminService.Usage:input_type -> credbroker.v1.UsageRequest
+	48, // 76: credbroker.v1.AdminService.ImportCredentials:input_type -> credbroker.v1.ImportCredentialsRequest
+	27, // 77: credbroker.v1.AdminService.WatchAudit:input_type -> credbroker.v1.WatchAuditRequest
+	51, // 78: credbroker.v1.AdminService.AddWorkload:input_type -> credbroker.v1.AddWorkloadRequest
+	53, // 79: credbroker.v1.AdminService.ListWorkloads:input_type -> credbroker.v1.ListWorkloadsRequest
+	55, // 80: credbroker.v1.AdminService.RemoveWorkload:input_type -> credbroker.v1.RemoveWorkloadRequest
+	4,  // 81: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
+	6,  // 82: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
+	8,  // 83: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
+	10, // 84: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
+	12, // 85: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
+	15, // 86: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
+	17, // 87: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
+	19, // 88: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
+	23, // 89: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
+	26, // 90: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
+	30, // 91: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	33, // 92: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
+	35, // 93: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
+	37, // 94: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
+	39, // 95: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
+	41, // 96: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
+	44, // 97: credbroker.v1.AdminService.SetCredentialLimits:output_type -> credbroker.v1.SetCredentialLimitsResponse
+	47, // 98: credbroker.v1.AdminService.Usage:output_type -> credbroker.v1.UsageResponse
+	49, // 99: credbroker.v1.AdminService.ImportCredentials:output_type -> credbroker.v1.ImportCredentialsResponse
+	28, // 100: credbroker.v1.AdminService.WatchAudit:output_type -> credbroker.v1.WatchAuditResponse
+	52, // 101: credbroker.v1.AdminService.AddWorkload:output_type -> credbroker.v1.AddWorkloadResponse
+	54, // 102: credbroker.v1.AdminService.ListWorkloads:output_type -> credbroker.v1.ListWorkloadsResponse
+	56, // 103: credbroker.v1.AdminService.RemoveWorkload:output_type -> credbroker.v1.RemoveWorkloadResponse
+	81, // [81:104] is the sub-list for method output_type
+	58, // [58:81] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -4051,7 +4588,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   51,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,9 @@ const (
 	AdminService_Usage_FullMethodName               = "/credbroker.v1.AdminService/Usage"
 	AdminService_ImportCredentials_FullMethodName   = "/credbroker.v1.AdminService/ImportCredentials"
 	AdminService_WatchAudit_FullMethodName          = "/credbroker.v1.AdminService/WatchAudit"
+	AdminService_AddWorkload_FullMethodName         = "/credbroker.v1.AdminService/AddWorkload"
+	AdminService_ListWorkloads_FullMethodName       = "/credbroker.v1.AdminService/ListWorkloads"
+	AdminService_RemoveWorkload_FullMethodName      = "/credbroker.v1.AdminService/RemoveWorkload"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -107,6 +110,15 @@ type AdminServiceClient interface {
 	// watch itself is audited once when it starts (event "watch") and once when it ends; the
 	// records it sends are not, so a follower does not grow the log it follows.
 	WatchAudit(ctx context.Context, in *WatchAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAuditResponse], error)
+	// AddWorkload registers a program that may fetch tokens by attestation (SearchService.FetchToken)
+	// with no secret. AlreadyExists if the name is taken; InvalidArgument unless at least one of
+	// uids, gids or unit is set.
+	AddWorkload(ctx context.Context, in *AddWorkloadRequest, opts ...grpc.CallOption) (*AddWorkloadResponse, error)
+	// ListWorkloads returns every registration, sorted by name.
+	ListWorkloads(ctx context.Context, in *ListWorkloadsRequest, opts ...grpc.CallOption) (*ListWorkloadsResponse, error)
+	// RemoveWorkload deletes a registration; tokens already fetched through it live on until they
+	// expire, are revoked or their process exits. NotFound for an unknown name.
+	RemoveWorkload(ctx context.Context, in *RemoveWorkloadRequest, opts ...grpc.CallOption) (*RemoveWorkloadResponse, error)
 }
 
 type adminServiceClient struct {
@@ -329,6 +341,36 @@ func (c *adminServiceClient) WatchAudit(ctx context.Context, in *WatchAuditReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_WatchAuditClient = grpc.ServerStreamingClient[WatchAuditResponse]
 
+func (c *adminServiceClient) AddWorkload(ctx context.Context, in *AddWorkloadRequest, opts ...grpc.CallOption) (*AddWorkloadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddWorkloadResponse)
+	err := c.cc.Invoke(ctx, AdminService_AddWorkload_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListWorkloads(ctx context.Context, in *ListWorkloadsRequest, opts ...grpc.CallOption) (*ListWorkloadsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWorkloadsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListWorkloads_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RemoveWorkload(ctx context.Context, in *RemoveWorkloadRequest, opts ...grpc.CallOption) (*RemoveWorkloadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveWorkloadResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveWorkload_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -395,6 +437,15 @@ type AdminServiceServer interface {
 	// watch itself is audited once when it starts (event "watch") and once when it ends; the
 	// records it sends are not, so a follower does not grow the log it follows.
 	WatchAudit(*WatchAuditRequest, grpc.ServerStreamingServer[WatchAuditResponse]) error
+	// AddWorkload registers a program that may fetch tokens by attestation (SearchService.FetchToken)
+	// with no secret. AlreadyExists if the name is taken; InvalidArgument unless at least one of
+	// uids, gids or unit is set.
+	AddWorkload(context.Context, *AddWorkloadRequest) (*AddWorkloadResponse, error)
+	// ListWorkloads returns every registration, sorted by name.
+	ListWorkloads(context.Context, *ListWorkloadsRequest) (*ListWorkloadsResponse, error)
+	// RemoveWorkload deletes a registration; tokens already fetched through it live on until they
+	// expire, are revoked or their process exits. NotFound for an unknown name.
+	RemoveWorkload(context.Context, *RemoveWorkloadRequest) (*RemoveWorkloadResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -464,6 +515,15 @@ func (UnimplementedAdminServiceServer) ImportCredentials(grpc.ClientStreamingSer
 }
 func (UnimplementedAdminServiceServer) WatchAudit(*WatchAuditRequest, grpc.ServerStreamingServer[WatchAuditResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchAudit not implemented")
+}
+func (UnimplementedAdminServiceServer) AddWorkload(context.Context, *AddWorkloadRequest) (*AddWorkloadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddWorkload not implemented")
+}
+func (UnimplementedAdminServiceServer) ListWorkloads(context.Context, *ListWorkloadsRequest) (*ListWorkloadsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWorkloads not implemented")
+}
+func (UnimplementedAdminServiceServer) RemoveWorkload(context.Context, *RemoveWorkloadRequest) (*RemoveWorkloadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveWorkload not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -828,6 +888,60 @@ func _AdminService_WatchAudit_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_WatchAuditServer = grpc.ServerStreamingServer[WatchAuditResponse]
 
+func _AdminService_AddWorkload_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddWorkloadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AddWorkload(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_AddWorkload_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AddWorkload(ctx, req.(*AddWorkloadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListWorkloads_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWorkloadsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListWorkloads(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListWorkloads_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListWorkloads(ctx, req.(*ListWorkloadsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RemoveWorkload_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveWorkloadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveWorkload(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveWorkload_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveWorkload(ctx, req.(*RemoveWorkloadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -906,6 +1020,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Usage",
 			Handler:    _AdminService_Usage_Handler,
+		},
+		{
+			MethodName: "AddWorkload",
+			Handler:    _AdminService_AddWorkload_Handler,
+		},
+		{
+			MethodName: "ListWorkloads",
+			Handler:    _AdminService_ListWorkloads_Handler,
+		},
+		{
+			MethodName: "RemoveWorkload",
+			Handler:    _AdminService_RemoveWorkload_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -546,6 +546,134 @@ func (x *WhoAmIResponse) GetBindUid() uint32 {
 	return 0
 }
 
+// FetchTokenRequest asks for a token by attestation.
+type FetchTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tools the token should be scoped to: a subset of the registration's; empty means all of them.
+	Tools         []string `protobuf:"bytes,1,rep,name=tools,proto3" json:"tools,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchTokenRequest) Reset() {
+	*x = FetchTokenRequest{}
+	mi := &file_credbroker_v1_search_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchTokenRequest) ProtoMessage() {}
+
+func (x *FetchTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_search_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchTokenRequest.ProtoReflect.Descriptor instead.
+func (*FetchTokenRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_search_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *FetchTokenRequest) GetTools() []string {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+// FetchTokenResponse is the minted token.
+type FetchTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is the bearer token, shown once.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// id of the token.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// expires_at is when the token stops working (earlier if the process exits).
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// workload is the name of the registration that matched.
+	Workload string `protobuf:"bytes,4,opt,name=workload,proto3" json:"workload,omitempty"`
+	// tools the token is scoped to.
+	Tools         []string `protobuf:"bytes,5,rep,name=tools,proto3" json:"tools,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchTokenResponse) Reset() {
+	*x = FetchTokenResponse{}
+	mi := &file_credbroker_v1_search_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchTokenResponse) ProtoMessage() {}
+
+func (x *FetchTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_search_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchTokenResponse.ProtoReflect.Descriptor instead.
+func (*FetchTokenResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_search_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *FetchTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *FetchTokenResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *FetchTokenResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *FetchTokenResponse) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *FetchTokenResponse) GetTools() []string {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
 var File_credbroker_v1_search_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_search_proto_rawDesc = "" +
@@ -597,10 +725,21 @@ const file_credbroker_v1_search_proto_rawDesc = "" +
 	"\bmax_uses\x18\x05 \x01(\x04R\amaxUses\x12\x12\n" +
 	"\x04uses\x18\x06 \x01(\x04R\x04uses\x12\x1e\n" +
 	"\bbind_uid\x18\a \x01(\rH\x00R\abindUid\x88\x01\x01B\v\n" +
-	"\t_bind_uid2\x9d\x01\n" +
+	"\t_bind_uid\")\n" +
+	"\x11FetchTokenRequest\x12\x14\n" +
+	"\x05tools\x18\x01 \x03(\tR\x05tools\"\xa7\x01\n" +
+	"\x12FetchTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x129\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1a\n" +
+	"\bworkload\x18\x04 \x01(\tR\bworkload\x12\x14\n" +
+	"\x05tools\x18\x05 \x03(\tR\x05tools2\xf0\x01\n" +
 	"\rSearchService\x12E\n" +
 	"\x06Search\x12\x1c.credbroker.v1.SearchRequest\x1a\x1d.credbroker.v1.SearchResponse\x12E\n" +
-	"\x06WhoAmI\x12\x1c.credbroker.v1.WhoAmIRequest\x1a\x1d.credbroker.v1.WhoAmIResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x06WhoAmI\x12\x1c.credbroker.v1.WhoAmIRequest\x1a\x1d.credbroker.v1.WhoAmIResponse\x12Q\n" +
+	"\n" +
+	"FetchToken\x12 .credbroker.v1.FetchTokenRequest\x1a!.credbroker.v1.FetchTokenResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_search_proto_rawDescOnce sync.Once
@@ -614,7 +753,7 @@ func file_credbroker_v1_search_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_search_proto_rawDescData
 }
 
-var file_credbroker_v1_search_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_credbroker_v1_search_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_credbroker_v1_search_proto_goTypes = []any{
 	(*SearchRequest)(nil),         // 0: credbroker.v1.SearchRequest
 	(*GoogleSearchOptions)(nil),   // 1: credbroker.v1.GoogleSearchOptions
@@ -622,27 +761,32 @@ var file_credbroker_v1_search_proto_goTypes = []any{
 	(*SearchResponse)(nil),        // 3: credbroker.v1.SearchResponse
 	(*WhoAmIRequest)(nil),         // 4: credbroker.v1.WhoAmIRequest
 	(*WhoAmIResponse)(nil),        // 5: credbroker.v1.WhoAmIResponse
-	(*structpb.Struct)(nil),       // 6: google.protobuf.Struct
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*FetchTokenRequest)(nil),     // 6: credbroker.v1.FetchTokenRequest
+	(*FetchTokenResponse)(nil),    // 7: credbroker.v1.FetchTokenResponse
+	(*structpb.Struct)(nil),       // 8: google.protobuf.Struct
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_credbroker_v1_search_proto_depIdxs = []int32{
-	1, // 0: credbroker.v1.SearchRequest.google:type_name -> credbroker.v1.GoogleSearchOptions
-	6, // 1: credbroker.v1.SearchResult.raw:type_name -> google.protobuf.Struct
-	2, // 2: credbroker.v1.SearchResponse.results:type_name -> credbroker.v1.SearchResult
-	6, // 3: credbroker.v1.SearchResponse.metadata:type_name -> google.protobuf.Struct
-	7, // 4: credbroker.v1.SearchResponse.cache_age:type_name -> google.protobuf.Duration
-	7, // 5: credbroker.v1.SearchResponse.rate_limit_wait:type_name -> google.protobuf.Duration
-	8, // 6: credbroker.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
-	0, // 7: credbroker.v1.SearchService.Search:input_type -> credbroker.v1.SearchRequest
-	4, // 8: credbroker.v1.SearchService.WhoAmI:input_type -> credbroker.v1.WhoAmIRequest
-	3, // 9: credbroker.v1.SearchService.Search:output_type -> credbroker.v1.SearchResponse
-	5, // 10: credbroker.v1.SearchService.WhoAmI:output_type -> credbroker.v1.WhoAmIResponse
-	9, // [9:11] is the sub-list for method output_type
-	7, // [7:9] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	1,  // 0: credbroker.v1.SearchRequest.google:type_name -> credbroker.v1.GoogleSearchOptions
+	8,  // 1: credbroker.v1.SearchResult.raw:type_name -> google.protobuf.Struct
+	2,  // 2: credbroker.v1.SearchResponse.results:type_name -> credbroker.v1.SearchResult
+	8,  // 3: credbroker.v1.SearchResponse.metadata:type_name -> google.protobuf.Struct
+	9,  // 4: credbroker.v1.SearchResponse.cache_age:type_name -> google.protobuf.Duration
+	9,  // 5: credbroker.v1.SearchResponse.rate_limit_wait:type_name -> google.protobuf.Duration
+	10, // 6: credbroker.v1.WhoAmIResponse.expires_at:type_name -> google.protobuf.Timestamp
+	10, // 7: credbroker.v1.FetchTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 8: credbroker.v1.SearchService.Search:input_type -> credbroker.v1.SearchRequest
+	4,  // 9: credbroker.v1.SearchService.WhoAmI:input_type -> credbroker.v1.WhoAmIRequest
+	6,  // 10: credbroker.v1.SearchService.FetchToken:input_type -> credbroker.v1.FetchTokenRequest
+	3,  // 11: credbroker.v1.SearchService.Search:output_type -> credbroker.v1.SearchResponse
+	5,  // 12: credbroker.v1.SearchService.WhoAmI:output_type -> credbroker.v1.WhoAmIResponse
+	7,  // 13: credbroker.v1.SearchService.FetchToken:output_type -> credbroker.v1.FetchTokenResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_search_proto_init() }
@@ -658,7 +802,7 @@ func file_credbroker_v1_search_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_search_proto_rawDesc), len(file_credbroker_v1_search_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

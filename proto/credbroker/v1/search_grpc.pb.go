@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SearchService_Search_FullMethodName = "/credbroker.v1.SearchService/Search"
-	SearchService_WhoAmI_FullMethodName = "/credbroker.v1.SearchService/WhoAmI"
+	SearchService_Search_FullMethodName     = "/credbroker.v1.SearchService/Search"
+	SearchService_WhoAmI_FullMethodName     = "/credbroker.v1.SearchService/WhoAmI"
+	SearchService_FetchToken_FullMethodName = "/credbroker.v1.SearchService/FetchToken"
 )
 
 // SearchServiceClient is the client API for SearchService service.
@@ -36,6 +37,13 @@ type SearchServiceClient interface {
 	Search(ctx context.Context, in *SearchRequest, opts ...grpc.CallOption) (*SearchResponse, error)
 	// WhoAmI describes the token the call was made with (never its secret).
 	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
+	// FetchToken mints a token for the calling process by attestation, with no bearer token: brokerd
+	// identifies the caller from the socket (uid, gids, executable and its sha256, systemd unit)
+	// and finds the one workload registration (AdminService.AddWorkload) whose selectors all match.
+	// The token is bound to the caller's uid and revoked when the calling process exits.
+	// PermissionDenied, naming what did not match, when no registration matches or two match with
+	// different scopes.
+	FetchToken(ctx context.Context, in *FetchTokenRequest, opts ...grpc.CallOption) (*FetchTokenResponse, error)
 }
 
 type searchServiceClient struct {
@@ -66,6 +74,16 @@ func (c *searchServiceClient) WhoAmI(ctx context.Context, in *WhoAmIRequest, opt
 	return out, nil
 }
 
+func (c *searchServiceClient) FetchToken(ctx context.Context, in *FetchTokenRequest, opts ...grpc.CallOption) (*FetchTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FetchTokenResponse)
+	err := c.cc.Invoke(ctx, SearchService_FetchToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SearchServiceServer is the server API for SearchService service.
 // All implementations must embed UnimplementedSearchServiceServer
 // for forward compatibility.
@@ -79,6 +97,13 @@ type SearchServiceServer interface {
 	Search(context.Context, *SearchRequest) (*SearchResponse, error)
 	// WhoAmI describes the token the call was made with (never its secret).
 	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
+	// FetchToken mints a token for the calling process by attestation, with no bearer token: brokerd
+	// identifies the caller from the socket (uid, gids, executable and its sha256, systemd unit)
+	// and finds the one workload registration (AdminService.AddWorkload) whose selectors all match.
+	// The token is bound to the caller's uid and revoked when the calling process exits.
+	// PermissionDenied, naming what did not match, when no registration matches or two match with
+	// different scopes.
+	FetchToken(context.Context, *FetchTokenRequest) (*FetchTokenResponse, error)
 	mustEmbedUnimplementedSearchServiceServer()
 }
 
@@ -94,6 +119,9 @@ func (UnimplementedSearchServiceServer) Search(context.Context, *SearchRequest) 
 }
 func (UnimplementedSearchServiceServer) WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method WhoAmI not implemented")
+}
+func (UnimplementedSearchServiceServer) FetchToken(context.Context, *FetchTokenRequest) (*FetchTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FetchToken not implemented")
 }
 func (UnimplementedSearchServiceServer) mustEmbedUnimplementedSearchServiceServer() {}
 func (UnimplementedSearchServiceServer) testEmbeddedByValue()                       {}
@@ -152,6 +180,24 @@ func _SearchService_WhoAmI_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SearchService_FetchToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FetchTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SearchServiceServer).FetchToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SearchService_FetchToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SearchServiceServer).FetchToken(ctx, req.(*FetchTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SearchService_ServiceDesc is the grpc.ServiceDesc for SearchService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -166,6 +212,10 @@ var SearchService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "WhoAmI",
 			Handler:    _SearchService_WhoAmI_Handler,
+		},
+		{
+			MethodName: "FetchToken",
+			Handler:    _SearchService_FetchToken_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

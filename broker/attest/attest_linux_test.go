@@ -1,0 +1,122 @@
+package attest
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/credbroker/credbroker/broker/peercred"
+)
+
+func TestParseUnitAndGroups(t *testing.T) {
+	for in, want := range map[string]string{
+		"0::/system.slice/scavio-mcp.service\n":                                    "scavio-mcp.service",
+		"0::/user.slice/user-1000.slice/user@1000.service/app.slice/mcp.service\n": "mcp.service",
+		"0::/user.slice/user-1000.slice/session-2.scope\n":                         "session-2.scope",
+		"0::/\n": "",
+		"12:pids:/system.slice/x.service\n0::/user.slice/user-1000.slice/x.service/sub\n": "x.service",
+	} {
+		if got := parseUnit([]byte(in)); got != want {
+			t.Errorf("parseUnit(%q) = %q, want %q", in, got, want)
+		}
+	}
+	got := parseGroups([]byte("Name:\tx\nUid:\t1\t1\t1\t1\nGroups:\t4 24 1000 \nNgid:\t0\n"))
+	if len(got) != 3 || got[0] != 4 || got[2] != 1000 {
+		t.Errorf("parseGroups = %v", got)
+	}
+}
+
+// TestPinRefusesAnotherStartTime: a pid whose start time is not the one vouched for at accept
+// (the pid was reused) is never pinned.
+func TestPinRefusesAnotherStartTime(t *testing.T) {
+	p, err := Pin(int32(os.Getpid()), 1, 0)
+	if err == nil {
+		p.Close()
+		t.Fatal("pinned a process with the wrong start time")
+	}
+	if _, err := Pin(int32(os.Getpid()), 0, 0); !errors.Is(err, ErrUnidentified) {
+		t.Fatalf("no start time: %v", err)
+	}
+}
+
+// TestWatchSeesExit: Watch fires when the pinned process exits, and not before; a stopped watch
+// never fires.
+func TestWatchSeesExit(t *testing.T) {
+	start := func() (*exec.Cmd, *Pinned) {
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			t.Skip("no sleep binary:", err)
+		}
+		st, err := peercred.StartTime(int32(cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := Pin(int32(cmd.Process.Pid), st, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cmd, p
+	}
+	cmd, p := start()
+	exited := make(chan struct{})
+	if err := p.Watch(make(chan struct{}), func() { close(exited) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+		t.Fatal("watch fired while the process lives")
+	default:
+	}
+	cmd.Process.Kill()
+	<-exited // the test's own timeout bounds this
+	cmd.Wait()
+
+	cmd, p = start()
+	stop := make(chan struct{})
+	fired := make(chan struct{}, 1)
+	if err := p.Watch(stop, func() { fired <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	cmd.Process.Kill()
+	cmd.Wait()
+	// The stopped watch's pidfd is closed and nothing else holds it; a fired callback would
+	// already have been sent by the time a second, live watch on another process fires.
+	cmd2, p2 := start()
+	done := make(chan struct{})
+	p2.Watch(make(chan struct{}), func() { close(done) })
+	cmd2.Process.Kill()
+	<-done
+	cmd2.Wait()
+	select {
+	case <-fired:
+		t.Fatal("a stopped watch fired")
+	default:
+	}
+}
+
+// TestPinByPidfdInode: on pidfs (Linux 6.9+) the pidfd's inode names the process, with no /proc
+// read: the same process pins, another inode does not.
+func TestPinByPidfdInode(t *testing.T) {
+	fd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Skip("no pidfd_open:", err)
+	}
+	ino := peercred.PidfdInode(fd)
+	unix.Close(fd)
+	if ino == 0 {
+		t.Skip("pidfds are not on pidfs here (Linux < 6.9)")
+	}
+	p, err := Pin(int32(os.Getpid()), 0, ino)
+	if err != nil {
+		t.Fatalf("same process: %v", err)
+	}
+	p.Close()
+	if p, err := Pin(int32(os.Getpid()), 0, ino+1); err == nil {
+		p.Close()
+		t.Fatal("pinned with another process's inode")
+	}
+}

@@ -1,0 +1,250 @@
+package attest
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/credbroker/credbroker/broker/peercred"
+)
+
+// Pinned is a pidfd for a caller, proven to be the process that connected. Close it when done;
+// Watch takes ownership of it instead.
+type Pinned struct {
+	pid   int32
+	pidfd int
+}
+
+// Pin opens a pidfd for pid and checks it is the process the connection's pidfd named at accept:
+// on Linux 6.9+ by the pidfd's inode on pidfs (inode, unique per process, needs no /proc), else
+// by the start time read then (peercred.AuthInfo.StartTime; a pid reused since has a later one).
+// The order matters as in peercred.identify: open the pidfd, read, then check that the pidfd's
+// process is still not reaped, so what was read is the pinned process's.
+func Pin(pid int32, startTime, inode uint64) (*Pinned, error) {
+	if pid <= 0 || (startTime == 0 && inode == 0) {
+		return nil, fmt.Errorf("%w: brokerd could not pin the caller with a pidfd when it connected (Linux 6.5+ needed)", ErrUnidentified)
+	}
+	fd, err := unix.PidfdOpen(int(pid), unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the process has exited", ErrUnidentified)
+	}
+	p := &Pinned{pid: pid, pidfd: fd}
+	same := false
+	if inode != 0 {
+		same = peercred.PidfdInode(fd) == inode
+	} else if st, err := peercred.StartTime(pid); err == nil {
+		same = st == startTime
+	}
+	if !same || !p.alive() {
+		p.Close()
+		return nil, fmt.Errorf("%w: the process that connected has exited", ErrUnidentified)
+	}
+	return p, nil
+}
+
+// alive reports whether the pinned process has not been reaped, so /proc/PID is still its own.
+func (p *Pinned) alive() bool {
+	raw, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(p.pidfd))
+	if err != nil {
+		return false
+	}
+	for line := range bytes.SplitSeq(raw, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte("Pid:")); ok {
+			n, err := strconv.Atoi(string(bytes.TrimSpace(v)))
+			return err == nil && n == int(p.pid)
+		}
+	}
+	return false
+}
+
+// Close releases the pidfd.
+func (p *Pinned) Close() {
+	if p.pidfd >= 0 {
+		unix.Close(p.pidfd)
+		p.pidfd = -1
+	}
+}
+
+// Inspect reads what attestation matches on. uid and gid are SO_PEERCRED's (the credentials the
+// process connected with); groups, exe and unit come from /proc, then the pidfd is checked again
+// so they cannot belong to a process that reused the pid.
+func (p *Pinned) Inspect(uid, gid uint32) (*Process, error) {
+	dir := "/proc/" + strconv.Itoa(int(p.pid))
+	proc := &Process{PID: p.pid, UID: uid, GID: gid}
+	if raw, err := os.ReadFile(dir + "/status"); err == nil {
+		proc.Groups = parseGroups(raw)
+	}
+	if exe, err := os.Readlink(dir + "/exe"); err == nil {
+		proc.Exe = exe
+		exePath := dir + "/exe"
+		proc.digest = func() (string, error) { return digests.sum(exePath, p) }
+	}
+	if raw, err := os.ReadFile(dir + "/cgroup"); err == nil {
+		proc.Unit = parseUnit(raw)
+	}
+	if !p.alive() {
+		return nil, fmt.Errorf("%w: the process exited while brokerd looked at it", ErrUnidentified)
+	}
+	return proc, nil
+}
+
+// parseGroups returns the supplementary groups of a /proc/PID/status.
+func parseGroups(status []byte) []uint32 {
+	sc := bufio.NewScanner(bytes.NewReader(status))
+	for sc.Scan() {
+		v, ok := strings.CutPrefix(sc.Text(), "Groups:")
+		if !ok {
+			continue
+		}
+		var out []uint32
+		for _, f := range strings.Fields(v) {
+			if g, err := strconv.ParseUint(f, 10, 32); err == nil {
+				out = append(out, uint32(g))
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// parseUnit returns the innermost systemd unit (".service" or ".scope") in the cgroup v2 path of
+// a /proc/PID/cgroup ("0::/system.slice/scavio-mcp.service"), or "" for none.
+func parseUnit(cgroup []byte) string {
+	for line := range strings.SplitSeq(string(cgroup), "\n") {
+		path, ok := strings.CutPrefix(line, "0::")
+		if !ok {
+			continue
+		}
+		parts := strings.Split(path, "/")
+		for i := len(parts) - 1; i >= 0; i-- {
+			if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
+				return parts[i]
+			}
+		}
+	}
+	return ""
+}
+
+// fileKey identifies an executable's content well enough to reuse its digest: a rewritten file
+// changes its mtime or size, a replaced one its inode.
+type fileKey struct {
+	dev, ino uint64
+	size     int64
+	mtime    time.Time
+}
+
+// digestCache keeps executables' sha256 by fileKey, so a program that fetches a token every few
+// minutes is hashed once. Bounded: past maxDigests it starts over.
+type digestCache struct {
+	mu sync.Mutex
+	m  map[fileKey]string
+}
+
+const maxDigests = 1024
+
+var digests = &digestCache{m: make(map[fileKey]string)}
+
+// sum returns the sha256 of the file at exePath (a /proc/PID/exe link, which opens the very file
+// the process runs even if its path was replaced since), checking p is still alive afterwards.
+func (c *digestCache) sum(exePath string, p *Pinned) (string, error) {
+	f, err := os.Open(exePath)
+	if err != nil {
+		return "", fmt.Errorf("executable unreadable by brokerd: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	if st == nil {
+		return "", fmt.Errorf("executable: no stat")
+	}
+	key := fileKey{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtime: fi.ModTime()}
+	c.mu.Lock()
+	d, ok := c.m[key]
+	c.mu.Unlock()
+	if !ok {
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return "", fmt.Errorf("executable: %w", err)
+		}
+		d = hex.EncodeToString(h.Sum(nil))
+		c.mu.Lock()
+		if len(c.m) >= maxDigests {
+			clear(c.m)
+		}
+		c.m[key] = d
+		c.mu.Unlock()
+	}
+	if !p.alive() {
+		return "", fmt.Errorf("%w: the process exited while brokerd looked at it", ErrUnidentified)
+	}
+	return d, nil
+}
+
+// FileSHA256 returns the sha256 of the file at path, hex (for `workload add --pin-exe`).
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Watch calls onExit once the pinned process exits (its pidfd turns readable), unless stop was
+// closed before the exit was seen. It takes ownership of p. The wait is on Go's netpoller (the pidfd is
+// non-blocking), so a thousand watched processes cost a thousand parked goroutines, not threads.
+func (p *Pinned) Watch(stop <-chan struct{}, onExit func()) error {
+	f := os.NewFile(uintptr(p.pidfd), "pidfd")
+	p.pidfd = -1
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	exited := make(chan struct{})
+	readable := func(fd uintptr) bool {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		return err == nil && n > 0
+	}
+	go func() {
+		var seen bool
+		// Read returns once fn reports the pidfd readable, or with an error when f is closed
+		// (stop): only the first is an exit.
+		rc.Read(func(fd uintptr) bool { seen = readable(fd); return seen })
+		if seen {
+			close(exited)
+		}
+	}()
+	go func() {
+		select {
+		case <-exited:
+			f.Close()
+			select {
+			case <-stop: // stopped before the exit was seen: the watch is over
+			default:
+				onExit()
+			}
+		case <-stop:
+			f.Close() // ends the Read above with an error
+		}
+	}()
+	return nil
+}

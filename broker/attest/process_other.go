@@ -1,0 +1,46 @@
+//go:build !linux
+
+package attest
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Pinned is a pinned caller; attestation needs Linux (pidfds, /proc), so elsewhere there is none.
+type Pinned struct{}
+
+// Pin refuses: brokerd attests callers on Linux only.
+func Pin(int32, uint64, uint64) (*Pinned, error) {
+	return nil, fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
+}
+
+// Close does nothing.
+func (*Pinned) Close() {}
+
+// Inspect is never reached (Pin refuses).
+func (*Pinned) Inspect(uint32, uint32) (*Process, error) {
+	return nil, fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
+}
+
+// Watch is never reached (Pin refuses).
+func (*Pinned) Watch(<-chan struct{}, func()) error {
+	return fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
+}
+
+// FileSHA256 returns the sha256 of the file at path, hex.
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
