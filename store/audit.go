@@ -490,6 +490,9 @@ func (w *auditWriter) close() {
 	w.once.Do(func() {
 		close(w.quit)
 		<-w.done
+		// run wakes the watchers too, but after closing done: wake here as well, so that every
+		// AuditCommitted channel taken before Close is closed by the time Close returns.
+		w.wake()
 	})
 }
 
