@@ -42,6 +42,12 @@ tests=$(cat <<'LIST'
 ./cmd/brokerd                TestSIGTERMDrainsInFlightCall|TestShutdownTimeoutEndsCallsCleanly|TestFailedFsyncNeverContradictsTheDatabase|TestDiskFull|TestDiskFullKillRestart|TestSocketActivation|TestSystemdNotify|TestSystemdNoWatchdogWithoutUsec|TestStartupRefusals|TestMasterKeyRotationEndToEnd|TestKill9AndRestart  30
 ./cmd/brokerd                TestBigBodyStormRSS|TestRekeyKill9EndToEnd|TestCrashConsistency|TestLoad1000Clients|TestSoak  5
 ./cmd/brokerd                TestConnectionCapKeepsAdminsIn|TestTokenlessFloodIsCoalescedAcrossShutdown  30
+./cmd/brokerd                TestWorkloadAttestation|TestExecRevokesOnExit|TestClientRenewsAsAnotherUID|TestHTTPFrontProcess|TestHTTPFrontTCPKnowsTheCallersUID|TestBrokerctlRefusesSquattedSocket|TestAdminGIDMatchesSupplementaryGroups  10
+./cmd/scavio-mcp             TestNoTokenRenewsAcrossTTLs|TestBinaryNoToken  10
+./broker/httpfront           .*  10
+./broker/attest              .*  30
+./broker/grpcapi             TestRefusalsCarryErrorInfo  30
+./store                      TestAuditCommittedSignal|TestAuditPruneInBatchesBetweenCommits  30
 ./store                      TestAppendAuditRacingClose|TestKeysDuringRewrap|TestSecondOpenFailsFast|TestPutTokenAudited  30
 LIST
 )
