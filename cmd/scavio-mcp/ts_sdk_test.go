@@ -16,7 +16,7 @@ import (
 
 // TestTypeScriptSDKNoToken: an MCP client on the official TypeScript SDK drives the scavio-mcp
 // binary configured with no token at all, across several token lifetimes, with no failed call.
-// Tests reach no network, so the SDK is not installed here: set CREDBROKER_TS_SDK to a directory
+// .ci/run installs the SDK (npm, pinned) and sets CREDBROKER_TS_SDK, a directory
 // holding node_modules/@modelcontextprotocol/sdk (`npm install @modelcontextprotocol/sdk@1`).
 func TestTypeScriptSDKNoToken(t *testing.T) {
 	sdk := os.Getenv("CREDBROKER_TS_SDK")
