@@ -43,7 +43,7 @@ tests=$(cat <<'LIST'
 ./cmd/brokerd                TestBigBodyStormRSS|TestRekeyKill9EndToEnd|TestCrashConsistency|TestLoad1000Clients|TestSoak  5
 ./cmd/brokerd                TestConnectionCapKeepsAdminsIn|TestTokenlessFloodIsCoalescedAcrossShutdown  30
 ./cmd/brokerd                TestWorkloadAttestation|TestExecRevokesOnExit|TestClientRenewsAsAnotherUID|TestHTTPFrontProcess|TestHTTPFrontTCPKnowsTheCallersUID|TestBrokerctlRefusesSquattedSocket|TestAdminGIDMatchesSupplementaryGroups  10
-./cmd/scavio-mcp             TestNoTokenRenewsAcrossTTLs|TestBinaryNoToken  10
+./cmd/scavio-mcp             TestNoTokenRenewsAcrossTTLs|TestBinaryNoToken|TestTypeScriptSDKNoToken  10
 ./broker/httpfront           .*  10
 ./broker/attest              .*  30
 ./broker/grpcapi             TestRefusalsCarryErrorInfo  30
