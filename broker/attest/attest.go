@@ -11,8 +11,12 @@
 package attest
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"strings"
 
@@ -153,4 +157,24 @@ func Match(regs []store.Workload, p *Process, tools []string) (store.Workload, e
 		}
 	}
 	return *matched[0], nil
+}
+
+// FileSHA256 returns the sha256 of the file at path, hex (for `workload add --pin-exe`).
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return readerSHA256(f)
+}
+
+// readerSHA256 is the hex sha256 of everything r holds: the one digest an --exe-sha256 selector,
+// --pin-exe and the executable cache all compare.
+func readerSHA256(r io.Reader) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

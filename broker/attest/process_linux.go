@@ -3,10 +3,7 @@ package attest
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -176,11 +173,9 @@ func (c *digestCache) sum(exePath string, p *Pinned) (string, error) {
 	d, ok := c.m[key]
 	c.mu.Unlock()
 	if !ok {
-		h := sha256.New()
-		if _, err := io.Copy(h, f); err != nil {
+		if d, err = readerSHA256(f); err != nil {
 			return "", fmt.Errorf("executable: %w", err)
 		}
-		d = hex.EncodeToString(h.Sum(nil))
 		c.mu.Lock()
 		if len(c.m) >= maxDigests {
 			clear(c.m)
@@ -192,20 +187,6 @@ func (c *digestCache) sum(exePath string, p *Pinned) (string, error) {
 		return "", fmt.Errorf("%w: the process exited while brokerd looked at it", ErrUnidentified)
 	}
 	return d, nil
-}
-
-// FileSHA256 returns the sha256 of the file at path, hex (for `workload add --pin-exe`).
-func FileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Watch calls onExit once the pinned process exits (its pidfd turns readable), unless stop was

@@ -3,11 +3,7 @@
 package attest
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
-	"os"
 )
 
 // Pinned is a pinned caller; attestation needs Linux (pidfds, /proc), so elsewhere there is none.
@@ -31,16 +27,3 @@ func (*Pinned) Watch(<-chan struct{}, func()) error {
 	return fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
 }
 
-// FileSHA256 returns the sha256 of the file at path, hex.
-func FileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
