@@ -26,4 +26,3 @@ func (*Pinned) Inspect(uint32, uint32) (*Process, error) {
 func (*Pinned) Watch(<-chan struct{}, func()) error {
 	return fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
 }
-
