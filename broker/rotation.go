@@ -376,7 +376,13 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 	if err != nil {
 		return nil, version, cause
 	}
-	resp, err := b.upstream.DoDetached(ctx, detached, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, prev)
+	// The previous key's attempts enter the credential's 429 gate like the current key's, and its
+	// error is redacted against the key it was sent with, as callUpstream does for the current one.
+	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached,
+		upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, prev)
+	if err != nil {
+		err = redacted(err, prev)
+	}
 	clear(prev)
 	b.noteReflection(ctx, tool, c.Previous, resp, err)
 	if upstream.MayHaveBilled(err) {

@@ -104,18 +104,17 @@ func errAuditRefused() error {
 // disk recovers goes ahead. The refusal itself is still recorded afterwards when possible. The
 // calls in answersUnaudited are not gated.
 func (a auditor) run(ctx context.Context, ci *broker.CallInfo, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	refused := errAuditRefused()
 	switch name := strings.TrimPrefix(info.FullMethod, adminPrefix); {
 	case changesState[name]:
 		if err := a.b.RecordCall(ctx, broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ctx), Code: "Started", Info: &broker.CallInfo{Event: "started"}}); err != nil {
 			a.log.Error("audit record not written; refusing the call before it runs", "method", info.FullMethod, "err", err)
-			return nil, refused
+			return nil, errAuditRefused()
 		}
 	case answersUnaudited[name]:
 		// Not gated: it reports the failure instead.
 	default:
 		if err := a.b.AuditHealthy(); err != nil {
-			return nil, refused
+			return nil, errAuditRefused() // built only when refusing: it marshals an ErrorInfo
 		}
 	}
 	return handler(broker.WithCallInfo(ctx, ci), req)
