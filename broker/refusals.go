@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/connlimit"
 	"github.com/credbroker/credbroker/broker/metrics"
 )
 
@@ -38,9 +39,9 @@ const (
 	RefusedNotAdmin      = "not-admin"
 	RefusedUnknownMethod = "unknown-method"
 	RefusedUndecodable   = "undecodable-request"
-	RefusedConnUID       = "conn-limit-uid"      // the uid has --max-conns-per-uid connections open
-	RefusedConnTotal     = "conn-limit-total"    // brokerd has --max-conns connections open
-	RefusedAttestation   = "attestation-refused" // FetchToken: no registration matches the process
+	RefusedConnUID       = connlimit.ReasonPerUID // the uid has --max-conns-per-uid connections open
+	RefusedConnTotal     = connlimit.ReasonTotal  // brokerd has --max-conns connections open
+	RefusedAttestation   = "attestation-refused"  // FetchToken: no registration matches the process
 )
 
 // RefusalReasons lists every reason, for metrics that should start at 0.

@@ -78,7 +78,7 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	}
 	if status.Code(err) == codes.Unauthenticated {
 		// No valid token: anyone who can reach the socket can cause this, as often as they like.
-		a.b.RecordRefusal(ctx, record(codes.Unauthenticated.String()), tokenRefusal(ci.Event))
+		a.b.RecordRefusal(ctx, record(codes.Unauthenticated.String()), TokenRefusal(ci.Event))
 		return nil, withCallMetadata(err, ci)
 	}
 	if aerr := a.b.RecordCall(ctx, record(status.Code(err).String())); aerr != nil {
@@ -94,8 +94,11 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 
 // errAuditRefused is what a call refused because its audit record cannot be written is told.
 func errAuditRefused() error {
-	return refuse(codes.Unavailable, broker.ReasonAuditUnavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk", 0, nil)
+	return refuse(codes.Unavailable, broker.ReasonAuditUnavailable, AuditRefusedMessage, 0, nil)
 }
+
+// AuditRefusedMessage is what a call refused for want of its audit record is told (gRPC and HTTP).
+const AuditRefusedMessage = "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk"
 
 // run gates the handler on the audit log: a state-changing admin call first makes a "started"
 // record durable; any other call starts only while audit writes succeed (a Search runs before its
@@ -120,8 +123,9 @@ func (a auditor) run(ctx context.Context, ci *broker.CallInfo, req any, info *gr
 	return handler(broker.WithCallInfo(ctx, ci), req)
 }
 
-// tokenRefusal is the refusal reason for an Unauthenticated call whose CallInfo event is event.
-func tokenRefusal(event string) string {
+// TokenRefusal is the refusal reason for an Unauthenticated call whose CallInfo event is event:
+// one of a fixed set (the refusal metric's labels and the coalescer's keys), whatever the event.
+func TokenRefusal(event string) string {
 	switch event {
 	case broker.RefusedNoToken, broker.RefusedInvalidToken, broker.RefusedRevokedToken, broker.RefusedExpiredToken,
 		broker.RefusedBoundMisuse, broker.RefusedSpentToken:
@@ -159,7 +163,7 @@ func (a auditor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 	rec := broker.CallRecord{Method: method, Caller: callerFrom(ss.Context()), Code: status.Code(err).String(), Latency: time.Since(start), Info: ci}
 	if aerr := a.b.RecordCall(ss.Context(), rec); aerr != nil {
 		a.log.Error("audit record not written", "method", method, "err", aerr)
-		return refuse(codes.Unavailable, broker.ReasonAuditUnavailable, "brokerd cannot write its audit log", 0, nil)
+		return errAuditRefused()
 	}
 	return err
 }

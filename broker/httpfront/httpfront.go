@@ -156,7 +156,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.b.AuditHealthy(); err != nil {
-		writeRefusal(w, http.StatusServiceUnavailable, broker.ReasonAuditUnavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk", 0)
+		writeRefusal(w, http.StatusServiceUnavailable, broker.ReasonAuditUnavailable, grpcapi.AuditRefusedMessage, 0)
 		return
 	}
 	res, err := h.b.Search(ctx, raw, caller, req)
@@ -166,14 +166,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if code == codes.Unauthenticated {
 		// No valid token: coalesced like the gRPC side's token refusals (broker/refusals.go).
-		event := ci.Event
-		if event == "" {
-			event = broker.RefusedInvalidToken
-		}
-		h.b.RecordRefusal(ctx, record(code), event)
+		h.b.RecordRefusal(ctx, record(code), grpcapi.TokenRefusal(ci.Event))
 	} else if aerr := h.b.RecordCall(ctx, record(code)); aerr != nil {
 		h.log.Error("audit record not written; failing the call", "method", ep.method, "err", aerr)
-		writeRefusal(w, http.StatusServiceUnavailable, broker.ReasonAuditUnavailable, "brokerd cannot write its audit log, so the call was refused; the operator must check brokerd's log and disk", 0)
+		writeRefusal(w, http.StatusServiceUnavailable, broker.ReasonAuditUnavailable, grpcapi.AuditRefusedMessage, 0)
 		return
 	}
 	h.rateLimitHeaders(w, ci.TokenID)
