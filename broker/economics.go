@@ -175,9 +175,9 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 	call.ci = *ci // what the caller knows so far; the computation's record from here on
 	// Counted before the computation can start, so WaitSettled and Drain never miss one; the
 	// computation exits, or this caller if it did not start one.
-	if !b.flights.enter() {
+	if err := b.flights.enter(); err != nil {
 		call.use.settle(false)
-		return nil, refusal(ReasonShuttingDown, 0, fmt.Errorf("%w; retry when it is back", ErrShuttingDown))
+		return nil, err
 	}
 	var (
 		v   any

@@ -49,18 +49,33 @@ func newFlights() *flights {
 	return f
 }
 
-// enter counts a computation starting; false once Drain has begun.
-func (f *flights) enter() bool {
+// maxFlights bounds the searches' upstream computations in flight at once. A computation may
+// outlive its caller (it settles what the upstream may bill), so a token holder who sends and
+// cancels in a loop against a slow upstream could otherwise pile up goroutines and upstream
+// connections without bound: past this, a search is refused at once (RATE_LIMITED, retry in 1s).
+// 1024 is 16 connections' worth of gRPC's 64 concurrent calls each.
+const maxFlights = 1024
+
+// errFlightsFull refuses a search while maxFlights computations are in flight.
+var errFlightsFull = refusal(ReasonRateLimited, time.Second,
+	fmt.Errorf("%w: brokerd has %d searches in flight, the most it runs at once; retry in 1s", ErrRateLimited, maxFlights))
+
+// enter counts a computation starting: ErrShuttingDown once Drain has begun, errFlightsFull at
+// maxFlights.
+func (f *flights) enter() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
-		return false
+		return refusal(ReasonShuttingDown, 0, fmt.Errorf("%w; retry when it is back", ErrShuttingDown))
+	}
+	if f.n >= maxFlights {
+		return errFlightsFull
 	}
 	if f.n == 0 {
 		f.idle = make(chan struct{})
 	}
 	f.n++
-	return true
+	return nil
 }
 
 func (f *flights) exit() {

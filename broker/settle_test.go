@@ -131,3 +131,23 @@ func TestDrainCutsOffSentCallsAsCharged(t *testing.T) {
 		t.Fatalf("search after Drain: %v, want ErrShuttingDown", err)
 	}
 }
+
+// Computations that outlive their callers are bounded: at maxFlights in flight the next search is
+// refused at once as rate limited (retry in 1s), and one ending makes room again.
+func TestFlightsAreBounded(t *testing.T) {
+	f := newFlights()
+	for i := range maxFlights {
+		if err := f.enter(); err != nil {
+			t.Fatalf("enter %d: %v", i, err)
+		}
+	}
+	err := f.enter()
+	var r *Refusal
+	if !errors.Is(err, ErrRateLimited) || !errors.As(err, &r) || r.Reason != ReasonRateLimited || r.RetryAfter != time.Second {
+		t.Fatalf("enter past maxFlights: %v, want RATE_LIMITED with a 1s retry", err)
+	}
+	f.exit()
+	if err := f.enter(); err != nil {
+		t.Fatalf("enter after one exit: %v", err)
+	}
+}
