@@ -21,6 +21,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/metrics"
+	"github.com/credbroker/credbroker/broker/upstream"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -136,10 +137,10 @@ func toolLabel(method string, req any) string {
 	return "unknown"
 }
 
-// meteredUpstreamClient is the HTTP client for the upstream: upstreamTransport (no proxy unless
+// meteredUpstreamClient is the HTTP client for the upstream: upstream.NewTransport (no proxy unless
 // --upstream-proxy), wrapped to time each attempt and count its status.
 func meteredUpstreamClient(proxy *url.URL) *http.Client {
-	return &http.Client{Transport: meteredTransport{upstreamTransport(proxy)}}
+	return &http.Client{Transport: meteredTransport{upstream.NewTransport(proxy)}}
 }
 
 // meteredTransport observes each upstream attempt. Labels are the request path (from the tool

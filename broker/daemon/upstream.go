@@ -1,14 +1,11 @@
 package daemon
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"strings"
-	"time"
 )
 
 // CheckUpstream validates --upstream-url and --upstream-proxy before anything starts, and returns
@@ -58,28 +55,4 @@ func hostOnly(u *url.URL) string {
 		return "an empty host"
 	}
 	return u.Host
-}
-
-// upstreamTransport is the transport for upstream calls. It never reads HTTP_PROXY, HTTPS_PROXY
-// or NO_PROXY: a proxy variable in brokerd's environment (inherited from a shell, a unit's
-// Environment=, a container image) would silently route every call, and its key, through the
-// proxy. A proxy is used only when the operator names it with --upstream-proxy.
-func upstreamTransport(proxy *url.URL) *http.Transport {
-	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	t := &http.Transport{
-		Proxy:                 nil,
-		DialContext:           dialer.DialContext,
-		ForceAttemptHTTP2:     true,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   5 * time.Second,
-		ResponseHeaderTimeout: 15 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		MaxIdleConns:          64,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-	}
-	if proxy != nil {
-		t.Proxy = http.ProxyURL(proxy)
-	}
-	return t
 }

@@ -163,7 +163,7 @@ func New(cfg Config) (*Client, error) {
 		hc := *cfg.HTTPClient
 		c.hc = &hc
 	} else {
-		c.hc = &http.Client{Transport: defaultTransport()}
+		c.hc = &http.Client{Transport: NewTransport(nil)}
 	}
 	// A redirect would replay the x-api-key header (which net/http does not treat as sensitive) to
 	// wherever the Location points. Scavio does not redirect API calls, so a 3xx is an error.
@@ -203,11 +203,12 @@ func parseBaseURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
-func defaultTransport() *http.Transport {
+// NewTransport is the transport upstream calls use (brokerd wraps it for its metrics). It never
+// reads HTTP_PROXY, HTTPS_PROXY or NO_PROXY: an inherited variable would route every call, and its
+// key, through whatever proxy it names; a proxy is used only when given here (--upstream-proxy).
+func NewTransport(proxy *url.URL) *http.Transport {
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	return &http.Transport{
-		// Never HTTP(S)_PROXY from the environment: an inherited variable would route the key
-		// through whatever proxy it names. A caller that wants a proxy passes its own HTTPClient.
+	t := &http.Transport{
 		Proxy:               nil,
 		DialContext:         dialer.DialContext,
 		ForceAttemptHTTP2:   true,
@@ -218,11 +219,18 @@ func defaultTransport() *http.Transport {
 		// caller saw ("attempt timed out" or net/http's "timeout awaiting response headers").
 		ExpectContinueTimeout: time.Second,
 		// Every agent's call goes to the same host through one broker: keep enough idle
-		// connections for a burst instead of the default 2 per host.
+		// connections for a burst instead of the default 2 per host, and open no more than that
+		// at once (calls past it wait for one, within their deadline), so neither a burst nor
+		// searches whose callers left can turn into an fd per call.
 		MaxIdleConns:        64,
 		MaxIdleConnsPerHost: 64,
+		MaxConnsPerHost:     64,
 		IdleConnTimeout:     90 * time.Second,
 	}
+	if proxy != nil {
+		t.Proxy = http.ProxyURL(proxy)
+	}
+	return t
 }
 
 func (c *Client) endpoint(p string) (string, error) {
