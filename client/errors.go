@@ -90,8 +90,7 @@ type Error struct {
 	// From the status's google.rpc.ErrorInfo and RetryInfo, when brokerd sent them.
 	reason   string
 	metadata map[string]string
-	retry    time.Duration
-	hasRetry bool
+	retry    time.Duration // 0: none sent
 	st       *status.Status
 }
 
@@ -104,7 +103,7 @@ func (e *Error) Reason() string { return e.reason }
 // RetryDelay is how long brokerd says to wait before the same call can succeed
 // (google.rpc.RetryInfo), and whether it said: a rate limit's wait, a budget's reset. When ok is
 // false, waiting is not known to help.
-func (e *Error) RetryDelay() (time.Duration, bool) { return e.retry, e.hasRetry }
+func (e *Error) RetryDelay() (time.Duration, bool) { return e.retry, e.retry > 0 }
 
 // Metadata is what brokerd says the refused call used: token_id, tool, credential (ids and names,
 // never a secret). It may be empty; the map is a copy.
@@ -185,7 +184,7 @@ func withDetails(e *Error, st *status.Status) *Error {
 			}
 		case *errdetails.RetryInfo:
 			if delay := d.GetRetryDelay(); delay != nil && delay.IsValid() && delay.AsDuration() > 0 {
-				e.retry, e.hasRetry = delay.AsDuration(), true
+				e.retry = delay.AsDuration()
 			}
 		}
 	}

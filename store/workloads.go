@@ -82,7 +82,7 @@ func (s *Store) ListWorkloads() ([]Workload, error) {
 			}
 			var w Workload
 			if err := json.Unmarshal(body, &w); err != nil || w.Name != string(k) {
-				return fmt.Errorf("%w: workload record %q does not decode", ErrCorrupt, k)
+				return fmt.Errorf("%w: workload record %q does not decode; restore the database from a backup, or `brokerctl workload remove %s` and add it again", ErrCorrupt, k, k)
 			}
 			out = append(out, w)
 			return nil

@@ -43,6 +43,9 @@ type Process struct {
 	// ExeSHA256 is computed on demand (Digest): only registrations with a digest need it.
 	ExeSHA256 string
 	Unit      string
+	// UnitUnreadable: brokerd could not read the process's cgroup (another user's process under
+	// ProtectProc=invisible), so an empty Unit says nothing about it.
+	UnitUnreadable bool
 	// digest computes ExeSHA256; nil in tests that set it directly.
 	digest func() (string, error)
 }
@@ -97,9 +100,12 @@ func mismatches(w *store.Workload, p *Process, tools []string) []string {
 		}
 	}
 	if w.Unit != "" && p.Unit != w.Unit {
-		if p.Unit == "" {
+		switch {
+		case p.UnitUnreadable:
+			out = append(out, "unit (unreadable by brokerd)")
+		case p.Unit == "":
 			out = append(out, "unit (not in a systemd unit)")
-		} else {
+		default:
 			out = append(out, fmt.Sprintf("unit %s", p.Unit))
 		}
 	}

@@ -89,6 +89,8 @@ func (p *Pinned) Inspect(uid, gid uint32) (*Process, error) {
 	}
 	if raw, err := os.ReadFile(dir + "/cgroup"); err == nil {
 		proc.Unit = parseUnit(raw)
+	} else {
+		proc.UnitUnreadable = true
 	}
 	if !p.alive() {
 		return nil, fmt.Errorf("%w: the process exited while brokerd looked at it", ErrUnidentified)
