@@ -52,17 +52,8 @@ func Pin(pid int32, startTime, inode uint64) (*Pinned, error) {
 
 // alive reports whether the pinned process has not been reaped, so /proc/PID is still its own.
 func (p *Pinned) alive() bool {
-	raw, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(p.pidfd))
-	if err != nil {
-		return false
-	}
-	for line := range bytes.SplitSeq(raw, []byte("\n")) {
-		if v, ok := bytes.CutPrefix(line, []byte("Pid:")); ok {
-			n, err := strconv.Atoi(string(bytes.TrimSpace(v)))
-			return err == nil && n == int(p.pid)
-		}
-	}
-	return false
+	pid, err := peercred.PidfdPID(p.pidfd)
+	return err == nil && pid == p.pid
 }
 
 // Close releases the pidfd.

@@ -40,7 +40,7 @@ var errExited = errors.New("peer process has exited")
 // The check reads fdinfo rather than sending signal 0 through the pidfd: that needs permission to
 // signal the peer, which brokerd (another uid, no CAP_KILL) lacks for most callers.
 func identify(pidfd int) (process, error) {
-	pid, err := pidfdPID(pidfd)
+	pid, err := PidfdPID(pidfd)
 	if err != nil {
 		return process{}, err
 	}
@@ -55,16 +55,16 @@ func identify(pidfd int) (process, error) {
 	if start, err := StartTime(pid); err == nil {
 		p.start = start
 	}
-	if again, err := pidfdPID(pidfd); err != nil || again != pid {
+	if again, err := PidfdPID(pidfd); err != nil || again != pid {
 		return process{pid: pid}, errExited
 	}
 	return p, nil
 }
 
-// pidfdPID returns the pid a pidfd refers to, from the "Pid:" line of its fdinfo: -1 once the
+// PidfdPID returns the pid a pidfd refers to, from the "Pid:" line of its fdinfo: -1 once the
 // process has been reaped, 0 when it is outside the pid namespace of the /proc brokerd reads
 // (the same /proc the other reads use, so the numbers agree).
-func pidfdPID(pidfd int) (int32, error) {
+func PidfdPID(pidfd int) (int32, error) {
 	raw, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(pidfd))
 	if err != nil {
 		return 0, err
