@@ -288,7 +288,7 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 		res.Credits = n
 	}
 	// The decoded results (maps, strings, structpb later) take about four times the body's bytes.
-	res.size = 4*int64(len(resp.Body)) + 512
+	res.size, res.body = 4*int64(len(resp.Body))+512, int64(len(resp.Body))
 	ci.Credits = res.Credits
 	return res, true, nil
 }

@@ -274,7 +274,12 @@ type SearchResult struct {
 	RateLimitWait     time.Duration  // how long the call waited for a slot of the credential's rate limiter
 
 	size int64 // bytes it holds in the result cache
+	// body is the length of the upstream answer the results were decoded from (0: unknown).
+	body int64
 }
+
+// BodyBytes is the length of the upstream answer behind the result, or 0 when unknown.
+func (r *SearchResult) BodyBytes() int64 { return r.body }
 
 // parseResults decodes an upstream response body. The body is the upstream's, so its content is
 // never echoed into an error.
