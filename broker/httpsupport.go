@@ -78,6 +78,8 @@ func (b *Broker) TokenRateLimit(id string) (RateLimitState, bool) {
 const (
 	HTTPSearchMethod = "POST /api/v1/search"
 	HTTPGoogleMethod = "POST /api/v1/google"
+	// HTTPTokenMethod is FetchToken over HTTP (attestation on the Unix-socket HTTP front).
+	HTTPTokenMethod = "POST /credbroker/v1/token"
 )
 
 // isSearchMethod reports whether an audit record's method is a search, over gRPC or HTTP.

@@ -4,6 +4,9 @@
 // scope, limits, budget, cache, redaction), is audited like a gRPC Search, and is refused in
 // Scavio's error shape with the same reasons as the gRPC edge (grpcapi.Classify). An existing
 // Scavio client works by changing only its base URL.
+//
+// On a Unix socket it also serves POST /credbroker/v1/token, the gRPC FetchToken by attestation:
+// a program with no secret at all gets a token bound to its own process.
 package httpfront
 
 import (
@@ -70,8 +73,9 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if info, err := peercred.Read(c); err == nil {
+				ctx = context.WithValue(ctx, unixPeerKey{}, true)
 				return context.WithValue(ctx, callerKey{}, broker.Caller{UID: info.UID, GID: info.GID, PID: info.PID, Known: true,
-					PIDFD: info.PIDFD, Exe: info.Exe, Comm: info.Comm})
+					PIDFD: info.PIDFD, Exe: info.Exe, Comm: info.Comm, StartTime: info.StartTime, PidfdInode: info.PidfdInode})
 			}
 			// Loopback TCP: the uid from the kernel's socket table (gid and pid are not there,
 			// and stay 0). Where it cannot be found the caller stays unknown, and uid-bound
@@ -87,6 +91,10 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 }
 
 type callerKey struct{}
+
+// unixPeerKey marks a connection whose peer the kernel named by SO_PEERCRED (a Unix socket): only
+// such a peer has a process that attestation can inspect and pin.
+type unixPeerKey struct{}
 
 func callerFrom(ctx context.Context) broker.Caller {
 	c, _ := ctx.Value(callerKey{}).(broker.Caller)
@@ -115,13 +123,17 @@ type body struct {
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ep, ok := endpoints[r.URL.Path]
-	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("brokerd serves POST %s and POST %s only", "/api/v1/search", "/api/v1/google"), "")
+	if !ok && r.URL.Path != TokenPath {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("brokerd serves POST %s, POST %s and POST %s only", "/api/v1/search", "/api/v1/google", TokenPath), "")
 		return
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.URL.Path+" takes POST", "")
+		return
+	}
+	if r.URL.Path == TokenPath {
+		h.serveToken(w, r)
 		return
 	}
 	caller := callerFrom(r.Context())
