@@ -33,6 +33,7 @@ type harness struct {
 	// unix and tcp reach the same handler over a Unix socket and loopback TCP.
 	unix, tcp *http.Client
 	tcpURL    string
+	sock      string // the Unix socket's path
 	logs      *bytes.Buffer
 }
 
@@ -81,7 +82,7 @@ func newHarness(t testing.TB) *harness {
 		st.Close()
 		fake.Close()
 	})
-	return &harness{b: b, fake: fake, now: now, unix: unixClient, tcp: tcpClient, tcpURL: "http://" + tl.Addr().String(), logs: logs}
+	return &harness{b: b, fake: fake, now: now, unix: unixClient, tcp: tcpClient, tcpURL: "http://" + tl.Addr().String(), logs: logs, sock: sock}
 }
 
 type lockedWriter struct {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -122,5 +123,45 @@ func TestTokenRefusals(t *testing.T) {
 		if r.Method == broker.HTTPTokenMethod && r.Code == "OK" {
 			t.Fatalf("a refused attestation was recorded as OK: %+v", r)
 		}
+	}
+}
+
+// The fetched token is bound to the process that fetched it: here curl, which exits at once, so
+// its token is revoked (the README's warning against fetching for someone else).
+func TestTokenDiesWithTheFetchingProcess(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed")
+	}
+	h := newHarness(t)
+	h.putKey(t)
+	w := store.Workload{Name: "curl", Tools: []string{"web_search"}, UIDs: []uint32{uint32(os.Geteuid())}, Exe: curl}
+	if _, err := h.b.AddWorkload(context.Background(), w, false, broker.Caller{Known: true}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(curl, "-sS", "--fail-with-body", "--unix-socket", h.sock, "-X", "POST", "http://brokerd"+TokenPath).Output()
+	if err != nil {
+		t.Fatalf("curl: %v: %s", err, out)
+	}
+	var tok tokenAnswer
+	if err := json.Unmarshal(out, &tok); err != nil || tok.ID == "" || tok.Workload != "curl" {
+		t.Fatalf("answer %v: %s", err, out)
+	}
+	exited := time.Now()
+	for {
+		d, err := h.b.GetToken(context.Background(), tok.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Revoked {
+			break
+		}
+		if time.Since(exited) > 10*time.Second {
+			t.Fatal("token still live 10s after curl exited")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a := post(t, h.unix, "http://brokerd", scaviotest.SearchPath, tok.Token, `{"query": "q"}`); a.status != http.StatusUnauthorized {
+		t.Fatalf("search with the dead process's token: %d %s", a.status, a.body)
 	}
 }
