@@ -31,6 +31,9 @@ type Caller struct {
 	StartTime uint64
 	// PidfdInode names it too, on Linux 6.9+ (peercred.AuthInfo.PidfdInode).
 	PidfdInode uint64
+	// Groups are the supplementary groups the kernel recorded at connect (SO_PEERGROUPS); nil
+	// when unknown (an old kernel, loopback TCP), and attestation then reads /proc instead.
+	Groups []uint32
 }
 
 // Config wires a Broker.

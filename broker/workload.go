@@ -144,7 +144,7 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 		return "", store.Token{}, fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	}
 	defer pin.Close() // a no-op once Watch took it
-	proc, err := pin.Inspect(caller.UID, caller.GID)
+	proc, err := pin.Inspect(caller.UID, caller.GID, caller.Groups)
 	if err != nil {
 		return "", store.Token{}, fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	}

@@ -120,3 +120,40 @@ func TestPinByPidfdInode(t *testing.T) {
 		t.Fatal("pinned with another process's inode")
 	}
 }
+
+// TestInspectTakesTheKernelsGroups: the supplementary groups the kernel recorded at connect
+// (SO_PEERGROUPS) are what attestation matches on; /proc/PID/status, which the shipped unit's
+// ProtectProc=invisible hides for other users' processes, is read only when the kernel gave none.
+func TestInspectTakesTheKernelsGroups(t *testing.T) {
+	st, err := peercred.StartTime(int32(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Pin(int32(os.Getpid()), st, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// 4242424 is in no one's /proc status here: seeing it proves the kernel's list was used.
+	got, err := p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), []uint32{4242424})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Groups) != 1 || got.Groups[0] != 4242424 {
+		t.Fatalf("groups %v, want the kernel's [4242424]", got.Groups)
+	}
+	if got, err := p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), []uint32{}); err != nil || len(got.Groups) != 0 {
+		t.Fatalf("no supplementary groups per the kernel: %v, %v", got.Groups, err)
+	}
+	want, err := os.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Groups) != len(want) {
+		t.Fatalf("without the kernel's list: groups %v from /proc, want %v", got.Groups, want)
+	}
+}

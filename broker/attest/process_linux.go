@@ -64,14 +64,18 @@ func (p *Pinned) Close() {
 	}
 }
 
-// Inspect reads what attestation matches on. uid and gid are SO_PEERCRED's (the credentials the
-// process connected with); groups, exe and unit come from /proc, then the pidfd is checked again
-// so they cannot belong to a process that reused the pid.
-func (p *Pinned) Inspect(uid, gid uint32) (*Process, error) {
+// Inspect reads what attestation matches on. uid, gid and groups are SO_PEERCRED's and
+// SO_PEERGROUPS's (the credentials the process connected with; groups nil when the kernel could not
+// say); exe, unit and, without groups, the supplementary groups come from /proc, then the pidfd is
+// checked again so they cannot belong to a process that reused the pid. The kernel's groups need
+// no /proc, which the shipped unit's ProtectProc=invisible hides for other users' processes.
+func (p *Pinned) Inspect(uid, gid uint32, groups []uint32) (*Process, error) {
 	dir := "/proc/" + strconv.Itoa(int(p.pid))
-	proc := &Process{PID: p.pid, UID: uid, GID: gid}
-	if raw, err := os.ReadFile(dir + "/status"); err == nil {
-		proc.Groups = parseGroups(raw)
+	proc := &Process{PID: p.pid, UID: uid, GID: gid, Groups: groups}
+	if groups == nil {
+		if raw, err := os.ReadFile(dir + "/status"); err == nil {
+			proc.Groups = parseGroups(raw)
+		}
 	}
 	if exe, err := os.Readlink(dir + "/exe"); err == nil {
 		proc.Exe = exe

@@ -18,7 +18,7 @@ func Pin(int32, uint64, uint64) (*Pinned, error) {
 func (*Pinned) Close() {}
 
 // Inspect is never reached (Pin refuses).
-func (*Pinned) Inspect(uint32, uint32) (*Process, error) {
+func (*Pinned) Inspect(uint32, uint32, []uint32) (*Process, error) {
 	return nil, fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
 }
 

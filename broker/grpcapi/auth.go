@@ -20,7 +20,7 @@ func callerFrom(ctx context.Context) broker.Caller {
 	if !ok {
 		return broker.Caller{}
 	}
-	return broker.Caller{UID: info.UID, GID: info.GID, PID: info.PID, Known: true, PIDFD: info.PIDFD, Exe: info.Exe, Comm: info.Comm, StartTime: info.StartTime, PidfdInode: info.PidfdInode}
+	return broker.Caller{UID: info.UID, GID: info.GID, PID: info.PID, Known: true, PIDFD: info.PIDFD, Exe: info.Exe, Comm: info.Comm, StartTime: info.StartTime, PidfdInode: info.PidfdInode, Groups: info.Groups}
 }
 
 // bearerToken returns the token in the "authorization: Bearer <token>" metadata entry.

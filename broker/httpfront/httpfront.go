@@ -75,7 +75,7 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 			if info, err := peercred.Read(c); err == nil {
 				ctx = context.WithValue(ctx, unixPeerKey{}, true)
 				return context.WithValue(ctx, callerKey{}, broker.Caller{UID: info.UID, GID: info.GID, PID: info.PID, Known: true,
-					PIDFD: info.PIDFD, Exe: info.Exe, Comm: info.Comm, StartTime: info.StartTime, PidfdInode: info.PidfdInode})
+					PIDFD: info.PIDFD, Exe: info.Exe, Comm: info.Comm, StartTime: info.StartTime, PidfdInode: info.PidfdInode, Groups: info.Groups})
 			}
 			// Loopback TCP: the uid from the kernel's socket table (gid and pid are not there,
 			// and stay 0). Where it cannot be found the caller stays unknown, and uid-bound
