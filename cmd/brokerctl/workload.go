@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/cmd/internal/days"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -164,7 +165,7 @@ func workloadSelectors(w *credbrokerv1.Workload) string {
 	if w.GetUnit() != "" {
 		parts = append(parts, "unit="+w.GetUnit())
 	}
-	parts = append(parts, "tools="+strings.Join(w.GetTools(), ","), "ttl="+w.GetTtl().AsDuration().String())
+	parts = append(parts, "tools="+strings.Join(w.GetTools(), ","), "ttl="+days.Compact(w.GetTtl().AsDuration()))
 	return strings.Join(parts, " ")
 }
 
