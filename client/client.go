@@ -67,7 +67,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 
 // New returns a client for the brokerd listening on socketPath; an empty path means
 // DefaultSocket(). It does not connect: the first call does, and reports an unreachable socket as
-// an ErrUnavailable that says so.
+// an ErrUnavailable that says so (a socket the caller may not open: ErrSocketDenied).
 //
 // Every connection first checks who serves the socket (SO_PEERCRED): root, the client's own
 // effective uid, a uid in $CREDBROKER_SERVER_UID or one given WithServerUID. Any other uid may be
@@ -188,7 +188,8 @@ func (c *Client) Close() error {
 
 // Health asks brokerd's grpc.health.v1 service whether service ("" for the whole server) is
 // serving. It needs no token and no admin rights. Errors are converted like every call's: an
-// unreachable socket is an ErrUnavailable that says why, an unknown service ErrNotFound.
+// unreachable socket is an ErrUnavailable that says why (ErrSocketDenied for one the caller may not
+// open), an unknown service ErrNotFound.
 func (c *Client) Health(ctx context.Context, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
 	resp, err := healthpb.NewHealthClient(c.conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
 	if err != nil {

@@ -54,6 +54,11 @@ var (
 	// WithDialOptions(grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(n))). Its Code is
 	// ResourceExhausted, as gRPC reports it.
 	ErrResponseTooLarge = errors.New("response too large for this client")
+	// ErrSocketDenied: the caller may not open brokerd's socket (EACCES on it or a directory on
+	// its path). Nothing was sent. Retrying will not help until an operator grants access (the
+	// message names the group); its Code is PermissionDenied, and it is not brokerd's refusal, so
+	// it does not match ErrPermissionDenied (a token's scope).
+	ErrSocketDenied = errors.New("permission denied on brokerd's socket")
 )
 
 // codeSentinels is the one mapping from gRPC codes back to sentinels. Codes brokerd does not use on
@@ -197,10 +202,11 @@ const grpcTooLarge = "grpc: received message larger than max"
 
 // unreachable builds the error for a socket nobody answers on. cause is the dial error, already
 // stripped of the path (it is in the message once). A socket the caller may not open (EACCES) is
-// not a stopped brokerd: that message says whose permission is missing instead.
+// not a stopped brokerd, and waiting will not fix it: ErrSocketDenied, whose message says whose
+// permission is missing, so retry loops stop instead of retrying a permission problem.
 func unreachable(path string, cause error) *Error {
 	if errors.Is(cause, syscall.EACCES) {
-		return &Error{Code: codes.Unavailable, Message: socketDenied(path, cause)}
+		return &Error{Code: codes.PermissionDenied, Message: socketDenied(path, cause), sentinel: ErrSocketDenied}
 	}
 	return &Error{
 		Code:    codes.Unavailable,

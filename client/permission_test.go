@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // A socket the caller may not open is a permission problem, not a stopped brokerd. Root passes
@@ -38,8 +41,8 @@ func TestSocketPermissionDenied(t *testing.T) {
 		"health": func() error { _, err := c.Health(testContext(t), ""); return err },
 	} {
 		err := call()
-		if !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("%s: err = %v, want ErrUnavailable", name, err)
+		if !errors.Is(err, ErrSocketDenied) || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrPermissionDenied) || status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("%s: err = %v (code %s), want ErrSocketDenied with code PermissionDenied", name, err, status.Code(err))
 		}
 		want := "permission denied on " + sock + ": your uid " + strconv.Itoa(os.Geteuid()) + " "
 		if !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), "is it running") {

@@ -30,7 +30,7 @@ func healthError(socket, service string, err error) error {
 		return fmt.Errorf("brokerd at %s is not healthy: it has no service %q (it serves credbroker.v1.SearchService and credbroker.v1.AdminService)", socket, service)
 	case errors.Is(err, client.ErrDeadlineExceeded):
 		return fmt.Errorf("brokerd at %s is not healthy: no answer within --timeout", socket)
-	case errors.Is(err, client.ErrUnavailable):
+	case errors.Is(err, client.ErrUnavailable), errors.Is(err, client.ErrSocketDenied):
 		// The client's message already names the socket and the cause (not running, permission).
 		return fmt.Errorf("not healthy: %s", err.Error())
 	}

@@ -76,6 +76,9 @@ func adviceText(tool string, err error) string {
 	case errors.Is(err, client.ErrUntrustedServer):
 		return fmt.Sprintf("nothing was sent: %s. Retrying will not help; tell the user, so they can check who serves the socket "+
 			"and, if it is brokerd, set CREDBROKER_SERVER_UID to its uid in this MCP server's configuration.", msg)
+	case errors.Is(err, client.ErrSocketDenied):
+		return fmt.Sprintf("this MCP server may not connect to brokerd: %s. Retrying will not help; tell the user, so the "+
+			"operator can add the user it runs as to the socket's group.", msg)
 	case errors.Is(err, client.ErrUnauthenticated):
 		return fmt.Sprintf("brokerd refused the broker token: %s. %s", msg, mintAdvice)
 	case errors.Is(err, client.ErrPermissionDenied) && attestationRefused(msg):
