@@ -26,8 +26,9 @@ type Config struct {
 	PerUID int
 	// Total caps all open connections; the last Reserve of them only admins may use.
 	Total, Reserve int
-	// IsAdmin reports whether a peer with this uid and gid is an admin (grpcapi.Admins).
-	IsAdmin func(uid, gid uint32) bool
+	// IsAdmin reports whether a peer with this uid, gid and supplementary groups (nil when the
+	// kernel could not say) is an admin (grpcapi.Admins).
+	IsAdmin func(uid, gid uint32, groups []uint32) bool
 	// OnRefuse is told of each refused connection; it runs in the accept loop, so it must not
 	// block for long (broker.Broker.RecordRefusal writes at most once per uid and reason per
 	// interval).
@@ -72,14 +73,18 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		var p Peer
+		var (
+			p      Peer
+			groups []uint32
+		)
 		if u, ok := c.(*net.UnixConn); ok {
 			if uid, gid, pid, err := peercred.Ucred(u); err == nil {
 				p = Peer{UID: uid, GID: gid, PID: pid, Known: true}
+				groups, _ = peercred.Groups(u) // nil on a kernel without SO_PEERGROUPS
 			}
 		}
 		// A peer the kernel did not name is treated as a non-admin: it gets a non-admin's share.
-		admin := p.Known && l.cfg.IsAdmin != nil && l.cfg.IsAdmin(p.UID, p.GID)
+		admin := p.Known && l.cfg.IsAdmin != nil && l.cfg.IsAdmin(p.UID, p.GID, groups)
 		if reason := l.admit(p, admin); reason != "" {
 			c.Close()
 			if l.cfg.OnRefuse != nil {

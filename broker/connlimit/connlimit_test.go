@@ -6,8 +6,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -66,7 +68,7 @@ func closedByServer(t *testing.T, c net.Conn) bool {
 
 func TestPerUIDCapAdminReserveAndRelease(t *testing.T) {
 	var admin atomic.Bool
-	l, sock, accepted, refused := server(t, Config{PerUID: 3, Total: 8, Reserve: 2, IsAdmin: func(uid, gid uint32) bool { return admin.Load() }})
+	l, sock, accepted, refused := server(t, Config{PerUID: 3, Total: 8, Reserve: 2, IsAdmin: func(uid, gid uint32, _ []uint32) bool { return admin.Load() }})
 	var mine []net.Conn
 	for range 3 {
 		dial(t, sock)
@@ -107,7 +109,7 @@ func TestPerUIDCapAdminReserveAndRelease(t *testing.T) {
 // Non-admins together cannot take the admins' reserve.
 func TestNonAdminsLeaveTheReserve(t *testing.T) {
 	var admin atomic.Bool
-	_, sock, accepted, refused := server(t, Config{PerUID: 100, Total: 6, Reserve: 2, IsAdmin: func(uint32, uint32) bool { return admin.Load() }})
+	_, sock, accepted, refused := server(t, Config{PerUID: 100, Total: 6, Reserve: 2, IsAdmin: func(uint32, uint32, []uint32) bool { return admin.Load() }})
 	for range 4 {
 		dial(t, sock)
 		<-accepted
@@ -124,5 +126,48 @@ func TestNonAdminsLeaveTheReserve(t *testing.T) {
 		case r := <-refused:
 			t.Fatalf("admin refused from its reserve: %+v", r)
 		}
+	}
+}
+
+// TestAdminBySupplementaryGroup: a peer that is an admin only through a supplementary group (an
+// --admin-gid it is a member of) gets the admin reserve, as the admin API would let it in: the
+// listener reads SO_PEERGROUPS when uid and gid alone do not decide.
+func TestAdminBySupplementaryGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give this process a supplementary group (setgroups)")
+	}
+	const adminGID = 4242424
+	_, sock, accepted, refused := server(t, Config{PerUID: 1, Total: 8, Reserve: 2, IsAdmin: func(uid, gid uint32, groups []uint32) bool {
+		return slices.Contains(groups, adminGID)
+	}})
+	// Not an admin: the per-uid cap of 1 applies.
+	dial(t, sock)
+	<-accepted
+	if !closedByServer(t, dial(t, sock)) {
+		t.Fatal("a second non-admin connection was accepted over the per-uid cap of 1")
+	}
+	if r := <-refused; r.reason != ReasonPerUID {
+		t.Fatalf("refused for %q", r.reason)
+	}
+	// The same uid with the admin group among its supplementary groups: past the cap.
+	orig, err := syscall.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Setgroups([]int{adminGID}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("unix", sock)
+	if rerr := syscall.Setgroups(orig); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case <-accepted:
+	case r := <-refused:
+		t.Fatalf("a supplementary-group admin was refused (%s)", r.reason)
 	}
 }

@@ -53,12 +53,11 @@ func (a Admins) allowed(c broker.Caller, groups []uint32) bool {
 	return slices.ContainsFunc(groups, func(g uint32) bool { return slices.Contains(a.GIDs, g) })
 }
 
-// IsAdmin reports whether a peer with uid and gid (from SO_PEERCRED) is an admin; broker/connlimit
-// uses it to give admins their reserve of connections. It does not see supplementary groups: a
-// member of an --admin-gid group only by a supplementary group may call the admin API but counts
-// against the non-admin connection caps.
-func (a Admins) IsAdmin(uid, gid uint32) bool {
-	return a.allowed(broker.Caller{UID: uid, GID: gid, Known: true}, nil)
+// IsAdmin reports whether a peer with uid, gid (SO_PEERCRED) and supplementary groups
+// (SO_PEERGROUPS; nil when unknown) is an admin; broker/connlimit uses it to give admins their
+// reserve of connections, by the same rule the admin API uses.
+func (a Admins) IsAdmin(uid, gid uint32, groups []uint32) bool {
+	return a.allowed(broker.Caller{UID: uid, GID: gid, Known: true}, groups)
 }
 
 const adminPrefix = "/credbroker.v1.AdminService/"

@@ -149,6 +149,27 @@ func Ucred(uc *net.UnixConn) (uid, gid uint32, pid int32, err error) {
 	return cred.Uid, cred.Gid, cred.Pid, nil
 }
 
+// Groups returns the peer's supplementary groups as the kernel recorded them at connect
+// (SO_PEERGROUPS; see AuthInfo.Groups): one getsockopt, cheap enough for every accept. nil with an
+// error on a kernel without SO_PEERGROUPS.
+func Groups(uc *net.UnixConn) ([]uint32, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("peer groups: %w", err)
+	}
+	var (
+		groups    []uint32
+		groupsErr error
+	)
+	if err := raw.Control(func(fd uintptr) { groups, groupsErr = peerGroups(int(fd)) }); err != nil {
+		return nil, fmt.Errorf("peer groups: %w", err)
+	}
+	if groupsErr != nil {
+		return nil, fmt.Errorf("peer groups: SO_PEERGROUPS: %w", groupsErr)
+	}
+	return groups, nil
+}
+
 // FromContext returns the caller's AuthInfo for a server-side call context.
 func FromContext(ctx context.Context) (AuthInfo, bool) {
 	p, ok := peer.FromContext(ctx)
