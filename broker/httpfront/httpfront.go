@@ -158,12 +158,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := decode(w, r, ep.tool)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			writeError(w, http.StatusRequestEntityTooLarge, "request_too_large", fmt.Sprintf("the request body is over %d bytes", MaxBodyBytes), broker.ReasonRequestTooLarge)
-		} else {
-			writeError(w, http.StatusBadRequest, "bad_request", err.Error(), broker.ReasonInvalidArgument)
-		}
+		writeBodyError(w, err)
 		h.b.RecordRefusal(ctx, record(codes.InvalidArgument), broker.RefusedUndecodable)
 		return
 	}
@@ -219,20 +214,42 @@ func presentedToken(r *http.Request) string {
 	return ""
 }
 
-// decode reads and checks the body: at most MaxBodyBytes, one JSON object of known fields.
-func decode(w http.ResponseWriter, r *http.Request, tool string) (broker.SearchRequest, error) {
+// readJSON reads the body into v: at most MaxBodyBytes, one JSON object of known fields (or, when
+// emptyOK, nothing at all, leaving v as it is).
+func readJSON(w http.ResponseWriter, r *http.Request, v any, emptyOK bool) error {
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
-		return broker.SearchRequest{}, err
+		return err
 	}
-	var b body
+	if emptyOK && len(bytes.TrimSpace(raw)) == 0 {
+		return nil
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&b); err != nil {
-		return broker.SearchRequest{}, fmt.Errorf("the body is not the JSON object this endpoint takes: %s", jsonProblem(err))
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("the body is not the JSON object this endpoint takes: %s", jsonProblem(err))
 	}
 	if dec.More() {
-		return broker.SearchRequest{}, errors.New("the body holds more than one JSON value")
+		return errors.New("the body holds more than one JSON value")
+	}
+	return nil
+}
+
+// writeBodyError answers a body readJSON refused: 413 when too large, else 400 saying why.
+func writeBodyError(w http.ResponseWriter, err error) {
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		writeError(w, http.StatusRequestEntityTooLarge, "request_too_large", fmt.Sprintf("the request body is over %d bytes", MaxBodyBytes), broker.ReasonRequestTooLarge)
+		return
+	}
+	writeError(w, http.StatusBadRequest, "bad_request", err.Error(), broker.ReasonInvalidArgument)
+}
+
+// decode reads and checks a search body (readJSON).
+func decode(w http.ResponseWriter, r *http.Request, tool string) (broker.SearchRequest, error) {
+	var b body
+	if err := readJSON(w, r, &b, false); err != nil {
+		return broker.SearchRequest{}, err
 	}
 	if b.Query == nil {
 		return broker.SearchRequest{}, errors.New(`"query" is required`)

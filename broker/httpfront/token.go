@@ -1,11 +1,7 @@
 package httpfront
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -54,13 +50,8 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req tokenRequest
-	if err := decodeTokenRequest(w, r, &req); err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			writeError(w, http.StatusRequestEntityTooLarge, "request_too_large", fmt.Sprintf("the request body is over %d bytes", MaxBodyBytes), broker.ReasonRequestTooLarge)
-		} else {
-			writeError(w, http.StatusBadRequest, "bad_request", err.Error(), broker.ReasonInvalidArgument)
-		}
+	if err := readJSON(w, r, &req, true); err != nil {
+		writeBodyError(w, err)
 		h.b.RecordRefusal(ctx, record(codes.InvalidArgument), broker.RefusedUndecodable)
 		return
 	}
@@ -101,24 +92,4 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store") // a token: no proxy or client cache keeps it
 	w.Write(out)
-}
-
-// decodeTokenRequest reads at most MaxBodyBytes: nothing, or one JSON object of known fields.
-func decodeTokenRequest(w http.ResponseWriter, r *http.Request, req *tokenRequest) error {
-	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-	if err != nil {
-		return err
-	}
-	if len(bytes.TrimSpace(raw)) == 0 {
-		return nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(req); err != nil {
-		return fmt.Errorf("the body is not the JSON object this endpoint takes ({\"tools\": [...]}): %s", jsonProblem(err))
-	}
-	if dec.More() {
-		return errors.New("the body holds more than one JSON value")
-	}
-	return nil
 }
