@@ -37,6 +37,10 @@ import (
 // EnvBinary names the environment variable holding a prebuilt emulator binary.
 const EnvBinary = "CREDBROKER_LOCAL_KMS"
 
+// EnvSkip names the environment variable by which .ci/run, having failed to build the emulator,
+// tells every test to skip, with its value as the reason.
+const EnvSkip = "CREDBROKER_LOCAL_KMS_SKIP"
+
 // Region and AccountID are the emulator's (local-kms defaults, set explicitly so ARNs are known).
 const (
 	Region    = "eu-west-2"
@@ -55,11 +59,19 @@ type Server struct {
 	Endpoint string
 
 	t       testing.TB
+	bin     string
+	dir     string
 	dataDir string
-	cmd     *exec.Cmd
+	seed    string // seed file path, or ""
 	logs    *lockedBuffer
-	done    chan struct{} // closed when the process has exited and its stderr is drained
-	stop    sync.Once
+
+	mu   sync.Mutex
+	proc *process // the running emulator, nil once stopped
+}
+
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited and its stderr is drained
 }
 
 // Options tunes Start.
@@ -74,62 +86,81 @@ type Options struct {
 // once it answers a real KMS request.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	bin := Binary(t)
 	dir := t.TempDir()
-	s := &Server{t: t, dataDir: filepath.Join(dir, "data"), logs: &lockedBuffer{}, done: make(chan struct{})}
+	s := &Server{t: t, bin: Binary(t), dir: dir, dataDir: filepath.Join(dir, "data"), logs: &lockedBuffer{}}
+	if opts.Seed != "" {
+		s.seed = filepath.Join(dir, "seed.yaml")
+		if err := os.WriteFile(s.seed, []byte(opts.Seed), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(s.Stop)
+	s.start(t, "127.0.0.1:0")
+	return s
+}
+
+// Restart starts the emulator again after Stop, on the same address and with the same data (keys
+// made before still work), so that a client configured with Endpoint (a running brokerd) sees
+// the KMS come back.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	s.start(t, strings.TrimPrefix(s.Endpoint, "http://"))
+}
+
+func (s *Server) start(t testing.TB, addr string) {
+	t.Helper()
 	env := append(os.Environ(),
-		"LOCAL_KMS_ADDR=127.0.0.1:0",
+		"LOCAL_KMS_ADDR="+addr,
 		"KMS_DATA_PATH="+s.dataDir,
 		"KMS_REGION="+Region,
 		"KMS_ACCOUNT_ID="+AccountID,
 	)
-	if opts.Seed != "" {
-		seed := filepath.Join(dir, "seed.yaml")
-		if err := os.WriteFile(seed, []byte(opts.Seed), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		env = append(env, "KMS_SEED_PATH="+seed)
+	if s.seed != "" {
+		env = append(env, "KMS_SEED_PATH="+s.seed)
 	}
-	s.cmd = exec.Command(bin)
-	s.cmd.Env = env
-	s.cmd.Dir = dir
+	p := &process{cmd: exec.Command(s.bin), done: make(chan struct{})}
+	p.cmd.Env = env
+	p.cmd.Dir = s.dir
 	// Killed with the test binary even when that dies without running its cleanups (go test's
 	// timeout), so no emulator outlives its test.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := s.cmd.StderrPipe()
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.cmd.Stdout = s.logs
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("starting local-kms %s: %v", bin, err)
+	p.cmd.Stdout = s.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting local-kms %s: %v", s.bin, err)
 	}
-	t.Cleanup(s.Stop)
+	s.mu.Lock()
+	s.proc = p
+	s.mu.Unlock()
 
 	// The main logs "serving on ADDR" right after Listen: read stderr up to that line (no polling,
 	// no sleep), then keep draining it so the emulator never blocks on a full pipe.
-	addr := make(chan string, 1)
+	bound := make(chan string, 1)
 	go func() {
-		defer close(s.done)
+		defer close(p.done)
 		// The exit status of a killed emulator is not news; its log is in s.logs.
-		defer func() { _ = s.cmd.Wait() }()
+		defer func() { _ = p.cmd.Wait() }()
 		sc := bufio.NewScanner(stderr)
 		sent := false
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(s.logs, line)
 			if _, a, ok := strings.Cut(line, "local-kms serving on "); ok && !sent {
-				addr <- strings.TrimSuffix(strings.Fields(a)[0], ",")
+				bound <- strings.TrimSuffix(strings.Fields(a)[0], ",")
 				sent = true
 			}
 		}
 		_, _ = io.Copy(io.Discard, stderr) // past a line too long for the scanner
 	}()
 	select {
-	case a := <-addr:
+	case a := <-bound:
 		s.Endpoint = "http://" + a
-	case <-s.done:
-		t.Fatalf("local-kms exited before listening:\n%s", s.logs.String())
+	case <-p.done:
+		t.Fatalf("local-kms exited before listening on %s:\n%s", addr, s.logs.String())
 	}
 	// A real request, to know the emulator answers and not merely listens.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -137,18 +168,20 @@ func Start(t testing.TB, opts Options) *Server {
 	if _, err := s.Client().ListKeys(ctx, &kms.ListKeysInput{}); err != nil {
 		t.Fatalf("local-kms at %s does not answer ListKeys: %v\n%s", s.Endpoint, err, s.logs.String())
 	}
-	return s
 }
 
-// Stop kills the emulator and waits for it to exit; later KMS calls get "connection refused".
-// Safe to call more than once.
+// Stop kills the emulator and waits for it to exit; later KMS calls get "connection refused" until
+// Restart. Safe to call more than once.
 func (s *Server) Stop() {
-	s.stop.Do(func() {
-		if s.cmd.Process != nil {
-			_ = s.cmd.Process.Kill() // already gone is fine
-		}
-		<-s.done
-	})
+	s.mu.Lock()
+	p := s.proc
+	s.proc = nil
+	s.mu.Unlock()
+	if p == nil {
+		return
+	}
+	_ = p.cmd.Process.Kill() // already gone is fine
+	<-p.done
 }
 
 // Logs returns what the emulator has logged so far (for failure messages).
@@ -208,6 +241,9 @@ func (s *Server) SetEnv(t testing.TB) {
 // It skips t when the module proxy cannot serve local-kms's modules.
 func Binary(t testing.TB) string {
 	t.Helper()
+	if reason := os.Getenv(EnvSkip); reason != "" {
+		t.Skipf("no local-kms: %s", reason)
+	}
 	if p := os.Getenv(EnvBinary); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("%s=%s: %v", EnvBinary, p, err)
