@@ -4,10 +4,12 @@
 //
 // Why not tink-go-awskms: its v2.1.0 is built on the AWS SDK for Go v1, which is past end of
 // support. The Tink AEAD interface is two methods, so this package implements it over the
-// maintained SDK v2 KMS client instead, and stays wire-compatible with tink-go-awskms: the
-// associated data goes into the KMS EncryptionContext under the key "additionalData", hex-encoded
-// (Tink's default, LegacyAdditionalData), and is left out when empty. A ciphertext made by one can
-// be opened by the other.
+// maintained SDK v2 KMS client instead, and stays wire-compatible with tink-go-awskms v2: the
+// associated data goes into the KMS EncryptionContext, hex-encoded, under the key "associatedData"
+// (the default of tink-go-awskms's NewClientWithOptions and of Tink's AWS KMS extensions in the
+// other languages), and is left out when empty. WithLegacyAdditionalData selects the key
+// "additionalData" of tink-go-awskms's older, deprecated NewClient instead. A ciphertext made by
+// one can be opened by the other with the same choice of key.
 //
 // Credentials, region defaults and the endpoint come from the SDK's default chain (environment
 // AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, AWS_PROFILE and the shared files, web
@@ -42,9 +44,13 @@ import (
 // URIPrefix is the scheme of the key URIs this package opens.
 const URIPrefix = "aws-kms://"
 
-// EncryptionContextKey is the EncryptionContext key that carries the hex-encoded associated data:
-// the name tink-go-awskms uses by default, so that ciphertexts interoperate.
-const EncryptionContextKey = "additionalData"
+// EncryptionContextKey is the EncryptionContext key that carries the hex-encoded associated data,
+// as tink-go-awskms's NewClientWithOptions (AssociatedData) names it.
+const EncryptionContextKey = "associatedData"
+
+// LegacyEncryptionContextKey is the key of tink-go-awskms's deprecated NewClient
+// (LegacyAdditionalData), for ciphertexts made with it.
+const LegacyEncryptionContextKey = "additionalData"
 
 // CallTimeout bounds one Encrypt or Decrypt (the SDK's retries included): tink.AEAD has no context,
 // and a KMS that never answers must not hang the caller.
@@ -76,9 +82,19 @@ var keyARN = regexp.MustCompile(`^arn:(aws[a-z-]*):kms:([a-z0-9-]+):([0-9]{12}):
 
 // AEAD is a tink.AEAD over one AWS KMS key. It is safe for concurrent use.
 type AEAD struct {
-	arn     string
-	isAlias bool
-	client  *kms.Client
+	arn        string
+	isAlias    bool
+	contextKey string
+	client     *kms.Client
+}
+
+// An Option changes New's defaults.
+type Option func(*AEAD)
+
+// WithLegacyAdditionalData carries the associated data under LegacyEncryptionContextKey, to open
+// ciphertexts made by tink-go-awskms's deprecated NewClient.
+func WithLegacyAdditionalData() Option {
+	return func(a *AEAD) { a.contextKey = LegacyEncryptionContextKey }
 }
 
 var _ tink.AEAD = (*AEAD)(nil)
@@ -89,7 +105,10 @@ var _ tink.AEAD = (*AEAD)(nil)
 //
 // The result is an *AEAD (for KeyARN and Describe); the signature is the one every KMS package under
 // broker/kms shares.
-func New(ctx context.Context, uri string) (tink.AEAD, error) {
+func New(ctx context.Context, uri string) (tink.AEAD, error) { return NewWithOptions(ctx, uri) }
+
+// NewWithOptions is New with options.
+func NewWithOptions(ctx context.Context, uri string, opts ...Option) (*AEAD, error) {
 	arn, region, isAlias, err := ParseURI(uri)
 	if err != nil {
 		return nil, err
@@ -99,7 +118,11 @@ func New(ctx context.Context, uri string) (tink.AEAD, error) {
 		// The SDK's configuration errors name files and profiles, not secret values.
 		return nil, fmt.Errorf("aws-kms key %s: loading the AWS SDK configuration: %w", arn, err)
 	}
-	return &AEAD{arn: arn, isAlias: isAlias, client: kms.NewFromConfig(cfg)}, nil
+	a := &AEAD{arn: arn, isAlias: isAlias, contextKey: EncryptionContextKey, client: kms.NewFromConfig(cfg)}
+	for _, opt := range opts {
+		opt(a)
+	}
+	return a, nil
 }
 
 // ParseURI splits an aws-kms:// URI into the key ARN and its region, and reports whether the ARN
@@ -129,11 +152,11 @@ func (a *AEAD) Describe() string { return URIPrefix + a.arn }
 func (a *AEAD) KeyVersion(context.Context) (string, error) { return "", nil }
 
 // encryptionContext is Tink's mapping of associated data onto KMS: none for empty associated data.
-func encryptionContext(associatedData []byte) map[string]string {
+func (a *AEAD) encryptionContext(associatedData []byte) map[string]string {
 	if len(associatedData) == 0 {
 		return nil
 	}
-	return map[string]string{EncryptionContextKey: hex.EncodeToString(associatedData)}
+	return map[string]string{a.contextKey: hex.EncodeToString(associatedData)}
 }
 
 // Encrypt encrypts plaintext under the KMS key, binding associatedData as the encryption context.
@@ -143,7 +166,7 @@ func (a *AEAD) Encrypt(plaintext, associatedData []byte) ([]byte, error) {
 	out, err := a.client.Encrypt(ctx, &kms.EncryptInput{
 		KeyId:             aws.String(a.arn),
 		Plaintext:         plaintext,
-		EncryptionContext: encryptionContext(associatedData),
+		EncryptionContext: a.encryptionContext(associatedData),
 	})
 	if err != nil {
 		return nil, a.wrap("Encrypt", err)
@@ -160,7 +183,7 @@ func (a *AEAD) Decrypt(ciphertext, associatedData []byte) ([]byte, error) {
 	out, err := a.client.Decrypt(ctx, &kms.DecryptInput{
 		KeyId:             aws.String(a.arn),
 		CiphertextBlob:    ciphertext,
-		EncryptionContext: encryptionContext(associatedData),
+		EncryptionContext: a.encryptionContext(associatedData),
 	})
 	if err != nil {
 		return nil, a.wrap("Decrypt", err)

@@ -138,24 +138,41 @@ func TestAgainstLocalKMS(t *testing.T) {
 }
 
 // The associated data is carried the way tink-go-awskms carries it, so ciphertexts interoperate:
-// a plain KMS Decrypt with EncryptionContext {"additionalData": hex(ad)} opens ours.
+// a plain KMS Decrypt with EncryptionContext {NAME: hex(ad)} opens ours, NAME being
+// "associatedData" by default (tink-go-awskms NewClientWithOptions) and "additionalData" with
+// WithLegacyAdditionalData (its deprecated NewClient).
 func TestEncryptionContextIsTinkCompatible(t *testing.T) {
 	srv, key := emulator(t, localkmstest.Options{})
 	ad := []byte{0x00, 0xff, 'c', 'b'}
-	ct, err := newAEAD(t, localkmstest.KeyURI(key)).Encrypt([]byte("kek-wrapped"), ad)
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name, contextKey string
+		opts             []awskms.Option
+	}{
+		{name: "default", contextKey: "associatedData"},
+		{name: "legacy", contextKey: "additionalData", opts: []awskms.Option{awskms.WithLegacyAdditionalData()}},
 	}
-	out, err := srv.Client().Decrypt(context.Background(), &kms.DecryptInput{
-		KeyId:             aws.String(key),
-		CiphertextBlob:    ct,
-		EncryptionContext: map[string]string{"additionalData": hex.EncodeToString(ad)},
-	})
-	if err != nil {
-		t.Fatalf("KMS Decrypt with Tink's encryption context: %v", err)
-	}
-	if string(out.Plaintext) != "kek-wrapped" {
-		t.Fatalf("plaintext = %q", out.Plaintext)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := awskms.NewWithOptions(context.Background(), localkmstest.KeyURI(key), tc.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ct, err := a.Encrypt([]byte("kek-wrapped"), ad)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := srv.Client().Decrypt(context.Background(), &kms.DecryptInput{
+				KeyId:             aws.String(key),
+				CiphertextBlob:    ct,
+				EncryptionContext: map[string]string{tc.contextKey: hex.EncodeToString(ad)},
+			})
+			if err != nil {
+				t.Fatalf("KMS Decrypt with Tink's encryption context %q: %v", tc.contextKey, err)
+			}
+			if string(out.Plaintext) != "kek-wrapped" {
+				t.Fatalf("plaintext = %q", out.Plaintext)
+			}
+		})
 	}
 }
 
