@@ -169,14 +169,21 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		oauthError(w, "invalid_grant")
 		return
 	}
+	access := s.AccessToken()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"access_token": access, "token_type": "Bearer", "expires_in": 3600})
+}
+
+// AccessToken issues an access token the fake accepts, for a client given its own HTTP client
+// (gcpkms.WithHTTPClient) instead of going through the token endpoint.
+func (s *Server) AccessToken() string {
 	tok := make([]byte, 16)
 	_, _ = rand.Read(tok)
 	access := "fake-access-" + base64.RawURLEncoding.EncodeToString(tok)
 	s.mu.Lock()
 	s.tokens[access] = true
 	s.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"access_token": access, "token_type": "Bearer", "expires_in": 3600})
+	return access
 }
 
 func oauthError(w http.ResponseWriter, code string) {
@@ -186,6 +193,21 @@ func oauthError(w http.ResponseWriter, code string) {
 }
 
 func crc(b []byte) int64 { return int64(crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli))) }
+
+// b64 is a proto3 JSON bytes field: base64 in either alphabet, padded or not (tink-go-gcpkms
+// sends the URL-safe one, encoding/json the standard one; Cloud KMS accepts both).
+type b64 []byte
+
+func (v *b64) UnmarshalJSON(b []byte) error {
+	var str string
+	if err := json.Unmarshal(b, &str); err != nil {
+		return err
+	}
+	str = strings.TrimRight(strings.NewReplacer("-", "+", "_", "/").Replace(str), "=")
+	d, err := base64.RawStdEncoding.DecodeString(str)
+	*v = d
+	return err
+}
 
 // num is a proto3 JSON int64 (a decimal string); present tells whether the field was sent.
 type num struct {
@@ -241,7 +263,7 @@ func (s *Server) kms(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPost && verb == "encrypt":
 		s.count("encrypt")
 		var in struct {
-			Plaintext, AdditionalAuthenticatedData             []byte
+			Plaintext, AdditionalAuthenticatedData             b64
 			PlaintextCrc32c, AdditionalAuthenticatedDataCrc32c num
 		}
 		if !decode(w, r, &in) || !checksums(w, in.Plaintext, in.PlaintextCrc32c, in.AdditionalAuthenticatedData, in.AdditionalAuthenticatedDataCrc32c) {
@@ -259,7 +281,7 @@ func (s *Server) kms(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPost && verb == "decrypt":
 		s.count("decrypt")
 		var in struct {
-			Ciphertext, AdditionalAuthenticatedData             []byte
+			Ciphertext, AdditionalAuthenticatedData             b64
 			CiphertextCrc32c, AdditionalAuthenticatedDataCrc32c num
 		}
 		if !decode(w, r, &in) || !checksums(w, in.Ciphertext, in.CiphertextCrc32c, in.AdditionalAuthenticatedData, in.AdditionalAuthenticatedDataCrc32c) {
