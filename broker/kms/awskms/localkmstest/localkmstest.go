@@ -10,6 +10,16 @@
 // The binary is $CREDBROKER_LOCAL_KMS when set (.ci/run builds it once per run); otherwise it is
 // built once into .tools/bin of the repository (about 25-35 s), shared by every test process. When
 // the module proxy cannot serve local-kms's modules the test is skipped with the reason.
+//
+// A brokerd end-to-end test:
+//
+//	kms := localkmstest.Start(t, localkmstest.Options{})
+//	arn := kms.CreateKey(t)
+//	cmd := exec.Command(brokerd, "--master-key-uri", localkmstest.KeyURI(arn), …)
+//	cmd.Env = append(os.Environ(), kms.Env()...) // AWS_ENDPOINT_URL_KMS, dummy credentials, region
+//	…
+//	kms.Stop()       // a KMS outage: calls get "connection refused"
+//	kms.Restart(t)   // the KMS is back at the same endpoint, with the same keys
 package localkmstest
 
 import (
@@ -58,7 +68,6 @@ type Server struct {
 	// Endpoint is the emulator's base URL, http://127.0.0.1:PORT.
 	Endpoint string
 
-	t       testing.TB
 	bin     string
 	dir     string
 	dataDir string
@@ -87,7 +96,7 @@ type Options struct {
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	dir := t.TempDir()
-	s := &Server{t: t, bin: Binary(t), dir: dir, dataDir: filepath.Join(dir, "data"), logs: &lockedBuffer{}}
+	s := &Server{bin: Binary(t), dir: dir, dataDir: filepath.Join(dir, "data"), logs: &lockedBuffer{}}
 	if opts.Seed != "" {
 		s.seed = filepath.Join(dir, "seed.yaml")
 		if err := os.WriteFile(s.seed, []byte(opts.Seed), 0o600); err != nil {
