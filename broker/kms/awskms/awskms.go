@@ -38,6 +38,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/tink-crypto/tink-go/v2/tink"
 )
 
@@ -195,12 +196,18 @@ func (a *AEAD) Decrypt(ciphertext, associatedData []byte) ([]byte, error) {
 	return out.Plaintext, nil
 }
 
-// wrap turns an SDK error into a KMSError (an answer refusing the request) or an ErrUnreachable.
-// SDK errors carry the operation, the endpoint URL and the request id, never the credentials.
+// wrap turns an SDK error into a KMSError (an answer refusing the request), an ErrUnreachable (no
+// answer), or else (no usable credentials, a bad configuration) the SDK's error with the key and
+// the operation. SDK errors carry the operation, the endpoint URL, the request id and where the
+// credentials chain looked; never the credentials.
 func (a *AEAD) wrap(op string, err error) error {
 	var apiErr smithy.APIError
 	if errors.As(err, &apiErr) {
 		return &KMSError{KeyARN: a.arn, Op: op, Code: apiErr.ErrorCode()}
 	}
-	return fmt.Errorf("aws-kms key %s: %s: %w: %w", a.arn, op, ErrUnreachable, err)
+	var sendErr *smithyhttp.RequestSendError
+	if errors.As(err, &sendErr) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("aws-kms key %s: %s: %w: %w", a.arn, op, ErrUnreachable, err)
+	}
+	return fmt.Errorf("aws-kms key %s: %s: %w", a.arn, op, err)
 }

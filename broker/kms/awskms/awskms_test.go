@@ -245,6 +245,18 @@ func TestKMSDownIsAClearError(t *testing.T) {
 	}
 }
 
+// With no credentials anywhere in the chain the error says so (and is not "unreachable": the
+// operator's fix is credentials, not the network).
+func TestNoCredentials(t *testing.T) {
+	_, key := emulator(t, localkmstest.Options{})
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	_, err := newAEAD(t, localkmstest.KeyURI(key)).Encrypt([]byte("x"), nil)
+	if err == nil || errors.Is(err, awskms.ErrUnreachable) || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "get credentials") {
+		t.Fatalf("Encrypt with no credentials: %v; want an error naming the key and the credentials", err)
+	}
+}
+
 // After a rotation, ciphertexts made under the old backing key still open, and new ones are made
 // under the new key. local-kms has no RotateKeyOnDemand, and EnableKeyRotation schedules the next
 // rotation a year out; its own rotation code runs when a key's NextKeyRotation has passed, so the
