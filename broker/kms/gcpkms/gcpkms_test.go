@@ -211,6 +211,14 @@ func TestErrors(t *testing.T) {
 		}
 	})
 
+	t.Run("credentials file missing", func(t *testing.T) {
+		t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", t.TempDir()+"/missing.json")
+		_, err := gcpkms.New(context.Background(), "gcp-kms://"+keyA)
+		if err == nil || !strings.Contains(err.Error(), keyA) || !strings.Contains(err.Error(), "Application Default Credentials") {
+			t.Fatalf("New with a missing credentials file: %v", err)
+		}
+	})
+
 	t.Run("token refused", func(t *testing.T) {
 		t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", f.UntrustedCredentialsFile(t))
 		_, err := newAEAD(t, f, keyA).Encrypt([]byte("x"), nil)
