@@ -137,7 +137,8 @@ func lastJSON(t *testing.T, out string) map[string]any {
 const pyProbe = `
 import json, sys
 import credbroker
-with credbroker.Client() as c:
+import os
+with credbroker.Client(token_file=os.environ.get("TOKEN_FILE")) as c:
     for q in sys.argv[1:]:
         try:
             r = c.search(q, num_results=2)
@@ -181,6 +182,22 @@ func TestPythonClient(t *testing.T) {
 		m := lastJSON(t, out)
 		if err != nil || m["ok"] != true || m["raw_is_dict"] != true || m["position_is_int"] != true || len(m["titles"].([]any)) != 2 {
 			t.Fatalf("%v: %v\n%s", err, m, out)
+		}
+	})
+	t.Run("token file", func(t *testing.T) {
+		// Unset CREDBROKER_TOKEN; the file starts with a revoked token and gets a good one: the
+		// next call reads it again.
+		revoked, id := e.mint(t, "web_search")
+		e.ctl(t, "", "token", "revoke", id).ok(t)
+		file := filepath.Join(e.dir, "py-token")
+		if err := os.WriteFile(file, []byte(revoked+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		script := pyProbe + "\n    open(os.environ['TOKEN_FILE'], 'w').write(os.environ['NEXT'])\n    print(json.dumps({'ok': c.search('again').tool}))\n"
+		out, err := e.runClient(t, "", []string{pyPath, "TOKEN_FILE=" + file, "NEXT=" + tok}, py, "-c", script, "q")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if err != nil || len(lines) != 2 || !strings.Contains(lines[0], `"TOKEN_REVOKED"`) || lines[1] != `{"ok": "web_search"}` {
+			t.Fatalf("token file not re-read: %v\n%s", err, out)
 		}
 	})
 	refusals := []struct {
@@ -287,6 +304,16 @@ func TestTypeScriptClient(t *testing.T) {
 			t.Fatalf("raw is protobuf-JSON: %v", raw)
 		}
 	})
+	t.Run("token file", func(t *testing.T) {
+		file := filepath.Join(e.dir, "ts-token")
+		if err := os.WriteFile(file, []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := e.runClient(t, "", []string{"TOKEN_FILE=" + file}, "node", wrapper, "from a file")
+		if m := lastJSON(t, out); err != nil || m["ok"] != true {
+			t.Fatalf("%v: %v\n%s", err, m, out)
+		}
+	})
 	t.Run("retry delay", func(t *testing.T) {
 		limited, _ := e.mint(t, "web_search", "--rate", "1/h")
 		out, _ := e.runClient(t, limited, nil, "node", wrapper, "one", "two")
@@ -329,4 +356,22 @@ func TestTypeScriptClient(t *testing.T) {
 			t.Fatalf("no token, no attestation: %v", m)
 		}
 	})
+}
+
+// TestReadmeClientExamples: the README shows the Python and TypeScript examples exactly as the
+// files TestPythonClient and TestTypeScriptClient run.
+func TestReadmeClientExamples(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join(repoDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"client/python/examples/search.py", "client/typescript/examples/mcp-server.ts"} {
+		src, err := os.ReadFile(filepath.Join(repoDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(readme), "\n"+string(src)+"```\n") {
+			t.Errorf("README.md does not show %s as it is; copy it into its code block", f)
+		}
+	}
 }

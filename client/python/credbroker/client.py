@@ -26,10 +26,10 @@ SERVER_UID_ENV = "CREDBROKER_SERVER_UID"
 ERROR_DOMAIN = "credbroker.dev"
 
 # Reconnect quickly after brokerd restarts (a local socket is cheap to dial), as the Go client does:
-# gRPC's default backoff grows to two minutes during a long outage.
+# gRPC's default backoff grows to two minutes during a long outage. (Not min_reconnect_backoff_ms:
+# in gRPC core that is the connect timeout, 20 s by default.)
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 

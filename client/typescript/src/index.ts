@@ -117,7 +117,6 @@ export interface ClientOptions {
 // backoff growing to 120 s): a local socket is cheap to dial, so retry fast, as the Go client does.
 const CHANNEL_OPTIONS = {
   "grpc.initial_reconnect_backoff_ms": 100,
-  "grpc.min_reconnect_backoff_ms": 100,
   "grpc.max_reconnect_backoff_ms": 2000,
 };
 

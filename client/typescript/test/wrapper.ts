@@ -3,7 +3,8 @@
 // node wrapper.js QUERY [QUERY...]   (socket and token from the environment)
 import { BrokerClient, BrokerError } from "../src/index.js";
 
-const c = new BrokerClient();
+// TOKEN_FILE: the token comes from that file instead (BrokerClient's tokenFile option).
+const c = new BrokerClient(process.env.TOKEN_FILE ? { tokenFile: process.env.TOKEN_FILE } : {});
 for (const query of process.argv.slice(2)) {
   try {
     const r = await c.search(query, { numResults: 2 });
