@@ -41,6 +41,10 @@ fi
 # ts-proto and the TypeScript client's dependencies, exactly as package-lock.json pins them;
 # reinstalled only when the lock file changes.
 ts=client/typescript
+if ! command -v npm >/dev/null; then
+  echo "gen.sh: npm is missing: install Node.js 20 or newer with npm (ts-proto generates $ts/src/gen)" >&2
+  exit 1
+fi
 lock_sum=$(sha256sum "$ts/package-lock.json" | cut -d' ' -f1)
 if [[ ! -f "$ts/node_modules/.credbroker-lock-$lock_sum" ]]; then
   (cd "$ts" && npm ci --no-audit --no-fund --silent)

@@ -233,6 +233,24 @@ func TestPythonClient(t *testing.T) {
 			t.Fatalf("second call within the rate limit: %v\n%s", m, out)
 		}
 	})
+	t.Run("default socket", func(t *testing.T) {
+		checkDefaultSocket(t, e, []string{pyPath}, py, "-c", `
+import json, sys, credbroker
+for c in json.loads(sys.argv[1]):
+    print(credbroker.default_socket(c["env"], c["EUID"], c["UID"]))
+`)
+	})
+	t.Run("malformed status details", func(t *testing.T) {
+		// Details that are not a google.rpc.Status give no reason, never an exception.
+		out, err := e.runClient(t, "", []string{pyPath}, py, "-c", `
+from credbroker.client import _status_details
+for raw in [b"\xff", b"\x1a\x05\x0a\x03abc", b"\x1a\xff\xff", b""]:
+    print(_status_details(raw))
+`)
+		if err != nil || strings.Count(out, "('', {}, None)") != 4 {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	})
 	t.Run("untrusted server", func(t *testing.T) {
 		// The real brokerd runs as our uid; trusting only uid 4242 makes it a stranger.
 		code := `
@@ -304,6 +322,12 @@ func TestTypeScriptClient(t *testing.T) {
 			t.Fatalf("raw is protobuf-JSON: %v", raw)
 		}
 	})
+	t.Run("default socket", func(t *testing.T) {
+		checkDefaultSocket(t, e, nil, "node", "--input-type=module", "-e", `
+import { defaultSocket } from "`+filepath.Join(dir, "src", "index.js")+`";
+for (const c of JSON.parse(process.argv.at(-1))) console.log(defaultSocket(c.env, c.EUID, c.UID));
+`)
+	})
 	t.Run("token file", func(t *testing.T) {
 		file := filepath.Join(e.dir, "ts-token")
 		if err := os.WriteFile(file, []byte(tok+"\n"), 0o600); err != nil {
@@ -372,6 +396,40 @@ func TestReadmeClientExamples(t *testing.T) {
 		}
 		if !strings.Contains(string(readme), "\n"+string(src)+"```\n") {
 			t.Errorf("README.md does not show %s as it is; copy it into its code block", f)
+		}
+	}
+}
+
+// defaultSocketCases are client.DefaultSocket's rules (client/socket_test.go), which the Python and
+// TypeScript clients must follow too, so that all three find the same brokerd.
+var defaultSocketCases = []struct {
+	Env       map[string]string `json:"env"`
+	EUID, UID int
+	Want      string `json:"want"`
+}{
+	{map[string]string{"CREDBROKER_SOCKET": "/x/s.sock", "XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, 1000, "/x/s.sock"},
+	{map[string]string{"RUNTIME_DIRECTORY": "/run/credbroker:/run/other"}, 0, 0, "/run/credbroker/broker.sock"},
+	{map[string]string{"XDG_RUNTIME_DIR": "/run/user/0"}, 0, 0, "/run/credbroker/broker.sock"},
+	{map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, 1000, "/run/user/1000/credbroker/broker.sock"},
+	{map[string]string{}, 1000, 1001, "/run/user/1001/credbroker/broker.sock"},
+}
+
+// checkDefaultSocket runs a program that prints one default socket path per line for the JSON
+// list of cases it gets as its last argument, and compares them with the Go client's rules.
+func checkDefaultSocket(t *testing.T, e *env, extraEnv []string, name string, args ...string) {
+	t.Helper()
+	cases, err := json.Marshal(defaultSocketCases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := e.runClient(t, "", extraEnv, name, append(args, string(cases))...)
+	got := strings.Split(strings.TrimSpace(out), "\n")
+	if err != nil || len(got) != len(defaultSocketCases) {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for i, tc := range defaultSocketCases {
+		if got[i] != tc.Want {
+			t.Errorf("env %v euid %d uid %d: %s, want %s (as the Go client)", tc.Env, tc.EUID, tc.UID, got[i], tc.Want)
 		}
 	}
 }
