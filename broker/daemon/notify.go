@@ -33,7 +33,7 @@ type supervisor struct {
 	log        *slog.Logger
 	b          *broker.Broker
 	st         *store.Store
-	keysetPath string
+	mk         *masterKey
 	addr       string // the served socket, for STATUS and the self check
 	notify     bool
 	conn       *grpc.ClientConn
@@ -46,7 +46,7 @@ type supervisorConfig struct {
 	Log        *slog.Logger
 	Broker     *broker.Broker
 	Store      *store.Store
-	KeysetPath string
+	MasterKey  *masterKey
 	Listener   net.Listener
 }
 
@@ -64,7 +64,7 @@ func startSupervisor(ctx context.Context, c supervisorConfig) (*supervisor, erro
 		return nil, fmt.Errorf("health self-check client: %w", err)
 	}
 	s := &supervisor{
-		log: c.Log, b: c.Broker, st: c.Store, keysetPath: c.KeysetPath, addr: addr,
+		log: c.Log, b: c.Broker, st: c.Store, mk: c.MasterKey, addr: addr,
 		notify: os.Getenv("NOTIFY_SOCKET") != "", conn: conn, health: healthpb.NewHealthClient(conn),
 		hup: make(chan os.Signal, 1), done: make(chan struct{}),
 	}

@@ -41,7 +41,7 @@ type Describer interface{ Describe() string }
 type KEK struct {
 	// AEAD is the master key primitive. For a KMS it records each successful call (LastContact).
 	AEAD tink.AEAD
-	// Source is what the store records as the database's KEK (store.KEKSourceFile or the URI).
+	// Source is what the store records as the database's KEK: "file PATH" or the URI.
 	Source string
 	// Description names it for status and logs: "file PATH" or the URI; never a secret.
 	Description string
@@ -78,7 +78,7 @@ func OpenFile(path string) (*KEK, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &KEK{AEAD: a, backend: a, Source: store.KEKSourceFile, Description: "file " + path, Path: path}, nil
+	return &KEK{AEAD: a, backend: a, Source: "file " + path, Description: "file " + path, Path: path}, nil
 }
 
 // ErrNotBuiltIn reports a KMS scheme brokerd knows of but does not include yet.
