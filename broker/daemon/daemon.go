@@ -29,12 +29,12 @@ import (
 
 // Config is brokerd's configuration after flags and environment are resolved.
 type Config struct {
-	Socket          string
-	DB              string
-	MasterKeyset    string
+	Socket       string
+	DB           string
+	MasterKeyset string
 	// MasterKeyURI names a KMS key holding the master key instead (broker/kms); exactly one of
 	// MasterKeyset and MasterKeyURI is set.
-	MasterKeyURI string
+	MasterKeyURI    string
 	UpstreamURL     string
 	AdminUIDs       []uint32
 	AdminGIDs       []uint32

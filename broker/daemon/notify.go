@@ -30,24 +30,24 @@ const readyTimeout = 10 * time.Second
 // SIGHUP reload of the master keyset, STOPPING=1 on shutdown. Without NOTIFY_SOCKET the
 // notifications are no-ops but the readiness check and reloads still run.
 type supervisor struct {
-	log        *slog.Logger
-	b          *broker.Broker
-	st         *store.Store
-	mk         *masterKey
-	addr       string // the served socket, for STATUS and the self check
-	notify     bool
-	conn       *grpc.ClientConn
-	health     healthpb.HealthClient
-	hup        chan os.Signal
-	done       chan struct{}
+	log    *slog.Logger
+	b      *broker.Broker
+	st     *store.Store
+	mk     *masterKey
+	addr   string // the served socket, for STATUS and the self check
+	notify bool
+	conn   *grpc.ClientConn
+	health healthpb.HealthClient
+	hup    chan os.Signal
+	done   chan struct{}
 }
 
 type supervisorConfig struct {
-	Log        *slog.Logger
-	Broker     *broker.Broker
-	Store      *store.Store
-	MasterKey  *masterKey
-	Listener   net.Listener
+	Log       *slog.Logger
+	Broker    *broker.Broker
+	Store     *store.Store
+	MasterKey *masterKey
+	Listener  net.Listener
 }
 
 // startSupervisor waits until the server answers on its socket, tells systemd READY=1, and starts

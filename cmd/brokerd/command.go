@@ -25,15 +25,15 @@ var version = "0.1.0-dev"
 
 type flags struct {
 	socket, db, masterKeyset, masterKeyURI, upstreamURL string
-	adminUIDs, adminGIDs                  string
-	socketMode, socketGroup               string
-	httpListen                            []string
-	maxTTL, shutdownTimeout               time.Duration
-	auditRetention                        time.Duration
-	noReflection                          bool
-	metricsListen                         string
-	metricsAllowNonLoopback               bool
-	logLevel                              string
+	adminUIDs, adminGIDs                                string
+	socketMode, socketGroup                             string
+	httpListen                                          []string
+	maxTTL, shutdownTimeout                             time.Duration
+	auditRetention                                      time.Duration
+	noReflection                                        bool
+	metricsListen                                       string
+	metricsAllowNonLoopback                             bool
+	logLevel                                            string
 
 	graceWindow    time.Duration // rotation: see broker.DefaultGraceWindow
 	keepVersions   int
