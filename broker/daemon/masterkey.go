@@ -63,6 +63,10 @@ func sourceFlag(src string) string {
 // records it is under.
 func wrongKEKError(err error, db string, k *kms.KEK) error {
 	src, ierr := store.InspectKEKSource(db)
+	if ierr == nil && strings.HasPrefix(src, "file ") && src != k.Source {
+		// Another keyset file than the one recorded (a `keyset migrate` moved it there).
+		return fmt.Errorf("%w: %s is wrapped under the keyset %s, not %s: start brokerd with %s; nothing was changed", err, db, strings.TrimPrefix(src, "file "), k.Description, sourceFlag(src))
+	}
 	if ierr != nil || sameSource(src, k.Source) {
 		if k.IsKMS() {
 			return fmt.Errorf("%w: %s does not open with %s (the KMS refused to decrypt: another key, or a token without decrypt on it?); nothing was changed", err, db, k.Description)
