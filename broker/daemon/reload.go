@@ -43,10 +43,16 @@ func (s *supervisor) reload() {
 		return
 	}
 	metrics.KeysetReloads.WithLabelValues("accepted").Inc()
-	if rewrapped {
+	kms := s.mk.MasterKeyInfo().KMS
+	switch {
+	case kms && rewrapped:
 		s.log.Info("master key reloaded; the database's keysets are now wrapped under its current key", "kek", src)
-	} else {
+	case kms:
 		s.log.Info("master key reloaded; its current key already wraps the database's keysets", "kek", src)
+	case rewrapped: // the keyset file's messages, as before KMS support (operators grep them)
+		s.log.Info("master keyset reloaded; the database's keysets are now wrapped under its primary key", "kek", src)
+	default:
+		s.log.Info("master keyset reloaded; its primary key already wraps the database's keysets", "kek", src)
 	}
 }
 
