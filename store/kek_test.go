@@ -108,6 +108,12 @@ func TestRewrapUnderMovesToAnotherKEK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Down right after start, before anything asked for the keys: status still answers.
+	kms.down.Store(true)
+	if _, err := s.Keys(); err != nil {
+		t.Fatalf("Keys with the KMS down right after Open: %v", err)
+	}
+	kms.down.Store(false)
 	// And back to the file: resumable in the sense that running it twice is harmless.
 	for range 2 {
 		if err := s.RewrapUnder(fileKEK, KEKSourceFile); err != nil {

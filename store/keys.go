@@ -75,6 +75,9 @@ func (s *Store) openKeys(kek tink.AEAD) {
 	s.data = sw
 	s.keys = &dataKeys{aead: sw}
 	s.keys.kek.Store(&aeadBox{a: kek})
+	if s.openedInfo != nil {
+		s.keys.info.Store(s.openedInfo)
+	}
 }
 
 // PrimaryKeyID returns the id of a (TINK-prefixed) AEAD keyset's primary key, learned from the
