@@ -118,7 +118,7 @@ func TestTransitBadTokenNotLeaked(t *testing.T) {
 // brokerd builds passes against the same server.
 func TestSelfTestRefusesAEADThatSendsContext(t *testing.T) {
 	sim := transittest.NewSim(t, "fixture-kek")
-	sim.IgnoreContext = true
+	sim.SetIgnoreContext(true)
 	host := vaultEnv(t, sim.URL, transittest.Token)
 	c, err := vault.NewClient(&vault.Config{Address: sim.URL})
 	if err != nil {

@@ -215,7 +215,7 @@ func TestKMSTransitRewrapAndOutage(t *testing.T) {
 // ignore it, and this one is told to, so the self-test is what decides).
 func TestKMSStartsOnlyWithAssociatedData(t *testing.T) {
 	k := newKMSEnv(t)
-	k.sim.IgnoreContext = true
+	k.sim.SetIgnoreContext(true)
 	k.start(t, "--master-key-uri", k.uri)
 	if !strings.Contains(k.stderr.String(), "master_key="+k.uri) {
 		t.Fatalf("serving line does not name the KMS key: %s", k.stderr.String())

@@ -12,7 +12,7 @@
 //     the recorded response shapes and error texts. It is for brokerd processes.
 //
 // Neither can speak for what the recording does not hold. Sim's one modelled behaviour that was not
-// recorded, `context` ignored for a key without derivation, is off unless IgnoreContext is set;
+// recorded, `context` ignored for a key without derivation, is off unless SetIgnoreContext(true);
 // it is documented by Vault and by tink-go-hcvault's NewClient and was measured on a real
 // OpenBao by the issue's author, and exists so a test can show the self-test refusing such an
 // AEAD.
@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -208,9 +209,8 @@ type Sim struct {
 	rec Recording
 	tb  testing.TB
 
-	// IgnoreContext answers a `context` field in place of associated_data by ignoring it, as
-	// Transit does for a key without derivation (not in the recording; see the package doc).
-	IgnoreContext bool
+	// ignoreContext: see SetIgnoreContext.
+	ignoreContext atomic.Bool
 
 	mu       sync.Mutex
 	keys     map[string][][]byte // name -> AES-256 key per version (index 0 = v1)
@@ -232,6 +232,11 @@ func newSim(tb testing.TB, name string) *Sim {
 	s.keys[name] = [][]byte{newAESKey()}
 	return s
 }
+
+// SetIgnoreContext makes the simulator answer a `context` field in place of associated_data by
+// ignoring it, as Transit does for a key without derivation (not in the recording; see the
+// package doc). Without it such a request fails the test.
+func (s *Sim) SetIgnoreContext(on bool) { s.ignoreContext.Store(on) }
 
 // Handler returns the simulator's handler (to serve it on a listener of one's own).
 func (s *Sim) Handler() http.Handler { return http.HandlerFunc(s.serve) }
@@ -316,7 +321,7 @@ func (s *Sim) serve(w http.ResponseWriter, req *http.Request) {
 		fields[k] = true
 	}
 	usedContext := false
-	if s.IgnoreContext && fields["context"] && !fields["associated_data"] {
+	if s.ignoreContext.Load() && fields["context"] && !fields["associated_data"] {
 		delete(fields, "context")
 		fields["associated_data"] = true
 		usedContext = true
