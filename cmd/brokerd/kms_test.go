@@ -135,8 +135,14 @@ func (k *kmsEnv) waitLog(t *testing.T, s string) {
 func TestKMSTransitRewrapAndOutage(t *testing.T) {
 	k := newKMSEnv(t)
 	k.start(t, "--master-key-uri", k.uri)
+	startCalls := k.sim.Calls()
 	token, _ := k.setup(t)
 	k.search(t, token, "under transit").ok(t)
+	k.search(t, token, "under transit again").ok(t)
+	if n := k.sim.Calls() - startCalls; n != 0 {
+		t.Fatalf("a put, a mint and two searches made %d KMS calls; the KMS is for start and re-wrap only", n)
+	}
+	t.Logf("KMS calls for a fresh database's start: %d; for put+mint+2 searches: 0", startCalls)
 
 	mk := k.masterKey(t)
 	if mk.Source != k.uri || mk.LastKMSContact == "" {
