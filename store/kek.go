@@ -156,6 +156,12 @@ func (s *Store) RewrapUnder(next tink.AEAD, source string) error {
 			newInfo = &dataKeysetInfo{blob: rewrapped[i], info: h.KeysetInfo()}
 		}
 	}
+	// Publish the new blob's key list before the commit: a concurrent Keys (Status) that reads the
+	// new wrapping then needs no KEK, while one that reads the old one still opens it with the
+	// old KEK, which stays in place until the commit.
+	if newInfo != nil {
+		s.keys.info.Store(newInfo)
+	}
 	err := s.update(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		for i, w := range wrappedKeysets {
@@ -176,9 +182,6 @@ func (s *Store) RewrapUnder(next tink.AEAD, source string) error {
 		return err
 	}
 	s.keys.kek.Store(&aeadBox{a: next})
-	if newInfo != nil {
-		s.keys.info.Store(newInfo)
-	}
 	return nil
 }
 

@@ -172,11 +172,14 @@ func TestKMSTransitRewrapAndOutage(t *testing.T) {
 	k.wantVersions(t, "3")
 
 	// 3. Rotation, then a restart.
+	// (This start names the KMS key through CREDBROKER_MASTER_KEY_URI instead of the flag.)
 	k.sim.Rotate("credbroker")
 	if err := k.stop(t, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	k.start(t, "--master-key-uri", k.uri)
+	k.vaultEn = append(k.vaultEn, "CREDBROKER_MASTER_KEY_URI="+k.uri)
+	k.start(t)
+	k.vaultEn = k.vaultEn[:len(k.vaultEn)-1]
 
 	// Outage right after start, before any status call: serving and status go on (the start-up
 	// re-wrap to version 4 shows in status without the KMS); a re-wrap and a reload are refused.
