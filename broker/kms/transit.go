@@ -233,30 +233,30 @@ func fileExists(p string) bool {
 func readTokenFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("Vault token file: %w", err)
+		return "", fmt.Errorf("the Vault token file: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return "", fmt.Errorf("Vault token file %s: %w", path, err)
+		return "", fmt.Errorf("the Vault token file %s: %w", path, err)
 	}
 	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("Vault token file %s is not a regular file", path)
+		return "", fmt.Errorf("the Vault token file %s is not a regular file", path)
 	}
 	if st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("Vault token file %s has mode %#o: readable by others; run `chmod 600 %s`", path, st.Mode().Perm(), path)
+		return "", fmt.Errorf("the Vault token file %s has mode %#o: readable by others; run `chmod 600 %s`", path, st.Mode().Perm(), path)
 	}
 	buf, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
 	if err != nil {
-		return "", fmt.Errorf("Vault token file %s: %w", path, err)
+		return "", fmt.Errorf("the Vault token file %s: %w", path, err)
 	}
 	if len(buf) > maxTokenFile {
-		return "", fmt.Errorf("Vault token file %s is larger than %d bytes; is it the right file?", path, maxTokenFile)
+		return "", fmt.Errorf("the Vault token file %s is larger than %d bytes; is it the right file?", path, maxTokenFile)
 	}
 	t := strings.TrimSpace(string(buf))
 	clear(buf)
 	if t == "" {
-		return "", fmt.Errorf("Vault token file %s is empty", path)
+		return "", fmt.Errorf("the Vault token file %s is empty", path)
 	}
 	return t, nil
 }

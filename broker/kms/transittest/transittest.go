@@ -214,7 +214,6 @@ type Sim struct {
 
 	mu       sync.Mutex
 	keys     map[string][][]byte // name -> AES-256 key per version (index 0 = v1)
-	requests []string
 	calls    int
 }
 
