@@ -212,9 +212,9 @@ type Sim struct {
 	// ignoreContext: see SetIgnoreContext.
 	ignoreContext atomic.Bool
 
-	mu       sync.Mutex
-	keys     map[string][][]byte // name -> AES-256 key per version (index 0 = v1)
-	calls    int
+	mu    sync.Mutex
+	keys  map[string][][]byte // name -> AES-256 key per version (index 0 = v1)
+	calls int
 }
 
 // NewSim starts a simulator with one key, name; it is closed with the test. Use Listener to serve
