@@ -255,6 +255,8 @@ type Status struct {
 	Limited []store.Credential
 	// Workloads are the registrations that may fetch tokens by attestation.
 	Workloads []store.Workload
+	// MasterKey is the KEK's source and last KMS contact (zero without a manager).
+	MasterKey MasterKeyInfo
 }
 
 // Status counts credentials and live tokens.
@@ -311,7 +313,12 @@ func (b *Broker) Status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	var mk MasterKeyInfo
+	if b.masterKey != nil {
+		mk = b.masterKey.MasterKeyInfo()
+	}
 	return Status{
+		MasterKey: mk,
 		Workloads: workloads,
 		Version:   b.version, StartedAt: b.started, Uptime: now.Sub(b.started),
 		Credentials: n, LiveTokens: live, SchemaVersion: store.SchemaVersion, Tools: ts,

@@ -59,6 +59,9 @@ type Config struct {
 	// TokenCacheSize bounds how many tokens' records are kept in memory (tokens.go). 0 means
 	// DefaultTokenCacheSize.
 	TokenCacheSize int
+	// MasterKey manages the master key for Status and the re-wrap and migrate calls; nil in tests
+	// that need neither.
+	MasterKey MasterKeyManager
 }
 
 // Broker checks tokens and performs tool calls with credentials it never hands out.
@@ -96,6 +99,8 @@ type Broker struct {
 	ret auditRetention
 
 	refused refusalLog // coalesced audit of refusals (refusals.go)
+
+	masterKey MasterKeyManager // masterkey.go
 }
 
 // New builds a Broker.
@@ -119,7 +124,7 @@ func New(cfg Config) (*Broker, error) {
 		store: cfg.Store, upstream: cfg.Upstream, log: cfg.Logger, maxTTL: cfg.MaxTTL,
 		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*tokenState),
 		tokenCap: cfg.TokenCacheSize, lastUsed: make(map[string]lastUse), lastUsedSweep: cfg.TokenCacheSize,
-		rot: newRotation(cfg), econ: newEconomics(cfg), flights: newFlights(),
+		rot: newRotation(cfg), econ: newEconomics(cfg), flights: newFlights(), masterKey: cfg.MasterKey,
 	}
 	b.rot.sched = newScheduler(b, cfg.Clock, cfg.Scheduler)
 	b.workers = newWorkers(searchWorkers)

@@ -14,4 +14,7 @@ var (
 	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrCredentialMissing: the tool's credential is not stored.
 	ErrCredentialMissing = errors.New("credential not configured")
+	// ErrKMSUnavailable: the KMS holding the master key did not answer, or failed its self-test;
+	// nothing was changed (a re-wrap or migrate needs it; serving does not).
+	ErrKMSUnavailable = errors.New("the KMS holding the master key is unavailable")
 )

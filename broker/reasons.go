@@ -49,6 +49,7 @@ const (
 	ReasonDeadlineExceeded     = "DEADLINE_EXCEEDED"
 	ReasonCanceled             = "CANCELED"
 	ReasonInternal             = "INTERNAL"
+	ReasonKMSUnavailable       = "KMS_UNAVAILABLE"
 )
 
 // Refusal gives an error the reason a program can act on, and, where waiting helps and brokerd

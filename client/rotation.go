@@ -61,3 +61,23 @@ func (c *Client) Rekey(ctx context.Context) (*credbrokerv1.RekeyResponse, error)
 	}
 	return resp, nil
 }
+
+// RewrapMasterKey asks brokerd to re-wrap its database under the master key's current version
+// (a KMS key rotated in the KMS). Admin only.
+func (c *Client) RewrapMasterKey(ctx context.Context) (*credbrokerv1.RewrapMasterKeyResponse, error) {
+	resp, err := c.admin.RewrapMasterKey(ctx, &credbrokerv1.RewrapMasterKeyRequest{})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp, nil
+}
+
+// MigrateMasterKey asks brokerd to move its database under another master key: an absolute
+// keyset file path or a KMS key URI, which brokerd opens itself. Admin only.
+func (c *Client) MigrateMasterKey(ctx context.Context, to string) (*credbrokerv1.MigrateMasterKeyResponse, error) {
+	resp, err := c.admin.MigrateMasterKey(ctx, &credbrokerv1.MigrateMasterKeyRequest{To: to})
+	if err != nil {
+		return nil, c.convert(err)
+	}
+	return resp, nil
+}

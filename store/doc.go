@@ -8,7 +8,8 @@
 // # Envelope encryption
 //
 // The master keyset (the KEK, a Tink AEAD keyset) comes from a file outside the database (see
-// LoadMasterKeyset). The data keyset (the DEK, an AES-256-GCM Tink keyset) is created with the
+// LoadMasterKeyset), or is any tink.AEAD, e.g. a KMS key (broker/kms; this package holds no KMS
+// code). The data keyset (the DEK, an AES-256-GCM Tink keyset) is created with the
 // database and stored in it encrypted under the KEK, with the associated data "credbroker/data-keyset".
 // Each credential version is encrypted under the data keyset with the associated data
 // "credential/<name>/<version>", so a ciphertext moved to another slot fails to decrypt.
@@ -33,6 +34,8 @@
 //	    record_keyset  -> the record MAC keyset, likewise (records.go; since schema 2)
 //	    audit_head, audit_anchor -> MACed audit chain points (audit.go)
 //	    rekey_target   -> data key id (decimal) an unfinished Rekey is moving versions to (rekey.go)
+//	    kek_source     -> "file PATH" or the KMS key URI the keysets above are wrapped under, a label
+//	                      for error messages (kek.go; absent: a keyset file)
 //	credentials/
 //	    <name>/                         one bucket per credential
 //	        meta       -> JSON credentialRecord {current, created_at, rotated_at,
@@ -50,7 +53,7 @@
 //	audit/
 //	    <seq, 8-byte big endian> -> MAC || JSON AuditRecord, a hash chain (audit.go)
 //
-// The fields after rotated_at and ciphertext, the policy and events keys and rekey_target were
+// The fields after rotated_at and ciphertext, the policy and events keys, rekey_target and kek_source were
 // added without a schema bump: each is optional and its zero value describes a database written
 // before it (a version without "how" was made by put or rotate, i.e. manual). Version numbers only
 // grow: a discarded pending version's number is not reused (meta.last), and a rollback stores the

@@ -30,6 +30,15 @@ type dataKeys struct {
 	mu   sync.Mutex // serialises changes to the stored data keyset (Rekey, RewrapIfNeeded)
 	kek  atomic.Pointer[aeadBox]
 	aead *swapAEAD
+	// info caches the data keyset's key list for the stored blob it was read from, so Keys
+	// (Status, every few seconds from monitoring) does not ask the KEK, which may be a KMS that is
+	// down: a KMS outage after start must not stop status.
+	info atomic.Pointer[dataKeysetInfo]
+}
+
+type dataKeysetInfo struct {
+	blob []byte
+	info *tinkpb.KeysetInfo
 }
 
 func (k *dataKeys) masterKey() tink.AEAD { return k.kek.Load().a }
@@ -66,6 +75,9 @@ func (s *Store) openKeys(kek tink.AEAD) {
 	s.data = sw
 	s.keys = &dataKeys{aead: sw}
 	s.keys.kek.Store(&aeadBox{a: kek})
+	if s.openedInfo != nil {
+		s.keys.info.Store(s.openedInfo)
+	}
 }
 
 // PrimaryKeyID returns the id of a (TINK-prefixed) AEAD keyset's primary key, learned from the
@@ -172,12 +184,19 @@ func (s *Store) Keys() (KeyUsage, error) {
 	if err != nil {
 		return u, err
 	}
-	// The data keyset's key list is inside its encryption; only the store can read it.
-	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(blob)), s.keys.masterKey(), dataKeysetAAD)
-	if err != nil {
-		return u, fmt.Errorf("data keyset: %w", ErrWrongMasterKey)
+	// The data keyset's key list is inside its encryption; only the store can read it. It is
+	// decrypted once per stored blob (a rekey or re-wrap writes a new one).
+	var info *tinkpb.KeysetInfo
+	if c := s.keys.info.Load(); c != nil && bytes.Equal(c.blob, blob) {
+		info = c.info
+	} else {
+		h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(blob)), s.keys.masterKey(), dataKeysetAAD)
+		if err != nil {
+			return u, fmt.Errorf("data keyset: %w", ErrWrongMasterKey)
+		}
+		info = h.KeysetInfo()
+		s.keys.info.Store(&dataKeysetInfo{blob: blob, info: info})
 	}
-	info := h.KeysetInfo()
 	u.DataPrimaryKeyID = info.GetPrimaryKeyId()
 	for _, ki := range info.GetKeyInfo() {
 		u.DataKeyIDs = append(u.DataKeyIDs, ki.GetKeyId())

@@ -73,6 +73,9 @@ type Store struct {
 	guard        *commitGuard // every write transaction's commit goes through it
 	keys         *dataKeys    // master keyset and swappable data primitive, for Rekey (keys.go)
 	recMAC       tink.MAC     // record keyset: seals every token and credential record (records.go)
+	// openedInfo is the data keyset's key list as Open read it, so Keys needs no KEK call until
+	// the stored keyset changes (a KMS may be down after start).
+	openedInfo *dataKeysetInfo
 
 	// batching counts batched writes in flight (batch).
 	batching atomic.Int32
@@ -223,6 +226,7 @@ func (s *Store) init(kek tink.AEAD) error {
 	if err != nil {
 		return ErrWrongMasterKey
 	}
+	s.openedInfo = &dataKeysetInfo{blob: encrypted, info: h.KeysetInfo()}
 	if s.data, err = aead.New(h); err != nil {
 		return fmt.Errorf("data keyset: %w", err)
 	}
@@ -252,6 +256,7 @@ func (s *Store) create(kek tink.AEAD) error {
 	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&buf), kek, dataKeysetAAD); err != nil {
 		return fmt.Errorf("encrypt data keyset: %w", err)
 	}
+	s.openedInfo = &dataKeysetInfo{blob: buf.Bytes(), info: h.KeysetInfo()}
 	if s.data, err = aead.New(h); err != nil {
 		return fmt.Errorf("data keyset: %w", err)
 	}

@@ -29,9 +29,12 @@ import (
 
 // Config is brokerd's configuration after flags and environment are resolved.
 type Config struct {
-	Socket          string
-	DB              string
-	MasterKeyset    string
+	Socket       string
+	DB           string
+	MasterKeyset string
+	// MasterKeyURI names a KMS key holding the master key instead (broker/kms); exactly one of
+	// MasterKeyset and MasterKeyURI is set.
+	MasterKeyURI    string
 	UpstreamURL     string
 	AdminUIDs       []uint32
 	AdminGIDs       []uint32
@@ -86,7 +89,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log = slog.Default()
 	}
 	for _, req := range []struct{ v, flag string }{
-		{cfg.Socket, "--socket"}, {cfg.DB, "--db"}, {cfg.MasterKeyset, "--master-keyset"}, {cfg.UpstreamURL, "--upstream-url"},
+		{cfg.Socket, "--socket"}, {cfg.DB, "--db"}, {cfg.UpstreamURL, "--upstream-url"},
 	} {
 		if req.v == "" {
 			return fmt.Errorf("%s is required", req.flag)
@@ -106,7 +109,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	kek, err := store.LoadMasterKeyset(cfg.MasterKeyset)
+	if (cfg.MasterKeyset == "") == (cfg.MasterKeyURI == "") {
+		return errors.New("give exactly one of --master-keyset and --master-key-uri (the master key is a keyset file or a KMS key)")
+	}
+	// A KMS is reached (and self-tested) here, once; after start it is needed only to re-wrap.
+	kek, err := openMasterKey(ctx, cfg.MasterKeyset, cfg.MasterKeyURI)
 	if err != nil {
 		return err
 	}
@@ -124,11 +131,11 @@ func Run(ctx context.Context, cfg Config) error {
 		default:
 		}
 	}
-	st, err := store.Open(cfg.DB, kek, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit, OnFatal: onFatal,
+	st, err := store.Open(cfg.DB, kek.AEAD, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit, OnFatal: onFatal,
 		OnAuditPrune: metrics.ObserveAuditPrune})
 	if err != nil {
 		if errors.Is(err, store.ErrWrongMasterKey) {
-			return fmt.Errorf("%w: %s was not made with the master keyset %s; nothing was changed", err, cfg.DB, cfg.MasterKeyset)
+			return wrongKEKError(err, cfg.DB, kek)
 		}
 		return err
 	}
@@ -138,20 +145,16 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	metrics.SetStoreCommits(st.LastTxID)
-	// A keyset from `brokerctl keyset rotate` has a new primary: move the database's wrapping to it.
-	// This walks every credential version: bbolt panics on damaged pages instead of returning an
-	// error, so refuse to start with a message rather than a goroutine dump.
-	var (
-		before    []uint32
-		rewrapped bool
-	)
+	// A keyset from `brokerctl keyset rotate` has a new primary, a KMS key may have a new version:
+	// move the database's wrapping to it. This walks every credential version: bbolt panics on
+	// damaged pages instead of returning an error, so refuse to start with a message rather than a
+	// goroutine dump.
+	mk := &masterKey{st: st, log: log}
 	if err := damagedOnPanic(cfg.DB, func() (err error) {
-		before, rewrapped, err = st.RewrapIfNeeded(kek)
+		_, err = mk.afterOpen(ctx, kek)
 		return err
 	}); err != nil {
-		return fmt.Errorf("re-wrap %s under the primary key of %s: %w", cfg.DB, cfg.MasterKeyset, err)
-	} else if rewrapped {
-		log.Info("database re-wrapped under the master keyset's primary key; the old master key can be pruned", "previous_master_key_ids", before)
+		return fmt.Errorf("re-wrap %s under the current key of %s: %w", cfg.DB, kek.Description, err)
 	}
 
 	up, err := upstream.New(upstream.Config{BaseURL: cfg.UpstreamURL, HTTPClient: meteredUpstreamClient(proxy)})
@@ -159,7 +162,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("--upstream-url: %w", err)
 	}
 	b, err := broker.New(broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: cfg.MaxTTL, Version: cfg.Version, GraceWindow: cfg.GraceWindow,
-		Economics: cfg.Economics, TokenCacheSize: cfg.TokenCacheSize})
+		Economics: cfg.Economics, TokenCacheSize: cfg.TokenCacheSize, MasterKey: mk})
 	if err != nil {
 		return err
 	}
@@ -224,13 +227,13 @@ func Run(ctx context.Context, cfg Config) error {
 		<-refusalsDone
 		b.FlushRefusals(context.Background())
 	}()
-	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, KeysetPath: cfg.MasterKeyset, Listener: lis})
+	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, MasterKey: mk, Listener: lis})
 	if err != nil {
 		srv.Stop()
 		return err
 	}
 	defer sup.close()
-	log.Info("brokerd serving", "socket", lis.Addr().String(), "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version,
+	log.Info("brokerd serving", "socket", lis.Addr().String(), "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version, "master_key", kek.Description,
 		"caller_identity", callerIdentity())
 
 	var stopErr error

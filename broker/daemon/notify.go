@@ -30,24 +30,24 @@ const readyTimeout = 10 * time.Second
 // SIGHUP reload of the master keyset, STOPPING=1 on shutdown. Without NOTIFY_SOCKET the
 // notifications are no-ops but the readiness check and reloads still run.
 type supervisor struct {
-	log        *slog.Logger
-	b          *broker.Broker
-	st         *store.Store
-	keysetPath string
-	addr       string // the served socket, for STATUS and the self check
-	notify     bool
-	conn       *grpc.ClientConn
-	health     healthpb.HealthClient
-	hup        chan os.Signal
-	done       chan struct{}
+	log    *slog.Logger
+	b      *broker.Broker
+	st     *store.Store
+	mk     *masterKey
+	addr   string // the served socket, for STATUS and the self check
+	notify bool
+	conn   *grpc.ClientConn
+	health healthpb.HealthClient
+	hup    chan os.Signal
+	done   chan struct{}
 }
 
 type supervisorConfig struct {
-	Log        *slog.Logger
-	Broker     *broker.Broker
-	Store      *store.Store
-	KeysetPath string
-	Listener   net.Listener
+	Log       *slog.Logger
+	Broker    *broker.Broker
+	Store     *store.Store
+	MasterKey *masterKey
+	Listener  net.Listener
 }
 
 // startSupervisor waits until the server answers on its socket, tells systemd READY=1, and starts
@@ -64,7 +64,7 @@ func startSupervisor(ctx context.Context, c supervisorConfig) (*supervisor, erro
 		return nil, fmt.Errorf("health self-check client: %w", err)
 	}
 	s := &supervisor{
-		log: c.Log, b: c.Broker, st: c.Store, keysetPath: c.KeysetPath, addr: addr,
+		log: c.Log, b: c.Broker, st: c.Store, mk: c.MasterKey, addr: addr,
 		notify: os.Getenv("NOTIFY_SOCKET") != "", conn: conn, health: healthpb.NewHealthClient(conn),
 		hup: make(chan os.Signal, 1), done: make(chan struct{}),
 	}

@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"strings"
+	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
@@ -16,43 +18,43 @@ import (
 // other keyset is rejected and nothing changes: the data keyset brokerd holds stays in use and the
 // database stays wrapped as before. Flags are not re-read; changing them needs a restart.
 func (s *supervisor) reload() {
-	s.send(sddaemon.SdNotifyReloading, strings.TrimSpace(sddaemon.SdNotifyMonotonicUsec()), "STATUS=reloading the master keyset")
+	s.send(sddaemon.SdNotifyReloading, strings.TrimSpace(sddaemon.SdNotifyMonotonicUsec()), "STATUS=reloading the master key")
 	defer func() { s.send(sddaemon.SdNotifyReady, s.statusLine()) }()
 
-	s.log.Info("SIGHUP: reloading the master keyset", "path", s.keysetPath)
-	rewrapped, err := s.reloadKeyset()
+	src := s.mk.MasterKeyInfo().Source
+	s.log.Info("SIGHUP: reloading the master key", "kek", src)
+	ctx, cancel := context.WithTimeout(context.Background(), reloadTimeout)
+	defer cancel()
+	rewrapped, err := s.mk.reload(ctx)
 	if err != nil {
 		metrics.KeysetReloads.WithLabelValues("rejected").Inc()
 		hint := "fix the file and send SIGHUP again"
-		if errors.Is(err, store.ErrWrongMasterKey) {
+		switch {
+		case errors.Is(err, store.ErrWrongMasterKey):
 			hint = "a new master keyset must contain the current key (make one with `brokerctl keyset rotate`); restore the previous file, or brokerd will refuse to start next time"
+		case s.mk.MasterKeyInfo().KMS:
+			hint = "the KMS is needed for a reload and a re-wrap only: brokerd keeps serving; fix the KMS or its token and send SIGHUP again"
 		}
-		s.log.Error("master keyset reload rejected; still using the keyset loaded earlier", "path", s.keysetPath, "err", err, "hint", hint)
+		msg := "master keyset reload rejected; still using the keyset loaded earlier"
+		if s.mk.MasterKeyInfo().KMS {
+			msg = "master key reload rejected; still using the KMS client opened earlier"
+		}
+		s.log.Error(msg, "kek", src, "err", err, "hint", hint)
 		return
 	}
 	metrics.KeysetReloads.WithLabelValues("accepted").Inc()
-	if rewrapped {
-		s.log.Info("master keyset reloaded; the database's keysets are now wrapped under its primary key", "path", s.keysetPath)
-	} else {
-		s.log.Info("master keyset reloaded; its primary key already wraps the database's keysets", "path", s.keysetPath)
+	kms := s.mk.MasterKeyInfo().KMS
+	switch {
+	case kms && rewrapped:
+		s.log.Info("master key reloaded; the database's keysets are now wrapped under its current key", "kek", src)
+	case kms:
+		s.log.Info("master key reloaded; its current key already wraps the database's keysets", "kek", src)
+	case rewrapped: // the keyset file's messages, as before KMS support (operators grep them)
+		s.log.Info("master keyset reloaded; the database's keysets are now wrapped under its primary key", "kek", src)
+	default:
+		s.log.Info("master keyset reloaded; its primary key already wraps the database's keysets", "kek", src)
 	}
 }
 
-// reloadKeyset loads the keyset file, proves it opens the database (every wrapped keyset
-// decrypts) and re-wraps under its primary if that is a new key. The store then also uses it for
-// later data-key rotations.
-func (s *supervisor) reloadKeyset() (rewrapped bool, err error) {
-	kek, err := store.LoadMasterKeyset(s.keysetPath)
-	if err != nil {
-		return false, err
-	}
-	u, err := s.st.Keys()
-	if err != nil {
-		return false, err
-	}
-	if !u.OpensWith(kek) {
-		return false, store.ErrWrongMasterKey
-	}
-	_, rewrapped, err = s.st.RewrapIfNeeded(kek)
-	return rewrapped, err
-}
+// reloadTimeout bounds a reload's KMS calls, so a hung KMS cannot hold the next SIGHUP forever.
+const reloadTimeout = 2 * time.Minute

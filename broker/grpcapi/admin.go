@@ -158,6 +158,10 @@ func (s *AdminService) Status(context.Context, *pb.StatusRequest) (*pb.StatusRes
 		SchemaVersion: uint32(st.SchemaVersion), Tools: st.Tools,
 	}
 	rotationStatusPB(out, st.RotationInfo)
+	out.MasterKeySource, out.MasterKeyVersions = st.MasterKey.Source, st.MasterKey.KeyVersions
+	if !st.MasterKey.LastKMSContact.IsZero() {
+		out.MasterKeyLastKmsContact = timestamppb.New(st.MasterKey.LastKMSContact)
+	}
 	for _, c := range st.Limited {
 		out.LimitedCredentials = append(out.LimitedCredentials, credentialPB(c))
 	}

@@ -37,7 +37,7 @@ var changesState = map[string]bool{
 	"PutCredential": true, "RotateCredential": true, "DeleteCredential": true,
 	"RevokeToken": true, "RollbackCredential": true, "SetRotationPolicy": true, "ImportCredential": true,
 	"Rekey": true, "SetCredentialLimits": true, "ImportCredentials": true,
-	"AddWorkload": true, "RemoveWorkload": true,
+	"AddWorkload": true, "RemoveWorkload": true, "RewrapMasterKey": true, "MigrateMasterKey": true,
 }
 
 // answersUnaudited lists read-only calls that answer even when the audit log cannot be written:

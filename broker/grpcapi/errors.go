@@ -36,6 +36,7 @@ var errorCodes = []struct {
 	{broker.ErrInvalidArgument, codes.InvalidArgument, broker.ReasonInvalidArgument},
 	{broker.ErrCredentialMissing, codes.FailedPrecondition, broker.ReasonCredentialMissing},
 	{broker.ErrShuttingDown, codes.Unavailable, broker.ReasonShuttingDown},
+	{broker.ErrKMSUnavailable, codes.Unavailable, broker.ReasonKMSUnavailable},
 	{broker.ErrRateLimited, codes.ResourceExhausted, broker.ReasonRateLimited},
 	// Before ErrAuditUnavailable, which a failed audit commit wraps it in.
 	{store.ErrOutcomeUnknown, codes.Unknown, broker.ReasonOutcomeUnknown},

@@ -485,6 +485,9 @@ func TestAdminAuthorization(t *testing.T) {
 		{"unknown peer", context.Background(), "/credbroker.v1.AdminService/Status", true},
 		{"other uid on data plane", ctxFor(65534, 65534), "/credbroker.v1.SearchService/Search", false},
 		{"other uid watching the audit log", ctxFor(65534, 65534), "/credbroker.v1.AdminService/WatchAudit", true},
+		{"other uid re-wrapping the master key", ctxFor(65534, 65534), "/credbroker.v1.AdminService/RewrapMasterKey", true},
+		{"other uid migrating the master key", ctxFor(65534, 65534), "/credbroker.v1.AdminService/MigrateMasterKey", true},
+		{"listed uid migrating the master key", ctxFor(1000, 1000), "/credbroker.v1.AdminService/MigrateMasterKey", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

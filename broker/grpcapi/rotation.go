@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -168,4 +169,30 @@ func (s *AdminService) Rekey(ctx context.Context, _ *pb.RekeyRequest) (*pb.Rekey
 		NewPrimaryKeyId: res.NewPrimaryKeyID, Resumed: res.Resumed, Reencrypted: uint64(res.Reencrypted),
 		Total: uint64(res.Total), RemovedKeyIds: res.RemovedKeyIDs,
 	}, nil
+}
+
+// RewrapMasterKey implements AdminService.RewrapMasterKey.
+func (s *AdminService) RewrapMasterKey(ctx context.Context, _ *pb.RewrapMasterKeyRequest) (*pb.RewrapMasterKeyResponse, error) {
+	c, err := s.b.RewrapMasterKey(ctx)
+	if err != nil {
+		return nil, toStatus(s.log, "RewrapMasterKey", err)
+	}
+	return &pb.RewrapMasterKeyResponse{Source: c.To, Rewrapped: c.Rewrapped, PreviousKeyVersions: c.PreviousKeyVersions, KeyVersion: c.KeyVersion}, nil
+}
+
+// MigrateMasterKey implements AdminService.MigrateMasterKey.
+func (s *AdminService) MigrateMasterKey(ctx context.Context, req *pb.MigrateMasterKeyRequest) (*pb.MigrateMasterKeyResponse, error) {
+	c, err := s.b.MigrateMasterKey(ctx, req.GetTo())
+	if err != nil {
+		return nil, toStatus(s.log, "MigrateMasterKey", err)
+	}
+	return &pb.MigrateMasterKeyResponse{From: c.From, To: c.To, KeyVersion: c.KeyVersion, RestartFlag: RestartFlag(c.To)}, nil
+}
+
+// RestartFlag is the brokerd flag that names a master key source ("file PATH" or a URI).
+func RestartFlag(source string) string {
+	if path, ok := strings.CutPrefix(source, "file "); ok {
+		return "--master-keyset " + path
+	}
+	return "--master-key-uri " + source
 }

@@ -38,7 +38,10 @@ func healthError(socket, service string, err error) error {
 }
 
 func newHealthCmd(a *app) *cobra.Command {
-	var service string
+	var (
+		service string
+		verbose bool
+	)
 	cmd := &cobra.Command{
 		Use:   "health",
 		Short: "Check that brokerd is serving (exit 0) or not (exit 1); usable as ExecStartPost= or a probe",
@@ -65,9 +68,24 @@ unknown service). Needs no admin rights and no token.`,
 				return fmt.Errorf("brokerd at %s is not healthy: %s", a.socket, st)
 			}
 			fmt.Fprintln(a.stdout, st)
+			if verbose {
+				// The master key line needs Status (admin only); a refusal is said, not failed on:
+				// the probe's answer is the line above.
+				err := a.call(cmd, "", func(ctx context.Context, c brokerAPI) error {
+					s, err := c.Status(ctx)
+					if err == nil {
+						fmt.Fprintf(a.stdout, "master key: %s\n", masterKeyLine(s))
+					}
+					return err
+				})
+				if err != nil {
+					fmt.Fprintf(a.stderr, "master key: unknown (%v)\n", err)
+				}
+			}
 			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "also print the master key's source and last KMS contact (admin only)")
 	cmd.Flags().StringVar(&service, "service", "", "check one service (credbroker.v1.SearchService, credbroker.v1.AdminService); default: the whole server")
 	return cmd
 }

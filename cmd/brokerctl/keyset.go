@@ -27,5 +27,6 @@ master keyset loses every stored credential, so back it up somewhere safe.`,
 	}
 	newCmd.Flags().StringVar(&out, "out", "", "file to create (required)")
 	newCmd.MarkFlagRequired("out")
-	return groupCmd("keyset", "Manage the master keyset", newCmd, newKeysetRotateCmd(a), newKeysetPruneCmd(a))
+	return groupCmd("keyset", "Manage the master keyset", newCmd, newKeysetRotateCmd(a), newKeysetPruneCmd(a),
+		newKeysetRewrapCmd(a), newKeysetMigrateCmd(a)) // keyset_kms.go
 }

@@ -26,6 +26,8 @@ type statusJSON struct {
 	Limits []credentialLimitsJSON `json:"limits"`
 	// Workloads are the attestation registrations (workload.go).
 	Workloads []workloadJSON `json:"workloads"`
+	// MasterKey is the KEK's source (a file or a KMS URI, never a secret) and KMS state.
+	MasterKey masterKeyJSON `json:"master_key"`
 
 	statusRotationJSON // rotation.go: warnings, key ids, rotation state
 }
@@ -61,6 +63,8 @@ func newStatusCmd(a *app) *cobra.Command {
 					statusRotationJSON: statusRotation(st), // rotation.go
 					Limits:             statusLimits(st),
 					Workloads:          statusWorkloads(st),
+					MasterKey: masterKeyJSON{Source: st.GetMasterKeySource(), LastKMSContact: rfc3339(st.GetMasterKeyLastKmsContact()),
+						KeyVersions: append([]string{}, st.GetMasterKeyVersions()...)},
 				})
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
@@ -77,6 +81,7 @@ func newStatusCmd(a *app) *cobra.Command {
 			for _, w := range st.GetWorkloads() {
 				fmt.Fprintf(tw, "workload %s:\t%s\n", w.GetName(), workloadSelectors(w))
 			}
+			fmt.Fprintf(tw, "master key:\t%s\n", masterKeyLine(st))
 			printRotationStatus(tw, st) // rotation.go
 			return tw.Flush()
 		},
@@ -107,4 +112,23 @@ func statusWorkloads(st *credbrokerv1.StatusResponse) []workloadJSON {
 		out = append(out, toWorkloadJSON(w))
 	}
 	return out
+}
+
+// masterKeyJSON is the master key in `status --json`.
+type masterKeyJSON struct {
+	Source         string   `json:"source"`
+	LastKMSContact string   `json:"last_kms_contact,omitempty"`
+	KeyVersions    []string `json:"key_versions"`
+}
+
+// masterKeyLine is "SOURCE" plus, for a KMS, its key versions and last contact.
+func masterKeyLine(st *credbrokerv1.StatusResponse) string {
+	line := orDash(st.GetMasterKeySource())
+	if vs := st.GetMasterKeyVersions(); len(vs) > 0 {
+		line += " (key version " + strings.Join(vs, ",") + ")"
+	}
+	if t := st.GetMasterKeyLastKmsContact(); t != nil {
+		line += "; last KMS contact " + rfc3339(t)
+	}
+	return line
 }

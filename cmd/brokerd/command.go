@@ -24,16 +24,16 @@ import (
 var version = "0.1.0-dev"
 
 type flags struct {
-	socket, db, masterKeyset, upstreamURL string
-	adminUIDs, adminGIDs                  string
-	socketMode, socketGroup               string
-	httpListen                            []string
-	maxTTL, shutdownTimeout               time.Duration
-	auditRetention                        time.Duration
-	noReflection                          bool
-	metricsListen                         string
-	metricsAllowNonLoopback               bool
-	logLevel                              string
+	socket, db, masterKeyset, masterKeyURI, upstreamURL string
+	adminUIDs, adminGIDs                                string
+	socketMode, socketGroup                             string
+	httpListen                                          []string
+	maxTTL, shutdownTimeout                             time.Duration
+	auditRetention                                      time.Duration
+	noReflection                                        bool
+	metricsListen                                       string
+	metricsAllowNonLoopback                             bool
+	logLevel                                            string
 
 	graceWindow    time.Duration // rotation: see broker.DefaultGraceWindow
 	keepVersions   int
@@ -76,12 +76,19 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			masterKeysetFromEnv := os.Getenv("CREDBROKER_MASTER_KEYSET") != ""
 			cfg, log, err := f.config()
 			if err != nil {
 				return err
 			}
 			// The keyset path may come from the environment; don't pass it on to anything we start.
 			os.Unsetenv("CREDBROKER_MASTER_KEYSET")
+			os.Unsetenv("CREDBROKER_MASTER_KEY_URI")
+			// A KMS key replaces the keyset file; the systemd credential default must not make
+			// it "both". Naming both explicitly is an error (daemon.Run).
+			if f.masterKeyURI != "" && !cmd.Flags().Changed("master-keyset") && !masterKeysetFromEnv {
+				cfg.MasterKeyset = ""
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			cfg.Logger = log
@@ -100,6 +107,8 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.StringVar(&f.db, "db", envOr("CREDBROKER_DB", systemdPath("STATE_DIRECTORY", "broker.db")), "bbolt database file (env CREDBROKER_DB; default $STATE_DIRECTORY/broker.db)")
 	fl.StringVar(&f.masterKeyset, "master-keyset", envOr("CREDBROKER_MASTER_KEYSET", systemdPath("CREDENTIALS_DIRECTORY", "master-keyset")),
 		"master keyset file, mode 0600 (env CREDBROKER_MASTER_KEYSET; default $CREDENTIALS_DIRECTORY/master-keyset)")
+	fl.StringVar(&f.masterKeyURI, "master-key-uri", envOr("CREDBROKER_MASTER_KEY_URI", ""),
+		"KMS key holding the master key instead of a keyset file: hcvault://HOST[:PORT]/transit/keys/NAME (Vault/OpenBao Transit; token from VAULT_TOKEN_FILE or $CREDENTIALS_DIRECTORY/vault-token) (env CREDBROKER_MASTER_KEY_URI)")
 	fl.StringVar(&f.upstreamURL, "upstream-url", envOr("CREDBROKER_UPSTREAM_URL", "https://api.scavio.dev"), "Scavio API base URL (env CREDBROKER_UPSTREAM_URL)")
 	fl.StringVar(&f.upstreamProxy, "upstream-proxy", "", "send upstream calls through this proxy (http://, https:// or socks5://host:port); without it HTTP_PROXY/HTTPS_PROXY are ignored")
 	fl.StringVar(&f.adminUIDs, "admin-uid", "", "comma-separated uids allowed to use the admin API (root and brokerd's own uid always are)")
@@ -185,7 +194,7 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 		grace = -1 // daemon.Config: negative is off, 0 the default
 	}
 	return daemon.Config{
-		Socket: f.socket, DB: f.db, MasterKeyset: f.masterKeyset, UpstreamURL: f.upstreamURL,
+		Socket: f.socket, DB: f.db, MasterKeyset: f.masterKeyset, MasterKeyURI: f.masterKeyURI, UpstreamURL: f.upstreamURL,
 		AdminUIDs: uids, AdminGIDs: gids, SocketMode: os.FileMode(mode), SocketGroup: f.socketGroup,
 		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, AuditRetention: f.auditRetention, NoReflection: f.noReflection, Version: version,
 		MetricsListen: f.metricsListen, MetricsAllowNonLoopback: f.metricsAllowNonLoopback, HTTPListen: f.httpListen,

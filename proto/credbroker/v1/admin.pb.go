@@ -1378,9 +1378,18 @@ type StatusResponse struct {
 	// the credits spent this month (name, version, limits and credits_this_month are set).
 	LimitedCredentials []*Credential `protobuf:"bytes,13,rep,name=limited_credentials,json=limitedCredentials,proto3" json:"limited_credentials,omitempty"`
 	// workloads are the registrations that may fetch tokens by attestation, sorted by name.
-	Workloads     []*Workload `protobuf:"bytes,14,rep,name=workloads,proto3" json:"workloads,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Workloads []*Workload `protobuf:"bytes,14,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	// master_key_source is where the master key (KEK) comes from: "file PATH" or a KMS key URI.
+	// Never a secret.
+	MasterKeySource string `protobuf:"bytes,15,opt,name=master_key_source,json=masterKeySource,proto3" json:"master_key_source,omitempty"`
+	// master_key_last_kms_contact is when the KMS holding the master key last answered; unset for
+	// a keyset file.
+	MasterKeyLastKmsContact *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=master_key_last_kms_contact,json=masterKeyLastKmsContact,proto3" json:"master_key_last_kms_contact,omitempty"`
+	// master_key_versions are the KMS key versions the stored wrapping was made under (Vault
+	// Transit); empty for a keyset file.
+	MasterKeyVersions []string `protobuf:"bytes,17,rep,name=master_key_versions,json=masterKeyVersions,proto3" json:"master_key_versions,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1507,6 +1516,27 @@ func (x *StatusResponse) GetLimitedCredentials() []*Credential {
 func (x *StatusResponse) GetWorkloads() []*Workload {
 	if x != nil {
 		return x.Workloads
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetMasterKeySource() string {
+	if x != nil {
+		return x.MasterKeySource
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetMasterKeyLastKmsContact() *timestamppb.Timestamp {
+	if x != nil {
+		return x.MasterKeyLastKmsContact
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetMasterKeyVersions() []string {
+	if x != nil {
+		return x.MasterKeyVersions
 	}
 	return nil
 }
@@ -3979,6 +4009,234 @@ func (*RemoveWorkloadResponse) Descriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{56}
 }
 
+// RewrapMasterKeyRequest has no fields.
+type RewrapMasterKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapMasterKeyRequest) Reset() {
+	*x = RewrapMasterKeyRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapMasterKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapMasterKeyRequest) ProtoMessage() {}
+
+func (x *RewrapMasterKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapMasterKeyRequest.ProtoReflect.Descriptor instead.
+func (*RewrapMasterKeyRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{57}
+}
+
+// RewrapMasterKeyResponse says what the re-wrap did.
+type RewrapMasterKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// source is the master key's source ("file PATH" or the KMS key URI).
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// rewrapped reports whether the stored wrapping changed.
+	Rewrapped bool `protobuf:"varint,2,opt,name=rewrapped,proto3" json:"rewrapped,omitempty"`
+	// previous_key_versions are the KMS key versions of the wrapping before (KMS with versions).
+	PreviousKeyVersions []string `protobuf:"bytes,3,rep,name=previous_key_versions,json=previousKeyVersions,proto3" json:"previous_key_versions,omitempty"`
+	// key_version is the KMS key version it is under now.
+	KeyVersion    string `protobuf:"bytes,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapMasterKeyResponse) Reset() {
+	*x = RewrapMasterKeyResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapMasterKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapMasterKeyResponse) ProtoMessage() {}
+
+func (x *RewrapMasterKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapMasterKeyResponse.ProtoReflect.Descriptor instead.
+func (*RewrapMasterKeyResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *RewrapMasterKeyResponse) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *RewrapMasterKeyResponse) GetRewrapped() bool {
+	if x != nil {
+		return x.Rewrapped
+	}
+	return false
+}
+
+func (x *RewrapMasterKeyResponse) GetPreviousKeyVersions() []string {
+	if x != nil {
+		return x.PreviousKeyVersions
+	}
+	return nil
+}
+
+func (x *RewrapMasterKeyResponse) GetKeyVersion() string {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return ""
+}
+
+// MigrateMasterKeyRequest names the master key to move to.
+type MigrateMasterKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// to is an absolute keyset file path or a KMS key URI (hcvault://, aws-kms://, gcp-kms://).
+	To            string `protobuf:"bytes,1,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateMasterKeyRequest) Reset() {
+	*x = MigrateMasterKeyRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateMasterKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateMasterKeyRequest) ProtoMessage() {}
+
+func (x *MigrateMasterKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateMasterKeyRequest.ProtoReflect.Descriptor instead.
+func (*MigrateMasterKeyRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *MigrateMasterKeyRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+// MigrateMasterKeyResponse says what the migrate did.
+type MigrateMasterKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// from and to are the sources before and after.
+	From string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To   string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// key_version is the KMS key version the wrapping is under now (KMS with versions).
+	KeyVersion string `protobuf:"bytes,3,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// restart_flag is the brokerd flag to start with from now on, e.g. "--master-key-uri URI".
+	RestartFlag   string `protobuf:"bytes,4,opt,name=restart_flag,json=restartFlag,proto3" json:"restart_flag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateMasterKeyResponse) Reset() {
+	*x = MigrateMasterKeyResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateMasterKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateMasterKeyResponse) ProtoMessage() {}
+
+func (x *MigrateMasterKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateMasterKeyResponse.ProtoReflect.Descriptor instead.
+func (*MigrateMasterKeyResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *MigrateMasterKeyResponse) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *MigrateMasterKeyResponse) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *MigrateMasterKeyResponse) GetKeyVersion() string {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return ""
+}
+
+func (x *MigrateMasterKeyResponse) GetRestartFlag() string {
+	if x != nil {
+		return x.RestartFlag
+	}
+	return ""
+}
+
 // Entry is one credential to import.
 type ImportCredentialsRequest_Entry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3992,7 +4250,7 @@ type ImportCredentialsRequest_Entry struct {
 
 func (x *ImportCredentialsRequest_Entry) Reset() {
 	*x = ImportCredentialsRequest_Entry{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4004,7 +4262,7 @@ func (x *ImportCredentialsRequest_Entry) String() string {
 func (*ImportCredentialsRequest_Entry) ProtoMessage() {}
 
 func (x *ImportCredentialsRequest_Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4149,7 +4407,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
 	"\x05token\x18\x01 \x01(\v2\x18.credbroker.v1.TokenInfoR\x05token\"\x0f\n" +
-	"\rStatusRequest\"\x81\x05\n" +
+	"\rStatusRequest\"\xb7\x06\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x129\n" +
 	"\n" +
@@ -4167,7 +4425,10 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\tdata_keys\x18\v \x03(\v2\x1b.credbroker.v1.DataKeyUsageR\bdataKeys\x129\n" +
 	"\brotation\x18\f \x03(\v2\x1d.credbroker.v1.RotationStatusR\brotation\x12J\n" +
 	"\x13limited_credentials\x18\r \x03(\v2\x19.credbroker.v1.CredentialR\x12limitedCredentials\x125\n" +
-	"\tworkloads\x18\x0e \x03(\v2\x17.credbroker.v1.WorkloadR\tworkloads\"[\n" +
+	"\tworkloads\x18\x0e \x03(\v2\x17.credbroker.v1.WorkloadR\tworkloads\x12*\n" +
+	"\x11master_key_source\x18\x0f \x01(\tR\x0fmasterKeySource\x12X\n" +
+	"\x1bmaster_key_last_kms_contact\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\x17masterKeyLastKmsContact\x12.\n" +
+	"\x13master_key_versions\x18\x11 \x03(\tR\x11masterKeyVersions\"[\n" +
 	"\fDataKeyUsage\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\rR\x05keyId\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\bR\aprimary\x12\x1a\n" +
@@ -4358,7 +4619,22 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\tworkloads\x18\x01 \x03(\v2\x17.credbroker.v1.WorkloadR\tworkloads\"+\n" +
 	"\x15RemoveWorkloadRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
-	"\x16RemoveWorkloadResponse2\xaf\x10\n" +
+	"\x16RemoveWorkloadResponse\"\x18\n" +
+	"\x16RewrapMasterKeyRequest\"\xa4\x01\n" +
+	"\x17RewrapMasterKeyResponse\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x1c\n" +
+	"\trewrapped\x18\x02 \x01(\bR\trewrapped\x122\n" +
+	"\x15previous_key_versions\x18\x03 \x03(\tR\x13previousKeyVersions\x12\x1f\n" +
+	"\vkey_version\x18\x04 \x01(\tR\n" +
+	"keyVersion\")\n" +
+	"\x17MigrateMasterKeyRequest\x12\x0e\n" +
+	"\x02to\x18\x01 \x01(\tR\x02to\"\x82\x01\n" +
+	"\x18MigrateMasterKeyResponse\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x1f\n" +
+	"\vkey_version\x18\x03 \x01(\tR\n" +
+	"keyVersion\x12!\n" +
+	"\frestart_flag\x18\x04 \x01(\tR\vrestartFlag2\xf6\x11\n" +
 	"\fAdminService\x12Z\n" +
 	"\rPutCredential\x12#.credbroker.v1.PutCredentialRequest\x1a$.credbroker.v1.PutCredentialResponse\x12c\n" +
 	"\x10RotateCredential\x12&.credbroker.v1.RotateCredentialRequest\x1a'.credbroker.v1.RotateCredentialResponse\x12`\n" +
@@ -4384,7 +4660,9 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"WatchAudit\x12 .credbroker.v1.WatchAuditRequest\x1a!.credbroker.v1.WatchAuditResponse0\x01\x12T\n" +
 	"\vAddWorkload\x12!.credbroker.v1.AddWorkloadRequest\x1a\".credbroker.v1.AddWorkloadResponse\x12Z\n" +
 	"\rListWorkloads\x12#.credbroker.v1.ListWorkloadsRequest\x1a$.credbroker.v1.ListWorkloadsResponse\x12]\n" +
-	"\x0eRemoveWorkload\x12$.credbroker.v1.RemoveWorkloadRequest\x1a%.credbroker.v1.RemoveWorkloadResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x0eRemoveWorkload\x12$.credbroker.v1.RemoveWorkloadRequest\x1a%.credbroker.v1.RemoveWorkloadResponse\x12`\n" +
+	"\x0fRewrapMasterKey\x12%.credbroker.v1.RewrapMasterKeyRequest\x1a&.credbroker.v1.RewrapMasterKeyResponse\x12c\n" +
+	"\x10MigrateMasterKey\x12&.credbroker.v1.MigrateMasterKeyRequest\x1a'.credbroker.v1.MigrateMasterKeyResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -4398,7 +4676,7 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*Credential)(nil),                     // 0: credbroker.v1.Credential
 	(*CredentialLimits)(nil),               // 1: credbroker.v1.CredentialLimits
@@ -4457,120 +4735,129 @@ var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*ListWorkloadsResponse)(nil),          // 54: credbroker.v1.ListWorkloadsResponse
 	(*RemoveWorkloadRequest)(nil),          // 55: credbroker.v1.RemoveWorkloadRequest
 	(*RemoveWorkloadResponse)(nil),         // 56: credbroker.v1.RemoveWorkloadResponse
-	(*ImportCredentialsRequest_Entry)(nil), // 57: credbroker.v1.ImportCredentialsRequest.Entry
-	(*timestamppb.Timestamp)(nil),          // 58: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 59: google.protobuf.Duration
+	(*RewrapMasterKeyRequest)(nil),         // 57: credbroker.v1.RewrapMasterKeyRequest
+	(*RewrapMasterKeyResponse)(nil),        // 58: credbroker.v1.RewrapMasterKeyResponse
+	(*MigrateMasterKeyRequest)(nil),        // 59: credbroker.v1.MigrateMasterKeyRequest
+	(*MigrateMasterKeyResponse)(nil),       // 60: credbroker.v1.MigrateMasterKeyResponse
+	(*ImportCredentialsRequest_Entry)(nil), // 61: credbroker.v1.ImportCredentialsRequest.Entry
+	(*timestamppb.Timestamp)(nil),          // 62: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 63: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	58, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
-	58, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
+	62, // 0: credbroker.v1.Credential.created_at:type_name -> google.protobuf.Timestamp
+	62, // 1: credbroker.v1.Credential.rotated_at:type_name -> google.protobuf.Timestamp
 	2,  // 2: credbroker.v1.Credential.policy:type_name -> credbroker.v1.RotationPolicy
-	58, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
+	62, // 3: credbroker.v1.Credential.next_due:type_name -> google.protobuf.Timestamp
 	1,  // 4: credbroker.v1.Credential.limits:type_name -> credbroker.v1.CredentialLimits
-	59, // 5: credbroker.v1.CredentialLimits.rate_period:type_name -> google.protobuf.Duration
-	59, // 6: credbroker.v1.CredentialLimits.max_wait:type_name -> google.protobuf.Duration
-	59, // 7: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
+	63, // 5: credbroker.v1.CredentialLimits.rate_period:type_name -> google.protobuf.Duration
+	63, // 6: credbroker.v1.CredentialLimits.max_wait:type_name -> google.protobuf.Duration
+	63, // 7: credbroker.v1.RotationPolicy.max_age:type_name -> google.protobuf.Duration
 	0,  // 8: credbroker.v1.PutCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 9: credbroker.v1.RotateCredentialResponse.credential:type_name -> credbroker.v1.Credential
 	0,  // 10: credbroker.v1.ListCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	59, // 11: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
-	59, // 12: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
-	58, // 13: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	58, // 14: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	58, // 15: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	58, // 16: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
-	58, // 17: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
-	59, // 18: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
+	63, // 11: credbroker.v1.MintTokenRequest.ttl:type_name -> google.protobuf.Duration
+	63, // 12: credbroker.v1.MintTokenRequest.rate_period:type_name -> google.protobuf.Duration
+	62, // 13: credbroker.v1.MintTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	62, // 14: credbroker.v1.TokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	62, // 15: credbroker.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	62, // 16: credbroker.v1.TokenInfo.revoked_at:type_name -> google.protobuf.Timestamp
+	62, // 17: credbroker.v1.TokenInfo.last_used_at:type_name -> google.protobuf.Timestamp
+	63, // 18: credbroker.v1.TokenInfo.rate_period:type_name -> google.protobuf.Duration
 	13, // 19: credbroker.v1.ListTokensResponse.tokens:type_name -> credbroker.v1.TokenInfo
 	13, // 20: credbroker.v1.RevokeTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	58, // 21: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	59, // 22: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
+	62, // 21: credbroker.v1.StatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	63, // 22: credbroker.v1.StatusResponse.uptime:type_name -> google.protobuf.Duration
 	20, // 23: credbroker.v1.StatusResponse.data_keys:type_name -> credbroker.v1.DataKeyUsage
 	21, // 24: credbroker.v1.StatusResponse.rotation:type_name -> credbroker.v1.RotationStatus
 	0,  // 25: credbroker.v1.StatusResponse.limited_credentials:type_name -> credbroker.v1.Credential
 	50, // 26: credbroker.v1.StatusResponse.workloads:type_name -> credbroker.v1.Workload
-	58, // 27: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
-	58, // 28: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
-	58, // 29: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
-	13, // 30: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
-	58, // 31: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	59, // 32: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
-	58, // 33: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
-	24, // 34: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
-	58, // 35: credbroker.v1.WatchAuditRequest.since:type_name -> google.protobuf.Timestamp
-	24, // 36: credbroker.v1.WatchAuditResponse.records:type_name -> credbroker.v1.AuditRecord
-	58, // 37: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 38: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
-	31, // 39: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
-	42, // 40: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
-	0,  // 41: credbroker.v1.RollbackCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	2,  // 42: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
-	0,  // 43: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
-	0,  // 44: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	58, // 45: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
-	1,  // 46: credbroker.v1.SetCredentialLimitsRequest.limits:type_name -> credbroker.v1.CredentialLimits
-	0,  // 47: credbroker.v1.SetCredentialLimitsResponse.credential:type_name -> credbroker.v1.Credential
-	58, // 48: credbroker.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
-	46, // 49: credbroker.v1.UsageResponse.rows:type_name -> credbroker.v1.UsageRow
-	57, // 50: credbroker.v1.ImportCredentialsRequest.entries:type_name -> credbroker.v1.ImportCredentialsRequest.Entry
-	0,  // 51: credbroker.v1.ImportCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
-	59, // 52: credbroker.v1.Workload.ttl:type_name -> google.protobuf.Duration
-	59, // 53: credbroker.v1.Workload.rate_period:type_name -> google.protobuf.Duration
-	58, // 54: credbroker.v1.Workload.created_at:type_name -> google.protobuf.Timestamp
-	50, // 55: credbroker.v1.AddWorkloadRequest.workload:type_name -> credbroker.v1.Workload
-	50, // 56: credbroker.v1.AddWorkloadResponse.workload:type_name -> credbroker.v1.Workload
-	50, // 57: credbroker.v1.ListWorkloadsResponse.workloads:type_name -> credbroker.v1.Workload
-	3,  // 58: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
-	5,  // 59: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
-	7,  // 60: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
-	9,  // 61: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
-	11, // 62: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
-	14, // 63: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
-	16, // 64: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
-	18, // 65: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
-	22, // 66: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
-	25, // 67: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
-	29, // 68: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	32, // 69: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
-	34, // 70: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
-	36, // 71: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
-	38, // 72: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
-	40, // 73: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
-	43, // 74: credbroker.v1.AdminService.SetCredentialLimits:input_type -> credbroker.v1.SetCredentialLimitsRequest
-	45, // 75: credbroker.v1.AdminService.Usage:input_type -> credbroker.v1.UsageRequest
-	48, // 76: credbroker.v1.AdminService.ImportCredentials:input_type -> credbroker.v1.ImportCredentialsRequest
-	27, // 77: credbroker.v1.AdminService.WatchAudit:input_type -> credbroker.v1.WatchAuditRequest
-	51, // 78: credbroker.v1.AdminService.AddWorkload:input_type -> credbroker.v1.AddWorkloadRequest
-	53, // 79: credbroker.v1.AdminService.ListWorkloads:input_type -> credbroker.v1.ListWorkloadsRequest
-	55, // 80: credbroker.v1.AdminService.RemoveWorkload:input_type -> credbroker.v1.RemoveWorkloadRequest
-	4,  // 81: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
-	6,  // 82: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
-	8,  // 83: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
-	10, // 84: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
-	12, // 85: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
-	15, // 86: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
-	17, // 87: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
-	19, // 88: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
-	23, // 89: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
-	26, // 90: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
-	30, // 91: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	33, // 92: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
-	35, // 93: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
-	37, // 94: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
-	39, // 95: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
-	41, // 96: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
-	44, // 97: credbroker.v1.AdminService.SetCredentialLimits:output_type -> credbroker.v1.SetCredentialLimitsResponse
-	47, // 98: credbroker.v1.AdminService.Usage:output_type -> credbroker.v1.UsageResponse
-	49, // 99: credbroker.v1.AdminService.ImportCredentials:output_type -> credbroker.v1.ImportCredentialsResponse
-	28, // 100: credbroker.v1.AdminService.WatchAudit:output_type -> credbroker.v1.WatchAuditResponse
-	52, // 101: credbroker.v1.AdminService.AddWorkload:output_type -> credbroker.v1.AddWorkloadResponse
-	54, // 102: credbroker.v1.AdminService.ListWorkloads:output_type -> credbroker.v1.ListWorkloadsResponse
-	56, // 103: credbroker.v1.AdminService.RemoveWorkload:output_type -> credbroker.v1.RemoveWorkloadResponse
-	81, // [81:104] is the sub-list for method output_type
-	58, // [58:81] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	62, // 27: credbroker.v1.StatusResponse.master_key_last_kms_contact:type_name -> google.protobuf.Timestamp
+	62, // 28: credbroker.v1.RotationStatus.rotated_at:type_name -> google.protobuf.Timestamp
+	62, // 29: credbroker.v1.RotationStatus.next_due:type_name -> google.protobuf.Timestamp
+	62, // 30: credbroker.v1.RotationStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	13, // 31: credbroker.v1.GetTokenResponse.token:type_name -> credbroker.v1.TokenInfo
+	62, // 32: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	63, // 33: credbroker.v1.AuditRecord.latency:type_name -> google.protobuf.Duration
+	62, // 34: credbroker.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 35: credbroker.v1.ListAuditResponse.records:type_name -> credbroker.v1.AuditRecord
+	62, // 36: credbroker.v1.WatchAuditRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 37: credbroker.v1.WatchAuditResponse.records:type_name -> credbroker.v1.AuditRecord
+	62, // 38: credbroker.v1.CredentialVersion.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 39: credbroker.v1.CredentialHistoryResponse.credential:type_name -> credbroker.v1.Credential
+	31, // 40: credbroker.v1.CredentialHistoryResponse.versions:type_name -> credbroker.v1.CredentialVersion
+	42, // 41: credbroker.v1.CredentialHistoryResponse.events:type_name -> credbroker.v1.CredentialEvent
+	0,  // 42: credbroker.v1.RollbackCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	2,  // 43: credbroker.v1.SetRotationPolicyRequest.policy:type_name -> credbroker.v1.RotationPolicy
+	0,  // 44: credbroker.v1.SetRotationPolicyResponse.credential:type_name -> credbroker.v1.Credential
+	0,  // 45: credbroker.v1.ImportCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	62, // 46: credbroker.v1.CredentialEvent.at:type_name -> google.protobuf.Timestamp
+	1,  // 47: credbroker.v1.SetCredentialLimitsRequest.limits:type_name -> credbroker.v1.CredentialLimits
+	0,  // 48: credbroker.v1.SetCredentialLimitsResponse.credential:type_name -> credbroker.v1.Credential
+	62, // 49: credbroker.v1.UsageRequest.since:type_name -> google.protobuf.Timestamp
+	46, // 50: credbroker.v1.UsageResponse.rows:type_name -> credbroker.v1.UsageRow
+	61, // 51: credbroker.v1.ImportCredentialsRequest.entries:type_name -> credbroker.v1.ImportCredentialsRequest.Entry
+	0,  // 52: credbroker.v1.ImportCredentialsResponse.credentials:type_name -> credbroker.v1.Credential
+	63, // 53: credbroker.v1.Workload.ttl:type_name -> google.protobuf.Duration
+	63, // 54: credbroker.v1.Workload.rate_period:type_name -> google.protobuf.Duration
+	62, // 55: credbroker.v1.Workload.created_at:type_name -> google.protobuf.Timestamp
+	50, // 56: credbroker.v1.AddWorkloadRequest.workload:type_name -> credbroker.v1.Workload
+	50, // 57: credbroker.v1.AddWorkloadResponse.workload:type_name -> credbroker.v1.Workload
+	50, // 58: credbroker.v1.ListWorkloadsResponse.workloads:type_name -> credbroker.v1.Workload
+	3,  // 59: credbroker.v1.AdminService.PutCredential:input_type -> credbroker.v1.PutCredentialRequest
+	5,  // 60: credbroker.v1.AdminService.RotateCredential:input_type -> credbroker.v1.RotateCredentialRequest
+	7,  // 61: credbroker.v1.AdminService.ListCredentials:input_type -> credbroker.v1.ListCredentialsRequest
+	9,  // 62: credbroker.v1.AdminService.DeleteCredential:input_type -> credbroker.v1.DeleteCredentialRequest
+	11, // 63: credbroker.v1.AdminService.MintToken:input_type -> credbroker.v1.MintTokenRequest
+	14, // 64: credbroker.v1.AdminService.ListTokens:input_type -> credbroker.v1.ListTokensRequest
+	16, // 65: credbroker.v1.AdminService.RevokeToken:input_type -> credbroker.v1.RevokeTokenRequest
+	18, // 66: credbroker.v1.AdminService.Status:input_type -> credbroker.v1.StatusRequest
+	22, // 67: credbroker.v1.AdminService.GetToken:input_type -> credbroker.v1.GetTokenRequest
+	25, // 68: credbroker.v1.AdminService.ListAudit:input_type -> credbroker.v1.ListAuditRequest
+	29, // 69: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	32, // 70: credbroker.v1.AdminService.CredentialHistory:input_type -> credbroker.v1.CredentialHistoryRequest
+	34, // 71: credbroker.v1.AdminService.RollbackCredential:input_type -> credbroker.v1.RollbackCredentialRequest
+	36, // 72: credbroker.v1.AdminService.SetRotationPolicy:input_type -> credbroker.v1.SetRotationPolicyRequest
+	38, // 73: credbroker.v1.AdminService.ImportCredential:input_type -> credbroker.v1.ImportCredentialRequest
+	40, // 74: credbroker.v1.AdminService.Rekey:input_type -> credbroker.v1.RekeyRequest
+	43, // 75: credbroker.v1.AdminService.SetCredentialLimits:input_type -> credbroker.v1.SetCredentialLimitsRequest
+	45, // 76: credbroker.v1.AdminService.Usage:input_type -> credbroker.v1.UsageRequest
+	48, // 77: credbroker.v1.AdminService.ImportCredentials:input_type -> credbroker.v1.ImportCredentialsRequest
+	27, // 78: credbroker.v1.AdminService.WatchAudit:input_type -> credbroker.v1.WatchAuditRequest
+	51, // 79: credbroker.v1.AdminService.AddWorkload:input_type -> credbroker.v1.AddWorkloadRequest
+	53, // 80: credbroker.v1.AdminService.ListWorkloads:input_type -> credbroker.v1.ListWorkloadsRequest
+	55, // 81: credbroker.v1.AdminService.RemoveWorkload:input_type -> credbroker.v1.RemoveWorkloadRequest
+	57, // 82: credbroker.v1.AdminService.RewrapMasterKey:input_type -> credbroker.v1.RewrapMasterKeyRequest
+	59, // 83: credbroker.v1.AdminService.MigrateMasterKey:input_type -> credbroker.v1.MigrateMasterKeyRequest
+	4,  // 84: credbroker.v1.AdminService.PutCredential:output_type -> credbroker.v1.PutCredentialResponse
+	6,  // 85: credbroker.v1.AdminService.RotateCredential:output_type -> credbroker.v1.RotateCredentialResponse
+	8,  // 86: credbroker.v1.AdminService.ListCredentials:output_type -> credbroker.v1.ListCredentialsResponse
+	10, // 87: credbroker.v1.AdminService.DeleteCredential:output_type -> credbroker.v1.DeleteCredentialResponse
+	12, // 88: credbroker.v1.AdminService.MintToken:output_type -> credbroker.v1.MintTokenResponse
+	15, // 89: credbroker.v1.AdminService.ListTokens:output_type -> credbroker.v1.ListTokensResponse
+	17, // 90: credbroker.v1.AdminService.RevokeToken:output_type -> credbroker.v1.RevokeTokenResponse
+	19, // 91: credbroker.v1.AdminService.Status:output_type -> credbroker.v1.StatusResponse
+	23, // 92: credbroker.v1.AdminService.GetToken:output_type -> credbroker.v1.GetTokenResponse
+	26, // 93: credbroker.v1.AdminService.ListAudit:output_type -> credbroker.v1.ListAuditResponse
+	30, // 94: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	33, // 95: credbroker.v1.AdminService.CredentialHistory:output_type -> credbroker.v1.CredentialHistoryResponse
+	35, // 96: credbroker.v1.AdminService.RollbackCredential:output_type -> credbroker.v1.RollbackCredentialResponse
+	37, // 97: credbroker.v1.AdminService.SetRotationPolicy:output_type -> credbroker.v1.SetRotationPolicyResponse
+	39, // 98: credbroker.v1.AdminService.ImportCredential:output_type -> credbroker.v1.ImportCredentialResponse
+	41, // 99: credbroker.v1.AdminService.Rekey:output_type -> credbroker.v1.RekeyResponse
+	44, // 100: credbroker.v1.AdminService.SetCredentialLimits:output_type -> credbroker.v1.SetCredentialLimitsResponse
+	47, // 101: credbroker.v1.AdminService.Usage:output_type -> credbroker.v1.UsageResponse
+	49, // 102: credbroker.v1.AdminService.ImportCredentials:output_type -> credbroker.v1.ImportCredentialsResponse
+	28, // 103: credbroker.v1.AdminService.WatchAudit:output_type -> credbroker.v1.WatchAuditResponse
+	52, // 104: credbroker.v1.AdminService.AddWorkload:output_type -> credbroker.v1.AddWorkloadResponse
+	54, // 105: credbroker.v1.AdminService.ListWorkloads:output_type -> credbroker.v1.ListWorkloadsResponse
+	56, // 106: credbroker.v1.AdminService.RemoveWorkload:output_type -> credbroker.v1.RemoveWorkloadResponse
+	58, // 107: credbroker.v1.AdminService.RewrapMasterKey:output_type -> credbroker.v1.RewrapMasterKeyResponse
+	60, // 108: credbroker.v1.AdminService.MigrateMasterKey:output_type -> credbroker.v1.MigrateMasterKeyResponse
+	84, // [84:109] is the sub-list for method output_type
+	59, // [59:84] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -4588,7 +4875,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   58,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -42,6 +42,8 @@ const (
 	AdminService_AddWorkload_FullMethodName         = "/credbroker.v1.AdminService/AddWorkload"
 	AdminService_ListWorkloads_FullMethodName       = "/credbroker.v1.AdminService/ListWorkloads"
 	AdminService_RemoveWorkload_FullMethodName      = "/credbroker.v1.AdminService/RemoveWorkload"
+	AdminService_RewrapMasterKey_FullMethodName     = "/credbroker.v1.AdminService/RewrapMasterKey"
+	AdminService_MigrateMasterKey_FullMethodName    = "/credbroker.v1.AdminService/MigrateMasterKey"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -119,6 +121,15 @@ type AdminServiceClient interface {
 	// RemoveWorkload deletes a registration; tokens already fetched through it live on until they
 	// expire, are revoked or their process exits. NotFound for an unknown name.
 	RemoveWorkload(ctx context.Context, in *RemoveWorkloadRequest, opts ...grpc.CallOption) (*RemoveWorkloadResponse, error)
+	// RewrapMasterKey re-wraps the database's keysets under the master key's current version (a
+	// KMS key rotated in the KMS, a keyset file's new primary), in one verified transaction.
+	// Unavailable (KMS_UNAVAILABLE) if the KMS does not answer; nothing changes then.
+	RewrapMasterKey(ctx context.Context, in *RewrapMasterKeyRequest, opts ...grpc.CallOption) (*RewrapMasterKeyResponse, error)
+	// MigrateMasterKey moves the database from the master key brokerd runs with to another one (a
+	// keyset file path or a KMS key URI, opened by brokerd with its own environment), in one
+	// transaction verified by unwrapping under the new key before it commits. brokerd uses the new
+	// key from then on; restart it with the flag naming it. Running it again is harmless.
+	MigrateMasterKey(ctx context.Context, in *MigrateMasterKeyRequest, opts ...grpc.CallOption) (*MigrateMasterKeyResponse, error)
 }
 
 type adminServiceClient struct {
@@ -371,6 +382,26 @@ func (c *adminServiceClient) RemoveWorkload(ctx context.Context, in *RemoveWorkl
 	return out, nil
 }
 
+func (c *adminServiceClient) RewrapMasterKey(ctx context.Context, in *RewrapMasterKeyRequest, opts ...grpc.CallOption) (*RewrapMasterKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RewrapMasterKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_RewrapMasterKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) MigrateMasterKey(ctx context.Context, in *MigrateMasterKeyRequest, opts ...grpc.CallOption) (*MigrateMasterKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MigrateMasterKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_MigrateMasterKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -446,6 +477,15 @@ type AdminServiceServer interface {
 	// RemoveWorkload deletes a registration; tokens already fetched through it live on until they
 	// expire, are revoked or their process exits. NotFound for an unknown name.
 	RemoveWorkload(context.Context, *RemoveWorkloadRequest) (*RemoveWorkloadResponse, error)
+	// RewrapMasterKey re-wraps the database's keysets under the master key's current version (a
+	// KMS key rotated in the KMS, a keyset file's new primary), in one verified transaction.
+	// Unavailable (KMS_UNAVAILABLE) if the KMS does not answer; nothing changes then.
+	RewrapMasterKey(context.Context, *RewrapMasterKeyRequest) (*RewrapMasterKeyResponse, error)
+	// MigrateMasterKey moves the database from the master key brokerd runs with to another one (a
+	// keyset file path or a KMS key URI, opened by brokerd with its own environment), in one
+	// transaction verified by unwrapping under the new key before it commits. brokerd uses the new
+	// key from then on; restart it with the flag naming it. Running it again is harmless.
+	MigrateMasterKey(context.Context, *MigrateMasterKeyRequest) (*MigrateMasterKeyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -524,6 +564,12 @@ func (UnimplementedAdminServiceServer) ListWorkloads(context.Context, *ListWorkl
 }
 func (UnimplementedAdminServiceServer) RemoveWorkload(context.Context, *RemoveWorkloadRequest) (*RemoveWorkloadResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveWorkload not implemented")
+}
+func (UnimplementedAdminServiceServer) RewrapMasterKey(context.Context, *RewrapMasterKeyRequest) (*RewrapMasterKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RewrapMasterKey not implemented")
+}
+func (UnimplementedAdminServiceServer) MigrateMasterKey(context.Context, *MigrateMasterKeyRequest) (*MigrateMasterKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MigrateMasterKey not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -942,6 +988,42 @@ func _AdminService_RemoveWorkload_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RewrapMasterKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RewrapMasterKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RewrapMasterKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RewrapMasterKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RewrapMasterKey(ctx, req.(*RewrapMasterKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_MigrateMasterKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MigrateMasterKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).MigrateMasterKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_MigrateMasterKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).MigrateMasterKey(ctx, req.(*MigrateMasterKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1032,6 +1114,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveWorkload",
 			Handler:    _AdminService_RemoveWorkload_Handler,
+		},
+		{
+			MethodName: "RewrapMasterKey",
+			Handler:    _AdminService_RewrapMasterKey_Handler,
+		},
+		{
+			MethodName: "MigrateMasterKey",
+			Handler:    _AdminService_MigrateMasterKey_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
