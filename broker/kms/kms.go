@@ -20,6 +20,8 @@ import (
 
 	"github.com/tink-crypto/tink-go/v2/tink"
 
+	"github.com/credbroker/credbroker/broker/kms/awskms"
+	"github.com/credbroker/credbroker/broker/kms/gcpkms"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -81,8 +83,6 @@ func OpenFile(path string) (*KEK, error) {
 	return &KEK{AEAD: a, backend: a, Source: "file " + path, Description: "file " + path, Path: path}, nil
 }
 
-// ErrNotBuiltIn reports a KMS scheme brokerd knows of but does not include yet.
-var ErrNotBuiltIn = errors.New("KMS scheme not built in yet")
 
 // Open opens the KMS key named by uri and runs SelfTest on it: a backend that accepts a wrong
 // associated data is refused. Errors name the URI, never a credential.
@@ -103,11 +103,10 @@ func Open(ctx context.Context, uri string) (*KEK, error) {
 	return k, nil
 }
 
-// Backend returns the plain AEAD for uri, by scheme, without the self-test.
-//
-// aws-kms:// and gcp-kms:// are wired here once broker/kms/awskms and broker/kms/gcpkms exist:
-// each case becomes `return awskms.New(ctx, uri)` (resp. gcpkms.New); Open, the self-test and
-// everything after it work on any tink.AEAD.
+// Backend returns the plain AEAD for uri, by scheme, without the self-test. Open, the self-test and
+// everything after it work on any tink.AEAD; Versioned and Describer are optional. AWS KMS and
+// Cloud KMS rotate transparently (a ciphertext names no version brokerd can read), so their
+// AEADs are not Versioned: `keyset rewrap` re-encrypts under the current version on demand.
 func Backend(ctx context.Context, uri string) (tink.AEAD, error) {
 	// The scheme is read before any URL parsing: an AWS ARN is no valid URL host.
 	scheme, _, ok := strings.Cut(uri, "://")
@@ -122,9 +121,9 @@ func Backend(ctx context.Context, uri string) (tink.AEAD, error) {
 		}
 		return openTransit(ctx, u)
 	case "aws-kms":
-		return nil, fmt.Errorf("--master-key-uri %s: %w (AWS KMS: this brokerd was built without broker/kms/awskms)", redactURI(uri), ErrNotBuiltIn)
+		return awskms.New(ctx, uri)
 	case "gcp-kms":
-		return nil, fmt.Errorf("--master-key-uri %s: %w (GCP KMS: this brokerd was built without broker/kms/gcpkms)", redactURI(uri), ErrNotBuiltIn)
+		return gcpkms.New(ctx, uri)
 	default:
 		return nil, fmt.Errorf("--master-key-uri %s: unknown scheme %q (want hcvault, aws-kms or gcp-kms)", redactURI(uri), scheme)
 	}

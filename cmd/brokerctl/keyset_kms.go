@@ -35,8 +35,9 @@ func newKeysetRewrapCmd(a *app) *cobra.Command {
 		Long: `Ask the running brokerd to re-wrap the keysets stored in its database under the current
 version of its master key, in one transaction verified before it commits. Needed after rotating the
 key in the KMS (Vault Transit: ` + "`bao write -f transit/keys/NAME/rotate`" + `), whose ciphertexts carry
-no Tink key id; brokerd also does it by itself at start and on SIGHUP. With a keyset file it
-re-wraps under the keyset's primary. Admin only; audited.`,
+no Tink key id; brokerd also does it by itself at start and on SIGHUP. AWS KMS and Cloud KMS
+rotate transparently (old ciphertexts still open); this re-encrypts under the current key material.
+With a keyset file it re-wraps under the keyset's primary. Admin only; audited.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.callMasterKey(cmd, func(ctx context.Context, m masterKeyAPI) error {
@@ -46,8 +47,11 @@ re-wraps under the keyset's primary. Admin only; audited.`,
 				}
 				if v := res.GetKeyVersion(); v != "" {
 					fmt.Fprintf(a.stdout, "re-wrapped under %s, key version %s (was %s)\n", res.GetSource(), v, orDash(strings.Join(res.GetPreviousKeyVersions(), ",")))
+				} else if prev := res.GetPreviousKeyVersions(); res.GetRewrapped() && len(prev) > 0 {
+					fmt.Fprintf(a.stdout, "re-wrapped under the primary key of %s (was under master key ids %s)\n", res.GetSource(), strings.Join(prev, ","))
 				} else if res.GetRewrapped() {
-					fmt.Fprintf(a.stdout, "re-wrapped under the primary key of %s (was under master key ids %s)\n", res.GetSource(), orDash(strings.Join(res.GetPreviousKeyVersions(), ",")))
+					// AWS KMS, Cloud KMS: a ciphertext names no key version brokerd can read.
+					fmt.Fprintf(a.stdout, "re-wrapped under the current key material of %s\n", res.GetSource())
 				} else {
 					fmt.Fprintf(a.stdout, "already wrapped under the primary key of %s; nothing to do\n", res.GetSource())
 				}

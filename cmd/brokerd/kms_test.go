@@ -314,7 +314,7 @@ func TestKMSMigrateLive(t *testing.T) {
 	t.Logf("%d searches (and a status call every 5th), none failed, across two migrations", calls.Load())
 
 	// A bad target is refused and changes nothing.
-	k.ctl(t, "", "keyset", "migrate", "--to", "aws-kms://arn:aws:kms:eu-west-1:111122223333:key/x").fails(t, "not built in yet")
+	k.ctl(t, "", "keyset", "migrate", "--to", "aws-kms://arn:aws:kms:eu-west-1:111122223333:bucket/x").fails(t, "not an AWS KMS key URI")
 	k.ctl(t, "", "keyset", "migrate", "--to", filepath.Join(k.dir, "missing.json")).fails(t, "no such file")
 
 	if err := k.stop(t, syscall.SIGTERM); err != nil {
