@@ -83,7 +83,6 @@ func OpenFile(path string) (*KEK, error) {
 	return &KEK{AEAD: a, backend: a, Source: "file " + path, Description: "file " + path, Path: path}, nil
 }
 
-
 // Open opens the KMS key named by uri and runs SelfTest on it: a backend that accepts a wrong
 // associated data is refused. Errors name the URI, never a credential.
 func Open(ctx context.Context, uri string) (*KEK, error) {
