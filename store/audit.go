@@ -567,6 +567,7 @@ func (s *Store) ScanAudit(afterSeq uint64, since time.Time, limit int) ([]AuditR
 	if afterSeq == math.MaxUint64 { // nothing comes after the last possible record (and +1 would wrap)
 		return nil, last, nil
 	}
+	defer s.coldRead() // a page of records, perhaps old ones; watchers read the tail after every commit (mapped.go)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAudit)
 		if b == nil {
@@ -669,6 +670,7 @@ type AuditVerification struct {
 // value, dropping the newest records, see checkIntegrity).
 func (s *Store) VerifyAudit() (AuditVerification, error) {
 	var v AuditVerification
+	defer s.trimMapped() // the walk mapped the whole file (mapped.go)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		w := s.audit
 		anchor, err := w.readPoint(tx, keyAuditAnchor)

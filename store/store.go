@@ -83,6 +83,9 @@ type Store struct {
 	// stale, so a call that starts after a rotation returns always loads the new version.
 	current  sync.Map // credential name -> *currentVersion
 	writeGen atomic.Uint64
+
+	// coldReads counts single-record reads that may map cold pages (mapped.go).
+	coldReads atomic.Uint64
 }
 
 type currentVersion struct {

@@ -145,6 +145,7 @@ func (s *Store) GetToken(id string) (Token, error) {
 		t, err = s.openToken([]byte(id), raw)
 		return err
 	})
+	s.coldRead() // brokerd reads a token here when its cache misses (mapped.go)
 	return t, err
 }
 
@@ -155,6 +156,7 @@ func (s *Store) ListTokens(after string, limit int, keep func(*Token) bool) ([]T
 		out  []Token
 		next string
 	)
+	defer s.trimMapped() // a page of up to a thousand records (mapped.go)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketTokens).Cursor()
 		k, v := c.First()
@@ -185,6 +187,7 @@ func (s *Store) ListTokens(after string, limit int, keep func(*Token) bool) ([]T
 
 // ForEachToken calls fn for every stored token, in id order.
 func (s *Store) ForEachToken(fn func(*Token) error) error {
+	defer s.trimMapped() // the walk mapped the whole bucket (mapped.go)
 	return s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
 			t, err := s.openToken(k, v)
@@ -290,6 +293,7 @@ func (s *Store) changeToken(id string, change func(*Token) (bool, error)) (Token
 // CountTokens returns how many token records are stored, without decoding them.
 func (s *Store) CountTokens() (int, error) {
 	n := 0
+	defer s.trimMapped() // Stats walks every page of the bucket (mapped.go)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bucketTokens).Stats().KeyN
 		return nil
