@@ -64,9 +64,12 @@ type Options struct {
 	OnAuditPrune func(records int, took time.Duration, err error)
 }
 
-// syncFreelist makes commits write the freelist again (bbolt's default); only BenchmarkOpenBigDB
-// sets it, to compare.
+// syncFreelist makes commits write the freelist again (bbolt's default); only the benchmarks set
+// it, to compare.
 var syncFreelist = false
+
+// freelistType is bbolt's free page list; a variable only for BenchmarkOpenBigDB.
+var freelistType = bolt.FreelistMapType
 
 // Store is the bbolt database plus the data-keyset AEAD built once at Open.
 type Store struct {
@@ -156,12 +159,18 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 	}
 	// openDBFile refuses a symbolic link, another user's file or a non-regular one, and tightens a
 	// loosened mode on the descriptor it checked.
-	// NoFreelistSync: a commit does not write the free page list (a page per commit, bbolt
-	// bookkeeping on the hot path); Open rebuilds it by walking the file instead (the open-time
-	// cost is measured by BenchmarkOpenBigDB). The hashmap freelist keeps that rebuild and the
-	// allocations in a file with many free pages cheap.
+	// NoFreelistSync: a commit does not write the free page list; Close does (freelist.go).
+	// After a crash bolt.Open rebuilds the list by walking the file, on a goroutine where a damaged
+	// page cannot be recovered from: walk it here first.
+	if !syncFreelist && !freelistSynced(path) {
+		if err := walkAll(path, opts.LockTimeout); errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("open database %s: %w (is another brokerd running on it?)", path, ErrLocked)
+		} else if err != nil {
+			return nil, fmt.Errorf("open database %s: %w: %v; restore it from a backup", path, ErrCorrupt, err)
+		}
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, OpenFile: openDBFile,
-		NoFreelistSync: !syncFreelist, FreelistType: bolt.FreelistMapType})
+		NoFreelistSync: !syncFreelist, FreelistType: freelistType})
 	if err == nil {
 		// Batch (token uses, budgets) waits this long for company before committing; bbolt's
 		// 10ms default would be the latency of every use-limited call at low concurrency.
@@ -307,6 +316,7 @@ func parseVersion(b []byte) (uint32, error) {
 // Callers stop writing first: a batched write still waiting for its commit fails.
 func (s *Store) Close() error {
 	s.audit.close()
+	s.syncFreelistAtClose()
 	return s.db.Close()
 }
 
