@@ -24,14 +24,14 @@ var (
 //
 //   - freelist-sync=true: every commit writes the free page list (bbolt's default, before issue
 //     20); Open reads it.
-//
 //   - clean: NoFreelistSync, after a clean Close (which writes the list once); Open reads it.
-//
 //   - crashed/TYPE: NoFreelistSync, a copy taken while the store was open (as kill -9 leaves it):
 //     Open walks the file twice, once itself (walkAll) and once in bbolt to rebuild the list, with
 //     bbolt's array or hashmap freelist.
 //
-//     go test -run '^$' -bench BenchmarkOpenBigDB -benchtime 5x ./store/
+// Run it with
+//
+//	go test -run '^$' -bench BenchmarkOpenBigDB -benchtime 5x ./store/
 func BenchmarkOpenBigDB(b *testing.B) {
 	for _, v := range []struct {
 		name    string
