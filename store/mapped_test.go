@@ -101,3 +101,74 @@ func TestReadsLeaveFewDatabasePagesMapped(t *testing.T) {
 		t.Fatalf("the database is only %d KiB: the test proves nothing", fileKiB)
 	}
 }
+
+// ForEachProcessBoundToken finds exactly the process-bound tokens, whatever the other tokens'
+// labels say, and skips the rest without decoding them.
+func TestForEachProcessBoundToken(t *testing.T) {
+	kek, _ := newKEK(t)
+	s, err := Open(filepath.Join(t.TempDir(), "broker.db"), kek, Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want := map[string]bool{}
+	for i := range 200 {
+		tok := testToken(fmt.Sprintf("tok%05d", i), 0)
+		switch i % 4 {
+		case 0:
+			tok.ProcessBound, tok.Workload = true, "w"
+			want[tok.ID] = true
+		case 1:
+			tok.Label = `"process_bound":true` // a label that quotes the marker is not process-bound
+		case 2:
+			tok.Workload = "w" // fetched by attestation but not bound
+		}
+		if err := s.PutToken(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]bool{}
+	if err := s.ForEachProcessBoundToken(func(tok *Token) error {
+		if !tok.ProcessBound {
+			t.Errorf("token %s is not process-bound", tok.ID)
+		}
+		got[tok.ID] = true
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("found %d process-bound tokens, want %d", len(got), len(want))
+	}
+	for id := range want {
+		if !got[id] {
+			t.Errorf("process-bound token %s not found", id)
+		}
+	}
+}
+
+// BenchmarkStartupTokenScan is the start-up scan for process-bound tokens over 100k tokens (none
+// bound): every token decoded (ForEachToken, before) or only those whose body says so.
+func BenchmarkStartupTokenScan(b *testing.B) {
+	kek, _ := newKEK(b)
+	s, err := Open(filepath.Join(b.TempDir(), "broker.db"), kek, Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 100000 {
+		if err := s.PutToken(testToken(fmt.Sprintf("%016x", uint64(i)*0x9e3779b97f4a7c15), 0)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("ForEachToken", func(b *testing.B) {
+		for b.Loop() {
+			s.ForEachToken(func(t *Token) error { return nil })
+		}
+	})
+	b.Run("ForEachProcessBoundToken", func(b *testing.B) {
+		for b.Loop() {
+			s.ForEachProcessBoundToken(func(t *Token) error { return nil })
+		}
+	})
+}
