@@ -141,8 +141,7 @@ func BenchmarkAppendAuditAfterPrune(b *testing.B) {
 			if n, err := s.PruneAudit(context.Background(), time.Now().Add(time.Hour), 150000); err != nil || n != 150000 {
 				b.Fatalf("pruned %d: %v", n, err)
 			}
-			var st bolt.Stats
-			st = s.db.Stats()
+			st := s.db.Stats()
 			b.ReportMetric(float64(st.FreePageN+st.PendingPageN), "free-pages")
 			benchdisk.Measure(b)
 			for i := 0; b.Loop(); i++ {
