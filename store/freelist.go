@@ -104,9 +104,11 @@ func walkAll(path string, lockTimeout time.Duration) error {
 
 // syncFreelistAtClose writes the free page list with one last commit, so the next Open reads it
 // instead of walking the file. Nothing else is written. Skipped when the store stopped taking
-// writes after a disk error; a failure leaves the list unsynced, which the next Open rebuilds.
+// writes after a disk error, and when the file's list is still the one Open found (nothing
+// committed since: a store opened and closed leaves the file as it was); a failure leaves the list
+// unsynced, which the next Open rebuilds.
 func (s *Store) syncFreelistAtClose() {
-	if s.guard.stopped.Load() || !s.db.NoFreelistSync {
+	if s.guard.stopped.Load() || !s.db.NoFreelistSync || (s.syncedTxID != 0 && s.LastTxID() == s.syncedTxID) {
 		return
 	}
 	// Set inside the write transaction: bbolt reads the field in Commit, under the writer lock.

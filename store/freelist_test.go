@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -70,5 +71,37 @@ func TestFreelistSyncedAtCloseAndCrashCopyRefusedWhenDamaged(t *testing.T) {
 			d.Close()
 		}
 		t.Fatalf("open a damaged crash copy: %v, want ErrCorrupt", err)
+	}
+}
+
+// A store opened and closed with nothing committed in between leaves the file as it found it.
+func TestOpenCloseWithoutWritesLeavesTheFile(t *testing.T) {
+	kek, _ := newKEK(t)
+	path := filepath.Join(t.TempDir(), "broker.db")
+	s, err := Open(path, kek, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutToken(testToken("tok", 0)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err = Open(path, kek, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetToken("tok"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	after, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Fatal("opening and closing the store changed the file")
 	}
 }

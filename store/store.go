@@ -93,6 +93,9 @@ type Store struct {
 
 	// coldReads counts single-record reads that may map cold pages (mapped.go).
 	coldReads atomic.Uint64
+	// syncedTxID is the transaction whose meta page names a freelist page, if Open found one
+	// (0 if not): Close writes the list only if a later transaction committed (freelist.go).
+	syncedTxID uint64
 }
 
 type currentVersion struct {
@@ -162,7 +165,8 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 	// NoFreelistSync: a commit does not write the free page list; Close does (freelist.go).
 	// After a crash bolt.Open rebuilds the list by walking the file, on a goroutine where a damaged
 	// page cannot be recovered from: walk it here first.
-	if !syncFreelist && !freelistSynced(path) {
+	synced := freelistSynced(path)
+	if !syncFreelist && !synced {
 		if err := walkAll(path, opts.LockTimeout); errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open database %s: %w (is another brokerd running on it?)", path, ErrLocked)
 		} else if err != nil {
@@ -186,6 +190,9 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	s := &Store{db: db, keepVersions: opts.KeepVersions, guard: &commitGuard{db: db, onFatal: opts.OnFatal}}
+	if synced {
+		s.syncedTxID = s.LastTxID() // Close need not write the list again if nothing commits
+	}
 	if err := s.init(kek); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
