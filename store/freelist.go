@@ -27,46 +27,70 @@ import (
 // pgidNoFreelist is what a bbolt meta page holds for its freelist page after a NoFreelistSync commit.
 const pgidNoFreelist = ^uint64(0)
 
-// freelistSynced reports whether the bbolt file at path names a freelist page in its newest valid
-// meta page, i.e. whether bolt.Open will read the free page list rather than walk the file. A file
-// that does not exist or has no valid meta page reports true: bbolt creates the one and refuses the
-// other without walking.
-func freelistSynced(path string) bool {
+// boltMeta is what Open reads of the newest valid meta page of a bbolt file before bbolt does.
+type boltMeta struct {
+	freelist uint64 // the freelist page, or pgidNoFreelist
+	pages    uint64 // the high water mark: pages 0 to pages-1 are the file's
+	pageSize uint32
+	fileSize int64
+}
+
+// readBoltMeta reads the newest valid meta page of the bbolt file at path; ok is false if the file
+// does not exist, cannot be read or has no valid meta page (bbolt then creates it or refuses it).
+func readBoltMeta(path string) (m boltMeta, ok bool) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
-		return true
+		return m, false
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return m, false
+	}
 	// bbolt's meta pages: page 0 at offset 0, page 1 at offset pageSize. Each is a 16-byte page
 	// header, then the meta: magic, version, page size, flags (4 bytes each), the root bucket
 	// (16), the freelist page id, the high water mark, the txid (8 each), then an FNV-64a
 	// checksum of everything before it. Native byte order (bbolt casts the bytes to a struct).
-	read := func(off int64) (freelist, txid uint64, pageSize uint32, ok bool) {
+	read := func(off int64) (boltMeta, uint64, bool) {
 		var b [16 + 64]byte
 		if _, err := f.ReadAt(b[:], off); err != nil && err != io.EOF {
-			return 0, 0, 0, false
+			return boltMeta{}, 0, false
 		}
-		m := b[16:]
+		mb := b[16:]
 		ne := binary.NativeEndian
 		h := fnv.New64a()
-		h.Write(m[:56])
-		if ne.Uint32(m[0:]) != 0xED0CDAED || ne.Uint32(m[4:]) != 2 || ne.Uint64(m[56:]) != h.Sum64() {
-			return 0, 0, 0, false
+		h.Write(mb[:56])
+		if ne.Uint32(mb[0:]) != 0xED0CDAED || ne.Uint32(mb[4:]) != 2 || ne.Uint64(mb[56:]) != h.Sum64() {
+			return boltMeta{}, 0, false
 		}
-		return ne.Uint64(m[32:]), ne.Uint64(m[48:]), ne.Uint32(m[8:]), true
+		return boltMeta{freelist: ne.Uint64(mb[32:]), pages: ne.Uint64(mb[40:]), pageSize: ne.Uint32(mb[8:]), fileSize: fi.Size()},
+			ne.Uint64(mb[48:]), true
 	}
-	fl0, tx0, ps, ok0 := read(0)
+	m0, tx0, ok0 := read(0)
+	ps := m0.pageSize
 	if !ok0 {
 		ps = uint32(os.Getpagesize())
 	}
-	fl1, tx1, _, ok1 := read(int64(ps))
+	m1, tx1, ok1 := read(int64(ps))
 	switch {
 	case ok0 && (!ok1 || tx0 >= tx1):
-		return fl0 != pgidNoFreelist
+		return m0, true
 	case ok1:
-		return fl1 != pgidNoFreelist
+		return m1, true
 	}
-	return true
+	return m, false
+}
+
+// synced reports whether the meta names a freelist page: bolt.Open reads the free page list from
+// it rather than walking the file.
+func (m boltMeta) synced() bool { return m.freelist != pgidNoFreelist }
+
+// truncated reports whether the file is shorter than the pages its meta says it holds. bbolt
+// would read the missing pages through its mmap, a fault that kills the process (not a panic
+// Open can recover from), wherever a page it needs lies past the end. A file of less than its two
+// meta pages is left to bbolt, which refuses it ("file size too small").
+func (m boltMeta) truncated() bool {
+	return m.pageSize > 0 && m.fileSize >= 2*int64(m.pageSize) && m.pages > uint64(m.fileSize)/uint64(m.pageSize)
 }
 
 // walkAll reads every page of every bucket of the file at path through cursors, in this

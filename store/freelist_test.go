@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -27,7 +29,7 @@ func TestFreelistSyncedAtCloseAndCrashCopyRefusedWhenDamaged(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if freelistSynced(path) {
+	if synced(path) {
 		t.Fatal("after commits of an open store the freelist is synced; want NoFreelistSync commits")
 	}
 	crashed, err := os.ReadFile(path)
@@ -37,7 +39,7 @@ func TestFreelistSyncedAtCloseAndCrashCopyRefusedWhenDamaged(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if !freelistSynced(path) {
+	if !synced(path) {
 		t.Fatal("after Close the freelist is not synced: the next Open would walk the file")
 	}
 
@@ -63,7 +65,7 @@ func TestFreelistSyncedAtCloseAndCrashCopyRefusedWhenDamaged(t *testing.T) {
 	if err := os.WriteFile(badPath, bad, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if freelistSynced(badPath) {
+	if synced(badPath) {
 		t.Fatal("the damaged crash copy reports a synced freelist: the test would not reach the walk")
 	}
 	if d, err := Open(badPath, kek, Options{}); !errors.Is(err, ErrCorrupt) {
@@ -103,5 +105,47 @@ func TestOpenCloseWithoutWritesLeavesTheFile(t *testing.T) {
 	}
 	if !bytes.Equal(before, after) {
 		t.Fatal("opening and closing the store changed the file")
+	}
+}
+
+// synced reports whether the file at path names a freelist page (readBoltMeta).
+func synced(path string) bool {
+	m, ok := readBoltMeta(path)
+	return !ok || m.synced()
+}
+
+// A file shorter than the pages its meta page counts is refused before bbolt reads past its end
+// (a fault, not a panic: the process would die), wherever the missing pages lie.
+func TestTruncatedFileRefused(t *testing.T) {
+	kek, _ := newKEK(t)
+	path := filepath.Join(t.TempDir(), "broker.db")
+	s, err := Open(path, kek, Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if err := s.PutToken(testToken(fmt.Sprintf("tok%05d", i), 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := readBoltMeta(path)
+	if !ok || m.truncated() || m.pages < 8 {
+		t.Fatalf("meta of the whole file: %+v ok=%v", m, ok)
+	}
+	for _, cut := range []int64{int64(m.pages-1) * int64(m.pageSize), int64(len(good)) / 2, 2 * int64(m.pageSize)} {
+		if err := os.WriteFile(path, good[:cut], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := Open(path, kek, Options{}); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "truncated") {
+			if d != nil {
+				d.Close()
+			}
+			t.Fatalf("open the file cut to %d of %d bytes: %v, want ErrCorrupt (truncated)", cut, len(good), err)
+		}
 	}
 }

@@ -72,7 +72,7 @@ func BenchmarkOpenBigDB(b *testing.B) {
 					if err := os.WriteFile(path, crashed, 0o600); err != nil {
 						b.Fatal(err)
 					}
-					if freelistSynced(path) {
+					if synced(path) {
 						b.Fatal("the crash copy has a synced freelist")
 					}
 					b.StartTimer()

@@ -165,7 +165,12 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 	// NoFreelistSync: a commit does not write the free page list; Close does (freelist.go).
 	// After a crash bolt.Open rebuilds the list by walking the file, on a goroutine where a damaged
 	// page cannot be recovered from: walk it here first.
-	synced := freelistSynced(path)
+	meta, ok := readBoltMeta(path)
+	if ok && meta.truncated() {
+		return nil, fmt.Errorf("open database %s: %w: the file is %d bytes, shorter than the %d pages of %d bytes it says it holds (truncated?); restore it from a backup",
+			path, ErrCorrupt, meta.fileSize, meta.pages, meta.pageSize)
+	}
+	synced := !ok || meta.synced()
 	if !syncFreelist && !synced {
 		if err := walkAll(path, opts.LockTimeout); errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open database %s: %w (is another brokerd running on it?)", path, ErrLocked)
