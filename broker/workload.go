@@ -249,8 +249,8 @@ func (b *Broker) revokeExited(rec store.Token, caller Caller, program string) {
 func (b *Broker) RevokeProcessBound(ctx context.Context) (int, error) {
 	now := b.now()
 	var ids []store.Token
-	if err := b.store.ForEachToken(func(t *store.Token) error {
-		if t.ProcessBound && t.Live(now) {
+	if err := b.store.ForEachProcessBoundToken(func(t *store.Token) error {
+		if t.Live(now) {
 			ids = append(ids, *t)
 		}
 		return nil

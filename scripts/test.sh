@@ -30,6 +30,7 @@ done <<'TARGETS'
 ./broker/token FuzzParse
 ./store FuzzDecodeToken
 ./store FuzzDecodeAuditRecord
+./store FuzzAuditEncoderMatchesJSON
 ./broker FuzzSearchRequest
 ./broker/upstream FuzzRedactJSON
 TARGETS

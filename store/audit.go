@@ -90,10 +90,14 @@ type auditWriter struct {
 	db    *bolt.DB
 	guard *commitGuard // the store's: a failed commit that landed anyway counts as committed
 	mac   tink.MAC
-	reqs  chan *auditReq
-	quit  chan struct{}
-	done  chan struct{}
-	once  sync.Once
+	// rmac computes mac's tags with one reused HMAC state, and tagBuf is its output: both belong
+	// to the writer goroutine (sealRecord).
+	rmac   *recordMAC
+	tagBuf []byte
+	reqs   chan *auditReq
+	quit   chan struct{}
+	done   chan struct{}
+	once   sync.Once
 
 	// lastSeq and lastMAC are owned by the writer goroutine after openAudit. After a failed commit
 	// (failing) they may be wrong: bbolt can fail a commit after its meta page was written (the
@@ -201,7 +205,7 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 	if err != nil {
 		return err
 	}
-	w := &auditWriter{db: s.db, guard: s.guard, mac: m, onCommit: opts.OnAuditCommit, onPrune: opts.OnAuditPrune, reqs: make(chan *auditReq, maxAuditBatch),
+	w := &auditWriter{db: s.db, guard: s.guard, mac: m, rmac: newRecordMAC(h, m), onCommit: opts.OnAuditCommit, onPrune: opts.OnAuditPrune, reqs: make(chan *auditReq, maxAuditBatch),
 		quit: make(chan struct{}), done: make(chan struct{}), committed: make(chan struct{})}
 	var head *chainPoint
 	if err := s.db.View(func(tx *bolt.Tx) (err error) {
@@ -272,6 +276,42 @@ func (w *auditWriter) writePoint(tx *bolt.Tx, key []byte, p chainPoint) error {
 		return err
 	}
 	return tx.Bucket(bucketMeta).Put(key, w.join(tag, body))
+}
+
+// sealRecord encodes rec and returns the value stored for it, <tag length><tag><body>, and its
+// tag (which aliases the value). It runs on the writer goroutine only (w.rmac is not shareable).
+func (w *auditWriter) sealRecord(rec *AuditRecord) (val, tag []byte, err error) {
+	n := w.rmac.size()
+	if n < 0 || n > 255 {
+		body, err := appendAuditRecord(nil, rec)
+		if err != nil {
+			return nil, nil, err
+		}
+		if tag, err = w.mac.ComputeMAC(body); err != nil {
+			return nil, nil, err
+		}
+		return w.join(tag, body), tag, nil
+	}
+	// One allocation: the tag's room first, then the body, then the tag computed over the body
+	// into its room.
+	val = make([]byte, 1+n, 1+n+auditBodySize(rec))
+	val[0] = byte(n)
+	if val, err = appendAuditRecord(val, rec); err != nil {
+		return nil, nil, err
+	}
+	if w.tagBuf, err = w.rmac.appendMAC(w.tagBuf[:0], val[1+n:]); err != nil {
+		return nil, nil, err
+	}
+	copy(val[1:1+n], w.tagBuf)
+	return val, val[1 : 1+n : 1+n], nil
+}
+
+// auditBodySize is about the length of rec's body, a little more so it is seldom outgrown: the
+// names and fixed parts (under 400 bytes), the strings, and prev in base64.
+func auditBodySize(rec *AuditRecord) int {
+	return 400 + len(rec.TokenID) + len(rec.Method) + len(rec.Tool) + len(rec.Code) + len(rec.Credential) +
+		len(rec.QueryMAC) + len(rec.Event) + len(rec.TokenLabel) + len(rec.Exe) + len(rec.Comm) + len(rec.Workload) +
+		(len(rec.Prev)+2)/3*4
 }
 
 // A stored value is <1-byte tag length><tag><body>.
@@ -407,15 +447,11 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 			}
 			seq++
 			r.rec.Seq, r.rec.Prev = seq, prev
-			body, err := json.Marshal(&r.rec)
+			val, tag, err := w.sealRecord(&r.rec)
 			if err != nil {
 				return err
 			}
-			tag, err := w.mac.ComputeMAC(body)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(auditKey(seq), w.join(tag, body)); err != nil {
+			if err := b.Put(auditKey(seq), val); err != nil {
 				return err
 			}
 			prev = tag
@@ -567,6 +603,7 @@ func (s *Store) ScanAudit(afterSeq uint64, since time.Time, limit int) ([]AuditR
 	if afterSeq == math.MaxUint64 { // nothing comes after the last possible record (and +1 would wrap)
 		return nil, last, nil
 	}
+	defer s.coldRead() // a page of records, perhaps old ones; watchers read the tail after every commit (mapped.go)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAudit)
 		if b == nil {
@@ -669,6 +706,7 @@ type AuditVerification struct {
 // value, dropping the newest records, see checkIntegrity).
 func (s *Store) VerifyAudit() (AuditVerification, error) {
 	var v AuditVerification
+	defer s.trimMapped() // the walk mapped the whole file (mapped.go)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		w := s.audit
 		anchor, err := w.readPoint(tx, keyAuditAnchor)

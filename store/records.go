@@ -393,6 +393,7 @@ func (s *Store) checkIntegrity(tx *bolt.Tx, head uint64) IntegrityReport {
 // checkIntegrity). Open runs it and refuses a database that fails.
 func (s *Store) CheckIntegrity() (IntegrityReport, error) {
 	var r IntegrityReport
+	defer s.trimMapped() // the check read every record (mapped.go)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		head, err := s.audit.readPoint(tx, keyAuditHead)
 		if err != nil {

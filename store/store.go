@@ -64,6 +64,13 @@ type Options struct {
 	OnAuditPrune func(records int, took time.Duration, err error)
 }
 
+// syncFreelist makes commits write the freelist again (bbolt's default); only the benchmarks set
+// it, to compare.
+var syncFreelist = false
+
+// freelistType is bbolt's free page list; a variable only for BenchmarkOpenBigDB.
+var freelistType = bolt.FreelistMapType
+
 // Store is the bbolt database plus the data-keyset AEAD built once at Open.
 type Store struct {
 	db           *bolt.DB
@@ -86,6 +93,12 @@ type Store struct {
 	// stale, so a call that starts after a rotation returns always loads the new version.
 	current  sync.Map // credential name -> *currentVersion
 	writeGen atomic.Uint64
+
+	// coldReads counts single-record reads that may map cold pages (mapped.go).
+	coldReads atomic.Uint64
+	// syncedTxID is the transaction whose meta page names a freelist page, if Open found one
+	// (0 if not): Close writes the list only if a later transaction committed (freelist.go).
+	syncedTxID uint64
 }
 
 type currentVersion struct {
@@ -152,7 +165,24 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 	}
 	// openDBFile refuses a symbolic link, another user's file or a non-regular one, and tightens a
 	// loosened mode on the descriptor it checked.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, OpenFile: openDBFile})
+	// NoFreelistSync: a commit does not write the free page list; Close does (freelist.go).
+	// After a crash bolt.Open rebuilds the list by walking the file, on a goroutine where a damaged
+	// page cannot be recovered from: walk it here first.
+	meta, ok := readBoltMeta(path)
+	if ok && meta.truncated() {
+		return nil, fmt.Errorf("open database %s: %w: the file is %d bytes, shorter than the %d pages of %d bytes it says it holds (truncated?); restore it from a backup",
+			path, ErrCorrupt, meta.fileSize, meta.pages, meta.pageSize)
+	}
+	synced := !ok || meta.synced()
+	if !syncFreelist && !synced {
+		if err := walkAll(path, opts.LockTimeout); errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("open database %s: %w (is another brokerd running on it?)", path, ErrLocked)
+		} else if err != nil {
+			return nil, fmt.Errorf("open database %s: %w: %v; restore it from a backup", path, ErrCorrupt, err)
+		}
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, NoSync: opts.NoSync, OpenFile: openDBFile,
+		NoFreelistSync: !syncFreelist, FreelistType: freelistType})
 	if err == nil {
 		// Batch (token uses, budgets) waits this long for company before committing; bbolt's
 		// 10ms default would be the latency of every use-limited call at low concurrency.
@@ -168,6 +198,9 @@ func open(path string, kek tink.AEAD, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	s := &Store{db: db, keepVersions: opts.KeepVersions, guard: &commitGuard{db: db, onFatal: opts.OnFatal}}
+	if synced {
+		s.syncedTxID = s.LastTxID() // Close need not write the list again if nothing commits
+	}
 	if err := s.init(kek); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -300,6 +333,7 @@ func parseVersion(b []byte) (uint32, error) {
 // Callers stop writing first: a batched write still waiting for its commit fails.
 func (s *Store) Close() error {
 	s.audit.close()
+	s.syncFreelistAtClose()
 	return s.db.Close()
 }
 

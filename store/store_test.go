@@ -18,7 +18,7 @@ import (
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
-func newKEK(t *testing.T) (tink.AEAD, string) {
+func newKEK(t testing.TB) (tink.AEAD, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "master.json")
 	if err := NewMasterKeyset(path); err != nil {

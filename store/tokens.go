@@ -145,6 +145,7 @@ func (s *Store) GetToken(id string) (Token, error) {
 		t, err = s.openToken([]byte(id), raw)
 		return err
 	})
+	s.coldRead() // brokerd reads a token here when its cache misses (mapped.go)
 	return t, err
 }
 
@@ -155,6 +156,7 @@ func (s *Store) ListTokens(after string, limit int, keep func(*Token) bool) ([]T
 		out  []Token
 		next string
 	)
+	defer s.trimMapped() // a page of up to a thousand records (mapped.go)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketTokens).Cursor()
 		k, v := c.First()
@@ -185,11 +187,39 @@ func (s *Store) ListTokens(after string, limit int, keep func(*Token) bool) ([]T
 
 // ForEachToken calls fn for every stored token, in id order.
 func (s *Store) ForEachToken(fn func(*Token) error) error {
+	defer s.trimMapped() // the walk mapped the whole bucket (mapped.go)
 	return s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
 			t, err := s.openToken(k, v)
 			if err != nil {
 				return fmt.Errorf("token %q: %w", k, err)
+			}
+			return fn(&t)
+		})
+	})
+}
+
+// processBoundMarker is how json.Marshal writes Token.ProcessBound when it is set. A string field
+// holding the same text is written with its quotes escaped, so it never matches.
+var processBoundMarker = []byte(`"process_bound":true`)
+
+// ForEachProcessBoundToken calls fn for every stored token bound to the process that fetched it
+// (Token.ProcessBound), in id order. brokerd calls it at every start; it verifies and decodes only
+// the records whose body holds processBoundMarker, where ForEachToken decoded all 100k tokens of a
+// large database (most of a second). The records it skips were verified by Open's integrity check.
+func (s *Store) ForEachProcessBoundToken(fn func(*Token) error) error {
+	defer s.trimMapped() // the walk mapped the whole bucket (mapped.go)
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTokens).ForEach(func(k, v []byte) error {
+			if _, _, body, ok := splitSealed(v); ok && !bytes.Contains(body, processBoundMarker) {
+				return nil
+			}
+			t, err := s.openToken(k, v)
+			if err != nil {
+				return fmt.Errorf("token %q: %w", k, err)
+			}
+			if !t.ProcessBound {
+				return nil
 			}
 			return fn(&t)
 		})
@@ -290,6 +320,7 @@ func (s *Store) changeToken(id string, change func(*Token) (bool, error)) (Token
 // CountTokens returns how many token records are stored, without decoding them.
 func (s *Store) CountTokens() (int, error) {
 	n := 0
+	defer s.trimMapped() // Stats walks every page of the bucket (mapped.go)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bucketTokens).Stats().KeyN
 		return nil

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// fdatasyncRun starts brokerd under strace (seccomp-filtered: only fdatasync and fsync stop it, so
+// the daemon runs near full speed), stores the key, mints a token, makes calls Search calls from
+// conc workers, stops brokerd and returns how many fdatasync/fsync calls the whole run made.
+func fdatasyncRun(t *testing.T, strace string, conc, calls int) int {
+	t.Helper()
+	e := newEnv(t)
+	trace := filepath.Join(e.dir, "fdatasync.trace")
+	cmd := e.daemonCmd()
+	cmd.Args = append([]string{strace, "-f", "--seccomp-bpf", "-qq", "-o", trace, "-e", "trace=fdatasync,fsync", "--"}, cmd.Args...)
+	cmd.Path = strace
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	e.waitHealthy(t)
+	tok, _ := e.setup(t)
+	conn, err := grpc.NewClient("unix://"+e.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sc := pb.NewSearchServiceClient(conn)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Go(func() {
+			for i := next.Add(1); i <= int64(calls); i = next.Add(1) {
+				if _, err := sc.Search(ctx, &pb.SearchRequest{Tool: "web_search", Query: fmt.Sprintf("fdatasync count %d", i)}); err != nil {
+					t.Errorf("call %d: %v", i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	e.stopTraced(t)
+	raw, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(raw), "fdatasync(") + strings.Count(string(raw), "fsync(")
+}
+
+// How many fdatasyncs a Search call costs (issue 20): the run's total, less a run with no calls
+// (start, key, mint, stop), per call. A lone call is one bbolt commit of its audit record: two
+// (bbolt syncs the data pages, then the meta page). Concurrent calls share commits.
+//
+//	go test -count=1 -run TestFdatasyncsPerCall -v ./cmd/brokerd/
+func TestFdatasyncsPerCall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts brokerd four times under strace")
+	}
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Skip("strace not installed")
+	}
+	base := fdatasyncRun(t, strace, 1, 0)
+	t.Logf("start, credential put, mint, stop: %d fdatasyncs", base)
+	for _, tc := range []struct{ conc, calls int }{{1, 200}, {16, 2000}, {64, 4000}} {
+		n := fdatasyncRun(t, strace, tc.conc, tc.calls) - base
+		per := float64(n) / float64(tc.calls)
+		t.Logf("c=%d: %d calls, %d fdatasyncs: %.3f per call", tc.conc, tc.calls, n, per)
+		// A few more than 2 per call are the file growing (bbolt syncs after extending it).
+		if tc.conc == 1 && n > 2*tc.calls+8 {
+			t.Errorf("a lone call costs %.2f fdatasyncs, want 2 (one commit) and a few for growth", per)
+		}
+	}
+}
