@@ -44,6 +44,10 @@ type report struct {
 	Profile      *cellResult   `json:"profile,omitempty"`
 	Scale        *scaleResult  `json:"scale,omitempty"`
 	Targets      []target      `json:"targets"`
+	// FloorSame: the floor's answer to a new query was the same bytes as brokerd's (a cache miss);
+	// FloorCheck says how they compared. Empty when the floor did not run.
+	FloorSame  bool   `json:"floor_same_bytes"`
+	FloorCheck string `json:"floor_check,omitempty"`
 }
 
 type machineInfo struct {
@@ -115,6 +119,12 @@ func bench(ctx context.Context, cfg config) (err error) {
 	tok, err := provision(ctx, sock, e.key)
 	if err != nil {
 		return err
+	}
+	if e.floor != nil {
+		if r.FloorSame, r.FloorCheck, err = sameBytes(ctx, e.fSock, sock, tok); err != nil {
+			return err
+		}
+		progress("floor vs brokerd response bytes: %s", r.FloorCheck)
 	}
 	if err := e.matrix(ctx, r, bd, sock, tok); err != nil {
 		return err
