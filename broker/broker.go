@@ -279,7 +279,7 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 	if err != nil {
 		return nil, resp, err
 	}
-	return &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, Results: results, Metadata: meta}, resp, nil
+	return &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, results: results, metadata: meta, decoded: true}, resp, nil
 }
 
 // errKeyReflected is the audited event's error: the upstream echoed the key it was sent.
