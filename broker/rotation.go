@@ -76,7 +76,7 @@ func (b *Broker) credentialEvent(name, event string, version uint64, by *uint32,
 }
 
 func validateName(name string) error {
-	if !credentialNameRE.MatchString(name) {
+	if !validCredentialName(name) {
 		return invalid("credential name must match [a-z0-9_.-]{1,64}")
 	}
 	return nil
