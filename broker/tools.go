@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -359,23 +360,62 @@ func (a *cachedAnswer) hit() *SearchResult {
 // BodyBytes is the length of the upstream answer behind the result, or 0 when unknown.
 func (r *SearchResult) BodyBytes() int64 { return r.body }
 
+// decodedAnswer is an upstream answer decoded by the upstream client (upstream.Request.Decode).
+type decodedAnswer struct {
+	results []Result
+	meta    map[string]any
+}
+
+// decodeAnswer is upstream.Request.Decode for searches: the upstream client decodes the redacted
+// body once, which also checks it is JSON (no separate json.Valid pass). Its errors never quote
+// the body; a JSON syntax error is passed as is (the client reports "not valid JSON").
+func decodeAnswer(body []byte) (any, error) {
+	results, meta, err := decodeResults(body)
+	if err != nil {
+		return nil, err
+	}
+	return decodedAnswer{results, meta}, nil
+}
+
 // parseResults decodes an upstream response body. The body is the upstream's, so its content is
 // never echoed into an error.
 func parseResults(body []byte) ([]Result, map[string]any, error) {
+	results, meta, err := decodeResults(body)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %s", upstream.ErrBadResponse, decodeDetail(err))
+	}
+	return results, meta, nil
+}
+
+// decodeDetail is how parseResults words a decodeResults error.
+func decodeDetail(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return "upstream response is not a JSON object"
+	}
+	return err.Error()
+}
+
+// decodeResults is parseResults without the ErrBadResponse wrapping.
+func decodeResults(body []byte) ([]Result, map[string]any, error) {
 	var top map[string]any
 	if err := json.Unmarshal(body, &top); err != nil {
-		return nil, nil, fmt.Errorf("%w: upstream response is not a JSON object", upstream.ErrBadResponse)
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return nil, nil, err
+		}
+		return nil, nil, errors.New("upstream response is not a JSON object")
 	}
 	rawResults, _ := top["results"].([]any)
 	if _, ok := top["results"]; ok && rawResults == nil && top["results"] != nil {
-		return nil, nil, fmt.Errorf("%w: upstream \"results\" is not an array", upstream.ErrBadResponse)
+		return nil, nil, errors.New("upstream \"results\" is not an array")
 	}
 	delete(top, "results")
 	out := make([]Result, 0, len(rawResults))
 	for i, item := range rawResults {
 		obj, ok := item.(map[string]any)
 		if !ok {
-			return nil, nil, fmt.Errorf("%w: upstream result %d is not an object", upstream.ErrBadResponse, i)
+			return nil, nil, fmt.Errorf("upstream result %d is not an object", i)
 		}
 		r := Result{
 			Title:    firstString(obj, "title"),

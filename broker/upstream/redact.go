@@ -80,7 +80,14 @@ func RedactJSON(body, key []byte) ([]byte, int) {
 	if len(key) == 0 || len(body) == 0 {
 		return body, 0
 	}
-	fs := keyForms(key)
+	return keyForms(key).redactJSON(body)
+}
+
+// redactJSON is RedactJSON with the key's forms already built.
+func (fs forms) redactJSON(body []byte) ([]byte, int) {
+	if len(fs) == 0 || len(body) == 0 {
+		return body, 0
+	}
 	fb := make([][]byte, len(fs))
 	for i, f := range fs {
 		fb[i] = []byte(f)
