@@ -970,4 +970,3 @@ func TestDecode(t *testing.T) {
 		})
 	}
 }
-
