@@ -176,8 +176,10 @@ func writeMarkdown(w io.Writer, r *report) error {
 	p("### Load: direct vs floor vs brokerd\n\n")
 	p("Every call sends a new query, so a result cache in brokerd never answers; *cached* is brokerd with the same query on every call (answered by its result cache if it has one, without the upstream). ")
 	p("Closed loop: each of c workers sends the next call when the previous returns. Latency in µs. CPU is CPU-seconds per 1,000 successful calls (= CPU-ms per call) of each process, from /proc/PID/stat over the window: *server* is the floor or brokerd process (direct has none), *upstream* the fake Scavio, *loadgen* brokerbench itself (client side). *disk* is what the server wrote to storage per 1,000 calls (/proc/PID/io). *other / steal* is how many cores other processes on the (shared) machine used meanwhile, and how many the hypervisor took from this VM (steal): large values mean the cell was disturbed.\n\n")
-	p("| delay | c | mode | req/s | p50 | p90 | p99 | server CPU | upstream CPU | loadgen CPU | disk KiB/1k | server RSS MiB | errors | other / steal cores |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("*floor* is the minimal floor: plain net/http to the fake upstream, brokerd's gRPC server options (`grpcapi.TransportOptions`), the same response bytes as brokerd (checked: see *Targets*), no brokerd code on its request path. Every ratio below is against it. ")
+	p("Zero-delay cells ran in %d round(s), the modes interleaved in each; a row with several rounds is its mode's median round, and *rounds req/s* lists them all.\n\n", max(1, r.Rounds))
+	p("| delay | c | mode | req/s | rounds req/s | p50 | p90 | p99 | server CPU | upstream CPU | loadgen CPU | disk KiB/1k | server RSS MiB | errors | other / steal cores |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range r.Cells {
 		disk := "—"
 		if c.Mode != "direct" && c.ServerMem != nil {
@@ -187,20 +189,36 @@ func writeMarkdown(w io.Writer, r *report) error {
 		if c.ServerMem != nil {
 			rss = fmt.Sprintf("%.1f", float64(c.ServerMem.RSS)/mib)
 		}
-		p("| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %d | %.2f / %.2f |\n", c.Delay, c.Conc, c.Mode, c.RPS, us(c.P50), us(c.P90), us(c.P99),
+		rounds := "—"
+		if len(c.RoundsRPS) > 0 {
+			var rs []string
+			for _, v := range c.RoundsRPS {
+				rs = append(rs, fmt.Sprintf("%.0f", v))
+			}
+			rounds = strings.Join(rs, ", ")
+		}
+		p("| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %.2f / %.2f |\n", c.Delay, c.Conc, c.Mode, c.RPS, rounds, us(c.P50), us(c.P90), us(c.P99),
 			cpu1k(c.CPUPer1k, "server"), cpu1k(c.CPUPer1k, "upstream"), cpu1k(c.CPUPer1k, "loadgen"), disk, rss, c.Errors, c.OtherCPU, c.Steal)
 	}
-	p("\n#### Ratios\n\n| delay | c | req/s brokerd/floor | p50 brokerd/floor | req/s brokerd/direct | p50 brokerd/direct | p50 brokerd − direct | p50 floor − direct | server CPU brokerd/floor | CPU ceiling brokerd/floor |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	p("\n#### Ratios\n\n| delay | c | req/s brokerd/floor | req/s cached/floor | p50 brokerd/floor | p50 brokerd − floor | req/s brokerd/direct | p50 brokerd/direct | p50 brokerd − direct | p50 floor − direct | server CPU brokerd/floor | server CPU cached/floor | CPU ceiling brokerd/floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range r.Cells {
 		if c.Mode != "brokerd" {
 			continue
 		}
 		f, d := r.cell("floor", c.Delay, c.Conc), r.cell("direct", c.Delay, c.Conc)
 		rf, pf, rd, pd, od, fd, cf, ceil := "—", "—", "—", "—", "—", "—", "—", "—"
+		hf, of, hcf := "—", "—", "—"
 		if f != nil {
 			rf, pf = fmt.Sprintf("%.2f", c.RPS/f.RPS), fmt.Sprintf("%.2f", float64(c.P50)/float64(f.P50))
+			of = round(c.P50 - f.P50).String()
 			if fc := f.CPUPer1k["server"]; fc > 0 {
 				cf = fmt.Sprintf("%.2f", c.CPUPer1k["server"]/fc)
+			}
+			if h := r.cell("cached", c.Delay, c.Conc); h != nil {
+				hf = fmt.Sprintf("%.2f", h.RPS/f.RPS)
+				if fc := f.CPUPer1k["server"]; fc > 0 {
+					hcf = fmt.Sprintf("%.2f", h.CPUPer1k["server"]/fc)
+				}
 			}
 			if bt := totalCPU(c.CPUPer1k); bt > 0 {
 				ceil = fmt.Sprintf("%.2f", totalCPU(f.CPUPer1k)/bt)
@@ -213,7 +231,7 @@ func writeMarkdown(w io.Writer, r *report) error {
 				fd = round(f.P50 - d.P50).String()
 			}
 		}
-		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, rf, pf, rd, pd, od, fd, cf, ceil)
+		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, rf, hf, pf, of, rd, pd, od, fd, cf, hcf, ceil)
 	}
 	p("\n*CPU ceiling* is the floor's CPU per call over brokerd's, counting every process of the cell (server, upstream, loadgen: they share the same cores). Once the cores are saturated, throughput is cores ÷ CPU per call, so this is the best req/s brokerd/floor can reach at that cell's CPU costs however the waiting is arranged; below 0.90, the throughput target needs less CPU per call, not more concurrency.\n")
 	writeAuditTable(p, r)
