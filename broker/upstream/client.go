@@ -488,17 +488,18 @@ func (c *Client) attempt(ctx, detached context.Context, target string, req Reque
 		// Only a malformed target can get here, and endpoint already vetted it.
 		return outcome{kind: ErrBadRequest, detail: "cannot build request"}
 	}
-	hreq.Header.Set("Content-Type", "application/json")
-	hreq.Header.Set("Accept", "application/json")
-	hreq.Header.Set("User-Agent", "credbroker")
+	// Canonical names set directly: Header.Set would canonicalise each name again per call.
+	hreq.Header["Content-Type"] = jsonType
+	hreq.Header["Accept"] = jsonType
+	hreq.Header["User-Agent"] = userAgent
 	switch req.Auth {
 	case AuthAPIKeyHeader:
-		hreq.Header.Set("x-api-key", string(key))
+		hreq.Header["X-Api-Key"] = []string{string(key)}
 	case AuthBearer:
-		hreq.Header.Set("Authorization", "Bearer "+string(key))
+		hreq.Header["Authorization"] = []string{"Bearer " + string(key)}
 	}
 
-	resp, err := c.hc.Do(hreq)
+	resp, err := c.send(hreq)
 	if err != nil {
 		detail := Redact(err.Error(), key)
 		if base.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
@@ -532,6 +533,37 @@ func (c *Client) attempt(ctx, detached context.Context, target string, req Reque
 		return outcome{kind: ErrBadResponse, status: s, detail: "unexpected status " + strconv.Itoa(s)}
 	}
 }
+
+// send sends one request. With no client timeout and no cookie jar (brokerd's client, and the
+// default), it goes straight to the transport: http.Client.Do would only copy the request's
+// headers for redirects, which are never followed (a 3xx comes back as it is either way), and set
+// up a deadline that is not there. Its errors read as Client.Do's do.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	if c.hc.Timeout != 0 || c.hc.Jar != nil {
+		return c.hc.Do(req)
+	}
+	rt := c.hc.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		if resp != nil && resp.Body != nil {
+			resp.Body.Close()
+		}
+		return nil, &url.Error{Op: "Post", URL: req.URL.String(), Err: err}
+	}
+	if resp == nil || resp.Body == nil {
+		return nil, &url.Error{Op: "Post", URL: req.URL.String(), Err: fmt.Errorf("http: RoundTripper (%T) returned no response or no body", rt)}
+	}
+	return resp, nil
+}
+
+// Header values every request sends; the transport only reads them.
+var (
+	jsonType  = []string{"application/json"}
+	userAgent = []string{"credbroker"}
+)
 
 // errorOutcome reads a non-2xx answer's error.code and notes whether its body or headers echoed
 // the key.
