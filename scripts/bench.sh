@@ -87,7 +87,7 @@ cum_table() {
   done <<'ROWS'
 google.golang.org/grpc.(*Server).handleStream|the whole RPC on the server, from decoded headers to the response written
 github.com/credbroker/credbroker/broker.(*Broker).Search|the domain call: token, credential, upstream, parse
-github.com/credbroker/credbroker/broker/upstream.(*Client).Do|the upstream HTTP call (CPU, not the wait)
+github.com/credbroker/credbroker/broker/upstream.(*Client).do|the upstream HTTP call (CPU, not the wait)
 github.com/credbroker/credbroker/broker.decodeResults|JSON decode of the upstream body (once, inside the upstream client)
 github.com/credbroker/credbroker/broker/grpcapi.answerMessage|results to google.protobuf.Struct (misses, and a cached answer's first hit)
 google.golang.org/grpc.(*serverStream).SendMsg|response marshal and write

@@ -200,14 +200,14 @@ func writeMarkdown(w io.Writer, r *report) error {
 		p("| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %.2f / %.2f |\n", c.Delay, c.Conc, c.Mode, c.RPS, rounds, us(c.P50), us(c.P90), us(c.P99),
 			cpu1k(c.CPUPer1k, "server"), cpu1k(c.CPUPer1k, "upstream"), cpu1k(c.CPUPer1k, "loadgen"), disk, rss, c.Errors, c.OtherCPU, c.Steal)
 	}
-	p("\n#### Ratios\n\n| delay | c | req/s brokerd/floor | req/s cached/floor | p50 brokerd/floor | p50 brokerd − floor | req/s brokerd/direct | p50 brokerd/direct | p50 brokerd − direct | p50 floor − direct | server CPU brokerd/floor | server CPU cached/floor | CPU ceiling brokerd/floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("\n#### Ratios\n\n| delay | c | req/s brokerd/floor | req/s cached/floor | p50 brokerd/floor | p50 brokerd − floor | req/s brokerd/direct | p50 brokerd/direct | p50 brokerd − direct | p50 floor − direct | server CPU brokerd/floor | server CPU cached/floor | CPU ceiling brokerd/floor | CPU ceiling cached/floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range r.Cells {
 		if c.Mode != "brokerd" {
 			continue
 		}
 		f, d := r.cell("floor", c.Delay, c.Conc), r.cell("direct", c.Delay, c.Conc)
 		rf, pf, rd, pd, od, fd, cf, ceil := "—", "—", "—", "—", "—", "—", "—", "—"
-		hf, of, hcf := "—", "—", "—"
+		hf, of, hcf, hceil := "—", "—", "—", "—"
 		if f != nil {
 			rf, pf = fmt.Sprintf("%.2f", c.RPS/f.RPS), fmt.Sprintf("%.2f", float64(c.P50)/float64(f.P50))
 			of = round(c.P50 - f.P50).String()
@@ -218,6 +218,9 @@ func writeMarkdown(w io.Writer, r *report) error {
 				hf = fmt.Sprintf("%.2f", h.RPS/f.RPS)
 				if fc := f.CPUPer1k["server"]; fc > 0 {
 					hcf = fmt.Sprintf("%.2f", h.CPUPer1k["server"]/fc)
+				}
+				if ht := totalCPU(h.CPUPer1k); ht > 0 {
+					hceil = fmt.Sprintf("%.2f", totalCPU(f.CPUPer1k)/ht)
 				}
 			}
 			if bt := totalCPU(c.CPUPer1k); bt > 0 {
@@ -231,9 +234,9 @@ func writeMarkdown(w io.Writer, r *report) error {
 				fd = round(f.P50 - d.P50).String()
 			}
 		}
-		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, rf, hf, pf, of, rd, pd, od, fd, cf, hcf, ceil)
+		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, rf, hf, pf, of, rd, pd, od, fd, cf, hcf, ceil, hceil)
 	}
-	p("\n*CPU ceiling* is the floor's CPU per call over brokerd's, counting every process of the cell (server, upstream, loadgen: they share the same cores). Once the cores are saturated, throughput is cores ÷ CPU per call, so this is the best req/s brokerd/floor can reach at that cell's CPU costs however the waiting is arranged; below 0.90, the throughput target needs less CPU per call, not more concurrency.\n")
+	p("\n*CPU ceiling* is the floor's CPU per call over brokerd's, counting every process of the cell (server, upstream, loadgen: they share the same cores). Once the cores are saturated, throughput is cores ÷ CPU per call, so this is the best req/s brokerd/floor can reach at that cell's CPU costs however the waiting is arranged; below the target, it needs less CPU per call, not more concurrency. *CPU ceiling cached/floor* is the same for cache hits: above the measured cached/floor, something other than CPU (on a shared disk, the audit writer's commits: see its *writer busy*) held the hits back.\n")
 	writeAuditTable(p, r)
 	if len(r.Mint) > 0 {
 		p("\n### MintToken\n\n| c | req/s | p50 µs | p99 µs | p50 / one bbolt commit | server CPU s/1k | disk KiB/1k | errors |\n|---|---|---|---|---|---|---|---|\n")
