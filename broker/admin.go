@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -24,11 +23,26 @@ const (
 	DefaultPageSize    = 100
 )
 
-var credentialNameRE = regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
+// validCredentialName reports whether name is a credential name: 1 to 64 of [a-z0-9_.-]. It is
+// checked by hand, not by a regexp: every audit record checks its credential name, and the regexp
+// engine cost more than the rest of building the record.
+func validCredentialName(name string) bool {
+	if len(name) < 1 || len(name) > 64 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '_', c == '.', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // ValidateCredential checks a credential name and value (never quoting the value).
 func ValidateCredential(name string, value []byte) error {
-	if !credentialNameRE.MatchString(name) {
+	if !validCredentialName(name) {
 		return invalid("credential name must match [a-z0-9_.-]{1,64}")
 	}
 	if len(value) == 0 {
@@ -79,7 +93,7 @@ func (b *Broker) ListCredentials() ([]store.Credential, error) { return b.store.
 func (b *Broker) DeleteCredential(ctx context.Context, name string) error {
 	ci := callInfo(ctx)
 	ci.Credential, ci.Event = name, "delete"
-	if !credentialNameRE.MatchString(name) {
+	if !validCredentialName(name) {
 		return invalid("credential name must match [a-z0-9_.-]{1,64}")
 	}
 	err := b.store.DeleteCredential(name)

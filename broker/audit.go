@@ -39,7 +39,7 @@ func (b *Broker) auditRecord(r CallRecord) store.AuditRecord {
 	// Only names that passed validation reach the audit log: the raw input of a refused request
 	// (perhaps a key typed into the wrong field, perhaps 60 KB of junk) is not kept.
 	credential, tool := ci.Credential, ci.Tool
-	if !credentialNameRE.MatchString(credential) {
+	if !validCredentialName(credential) {
 		credential = ""
 	}
 	if _, ok := LookupTool(tool); !ok {

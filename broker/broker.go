@@ -267,7 +267,7 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 	detached, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	defer context.AfterFunc(b.flights.ctx, cancel)()
-	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, key)
+	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: decodeAnswer}, key)
 	b.noteReflection(ctx, tool, version, resp, err)
 	if err != nil {
 		// The upstream package never puts bodies in errors; redact anyway, so no future change
@@ -283,11 +283,14 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 		b.log.Warn("upstream call failed", "tool", tool.Name, "token_id", t.ID, "credential", tool.Credential, "version", version, "err", err)
 		return nil, nil, upstreamError(tool, version, err)
 	}
-	results, meta, err := parseResults(resp.Body)
-	if err != nil {
+	var results []Result
+	var meta map[string]any
+	if d, ok := resp.Decoded.(decodedAnswer); ok {
+		results, meta = d.results, d.meta
+	} else if results, meta, err = parseResults(resp.Body); err != nil {
 		return nil, resp, err
 	}
-	return &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, Results: results, Metadata: meta}, resp, nil
+	return &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, results: results, metadata: meta, decoded: true}, resp, nil
 }
 
 // errKeyReflected is the audited event's error: the upstream echoed the key it was sent.

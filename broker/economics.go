@@ -180,9 +180,10 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 		return nil, err
 	}
 	var (
-		v   any
-		r   resultcache.Result
-		err error
+		v     any
+		r     resultcache.Result
+		err   error
+		fresh *SearchResult // the computation's own result, decoded (for the caller that started it)
 	)
 	if cacheable {
 		v, r, err = b.econ.cache.Do(ctx, cacheKey(t, tool, payload), ttl, func() (any, int64, error) {
@@ -198,12 +199,19 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 				}
 				return nil, 0, err
 			}
-			return res, res.size, nil
+			// The cache keeps the answer's bytes, not the decoded maps the caller gets.
+			res.ans = &cachedAnswer{tool: res.Tool, credential: res.Credential, version: res.CredentialVersion, body: res.rawBody}
+			res.rawBody = nil
+			fresh = res
+			return res.ans, cachedSize(len(res.ans.body)), nil
 		})
 	} else {
 		r.Started = true
 		v, err = b.runDetached(ctx, func() (any, int64, error) {
 			res, err := call.run(ctx, t, tool, payload, cost)
+			if res != nil {
+				res.rawBody = nil
+			}
 			return res, 0, err
 		})
 	}
@@ -224,19 +232,25 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 		}
 		return nil, err
 	}
-	res := v.(*SearchResult)
-	if !r.Cached {
+	if !cacheable {
 		if ttl > 0 {
-			metrics.CacheLookup(false, 0)
+			metrics.CacheLookup(false, 0) // no_cache asked for: a miss by request
 		}
-		return res, nil
+		return v.(*SearchResult), nil
 	}
-	// A hit: the cached result is shared, so hand out a copy that says where it came from.
+	if !r.Cached {
+		// This caller's computation answered (Do returned after it finished, so fresh is set).
+		metrics.CacheLookup(false, 0)
+		return fresh, nil
+	}
+	// A hit (or another caller's computation): the cached answer is shared, so the caller gets a
+	// result of its own that says where it came from.
 	metrics.CacheLookup(true, cost)
-	hit := *res
-	hit.Cached, hit.CacheAge, hit.Credits, hit.RateLimitWait = true, r.Age, 0, 0
-	ci.Event, ci.Credits, ci.CreditsSaved, ci.CredentialVersion = "cache-hit", 0, cost, res.CredentialVersion
-	return &hit, nil
+	a := v.(*cachedAnswer)
+	hit := a.hit()
+	hit.Cached, hit.CacheAge = true, r.Age
+	ci.Event, ci.Credits, ci.CreditsSaved, ci.CredentialVersion = "cache-hit", 0, cost, a.version
+	return hit, nil
 }
 
 // spendUpstream charges the budgets, waits for a slot of the credential's limiter and calls the
@@ -282,13 +296,12 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 		return nil, true, err
 	}
 	res.Credits, res.RateLimitWait = cost, waited
-	if n, ok := reportedCredits(res.Metadata); ok && n != cost {
+	if n, ok := reportedCredits(res.metadata); ok && n != cost {
 		// The upstream knows best: settle the difference, past the budget if need be.
 		b.settle(t, tool, cs, int64(n)-int64(cost), chargedAt)
 		res.Credits = n
 	}
-	// The decoded results (maps, strings, structpb later) take about four times the body's bytes.
-	res.size, res.body = 4*int64(len(resp.Body))+512, int64(len(resp.Body))
+	res.body, res.rawBody = int64(len(resp.Body)), resp.Body
 	ci.Credits = res.Credits
 	return res, true, nil
 }

@@ -76,7 +76,7 @@ func (b *Broker) credentialEvent(name, event string, version uint64, by *uint32,
 }
 
 func validateName(name string) error {
-	if !credentialNameRE.MatchString(name) {
+	if !validCredentialName(name) {
 		return invalid("credential name must match [a-z0-9_.-]{1,64}")
 	}
 	return nil
@@ -379,7 +379,7 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 	// The previous key's attempts enter the credential's 429 gate like the current key's, and its
 	// error is redacted against the key it was sent with, as callUpstream does for the current one.
 	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached,
-		upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload}, prev)
+		upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: decodeAnswer}, prev)
 	if err != nil {
 		err = redacted(err, prev)
 	}

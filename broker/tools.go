@@ -2,9 +2,11 @@ package broker
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -261,43 +263,159 @@ type Result struct {
 	Raw                 map[string]any
 }
 
-// SearchResult is what a search returns to the caller.
+// SearchResult is what a search returns to the caller. Its results are read with Decoded; an edge
+// that converts them for its caller can keep its conversion with the cached answer (Encoded), so a
+// cache hit neither decodes nor converts again.
 type SearchResult struct {
 	Tool              string
 	Credential        string
 	CredentialVersion uint64
-	Results           []Result
-	Metadata          map[string]any // every top-level upstream field except "results"
-	Cached            bool           // served from the result cache
-	CacheAge          time.Duration  // age of the cached answer
-	Credits           uint64         // upstream credits this call spent (0 when cached)
-	RateLimitWait     time.Duration  // how long the call waited for a slot of the credential's rate limiter
+	Cached            bool          // served from the result cache
+	CacheAge          time.Duration // age of the cached answer
+	Credits           uint64        // upstream credits this call spent (0 when cached)
+	RateLimitWait     time.Duration // how long the call waited for a slot of the credential's rate limiter
 
-	size int64 // bytes it holds in the result cache
+	// results and metadata are the decoded answer: set for the call that reached the upstream,
+	// nil on a cache hit until Decoded decodes ans.
+	results  []Result
+	metadata map[string]any // every top-level upstream field except "results"
+	decoded  bool
+	// ans is the answer as the result cache keeps it (nil when the answer is not cached).
+	ans *cachedAnswer
 	// body is the length of the upstream answer the results were decoded from (0: unknown).
 	body int64
+	// rawBody is that answer, from spendUpstream until spend takes it for the cache.
+	rawBody []byte
+}
+
+// cachedAnswer is an upstream answer as the result cache keeps it: the body bytes (redacted by the
+// upstream client before anything saw them), not their decoding, which as maps took about four
+// times as much heap and cost the garbage collector a walk of every cached string; plus one
+// encoding an edge made of it (Encoded). It is shared by every hit and never changes but for enc.
+type cachedAnswer struct {
+	tool, credential string
+	version          uint64
+	body             []byte
+	enc              atomic.Pointer[encoding]
+}
+
+type encoding struct {
+	key   EncodingKey
+	bytes []byte
+}
+
+// EncodingKey names an edge's encoding of an answer: which edge (its own name), and how many
+// results it kept (0: all).
+type EncodingKey struct {
+	Edge    string
+	Results int
+}
+
+// cachedSize is what an answer is charged in the result cache: its body, one encoding (Encoded
+// keeps none larger than maxEncodingFactor times the body) and the structs around them.
+func cachedSize(bodyLen int) int64 { return int64((1+maxEncodingFactor)*bodyLen) + 512 }
+
+// maxEncodingFactor bounds an encoding kept with a cached answer, over the answer's body.
+const maxEncodingFactor = 2
+
+// Decoded returns the results in upstream order and every other top-level field of the upstream
+// answer. On a cache hit it decodes the cached body (the result is the caller's own to keep).
+func (r *SearchResult) Decoded() ([]Result, map[string]any, error) {
+	if !r.decoded && r.ans != nil {
+		results, meta, err := parseResults(r.ans.body)
+		if err != nil {
+			return nil, nil, err
+		}
+		r.results, r.metadata, r.decoded = results, meta, true
+	}
+	return r.results, r.metadata, nil
+}
+
+// Encoded returns the edge's encoding of the answer named by key: the one kept with the cached
+// answer if it was made already, else build's, which is kept for the next hit when the answer is
+// cached (one encoding per answer; an edge asking with another key replaces it). build must
+// depend on the answer and key alone, never on the caller: every later hit gets its bytes. The
+// bytes are shared: never modify them.
+func (r *SearchResult) Encoded(key EncodingKey, build func() ([]byte, error)) ([]byte, error) {
+	if r.ans != nil {
+		if e := r.ans.enc.Load(); e != nil && e.key == key {
+			return e.bytes, nil
+		}
+	}
+	b, err := build()
+	if err != nil {
+		return nil, err
+	}
+	if r.ans != nil && len(b) <= maxEncodingFactor*len(r.ans.body) {
+		r.ans.enc.Store(&encoding{key: key, bytes: b})
+	}
+	return b, nil
+}
+
+// hit is a caller's result for a cached answer.
+func (a *cachedAnswer) hit() *SearchResult {
+	return &SearchResult{Tool: a.tool, Credential: a.credential, CredentialVersion: a.version, ans: a, body: int64(len(a.body))}
 }
 
 // BodyBytes is the length of the upstream answer behind the result, or 0 when unknown.
 func (r *SearchResult) BodyBytes() int64 { return r.body }
 
+// decodedAnswer is an upstream answer decoded by the upstream client (upstream.Request.Decode).
+type decodedAnswer struct {
+	results []Result
+	meta    map[string]any
+}
+
+// decodeAnswer is upstream.Request.Decode for searches: the upstream client decodes the redacted
+// body once, which also checks it is JSON (no separate json.Valid pass). Its errors never quote
+// the body; a JSON syntax error is passed as is (the client reports "not valid JSON").
+func decodeAnswer(body []byte) (any, error) {
+	results, meta, err := decodeResults(body)
+	if err != nil {
+		return nil, err
+	}
+	return decodedAnswer{results, meta}, nil
+}
+
 // parseResults decodes an upstream response body. The body is the upstream's, so its content is
 // never echoed into an error.
 func parseResults(body []byte) ([]Result, map[string]any, error) {
+	results, meta, err := decodeResults(body)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %s", upstream.ErrBadResponse, decodeDetail(err))
+	}
+	return results, meta, nil
+}
+
+// decodeDetail is how parseResults words a decodeResults error.
+func decodeDetail(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return "upstream response is not a JSON object"
+	}
+	return err.Error()
+}
+
+// decodeResults is parseResults without the ErrBadResponse wrapping.
+func decodeResults(body []byte) ([]Result, map[string]any, error) {
 	var top map[string]any
 	if err := json.Unmarshal(body, &top); err != nil {
-		return nil, nil, fmt.Errorf("%w: upstream response is not a JSON object", upstream.ErrBadResponse)
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return nil, nil, err
+		}
+		return nil, nil, errors.New("upstream response is not a JSON object")
 	}
 	rawResults, _ := top["results"].([]any)
 	if _, ok := top["results"]; ok && rawResults == nil && top["results"] != nil {
-		return nil, nil, fmt.Errorf("%w: upstream \"results\" is not an array", upstream.ErrBadResponse)
+		return nil, nil, errors.New("upstream \"results\" is not an array")
 	}
 	delete(top, "results")
 	out := make([]Result, 0, len(rawResults))
 	for i, item := range rawResults {
 		obj, ok := item.(map[string]any)
 		if !ok {
-			return nil, nil, fmt.Errorf("%w: upstream result %d is not an object", upstream.ErrBadResponse, i)
+			return nil, nil, fmt.Errorf("upstream result %d is not an object", i)
 		}
 		r := Result{
 			Title:    firstString(obj, "title"),

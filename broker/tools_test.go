@@ -3,6 +3,7 @@ package broker
 import (
 	"encoding/json"
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -101,4 +102,17 @@ func FuzzSearchRequest(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// validCredentialName accepts exactly what the documented pattern ^[a-z0-9_.-]{1,64}$ does.
+func TestValidCredentialName(t *testing.T) {
+	re := regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
+	for _, name := range []string{
+		"", "a", "scavio_api_key", "a.b-c_9", strings.Repeat("a", 64), strings.Repeat("a", 65),
+		"A", "a b", "a/b", "a\n", "\na", "é", "k\u212a", "a\x00", "..", "-", "sk_live_" + strings.Repeat("x", 57),
+	} {
+		if got, want := validCredentialName(name), re.MatchString(name); got != want {
+			t.Errorf("validCredentialName(%q) = %v, the pattern says %v", name, got, want)
+		}
+	}
 }

@@ -4,7 +4,7 @@
 # hot-path microbenchmarks (go test -bench, -benchmem). Every number in BENCHMARKS.md comes from
 # this run; nothing is typed by hand.
 #
-#   scripts/bench.sh                 full run, about 8-11 minutes; run it on a quiet machine
+#   scripts/bench.sh                 full run, about 11-13 minutes; run it on a quiet machine
 #   BENCH_QUICK=1 scripts/bench.sh   reduced run (short windows, 20k tokens), to check the script
 #
 # Environment: BENCH_OUT (default BENCHMARKS.md), BENCH_COUNT (microbenchmark -count), GHZ (path to
@@ -31,7 +31,7 @@ if [[ "$quick" == 1 ]]; then
   benchtime=300ms
 else
   mode="full"
-  bb_flags=(--duration 5s --warmup 1s --scale-tokens 100000 --scale-credentials 1000)
+  bb_flags=(--duration 5s --warmup 1s --rounds 3 --scale-tokens 100000 --scale-credentials 1000)
   count=${BENCH_COUNT:-3}
   benchtime=1s
 fi
@@ -87,9 +87,9 @@ cum_table() {
   done <<'ROWS'
 google.golang.org/grpc.(*Server).handleStream|the whole RPC on the server, from decoded headers to the response written
 github.com/credbroker/credbroker/broker.(*Broker).Search|the domain call: token, credential, upstream, parse
-github.com/credbroker/credbroker/broker/upstream.(*Client).Do|the upstream HTTP call (CPU, not the wait)
-github.com/credbroker/credbroker/broker.parseResults|JSON decode of the upstream body
-google.golang.org/protobuf/types/known/structpb.NewStruct|results to google.protobuf.Struct
+github.com/credbroker/credbroker/broker/upstream.(*Client).do|the upstream HTTP call (CPU, not the wait)
+github.com/credbroker/credbroker/broker.decodeResults|JSON decode of the upstream body (once, inside the upstream client)
+github.com/credbroker/credbroker/broker/grpcapi.answerMessage|results to google.protobuf.Struct (misses, and a cached answer's first hit)
 google.golang.org/grpc.(*serverStream).SendMsg|response marshal and write
 github.com/credbroker/credbroker/store.(*Store).LoadCredential|credential read tx, JSON decodes, AEAD decrypt — per call
 github.com/credbroker/credbroker/store.(*auditWriter).run|audit group commits (bbolt write tx, pwrite, fdatasync)
@@ -119,7 +119,7 @@ hand: rerun the script. Absolute numbers depend on the machine and on what else 
 ## How to run
 
 \`\`\`sh
-scripts/bench.sh                  # everything, ~10 min, rewrites BENCHMARKS.md
+scripts/bench.sh                  # everything, ~12 min, rewrites BENCHMARKS.md
 BENCH_QUICK=1 scripts/bench.sh    # reduced run to check the script
 go run ./cmd/brokerbench --help   # the load benchmark alone (--json FILE for machines)
 \`\`\`
@@ -144,14 +144,21 @@ ghz --insecure --call credbroker.v1.SearchService.Search -d '{"tool":"web_search
 ## What is measured
 
 - **direct**: brokerbench POSTs to the fake upstream with the key and decodes the JSON (what an MCP
-  server does without a broker). **floor**: a minimal gRPC server on a Unix socket (brokerbench
-  \`serve-floor\`) with the same SearchService, the same upstream client package and the same
-  response conversion, and nothing else. **brokerd**: the real binary, real bbolt file and keyset,
-  a token without a use limit, audit on as built (every call's record is durable before the
-  response). Floor and brokerd are driven through \`client/\`, all workers sharing one connection.
+  server does without a broker). **floor** (every ratio is against it): the minimal gRPC broker,
+  brokerbench \`serve-floor\` — the same SearchService on a Unix socket with brokerd's gRPC server
+  options (\`grpcapi.TransportOptions\`), one plain net/http POST to the upstream with the key in
+  memory, the JSON decoded and converted to the response brokerd sends for it (checked equal, byte
+  for byte in proto's deterministic order, before the load starts), and no brokerd code on its
+  request path: no token, decrypt, audit, metrics, retries or redaction. **brokerd**: the real
+  binary, real bbolt file and keyset, a token without a use limit, audit on as built (every call's
+  record is durable before the response). Floor and brokerd are driven through \`client/\`, all
+  workers sharing one connection. Zero-delay cells run in rounds (\`--rounds\`), modes interleaved.
 - Every call sends a query never sent before, so brokerd's result cache (if the build has one)
   never answers and every call pays the upstream hop; **cached** is brokerd with the same query on
-  every call, for comparison (a cache hit is still authenticated and audited).
+  every call (a cache hit is still authenticated and audited durably), measured against the same
+  floor: the target is a hit cheaper than going upstream with no broker at all.
+- *fdatasyncs/call* is counted exactly, by the kernel: \`perf stat\` on the fdatasync, fsync and
+  sync_file_range tracepoints of the server process over each window (blank without perf).
 - The fake upstream (brokerbench \`serve-upstream\`) answers with the exact bytes of
   \`broker/upstream/scaviotest\` for the query, but records nothing, so it stays cheap. Every server
   is its own process; CPU comes from /proc/PID/stat over the measured window.
@@ -267,9 +274,9 @@ Each item names the benchmark that is its evidence; the tables above show its ef
 5. **The token cache is bounded** (8ab3d0a) — at most `--token-cache-size` (10,000) decoded tokens,
    sampled-LRU eviction, never a token whose rate limit is still recovering; a miss costs one bbolt
    read (`BenchmarkAuthenticate/cache-miss`). See the scale run's all-tokens-used memory.
-6. **The result cache fits the budget** (e36f843, 0f758d2) — each answer is charged 4× its body
-   (the decoded maps it keeps; `BenchmarkResultCacheHeap`), and the default bound is 16 MiB
-   instead of 64 MiB (the whole RSS target).
+6. **The result cache fits the budget** (e36f843, 0f758d2) — each answer is charged 3× its body
+   (the body and at most one encoding of it, since issue 20; `BenchmarkResultCacheHeap`), and the
+   default bound is 16 MiB instead of 64 MiB (the whole RSS target).
 7. **A mint is one commit** — MintToken used to make three durable commits in a row: a "started"
    audit record, the token, the outcome record (p50 2.46 ms, 395/s at c=1; 2948/s at c=32 in the
    previous run). The token is now written inside the audit writer's group commit together with
@@ -293,10 +300,18 @@ Each item names the benchmark that is its evidence; the tables above show its ef
    the upstream) the same writer packs more records into each commit and carries a higher rate,
    so where it is not busy all the time it is not what caps brokerd; CPU is (the *server CPU*
    column against the floor's, and the profile above).
-10. **The upstream body is scanned three times** — `upstream.(*Client).readSuccess` runs `json.Valid`,
-   then `broker.parseResults`' `json.Unmarshal` validates and decodes again. Dropping the extra pass
-   helps floor and brokerd alike (absolute throughput, not the ratio) but changes
-   `upstream.Client.Do`'s contract that a successful answer is valid JSON; not done.
+10. **Issue 20, the request path** — the result cache keeps each answer's redacted body bytes, not
+   decoded maps (\`BenchmarkResultCacheHeap\`: heap per cached search 4.3 KB → 1.5 KB for a 1.1 KB
+   body), plus the response encoding its first hit made, which later hits send as is (the results
+   and metadata travel as the message's unknown fields, proto's wire format of fields 1 and 5: no
+   decode, no Struct, no marshal; \`BenchmarkSearchHandler/handler-cached\`). The upstream client
+   decodes the redacted body once through \`upstream.Request.Decode\` (no separate \`json.Valid\`
+   pass; Do's contract holds, a body the decoder refuses is ErrBadResponse), builds the key's
+   encodings once per answer, passes headers without the key on uncopied and builds each path's
+   URL once. The bearer token is read with \`metadata.ValueFromIncomingContext\` (no copy of the
+   metadata map); credential names are checked without a regexp; metric series are resolved once
+   instead of by \`WithLabelValues\` per call. Left: the query HMAC builds a new HMAC per call
+   (Tink, inside store/), and the per-attempt context timer and trace hooks of the upstream client.
 EOF
   echo
   echo "## Upstream economics: calls to the upstream vs calls to the broker"

@@ -107,8 +107,8 @@ func metricsUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, hand
 	start := time.Now()
 	resp, err := handler(ctx, req)
 	code := status.Code(err)
-	metrics.Calls.WithLabelValues(info.FullMethod, toolLabel(info.FullMethod, req), code.String()).Inc()
-	metrics.CallDuration.WithLabelValues(info.FullMethod).Observe(time.Since(start).Seconds())
+	metrics.CallCounter(info.FullMethod, toolLabel(info.FullMethod, req), code.String()).Inc()
+	metrics.CallDurationOf(info.FullMethod).Observe(time.Since(start).Seconds())
 	if strings.HasPrefix(info.FullMethod, "/"+pb.SearchService_ServiceDesc.ServiceName+"/") {
 		// Every SearchService call authenticates its token first; Unauthenticated is the only
 		// code a failed token check produces.
@@ -150,12 +150,11 @@ type meteredTransport struct{ next http.RoundTripper }
 func (t meteredTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := t.next.RoundTrip(r)
-	path := r.URL.Path
-	metrics.UpstreamDuration.WithLabelValues(path).Observe(time.Since(start).Seconds())
+	took := time.Since(start)
 	code := "error"
 	if err == nil {
 		code = strconv.Itoa(resp.StatusCode)
 	}
-	metrics.UpstreamResponses.WithLabelValues(path, code).Inc()
+	metrics.UpstreamObserve(r.URL.Path, code, took)
 	return resp, err
 }

@@ -25,8 +25,9 @@ func callerFrom(ctx context.Context) broker.Caller {
 
 // bearerToken returns the token in the "authorization: Bearer <token>" metadata entry.
 func bearerToken(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
+	// ValueFromIncomingContext copies this key's values only (FromIncomingContext copies the
+	// whole metadata map on every call).
+	for _, v := range metadata.ValueFromIncomingContext(ctx, "authorization") {
 		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
 			return strings.TrimSpace(v[7:])
 		}

@@ -104,6 +104,36 @@ func TestResultCache(t *testing.T) {
 	}
 }
 
+// A cache hit answers with the same results and metadata as the call that reached the upstream,
+// though it sends them as bytes kept with the cached answer (the first hit encodes them, later hits
+// reuse them), and as many as each request asked for.
+func TestCacheHitSameAnswer(t *testing.T) {
+	h := newCacheHarness(t)
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search", "google_search"}})
+	for _, req := range []*pb.SearchRequest{
+		{Query: "same answer"},
+		{Query: "same answer", NumResults: 3},
+		{Tool: "google_search", Query: "same answer"},
+	} {
+		miss, err := h.search.Search(withToken(tok.Token), req)
+		if err != nil || miss.Cached || len(miss.Results) == 0 || miss.Metadata == nil {
+			t.Fatalf("%v: miss %v, %v", req, miss, err)
+		}
+		for i := range 3 {
+			hit, err := h.search.Search(withToken(tok.Token), req)
+			if err != nil || !hit.Cached || hit.Credits != 0 {
+				t.Fatalf("%v: hit %d: %v, %v", req, i, hit, err)
+			}
+			// Everything but what says where the answer came from is the same message.
+			hit.Cached, hit.CacheAge, hit.Credits = false, nil, miss.Credits
+			if !proto.Equal(hit, miss) {
+				t.Fatalf("%v: hit %d differs from the miss:\n%v\n%v", req, i, hit, miss)
+			}
+		}
+	}
+}
+
 func TestCacheSingleFlight(t *testing.T) {
 	h := newCacheHarness(t)
 	h.putKey(t)

@@ -538,19 +538,23 @@ func TestLargeAnswers(t *testing.T) {
 		{100, codes.OutOfRange, 0},
 	} {
 		t.Run(fmt.Sprintf("num_results=%d", tc.num), func(t *testing.T) {
-			// A default client: no raised receive limit.
-			resp, err := s.search.Search(withToken(s.token), &pb.SearchRequest{Query: fmt.Sprintf("big %d", tc.num), NumResults: tc.num})
-			if tc.wantCode == codes.OK {
-				if err != nil {
-					t.Fatal(err)
+			// The second call is a cache hit, which sends the encoding kept with the answer: it is
+			// trimmed and bounded alike.
+			for _, hit := range []bool{false, true} {
+				// A default client: no raised receive limit.
+				resp, err := s.search.Search(withToken(s.token), &pb.SearchRequest{Query: fmt.Sprintf("big %d", tc.num), NumResults: tc.num})
+				if tc.wantCode == codes.OK {
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(resp.Results) != tc.wantN || resp.Cached != hit {
+						t.Fatalf("%d results (cached %v), want %d (cached %v)", len(resp.Results), resp.Cached, tc.wantN, hit)
+					}
+					continue
 				}
-				if len(resp.Results) != tc.wantN {
-					t.Fatalf("%d results, want %d", len(resp.Results), tc.wantN)
-				}
-				return
+				requireGRPCStatus(t, err, tc.wantCode, "upstream response too large")
+				requireGRPCStatus(t, err, tc.wantCode, "ask for fewer results")
 			}
-			requireGRPCStatus(t, err, tc.wantCode, "upstream response too large")
-			requireGRPCStatus(t, err, tc.wantCode, "ask for fewer results")
 		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -45,22 +46,9 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 	}
 	// The upstream may answer with more results than were asked for; the caller gets what it asked
 	// for (and brokerd converts no more than that).
-	results := res.Results
-	if want := broker.ResultsWanted(res.Tool, in); want > 0 && len(results) > want {
-		results = results[:want]
-	}
+	want := broker.ResultsWanted(res.Tool, in)
 	out := &pb.SearchResponse{
 		Tool: res.Tool, Credential: res.Credential, CredentialVersion: res.CredentialVersion, Cached: res.Cached, Credits: res.Credits,
-		Results: make([]*pb.SearchResult, 0, len(results)),
-	}
-	for _, r := range results {
-		raw, err := structpb.NewStruct(r.Raw)
-		if err != nil {
-			return nil, toStatus(s.log, "Search", err)
-		}
-		out.Results = append(out.Results, &pb.SearchResult{
-			Title: r.Title, Url: r.URL, Snippet: r.Snippet, Position: int32(r.Position), Raw: raw,
-		})
 	}
 	if res.Cached {
 		out.CacheAge = durationpb.New(res.CacheAge)
@@ -71,17 +59,64 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 		out.RateLimitWait = durationpb.New(res.RateLimitWait)
 		grpc.SetHeader(ctx, metadata.Pairs(RateLimitWaitHeader, strconv.FormatFloat(res.RateLimitWait.Seconds(), 'f', 3, 64)))
 	}
-	if len(res.Metadata) > 0 {
-		if out.Metadata, err = structpb.NewStruct(res.Metadata); err != nil {
+	if res.Cached {
+		// A hit sends the results and metadata as the bytes the first hit encoded and the cache
+		// keeps with the answer: no JSON decode, no Struct to build or marshal. They travel as the
+		// message's unknown fields, which proto writes out verbatim after the known ones: the
+		// wire format of fields 1 and 5, so a client decodes the same message (fields may come in
+		// any order on the wire).
+		enc, err := res.Encoded(broker.EncodingKey{Edge: "grpc", Results: want}, func() ([]byte, error) {
+			part, err := answerMessage(res, want)
+			if err != nil {
+				return nil, err
+			}
+			return proto.Marshal(part)
+		})
+		if err != nil {
 			return nil, toStatus(s.log, "Search", err)
 		}
+		out.ProtoReflect().SetUnknown(protoreflect.RawFields(enc))
+	} else {
+		part, err := answerMessage(res, want)
+		if err != nil {
+			return nil, toStatus(s.log, "Search", err)
+		}
+		out.Results, out.Metadata = part.Results, part.Metadata
 	}
 	// Never send what a client with gRPC's default limit cannot receive: it would fail with a
 	// transport error that says nothing of the cause. The typed fields and the raw Struct of every
 	// result are counted together, as they travel.
 	if n := responseSize(res, out); n > MaxResponseBytes {
 		return nil, toStatus(s.log, "Search", fmt.Errorf("%w: the answer is %d bytes with %d results, over the %d bytes a gRPC client accepts by default; ask for fewer results",
-			errAnswerTooLarge, n, len(out.Results), MaxResponseBytes))
+			errAnswerTooLarge, n, want, MaxResponseBytes))
+	}
+	return out, nil
+}
+
+// answerMessage converts res's results, at most want of them (0: all), and metadata to the
+// fields of a SearchResponse that carry them (the rest is left empty).
+func answerMessage(res *broker.SearchResult, want int) (*pb.SearchResponse, error) {
+	results, meta, err := res.Decoded()
+	if err != nil {
+		return nil, err
+	}
+	if want > 0 && len(results) > want {
+		results = results[:want]
+	}
+	out := &pb.SearchResponse{Results: make([]*pb.SearchResult, 0, len(results))}
+	for _, r := range results {
+		raw, err := structpb.NewStruct(r.Raw)
+		if err != nil {
+			return nil, err
+		}
+		out.Results = append(out.Results, &pb.SearchResult{
+			Title: r.Title, Url: r.URL, Snippet: r.Snippet, Position: int32(r.Position), Raw: raw,
+		})
+	}
+	if len(meta) > 0 {
+		if out.Metadata, err = structpb.NewStruct(meta); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }

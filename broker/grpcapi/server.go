@@ -61,6 +61,35 @@ type Options struct {
 	Drainer *Drainer
 }
 
+// TransportOptions are brokerd's gRPC server options that shape the transport (message and header
+// bounds, flow-control windows, keepalive, stream workers): everything but credentials, interceptors
+// and handlers. brokerbench's floor serves with the same ones, so brokerd/floor compares like with
+// like. idle is the connection idle timeout.
+func TransportOptions(idle time.Duration) []grpc.ServerOption {
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.InitialWindowSize(windowSize),
+		grpc.InitialConnWindowSize(connWindowSize),
+		grpc.ConnectionTimeout(HandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: idle,
+			// A peer that stops answering (stopped, not dead: the kernel closes a dead one's
+			// socket) while a call is open is dropped after Time+Timeout.
+			Time: 2 * time.Minute, Timeout: 20 * time.Second,
+		}),
+		// Pings cost a write each: a client pinging more often than this is sent GOAWAY.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Reuse handler goroutines instead of growing a fresh stack per call (stack copying was
+		// 7% of brokerd's CPU at 64 concurrent calls; see BENCHMARKS.md).
+		grpc.NumStreamWorkers(64),
+	}
+}
+
 // NewServer builds a gRPC server with both credbroker services, health and reflection registered.
 // The health server starts SERVING for every service; the daemon flips it on shutdown.
 func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
@@ -71,25 +100,8 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 		o.IdleTimeout = DefaultIdleTimeout
 	}
 	aud := auditor{b: b, log: o.Logger, known: map[string]bool{}, admins: o.Admins}
-	opts := append([]grpc.ServerOption{
-		grpc.Creds(peercred.TransportCredentials()),
-		grpc.MaxRecvMsgSize(MaxMessageSize),
-		grpc.MaxHeaderListSize(MaxHeaderListSize),
-		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
-		grpc.InitialWindowSize(windowSize),
-		grpc.InitialConnWindowSize(connWindowSize),
-		grpc.ConnectionTimeout(HandshakeTimeout),
-		grpc.KeepaliveParams(keepalive.ServerParameters{
-			MaxConnectionIdle: o.IdleTimeout,
-			// A peer that stops answering (stopped, not dead: the kernel closes a dead one's
-			// socket) while a call is open is dropped after Time+Timeout.
-			Time: 2 * time.Minute, Timeout: 20 * time.Second,
-		}),
-		// Pings cost a write each: a client pinging more often than this is sent GOAWAY.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		// Reuse handler goroutines instead of growing a fresh stack per call (stack copying was
-		// 7% of brokerd's CPU at 64 concurrent calls; see BENCHMARKS.md).
-		grpc.NumStreamWorkers(64),
+	opts := append([]grpc.ServerOption{grpc.Creds(peercred.TransportCredentials())}, TransportOptions(o.IdleTimeout)...)
+	opts = append(append(opts,
 		grpc.ChainUnaryInterceptor(o.UnaryInterceptors...),
 		// The auditor runs before authorization so refused calls are recorded too.
 		grpc.ChainUnaryInterceptor(aud.unary, o.Admins.unary),
@@ -99,7 +111,7 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
 			return refuse(codes.Unimplemented, broker.ReasonUnknownMethod, "brokerd has no such method; see proto/credbroker/v1 for the API", 0, nil)
 		}),
-	}, o.ServerOptions...)
+	), o.ServerOptions...)
 	if o.Drainer != nil {
 		opts = append(opts, grpc.ChainUnaryInterceptor(o.Drainer.unary), grpc.ChainStreamInterceptor(o.Drainer.stream))
 	}

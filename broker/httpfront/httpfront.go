@@ -293,20 +293,27 @@ func jsonProblem(err error) string {
 // upstream sent (already redacted) and "results", trimmed to what was asked for as on the gRPC
 // side. Field order may differ from the upstream's; the content is the same.
 func encode(res *broker.SearchResult, req broker.SearchRequest) ([]byte, error) {
-	out := make(map[string]any, len(res.Metadata)+1)
-	for k, v := range res.Metadata {
-		out[k] = v
-	}
-	results := res.Results
-	if want := broker.ResultsWanted(res.Tool, req); want > 0 && len(results) > want {
-		results = results[:want]
-	}
-	raws := make([]map[string]any, 0, len(results))
-	for _, r := range results {
-		raws = append(raws, r.Raw)
-	}
-	out["results"] = raws
-	return json.Marshal(out)
+	want := broker.ResultsWanted(res.Tool, req)
+	// A cached answer keeps this encoding for the next hit (it depends on the answer and want only).
+	return res.Encoded(broker.EncodingKey{Edge: "http", Results: want}, func() ([]byte, error) {
+		results, meta, err := res.Decoded()
+		if err != nil {
+			return nil, err
+		}
+		out := make(map[string]any, len(meta)+1)
+		for k, v := range meta {
+			out[k] = v
+		}
+		if want > 0 && len(results) > want {
+			results = results[:want]
+		}
+		raws := make([]map[string]any, 0, len(results))
+		for _, r := range results {
+			raws = append(raws, r.Raw)
+		}
+		out["results"] = raws
+		return json.Marshal(out)
+	})
 }
 
 // rateLimitHeaders reports the calling token's own rate limit as brokerd's limiter stands, in

@@ -7,6 +7,7 @@ package metrics
 
 import (
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -218,12 +219,66 @@ func SetBuildInfo(version string) {
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 }
 
+// Series every call touches, resolved once: WithLabelValues hashes and checks every label value
+// and takes the vector's lock on each call, which on the Search path added up to microseconds.
+var (
+	tokenValid, tokenInvalid = TokenValidations.WithLabelValues("valid"), TokenValidations.WithLabelValues("invalid")
+	cacheHits, cacheMisses   = CacheLookups.WithLabelValues("hit"), CacheLookups.WithLabelValues("miss")
+	auditCommitsOK           = AuditCommits.WithLabelValues("ok")
+
+	series sync.Map // seriesKey -> prometheus.Counter or prometheus.Observer
+)
+
+// seriesKey names one series of a vector: which vector, and its label values (unused ones "").
+type seriesKey struct {
+	vec     any
+	a, b, c string
+}
+
+// CallCounter is the grpc_calls_total series for method, tool and code, resolved once. Like
+// every series kept here its labels come from bounded sets (registered methods, the tool table,
+// gRPC codes, upstream paths and statuses), so the map stays small.
+func CallCounter(method, tool, code string) prometheus.Counter {
+	k := seriesKey{Calls, method, tool, code}
+	if v, ok := series.Load(k); ok {
+		return v.(prometheus.Counter)
+	}
+	v, _ := series.LoadOrStore(k, Calls.WithLabelValues(method, tool, code))
+	return v.(prometheus.Counter)
+}
+
+// CallDurationOf is the call duration histogram of method, resolved once.
+func CallDurationOf(method string) prometheus.Observer {
+	return observer(CallDuration, method)
+}
+
+// UpstreamObserve records one upstream attempt to path: its duration and its status code
+// ("error" when there was no answer).
+func UpstreamObserve(path, code string, took time.Duration) {
+	observer(UpstreamDuration, path).Observe(took.Seconds())
+	k := seriesKey{UpstreamResponses, path, code, ""}
+	v, ok := series.Load(k)
+	if !ok {
+		v, _ = series.LoadOrStore(k, UpstreamResponses.WithLabelValues(path, code))
+	}
+	v.(prometheus.Counter).Inc()
+}
+
+func observer(vec *prometheus.HistogramVec, label string) prometheus.Observer {
+	k := seriesKey{vec, label, "", ""}
+	if v, ok := series.Load(k); ok {
+		return v.(prometheus.Observer)
+	}
+	v, _ := series.LoadOrStore(k, vec.WithLabelValues(label))
+	return v.(prometheus.Observer)
+}
+
 // TokenValidated counts one bearer-token check.
 func TokenValidated(valid bool) {
 	if valid {
-		TokenValidations.WithLabelValues("valid").Inc()
+		tokenValid.Inc()
 	} else {
-		TokenValidations.WithLabelValues("invalid").Inc()
+		tokenInvalid.Inc()
 	}
 }
 
@@ -248,7 +303,7 @@ func ObserveAuditCommit(records int, took time.Duration, err error) {
 		AuditCommits.WithLabelValues("failed").Inc()
 		return
 	}
-	AuditCommits.WithLabelValues("ok").Inc()
+	auditCommitsOK.Inc()
 	AuditRecords.Add(float64(records))
 	AuditCommitDuration.Observe(took.Seconds())
 }
@@ -274,9 +329,9 @@ func ObserveAuditWrite(d time.Duration) { AuditWriteDuration.Observe(d.Seconds()
 // CacheLookup counts a result cache hit (saving saved credits) or miss.
 func CacheLookup(hit bool, saved uint64) {
 	if hit {
-		CacheLookups.WithLabelValues("hit").Inc()
+		cacheHits.Inc()
 		CreditsSaved.Add(float64(saved))
 		return
 	}
-	CacheLookups.WithLabelValues("miss").Inc()
+	cacheMisses.Inc()
 }

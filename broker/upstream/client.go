@@ -46,17 +46,24 @@ type Request struct {
 	Path string // e.g. "/api/v1/search"; joined to Config.BaseURL
 	Auth Auth
 	Body []byte // JSON body, sent with Content-Type: application/json
+	// Decode, if set, decodes a 2xx answer's (redacted) body for the caller, into
+	// Response.Decoded. Decoding checks the body, so Do makes no separate JSON validity pass; an
+	// answer Decode refuses is ErrBadResponse, with Decode's message as the detail (unless it is a
+	// JSON syntax error), so that message must never quote the body.
+	Decode func(body []byte) (any, error)
 }
 
 // Response is a successful (2xx) upstream answer. Body and Header are redacted: wherever the
 // upstream echoed the key (in any form Redact knows), they hold "[REDACTED]" instead.
 type Response struct {
 	Status int
-	Body   []byte      // JSON body, checked to be valid JSON, redacted with RedactJSON
+	Body   []byte      // JSON body, checked to be valid JSON (or decoded by Request.Decode), redacted with RedactJSON
 	Header http.Header // includes X-RateLimit-* headers; values redacted, names holding the key dropped
 	// KeyReflected counts the body strings and header fields that held the key: an upstream that
 	// echoes the key in a success answer would otherwise hand it to every client and cache.
 	KeyReflected int
+	// Decoded is what Request.Decode returned for Body (nil without a Decode).
+	Decoded any
 }
 
 // Config configures a Client. Zero values select the defaults noted on each field.
@@ -117,6 +124,7 @@ type Client struct {
 	maxRetryAfter  time.Duration
 	sleep          func(context.Context, time.Duration) error
 	now            func() time.Time
+	targets        sync.Map // Request.Path -> URL (endpoint)
 }
 
 // New validates cfg and builds a Client.
@@ -234,12 +242,19 @@ func NewTransport(proxy *url.URL) *http.Transport {
 }
 
 func (c *Client) endpoint(p string) (string, error) {
+	// Built once per path (the tool table's few): checking and formatting a URL per call cost more
+	// than a map lookup.
+	if t, ok := c.targets.Load(p); ok {
+		return t.(string), nil
+	}
 	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?#\\") || path.Clean(p) != p {
 		return "", errors.New("upstream: Request.Path must be a clean absolute path without query")
 	}
 	u := *c.base
 	u.Path = c.base.Path + p
-	return u.String(), nil
+	t := u.String()
+	c.targets.Store(p, t)
+	return t, nil
 }
 
 // validKey reports whether key can be sent: not empty, not too long, and HeaderSafe.
@@ -473,17 +488,18 @@ func (c *Client) attempt(ctx, detached context.Context, target string, req Reque
 		// Only a malformed target can get here, and endpoint already vetted it.
 		return outcome{kind: ErrBadRequest, detail: "cannot build request"}
 	}
-	hreq.Header.Set("Content-Type", "application/json")
-	hreq.Header.Set("Accept", "application/json")
-	hreq.Header.Set("User-Agent", "credbroker")
+	// Canonical names set directly: Header.Set would canonicalise each name again per call.
+	hreq.Header["Content-Type"] = jsonType
+	hreq.Header["Accept"] = jsonType
+	hreq.Header["User-Agent"] = userAgent
 	switch req.Auth {
 	case AuthAPIKeyHeader:
-		hreq.Header.Set("x-api-key", string(key))
+		hreq.Header["X-Api-Key"] = []string{string(key)}
 	case AuthBearer:
-		hreq.Header.Set("Authorization", "Bearer "+string(key))
+		hreq.Header["Authorization"] = []string{"Bearer " + string(key)}
 	}
 
-	resp, err := c.hc.Do(hreq)
+	resp, err := c.send(hreq)
 	if err != nil {
 		detail := Redact(err.Error(), key)
 		if base.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
@@ -495,7 +511,7 @@ func (c *Client) attempt(ctx, detached context.Context, target string, req Reque
 
 	switch s := resp.StatusCode; {
 	case s >= 200 && s <= 299:
-		return c.readSuccess(base, actx, resp, key)
+		return c.readSuccess(base, actx, resp, key, req.Decode)
 	case s == http.StatusTooManyRequests:
 		o := errorOutcome(ErrRateLimited, s, resp, key)
 		o.retryable = true
@@ -518,6 +534,37 @@ func (c *Client) attempt(ctx, detached context.Context, target string, req Reque
 	}
 }
 
+// send sends one request. With no client timeout and no cookie jar (brokerd's client, and the
+// default), it goes straight to the transport: http.Client.Do would only copy the request's
+// headers for redirects, which are never followed (a 3xx comes back as it is either way), and set
+// up a deadline that is not there. Its errors read as Client.Do's do.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	if c.hc.Timeout != 0 || c.hc.Jar != nil {
+		return c.hc.Do(req)
+	}
+	rt := c.hc.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		if resp != nil && resp.Body != nil {
+			resp.Body.Close()
+		}
+		return nil, &url.Error{Op: "Post", URL: req.URL.String(), Err: err}
+	}
+	if resp == nil || resp.Body == nil {
+		return nil, &url.Error{Op: "Post", URL: req.URL.String(), Err: fmt.Errorf("http: RoundTripper (%T) returned no response or no body", rt)}
+	}
+	return resp, nil
+}
+
+// Header values every request sends; the transport only reads them.
+var (
+	jsonType  = []string{"application/json"}
+	userAgent = []string{"credbroker"}
+)
+
 // errorOutcome reads a non-2xx answer's error.code and notes whether its body or headers echoed
 // the key.
 func errorOutcome(kind error, status int, resp *http.Response, key []byte) outcome {
@@ -526,7 +573,7 @@ func errorOutcome(kind error, status int, resp *http.Response, key []byte) outco
 	return outcome{kind: kind, status: status, code: code, reflected: reflected || n > 0}
 }
 
-func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key []byte) outcome {
+func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key []byte, decode func([]byte) (any, error)) outcome {
 	tooLarge := outcome{
 		kind:   ErrResponseTooLarge,
 		status: resp.StatusCode,
@@ -550,26 +597,59 @@ func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key
 	if int64(len(body)) > c.maxBytes {
 		return tooLarge
 	}
-	if !json.Valid(body) {
+	raw := body
+	if decode == nil && !json.Valid(body) {
 		// Not passed on, but an echoed key is still worth counting.
 		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response body is not valid JSON",
 			reflected: Redact(string(body), key) != string(body)}
 	}
 	// Redact before anything parses, caches or returns the body: every field, nested or not,
 	// reaches the client, the result cache and scavio-mcp's agent.
-	body, n := RedactJSON(body, key)
-	if n > 0 && !json.Valid(body) {
+	fs := keyForms(key)
+	body, n := fs.redactJSON(body)
+	var decoded any
+	if decode != nil {
+		// Decoding checks the body too, so it gets no separate validity pass.
+		if decoded, err = decode(body); err != nil {
+			detail := "response body is not valid JSON"
+			var se *json.SyntaxError
+			if !errors.As(err, &se) {
+				detail = err.Error()
+			}
+			return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: detail,
+				reflected: n > 0 || Redact(string(raw), key) != string(raw)}
+		}
+	} else if n > 0 && !json.Valid(body) {
 		// RedactJSON keeps JSON valid; if it ever did not, the answer is dropped, never sent on.
 		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response echoed the credential and could not be redacted", reflected: true}
 	}
-	hdr, hn := redactHeader(resp.Header, key)
-	return outcome{resp: &Response{Status: resp.StatusCode, Body: body, Header: hdr, KeyReflected: n + hn}}
+	hdr, hn := fs.redactHeader(resp.Header)
+	return outcome{resp: &Response{Status: resp.StatusCode, Body: body, Header: hdr, KeyReflected: n + hn, Decoded: decoded}}
 }
 
-// redactHeader returns a copy of h with the key redacted from every value and every field whose
-// name holds it dropped, and how many fields held it.
+// redactHeader returns h with the key redacted from every value and every field whose name holds
+// it dropped, and how many fields held it. h itself is returned when no field holds the key (the
+// usual case: no copy per call); otherwise a copy.
 func redactHeader(h http.Header, key []byte) (http.Header, int) {
-	fs := keyForms(key)
+	return keyForms(key).redactHeader(h)
+}
+
+func (fs forms) redactHeader(h http.Header) (http.Header, int) {
+	for name, vs := range h {
+		if fs.redact(name) != name {
+			return fs.redactHeaderCopy(h)
+		}
+		for _, v := range vs {
+			if fs.redact(v) != v {
+				return fs.redactHeaderCopy(h)
+			}
+		}
+	}
+	return h, 0
+}
+
+// redactHeaderCopy is redactHeader's copy.
+func (fs forms) redactHeaderCopy(h http.Header) (http.Header, int) {
 	out := make(http.Header, len(h))
 	n := 0
 	for name, vs := range h {

@@ -80,7 +80,14 @@ func RedactJSON(body, key []byte) ([]byte, int) {
 	if len(key) == 0 || len(body) == 0 {
 		return body, 0
 	}
-	fs := keyForms(key)
+	return keyForms(key).redactJSON(body)
+}
+
+// redactJSON is RedactJSON with the key's forms already built.
+func (fs forms) redactJSON(body []byte) ([]byte, int) {
+	if len(fs) == 0 || len(body) == 0 {
+		return body, 0
+	}
 	fb := make([][]byte, len(fs))
 	for i, f := range fs {
 		fb[i] = []byte(f)
@@ -96,6 +103,14 @@ func RedactJSON(body, key []byte) ([]byte, int) {
 			}
 		}
 		return false
+	}
+	// Only a string with escapes can hold the key without one of its forms appearing in the raw
+	// bytes: when none does, the other strings and the bare values need no look, and a body
+	// without a backslash none at all. One search of the whole body per form (vectorised) is far
+	// cheaper than searching every string for every form.
+	raw := holds(body)
+	if !raw && bytes.IndexByte(body, '\\') < 0 {
+		return body, 0
 	}
 	var (
 		out     []byte // nil until the first change
@@ -147,7 +162,7 @@ func RedactJSON(body, key []byte) ([]byte, int) {
 						}
 					}
 				}
-			} else if inner := lit[1 : len(lit)-1]; holds(inner) {
+			} else if inner := lit[1 : len(lit)-1]; raw && holds(inner) {
 				// No escapes: the forms and the marker hold no '"' or '\\' here, so replacing
 				// inside the literal keeps it a literal.
 				replace(i, j, []byte(`"`+fs.redact(string(inner))+`"`))
@@ -158,7 +173,7 @@ func RedactJSON(body, key []byte) ([]byte, int) {
 			for j < len(body) && bareByte(body[j]) {
 				j++
 			}
-			if holds(body[i:j]) {
+			if raw && holds(body[i:j]) {
 				replace(i, j, []byte(`"`+redacted+`"`))
 			}
 			i = j

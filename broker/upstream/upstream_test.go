@@ -766,14 +766,19 @@ func TestRedactJSON(t *testing.T) {
 // the common case) and a 1 MiB one, neither holding the key.
 func BenchmarkRedactJSON(b *testing.B) {
 	key := []byte(testKey)
-	result := `{"title":"Result %d for golang generics","url":"https:\/\/example.com\/classic\/%d?q=golang+generics","snippet":"Fake classic result %d about golang generics.","position":%d}`
-	for _, n := range []int{10, 3500} {
+	escaped := `{"title":"Result %d for golang generics","url":"https:\/\/example.com\/classic\/%d?q=golang+generics","snippet":"Fake classic result %d about golang generics.","position":%d}`
+	plain := strings.ReplaceAll(escaped, `\/`, `/`) // as Go's encoder writes it (scaviotest)
+	for _, c := range []struct {
+		name   string
+		n      int
+		result string
+	}{{"", 10, escaped}, {"", 3500, escaped}, {"-noescapes", 10, plain}} {
 		var parts []string
-		for i := range n {
-			parts = append(parts, fmt.Sprintf(result, i, i, i, i))
+		for i := range c.n {
+			parts = append(parts, fmt.Sprintf(c.result, i, i, i, i))
 		}
 		body := []byte(`{"query":"golang generics","results":[` + strings.Join(parts, ",") + `],"credits_used":1}`)
-		b.Run(fmt.Sprintf("%dKiB", len(body)>>10), func(b *testing.B) {
+		b.Run(fmt.Sprintf("%dKiB%s", len(body)>>10, c.name), func(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			for b.Loop() {
 				if _, n := upstream.RedactJSON(body, key); n != 0 {
@@ -908,6 +913,64 @@ func TestMayHaveBilled(t *testing.T) {
 			}
 			if got := upstream.MayHaveBilled(err); got != tc.want {
 				t.Fatalf("MayHaveBilled(%v) = %v, want %v", err, got, tc.want)
+			}
+		})
+	}
+}
+
+// With Request.Decode, the client decodes the redacted body instead of checking it with a separate
+// pass, and refuses what Decode refuses as it refuses a body that is not JSON.
+func TestDecode(t *testing.T) {
+	type decoded struct{ m map[string]any }
+	decode := func(body []byte) (any, error) {
+		var m map[string]any
+		if err := json.Unmarshal(body, &m); err != nil {
+			var se *json.SyntaxError
+			if errors.As(err, &se) {
+				return nil, err
+			}
+			return nil, errors.New("not an object")
+		}
+		return decoded{m}, nil
+	}
+	tests := []struct {
+		name, body    string
+		wantErr       string // "" for success
+		wantReflected bool
+	}{
+		{"object", `{"a":"b"}`, "", false},
+		{"key echoed is redacted before decoding", `{"a":"` + testKey + `"}`, "", true},
+		{"malformed", `{"results": [`, "not valid JSON", false},
+		{"empty", ``, "not valid JSON", false},
+		{"not JSON, echoing the key", "key=" + testKey, "not valid JSON", true},
+		{"Decode's own refusal", `[1,2]`, "upstream returned a malformed response: not an object", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newServer(t, reply(200, tt.body))
+			c, _ := newClient(t, srv.URL, upstream.Config{})
+			req := searchReq()
+			req.Decode = decode
+			resp, err := c.Do(context.Background(), req, []byte(testKey))
+			if tt.wantErr != "" {
+				ue := requireError(t, err, upstream.ErrBadResponse, 200, "", tt.wantErr)
+				if ue != nil && ue.KeyReflected != tt.wantReflected {
+					t.Errorf("KeyReflected = %v, want %v", ue.KeyReflected, tt.wantReflected)
+				}
+				if !upstream.MayHaveBilled(err) {
+					t.Error("a 2xx the client could not use is not reported as possibly billed")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, ok := resp.Decoded.(decoded)
+			if !ok {
+				t.Fatalf("Decoded = %#v", resp.Decoded)
+			}
+			if (resp.KeyReflected > 0) != tt.wantReflected || strings.Contains(fmt.Sprint(d.m), testKey) {
+				t.Errorf("decoded %v, KeyReflected %d: the key reached the decoder", d.m, resp.KeyReflected)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -35,6 +36,7 @@ type report struct {
 	Started time.Time   `json:"started"`
 	Elapsed float64     `json:"elapsed_s"`
 	Conns   int         `json:"grpc_conns"`
+	Rounds  int         `json:"rounds"`
 	Disk    diskInfo    `json:"disk"`
 	// BrokerdReady is exec-to-SERVING of brokerd on the (empty) database of the load matrix.
 	BrokerdReady time.Duration `json:"brokerd_ready_ns"`
@@ -44,6 +46,10 @@ type report struct {
 	Profile      *cellResult   `json:"profile,omitempty"`
 	Scale        *scaleResult  `json:"scale,omitempty"`
 	Targets      []target      `json:"targets"`
+	// FloorSame: the floor's answer to a new query was the same bytes as brokerd's (a cache miss);
+	// FloorCheck says how they compared. Empty when the floor did not run.
+	FloorSame  bool   `json:"floor_same_bytes"`
+	FloorCheck string `json:"floor_check,omitempty"`
 }
 
 type machineInfo struct {
@@ -59,6 +65,9 @@ type cellResult struct {
 	Mode  string        `json:"mode"`
 	Delay time.Duration `json:"delay_ns"`
 	Conc  int           `json:"conc"`
+	// RoundsRPS is every round's req/s when the cell was run in rounds (--rounds); the cell's
+	// other figures are its median round's.
+	RoundsRPS []float64 `json:"rounds_rps,omitempty"`
 	loadResult
 }
 
@@ -93,7 +102,7 @@ func bench(ctx context.Context, cfg config) (err error) {
 	}
 	progress("work dir %s", e.dir)
 	r := &report{
-		Args: os.Args[1:], Started: start.UTC(), Conns: cfg.conns,
+		Args: os.Args[1:], Started: start.UTC(), Conns: cfg.conns, Rounds: cfg.rounds,
 		Machine: machineInfo{NProc: runtime.NumCPU(), CPU: cpuModel(), Kernel: kernelRelease(), Go: runtime.Version(), GOMAXPROC: runtime.GOMAXPROCS(0)},
 	}
 	defer e.stopAll()
@@ -115,6 +124,12 @@ func bench(ctx context.Context, cfg config) (err error) {
 	tok, err := provision(ctx, sock, e.key)
 	if err != nil {
 		return err
+	}
+	if e.floor != nil {
+		if r.FloorSame, r.FloorCheck, err = sameBytes(ctx, e.fSock, sock, tok); err != nil {
+			return err
+		}
+		progress("floor vs brokerd response bytes: %s", r.FloorCheck)
 	}
 	if err := e.matrix(ctx, r, bd, sock, tok); err != nil {
 		return err
@@ -372,19 +387,45 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 			return err
 		}
 		for _, c := range e.cfg.conc {
-			for _, m := range e.cfg.modes {
-				if ctx.Err() != nil {
-					return ctx.Err()
+			// Zero-delay cells are CPU-bound and what the targets compare: on a shared machine
+			// they are run in rounds (modes interleaved in each) and each mode's median round is
+			// kept. Cells with an upstream delay wait on it and are steady; one round each.
+			rounds := 1
+			if delay == 0 {
+				rounds = max(1, e.cfg.rounds)
+			}
+			got := map[string][]cellResult{}
+			for rd := range rounds {
+				for _, m := range e.cfg.modes {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					res := runLoad(ctx, loadSpec{conc: c, warmup: e.cfg.warmup, window: e.cfg.duration, procs: procs[m], do: do[m]})
+					got[m] = append(got[m], cellResult{Mode: m, Delay: delay, Conc: c, loadResult: res})
+					progress("%-7s delay=%-5s c=%-3d round %d/%d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s",
+						m, delay, c, rd+1, rounds, res.RPS, round(res.P50), round(res.P99), res.CPUPer1k["server"], res.Errors, res.FirstErr, auditLine(res.Audit))
 				}
-				res := runLoad(ctx, loadSpec{conc: c, warmup: e.cfg.warmup, window: e.cfg.duration, procs: procs[m], do: do[m]})
-				cell := cellResult{Mode: m, Delay: delay, Conc: c, loadResult: res}
-				r.Cells = append(r.Cells, cell)
-				progress("%-7s delay=%-5s c=%-3d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s",
-					m, delay, c, res.RPS, round(res.P50), round(res.P99), res.CPUPer1k["server"], res.Errors, res.FirstErr, auditLine(res.Audit))
+			}
+			for _, m := range e.cfg.modes {
+				r.Cells = append(r.Cells, medianCell(got[m]))
 			}
 		}
 	}
 	return e.setDelay(0)
+}
+
+// medianCell is the round with the median req/s (the lower middle one of an even count), with
+// every round's req/s in RoundsRPS.
+func medianCell(cells []cellResult) cellResult {
+	sorted := slices.Clone(cells)
+	slices.SortFunc(sorted, func(a, b cellResult) int { return cmp.Compare(a.RPS, b.RPS) })
+	m := sorted[(len(sorted)-1)/2]
+	if len(cells) > 1 {
+		for _, c := range cells {
+			m.RoundsRPS = append(m.RoundsRPS, c.RPS)
+		}
+	}
+	return m
 }
 
 // mint measures MintToken throughput: each call is a bbolt write (and an audit record).

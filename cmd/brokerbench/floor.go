@@ -1,12 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -14,19 +19,23 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/credbroker/credbroker/broker"
-	"github.com/credbroker/credbroker/broker/upstream"
+	"github.com/credbroker/credbroker/broker/grpcapi"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
-// floorServer is the physical limit of any gRPC broker on this machine: the same SearchService
-// over a Unix socket, making the same upstream call with the same HTTP client package and
-// returning the same response message, with nothing else (no token, no decrypt, no audit, no
-// metrics). The key is held in memory.
+// floorServer is the minimal gRPC broker on this machine, the floor brokerd is measured against:
+// the same SearchService over a Unix socket with the same gRPC server options
+// (grpcapi.TransportOptions), one plain net/http POST to the upstream with a key held in memory,
+// the JSON decoded and converted to a response byte-identical to brokerd's for the same answer,
+// and nothing else (no token, no decrypt, no audit, no metrics, no retries). No brokerd code runs
+// on its request path: it is what any gRPC broker must at least spend, so brokerd/floor is what
+// brokerd's own work costs.
 type floorServer struct {
 	pb.UnimplementedSearchServiceServer
-	up  *upstream.Client
-	key []byte
+	hc     *http.Client
+	target string // the upstream's search URL, built once
+	key    string
 }
 
 func (f *floorServer) Search(ctx context.Context, req *pb.SearchRequest) (*pb.SearchResponse, error) {
@@ -41,20 +50,37 @@ func (f *floorServer) Search(ctx context.Context, req *pb.SearchRequest) (*pb.Se
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	resp, err := f.up.Do(ctx, upstream.Request{Path: scaviotest.SearchPath, Auth: upstream.AuthAPIKeyHeader, Body: payload}, f.key)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, f.target, bytes.NewReader(payload))
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("x-api-key", f.key)
+	resp, err := f.hc.Do(hreq)
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	out, err := searchResponse(resp.Body)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, status.Errorf(codes.Unavailable, "upstream: %s", resp.Status)
+	}
+	out, err := searchResponse(body)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if len(out.Results) > n {
+		out.Results = out.Results[:n]
 	}
 	return out, nil
 }
 
-// searchResponse converts an upstream body to the response message the way brokerd does
-// (broker.parseResults, then grpcapi's structpb conversion), so the floor pays the same
-// serialisation cost.
+// searchResponse converts an upstream body to the response message brokerd sends for it on a
+// cache miss (same fields, same values: a fresh credential at version 1, one credit), so the floor
+// pays the same decoding and serialisation cost and brokerbench can check the bytes are equal.
 func searchResponse(body []byte) (*pb.SearchResponse, error) {
 	var top map[string]any
 	if err := json.Unmarshal(body, &top); err != nil {
@@ -62,7 +88,7 @@ func searchResponse(body []byte) (*pb.SearchResponse, error) {
 	}
 	raw, _ := top["results"].([]any)
 	delete(top, "results")
-	out := &pb.SearchResponse{Tool: broker.DefaultTool, Credential: broker.DefaultCredential, CredentialVersion: 1,
+	out := &pb.SearchResponse{Tool: broker.DefaultTool, Credential: broker.DefaultCredential, CredentialVersion: 1, Credits: 1,
 		Results: make([]*pb.SearchResult, 0, len(raw))}
 	for i, item := range raw {
 		obj, ok := item.(map[string]any)
@@ -73,11 +99,9 @@ func searchResponse(body []byte) (*pb.SearchResponse, error) {
 		if err != nil {
 			return nil, err
 		}
-		r := &pb.SearchResult{Position: int32(i + 1), Raw: s}
-		r.Title, _ = obj["title"].(string)
-		r.Url, _ = obj["url"].(string)
-		r.Snippet, _ = obj["snippet"].(string)
-		if p, ok := obj["position"].(float64); ok {
+		r := &pb.SearchResult{Position: int32(i + 1), Raw: s,
+			Title: firstString(obj, "title"), Url: firstString(obj, "url", "link"), Snippet: firstString(obj, "snippet", "description", "content")}
+		if p, ok := obj["position"].(float64); ok && p >= 1 && p <= 1e6 {
 			r.Position = int32(p)
 		}
 		out.Results = append(out.Results, r)
@@ -89,6 +113,15 @@ func searchResponse(body []byte) (*pb.SearchResponse, error) {
 		}
 	}
 	return out, nil
+}
+
+func firstString(obj map[string]any, keys ...string) string {
+	for _, k := range keys {
+		if s, ok := obj[k].(string); ok {
+			return s
+		}
+	}
+	return ""
 }
 
 // serveFloor is the "serve-floor" child mode.
@@ -104,17 +137,21 @@ func serveFloor(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	up, err := upstream.New(upstream.Config{BaseURL: *upURL})
-	if err != nil {
-		return err
+	if *upURL == "" {
+		return errors.New("--upstream-url is required")
 	}
+	// The same connection pool bounds as brokerd's upstream transport, without anything else.
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext:  (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns: 64, MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
+	}}
 	os.Remove(*socket)
 	lis, err := net.Listen("unix", *socket)
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer(grpc.MaxRecvMsgSize(64 << 10))
-	pb.RegisterSearchServiceServer(g, &floorServer{up: up, key: []byte(key)})
+	g := grpc.NewServer(grpcapi.TransportOptions(0)...)
+	pb.RegisterSearchServiceServer(g, &floorServer{hc: hc, target: *upURL + scaviotest.SearchPath, key: key})
 	go func() {
 		<-ctx.Done()
 		g.Stop()

@@ -42,6 +42,9 @@ type loadResult struct {
 	ServerDiskKiBPer1k float64 `json:"server_disk_kib_per_1k,omitempty"`
 	// ServerMem is the largest memory of the server process sampled during the window.
 	ServerMem *memInfo `json:"server_mem_max,omitempty"`
+	// SyncsPerCall is how many fdatasync/fsync/sync_file_range calls the server made per
+	// successful request during the window, counted exactly by perf (nil without perf).
+	SyncsPerCall *float64 `json:"server_syncs_per_call,omitempty"`
 	// Audit is what brokerd's audit writer did during the window (brokerd only).
 	Audit *auditStats `json:"audit,omitempty"`
 }
@@ -110,6 +113,12 @@ func runLoad(ctx context.Context, spec loadSpec) loadResult {
 	if auditURL != "" {
 		auditBefore, auditErr = scrapeAudit(ctx, auditURL)
 	}
+	stopSyncs := func() (int64, bool) { return 0, false }
+	for _, p := range procs {
+		if p.role == "server" {
+			stopSyncs = countSyncs(p.pid)
+		}
+	}
 	before := sampleCPU(procs)
 	phase.Store(measuring)
 	start := time.Now()
@@ -117,6 +126,7 @@ func runLoad(ctx context.Context, spec loadSpec) loadResult {
 	phase.Store(stopping)
 	window := time.Since(start)
 	after := sampleCPU(procs)
+	syncs, syncsOK := stopSyncs()
 	var auditAfter auditCounters
 	if auditErr == nil {
 		auditAfter, auditErr = scrapeAudit(ctx, auditURL)
@@ -136,6 +146,10 @@ func runLoad(ctx context.Context, spec loadSpec) loadResult {
 		r.FirstErr = *p
 	}
 	r.Requests = len(all)
+	if syncsOK && r.Requests > 0 {
+		v := float64(syncs) / float64(r.Requests)
+		r.SyncsPerCall = &v
+	}
 	if auditErr == nil {
 		r.Audit = auditAfter.stats(auditBefore)
 	}
