@@ -286,6 +286,23 @@ class ListWorkloadsResponse(_message.Message):
     workloads: _containers.RepeatedCompositeFieldContainer[Workload]
     def __init__(self, workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ...) -> None: ...
 
+class MigrateMasterKeyRequest(_message.Message):
+    __slots__ = ["to"]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    to: str
+    def __init__(self, to: _Optional[str] = ...) -> None: ...
+
+class MigrateMasterKeyResponse(_message.Message):
+    __slots__ = ["key_version", "restart_flag", "to"]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FLAG_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    key_version: str
+    restart_flag: str
+    to: str
+    def __init__(self, to: _Optional[str] = ..., key_version: _Optional[str] = ..., restart_flag: _Optional[str] = ..., **kwargs) -> None: ...
+
 class MintTokenRequest(_message.Message):
     __slots__ = ["bind_process", "bind_uid", "budget_credits", "budget_period", "label", "max_uses", "rate_limit", "rate_period", "shared_cache", "tools", "ttl"]
     BIND_PROCESS_FIELD_NUMBER: _ClassVar[int]
@@ -375,6 +392,22 @@ class RevokeTokenResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     token: TokenInfo
     def __init__(self, token: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
+class RewrapMasterKeyRequest(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
+
+class RewrapMasterKeyResponse(_message.Message):
+    __slots__ = ["key_version", "previous_key_versions", "rewrapped", "source"]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_KEY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REWRAPPED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    key_version: str
+    previous_key_versions: _containers.RepeatedScalarFieldContainer[str]
+    rewrapped: bool
+    source: str
+    def __init__(self, source: _Optional[str] = ..., rewrapped: bool = ..., previous_key_versions: _Optional[_Iterable[str]] = ..., key_version: _Optional[str] = ...) -> None: ...
 
 class RollbackCredentialRequest(_message.Message):
     __slots__ = ["name", "to_version"]
@@ -473,13 +506,16 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ["credentials", "data_keys", "data_primary_key_id", "limited_credentials", "live_tokens", "master_key_ids", "rotation", "schema_version", "started_at", "tools", "uptime", "version", "warnings", "workloads"]
+    __slots__ = ["credentials", "data_keys", "data_primary_key_id", "limited_credentials", "live_tokens", "master_key_ids", "master_key_last_kms_contact", "master_key_source", "master_key_versions", "rotation", "schema_version", "started_at", "tools", "uptime", "version", "warnings", "workloads"]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     DATA_KEYS_FIELD_NUMBER: _ClassVar[int]
     DATA_PRIMARY_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     LIMITED_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     LIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MASTER_KEY_IDS_FIELD_NUMBER: _ClassVar[int]
+    MASTER_KEY_LAST_KMS_CONTACT_FIELD_NUMBER: _ClassVar[int]
+    MASTER_KEY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MASTER_KEY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     ROTATION_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -494,6 +530,9 @@ class StatusResponse(_message.Message):
     limited_credentials: _containers.RepeatedCompositeFieldContainer[Credential]
     live_tokens: int
     master_key_ids: _containers.RepeatedScalarFieldContainer[int]
+    master_key_last_kms_contact: _timestamp_pb2.Timestamp
+    master_key_source: str
+    master_key_versions: _containers.RepeatedScalarFieldContainer[str]
     rotation: _containers.RepeatedCompositeFieldContainer[RotationStatus]
     schema_version: int
     started_at: _timestamp_pb2.Timestamp
@@ -502,7 +541,7 @@ class StatusResponse(_message.Message):
     version: str
     warnings: _containers.RepeatedScalarFieldContainer[str]
     workloads: _containers.RepeatedCompositeFieldContainer[Workload]
-    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., uptime: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., credentials: _Optional[int] = ..., live_tokens: _Optional[int] = ..., schema_version: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., master_key_ids: _Optional[_Iterable[int]] = ..., data_primary_key_id: _Optional[int] = ..., data_keys: _Optional[_Iterable[_Union[DataKeyUsage, _Mapping]]] = ..., rotation: _Optional[_Iterable[_Union[RotationStatus, _Mapping]]] = ..., limited_credentials: _Optional[_Iterable[_Union[Credential, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., uptime: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., credentials: _Optional[int] = ..., live_tokens: _Optional[int] = ..., schema_version: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., master_key_ids: _Optional[_Iterable[int]] = ..., data_primary_key_id: _Optional[int] = ..., data_keys: _Optional[_Iterable[_Union[DataKeyUsage, _Mapping]]] = ..., rotation: _Optional[_Iterable[_Union[RotationStatus, _Mapping]]] = ..., limited_credentials: _Optional[_Iterable[_Union[Credential, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., master_key_source: _Optional[str] = ..., master_key_last_kms_contact: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., master_key_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TokenInfo(_message.Message):
     __slots__ = ["bind_uid", "budget_credits", "budget_period", "budget_spent", "created_at", "expires_at", "id", "label", "last_used_at", "max_uses", "minted_by_uid", "rate_limit", "rate_period", "revoked", "revoked_at", "shared_cache", "tools", "uses", "uses_left"]

@@ -132,6 +132,16 @@ class AdminServiceStub(object):
                 request_serializer=credbroker_dot_v1_dot_admin__pb2.RemoveWorkloadRequest.SerializeToString,
                 response_deserializer=credbroker_dot_v1_dot_admin__pb2.RemoveWorkloadResponse.FromString,
                 )
+        self.RewrapMasterKey = channel.unary_unary(
+                '/credbroker.v1.AdminService/RewrapMasterKey',
+                request_serializer=credbroker_dot_v1_dot_admin__pb2.RewrapMasterKeyRequest.SerializeToString,
+                response_deserializer=credbroker_dot_v1_dot_admin__pb2.RewrapMasterKeyResponse.FromString,
+                )
+        self.MigrateMasterKey = channel.unary_unary(
+                '/credbroker.v1.AdminService/MigrateMasterKey',
+                request_serializer=credbroker_dot_v1_dot_admin__pb2.MigrateMasterKeyRequest.SerializeToString,
+                response_deserializer=credbroker_dot_v1_dot_admin__pb2.MigrateMasterKeyResponse.FromString,
+                )
 
 
 class AdminServiceServicer(object):
@@ -322,6 +332,25 @@ class AdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RewrapMasterKey(self, request, context):
+        """RewrapMasterKey re-wraps the database's keysets under the master key's current version (a
+        KMS key rotated in the KMS, a keyset file's new primary), in one verified transaction.
+        Unavailable (KMS_UNAVAILABLE) if the KMS does not answer; nothing changes then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigrateMasterKey(self, request, context):
+        """MigrateMasterKey moves the database from the master key brokerd runs with to another one (a
+        keyset file path or a KMS key URI, opened by brokerd with its own environment), in one
+        transaction verified by unwrapping under the new key before it commits. brokerd uses the new
+        key from then on; restart it with the flag naming it. Running it again is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -439,6 +468,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RemoveWorkload,
                     request_deserializer=credbroker_dot_v1_dot_admin__pb2.RemoveWorkloadRequest.FromString,
                     response_serializer=credbroker_dot_v1_dot_admin__pb2.RemoveWorkloadResponse.SerializeToString,
+            ),
+            'RewrapMasterKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RewrapMasterKey,
+                    request_deserializer=credbroker_dot_v1_dot_admin__pb2.RewrapMasterKeyRequest.FromString,
+                    response_serializer=credbroker_dot_v1_dot_admin__pb2.RewrapMasterKeyResponse.SerializeToString,
+            ),
+            'MigrateMasterKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateMasterKey,
+                    request_deserializer=credbroker_dot_v1_dot_admin__pb2.MigrateMasterKeyRequest.FromString,
+                    response_serializer=credbroker_dot_v1_dot_admin__pb2.MigrateMasterKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -841,5 +880,39 @@ class AdminService(object):
         return grpc.experimental.unary_unary(request, target, '/credbroker.v1.AdminService/RemoveWorkload',
             credbroker_dot_v1_dot_admin__pb2.RemoveWorkloadRequest.SerializeToString,
             credbroker_dot_v1_dot_admin__pb2.RemoveWorkloadResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RewrapMasterKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/credbroker.v1.AdminService/RewrapMasterKey',
+            credbroker_dot_v1_dot_admin__pb2.RewrapMasterKeyRequest.SerializeToString,
+            credbroker_dot_v1_dot_admin__pb2.RewrapMasterKeyResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def MigrateMasterKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/credbroker.v1.AdminService/MigrateMasterKey',
+            credbroker_dot_v1_dot_admin__pb2.MigrateMasterKeyRequest.SerializeToString,
+            credbroker_dot_v1_dot_admin__pb2.MigrateMasterKeyResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

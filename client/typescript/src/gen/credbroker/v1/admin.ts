@@ -335,6 +335,23 @@ export interface StatusResponse {
   limitedCredentials: Credential[];
   /** workloads are the registrations that may fetch tokens by attestation, sorted by name. */
   workloads: Workload[];
+  /**
+   * master_key_source is where the master key (KEK) comes from: "file PATH" or a KMS key URI.
+   * Never a secret.
+   */
+  masterKeySource: string;
+  /**
+   * master_key_last_kms_contact is when the KMS holding the master key last answered; unset for
+   * a keyset file.
+   */
+  masterKeyLastKmsContact:
+    | Date
+    | undefined;
+  /**
+   * master_key_versions are the KMS key versions the stored wrapping was made under (Vault
+   * Transit); empty for a keyset file.
+   */
+  masterKeyVersions: string[];
 }
 
 /** DataKeyUsage is one key of the data keyset. */
@@ -787,6 +804,39 @@ export interface RemoveWorkloadRequest {
 
 /** RemoveWorkloadResponse is empty. */
 export interface RemoveWorkloadResponse {
+}
+
+/** RewrapMasterKeyRequest has no fields. */
+export interface RewrapMasterKeyRequest {
+}
+
+/** RewrapMasterKeyResponse says what the re-wrap did. */
+export interface RewrapMasterKeyResponse {
+  /** source is the master key's source ("file PATH" or the KMS key URI). */
+  source: string;
+  /** rewrapped reports whether the stored wrapping changed. */
+  rewrapped: boolean;
+  /** previous_key_versions are the KMS key versions of the wrapping before (KMS with versions). */
+  previousKeyVersions: string[];
+  /** key_version is the KMS key version it is under now. */
+  keyVersion: string;
+}
+
+/** MigrateMasterKeyRequest names the master key to move to. */
+export interface MigrateMasterKeyRequest {
+  /** to is an absolute keyset file path or a KMS key URI (hcvault://, aws-kms://, gcp-kms://). */
+  to: string;
+}
+
+/** MigrateMasterKeyResponse says what the migrate did. */
+export interface MigrateMasterKeyResponse {
+  /** from and to are the sources before and after. */
+  from: string;
+  to: string;
+  /** key_version is the KMS key version the wrapping is under now (KMS with versions). */
+  keyVersion: string;
+  /** restart_flag is the brokerd flag to start with from now on, e.g. "--master-key-uri URI". */
+  restartFlag: string;
 }
 
 function createBaseCredential(): Credential {
@@ -3109,6 +3159,9 @@ function createBaseStatusResponse(): StatusResponse {
     rotation: [],
     limitedCredentials: [],
     workloads: [],
+    masterKeySource: "",
+    masterKeyLastKmsContact: undefined,
+    masterKeyVersions: [],
   };
 }
 
@@ -3159,6 +3212,15 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     }
     for (const v of message.workloads) {
       Workload.encode(v!, writer.uint32(114).fork()).join();
+    }
+    if (message.masterKeySource !== "") {
+      writer.uint32(122).string(message.masterKeySource);
+    }
+    if (message.masterKeyLastKmsContact !== undefined) {
+      Timestamp.encode(toTimestamp(message.masterKeyLastKmsContact), writer.uint32(130).fork()).join();
+    }
+    for (const v of message.masterKeyVersions) {
+      writer.uint32(138).string(v!);
     }
     return writer;
   },
@@ -3298,6 +3360,30 @@ export const StatusResponse: MessageFns<StatusResponse> = {
             message.workloads.push(Workload.decode(reader, reader.uint32()));
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.masterKeySource = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.masterKeyLastKmsContact = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.masterKeyVersions.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3360,6 +3446,21 @@ export const StatusResponse: MessageFns<StatusResponse> = {
       workloads: globalThis.Array.isArray(object?.workloads)
         ? object.workloads.map((e: any) => Workload.fromJSON(e))
         : [],
+      masterKeySource: isSet(object.masterKeySource)
+        ? globalThis.String(object.masterKeySource)
+        : isSet(object.master_key_source)
+        ? globalThis.String(object.master_key_source)
+        : "",
+      masterKeyLastKmsContact: isSet(object.masterKeyLastKmsContact)
+        ? fromJsonTimestamp(object.masterKeyLastKmsContact)
+        : isSet(object.master_key_last_kms_contact)
+        ? fromJsonTimestamp(object.master_key_last_kms_contact)
+        : undefined,
+      masterKeyVersions: globalThis.Array.isArray(object?.masterKeyVersions)
+        ? object.masterKeyVersions.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.master_key_versions)
+        ? object.master_key_versions.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -3407,6 +3508,15 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     if (message.workloads?.length) {
       obj.workloads = message.workloads.map((e) => Workload.toJSON(e));
     }
+    if (message.masterKeySource !== "") {
+      obj.masterKeySource = message.masterKeySource;
+    }
+    if (message.masterKeyLastKmsContact !== undefined) {
+      obj.masterKeyLastKmsContact = message.masterKeyLastKmsContact.toISOString();
+    }
+    if (message.masterKeyVersions?.length) {
+      obj.masterKeyVersions = message.masterKeyVersions;
+    }
     return obj;
   },
 
@@ -3431,6 +3541,9 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     message.rotation = object.rotation?.map((e) => RotationStatus.fromPartial(e)) || [];
     message.limitedCredentials = object.limitedCredentials?.map((e) => Credential.fromPartial(e)) || [];
     message.workloads = object.workloads?.map((e) => Workload.fromPartial(e)) || [];
+    message.masterKeySource = object.masterKeySource ?? "";
+    message.masterKeyLastKmsContact = object.masterKeyLastKmsContact ?? undefined;
+    message.masterKeyVersions = object.masterKeyVersions?.map((e) => e) || [];
     return message;
   },
 };
@@ -7692,6 +7805,375 @@ export const RemoveWorkloadResponse: MessageFns<RemoveWorkloadResponse> = {
   },
 };
 
+function createBaseRewrapMasterKeyRequest(): RewrapMasterKeyRequest {
+  return {};
+}
+
+export const RewrapMasterKeyRequest: MessageFns<RewrapMasterKeyRequest> = {
+  encode(_: RewrapMasterKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RewrapMasterKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRewrapMasterKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): RewrapMasterKeyRequest {
+    return {};
+  },
+
+  toJSON(_: RewrapMasterKeyRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RewrapMasterKeyRequest>, I>>(base?: I): RewrapMasterKeyRequest {
+    return RewrapMasterKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RewrapMasterKeyRequest>, I>>(_: I): RewrapMasterKeyRequest {
+    const message = createBaseRewrapMasterKeyRequest();
+    return message;
+  },
+};
+
+function createBaseRewrapMasterKeyResponse(): RewrapMasterKeyResponse {
+  return { source: "", rewrapped: false, previousKeyVersions: [], keyVersion: "" };
+}
+
+export const RewrapMasterKeyResponse: MessageFns<RewrapMasterKeyResponse> = {
+  encode(message: RewrapMasterKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.source !== "") {
+      writer.uint32(10).string(message.source);
+    }
+    if (message.rewrapped !== false) {
+      writer.uint32(16).bool(message.rewrapped);
+    }
+    for (const v of message.previousKeyVersions) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.keyVersion !== "") {
+      writer.uint32(34).string(message.keyVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RewrapMasterKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRewrapMasterKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rewrapped = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.previousKeyVersions.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.keyVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RewrapMasterKeyResponse {
+    return {
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+      rewrapped: isSet(object.rewrapped) ? globalThis.Boolean(object.rewrapped) : false,
+      previousKeyVersions: globalThis.Array.isArray(object?.previousKeyVersions)
+        ? object.previousKeyVersions.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.previous_key_versions)
+        ? object.previous_key_versions.map((e: any) => globalThis.String(e))
+        : [],
+      keyVersion: isSet(object.keyVersion)
+        ? globalThis.String(object.keyVersion)
+        : isSet(object.key_version)
+        ? globalThis.String(object.key_version)
+        : "",
+    };
+  },
+
+  toJSON(message: RewrapMasterKeyResponse): unknown {
+    const obj: any = {};
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
+    if (message.rewrapped !== false) {
+      obj.rewrapped = message.rewrapped;
+    }
+    if (message.previousKeyVersions?.length) {
+      obj.previousKeyVersions = message.previousKeyVersions;
+    }
+    if (message.keyVersion !== "") {
+      obj.keyVersion = message.keyVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RewrapMasterKeyResponse>, I>>(base?: I): RewrapMasterKeyResponse {
+    return RewrapMasterKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RewrapMasterKeyResponse>, I>>(object: I): RewrapMasterKeyResponse {
+    const message = createBaseRewrapMasterKeyResponse();
+    message.source = object.source ?? "";
+    message.rewrapped = object.rewrapped ?? false;
+    message.previousKeyVersions = object.previousKeyVersions?.map((e) => e) || [];
+    message.keyVersion = object.keyVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseMigrateMasterKeyRequest(): MigrateMasterKeyRequest {
+  return { to: "" };
+}
+
+export const MigrateMasterKeyRequest: MessageFns<MigrateMasterKeyRequest> = {
+  encode(message: MigrateMasterKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.to !== "") {
+      writer.uint32(10).string(message.to);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrateMasterKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrateMasterKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.to = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrateMasterKeyRequest {
+    return { to: isSet(object.to) ? globalThis.String(object.to) : "" };
+  },
+
+  toJSON(message: MigrateMasterKeyRequest): unknown {
+    const obj: any = {};
+    if (message.to !== "") {
+      obj.to = message.to;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrateMasterKeyRequest>, I>>(base?: I): MigrateMasterKeyRequest {
+    return MigrateMasterKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrateMasterKeyRequest>, I>>(object: I): MigrateMasterKeyRequest {
+    const message = createBaseMigrateMasterKeyRequest();
+    message.to = object.to ?? "";
+    return message;
+  },
+};
+
+function createBaseMigrateMasterKeyResponse(): MigrateMasterKeyResponse {
+  return { from: "", to: "", keyVersion: "", restartFlag: "" };
+}
+
+export const MigrateMasterKeyResponse: MessageFns<MigrateMasterKeyResponse> = {
+  encode(message: MigrateMasterKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.from !== "") {
+      writer.uint32(10).string(message.from);
+    }
+    if (message.to !== "") {
+      writer.uint32(18).string(message.to);
+    }
+    if (message.keyVersion !== "") {
+      writer.uint32(26).string(message.keyVersion);
+    }
+    if (message.restartFlag !== "") {
+      writer.uint32(34).string(message.restartFlag);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MigrateMasterKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMigrateMasterKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.from = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.to = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.keyVersion = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.restartFlag = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MigrateMasterKeyResponse {
+    return {
+      from: isSet(object.from) ? globalThis.String(object.from) : "",
+      to: isSet(object.to) ? globalThis.String(object.to) : "",
+      keyVersion: isSet(object.keyVersion)
+        ? globalThis.String(object.keyVersion)
+        : isSet(object.key_version)
+        ? globalThis.String(object.key_version)
+        : "",
+      restartFlag: isSet(object.restartFlag)
+        ? globalThis.String(object.restartFlag)
+        : isSet(object.restart_flag)
+        ? globalThis.String(object.restart_flag)
+        : "",
+    };
+  },
+
+  toJSON(message: MigrateMasterKeyResponse): unknown {
+    const obj: any = {};
+    if (message.from !== "") {
+      obj.from = message.from;
+    }
+    if (message.to !== "") {
+      obj.to = message.to;
+    }
+    if (message.keyVersion !== "") {
+      obj.keyVersion = message.keyVersion;
+    }
+    if (message.restartFlag !== "") {
+      obj.restartFlag = message.restartFlag;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MigrateMasterKeyResponse>, I>>(base?: I): MigrateMasterKeyResponse {
+    return MigrateMasterKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MigrateMasterKeyResponse>, I>>(object: I): MigrateMasterKeyResponse {
+    const message = createBaseMigrateMasterKeyResponse();
+    message.from = object.from ?? "";
+    message.to = object.to ?? "";
+    message.keyVersion = object.keyVersion ?? "";
+    message.restartFlag = object.restartFlag ?? "";
+    return message;
+  },
+};
+
 /**
  * AdminService is the operator's control plane (brokerctl). It stores and rotates credentials and
  * mints and revokes tokens. No response ever carries a credential value; only MintToken returns a
@@ -7998,6 +8480,39 @@ export const AdminServiceService = {
       Buffer.from(RemoveWorkloadResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RemoveWorkloadResponse => RemoveWorkloadResponse.decode(value),
   },
+  /**
+   * RewrapMasterKey re-wraps the database's keysets under the master key's current version (a
+   * KMS key rotated in the KMS, a keyset file's new primary), in one verified transaction.
+   * Unavailable (KMS_UNAVAILABLE) if the KMS does not answer; nothing changes then.
+   */
+  rewrapMasterKey: {
+    path: "/credbroker.v1.AdminService/RewrapMasterKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RewrapMasterKeyRequest): Buffer =>
+      Buffer.from(RewrapMasterKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RewrapMasterKeyRequest => RewrapMasterKeyRequest.decode(value),
+    responseSerialize: (value: RewrapMasterKeyResponse): Buffer =>
+      Buffer.from(RewrapMasterKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RewrapMasterKeyResponse => RewrapMasterKeyResponse.decode(value),
+  },
+  /**
+   * MigrateMasterKey moves the database from the master key brokerd runs with to another one (a
+   * keyset file path or a KMS key URI, opened by brokerd with its own environment), in one
+   * transaction verified by unwrapping under the new key before it commits. brokerd uses the new
+   * key from then on; restart it with the flag naming it. Running it again is harmless.
+   */
+  migrateMasterKey: {
+    path: "/credbroker.v1.AdminService/MigrateMasterKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MigrateMasterKeyRequest): Buffer =>
+      Buffer.from(MigrateMasterKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MigrateMasterKeyRequest => MigrateMasterKeyRequest.decode(value),
+    responseSerialize: (value: MigrateMasterKeyResponse): Buffer =>
+      Buffer.from(MigrateMasterKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MigrateMasterKeyResponse => MigrateMasterKeyResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -8094,6 +8609,19 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * expire, are revoked or their process exits. NotFound for an unknown name.
    */
   removeWorkload: handleUnaryCall<RemoveWorkloadRequest, RemoveWorkloadResponse>;
+  /**
+   * RewrapMasterKey re-wraps the database's keysets under the master key's current version (a
+   * KMS key rotated in the KMS, a keyset file's new primary), in one verified transaction.
+   * Unavailable (KMS_UNAVAILABLE) if the KMS does not answer; nothing changes then.
+   */
+  rewrapMasterKey: handleUnaryCall<RewrapMasterKeyRequest, RewrapMasterKeyResponse>;
+  /**
+   * MigrateMasterKey moves the database from the master key brokerd runs with to another one (a
+   * keyset file path or a KMS key URI, opened by brokerd with its own environment), in one
+   * transaction verified by unwrapping under the new key before it commits. brokerd uses the new
+   * key from then on; restart it with the flag naming it. Running it again is harmless.
+   */
+  migrateMasterKey: handleUnaryCall<MigrateMasterKeyRequest, MigrateMasterKeyResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -8503,6 +9031,47 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RemoveWorkloadResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * RewrapMasterKey re-wraps the database's keysets under the master key's current version (a
+   * KMS key rotated in the KMS, a keyset file's new primary), in one verified transaction.
+   * Unavailable (KMS_UNAVAILABLE) if the KMS does not answer; nothing changes then.
+   */
+  rewrapMasterKey(
+    request: RewrapMasterKeyRequest,
+    callback: (error: ServiceError | null, response: RewrapMasterKeyResponse) => void,
+  ): ClientUnaryCall;
+  rewrapMasterKey(
+    request: RewrapMasterKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RewrapMasterKeyResponse) => void,
+  ): ClientUnaryCall;
+  rewrapMasterKey(
+    request: RewrapMasterKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RewrapMasterKeyResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * MigrateMasterKey moves the database from the master key brokerd runs with to another one (a
+   * keyset file path or a KMS key URI, opened by brokerd with its own environment), in one
+   * transaction verified by unwrapping under the new key before it commits. brokerd uses the new
+   * key from then on; restart it with the flag naming it. Running it again is harmless.
+   */
+  migrateMasterKey(
+    request: MigrateMasterKeyRequest,
+    callback: (error: ServiceError | null, response: MigrateMasterKeyResponse) => void,
+  ): ClientUnaryCall;
+  migrateMasterKey(
+    request: MigrateMasterKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MigrateMasterKeyResponse) => void,
+  ): ClientUnaryCall;
+  migrateMasterKey(
+    request: MigrateMasterKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MigrateMasterKeyResponse) => void,
   ): ClientUnaryCall;
 }
 
