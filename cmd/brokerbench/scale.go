@@ -154,8 +154,9 @@ func (e *env) scale(ctx context.Context) (*scaleResult, error) {
 		return nil, err
 	}
 
-	// Search load cycling through every seeded token.
-	conn, err := client.New(sock)
+	// Search load cycling through every seeded token, set per call by hand: WithToken("") keeps the
+	// client from fetching a token of its own by attestation (it would be refused: no workload).
+	conn, err := client.New(sock, client.WithToken(""))
 	if err != nil {
 		return nil, err
 	}
