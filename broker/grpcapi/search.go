@@ -87,8 +87,16 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 	// transport error that says nothing of the cause. The typed fields and the raw Struct of every
 	// result are counted together, as they travel.
 	if n := responseSize(res, out); n > MaxResponseBytes {
-		return nil, toStatus(s.log, "Search", fmt.Errorf("%w: the answer is %d bytes with %d results, over the %d bytes a gRPC client accepts by default; ask for fewer results",
-			errAnswerTooLarge, n, want, MaxResponseBytes))
+		// A hit's results are bytes, not counted: name what was asked for instead ("all" for 0).
+		count := strconv.Itoa(len(out.Results))
+		if res.Cached {
+			count = "all"
+			if want > 0 {
+				count = strconv.Itoa(want)
+			}
+		}
+		return nil, toStatus(s.log, "Search", fmt.Errorf("%w: the answer is %d bytes with %s results, over the %d bytes a gRPC client accepts by default; ask for fewer results",
+			errAnswerTooLarge, n, count, MaxResponseBytes))
 	}
 	return out, nil
 }
