@@ -55,6 +55,8 @@ type options struct {
 
 // WithToken sends token on every call as the metadata entry "authorization: Bearer <token>".
 // SearchService calls need it; AdminService calls authorize by the caller's uid and ignore it.
+// WithToken("") sends none and fetches none by attestation (for a caller that sets the
+// authorization metadata per call itself).
 func WithToken(token string) Option {
 	return func(o *options) { o.token, o.tokenSet = token, true }
 }
