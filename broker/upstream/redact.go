@@ -128,7 +128,7 @@ func (fs forms) redactJSON(body []byte) ([]byte, int) {
 		case c == '"':
 			// Find the closing quote: the next '"' not preceded by an escaping '\\'.
 			j := i + 1
-			escaped := false
+			escaped, closed := false, false
 			for {
 				if j >= len(body) { // only a body that is not valid JSON ends inside a string
 					j = len(body)
@@ -145,10 +145,20 @@ func (fs forms) redactJSON(body []byte) ([]byte, int) {
 					continue
 				}
 				j += q
+				closed = true
 				break
 			}
 			j = min(j+1, len(body)) // past the closing quote
 			lit := body[i:j]
+			// The body is scanned before anyone checked it is JSON (the upstream's answer is
+			// decoded after redaction): a literal the body ends inside has no closing quote, and
+			// its content runs to the end.
+			inner := lit[1:]
+			if closed {
+				inner = lit[1 : len(lit)-1]
+			} else {
+				lit = append(append([]byte(nil), lit...), '"') // decoded as if it were closed
+			}
 			if escaped {
 				var ok bool
 				scratch, ok = unescapeJSON(scratch[:0], lit)
@@ -160,9 +170,13 @@ func (fs forms) redactJSON(body []byte) ([]byte, int) {
 							enc, _ := json.Marshal(r)
 							replace(i, j, enc)
 						}
+					} else if !closed && (holds(inner) || ok) {
+						// Not even decodable as closed (it ends in a lone '\'): the body is
+						// no JSON and will be refused, but the tail must still not carry the key.
+						replace(i, j, []byte(`"`+redacted+`"`))
 					}
 				}
-			} else if inner := lit[1 : len(lit)-1]; raw && holds(inner) {
+			} else if raw && holds(inner) {
 				// No escapes: the forms and the marker hold no '"' or '\\' here, so replacing
 				// inside the literal keeps it a literal.
 				replace(i, j, []byte(`"`+fs.redact(string(inner))+`"`))

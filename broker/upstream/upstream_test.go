@@ -755,6 +755,15 @@ func TestRedactJSON(t *testing.T) {
 			}
 		})
 	}
+	// Bodies that are not JSON are redacted before anyone checked them (the answer is decoded
+	// after redaction): a body ending in a lone quote once panicked the scanner, and one ending
+	// inside a string must still lose the key.
+	for _, in := range []string{`{"a":"\n"}"`, `"`, `{"a":"sk\"live\\x/1`, `{"a":"x sk\"live\\x/1`} {
+		got, _ := upstream.RedactJSON([]byte(in), key)
+		if strings.Contains(string(got), `live\x/1`) || strings.Contains(string(got), `live\\x/1`) {
+			t.Errorf("RedactJSON(%s) = %s: the key survived", in, got)
+		}
+	}
 	// A key of digits echoed as a number becomes a string.
 	got, n := upstream.RedactJSON([]byte(`{"id":12345678901234,"k":1}`), []byte("12345678901234"))
 	if string(got) != `{"id":"[REDACTED]","k":1}` || n != 1 {
