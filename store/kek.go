@@ -46,7 +46,8 @@ func (s *Store) KEKSource() string {
 // brokerd can say what to start with after the KEK it was given did not open it). It fails with
 // ErrLocked while another process holds the database.
 func InspectKEKSource(path string) (string, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond})
+	// openDBFile as in Open: no symlink, this uid's or root's file only.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond, OpenFile: openDBFile})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return "", fmt.Errorf("open database %s: %w", path, ErrLocked)
