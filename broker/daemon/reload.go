@@ -30,10 +30,12 @@ func (s *supervisor) reload() {
 		metrics.KeysetReloads.WithLabelValues("rejected").Inc()
 		hint := "fix the file and send SIGHUP again"
 		switch {
+		case s.mk.MasterKeyInfo().KMS:
+			// First: a KMS that refuses to decrypt (a token without decrypt) also reports
+			// ErrWrongMasterKey, and the keyset-file advice below would be wrong for it.
+			hint = "the KMS is needed for a reload and a re-wrap only: brokerd keeps serving; fix the KMS or its token (it must be allowed to decrypt with the key) and send SIGHUP again"
 		case errors.Is(err, store.ErrWrongMasterKey):
 			hint = "a new master keyset must contain the current key (make one with `brokerctl keyset rotate`); restore the previous file, or brokerd will refuse to start next time"
-		case s.mk.MasterKeyInfo().KMS:
-			hint = "the KMS is needed for a reload and a re-wrap only: brokerd keeps serving; fix the KMS or its token and send SIGHUP again"
 		}
 		msg := "master keyset reload rejected; still using the keyset loaded earlier"
 		if s.mk.MasterKeyInfo().KMS {

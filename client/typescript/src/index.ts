@@ -322,8 +322,9 @@ interface TokenSource {
 }
 
 class StaticToken implements TokenSource {
-  constructor(private readonly tok: string) {}
-  async token() { return this.tok; }
+  readonly #tok: string; // an ES private field: util.inspect/console.log never show the token
+  constructor(tok: string) { this.#tok = tok; }
+  async token() { return this.#tok; }
   invalidate() { return false; }
 }
 
@@ -331,16 +332,16 @@ class StaticToken implements TokenSource {
  * it by another process is used by the next call. */
 class FileToken implements TokenSource {
   private stamp = "";
-  private tok = "";
+  #tok = ""; // an ES private field: util.inspect/console.log never show the token
   constructor(private readonly file: string) {}
   async token() {
     const st = await stat(this.file, { bigint: true });
     const stamp = `${st.size}:${st.mtimeNs}:${st.ino}`;
-    if (stamp !== this.stamp || !this.tok) {
-      this.tok = checkedToken(await readFile(this.file, "utf8"), `token file ${this.file}`);
+    if (stamp !== this.stamp || !this.#tok) {
+      this.#tok = checkedToken(await readFile(this.file, "utf8"), `token file ${this.file}`);
       this.stamp = stamp;
     }
-    return this.tok;
+    return this.#tok;
   }
   invalidate() { return false; }
 }
@@ -349,7 +350,7 @@ class FileToken implements TokenSource {
  * a token within 2 s (or a sixth of its lifetime) of expiry is never used. Concurrent calls share
  * one fetch. */
 class AttestedToken implements TokenSource {
-  private tok = "";
+  #tok = ""; // an ES private field: util.inspect/console.log never show the token
   private issued = 0;
   private expires = 0;
   private inflight: Promise<string> | undefined;
@@ -358,17 +359,17 @@ class AttestedToken implements TokenSource {
   token(): Promise<string> {
     const now = Date.now();
     const life = this.expires - this.issued;
-    if (this.tok && now < this.issued + (life * 2) / 3) return Promise.resolve(this.tok);
+    if (this.#tok && now < this.issued + (life * 2) / 3) return Promise.resolve(this.#tok);
     this.inflight ??= this.fetch().then(
       ([tok, expires]) => {
-        this.tok = tok;
+        this.#tok = tok;
         this.issued = Date.now();
         this.expires = expires;
         return tok;
       },
       (err) => {
         // Renewal failed: the current token may still serve until it nears its expiry.
-        if (this.tok && Date.now() + Math.min(2000, life / 6) < this.expires) return this.tok;
+        if (this.#tok && Date.now() + Math.min(2000, life / 6) < this.expires) return this.#tok;
         throw err;
       },
     ).finally(() => { this.inflight = undefined; });
@@ -376,8 +377,8 @@ class AttestedToken implements TokenSource {
   }
 
   invalidate(tok: string | undefined): boolean {
-    if (tok && tok === this.tok) {
-      this.tok = "";
+    if (tok && tok === this.#tok) {
+      this.#tok = "";
       return true;
     }
     return false;
