@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,8 +110,27 @@ type auditWriter struct {
 	// other transactions are stamped with it (records.go).
 	headSeq atomic.Uint64
 
-	onCommit func(records int, took time.Duration, err error) // Options.OnAuditCommit
-	onPrune  func(records int, took time.Duration, err error) // Options.OnAuditPrune
+	onCommit     func(records int, took time.Duration, err error) // Options.OnAuditCommit
+	onPrune      func(records int, took time.Duration, err error) // Options.OnAuditPrune
+	onCheckpoint func(records int, took time.Duration, err error) // Options.OnAuditCheckpoint
+
+	// jr is the audit journal (journal.go); nil when it could not be created (a full disk at the
+	// first start): every group then commits to bbolt as before. ckSeq and ckMAC are the chain
+	// head as the database holds it; pending are the records after it, lastSeq's included, that
+	// are durable in the journal only. All three belong to the writer goroutine; pendView is
+	// pending for readers (ScanAudit, NewestAudit), under pendMu, replaced (never truncated in
+	// place) at a checkpoint so a reader's copy stays valid.
+	jr           *journal
+	ckSeq        uint64
+	ckMAC        []byte
+	pending      []journalRecord
+	frames       []byte // the group being written to the journal
+	ckInterval   time.Duration
+	ckTimer      *time.Timer
+	pendMu       sync.Mutex
+	pendView     []journalRecord
+	pendTx       int // the bbolt transaction of the last commitDB: pendView follows its head
+	pendingCount atomic.Int64
 
 	// fault, when set, makes appends fail: fault injection for tests of the fail-closed path.
 	fault atomic.Pointer[error]
@@ -205,8 +225,12 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 	if err != nil {
 		return err
 	}
-	w := &auditWriter{db: s.db, guard: s.guard, mac: m, rmac: newRecordMAC(h, m), onCommit: opts.OnAuditCommit, onPrune: opts.OnAuditPrune, reqs: make(chan *auditReq, maxAuditBatch),
-		quit: make(chan struct{}), done: make(chan struct{}), committed: make(chan struct{})}
+	w := &auditWriter{db: s.db, guard: s.guard, mac: m, rmac: newRecordMAC(h, m), onCommit: opts.OnAuditCommit, onPrune: opts.OnAuditPrune,
+		onCheckpoint: opts.OnAuditCheckpoint, reqs: make(chan *auditReq, maxAuditBatch),
+		quit: make(chan struct{}), done: make(chan struct{}), committed: make(chan struct{}), ckInterval: opts.AuditCheckpointInterval}
+	if w.ckInterval <= 0 {
+		w.ckInterval = DefaultAuditCheckpointInterval
+	}
 	var head *chainPoint
 	if err := s.db.View(func(tx *bolt.Tx) (err error) {
 		head, err = w.readPoint(tx, keyAuditHead)
@@ -229,10 +253,62 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 		}
 		head = &chainPoint{Seq: 0}
 	}
+	if !opts.NoJournal {
+		if err := w.openJournal(s.db.Path(), head, opts.NoSync); err != nil {
+			return err
+		}
+	}
 	w.lastSeq, w.lastMAC = head.Seq, head.Prev
+	w.ckSeq, w.ckMAC = head.Seq, head.Prev
 	w.headSeq.Store(head.Seq)
+	w.ckTimer = time.NewTimer(time.Hour)
+	w.ckTimer.Stop()
 	s.audit = w
 	go w.run()
+	return nil
+}
+
+// openJournal opens the audit journal and moves the records it holds after head (written since
+// the last checkpoint before brokerd stopped) into the database, moving head with them. A journal
+// that cannot be created (a full disk) is done without: every commit then goes to bbolt.
+func (w *auditWriter) openJournal(dbPath string, head *chainPoint, noSync bool) error {
+	jr, content, err := openJournal(dbPath, noSync)
+	if err != nil {
+		if errors.Is(err, ErrTampered) || errors.Is(err, ErrFileOwner) {
+			return err
+		}
+		if _, serr := os.Lstat(JournalPath(dbPath)); serr == nil {
+			return err // it exists but cannot be read: it may hold records, so do not start without them
+		}
+		return nil // never created (no space?): commit to bbolt only
+	}
+	recs, err := w.recoverJournal(jr.path, content, *head)
+	if err != nil {
+		jr.close()
+		return err
+	}
+	if len(recs) > 0 {
+		if err := w.guard.update(w.db.Update, func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists(bucketAudit)
+			if err != nil {
+				return err
+			}
+			b.FillPercent = 0.95
+			for _, r := range recs {
+				if err := b.Put(auditKey(r.seq), r.val); err != nil {
+					return err
+				}
+			}
+			last := recs[len(recs)-1]
+			return w.writePoint(tx, keyAuditHead, chainPoint{Seq: last.seq, Prev: last.tag})
+		}); err != nil {
+			jr.close()
+			return fmt.Errorf("replaying %d records of the audit journal: %w", len(recs), err)
+		}
+		last := recs[len(recs)-1]
+		*head = chainPoint{Seq: last.seq, Prev: last.tag}
+	}
+	w.jr = jr
 	return nil
 }
 
@@ -335,17 +411,25 @@ func (w *auditWriter) run() {
 	// store closing instead of waiting for a commit that never comes.
 	defer w.wake()
 	defer close(w.done)
+	defer w.jr.close()
 	for {
 		var first *auditReq
 		select {
 		case first = <-w.reqs:
+		case <-w.ckTimer.C:
+			w.checkpoint()
+			continue
 		case <-w.quit:
-			// Fail whatever is still queued: the store is closing.
+			// Fail whatever is still queued: the store is closing. Then move the journal into
+			// the database, so a stopped brokerd's file holds every record (if this fails, the
+			// next start replays the journal).
 			for {
 				select {
 				case r := <-w.reqs:
 					r.done <- fmt.Errorf("%w: store closed", ErrAuditUnavailable)
 				default:
+					w.ckTimer.Stop()
+					w.checkpoint()
 					return
 				}
 			}
@@ -375,8 +459,13 @@ func (w *auditWriter) run() {
 		}
 		if len(batch) > 0 {
 			w.commitAll(batch)
+			if len(w.pending) >= journalCheckpointRecords || (w.jr != nil && w.jr.full()) {
+				w.checkpoint()
+			}
 		}
 		if prune != nil {
+			// Records in the journal are in reach of a prune once in the database.
+			w.checkpoint()
 			prune.done <- w.pruneBatch(prune.prune)
 		}
 	}
@@ -409,15 +498,138 @@ func (w *auditWriter) commitAll(batch []*auditReq) {
 	}
 }
 
-// commit writes batch as consecutive chain records in one transaction. The in-memory head moves
-// only if the transaction commits.
+// commit makes batch durable as consecutive chain records: in the journal when no request in it
+// changes state (or probes) and the log is not failing, else in one bbolt transaction. The
+// in-memory head moves only if the write succeeds.
 func (w *auditWriter) commit(batch []*auditReq) error {
 	if f := w.fault.Load(); f != nil {
 		w.fail(*f) // as a real failure would: the log stays failing until a commit succeeds
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, *f)
 	}
+	if w.jr == nil || w.failing.Load() {
+		return w.commitDB(batch)
+	}
+	probes := 0
+	for _, r := range batch {
+		if r.apply != nil {
+			return w.commitDB(batch) // the change and its record commit together
+		}
+		if r.probe {
+			probes++
+		}
+	}
+	if probes == len(batch) {
+		if len(w.pending) == 0 {
+			return nil // nothing to move into the database, and the last write succeeded
+		}
+		return w.commitDB(batch)
+	}
+	if probes > 0 {
+		return w.commitDB(batch)
+	}
+	return w.commitJournal(batch)
+}
+
+// commitJournal seals batch into the chain and writes it to the journal with one fdatasync. A
+// batch that does not fit checkpoints with it instead.
+func (w *auditWriter) commitJournal(batch []*auditReq) error {
 	seq, prev := w.lastSeq, w.lastMAC
+	w.frames = w.frames[:0]
+	recs := make([]journalRecord, 0, len(batch))
+	for _, r := range batch {
+		seq++
+		r.rec.Seq, r.rec.Prev = seq, prev
+		val, tag, err := w.sealRecord(&r.rec)
+		if err != nil {
+			return err
+		}
+		w.frames = appendFrame(w.frames, val)
+		recs = append(recs, journalRecord{seq: seq, val: val, tag: tag})
+		prev = tag
+	}
+	if !w.jr.fits(len(w.frames)) {
+		return w.commitDB(batch)
+	}
+	if err := w.jr.write(w.frames); err != nil {
+		w.fail(err)
+		return fmt.Errorf("%w: audit journal: %w", ErrAuditUnavailable, err)
+	}
+	if len(w.pending) == 0 {
+		w.ckTimer.Reset(w.ckInterval) // the oldest record waiting for a checkpoint
+	}
+	w.pending = append(w.pending, recs...)
+	w.pendMu.Lock()
+	w.pendView = append(w.pendView, recs...)
+	w.pendMu.Unlock()
+	w.pendingCount.Store(int64(len(w.pending)))
+	w.lastSeq, w.lastMAC = seq, prev
+	w.headSeq.Store(seq)
+	w.wake()
+	return nil
+}
+
+// checkpoint moves the journal's records into the database (a bbolt commit with no new record).
+// On failure they stay in the journal, and the log is failing until a commit succeeds.
+func (w *auditWriter) checkpoint() {
+	if len(w.pending) == 0 {
+		return
+	}
+	start := time.Now()
+	n := len(w.pending)
+	err := w.commitDB(nil)
+	if w.onCheckpoint != nil {
+		w.onCheckpoint(n, time.Since(start), err)
+	}
+}
+
+// pendingView returns the records durable in the journal only, for a reader; they follow the
+// database's head as of the call (a checkpoint after it moves them into the database).
+func (w *auditWriter) pendingView() []journalRecord {
+	_, recs := w.pendingSince()
+	return recs
+}
+
+// pendingSince is pendingView with the bbolt transaction whose chain head they follow.
+func (w *auditWriter) pendingSince() (txid int, recs []journalRecord) {
+	w.pendMu.Lock()
+	defer w.pendMu.Unlock()
+	return w.pendTx, w.pendView
+}
+
+// errJournalMoved: a checkpoint moved the journal's records into the database while a reader's
+// transaction was open, so they are in neither its view nor its copy of the journal: read again.
+var errJournalMoved = errors.New("the audit journal moved into the database during the read")
+
+// auditTail returns, inside the read transaction tx, the records durable in the journal only,
+// which follow tx's chain head, or errJournalMoved when a checkpoint after tx began moved them
+// out of reach.
+func (w *auditWriter) auditTail(tx *bolt.Tx) ([]journalRecord, error) {
+	txid, recs := w.pendingSince()
+	if tx.ID() < txid {
+		return nil, errJournalMoved
+	}
+	return recs, nil
+}
+
+// viewAudit runs fn in a read transaction, again if a checkpoint raced it (auditTail): they
+// happen about once a second, so the second attempt all but always succeeds.
+func (s *Store) viewAudit(fn func(tx *bolt.Tx) error) error {
+	var err error
+	for range 100 {
+		if err = s.db.View(fn); !errors.Is(err, errJournalMoved) {
+			return err
+		}
+	}
+	return err
+}
+
+// commitDB writes the journal's pending records and batch as consecutive chain records in one
+// bbolt transaction, with the chain head, and starts the journal over.
+func (w *auditWriter) commitDB(batch []*auditReq) error {
+	seq, prev := w.lastSeq, w.lastMAC
+	var txid int
 	err := w.guard.update(w.db.Update, func(tx *bolt.Tx) error {
+		txid = tx.ID()
 		b, err := tx.CreateBucketIfNotExists(bucketAudit)
 		if err != nil {
 			return err
@@ -426,6 +638,7 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		// suits random inserts and would double the file's size per record).
 		b.FillPercent = 0.95
 		seq, prev = w.lastSeq, w.lastMAC
+		pending := w.pending
 		if w.failing.Load() {
 			head, err := w.readPoint(tx, keyAuditHead)
 			if err != nil {
@@ -434,7 +647,15 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 			if head == nil {
 				return fmt.Errorf("%w: the audit log's chain head is missing; restore the database from a backup", ErrCorrupt)
 			}
-			seq, prev = head.Seq, head.Prev
+			if head.Seq != w.ckSeq {
+				// A failed commit landed after all: it held the pending records.
+				seq, prev, pending = head.Seq, head.Prev, nil
+			}
+		}
+		for _, r := range pending {
+			if err := b.Put(auditKey(r.seq), r.val); err != nil {
+				return err
+			}
 		}
 		for _, r := range batch {
 			if r.probe {
@@ -466,9 +687,24 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		return fmt.Errorf("%w: %w", ErrAuditUnavailable, err) // ErrOutcomeUnknown stays visible
 	}
 	w.failing.Store(false)
+	moved := len(batch) > 0 || seq != w.lastSeq
 	w.lastSeq, w.lastMAC = seq, prev
+	w.ckSeq, w.ckMAC = seq, prev
 	w.headSeq.Store(seq)
-	w.wake()
+	if len(w.pending) > 0 {
+		w.pending = nil
+		w.pendingCount.Store(0)
+		w.ckTimer.Stop()
+	}
+	w.pendMu.Lock()
+	w.pendView, w.pendTx = nil, txid
+	w.pendMu.Unlock()
+	if w.jr != nil {
+		w.jr.restart()
+	}
+	if moved {
+		w.wake()
+	}
 	return nil
 }
 
@@ -568,6 +804,15 @@ func (s *Store) appendAudit(ctx context.Context, r *auditReq) error {
 	}
 }
 
+// CheckpointAudit moves the records in the audit journal into the database now, so that the file
+// alone holds every record and the chain head that goes with the state (Close does the same).
+func (s *Store) CheckpointAudit() error {
+	if s.audit.pendingCount.Load() == 0 {
+		return nil
+	}
+	return s.appendAudit(context.Background(), &auditReq{probe: true, done: make(chan error, 1)})
+}
+
 // InjectAuditFailure makes every audit append fail with err until it is called with nil. It exists
 // for fault-injection tests of the fail-closed path; brokerd never calls it.
 func (s *Store) InjectAuditFailure(err error) {
@@ -604,6 +849,24 @@ func (s *Store) ScanAudit(afterSeq uint64, since time.Time, limit int) ([]AuditR
 		return nil, last, nil
 	}
 	defer s.coldRead() // a page of records, perhaps old ones; watchers read the tail after every commit (mapped.go)
+	// The records in the journal only, taken before the database is read: a checkpoint between
+	// the two puts some of them in the database as well (skipped below by seq), never neither.
+	pending := s.audit.pendingView()
+	add := func(v []byte) error {
+		_, body, err := s.audit.split(v)
+		if err != nil {
+			return err
+		}
+		rec, err := DecodeAuditRecord(body)
+		if err != nil {
+			return err
+		}
+		last = rec.Seq
+		if !rec.Time.Before(since) {
+			out = append(out, rec)
+		}
+		return nil
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAudit)
 		if b == nil {
@@ -611,28 +874,46 @@ func (s *Store) ScanAudit(afterSeq uint64, since time.Time, limit int) ([]AuditR
 		}
 		c := b.Cursor()
 		for k, v := c.Seek(auditKey(afterSeq + 1)); k != nil && len(out) < limit; k, v = c.Next() {
-			_, body, err := s.audit.split(v)
-			if err != nil {
+			if err := add(v); err != nil {
 				return err
 			}
-			rec, err := DecodeAuditRecord(body)
-			if err != nil {
-				return err
-			}
-			last = rec.Seq
-			if rec.Time.Before(since) {
-				continue
-			}
-			out = append(out, rec)
 		}
 		return nil
 	})
+	for _, r := range pending {
+		if err != nil || len(out) >= limit {
+			break
+		}
+		if r.seq > last {
+			err = add(r.val)
+		}
+	}
 	return out, last, err
 }
 
 // NewestAudit returns the newest audit record; ok is false when the log holds none (empty, or
 // pruned to its anchor).
 func (s *Store) NewestAudit() (rec AuditRecord, ok bool, err error) {
+	if pending := s.audit.pendingView(); len(pending) > 0 {
+		// The newest record is in the journal (a checkpoint since only moved it into the
+		// database, where it is still the newest until a later record, which is newer still).
+		_, body, err := s.audit.split(pending[len(pending)-1].val)
+		if err != nil {
+			return AuditRecord{}, false, err
+		}
+		rec, err := DecodeAuditRecord(body)
+		if err != nil {
+			return AuditRecord{}, false, err
+		}
+		if newer, ok, err := s.newestAuditInDB(); err == nil && ok && newer.Seq > rec.Seq {
+			return newer, true, nil
+		}
+		return rec, true, nil
+	}
+	return s.newestAuditInDB()
+}
+
+func (s *Store) newestAuditInDB() (rec AuditRecord, ok bool, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAudit)
 		if b == nil {
@@ -707,7 +988,8 @@ type AuditVerification struct {
 func (s *Store) VerifyAudit() (AuditVerification, error) {
 	var v AuditVerification
 	defer s.trimMapped() // the walk mapped the whole file (mapped.go)
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.viewAudit(func(tx *bolt.Tx) error {
+		v = AuditVerification{}
 		w := s.audit
 		anchor, err := w.readPoint(tx, keyAuditAnchor)
 		if err != nil {
@@ -771,12 +1053,31 @@ func (s *Store) VerifyAudit() (AuditVerification, error) {
 			}
 			return fail(head.Seq, "the chain head does not match the last record")
 		}
-		// The chain is whole up to its head; the head must also be no older than the state, and
-		// every token and credential record must verify (records.go).
 		var headSeq uint64
 		if head != nil {
 			headSeq = head.Seq
 		}
+		// Then the records in the journal only (journal.go), which continue the database's head.
+		tail, err := w.auditTail(tx)
+		if err != nil {
+			return err
+		}
+		for _, r := range tail {
+			tag, body, err := w.split(r.val)
+			if err != nil || w.mac.VerifyMAC(tag, body) != nil {
+				return fail(r.seq, "journal record %d does not verify", r.seq)
+			}
+			rec, err := DecodeAuditRecord(body)
+			if err != nil || rec.Seq != want.Seq || !hmac.Equal(rec.Prev, want.Prev) {
+				return fail(r.seq, "journal record %d does not follow record %d", r.seq, want.Seq-1)
+			}
+			v.Checked++
+			v.LastSeq = r.seq
+			want = chainPoint{Seq: r.seq + 1, Prev: tag}
+			headSeq = r.seq
+		}
+		// The chain is whole up to its head; the head must also be no older than the state, and
+		// every token and credential record must verify (records.go).
 		r := s.checkIntegrity(tx, headSeq)
 		v.Records = r.Records
 		if !r.OK() {

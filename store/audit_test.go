@@ -57,9 +57,19 @@ func TestAuditChainAppendAndReopen(t *testing.T) {
 	}
 }
 
+// checkpoint moves the audit journal's records into the database, for a test that reads or edits
+// the audit bucket directly.
+func checkpoint(t *testing.T, s *Store) {
+	t.Helper()
+	if err := s.CheckpointAudit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // tamper applies fn to the audit bucket directly, as an attacker with the db file would.
 func tamper(t *testing.T, s *Store, fn func(b *bolt.Bucket)) {
 	t.Helper()
+	checkpoint(t, s)
 	if err := s.db.Update(func(tx *bolt.Tx) error { fn(tx.Bucket(bucketAudit)); return nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -195,6 +205,7 @@ func TestAuditHeadRemovalIsDetected(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			checkpoint(t, s)
 			if err := s.db.Update(func(tx *bolt.Tx) error {
 				for seq := tc.from; seq <= 10; seq++ {
 					if err := tx.Bucket(bucketAudit).Delete(auditKey(seq)); err != nil {
@@ -223,6 +234,7 @@ func TestAuditHeadRemovalIsDetected(t *testing.T) {
 // A new database gets its chain head at once, so an empty log and a deleted one differ.
 func TestAuditHeadExistsFromTheStart(t *testing.T) {
 	s, _, _ := openStore(t)
+	checkpoint(t, s)
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketMeta).Get(keyAuditHead) == nil {
 			return errors.New("no chain head in a new database")
@@ -336,9 +348,11 @@ func TestPutTokenAudited(t *testing.T) {
 func TestAuditWriterRereadsHeadAfterAFailedCommit(t *testing.T) {
 	s, _, _ := openStore(t)
 	appendN(t, s, 3, t0)
+	checkpoint(t, s)
 	// What the writer believes after a commit of records 2-3 that returned an error but landed.
 	// (The writer is idle; these writes happen before the append below hands it work.)
 	s.audit.lastSeq, s.audit.lastMAC = 1, []byte("stale")
+	s.audit.ckSeq, s.audit.ckMAC = 1, []byte("stale")
 	s.audit.failing.Store(true)
 	if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "next"}); err != nil {
 		t.Fatal(err)

@@ -36,6 +36,11 @@ func TestFreelistSyncedAtCloseAndCrashCopyRefusedWhenDamaged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The records are in the audit journal (journal.go): a crash leaves it beside the file.
+	crashedJournal, err := os.ReadFile(JournalPath(path))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -46,6 +51,9 @@ func TestFreelistSyncedAtCloseAndCrashCopyRefusedWhenDamaged(t *testing.T) {
 	// The crash copy opens (the walk rebuilds the list) and verifies.
 	copyPath := filepath.Join(dir, "crashed.db")
 	if err := os.WriteFile(copyPath, crashed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(JournalPath(copyPath), crashedJournal, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c, err := Open(copyPath, kek, Options{})

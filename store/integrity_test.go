@@ -97,6 +97,7 @@ func TestTamperedTokenRefused(t *testing.T) {
 			}
 
 			// While open: the file is written under the running store.
+			checkpoint(t, s)
 			if err := s.db.Update(tc.edit); err != nil {
 				t.Fatal(err)
 			}
@@ -196,6 +197,7 @@ func TestTamperedPolicyRefused(t *testing.T) {
 			if _, err := s.SpendCredentialCredits("a", time.Now(), 90, 100); err != nil {
 				t.Fatal(err)
 			}
+			checkpoint(t, s)
 			if err := s.db.Update(tc.edit); err != nil {
 				t.Fatal(err)
 			}
@@ -292,6 +294,7 @@ func TestMigrateSchema1Database(t *testing.T) {
 		t.Fatalf("events: %v %v", evs, err)
 	}
 	// From now on the records are checked: the same edit as above is refused.
+	checkpoint(t, s)
 	if err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCredentials).Bucket([]byte("scavio_api_key"))
 		return b.Put(keyPolicy, editBody(b.Get(keyPolicy), "rotate-scavio", "rotate-evilio"))
@@ -315,6 +318,7 @@ func TestRolledBackAuditHeadDetected(t *testing.T) {
 				t.Fatal(err)
 			}
 			var oldHead []byte // a snapshot of the head as a backup would hold it
+			checkpoint(t, s)
 			s.db.View(func(tx *bolt.Tx) error {
 				oldHead = bytes.Clone(tx.Bucket(bucketMeta).Get(keyAuditHead))
 				return nil
@@ -336,6 +340,7 @@ func TestRolledBackAuditHeadDetected(t *testing.T) {
 				}
 				return tx.Bucket(bucketMeta).Put(keyAuditHead, oldHead)
 			}
+			checkpoint(t, s)
 			if err := s.db.Update(rollBack); err != nil {
 				t.Fatal(err)
 			}
@@ -386,6 +391,7 @@ func TestPolicyAndLimitsBoundToCredential(t *testing.T) {
 			}
 			earlier := map[string][]byte{}
 			snapshot := func() {
+				checkpoint(t, s)
 				s.db.View(func(tx *bolt.Tx) error {
 					b := tx.Bucket(bucketCredentials).Bucket([]byte("a"))
 					earlier[string(keyPolicy)] = bytes.Clone(b.Get(keyPolicy))
@@ -412,6 +418,7 @@ func TestPolicyAndLimitsBoundToCredential(t *testing.T) {
 			if c, err := s.GetCredential("a"); err != nil || c.Policy.RotateCommand[0] != "/usr/local/bin/new-key" || c.Limits.MonthlyCredits != 100 {
 				t.Fatalf("before: %+v %v", c, err)
 			}
+			checkpoint(t, s)
 			if err := s.db.Update(func(tx *bolt.Tx) error {
 				b := tx.Bucket(bucketCredentials).Bucket([]byte("a"))
 				if tc.drop {

@@ -394,7 +394,7 @@ func (s *Store) checkIntegrity(tx *bolt.Tx, head uint64) IntegrityReport {
 func (s *Store) CheckIntegrity() (IntegrityReport, error) {
 	var r IntegrityReport
 	defer s.trimMapped() // the check read every record (mapped.go)
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.viewAudit(func(tx *bolt.Tx) error {
 		head, err := s.audit.readPoint(tx, keyAuditHead)
 		if err != nil {
 			return err
@@ -402,6 +402,14 @@ func (s *Store) CheckIntegrity() (IntegrityReport, error) {
 		var seq uint64
 		if head != nil {
 			seq = head.Seq
+		}
+		// Records in the audit journal only move the head on (journal.go).
+		tail, err := s.audit.auditTail(tx)
+		if err != nil {
+			return err
+		}
+		if len(tail) > 0 {
+			seq = tail[len(tail)-1].seq
 		}
 		r = s.checkIntegrity(tx, seq)
 		return nil

@@ -62,7 +62,21 @@ type Options struct {
 	// records its transaction deleted, how long it took and whether it failed. Like
 	// OnAuditCommit it runs on the audit writer goroutine and must be quick.
 	OnAuditPrune func(records int, took time.Duration, err error)
+	// OnAuditCheckpoint, if set, is told about every move of the audit journal's records into the
+	// database (journal.go): how many, how long the transaction took, whether it failed. Like
+	// OnAuditCommit it runs on the audit writer goroutine and must be quick.
+	OnAuditCheckpoint func(records int, took time.Duration, err error)
+	// AuditCheckpointInterval bounds how long a record stays in the audit journal before it is
+	// moved into the database (default DefaultAuditCheckpointInterval). A checkpoint also runs
+	// when the journal fills, when a state change commits, and before a verification.
+	AuditCheckpointInterval time.Duration
+	// NoJournal commits every audit record to bbolt (two fdatasyncs per group), as before the
+	// journal: only for benchmarks that compare the two.
+	NoJournal bool
 }
+
+// DefaultAuditCheckpointInterval is Options.AuditCheckpointInterval's default.
+const DefaultAuditCheckpointInterval = time.Second
 
 // syncFreelist makes commits write the freelist again (bbolt's default); only the benchmarks set
 // it, to compare.

@@ -132,7 +132,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	st, err := store.Open(cfg.DB, kek.AEAD, store.Options{KeepVersions: cfg.KeepVersions, OnAuditCommit: metrics.ObserveAuditCommit, OnFatal: onFatal,
-		OnAuditPrune: metrics.ObserveAuditPrune})
+		OnAuditPrune: metrics.ObserveAuditPrune, OnAuditCheckpoint: metrics.ObserveAuditCheckpoint})
 	if err != nil {
 		if errors.Is(err, store.ErrWrongMasterKey) {
 			return wrongKEKError(err, cfg.DB, kek)

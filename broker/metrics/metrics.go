@@ -91,7 +91,7 @@ var (
 	// commit time show whether the audit writer is the bottleneck (BENCHMARKS.md).
 	AuditCommits = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "audit_commits_total",
-		Help: "Audit group commits (one bbolt transaction each), by result (ok, failed).",
+		Help: "Audit group commits (a write and fdatasync of the audit journal, or a bbolt transaction when the group changes state), by result (ok, failed).",
 	}, []string{"result"})
 	AuditRecords = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "audit_committed_records_total",
@@ -99,8 +99,25 @@ var (
 	})
 	AuditCommitDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "audit_commit_duration_seconds",
-		Help:    "Duration of one audit group commit (the bbolt transaction with its fdatasyncs).",
+		Help:    "Duration of one audit group commit (the journal write or bbolt transaction with its fdatasyncs).",
 		Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+	})
+
+	// AuditCheckpoints counts moves of the audit journal's records into the database (one bbolt
+	// transaction each, store/journal.go) by result; AuditCheckpointedRecords the records moved
+	// and AuditCheckpointDuration times them: appends wait behind a checkpoint.
+	AuditCheckpoints = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "audit_checkpoints_total",
+		Help: "Checkpoints of the audit journal into the database (one bbolt transaction each), by result (ok, failed).",
+	}, []string{"result"})
+	AuditCheckpointedRecords = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "audit_checkpointed_records_total",
+		Help: "Audit records moved from the journal into the database by checkpoints.",
+	})
+	AuditCheckpointDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "audit_checkpoint_duration_seconds",
+		Help:    "Duration of one audit journal checkpoint (appends wait behind it).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 	})
 
 	// AuditPruned counts audit records deleted by retention; AuditPruneBatchDuration times each
@@ -193,6 +210,7 @@ func init() {
 		Calls, CallDuration, UpstreamDuration, UpstreamResponses, TokenValidations,
 		Rotations, RotationFailures, CredentialsDue, AuditWriteDuration, KeysetReloads, buildInfo,
 		AuditCommits, AuditRecords, AuditCommitDuration, StoreCommits,
+		AuditCheckpoints, AuditCheckpointedRecords, AuditCheckpointDuration,
 		AuditPruned, AuditPruneBatches, AuditPruneBatchDuration, AuditLastPrune,
 		CacheLookups, CreditsSaved, KeyReflections, Refusals, Connections,
 		collectors.NewGoCollector(),
@@ -210,6 +228,7 @@ func init() {
 	}
 	for _, r := range []string{"ok", "failed"} {
 		AuditPruneBatches.WithLabelValues(r)
+		AuditCheckpoints.WithLabelValues(r)
 	}
 }
 
@@ -306,6 +325,18 @@ func ObserveAuditCommit(records int, took time.Duration, err error) {
 	auditCommitsOK.Inc()
 	AuditRecords.Add(float64(records))
 	AuditCommitDuration.Observe(took.Seconds())
+}
+
+// ObserveAuditCheckpoint records one audit journal checkpoint; it is
+// store.Options.OnAuditCheckpoint.
+func ObserveAuditCheckpoint(records int, took time.Duration, err error) {
+	if err != nil {
+		AuditCheckpoints.WithLabelValues("failed").Inc()
+		return
+	}
+	AuditCheckpoints.WithLabelValues("ok").Inc()
+	AuditCheckpointedRecords.Add(float64(records))
+	AuditCheckpointDuration.Observe(took.Seconds())
 }
 
 // ObserveAuditPrune records one audit retention prune batch; it is store.Options.OnAuditPrune.
