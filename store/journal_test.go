@@ -398,4 +398,3 @@ func TestJournalFullCheckpoints(t *testing.T) {
 	}
 	verifyOK(t, s, n)
 }
-
