@@ -21,8 +21,13 @@ type auditStats struct {
 	CommitsPerSec    float64       `json:"commits_per_s"`
 	RecordsPerCommit float64       `json:"records_per_commit"`
 	MeanCommit       time.Duration `json:"mean_commit_ns"`
-	// Busy is the fraction of the time between the two scrapes the writer spent inside commits.
+	// Busy is the fraction of the time between the two scrapes the writer spent inside commits
+	// and checkpoints.
 	Busy float64 `json:"writer_busy"`
+	// CheckpointsPerSec is how often the audit journal was moved into the database (one bbolt
+	// transaction each; credbroker_audit_checkpoints_total), and MeanCheckpoint how long each took.
+	CheckpointsPerSec float64       `json:"checkpoints_per_s"`
+	MeanCheckpoint    time.Duration `json:"mean_checkpoint_ns"`
 	// RecordsPerCall is audit records per RPC brokerd finished between the scrapes (its own
 	// credbroker_grpc_calls_total; most state-changing admin calls write two records).
 	RecordsPerCall float64 `json:"records_per_call"`
@@ -35,6 +40,7 @@ type auditStats struct {
 type auditCounters struct {
 	at                                   time.Time
 	commits, records, seconds, rpcs, txs float64
+	checkpoints, checkpointSeconds       float64
 }
 
 // scrapeAudit reads brokerd's audit commit counters from its /metrics endpoint.
@@ -78,6 +84,10 @@ func scrapeAudit(ctx context.Context, url string) (auditCounters, error) {
 			c.seconds, seen = v, seen+1
 		case "credbroker_store_commits_total":
 			c.txs, seen = v, seen+1
+		case `credbroker_audit_checkpoints_total{result="ok"}`:
+			c.checkpoints = v
+		case "credbroker_audit_checkpoint_duration_seconds_sum":
+			c.checkpointSeconds = v
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -100,7 +110,11 @@ func (after auditCounters) stats(before auditCounters) *auditStats {
 	s.CommitsPerSec = s.Commits / span
 	s.RecordsPerCommit = s.Records / s.Commits
 	s.MeanCommit = time.Duration((after.seconds - before.seconds) / s.Commits * float64(time.Second))
-	s.Busy = (after.seconds - before.seconds) / span
+	s.Busy = (after.seconds - before.seconds + after.checkpointSeconds - before.checkpointSeconds) / span
+	if n := after.checkpoints - before.checkpoints; n > 0 {
+		s.CheckpointsPerSec = n / span
+		s.MeanCheckpoint = time.Duration((after.checkpointSeconds - before.checkpointSeconds) / n * float64(time.Second))
+	}
 	if rpcs := after.rpcs - before.rpcs; rpcs > 0 {
 		s.RecordsPerCall = s.Records / rpcs
 		s.CommitsPerCall = (after.txs - before.txs) / rpcs

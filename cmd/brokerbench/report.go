@@ -317,8 +317,8 @@ func writeAuditTable(p func(string, ...any), r *report) {
 	}
 	p("\n#### Audit group commits\n\n")
 	p("From brokerd's own counters (`credbroker_audit_commits_total`, `credbroker_audit_committed_records_total`, `credbroker_audit_commit_duration_seconds`) around each window. ")
-	p("One goroutine commits every queued record in one bbolt transaction (two fdatasyncs), so *records/commit* is the group-commit factor and *writer busy* the fraction of the window it spent committing: near 1, the audit writer is what limits throughput. *records/call* is 2 for most state-changing admin calls (a durable \"started\" record, then the outcome) and 1 for MintToken, whose token is committed with its record. *commits/call* counts every bbolt commit brokerd made (`credbroker_store_commits_total`, audit or not) per call: the durable commits a call waits for, shared. *fdatasyncs/call* is exact: the kernel's count of brokerd's fdatasync, fsync and sync_file_range calls over the window (`perf stat` on their tracepoints), per successful call.\n\n")
-	p("| delay | c | mode | req/s | commits/s | records/commit | mean commit µs | writer busy | records/call | commits/call | fdatasyncs/call |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("One goroutine commits every queued record at once: a group that changes no state (a Search's record) is one write and one fdatasync of the audit journal (`<db>.audit-journal`, store/journal.go), one that does (a mint, an admin call) a bbolt transaction (two fdatasyncs) with its change. *records/commit* is the group-commit factor; *checkpoints/s* how often the journal was moved into the database (a bbolt transaction each, `credbroker_audit_checkpoints_total`), *mean checkpoint µs* how long each took; *writer busy* is the fraction of the window the writer spent in commits and checkpoints: near 1, the audit writer is what limits throughput. *records/call* is 2 for most state-changing admin calls (a durable \"started\" record, then the outcome) and 1 for MintToken, whose token is committed with its record. *commits/call* counts every bbolt commit brokerd made (`credbroker_store_commits_total`, audit or not) per call: the durable commits a call waits for, shared. *fdatasyncs/call* is exact: the kernel's count of brokerd's fdatasync, fsync and sync_file_range calls over the window (`perf stat` on their tracepoints), per successful call.\n\n")
+	p("| delay | c | mode | req/s | commits/s | records/commit | mean commit µs | checkpoints/s | mean checkpoint µs | writer busy | records/call | commits/call | fdatasyncs/call |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range rows {
 		a := c.Audit
 		delay := c.Delay.String()
@@ -329,6 +329,10 @@ func writeAuditTable(p func(string, ...any), r *report) {
 		if c.SyncsPerCall != nil {
 			syncs = fmt.Sprintf("%.2f", *c.SyncsPerCall)
 		}
-		p("| %s | %d | %s | %.0f | %.0f | %.1f | %s | %.2f | %.1f | %.2f | %s |\n", delay, c.Conc, c.Mode, c.RPS, a.CommitsPerSec, a.RecordsPerCommit, us(a.MeanCommit), a.Busy, a.RecordsPerCall, a.CommitsPerCall, syncs)
+		ck := "—"
+		if a.CheckpointsPerSec > 0 {
+			ck = us(a.MeanCheckpoint)
+		}
+		p("| %s | %d | %s | %.0f | %.0f | %.1f | %s | %.1f | %s | %.2f | %.1f | %.2f | %s |\n", delay, c.Conc, c.Mode, c.RPS, a.CommitsPerSec, a.RecordsPerCommit, us(a.MeanCommit), a.CheckpointsPerSec, ck, a.Busy, a.RecordsPerCall, a.CommitsPerCall, syncs)
 	}
 }
