@@ -74,7 +74,7 @@ func fillDisk(t *testing.T, dir string) string {
 
 func TestDiskFull(t *testing.T) {
 	e := newEnv(t)
-	data := e.dbOnTmpfs(t, "2m")
+	data := e.dbOnTmpfs(t, "3m") // the database, and the audit journal's 1 MiB (store/journal.go)
 	e.startDaemon(t)
 	tok, _ := e.setup(t)
 	e.search(t, tok, "before the disk fills").ok(t)
@@ -96,7 +96,7 @@ func TestDiskFull(t *testing.T) {
 		acked = append(acked, name)
 	}
 	if writeErr == nil {
-		t.Fatal("200 writes of 8 KiB succeeded on a full 2 MiB tmpfs")
+		t.Fatal("200 writes of 8 KiB succeeded on a full 3 MiB tmpfs")
 	}
 	t.Logf("disk full: %d puts of 8 KiB succeeded after the disk filled, then: %v", len(acked), writeErr)
 	// Either the write itself failed ("… because its disk is full; nothing was changed …") and
@@ -177,7 +177,7 @@ func TestDiskFull(t *testing.T) {
 // (opening needs no new pages), the file is consistent, and the data is all there.
 func TestDiskFullKillRestart(t *testing.T) {
 	e := newEnv(t)
-	data := e.dbOnTmpfs(t, "2m")
+	data := e.dbOnTmpfs(t, "3m") // the database, and the audit journal's 1 MiB (store/journal.go)
 	e.startDaemon(t)
 	tok, _ := e.setup(t)
 	filler := fillDisk(t, data)
