@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -18,6 +17,8 @@ import (
 	vault "github.com/hashicorp/vault/api"
 	"github.com/tink-crypto/tink-go-hcvault/v2/integration/hcvault"
 	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/credbroker/credbroker/store"
 )
 
 // Vault / OpenBao Transit: hcvault://HOST[:PORT]/MOUNT/keys/NAME (MOUNT is usually "transit").
@@ -230,28 +231,14 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
+// readTokenFile reads the Vault token file with the master keyset file's checks (store.ReadSecretFile):
+// a regular file, no group or other bits, owned by brokerd's uid or root. The token is as good
+// as the master key (it decrypts the keysets), so a file another user owns (and so may read or
+// swap) is refused like a keyset would be.
 func readTokenFile(path string) (string, error) {
-	f, err := os.Open(path)
+	buf, err := store.ReadSecretFile(path, "the Vault token file", maxTokenFile)
 	if err != nil {
-		return "", fmt.Errorf("the Vault token file: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", fmt.Errorf("the Vault token file %s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("the Vault token file %s is not a regular file", path)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("the Vault token file %s has mode %#o: readable by others; run `chmod 600 %s`", path, st.Mode().Perm(), path)
-	}
-	buf, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
-	if err != nil {
-		return "", fmt.Errorf("the Vault token file %s: %w", path, err)
-	}
-	if len(buf) > maxTokenFile {
-		return "", fmt.Errorf("the Vault token file %s is larger than %d bytes; is it the right file?", path, maxTokenFile)
+		return "", err
 	}
 	t := strings.TrimSpace(string(buf))
 	clear(buf)
