@@ -22,6 +22,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker/kms/awskms"
 	"github.com/credbroker/credbroker/broker/kms/gcpkms"
+	"github.com/credbroker/credbroker/broker/kms/internal/kmsuri"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -90,7 +91,7 @@ func Open(ctx context.Context, uri string) (*KEK, error) {
 	if err != nil {
 		return nil, err
 	}
-	desc := uri
+	desc := kmsuri.Redact(uri)
 	if d, ok := backend.(Describer); ok {
 		desc = d.Describe()
 	}
@@ -110,13 +111,17 @@ func Backend(ctx context.Context, uri string) (tink.AEAD, error) {
 	// The scheme is read before any URL parsing: an AWS ARN is no valid URL host.
 	scheme, _, ok := strings.Cut(uri, "://")
 	if !ok || scheme == "" {
-		return nil, fmt.Errorf("--master-key-uri %q is not a key URI (hcvault://HOST[:PORT]/transit/keys/NAME, aws-kms://arn:..., gcp-kms://projects/...)", redactURI(uri))
+		return nil, fmt.Errorf("--master-key-uri %q is not a key URI (hcvault://HOST[:PORT]/transit/keys/NAME, aws-kms://arn:..., gcp-kms://projects/...)", kmsuri.Redact(uri))
 	}
 	switch strings.ToLower(scheme) {
 	case "hcvault":
 		u, err := url.Parse(uri)
 		if err != nil {
-			return nil, fmt.Errorf("--master-key-uri %s: %v", redactURI(uri), err)
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err // url.Error quotes the whole URI, user info and all
+			}
+			return nil, fmt.Errorf("--master-key-uri %s: %v", kmsuri.Redact(uri), err)
 		}
 		return openTransit(ctx, u)
 	case "aws-kms":
@@ -124,27 +129,8 @@ func Backend(ctx context.Context, uri string) (tink.AEAD, error) {
 	case "gcp-kms":
 		return gcpkms.New(ctx, uri)
 	default:
-		return nil, fmt.Errorf("--master-key-uri %s: unknown scheme %q (want hcvault, aws-kms or gcp-kms)", redactURI(uri), scheme)
+		return nil, fmt.Errorf("--master-key-uri %s: unknown scheme (want hcvault, aws-kms or gcp-kms)", kmsuri.Redact(uri))
 	}
-}
-
-// redactURI drops user info from a URI for an error message, in case an operator put a
-// credential there.
-func redactURI(uri string) string {
-	u, err := url.Parse(uri)
-	if err != nil {
-		// Not a URL (an AWS ARN is not): drop anything between "://" and an "@".
-		if scheme, rest, ok := strings.Cut(uri, "://"); ok {
-			if _, after, ok := strings.Cut(rest, "@"); ok {
-				return scheme + "://REDACTED@" + after
-			}
-		}
-		return uri
-	}
-	if u.User != nil {
-		u.User = url.User("REDACTED")
-	}
-	return u.String()
 }
 
 // Probe is what SelfTest encrypts: a throwaway plaintext, the associated data it is bound to and

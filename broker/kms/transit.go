@@ -18,6 +18,7 @@ import (
 	"github.com/tink-crypto/tink-go-hcvault/v2/integration/hcvault"
 	"github.com/tink-crypto/tink-go/v2/tink"
 
+	"github.com/credbroker/credbroker/broker/kms/internal/kmsuri"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -119,7 +120,7 @@ func (t *transitAEAD) CiphertextVersion(ct []byte) (string, error) {
 
 func openTransit(ctx context.Context, u *url.URL) (tink.AEAD, error) {
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("--master-key-uri %s: credentials, a query or a fragment do not belong in the URI (the token comes from VAULT_TOKEN_FILE or $CREDENTIALS_DIRECTORY/vault-token)", redactURI(u.String()))
+		return nil, fmt.Errorf("--master-key-uri %s: credentials, a query or a fragment do not belong in the URI (the token comes from VAULT_TOKEN_FILE or $CREDENTIALS_DIRECTORY/vault-token)", kmsuri.Redact(u.String()))
 	}
 	uri := u.String()
 	if u.Host == "" {

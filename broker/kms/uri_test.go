@@ -1,0 +1,45 @@
+package kms
+
+import (
+	"context"
+	"strings"
+	"testing"
+)
+
+// Every error that names a bad key URI, whatever its scheme, names it with the user info, query
+// and fragment redacted: an operator's `user:pass@` typo or a token in a query must not reach a log.
+func TestBadURIErrorsRedactSecrets(t *testing.T) {
+	const arn = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+	const gcpKey = "projects/p/locations/l/keyRings/r/cryptoKeys/k"
+	for _, tc := range []struct{ name, uri, want string }{
+		{"aws: user info", "aws-kms://AKIAX:s3cret@" + arn, "aws-kms://REDACTED@" + arn},
+		{"aws: query", "aws-kms://" + arn + "?secret=s3cret", "aws-kms://" + arn + "?REDACTED"},
+		{"aws: fragment", "aws-kms://" + arn + "#s3cret", "aws-kms://" + arn + "#REDACTED"},
+		{"aws: password with a slash", "aws-kms://u:s3/cret@" + arn, "aws-kms://REDACTED@" + arn},
+		{"gcp: user info", "gcp-kms://u:s3cret@" + gcpKey, "gcp-kms://REDACTED@" + gcpKey},
+		{"gcp: query", "gcp-kms://" + gcpKey + "?access_token=s3cret", "gcp-kms://" + gcpKey + "?REDACTED"},
+		{"hcvault: user info", "hcvault://u:s3cret@127.0.0.1:8200/transit/keys/k", "hcvault://REDACTED@127.0.0.1:8200/transit/keys/k"},
+		{"hcvault: query", "hcvault://127.0.0.1:8200/transit/keys/k?token=s3cret", "hcvault://127.0.0.1:8200/transit/keys/k?REDACTED"},
+		{"hcvault: unparsable", "hcvault://u:s3cret%zz@127.0.0.1:8200/transit/keys/k", "hcvault://REDACTED@127.0.0.1:8200/transit/keys/k"},
+		{"unknown scheme", "s3://u:s3cret@bucket/k", "s3://REDACTED@bucket/k"},
+		{"no scheme", "u:s3cret@transit/keys/k", "REDACTED@transit/keys/k"},
+		{"before the ://", "u:s3cret@x://host/k", "REDACTED@x://host/k"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("VAULT_ADDR", "")
+			t.Setenv("VAULT_TOKEN_FILE", "")
+			t.Setenv("VAULT_TOKEN", "")
+			t.Setenv("CREDENTIALS_DIRECTORY", "")
+			_, err := Backend(context.Background(), tc.uri)
+			if err == nil {
+				t.Fatal("a bad URI was accepted")
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Fatalf("the error quotes the URI's secret: %v", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not name the URI as %q", err, tc.want)
+			}
+		})
+	}
+}
