@@ -103,6 +103,27 @@ func Open(ctx context.Context, uri string) (*KEK, error) {
 	return k, nil
 }
 
+// backends are the KMSs brokerd opens, by URI scheme: the one list Backend dispatches on and help
+// texts name (URIForms), so a scheme added here is never missing from them.
+var backends = []struct {
+	scheme, form string
+	open         func(ctx context.Context, uri string) (tink.AEAD, error)
+}{
+	{"hcvault", "hcvault://HOST[:PORT]/MOUNT/keys/NAME", openHCVault},
+	{"aws-kms", "aws-kms://arn:aws:kms:REGION:ACCOUNT:key/ID", awskms.New},
+	{"gcp-kms", "gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K", gcpkms.New},
+}
+
+// URIForms returns the form of every KMS key URI brokerd accepts, one per scheme (for help texts
+// and errors).
+func URIForms() []string {
+	forms := make([]string, len(backends))
+	for i, b := range backends {
+		forms[i] = b.form
+	}
+	return forms
+}
+
 // Backend returns the plain AEAD for uri, by scheme, without the self-test. Open, the self-test and
 // everything after it work on any tink.AEAD; Versioned and Describer are optional. AWS KMS and
 // Cloud KMS rotate transparently (a ciphertext names no version brokerd can read), so their
@@ -111,26 +132,29 @@ func Backend(ctx context.Context, uri string) (tink.AEAD, error) {
 	// The scheme is read before any URL parsing: an AWS ARN is no valid URL host.
 	scheme, _, ok := strings.Cut(uri, "://")
 	if !ok || scheme == "" {
-		return nil, fmt.Errorf("--master-key-uri %q is not a key URI (hcvault://HOST[:PORT]/transit/keys/NAME, aws-kms://arn:..., gcp-kms://projects/...)", kmsuri.Redact(uri))
+		return nil, fmt.Errorf("--master-key-uri %q is not a key URI (%s)", kmsuri.Redact(uri), strings.Join(URIForms(), ", "))
 	}
-	switch strings.ToLower(scheme) {
-	case "hcvault":
-		u, err := url.Parse(uri)
-		if err != nil {
-			var ue *url.Error
-			if errors.As(err, &ue) {
-				err = ue.Err // url.Error quotes the whole URI, user info and all
-			}
-			return nil, fmt.Errorf("--master-key-uri %s: %v", kmsuri.Redact(uri), err)
+	var names []string
+	for _, b := range backends {
+		if strings.EqualFold(scheme, b.scheme) {
+			return b.open(ctx, uri)
 		}
-		return openTransit(ctx, u)
-	case "aws-kms":
-		return awskms.New(ctx, uri)
-	case "gcp-kms":
-		return gcpkms.New(ctx, uri)
-	default:
-		return nil, fmt.Errorf("--master-key-uri %s: unknown scheme (want hcvault, aws-kms or gcp-kms)", kmsuri.Redact(uri))
+		names = append(names, b.scheme)
 	}
+	return nil, fmt.Errorf("--master-key-uri %s: unknown scheme (want %s)", kmsuri.Redact(uri), strings.Join(names, ", "))
+}
+
+// openHCVault opens a Vault / OpenBao Transit key URI (transit.go).
+func openHCVault(ctx context.Context, uri string) (tink.AEAD, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error quotes the whole URI, user info and all
+		}
+		return nil, fmt.Errorf("--master-key-uri %s: %v", kmsuri.Redact(uri), err)
+	}
+	return openTransit(ctx, u)
 }
 
 // Probe is what SelfTest encrypts: a throwaway plaintext, the associated data it is bound to and
