@@ -196,10 +196,11 @@ func (m *masterKey) MigrateMasterKey(ctx context.Context, to string) (broker.Mas
 		err  error
 	)
 	if strings.Contains(to, "://") {
-		if _, berr := kms.Backend(ctx, to); berr != nil {
-			return c, fmt.Errorf("%w: %v", broker.ErrInvalidArgument, berr)
-		}
-		if next, err = kms.Open(ctx, to); err != nil {
+		// Opened once: a bad URI or local setting (kms.ErrSetup) is the caller's to fix, anything
+		// else the KMS's.
+		if next, err = kms.Open(ctx, to); errors.Is(err, kms.ErrSetup) {
+			return c, fmt.Errorf("%w: %v", broker.ErrInvalidArgument, err)
+		} else if err != nil {
 			return c, fmt.Errorf("%w: %v", broker.ErrKMSUnavailable, err)
 		}
 	} else {

@@ -84,12 +84,26 @@ func OpenFile(path string) (*KEK, error) {
 	return &KEK{AEAD: a, backend: a, Source: "file " + path, Description: "file " + path, Path: path}, nil
 }
 
+// ErrSetup marks an error of Open from before the KMS was asked anything: the key URI, or
+// brokerd's own settings for that KMS (its token file, its environment), are wrong, and fixing them
+// is the operator's part. Any other error of Open is the KMS's: unreachable, refusing, or failing
+// the self-test.
+var ErrSetup = errors.New("the KMS key URI or brokerd's settings for it are wrong")
+
+// setupError is a Backend error, marked ErrSetup with its message unchanged.
+type setupError struct{ err error }
+
+func (e setupError) Error() string        { return e.err.Error() }
+func (e setupError) Unwrap() error        { return e.err }
+func (e setupError) Is(target error) bool { return target == ErrSetup }
+
 // Open opens the KMS key named by uri and runs SelfTest on it: a backend that accepts a wrong
-// associated data is refused. Errors name the URI, never a credential.
+// associated data is refused. Errors name the URI, never a credential; those of the URI or the
+// local settings, found before any KMS call, are ErrSetup.
 func Open(ctx context.Context, uri string) (*KEK, error) {
 	backend, err := Backend(ctx, uri)
 	if err != nil {
-		return nil, err
+		return nil, setupError{err}
 	}
 	desc := kmsuri.Redact(uri)
 	if d, ok := backend.(Describer); ok {
@@ -105,13 +119,15 @@ func Open(ctx context.Context, uri string) (*KEK, error) {
 
 // backends are the KMSs brokerd opens, by URI scheme: the one list Backend dispatches on and help
 // texts name (URIForms), so a scheme added here is never missing from them.
-var backends = []struct {
-	scheme, form string
-	open         func(ctx context.Context, uri string) (tink.AEAD, error)
-}{
+var backends = []backendKind{
 	{"hcvault", "hcvault://HOST[:PORT]/MOUNT/keys/NAME", openHCVault},
 	{"aws-kms", "aws-kms://arn:aws:kms:REGION:ACCOUNT:key/ID", awskms.New},
 	{"gcp-kms", "gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K", gcpkms.New},
+}
+
+type backendKind struct {
+	scheme, form string
+	open         func(ctx context.Context, uri string) (tink.AEAD, error)
 }
 
 // URIForms returns the form of every KMS key URI brokerd accepts, one per scheme (for help texts
