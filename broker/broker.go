@@ -101,6 +101,10 @@ type Broker struct {
 	refused refusalLog // coalesced audit of refusals (refusals.go)
 
 	masterKey MasterKeyManager // masterkey.go
+
+	// decode is the searches' upstream.Request.Decode: decodeAnswer (a seam for tests that need
+	// the computation to fail in ways the code cannot yet, such as a panic).
+	decode func(body []byte) (any, error)
 }
 
 // New builds a Broker.
@@ -125,10 +129,12 @@ func New(cfg Config) (*Broker, error) {
 		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*tokenState),
 		tokenCap: cfg.TokenCacheSize, lastUsed: make(map[string]lastUse), lastUsedSweep: cfg.TokenCacheSize,
 		rot: newRotation(cfg), econ: newEconomics(cfg), flights: newFlights(), masterKey: cfg.MasterKey,
+		decode: decodeAnswer,
 	}
 	b.rot.sched = newScheduler(b, cfg.Clock, cfg.Scheduler)
-	b.workers = newWorkers(searchWorkers)
+	b.workers = newWorkers(searchWorkers, func(v any) { b.panicked(v) })
 	b.econ.cache.SetSpawn(b.workers.run)
+	b.econ.cache.SetRecover(b.panicked)
 	return b, nil
 }
 
@@ -262,12 +268,13 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 	if err != nil {
 		return nil, nil, fmt.Errorf("load credential %q: %w", tool.Credential, err)
 	}
+	defer clear(key) // cleared below as soon as it is used; this is for a call that panics (panics.go)
 	// Once sent, the request runs on a context detached from the caller's (ended only by Drain):
 	// the upstream may bill it whatever the caller does, so its answer must not be thrown away.
 	detached, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	defer context.AfterFunc(b.flights.ctx, cancel)()
-	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: decodeAnswer}, key)
+	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: b.decode}, key)
 	b.noteReflection(ctx, tool, version, resp, err)
 	if err != nil {
 		// The upstream package never puts bodies in errors; redact anyway, so no future change

@@ -17,4 +17,7 @@ var (
 	// ErrKMSUnavailable: the KMS holding the master key did not answer, or failed its self-test;
 	// nothing was changed (a re-wrap or migrate needs it; serving does not).
 	ErrKMSUnavailable = errors.New("the KMS holding the master key is unavailable")
+	// ErrInternal: a bug in brokerd (a panic, recovered) failed this call and only this call; the
+	// message says nothing of the call's data, the log has the stack.
+	ErrInternal = errors.New("internal error in brokerd")
 )

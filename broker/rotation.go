@@ -379,7 +379,7 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 	// The previous key's attempts enter the credential's 429 gate like the current key's, and its
 	// error is redacted against the key it was sent with, as callUpstream does for the current one.
 	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached,
-		upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: decodeAnswer}, prev)
+		upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: b.decode}, prev)
 	if err != nil {
 		err = redacted(err, prev)
 	}

@@ -109,10 +109,12 @@ type workers struct {
 	once sync.Once
 	n    atomic.Int32
 	max  int32
+	// onPanic is told of a panic a function left unrecovered (see do).
+	onPanic func(v any)
 }
 
-func newWorkers(max int32) *workers {
-	return &workers{work: make(chan func()), quit: make(chan struct{}), max: max}
+func newWorkers(max int32, onPanic func(v any)) *workers {
+	return &workers{work: make(chan func()), quit: make(chan struct{}), max: max, onPanic: onPanic}
 }
 
 // run runs f on an idle worker, a new one, or past max a goroutine of its own.
@@ -127,7 +129,19 @@ func (w *workers) run(f func()) {
 		return
 	}
 	w.n.Add(-1)
-	go f()
+	go w.do(f)
+}
+
+// do runs f. What the workers run recovers its own panics, failing its call (call.run, runDetached,
+// the result cache's compute); this is the last stop for any other panic, so that it is logged
+// and ends neither brokerd nor the worker.
+func (w *workers) do(f func()) {
+	defer func() {
+		if v := recover(); v != nil {
+			w.onPanic(v)
+		}
+	}()
+	f()
 }
 
 func (w *workers) loop(f func()) {
@@ -135,7 +149,7 @@ func (w *workers) loop(f func()) {
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {
-		f()
+		w.do(f)
 		idle.Reset(workerIdle)
 		select {
 		case f = <-w.work:
@@ -255,9 +269,24 @@ func (c *upstreamCall) finish(reached bool, err error) {
 func (c *upstreamCall) run(ctx context.Context, t *store.Token, tool Tool, payload []byte, cost uint64) (*SearchResult, error) {
 	b := c.b
 	defer b.flights.exit()
-	res, reached, err := b.spendUpstream(WithCallInfo(ctx, &c.ci), t, tool, payload, cost)
+	res, reached, err := c.spendRecovered(WithCallInfo(ctx, &c.ci), t, tool, payload, cost)
 	c.finish(reached, err)
 	return res, err
+}
+
+// spendRecovered is spendUpstream with a panic turned into ErrInternal (panics.go), so the
+// computation still settles and its callers are answered. Where it panicked is unknown, maybe
+// after the request was sent (the answer's redaction and decoding run after), so the call counts
+// as one that may have been billed: the expected credits and the use stay spent, as for a call
+// sent and never answered.
+func (c *upstreamCall) spendRecovered(ctx context.Context, t *store.Token, tool Tool, payload []byte, cost uint64) (res *SearchResult, reached bool, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			res, reached, err = nil, true, c.b.panicked(v)
+			callInfo(ctx).Credits = cost
+		}
+	}()
+	return c.b.spendUpstream(ctx, t, tool, payload, cost)
 }
 
 // runDetached runs fn on a goroutine of its own and returns its answer, or ctx's error as soon as
@@ -269,8 +298,17 @@ func (b *Broker) runDetached(ctx context.Context, fn func() (any, int64, error))
 	}
 	ch := make(chan answer, 1)
 	b.workers.run(func() {
+		// As the result cache's compute does: a panic fails this call, not brokerd, and its caller
+		// is answered (not left waiting for an answer that never comes).
+		var a answer
+		defer func() {
+			if v := recover(); v != nil {
+				a = answer{nil, b.panicked(v)}
+			}
+			ch <- a
+		}()
 		v, _, err := fn()
-		ch <- answer{v, err}
+		a = answer{v, err}
 	})
 	select {
 	case a := <-ch:

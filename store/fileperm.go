@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"syscall"
@@ -79,16 +80,57 @@ func openDBFile(name string, flag int, perm os.FileMode) (*os.File, error) {
 	return f, nil
 }
 
-// checkKeysetOwner refuses a master keyset owned by anyone but this process's effective uid or
-// root: another user who owns it could swap in a keyset of their own, and every credential stored
-// afterwards would be encrypted under a key they hold. Root-owned is fine (only root could change
-// it), and is how systemd hands over $CREDENTIALS_DIRECTORY/master-keyset: a root-owned 0400 file
-// the service's user may read.
-func checkKeysetOwner(path string, fi fs.FileInfo) error {
+// ErrSecretFileMode reports a file holding a secret (the master keyset, a KMS token) that group or
+// others can read.
+var ErrSecretFileMode = errors.New("readable by group or others")
+
+// ReadSecretFile reads a small file holding a secret: the master keyset (--master-keyset), or a
+// KMS token such as the Vault token file. It refuses anything but a regular file of at most max
+// bytes that only its owner can read (no group or other bits), owned by this process's effective
+// uid or root (checkSecretOwner). The checks are made on the descriptor that is read, so the file
+// checked is the file read; a symbolic link is followed and the file it leads to is what must pass
+// (systemd credentials and Kubernetes secret volumes hand files over that way). what names the
+// file in errors ("master keyset", "Vault token file"); no error quotes its contents.
+func ReadSecretFile(path, what string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", what, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat %s %s: %w", what, path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s %s is not a regular file", what, path)
+	}
+	if err := checkSecretOwner(what, path, st); err != nil {
+		return nil, err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s %s has mode %#o, %w; run `chmod 600 %s`", what, path, st.Mode().Perm(), ErrSecretFileMode, path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s %s: %w", what, path, err)
+	}
+	if int64(len(data)) > max {
+		clear(data)
+		return nil, fmt.Errorf("%s %s is larger than %d bytes; is it the right file?", what, path, max)
+	}
+	return data, nil
+}
+
+// checkSecretOwner refuses a secret file (what names it) owned by anyone but this process's
+// effective uid or root: another user who owns it could read it, or swap in a secret of their
+// own (a master keyset they hold, under which every credential stored afterwards would be
+// encrypted). Root-owned is fine (only root could change it), and is how systemd hands over
+// $CREDENTIALS_DIRECTORY files: root-owned and 0400, readable by the service's user.
+func checkSecretOwner(what, path string, fi fs.FileInfo) error {
 	uid, ok := fileOwner(fi)
 	if !ok || uid == 0 || int(uid) == os.Geteuid() {
 		return nil
 	}
-	return fmt.Errorf("%w: master keyset %s is owned by uid %d, not by uid %d or root; another user could replace it: `chown %d %s`",
-		ErrFileOwner, path, uid, os.Geteuid(), os.Geteuid(), path)
+	return fmt.Errorf("%w: %s %s is owned by uid %d, not by uid %d or root; another user could read or replace it: `chown %d %s`",
+		ErrFileOwner, what, path, uid, os.Geteuid(), os.Geteuid(), path)
 }

@@ -142,7 +142,7 @@ func TestMasterKeysetOwner(t *testing.T) {
 		uid  uint32
 		want bool
 	}{{uint32(os.Geteuid()), true}, {0, true}, {other, false}} {
-		err := checkKeysetOwner(path, ownedBy{statOf(t, path), tc.uid})
+		err := checkSecretOwner("master keyset", path, ownedBy{statOf(t, path), tc.uid})
 		if (err == nil) != tc.want {
 			t.Errorf("keyset owned by uid %d: %v, want accepted=%v", tc.uid, err, tc.want)
 		}

@@ -114,10 +114,14 @@ func (s *Store) RewrapUnder(next tink.AEAD, source string) error {
 	defer s.keys.mu.Unlock()
 	cur := s.keys.masterKey()
 	var stored [][]byte
+	curSource := KEKSourceFile
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if m == nil {
 			return fmt.Errorf("%w: no meta bucket", ErrCorrupt)
+		}
+		if src := m.Get(keyKEKSource); len(src) > 0 {
+			curSource = string(src)
 		}
 		stored = make([][]byte, len(wrappedKeysets))
 		for i, w := range wrappedKeysets {
@@ -179,11 +183,47 @@ func (s *Store) RewrapUnder(next tink.AEAD, source string) error {
 		}
 		return m.Put(keyKEKSource, []byte(source))
 	})
+	if errors.Is(err, ErrOutcomeUnknown) {
+		// The commit failed and the database could not be read to tell whether it landed (the
+		// store now takes no more writes, and the daemon restarts): it is under one KEK or the
+		// other, so the store opens its keysets with either until then, and the operator learns
+		// that the restart may need the new one.
+		s.keys.kek.Store(&aeadBox{a: eitherKEK{next: next, cur: cur}})
+		return fmt.Errorf("re-wrap: %w: the database may now be under the new master key (%s) or still under the old one (%s): "+
+			"restart brokerd with the new one, and if it refuses (naming the key the database is under), with the old one",
+			err, DescribeKEKSource(source), DescribeKEKSource(curSource))
+	}
 	if err != nil {
+		// Nothing landed (the commit guard read the database to know): still under the old KEK.
 		return err
 	}
+	// Committed, or landed although its commit failed (the guard answers nil and stops writes):
+	// the database is under next either way.
 	s.keys.kek.Store(&aeadBox{a: next})
 	return nil
+}
+
+// DescribeKEKSource names a recorded KEK source (KEKSource) for a message.
+func DescribeKEKSource(src string) string {
+	if src == KEKSourceFile {
+		return "a master keyset file"
+	}
+	return src
+}
+
+// eitherKEK opens what either of two KEKs wrapped: the store's KEK after a re-wrap whose outcome
+// is unknown, when the database holds one wrapping or the other. It encrypts under next, the KEK
+// the re-wrap was moving to (the store takes no writes by then anyway).
+type eitherKEK struct{ next, cur tink.AEAD }
+
+func (e eitherKEK) Encrypt(pt, ad []byte) ([]byte, error) { return e.next.Encrypt(pt, ad) }
+
+func (e eitherKEK) Decrypt(ct, ad []byte) ([]byte, error) {
+	pt, err := e.next.Decrypt(ct, ad)
+	if err != nil {
+		pt, err = e.cur.Decrypt(ct, ad)
+	}
+	return pt, err
 }
 
 // sameKeyset compares two keyset handles' key ids and primary (their key material cannot be read

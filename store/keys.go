@@ -259,6 +259,12 @@ func (s *Store) RewrapIfNeeded(kek tink.AEAD) (before []uint32, rewrapped bool, 
 	old := s.keys.kek.Load()
 	s.keys.kek.Store(&aeadBox{a: kek})
 	if err := s.Rewrap(kek); err != nil {
+		if errors.Is(err, ErrOutcomeUnknown) {
+			// Under the old primary or the new one, the database opens with kek (it holds both),
+			// so kek stays; the operator must restart with this keyset, not the one before.
+			return u.MasterKeyIDs, false, fmt.Errorf("re-wrap under the master keyset's new primary key: %w: the database may now be under it: "+
+				"restart brokerd with this master keyset (it opens the database either way), not an older copy", err)
+		}
 		s.keys.kek.Store(old)
 		return u.MasterKeyIDs, false, err
 	}

@@ -27,6 +27,40 @@ type commitGuard struct {
 	onFatal func(error)
 	stopped atomic.Bool
 	once    sync.Once
+	// fault, when a test sets it, fails the next commit as a failing disk would (commitFault).
+	fault atomic.Pointer[commitFault]
+}
+
+// commitFault stands in for a disk that fails one commit (tests only): Commit reports an error
+// although the transaction landed (bbolt wrote its meta page) or did not, and the read that tells
+// which succeeds, or fails too (ErrOutcomeUnknown).
+type commitFault struct {
+	landed     bool
+	unreadable bool
+}
+
+var errInjectedCommit = errors.New("injected commit failure")
+
+// wrap returns run and view as the fault makes them behave for one transaction.
+func (f *commitFault) wrap(run, view func(func(*bolt.Tx) error) error) (func(func(*bolt.Tx) error) error, func(func(*bolt.Tx) error) error) {
+	faulty := func(fn func(*bolt.Tx) error) error {
+		if f.landed {
+			if err := run(fn); err != nil {
+				return err
+			}
+			return errInjectedCommit
+		}
+		return run(func(tx *bolt.Tx) error {
+			if err := fn(tx); err != nil {
+				return err
+			}
+			return errInjectedCommit // rolled back: nothing lands
+		})
+	}
+	if f.unreadable {
+		view = func(func(*bolt.Tx) error) error { return errors.New("injected read failure") }
+	}
+	return faulty, view
 }
 
 // update runs fn in a write transaction through run (db.Update or db.Batch) and returns nil if it
@@ -35,6 +69,10 @@ type commitGuard struct {
 func (g *commitGuard) update(run func(func(*bolt.Tx) error) error, fn func(*bolt.Tx) error) error {
 	if g.stopped.Load() {
 		return ErrSyncFailed
+	}
+	view := g.db.View
+	if f := g.fault.Swap(nil); f != nil {
+		run, view = f.wrap(run, view)
 	}
 	var (
 		txid  int
@@ -48,7 +86,7 @@ func (g *commitGuard) update(run func(func(*bolt.Tx) error) error, fn func(*bolt
 		return err
 	}
 	var now int
-	if verr := g.db.View(func(tx *bolt.Tx) error { now = tx.ID(); return nil }); verr != nil {
+	if verr := view(func(tx *bolt.Tx) error { now = tx.ID(); return nil }); verr != nil {
 		g.fatal(fmt.Errorf("commit of transaction %d failed (%v) and the database cannot be read: %v", txid, err, verr))
 		return fmt.Errorf("%w: the commit failed (%v) and brokerd cannot tell whether it landed", ErrOutcomeUnknown, err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 
@@ -17,8 +16,9 @@ import (
 // This file is the one place that reads or writes a cleartext Tink keyset: the master keyset is the
 // root of trust and has to exist somewhere in the clear (a 0600 file or a systemd credential).
 
-// ErrKeysetPermissions reports a master keyset file that others can read.
-var ErrKeysetPermissions = errors.New("master keyset file is readable by group or others")
+// ErrKeysetPermissions reports a master keyset file that others can read: ErrSecretFileMode, under
+// the name callers have checked for since before other secret files shared the check.
+var ErrKeysetPermissions = ErrSecretFileMode
 
 // maxKeysetFileSize bounds what we read from a keyset path: a keyset is a few hundred bytes and a
 // mistyped path (a device, a log file) must not make us read gigabytes.
@@ -75,34 +75,9 @@ func LoadMasterKeyset(path string) (tink.AEAD, error) {
 }
 
 // readKeysetFile reads a keyset file, refusing anything but a small regular file that only its
-// owner can read, owned by this process's uid or root.
+// owner can read, owned by this process's uid or root (ReadSecretFile).
 func readKeysetFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open master keyset: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("stat master keyset %s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("master keyset %s is not a regular file", path)
-	}
-	if err := checkKeysetOwner(path, st); err != nil {
-		return nil, err
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%w: %s has mode %#o; run `chmod 600 %s`", ErrKeysetPermissions, path, st.Mode().Perm(), path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxKeysetFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read master keyset %s: %w", path, err)
-	}
-	if len(data) > maxKeysetFileSize {
-		return nil, fmt.Errorf("master keyset %s is larger than %d bytes; is it the right file?", path, maxKeysetFileSize)
-	}
-	return data, nil
+	return ReadSecretFile(path, "master keyset", maxKeysetFileSize)
 }
 
 // ParseMasterKeyset parses a cleartext Tink JSON keyset (the format `brokerctl keyset new` writes).

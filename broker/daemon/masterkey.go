@@ -73,7 +73,7 @@ func wrongKEKError(err error, db string, k *kms.KEK) error {
 		}
 		return fmt.Errorf("%w: %s was not made with the master keyset %s; nothing was changed", err, db, k.Path)
 	}
-	return fmt.Errorf("%w: %s is wrapped under %s, not %s: start brokerd with %s; nothing was changed", err, db, describeSource(src), k.Description, sourceFlag(src))
+	return fmt.Errorf("%w: %s is wrapped under %s, not %s: start brokerd with %s; nothing was changed", err, db, store.DescribeKEKSource(src), k.Description, sourceFlag(src))
 }
 
 // sameSource compares two KEK sources; all keyset files are one kind (a file's path may move).
@@ -83,13 +83,6 @@ func sameSource(a, b string) bool {
 		return isFile(a) && isFile(b)
 	}
 	return a == b
-}
-
-func describeSource(src string) string {
-	if src == store.KEKSourceFile {
-		return "a master keyset file"
-	}
-	return src
 }
 
 // afterOpen runs once the store opened with k: it records k as the database's KEK source and
@@ -147,7 +140,9 @@ func (m *masterKey) rewrapIfStale(ctx context.Context, k *kms.KEK, force bool) (
 // kmsErr marks a failed re-wrap as the KMS's doing (what it is unless the database failed, which
 // keeps its own mapping).
 func kmsErr(err error) error {
-	if errors.Is(err, store.ErrCorrupt) || errors.Is(err, store.ErrTampered) || errors.Is(err, store.ErrSyncFailed) {
+	// ErrOutcomeUnknown included: the re-wrap may have landed, which "KMS unavailable, nothing
+	// was changed" would deny.
+	if errors.Is(err, store.ErrCorrupt) || errors.Is(err, store.ErrTampered) || errors.Is(err, store.ErrSyncFailed) || errors.Is(err, store.ErrOutcomeUnknown) {
 		return err
 	}
 	return fmt.Errorf("%w: %v", broker.ErrKMSUnavailable, err)
@@ -201,10 +196,11 @@ func (m *masterKey) MigrateMasterKey(ctx context.Context, to string) (broker.Mas
 		err  error
 	)
 	if strings.Contains(to, "://") {
-		if _, berr := kms.Backend(ctx, to); berr != nil {
-			return c, fmt.Errorf("%w: %v", broker.ErrInvalidArgument, berr)
-		}
-		if next, err = kms.Open(ctx, to); err != nil {
+		// Opened once: a bad URI or local setting (kms.ErrSetup) is the caller's to fix, anything
+		// else the KMS's.
+		if next, err = kms.Open(ctx, to); errors.Is(err, kms.ErrSetup) {
+			return c, fmt.Errorf("%w: %v", broker.ErrInvalidArgument, err)
+		} else if err != nil {
 			return c, fmt.Errorf("%w: %v", broker.ErrKMSUnavailable, err)
 		}
 	} else {

@@ -37,6 +37,7 @@ var errorCodes = []struct {
 	{broker.ErrCredentialMissing, codes.FailedPrecondition, broker.ReasonCredentialMissing},
 	{broker.ErrShuttingDown, codes.Unavailable, broker.ReasonShuttingDown},
 	{broker.ErrKMSUnavailable, codes.Unavailable, broker.ReasonKMSUnavailable},
+	{broker.ErrInternal, codes.Internal, broker.ReasonInternal},
 	{broker.ErrRateLimited, codes.ResourceExhausted, broker.ReasonRateLimited},
 	// Before ErrAuditUnavailable, which a failed audit commit wraps it in.
 	{store.ErrOutcomeUnknown, codes.Unknown, broker.ReasonOutcomeUnknown},

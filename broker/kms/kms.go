@@ -22,6 +22,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker/kms/awskms"
 	"github.com/credbroker/credbroker/broker/kms/gcpkms"
+	"github.com/credbroker/credbroker/broker/kms/internal/kmsuri"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -83,14 +84,28 @@ func OpenFile(path string) (*KEK, error) {
 	return &KEK{AEAD: a, backend: a, Source: "file " + path, Description: "file " + path, Path: path}, nil
 }
 
+// ErrSetup marks an error of Open from before the KMS was asked anything: the key URI, or
+// brokerd's own settings for that KMS (its token file, its environment), are wrong, and fixing them
+// is the operator's part. Any other error of Open is the KMS's: unreachable, refusing, or failing
+// the self-test.
+var ErrSetup = errors.New("the KMS key URI or brokerd's settings for it are wrong")
+
+// setupError is a Backend error, marked ErrSetup with its message unchanged.
+type setupError struct{ err error }
+
+func (e setupError) Error() string        { return e.err.Error() }
+func (e setupError) Unwrap() error        { return e.err }
+func (e setupError) Is(target error) bool { return target == ErrSetup }
+
 // Open opens the KMS key named by uri and runs SelfTest on it: a backend that accepts a wrong
-// associated data is refused. Errors name the URI, never a credential.
+// associated data is refused. Errors name the URI, never a credential; those of the URI or the
+// local settings, found before any KMS call, are ErrSetup.
 func Open(ctx context.Context, uri string) (*KEK, error) {
 	backend, err := Backend(ctx, uri)
 	if err != nil {
-		return nil, err
+		return nil, setupError{err}
 	}
-	desc := uri
+	desc := kmsuri.Redact(uri)
 	if d, ok := backend.(Describer); ok {
 		desc = d.Describe()
 	}
@@ -102,6 +117,29 @@ func Open(ctx context.Context, uri string) (*KEK, error) {
 	return k, nil
 }
 
+// backends are the KMSs brokerd opens, by URI scheme: the one list Backend dispatches on and help
+// texts name (URIForms), so a scheme added here is never missing from them.
+var backends = []backendKind{
+	{"hcvault", "hcvault://HOST[:PORT]/MOUNT/keys/NAME", openHCVault},
+	{"aws-kms", "aws-kms://arn:aws:kms:REGION:ACCOUNT:key/ID", awskms.New},
+	{"gcp-kms", "gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K", gcpkms.New},
+}
+
+type backendKind struct {
+	scheme, form string
+	open         func(ctx context.Context, uri string) (tink.AEAD, error)
+}
+
+// URIForms returns the form of every KMS key URI brokerd accepts, one per scheme (for help texts
+// and errors).
+func URIForms() []string {
+	forms := make([]string, len(backends))
+	for i, b := range backends {
+		forms[i] = b.form
+	}
+	return forms
+}
+
 // Backend returns the plain AEAD for uri, by scheme, without the self-test. Open, the self-test and
 // everything after it work on any tink.AEAD; Versioned and Describer are optional. AWS KMS and
 // Cloud KMS rotate transparently (a ciphertext names no version brokerd can read), so their
@@ -110,41 +148,29 @@ func Backend(ctx context.Context, uri string) (tink.AEAD, error) {
 	// The scheme is read before any URL parsing: an AWS ARN is no valid URL host.
 	scheme, _, ok := strings.Cut(uri, "://")
 	if !ok || scheme == "" {
-		return nil, fmt.Errorf("--master-key-uri %q is not a key URI (hcvault://HOST[:PORT]/transit/keys/NAME, aws-kms://arn:..., gcp-kms://projects/...)", redactURI(uri))
+		return nil, fmt.Errorf("--master-key-uri %q is not a key URI (%s)", kmsuri.Redact(uri), strings.Join(URIForms(), ", "))
 	}
-	switch strings.ToLower(scheme) {
-	case "hcvault":
-		u, err := url.Parse(uri)
-		if err != nil {
-			return nil, fmt.Errorf("--master-key-uri %s: %v", redactURI(uri), err)
+	var names []string
+	for _, b := range backends {
+		if strings.EqualFold(scheme, b.scheme) {
+			return b.open(ctx, uri)
 		}
-		return openTransit(ctx, u)
-	case "aws-kms":
-		return awskms.New(ctx, uri)
-	case "gcp-kms":
-		return gcpkms.New(ctx, uri)
-	default:
-		return nil, fmt.Errorf("--master-key-uri %s: unknown scheme %q (want hcvault, aws-kms or gcp-kms)", redactURI(uri), scheme)
+		names = append(names, b.scheme)
 	}
+	return nil, fmt.Errorf("--master-key-uri %s: unknown scheme (want %s)", kmsuri.Redact(uri), strings.Join(names, ", "))
 }
 
-// redactURI drops user info from a URI for an error message, in case an operator put a
-// credential there.
-func redactURI(uri string) string {
+// openHCVault opens a Vault / OpenBao Transit key URI (transit.go).
+func openHCVault(ctx context.Context, uri string) (tink.AEAD, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
-		// Not a URL (an AWS ARN is not): drop anything between "://" and an "@".
-		if scheme, rest, ok := strings.Cut(uri, "://"); ok {
-			if _, after, ok := strings.Cut(rest, "@"); ok {
-				return scheme + "://REDACTED@" + after
-			}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error quotes the whole URI, user info and all
 		}
-		return uri
+		return nil, fmt.Errorf("--master-key-uri %s: %v", kmsuri.Redact(uri), err)
 	}
-	if u.User != nil {
-		u.User = url.User("REDACTED")
-	}
-	return u.String()
+	return openTransit(ctx, u)
 }
 
 // Probe is what SelfTest encrypts: a throwaway plaintext, the associated data it is bound to and

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -18,6 +17,9 @@ import (
 	vault "github.com/hashicorp/vault/api"
 	"github.com/tink-crypto/tink-go-hcvault/v2/integration/hcvault"
 	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/credbroker/credbroker/broker/kms/internal/kmsuri"
+	"github.com/credbroker/credbroker/store"
 )
 
 // Vault / OpenBao Transit: hcvault://HOST[:PORT]/MOUNT/keys/NAME (MOUNT is usually "transit").
@@ -118,7 +120,7 @@ func (t *transitAEAD) CiphertextVersion(ct []byte) (string, error) {
 
 func openTransit(ctx context.Context, u *url.URL) (tink.AEAD, error) {
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("--master-key-uri %s: credentials, a query or a fragment do not belong in the URI (the token comes from VAULT_TOKEN_FILE or $CREDENTIALS_DIRECTORY/vault-token)", redactURI(u.String()))
+		return nil, fmt.Errorf("--master-key-uri %s: credentials, a query or a fragment do not belong in the URI (the token comes from VAULT_TOKEN_FILE or $CREDENTIALS_DIRECTORY/vault-token)", kmsuri.Redact(u.String()))
 	}
 	uri := u.String()
 	if u.Host == "" {
@@ -230,28 +232,14 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
+// readTokenFile reads the Vault token file with the master keyset file's checks (store.ReadSecretFile):
+// a regular file, no group or other bits, owned by brokerd's uid or root. The token is as good
+// as the master key (it decrypts the keysets), so a file another user owns (and so may read or
+// swap) is refused like a keyset would be.
 func readTokenFile(path string) (string, error) {
-	f, err := os.Open(path)
+	buf, err := store.ReadSecretFile(path, "the Vault token file", maxTokenFile)
 	if err != nil {
-		return "", fmt.Errorf("the Vault token file: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", fmt.Errorf("the Vault token file %s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return "", fmt.Errorf("the Vault token file %s is not a regular file", path)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("the Vault token file %s has mode %#o: readable by others; run `chmod 600 %s`", path, st.Mode().Perm(), path)
-	}
-	buf, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
-	if err != nil {
-		return "", fmt.Errorf("the Vault token file %s: %w", path, err)
-	}
-	if len(buf) > maxTokenFile {
-		return "", fmt.Errorf("the Vault token file %s is larger than %d bytes; is it the right file?", path, maxTokenFile)
+		return "", err
 	}
 	t := strings.TrimSpace(string(buf))
 	clear(buf)

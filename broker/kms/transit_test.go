@@ -13,6 +13,7 @@ import (
 	"github.com/tink-crypto/tink-go-hcvault/v2/integration/hcvault"
 
 	"github.com/credbroker/credbroker/broker/kms/transittest"
+	"github.com/credbroker/credbroker/store"
 )
 
 // recordedProbe is what the recording encrypted: "dek-bytes" bound to "credbroker/data-keyset",
@@ -209,5 +210,67 @@ func TestVaultTokenFromCredentialsDirectory(t *testing.T) {
 	t.Setenv("CREDENTIALS_DIRECTORY", "")
 	if tok, _ := vaultToken(); tok != "s.from-env" {
 		t.Fatalf("token from env: %q", tok)
+	}
+}
+
+// The Vault token file gets the master keyset file's checks (store.ReadSecretFile): a 0600 file
+// of another uid (who could read or swap it) is refused like a loose one, a directory or an empty
+// file too; ours is read. No error quotes the token.
+func TestVaultTokenFileChecks(t *testing.T) {
+	const token = "s.tokenSECRET"
+	dir := t.TempDir()
+	file := func(name string, mode os.FileMode, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // past the umask
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name      string
+		path      func(t *testing.T) string
+		wantErr   string // "" for accepted
+		wantIs    error
+		needsRoot string // why the case needs root, or ""
+	}{
+		{"ours, 0600", func(*testing.T) string { return file("ours", 0o600, token+"\n") }, "", nil, ""},
+		{"systemd's, 0400", func(*testing.T) string { return file("credential", 0o400, token) }, "", nil, ""},
+		{"another uid's, 0600", func(t *testing.T) string {
+			p := file("theirs", 0o600, token)
+			if err := os.Chown(p, 65534, 65534); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}, "is owned by uid 65534", store.ErrFileOwner, "giving a file to another uid needs root"},
+		{"group readable", func(*testing.T) string { return file("loose", 0o640, token) }, "chmod 600", store.ErrSecretFileMode, ""},
+		{"a directory", func(*testing.T) string { return dir }, "not a regular file", nil, ""},
+		{"empty", func(*testing.T) string { return file("empty", 0o600, " \n") }, "is empty", nil, ""},
+		{"too large", func(*testing.T) string { return file("big", 0o600, strings.Repeat("x", maxTokenFile+1)) }, "larger than", nil, ""},
+		{"missing", func(*testing.T) string { return filepath.Join(dir, "none") }, "no such file", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.needsRoot != "" && os.Geteuid() != 0 {
+				t.Skip(tc.needsRoot)
+			}
+			t.Setenv("VAULT_TOKEN_FILE", tc.path(t))
+			t.Setenv("CREDENTIALS_DIRECTORY", "")
+			t.Setenv("VAULT_TOKEN", "")
+			got, err := vaultToken()
+			if tc.wantErr == "" {
+				if err != nil || got != token {
+					t.Fatalf("token %q, %v; want it read", got, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || (tc.wantIs != nil && !errors.Is(err, tc.wantIs)) {
+				t.Fatalf("err %v, want %q (%v)", err, tc.wantErr, tc.wantIs)
+			}
+			if strings.Contains(err.Error(), "SECRET") {
+				t.Fatalf("the error quotes the token: %v", err)
+			}
+		})
 	}
 }

@@ -167,6 +167,13 @@ var (
 		Help: "Upstream answers that echoed the credential (redacted before use), audited as key-reflected.",
 	})
 
+	// Panics counts panics recovered off the handlers' goroutines (a search's computation): each is
+	// a bug in brokerd that failed its call (and the callers sharing it) instead of ending brokerd.
+	Panics = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "recovered_panics_total",
+		Help: "Panics in a search's computation (a bug in brokerd) that failed only their calls, with INTERNAL.",
+	})
+
 	// Refusals counts calls and connections refused before they did anything (no or bad token,
 	// admin call from a non-admin, connection caps, ...), by reason: a fixed set (broker's
 	// Refused* constants). The audit log keeps them coalesced per uid (broker/refusals.go).
@@ -212,7 +219,7 @@ func init() {
 		AuditCommits, AuditRecords, AuditCommitDuration, StoreCommits,
 		AuditCheckpoints, AuditCheckpointedRecords, AuditCheckpointDuration,
 		AuditPruned, AuditPruneBatches, AuditPruneBatchDuration, AuditLastPrune,
-		CacheLookups, CreditsSaved, KeyReflections, Refusals, Connections,
+		CacheLookups, CreditsSaved, KeyReflections, Panics, Refusals, Connections,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -9,6 +9,7 @@ package resultcache
 import (
 	"container/list"
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,8 @@ type Cache struct {
 	waiting atomic.Int32
 	// spawn starts a computation (SetSpawn); a new goroutine by default.
 	spawn func(func())
+	// recovered turns a computation's panic into its callers' error (SetRecover).
+	recovered func(v any) error
 }
 
 type entry struct {
@@ -56,6 +59,20 @@ func New(maxBytes int64, now func() time.Time) *Cache {
 // SetSpawn makes the cache start its computations with spawn (say, a pool of reused goroutines)
 // instead of a new goroutine each. spawn must run f soon, on another goroutine. Call it before use.
 func (c *Cache) SetSpawn(spawn func(f func())) { c.spawn = spawn }
+
+// ErrPanicked is the error of a computation that panicked, for every caller sharing it, unless
+// SetRecover says otherwise. Nothing is cached, and the next caller of the key computes again.
+var ErrPanicked = errors.New("resultcache: the computation panicked; nothing was cached")
+
+// SetRecover sets what a computation that panics becomes: recovered is called once, on the
+// computation's goroutine as it unwinds (so debug.Stack shows the panic), with the panic's value,
+// and returns the error every caller sharing the computation gets (ErrPanicked if nil). Call it
+// before use.
+func (c *Cache) SetRecover(recovered func(v any) error) { c.recovered = recovered }
+
+// Waiting reports how many callers are parked on another caller's computation (for tests that
+// must know a caller is sharing a computation before they let it end).
+func (c *Cache) Waiting() int { return int(c.waiting.Load()) }
 
 // Result says where a value came from.
 type Result struct {
@@ -120,18 +137,31 @@ func (c *Cache) Do(ctx context.Context, key string, ttl time.Duration, fn func()
 	return cl.value, Result{Started: true}, cl.err
 }
 
-// compute runs fn for cl and caches its value.
+// compute runs fn for cl and caches its value. A panic in fn fails cl (every caller sharing it)
+// and nothing else: left to unwind, it would end the process, and even recovered further up it
+// would leave the key in flight forever, its callers and every later one waiting on it.
 func (c *Cache) compute(key string, ttl time.Duration, cl *call, fn func() (any, int64, error)) {
 	var size int64
+	defer func() {
+		if v := recover(); v != nil {
+			var err error
+			if c.recovered != nil {
+				err = c.recovered(v)
+			}
+			if err == nil {
+				err = ErrPanicked
+			}
+			cl.value, size, cl.err = nil, 0, err
+		}
+		c.mu.Lock()
+		delete(c.inflight, key)
+		if cl.err == nil && ttl > 0 {
+			c.putLocked(key, cl.value, size, ttl)
+		}
+		c.mu.Unlock()
+		close(cl.done)
+	}()
 	cl.value, size, cl.err = fn()
-
-	c.mu.Lock()
-	delete(c.inflight, key)
-	if cl.err == nil && ttl > 0 {
-		c.putLocked(key, cl.value, size, ttl)
-	}
-	c.mu.Unlock()
-	close(cl.done)
 }
 
 func (c *Cache) getLocked(key string) (any, time.Duration, bool) {

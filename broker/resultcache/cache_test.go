@@ -187,3 +187,76 @@ func TestStarterLeavesComputationGoesOn(t *testing.T) {
 		t.Fatalf("retry: %v %+v %v after %d computations; want the first computation's answer", v, r, err, calls.Load())
 	}
 }
+
+// A computation that panics fails the callers sharing it, with the error SetRecover makes of the
+// panic (ErrPanicked without one), called once; the key is not left in flight: the next caller
+// computes again and is answered. Without the recover the test process dies.
+func TestPanicFailsOnlyItsCallers(t *testing.T) {
+	errBug := errors.New("a bug, recovered")
+	for _, tc := range []struct {
+		name      string
+		recovered func(any) error
+		want      error
+	}{
+		{"default", nil, ErrPanicked},
+		{"SetRecover", func(any) error { return errBug }, errBug},
+		{"SetRecover returns nil", func(any) error { return nil }, ErrPanicked},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := New(1000, nil)
+			var recovers atomic.Int32
+			if tc.recovered != nil {
+				c.SetRecover(func(v any) error {
+					recovers.Add(1)
+					if v != "boom" {
+						t.Errorf("recovered %v, want the panic's value", v)
+					}
+					return tc.recovered(v)
+				})
+			}
+			started, release := make(chan struct{}), make(chan struct{})
+			leaderDone := make(chan error, 1)
+			go func() {
+				_, _, err := c.Do(context.Background(), "k", time.Minute, func() (any, int64, error) {
+					close(started)
+					<-release
+					panic("boom")
+				})
+				leaderDone <- err
+			}()
+			<-started
+			const waiters = 3
+			got := make(chan error, waiters)
+			for range waiters {
+				go func() {
+					_, _, err := c.Do(context.Background(), "k", time.Minute, func() (any, int64, error) {
+						return "v", 1, nil // must not run: the waiters share the leader's computation
+					})
+					got <- err
+				}()
+			}
+			for c.Waiting() != waiters { // every waiter is parked on the leader's call
+				time.Sleep(time.Millisecond)
+			}
+			close(release)
+			if err := <-leaderDone; !errors.Is(err, tc.want) {
+				t.Fatalf("leader got %v, want %v", err, tc.want)
+			}
+			for range waiters {
+				if err := <-got; !errors.Is(err, tc.want) {
+					t.Fatalf("a waiter got %v, want %v", err, tc.want)
+				}
+			}
+			if tc.recovered != nil && recovers.Load() != 1 {
+				t.Fatalf("SetRecover's func called %d times, want once", recovers.Load())
+			}
+			if n, _ := c.Stats(); n != 0 {
+				t.Fatalf("%d entries cached after a panic, want 0", n)
+			}
+			v, r, err := c.Do(context.Background(), "k", time.Minute, func() (any, int64, error) { return "v", 1, nil })
+			if err != nil || v != "v" || r.Cached {
+				t.Fatalf("next call: %v %+v %v, want a fresh computation's answer", v, r, err)
+			}
+		})
+	}
+}

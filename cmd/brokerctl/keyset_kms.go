@@ -66,14 +66,22 @@ func newKeysetMigrateCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "migrate --to URI|FILE",
 		Short: "Move brokerd's database to another master key: a KMS key URI or a keyset file",
-		Long: `Ask the running brokerd to move its database from the master key it runs with to another:
-a KMS key URI (hcvault://HOST[:PORT]/transit/keys/NAME) or a master keyset file (from ` + "`keyset new`" + `).
-brokerd opens the target itself, with its own environment (VAULT_ADDR, VAULT_TOKEN_FILE) and
-file permissions, self-tests a KMS, re-wraps the database's keysets in one transaction verified by
-unwrapping under the new key before it commits, and uses the new key from then on. Calls are
-served throughout. If it is interrupted, nothing is half-done: run it again. Then restart brokerd
-with the flag it prints (--master-key-uri or --master-keyset): started with the old one it refuses,
-naming the key the database is under. Admin only; audited.`,
+		Long: `Ask the running brokerd to move its database from the master key it runs with to another,
+named by --to as one of (the forms brokerd's --master-key-uri and --master-keyset take):
+
+  hcvault://HOST[:PORT]/MOUNT/keys/NAME                      Vault / OpenBao Transit
+  aws-kms://arn:aws:kms:REGION:ACCOUNT:key/ID                AWS KMS (or …:alias/NAME)
+  gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K   Google Cloud KMS
+  /PATH/TO/master-keyset.json                                a master keyset file (from ` + "`keyset new`" + `;
+                                                             a relative path is made absolute here)
+
+brokerd opens the target itself, with its own environment (VAULT_ADDR, VAULT_TOKEN_FILE; the AWS
+SDK's settings; Application Default Credentials) and file permissions, self-tests a KMS,
+re-wraps the database's keysets in one transaction verified by unwrapping under the new key
+before it commits, and uses the new key from then on. Calls are served throughout. If it is
+interrupted, nothing is half-done: run it again. Then restart brokerd with the flag it prints
+(--master-key-uri or --master-keyset): started with the old one it refuses, naming the key the
+database is under. Admin only; audited.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			target := to
@@ -98,7 +106,7 @@ naming the key the database is under. Admin only; audited.`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&to, "to", "", "KMS key URI or master keyset file to move to (required)")
+	cmd.Flags().StringVar(&to, "to", "", "KMS key URI (hcvault://, aws-kms://, gcp-kms://) or master keyset file to move to (required)")
 	cmd.MarkFlagRequired("to")
 	return cmd
 }

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credbroker/credbroker/broker/kms"
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/store"
@@ -455,5 +456,23 @@ func TestKeysetPruneOffline(t *testing.T) {
 	r = runRot(t, f, "", nil, "keyset", "prune", "--in", newPath, "--out", filepath.Join(dir, "x.json"))
 	if r.err == nil || !strings.Contains(r.err.Error(), "does not hold") {
 		t.Fatalf("online prune with an unknown key in use: %v", r.err)
+	}
+}
+
+// `keyset migrate --help` names every kind of master key brokerd accepts: each KMS key URI form
+// (from broker/kms's own list, so a scheme added there and not here fails) and a keyset file.
+func TestKeysetMigrateHelpNamesEverySource(t *testing.T) {
+	r := runCmd(t, &fakeAPI{}, "", nil, "keyset", "migrate", "--help")
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	want := append(kms.URIForms(), "master keyset file", "--to URI|FILE")
+	if len(want) < 5 {
+		t.Fatalf("broker/kms lists %d URI forms, want at least hcvault, aws-kms and gcp-kms", len(want)-2)
+	}
+	for _, w := range want {
+		if !strings.Contains(r.stdout, w) {
+			t.Errorf("keyset migrate --help does not name %q:\n%s", w, r.stdout)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/daemon"
 	"github.com/credbroker/credbroker/broker/grpcapi"
+	"github.com/credbroker/credbroker/broker/kms"
 	"github.com/credbroker/credbroker/client"
 	"github.com/credbroker/credbroker/cmd/internal/days"
 )
@@ -108,7 +109,7 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 	fl.StringVar(&f.masterKeyset, "master-keyset", envOr("CREDBROKER_MASTER_KEYSET", systemdPath("CREDENTIALS_DIRECTORY", "master-keyset")),
 		"master keyset file, mode 0600 (env CREDBROKER_MASTER_KEYSET; default $CREDENTIALS_DIRECTORY/master-keyset)")
 	fl.StringVar(&f.masterKeyURI, "master-key-uri", envOr("CREDBROKER_MASTER_KEY_URI", ""),
-		"KMS key holding the master key instead of a keyset file: hcvault://HOST[:PORT]/transit/keys/NAME (Vault/OpenBao Transit; token from VAULT_TOKEN_FILE or $CREDENTIALS_DIRECTORY/vault-token) (env CREDBROKER_MASTER_KEY_URI)")
+		"KMS key holding the master key instead of a keyset file: "+strings.Join(kms.URIForms(), ", ")+" (Vault/OpenBao Transit: token from VAULT_TOKEN_FILE or $CREDENTIALS_DIRECTORY/vault-token) (env CREDBROKER_MASTER_KEY_URI)")
 	fl.StringVar(&f.upstreamURL, "upstream-url", envOr("CREDBROKER_UPSTREAM_URL", "https://api.scavio.dev"), "Scavio API base URL (env CREDBROKER_UPSTREAM_URL)")
 	fl.StringVar(&f.upstreamProxy, "upstream-proxy", "", "send upstream calls through this proxy (http://, https:// or socks5://host:port); without it HTTP_PROXY/HTTPS_PROXY are ignored")
 	fl.StringVar(&f.adminUIDs, "admin-uid", "", "comma-separated uids allowed to use the admin API (root and brokerd's own uid always are)")

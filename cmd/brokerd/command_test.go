@@ -53,3 +53,13 @@ func TestUpstreamURLValidatedAtStart(t *testing.T) {
 		}
 	}
 }
+
+// --master-key-uri's help names the form of every KMS key URI brokerd opens, not only hcvault://.
+func TestMasterKeyURIHelpNamesEveryScheme(t *testing.T) {
+	usage := newCommand().Flags().Lookup("master-key-uri").Usage
+	for _, scheme := range []string{"hcvault://", "aws-kms://", "gcp-kms://"} {
+		if !strings.Contains(usage, scheme) {
+			t.Errorf("--master-key-uri help does not name %s: %s", scheme, usage)
+		}
+	}
+}

@@ -40,6 +40,8 @@ import (
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/credbroker/credbroker/broker/kms/internal/kmsuri"
 )
 
 // URIPrefix is the scheme of the key URIs this package opens.
@@ -131,11 +133,11 @@ func NewWithOptions(ctx context.Context, uri string, opts ...Option) (*AEAD, err
 func ParseURI(uri string) (arn, region string, isAlias bool, err error) {
 	rest, ok := strings.CutPrefix(uri, URIPrefix)
 	if !ok {
-		return "", "", false, fmt.Errorf("%w: %q does not start with %s", ErrBadURI, uri, URIPrefix)
+		return "", "", false, fmt.Errorf("%w: %q does not start with %s", ErrBadURI, kmsuri.Redact(uri), URIPrefix)
 	}
 	m := keyARN.FindStringSubmatch(rest)
 	if m == nil {
-		return "", "", false, fmt.Errorf("%w: %q: want %sarn:aws:kms:REGION:ACCOUNT:key/ID or …:alias/NAME", ErrBadURI, uri, URIPrefix)
+		return "", "", false, fmt.Errorf("%w: %q: want %sarn:aws:kms:REGION:ACCOUNT:key/ID or …:alias/NAME", ErrBadURI, kmsuri.Redact(uri), URIPrefix)
 	}
 	return rest, m[2], m[4] == "alias", nil
 }

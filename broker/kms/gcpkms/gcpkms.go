@@ -43,6 +43,8 @@ import (
 	"github.com/tink-crypto/tink-go/v2/tink"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/google"
+
+	"github.com/credbroker/credbroker/broker/kms/internal/kmsuri"
 )
 
 // URIPrefix is the scheme of the key URIs this package opens.
@@ -146,10 +148,10 @@ func NewWithOptions(ctx context.Context, uri string, opts ...Option) (*AEAD, err
 func ParseURI(uri string) (string, error) {
 	rest, ok := strings.CutPrefix(uri, URIPrefix)
 	if !ok {
-		return "", fmt.Errorf("%w: %q does not start with %s", ErrBadURI, uri, URIPrefix)
+		return "", fmt.Errorf("%w: %q does not start with %s", ErrBadURI, kmsuri.Redact(uri), URIPrefix)
 	}
 	if !keyName.MatchString(rest) {
-		return "", fmt.Errorf("%w: %q: want %sprojects/P/locations/L/keyRings/R/cryptoKeys/K", ErrBadURI, uri, URIPrefix)
+		return "", fmt.Errorf("%w: %q: want %sprojects/P/locations/L/keyRings/R/cryptoKeys/K", ErrBadURI, kmsuri.Redact(uri), URIPrefix)
 	}
 	return rest, nil
 }
