@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/credbroker/credbroker/broker/answerwire"
+	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -195,4 +198,53 @@ func FuzzTranscodeAnswer(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, body []byte) { checkTranscode(t, body) })
+}
+
+// BenchmarkDecodeAnswer is the cache-miss decode of the fake Scavio's answer for five results,
+// into what the gRPC edge sends: "maps" the old way (encoding/json into map[string]any, structpb
+// values, proto's marshal as gRPC's codec does it), "transcode" answerwire's one pass plus the copy
+// into the message (grpcapi's missMessage).
+func BenchmarkDecodeAnswer(b *testing.B) {
+	fake := scaviotest.NewUnstartedHandler("k")
+	req := httptest.NewRequest(http.MethodPost, scaviotest.SearchPath, strings.NewReader(`{"query":"credbroker benchmark query","num_results":5}`))
+	req.Header.Set("x-api-key", "k")
+	rec := httptest.NewRecorder()
+	fake.Handler().ServeHTTP(rec, req)
+	body := rec.Body.Bytes()
+	b.Run("maps", func(b *testing.B) {
+		b.SetBytes(int64(len(body)))
+		for b.Loop() {
+			v, err := decodeAnswerMaps(body)
+			if err != nil {
+				b.Fatal(err)
+			}
+			d := v.(decodedAnswer)
+			out := &pb.SearchResponse{}
+			for _, r := range d.results {
+				raw, err := structpb.NewStruct(r.Raw)
+				if err != nil {
+					b.Fatal(err)
+				}
+				out.Results = append(out.Results, &pb.SearchResult{Title: r.Title, Url: r.URL, Snippet: r.Snippet, Position: int32(r.Position), Raw: raw})
+			}
+			if out.Metadata, err = structpb.NewStruct(d.meta); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := proto.Marshal(out); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("transcode", func(b *testing.B) {
+		b.SetBytes(int64(len(body)))
+		for b.Loop() {
+			v, err := decodeAnswer(body)
+			if err != nil {
+				b.Fatal(err)
+			}
+			a := v.(decodedAnswer).wire
+			r, m := a.Results(0), a.Metadata()
+			_ = append(append(make([]byte, 0, len(r)+len(m)+64), r...), m...)
+		}
+	})
 }
