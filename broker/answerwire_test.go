@@ -52,6 +52,29 @@ func oldWire(t testing.TB, results []Result, meta map[string]any, want int) (res
 	return res, md
 }
 
+// oldJSON is the HTTP front's encoding of an answer before the transcoder, kept as the oracle:
+// encoding/json's Marshal of the decoded metadata and the first want results' objects.
+func oldJSON(t testing.TB, results []Result, meta map[string]any, want int) []byte {
+	t.Helper()
+	out := make(map[string]any, len(meta)+1)
+	for k, v := range meta {
+		out[k] = v
+	}
+	if want > 0 && len(results) > want {
+		results = results[:want]
+	}
+	raws := make([]map[string]any, 0, len(results))
+	for _, r := range results {
+		raws = append(raws, r.Raw)
+	}
+	out["results"] = raws
+	b, err := json.Marshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // checkTranscode holds decodeAnswer (the transcoder) to decodeAnswerMaps (encoding/json, the old
 // decode) for body: the same refusal, word for word and of the same kind (a *json.SyntaxError is
 // what the upstream client reports as "not valid JSON"), or the same wire bytes for every number
@@ -95,6 +118,10 @@ func checkTranscode(t testing.TB, body []byte) {
 		}
 		if got := a.Metadata(); !bytes.Equal(got, md) {
 			t.Fatalf("body %q: metadata\n got %x\nwant %x", body, got, md)
+		}
+		js := oldJSON(t, old.results, old.meta, want)
+		if got := a.AppendJSON(nil, want); !bytes.Equal(got, js) {
+			t.Fatalf("body %q, %d results: JSON\n got %s\nwant %s", body, want, got, js)
 		}
 	}
 	oldRes := &SearchResult{results: old.results, metadata: old.meta, decoded: true}
@@ -166,6 +193,9 @@ var transcodeCases = []struct{ name, body string }{
 	{"deep nesting ok", `{"a":` + strings.Repeat("[", 9999) + strings.Repeat("]", 9999) + `}`},
 	{"too deep", `{"a":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `}`},
 	{"deep top-level array", strings.Repeat("[", 10001) + strings.Repeat("]", 10001)},
+	{"JSON escapes", `{"<&>":"<a href=\"x\">&amp;</a>","s":"\u2028\u2029\u0001\u001f\u007f\b\f\n\r\t\\","z":1,"results":[{"b":1},{"a":[]}],"a":{},"résumé":"ü"}`},
+	{"JSON numbers", `{"n":[1e21,1e20,999999999999999999999,1e-6,1e-7,0.000001,-0,-1e-7,1.5e300,123456789.125,5e-324,1e-9,2e-10]}`},
+	{"results sorts last", `{"a":1,"r":2,"resultsz":3,"result":4,"results":[{}],"s":5}`},
 	{"many fields unsorted", `{"results":[{` + manyFields(300) + `}],` + manyFields(200) + `}`},
 }
 
