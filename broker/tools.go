@@ -264,9 +264,10 @@ type Result struct {
 	Raw                 map[string]any
 }
 
-// SearchResult is what a search returns to the caller. Its results are read with Decoded; an edge
-// that converts them for its caller can keep its conversion with the cached answer (Encoded), so a
-// cache hit neither decodes nor converts again.
+// SearchResult is what a search returns to the caller. Its results are read with Wire (the answer
+// transcoded to the gRPC response's wire bytes, or to the HTTP front's JSON) or Decoded (maps); an
+// edge that converts them for its caller can keep its conversion with the cached answer (Encoded),
+// so a cache hit neither decodes nor converts again.
 type SearchResult struct {
 	Tool              string
 	Credential        string
@@ -325,7 +326,8 @@ func cachedSize(bodyLen int) int64 { return int64((1+maxEncodingFactor)*bodyLen)
 const maxEncodingFactor = 2
 
 // Decoded returns the results in upstream order and every other top-level field of the upstream
-// answer. On a cache hit it decodes the cached body (the result is the caller's own to keep).
+// answer. It decodes the body on first use, a miss's as a hit's (the result is the caller's own
+// to keep): the edges read Wire instead, so a search builds no maps unless something asks.
 func (r *SearchResult) Decoded() ([]Result, map[string]any, error) {
 	if body := r.answerBody(); !r.decoded && body != nil {
 		results, meta, err := parseResults(body)

@@ -5,7 +5,12 @@
 // then structpb). It does so in one pass that also validates the body as strictly as
 // encoding/json does, so a cache miss builds no maps and no structpb values.
 //
-// It holds no policy and imports nothing of the broker; it never puts the body in an error.
+// Answer.AppendJSON writes the HTTP front's answer from the same form, as json.Marshal of those
+// maps wrote it.
+//
+// It holds no policy and imports nothing of the broker; it never puts the body in an error. The
+// broker's TestTranscodeAnswer and FuzzTranscodeAnswer hold it to the old path (encoding/json,
+// structpb, proto's deterministic marshal, json.Marshal), refusals included.
 package answerwire
 
 import (
