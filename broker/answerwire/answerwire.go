@@ -632,7 +632,9 @@ const replacement = "\uFFFD"
 // str decodes the JSON string at p.i (its opening quote) as encoding/json does, appending the
 // decoded bytes to p.out.
 func (p *parser) str() error {
-	s, i := p.s, p.i+1
+	// out is p.out in a local: the loop appends without writing the parser on every byte.
+	s, i, out := p.s, p.i+1, p.out
+	defer func() { p.out = out }()
 	for {
 		j := i
 		for j < len(s) {
@@ -641,7 +643,7 @@ func (p *parser) str() error {
 			}
 			j++
 		}
-		p.out = append(p.out, s[i:j]...)
+		out = append(out, s[i:j]...)
 		i = j
 		if i >= len(s) {
 			return ErrNotAnswer
@@ -658,17 +660,17 @@ func (p *parser) str() error {
 			}
 			switch s[i+1] {
 			case '"', '\\', '/':
-				p.out = append(p.out, s[i+1])
+				out = append(out, s[i+1])
 			case 'b':
-				p.out = append(p.out, '\b')
+				out = append(out, '\b')
 			case 'f':
-				p.out = append(p.out, '\f')
+				out = append(out, '\f')
 			case 'n':
-				p.out = append(p.out, '\n')
+				out = append(out, '\n')
 			case 'r':
-				p.out = append(p.out, '\r')
+				out = append(out, '\r')
 			case 't':
-				p.out = append(p.out, '\t')
+				out = append(out, '\t')
 			case 'u':
 				r := getu4(s[i:])
 				if r < 0 {
@@ -685,7 +687,7 @@ func (p *parser) str() error {
 						r = unicode.ReplacementChar
 					}
 				}
-				p.out = utf8.AppendRune(p.out, r)
+				out = utf8.AppendRune(out, r)
 				continue
 			default:
 				return ErrNotAnswer
@@ -694,9 +696,9 @@ func (p *parser) str() error {
 		default:
 			r, size := utf8.DecodeRune(s[i:])
 			if r == utf8.RuneError && size == 1 {
-				p.out = append(p.out, replacement...)
+				out = append(out, replacement...)
 			} else {
-				p.out = append(p.out, s[i:i+size]...)
+				out = append(out, s[i:i+size]...)
 			}
 			i += size
 		}
