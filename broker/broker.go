@@ -290,14 +290,14 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 		b.log.Warn("upstream call failed", "tool", tool.Name, "token_id", t.ID, "credential", tool.Credential, "version", version, "err", err)
 		return nil, nil, upstreamError(tool, version, err)
 	}
-	var results []Result
-	var meta map[string]any
+	res := &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, src: resp.Body}
 	if d, ok := resp.Decoded.(decodedAnswer); ok {
-		results, meta = d.results, d.meta
-	} else if results, meta, err = parseResults(resp.Body); err != nil {
+		res.wire = d.wire
+		res.results, res.metadata, res.decoded = d.results, d.meta, d.wire == nil
+	} else if res.wire, err = res.Wire(); err != nil {
 		return nil, resp, err
 	}
-	return &SearchResult{Tool: tool.Name, Credential: tool.Credential, CredentialVersion: version, results: results, metadata: meta, decoded: true}, resp, nil
+	return res, resp, nil
 }
 
 // errKeyReflected is the audited event's error: the upstream echoed the key it was sent.

@@ -296,7 +296,7 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 		return nil, true, err
 	}
 	res.Credits, res.RateLimitWait = cost, waited
-	if n, ok := reportedCredits(res.metadata); ok && n != cost {
+	if n, ok := res.reportedCredits(); ok && n != cost {
 		// The upstream knows best: settle the difference, past the budget if need be.
 		b.settle(t, tool, cs, int64(n)-int64(cost), chargedAt)
 		res.Credits = n
@@ -375,9 +375,9 @@ func nextWindow(now time.Time, period string) time.Time {
 }
 
 // reportedCredits reads the credits the upstream says a call cost, if it says.
-func reportedCredits(meta map[string]any) (uint64, bool) {
+func reportedCredits(number func(key string) (float64, bool)) (uint64, bool) {
 	for _, k := range []string{"credits_used", "credits"} {
-		if f, ok := meta[k].(float64); ok && f >= 0 && f <= 1000 && f == float64(uint64(f)) {
+		if f, ok := number(k); ok && f >= 0 && f <= 1000 && f == float64(uint64(f)) {
 			return uint64(f), true
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/credbroker/credbroker/broker/answerwire"
 	"github.com/credbroker/credbroker/broker/upstream"
 )
 
@@ -263,9 +264,10 @@ type Result struct {
 	Raw                 map[string]any
 }
 
-// SearchResult is what a search returns to the caller. Its results are read with Decoded; an edge
-// that converts them for its caller can keep its conversion with the cached answer (Encoded), so a
-// cache hit neither decodes nor converts again.
+// SearchResult is what a search returns to the caller. Its results are read with Wire (the answer
+// transcoded to the gRPC response's wire bytes, or to the HTTP front's JSON) or Decoded (maps); an
+// edge that converts them for its caller can keep its conversion with the cached answer (Encoded),
+// so a cache hit neither decodes nor converts again.
 type SearchResult struct {
 	Tool              string
 	Credential        string
@@ -275,11 +277,16 @@ type SearchResult struct {
 	Credits           uint64        // upstream credits this call spent (0 when cached)
 	RateLimitWait     time.Duration // how long the call waited for a slot of the credential's rate limiter
 
-	// results and metadata are the decoded answer: set for the call that reached the upstream,
-	// nil on a cache hit until Decoded decodes ans.
+	// results and metadata are the decoded answer, nil until Decoded decodes the body (src, or
+	// ans's on a cache hit); wire is the answer as the gRPC edge sends it, made by the upstream
+	// client's decode on a miss (decodeAnswer), on a hit by Wire. An edge reads whichever it
+	// needs, so a miss builds no maps unless an edge asks for them.
 	results  []Result
 	metadata map[string]any // every top-level upstream field except "results"
 	decoded  bool
+	wire     *answerwire.Answer
+	// src is the body the call's answer was decoded from (nil on a hit: ans has it).
+	src []byte
 	// ans is the answer as the result cache keeps it (nil when the answer is not cached).
 	ans *cachedAnswer
 	// body is the length of the upstream answer the results were decoded from (0: unknown).
@@ -319,16 +326,58 @@ func cachedSize(bodyLen int) int64 { return int64((1+maxEncodingFactor)*bodyLen)
 const maxEncodingFactor = 2
 
 // Decoded returns the results in upstream order and every other top-level field of the upstream
-// answer. On a cache hit it decodes the cached body (the result is the caller's own to keep).
+// answer. It decodes the body on first use, a miss's as a hit's (the result is the caller's own
+// to keep): the edges read Wire instead, so a search builds no maps unless something asks.
 func (r *SearchResult) Decoded() ([]Result, map[string]any, error) {
-	if !r.decoded && r.ans != nil {
-		results, meta, err := parseResults(r.ans.body)
+	if body := r.answerBody(); !r.decoded && body != nil {
+		results, meta, err := parseResults(body)
 		if err != nil {
 			return nil, nil, err
 		}
 		r.results, r.metadata, r.decoded = results, meta, true
 	}
 	return r.results, r.metadata, nil
+}
+
+// Wire returns the answer as the gRPC edge sends it (package answerwire): the one the upstream
+// client's decode made on a miss, or on a cache hit the cached body's, transcoded now. It fails
+// as Decoded does for a body that is not an answer. It returns nil and no error in the one case
+// the transcoder should never meet, a body it refuses that encoding/json accepts: the edge then
+// converts Decoded's results as before.
+func (r *SearchResult) Wire() (*answerwire.Answer, error) {
+	if r.wire != nil {
+		return r.wire, nil
+	}
+	body := r.answerBody()
+	if body == nil {
+		return nil, nil
+	}
+	a, err := answerwire.Transcode(body)
+	if err != nil {
+		// Word the refusal exactly as decoding it the slow way does.
+		if _, _, err := parseResults(body); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	}
+	r.wire = a
+	return a, nil
+}
+
+// answerBody is the upstream answer behind r, or nil if it is not kept.
+func (r *SearchResult) answerBody() []byte {
+	if r.ans != nil {
+		return r.ans.body
+	}
+	return r.src
+}
+
+// reportedCredits reads the credits the upstream says the call cost, if it says.
+func (r *SearchResult) reportedCredits() (uint64, bool) {
+	if r.wire != nil {
+		return reportedCredits(r.wire.Number)
+	}
+	return reportedCredits(func(k string) (float64, bool) { f, ok := r.metadata[k].(float64); return f, ok })
 }
 
 // Encoded returns the edge's encoding of the answer named by key: the one kept with the cached
@@ -360,21 +409,35 @@ func (a *cachedAnswer) hit() *SearchResult {
 // BodyBytes is the length of the upstream answer behind the result, or 0 when unknown.
 func (r *SearchResult) BodyBytes() int64 { return r.body }
 
-// decodedAnswer is an upstream answer decoded by the upstream client (upstream.Request.Decode).
+// decodedAnswer is an upstream answer decoded by the upstream client (upstream.Request.Decode):
+// its wire form, or (only where the transcoder refused what encoding/json accepts, which the
+// fuzz test says never happens) its maps.
 type decodedAnswer struct {
+	wire    *answerwire.Answer
 	results []Result
 	meta    map[string]any
 }
 
 // decodeAnswer is upstream.Request.Decode for searches: the upstream client decodes the redacted
-// body once, which also checks it is JSON (no separate json.Valid pass). Its errors never quote
-// the body; a JSON syntax error is passed as is (the client reports "not valid JSON").
+// body once, which also checks it is JSON (no separate json.Valid pass). It transcodes the body
+// straight to the wire form the gRPC edge sends (no maps, no structpb); a body the transcoder
+// refuses is decoded the old way, so the error is decodeResults' own, word for word. Its errors
+// never quote the body; a JSON syntax error is passed as is (the client reports "not valid JSON").
 func decodeAnswer(body []byte) (any, error) {
+	if a, err := answerwire.Transcode(body); err == nil {
+		return decodedAnswer{wire: a}, nil
+	}
+	return decodeAnswerMaps(body)
+}
+
+// decodeAnswerMaps is decodeAnswer by encoding/json alone, as it was before the transcoder; it
+// words every refusal, and the tests hold the transcoder to it.
+func decodeAnswerMaps(body []byte) (any, error) {
 	results, meta, err := decodeResults(body)
 	if err != nil {
 		return nil, err
 	}
-	return decodedAnswer{results, meta}, nil
+	return decodedAnswer{results: results, meta: meta}, nil
 }
 
 // parseResults decodes an upstream response body. The body is the upstream's, so its content is

@@ -88,8 +88,9 @@ cum_table() {
 google.golang.org/grpc.(*Server).handleStream|the whole RPC on the server, from decoded headers to the response written
 github.com/credbroker/credbroker/broker.(*Broker).Search|the domain call: token, credential, upstream, parse
 github.com/credbroker/credbroker/broker/upstream.(*Client).do|the upstream HTTP call (CPU, not the wait)
-github.com/credbroker/credbroker/broker.decodeResults|JSON decode of the upstream body (once, inside the upstream client)
-github.com/credbroker/credbroker/broker/grpcapi.answerMessage|results to google.protobuf.Struct (misses, and a cached answer's first hit)
+github.com/credbroker/credbroker/broker/answerwire.Transcode|the upstream body validated and transcoded to the response's wire bytes (once, inside the upstream client; a cached answer's first hit too)
+github.com/credbroker/credbroker/broker.decodeResults|JSON decode of the upstream body into maps (only for the HTTP front, or to word a refused answer)
+github.com/credbroker/credbroker/broker/grpcapi.answerMessage|results to google.protobuf.Struct (only where the transcoder refused a body encoding/json accepts: never expected)
 google.golang.org/grpc.(*serverStream).SendMsg|response marshal and write
 github.com/credbroker/credbroker/store.(*Store).LoadCredential|credential read tx, JSON decodes, AEAD decrypt — per call
 github.com/credbroker/credbroker/store.(*auditWriter).run|audit group commits (bbolt write tx, pwrite, fdatasync)

@@ -32,5 +32,6 @@ done <<'TARGETS'
 ./store FuzzDecodeAuditRecord
 ./store FuzzAuditEncoderMatchesJSON
 ./broker FuzzSearchRequest
+./broker FuzzTranscodeAnswer
 ./broker/upstream FuzzRedactJSON
 TARGETS

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/answerwire"
 	"github.com/credbroker/credbroker/broker/upstream"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -59,13 +61,33 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 		out.RateLimitWait = durationpb.New(res.RateLimitWait)
 		grpc.SetHeader(ctx, metadata.Pairs(RateLimitWaitHeader, strconv.FormatFloat(res.RateLimitWait.Seconds(), 'f', 3, 64)))
 	}
-	if res.Cached {
+	// The answer's wire form (package answerwire) on a miss, made by the upstream call's decode (a
+	// hit's is made only if its encoding was not kept). It is nil only where the transcoder
+	// refused a body encoding/json accepts, and then the results are converted from Decoded.
+	var wire *answerwire.Answer
+	if !res.Cached {
+		var err error
+		if wire, err = res.Wire(); err != nil {
+			return nil, toStatus(s.log, "Search", err)
+		}
+	}
+	converted := 0 // results in the message, on a miss
+	switch {
+	case res.Cached:
 		// A hit sends the results and metadata as the bytes the first hit encoded and the cache
 		// keeps with the answer: no JSON decode, no Struct to build or marshal. They travel as the
 		// message's unknown fields, which proto writes out verbatim after the known ones: the
 		// wire format of fields 1 and 5, so a client decodes the same message (fields may come in
 		// any order on the wire).
 		enc, err := res.Encoded(broker.EncodingKey{Edge: "grpc", Results: want}, func() ([]byte, error) {
+			wire, err := res.Wire()
+			if err != nil {
+				return nil, err
+			}
+			if wire != nil {
+				r, m := wire.Results(want), wire.Metadata()
+				return append(append(make([]byte, 0, len(r)+len(m)), r...), m...), nil
+			}
 			part, err := answerMessage(res, want)
 			if err != nil {
 				return nil, err
@@ -76,19 +98,32 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 			return nil, toStatus(s.log, "Search", err)
 		}
 		out.ProtoReflect().SetUnknown(protoreflect.RawFields(enc))
-	} else {
+	case wire != nil:
+		// A miss sends the transcoded answer. Unknown fields go out after the known ones, and
+		// results (field 1) come first in the message proto writes, so the whole message travels
+		// as unknown fields, in field order: the same bytes as the deterministic marshal of the
+		// message with its fields set (missMessage's test holds it to that).
+		converted = wire.Len()
+		if want > 0 {
+			converted = min(converted, want)
+		}
+		msg := missMessage(out, wire, want)
+		out = &pb.SearchResponse{}
+		out.ProtoReflect().SetUnknown(protoreflect.RawFields(msg))
+	default:
 		part, err := answerMessage(res, want)
 		if err != nil {
 			return nil, toStatus(s.log, "Search", err)
 		}
 		out.Results, out.Metadata = part.Results, part.Metadata
+		converted = len(out.Results)
 	}
 	// Never send what a client with gRPC's default limit cannot receive: it would fail with a
 	// transport error that says nothing of the cause. The typed fields and the raw Struct of every
 	// result are counted together, as they travel.
 	if n := responseSize(res, out); n > MaxResponseBytes {
 		// A hit's results are bytes, not counted: name what was asked for instead ("all" for 0).
-		count := strconv.Itoa(len(out.Results))
+		count := strconv.Itoa(converted)
 		if res.Cached {
 			count = "all"
 			if want > 0 {
@@ -99,6 +134,47 @@ func (s *SearchService) Search(ctx context.Context, req *pb.SearchRequest) (*pb.
 			errAnswerTooLarge, n, count, MaxResponseBytes))
 	}
 	return out, nil
+}
+
+// missMessage is the whole SearchResponse of a miss as proto's deterministic marshal writes it
+// with fields set, in field order: results (1, the first want, all for 0), tool (2), credential
+// (3), credential_version (4), metadata (5), then credits (8) and rate_limit_wait (9) from head
+// (cached, 6, and cache_age, 7, are unset on a miss). Zero scalars are left out, as proto3 does.
+func missMessage(head *pb.SearchResponse, wire *answerwire.Answer, want int) []byte {
+	results, meta := wire.Results(want), wire.Metadata()
+	b := make([]byte, 0, len(results)+len(meta)+len(head.Tool)+len(head.Credential)+48)
+	b = append(b, results...)
+	if head.Tool != "" {
+		b = protowire.AppendTag(b, 2, protowire.BytesType)
+		b = protowire.AppendString(b, head.Tool)
+	}
+	if head.Credential != "" {
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		b = protowire.AppendString(b, head.Credential)
+	}
+	if head.CredentialVersion != 0 {
+		b = protowire.AppendTag(b, 4, protowire.VarintType)
+		b = protowire.AppendVarint(b, head.CredentialVersion)
+	}
+	b = append(b, meta...)
+	if head.Credits != 0 {
+		b = protowire.AppendTag(b, 8, protowire.VarintType)
+		b = protowire.AppendVarint(b, head.Credits)
+	}
+	if d := head.RateLimitWait; d != nil {
+		var dur []byte
+		if d.Seconds != 0 {
+			dur = protowire.AppendTag(dur, 1, protowire.VarintType)
+			dur = protowire.AppendVarint(dur, uint64(d.Seconds))
+		}
+		if d.Nanos != 0 {
+			dur = protowire.AppendTag(dur, 2, protowire.VarintType)
+			dur = protowire.AppendVarint(dur, uint64(int64(d.Nanos)))
+		}
+		b = protowire.AppendTag(b, 9, protowire.BytesType)
+		b = protowire.AppendBytes(b, dur)
+	}
+	return b
 }
 
 // answerMessage converts res's results, at most want of them (0: all), and metadata to the
