@@ -31,3 +31,16 @@ func (b *Broker) panicked(v any) error {
 	b.log.Error("a search's computation panicked (a bug in brokerd): that call failed with INTERNAL, brokerd goes on", attrs...)
 	return fmt.Errorf("%w: the search failed on a bug in brokerd (logged, please report it); the upstream may have billed it, retry", ErrInternal)
 }
+
+// Recovered is panicked for a panic an edge recovered from one of its handlers (the gRPC server's
+// recovery interceptors, grpcapi): logged the same way, counted, and the error that call alone
+// gets. method names the call (a registered method name, never request data).
+func (b *Broker) Recovered(v any, method string) error {
+	metrics.Panics.Inc()
+	attrs := []any{"method", method, "panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack())}
+	if re, ok := v.(runtime.Error); ok {
+		attrs = append(attrs, "runtime_error", re.Error())
+	}
+	b.log.Error("a call's handler panicked (a bug in brokerd): that call failed with INTERNAL, brokerd goes on", attrs...)
+	return fmt.Errorf("%w: the call failed on a bug in brokerd (logged, please report it)", ErrInternal)
+}

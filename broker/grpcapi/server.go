@@ -102,6 +102,8 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 	aud := auditor{b: b, log: o.Logger, known: map[string]bool{}, admins: o.Admins}
 	opts := append([]grpc.ServerOption{grpc.Creds(peercred.TransportCredentials())}, TransportOptions(o.IdleTimeout)...)
 	opts = append(append(opts,
+		grpc.ChainUnaryInterceptor(recoverUnary(b, o.Logger)),
+		grpc.ChainStreamInterceptor(recoverStream(b, o.Logger)),
 		grpc.ChainUnaryInterceptor(o.UnaryInterceptors...),
 		// The auditor runs before authorization so refused calls are recorded too.
 		grpc.ChainUnaryInterceptor(aud.unary, o.Admins.unary),
@@ -115,6 +117,8 @@ func NewServer(b *broker.Broker, o Options) (*grpc.Server, *Health) {
 	if o.Drainer != nil {
 		opts = append(opts, grpc.ChainUnaryInterceptor(o.Drainer.unary), grpc.ChainStreamInterceptor(o.Drainer.stream))
 	}
+	// Innermost: around the service method itself, so the auditor records a panicked call.
+	opts = append(opts, grpc.ChainUnaryInterceptor(recoverUnary(b, o.Logger)), grpc.ChainStreamInterceptor(recoverStream(b, o.Logger)))
 	g := grpc.NewServer(opts...)
 	hs := newHealth()
 	// Requests that do not decode are refused before the interceptors; audit them too.
