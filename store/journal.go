@@ -6,9 +6,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,6 +30,13 @@ import (
 // the payload><payload>, the payload being the record's value exactly as the audit bucket stores
 // it (<tag length><MAC><body>). It is zero-filled to its full size when created and written in
 // place, never grown, so a commit's fdatasync flushes data only. A frame of length 0 is the end.
+//
+// Groups are written as whole 4 KiB blocks (the last partial block again, with the new frames and
+// zeros after them) with O_DIRECT where the file system supports it. Through the page cache, on
+// this kernel, the zero-filled file sat in large folios: dirtying 600 bytes made the whole 1 MiB
+// folio dirty and every fdatasync wrote 1 MiB (measured with /proc/self/io: 1,048,576 bytes per
+// append, against 4,096 with O_DIRECT; fdatasync p50 80 µs either way on an idle disk, far more
+// under load). File systems without O_DIRECT (tmpfs) take the same block writes buffered.
 //
 // Recovery (openAudit) replays the frames that continue the database's chain head: the first
 // frame must be the record after the head, and each next one the record after it, MAC verified.
@@ -58,10 +68,16 @@ var journalCRC = crc32.MakeTable(crc32.Castagnoli)
 // JournalPath is the audit journal's path for the database at dbPath.
 func JournalPath(dbPath string) string { return dbPath + ".audit-journal" }
 
+// journalBlock is the unit of a journal write: O_DIRECT needs offsets, lengths and buffers
+// aligned to the device's logical block (512 or 4096 bytes).
+const journalBlock = 4096
+
 type journal struct {
-	f      *os.File
+	f      *os.File // buffered: created, read at recovery, closed with w
+	w      *os.File // writes: O_DIRECT where supported, else f
 	path   string
-	off    int64 // where the next group is written
+	off    int64  // where the next group is written
+	buf    []byte // journalBlock-aligned: the block at off's start (the bytes before off), then the group
 	noSync bool
 }
 
@@ -74,7 +90,8 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit journal %s: %w", path, err)
 	}
-	j := &journal{f: f, path: path, off: int64(len(journalMagic)), noSync: noSync}
+	j := &journal{f: f, w: f, path: path, noSync: noSync}
+	j.restart()
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -85,6 +102,10 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 			f.Close()
 			os.Remove(path)
 			return nil, nil, fmt.Errorf("create audit journal %s: %w", path, err)
+		}
+		if err := j.openDirect(); err != nil {
+			f.Close()
+			return nil, nil, err
 		}
 		return j, nil, nil
 	}
@@ -108,12 +129,43 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 			f.Close()
 			return nil, nil, fmt.Errorf("audit journal %s: %w", path, err)
 		}
-		if err := j.sync(); err != nil {
+		if err := unix.Fdatasync(int(f.Fd())); err != nil && !noSync {
 			f.Close()
 			return nil, nil, fmt.Errorf("audit journal %s: %w", path, err)
 		}
 	}
+	if err := j.openDirect(); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
 	return j, content, nil
+}
+
+// openDirect opens the descriptor groups are written through: O_DIRECT, or the buffered one where
+// the file system refuses it (EINVAL: tmpfs). It reopens the path it checked through /proc, so it
+// is the same file, not whatever the name points to now.
+func (j *journal) openDirect() error {
+	w, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", j.f.Fd()), os.O_WRONLY|syscall.O_DIRECT, 0)
+	switch {
+	case err == nil:
+		j.w = w
+	case errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOENT):
+		j.w = j.f // no O_DIRECT here (or no /proc): the same block writes, buffered
+	default:
+		return fmt.Errorf("audit journal %s: %w", j.path, err)
+	}
+	return nil
+}
+
+// alignedBuf returns n bytes (a multiple of journalBlock) whose first byte is journalBlock-aligned,
+// as O_DIRECT needs. Go's heap does not move objects, so the alignment holds.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+journalBlock)
+	skip := 0
+	if a := int(uintptr(unsafe.Pointer(&b[0])) % journalBlock); a != 0 {
+		skip = journalBlock - a
+	}
+	return b[skip : skip+n : skip+n]
 }
 
 // create zero-fills a new journal and writes its magic, durably (the file and its directory
@@ -147,7 +199,7 @@ func (j *journal) sync() error {
 	if j.noSync {
 		return nil
 	}
-	return unix.Fdatasync(int(j.f.Fd()))
+	return unix.Fdatasync(int(j.w.Fd()))
 }
 
 // fits reports whether n more bytes fit before the end of the file (a zero length after them
@@ -157,26 +209,52 @@ func (j *journal) fits(n int) bool { return j.off+int64(n)+journalFrameHead <= j
 // full reports whether the journal holds enough to checkpoint.
 func (j *journal) full() bool { return j.off >= journalCheckpointBytes }
 
-// write makes frames (appendFrame's) durable at the end of the journal.
+// write makes frames (appendFrame's) durable at the end of the journal: the blocks from the one
+// off is in to the one the frames end in, written whole (the bytes already there before off, the
+// frames, zeros after them), then fdatasync. j.buf holds the bytes before off in off's block.
 func (j *journal) write(frames []byte) error {
-	if _, err := j.f.WriteAt(frames, j.off); err != nil {
+	start := j.off &^ (journalBlock - 1)
+	head := int(j.off - start)
+	end := head + len(frames)
+	n := (end + journalBlock - 1) &^ (journalBlock - 1)
+	if cap(j.buf) < n {
+		nb := alignedBuf(max(n, 2*cap(j.buf)))
+		copy(nb, j.buf[:head])
+		j.buf = nb
+	}
+	buf := j.buf[:n]
+	copy(buf[head:], frames)
+	clear(buf[end:])
+	if _, err := j.w.WriteAt(buf, start); err != nil {
 		return err
 	}
 	if err := j.sync(); err != nil {
 		return err
 	}
 	j.off += int64(len(frames))
+	// Keep the bytes before the new off in its block, at the front of buf, for the next group.
+	if next := int(j.off&^(journalBlock-1) - start); next > 0 {
+		copy(buf, buf[next:end])
+	}
 	return nil
 }
 
 // restart starts the journal over after a checkpoint: the frames in it are in the database now,
 // and recovery tells them from new ones by their seq. Nothing is written: the next group
-// overwrites them.
-func (j *journal) restart() { j.off = int64(len(journalMagic)) }
+// overwrites them (with zeros after it to the end of its block).
+func (j *journal) restart() {
+	if j.buf == nil {
+		j.buf = alignedBuf(journalBlock)
+	}
+	j.off = int64(copy(j.buf, journalMagic))
+}
 
 func (j *journal) close() error {
 	if j == nil {
 		return nil
+	}
+	if j.w != j.f {
+		j.w.Close()
 	}
 	return j.f.Close()
 }

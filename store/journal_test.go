@@ -12,8 +12,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tink-crypto/tink-go/v2/tink"
 	bolt "go.etcd.io/bbolt"
 )
+
+// openJournalStore is openStore with no timed checkpoint (an hour): records stay in the journal
+// until a test, a state change, a full journal or Close moves them, however slow the machine.
+func openJournalStore(t *testing.T) (*Store, string, tink.AEAD) {
+	t.Helper()
+	kek, _ := newKEK(t)
+	path := filepath.Join(t.TempDir(), "broker.db")
+	s, err := Open(path, kek, Options{AuditCheckpointInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path, kek
+}
 
 // appendSeq appends n records one after another (so their seqs follow their TokenIDs).
 func appendSeq(t *testing.T, s *Store, from, n int) {
@@ -85,7 +100,7 @@ func verifyOK(t *testing.T, s *Store, checked int) {
 // A record that changes no state is durable in the journal, not in bbolt: it costs no bbolt
 // commit, and every reader sees it anyway (ScanAudit, NewestAudit, VerifyAudit).
 func TestJournalHoldsRecordsReadersSeeThem(t *testing.T) {
-	s, _, _ := openStore(t)
+	s, _, _ := openJournalStore(t)
 	before := s.LastTxID()
 	appendSeq(t, s, 1, 5)
 	if got := s.LastTxID(); got != before {
@@ -121,7 +136,7 @@ func TestJournalHoldsRecordsReadersSeeThem(t *testing.T) {
 
 // A state change commits with its record in bbolt, after the journal's records (one chain).
 func TestStateChangeCheckpointsTheJournal(t *testing.T) {
-	s, _, _ := openStore(t)
+	s, _, _ := openJournalStore(t)
 	appendSeq(t, s, 1, 3)
 	mintAudited(t, s, testToken("minted", 0)) // record 4
 	if n := auditBucketLen(t, s); n != 4 {
@@ -140,7 +155,7 @@ func TestStateChangeCheckpointsTheJournal(t *testing.T) {
 
 // Close moves the journal into the database: the file alone holds every record.
 func TestCloseCheckpoints(t *testing.T) {
-	s, path, kek := openStore(t)
+	s, path, kek := openJournalStore(t)
 	appendSeq(t, s, 1, 4)
 	s.Close()
 	if err := os.Remove(JournalPath(path)); err != nil {
@@ -159,7 +174,7 @@ func TestCloseCheckpoints(t *testing.T) {
 // After a crash, Open replays the journal's records into the database; the frames of earlier
 // rounds left behind it are not replayed again.
 func TestJournalReplayedAfterCrash(t *testing.T) {
-	s, path, kek := openStore(t)
+	s, path, kek := openJournalStore(t)
 	appendSeq(t, s, 1, 6)
 	checkpoint(t, s)
 	appendSeq(t, s, 7, 3) // overwrites the first frames of the round above
@@ -180,6 +195,28 @@ func TestJournalReplayedAfterCrash(t *testing.T) {
 	verifyOK(t, r, 10)
 }
 
+// Groups of every size, concurrent, cross the journal's 4 KiB blocks (each write rewrites the
+// block it starts in): every record is in the file a crash leaves.
+func TestJournalBlocksHoldEveryGroup(t *testing.T) {
+	s, path, kek := openJournalStore(t)
+	for round := range 4 {
+		appendN(t, s, 1+round*37, t0) // 1, 38, 75, 112 concurrent appends
+	}
+	appendSeq(t, s, 1000, 3)
+	const n = 1 + 38 + 75 + 112 + 3
+	if p := s.audit.pendingCount.Load(); p != n {
+		t.Fatalf("%d records in the journal, want %d (no checkpoint in this test)", p, n)
+	}
+	r, err := reopen(t, crashImage(t, path), kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := auditBucketLen(t, r); got != n {
+		t.Fatalf("recovered %d records, want %d", got, n)
+	}
+	verifyOK(t, r, n)
+}
+
 // A write that did not finish (its callers were never answered) is cut at the first frame whose
 // length or CRC fails; what comes before it is kept.
 func TestJournalTornTailDropped(t *testing.T) {
@@ -193,7 +230,7 @@ func TestJournalTornTailDropped(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s, path, kek := openStore(t)
+			s, path, kek := openJournalStore(t)
 			appendSeq(t, s, 1, 5)
 			img := crashImage(t, path)
 			content, err := os.ReadFile(JournalPath(img))
@@ -251,7 +288,7 @@ func TestJournalTamperingRefused(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s, path, kek := openStore(t)
+			s, path, kek := openJournalStore(t)
 			appendSeq(t, s, 1, 5)
 			img := crashImage(t, path)
 			content, err := os.ReadFile(JournalPath(img))
@@ -328,14 +365,14 @@ func TestJournalFileChecks(t *testing.T) {
 // A failed journal write fails its calls (fail closed) and the next group commits to bbolt,
 // after the records that did land in the journal; nothing acknowledged is lost.
 func TestJournalWriteFailure(t *testing.T) {
-	s, path, kek := openStore(t)
+	s, path, kek := openJournalStore(t)
 	appendSeq(t, s, 1, 2)
-	good := s.audit.jr.f
+	good := s.audit.jr.w
 	ro, err := os.Open(JournalPath(path)) // writes to it fail (EBADF)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.audit.jr.f = ro // the writer is idle; the append below hands it work after this
+	s.audit.jr.w = ro // the writer is idle; the append below hands it work after this
 	err = s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "lost"})
 	if !errors.Is(err, ErrAuditUnavailable) {
 		t.Fatalf("append with the journal failing: %v, want ErrAuditUnavailable", err)
@@ -343,7 +380,7 @@ func TestJournalWriteFailure(t *testing.T) {
 	if err := s.AuditHealthy(); err != nil {
 		t.Fatalf("AuditHealthy (probes with a bbolt commit): %v", err)
 	}
-	s.audit.jr.f = good
+	s.audit.jr.w = good
 	ro.Close()
 	appendSeq(t, s, 3, 1)
 	verifyOK(t, s, 3)
@@ -386,7 +423,7 @@ func TestJournalCheckpointInterval(t *testing.T) {
 
 // A journal that fills checkpoints before the next group instead of growing the file.
 func TestJournalFullCheckpoints(t *testing.T) {
-	s, path, _ := openStore(t)
+	s, path, _ := openJournalStore(t)
 	n := journalCheckpointRecords + 10
 	appendSeq(t, s, 1, n)
 	if p := s.audit.pendingCount.Load(); p >= journalCheckpointRecords {
