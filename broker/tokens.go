@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,6 +158,10 @@ func (b *Broker) lookupToken(id string) (*tokenState, error) {
 			b.mu.Unlock()
 			continue
 		}
+		// id is usually a slice of the caller's whole bearer string (token.Parse), which holds the
+		// secret: as a map key it would keep that string (and the secret) alive for as long as
+		// the token stays cached or in lastUsed, ~100 bytes a token. Key by a copy of the id.
+		id = strings.Clone(id)
 		now := b.now()
 		b.evictLocked(now)
 		st = &tokenState{loadedAt: now.UnixNano()}

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/credbroker/credbroker/broker/clocktest"
 	"github.com/credbroker/credbroker/broker/upstream"
@@ -243,5 +245,48 @@ func TestLastUseTableForgetsExpiredTokens(t *testing.T) {
 	}
 	if n := len(b.lastUsed); n > 32 {
 		t.Fatalf("%d entries for 32 live evicted tokens", n)
+	}
+}
+
+// The token cache is keyed by a copy of the token id, not by the id's slice of the bearer string
+// the caller sent: that string holds the secret and is ~100 bytes, and a cached (or evicted and
+// remembered) token would keep it alive. With 100k tokens used that was 11 MB of heap.
+func TestTokenCacheKeyDoesNotPinTheBearerString(t *testing.T) {
+	b, _ := newCacheBroker(t, 1)
+	ctx := context.Background()
+	var raws []string
+	for range 2 { // the second use evicts the first token into the last-use table
+		raw, rec := mintFor(t, b, MintRequest{})
+		raw = "Bearer " + raw // a fresh string, as a header decoder hands it over
+		raws = append(raws, raw)
+		st, err := b.authenticate(ctx, strings.TrimPrefix(raw, "Bearer "), me)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.touch(b.now())
+		if st.record().ID != rec.ID {
+			t.Fatalf("cached id %s, want %s", st.record().ID, rec.ID)
+		}
+	}
+	within := func(key, raw string) bool {
+		k, r := uintptr(unsafe.Pointer(unsafe.StringData(key))), uintptr(unsafe.Pointer(unsafe.StringData(raw)))
+		return k >= r && k < r+uintptr(len(raw))
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if len(b.tokens) != 1 || len(b.lastUsed) != 1 {
+		t.Fatalf("%d cached, %d remembered; want 1 and 1", len(b.tokens), len(b.lastUsed))
+	}
+	for _, raw := range raws {
+		for id := range b.tokens {
+			if within(id, raw) {
+				t.Fatalf("token cache key %s points into the caller's bearer string", id)
+			}
+		}
+		for id := range b.lastUsed {
+			if within(id, raw) {
+				t.Fatalf("last-use key %s points into the caller's bearer string", id)
+			}
+		}
 	}
 }
