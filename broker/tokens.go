@@ -161,7 +161,7 @@ func (b *Broker) lookupToken(id string) (*tokenState, error) {
 		}
 		// id is usually a slice of the caller's whole bearer string (token.Parse), which holds the
 		// secret: as a map key it would keep that string (and the secret) alive for as long as
-		// the token stays cached or in lastUsed, ~100 bytes a token. Key by a copy of the id.
+		// the token stays cached, ~100 bytes a token. Key by a copy of the id.
 		id = strings.Clone(id)
 		now := b.now()
 		b.evictLocked(now)
