@@ -84,7 +84,7 @@ type Broker struct {
 	tokens   map[string]*tokenState
 	tokenGen uint64
 	tokenCap int
-	lastUsed map[string]lastUse
+	lastUsed map[lastUseKey]lastUse
 	// lastUsedSweep is the size of lastUsed at which expired entries are next swept.
 	lastUsedSweep int
 
@@ -127,7 +127,7 @@ func New(cfg Config) (*Broker, error) {
 	b := &Broker{
 		store: cfg.Store, upstream: cfg.Upstream, log: cfg.Logger, maxTTL: cfg.MaxTTL,
 		version: cfg.Version, now: cfg.Now, started: cfg.Now(), tokens: make(map[string]*tokenState),
-		tokenCap: cfg.TokenCacheSize, lastUsed: make(map[string]lastUse), lastUsedSweep: cfg.TokenCacheSize,
+		tokenCap: cfg.TokenCacheSize, lastUsed: make(map[lastUseKey]lastUse), lastUsedSweep: cfg.TokenCacheSize,
 		rot: newRotation(cfg), econ: newEconomics(cfg), flights: newFlights(), masterKey: cfg.MasterKey,
 		decode: decodeAnswer,
 	}

@@ -3,11 +3,15 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/credbroker/credbroker/broker/clocktest"
 	"github.com/credbroker/credbroker/broker/upstream"
@@ -221,8 +225,7 @@ func TestLastUseTableForgetsExpiredTokens(t *testing.T) {
 	use(MintRequest{TTL: time.Hour}) // pushes the limited one out
 	use(MintRequest{TTL: time.Hour})
 	b.mu.RLock()
-	_, limitedKept := b.lastUsed[limited]
-	_, shortKept := b.lastUsed[short[0]]
+	limitedKept, shortKept := b.remembersLastUse(limited), b.remembersLastUse(short[0])
 	b.mu.RUnlock()
 	if limitedKept || !shortKept {
 		t.Fatalf("side table: use-limited token kept=%v (its last use is in bbolt), evicted unlimited token kept=%v", limitedKept, shortKept)
@@ -237,11 +240,124 @@ func TestLastUseTableForgetsExpiredTokens(t *testing.T) {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	for _, id := range short {
-		if _, ok := b.lastUsed[id]; ok {
+		if b.remembersLastUse(id) {
 			t.Fatalf("last use of expired token %s still kept (%d entries)", id, len(b.lastUsed))
 		}
 	}
 	if n := len(b.lastUsed); n > 32 {
 		t.Fatalf("%d entries for 32 live evicted tokens", n)
 	}
+}
+
+// The token cache is keyed by a copy of the token id, not by the id's slice of the bearer string
+// the caller sent: that string holds the secret and is ~100 bytes, and a cached token would keep
+// it alive (the last-use table's keys are bytes, not strings). With 100k tokens used, cached and
+// remembered, that was 11 MB of heap.
+func TestTokenCacheKeyDoesNotPinTheBearerString(t *testing.T) {
+	b, _ := newCacheBroker(t, 1)
+	ctx := context.Background()
+	var raws []string
+	for range 2 { // the second use evicts the first token into the last-use table
+		raw, rec := mintFor(t, b, MintRequest{})
+		raw = "Bearer " + raw // a fresh string, as a header decoder hands it over
+		raws = append(raws, raw)
+		st, err := b.authenticate(ctx, strings.TrimPrefix(raw, "Bearer "), me)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.touch(b.now())
+		if st.record().ID != rec.ID {
+			t.Fatalf("cached id %s, want %s", st.record().ID, rec.ID)
+		}
+	}
+	within := func(key, raw string) bool {
+		k, r := uintptr(unsafe.Pointer(unsafe.StringData(key))), uintptr(unsafe.Pointer(unsafe.StringData(raw)))
+		return k >= r && k < r+uintptr(len(raw))
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if len(b.tokens) != 1 || len(b.lastUsed) != 1 {
+		t.Fatalf("%d cached, %d remembered; want 1 and 1", len(b.tokens), len(b.lastUsed))
+	}
+	for _, raw := range raws {
+		for id := range b.tokens {
+			if within(id, raw) {
+				t.Fatalf("token cache key %s points into the caller's bearer string", id)
+			}
+		}
+	}
+}
+
+// remembersLastUse reports whether the last-use table holds token id. Called with b.mu held.
+func (b *Broker) remembersLastUse(id string) bool {
+	k, ok := lastUseKeyOf(id)
+	if !ok {
+		return false
+	}
+	_, ok = b.lastUsed[k]
+	return ok
+}
+
+// lastUseKeyOf is the id's bytes, and refuses what is not a token id.
+func TestLastUseKeyOf(t *testing.T) {
+	for _, tc := range []struct {
+		id   string
+		want lastUseKey
+		ok   bool
+	}{
+		{"0123456789abcdef", lastUseKey{0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef}, true},
+		{"ffffffffffffffff", lastUseKey{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, true},
+		{"0123456789ABCDEF", lastUseKey{}, false}, // would alias the lowercase id
+		{"0123456789abcde", lastUseKey{}, false},
+		{"0123456789abcdefa", lastUseKey{}, false},
+		{"0123456789abcdeg", lastUseKey{}, false},
+		{"", lastUseKey{}, false},
+	} {
+		got, ok := lastUseKeyOf(tc.id)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("lastUseKeyOf(%q) = %x, %v; want %x, %v", tc.id, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+// BenchmarkLastUseTable reports the live heap per entry of a last-use table the size of the
+// scale run's (90k evicted tokens), keyed as brokerd keys it (bytes) and as it used to (a
+// string per id): see lastUseKey.
+func BenchmarkLastUseTable(b *testing.B) {
+	const n = 90000
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%016x", uint64(i)*0x9e3779b97f4a7c15)
+	}
+	measure := func(b *testing.B, fill func() any) {
+		var before, after runtime.MemStats
+		for b.Loop() {
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			m := fill()
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			runtime.KeepAlive(m)
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/entry")
+	}
+	b.Run("bytes", func(b *testing.B) {
+		measure(b, func() any {
+			m := map[lastUseKey]lastUse{}
+			for i, id := range ids {
+				k, _ := lastUseKeyOf(id)
+				m[k] = lastUse{at: int64(i), expires: int64(i)}
+			}
+			return m
+		})
+	})
+	b.Run("string", func(b *testing.B) {
+		measure(b, func() any {
+			m := map[string]lastUse{}
+			for i, id := range ids {
+				m[strings.Clone(id)] = lastUse{at: int64(i), expires: int64(i)}
+			}
+			return m
+		})
+	})
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"regexp"
@@ -114,5 +115,22 @@ func TestValidCredentialName(t *testing.T) {
 		if got, want := validCredentialName(name), re.MatchString(name); got != want {
 			t.Errorf("validCredentialName(%q) = %v, the pattern says %v", name, got, want)
 		}
+	}
+}
+
+// A cached answer holds its body's bytes and no more: the upstream client reads the body with
+// io.ReadAll, whose buffer has spare capacity that would otherwise live as long as the entry.
+func TestCachedAnswerHoldsNoSpareCapacity(t *testing.T) {
+	b, _ := newCacheBroker(t, 10)
+	raw, _ := mintFor(t, b, MintRequest{})
+	res, err := b.Search(context.Background(), raw, me, SearchRequest{Query: "capacity"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ans == nil || len(res.ans.body) == 0 {
+		t.Fatal("the answer was not cached")
+	}
+	if l, c := len(res.ans.body), cap(res.ans.body); c != l {
+		t.Fatalf("cached body: %d bytes in a %d-byte buffer", l, c)
 	}
 }
