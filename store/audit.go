@@ -600,13 +600,20 @@ func (w *auditWriter) pendingSince() (txid int, recs []journalRecord) {
 // transaction was open, so they are in neither its view nor its copy of the journal: read again.
 var errJournalMoved = errors.New("the audit journal moved into the database during the read")
 
-// auditTail returns, inside the read transaction tx, the records durable in the journal only,
-// which follow tx's chain head, or errJournalMoved when a checkpoint after tx began moved them
-// out of reach.
-func (w *auditWriter) auditTail(tx *bolt.Tx) ([]journalRecord, error) {
+// auditTail returns, inside the read transaction tx whose chain head is record head, the
+// records durable in the journal only, which follow that head, or errJournalMoved when a
+// checkpoint after tx began moved them out of reach. A checkpoint's commit is visible a moment
+// before the writer empties the readers' view (pendMu), so a transaction begun in that moment
+// finds the view's records in the database already (that commit held them all): they are
+// skipped by seq. What is left follows the head unless the head was changed outside brokerd,
+// which the caller's chain check reports.
+func (w *auditWriter) auditTail(tx *bolt.Tx, head uint64) ([]journalRecord, error) {
 	txid, recs := w.pendingSince()
 	if tx.ID() < txid {
 		return nil, errJournalMoved
+	}
+	for len(recs) > 0 && recs[0].seq <= head {
+		recs = recs[1:]
 	}
 	return recs, nil
 }
@@ -1058,7 +1065,7 @@ func (s *Store) VerifyAudit() (AuditVerification, error) {
 			headSeq = head.Seq
 		}
 		// Then the records in the journal only (journal.go), which continue the database's head.
-		tail, err := w.auditTail(tx)
+		tail, err := w.auditTail(tx, headSeq)
 		if err != nil {
 			return err
 		}
