@@ -506,7 +506,10 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		w.fail(*f) // as a real failure would: the log stays failing until a commit succeeds
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, *f)
 	}
-	if w.jr == nil || w.failing.Load() {
+	if w.jr == nil || w.failing.Load() || w.guard.stopped.Load() {
+		// Stopped: a commit of doubtful durability (landed.go) may be the checkpoint of records
+		// that only the journal is sure to hold, so no group may start the journal over on top
+		// of them; commitDB refuses (ErrSyncFailed) like every write until brokerd restarts.
 		return w.commitDB(batch)
 	}
 	probes := 0
