@@ -546,6 +546,10 @@ func (w *auditWriter) commitJournal(batch []*auditReq) error {
 		if err != nil {
 			return err
 		}
+		if len(val) > maxJournalFrame {
+			// Recovery would read it as a torn length and drop it and every record after it.
+			return w.commitDB(batch)
+		}
 		w.frames = appendFrame(w.frames, val)
 		recs = append(recs, journalRecord{seq: seq, val: val, tag: tag})
 		prev = tag

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -202,4 +203,22 @@ func TestJournalCreationCutShortIsFresh(t *testing.T) {
 			verifyOK(t, r, 3)
 		})
 	}
+}
+
+// A record longer than recovery reads a frame to be (maxJournalFrame) is acknowledged like any
+// other; it must not be written where recovery would take it for a torn write and drop it with
+// every record after it.
+func TestJournalOversizedRecordSurvivesCrash(t *testing.T) {
+	s, path, kek := openStore(t)
+	appendSeq(t, s, 1, 1)
+	big := AuditRecord{Time: t0, Method: "/credbroker.v1.SearchService/Search", Code: "OK", TokenID: "big", Exe: "/" + strings.Repeat("x", maxJournalFrame)}
+	if err := s.AppendAudit(context.Background(), big); err != nil {
+		t.Fatal(err)
+	}
+	appendSeq(t, s, 3, 1)
+	r, err := reopen(t, crashImage(t, path), kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyOK(t, r, 3)
 }
