@@ -37,7 +37,7 @@ import (
 // ErrTampered. What a journal cannot show is a tail cut off at a frame boundary; the records
 // written since the last checkpoint (at most Options.AuditCheckpointInterval) could be removed that
 // way unnoticed, unless a token or credential record stamped with their seq exists (checkIntegrity
-// finds those). RELIABILITY.md says so.
+// finds those). README.md ("Audit.") says so.
 
 const (
 	journalMagic     = "cbaudj01"
@@ -97,6 +97,15 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("read audit journal %s: %w", path, err)
 	}
+	if !bytes.HasPrefix(content, []byte(journalMagic)) && neverWritten(content) {
+		// A crash cut create short: the file's size reached the disk, its blocks did not (create
+		// syncs before any record is written, so no record was ever in it). Start it over.
+		if err := j.create(); err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("create audit journal %s: %w", path, err)
+		}
+		return j, nil, nil
+	}
 	if !bytes.HasPrefix(content, []byte(journalMagic)) {
 		f.Close()
 		return nil, nil, fmt.Errorf("%w: %s is not a credbroker audit journal (unknown header)", ErrTampered, path)
@@ -114,6 +123,16 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 		}
 	}
 	return j, content, nil
+}
+
+// neverWritten reports whether content is what create leaves when a crash cuts it short: zeros,
+// perhaps after the start of the magic.
+func neverWritten(content []byte) bool {
+	i := 0
+	for i < len(content) && i < len(journalMagic) && content[i] == journalMagic[i] {
+		i++
+	}
+	return len(bytes.TrimRight(content[i:], "\x00")) == 0
 }
 
 // create zero-fills a new journal and writes its magic, durably (the file and its directory
