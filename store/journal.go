@@ -135,6 +135,24 @@ func neverWritten(content []byte) bool {
 	return len(bytes.TrimRight(content[i:], "\x00")) == 0
 }
 
+// orphanJournal refuses to create a database at dbPath beside an audit journal that holds
+// something: it is a removed or moved database's, whose audit key a new database does not have
+// (recovery would call its records edited, after creating the file). A journal that is not a
+// regular file is left to openJournal's checks.
+func orphanJournal(dbPath string) error {
+	path := JournalPath(dbPath)
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if fi.Size() <= 4*journalSize {
+		if content, err := os.ReadFile(path); err == nil && neverWritten(content) {
+			return nil
+		}
+	}
+	return fmt.Errorf("open database %s: it does not exist, but its audit journal %s does (the database was removed or moved?): put the database back beside it, or remove the journal to start a new database", dbPath, path)
+}
+
 // create zero-fills a new journal and writes its magic, durably (the file and its directory
 // entry), so later commits write in place.
 func (j *journal) create() error {

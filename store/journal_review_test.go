@@ -222,3 +222,30 @@ func TestJournalOversizedRecordSurvivesCrash(t *testing.T) {
 	}
 	verifyOK(t, r, 3)
 }
+
+// A database removed (to start a new one) beside a journal with records: Open says what the
+// journal is and what to do, and creates nothing, instead of creating a database and then calling
+// the old journal's records edited.
+func TestJournalWithoutItsDatabase(t *testing.T) {
+	s, path, kek := openStore(t)
+	appendSeq(t, s, 1, 3)
+	s.Close()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	_, err := reopen(t, path, kek)
+	if err == nil || !strings.Contains(err.Error(), "remove the journal to start a new database") {
+		t.Fatalf("Open beside another database's journal: %v", err)
+	}
+	if _, serr := os.Stat(path); !errors.Is(serr, os.ErrNotExist) {
+		t.Fatalf("Open created the database anyway: %v", serr)
+	}
+	if err := os.Remove(JournalPath(path)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := reopen(t, path, kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyOK(t, r, 0)
+}
