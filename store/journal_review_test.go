@@ -19,7 +19,7 @@ import (
 // tampering, nor CheckIntegrity take the stale tail's last seq for the head. The test puts the
 // writer's reader-facing state back to what it is in that moment (the writer is idle).
 func TestJournalReadersInCheckpointWindow(t *testing.T) {
-	s, _, _ := openStore(t)
+	s, _, _ := openJournalStore(t)
 	appendSeq(t, s, 1, 3) // journal only
 	oldTx, oldView := s.audit.pendingSince()
 	if len(oldView) != 3 {
@@ -155,7 +155,7 @@ func TestJournalReadersDuringCheckpointsStress(t *testing.T) {
 // so no later group overwrites them. If it did, a power loss that took the checkpoint with it
 // would leave a database without records 1..5 and a journal that skips them.
 func TestJournalKeptWhenCheckpointDurabilityInDoubt(t *testing.T) {
-	s, path, kek := openStore(t)
+	s, path, kek := openJournalStore(t)
 	appendSeq(t, s, 1, 5)
 	before, err := os.ReadFile(path) // the database as the disk may still hold it after the failed sync
 	if err != nil {
@@ -189,7 +189,7 @@ func TestJournalKeptWhenCheckpointDurabilityInDoubt(t *testing.T) {
 func TestJournalCreationCutShortIsFresh(t *testing.T) {
 	for _, size := range []int{4096, journalSize} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
-			s, path, kek := openStore(t)
+			s, path, kek := openJournalStore(t)
 			appendSeq(t, s, 1, 2)
 			s.Close()
 			if err := os.WriteFile(JournalPath(path), make([]byte, size), 0o600); err != nil {
@@ -209,7 +209,7 @@ func TestJournalCreationCutShortIsFresh(t *testing.T) {
 // other; it must not be written where recovery would take it for a torn write and drop it with
 // every record after it.
 func TestJournalOversizedRecordSurvivesCrash(t *testing.T) {
-	s, path, kek := openStore(t)
+	s, path, kek := openJournalStore(t)
 	appendSeq(t, s, 1, 1)
 	big := AuditRecord{Time: t0, Method: "/credbroker.v1.SearchService/Search", Code: "OK", TokenID: "big", Exe: "/" + strings.Repeat("x", maxJournalFrame)}
 	if err := s.AppendAudit(context.Background(), big); err != nil {
@@ -227,7 +227,7 @@ func TestJournalOversizedRecordSurvivesCrash(t *testing.T) {
 // journal is and what to do, and creates nothing, instead of creating a database and then calling
 // the old journal's records edited.
 func TestJournalWithoutItsDatabase(t *testing.T) {
-	s, path, kek := openStore(t)
+	s, path, kek := openJournalStore(t)
 	appendSeq(t, s, 1, 3)
 	s.Close()
 	if err := os.Remove(path); err != nil {

@@ -12,8 +12,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tink-crypto/tink-go/v2/tink"
 	bolt "go.etcd.io/bbolt"
 )
+
+// openJournalStore is openStore with no timed checkpoint (the others still run: a full journal, a
+// state change, CheckpointAudit, Close). A test that looks at what the journal holds must not
+// race the default 1 s timer on a loaded machine.
+func openJournalStore(t *testing.T) (*Store, string, tink.AEAD) {
+	t.Helper()
+	kek, _ := newKEK(t)
+	path := filepath.Join(t.TempDir(), "broker.db")
+	s, err := Open(path, kek, Options{AuditCheckpointInterval: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path, kek
+}
 
 // appendSeq appends n records one after another (so their seqs follow their TokenIDs).
 func appendSeq(t *testing.T, s *Store, from, n int) {
@@ -85,7 +101,7 @@ func verifyOK(t *testing.T, s *Store, checked int) {
 // A record that changes no state is durable in the journal, not in bbolt: it costs no bbolt
 // commit, and every reader sees it anyway (ScanAudit, NewestAudit, VerifyAudit).
 func TestJournalHoldsRecordsReadersSeeThem(t *testing.T) {
-	s, _, _ := openStore(t)
+	s, _, _ := openJournalStore(t)
 	before := s.LastTxID()
 	appendSeq(t, s, 1, 5)
 	if got := s.LastTxID(); got != before {
@@ -121,7 +137,7 @@ func TestJournalHoldsRecordsReadersSeeThem(t *testing.T) {
 
 // A state change commits with its record in bbolt, after the journal's records (one chain).
 func TestStateChangeCheckpointsTheJournal(t *testing.T) {
-	s, _, _ := openStore(t)
+	s, _, _ := openJournalStore(t)
 	appendSeq(t, s, 1, 3)
 	mintAudited(t, s, testToken("minted", 0)) // record 4
 	if n := auditBucketLen(t, s); n != 4 {
@@ -140,7 +156,7 @@ func TestStateChangeCheckpointsTheJournal(t *testing.T) {
 
 // Close moves the journal into the database: the file alone holds every record.
 func TestCloseCheckpoints(t *testing.T) {
-	s, path, kek := openStore(t)
+	s, path, kek := openJournalStore(t)
 	appendSeq(t, s, 1, 4)
 	s.Close()
 	if err := os.Remove(JournalPath(path)); err != nil {
@@ -159,7 +175,7 @@ func TestCloseCheckpoints(t *testing.T) {
 // After a crash, Open replays the journal's records into the database; the frames of earlier
 // rounds left behind it are not replayed again.
 func TestJournalReplayedAfterCrash(t *testing.T) {
-	s, path, kek := openStore(t)
+	s, path, kek := openJournalStore(t)
 	appendSeq(t, s, 1, 6)
 	checkpoint(t, s)
 	appendSeq(t, s, 7, 3) // overwrites the first frames of the round above
@@ -193,7 +209,7 @@ func TestJournalTornTailDropped(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s, path, kek := openStore(t)
+			s, path, kek := openJournalStore(t)
 			appendSeq(t, s, 1, 5)
 			img := crashImage(t, path)
 			content, err := os.ReadFile(JournalPath(img))
@@ -251,7 +267,7 @@ func TestJournalTamperingRefused(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s, path, kek := openStore(t)
+			s, path, kek := openJournalStore(t)
 			appendSeq(t, s, 1, 5)
 			img := crashImage(t, path)
 			content, err := os.ReadFile(JournalPath(img))
@@ -276,7 +292,7 @@ func TestJournalOfAnotherDatabaseRefused(t *testing.T) {
 	kek, _ := newKEK(t)
 	open := func() (*Store, string) {
 		path := filepath.Join(t.TempDir(), "broker.db")
-		s, err := Open(path, kek, Options{})
+		s, err := Open(path, kek, Options{AuditCheckpointInterval: 24 * time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +344,7 @@ func TestJournalFileChecks(t *testing.T) {
 // A failed journal write fails its calls (fail closed) and the next group commits to bbolt,
 // after the records that did land in the journal; nothing acknowledged is lost.
 func TestJournalWriteFailure(t *testing.T) {
-	s, path, kek := openStore(t)
+	s, path, kek := openJournalStore(t)
 	appendSeq(t, s, 1, 2)
 	good := s.audit.jr.f
 	ro, err := os.Open(JournalPath(path)) // writes to it fail (EBADF)
@@ -386,7 +402,7 @@ func TestJournalCheckpointInterval(t *testing.T) {
 
 // A journal that fills checkpoints before the next group instead of growing the file.
 func TestJournalFullCheckpoints(t *testing.T) {
-	s, path, _ := openStore(t)
+	s, path, _ := openJournalStore(t)
 	n := journalCheckpointRecords + 10
 	appendSeq(t, s, 1, n)
 	if p := s.audit.pendingCount.Load(); p >= journalCheckpointRecords {
