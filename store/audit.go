@@ -506,7 +506,10 @@ func (w *auditWriter) commit(batch []*auditReq) error {
 		w.fail(*f) // as a real failure would: the log stays failing until a commit succeeds
 		return fmt.Errorf("%w: %v", ErrAuditUnavailable, *f)
 	}
-	if w.jr == nil || w.failing.Load() {
+	if w.jr == nil || w.failing.Load() || w.guard.stopped.Load() {
+		// Stopped: a commit of doubtful durability (landed.go) may be the checkpoint of records
+		// that only the journal is sure to hold, so no group may start the journal over on top
+		// of them; commitDB refuses (ErrSyncFailed) like every write until brokerd restarts.
 		return w.commitDB(batch)
 	}
 	probes := 0
@@ -542,6 +545,10 @@ func (w *auditWriter) commitJournal(batch []*auditReq) error {
 		val, tag, err := w.sealRecord(&r.rec)
 		if err != nil {
 			return err
+		}
+		if len(val) > maxJournalFrame {
+			// Recovery would read it as a torn length and drop it and every record after it.
+			return w.commitDB(batch)
 		}
 		w.frames = appendFrame(w.frames, val)
 		recs = append(recs, journalRecord{seq: seq, val: val, tag: tag})
@@ -600,13 +607,20 @@ func (w *auditWriter) pendingSince() (txid int, recs []journalRecord) {
 // transaction was open, so they are in neither its view nor its copy of the journal: read again.
 var errJournalMoved = errors.New("the audit journal moved into the database during the read")
 
-// auditTail returns, inside the read transaction tx, the records durable in the journal only,
-// which follow tx's chain head, or errJournalMoved when a checkpoint after tx began moved them
-// out of reach.
-func (w *auditWriter) auditTail(tx *bolt.Tx) ([]journalRecord, error) {
+// auditTail returns, inside the read transaction tx whose chain head is record head, the
+// records durable in the journal only, which follow that head, or errJournalMoved when a
+// checkpoint after tx began moved them out of reach. A checkpoint's commit is visible a moment
+// before the writer empties the readers' view (pendMu), so a transaction begun in that moment
+// finds the view's records in the database already (that commit held them all): they are
+// skipped by seq. What is left follows the head unless the head was changed outside brokerd,
+// which the caller's chain check reports.
+func (w *auditWriter) auditTail(tx *bolt.Tx, head uint64) ([]journalRecord, error) {
 	txid, recs := w.pendingSince()
 	if tx.ID() < txid {
 		return nil, errJournalMoved
+	}
+	for len(recs) > 0 && recs[0].seq <= head {
+		recs = recs[1:]
 	}
 	return recs, nil
 }
@@ -1058,7 +1072,7 @@ func (s *Store) VerifyAudit() (AuditVerification, error) {
 			headSeq = head.Seq
 		}
 		// Then the records in the journal only (journal.go), which continue the database's head.
-		tail, err := w.auditTail(tx)
+		tail, err := w.auditTail(tx, headSeq)
 		if err != nil {
 			return err
 		}

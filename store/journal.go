@@ -47,7 +47,7 @@ import (
 // ErrTampered. What a journal cannot show is a tail cut off at a frame boundary; the records
 // written since the last checkpoint (at most Options.AuditCheckpointInterval) could be removed that
 // way unnoticed, unless a token or credential record stamped with their seq exists (checkIntegrity
-// finds those). RELIABILITY.md says so.
+// finds those). README.md ("Audit.") says so.
 
 const (
 	journalMagic     = "cbaudj01"
@@ -118,6 +118,15 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("read audit journal %s: %w", path, err)
 	}
+	if !bytes.HasPrefix(content, []byte(journalMagic)) && neverWritten(content) {
+		// A crash cut create short: the file's size reached the disk, its blocks did not (create
+		// syncs before any record is written, so no record was ever in it). Start it over.
+		if err := j.create(); err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("create audit journal %s: %w", path, err)
+		}
+		return j, nil, nil
+	}
 	if !bytes.HasPrefix(content, []byte(journalMagic)) {
 		f.Close()
 		return nil, nil, fmt.Errorf("%w: %s is not a credbroker audit journal (unknown header)", ErrTampered, path)
@@ -166,6 +175,34 @@ func alignedBuf(n int) []byte {
 		skip = journalBlock - a
 	}
 	return b[skip : skip+n : skip+n]
+}
+
+// neverWritten reports whether content is what create leaves when a crash cuts it short: zeros,
+// perhaps after the start of the magic.
+func neverWritten(content []byte) bool {
+	i := 0
+	for i < len(content) && i < len(journalMagic) && content[i] == journalMagic[i] {
+		i++
+	}
+	return len(bytes.TrimRight(content[i:], "\x00")) == 0
+}
+
+// orphanJournal refuses to create a database at dbPath beside an audit journal that holds
+// something: it is a removed or moved database's, whose audit key a new database does not have
+// (recovery would call its records edited, after creating the file). A journal that is not a
+// regular file is left to openJournal's checks.
+func orphanJournal(dbPath string) error {
+	path := JournalPath(dbPath)
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if fi.Size() <= 4*journalSize {
+		if content, err := os.ReadFile(path); err == nil && neverWritten(content) {
+			return nil
+		}
+	}
+	return fmt.Errorf("open database %s: it does not exist, but its audit journal %s does (the database was removed or moved?): put the database back beside it, or remove the journal to start a new database", dbPath, path)
 }
 
 // create zero-fills a new journal and writes its magic, durably (the file and its directory

@@ -404,7 +404,7 @@ func (s *Store) CheckIntegrity() (IntegrityReport, error) {
 			seq = head.Seq
 		}
 		// Records in the audit journal only move the head on (journal.go).
-		tail, err := s.audit.auditTail(tx)
+		tail, err := s.audit.auditTail(tx, seq)
 		if err != nil {
 			return err
 		}

@@ -160,6 +160,11 @@ func Open(path string, kek tink.AEAD, opts Options) (s *Store, err error) {
 		// where a database should be is a lost database, not a new one.
 		return nil, fmt.Errorf("open database %s: %w: the file is empty; restore it from a backup, or remove it to start a new database", path, ErrCorrupt)
 	}
+	if _, serr := os.Lstat(path); errors.Is(serr, os.ErrNotExist) {
+		if err := orphanJournal(path); err != nil {
+			return nil, err
+		}
+	}
 	// bbolt panics on some damaged files (a truncated file, overwritten in-use pages) instead of
 	// returning an error; turn that into a refusal that says what to do.
 	defer func() {
