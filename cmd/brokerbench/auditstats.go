@@ -28,6 +28,13 @@ type auditStats struct {
 	// transaction each; credbroker_audit_checkpoints_total), and MeanCheckpoint how long each took.
 	CheckpointsPerSec float64       `json:"checkpoints_per_s"`
 	MeanCheckpoint    time.Duration `json:"mean_checkpoint_ns"`
+	// Where a Search's time went on the server, means over the window from brokerd's histograms:
+	// the whole call as its interceptors see it (credbroker_grpc_call_duration_seconds), the
+	// upstream HTTP attempt to response headers (credbroker_upstream_request_duration_seconds),
+	// and the wait for the call's audit record to be durable (credbroker_audit_write_duration_seconds).
+	SearchMean   time.Duration `json:"search_mean_ns,omitempty"`
+	UpstreamMean time.Duration `json:"upstream_mean_ns,omitempty"`
+	AuditMean    time.Duration `json:"audit_write_mean_ns,omitempty"`
 	// RecordsPerCall is audit records per RPC brokerd finished between the scrapes (its own
 	// credbroker_grpc_calls_total; most state-changing admin calls write two records).
 	RecordsPerCall float64 `json:"records_per_call"`
@@ -41,6 +48,8 @@ type auditCounters struct {
 	at                                   time.Time
 	commits, records, seconds, rpcs, txs float64
 	checkpoints, checkpointSeconds       float64
+	// sums and counts of the search, upstream and audit write histograms
+	searchSum, searchN, upSum, upN, auditSum, auditN float64
 }
 
 // scrapeAudit reads brokerd's audit commit counters from its /metrics endpoint.
@@ -75,6 +84,14 @@ func scrapeAudit(ctx context.Context, url string) (auditCounters, error) {
 			c.rpcs += v
 			continue
 		}
+		if strings.HasPrefix(name, "credbroker_upstream_request_duration_seconds_sum{") {
+			c.upSum += v
+			continue
+		}
+		if strings.HasPrefix(name, "credbroker_upstream_request_duration_seconds_count{") {
+			c.upN += v
+			continue
+		}
 		switch name {
 		case `credbroker_audit_commits_total{result="ok"}`:
 			c.commits, seen = v, seen+1
@@ -84,6 +101,14 @@ func scrapeAudit(ctx context.Context, url string) (auditCounters, error) {
 			c.seconds, seen = v, seen+1
 		case "credbroker_store_commits_total":
 			c.txs, seen = v, seen+1
+		case `credbroker_grpc_call_duration_seconds_sum{method="/credbroker.v1.SearchService/Search"}`:
+			c.searchSum = v
+		case `credbroker_grpc_call_duration_seconds_count{method="/credbroker.v1.SearchService/Search"}`:
+			c.searchN = v
+		case "credbroker_audit_write_duration_seconds_sum":
+			c.auditSum = v
+		case "credbroker_audit_write_duration_seconds_count":
+			c.auditN = v
 		case `credbroker_audit_checkpoints_total{result="ok"}`:
 			c.checkpoints = v
 		case "credbroker_audit_checkpoint_duration_seconds_sum":
@@ -110,6 +135,15 @@ func (after auditCounters) stats(before auditCounters) *auditStats {
 	s.CommitsPerSec = s.Commits / span
 	s.RecordsPerCommit = s.Records / s.Commits
 	s.MeanCommit = time.Duration((after.seconds - before.seconds) / s.Commits * float64(time.Second))
+	mean := func(sum, n float64) time.Duration {
+		if n <= 0 {
+			return 0
+		}
+		return time.Duration(sum / n * float64(time.Second))
+	}
+	s.SearchMean = mean(after.searchSum-before.searchSum, after.searchN-before.searchN)
+	s.UpstreamMean = mean(after.upSum-before.upSum, after.upN-before.upN)
+	s.AuditMean = mean(after.auditSum-before.auditSum, after.auditN-before.auditN)
 	s.Busy = (after.seconds - before.seconds + after.checkpointSeconds - before.checkpointSeconds) / span
 	if n := after.checkpoints - before.checkpoints; n > 0 {
 		s.CheckpointsPerSec = n / span

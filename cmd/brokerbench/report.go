@@ -335,4 +335,22 @@ func writeAuditTable(p func(string, ...any), r *report) {
 		}
 		p("| %s | %d | %s | %.0f | %.0f | %.1f | %s | %.1f | %s | %.2f | %.1f | %.2f | %s |\n", delay, c.Conc, c.Mode, c.RPS, a.CommitsPerSec, a.RecordsPerCommit, us(a.MeanCommit), a.CheckpointsPerSec, ck, a.Busy, a.RecordsPerCall, a.CommitsPerCall, syncs)
 	}
+	p("\n#### Where a Search's time goes (server side)\n\n")
+	p("Means over each window from brokerd's own histograms: *call* is the Search as brokerd's interceptors see it (`credbroker_grpc_call_duration_seconds`), *upstream* one HTTP attempt to the response headers (`credbroker_upstream_request_duration_seconds`), *audit wait* the call's wait for its record to be durable (`credbroker_audit_write_duration_seconds`); *rest* is call − upstream − audit wait: brokerd's own work on the call's path (token, decrypt, body read, redaction, transcoding, hand-offs between goroutines). *client p50* is the latency brokerbench saw, for comparison (a median, not a mean).\n\n")
+	p("| delay | c | mode | client p50 µs | call µs | upstream µs | audit wait µs | rest µs |\n|---|---|---|---|---|---|---|---|\n")
+	for _, c := range rows {
+		a := c.Audit
+		if c.Mode == "mint" || a.SearchMean == 0 {
+			continue
+		}
+		rest := a.SearchMean - a.UpstreamMean - a.AuditMean
+		if c.Mode == "cached" {
+			rest = a.SearchMean - a.AuditMean // a hit makes no upstream attempt
+		}
+		up := us(a.UpstreamMean)
+		if c.Mode == "cached" {
+			up = "—"
+		}
+		p("| %s | %d | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, c.Mode, us(c.P50), us(a.SearchMean), up, us(a.AuditMean), us(rest))
+	}
 }
