@@ -49,6 +49,9 @@ tests=$(cat <<'LIST'
 ./broker/grpcapi             TestRefusalsCarryErrorInfo  30
 ./store                      TestAuditCommittedSignal|TestAuditPruneInBatchesBetweenCommits  30
 ./store                      TestAppendAuditRacingClose|TestKeysDuringRewrap|TestSecondOpenFailsFast|TestPutTokenAudited  30
+./store                      TestJournalCheckpointInterval|TestJournalReadersInCheckpointWindow|TestJournalFullCheckpoints|TestJournalWriteFailure  30
+./store                      TestJournalReadersDuringCheckpointsStress  5
+./broker/grpcapi             TestHandlerPanicFailsOnlyItsCall|TestRecoverInterceptors  30
 LIST
 )
 
