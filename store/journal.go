@@ -262,7 +262,7 @@ func (j *journal) write(frames []byte) error {
 	buf := j.buf[:n]
 	copy(buf[head:], frames)
 	clear(buf[end:])
-	if _, err := j.w.WriteAt(buf, start); err != nil {
+	if err := j.writeAt(buf, start); err != nil {
 		return err
 	}
 	if err := j.sync(); err != nil {
@@ -274,6 +274,19 @@ func (j *journal) write(frames []byte) error {
 		copy(buf, buf[next:end])
 	}
 	return nil
+}
+
+// writeAt writes buf at off through j.w. A file system that took O_DIRECT at open but refuses the
+// write (EINVAL: some stacked or encrypted file systems check only then) would fail every group;
+// the journal then writes buffered from here on, and this write is retried that way.
+func (j *journal) writeAt(buf []byte, off int64) error {
+	_, err := j.w.WriteAt(buf, off)
+	if err != nil && j.w != j.f && errors.Is(err, syscall.EINVAL) {
+		j.w.Close()
+		j.w = j.f
+		_, err = j.w.WriteAt(buf, off)
+	}
+	return err
 }
 
 // restart starts the journal over after a checkpoint: the frames in it are in the database now,

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/tink-crypto/tink-go/v2/tink"
 	bolt "go.etcd.io/bbolt"
@@ -435,4 +436,37 @@ func TestJournalFullCheckpoints(t *testing.T) {
 		t.Fatalf("journal size %v %v", fi.Size(), err)
 	}
 	verifyOK(t, s, n)
+}
+
+// A file system that accepts O_DIRECT at open but refuses the write (EINVAL) makes the journal
+// write buffered from then on, without failing the write that found out. Here an unaligned buffer
+// gets the EINVAL from a real O_DIRECT descriptor.
+func TestJournalFallsBackToBufferedWrites(t *testing.T) {
+	s, path, kek := openJournalStore(t)
+	jr := s.audit.jr
+	if jr.w == jr.f {
+		t.Skip("this file system takes no O_DIRECT (the journal writes buffered already)")
+	}
+	appendSeq(t, s, 1, 2) // the writer is idle after this; the test may use the journal
+	raw := make([]byte, 2*journalBlock+1)
+	unaligned := raw[1 : 1+journalBlock]
+	if uintptr(unsafe.Pointer(&unaligned[0]))%512 == 0 {
+		unaligned = raw[2 : 2+journalBlock]
+	}
+	// The block the journal's frames are in, as the file holds it: rewriting it changes nothing.
+	if _, err := jr.f.ReadAt(unaligned, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := jr.writeAt(unaligned, 0); err != nil {
+		t.Fatalf("write through the fallback: %v", err)
+	}
+	if jr.w != jr.f {
+		t.Fatal("the journal still writes through O_DIRECT after an EINVAL")
+	}
+	appendSeq(t, s, 3, 2)
+	r, err := reopen(t, crashImage(t, path), kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyOK(t, r, 4)
 }
