@@ -81,6 +81,7 @@ type policyWrite struct {
 type rekeyWrite struct {
 	start, ack time.Time
 	acked      bool
+	refused    bool // refused (a concurrent re-wrap changed the keyset): changed nothing
 	primary    uint32
 }
 
@@ -282,6 +283,7 @@ func (w *crashWorker) rekey(ctx context.Context) {
 	if err != nil {
 		if !w.killed.Load() && strings.Contains(err.Error(), "changed meanwhile") {
 			w.m.mu.Lock()
+			rw.refused = true
 			w.m.acked["rekey refused (concurrent re-wrap)"]++
 			w.m.ackedRPCs++
 			w.m.mu.Unlock()
@@ -610,7 +612,17 @@ func (e *env) checkAfterCrash(m *crashModel, newKEK uint32, rewrapAcked bool) (p
 				last = rw
 			}
 		}
-		if last.acked {
+		// brokerd serialises rekeys in its own order, not the clients' start order: a rekey
+		// started earlier but still running when the last one started (or cut off by the kill)
+		// may have run after it. Then either primary can be the stored one, and a cut-off rekey
+		// may have left its marker for the next start to finish.
+		concurrent := false
+		for _, rw := range m.rekeys {
+			if rw != last && !rw.refused && (!rw.acked || rw.ack.After(last.start)) {
+				concurrent = true
+			}
+		}
+		if last.acked && !concurrent {
 			u, err := st.Keys()
 			switch {
 			case err != nil:
