@@ -23,12 +23,7 @@ import (
 // its message is built by the runtime from numbers and type names only, and it says what went
 // wrong. The stack shows functions, lines and argument words (pointers, lengths), no bytes.
 func (b *Broker) panicked(v any) error {
-	metrics.Panics.Inc()
-	attrs := []any{"panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack())}
-	if re, ok := v.(runtime.Error); ok {
-		attrs = append(attrs, "runtime_error", re.Error())
-	}
-	b.log.Error("a search's computation panicked (a bug in brokerd): that call failed with INTERNAL, brokerd goes on", attrs...)
+	b.logPanic(v, "a search's computation panicked (a bug in brokerd): that call failed with INTERNAL, brokerd goes on")
 	return fmt.Errorf("%w: the search failed on a bug in brokerd (logged, please report it); the upstream may have billed it, retry", ErrInternal)
 }
 
@@ -36,11 +31,16 @@ func (b *Broker) panicked(v any) error {
 // recovery interceptors, grpcapi): logged the same way, counted, and the error that call alone
 // gets. method names the call (a registered method name, never request data).
 func (b *Broker) Recovered(v any, method string) error {
+	b.logPanic(v, "a call's handler panicked (a bug in brokerd): that call failed with INTERNAL, brokerd goes on", "method", method)
+	return fmt.Errorf("%w: the call failed on a bug in brokerd (logged, please report it)", ErrInternal)
+}
+
+// logPanic counts and logs a recovered panic as panicked describes: never v's value.
+func (b *Broker) logPanic(v any, msg string, attrs ...any) {
 	metrics.Panics.Inc()
-	attrs := []any{"method", method, "panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack())}
+	attrs = append(attrs, "panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack()))
 	if re, ok := v.(runtime.Error); ok {
 		attrs = append(attrs, "runtime_error", re.Error())
 	}
-	b.log.Error("a call's handler panicked (a bug in brokerd): that call failed with INTERNAL, brokerd goes on", attrs...)
-	return fmt.Errorf("%w: the call failed on a bug in brokerd (logged, please report it)", ErrInternal)
+	b.log.Error(msg, attrs...)
 }

@@ -115,22 +115,20 @@ type auditWriter struct {
 	onCheckpoint func(records int, took time.Duration, err error) // Options.OnAuditCheckpoint
 
 	// jr is the audit journal (journal.go); nil when it could not be created (a full disk at the
-	// first start): every group then commits to bbolt as before. ckSeq and ckMAC are the chain
+	// first start): every group then commits to bbolt as before. ckSeq is the seq of the chain
 	// head as the database holds it; pending are the records after it, lastSeq's included, that
 	// are durable in the journal only. All three belong to the writer goroutine; pendView is
 	// pending for readers (ScanAudit, NewestAudit), under pendMu, replaced (never truncated in
 	// place) at a checkpoint so a reader's copy stays valid.
-	jr           *journal
-	ckSeq        uint64
-	ckMAC        []byte
-	pending      []journalRecord
-	frames       []byte // the group being written to the journal
-	ckInterval   time.Duration
-	ckTimer      *time.Timer
-	pendMu       sync.Mutex
-	pendView     []journalRecord
-	pendTx       int // the bbolt transaction of the last commitDB: pendView follows its head
-	pendingCount atomic.Int64
+	jr         *journal
+	ckSeq      uint64
+	pending    []journalRecord
+	frames     []byte // the group being written to the journal
+	ckInterval time.Duration
+	ckTimer    *time.Timer
+	pendMu     sync.Mutex
+	pendView   []journalRecord
+	pendTx     int // the bbolt transaction of the last commitDB: pendView follows its head
 
 	// fault, when set, makes appends fail: fault injection for tests of the fail-closed path.
 	fault atomic.Pointer[error]
@@ -259,7 +257,7 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 		}
 	}
 	w.lastSeq, w.lastMAC = head.Seq, head.Prev
-	w.ckSeq, w.ckMAC = head.Seq, head.Prev
+	w.ckSeq = head.Seq
 	w.headSeq.Store(head.Seq)
 	w.ckTimer = time.NewTimer(time.Hour)
 	w.ckTimer.Stop()
@@ -568,7 +566,6 @@ func (w *auditWriter) commitJournal(batch []*auditReq) error {
 	w.pendMu.Lock()
 	w.pendView = append(w.pendView, recs...)
 	w.pendMu.Unlock()
-	w.pendingCount.Store(int64(len(w.pending)))
 	w.lastSeq, w.lastMAC = seq, prev
 	w.headSeq.Store(seq)
 	w.wake()
@@ -703,11 +700,10 @@ func (w *auditWriter) commitDB(batch []*auditReq) error {
 	w.failing.Store(false)
 	moved := len(batch) > 0 || seq != w.lastSeq
 	w.lastSeq, w.lastMAC = seq, prev
-	w.ckSeq, w.ckMAC = seq, prev
+	w.ckSeq = seq
 	w.headSeq.Store(seq)
 	if len(w.pending) > 0 {
 		w.pending = nil
-		w.pendingCount.Store(0)
 		w.ckTimer.Stop()
 	}
 	w.pendMu.Lock()
@@ -821,7 +817,7 @@ func (s *Store) appendAudit(ctx context.Context, r *auditReq) error {
 // CheckpointAudit moves the records in the audit journal into the database now, so that the file
 // alone holds every record and the chain head that goes with the state (Close does the same).
 func (s *Store) CheckpointAudit() error {
-	if s.audit.pendingCount.Load() == 0 {
+	if len(s.audit.pendingView()) == 0 {
 		return nil
 	}
 	return s.appendAudit(context.Background(), &auditReq{probe: true, done: make(chan error, 1)})

@@ -352,7 +352,7 @@ func TestAuditWriterRereadsHeadAfterAFailedCommit(t *testing.T) {
 	// What the writer believes after a commit of records 2-3 that returned an error but landed.
 	// (The writer is idle; these writes happen before the append below hands it work.)
 	s.audit.lastSeq, s.audit.lastMAC = 1, []byte("stale")
-	s.audit.ckSeq, s.audit.ckMAC = 1, []byte("stale")
+	s.audit.ckSeq = 1
 	s.audit.failing.Store(true)
 	if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Method: "/m", Code: "OK", TokenID: "next"}); err != nil {
 		t.Fatal(err)
