@@ -305,6 +305,9 @@ func TestJournalTamperingRefused(t *testing.T) {
 			if !errors.Is(err, ErrTampered) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Open: %v; want ErrTampered saying %q", err, tc.want)
 			}
+			if !strings.Contains(err.Error(), "restore the database and its audit journal") {
+				t.Errorf("the refusal does not say what to do: %v", err)
+			}
 		})
 	}
 }
