@@ -52,23 +52,11 @@ func oldWire(t testing.TB, results []Result, meta map[string]any, want int) (res
 	return res, md
 }
 
-// oldJSON is the HTTP front's encoding of an answer before the transcoder, kept as the oracle:
+// oldJSON is the HTTP front's encoding of an answer from the decoded maps (mapJSON), the oracle:
 // encoding/json's Marshal of the decoded metadata and the first want results' objects.
 func oldJSON(t testing.TB, results []Result, meta map[string]any, want int) []byte {
 	t.Helper()
-	out := make(map[string]any, len(meta)+1)
-	for k, v := range meta {
-		out[k] = v
-	}
-	if want > 0 && len(results) > want {
-		results = results[:want]
-	}
-	raws := make([]map[string]any, 0, len(results))
-	for _, r := range results {
-		raws = append(raws, r.Raw)
-	}
-	out["results"] = raws
-	b, err := json.Marshal(out)
+	b, err := mapJSON(results, meta, want)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -401,6 +401,34 @@ func (r *SearchResult) Encoded(key EncodingKey, build func() ([]byte, error)) ([
 	return b, nil
 }
 
+// MapJSON is the answer as the HTTP front writes it, built from the decoded maps: encoding/json's
+// Marshal of every top-level field but "results", and "results" holding the first want results'
+// objects (all if want is 0). The front takes it only where the transcoder refused a body that
+// encoding/json accepts; the transcoder's fuzz test holds the transcoder to it.
+func (r *SearchResult) MapJSON(want int) ([]byte, error) {
+	results, meta, err := r.Decoded()
+	if err != nil {
+		return nil, err
+	}
+	return mapJSON(results, meta, want)
+}
+
+func mapJSON(results []Result, meta map[string]any, want int) ([]byte, error) {
+	out := make(map[string]any, len(meta)+1)
+	for k, v := range meta {
+		out[k] = v
+	}
+	if want > 0 && len(results) > want {
+		results = results[:want]
+	}
+	raws := make([]map[string]any, 0, len(results))
+	for _, r := range results {
+		raws = append(raws, r.Raw)
+	}
+	out["results"] = raws
+	return json.Marshal(out)
+}
+
 // hit is a caller's result for a cached answer.
 func (a *cachedAnswer) hit() *SearchResult {
 	return &SearchResult{Tool: a.tool, Credential: a.credential, CredentialVersion: a.version, ans: a, body: int64(len(a.body))}

@@ -307,23 +307,7 @@ func encode(res *broker.SearchResult, req broker.SearchRequest) ([]byte, error) 
 		if w != nil {
 			return w.AppendJSON(make([]byte, 0, res.BodyBytes()+64), want), nil
 		}
-		results, meta, err := res.Decoded()
-		if err != nil {
-			return nil, err
-		}
-		out := make(map[string]any, len(meta)+1)
-		for k, v := range meta {
-			out[k] = v
-		}
-		if want > 0 && len(results) > want {
-			results = results[:want]
-		}
-		raws := make([]map[string]any, 0, len(results))
-		for _, r := range results {
-			raws = append(raws, r.Raw)
-		}
-		out["results"] = raws
-		return json.Marshal(out)
+		return res.MapJSON(want)
 	})
 }
 
