@@ -92,6 +92,11 @@ func (f *flights) wait(ctx context.Context) error {
 	f.mu.Unlock()
 	select {
 	case <-idle:
+		return nil // idle wins over a ctx already done (Drain at the shutdown deadline)
+	default:
+	}
+	select {
+	case <-idle:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

@@ -199,7 +199,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	stopHTTP := serveHTTPFront(hlis, b, cfg, admins, log)
-	defer stopHTTP()
+	defer func() { stopHTTP(time.Now().Add(cfg.ShutdownTimeout)) }() // on an error return; a no-op after the stop below
 	lis, activated, err := openListener(cfg, log)
 	if err != nil {
 		return err
@@ -246,14 +246,26 @@ func Run(ctx context.Context, cfg Config) error {
 		stopErr = fmt.Errorf("database write failed with its outcome in doubt (%v); brokerd stopped so it can be restarted", err)
 	}
 	log.Info("brokerd stopping: draining in-flight calls", "timeout", cfg.ShutdownTimeout)
+	// One deadline for the whole drain: the HTTP front's requests, the gRPC calls and the searches
+	// whose callers left all get until then, at the same time. One after the other, each with its
+	// own --shutdown-timeout, a hung upstream made a stop take about three times as long, past
+	// the unit's TimeoutStopSec= (systemd then kills brokerd mid-drain). Now a stop takes at most
+	// --shutdown-timeout plus drainGrace.
+	deadline := time.Now().Add(cfg.ShutdownTimeout)
 	sup.stopping()
 	hs.Shutdown()
 	drainer.Stopping() // watch streams would hold the graceful stop for its whole timeout
-	stopHTTP()
-	stopGracefully(srv, drainer, cfg.ShutdownTimeout, log)
-	// Searches whose callers left may still be waiting for the upstream: let them settle their
-	// credits and audit records before the store closes.
-	drainCtx, cancelDrain := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	httpStopped := make(chan struct{})
+	go func() {
+		defer close(httpStopped)
+		stopHTTP(deadline)
+	}()
+	stopGracefully(srv, drainer, deadline, log)
+	<-httpStopped
+	// Searches whose callers left may still be waiting for the upstream: they settle their
+	// credits and audit records before the store closes, until the same deadline; then they are
+	// cut off (and counted as charged).
+	drainCtx, cancelDrain := context.WithDeadline(context.Background(), deadline)
 	if err := b.Drain(drainCtx); err != nil {
 		log.Warn("shutdown: searches still waiting for the upstream", "err", err)
 	}
@@ -318,16 +330,18 @@ const drainGrace = 5 * time.Second
 
 // stopGracefully lets in-flight calls finish for up to timeout, then ends them with a clean
 // Unavailable through the drainer, and cuts off only what still runs drainGrace later.
-func stopGracefully(srv *grpc.Server, drainer *grpcapi.Drainer, timeout time.Duration, log *slog.Logger) {
+func stopGracefully(srv *grpc.Server, drainer *grpcapi.Drainer, deadline time.Time, log *slog.Logger) {
 	done := make(chan struct{})
 	go func() {
 		srv.GracefulStop()
 		close(done)
 	}()
+	timeout := time.NewTimer(time.Until(deadline))
+	defer timeout.Stop()
 	select {
 	case <-done:
 		return
-	case <-time.After(timeout):
+	case <-timeout.C:
 	}
 	n := drainer.Drain()
 	log.Warn("shutdown timeout reached; ending the remaining calls with Unavailable", "calls", n)

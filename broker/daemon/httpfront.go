@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/grpcapi"
@@ -75,9 +76,9 @@ func listenHTTPOne(addr string, cfg Config) (net.Listener, error) {
 
 // serveHTTPFront serves the HTTP front on each listener, under the same connection caps as the
 // gRPC socket, until the returned stop function is called. Unix-socket files are removed then.
-func serveHTTPFront(lis []net.Listener, b *broker.Broker, cfg Config, admins grpcapi.Admins, log *slog.Logger) (stop func()) {
+func serveHTTPFront(lis []net.Listener, b *broker.Broker, cfg Config, admins grpcapi.Admins, log *slog.Logger) (stop func(deadline time.Time)) {
 	if len(lis) == 0 {
-		return func() {}
+		return func(time.Time) {}
 	}
 	srv := httpfront.NewServer(httpfront.New(b, log), log)
 	var paths []string
@@ -96,10 +97,12 @@ func serveHTTPFront(lis []net.Listener, b *broker.Broker, cfg Config, admins grp
 		}()
 	}
 	var once sync.Once
-	return func() {
+	return func(deadline time.Time) {
 		once.Do(func() {
-			// Requests in flight finish (their searches settle) for up to the shutdown timeout.
-			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			// Requests in flight finish until the shutdown deadline (the gRPC server's too: they
+			// drain at the same time); then their connections are closed, which ends their
+			// searches' waits.
+			ctx, cancel := context.WithDeadline(context.Background(), deadline)
 			defer cancel()
 			if err := srv.Shutdown(ctx); err != nil {
 				srv.Close()

@@ -7,6 +7,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,6 +25,10 @@ import (
 
 	"github.com/credbroker/credbroker/broker/daemon"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
+	"github.com/credbroker/credbroker/client"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // cleanEnv is the test's environment without anything systemd might have set for the test run
@@ -389,6 +394,69 @@ func TestShutdownTimeoutEndsCallsCleanly(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("no Unavailable Search record in the audit log:\n%s", out)
+	}
+}
+
+// A stop is bounded by one --shutdown-timeout (plus drainGrace), however the hung calls arrived:
+// the HTTP front's requests, gRPC calls and searches whose callers left drain at the same time
+// until one deadline. They used to drain one after the other, each for the whole timeout, so a
+// hung upstream made a stop take ~3x --shutdown-timeout, past the unit's TimeoutStopSec= at the
+// default 10 s (systemd then SIGKILLs brokerd mid-drain).
+func TestShutdownBoundedByOneTimeout(t *testing.T) {
+	const timeout = 2 * time.Second
+	e := newEnv(t)
+	httpSock := filepath.Join(e.dir, "run", "http.sock")
+	e.startDaemon(t, "--shutdown-timeout", timeout.String(), "--http-listen", "unix:"+httpSock)
+	token, _ := e.setup(t)
+	e.fake.SetFault(scaviotest.Fault{Delay: time.Hour, Times: 3}) // hung: answer only when cancelled
+	before := e.fake.Count()
+
+	// A caller that leaves: its search goes on, detached, waiting for the upstream.
+	leftCtx, leave := context.WithCancel(context.Background())
+	left := make(chan error, 1)
+	go func() {
+		_, err := e.client(t, client.WithToken(token)).Search(leftCtx, &credbrokerv1.SearchRequest{Query: "left behind"})
+		left <- err
+	}()
+	waitUntil(t, 10*time.Second, "the first hung call reached the upstream", func() bool { return e.fake.Count() > before })
+	leave()
+	if err := <-left; status.Code(err) != codes.Canceled {
+		t.Fatalf("the caller that left: %v", err)
+	}
+	// A gRPC caller still waiting, and an HTTP front request.
+	inflight := make(chan result, 1)
+	go func() { inflight <- e.search(t, token, "hung over gRPC") }()
+	httpDone := make(chan error, 1)
+	go func() {
+		c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", httpSock)
+		}}}
+		req, _ := http.NewRequest(http.MethodPost, "http://brokerd"+scaviotest.SearchPath, strings.NewReader(`{"query": "hung over HTTP"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("x-api-key", token)
+		resp, err := c.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		httpDone <- err
+	}()
+	waitUntil(t, 10*time.Second, "all three hung calls reached the upstream", func() bool { return e.fake.Count() >= before+3 })
+
+	sent := time.Now()
+	if err := e.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("exit: %v\n%s", err, e.stderr.String())
+	}
+	took := time.Since(sent)
+	<-inflight
+	<-httpDone
+	// One timeout, then the calls end at once: well under two. One after the other they took
+	// three (6 s here).
+	if took >= 2*timeout {
+		t.Fatalf("the stop took %s with --shutdown-timeout %s: the drains did not share one deadline\n%s", took, timeout, e.stderr.String())
+	}
+	if !strings.Contains(e.stderr.String(), "searches still waiting for the upstream") {
+		t.Fatalf("the detached search was not cut off at the deadline:\n%s", e.stderr.String())
 	}
 }
 
