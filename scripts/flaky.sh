@@ -39,7 +39,7 @@ tests=$(cat <<'LIST'
 ./client                     .*  30
 ./cmd/fakescavio             TestRunServesReloadsAndStops  30
 ./cmd/scavio-mcp             TestCancelReachesBroker|TestRefusedTokenAsksForANewOne|TestUpstreamFaults  30
-./cmd/brokerd                TestSIGTERMDrainsInFlightCall|TestShutdownTimeoutEndsCallsCleanly|TestFailedFsyncNeverContradictsTheDatabase|TestDiskFull|TestDiskFullKillRestart|TestSocketActivation|TestSystemdNotify|TestSystemdNoWatchdogWithoutUsec|TestStartupRefusals|TestMasterKeyRotationEndToEnd|TestKill9AndRestart  30
+./cmd/brokerd                TestSIGTERMDrainsInFlightCall|TestShutdownTimeoutEndsCallsCleanly|TestShutdownBoundedByOneTimeout|TestFailedFsyncNeverContradictsTheDatabase|TestDiskFull|TestDiskFullKillRestart|TestSocketActivation|TestSystemdNotify|TestSystemdNoWatchdogWithoutUsec|TestStartupRefusals|TestMasterKeyRotationEndToEnd|TestKill9AndRestart  30
 ./cmd/brokerd                TestBigBodyStormRSS|TestRekeyKill9EndToEnd|TestCrashConsistency|TestLoad1000Clients|TestSoak  5
 ./cmd/brokerd                TestConnectionCapKeepsAdminsIn|TestTokenlessFloodIsCoalescedAcrossShutdown  30
 ./cmd/brokerd                TestWorkloadAttestation|TestExecRevokesOnExit|TestClientRenewsAsAnotherUID|TestHTTPFrontProcess|TestHTTPFrontTCPKnowsTheCallersUID|TestBrokerctlRefusesSquattedSocket|TestAdminGIDMatchesSupplementaryGroups  10
@@ -48,7 +48,7 @@ tests=$(cat <<'LIST'
 ./broker/attest              .*  30
 ./broker/grpcapi             TestRefusalsCarryErrorInfo  30
 ./store                      TestAuditCommittedSignal|TestAuditPruneInBatchesBetweenCommits  30
-./store                      TestAppendAuditRacingClose|TestKeysDuringRewrap|TestSecondOpenFailsFast|TestPutTokenAudited  30
+./store                      TestAppendAuditRacingClose|TestKeysDuringRewrap|TestSecondOpenFailsFast|TestPutTokenAudited|TestIntegrityCheckAcrossChunks  30
 ./store                      TestJournalCheckpointInterval|TestJournalReadersInCheckpointWindow|TestJournalFullCheckpoints|TestJournalWriteFailure  30
 ./store                      TestJournalReadersDuringCheckpointsStress  5
 ./broker/grpcapi             TestHandlerPanicFailsOnlyItsCall|TestRecoverInterceptors  30
