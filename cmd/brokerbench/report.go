@@ -277,9 +277,9 @@ func writeMarkdown(w io.Writer, r *report) error {
 		}
 		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Delay, c.Conc, rf, hf, pf, of, rd, pd, od, fd, cf, hcf, ceil, hceil, paired)
 	}
-	p("\n*p50 brokerd − floor* is between the two modes' median rounds (picked by req/s, so with several rounds not always the same round); the last column pairs brokerd's and the floor's p50 of the same round, side by side, and takes the median of those differences, which round-to-round noise moves far less.\n")
-	writeC1Rounds(p, r)
+	p("\n*p50 brokerd − floor* is between the two modes' median rounds (picked by req/s, so with several rounds not always the same round); the last column pairs brokerd's and the floor's p50 of the same round, side by side, and takes the median of those differences: a disturbance that slows a whole round moves both sides of its difference.\n")
 	p("\n*CPU ceiling* is the floor's CPU per call over brokerd's, counting every process of the cell (server, upstream, loadgen: they share the same cores). Once the cores are saturated, throughput is cores ÷ CPU per call, so this is the best req/s brokerd/floor can reach at that cell's CPU costs however the waiting is arranged; below the target, it needs less CPU per call, not more concurrency. *CPU ceiling cached/floor* is the same for cache hits: above the measured cached/floor, something other than CPU (on a shared disk, the audit writer's commits: see its *writer busy*) held the hits back.\n")
+	writeC1Rounds(p, r)
 	writeAuditTable(p, r)
 	if len(r.Mint) > 0 {
 		p("\n### MintToken\n\n| c | req/s | p50 µs | p99 µs | p50 / one bbolt commit | server CPU s/1k | disk KiB/1k | errors |\n|---|---|---|---|---|---|---|---|\n")
@@ -344,9 +344,9 @@ func writeC1Disk(p func(string, ...any), y *c1Disk) {
 	if !y.WriteDirect {
 		how = "buffered (the file system refused O_DIRECT)"
 	}
-	p("At c=1's pace, measured inside every zero-delay c=1 round right after its cells (%d of each per round, median over %d rounds): one bbolt commit p50 **%s** paced (one started every %s, the %s; realised %s), **%s** back to back; brokerd's own durable write, a 4 KiB %s pwrite + fdatasync of a preallocated file (what the audit journal does for a lone call), p50 %s paced, %s back to back. ",
+	p("At c=1's pace, measured inside every zero-delay c=1 round right after its cells (%d of each per round, median over %d round(s)): one bbolt commit p50 **%s** paced (one started every %s, the %s; realised %s), **%s** back to back; brokerd's own durable write, a 4 KiB %s pwrite + fdatasync of a preallocated file (what the audit journal does for a lone call), p50 %s paced, %s back to back. ",
 		y.Samples, len(y.Rounds), round(y.CommitPaced), round(y.Pace), y.PaceSource, round(y.Period), round(y.CommitB2B), how, round(y.WritePaced), round(y.WriteB2B))
-	p("This disk's sync latency grows with how long it was idle before the sync (here ×%.1f for a bbolt commit and ×%.1f for the 4 KiB write at c=1's pace against back to back), so a back-to-back commit is the cheapest a commit ever is, not what a call pays that finds the disk idle since the previous call, as every call at c=1 does. The c=1 target therefore compares against the paced commit and shows the back-to-back one beside it.\n\n",
+	p("This disk's sync latency grows with how long it was idle before the sync (here ×%.1f for a bbolt commit and ×%.1f for the 4 KiB write at c=1's pace against back to back), so a back-to-back commit is the cheapest a commit ever is, not what a call pays that finds the disk idle since the previous call, as every call at c=1 does. The c=1 target therefore compares against the paced commit and shows the back-to-back one beside it; the pace is each round's own brokerd call interval rather than a fixed one because that is the idle time the cell's durable writes actually follow (a slower round idles the disk longer: the round-by-round table under *Ratios* shows both).\n\n",
 		ratio(y.CommitPaced, y.CommitB2B), ratio(y.WritePaced, y.WriteB2B))
 }
 
@@ -377,7 +377,7 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 			us(d.Pace), us(d.CommitPaced), us(d.CommitB2B), us(d.WritePaced), us(d.WriteB2B))
 	}
 	med, lo, hi, n := c1Over(b, f)
-	p("| median | | | **%s** (%s … %s, %d rounds) | %s | **%s** | %s | %s | %s |\n", us(med), us(lo), us(hi), n, us(y.Pace), us(y.CommitPaced), us(y.CommitB2B), us(y.WritePaced), us(y.WriteB2B))
+	p("| median | | | **%s** (%s … %s, %d round(s)) | %s | **%s** | %s | %s | %s |\n", us(med), us(lo), us(hi), n, us(y.Pace), us(y.CommitPaced), us(y.CommitB2B), us(y.WritePaced), us(y.WriteB2B))
 }
 
 // totalCPU is the CPU seconds per 1,000 calls of every process of a cell.
