@@ -164,8 +164,9 @@ ghz --insecure --call credbroker.v1.SearchService.Search -d '{"tool":"web_search
   in every zero-delay c=1 round, right after the modes, brokerbench times bbolt commits (Update,
   one put) and 4 KiB O_DIRECT pwrite + fdatasync of a preallocated file (the audit journal's write
   for a lone call), each back to back and *paced*: one started every mean interval between the
-  round's brokerd calls, the loop asleep in between, so the disk idles as it does between c=1
-  calls. The target compares the median over rounds of brokerd's p50 minus the floor's *of the same
+  round's *floor* calls, the loop asleep in between, so the disk idles about as it does between
+  c=1 calls (brokerd's own calls come less often: the floor's pace is the stricter one, and a
+  slower brokerd cannot buy itself a costlier yardstick). The target compares the median over rounds of brokerd's p50 minus the floor's *of the same
   round* (min … max beside it) with the paced commit, the back-to-back commit shown beside it.
 - The fake upstream (brokerbench \`serve-upstream\`) answers with the exact bytes of
   \`broker/upstream/scaviotest\` for the query, but records nothing, so it stays cheap. Every server

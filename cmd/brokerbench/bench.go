@@ -424,7 +424,7 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 							return fmt.Errorf("c=1 disk yardstick: %w", err)
 						}
 					}
-					if err := e.c1Yardstick(r, probe, got["brokerd"]); err != nil {
+					if err := e.c1Yardstick(r, probe, got["floor"]); err != nil {
 						return err
 					}
 				}
@@ -438,14 +438,16 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 }
 
 // c1Yardstick measures one round's c=1 yardstick right after the round's cells, paced at the mean
-// interval between the calls of the round's brokerd cell: the gap a lone call's durable write
-// follows. Without a brokerd cell it paces at 1 ms (about brokerd's c=1 cadence here).
-func (e *env) c1Yardstick(r *report, probe *diskProbe, brokerd []cellResult) error {
-	pace, src := time.Millisecond, "fixed 1ms (no brokerd c=1 calls to pace by)"
-	if n := len(brokerd); n > 0 {
-		if b := brokerd[n-1]; b.Requests+b.Errors > 0 {
+// interval between the calls of the round's floor cell: about the idle gap a lone call's durable
+// write follows, but taken from the floor, so that a slower brokerd does not earn itself a longer
+// gap and with it a costlier yardstick (brokerd's own interval is longer, so this is the stricter
+// pace). Without a floor cell it paces at 1 ms (about the c=1 cadence here).
+func (e *env) c1Yardstick(r *report, probe *diskProbe, floor []cellResult) error {
+	pace, src := time.Millisecond, "fixed 1ms (no floor c=1 calls to pace by)"
+	if n := len(floor); n > 0 {
+		if b := floor[n-1]; b.Requests+b.Errors > 0 {
 			pace = b.Window / time.Duration(b.Requests+b.Errors)
-			src = "mean interval between calls of the round's brokerd c=1 cell"
+			src = "mean interval between calls of the round's floor c=1 cell"
 		}
 	}
 	dr, err := probe.measure(pace, probeSamples)

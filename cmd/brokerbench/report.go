@@ -346,7 +346,7 @@ func writeC1Disk(p func(string, ...any), y *c1Disk) {
 	}
 	p("At c=1's pace, measured inside every zero-delay c=1 round right after its cells (%d of each per round, median over %d round(s)): one bbolt commit p50 **%s** paced (one started every %s, the %s; realised %s), **%s** back to back; brokerd's own durable write, a 4 KiB %s pwrite + fdatasync of a preallocated file (what the audit journal does for a lone call), p50 %s paced, %s back to back. ",
 		y.Samples, len(y.Rounds), round(y.CommitPaced), round(y.Pace), y.PaceSource, round(y.Period), round(y.CommitB2B), how, round(y.WritePaced), round(y.WriteB2B))
-	p("This disk's sync latency grows with how long it was idle before the sync (here ×%.1f for a bbolt commit and ×%.1f for the 4 KiB write at c=1's pace against back to back), so a back-to-back commit is the cheapest a commit ever is, not what a call pays that finds the disk idle since the previous call, as every call at c=1 does. The c=1 target therefore compares against the paced commit and shows the back-to-back one beside it; the pace is each round's own brokerd call interval rather than a fixed one because that is the idle time the cell's durable writes actually follow (a slower round idles the disk longer: the round-by-round table under *Ratios* shows both).\n\n",
+	p("This disk's sync latency grows with how long it was idle before the sync (here ×%.1f for a bbolt commit and ×%.1f for the 4 KiB write at c=1's pace against back to back), so a back-to-back commit is the cheapest a commit ever is, not what a call pays that finds the disk idle since the previous call, as every call at c=1 does. The c=1 target therefore compares against the paced commit and shows the back-to-back one beside it; the pace is each round's floor call interval (without a broker a call comes that often; brokerd's own calls come less often and would find the disk idle longer, so this is the stricter yardstick, and a slower brokerd cannot earn itself a costlier one).\n\n",
 		ratio(y.CommitPaced, y.CommitB2B), ratio(y.WritePaced, y.WriteB2B))
 }
 
@@ -370,7 +370,7 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 		return
 	}
 	p("\n#### c=1, zero delay, round by round\n\n")
-	p("Each round ran the modes one after another, then the disk yardstick (µs; *paced* is one started every *pace*, the mean interval between the round's brokerd calls).\n\n")
+	p("Each round ran the modes one after another, then the disk yardstick (µs; *paced* is one started every *pace*, the mean interval between the round's floor calls).\n\n")
 	p("| round | floor p50 | brokerd p50 | brokerd − floor | pace | bbolt commit paced | bbolt commit back to back | 4 KiB write + fdatasync paced | back to back |\n|---|---|---|---|---|---|---|---|---|\n")
 	for i, d := range y.Rounds {
 		p("| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", i+1, us(fp[i]), us(bp[i]), us(bp[i]-fp[i]),
