@@ -31,7 +31,7 @@ if [[ "$quick" == 1 ]]; then
   benchtime=300ms
 else
   mode="full"
-  bb_flags=(--duration 5s --warmup 1s --rounds 3 --scale-tokens 100000 --scale-credentials 1000)
+  bb_flags=(--duration 5s --warmup 1s --rounds 5 --scale-tokens 100000 --scale-credentials 1000)
   count=${BENCH_COUNT:-3}
   benchtime=1s
 fi
@@ -120,7 +120,7 @@ hand: rerun the script. Absolute numbers depend on the machine and on what else 
 ## How to run
 
 \`\`\`sh
-scripts/bench.sh                  # everything, ~12 min, rewrites BENCHMARKS.md
+scripts/bench.sh                  # everything, ~20 min, rewrites BENCHMARKS.md
 BENCH_QUICK=1 scripts/bench.sh    # reduced run to check the script
 go run ./cmd/brokerbench --help   # the load benchmark alone (--json FILE for machines)
 \`\`\`
