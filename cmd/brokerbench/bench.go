@@ -38,6 +38,9 @@ type report struct {
 	Conns   int         `json:"grpc_conns"`
 	Rounds  int         `json:"rounds"`
 	Disk    diskInfo    `json:"disk"`
+	// C1Disk is the c=1 target's yardstick, measured in the zero-delay c=1 rounds (nil when the
+	// run had no such cell).
+	C1Disk *c1Disk `json:"c1_disk,omitempty"`
 	// BrokerdReady is exec-to-SERVING of brokerd on the (empty) database of the load matrix.
 	BrokerdReady time.Duration `json:"brokerd_ready_ns"`
 	Cells        []cellResult  `json:"cells"`
@@ -68,6 +71,9 @@ type cellResult struct {
 	// RoundsRPS is every round's req/s when the cell was run in rounds (--rounds); the cell's
 	// other figures are its median round's.
 	RoundsRPS []float64 `json:"rounds_rps,omitempty"`
+	// RoundsP50 is every round's p50, in the same order: rounds of two modes at one index ran
+	// side by side (the c=1 target pairs them).
+	RoundsP50 []time.Duration `json:"rounds_p50_ns,omitempty"`
 	loadResult
 }
 
@@ -382,6 +388,12 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 			procs[m] = []watched{{role: "server", pid: bd.pid(), metrics: bd.metrics}, upw, self}
 		}
 	}
+	var probe *diskProbe
+	defer func() {
+		if probe != nil {
+			probe.close()
+		}
+	}()
 	for _, delay := range e.cfg.delays {
 		if err := e.setDelay(delay); err != nil {
 			return err
@@ -405,6 +417,17 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 					progress("%-7s delay=%-5s c=%-3d round %d/%d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s",
 						m, delay, c, rd+1, rounds, res.RPS, round(res.P50), round(res.P99), res.CPUPer1k["server"], res.Errors, res.FirstErr, auditLine(res.Audit))
 				}
+				if delay == 0 && c == 1 {
+					if probe == nil {
+						var err error
+						if probe, err = openDiskProbe(e.dir); err != nil {
+							return fmt.Errorf("c=1 disk yardstick: %w", err)
+						}
+					}
+					if err := e.c1Yardstick(r, probe, got["floor"]); err != nil {
+						return err
+					}
+				}
 			}
 			for _, m := range e.cfg.modes {
 				r.Cells = append(r.Cells, medianCell(got[m]))
@@ -414,8 +437,40 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 	return e.setDelay(0)
 }
 
+// c1Yardstick measures one round's c=1 yardstick right after the round's cells, paced at the mean
+// interval between the calls of the round's floor cell: about the idle gap a lone call's durable
+// write follows, but taken from the floor, so that a slower brokerd does not earn itself a longer
+// gap and with it a costlier yardstick (brokerd's own interval is longer, so this is the stricter
+// pace). Without a floor cell it paces at 1 ms (about the c=1 cadence here).
+func (e *env) c1Yardstick(r *report, probe *diskProbe, floor []cellResult) error {
+	pace, src := time.Millisecond, "fixed 1ms (no floor c=1 calls to pace by)"
+	if n := len(floor); n > 0 {
+		if b := floor[n-1]; b.Requests+b.Errors > 0 {
+			pace = b.Window / time.Duration(b.Requests+b.Errors)
+			src = "mean interval between calls of the round's floor c=1 cell"
+		}
+	}
+	dr, err := probe.measure(pace, probeSamples)
+	if err != nil {
+		return fmt.Errorf("c=1 disk yardstick: %w", err)
+	}
+	if r.C1Disk == nil {
+		r.C1Disk = &c1Disk{PaceSource: src, Samples: probeSamples}
+	}
+	y := r.C1Disk
+	if y.PaceSource != src {
+		y.PaceSource = "mixed: " + src + " in some rounds"
+	}
+	y.WriteDirect = probe.direct()
+	y.Rounds = append(y.Rounds, dr)
+	y.summarize()
+	progress("disk at c=1   round %d: bbolt commit p50 %s paced (every %s, realised %s), %s back to back; 4 KiB write+fdatasync p50 %s paced, %s back to back",
+		len(y.Rounds), round(dr.CommitPaced), round(dr.Pace), round(dr.Period), round(dr.CommitB2B), round(dr.WritePaced), round(dr.WriteB2B))
+	return nil
+}
+
 // medianCell is the round with the median req/s (the lower middle one of an even count), with
-// every round's req/s in RoundsRPS.
+// every round's req/s in RoundsRPS and p50 in RoundsP50.
 func medianCell(cells []cellResult) cellResult {
 	sorted := slices.Clone(cells)
 	slices.SortFunc(sorted, func(a, b cellResult) int { return cmp.Compare(a.RPS, b.RPS) })
@@ -423,6 +478,7 @@ func medianCell(cells []cellResult) cellResult {
 	if len(cells) > 1 {
 		for _, c := range cells {
 			m.RoundsRPS = append(m.RoundsRPS, c.RPS)
+			m.RoundsP50 = append(m.RoundsP50, c.P50)
 		}
 	}
 	return m

@@ -53,7 +53,7 @@ func parseFlags(args []string) (config, error) {
 	conc := fs.String("conc", "1,16,64", "comma-separated concurrencies (closed-loop workers)")
 	delays := fs.String("delays", "0,50ms", "comma-separated artificial upstream delays")
 	modes := fs.String("modes", strings.Join(allModes, ","), "which of direct,floor,brokerd,cached to run")
-	fs.IntVar(&c.rounds, "rounds", 1, "run each zero-delay cell this many times (modes interleaved) and keep each mode's median round")
+	fs.IntVar(&c.rounds, "rounds", 1, "run each zero-delay cell this many times (modes interleaved) and keep each mode's median round; c=1 rounds also measure the disk yardstick")
 	fs.IntVar(&c.conns, "conns", 1, "gRPC connections shared by the workers (floor and brokerd); 1 is one MCP server's client")
 	fs.StringVar(&c.brokerd, "brokerd", "", "brokerd binary (default: go build ./cmd/brokerd into the work dir)")
 	fs.StringVar(&c.workdir, "workdir", "", "directory for sockets, databases and logs (default: a new temp dir)")

@@ -2,10 +2,13 @@ package main
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"time"
+	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -72,4 +75,249 @@ func measureDisk(dir string) (diskInfo, error) {
 	slices.Sort(lats)
 	d.CommitP50, d.CommitP99 = quantile(lats, 0.5), quantile(lats, 0.99)
 	return d, nil
+}
+
+// The c=1 yardstick. On a disk with a write-back cache (a virtio disk here) a sync costs more the
+// longer the disk was idle before it: a bbolt commit measured back to back is the cheapest a commit
+// ever is, not what the lone call of a c=1 cell pays, which finds the disk idle since the previous
+// call. So the yardstick is measured at the cell's own pace too, inside the zero-delay c=1 rounds
+// (right after each round's cells, so it sees the machine as they did).
+
+const (
+	// probeSamples is how many commits (and writes) each loop of a round's yardstick times.
+	probeSamples = 150
+	// probeBlock is the unit of the O_DIRECT writes, as the audit journal writes (store/journal.go).
+	probeBlock = 4096
+	// probeFileSize is the preallocated, zero-filled file the writes go to (the journal's size).
+	probeFileSize = 1 << 20
+)
+
+// c1Disk is the c=1 yardstick: per round, and the median over rounds of each round's p50s.
+type c1Disk struct {
+	// PaceSource says where the paced loops' period came from.
+	PaceSource string `json:"pace_source"`
+	// WriteDirect is whether the 4 KiB writes went through O_DIRECT (false: the file system
+	// refused it and they went through the page cache).
+	WriteDirect bool        `json:"write_o_direct"`
+	Samples     int         `json:"samples_per_loop"`
+	Rounds      []diskRound `json:"rounds"`
+	// The median over rounds.
+	Pace        time.Duration `json:"pace_ns"`
+	Period      time.Duration `json:"paced_period_ns"`
+	CommitB2B   time.Duration `json:"bbolt_commit_b2b_p50_ns"`
+	CommitPaced time.Duration `json:"bbolt_commit_paced_p50_ns"`
+	WriteB2B    time.Duration `json:"write_b2b_p50_ns"`
+	WritePaced  time.Duration `json:"write_paced_p50_ns"`
+}
+
+// diskRound is one round's yardstick: p50s of a bbolt commit (Update, one put) and of brokerd's
+// own durable write (4 KiB pwrite + fdatasync of a preallocated file), back to back and paced.
+type diskRound struct {
+	// Pace is the start-to-start period the paced loops aimed at; Period what they achieved (mean).
+	Pace        time.Duration `json:"pace_ns"`
+	Period      time.Duration `json:"paced_period_ns"`
+	CommitB2B   time.Duration `json:"bbolt_commit_b2b_p50_ns"`
+	CommitPaced time.Duration `json:"bbolt_commit_paced_p50_ns"`
+	WriteB2B    time.Duration `json:"write_b2b_p50_ns"`
+	WritePaced  time.Duration `json:"write_paced_p50_ns"`
+}
+
+// summarize sets the medians over rounds.
+func (y *c1Disk) summarize() {
+	pick := func(f func(diskRound) time.Duration) time.Duration {
+		var xs []time.Duration
+		for _, r := range y.Rounds {
+			xs = append(xs, f(r))
+		}
+		return medianDur(xs)
+	}
+	y.Pace = pick(func(r diskRound) time.Duration { return r.Pace })
+	y.Period = pick(func(r diskRound) time.Duration { return r.Period })
+	y.CommitB2B = pick(func(r diskRound) time.Duration { return r.CommitB2B })
+	y.CommitPaced = pick(func(r diskRound) time.Duration { return r.CommitPaced })
+	y.WriteB2B = pick(func(r diskRound) time.Duration { return r.WriteB2B })
+	y.WritePaced = pick(func(r diskRound) time.Duration { return r.WritePaced })
+}
+
+// diskProbe is a bbolt database and a preallocated file in the work dir (the file system brokerd's
+// database is on), kept open across rounds.
+type diskProbe struct {
+	db     *bolt.DB
+	f      *os.File // buffered: created and zero-filled through it
+	w      *os.File // the writes: O_DIRECT where the file system takes it, else f
+	paths  []string
+	buf    []byte
+	val    []byte
+	seq    uint64
+	writes int64
+}
+
+var probeBucket = []byte("probe")
+
+func openDiskProbe(dir string) (p *diskProbe, err error) {
+	p = &diskProbe{val: make([]byte, 300)} // about one token or audit record
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	dbPath := filepath.Join(dir, "c1-commit.probe.db")
+	p.paths = append(p.paths, dbPath)
+	if p.db, err = bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: time.Second}); err != nil {
+		return nil, err
+	}
+	if err = p.db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(probeBucket)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "c1-write.probe")
+	p.paths = append(p.paths, path)
+	if p.f, err = os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600); err != nil {
+		return nil, err
+	}
+	// Zero-filled to its full size and synced once, as the journal is, so a write's fdatasync
+	// flushes data only (no allocation, no size change).
+	if _, err = p.f.WriteAt(make([]byte, probeFileSize), 0); err != nil {
+		return nil, err
+	}
+	if err = unix.Fdatasync(int(p.f.Fd())); err != nil {
+		return nil, err
+	}
+	p.w = p.f
+	if w, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0); err == nil {
+		p.w = w
+	} // else (EINVAL: tmpfs) the same block writes, buffered
+	p.buf = alignedBlock()
+	for i := range p.buf {
+		p.buf[i] = 0xa5
+	}
+	return p, nil
+}
+
+// alignedBlock is probeBlock bytes starting at a probeBlock-aligned address, as O_DIRECT needs (Go's
+// heap does not move objects).
+func alignedBlock() []byte {
+	b := make([]byte, 2*probeBlock)
+	skip := 0
+	if a := int(uintptr(unsafe.Pointer(&b[0])) % probeBlock); a != 0 {
+		skip = probeBlock - a
+	}
+	return b[skip : skip+probeBlock : skip+probeBlock]
+}
+
+// direct reports whether the writes go through O_DIRECT.
+func (p *diskProbe) direct() bool { return p.w != nil && p.w != p.f }
+
+func (p *diskProbe) close() {
+	if p.db != nil {
+		p.db.Close()
+	}
+	if p.direct() {
+		p.w.Close()
+	}
+	if p.f != nil {
+		p.f.Close()
+	}
+	for _, path := range p.paths {
+		os.Remove(path)
+	}
+}
+
+// commit is one bbolt write transaction putting one small value.
+func (p *diskProbe) commit() error {
+	p.seq++
+	return p.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(probeBucket).Put(binary.BigEndian.AppendUint64(nil, p.seq), p.val)
+	})
+}
+
+// write is what the audit journal does for a lone call's record: one 4 KiB block written in place
+// (the same block again until about eight ~500-byte records have filled it, then the next one) and
+// fdatasync.
+func (p *diskProbe) write() error {
+	off := (p.writes / 8 * probeBlock) % probeFileSize
+	p.writes++
+	_, err := p.w.WriteAt(p.buf, off)
+	if err != nil && p.direct() && errors.Is(err, unix.EINVAL) {
+		// Took O_DIRECT at open but refuses the write: buffered from here on, as the journal does.
+		p.w.Close()
+		p.w = p.f
+		_, err = p.w.WriteAt(p.buf, off)
+	}
+	if err != nil {
+		return err
+	}
+	return unix.Fdatasync(int(p.w.Fd()))
+}
+
+// measure times n commits and n writes, each back to back and paced: one started every pace.
+func (p *diskProbe) measure(pace time.Duration, n int) (diskRound, error) {
+	r := diskRound{Pace: pace}
+	var err error
+	var periods [2]time.Duration
+	if r.CommitB2B, _, err = timeLoop(p.commit, n, 0); err != nil {
+		return r, fmt.Errorf("bbolt commit: %w", err)
+	}
+	if r.CommitPaced, periods[0], err = timeLoop(p.commit, n, pace); err != nil {
+		return r, fmt.Errorf("bbolt commit: %w", err)
+	}
+	if r.WriteB2B, _, err = timeLoop(p.write, n, 0); err != nil {
+		return r, fmt.Errorf("4 KiB write + fdatasync: %w", err)
+	}
+	if r.WritePaced, periods[1], err = timeLoop(p.write, n, pace); err != nil {
+		return r, fmt.Errorf("4 KiB write + fdatasync: %w", err)
+	}
+	r.Period = (periods[0] + periods[1]) / 2
+	return r, nil
+}
+
+// timeLoop runs op n times and returns its p50 and the mean start-to-start period. With pace > 0
+// each op starts pace after the previous one started, the loop sleeping in between, so the disk is
+// idle for pace minus the op's time, as it is between the durable writes of a c=1 cell's calls
+// (one per call, a call every pace). An op that took longer than pace is followed at once, not by
+// a burst that catches up: the cell's closed loop does not catch up either. The sleep's overshoot
+// (tens of µs) is learnt and taken off the next sleep, so the period stays close to pace.
+func timeLoop(op func() error, n int, pace time.Duration) (p50, period time.Duration, err error) {
+	lats := make([]time.Duration, 0, n)
+	first := time.Now()
+	var next time.Time
+	var early time.Duration // how much sooner than the target to wake: the sleep's mean overshoot
+	for i := range n {
+		if pace > 0 && i > 0 {
+			if wake := next.Add(-early); time.Until(wake) > 0 {
+				sleepUntil(wake)
+				early += (time.Since(wake) - early) / 4
+			}
+		}
+		t0 := time.Now()
+		if err := op(); err != nil {
+			return 0, 0, err
+		}
+		lats = append(lats, time.Since(t0))
+		next = t0.Add(pace)
+	}
+	period = time.Since(first) / time.Duration(n)
+	slices.Sort(lats)
+	return quantile(lats, 0.5), period, nil
+}
+
+// sleepUntil sleeps until t in the kernel (clock_nanosleep): time.Sleep waits for the runtime's
+// poller, whose timeout has millisecond resolution (here time.Sleep(950µs) took 1.09 ms and
+// time.Sleep(1.3ms) 2.18 ms), which would pace the loop at up to twice the cell's period and let
+// the disk idle for longer than it does between the cell's calls. The thread blocks either way:
+// no CPU is spent and no I/O is issued while waiting.
+func sleepUntil(t time.Time) {
+	for {
+		d := time.Until(t)
+		if d <= 0 {
+			return
+		}
+		ts := unix.NsecToTimespec(int64(d))
+		if err := unix.Nanosleep(&ts, nil); err == nil {
+			return
+		}
+		// EINTR (the runtime's preemption signal): sleep for what is left.
+	}
 }

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"slices"
+	"time"
+)
+
+// medianDur is the median of xs (the mean of the two middle ones for an even count), 0 for none.
+func medianDur(xs []time.Duration) time.Duration {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := len(s) / 2
+	if len(s)%2 == 1 {
+		return s[m]
+	}
+	return s[m-1] + (s[m]-s[m-1])/2
+}
+
+// pairedDiff is a − b paired by round (a[i] − b[i]: the two modes ran in the same round, side by
+// side, so whatever disturbed the machine then hit both): the median of the per-round differences,
+// their min and max, and how many rounds were paired. A round in which either side completed no
+// call (p50 0) is left out. n is 0 when nothing could be paired.
+func pairedDiff(a, b []time.Duration) (med, lo, hi time.Duration, n int) {
+	if len(a) != len(b) {
+		return 0, 0, 0, 0
+	}
+	var d []time.Duration
+	for i := range a {
+		if a[i] > 0 && b[i] > 0 {
+			d = append(d, a[i]-b[i])
+		}
+	}
+	if len(d) == 0 {
+		return 0, 0, 0, 0
+	}
+	return medianDur(d), slices.Min(d), slices.Max(d), len(d)
+}
+
+// roundsP50 is a cell's p50 of every round, or its own p50 when it ran once.
+func roundsP50(c *cellResult) []time.Duration {
+	if len(c.RoundsP50) > 0 {
+		return c.RoundsP50
+	}
+	return []time.Duration{c.P50}
+}
+
+// c1Over is brokerd's p50 over the floor's, paired by round (see pairedDiff).
+func c1Over(b, f *cellResult) (med, lo, hi time.Duration, n int) {
+	return pairedDiff(roundsP50(b), roundsP50(f))
+}

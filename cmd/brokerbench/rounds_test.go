@@ -1,0 +1,213 @@
+package main
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+const us1 = time.Microsecond
+
+func TestMedianDur(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   []time.Duration
+		want time.Duration
+	}{
+		{"none", nil, 0},
+		{"one", []time.Duration{7}, 7},
+		{"odd, unsorted", []time.Duration{300, 100, 200}, 200},
+		{"even: mean of the middle two", []time.Duration{400, 100, 300, 200}, 250},
+		{"negative differences", []time.Duration{-50, 20, -10}, -10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := slices.Clone(tc.in)
+			if got := medianDur(tc.in); got != tc.want {
+				t.Errorf("medianDur(%v) = %v, want %v", tc.in, got, tc.want)
+			}
+			if !slices.Equal(in, tc.in) {
+				t.Errorf("medianDur reordered its input: %v", tc.in)
+			}
+		})
+	}
+}
+
+func TestPairedDiff(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		a, b        []time.Duration
+		med, lo, hi time.Duration
+		n           int
+	}{
+		{"one round", []time.Duration{900}, []time.Duration{500}, 400, 400, 400, 1},
+		// Per-round differences 400, 100, 700: the median is 400, whereas the difference of the
+		// medians of each side (1000 − 700) would be 300.
+		{"paired by round, not median of each side", []time.Duration{1000, 800, 1500}, []time.Duration{600, 700, 800}, 400, 100, 700, 3},
+		{"even count", []time.Duration{1000, 1100}, []time.Duration{800, 800}, 250, 200, 300, 2},
+		{"a round without calls is left out", []time.Duration{1000, 0, 1200}, []time.Duration{600, 700, 0}, 400, 400, 400, 1},
+		{"brokerd faster in a round", []time.Duration{500, 900, 1000}, []time.Duration{600, 600, 600}, 300, -100, 400, 3},
+		{"nothing to pair", []time.Duration{0}, []time.Duration{600}, 0, 0, 0, 0},
+		{"rounds of different length", []time.Duration{1, 2}, []time.Duration{1}, 0, 0, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			med, lo, hi, n := pairedDiff(tc.a, tc.b)
+			if med != tc.med || lo != tc.lo || hi != tc.hi || n != tc.n {
+				t.Errorf("pairedDiff = %v, %v, %v, %d; want %v, %v, %v, %d", med, lo, hi, n, tc.med, tc.lo, tc.hi, tc.n)
+			}
+		})
+	}
+}
+
+func TestMedianCellKeepsEveryRound(t *testing.T) {
+	rounds := []cellResult{
+		{Mode: "floor", loadResult: loadResult{RPS: 900, P50: 700 * us1}},
+		{Mode: "floor", loadResult: loadResult{RPS: 1500, P50: 500 * us1}},
+		{Mode: "floor", loadResult: loadResult{RPS: 1200, P50: 600 * us1}},
+	}
+	m := medianCell(rounds)
+	if m.RPS != 1200 || m.P50 != 600*us1 {
+		t.Errorf("median round = %.0f req/s p50 %v, want the 1200 req/s one", m.RPS, m.P50)
+	}
+	// Run order, so that index i of two modes is the same round.
+	if want := []float64{900, 1500, 1200}; !slices.Equal(m.RoundsRPS, want) {
+		t.Errorf("RoundsRPS = %v, want %v", m.RoundsRPS, want)
+	}
+	if want := []time.Duration{700 * us1, 500 * us1, 600 * us1}; !slices.Equal(m.RoundsP50, want) {
+		t.Errorf("RoundsP50 = %v, want %v", m.RoundsP50, want)
+	}
+	if one := medianCell(rounds[:1]); one.RoundsP50 != nil || one.RoundsRPS != nil {
+		t.Errorf("a single round lists rounds: %v %v", one.RoundsRPS, one.RoundsP50)
+	}
+}
+
+func TestC1Target(t *testing.T) {
+	cell := func(mode string, rps float64, p50 time.Duration, rounds ...time.Duration) cellResult {
+		return cellResult{Mode: mode, Conc: 1, RoundsP50: rounds, loadResult: loadResult{Requests: 1000, RPS: rps, P50: p50}}
+	}
+	yard := &c1Disk{Pace: 1300 * us1, CommitPaced: 400 * us1, CommitB2B: 200 * us1, WritePaced: 160 * us1, WriteB2B: 55 * us1, Rounds: make([]diskRound, 3)}
+	for _, tc := range []struct {
+		name       string
+		cells      []cellResult
+		yard       *c1Disk
+		backToBack time.Duration // r.Disk.CommitP50, measured before the runs
+		status     string
+		want, got  []string // substrings of the target's Want and Got
+	}{
+		{
+			name: "over a back-to-back commit but within one at c=1's pace",
+			cells: []cellResult{
+				cell("floor", 1500, 600*us1, 600*us1, 650*us1, 700*us1),
+				cell("brokerd", 1000, 950*us1, 950*us1, 1000*us1, 1100*us1),
+			},
+			yard: yard, backToBack: 150 * us1, status: "PASS",
+			want: []string{"≤ one bbolt commit at c=1's pace", "back to back: 200µs"},
+			got:  []string{"350µs: median of 3 rounds' differences, range 350µs … 400µs", "p50 400µs, back to back 200µs", "160µs paced, 55µs back to back"},
+		},
+		{
+			// The median rounds by req/s differ by 150 µs, the rounds paired by 450 µs: the
+			// paired median decides.
+			name: "paired median, not the median rounds' difference",
+			cells: []cellResult{
+				cell("floor", 1500, 800*us1, 500*us1, 800*us1, 550*us1),
+				cell("brokerd", 1000, 950*us1, 950*us1, 1250*us1, 1000*us1),
+			},
+			yard: yard, status: "MISS",
+			got: []string{"450µs: median of 3 rounds' differences, range 450µs … 450µs", "median rounds by req/s: 950µs vs 800µs"},
+		},
+		{
+			name: "one round",
+			cells: []cellResult{
+				cell("floor", 1500, 600*us1),
+				cell("brokerd", 1000, 1000*us1),
+			},
+			yard: yard, status: "PASS",
+			got: []string{"400µs (1ms vs 600µs)"},
+		},
+		{
+			name: "without a paced yardstick: the back-to-back commit before the runs",
+			cells: []cellResult{
+				cell("floor", 1500, 600*us1),
+				cell("brokerd", 1000, 1000*us1),
+			},
+			backToBack: 300 * us1, status: "MISS",
+			want: []string{"≤ one bbolt commit"},
+			got:  []string{"one bbolt commit p50 300µs (back to back, before the runs)"},
+		},
+		{
+			name: "no round with calls in both modes",
+			cells: []cellResult{
+				cell("floor", 1500, 600*us1, 600*us1, 0),
+				cell("brokerd", 1000, 1000*us1, 0, 1000*us1),
+			},
+			yard: yard, status: "n/a",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &report{Cells: tc.cells, C1Disk: tc.yard, Disk: diskInfo{CommitP50: tc.backToBack}}
+			var got *target
+			for _, tg := range evaluate(r) {
+				if tg.Name == "p50 brokerd − floor, zero delay, c=1" {
+					got = &tg
+				}
+			}
+			if got == nil {
+				t.Fatal("evaluate made no c=1 latency target")
+			}
+			if got.Status != tc.status {
+				t.Errorf("status %s, want %s (want %q, got %q)", got.Status, tc.status, got.Want, got.Got)
+			}
+			for _, s := range tc.want {
+				if !strings.Contains(got.Want, s) {
+					t.Errorf("want column %q lacks %q", got.Want, s)
+				}
+			}
+			for _, s := range tc.got {
+				if !strings.Contains(got.Got, s) {
+					t.Errorf("measured column %q lacks %q", got.Got, s)
+				}
+			}
+		})
+	}
+}
+
+func TestC1DiskSummarize(t *testing.T) {
+	y := &c1Disk{Rounds: []diskRound{
+		{Pace: 1000, Period: 1010, CommitB2B: 200, CommitPaced: 400, WriteB2B: 50, WritePaced: 150},
+		{Pace: 1400, Period: 1390, CommitB2B: 150, CommitPaced: 700, WriteB2B: 60, WritePaced: 170},
+		{Pace: 1200, Period: 1250, CommitB2B: 300, CommitPaced: 350, WriteB2B: 90, WritePaced: 160},
+	}}
+	y.summarize()
+	want := c1Disk{Pace: 1200, Period: 1250, CommitB2B: 200, CommitPaced: 400, WriteB2B: 60, WritePaced: 160}
+	if y.Pace != want.Pace || y.Period != want.Period || y.CommitB2B != want.CommitB2B || y.CommitPaced != want.CommitPaced ||
+		y.WriteB2B != want.WriteB2B || y.WritePaced != want.WritePaced {
+		t.Errorf("medians %+v, want %+v", *y, want)
+	}
+}
+
+// TestDiskProbe runs the yardstick's loops on a real bbolt file and a real preallocated file (few
+// samples; nothing about their speed is asserted) and checks that it cleans up after itself.
+func TestDiskProbe(t *testing.T) {
+	dir := t.TempDir()
+	p, err := openDiskProbe(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pace := range []time.Duration{0, 200 * us1} {
+		r, err := p.measure(pace, 5)
+		if err != nil {
+			t.Fatalf("measure(%v): %v", pace, err)
+		}
+		if r.Pace != pace || r.CommitB2B <= 0 || r.CommitPaced <= 0 || r.WriteB2B <= 0 || r.WritePaced <= 0 || r.Period <= 0 {
+			t.Errorf("measure(%v) = %+v, want every p50 and the period measured", pace, r)
+		}
+	}
+	if p.seq != 20 || p.writes != 20 {
+		t.Errorf("%d commits and %d writes, want 20 of each", p.seq, p.writes)
+	}
+	p.close()
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("probe left %d files in the work dir", len(left))
+	}
+}
