@@ -26,7 +26,7 @@ mkdir -p "$logs"
 # a deadline or a retry belongs here.
 tests=$(cat <<'LIST'
 ./broker                     TestRunSchedulerUsesTheClock|TestSchedulerFailuresBackOff|TestScheduledRotateAtShutdownIsAudited|TestRotateCommandOutput  30
-./broker/daemon              TestLiveSocketWithFullBacklogIsNotReplaced  30
+./broker/daemon              TestLiveSocketWithFullBacklogIsNotReplaced|TestStopAbandonsAHandlerThatNeverReturns  30
 ./broker/grpcapi             TestUpstreamFaults|TestRateLimitStormProbesAlone  30
 ./broker/grpcapi             TestCredentialRateLimitSharedByAllTokens|TestLimiterLearnsFromUpstream|TestHealthShutdownEndsWatchers|TestUndecodableRequestIsAudited|TestCacheSingleFlight|TestTokenBudgetAndCredentialCeiling|TestGraceFallback  30
 ./broker/grpcapi             TestZeroDowntimeRotation|TestCacheSavingsWorkload  5

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -444,6 +445,7 @@ func TestPolicyAndLimitsBoundToCredential(t *testing.T) {
 // order: over several chunks, every record is counted, and forged ones in different chunks and
 // different goroutines' parts are all reported, in file order.
 func TestIntegrityCheckAcrossChunks(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4)) // several goroutines' parts even on one CPU
 	kek, _ := newKEK(t)
 	path := filepath.Join(t.TempDir(), "broker.db")
 	s, err := Open(path, kek, Options{NoSync: true})

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tink-crypto/tink-go/v2/keyset"
 	"github.com/tink-crypto/tink-go/v2/mac"
@@ -424,16 +425,32 @@ func verifyAll(s *Store, recs []sealedRecord) {
 		}
 	}
 	n := min(runtime.GOMAXPROCS(0), len(recs)/64+1) // small chunks are not worth a goroutine
-	var wg sync.WaitGroup
+	var (
+		wg       sync.WaitGroup
+		panicked atomic.Pointer[any]
+	)
+	// A panic is the caller's to handle (Open recovers it into an error), once every part has
+	// stopped reading the transaction's memory: not a crash in a goroutine of its own.
+	run := func(part []sealedRecord) {
+		defer func() {
+			if v := recover(); v != nil {
+				panicked.Store(&v)
+			}
+		}()
+		verify(part)
+	}
 	for i := range n {
 		part := recs[i*len(recs)/n : (i+1)*len(recs)/n]
 		if i == n-1 {
-			verify(part)
+			run(part)
 			break
 		}
-		wg.Go(func() { verify(part) })
+		wg.Go(func() { run(part) })
 	}
 	wg.Wait()
+	if v := panicked.Load(); v != nil {
+		panic(*v)
+	}
 }
 
 // CheckIntegrity verifies every sealed record and the audit head's freshness (see

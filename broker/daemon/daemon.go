@@ -325,11 +325,18 @@ func limitConns(lis net.Listener, cfg Config, admins grpcapi.Admins, b *broker.B
 
 // drainGrace is how long handlers get, once the drainer has cancelled them, to return their
 // "shutting down" answer and write its audit record before the transport is cut. Handlers honour
-// their context within milliseconds; this only bounds one that does not.
-const drainGrace = 5 * time.Second
+// their context within milliseconds; this only bounds one that does not. abandonAfter is how long
+// a stop then still waits for a handler whose connection was closed under it: gRPC's Stop does
+// not end a handler, and one that never returns would otherwise hold the stop until systemd kills
+// brokerd (TimeoutStopSec=). Variables for tests.
+var (
+	drainGrace   = 5 * time.Second
+	abandonAfter = time.Second
+)
 
-// stopGracefully lets in-flight calls finish for up to timeout, then ends them with a clean
-// Unavailable through the drainer, and cuts off only what still runs drainGrace later.
+// stopGracefully lets in-flight calls finish until deadline, then ends them with a clean
+// Unavailable through the drainer, cuts off the connections of what still runs drainGrace later,
+// and abandons what still runs abandonAfter after that (logged: its audit record may be missing).
 func stopGracefully(srv *grpc.Server, drainer *grpcapi.Drainer, deadline time.Time, log *slog.Logger) {
 	done := make(chan struct{})
 	go func() {
@@ -350,7 +357,11 @@ func stopGracefully(srv *grpc.Server, drainer *grpcapi.Drainer, deadline time.Ti
 	case <-time.After(drainGrace):
 		log.Error("calls still running after being ended; closing their connections", "grace", drainGrace)
 		srv.Stop()
-		<-done
+		select {
+		case <-done:
+		case <-time.After(abandonAfter):
+			log.Error("calls still running after their connections were closed; stopping without them (their audit records may be missing)")
+		}
 	}
 }
 

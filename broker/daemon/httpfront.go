@@ -81,6 +81,8 @@ func serveHTTPFront(lis []net.Listener, b *broker.Broker, cfg Config, admins grp
 		return func(time.Time) {}
 	}
 	srv := httpfront.NewServer(httpfront.New(b, log), log)
+	base, endCalls := context.WithCancelCause(context.Background())
+	srv.BaseContext = func(net.Listener) context.Context { return base }
 	var paths []string
 	for _, l := range lis {
 		if l.Addr().Network() == "unix" {
@@ -99,14 +101,24 @@ func serveHTTPFront(lis []net.Listener, b *broker.Broker, cfg Config, admins grp
 	var once sync.Once
 	return func(deadline time.Time) {
 		once.Do(func() {
-			// Requests in flight finish until the shutdown deadline (the gRPC server's too: they
-			// drain at the same time); then their connections are closed, which ends their
-			// searches' waits.
+			// Requests in flight finish until the shutdown deadline (the gRPC calls too: they
+			// drain at the same time). Then, as the gRPC drainer does, their contexts end with
+			// broker.ErrShuttingDown: each handler answers 503 "shutting down" and writes its audit
+			// record through its usual path, for up to drainGrace, before the store closes; only
+			// what still runs then has its connection closed under it.
 			ctx, cancel := context.WithDeadline(context.Background(), deadline)
-			defer cancel()
-			if err := srv.Shutdown(ctx); err != nil {
-				srv.Close()
+			err := srv.Shutdown(ctx)
+			cancel()
+			if err != nil {
+				endCalls(broker.ErrShuttingDown)
+				ctx, cancel := context.WithTimeout(context.Background(), drainGrace)
+				if err := srv.Shutdown(ctx); err != nil {
+					log.Error("HTTP front requests still running after being ended; closing their connections", "grace", drainGrace)
+					srv.Close()
+				}
+				cancel()
 			}
+			endCalls(nil)
 			for _, p := range paths {
 				os.Remove(p)
 			}

@@ -167,6 +167,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := h.b.Search(ctx, raw, caller, req)
+	if err != nil && errors.Is(context.Cause(ctx), broker.ErrShuttingDown) {
+		// Ended by brokerd's shutdown (the server's base context), not by the client: answered
+		// and audited as a shutdown, as the gRPC drainer does.
+		err = fmt.Errorf("%w; the call was ended before it finished, retry once brokerd is back", broker.ErrShuttingDown)
+	}
 	code, reason, retry, known := codes.OK, "", time.Duration(0), true
 	if err != nil {
 		code, reason, retry, known = grpcapi.Classify(err)

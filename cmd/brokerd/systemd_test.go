@@ -435,9 +435,14 @@ func TestShutdownBoundedByOneTimeout(t *testing.T) {
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("x-api-key", token)
 		resp, err := c.Do(req)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+		if err != nil {
+			httpDone <- err
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "brokerd is shutting down") {
+			err = fmt.Errorf("HTTP front answered %d %s, want 503 brokerd is shutting down", resp.StatusCode, body)
 		}
 		httpDone <- err
 	}()
@@ -448,8 +453,12 @@ func TestShutdownBoundedByOneTimeout(t *testing.T) {
 		t.Fatalf("exit: %v\n%s", err, e.stderr.String())
 	}
 	took := time.Since(sent)
-	<-inflight
-	<-httpDone
+	if r := <-inflight; r.err == nil || !strings.Contains(r.stderr, "brokerd is shutting down") {
+		t.Errorf("the gRPC call at the deadline: err=%v\nstdout=%s\nstderr=%s", r.err, r.stdout, r.stderr)
+	}
+	if err := <-httpDone; err != nil {
+		t.Error(err)
+	}
 	// One timeout, then the calls end at once: well under two. One after the other they took
 	// three (6 s here).
 	if took >= 2*timeout {
@@ -457,6 +466,33 @@ func TestShutdownBoundedByOneTimeout(t *testing.T) {
 	}
 	if !strings.Contains(e.stderr.String(), "searches still waiting for the upstream") {
 		t.Fatalf("the detached search was not cut off at the deadline:\n%s", e.stderr.String())
+	}
+
+	// Nothing lost: each caller's record with the code it got, and each search's own record of
+	// the credits it may have spent (cut off at the deadline: counted as charged).
+	e.startDaemon(t)
+	out := e.ctl(t, "", "audit", "--json").ok(t).stdout
+	var httpRec, grpcRec, settled int
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var rec struct {
+			Method, Code, Event string
+			Credits             uint64
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("audit --json line %q: %v", line, err)
+		}
+		switch {
+		case rec.Event == "settled-after-caller-left" && rec.Credits > 0:
+			settled++
+		case rec.Event != "":
+		case strings.Contains(rec.Method, "/api/v1/") && rec.Code == "Unavailable":
+			httpRec++
+		case strings.HasSuffix(rec.Method, "/Search") && rec.Code == "Unavailable":
+			grpcRec++
+		}
+	}
+	if httpRec != 1 || grpcRec != 1 || settled != 3 {
+		t.Fatalf("audit: %d HTTP front and %d gRPC Unavailable records, %d settled searches with credits; want 1, 1, 3\n%s", httpRec, grpcRec, settled, out)
 	}
 }
 
