@@ -101,13 +101,7 @@ type c1Disk struct {
 	WriteDirect bool        `json:"write_o_direct"`
 	Samples     int         `json:"samples_per_loop"`
 	Rounds      []diskRound `json:"rounds"`
-	// The median over rounds.
-	Pace        time.Duration `json:"pace_ns"`
-	Period      time.Duration `json:"paced_period_ns"`
-	CommitB2B   time.Duration `json:"bbolt_commit_b2b_p50_ns"`
-	CommitPaced time.Duration `json:"bbolt_commit_paced_p50_ns"`
-	WriteB2B    time.Duration `json:"write_b2b_p50_ns"`
-	WritePaced  time.Duration `json:"write_paced_p50_ns"`
+	diskRound               // the median over rounds (its fields inline in JSON)
 }
 
 // diskRound is one round's yardstick: p50s of a bbolt commit (Update, one put) and of brokerd's

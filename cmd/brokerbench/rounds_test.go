@@ -86,7 +86,7 @@ func TestC1Target(t *testing.T) {
 	cell := func(mode string, rps float64, p50 time.Duration, rounds ...time.Duration) cellResult {
 		return cellResult{Mode: mode, Conc: 1, RoundsP50: rounds, loadResult: loadResult{Requests: 1000, RPS: rps, P50: p50}}
 	}
-	yard := &c1Disk{Pace: 1300 * us1, CommitPaced: 400 * us1, CommitB2B: 200 * us1, WritePaced: 160 * us1, WriteB2B: 55 * us1, Rounds: make([]diskRound, 3)}
+	yard := &c1Disk{diskRound: diskRound{Pace: 1300 * us1, CommitPaced: 400 * us1, CommitB2B: 200 * us1, WritePaced: 160 * us1, WriteB2B: 55 * us1}, Rounds: make([]diskRound, 3)}
 	for _, tc := range []struct {
 		name       string
 		cells      []cellResult
@@ -179,10 +179,9 @@ func TestC1DiskSummarize(t *testing.T) {
 		{Pace: 1200, Period: 1250, CommitB2B: 300, CommitPaced: 350, WriteB2B: 90, WritePaced: 160},
 	}}
 	y.summarize()
-	want := c1Disk{Pace: 1200, Period: 1250, CommitB2B: 200, CommitPaced: 400, WriteB2B: 60, WritePaced: 160}
-	if y.Pace != want.Pace || y.Period != want.Period || y.CommitB2B != want.CommitB2B || y.CommitPaced != want.CommitPaced ||
-		y.WriteB2B != want.WriteB2B || y.WritePaced != want.WritePaced {
-		t.Errorf("medians %+v, want %+v", *y, want)
+	want := diskRound{Pace: 1200, Period: 1250, CommitB2B: 200, CommitPaced: 400, WriteB2B: 60, WritePaced: 160}
+	if y.diskRound != want {
+		t.Errorf("medians %+v, want %+v", y.diskRound, want)
 	}
 }
 
