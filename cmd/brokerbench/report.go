@@ -63,7 +63,7 @@ func evaluate(r *report) []target {
 			continue
 		}
 		tr := b.RPS / f.RPS
-		got := fmt.Sprintf("%.2f (%.0f vs %.0f req/s)", tr, b.RPS, f.RPS)
+		got := fmt.Sprintf("%.2f (%.0f vs %.0f req/s%s)", tr, b.RPS, f.RPS, roundsNote(b, f))
 		if want, ok := ratioWant[c]; ok {
 			add(fmt.Sprintf("req/s brokerd/floor, zero delay, c=%d, durable audit", c), fmt.Sprintf("≥ %.2f", want), got, tr >= want)
 		} else {
@@ -76,7 +76,7 @@ func evaluate(r *report) []target {
 			continue
 		}
 		tr := h.RPS / f.RPS
-		got := fmt.Sprintf("%.2f (%.0f vs %.0f req/s)", tr, h.RPS, f.RPS)
+		got := fmt.Sprintf("%.2f (%.0f vs %.0f req/s%s)", tr, h.RPS, f.RPS, roundsNote(h, f))
 		if c == 16 || c == 64 {
 			add(fmt.Sprintf("req/s cached/floor (same query repeated), zero delay, c=%d", c), "≥ 1.30", got, tr >= 1.3)
 		} else {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"slices"
 	"time"
 )
@@ -50,4 +51,39 @@ func roundsP50(c *cellResult) []time.Duration {
 // c1Over is brokerd's p50 over the floor's, paired by round (see pairedDiff).
 func c1Over(b, f *cellResult) (med, lo, hi time.Duration, n int) {
 	return pairedDiff(roundsP50(b), roundsP50(f))
+}
+
+// pairedRatio is a / b paired by round, like pairedDiff: the median of the per-round ratios, their
+// min and max, and how many rounds were paired (rounds where b is 0 are left out).
+func pairedRatio(a, b []float64) (med, lo, hi float64, n int) {
+	if len(a) != len(b) {
+		return 0, 0, 0, 0
+	}
+	var q []float64
+	for i := range a {
+		if b[i] > 0 {
+			q = append(q, a[i]/b[i])
+		}
+	}
+	if len(q) == 0 {
+		return 0, 0, 0, 0
+	}
+	slices.Sort(q)
+	if m := len(q) / 2; len(q)%2 == 1 {
+		med = q[m]
+	} else {
+		med = (q[m-1] + q[m]) / 2
+	}
+	return med, q[0], q[len(q)-1], len(q)
+}
+
+// roundsNote is " (paired by round: med, lo … hi)" for a's req/s over b's when both ran in
+// several rounds: the ratio targets compare each mode's median round, which may come from
+// different rounds; this says how much the pairing moves them.
+func roundsNote(a, b *cellResult) string {
+	med, lo, hi, n := pairedRatio(a.RoundsRPS, b.RoundsRPS)
+	if n < 2 {
+		return ""
+	}
+	return fmt.Sprintf("; paired by round: %.2f (%.2f … %.2f, %d rounds)", med, lo, hi, n)
 }

@@ -210,3 +210,32 @@ func TestDiskProbe(t *testing.T) {
 		t.Errorf("probe left %d files in the work dir", len(left))
 	}
 }
+
+func TestPairedRatio(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		a, b        []float64
+		med, lo, hi float64
+		n           int
+	}{
+		{"odd", []float64{4371, 5238, 4997, 3970, 3984}, []float64{6570, 6119, 6740, 5891, 4632}, 4997.0 / 6740, 4371.0 / 6570, 3984.0 / 4632, 5},
+		{"even", []float64{1, 3}, []float64{2, 2}, 1, 0.5, 1.5, 2},
+		{"a round without calls is left out", []float64{1, 5}, []float64{2, 0}, 0.5, 0.5, 0.5, 1},
+		{"unequal", []float64{1}, []float64{1, 2}, 0, 0, 0, 0},
+		{"none", nil, nil, 0, 0, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			med, lo, hi, n := pairedRatio(tc.a, tc.b)
+			if med != tc.med || lo != tc.lo || hi != tc.hi || n != tc.n {
+				t.Errorf("pairedRatio = %v %v %v %d, want %v %v %v %d", med, lo, hi, n, tc.med, tc.lo, tc.hi, tc.n)
+			}
+		})
+	}
+	one := &cellResult{RoundsRPS: []float64{1}}
+	if got := roundsNote(one, one); got != "" {
+		t.Errorf("one round: %q, want nothing", got)
+	}
+	if got := roundsNote(&cellResult{RoundsRPS: []float64{3, 4}}, &cellResult{RoundsRPS: []float64{4, 4}}); got != "; paired by round: 0.88 (0.75 … 1.00, 2 rounds)" {
+		t.Errorf("two rounds: %q", got)
+	}
+}
