@@ -1,33 +1,22 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/broker/metrics"
 )
 
 // syncBuffer is a log sink the workers and the test may use at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+type syncBuffer = logtest.Buffer
 
 // A panic in a search's computation (here in the answer's decoding, where a redaction or decoding
 // bug would strike) fails that call, and the caller sharing it through the result cache, with

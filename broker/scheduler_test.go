@@ -9,33 +9,18 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/credbroker/credbroker/broker/clocktest"
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	"github.com/credbroker/credbroker/store"
 	"github.com/credbroker/credbroker/store/storetest"
 )
 
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lockedBuf = logtest.Buffer
 
 type schedEnv struct {
 	b     *Broker

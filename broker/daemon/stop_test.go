@@ -1,39 +1,20 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/credbroker/credbroker/broker/grpcapi"
+	"github.com/credbroker/credbroker/broker/logtest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
-
-// lockedLog is a slog destination the test reads while the stop may still write.
-type lockedLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
 
 // A handler that ignores its cancellation and never returns: gRPC's Stop closes its connection
 // but does not end it, and GracefulStop waits for every handler, so the stop used to wait for it
@@ -73,7 +54,7 @@ func TestStopAbandonsAHandlerThatNeverReturns(t *testing.T) {
 	go conn.Invoke(context.Background(), "/test.Stuck/Call", new(emptypb.Empty), new(emptypb.Empty))
 	<-entered
 
-	var logs lockedLog
+	var logs logtest.Buffer
 	stopped := make(chan struct{})
 	go func() {
 		stopGracefully(srv, grpcapi.NewDrainer(), time.Now().Add(50*time.Millisecond), slog.New(slog.NewTextHandler(&logs, nil)))

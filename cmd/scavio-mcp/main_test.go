@@ -4,7 +4,6 @@ package main
 // master keyset and bbolt file, and the fake Scavio upstream on loopback.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker/daemon"
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -53,22 +52,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lockedBuffer = logtest.Buffer
 
 // testBroker is one running brokerd.
 type testBroker struct {
