@@ -22,6 +22,10 @@ import (
 // ErrShuttingDown: brokerd is stopping and starts no new upstream call.
 var ErrShuttingDown = errors.New("brokerd is shutting down")
 
+// ErrEndedByShutdown is what the caller of a call brokerd ended at its shutdown deadline is told,
+// over gRPC (grpcapi's drainer) and the HTTP front alike.
+var ErrEndedByShutdown = fmt.Errorf("%w; the call was ended before it finished, retry once brokerd is back", ErrShuttingDown)
+
 // eventSettled marks the audit record a search's computation writes when its caller left before
 // the upstream answered: the same call as the caller's own record (Canceled or DeadlineExceeded),
 // carrying the credits it spent. Usage counts its credits, not another call.

@@ -37,7 +37,7 @@ func NewDrainer() *Drainer {
 }
 
 // shuttingDown is what a drained caller is told.
-var shuttingDown = refuse(codes.Unavailable, broker.ReasonShuttingDown, "brokerd is shutting down; the call was ended before it finished, retry once brokerd is back", 0, nil)
+var shuttingDown = refuse(codes.Unavailable, broker.ReasonShuttingDown, broker.ErrEndedByShutdown.Error(), 0, nil)
 
 // track derives the call's context, cancelled with ErrShuttingDown by Drain (stream: by Stopping),
 // or at once when that has already happened.

@@ -170,7 +170,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil && errors.Is(context.Cause(ctx), broker.ErrShuttingDown) {
 		// Ended by brokerd's shutdown (the server's base context), not by the client: answered
 		// and audited as a shutdown, as the gRPC drainer does.
-		err = fmt.Errorf("%w; the call was ended before it finished, retry once brokerd is back", broker.ErrShuttingDown)
+		err = broker.ErrEndedByShutdown
 	}
 	code, reason, retry, known := codes.OK, "", time.Duration(0), true
 	if err != nil {
