@@ -118,7 +118,7 @@ func bench(ctx context.Context, cfg config) (err error) {
 	if r.Disk, err = measureDisk(e.dir); err != nil {
 		return fmt.Errorf("measure fsync: %w", err)
 	}
-	progress("disk: fdatasync p50 %s, bbolt commit p50 %s", r.Disk.FdatasyncP50, r.Disk.CommitP50)
+	progress("disk: 4 KiB write+fdatasync p50 %s, bbolt commit p50 %s", r.Disk.FdatasyncP50, r.Disk.CommitP50)
 
 	// The load matrix and MintToken, against one real brokerd.
 	bd, sock, ready, err := e.startBrokerd(ctx, "brokerd", filepath.Join(e.dir, "broker.db"))

@@ -25,54 +25,22 @@ type diskInfo struct {
 	CommitP99 time.Duration `json:"bbolt_commit_p99_ns"`
 }
 
-func measureDisk(dir string) (diskInfo, error) {
-	var d diskInfo
-	path := filepath.Join(dir, "fsync.probe")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+// measureDisk measures, once before the runs and back to back, the writes the c=1 yardstick
+// measures each round (diskProbe): brokerd's own durable write and a bbolt commit.
+func measureDisk(dir string) (d diskInfo, err error) {
+	p, err := openDiskProbe(dir)
 	if err != nil {
 		return d, err
 	}
-	defer os.Remove(path)
-	defer f.Close()
-	page := make([]byte, 4096)
-	var lats []time.Duration
-	for i := range 200 {
-		t0 := time.Now()
-		if _, err := f.WriteAt(page, int64(i%16)*4096); err != nil {
-			return d, err
-		}
-		if err := unix.Fdatasync(int(f.Fd())); err != nil {
-			return d, err
-		}
-		lats = append(lats, time.Since(t0))
+	defer p.close()
+	lats, _, err := timeLoop(p.write, 200, 0)
+	if err != nil {
+		return d, err
 	}
-	slices.Sort(lats)
 	d.FdatasyncP50, d.FdatasyncP99 = quantile(lats, 0.5), quantile(lats, 0.99)
-
-	dbPath := filepath.Join(dir, "commit.probe.db")
-	defer os.Remove(dbPath)
-	db, err := bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
+	if lats, _, err = timeLoop(p.commit, 100, 0); err != nil {
 		return d, err
 	}
-	defer db.Close()
-	lats = lats[:0]
-	val := make([]byte, 300) // about one token record
-	for i := range 100 {
-		t0 := time.Now()
-		err := db.Update(func(tx *bolt.Tx) error {
-			b, err := tx.CreateBucketIfNotExists([]byte("probe"))
-			if err != nil {
-				return err
-			}
-			return b.Put(binary.BigEndian.AppendUint64(nil, uint64(i)), val)
-		})
-		if err != nil {
-			return d, err
-		}
-		lats = append(lats, time.Since(t0))
-	}
-	slices.Sort(lats)
 	d.CommitP50, d.CommitP99 = quantile(lats, 0.5), quantile(lats, 0.99)
 	return d, nil
 }
@@ -249,32 +217,36 @@ func (p *diskProbe) write() error {
 // measure times n commits and n writes, each back to back and paced: one started every pace.
 func (p *diskProbe) measure(pace time.Duration, n int) (diskRound, error) {
 	r := diskRound{Pace: pace}
-	var err error
+	p50 := func(op func() error, pace time.Duration) (time.Duration, time.Duration, error) {
+		lats, period, err := timeLoop(op, n, pace)
+		return quantile(lats, 0.5), period, err
+	}
 	var periods [2]time.Duration
-	if r.CommitB2B, _, err = timeLoop(p.commit, n, 0); err != nil {
+	var err error
+	if r.CommitB2B, _, err = p50(p.commit, 0); err != nil {
 		return r, fmt.Errorf("bbolt commit: %w", err)
 	}
-	if r.CommitPaced, periods[0], err = timeLoop(p.commit, n, pace); err != nil {
+	if r.CommitPaced, periods[0], err = p50(p.commit, pace); err != nil {
 		return r, fmt.Errorf("bbolt commit: %w", err)
 	}
-	if r.WriteB2B, _, err = timeLoop(p.write, n, 0); err != nil {
+	if r.WriteB2B, _, err = p50(p.write, 0); err != nil {
 		return r, fmt.Errorf("4 KiB write + fdatasync: %w", err)
 	}
-	if r.WritePaced, periods[1], err = timeLoop(p.write, n, pace); err != nil {
+	if r.WritePaced, periods[1], err = p50(p.write, pace); err != nil {
 		return r, fmt.Errorf("4 KiB write + fdatasync: %w", err)
 	}
 	r.Period = (periods[0] + periods[1]) / 2
 	return r, nil
 }
 
-// timeLoop runs op n times and returns its p50 and the mean start-to-start period. With pace > 0
+// timeLoop runs op n times and returns its latencies, sorted, and the mean start-to-start period. With pace > 0
 // each op starts pace after the previous one started, the loop sleeping in between, so the disk is
 // idle for pace minus the op's time, as it is between the durable writes of a c=1 cell's calls
 // (one per call, a call every pace). An op that took longer than pace is followed at once, not by
 // a burst that catches up: the cell's closed loop does not catch up either. The sleep's overshoot
 // (tens of µs) is learnt and taken off the next sleep, so the period stays close to pace.
-func timeLoop(op func() error, n int, pace time.Duration) (p50, period time.Duration, err error) {
-	lats := make([]time.Duration, 0, n)
+func timeLoop(op func() error, n int, pace time.Duration) (lats []time.Duration, period time.Duration, err error) {
+	lats = make([]time.Duration, 0, n)
 	first := time.Now()
 	var next time.Time
 	var early time.Duration // how much sooner than the target to wake: the sleep's mean overshoot
@@ -287,14 +259,14 @@ func timeLoop(op func() error, n int, pace time.Duration) (p50, period time.Dura
 		}
 		t0 := time.Now()
 		if err := op(); err != nil {
-			return 0, 0, err
+			return nil, 0, err
 		}
 		lats = append(lats, time.Since(t0))
 		next = t0.Add(pace)
 	}
 	period = time.Since(first) / time.Duration(n)
 	slices.Sort(lats)
-	return quantile(lats, 0.5), period, nil
+	return lats, period, nil
 }
 
 // sleepUntil sleeps until t in the kernel (clock_nanosleep): time.Sleep waits for the runtime's

@@ -195,7 +195,7 @@ func writeMarkdown(w io.Writer, r *report) error {
 	p("### Machine\n\n")
 	p("| nproc | CPU | kernel | Go | GOMAXPROCS |\n|---|---|---|---|---|\n| %d | %s | %s | %s | %d |\n\n",
 		r.Machine.NProc, r.Machine.CPU, r.Machine.Kernel, r.Machine.Go, r.Machine.GOMAXPROC)
-	p("Durability on this disk (measured once before the runs, back to back): fdatasync of one 4 KiB page p50 **%s** (p99 %s); one bbolt write transaction (Update, one put) p50 **%s** (p99 %s).\n\n",
+	p("Durability on this disk (measured once before the runs, back to back): a 4 KiB block written in place and fdatasynced, as the audit journal does (O_DIRECT where the file system takes it), p50 **%s** (p99 %s); one bbolt write transaction (Update, one put) p50 **%s** (p99 %s).\n\n",
 		round(r.Disk.FdatasyncP50), round(r.Disk.FdatasyncP99), round(r.Disk.CommitP50), round(r.Disk.CommitP99))
 	if y := r.C1Disk; y != nil {
 		writeC1Disk(p, y)
