@@ -91,7 +91,7 @@ func (y *c1Disk) summarize() {
 		for _, r := range y.Rounds {
 			xs = append(xs, f(r))
 		}
-		return medianDur(xs)
+		return median(xs)
 	}
 	y.Pace = pick(func(r diskRound) time.Duration { return r.Pace })
 	y.Period = pick(func(r diskRound) time.Duration { return r.Period })

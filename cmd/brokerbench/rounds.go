@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// medianDur is the median of xs (the mean of the two middle ones for an even count), 0 for none.
-func medianDur(xs []time.Duration) time.Duration {
+// median is the median of xs (the mean of the two middle ones for an even count), 0 for none.
+func median[T ~int64 | ~float64](xs []T) T {
 	if len(xs) == 0 {
 		return 0
 	}
@@ -37,7 +37,7 @@ func pairedDiff(a, b []time.Duration) (med, lo, hi time.Duration, n int) {
 	if len(d) == 0 {
 		return 0, 0, 0, 0
 	}
-	return medianDur(d), slices.Min(d), slices.Max(d), len(d)
+	return median(d), slices.Min(d), slices.Max(d), len(d)
 }
 
 // roundsP50 is a cell's p50 of every round, or its own p50 when it ran once.
@@ -68,13 +68,7 @@ func pairedRatio(a, b []float64) (med, lo, hi float64, n int) {
 	if len(q) == 0 {
 		return 0, 0, 0, 0
 	}
-	slices.Sort(q)
-	if m := len(q) / 2; len(q)%2 == 1 {
-		med = q[m]
-	} else {
-		med = (q[m-1] + q[m]) / 2
-	}
-	return med, q[0], q[len(q)-1], len(q)
+	return median(q), slices.Min(q), slices.Max(q), len(q)
 }
 
 // roundsNote is " (paired by round: med, lo … hi)" for a's req/s over b's when both ran in

@@ -24,8 +24,8 @@ func TestMedianDur(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := slices.Clone(tc.in)
-			if got := medianDur(tc.in); got != tc.want {
-				t.Errorf("medianDur(%v) = %v, want %v", tc.in, got, tc.want)
+			if got := median(tc.in); got != tc.want {
+				t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
 			}
 			if !slices.Equal(in, tc.in) {
 				t.Errorf("medianDur reordered its input: %v", tc.in)
