@@ -10,7 +10,7 @@ import (
 
 const us1 = time.Microsecond
 
-func TestMedianDur(t *testing.T) {
+func TestMedian(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		in   []time.Duration
@@ -28,7 +28,7 @@ func TestMedianDur(t *testing.T) {
 				t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
 			}
 			if !slices.Equal(in, tc.in) {
-				t.Errorf("medianDur reordered its input: %v", tc.in)
+				t.Errorf("median reordered its input: %v", tc.in)
 			}
 		})
 	}
