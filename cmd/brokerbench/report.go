@@ -139,7 +139,7 @@ func evaluate(r *report) []target {
 // it) it compares against the back-to-back commit measured before the runs.
 func c1Target(r *report, b, f *cellResult) target {
 	t := target{Name: "p50 brokerd − floor, zero delay, c=1"}
-	med, lo, hi, n := c1Over(b, f)
+	med, lo, hi, n := p50Over(b, f)
 	syncs := "fdatasyncs/call not counted (no perf)"
 	if b.SyncsPerCall != nil {
 		syncs = fmt.Sprintf("%.2f fdatasyncs/call", *b.SyncsPerCall)
@@ -165,6 +165,18 @@ func c1Target(r *report, b, f *cellResult) target {
 		over, round(y.Pace), round(y.CommitPaced), round(y.CommitB2B), round(y.WritePaced), round(y.WriteB2B), syncs)
 	t.Status = passMiss(med <= y.CommitPaced)
 	return t
+}
+
+// joinRounds lists every round's figure, or "—" for a cell run once.
+func joinRounds[T any](xs []T, format func(T) string) string {
+	if len(xs) == 0 {
+		return "—"
+	}
+	rs := make([]string, len(xs))
+	for i, v := range xs {
+		rs[i] = format(v)
+	}
+	return strings.Join(rs, ", ")
 }
 
 func writeTargets(w io.Writer, r *report) {
@@ -219,22 +231,8 @@ func writeMarkdown(w io.Writer, r *report) error {
 		if c.ServerMem != nil {
 			rss = fmt.Sprintf("%.1f", float64(c.ServerMem.RSS)/mib)
 		}
-		rounds := "—"
-		if len(c.RoundsRPS) > 0 {
-			var rs []string
-			for _, v := range c.RoundsRPS {
-				rs = append(rs, fmt.Sprintf("%.0f", v))
-			}
-			rounds = strings.Join(rs, ", ")
-		}
-		roundsP50 := "—"
-		if len(c.RoundsP50) > 0 {
-			var rs []string
-			for _, v := range c.RoundsP50 {
-				rs = append(rs, us(v))
-			}
-			roundsP50 = strings.Join(rs, ", ")
-		}
+		rounds := joinRounds(c.RoundsRPS, func(v float64) string { return fmt.Sprintf("%.0f", v) })
+		roundsP50 := joinRounds(c.RoundsP50, us)
 		p("| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %.2f / %.2f |\n", c.Delay, c.Conc, c.Mode, c.RPS, rounds, roundsP50, us(c.P50), us(c.P90), us(c.P99),
 			cpu1k(c.CPUPer1k, "server"), cpu1k(c.CPUPer1k, "upstream"), cpu1k(c.CPUPer1k, "loadgen"), disk, rss, c.Errors, c.OtherCPU, c.Steal)
 	}
@@ -247,7 +245,7 @@ func writeMarkdown(w io.Writer, r *report) error {
 		rf, pf, rd, pd, od, fd, cf, ceil := "—", "—", "—", "—", "—", "—", "—", "—"
 		hf, of, hcf, hceil, paired := "—", "—", "—", "—", "—"
 		if f != nil {
-			if med, lo, hi, n := c1Over(&c, f); n > 1 {
+			if med, lo, hi, n := p50Over(&c, f); n > 1 {
 				paired = fmt.Sprintf("%s (%s … %s)", round(med), round(lo), round(hi))
 			}
 			rf, pf = fmt.Sprintf("%.2f", c.RPS/f.RPS), fmt.Sprintf("%.2f", float64(c.P50)/float64(f.P50))
@@ -376,7 +374,7 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 		p("| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", i+1, us(fp[i]), us(bp[i]), us(bp[i]-fp[i]),
 			us(d.Pace), us(d.CommitPaced), us(d.CommitB2B), us(d.WritePaced), us(d.WriteB2B))
 	}
-	med, lo, hi, n := c1Over(b, f)
+	med, lo, hi, n := p50Over(b, f)
 	p("| median | | | **%s** (%s … %s, %d round(s)) | %s | **%s** | %s | %s | %s |\n", us(med), us(lo), us(hi), n, us(y.Pace), us(y.CommitPaced), us(y.CommitB2B), us(y.WritePaced), us(y.WriteB2B))
 }
 

@@ -49,7 +49,7 @@ func roundsP50(c *cellResult) []time.Duration {
 }
 
 // c1Over is brokerd's p50 over the floor's, paired by round (see pairedDiff).
-func c1Over(b, f *cellResult) (med, lo, hi time.Duration, n int) {
+func p50Over(b, f *cellResult) (med, lo, hi time.Duration, n int) {
 	return pairedDiff(roundsP50(b), roundsP50(f))
 }
 
