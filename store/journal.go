@@ -92,78 +92,65 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 	}
 	j := &journal{f: f, w: f, path: path, noSync: noSync}
 	j.restart()
+	j.openDirect()
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
+		j.close()
 		return nil, nil, fmt.Errorf("audit journal %s: %w", path, err)
 	}
 	if fi.Size() == 0 {
 		if err := j.create(); err != nil {
-			f.Close()
+			j.close()
 			os.Remove(path)
 			return nil, nil, fmt.Errorf("create audit journal %s: %w", path, err)
-		}
-		if err := j.openDirect(); err != nil {
-			f.Close()
-			return nil, nil, err
 		}
 		return j, nil, nil
 	}
 	if fi.Size() > 4*journalSize {
-		f.Close()
+		j.close()
 		return nil, nil, fmt.Errorf("%w: audit journal %s is %d bytes, larger than brokerd ever writes it", ErrTampered, path, fi.Size())
 	}
 	content, err := io.ReadAll(io.NewSectionReader(f, 0, fi.Size()))
 	if err != nil {
-		f.Close()
+		j.close()
 		return nil, nil, fmt.Errorf("read audit journal %s: %w", path, err)
 	}
 	if !bytes.HasPrefix(content, []byte(journalMagic)) && neverWritten(content) {
 		// A crash cut create short: the file's size reached the disk, its blocks did not (create
 		// syncs before any record is written, so no record was ever in it). Start it over.
 		if err := j.create(); err != nil {
-			f.Close()
+			j.close()
 			return nil, nil, fmt.Errorf("create audit journal %s: %w", path, err)
 		}
 		return j, nil, nil
 	}
 	if !bytes.HasPrefix(content, []byte(journalMagic)) {
-		f.Close()
+		j.close()
 		return nil, nil, fmt.Errorf("%w: %s is not a credbroker audit journal (unknown header)", ErrTampered, path)
 	}
 	if fi.Size() < journalSize {
 		// Created by a brokerd that stopped while zero-filling it, or cut short: fill the rest, so
 		// writes never extend the file.
 		if _, err := f.WriteAt(make([]byte, journalSize-fi.Size()), fi.Size()); err != nil {
-			f.Close()
+			j.close()
 			return nil, nil, fmt.Errorf("audit journal %s: %w", path, err)
 		}
-		if err := unix.Fdatasync(int(f.Fd())); err != nil && !noSync {
-			f.Close()
+		if err := j.sync(); err != nil {
+			j.close()
 			return nil, nil, fmt.Errorf("audit journal %s: %w", path, err)
 		}
-	}
-	if err := j.openDirect(); err != nil {
-		f.Close()
-		return nil, nil, err
 	}
 	return j, content, nil
 }
 
-// openDirect opens the descriptor groups are written through: O_DIRECT, or the buffered one where
-// the file system refuses it (EINVAL: tmpfs). It reopens the path it checked through /proc, so it
-// is the same file, not whatever the name points to now.
-func (j *journal) openDirect() error {
-	w, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", j.f.Fd()), os.O_WRONLY|syscall.O_DIRECT, 0)
-	switch {
-	case err == nil:
+// openDirect opens the descriptor groups are written through: O_DIRECT where it can, else the
+// buffered one (EINVAL: tmpfs; no /proc; any other refusal). O_DIRECT only saves writing the whole
+// file per fdatasync (see above), so nothing is refused for want of it. It reopens the path it
+// checked through /proc, so it is the same file, not whatever the name points to now.
+func (j *journal) openDirect() {
+	if w, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", j.f.Fd()), os.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
 		j.w = w
-	case errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOENT):
-		j.w = j.f // no O_DIRECT here (or no /proc): the same block writes, buffered
-	default:
-		return fmt.Errorf("audit journal %s: %w", j.path, err)
 	}
-	return nil
 }
 
 // alignedBuf returns n bytes (a multiple of journalBlock) whose first byte is journalBlock-aligned,

@@ -190,6 +190,7 @@ func TestJournalCreationCutShortIsFresh(t *testing.T) {
 	for _, size := range []int{4096, journalSize} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			s, path, kek := openJournalStore(t)
+			direct := s.audit.jr.w != s.audit.jr.f // this file system takes O_DIRECT
 			appendSeq(t, s, 1, 2)
 			s.Close()
 			if err := os.WriteFile(JournalPath(path), make([]byte, size), 0o600); err != nil {
@@ -198,6 +199,11 @@ func TestJournalCreationCutShortIsFresh(t *testing.T) {
 			r, err := reopen(t, path, kek)
 			if err != nil {
 				t.Fatalf("Open with a zero-filled journal: %v", err)
+			}
+			// Started over as a new one is: with O_DIRECT where it was, not through the page cache
+			// (where every fdatasync writes the whole file).
+			if got := r.audit.jr.w != r.audit.jr.f; got != direct {
+				t.Errorf("journal started over writes with O_DIRECT %v, a new one %v", got, direct)
 			}
 			appendSeq(t, r, 3, 1)
 			verifyOK(t, r, 3)
