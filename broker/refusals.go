@@ -86,15 +86,19 @@ func (b *Broker) RecordRefusal(ctx context.Context, r CallRecord, reason string)
 	if l.keys == nil {
 		l.keys = make(map[refusalKey]*refusalCount)
 	}
+	// The kept template drops Info: the flushed record never uses it, and its token id may be a
+	// slice of the caller's bearer string, which would keep the secret in memory.
+	last := r
+	last.Info = nil
 	c, ok := l.keys[k]
 	if ok {
 		c.pending++
-		c.last, c.seen = r, true
+		c.last, c.seen = last, true
 		l.mu.Unlock()
 		return
 	}
 	// The first refusal of a quiet key: claim the key, then write outside the lock.
-	c = &refusalCount{last: r, seen: true}
+	c = &refusalCount{last: last, seen: true}
 	l.keys[k] = c
 	l.mu.Unlock()
 	rec := r

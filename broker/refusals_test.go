@@ -90,3 +90,27 @@ func TestRefusalRecordSize(t *testing.T) {
 		t.Fatalf("record is %d bytes; README's worst case assumes at most 512", size)
 	}
 }
+
+// The coalescer keeps the newest refusal as the template of its next record, but not its CallInfo:
+// the flushed record never uses it, and its token id may be a slice of the caller's bearer string
+// (secret included), which the template would otherwise keep in memory until the key goes quiet.
+func TestRefusalTemplateKeepsNoCallInfo(t *testing.T) {
+	b, _ := newCacheBroker(t, 16)
+	ctx := context.Background()
+	caller := Caller{UID: 65534, Known: true}
+	for range 2 { // the first claims the key, the second is counted in it
+		rec := CallRecord{Method: "/credbroker.v1.SearchService/Search", Caller: caller, Code: "Unauthenticated",
+			Info: &CallInfo{TokenID: "0123456789abcdef"}}
+		b.RecordRefusal(ctx, rec, RefusedRevokedToken)
+	}
+	b.refused.mu.Lock()
+	defer b.refused.mu.Unlock()
+	if len(b.refused.keys) != 1 {
+		t.Fatalf("%d keys, want 1", len(b.refused.keys))
+	}
+	for _, c := range b.refused.keys {
+		if c.last.Info != nil {
+			t.Errorf("the template kept the refusal's CallInfo: %+v", c.last.Info)
+		}
+	}
+}
