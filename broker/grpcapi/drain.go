@@ -14,7 +14,7 @@ import (
 // Drainer ends in-flight calls with a clean answer when brokerd stops. Without it, a call still
 // running at the shutdown timeout (a hung upstream) was cut by grpc.Server.Stop and its caller saw
 // a raw transport error. With it, the daemon first cancels every call's context with
-// ErrShuttingDown; each handler then returns through the usual path (its use and credits settled
+// broker.ErrShuttingDown; each handler then returns through the usual path (its use and credits settled
 // like any failed call, its audit record written) and the caller gets
 // "Unavailable: brokerd is shutting down" while the transport is still open. Stop stays the last
 // resort, for a handler that ignores its context.
@@ -28,9 +28,6 @@ type Drainer struct {
 
 type drainCall struct{ cancel context.CancelCauseFunc }
 
-// ErrShuttingDown is the cause the Drainer cancels calls with.
-var ErrShuttingDown = errors.New("brokerd is shutting down")
-
 // NewDrainer returns a Drainer to pass in Options.Drainer.
 func NewDrainer() *Drainer {
 	return &Drainer{calls: map[*drainCall]struct{}{}, streams: map[*drainCall]struct{}{}}
@@ -39,7 +36,7 @@ func NewDrainer() *Drainer {
 // shuttingDown is what a drained caller is told.
 var shuttingDown = refuse(codes.Unavailable, broker.ReasonShuttingDown, broker.ErrEndedByShutdown.Error(), 0, nil)
 
-// track derives the call's context, cancelled with ErrShuttingDown by Drain (stream: by Stopping),
+// track derives the call's context, cancelled with broker.ErrShuttingDown by Drain (stream: by Stopping),
 // or at once when that has already happened.
 func (d *Drainer) track(ctx context.Context, stream bool) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -47,7 +44,7 @@ func (d *Drainer) track(ctx context.Context, stream bool) (context.Context, func
 	d.mu.Lock()
 	if (stream && d.stopping) || (!stream && d.draining) {
 		d.mu.Unlock()
-		cancel(ErrShuttingDown)
+		cancel(broker.ErrShuttingDown)
 		return ctx, func() {}
 	}
 	d.set(stream)[c] = struct{}{}
@@ -71,7 +68,7 @@ func (d *Drainer) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h
 	ctx, done := d.track(ctx, false)
 	defer done()
 	resp, err := handler(ctx, req)
-	if err != nil && errors.Is(context.Cause(ctx), ErrShuttingDown) {
+	if err != nil && errors.Is(context.Cause(ctx), broker.ErrShuttingDown) {
 		return nil, shuttingDown
 	}
 	return resp, err
@@ -81,7 +78,7 @@ func (d *Drainer) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo
 	ctx, done := d.track(ss.Context(), true)
 	defer done()
 	err := handler(srv, &drainStream{ServerStream: ss, ctx: ctx})
-	if err != nil && errors.Is(context.Cause(ctx), ErrShuttingDown) {
+	if err != nil && errors.Is(context.Cause(ctx), broker.ErrShuttingDown) {
 		return shuttingDown
 	}
 	return err
@@ -98,7 +95,7 @@ func (s *drainStream) Context() context.Context { return s.ctx }
 // stop for its whole timeout) at the start of a shutdown. Unary calls go on.
 func (d *Drainer) Stopping() { d.end(true) }
 
-// Drain ends every in-flight call, and any that starts afterwards, with ErrShuttingDown. It returns
+// Drain ends every in-flight call, and any that starts afterwards, with broker.ErrShuttingDown. It returns
 // how many calls it ended.
 func (d *Drainer) Drain() int {
 	d.Stopping()
@@ -116,7 +113,7 @@ func (d *Drainer) end(stream bool) int {
 	}
 	d.mu.Unlock()
 	for c := range set {
-		c.cancel(ErrShuttingDown)
+		c.cancel(broker.ErrShuttingDown)
 	}
 	return len(set)
 }
