@@ -614,15 +614,39 @@ func (e *env) checkAfterCrash(m *crashModel, newKEK uint32, rewrapAcked bool) (p
 		}
 		// brokerd serialises rekeys in its own order, not the clients' start order: a rekey
 		// started earlier but still running when the last one started (or cut off by the kill)
-		// may have run after it. Then either primary can be the stored one, and a cut-off rekey
-		// may have left its marker for the next start to finish.
-		concurrent := false
+		// may have run after it. Then the stored primary is the last one's or one of those, and a
+		// cut-off rekey may have left its marker for the next start to finish.
+		var concurrent []*rekeyWrite
 		for _, rw := range m.rekeys {
 			if rw != last && !rw.refused && (!rw.acked || rw.ack.After(last.start)) {
-				concurrent = true
+				concurrent = append(concurrent, rw)
 			}
 		}
-		if last.acked && !concurrent {
+		if last.acked && len(concurrent) > 0 {
+			allowed, known := map[uint32]bool{last.primary: true}, true
+			for _, rw := range concurrent {
+				if rw.acked {
+					allowed[rw.primary] = true
+				} else {
+					known = false // cut off by the kill: its primary was never reported
+				}
+			}
+			u, err := st.Keys()
+			switch {
+			case err != nil:
+				bad("keys: %v", err)
+			case known && !allowed[u.DataPrimaryKeyID]:
+				lost++
+				bad("the stored primary data key %d is none of the acknowledged rekeys' (%v)", u.DataPrimaryKeyID, allowed)
+			case u.RekeyTarget == 0:
+				for id, n := range u.VersionsByKey {
+					if id != u.DataPrimaryKeyID && n > 0 {
+						bad("no rekey is left half-done, yet %d versions are under data key %d, not the primary %d", n, id, u.DataPrimaryKeyID)
+					}
+				}
+			}
+		}
+		if last.acked && len(concurrent) == 0 {
 			u, err := st.Keys()
 			switch {
 			case err != nil:
