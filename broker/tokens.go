@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -237,18 +238,10 @@ func lastUseKeyOf(id string) (lastUseKey, bool) {
 	if !token.ValidID(id) {
 		return k, false
 	}
-	for i := range k {
-		k[i] = unhex(id[2*i])<<4 | unhex(id[2*i+1])
+	if _, err := hex.Decode(k[:], []byte(id)); err != nil {
+		return k, false
 	}
 	return k, true
-}
-
-// unhex is the value of a lowercase hex digit (the caller has checked it is one).
-func unhex(c byte) byte {
-	if c <= '9' {
-		return c - '0'
-	}
-	return c - 'a' + 10
 }
 
 // pruneLastUsedLocked drops the last uses of expired tokens once the map has doubled since the

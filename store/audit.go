@@ -253,6 +253,9 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 	}
 	if !opts.NoJournal {
 		if err := w.openJournal(s.db.Path(), head, opts.NoSync); err != nil {
+			if errors.Is(err, ErrTampered) {
+				err = fmt.Errorf("%w%s", err, journalTamperedAdvice)
+			}
 			return err
 		}
 	}
@@ -266,7 +269,8 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 	return nil
 }
 
-// journalTamperedAdvice ends every refusal of a journal brokerd did not write: what to do.
+// journalTamperedAdvice ends every refusal of a journal brokerd did not write (openAudit adds it):
+// what to do.
 const journalTamperedAdvice = "; brokerd changed nothing: restore the database and its audit journal (together) from a backup"
 
 // openJournal opens the audit journal and moves the records it holds after head (written since
@@ -275,10 +279,7 @@ const journalTamperedAdvice = "; brokerd changed nothing: restore the database a
 func (w *auditWriter) openJournal(dbPath string, head *chainPoint, noSync bool) error {
 	jr, content, err := openJournal(dbPath, noSync)
 	if err != nil {
-		if errors.Is(err, ErrTampered) {
-			return fmt.Errorf("%w%s", err, journalTamperedAdvice)
-		}
-		if errors.Is(err, ErrFileOwner) {
+		if errors.Is(err, ErrTampered) || errors.Is(err, ErrFileOwner) {
 			return err
 		}
 		if _, serr := os.Lstat(JournalPath(dbPath)); serr == nil {
@@ -289,9 +290,6 @@ func (w *auditWriter) openJournal(dbPath string, head *chainPoint, noSync bool) 
 	recs, err := w.recoverJournal(jr.path, content, *head)
 	if err != nil {
 		jr.close()
-		if errors.Is(err, ErrTampered) {
-			err = fmt.Errorf("%w%s", err, journalTamperedAdvice)
-		}
 		return err
 	}
 	if len(recs) > 0 {

@@ -144,7 +144,7 @@ func TestStateChangeCheckpointsTheJournal(t *testing.T) {
 	if n := auditBucketLen(t, s); n != 4 {
 		t.Fatalf("audit bucket holds %d records after a mint, want 4 (the journal's 3, then the mint's)", n)
 	}
-	if int64(len(s.audit.pendingView())) != 0 {
+	if len(s.audit.pendingView()) != 0 {
 		t.Fatal("records left in the journal after a bbolt commit")
 	}
 	appendSeq(t, s, 5, 1)
@@ -206,7 +206,7 @@ func TestJournalBlocksHoldEveryGroup(t *testing.T) {
 	}
 	appendSeq(t, s, 1000, 3)
 	const n = 1 + 38 + 75 + 112 + 3
-	if p := int64(len(s.audit.pendingView())); p != n {
+	if p := len(s.audit.pendingView()); p != n {
 		t.Fatalf("%d records in the journal, want %d (no checkpoint in this test)", p, n)
 	}
 	r, err := reopen(t, crashImage(t, path), kek)
@@ -431,7 +431,7 @@ func TestJournalFullCheckpoints(t *testing.T) {
 	s, path, _ := openJournalStore(t)
 	n := journalCheckpointRecords + 10
 	appendSeq(t, s, 1, n)
-	if p := int64(len(s.audit.pendingView())); p >= journalCheckpointRecords {
+	if p := len(s.audit.pendingView()); p >= journalCheckpointRecords {
 		t.Fatalf("%d records in the journal after %d appends, want fewer than %d", p, n, journalCheckpointRecords)
 	}
 	fi, err := os.Stat(JournalPath(path))

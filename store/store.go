@@ -155,12 +155,12 @@ func Open(path string, kek tink.AEAD, opts Options) (s *Store, err error) {
 	if err := checkDBPath(path); err != nil {
 		return nil, err
 	}
-	if st, serr := os.Lstat(path); serr == nil && st.Mode().IsRegular() && st.Size() == 0 {
+	switch st, serr := os.Lstat(path); {
+	case serr == nil && st.Mode().IsRegular() && st.Size() == 0:
 		// bbolt would quietly initialise it, and brokerd would start with nothing: an empty file
 		// where a database should be is a lost database, not a new one.
 		return nil, fmt.Errorf("open database %s: %w: the file is empty; restore it from a backup, or remove it (and its audit journal, %s) to start a new database", path, ErrCorrupt, JournalPath(path))
-	}
-	if _, serr := os.Lstat(path); errors.Is(serr, os.ErrNotExist) {
+	case errors.Is(serr, os.ErrNotExist):
 		if err := orphanJournal(path); err != nil {
 			return nil, err
 		}

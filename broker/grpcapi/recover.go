@@ -14,13 +14,14 @@ import (
 // inside them) fail that call with INTERNAL, logged without the panic's value (broker.Recovered),
 // instead of ending brokerd and every other caller's call with it. NewServer puts one pair
 // outermost (a panic in the auditor or the authorizer) and one innermost (around the service
-// method, so the auditor still records the call, with code Internal).
+// method, so the auditor still records the call, with code Internal). The method is logged bounded
+// (boundedMethod): for an unknown method it is whatever string the caller sent.
 
 func recoverUnary(b *broker.Broker, log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 		defer func() {
 			if v := recover(); v != nil {
-				resp, err = nil, toStatus(log, info.FullMethod, b.Recovered(v, info.FullMethod))
+				resp, err = nil, toStatus(log, boundedMethod(info.FullMethod), b.Recovered(v, boundedMethod(info.FullMethod)))
 			}
 		}()
 		return handler(ctx, req)
@@ -31,7 +32,7 @@ func recoverStream(b *broker.Broker, log *slog.Logger) grpc.StreamServerIntercep
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		defer func() {
 			if v := recover(); v != nil {
-				err = toStatus(log, info.FullMethod, b.Recovered(v, info.FullMethod))
+				err = toStatus(log, boundedMethod(info.FullMethod), b.Recovered(v, boundedMethod(info.FullMethod)))
 			}
 		}()
 		return handler(srv, ss)
