@@ -93,7 +93,7 @@ github.com/credbroker/credbroker/broker.decodeResults|JSON decode of the upstrea
 github.com/credbroker/credbroker/broker/grpcapi.answerMessage|results to google.protobuf.Struct (only where the transcoder refused a body encoding/json accepts: never expected)
 google.golang.org/grpc.(*serverStream).SendMsg|response marshal and write
 github.com/credbroker/credbroker/store.(*Store).LoadCredential|credential read tx, JSON decodes, AEAD decrypt — per call
-github.com/credbroker/credbroker/store.(*auditWriter).run|audit group commits (bbolt write tx, pwrite, fdatasync)
+github.com/credbroker/credbroker/store.(*auditWriter).run|audit group commits (bbolt write tx, journal pwritev2 with RWF_DSYNC)
 github.com/credbroker/credbroker/broker.(*Broker).RecordCall|handing the audit record to the writer and waiting
 github.com/credbroker/credbroker/store.(*Store).QueryDigest|keyed digest of the query for the audit
 github.com/credbroker/credbroker/broker.(*Broker).authenticate|token parse, cache lookup, SHA-256, expiry
@@ -158,11 +158,12 @@ ghz --insecure --call credbroker.v1.SearchService.Search -d '{"tool":"web_search
   never answers and every call pays the upstream hop; **cached** is brokerd with the same query on
   every call (a cache hit is still authenticated and audited durably), measured against the same
   floor: the target is a hit cheaper than going upstream with no broker at all.
-- *fdatasyncs/call* is counted exactly, by the kernel: \`perf stat\` on the fdatasync, fsync and
-  sync_file_range tracepoints of the server process over each window (blank without perf).
+- *fdatasyncs/call* is counted exactly, by the kernel: \`perf stat\` on the fdatasync, fsync,
+  sync_file_range and pwritev2 tracepoints of the server process over each window (blank without
+  perf); brokerd's audit journal writes with pwritev2 and RWF_DSYNC, the write and its sync in one call.
 - **The c=1 yardstick** (issue 20: brokerd's p50 over the floor's at c=1 within one bbolt commit):
   in every zero-delay c=1 round, right after the modes, brokerbench times bbolt commits (Update,
-  one put) and 4 KiB O_DIRECT pwrite + fdatasync of a preallocated file (the audit journal's write
+  one put) and 4 KiB O_DIRECT writes with RWF_DSYNC into a preallocated file (the audit journal's write
   for a lone call), each back to back and *paced*: one started every mean interval between the
   round's *floor* calls, the loop asleep in between, so the disk idles about as it does between
   c=1 calls (brokerd's own calls come less often: the floor's pace is the stricter one, and a
@@ -237,8 +238,8 @@ EOF
 These explanations hold for the code as measured; the tables above give this run's numbers.
 
 - **c=1 latency includes one durable write.** brokerd makes each call's audit record durable before
-  it answers (fail closed). Alone, a call waits for its own: one 4 KiB write and fdatasync of the
-  audit journal (*fdatasyncs/call*; `BenchmarkAppendAudit/sync/c=1`), and it finds the disk idle
+  it answers (fail closed). Alone, a call waits for its own: one 4 KiB write of the audit journal
+  with RWF_DSYNC (the write and its flush in one call) (*fdatasyncs/call*; `BenchmarkAppendAudit/sync/c=1`), and it finds the disk idle
   since the previous call, so it pays the *paced* figure under *Machine*, not the back-to-back one.
   No broker that keeps this guarantee can add less than one durable write over the floor at c=1.
   The record holds the outcome (code, latency, credits), so it can only be written once the

@@ -118,7 +118,7 @@ func bench(ctx context.Context, cfg config) (err error) {
 	if r.Disk, err = measureDisk(e.dir); err != nil {
 		return fmt.Errorf("measure fsync: %w", err)
 	}
-	progress("disk: 4 KiB write+fdatasync p50 %s, bbolt commit p50 %s", r.Disk.FdatasyncP50, r.Disk.CommitP50)
+	progress("disk: 4 KiB durable write p50 %s, bbolt commit p50 %s", r.Disk.FdatasyncP50, r.Disk.CommitP50)
 
 	// The load matrix and MintToken, against one real brokerd.
 	bd, sock, ready, err := e.startBrokerd(ctx, "brokerd", filepath.Join(e.dir, "broker.db"))
@@ -464,7 +464,7 @@ func (e *env) c1Yardstick(r *report, probe *diskProbe, floor []cellResult) error
 	y.WriteDirect = probe.direct()
 	y.Rounds = append(y.Rounds, dr)
 	y.summarize()
-	progress("disk at c=1   round %d: bbolt commit p50 %s paced (every %s, realised %s), %s back to back; 4 KiB write+fdatasync p50 %s paced, %s back to back",
+	progress("disk at c=1   round %d: bbolt commit p50 %s paced (every %s, realised %s), %s back to back; 4 KiB durable write p50 %s paced, %s back to back",
 		len(y.Rounds), round(dr.CommitPaced), round(dr.Pace), round(dr.Period), round(dr.CommitB2B), round(dr.WritePaced), round(dr.WriteB2B))
 	return nil
 }

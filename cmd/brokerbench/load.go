@@ -42,7 +42,8 @@ type loadResult struct {
 	ServerDiskKiBPer1k float64 `json:"server_disk_kib_per_1k,omitempty"`
 	// ServerMem is the largest memory of the server process sampled during the window.
 	ServerMem *memInfo `json:"server_mem_max,omitempty"`
-	// SyncsPerCall is how many fdatasync/fsync/sync_file_range calls the server made per
+	// SyncsPerCall is how many fdatasync/fsync/sync_file_range calls and RWF_DSYNC journal writes
+	// (pwritev2) the server made per
 	// successful request during the window, counted exactly by perf (nil without perf).
 	SyncsPerCall *float64 `json:"server_syncs_per_call,omitempty"`
 	// Audit is what brokerd's audit writer did during the window (brokerd only).

@@ -9,7 +9,10 @@ import (
 )
 
 // syncEvents are the syscalls that make data durable; perf counts their kernel tracepoints.
-var syncEvents = []string{"syscalls:sys_enter_fdatasync", "syscalls:sys_enter_fsync", "syscalls:sys_enter_sync_file_range"}
+// pwritev2 is brokerd's audit journal writing a group with RWF_DSYNC (the write and its flush in
+// one call, store/journal.go); nothing else in brokerd or the floor calls it, and a journal that
+// falls back to write-then-fdatasync stops calling it, so each one counted is one sync.
+var syncEvents = []string{"syscalls:sys_enter_fdatasync", "syscalls:sys_enter_fsync", "syscalls:sys_enter_sync_file_range", "syscalls:sys_enter_pwritev2"}
 
 // countSyncs starts counting the durability syscalls pid makes (every thread), exactly, with
 // `perf stat` on their tracepoints: the kernel counts, the process is not stopped, so it costs
