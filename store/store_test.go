@@ -394,3 +394,21 @@ func TestLoadCredentialCacheFollowsWrites(t *testing.T) {
 		t.Fatalf("after delete: %v", err)
 	}
 }
+
+// The AAD binds a ciphertext to its credential and version; its bytes are in every database, so
+// they must never change.
+func TestCredentialAAD(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		version uint64
+		want    string
+	}{
+		{"scavio_api_key", 1, "credential/scavio_api_key/1"},
+		{"a", 0, "credential/a/0"},
+		{"k-2.x", 18446744073709551615, "credential/k-2.x/18446744073709551615"},
+	} {
+		if got := string(credentialAAD(tc.name, tc.version)); got != tc.want || got != fmt.Sprintf("credential/%s/%d", tc.name, tc.version) {
+			t.Errorf("credentialAAD(%q, %d) = %q, want %q", tc.name, tc.version, got, tc.want)
+		}
+	}
+}

@@ -574,13 +574,16 @@ func errorOutcome(kind error, status int, resp *http.Response, key []byte) outco
 }
 
 func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key []byte, decode func([]byte) (any, error)) outcome {
-	tooLarge := outcome{
-		kind:   ErrResponseTooLarge,
-		status: resp.StatusCode,
-		detail: fmt.Sprintf("%d-byte limit exceeded (Config.MaxResponseBytes)", c.maxBytes),
+	// Built only when needed: this runs on every successful answer.
+	tooLarge := func() outcome {
+		return outcome{
+			kind:   ErrResponseTooLarge,
+			status: resp.StatusCode,
+			detail: fmt.Sprintf("%d-byte limit exceeded (Config.MaxResponseBytes)", c.maxBytes),
+		}
 	}
 	if resp.ContentLength > c.maxBytes {
-		return tooLarge
+		return tooLarge()
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBytes+1))
 	if err != nil {
@@ -595,7 +598,7 @@ func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key
 		return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: "response body truncated"}
 	}
 	if int64(len(body)) > c.maxBytes {
-		return tooLarge
+		return tooLarge()
 	}
 	raw := body
 	if decode == nil && !json.Valid(body) {
