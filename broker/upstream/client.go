@@ -585,7 +585,7 @@ func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key
 	if resp.ContentLength > c.maxBytes {
 		return tooLarge()
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBytes+1))
+	body, err := readBody(resp.Body, resp.ContentLength, c.maxBytes)
 	if err != nil {
 		if ctx.Err() != nil {
 			return outcome{kind: ErrUnavailable, cause: ctx.Err()} // Do turns this into ctxError
@@ -752,4 +752,17 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 func closeBody(rc io.ReadCloser) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(rc, drainLimit))
 	_ = rc.Close()
+}
+
+// readBody reads a response body of at most max bytes (max+1 read means longer). With the length
+// announced (Content-Length, already checked against max) it reads into one buffer of that size
+// instead of io.ReadAll's doublings, which allocated about twice the body per call; net/http ends
+// such a body after exactly that many bytes, and one that ends sooner is io.ErrUnexpectedEOF.
+func readBody(r io.Reader, length, max int64) ([]byte, error) {
+	if length < 0 || length > max {
+		return io.ReadAll(io.LimitReader(r, max+1))
+	}
+	b := make([]byte, length)
+	n, err := io.ReadFull(r, b)
+	return b[:n], err
 }

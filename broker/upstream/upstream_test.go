@@ -988,3 +988,42 @@ func TestDecode(t *testing.T) {
 		})
 	}
 }
+
+// A body is read whole up to Config.MaxResponseBytes, sized from Content-Length when the upstream
+// sends one and grown as it arrives when it does not (chunked); one byte more is too large either way.
+func TestBodyAtTheLimit(t *testing.T) {
+	const limit = 64
+	body := func(n int) string { return `{"r":"` + strings.Repeat("x", n-len(`{"r":""}`)) + `"}` }
+	for _, tc := range []struct {
+		name    string
+		size    int
+		chunked bool
+		want    error
+	}{
+		{"Content-Length at the limit", limit, false, nil},
+		{"chunked at the limit", limit, true, nil},
+		{"Content-Length one over", limit + 1, false, upstream.ErrResponseTooLarge},
+		{"chunked one over", limit + 1, true, upstream.ErrResponseTooLarge},
+		{"Content-Length, small", 10, false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := body(tc.size)
+			srv := newServer(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+				if tc.chunked {
+					w.(http.Flusher).Flush() // no Content-Length
+				} else {
+					w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+				}
+				io.WriteString(w, b)
+			})
+			c, _ := newClient(t, srv.URL, upstream.Config{MaxResponseBytes: limit})
+			resp, err := c.Do(context.Background(), upstream.Request{Path: "/search", Body: []byte(`{}`)}, []byte(testKey))
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Do: %v, want %v", err, tc.want)
+			}
+			if err == nil && string(resp.Body) != b {
+				t.Errorf("body %q, want %q", resp.Body, b)
+			}
+		})
+	}
+}
