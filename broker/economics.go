@@ -200,9 +200,10 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 				return nil, 0, err
 			}
 			// The cache keeps the answer's bytes, not the decoded maps the caller gets, and only
-			// those: the body was read by io.ReadAll, whose buffer grows by about a quarter at a
-			// time, so its spare capacity (~300 bytes of a 1.1 KB answer) would stay in the heap as
-			// long as the entry does. One copy per upstream call buys that back.
+			// those: a body without Content-Length was read by io.ReadAll, whose buffer grows by
+			// about a quarter at a time, so its spare capacity (~300 bytes of a 1.1 KB answer)
+			// would stay in the heap as long as the entry does; and the copy shares no memory with
+			// the caller's result. One copy per upstream call buys that.
 			body := make([]byte, len(res.rawBody))
 			copy(body, res.rawBody)
 			res.ans = &cachedAnswer{tool: res.Tool, credential: res.Credential, version: res.CredentialVersion, body: body}
