@@ -568,8 +568,10 @@ var (
 // errorOutcome reads a non-2xx answer's error.code and notes whether its body or headers echoed
 // the key.
 func errorOutcome(kind error, status int, resp *http.Response, key []byte) outcome {
-	code, reflected := errorCode(resp.Body, key)
-	_, n := redactHeader(resp.Header, key)
+	fs := keyForms(key)
+	defer fs.wipe()
+	code, reflected := errorCode(resp.Body, &fs)
+	_, n := fs.redactHeader(resp.Header)
 	return outcome{kind: kind, status: status, code: code, reflected: reflected || n > 0}
 }
 
@@ -609,6 +611,7 @@ func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key
 	// Redact before anything parses, caches or returns the body: every field, nested or not,
 	// reaches the client, the result cache and scavio-mcp's agent.
 	fs := keyForms(key)
+	defer fs.wipe()
 	body, n := fs.redactJSON(body)
 	var decoded any
 	if decode != nil {
@@ -620,7 +623,7 @@ func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key
 				detail = err.Error()
 			}
 			return outcome{kind: ErrBadResponse, status: resp.StatusCode, detail: detail,
-				reflected: n > 0 || Redact(string(raw), key) != string(raw)}
+				reflected: n > 0 || fs.redact(string(raw)) != string(raw)}
 		}
 	} else if n > 0 && !json.Valid(body) {
 		// RedactJSON keeps JSON valid; if it ever did not, the answer is dropped, never sent on.
@@ -632,12 +635,8 @@ func (c *Client) readSuccess(ctx, actx context.Context, resp *http.Response, key
 
 // redactHeader returns h with the key redacted from every value and every field whose name holds
 // it dropped, and how many fields held it. h itself is returned when no field holds the key (the
-// usual case: no copy per call); otherwise a copy.
-func redactHeader(h http.Header, key []byte) (http.Header, int) {
-	return keyForms(key).redactHeader(h)
-}
-
-func (fs forms) redactHeader(h http.Header) (http.Header, int) {
+// usual case: no copy per call); otherwise a copy. The result never refers to the forms' buffer.
+func (fs *forms) redactHeader(h http.Header) (http.Header, int) {
 	for name, vs := range h {
 		if fs.redact(name) != name {
 			return fs.redactHeaderCopy(h)
@@ -652,7 +651,7 @@ func (fs forms) redactHeader(h http.Header) (http.Header, int) {
 }
 
 // redactHeaderCopy is redactHeader's copy.
-func (fs forms) redactHeaderCopy(h http.Header) (http.Header, int) {
+func (fs *forms) redactHeaderCopy(h http.Header) (http.Header, int) {
 	out := make(http.Header, len(h))
 	n := 0
 	for name, vs := range h {
@@ -672,8 +671,9 @@ func (fs forms) redactHeaderCopy(h http.Header) (http.Header, int) {
 }
 
 // errorCode extracts error.code from a Scavio error body, and reports whether the body echoed the
-// key anywhere. The message is deliberately not read: an upstream may echo the key in it.
-func errorCode(body io.Reader, key []byte) (code string, reflected bool) {
+// key (whose forms fs holds) anywhere. The message is deliberately not read: an upstream may echo
+// the key in it.
+func errorCode(body io.Reader, fs *forms) (code string, reflected bool) {
 	var e struct {
 		Error struct {
 			Code string `json:"code"`
@@ -684,10 +684,10 @@ func errorCode(body io.Reader, key []byte) (code string, reflected bool) {
 		return "", false
 	}
 	if json.Valid(b) {
-		_, n := RedactJSON(b, key)
+		_, n := fs.redactJSON(b)
 		reflected = n > 0
 	} else {
-		reflected = Redact(string(b), key) != string(b)
+		reflected = fs.redact(string(b)) != string(b)
 	}
 	if json.Unmarshal(b, &e) != nil {
 		return "", reflected

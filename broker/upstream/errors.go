@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"regexp"
@@ -66,7 +67,8 @@ var codeRE = regexp.MustCompile(`^[a-z_]{1,64}$`)
 // statusError builds the error for a non-2xx status. code is the raw error.code from the body (may
 // be empty); it is dropped unless it looks like a code and cannot be a piece of the key.
 func statusError(kind error, status int, code string, retryAfter time.Duration, key []byte, attempts int) *Error {
-	if !codeRE.MatchString(code) || Redact(code, key) != code || strings.Contains(string(key), code) {
+	// bytes.Contains, not strings.Contains(string(key), ...): that would copy a long key to the heap.
+	if !codeRE.MatchString(code) || Redact(code, key) != code || bytes.Contains(key, []byte(code)) {
 		code = ""
 	}
 	var b strings.Builder

@@ -6,12 +6,12 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 const redacted = "[REDACTED]"
@@ -27,43 +27,107 @@ func Redact(s string, key []byte) string {
 	if len(key) == 0 || s == "" {
 		return s
 	}
-	return keyForms(key).redact(s)
+	fs := keyForms(key)
+	defer fs.wipe()
+	return fs.redact(s)
 }
 
-// forms is every encoding of one key that Redact looks for, longest first.
-type forms []string
+// numForms is how many encodings keyForms makes: raw, four base64, two hex, query and path
+// escaping, and those two again with lower-case %xx.
+const numForms = 11
 
+// forms is every encoding of one key that Redact looks for. They are copies of the key in all
+// but name, so they sit back to back in one buffer that wipe clears when the call is done: the
+// broker clears the decrypted key after each call, and a dozen strings holding it would stay in
+// the heap until the GC reused their memory. One buffer is also one allocation per call.
+type forms struct {
+	buf []byte           // every form, back to back
+	all [numForms][]byte // all[:n] are views into buf: longest first, no duplicates, none empty
+	n   int
+}
+
+// formsBuilt, set only by tests, sees every buffer keyForms fills, so that they can check it was
+// wiped.
+var formsBuilt func(buf []byte)
+
+// keyForms builds key's forms. Every place that builds them wipes them when done.
 func keyForms(key []byte) forms {
-	fs := []string{
-		string(key),
-		base64.StdEncoding.EncodeToString(key),
-		base64.RawStdEncoding.EncodeToString(key),
-		base64.URLEncoding.EncodeToString(key),
-		base64.RawURLEncoding.EncodeToString(key),
-		hex.EncodeToString(key),
-		strings.ToUpper(hex.EncodeToString(key)),
-		url.QueryEscape(string(key)),
-		url.PathEscape(string(key)),
-		// Escapers emit upper-case %XX; other encoders use lower case.
-		lowerPercentHex(url.QueryEscape(string(key))),
-		lowerPercentHex(url.PathEscape(string(key))),
+	var fs forms
+	if len(key) == 0 {
+		return fs
+	}
+	// Sized exactly, so that no append reallocates and leaves an unwiped copy behind (the tests
+	// check len == cap).
+	n := len(key)
+	ql, pl := escapedLen(key, true), escapedLen(key, false)
+	b64, raw := base64.StdEncoding.EncodedLen(n), base64.RawStdEncoding.EncodedLen(n)
+	buf := make([]byte, 0, n+2*b64+2*raw+2*hex.EncodedLen(n)+2*ql+2*pl)
+	// mark makes what was appended since the last mark the next form, and returns it.
+	i, start := 0, 0
+	mark := func() []byte {
+		f := buf[start:len(buf):len(buf)]
+		fs.all[i], i, start = f, i+1, len(buf)
+		return f
+	}
+	buf = append(buf, key...)
+	mark()
+	buf = base64.StdEncoding.AppendEncode(buf, key)
+	mark()
+	buf = base64.RawStdEncoding.AppendEncode(buf, key)
+	mark()
+	buf = base64.URLEncoding.AppendEncode(buf, key)
+	mark()
+	buf = base64.RawURLEncoding.AppendEncode(buf, key)
+	mark()
+	buf = hex.AppendEncode(buf, key)
+	mark()
+	buf = hex.AppendEncode(buf, key)
+	upperHex(mark())
+	buf = appendEscape(buf, key, true)
+	query := mark()
+	buf = appendEscape(buf, key, false)
+	path := mark()
+	// Escapers emit upper-case %XX; other encoders use lower case.
+	buf = append(buf, query...)
+	lowerPercentHex(mark())
+	buf = append(buf, path...)
+	lowerPercentHex(mark())
+	fs.buf = buf
+	if formsBuilt != nil {
+		formsBuilt(buf)
 	}
 	// Longest first, so that replacing a short form cannot break up a longer one that contains it
 	// (the padded base64 contains the raw base64, for instance) and leave part of it behind.
-	slices.SortFunc(fs, func(a, b string) int {
-		return cmp.Or(cmp.Compare(len(b), len(a)), strings.Compare(a, b))
+	all := fs.all[:]
+	slices.SortFunc(all, func(a, b []byte) int {
+		return cmp.Or(cmp.Compare(len(b), len(a)), bytes.Compare(a, b))
 	})
-	fs = slices.Compact(fs)
-	if len(fs) > 0 && fs[len(fs)-1] == "" {
-		fs = fs[:len(fs)-1]
+	all = slices.CompactFunc(all, bytes.Equal)
+	if len(all) > 0 && len(all[len(all)-1]) == 0 {
+		all = all[:len(all)-1]
 	}
+	fs.n = len(all)
 	return fs
 }
 
-func (fs forms) redact(s string) string {
-	for _, f := range fs {
-		if strings.Contains(s, f) {
-			s = strings.ReplaceAll(s, f, redacted)
+// list is the forms, longest first.
+func (fs *forms) list() [][]byte { return fs.all[:fs.n] }
+
+// wipe zeroes the buffer every form lives in and forgets them.
+func (fs *forms) wipe() {
+	clear(fs.buf[:cap(fs.buf)])
+	*fs = forms{}
+}
+
+// redact returns s with every form replaced by "[REDACTED]". It searches with strings that are
+// views of the buffer (unsafe.String, no copy of the key). That is safe only because nothing
+// keeps them: strings.Contains and strings.ReplaceAll only read their argument, and the result is
+// made of pieces of s and the marker, so no view outlives this call, let alone wipe.
+func (fs *forms) redact(s string) string {
+	for _, f := range fs.list() {
+		v := unsafe.String(unsafe.SliceData(f), len(f))
+		if strings.Contains(s, v) {
+			s = strings.ReplaceAll(s, v, redacted)
 		}
 	}
 	return s
@@ -80,24 +144,24 @@ func RedactJSON(body, key []byte) ([]byte, int) {
 	if len(key) == 0 || len(body) == 0 {
 		return body, 0
 	}
-	return keyForms(key).redactJSON(body)
+	fs := keyForms(key)
+	defer fs.wipe()
+	return fs.redactJSON(body)
 }
 
-// redactJSON is RedactJSON with the key's forms already built.
-func (fs forms) redactJSON(body []byte) ([]byte, int) {
-	if len(fs) == 0 || len(body) == 0 {
+// redactJSON is RedactJSON with the key's forms already built. The result never refers to the
+// forms' buffer.
+func (fs *forms) redactJSON(body []byte) ([]byte, int) {
+	fl := fs.list()
+	if len(fl) == 0 || len(body) == 0 {
 		return body, 0
 	}
-	fb := make([][]byte, len(fs))
-	for i, f := range fs {
-		fb[i] = []byte(f)
-	}
-	shortest := len(fs[len(fs)-1])
+	shortest := len(fl[len(fl)-1])
 	holds := func(b []byte) bool {
 		if len(b) < shortest {
 			return false
 		}
-		for _, f := range fb {
+		for _, f := range fl {
 			if bytes.Contains(b, f) {
 				return true
 			}
@@ -254,9 +318,63 @@ func bareByte(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-' || c == '+' || c == '.'
 }
 
-// lowerPercentHex lower-cases the two hex digits after each '%'.
-func lowerPercentHex(s string) string {
-	b := []byte(s)
+// escapes reports whether url.QueryEscape (query) or url.PathEscape (!query) writes c as %XX.
+// QueryEscape writes ' ' as '+' instead; appendEscape handles that before asking.
+func escapes(c byte, query bool) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return false
+	}
+	switch c {
+	case '-', '_', '.', '~': // unreserved
+		return false
+	case '$', '&', '+', ':', '=', '@':
+		// Reserved, but a path segment may hold them (RFC 3986 §3.3); a query component may
+		// not. The other reserved bytes ('/', ';', ',', '?') are escaped in both.
+		return query
+	}
+	return true
+}
+
+// escapedLen is len(appendEscape(nil, s, query)).
+func escapedLen(s []byte, query bool) int {
+	n := len(s)
+	for _, c := range s {
+		if escapes(c, query) && !(query && c == ' ') {
+			n += 2
+		}
+	}
+	return n
+}
+
+// appendEscape appends url.QueryEscape(string(s)) (query) or url.PathEscape(string(s)) (!query)
+// to dst, byte for byte, without making a string of s.
+func appendEscape(dst, s []byte, query bool) []byte {
+	const hexDigits = "0123456789ABCDEF"
+	for _, c := range s {
+		switch {
+		case query && c == ' ':
+			dst = append(dst, '+')
+		case escapes(c, query):
+			dst = append(dst, '%', hexDigits[c>>4], hexDigits[c&15])
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}
+
+// upperHex upper-cases the hex digits in b, in place.
+func upperHex(b []byte) {
+	for i, c := range b {
+		if 'a' <= c && c <= 'f' {
+			b[i] = c - ('a' - 'A')
+		}
+	}
+}
+
+// lowerPercentHex lower-cases, in place, the two hex digits after each '%'.
+func lowerPercentHex(b []byte) {
 	for i := 0; i+2 < len(b); i++ {
 		if b[i] == '%' {
 			for j := i + 1; j <= i+2; j++ {
@@ -267,5 +385,4 @@ func lowerPercentHex(s string) string {
 			i += 2
 		}
 	}
-	return string(b)
 }
