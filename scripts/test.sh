@@ -34,4 +34,5 @@ done <<'TARGETS'
 ./broker FuzzSearchRequest
 ./broker FuzzTranscodeAnswer
 ./broker/upstream FuzzRedactJSON
+./broker/upstream FuzzKeyForms
 TARGETS
