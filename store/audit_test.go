@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -363,4 +364,32 @@ func TestAuditWriterRereadsHeadAfterAFailedCommit(t *testing.T) {
 	if recs, err := s.ListAudit(3, time.Time{}, 10); err != nil || len(recs) != 1 || recs[0].TokenID != "next" {
 		t.Fatalf("records after 3: %+v %v", recs, err)
 	}
+}
+
+// QueryDigest is the audit key's Tink MAC of "query\x00" + q, its last 16 bytes in hex, whichever
+// pooled state computes it, from any number of goroutines at once.
+func TestQueryDigestMatchesTink(t *testing.T) {
+	s, _, _ := openStore(t)
+	queries := []string{"", "mcp security", strings.Repeat("long query ", 500), "ünïcode ☃", "mcp security"}
+	want := make([]string, len(queries))
+	for i, q := range queries {
+		tag, err := s.audit.mac.ComputeMAC(append([]byte("query\x00"), q...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = hex.EncodeToString(tag[len(tag)-16:])
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for n := range 200 {
+				i := (g + n) % len(queries)
+				if got := s.QueryDigest(queries[i]); got != want[i] {
+					t.Errorf("QueryDigest(%.20q) = %s, want %s (Tink's)", queries[i], got, want[i])
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
