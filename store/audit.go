@@ -851,7 +851,7 @@ func (s *Store) QueryDigest(q string) string {
 	defer s.audit.qmacs.Put(qm)
 	qm.in = append(append(qm.in[:0], "query\x00"...), q...)
 	tag, err := qm.rm.appendMAC(qm.tag[:0], qm.in)
-	clear(qm.in) // the query itself is not kept, in the audit log or in memory
+	clear(qm.in) // the audit log keeps no query, and neither does the pooled buffer
 	if err != nil || len(tag) < 16 {
 		return ""
 	}

@@ -80,6 +80,10 @@ func TestRecordMACMatchesTink(t *testing.T) {
 		{"HMAC-SHA256 256-bit tag (the audit keyset's)", mac.HMACSHA256Tag256KeyTemplate},
 		{"HMAC-SHA256 128-bit tag", mac.HMACSHA256Tag128KeyTemplate},
 		{"HMAC-SHA512 512-bit tag", mac.HMACSHA512Tag512KeyTemplate},
+		// The other output prefixes (QueryDigest takes a tag's last 16 bytes, whatever its prefix).
+		{"HMAC-SHA256 LEGACY prefix", withPrefix(mac.HMACSHA256Tag256KeyTemplate, tinkpb.OutputPrefixType_LEGACY)},
+		{"HMAC-SHA256 CRUNCHY prefix", withPrefix(mac.HMACSHA256Tag256KeyTemplate, tinkpb.OutputPrefixType_CRUNCHY)},
+		{"HMAC-SHA256 RAW (no prefix)", withPrefix(mac.HMACSHA256Tag256KeyTemplate, tinkpb.OutputPrefixType_RAW)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h, err := keyset.NewHandle(tc.tmpl())
@@ -147,4 +151,13 @@ func BenchmarkSealAuditRecord(b *testing.B) {
 			}
 		}
 	})
+}
+
+// withPrefix is tmpl with its output prefix type replaced.
+func withPrefix(tmpl func() *tinkpb.KeyTemplate, prefix tinkpb.OutputPrefixType) func() *tinkpb.KeyTemplate {
+	return func() *tinkpb.KeyTemplate {
+		t := tmpl()
+		t.OutputPrefixType = prefix
+		return t
+	}
 }

@@ -79,8 +79,8 @@ type journal struct {
 	off    int64  // where the next group is written
 	buf    []byte // journalBlock-aligned: the block at off's start (the bytes before off), then the group
 	noSync bool
-	// plainSync is set once the kernel refused a write with RWF_DSYNC (pwritev2 is Linux 4.7+):
-	// from then on a group is written, then fdatasynced, in two calls.
+	// plainSync is set once the kernel refused pwritev2 (Linux 4.6+) or RWF_DSYNC (4.7+): from
+	// then on a group is written, then fdatasynced, in two calls.
 	plainSync bool
 	pwritev2  func(fd int, iovs [][]byte, off int64, flags int) (int, error) // unix.Pwritev2; tests play older kernels
 }
@@ -265,27 +265,40 @@ func (j *journal) write(frames []byte) error {
 }
 
 // writeDurable writes buf at off through j.w and makes it durable. It is one pwritev2 with
-// RWF_DSYNC, which the kernel completes as a write followed by the same flush fdatasync would
-// issue (or a FUA write where the disk has one): one blocking call instead of two, so the Go
-// scheduler hands the writer's P off once per group, not twice, which a lone call at c=1 waits
-// for. Where the kernel refuses the flag, or writes short, the group is written and fdatasynced
-// the plain way (the same bytes at the same offset: rewriting them is harmless).
+// RWF_DSYNC, which the kernel completes through the same sync routine fdatasync calls (a flush
+// after the write, or a FUA write where the disk has one): one blocking call instead of two, so
+// the Go scheduler hands the writer's P off once per group, not twice, which a lone call at c=1
+// waits for. Where the kernel refuses the call or the flag, or writes short, the group is written
+// and fdatasynced the plain way (the same bytes at the same offset: rewriting them is harmless).
 func (j *journal) writeDurable(buf []byte, off int64) error {
 	if j.noSync {
 		return j.writeAt(buf, off)
 	}
-	if !j.plainSync {
+	for !j.plainSync {
 		n, err := j.pwritev2(int(j.w.Fd()), [][]byte{buf}, off, unix.RWF_DSYNC)
 		switch {
 		case err == nil && n == len(buf):
 			return nil
-		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL):
-			// No pwritev2, no RWF_DSYNC, or (EINVAL) a file system that took O_DIRECT at open
-			// and refuses the write: writeAt below tells the last apart and goes buffered.
+		case err == nil:
+			// Short: this group the plain way (below); the next one tries the flag again.
+		case errors.Is(err, unix.EINTR):
+			continue // as os.File's writes do
+		case errors.Is(err, unix.EINVAL) && j.w != j.f:
+			// A file system that took O_DIRECT at open but refuses the write (a flag it did not
+			// know would be EOPNOTSUPP): write buffered from here on, as writeAt does, and try
+			// the flag again on that descriptor.
+			j.w.Close()
+			j.w = j.f
+			continue
+		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM):
+			// No pwritev2 (before Linux 4.6, or a seccomp filter that does not know it: EPERM
+			// under brokerd's unit, which would otherwise fail every other group) or no
+			// RWF_DSYNC (before 4.7): write, then fdatasync, from now on.
 			j.plainSync = true
-		case err != nil:
+		default:
 			return err
 		}
+		break
 	}
 	if err := j.writeAt(buf, off); err != nil {
 		return err

@@ -475,35 +475,62 @@ func TestJournalFallsBackToBufferedWrites(t *testing.T) {
 	verifyOK(t, r, 4)
 }
 
-// A group is written and made durable with one pwritev2(RWF_DSYNC). A kernel without it (ENOSYS
-// before Linux 4.6, EOPNOTSUPP for the flag) makes the journal write, then fdatasync, from then on;
-// a short write is finished the plain way; any other error fails the write as a failed fdatasync
-// would. Every acknowledged record survives a crash in each case.
+// A group is written and made durable with one pwritev2(RWF_DSYNC). A kernel or seccomp filter
+// without it (ENOSYS before Linux 4.6, EPERM from a filter that does not know the call,
+// EOPNOTSUPP for the flag) makes the journal write, then fdatasync, from then on; a file system
+// that refuses O_DIRECT writes (EINVAL) makes it write buffered, still with the flag; a short
+// write is finished the plain way and EINTR is retried; any other error fails the write as a
+// failed fdatasync would. Every acknowledged record survives a crash in each case.
 func TestJournalDurableWrite(t *testing.T) {
+	passThrough := func() (int, bool, error) { return 0, true, nil }
 	for _, tc := range []struct {
-		name      string
-		fake      func(n int) (int, error) // n is the length asked for
-		plainSync bool                     // after the first group
+		name string
+		// fake answers the call-th pwritev2 (from 1) on the O_DIRECT descriptor (direct) or the
+		// buffered one, asking for n bytes; passThrough() hands the call to the kernel.
+		fake      func(call int, direct bool, n int) (int, bool, error)
+		calls     int  // pwritev2 calls for the three groups
+		plainSync bool // after them
+		buffered  bool // the journal writes through the buffered descriptor after them
 		fails     bool
 	}{
-		{name: "dsync", fake: nil},
-		{name: "no pwritev2", fake: func(int) (int, error) { return 0, unix.ENOSYS }, plainSync: true},
-		{name: "no RWF_DSYNC", fake: func(int) (int, error) { return 0, unix.EOPNOTSUPP }, plainSync: true},
-		{name: "short write", fake: func(n int) (int, error) { return n / 2, nil }},
-		{name: "I/O error", fake: func(int) (int, error) { return 0, unix.EIO }, fails: true},
+		{name: "dsync", fake: func(int, bool, int) (int, bool, error) { return passThrough() }, calls: 3},
+		{name: "no pwritev2", fake: func(int, bool, int) (int, bool, error) { return 0, false, unix.ENOSYS }, calls: 1, plainSync: true},
+		{name: "seccomp refuses pwritev2", fake: func(int, bool, int) (int, bool, error) { return 0, false, unix.EPERM }, calls: 1, plainSync: true},
+		{name: "no RWF_DSYNC", fake: func(int, bool, int) (int, bool, error) { return 0, false, unix.EOPNOTSUPP }, calls: 1, plainSync: true},
+		{name: "short write", fake: func(_ int, _ bool, n int) (int, bool, error) { return n / 2, false, nil }, calls: 3},
+		{name: "EINTR retried", fake: func(call int, _ bool, _ int) (int, bool, error) {
+			if call == 1 {
+				return 0, false, unix.EINTR
+			}
+			return passThrough()
+		}, calls: 4},
+		{name: "O_DIRECT refused", fake: func(_ int, direct bool, _ int) (int, bool, error) {
+			if direct {
+				return 0, false, unix.EINVAL
+			}
+			return passThrough()
+		}, calls: 4, buffered: true},
+		{name: "I/O error", fake: func(int, bool, int) (int, bool, error) { return 0, false, unix.EIO }, fails: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, path, kek := openJournalStore(t)
 			appendSeq(t, s, 1, 2) // the writer is idle after this; the test may use the journal
 			jr := s.audit.jr
+			if tc.buffered && jr.w == jr.f {
+				t.Skip("this file system takes no O_DIRECT (the journal writes buffered already)")
+			}
+			directFd := -1
+			if jr.w != jr.f {
+				directFd = int(jr.w.Fd())
+			}
 			calls := 0
 			jr.pwritev2 = func(fd int, iovs [][]byte, off int64, flags int) (int, error) {
 				calls++
 				if flags != unix.RWF_DSYNC {
 					t.Errorf("pwritev2 flags %#x, want RWF_DSYNC", flags)
 				}
-				if tc.fake != nil {
-					return tc.fake(len(iovs[0]))
+				if n, pass, err := tc.fake(calls, fd == directFd, len(iovs[0])); !pass {
+					return n, err
 				}
 				return unix.Pwritev2(fd, iovs, off, flags)
 			}
@@ -522,16 +549,12 @@ func TestJournalDurableWrite(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if calls != 1 || jr.plainSync != tc.plainSync {
-				t.Fatalf("pwritev2 called %d times (want 1), plainSync %v (want %v)", calls, jr.plainSync, tc.plainSync)
-			}
 			appendSeq(t, s, 4, 2)
-			want := 3 // one per group
-			if tc.plainSync {
-				want = 1 // not tried again once refused
+			if calls != tc.calls || jr.plainSync != tc.plainSync {
+				t.Errorf("pwritev2 called %d times for 3 groups (want %d), plainSync %v (want %v)", calls, tc.calls, jr.plainSync, tc.plainSync)
 			}
-			if calls != want {
-				t.Errorf("pwritev2 called %d times for 3 groups, want %d", calls, want)
+			if tc.buffered && jr.w != jr.f {
+				t.Error("the journal still writes through O_DIRECT after the file system refused it")
 			}
 			r, err := reopen(t, crashImage(t, path), kek)
 			if err != nil {

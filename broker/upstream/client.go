@@ -754,12 +754,17 @@ func closeBody(rc io.ReadCloser) {
 	_ = rc.Close()
 }
 
+// sizedBodyMax is the largest announced body readBody allocates whole before it arrives.
+const sizedBodyMax = 256 << 10
+
 // readBody reads a response body of at most max bytes (max+1 read means longer). With the length
-// announced (Content-Length, already checked against max) it reads into one buffer of that size
-// instead of io.ReadAll's doublings, which allocated about twice the body per call; net/http ends
-// such a body after exactly that many bytes, and one that ends sooner is io.ErrUnexpectedEOF.
+// announced (Content-Length, already checked against max) and small, as search answers are, it
+// reads into one buffer of that size instead of io.ReadAll's doublings, which allocated about
+// twice the body per call; net/http ends such a body after exactly that many bytes, and one that
+// ends sooner is io.ErrUnexpectedEOF. A larger body grows as it arrives, so an upstream that
+// announces megabytes and stalls does not hold them in every waiting call.
 func readBody(r io.Reader, length, max int64) ([]byte, error) {
-	if length < 0 || length > max {
+	if length < 0 || length > max || length > sizedBodyMax {
 		return io.ReadAll(io.LimitReader(r, max+1))
 	}
 	b := make([]byte, length)

@@ -180,8 +180,9 @@ func (fs *forms) redactJSON(body []byte) ([]byte, int) {
 		out     []byte // nil until the first change
 		done    int    // body[:done] is already in out
 		n       int
-		scratch []byte // decoded escaped strings
+		scratch []byte // decoded escaped strings: it may hold the key the upstream echoed escaped
 	)
+	defer func() { clear(scratch[:cap(scratch)]) }()
 	replace := func(from, to int, with []byte) {
 		out = append(append(out, body[done:from]...), with...)
 		done = to

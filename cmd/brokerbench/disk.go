@@ -23,6 +23,9 @@ type diskInfo struct {
 	// costs (bbolt syncs the data pages, then the meta page: two fdatasyncs).
 	CommitP50 time.Duration `json:"bbolt_commit_p50_ns"`
 	CommitP99 time.Duration `json:"bbolt_commit_p99_ns"`
+	// DSync is whether the writes were made durable with RWF_DSYNC (false: write, then fdatasync,
+	// the kernel having refused the flag), as the journal's are.
+	DSync bool `json:"write_rwf_dsync"`
 }
 
 // measureDisk measures, once before the runs and back to back, the writes the c=1 yardstick
@@ -42,6 +45,7 @@ func measureDisk(dir string) (d diskInfo, err error) {
 		return d, err
 	}
 	d.CommitP50, d.CommitP99 = quantile(lats, 0.5), quantile(lats, 0.99)
+	d.DSync = !p.plainSync
 	return d, nil
 }
 
@@ -66,10 +70,12 @@ type c1Disk struct {
 	PaceSource string `json:"pace_source"`
 	// WriteDirect is whether the 4 KiB writes went through O_DIRECT (false: the file system
 	// refused it and they went through the page cache).
-	WriteDirect bool        `json:"write_o_direct"`
-	Samples     int         `json:"samples_per_loop"`
-	Rounds      []diskRound `json:"rounds"`
-	diskRound               // the median over rounds (its fields inline in JSON)
+	WriteDirect bool `json:"write_o_direct"`
+	// WriteDSync is whether they were made durable with RWF_DSYNC (false: write, then fdatasync).
+	WriteDSync bool        `json:"write_rwf_dsync"`
+	Samples    int         `json:"samples_per_loop"`
+	Rounds     []diskRound `json:"rounds"`
+	diskRound              // the median over rounds (its fields inline in JSON)
 }
 
 // diskRound is one round's yardstick: p50s of a bbolt commit (Update, one put) and of brokerd's
@@ -204,16 +210,24 @@ func (p *diskProbe) commit() error {
 func (p *diskProbe) write() error {
 	off := (p.writes / 8 * probeBlock) % probeFileSize
 	p.writes++
-	if !p.plainSync {
+	for !p.plainSync {
 		n, err := unix.Pwritev2(int(p.w.Fd()), [][]byte{p.buf}, off, unix.RWF_DSYNC)
 		switch {
 		case err == nil && n == len(p.buf):
 			return nil
-		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL):
+		case err == nil: // short: this write the plain way
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EINVAL) && p.direct():
+			p.w.Close() // O_DIRECT refused: buffered from here on, as the journal does
+			p.w = p.f
+			continue
+		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM):
 			p.plainSync = true
-		case err != nil:
+		default:
 			return err
 		}
+		break
 	}
 	_, err := p.w.WriteAt(p.buf, off)
 	if err != nil && p.direct() && errors.Is(err, unix.EINVAL) {

@@ -161,8 +161,8 @@ func c1Target(r *report, b, f *cellResult) target {
 		return t
 	}
 	t.Want = fmt.Sprintf("≤ one bbolt commit at c=1's pace (back to back: %s)", round(y.CommitB2B))
-	t.Got = fmt.Sprintf("%s; one bbolt commit at c=1's pace (one every %s) p50 %s, back to back %s; brokerd's own durable write (4 KiB, RWF_DSYNC) %s paced, %s back to back; %s",
-		over, round(y.Pace), round(y.CommitPaced), round(y.CommitB2B), round(y.WritePaced), round(y.WriteB2B), syncs)
+	t.Got = fmt.Sprintf("%s; one bbolt commit at c=1's pace (one every %s) p50 %s, back to back %s; brokerd's own durable write (4 KiB, %s) %s paced, %s back to back; %s",
+		over, round(y.Pace), round(y.CommitPaced), round(y.CommitB2B), map[bool]string{true: "RWF_DSYNC", false: "write + fdatasync"}[y.WriteDSync], round(y.WritePaced), round(y.WriteB2B), syncs)
 	t.Status = passMiss(med <= y.CommitPaced)
 	return t
 }
@@ -207,8 +207,8 @@ func writeMarkdown(w io.Writer, r *report) error {
 	p("### Machine\n\n")
 	p("| nproc | CPU | kernel | Go | GOMAXPROCS |\n|---|---|---|---|---|\n| %d | %s | %s | %s | %d |\n\n",
 		r.Machine.NProc, r.Machine.CPU, r.Machine.Kernel, r.Machine.Go, r.Machine.GOMAXPROC)
-	p("Durability on this disk (measured once before the runs, back to back): a 4 KiB block written in place and made durable in the same call (pwritev2 with RWF_DSYNC), as the audit journal does (O_DIRECT where the file system takes it), p50 **%s** (p99 %s); one bbolt write transaction (Update, one put) p50 **%s** (p99 %s).\n\n",
-		round(r.Disk.FdatasyncP50), round(r.Disk.FdatasyncP99), round(r.Disk.CommitP50), round(r.Disk.CommitP99))
+	p("Durability on this disk (measured once before the runs, back to back): a 4 KiB block written in place and %s, as the audit journal does (O_DIRECT where the file system takes it), p50 **%s** (p99 %s); one bbolt write transaction (Update, one put) p50 **%s** (p99 %s).\n\n",
+		durableHow(r.Disk.DSync), round(r.Disk.FdatasyncP50), round(r.Disk.FdatasyncP99), round(r.Disk.CommitP50), round(r.Disk.CommitP99))
 	if y := r.C1Disk; y != nil {
 		writeC1Disk(p, y)
 	}
@@ -336,14 +336,22 @@ func writeMarkdown(w io.Writer, r *report) error {
 	return nil
 }
 
+// durableHow says how the probe's 4 KiB writes were made durable (as the journal's are).
+func durableHow(dsync bool) string {
+	if dsync {
+		return "made durable in the same call (pwritev2 with RWF_DSYNC)"
+	}
+	return "then fdatasynced (the kernel refused pwritev2's RWF_DSYNC)"
+}
+
 // writeC1Disk explains the c=1 yardstick with this run's numbers (under *Machine*).
 func writeC1Disk(p func(string, ...any), y *c1Disk) {
 	how := "O_DIRECT"
 	if !y.WriteDirect {
 		how = "buffered (the file system refused O_DIRECT)"
 	}
-	p("At c=1's pace, measured inside every zero-delay c=1 round right after its cells (%d of each per round, median over %d round(s)): one bbolt commit p50 **%s** paced (one started every %s, the %s; realised %s), **%s** back to back; brokerd's own durable write, a 4 KiB %s write with RWF_DSYNC into a preallocated file (what the audit journal does for a lone call), p50 %s paced, %s back to back. ",
-		y.Samples, len(y.Rounds), round(y.CommitPaced), round(y.Pace), y.PaceSource, round(y.Period), round(y.CommitB2B), how, round(y.WritePaced), round(y.WriteB2B))
+	p("At c=1's pace, measured inside every zero-delay c=1 round right after its cells (%d of each per round, median over %d round(s)): one bbolt commit p50 **%s** paced (one started every %s, the %s; realised %s), **%s** back to back; brokerd's own durable write, a 4 KiB %s write into a preallocated file, %s (what the audit journal does for a lone call), p50 %s paced, %s back to back. ",
+		y.Samples, len(y.Rounds), round(y.CommitPaced), round(y.Pace), y.PaceSource, round(y.Period), round(y.CommitB2B), how, durableHow(y.WriteDSync), round(y.WritePaced), round(y.WriteB2B))
 	p("This disk's sync latency grows with how long it was idle before the sync (here ×%.1f for a bbolt commit and ×%.1f for the 4 KiB write at c=1's pace against back to back), so a back-to-back commit is the cheapest a commit ever is, not what a call pays that finds the disk idle since the previous call, as every call at c=1 does. The c=1 target therefore compares against the paced commit and shows the back-to-back one beside it; the pace is each round's floor call interval (without a broker a call comes that often; brokerd's own calls come less often and would find the disk idle longer, so this is the stricter yardstick, and a slower brokerd cannot earn itself a costlier one).\n\n",
 		ratio(y.CommitPaced, y.CommitB2B), ratio(y.WritePaced, y.WriteB2B))
 }
@@ -400,7 +408,7 @@ func writeAuditTable(p func(string, ...any), r *report) {
 	}
 	p("\n#### Audit group commits\n\n")
 	p("From brokerd's own counters (`credbroker_audit_commits_total`, `credbroker_audit_committed_records_total`, `credbroker_audit_commit_duration_seconds`) around each window. ")
-	p("One goroutine commits every queued record at once: a group that changes no state (a Search's record) is one write of the audit journal (`<db>.audit-journal`, store/journal.go) made durable in the same call (pwritev2 with RWF_DSYNC: the write, then the flush an fdatasync would issue), one that does (a mint, an admin call) a bbolt transaction (two fdatasyncs) with its change. *records/commit* is the group-commit factor; *checkpoints/s* how often the journal was moved into the database (a bbolt transaction each, `credbroker_audit_checkpoints_total`), *mean checkpoint µs* how long each took; *writer busy* is the fraction of the window the writer spent in commits and checkpoints: near 1, the audit writer is what limits throughput. *records/call* is 2 for most state-changing admin calls (a durable \"started\" record, then the outcome) and 1 for MintToken, whose token is committed with its record. *commits/call* counts every bbolt commit brokerd made (`credbroker_store_commits_total`, audit or not) per call: the durable commits a call waits for, shared. *fdatasyncs/call* is exact: the kernel's count of brokerd's fdatasync, fsync and sync_file_range calls and of its journal writes (pwritev2, each with RWF_DSYNC) over the window (`perf stat` on their tracepoints), per successful call.\n\n")
+	p("One goroutine commits every queued record at once: a group that changes no state (a Search's record) is one write of the audit journal (`<db>.audit-journal`, store/journal.go) made durable in the same call (pwritev2 with RWF_DSYNC: the write and the sync an fdatasync would do), one that does (a mint, an admin call) a bbolt transaction (two fdatasyncs) with its change. *records/commit* is the group-commit factor; *checkpoints/s* how often the journal was moved into the database (a bbolt transaction each, `credbroker_audit_checkpoints_total`), *mean checkpoint µs* how long each took; *writer busy* is the fraction of the window the writer spent in commits and checkpoints: near 1, the audit writer is what limits throughput. *records/call* is 2 for most state-changing admin calls (a durable \"started\" record, then the outcome) and 1 for MintToken, whose token is committed with its record. *commits/call* counts every bbolt commit brokerd made (`credbroker_store_commits_total`, audit or not) per call: the durable commits a call waits for, shared. *fdatasyncs/call* is exact: the kernel's count of brokerd's fdatasync, fsync and sync_file_range calls and of its journal writes (pwritev2, each with RWF_DSYNC) over the window (`perf stat` on their tracepoints), per successful call.\n\n")
 	p("| delay | c | mode | req/s | commits/s | records/commit | mean commit µs | checkpoints/s | mean checkpoint µs | writer busy | records/call | commits/call | fdatasyncs/call |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range rows {
 		a := c.Audit

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -98,5 +99,20 @@ func TestFdatasyncsPerCall(t *testing.T) {
 		if tc.conc == 1 && (n < tc.calls || n > tc.calls+tc.calls/10+8) {
 			t.Errorf("a lone call costs %.2f fdatasyncs, want 1 (its journal write) and a few for checkpoints", per)
 		}
+		// Where this kernel takes RWF_DSYNC, the journal must use it (one call, not two).
+		if tc.conc == 1 && dsyncWorks(t) && dsync < tc.calls {
+			t.Errorf("%d of %d lone calls' journal writes used RWF_DSYNC; the kernel takes it", dsync, tc.calls)
+		}
 	}
+}
+
+// dsyncWorks reports whether this kernel and file system take pwritev2 with RWF_DSYNC.
+func dsyncWorks(t *testing.T) bool {
+	f, err := os.CreateTemp(t.TempDir(), "dsync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, err = unix.Pwritev2(int(f.Fd()), [][]byte{[]byte("x")}, 0, unix.RWF_DSYNC)
+	return err == nil
 }
