@@ -4,16 +4,12 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
 // The audit journal takes the durable write of an audited call out of bbolt (issue 20). A bbolt
@@ -73,16 +69,10 @@ func JournalPath(dbPath string) string { return dbPath + ".audit-journal" }
 const journalBlock = 4096
 
 type journal struct {
-	f      *os.File // buffered: created, read at recovery, closed with w
-	w      *os.File // writes: O_DIRECT where supported, else f
-	path   string
-	off    int64  // where the next group is written
-	buf    []byte // journalBlock-aligned: the block at off's start (the bytes before off), then the group
-	noSync bool
-	// plainSync is set once the kernel refused pwritev2 (Linux 4.6+) or RWF_DSYNC (4.7+): from
-	// then on a group is written, then fdatasynced, in two calls.
-	plainSync bool
-	pwritev2  func(fd int, iovs [][]byte, off int64, flags int) (int, error) // unix.Pwritev2; tests play older kernels
+	DurableFile // f is read at recovery; groups are written through it (WriteDurable)
+	path        string
+	off         int64  // where the next group is written
+	buf         []byte // journalBlock-aligned: the block at off's start (the bytes before off), then the group
 }
 
 // openJournal opens (or creates, zero-filled) the journal of the database at dbPath and returns
@@ -94,9 +84,8 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit journal %s: %w", path, err)
 	}
-	j := &journal{f: f, w: f, path: path, noSync: noSync, pwritev2: unix.Pwritev2}
+	j := &journal{DurableFile: newDurableFile(f, noSync), path: path}
 	j.restart()
-	j.openDirect()
 	fi, err := f.Stat()
 	if err != nil {
 		j.close()
@@ -139,22 +128,12 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 			j.close()
 			return nil, nil, fmt.Errorf("audit journal %s: %w", path, err)
 		}
-		if err := j.sync(); err != nil {
+		if err := j.Sync(); err != nil {
 			j.close()
 			return nil, nil, fmt.Errorf("audit journal %s: %w", path, err)
 		}
 	}
 	return j, content, nil
-}
-
-// openDirect opens the descriptor groups are written through: O_DIRECT where it can, else the
-// buffered one (EINVAL: tmpfs; no /proc; any other refusal). O_DIRECT only saves writing the whole
-// file per fdatasync (see above), so nothing is refused for want of it. It reopens the path it
-// checked through /proc, so it is the same file, not whatever the name points to now.
-func (j *journal) openDirect() {
-	if w, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", j.f.Fd()), os.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
-		j.w = w
-	}
 }
 
 // alignedBuf returns n bytes (a multiple of journalBlock) whose first byte is journalBlock-aligned,
@@ -223,13 +202,6 @@ func syncDir(path string) error {
 	return d.Sync()
 }
 
-func (j *journal) sync() error {
-	if j.noSync {
-		return nil
-	}
-	return unix.Fdatasync(int(j.w.Fd()))
-}
-
 // fits reports whether n more bytes fit before the end of the file (a zero length after them
 // ends the journal; the zero-filled file provides it until the last frame).
 func (j *journal) fits(n int) bool { return j.off+int64(n)+journalFrameHead <= journalSize }
@@ -253,7 +225,7 @@ func (j *journal) write(frames []byte) error {
 	buf := j.buf[:n]
 	copy(buf[head:], frames)
 	clear(buf[end:])
-	if err := j.writeDurable(buf, start); err != nil {
+	if err := j.WriteDurable(buf, start); err != nil {
 		return err
 	}
 	j.off += int64(len(frames))
@@ -262,61 +234,6 @@ func (j *journal) write(frames []byte) error {
 		copy(buf, buf[next:end])
 	}
 	return nil
-}
-
-// writeDurable writes buf at off through j.w and makes it durable. It is one pwritev2 with
-// RWF_DSYNC, which the kernel completes through the same sync routine fdatasync calls (a flush
-// after the write, or a FUA write where the disk has one): one blocking call instead of two, so
-// the Go scheduler hands the writer's P off once per group, not twice, which a lone call at c=1
-// waits for. Where the kernel refuses the call or the flag, or writes short, the group is written
-// and fdatasynced the plain way (the same bytes at the same offset: rewriting them is harmless).
-func (j *journal) writeDurable(buf []byte, off int64) error {
-	if j.noSync {
-		return j.writeAt(buf, off)
-	}
-	for !j.plainSync {
-		n, err := j.pwritev2(int(j.w.Fd()), [][]byte{buf}, off, unix.RWF_DSYNC)
-		switch {
-		case err == nil && n == len(buf):
-			return nil
-		case err == nil:
-			// Short: this group the plain way (below); the next one tries the flag again.
-		case errors.Is(err, unix.EINTR):
-			continue // as os.File's writes do
-		case errors.Is(err, unix.EINVAL) && j.w != j.f:
-			// A file system that took O_DIRECT at open but refuses the write (a flag it did not
-			// know would be EOPNOTSUPP): write buffered from here on, as writeAt does, and try
-			// the flag again on that descriptor.
-			j.w.Close()
-			j.w = j.f
-			continue
-		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM):
-			// No pwritev2 (before Linux 4.6, or a seccomp filter that does not know it: EPERM
-			// under brokerd's unit, which would otherwise fail every other group) or no
-			// RWF_DSYNC (before 4.7): write, then fdatasync, from now on.
-			j.plainSync = true
-		default:
-			return err
-		}
-		break
-	}
-	if err := j.writeAt(buf, off); err != nil {
-		return err
-	}
-	return j.sync()
-}
-
-// writeAt writes buf at off through j.w. A file system that took O_DIRECT at open but refuses the
-// write (EINVAL: some stacked or encrypted file systems check only then) would fail every group;
-// the journal then writes buffered from here on, and this write is retried that way.
-func (j *journal) writeAt(buf []byte, off int64) error {
-	_, err := j.w.WriteAt(buf, off)
-	if err != nil && j.w != j.f && errors.Is(err, syscall.EINVAL) {
-		j.w.Close()
-		j.w = j.f
-		_, err = j.w.WriteAt(buf, off)
-	}
-	return err
 }
 
 // restart starts the journal over after a checkpoint: the frames in it are in the database now,
@@ -333,10 +250,7 @@ func (j *journal) close() error {
 	if j == nil {
 		return nil
 	}
-	if j.w != j.f {
-		j.w.Close()
-	}
-	return j.f.Close()
+	return j.Close()
 }
 
 // appendFrame appends val as a journal frame.

@@ -461,7 +461,7 @@ func TestJournalFallsBackToBufferedWrites(t *testing.T) {
 	if _, err := jr.f.ReadAt(unaligned, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := jr.writeAt(unaligned, 0); err != nil {
+	if err := jr.WriteAt(unaligned, 0); err != nil {
 		t.Fatalf("write through the fallback: %v", err)
 	}
 	if jr.w != jr.f {

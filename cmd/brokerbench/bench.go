@@ -461,7 +461,7 @@ func (e *env) c1Yardstick(r *report, probe *diskProbe, floor []cellResult) error
 	if y.PaceSource != src {
 		y.PaceSource = "mixed: " + src + " in some rounds"
 	}
-	y.WriteDirect, y.WriteDSync = probe.direct(), !probe.plainSync
+	y.WriteDirect, y.WriteDSync = probe.file.Direct(), probe.file.DSync()
 	y.Rounds = append(y.Rounds, dr)
 	y.summarize()
 	progress("disk at c=1   round %d: bbolt commit p50 %s paced (every %s, realised %s), %s back to back; 4 KiB durable write p50 %s paced, %s back to back",

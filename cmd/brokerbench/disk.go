@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
+
+	"github.com/credbroker/credbroker/store"
 )
 
 // diskInfo is what durability costs on the file system the databases live on: the unit every
@@ -45,7 +46,7 @@ func measureDisk(dir string) (d diskInfo, err error) {
 		return d, err
 	}
 	d.CommitP50, d.CommitP99 = quantile(lats, 0.5), quantile(lats, 0.99)
-	d.DSync = !p.plainSync
+	d.DSync = p.file.DSync()
 	return d, nil
 }
 
@@ -111,15 +112,12 @@ func (y *c1Disk) summarize() {
 // database is on), kept open across rounds.
 type diskProbe struct {
 	db     *bolt.DB
-	f      *os.File // buffered: created and zero-filled through it
-	w      *os.File // the writes: O_DIRECT where the file system takes it, else f
+	file   *store.DurableFile // written as the audit journal is, with its code
 	paths  []string
 	buf    []byte
 	val    []byte
 	seq    uint64
 	writes int64
-	// plainSync: the kernel refused RWF_DSYNC, so writes are followed by fdatasync (as the journal does)
-	plainSync bool
 }
 
 var probeBucket = []byte("probe")
@@ -144,21 +142,19 @@ func openDiskProbe(dir string) (p *diskProbe, err error) {
 	}
 	path := filepath.Join(dir, "c1-write.probe")
 	p.paths = append(p.paths, path)
-	if p.f, err = os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600); err != nil {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
+	if err != nil {
 		return nil, err
 	}
-	// Zero-filled to its full size and synced once, as the journal is, so a write's fdatasync
-	// flushes data only (no allocation, no size change).
-	if _, err = p.f.WriteAt(make([]byte, probeFileSize), 0); err != nil {
+	p.file = store.NewDurableFile(f) // O_DIRECT where the file system takes it, as the journal
+	// Zero-filled to its full size and synced once, as the journal is, so a write's sync flushes
+	// data only (no allocation, no size change).
+	if _, err = f.WriteAt(make([]byte, probeFileSize), 0); err != nil {
 		return nil, err
 	}
-	if err = unix.Fdatasync(int(p.f.Fd())); err != nil {
+	if err = p.file.Sync(); err != nil {
 		return nil, err
 	}
-	p.w = p.f
-	if w, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0); err == nil {
-		p.w = w
-	} // else (EINVAL: tmpfs) the same block writes, buffered
 	p.buf = alignedBlock()
 	for i := range p.buf {
 		p.buf[i] = 0xa5
@@ -177,18 +173,12 @@ func alignedBlock() []byte {
 	return b[skip : skip+probeBlock : skip+probeBlock]
 }
 
-// direct reports whether the writes go through O_DIRECT.
-func (p *diskProbe) direct() bool { return p.w != nil && p.w != p.f }
-
 func (p *diskProbe) close() {
 	if p.db != nil {
 		p.db.Close()
 	}
-	if p.direct() {
-		p.w.Close()
-	}
-	if p.f != nil {
-		p.f.Close()
+	if p.file != nil {
+		p.file.Close()
 	}
 	for _, path := range p.paths {
 		os.Remove(path)
@@ -205,41 +195,11 @@ func (p *diskProbe) commit() error {
 
 // write is what the audit journal does for a lone call's record: one 4 KiB block written in place
 // (the same block again until about eight ~500-byte records have filled it, then the next one) and
-// made durable in the same call (pwritev2 with RWF_DSYNC), or where the kernel refuses that,
-// written and then fdatasynced, as store/journal.go does.
+// made durable, with the journal's own code (store.DurableFile).
 func (p *diskProbe) write() error {
 	off := (p.writes / 8 * probeBlock) % probeFileSize
 	p.writes++
-	for !p.plainSync {
-		n, err := unix.Pwritev2(int(p.w.Fd()), [][]byte{p.buf}, off, unix.RWF_DSYNC)
-		switch {
-		case err == nil && n == len(p.buf):
-			return nil
-		case err == nil: // short: this write the plain way
-		case errors.Is(err, unix.EINTR):
-			continue
-		case errors.Is(err, unix.EINVAL) && p.direct():
-			p.w.Close() // O_DIRECT refused: buffered from here on, as the journal does
-			p.w = p.f
-			continue
-		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM):
-			p.plainSync = true
-		default:
-			return err
-		}
-		break
-	}
-	_, err := p.w.WriteAt(p.buf, off)
-	if err != nil && p.direct() && errors.Is(err, unix.EINVAL) {
-		// Took O_DIRECT at open but refuses the write: buffered from here on, as the journal does.
-		p.w.Close()
-		p.w = p.f
-		_, err = p.w.WriteAt(p.buf, off)
-	}
-	if err != nil {
-		return err
-	}
-	return unix.Fdatasync(int(p.w.Fd()))
+	return p.file.WriteDurable(p.buf, off)
 }
 
 // measure times n commits and n writes, each back to back and paced: one started every pace.
