@@ -21,7 +21,8 @@ func recoverUnary(b *broker.Broker, log *slog.Logger) grpc.UnaryServerIntercepto
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 		defer func() {
 			if v := recover(); v != nil {
-				resp, err = nil, toStatus(log, boundedMethod(info.FullMethod), b.Recovered(v, boundedMethod(info.FullMethod)))
+				method := boundedMethod(info.FullMethod)
+				resp, err = nil, toStatus(log, method, b.Recovered(v, method))
 			}
 		}()
 		return handler(ctx, req)
@@ -32,7 +33,8 @@ func recoverStream(b *broker.Broker, log *slog.Logger) grpc.StreamServerIntercep
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		defer func() {
 			if v := recover(); v != nil {
-				err = toStatus(log, boundedMethod(info.FullMethod), b.Recovered(v, boundedMethod(info.FullMethod)))
+				method := boundedMethod(info.FullMethod)
+				err = toStatus(log, method, b.Recovered(v, method))
 			}
 		}()
 		return handler(srv, ss)

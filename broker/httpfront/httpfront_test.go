@@ -13,11 +13,11 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	"github.com/credbroker/credbroker/store"
@@ -34,7 +34,7 @@ type harness struct {
 	unix, tcp *http.Client
 	tcpURL    string
 	sock      string // the Unix socket's path
-	logs      *bytes.Buffer
+	logs      *logtest.Buffer
 }
 
 // newHarness runs a real broker (real store, fake Scavio) behind the HTTP front on a Unix socket
@@ -48,8 +48,8 @@ func newHarness(t testing.TB) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &bytes.Buffer{}
-	log := slog.New(slog.NewTextHandler(&lockedWriter{w: logs}, nil))
+	logs := &logtest.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
 	now := time.Date(2026, 5, 4, 10, 0, 0, 0, time.UTC)
 	b, err := broker.New(broker.Config{Store: st, Upstream: up, Logger: log, MaxTTL: 24 * time.Hour, Version: "test",
 		Now: func() time.Time { return now }, Economics: broker.EconomicsConfig{DefaultCacheTTL: -1}})
@@ -83,17 +83,6 @@ func newHarness(t testing.TB) *harness {
 		fake.Close()
 	})
 	return &harness{b: b, fake: fake, now: now, unix: unixClient, tcp: tcpClient, tcpURL: "http://" + tl.Addr().String(), logs: logs, sock: sock}
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 func (h *harness) putKey(t testing.TB) {

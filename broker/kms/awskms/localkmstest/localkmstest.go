@@ -74,7 +74,7 @@ type Server struct {
 	dir     string
 	dataDir string
 	seed    string // seed file path, or ""
-	logs    *lockedBuffer
+	logs    *logtest.Buffer
 
 	mu   sync.Mutex
 	proc *process // the running emulator, nil once stopped
@@ -98,7 +98,7 @@ type Options struct {
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	dir := t.TempDir()
-	s := &Server{bin: Binary(t), dir: dir, dataDir: filepath.Join(dir, "data"), logs: &lockedBuffer{}}
+	s := &Server{bin: Binary(t), dir: dir, dataDir: filepath.Join(dir, "data"), logs: &logtest.Buffer{}}
 	if opts.Seed != "" {
 		s.seed = filepath.Join(dir, "seed.yaml")
 		if err := os.WriteFile(s.seed, []byte(opts.Seed), 0o600); err != nil {
@@ -342,5 +342,3 @@ func sourceHash(dir string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }
-
-type lockedBuffer = logtest.Buffer
