@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/credbroker/credbroker/broker/logtest"
 )
 
 // `brokerctl audit -f` streams: N calls give N records, and the log grows by the watch's own start
@@ -34,7 +36,7 @@ func TestAuditFollowStreamsWithoutGrowingTheLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr lockedBuffer
+	var stderr logtest.Buffer
 	follow.Stderr = &stderr
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/credbroker/credbroker/broker/logtest"
 )
 
 // brokerd --db and brokerctl keyset new --out create a missing parent directory 0700, and leave an
@@ -74,7 +76,7 @@ func TestDefaultSocketLogged(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := exec.Command(filepath.Join(binDir, "brokerd"), "--db", e.db, "--master-keyset", e.keyset, "--upstream-url", e.fake.URL)
 			cmd.Env = append(envWithout(os.Environ(), "CREDBROKER_SOCKET", "RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"), c.envVar)
-			e.stderr = &lockedBuffer{}
+			e.stderr = &logtest.Buffer{}
 			cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)

@@ -64,11 +64,9 @@ type env struct {
 	keyset  string
 	fake    *scaviotest.Server
 	daemon  *exec.Cmd
-	stderr  *lockedBuffer
-	outputs *lockedBuffer // everything brokerctl printed, to check for leaks
+	stderr  *logtest.Buffer
+	outputs *logtest.Buffer // everything brokerctl printed, to check for leaks
 }
-
-type lockedBuffer = logtest.Buffer
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
@@ -79,7 +77,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e := &env{
 		t: t, dir: dir, socket: filepath.Join(dir, "run", "broker.sock"), db: filepath.Join(dir, "broker.db"),
-		keyset: filepath.Join(dir, "master.json"), fake: scaviotest.NewServer(itKey), outputs: &lockedBuffer{},
+		keyset: filepath.Join(dir, "master.json"), fake: scaviotest.NewServer(itKey), outputs: &logtest.Buffer{},
 	}
 	t.Cleanup(func() {
 		if e.daemon != nil && e.daemon.ProcessState == nil {
@@ -152,7 +150,7 @@ func (e *env) startDaemon(t *testing.T, extra ...string) {
 func (e *env) daemonCmd(extra ...string) *exec.Cmd {
 	args := append([]string{"--socket", e.socket, "--db", e.db, "--master-keyset", e.keyset, "--upstream-url", e.fake.URL}, extra...)
 	cmd := exec.Command(filepath.Join(binDir, "brokerd"), args...)
-	e.stderr = &lockedBuffer{}
+	e.stderr = &logtest.Buffer{}
 	cmd.Stderr = e.stderr
 	cmd.Stdout = e.stderr
 	return cmd

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/broker/kms/transittest"
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -52,7 +53,7 @@ func (k *kmsEnv) brokerd(args ...string) *exec.Cmd {
 	all := append([]string{"--socket", k.socket, "--db", k.db, "--upstream-url", k.fake.URL}, args...)
 	cmd := exec.Command(filepath.Join(binDir, "brokerd"), all...)
 	cmd.Env = append(os.Environ(), k.vaultEn...)
-	k.stderr = &lockedBuffer{}
+	k.stderr = &logtest.Buffer{}
 	cmd.Stderr, cmd.Stdout = k.stderr, k.stderr
 	return cmd
 }

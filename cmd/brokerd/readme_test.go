@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 )
 
@@ -145,7 +146,7 @@ func (r *readmeRun) foreground(b readmeBlock, stdin string) string {
 type bgProc struct {
 	b    readmeBlock
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *logtest.Buffer
 	done chan struct{} // closed when it has exited; err is its exit status then
 	err  error
 }
@@ -164,7 +165,7 @@ func (r *readmeRun) background(b readmeBlock) (*bgProc, []string) {
 	default:
 		t.Fatalf("README.md:%d: a background block must start fakescavio or brokerd, the test knows no ready line for:\n%s", b.line, b.script)
 	}
-	p := &bgProc{b: b, cmd: r.command(context.Background(), b), out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &bgProc{b: b, cmd: r.command(context.Background(), b), out: &logtest.Buffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its own "terminal": Ctrl-C reaches all of it
 	if err := p.cmd.Start(); err != nil {

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/client"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -254,7 +255,7 @@ func (e *env) runBrokerdExpectExit(t *testing.T, db string, timeout time.Duratio
 			cmd.Args[i+1] = db
 		}
 	}
-	var out lockedBuffer
+	var out logtest.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/broker/daemon"
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -216,7 +217,7 @@ func TestSystemdDirectoryDefaults(t *testing.T) {
 	copyFile(t, e.keyset, filepath.Join(creds, "master-keyset"))
 	cmd := exec.Command(filepath.Join(binDir, "brokerd"), "--upstream-url", e.fake.URL)
 	cmd.Env = append(cleanEnv(), "STATE_DIRECTORY="+state, "RUNTIME_DIRECTORY="+runtime, "CREDENTIALS_DIRECTORY="+creds, "CREDBROKER_SOCKET=", "CREDBROKER_DB=", "CREDBROKER_MASTER_KEYSET=")
-	e.stderr = &lockedBuffer{}
+	e.stderr = &logtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -261,7 +262,7 @@ func TestSocketActivation(t *testing.T) {
 		cmd := exec.Command("/bin/sh", args...)
 		cmd.Env = append(cleanEnv(), "LISTEN_FDS=1", "LISTEN_FDNAMES=credbroker.socket")
 		cmd.ExtraFiles = []*os.File{f} // fd 3
-		e.stderr = &lockedBuffer{}
+		e.stderr = &logtest.Buffer{}
 		cmd.Stdout, cmd.Stderr = e.stderr, e.stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

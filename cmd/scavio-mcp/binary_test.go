@@ -13,6 +13,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -25,11 +26,11 @@ func binEnv(extra ...string) []string {
 
 // startBinary runs scavio-mcp with env and connects to it. wire records every JSON-RPC message
 // in both directions (so everything the binary wrote to stdout); stderr is the binary's stderr.
-func startBinary(t *testing.T, env []string, args ...string) (cs *mcp.ClientSession, wire, stderr *lockedBuffer) {
+func startBinary(t *testing.T, env []string, args ...string) (cs *mcp.ClientSession, wire, stderr *logtest.Buffer) {
 	t.Helper()
 	cmd := exec.Command(binPath, args...)
 	cmd.Env = env
-	stderr, wire = &lockedBuffer{}, &lockedBuffer{}
+	stderr, wire = &logtest.Buffer{}, &logtest.Buffer{}
 	cmd.Stderr = stderr
 	transport := &mcp.LoggingTransport{Transport: &mcp.CommandTransport{Command: cmd, TerminateDuration: 5 * time.Second}, Writer: wire}
 	cs, err := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "0"}, nil).Connect(testContext(t), transport, nil)

@@ -52,14 +52,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type lockedBuffer = logtest.Buffer
-
 // testBroker is one running brokerd.
 type testBroker struct {
 	socket string
 	fake   *scaviotest.Server
-	admin  *client.Client // no token: admin calls authorize by uid, and brokerd runs as us
-	log    *lockedBuffer  // brokerd's log
+	admin  *client.Client  // no token: admin calls authorize by uid, and brokerd runs as us
+	log    *logtest.Buffer // brokerd's log
 }
 
 func testContext(t *testing.T) context.Context {
@@ -84,7 +82,7 @@ func startBroker(t *testing.T, withKey bool) *testBroker {
 	fake := scaviotest.NewServer(testKey)
 	t.Cleanup(fake.Close)
 
-	tb := &testBroker{socket: filepath.Join(dir, "b.sock"), fake: fake, log: &lockedBuffer{}}
+	tb := &testBroker{socket: filepath.Join(dir, "b.sock"), fake: fake, log: &logtest.Buffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -162,11 +160,11 @@ func (tb *testBroker) mintAndWaitExpiry(t *testing.T, ttl time.Duration, tools .
 // session is an MCP client connected in memory to a scavio-mcp server.
 type session struct {
 	*mcp.ClientSession
-	log *lockedBuffer // the server's log
+	log *logtest.Buffer // the server's log
 }
 
 // connectBackend builds the backend as run does, for socket and token.
-func connectBackend(t *testing.T, socket, token string, log *lockedBuffer) *backend {
+func connectBackend(t *testing.T, socket, token string, log *logtest.Buffer) *backend {
 	t.Helper()
 	b := connect(testContext(t), slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})), socket, token)
 	if b.client != nil {
@@ -176,7 +174,7 @@ func connectBackend(t *testing.T, socket, token string, log *lockedBuffer) *back
 }
 
 // serve connects an SDK client to newServer(b) over the SDK's in-memory transport.
-func serve(t *testing.T, b *backend, log *lockedBuffer) *session {
+func serve(t *testing.T, b *backend, log *logtest.Buffer) *session {
 	t.Helper()
 	ctx := testContext(t)
 	srv := newServer(b, slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})))
@@ -198,7 +196,7 @@ func serve(t *testing.T, b *backend, log *lockedBuffer) *session {
 // server's log.
 func start(t *testing.T, socket, token string) *session {
 	t.Helper()
-	log := &lockedBuffer{}
+	log := &logtest.Buffer{}
 	if token != "" {
 		t.Cleanup(func() {
 			if strings.Contains(log.String(), token) {

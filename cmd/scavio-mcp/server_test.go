@@ -19,6 +19,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"google.golang.org/grpc/codes"
 
+	"github.com/credbroker/credbroker/broker/logtest"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -48,7 +49,7 @@ func TestToolsListFollowsTokenScope(t *testing.T) {
 }
 
 func TestToolSchemas(t *testing.T) {
-	s := serve(t, &backend{unusable: "x", tools: toolNames()}, &lockedBuffer{})
+	s := serve(t, &backend{unusable: "x", tools: toolNames()}, &logtest.Buffer{})
 	res, err := s.ListTools(testContext(t), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -307,7 +308,7 @@ func TestPermissionDenied(t *testing.T) {
 	// Reachable when WhoAmI could not be answered at start: every tool is listed.
 	tb := startBroker(t, true)
 	tok, _ := tb.mint(t, time.Hour, webSearch)
-	log := &lockedBuffer{}
+	log := &logtest.Buffer{}
 	b := connectBackend(t, tb.socket, tok, log)
 	b.tools = toolNames()
 	s := serve(t, b, log)
