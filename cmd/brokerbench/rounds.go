@@ -20,24 +20,30 @@ func median[T ~int64 | ~float64](xs []T) T {
 	return s[m-1] + (s[m]-s[m-1])/2
 }
 
-// pairedDiff is a − b paired by round (a[i] − b[i]: the two modes ran in the same round, side by
-// side, so whatever disturbed the machine then hit both): the median of the per-round differences,
-// their min and max, and how many rounds were paired. A round in which either side completed no
-// call (p50 0) is left out. n is 0 when nothing could be paired.
-func pairedDiff(a, b []time.Duration) (med, lo, hi time.Duration, n int) {
+// paired combines a and b round by round (a[i] with b[i]: the two modes ran in the same round,
+// side by side, so whatever disturbed the machine then hit both) with f, which reports false for
+// a round to leave out, and returns the median of the results, their min and max, and how many
+// rounds were paired. n is 0 when nothing could be paired.
+func paired[T ~int64 | ~float64](a, b []T, f func(x, y T) (T, bool)) (med, lo, hi T, n int) {
 	if len(a) != len(b) {
 		return 0, 0, 0, 0
 	}
-	var d []time.Duration
+	var d []T
 	for i := range a {
-		if a[i] > 0 && b[i] > 0 {
-			d = append(d, a[i]-b[i])
+		if v, ok := f(a[i], b[i]); ok {
+			d = append(d, v)
 		}
 	}
 	if len(d) == 0 {
 		return 0, 0, 0, 0
 	}
 	return median(d), slices.Min(d), slices.Max(d), len(d)
+}
+
+// pairedDiff is a − b paired by round. A round in which either side completed no call (p50 0) is
+// left out.
+func pairedDiff(a, b []time.Duration) (med, lo, hi time.Duration, n int) {
+	return paired(a, b, func(x, y time.Duration) (time.Duration, bool) { return x - y, x > 0 && y > 0 })
 }
 
 // roundsP50 is a cell's p50 of every round, or its own p50 when it ran once.
@@ -48,27 +54,14 @@ func roundsP50(c *cellResult) []time.Duration {
 	return []time.Duration{c.P50}
 }
 
-// c1Over is brokerd's p50 over the floor's, paired by round (see pairedDiff).
+// p50Over is brokerd's p50 over the floor's, paired by round (see pairedDiff).
 func p50Over(b, f *cellResult) (med, lo, hi time.Duration, n int) {
 	return pairedDiff(roundsP50(b), roundsP50(f))
 }
 
-// pairedRatio is a / b paired by round, like pairedDiff: the median of the per-round ratios, their
-// min and max, and how many rounds were paired (rounds where b is 0 are left out).
+// pairedRatio is a / b paired by round (rounds where b is 0 are left out).
 func pairedRatio(a, b []float64) (med, lo, hi float64, n int) {
-	if len(a) != len(b) {
-		return 0, 0, 0, 0
-	}
-	var q []float64
-	for i := range a {
-		if b[i] > 0 {
-			q = append(q, a[i]/b[i])
-		}
-	}
-	if len(q) == 0 {
-		return 0, 0, 0, 0
-	}
-	return median(q), slices.Min(q), slices.Max(q), len(q)
+	return paired(a, b, func(x, y float64) (float64, bool) { return x / y, y > 0 })
 }
 
 // roundsNote is " (paired by round: med, lo … hi)" for a's req/s over b's when both ran in
