@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -113,6 +114,18 @@ func (d *DurableFile) WriteAt(buf []byte, off int64) error {
 		_, err = d.w.WriteAt(buf, off)
 	}
 	return err
+}
+
+// AlignedBuf returns n bytes (n a multiple of 4096) whose first byte is 4096-aligned, as a
+// DurableFile's O_DIRECT writes need (offsets, lengths and buffers aligned to the device's logical
+// block, 512 or 4096 bytes). Go's heap does not move objects, so the alignment holds.
+func AlignedBuf(n int) []byte {
+	b := make([]byte, n+journalBlock)
+	skip := 0
+	if a := int(uintptr(unsafe.Pointer(&b[0])) % journalBlock); a != 0 {
+		skip = journalBlock - a
+	}
+	return b[skip : skip+n : skip+n]
 }
 
 // Close closes both descriptors.

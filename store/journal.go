@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"unsafe"
 )
 
 // The audit journal takes the durable write of an audited call out of bbolt (issue 20). A bbolt
@@ -136,17 +135,6 @@ func openJournal(dbPath string, noSync bool) (*journal, []byte, error) {
 	return j, content, nil
 }
 
-// alignedBuf returns n bytes (a multiple of journalBlock) whose first byte is journalBlock-aligned,
-// as O_DIRECT needs. Go's heap does not move objects, so the alignment holds.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+journalBlock)
-	skip := 0
-	if a := int(uintptr(unsafe.Pointer(&b[0])) % journalBlock); a != 0 {
-		skip = journalBlock - a
-	}
-	return b[skip : skip+n : skip+n]
-}
-
 // neverWritten reports whether content is what create leaves when a crash cuts it short: zeros,
 // perhaps after the start of the magic.
 func neverWritten(content []byte) bool {
@@ -218,7 +206,7 @@ func (j *journal) write(frames []byte) error {
 	end := head + len(frames)
 	n := (end + journalBlock - 1) &^ (journalBlock - 1)
 	if cap(j.buf) < n {
-		nb := alignedBuf(max(n, 2*cap(j.buf)))
+		nb := AlignedBuf(max(n, 2*cap(j.buf)))
 		copy(nb, j.buf[:head])
 		j.buf = nb
 	}
@@ -241,7 +229,7 @@ func (j *journal) write(frames []byte) error {
 // overwrites them (with zeros after it to the end of its block).
 func (j *journal) restart() {
 	if j.buf == nil {
-		j.buf = alignedBuf(journalBlock)
+		j.buf = AlignedBuf(journalBlock)
 	}
 	j.off = int64(copy(j.buf, journalMagic))
 }

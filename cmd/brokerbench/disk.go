@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
-	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -155,22 +154,11 @@ func openDiskProbe(dir string) (p *diskProbe, err error) {
 	if err = p.file.Sync(); err != nil {
 		return nil, err
 	}
-	p.buf = alignedBlock()
+	p.buf = store.AlignedBuf(probeBlock)
 	for i := range p.buf {
 		p.buf[i] = 0xa5
 	}
 	return p, nil
-}
-
-// alignedBlock is probeBlock bytes starting at a probeBlock-aligned address, as O_DIRECT needs (Go's
-// heap does not move objects).
-func alignedBlock() []byte {
-	b := make([]byte, 2*probeBlock)
-	skip := 0
-	if a := int(uintptr(unsafe.Pointer(&b[0])) % probeBlock); a != 0 {
-		skip = probeBlock - a
-	}
-	return b[skip : skip+probeBlock : skip+probeBlock]
 }
 
 func (p *diskProbe) close() {
