@@ -74,6 +74,8 @@ type cellResult struct {
 	// RoundsP50 is every round's p50, in the same order: rounds of two modes at one index ran
 	// side by side (the c=1 target pairs them).
 	RoundsP50 []time.Duration `json:"rounds_p50_ns,omitempty"`
+	// RoundsCommitP50 is every round's CommitP50 (floor+commit only), in the same order.
+	RoundsCommitP50 []time.Duration `json:"rounds_commit_p50_ns,omitempty"`
 	loadResult
 }
 
@@ -90,6 +92,10 @@ type env struct {
 	upURL string
 	floor *child
 	fSock string
+	// floorCommit is the floor with one bbolt commit per call (mode floor+commit), on fcSock.
+	floorCommit *child
+	fcSock      string
+	fcCommits   string // its commits' latencies (commitLatencies)
 }
 
 func bench(ctx context.Context, cfg config) (err error) {
@@ -216,11 +222,24 @@ func (e *env) setup(ctx context.Context) error {
 			return err
 		}
 	}
+	if slices.Contains(e.cfg.modes, modeFloorCommit) {
+		e.fcSock = filepath.Join(e.dir, "floorc.sock")
+		var addrs string
+		if e.floorCommit, addrs, err = startSelf(e.dir, "floor-commit", "serve-floor", "--key-file", e.keyFile, "--socket", e.fcSock, "--upstream-url", e.upURL,
+			"--commit-db", filepath.Join(e.dir, "floor-commit.db")); err != nil {
+			return err
+		}
+		if f := strings.Fields(addrs); len(f) == 2 {
+			e.fcCommits = f[1]
+		} else {
+			return fmt.Errorf("floor-commit: ready line %q has no commits URL", addrs)
+		}
+	}
 	return nil
 }
 
 func (e *env) stopAll() {
-	for _, c := range []*child{e.floor, e.up} {
+	for _, c := range []*child{e.floorCommit, e.floor, e.up} {
 		if c != nil {
 			c.stop()
 		}
@@ -378,6 +397,14 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 			defer closeFn()
 			do[m] = grpcSearch(cs, true)
 			procs[m] = []watched{{role: "server", pid: e.floor.pid()}, upw, self}
+		case modeFloorCommit:
+			cs, closeFn, err := searchClients(e.fcSock, tok, e.cfg.conns)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			do[m] = grpcSearch(cs, true)
+			procs[m] = []watched{{role: "server", pid: e.floorCommit.pid()}, upw, self}
 		case "brokerd", "cached":
 			cs, closeFn, err := searchClients(bdSock, tok, e.cfg.conns)
 			if err != nil {
@@ -407,15 +434,37 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 				rounds = max(1, e.cfg.rounds)
 			}
 			got := map[string][]cellResult{}
+			modes := slices.DeleteFunc(slices.Clone(e.cfg.modes), func(m string) bool {
+				return m == modeFloorCommit && !(delay == 0 && c == 1) // the c=1 target's yardstick only
+			})
 			for rd := range rounds {
-				for _, m := range e.cfg.modes {
+				for _, m := range modes {
 					if ctx.Err() != nil {
 						return ctx.Err()
 					}
-					res := runLoad(ctx, loadSpec{conc: c, warmup: e.cfg.warmup, window: e.cfg.duration, procs: procs[m], do: do[m]})
+					spec := loadSpec{conc: c, warmup: e.cfg.warmup, window: e.cfg.duration, procs: procs[m], do: do[m]}
+					var commits []time.Duration
+					var commitsErr error
+					if m == modeFloorCommit {
+						// The window's commits: a read as it opens drops the warm-up's.
+						spec.onWindow = func(open bool) {
+							if commits, commitsErr = commitLatencies(ctx, e.fcCommits); open {
+								commits = nil
+							}
+						}
+					}
+					res := runLoad(ctx, spec)
+					if commitsErr != nil {
+						return fmt.Errorf("floor+commit: %w", commitsErr)
+					}
+					res.CommitP50 = quantile(commits, 0.5)
+					commitLine := ""
+					if m == modeFloorCommit {
+						commitLine = fmt.Sprintf(" its commit p50 %s", round(res.CommitP50))
+					}
 					got[m] = append(got[m], cellResult{Mode: m, Delay: delay, Conc: c, loadResult: res})
-					progress("%-7s delay=%-5s c=%-3d round %d/%d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s",
-						m, delay, c, rd+1, rounds, res.RPS, round(res.P50), round(res.P99), res.CPUPer1k["server"], res.Errors, res.FirstErr, auditLine(res.Audit))
+					progress("%-7s delay=%-5s c=%-3d round %d/%d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s%s",
+						m, delay, c, rd+1, rounds, res.RPS, round(res.P50), round(res.P99), res.CPUPer1k["server"], res.Errors, res.FirstErr, auditLine(res.Audit), commitLine)
 				}
 				if delay == 0 && c == 1 {
 					if probe == nil {
@@ -429,7 +478,7 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 					}
 				}
 			}
-			for _, m := range e.cfg.modes {
+			for _, m := range modes {
 				r.Cells = append(r.Cells, medianCell(got[m]))
 			}
 		}
@@ -479,6 +528,9 @@ func medianCell(cells []cellResult) cellResult {
 		for _, c := range cells {
 			m.RoundsRPS = append(m.RoundsRPS, c.RPS)
 			m.RoundsP50 = append(m.RoundsP50, c.P50)
+			if c.CommitP50 > 0 {
+				m.RoundsCommitP50 = append(m.RoundsCommitP50, c.CommitP50)
+			}
 		}
 	}
 	return m

@@ -43,7 +43,12 @@ type config struct {
 // allModes are the load modes in run order. Every mode sends a new query on every call, so a
 // result cache in brokerd never answers, except "cached": brokerd with the same query every call
 // (what its result cache, if it has one, answers without the upstream).
-var allModes = []string{"direct", "floor", "brokerd", "cached"}
+var allModes = []string{"direct", "floor", modeFloorCommit, "brokerd", "cached"}
+
+// modeFloorCommit is the floor plus one bbolt commit per call, made after its answer is built and
+// before it is returned (as brokerd's audit record is): "one bbolt commit" measured inside a
+// server, the c=1 target's yardstick. It runs only in the zero-delay c=1 cells.
+const modeFloorCommit = "floor+commit"
 
 func parseFlags(args []string) (config, error) {
 	var c config
@@ -52,7 +57,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured warm-up before each window")
 	conc := fs.String("conc", "1,16,64", "comma-separated concurrencies (closed-loop workers)")
 	delays := fs.String("delays", "0,50ms", "comma-separated artificial upstream delays")
-	modes := fs.String("modes", strings.Join(allModes, ","), "which of direct,floor,brokerd,cached to run")
+	modes := fs.String("modes", strings.Join(allModes, ","), "which of direct,floor,floor+commit,brokerd,cached to run (floor+commit runs at zero delay, c=1 only)")
 	fs.IntVar(&c.rounds, "rounds", 1, "run each zero-delay cell this many times (modes interleaved) and keep each mode's median round; c=1 rounds also measure the disk yardstick")
 	fs.IntVar(&c.conns, "conns", 1, "gRPC connections shared by the workers (floor and brokerd); 1 is one MCP server's client")
 	fs.StringVar(&c.brokerd, "brokerd", "", "brokerd binary (default: go build ./cmd/brokerd into the work dir)")
@@ -98,7 +103,7 @@ func parseFlags(args []string) (config, error) {
 	}
 	for _, m := range splitList(*modes) {
 		if !slices.Contains(allModes, m) {
-			return c, fmt.Errorf("--modes: unknown mode %q (want direct, floor, brokerd, cached)", m)
+			return c, fmt.Errorf("--modes: unknown mode %q (want direct, floor, floor+commit, brokerd, cached)", m)
 		}
 		c.modes = append(c.modes, m)
 	}

@@ -110,19 +110,50 @@ func (y *c1Disk) summarize() {
 // diskProbe is a bbolt database and a preallocated file in the work dir (the file system brokerd's
 // database is on), kept open across rounds.
 type diskProbe struct {
-	db     *bolt.DB
+	*committer
 	file   *store.DurableFile // written as the audit journal is, with its code
 	paths  []string
 	buf    []byte
-	val    []byte
-	seq    uint64
 	writes int64
+}
+
+// committer is a bbolt database that commits one small put per call: the "one bbolt commit" of
+// the c=1 target, timed alone by the disk probe and inside a server by the floor+commit mode.
+type committer struct {
+	db  *bolt.DB
+	val []byte
+	seq uint64 // written inside the write transaction, which bbolt runs one at a time
 }
 
 var probeBucket = []byte("probe")
 
+func openCommitter(path string) (*committer, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, err
+	}
+	if err = db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(probeBucket)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &committer{db: db, val: make([]byte, 300)}, nil // about one token or audit record
+}
+
+// commit is one bbolt write transaction putting one small value under the next key.
+func (c *committer) commit() error {
+	return c.db.Update(func(tx *bolt.Tx) error {
+		c.seq++
+		return tx.Bucket(probeBucket).Put(binary.BigEndian.AppendUint64(nil, c.seq), c.val)
+	})
+}
+
+func (c *committer) close() error { return c.db.Close() }
+
 func openDiskProbe(dir string) (p *diskProbe, err error) {
-	p = &diskProbe{val: make([]byte, 300)} // about one token or audit record
+	p = &diskProbe{}
 	defer func() {
 		if err != nil {
 			p.close()
@@ -130,13 +161,7 @@ func openDiskProbe(dir string) (p *diskProbe, err error) {
 	}()
 	dbPath := filepath.Join(dir, "c1-commit.probe.db")
 	p.paths = append(p.paths, dbPath)
-	if p.db, err = bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: time.Second}); err != nil {
-		return nil, err
-	}
-	if err = p.db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(probeBucket)
-		return err
-	}); err != nil {
+	if p.committer, err = openCommitter(dbPath); err != nil {
 		return nil, err
 	}
 	path := filepath.Join(dir, "c1-write.probe")
@@ -162,8 +187,8 @@ func openDiskProbe(dir string) (p *diskProbe, err error) {
 }
 
 func (p *diskProbe) close() {
-	if p.db != nil {
-		p.db.Close()
+	if p.committer != nil {
+		p.committer.close()
 	}
 	if p.file != nil {
 		p.file.Close()
@@ -171,14 +196,6 @@ func (p *diskProbe) close() {
 	for _, path := range p.paths {
 		os.Remove(path)
 	}
-}
-
-// commit is one bbolt write transaction putting one small value.
-func (p *diskProbe) commit() error {
-	p.seq++
-	return p.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(probeBucket).Put(binary.BigEndian.AppendUint64(nil, p.seq), p.val)
-	})
 }
 
 // write is what the audit journal does for a lone call's record: one 4 KiB block written in place

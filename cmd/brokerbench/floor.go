@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -36,6 +38,9 @@ type floorServer struct {
 	hc     *http.Client
 	target string // the upstream's search URL, built once
 	key    string
+	// commit, when set, is one bbolt write transaction made after the answer is built and before
+	// it is returned, as brokerd's audit record is: the "floor+commit" mode (see commitFloor).
+	commit func() error
 }
 
 func (f *floorServer) Search(ctx context.Context, req *pb.SearchRequest) (*pb.SearchResponse, error) {
@@ -74,6 +79,11 @@ func (f *floorServer) Search(ctx context.Context, req *pb.SearchRequest) (*pb.Se
 	}
 	if len(out.Results) > n {
 		out.Results = out.Results[:n]
+	}
+	if f.commit != nil {
+		if err := f.commit(); err != nil {
+			return nil, status.Error(codes.Unavailable, err.Error())
+		}
 	}
 	return out, nil
 }
@@ -130,6 +140,7 @@ func serveFloor(ctx context.Context, args []string) error {
 	keyFile := fs.String("key-file", "", "file holding the upstream key")
 	socket := fs.String("socket", "", "Unix socket to serve on")
 	upURL := fs.String("upstream-url", "", "upstream base URL")
+	commitDB := fs.String("commit-db", "", "bbolt database to commit one small put to per call (the floor+commit mode)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -151,11 +162,89 @@ func serveFloor(ctx context.Context, args []string) error {
 		return err
 	}
 	g := grpc.NewServer(grpcapi.TransportOptions(0)...)
-	pb.RegisterSearchServiceServer(g, &floorServer{hc: hc, target: *upURL + scaviotest.SearchPath, key: key})
+	fl := &floorServer{hc: hc, target: *upURL + scaviotest.SearchPath, key: key}
+	ready := "ready unix://" + *socket
+	if *commitDB != "" {
+		c, err := openCommitter(*commitDB)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		tc := &timedCommits{commit: c.commit}
+		fl.commit = tc.do
+		// The commits' own latencies, for the report: brokerbench reads them around each window.
+		hl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		hs := &http.Server{Handler: tc, ReadHeaderTimeout: 5 * time.Second}
+		go hs.Serve(hl)
+		defer hs.Close()
+		ready += " http://" + hl.Addr().String() + commitsPath
+	}
+	pb.RegisterSearchServiceServer(g, fl)
 	go func() {
 		<-ctx.Done()
 		g.Stop()
 	}()
-	fmt.Printf("ready unix://%s\n", *socket)
+	fmt.Println(ready)
 	return g.Serve(lis)
+}
+
+// commitsPath is the floor+commit child's endpoint that hands out its commits' latencies.
+const commitsPath = "/_bench/commits"
+
+// timedCommits times each commit of the floor+commit child and serves the latencies recorded
+// since its previous request (GET: a JSON array of nanoseconds), so that brokerbench can read the
+// commits of one window: a GET as the window opens drops the warm-up's, one as it closes returns
+// the window's.
+type timedCommits struct {
+	commit func() error
+	mu     sync.Mutex
+	lats   []time.Duration
+}
+
+func (t *timedCommits) do() error {
+	t0 := time.Now()
+	err := t.commit()
+	d := time.Since(t0)
+	t.mu.Lock()
+	t.lats = append(t.lats, d)
+	t.mu.Unlock()
+	return err
+}
+
+func (t *timedCommits) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != commitsPath || r.Method != http.MethodGet {
+		http.NotFound(w, r)
+		return
+	}
+	t.mu.Lock()
+	lats := t.lats
+	t.lats = nil
+	t.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(lats)
+}
+
+// commitLatencies reads the floor+commit child's commit latencies since the previous read, sorted.
+func commitLatencies(ctx context.Context, url string) ([]time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	var lats []time.Duration
+	if err := json.NewDecoder(resp.Body).Decode(&lats); err != nil {
+		return nil, fmt.Errorf("%s: %w", url, err)
+	}
+	slices.Sort(lats)
+	return lats, nil
 }

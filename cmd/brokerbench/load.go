@@ -48,6 +48,9 @@ type loadResult struct {
 	SyncsPerCall *float64 `json:"server_syncs_per_call,omitempty"`
 	// Audit is what brokerd's audit writer did during the window (brokerd only).
 	Audit *auditStats `json:"audit,omitempty"`
+	// CommitP50 is the p50 of the bbolt commits the server made during the window, each timed
+	// inside it (floor+commit only).
+	CommitP50 time.Duration `json:"server_commit_p50_ns,omitempty"`
 }
 
 // loadSpec describes one closed-loop load run.

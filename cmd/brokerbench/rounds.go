@@ -54,6 +54,15 @@ func roundsP50(c *cellResult) []time.Duration {
 	return []time.Duration{c.P50}
 }
 
+// roundsCommitP50 is a floor+commit cell's in-server commit p50 of every round, or its own when
+// it ran once.
+func roundsCommitP50(c *cellResult) []time.Duration {
+	if len(c.RoundsCommitP50) > 0 {
+		return c.RoundsCommitP50
+	}
+	return []time.Duration{c.CommitP50}
+}
+
 // p50Over is brokerd's p50 over the floor's, paired by round (see pairedDiff).
 func p50Over(b, f *cellResult) (med, lo, hi time.Duration, n int) {
 	return pairedDiff(roundsP50(b), roundsP50(f))

@@ -62,9 +62,9 @@ func TestPairedDiff(t *testing.T) {
 
 func TestMedianCellKeepsEveryRound(t *testing.T) {
 	rounds := []cellResult{
-		{Mode: "floor", loadResult: loadResult{RPS: 900, P50: 700 * us1}},
-		{Mode: "floor", loadResult: loadResult{RPS: 1500, P50: 500 * us1}},
-		{Mode: "floor", loadResult: loadResult{RPS: 1200, P50: 600 * us1}},
+		{Mode: "floor", loadResult: loadResult{RPS: 900, P50: 700 * us1, CommitP50: 3}},
+		{Mode: "floor", loadResult: loadResult{RPS: 1500, P50: 500 * us1, CommitP50: 1}},
+		{Mode: "floor", loadResult: loadResult{RPS: 1200, P50: 600 * us1, CommitP50: 2}},
 	}
 	m := medianCell(rounds)
 	if m.RPS != 1200 || m.P50 != 600*us1 {
@@ -76,6 +76,9 @@ func TestMedianCellKeepsEveryRound(t *testing.T) {
 	}
 	if want := []time.Duration{700 * us1, 500 * us1, 600 * us1}; !slices.Equal(m.RoundsP50, want) {
 		t.Errorf("RoundsP50 = %v, want %v", m.RoundsP50, want)
+	}
+	if want := []time.Duration{3, 1, 2}; !slices.Equal(m.RoundsCommitP50, want) {
+		t.Errorf("RoundsCommitP50 = %v, want %v", m.RoundsCommitP50, want)
 	}
 	if one := medianCell(rounds[:1]); one.RoundsP50 != nil || one.RoundsRPS != nil {
 		t.Errorf("a single round lists rounds: %v %v", one.RoundsRPS, one.RoundsP50)
@@ -136,6 +139,31 @@ func TestC1Target(t *testing.T) {
 			got:  []string{"one bbolt commit p50 300µs (back to back, before the runs)"},
 		},
 		{
+			// brokerd − floor (500 µs) is over the commit alone (400 µs), but under what the
+			// floor with a commit per call pays (550): the in-server commit decides.
+			name: "floor+commit ran: it is the yardstick",
+			cells: []cellResult{
+				cell("floor", 1500, 650*us1, 600*us1, 650*us1, 700*us1),
+				withCommits(cell(modeFloorCommit, 900, 1200*us1, 1150*us1, 1200*us1, 1250*us1), 300*us1, 320*us1, 310*us1),
+				cell("brokerd", 1000, 1150*us1, 1100*us1, 1250*us1, 1200*us1),
+			},
+			yard: yard, status: "PASS",
+			want: []string{"as a server pays it", "brokerd − floor+commit ≤ 0"},
+			got: []string{"500µs: median of 3 rounds' differences", "floor+commit − floor 550µs (550µs … 550µs, 3 rounds)",
+				"the commit's own p50 inside it 310µs", "brokerd − floor+commit -50µs (-50µs … 50µs, 3 rounds)",
+				"one bbolt commit alone at c=1's pace (one every 1.3ms) p50 400µs", "(against that alone: MISS)"},
+		},
+		{
+			name: "floor+commit faster than brokerd: a miss, though within the commit alone",
+			cells: []cellResult{
+				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
+				withCommits(cell(modeFloorCommit, 1100, 850*us1, 850*us1, 850*us1, 850*us1), 200*us1, 200*us1, 200*us1),
+				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
+			},
+			yard: yard, status: "MISS",
+			got: []string{"300µs: median of 3 rounds' differences", "brokerd − floor+commit 50µs", "(against that alone: PASS)"},
+		},
+		{
 			name: "no round with calls in both modes",
 			cells: []cellResult{
 				cell("floor", 1500, 600*us1, 600*us1, 0),
@@ -170,6 +198,13 @@ func TestC1Target(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withCommits sets a floor+commit cell's in-server commit p50 of each round.
+func withCommits(c cellResult, rounds ...time.Duration) cellResult {
+	c.RoundsCommitP50 = rounds
+	c.CommitP50 = median(rounds)
+	return c
 }
 
 func TestC1DiskSummarize(t *testing.T) {
