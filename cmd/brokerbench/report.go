@@ -186,9 +186,15 @@ func c1Target(r *report, b, f *cellResult) target {
 		t.Want, t.Got, t.Status = "≤ one bbolt commit at c=1, as a server pays it", over+"; no round with calls in both brokerd and floor+commit", "n/a"
 		return t
 	}
+	// The commit's own p50 inside the server, against brokerd − floor of the same round: the
+	// commit's duration without what it costs the rest of the call.
+	own := "n/a"
+	if om, k := overOwnCommit(b, f, fc); k > 0 {
+		own = fmt.Sprintf("%s, brokerd − floor − its commit %s paired by round", passMiss(om <= 0), round(om))
+	}
 	t.Want = "≤ one bbolt commit at c=1, as a server pays it: floor+commit − floor, paired by round (brokerd − floor+commit ≤ 0)"
-	t.Got = fmt.Sprintf("%s; floor+commit − floor %s (%s … %s, %d rounds), the commit's own p50 inside it %s; brokerd − floor+commit %s (%s … %s, %d rounds); %s (against that alone: %s); %s",
-		over, round(cmed), round(clo), round(chi), cn, round(median(roundsCommitP50(fc))), round(dmed), round(dlo), round(dhi), dn,
+	t.Got = fmt.Sprintf("%s; floor+commit − floor %s (%s … %s, %d rounds), the commit's own p50 inside it %s (against that: %s); brokerd − floor+commit %s (%s … %s, %d rounds); %s (against that alone: %s); %s",
+		over, round(cmed), round(clo), round(chi), cn, round(median(roundsCommitP50(fc))), own, round(dmed), round(dlo), round(dhi), dn,
 		alone, passMiss(med <= y.CommitPaced), syncs)
 	t.Status = passMiss(dmed <= 0)
 	return t

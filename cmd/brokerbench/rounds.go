@@ -63,6 +63,25 @@ func roundsCommitP50(c *cellResult) []time.Duration {
 	return []time.Duration{c.CommitP50}
 }
 
+// overOwnCommit is brokerd's p50 over the floor's, less floor+commit's own commit p50, paired by
+// round (the median of the per-round values, and how many rounds had all three).
+func overOwnCommit(b, f, fc *cellResult) (med time.Duration, n int) {
+	bp, fp, cp := roundsP50(b), roundsP50(f), roundsCommitP50(fc)
+	if len(bp) != len(fp) || len(cp) != len(fp) {
+		return 0, 0
+	}
+	var d []time.Duration
+	for i := range bp {
+		if bp[i] > 0 && fp[i] > 0 && cp[i] > 0 {
+			d = append(d, bp[i]-fp[i]-cp[i])
+		}
+	}
+	if len(d) == 0 {
+		return 0, 0
+	}
+	return median(d), len(d)
+}
+
 // p50Over is brokerd's p50 over the floor's, paired by round (see pairedDiff).
 func p50Over(b, f *cellResult) (med, lo, hi time.Duration, n int) {
 	return pairedDiff(roundsP50(b), roundsP50(f))

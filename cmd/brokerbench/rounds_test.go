@@ -150,7 +150,8 @@ func TestC1Target(t *testing.T) {
 			yard: yard, status: "PASS",
 			want: []string{"as a server pays it", "brokerd − floor+commit ≤ 0"},
 			got: []string{"500µs: median of 3 rounds' differences", "floor+commit − floor 550µs (550µs … 550µs, 3 rounds)",
-				"the commit's own p50 inside it 310µs", "brokerd − floor+commit -50µs (-50µs … 50µs, 3 rounds)",
+				"the commit's own p50 inside it 310µs (against that: MISS, brokerd − floor − its commit 200µs paired by round)",
+				"brokerd − floor+commit -50µs (-50µs … 50µs, 3 rounds)",
 				"one bbolt commit alone at c=1's pace (one every 1.3ms) p50 400µs", "(against that alone: MISS)"},
 		},
 		{
@@ -161,7 +162,8 @@ func TestC1Target(t *testing.T) {
 				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
 			},
 			yard: yard, status: "MISS",
-			got: []string{"300µs: median of 3 rounds' differences", "brokerd − floor+commit 50µs", "(against that alone: PASS)"},
+			got: []string{"300µs: median of 3 rounds' differences", "brokerd − floor+commit 50µs", "(against that alone: PASS)",
+				"(against that: MISS, brokerd − floor − its commit 100µs paired by round)"},
 		},
 		{
 			name: "no round with calls in both modes",
