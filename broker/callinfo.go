@@ -6,6 +6,10 @@ import "context"
 // which token, tool and credential version it used, and a keyed digest of the query. The edge puts
 // one in the context; domain code fills in what it learns. It never holds a secret or a raw query.
 type CallInfo struct {
+	// Method is the call's method as its records name it (a gRPC full method, or the HTTP
+	// front's HTTPSearchMethod...): a search whose caller left writes its settle record under it.
+	// Empty means the gRPC Search.
+	Method            string
 	TokenID           string
 	Tool              string
 	Credential        string

@@ -265,7 +265,11 @@ func (c *upstreamCall) finish(reached bool, err error) {
 	if err != nil {
 		code = "Unavailable" // what reaches the upstream and fails unanswered maps to
 	}
-	rec := CallRecord{Method: searchMethod, Caller: c.caller, Code: code, Latency: time.Since(c.start), Info: &c.ci}
+	method := c.ci.Method // the caller's: a search over the HTTP front is recorded as one
+	if method == "" {
+		method = searchMethod
+	}
+	rec := CallRecord{Method: method, Caller: c.caller, Code: code, Latency: time.Since(c.start), Info: &c.ci}
 	if err := c.b.RecordCall(context.Background(), rec); err != nil {
 		c.b.log.Error("audit record of a search settled after its caller left not written", "token_id", c.ci.TokenID,
 			"credits", c.ci.Credits, "err", err)

@@ -51,10 +51,11 @@ func newSettleBroker(t *testing.T, credits int) (b *Broker, st *store.Store, arr
 }
 
 // searchLeaving runs a search whose caller gives up once the upstream has the request, and returns
-// the caller's error, which must come while the upstream still holds the request.
-func searchLeaving(t *testing.T, b *Broker, raw string, arrived <-chan struct{}, req SearchRequest) error {
+// the caller's error, which must come while the upstream still holds the request. The call's
+// context is parent's.
+func searchLeaving(t *testing.T, parent context.Context, b *Broker, raw string, arrived <-chan struct{}, req SearchRequest) error {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	go func() { <-arrived; cancel() }()
 	done := make(chan error, 1)
@@ -77,7 +78,7 @@ func searchLeaving(t *testing.T, b *Broker, raw string, arrived <-chan struct{},
 func TestCallerLeavesAfterSending(t *testing.T) {
 	b, st, arrived, hold := newSettleBroker(t, 2)
 	raw, rec := mintFor(t, b, MintRequest{BudgetCredits: 2, BudgetPeriod: "day", MaxUses: 3})
-	err := searchLeaving(t, b, raw, arrived, SearchRequest{Query: "slow", NoCache: true})
+	err := searchLeaving(t, context.Background(), b, raw, arrived, SearchRequest{Query: "slow", NoCache: true})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("caller's error: %v, want Canceled", err)
 	}
@@ -105,7 +106,7 @@ func TestCallerLeavesAfterSending(t *testing.T) {
 func TestDrainCutsOffSentCallsAsCharged(t *testing.T) {
 	b, st, arrived, _ := newSettleBroker(t, 5)
 	raw, rec := mintFor(t, b, MintRequest{BudgetCredits: 10, BudgetPeriod: "day", MaxUses: 3})
-	if err := searchLeaving(t, b, raw, arrived, SearchRequest{Query: "slow"}); !errors.Is(err, context.Canceled) {
+	if err := searchLeaving(t, context.Background(), b, raw, arrived, SearchRequest{Query: "slow"}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("caller's error: %v, want Canceled", err)
 	}
 	expired, cancel := context.WithCancel(context.Background())
@@ -129,6 +130,37 @@ func TestDrainCutsOffSentCallsAsCharged(t *testing.T) {
 	}
 	if _, err := b.Search(context.Background(), raw, me, SearchRequest{Query: "after"}); !errors.Is(err, ErrShuttingDown) {
 		t.Fatalf("search after Drain: %v, want ErrShuttingDown", err)
+	}
+}
+
+// The record a search writes when its caller left names the caller's method: a search over the
+// HTTP front is recorded as one (Usage counts both), not as a gRPC Search.
+func TestSettleRecordNamesTheCallersMethod(t *testing.T) {
+	for _, tc := range []struct{ name, method, want string }{
+		{"grpc", searchMethod, searchMethod},
+		{"http front", HTTPSearchMethod, HTTPSearchMethod},
+		{"http front google", HTTPGoogleMethod, HTTPGoogleMethod},
+		{"unnamed", "", searchMethod},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, st, arrived, hold := newSettleBroker(t, 1)
+			raw, _ := mintFor(t, b, MintRequest{})
+			ctx := WithCallInfo(context.Background(), &CallInfo{Method: tc.method})
+			if err := searchLeaving(t, ctx, b, raw, arrived, SearchRequest{Query: "slow", NoCache: true}); !errors.Is(err, context.Canceled) {
+				t.Fatalf("caller's error: %v, want Canceled", err)
+			}
+			close(hold)
+			if err := b.WaitSettled(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			recs, err := st.ListAudit(0, time.Time{}, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(recs) != 1 || recs[0].Event != eventSettled || recs[0].Method != tc.want {
+				t.Fatalf("audit: %+v, want one settled record under %s", recs, tc.want)
+			}
+		})
 	}
 }
 

@@ -60,7 +60,7 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		return nil, err
 	}
 	start := time.Now()
-	ci := &broker.CallInfo{}
+	ci := &broker.CallInfo{Method: info.FullMethod}
 	record := func(code string) broker.CallRecord {
 		return broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ctx), Code: code, Latency: time.Since(start), Info: ci}
 	}

@@ -139,7 +139,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	caller := callerFrom(r.Context())
 	raw := presentedToken(r)
 	start := time.Now()
-	ci := &broker.CallInfo{}
+	ci := &broker.CallInfo{Method: ep.method}
 	ctx := broker.WithCallInfo(r.Context(), ci)
 	record := func(code codes.Code) broker.CallRecord {
 		return broker.CallRecord{Method: ep.method, Caller: caller, Code: code.String(), Latency: time.Since(start), Info: ci}
