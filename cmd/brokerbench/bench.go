@@ -446,10 +446,15 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 					var commits []time.Duration
 					var commitsErr error
 					if m == modeFloorCommit {
-						// The window's commits: a read as it opens drops the warm-up's.
+						// The window's commits: a read as it opens drops the warm-up's. A failed read
+						// is kept: after it, the next one would hand out the warm-up's commits too.
 						spec.onWindow = func(open bool) {
-							if commits, commitsErr = commitLatencies(ctx, e.fcCommits); open {
-								commits = nil
+							lats, err := commitLatencies(ctx, e.fcCommits)
+							if commitsErr == nil {
+								commitsErr = err
+							}
+							if !open {
+								commits = lats
 							}
 						}
 					}

@@ -39,7 +39,7 @@ type floorServer struct {
 	target string // the upstream's search URL, built once
 	key    string
 	// commit, when set, is one bbolt write transaction made after the answer is built and before
-	// it is returned, as brokerd's audit record is: the "floor+commit" mode (see commitFloor).
+	// it is returned, as brokerd's audit record is: the "floor+commit" mode (see timedCommits).
 	commit func() error
 }
 
@@ -229,6 +229,8 @@ func (t *timedCommits) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // commitLatencies reads the floor+commit child's commit latencies since the previous read, sorted.
 func commitLatencies(ctx context.Context, url string) ([]time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second) // as scrapeAudit: a hung child fails the run
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -274,5 +275,27 @@ func TestPairedRatio(t *testing.T) {
 	}
 	if got := roundsNote(&cellResult{RoundsRPS: []float64{3, 4}}, &cellResult{RoundsRPS: []float64{4, 4}}); got != "; paired by round: 0.88 (0.75 … 1.00, 2 rounds)" {
 		t.Errorf("two rounds: %q", got)
+	}
+}
+
+// TestWriteC1DiskNamesTheYardstick checks that the paced commit's paragraph says what the c=1
+// target is judged by: the paced commit alone, or floor+commit when it ran.
+func TestWriteC1DiskNamesTheYardstick(t *testing.T) {
+	y := &c1Disk{diskRound: diskRound{Pace: 1300 * us1, CommitPaced: 400 * us1, CommitB2B: 200 * us1}, Rounds: make([]diskRound, 3)}
+	for _, tc := range []struct {
+		name          string
+		inServer      bool
+		want, notWant string
+	}{
+		{"alone", false, "compares against the paced commit", "floor+commit"},
+		{"floor+commit ran", true, "judged by *floor+commit*", "compares against the paced commit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			writeC1Disk(func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }, y, tc.inServer)
+			if !strings.Contains(b.String(), tc.want) || strings.Contains(b.String(), tc.notWant) {
+				t.Errorf("paragraph %q: want %q in it and not %q", b.String(), tc.want, tc.notWant)
+			}
+		})
 	}
 }
