@@ -161,21 +161,23 @@ ghz --insecure --call credbroker.v1.SearchService.Search -d '{"tool":"web_search
 - *fdatasyncs/call* is counted exactly, by the kernel: \`perf stat\` on the fdatasync, fsync,
   sync_file_range and pwritev2 tracepoints of the server process over each window (blank without
   perf); brokerd's audit journal writes with pwritev2 and RWF_DSYNC, the write and its sync in one call.
-- **The c=1 yardstick** (issue 20: brokerd's p50 over the floor's at c=1 within one bbolt commit),
-  measured two ways in every zero-delay c=1 round, both reported:
-  - *inside a server* (the one the target is judged by): **floor+commit** is the floor plus one
-    bbolt commit per call (Update, one ~300-byte put, timed inside it), made after its answer is
-    built and before it is returned, where brokerd makes its audit record. Its p50 over the
-    floor's is what one commit adds to a call at c=1 on this machine, the wake-ups a blocking
-    commit costs a server included. The target holds when brokerd's p50 is not above
-    floor+commit's: the median over rounds of brokerd − floor+commit *of the same round*
-    (min … max beside it) is ≤ 0. It runs in the zero-delay c=1 cells only.
-  - *alone*: right after the modes, brokerbench times bbolt commits and 4 KiB O_DIRECT writes with
-    RWF_DSYNC into a preallocated file (the audit journal's write for a lone call), each back to
-    back and *paced*: one started every mean interval between the round's *floor* calls, the loop
-    asleep in between, so the disk idles about as it does between c=1 calls. The target's row
-    also says whether brokerd − floor is within this paced commit (earlier runs were judged by it
-    alone; it leaves out what the commit costs the server around it, so it is the lower bound).
+- **The c=1 yardstick** (issue 20: brokerd's p50 over the floor's at c=1 within one bbolt commit):
+  in every zero-delay c=1 round, right after the modes, brokerbench times bbolt commits (Update,
+  one ~300-byte put, with the bbolt options brokerd's store uses, the keys cycling over a fixed
+  set so the database stops growing) and 4 KiB O_DIRECT writes with RWF_DSYNC into a preallocated
+  file (the audit journal's write for a lone call), each back to back and *paced*: one started
+  every mean interval between the round's *floor* calls, the loop asleep in between, so the disk
+  idles about as it does between c=1 calls (brokerd's own calls come less often: the floor's pace
+  is the stricter one, and a slower brokerd cannot buy itself a costlier yardstick). The target
+  compares the median over rounds of brokerd's p50 minus the floor's *of the same round*
+  (min … max beside it) with the paced commit, the back-to-back commit shown beside it.
+- **floor+commit** (zero-delay c=1 cells only) is shown beside the c=1 target for scale and does
+  not change its verdict: the floor plus the same bbolt commit once per call, made after its
+  answer is built and before it is returned (where brokerd makes its audit record), the commit
+  timed inside the server. It says what one commit is inside a server at c=1 (its own p50 there,
+  and what it adds to the floor's p50, the wake-ups a blocking commit costs included) and how
+  brokerd's p50 compares with a minimal broker that commits once per call. It runs in the rounds
+  with the other modes, swapping places with brokerd every other round.
 - The fake upstream (brokerbench \`serve-upstream\`) answers with the exact bytes of
   \`broker/upstream/scaviotest\` for the query, but records nothing, so it stays cheap. Every server
   is its own process; CPU comes from /proc/PID/stat over the measured window.

@@ -222,17 +222,15 @@ func (e *env) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if slices.Contains(e.cfg.modes, modeFloorCommit) {
+	if slices.Contains(e.cfg.modes, modeFloorCommit) && slices.Contains(e.cfg.conc, 1) && slices.Contains(e.cfg.delays, 0) {
 		e.fcSock = filepath.Join(e.dir, "floorc.sock")
 		var addrs string
 		if e.floorCommit, addrs, err = startSelf(e.dir, "floor-commit", "serve-floor", "--key-file", e.keyFile, "--socket", e.fcSock, "--upstream-url", e.upURL,
 			"--commit-db", filepath.Join(e.dir, "floor-commit.db")); err != nil {
 			return err
 		}
-		if f := strings.Fields(addrs); len(f) == 2 {
-			e.fcCommits = f[1]
-		} else {
-			return fmt.Errorf("floor-commit: ready line %q has no commits URL", addrs)
+		if e.fcCommits, err = commitsURL(addrs); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -389,22 +387,21 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 		case "direct":
 			do[m] = e.directSearch()
 			procs[m] = []watched{upw, self}
-		case "floor":
-			cs, closeFn, err := searchClients(e.fSock, tok, e.cfg.conns)
+		case "floor", modeFloorCommit:
+			sock, server := e.fSock, e.floor
+			if m == modeFloorCommit {
+				if e.floorCommit == nil {
+					continue // no zero-delay c=1 cell in this run
+				}
+				sock, server = e.fcSock, e.floorCommit
+			}
+			cs, closeFn, err := searchClients(sock, tok, e.cfg.conns)
 			if err != nil {
 				return err
 			}
 			defer closeFn()
 			do[m] = grpcSearch(cs, true)
-			procs[m] = []watched{{role: "server", pid: e.floor.pid()}, upw, self}
-		case modeFloorCommit:
-			cs, closeFn, err := searchClients(e.fcSock, tok, e.cfg.conns)
-			if err != nil {
-				return err
-			}
-			defer closeFn()
-			do[m] = grpcSearch(cs, true)
-			procs[m] = []watched{{role: "server", pid: e.floorCommit.pid()}, upw, self}
+			procs[m] = []watched{{role: "server", pid: server.pid()}, upw, self}
 		case "brokerd", "cached":
 			cs, closeFn, err := searchClients(bdSock, tok, e.cfg.conns)
 			if err != nil {
@@ -435,10 +432,10 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 			}
 			got := map[string][]cellResult{}
 			modes := slices.DeleteFunc(slices.Clone(e.cfg.modes), func(m string) bool {
-				return m == modeFloorCommit && !(delay == 0 && c == 1) // the c=1 target's yardstick only
+				return m == modeFloorCommit && !(delay == 0 && c == 1) // shown beside the c=1 target only
 			})
 			for rd := range rounds {
-				for _, m := range modes {
+				for _, m := range roundOrder(modes, rd) {
 					if ctx.Err() != nil {
 						return ctx.Err()
 					}
@@ -468,7 +465,7 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 						commitLine = fmt.Sprintf(" its commit p50 %s", round(res.CommitP50))
 					}
 					got[m] = append(got[m], cellResult{Mode: m, Delay: delay, Conc: c, loadResult: res})
-					progress("%-7s delay=%-5s c=%-3d round %d/%d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s%s",
+					progress("%-12s delay=%-5s c=%-3d round %d/%d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s%s",
 						m, delay, c, rd+1, rounds, res.RPS, round(res.P50), round(res.P99), res.CPUPer1k["server"], res.Errors, res.FirstErr, auditLine(res.Audit), commitLine)
 				}
 				if delay == 0 && c == 1 {
@@ -533,8 +530,8 @@ func medianCell(cells []cellResult) cellResult {
 		for _, c := range cells {
 			m.RoundsRPS = append(m.RoundsRPS, c.RPS)
 			m.RoundsP50 = append(m.RoundsP50, c.P50)
-			if c.CommitP50 > 0 {
-				m.RoundsCommitP50 = append(m.RoundsCommitP50, c.CommitP50)
+			if c.Mode == modeFloorCommit {
+				m.RoundsCommitP50 = append(m.RoundsCommitP50, c.CommitP50) // 0 for a round without one
 			}
 		}
 	}

@@ -46,8 +46,9 @@ type config struct {
 var allModes = []string{"direct", "floor", modeFloorCommit, "brokerd", "cached"}
 
 // modeFloorCommit is the floor plus one bbolt commit per call, made after its answer is built and
-// before it is returned (as brokerd's audit record is): "one bbolt commit" measured inside a
-// server, the c=1 target's yardstick. It runs only in the zero-delay c=1 cells.
+// before it is returned (as brokerd's audit record is): the c=1 target's commit inside a server,
+// reported beside the target for scale (the paced commit alone decides it). It runs only in the
+// zero-delay c=1 cells.
 const modeFloorCommit = "floor+commit"
 
 func parseFlags(args []string) (config, error) {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -206,12 +207,14 @@ type timedCommits struct {
 
 func (t *timedCommits) do() error {
 	t0 := time.Now()
-	err := t.commit()
+	if err := t.commit(); err != nil {
+		return err // its call fails: not a commit to time
+	}
 	d := time.Since(t0)
 	t.mu.Lock()
 	t.lats = append(t.lats, d)
 	t.mu.Unlock()
-	return err
+	return nil
 }
 
 func (t *timedCommits) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -225,6 +228,16 @@ func (t *timedCommits) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(lats)
+}
+
+// commitsURL is the commits endpoint in the floor+commit child's ready line (after "ready "):
+// "unix://SOCKET http://ADDR/_bench/commits".
+func commitsURL(ready string) (string, error) {
+	f := strings.Fields(ready)
+	if len(f) != 2 || !strings.HasPrefix(f[0], "unix://") || !strings.HasPrefix(f[1], "http://127.0.0.1:") || !strings.HasSuffix(f[1], commitsPath) {
+		return "", fmt.Errorf("floor-commit: ready line %q has no commits URL", ready)
+	}
+	return f[1], nil
 }
 
 // commitLatencies reads the floor+commit child's commit latencies since the previous read, sorted.

@@ -54,6 +54,24 @@ func roundsP50(c *cellResult) []time.Duration {
 	return []time.Duration{c.P50}
 }
 
+// roundOrder is the order modes run in round rd: as given, except that floor+commit and brokerd
+// swap places every other round, so that neither always runs right after the other (whatever one
+// leaves behind on the machine, the other does not always meet it).
+func roundOrder(modes []string, rd int) []string {
+	i, j := slices.Index(modes, modeFloorCommit), slices.Index(modes, "brokerd")
+	if rd%2 == 0 || i < 0 || j < 0 {
+		return modes
+	}
+	out := slices.Clone(modes)
+	out[i], out[j] = out[j], out[i]
+	return out
+}
+
+// nonZero is xs without its zeros (rounds that measured nothing).
+func nonZero(xs []time.Duration) []time.Duration {
+	return slices.DeleteFunc(slices.Clone(xs), func(x time.Duration) bool { return x == 0 })
+}
+
 // roundsCommitP50 is a floor+commit cell's in-server commit p50 of every round, or its own when
 // it ran once.
 func roundsCommitP50(c *cellResult) []time.Duration {

@@ -63,9 +63,9 @@ func TestPairedDiff(t *testing.T) {
 
 func TestMedianCellKeepsEveryRound(t *testing.T) {
 	rounds := []cellResult{
-		{Mode: "floor", loadResult: loadResult{RPS: 900, P50: 700 * us1, CommitP50: 3}},
-		{Mode: "floor", loadResult: loadResult{RPS: 1500, P50: 500 * us1, CommitP50: 1}},
-		{Mode: "floor", loadResult: loadResult{RPS: 1200, P50: 600 * us1, CommitP50: 2}},
+		{Mode: modeFloorCommit, loadResult: loadResult{RPS: 900, P50: 700 * us1, CommitP50: 3}},
+		{Mode: modeFloorCommit, loadResult: loadResult{RPS: 1500, P50: 500 * us1, CommitP50: 1}},
+		{Mode: modeFloorCommit, loadResult: loadResult{RPS: 1200, P50: 600 * us1, CommitP50: 0}},
 	}
 	m := medianCell(rounds)
 	if m.RPS != 1200 || m.P50 != 600*us1 {
@@ -78,7 +78,7 @@ func TestMedianCellKeepsEveryRound(t *testing.T) {
 	if want := []time.Duration{700 * us1, 500 * us1, 600 * us1}; !slices.Equal(m.RoundsP50, want) {
 		t.Errorf("RoundsP50 = %v, want %v", m.RoundsP50, want)
 	}
-	if want := []time.Duration{3, 1, 2}; !slices.Equal(m.RoundsCommitP50, want) {
+	if want := []time.Duration{3, 1, 0}; !slices.Equal(m.RoundsCommitP50, want) {
 		t.Errorf("RoundsCommitP50 = %v, want %v", m.RoundsCommitP50, want)
 	}
 	if one := medianCell(rounds[:1]); one.RoundsP50 != nil || one.RoundsRPS != nil {
@@ -140,31 +140,39 @@ func TestC1Target(t *testing.T) {
 			got:  []string{"one bbolt commit p50 300µs (back to back, before the runs)"},
 		},
 		{
-			// brokerd − floor (500 µs) is over the commit alone (400 µs), but under what the
-			// floor with a commit per call pays (550): the in-server commit decides.
-			name: "floor+commit ran: it is the yardstick",
+			// floor+commit is reported for scale; the paced commit alone still decides:
+			// brokerd − floor (500 µs) is over it (400 µs) though under floor+commit.
+			name: "floor+commit ran: shown for scale, the paced commit decides",
 			cells: []cellResult{
 				cell("floor", 1500, 650*us1, 600*us1, 650*us1, 700*us1),
 				withCommits(cell(modeFloorCommit, 900, 1200*us1, 1150*us1, 1200*us1, 1250*us1), 300*us1, 320*us1, 310*us1),
 				cell("brokerd", 1000, 1150*us1, 1100*us1, 1250*us1, 1200*us1),
 			},
-			yard: yard, status: "PASS",
-			want: []string{"as a server pays it", "brokerd − floor+commit ≤ 0"},
-			got: []string{"500µs: median of 3 rounds' differences", "floor+commit − floor 550µs (550µs … 550µs, 3 rounds)",
-				"the commit's own p50 inside it 310µs (against that: MISS, brokerd − floor − its commit 200µs paired by round)",
-				"brokerd − floor+commit -50µs (-50µs … 50µs, 3 rounds)",
-				"one bbolt commit alone at c=1's pace (one every 1.3ms) p50 400µs", "(against that alone: MISS)"},
+			yard: yard, status: "MISS",
+			want: []string{"≤ one bbolt commit at c=1's pace"},
+			got: []string{"500µs: median of 3 rounds' differences", "one bbolt commit at c=1's pace (one every 1.3ms) p50 400µs",
+				"for scale, the same commit inside a server (floor+commit: the floor with one per call): its own p50 there 310µs (brokerd − floor − it, paired by round: 200µs)",
+				"floor+commit − floor 550µs (550µs … 550µs)", "brokerd − floor+commit -50µs (-50µs … 50µs, 3 rounds)"},
 		},
 		{
-			name: "floor+commit faster than brokerd: a miss, though within the commit alone",
+			name: "floor+commit ran, brokerd within the paced commit",
 			cells: []cellResult{
 				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
-				withCommits(cell(modeFloorCommit, 1100, 850*us1, 850*us1, 850*us1, 850*us1), 200*us1, 200*us1, 200*us1),
+				withCommits(cell(modeFloorCommit, 1100, 850*us1, 850*us1, 850*us1, 850*us1), 200*us1, 0, 200*us1),
 				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
 			},
-			yard: yard, status: "MISS",
-			got: []string{"300µs: median of 3 rounds' differences", "brokerd − floor+commit 50µs", "(against that alone: PASS)",
-				"(against that: MISS, brokerd − floor − its commit 100µs paired by round)"},
+			yard: yard, status: "PASS",
+			got: []string{"300µs: median of 3 rounds' differences", "its own p50 there 200µs (brokerd − floor − it, paired by round: 100µs)", "brokerd − floor+commit 50µs"},
+		},
+		{
+			name: "floor+commit completed no call",
+			cells: []cellResult{
+				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
+				{Mode: modeFloorCommit, Conc: 1},
+				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
+			},
+			yard: yard, status: "PASS",
+			got: []string{"for scale, floor+commit completed no call"},
 		},
 		{
 			name: "no round with calls in both modes",
@@ -278,24 +286,84 @@ func TestPairedRatio(t *testing.T) {
 	}
 }
 
-// TestWriteC1DiskNamesTheYardstick checks that the paced commit's paragraph says what the c=1
-// target is judged by: the paced commit alone, or floor+commit when it ran.
-func TestWriteC1DiskNamesTheYardstick(t *testing.T) {
-	y := &c1Disk{diskRound: diskRound{Pace: 1300 * us1, CommitPaced: 400 * us1, CommitB2B: 200 * us1}, Rounds: make([]diskRound, 3)}
+// TestWriteC1Rounds checks the round-by-round table: floor+commit's columns when it ran in every
+// round (a dash otherwise), and the verdict's two figures in bold, not floor+commit's.
+func TestWriteC1Rounds(t *testing.T) {
+	yard := &c1Disk{diskRound: diskRound{Pace: 600 * us1, CommitPaced: 250 * us1, CommitB2B: 200 * us1}, Rounds: []diskRound{
+		{Pace: 600 * us1, CommitPaced: 240 * us1}, {Pace: 610 * us1, CommitPaced: 260 * us1},
+	}}
+	floor := cellResult{Mode: "floor", Conc: 1, RoundsP50: []time.Duration{500 * us1, 600 * us1}, loadResult: loadResult{Requests: 1, P50: 500 * us1}}
+	brokerd := cellResult{Mode: "brokerd", Conc: 1, RoundsP50: []time.Duration{800 * us1, 850 * us1}, loadResult: loadResult{Requests: 1, P50: 800 * us1}}
+	fc := withCommits(cellResult{Mode: modeFloorCommit, Conc: 1, RoundsP50: []time.Duration{900 * us1, 880 * us1}, loadResult: loadResult{Requests: 1, P50: 900 * us1}},
+		300*us1, 0)
 	for _, tc := range []struct {
-		name          string
-		inServer      bool
-		want, notWant string
+		name      string
+		cells     []cellResult
+		want, not []string
 	}{
-		{"alone", false, "compares against the paced commit", "floor+commit"},
-		{"floor+commit ran", true, "judged by *floor+commit*", "compares against the paced commit"},
+		{
+			name:  "with floor+commit",
+			cells: []cellResult{floor, fc, brokerd},
+			want: []string{
+				"| 1 | 500 | 800 | 300 | 900 | 400 | 300 | -100 | 600 | 240 |",
+				"| 2 | 600 | 850 | 250 | 880 | 280 | 0 | -30 | 610 | 260 |",
+				"| median | | | **275** (250 … 300, 2 round(s)) | | 340 (280 … 400) | 300 | -65 (-100 … -30) | 600 | **250** |",
+			},
+			not: []string{"**340", "**300", "**-65"},
+		},
+		{
+			name:  "without",
+			cells: []cellResult{floor, brokerd},
+			want:  []string{"| 1 | 500 | 800 | 300 | — | — | — | — | 600 | 240 |", "| median | | | **275** (250 … 300, 2 round(s)) | | — | — | — | 600 | **250** |"},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b strings.Builder
-			writeC1Disk(func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }, y, tc.inServer)
-			if !strings.Contains(b.String(), tc.want) || strings.Contains(b.String(), tc.notWant) {
-				t.Errorf("paragraph %q: want %q in it and not %q", b.String(), tc.want, tc.notWant)
+			writeC1Rounds(func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }, &report{Cells: tc.cells, C1Disk: yard})
+			for _, w := range tc.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("table lacks %q:\n%s", w, b.String())
+				}
+			}
+			for _, w := range tc.not {
+				if strings.Contains(b.String(), w) {
+					t.Errorf("table has %q:\n%s", w, b.String())
+				}
 			}
 		})
+	}
+}
+
+func TestRoundOrder(t *testing.T) {
+	modes := []string{"direct", "floor", modeFloorCommit, "brokerd", "cached"}
+	swapped := []string{"direct", "floor", "brokerd", modeFloorCommit, "cached"}
+	for rd, want := range [][]string{modes, swapped, modes, swapped} {
+		if got := roundOrder(modes, rd); !slices.Equal(got, want) {
+			t.Errorf("round %d: %v, want %v", rd, got, want)
+		}
+	}
+	if got := roundOrder([]string{"floor", "brokerd"}, 1); !slices.Equal(got, []string{"floor", "brokerd"}) {
+		t.Errorf("without floor+commit: %v", got)
+	}
+	if !slices.Equal(modes, []string{"direct", "floor", modeFloorCommit, "brokerd", "cached"}) {
+		t.Errorf("roundOrder changed its argument: %v", modes)
+	}
+}
+
+func TestCommitsURL(t *testing.T) {
+	for _, tc := range []struct {
+		ready, want string
+		ok          bool
+	}{
+		{"unix:///tmp/x/floorc.sock http://127.0.0.1:4242/_bench/commits", "http://127.0.0.1:4242/_bench/commits", true},
+		{"unix:///tmp/x/floorc.sock", "", false},
+		{"unix:///tmp/x/floorc.sock http://example.com/_bench/commits", "", false},
+		{"unix:///tmp/x/floorc.sock http://127.0.0.1:4242/other", "", false},
+		{"unix:///a http://127.0.0.1:1/_bench/commits extra", "", false},
+	} {
+		got, err := commitsURL(tc.ready)
+		if got != tc.want || (err == nil) != tc.ok {
+			t.Errorf("commitsURL(%q) = %q, %v; want %q, ok %v", tc.ready, got, err, tc.want, tc.ok)
+		}
 	}
 }
