@@ -171,13 +171,16 @@ ghz --insecure --call credbroker.v1.SearchService.Search -d '{"tool":"web_search
   is the stricter one, and a slower brokerd cannot buy itself a costlier yardstick). The target
   compares the median over rounds of brokerd's p50 minus the floor's *of the same round*
   (min … max beside it) with the paced commit, the back-to-back commit shown beside it.
-- **floor+commit** (zero-delay c=1 cells only) is shown beside the c=1 target for scale and does
-  not change its verdict: the floor plus the same bbolt commit once per call, made after its
-  answer is built and before it is returned (where brokerd makes its audit record), the commit
-  timed inside the server. It says what one commit is inside a server at c=1 (its own p50 there,
-  and what it adds to the floor's p50, the wake-ups a blocking commit costs included) and how
-  brokerd's p50 compares with a minimal broker that commits once per call. It runs in the rounds
-  with the other modes, swapping places with brokerd every other round.
+- **floor+write** and **floor+commit** (zero-delay c=1 cells only) are shown beside the c=1 target
+  for scale and do not change its verdict: the floor plus one durable operation per call, made
+  after its answer is built and before it is returned (where brokerd makes its audit record), and
+  timed inside the server. floor+write's is brokerd's own durable write (the audit journal's
+  4 KiB write, with its code); floor+commit's the bbolt commit above. Each says what its
+  operation is inside a server at c=1 (its own p50 there, and what it adds to the floor's p50,
+  the wake-ups a blocking disk wait costs included); brokerd − floor+write is then brokerd's own
+  work beyond its durable write, and brokerd − floor+commit how brokerd compares with a minimal
+  broker that commits once per call. They run in the rounds with the other modes, floor+commit
+  swapping places with brokerd every other round.
 - The fake upstream (brokerbench \`serve-upstream\`) answers with the exact bytes of
   \`broker/upstream/scaviotest\` for the query, but records nothing, so it stays cheap. Every server
   is its own process; CPU comes from /proc/PID/stat over the measured window.

@@ -92,10 +92,23 @@ type env struct {
 	upURL string
 	floor *child
 	fSock string
-	// floorCommit is the floor with one bbolt commit per call (mode floor+commit), on fcSock.
-	floorCommit *child
-	fcSock      string
-	fcCommits   string // its commits' latencies (commitLatencies)
+	// timed are the floors with one durable operation per call (floor+write, floor+commit), by
+	// mode; started only for a run with a zero-delay c=1 cell.
+	timed map[string]*timedFloor
+}
+
+// timedFloor is a floor child that makes one durable operation per call and times it.
+type timedFloor struct {
+	child   *child
+	sock    string
+	commits string // its operations' latencies (commitLatencies)
+}
+
+// timedModes are the floors with one durable operation per call, and the serve-floor flag and
+// file name that make each: brokerd's own durable write, and a bbolt commit.
+var timedModes = []struct{ mode, flag, file string }{
+	{modeFloorWrite, "--write-file", "floor-write.journal"},
+	{modeFloorCommit, "--commit-db", "floor-commit.db"},
 }
 
 func bench(ctx context.Context, cfg config) (err error) {
@@ -222,22 +235,31 @@ func (e *env) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if slices.Contains(e.cfg.modes, modeFloorCommit) && slices.Contains(e.cfg.conc, 1) && slices.Contains(e.cfg.delays, 0) {
-		e.fcSock = filepath.Join(e.dir, "floorc.sock")
+	e.timed = map[string]*timedFloor{}
+	for i, tm := range timedModes {
+		if !slices.Contains(e.cfg.modes, tm.mode) || !slices.Contains(e.cfg.conc, 1) || !slices.Contains(e.cfg.delays, 0) {
+			continue
+		}
+		name := strings.ReplaceAll(tm.mode, "+", "-")
+		t := &timedFloor{sock: filepath.Join(e.dir, fmt.Sprintf("floor%d.sock", i))}
 		var addrs string
-		if e.floorCommit, addrs, err = startSelf(e.dir, "floor-commit", "serve-floor", "--key-file", e.keyFile, "--socket", e.fcSock, "--upstream-url", e.upURL,
-			"--commit-db", filepath.Join(e.dir, "floor-commit.db")); err != nil {
+		if t.child, addrs, err = startSelf(e.dir, name, "serve-floor", "--key-file", e.keyFile, "--socket", t.sock, "--upstream-url", e.upURL,
+			tm.flag, filepath.Join(e.dir, tm.file)); err != nil {
 			return err
 		}
-		if e.fcCommits, err = commitsURL(addrs); err != nil {
-			return err
+		e.timed[tm.mode] = t
+		if t.commits, err = commitsURL(addrs); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	return nil
 }
 
 func (e *env) stopAll() {
-	for _, c := range []*child{e.floorCommit, e.floor, e.up} {
+	for _, t := range e.timed {
+		t.child.stop()
+	}
+	for _, c := range []*child{e.floor, e.up} {
 		if c != nil {
 			c.stop()
 		}
@@ -387,13 +409,14 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 		case "direct":
 			do[m] = e.directSearch()
 			procs[m] = []watched{upw, self}
-		case "floor", modeFloorCommit:
+		case "floor", modeFloorWrite, modeFloorCommit:
 			sock, server := e.fSock, e.floor
-			if m == modeFloorCommit {
-				if e.floorCommit == nil {
+			if m != "floor" {
+				t := e.timed[m]
+				if t == nil {
 					continue // no zero-delay c=1 cell in this run
 				}
-				sock, server = e.fcSock, e.floorCommit
+				sock, server = t.sock, t.child
 			}
 			cs, closeFn, err := searchClients(sock, tok, e.cfg.conns)
 			if err != nil {
@@ -432,7 +455,8 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 			}
 			got := map[string][]cellResult{}
 			modes := slices.DeleteFunc(slices.Clone(e.cfg.modes), func(m string) bool {
-				return m == modeFloorCommit && !(delay == 0 && c == 1) // shown beside the c=1 target only
+				return e.timed[m] == nil && (m == modeFloorWrite || m == modeFloorCommit) || // not started
+					e.timed[m] != nil && !(delay == 0 && c == 1) // shown beside the c=1 target only
 			})
 			for rd := range rounds {
 				for _, m := range roundOrder(modes, rd) {
@@ -442,11 +466,12 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 					spec := loadSpec{conc: c, warmup: e.cfg.warmup, window: e.cfg.duration, procs: procs[m], do: do[m]}
 					var commits []time.Duration
 					var commitsErr error
-					if m == modeFloorCommit {
-						// The window's commits: a read as it opens drops the warm-up's. A failed read
-						// is kept: after it, the next one would hand out the warm-up's commits too.
+					timed := e.timed[m]
+					if timed != nil {
+						// The window's operations: a read as it opens drops the warm-up's. A failed
+						// read is kept: after it, the next one would hand out the warm-up's too.
 						spec.onWindow = func(open bool) {
-							lats, err := commitLatencies(ctx, e.fcCommits)
+							lats, err := commitLatencies(ctx, timed.commits)
 							if commitsErr == nil {
 								commitsErr = err
 							}
@@ -457,12 +482,12 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 					}
 					res := runLoad(ctx, spec)
 					if commitsErr != nil {
-						return fmt.Errorf("floor+commit: %w", commitsErr)
+						return fmt.Errorf("%s: %w", m, commitsErr)
 					}
 					res.CommitP50 = quantile(commits, 0.5)
 					commitLine := ""
-					if m == modeFloorCommit {
-						commitLine = fmt.Sprintf(" its commit p50 %s", round(res.CommitP50))
+					if timed != nil {
+						commitLine = fmt.Sprintf(" its durable op p50 %s", round(res.CommitP50))
 					}
 					got[m] = append(got[m], cellResult{Mode: m, Delay: delay, Conc: c, loadResult: res})
 					progress("%-12s delay=%-5s c=%-3d round %d/%d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s%s",
@@ -530,7 +555,7 @@ func medianCell(cells []cellResult) cellResult {
 		for _, c := range cells {
 			m.RoundsRPS = append(m.RoundsRPS, c.RPS)
 			m.RoundsP50 = append(m.RoundsP50, c.P50)
-			if c.Mode == modeFloorCommit {
+			if c.Mode == modeFloorCommit || c.Mode == modeFloorWrite {
 				m.RoundsCommitP50 = append(m.RoundsCommitP50, c.CommitP50) // 0 for a round without one
 			}
 		}

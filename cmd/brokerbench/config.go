@@ -43,13 +43,19 @@ type config struct {
 // allModes are the load modes in run order. Every mode sends a new query on every call, so a
 // result cache in brokerd never answers, except "cached": brokerd with the same query every call
 // (what its result cache, if it has one, answers without the upstream).
-var allModes = []string{"direct", "floor", modeFloorCommit, "brokerd", "cached"}
+var allModes = []string{"direct", "floor", modeFloorWrite, modeFloorCommit, "brokerd", "cached"}
 
 // modeFloorCommit is the floor plus one bbolt commit per call, made after its answer is built and
 // before it is returned (as brokerd's audit record is): the c=1 target's commit inside a server,
 // reported beside the target for scale (the paced commit alone decides it). It runs only in the
 // zero-delay c=1 cells.
 const modeFloorCommit = "floor+commit"
+
+// modeFloorWrite is the floor plus brokerd's own durable write once per call (a 4 KiB block of a
+// preallocated file, written and made durable by the audit journal's code), made where
+// floor+commit makes its commit: what that write is, and adds, inside a server. Zero-delay c=1
+// cells only, reported beside the c=1 target.
+const modeFloorWrite = "floor+write"
 
 func parseFlags(args []string) (config, error) {
 	var c config
@@ -58,7 +64,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured warm-up before each window")
 	conc := fs.String("conc", "1,16,64", "comma-separated concurrencies (closed-loop workers)")
 	delays := fs.String("delays", "0,50ms", "comma-separated artificial upstream delays")
-	modes := fs.String("modes", strings.Join(allModes, ","), "which of direct,floor,floor+commit,brokerd,cached to run (floor+commit runs at zero delay, c=1 only)")
+	modes := fs.String("modes", strings.Join(allModes, ","), "which of direct,floor,floor+write,floor+commit,brokerd,cached to run (floor+write and floor+commit run at zero delay, c=1 only)")
 	fs.IntVar(&c.rounds, "rounds", 1, "run each zero-delay cell this many times (modes interleaved) and keep each mode's median round; c=1 rounds also measure the disk yardstick")
 	fs.IntVar(&c.conns, "conns", 1, "gRPC connections shared by the workers (floor and brokerd); 1 is one MCP server's client")
 	fs.StringVar(&c.brokerd, "brokerd", "", "brokerd binary (default: go build ./cmd/brokerd into the work dir)")
@@ -104,7 +110,7 @@ func parseFlags(args []string) (config, error) {
 	}
 	for _, m := range splitList(*modes) {
 		if !slices.Contains(allModes, m) {
-			return c, fmt.Errorf("--modes: unknown mode %q (want direct, floor, floor+commit, brokerd, cached)", m)
+			return c, fmt.Errorf("--modes: unknown mode %q (want direct, floor, floor+write, floor+commit, brokerd, cached)", m)
 		}
 		c.modes = append(c.modes, m)
 	}

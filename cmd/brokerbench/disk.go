@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -111,11 +112,58 @@ func (y *c1Disk) summarize() {
 // database is on), kept open across rounds.
 type diskProbe struct {
 	*committer
-	file   *store.DurableFile // written as the audit journal is, with its code
-	paths  []string
+	*journalWriter
+	paths []string
+}
+
+// journalWriter is brokerd's own durable write for a lone call's audit record, with the audit
+// journal's code (store.DurableFile): timed alone by the disk probe and inside a server by the
+// floor+write mode.
+type journalWriter struct {
+	mu     sync.Mutex // one write at a time, as the journal's single writer makes them
+	file   *store.DurableFile
 	buf    []byte
 	writes int64
 }
+
+// openJournalWriter creates path as the journal creates its file: zero-filled to its full size
+// and synced once, so a write's sync flushes data only (no allocation, no size change).
+func openJournalWriter(path string) (_ *journalWriter, err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	w := &journalWriter{file: store.NewDurableFile(f)} // O_DIRECT where the file system takes it, as the journal
+	defer func() {
+		if err != nil {
+			w.close()
+		}
+	}()
+	if _, err = f.WriteAt(make([]byte, probeFileSize), 0); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err = w.file.Sync(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	w.buf = store.AlignedBuf(probeBlock)
+	for i := range w.buf {
+		w.buf[i] = 0xa5
+	}
+	return w, nil
+}
+
+// write is what the audit journal does for a lone call's record: one 4 KiB block written in place
+// (the same block again until about eight ~500-byte records have filled it, then the next one) and
+// made durable, with the journal's own code.
+func (w *journalWriter) write() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	off := (w.writes / 8 * probeBlock) % probeFileSize
+	w.writes++
+	return w.file.WriteDurable(w.buf, off)
+}
+
+func (w *journalWriter) close() error { return w.file.Close() }
 
 // committer is a bbolt database that commits one small put per call: the "one bbolt commit" of
 // the c=1 target, timed alone by the disk probe and inside a server by the floor+commit mode. It
@@ -174,22 +222,8 @@ func openDiskProbe(dir string) (p *diskProbe, err error) {
 	}
 	path := filepath.Join(dir, "c1-write.probe")
 	p.paths = append(p.paths, path)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
-	if err != nil {
+	if p.journalWriter, err = openJournalWriter(path); err != nil {
 		return nil, err
-	}
-	p.file = store.NewDurableFile(f) // O_DIRECT where the file system takes it, as the journal
-	// Zero-filled to its full size and synced once, as the journal is, so a write's sync flushes
-	// data only (no allocation, no size change).
-	if _, err = f.WriteAt(make([]byte, probeFileSize), 0); err != nil {
-		return nil, err
-	}
-	if err = p.file.Sync(); err != nil {
-		return nil, err
-	}
-	p.buf = store.AlignedBuf(probeBlock)
-	for i := range p.buf {
-		p.buf[i] = 0xa5
 	}
 	return p, nil
 }
@@ -198,21 +232,12 @@ func (p *diskProbe) close() {
 	if p.committer != nil {
 		p.committer.close()
 	}
-	if p.file != nil {
-		p.file.Close()
+	if p.journalWriter != nil {
+		p.journalWriter.close()
 	}
 	for _, path := range p.paths {
 		os.Remove(path)
 	}
-}
-
-// write is what the audit journal does for a lone call's record: one 4 KiB block written in place
-// (the same block again until about eight ~500-byte records have filled it, then the next one) and
-// made durable, with the journal's own code (store.DurableFile).
-func (p *diskProbe) write() error {
-	off := (p.writes / 8 * probeBlock) % probeFileSize
-	p.writes++
-	return p.file.WriteDurable(p.buf, off)
 }
 
 // measure times n commits and n writes, each back to back and paced: one started every pace.

@@ -39,8 +39,9 @@ type floorServer struct {
 	hc     *http.Client
 	target string // the upstream's search URL, built once
 	key    string
-	// commit, when set, is one bbolt write transaction made after the answer is built and before
-	// it is returned, as brokerd's audit record is: the "floor+commit" mode (see timedCommits).
+	// commit, when set, is one durable operation (a bbolt commit, or brokerd's journal write) made
+	// after the answer is built and before it is returned, as brokerd's audit record is: the
+	// floor+commit and floor+write modes (see timedCommits).
 	commit func() error
 }
 
@@ -142,8 +143,12 @@ func serveFloor(ctx context.Context, args []string) error {
 	socket := fs.String("socket", "", "Unix socket to serve on")
 	upURL := fs.String("upstream-url", "", "upstream base URL")
 	commitDB := fs.String("commit-db", "", "bbolt database to commit one small put to per call (the floor+commit mode)")
+	writeFile := fs.String("write-file", "", "file to make one durable 4 KiB write to per call, as the audit journal does (the floor+write mode)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *commitDB != "" && *writeFile != "" {
+		return errors.New("--commit-db and --write-file: one durable operation per call, not two")
 	}
 	key, err := readKeyFile(*keyFile)
 	if err != nil {
@@ -165,13 +170,25 @@ func serveFloor(ctx context.Context, args []string) error {
 	g := grpc.NewServer(grpcapi.TransportOptions(0)...)
 	fl := &floorServer{hc: hc, target: *upURL + scaviotest.SearchPath, key: key}
 	ready := "ready unix://" + *socket
-	if *commitDB != "" {
+	var op func() error
+	switch {
+	case *commitDB != "":
 		c, err := openCommitter(*commitDB)
 		if err != nil {
 			return err
 		}
 		defer c.close()
-		tc := &timedCommits{commit: c.commit}
+		op = c.commit
+	case *writeFile != "":
+		w, err := openJournalWriter(*writeFile)
+		if err != nil {
+			return err
+		}
+		defer w.close()
+		op = w.write
+	}
+	if op != nil {
+		tc := &timedCommits{commit: op}
 		fl.commit = tc.do
 		// The commits' own latencies, for the report: brokerbench reads them around each window.
 		hl, err := net.Listen("tcp", "127.0.0.1:0")

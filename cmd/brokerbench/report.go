@@ -138,10 +138,10 @@ func evaluate(r *report) []target {
 // the back-to-back commit reported beside it. Without a paced yardstick (a report from before it)
 // it compares against the back-to-back commit measured before the runs.
 //
-// When floor+commit ran (the floor plus the same commit per call, where brokerd makes its audit
-// record), the row also says, for scale and without changing the verdict, what that commit is
-// inside a server: its own p50 there, what it adds to the floor's p50, and brokerd's p50 against
-// floor+commit's, each paired by round.
+// When floor+write or floor+commit ran (the floor plus brokerd's durable write, or the same
+// commit, once per call, where brokerd makes its audit record), the row also says, for scale and
+// without changing the verdict, what that operation is inside a server: its own p50 there, what
+// it adds to the floor's p50, and brokerd's p50 against that floor's, each paired by round.
 func c1Target(r *report, b, f *cellResult) target {
 	t := target{Name: "p50 brokerd − floor, zero delay, c=1"}
 	med, lo, hi, n := p50Over(b, f)
@@ -173,29 +173,42 @@ func c1Target(r *report, b, f *cellResult) target {
 	return t
 }
 
-// inServer is the c=1 target's note on floor+commit ("" when the run had no such cell).
+// inServer is the c=1 target's note on the floors with one durable operation per call ("" when
+// the run had none): floor+write (brokerd's own durable write) and floor+commit (the commit).
 func inServer(r *report, b, f *cellResult) string {
-	fc := r.cell(modeFloorCommit, 0, 1)
+	var s string
+	for _, tm := range []struct{ mode, what string }{
+		{modeFloorWrite, "brokerd's durable write inside a server"},
+		{modeFloorCommit, "the same commit inside a server"},
+	} {
+		s += timedNote(r, b, f, tm.mode, tm.what)
+	}
+	return s
+}
+
+// timedNote is inServer's part for one mode.
+func timedNote(r *report, b, f *cellResult, mode, what string) string {
+	fc := r.cell(mode, 0, 1)
 	if fc == nil {
 		for _, c := range r.Cells {
-			if c.Mode == modeFloorCommit && c.Delay == 0 && c.Conc == 1 {
-				return "; for scale, floor+commit completed no call"
+			if c.Mode == mode && c.Delay == 0 && c.Conc == 1 {
+				return fmt.Sprintf("; for scale, %s completed no call", mode)
 			}
 		}
 		return ""
 	}
-	s := "; for scale, the same commit inside a server (floor+commit: the floor with one per call):"
+	s := fmt.Sprintf("; for scale, %s (%s: the floor with one per call):", what, mode)
 	if om, k := overOwnCommit(b, f, fc); k > 0 {
 		s += fmt.Sprintf(" its own p50 there %s (brokerd − floor − it, paired by round: %s),", round(median(nonZero(roundsCommitP50(fc)))), round(om))
 	}
 	if m, l, h, k := p50Over(fc, f); k > 0 {
-		s += fmt.Sprintf(" floor+commit − floor %s (%s … %s),", round(m), round(l), round(h))
+		s += fmt.Sprintf(" %s − floor %s (%s … %s),", mode, round(m), round(l), round(h))
 	}
 	if m, l, h, k := pairedDiff(roundsP50(b), roundsP50(fc)); k > 0 {
-		s += fmt.Sprintf(" brokerd − floor+commit %s (%s … %s, %d rounds),", round(m), round(l), round(h), k)
+		s += fmt.Sprintf(" brokerd − %s %s (%s … %s, %d rounds),", mode, round(m), round(l), round(h), k)
 	}
 	if fc.SyncsPerCall != nil {
-		s += fmt.Sprintf(" floor+commit %.2f fdatasyncs/call,", *fc.SyncsPerCall)
+		s += fmt.Sprintf(" %s %.2f fdatasyncs/call,", mode, *fc.SyncsPerCall)
 	}
 	return strings.TrimSuffix(s, ",")
 }
@@ -385,7 +398,7 @@ func writeC1Disk(p func(string, ...any), y *c1Disk) {
 	}
 	p("At c=1's pace, measured inside every zero-delay c=1 round right after its cells (%d of each per round, median over %d round(s)): one bbolt commit p50 **%s** paced (one started every %s, the %s; realised %s), **%s** back to back; brokerd's own durable write, a 4 KiB %s write into a preallocated file, %s (what the audit journal does for a lone call), p50 %s paced, %s back to back. ",
 		y.Samples, len(y.Rounds), round(y.CommitPaced), round(y.Pace), y.PaceSource, round(y.Period), round(y.CommitB2B), how, durableHow(y.WriteDSync), round(y.WritePaced), round(y.WriteB2B))
-	p("This disk's sync latency grows with how long it was idle before the sync (here ×%.1f for a bbolt commit and ×%.1f for the 4 KiB write at c=1's pace against back to back), so a back-to-back commit is the cheapest a commit ever is, not what a call pays that finds the disk idle since the previous call, as every call at c=1 does. The c=1 target therefore compares against the paced commit and shows the back-to-back one beside it; the pace is each round's floor call interval (without a broker a call comes that often; brokerd's own calls come less often and would find the disk idle longer, so this is the stricter yardstick, and a slower brokerd cannot earn itself a costlier one). The commit is the one brokerd's store makes (its bbolt options; one small put, the keys cycling over a fixed set so the database stops growing). *floor+commit*, when it ran, shows beside it what the same commit is inside a server (see the round-by-round table under *Load*); it does not change the verdict.\n\n",
+	p("This disk's sync latency grows with how long it was idle before the sync (here ×%.1f for a bbolt commit and ×%.1f for the 4 KiB write at c=1's pace against back to back), so a back-to-back commit is the cheapest a commit ever is, not what a call pays that finds the disk idle since the previous call, as every call at c=1 does. The c=1 target therefore compares against the paced commit and shows the back-to-back one beside it; the pace is each round's floor call interval (without a broker a call comes that often; brokerd's own calls come less often and would find the disk idle longer, so this is the stricter yardstick, and a slower brokerd cannot earn itself a costlier one). The commit is the one brokerd's store makes (its bbolt options; one small put, the keys cycling over a fixed set so the database stops growing). *floor+write* and *floor+commit*, when they ran, show beside it what brokerd's durable write and the same commit are inside a server (see the round-by-round table under *Load*); they do not change the verdict.\n\n",
 		ratio(y.CommitPaced, y.CommitB2B), ratio(y.WritePaced, y.WriteB2B))
 }
 
@@ -408,42 +421,70 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 	if len(bp) != len(y.Rounds) || len(fp) != len(y.Rounds) {
 		return
 	}
-	// floor+commit's columns, when it ran in every round.
-	fcp, fcc := make([]time.Duration, len(y.Rounds)), make([]time.Duration, len(y.Rounds))
-	fc := r.cell(modeFloorCommit, 0, 1)
-	if fc != nil && len(roundsP50(fc)) == len(y.Rounds) && len(roundsCommitP50(fc)) == len(y.Rounds) {
-		fcp, fcc = roundsP50(fc), roundsCommitP50(fc)
-	} else {
-		fc = nil
+	// Four columns per floor with a durable operation per call: floor+write's when it ran,
+	// floor+commit's always (dashes when it did not run in every round).
+	type opCols struct {
+		mode, op string
+		p50, own []time.Duration // nil: dashes
 	}
-	dash := func(d time.Duration, ok bool) string {
-		if !ok {
+	var ops []opCols
+	for _, tm := range []struct {
+		mode, op string
+		always   bool
+	}{{modeFloorWrite, "its write", false}, {modeFloorCommit, "its commit", true}} {
+		c := r.cell(tm.mode, 0, 1)
+		ok := c != nil && len(roundsP50(c)) == len(y.Rounds) && len(roundsCommitP50(c)) == len(y.Rounds)
+		switch {
+		case ok:
+			ops = append(ops, opCols{tm.mode, tm.op, roundsP50(c), roundsCommitP50(c)})
+		case tm.always:
+			ops = append(ops, opCols{mode: tm.mode, op: tm.op})
+		}
+	}
+	cell := func(o opCols, v func(i int) time.Duration, i int) string {
+		if o.p50 == nil {
 			return "—"
 		}
-		return us(d)
+		return us(v(i))
 	}
 	p("\n#### c=1, zero delay, round by round\n\n")
 	p("Each round ran the modes one after another, then the disk yardstick alone (µs; *paced* is one started every *pace*, the mean interval between the round's floor calls). ")
-	p("The target compares *brokerd − floor* with the *bbolt commit alone, paced* (both in bold). For scale, *floor+commit* is the floor with the same commit once per call, made after its answer is built and before it is returned (where brokerd makes its audit record); *its commit* is that commit's own p50, timed inside the server.\n\n")
-	p("| round | floor p50 | brokerd p50 | brokerd − floor | floor+commit p50 | floor+commit − floor | its commit | brokerd − floor+commit | pace | bbolt commit alone, paced | back to back | 4 KiB durable write paced | back to back |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("The target compares *brokerd − floor* with the *bbolt commit alone, paced* (both in bold). For scale, *floor+commit* is the floor with the same commit once per call, made after its answer is built and before it is returned (where brokerd makes its audit record), and *floor+write* the floor with brokerd's own durable write (the journal's 4 KiB write) there instead; *its commit* and *its write* are that operation's own p50, timed inside the server.\n\n")
+	head, rule := "| round | floor p50 | brokerd p50 | brokerd − floor |", "|---|---|---|---|"
+	for _, o := range ops {
+		head += fmt.Sprintf(" %[1]s p50 | %[1]s − floor | %[2]s | brokerd − %[1]s |", o.mode, o.op)
+		rule += "---|---|---|---|"
+	}
+	p("%s pace | bbolt commit alone, paced | back to back | 4 KiB durable write paced | back to back |\n%s---|---|---|---|---|\n", head, rule)
 	for i, d := range y.Rounds {
-		p("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", i+1, us(fp[i]), us(bp[i]), us(bp[i]-fp[i]),
-			dash(fcp[i], fc != nil), dash(fcp[i]-fp[i], fc != nil), dash(fcc[i], fc != nil), dash(bp[i]-fcp[i], fc != nil),
-			us(d.Pace), us(d.CommitPaced), us(d.CommitB2B), us(d.WritePaced), us(d.WriteB2B))
+		row := fmt.Sprintf("| %d | %s | %s | %s |", i+1, us(fp[i]), us(bp[i]), us(bp[i]-fp[i]))
+		for _, o := range ops {
+			row += fmt.Sprintf(" %s | %s | %s | %s |",
+				cell(o, func(i int) time.Duration { return o.p50[i] }, i), cell(o, func(i int) time.Duration { return o.p50[i] - fp[i] }, i),
+				cell(o, func(i int) time.Duration { return o.own[i] }, i), cell(o, func(i int) time.Duration { return bp[i] - o.p50[i] }, i))
+		}
+		p("%s %s | %s | %s | %s | %s |\n", row, us(d.Pace), us(d.CommitPaced), us(d.CommitB2B), us(d.WritePaced), us(d.WriteB2B))
 	}
 	med, lo, hi, n := p50Over(b, f)
-	fcOver, fcOwn, bOverFC := "—", "—", "—"
-	if fc != nil {
-		if m, l, h, k := p50Over(fc, f); k > 0 {
-			fcOver = fmt.Sprintf("%s (%s … %s)", us(m), us(l), us(h))
+	row := fmt.Sprintf("| median | | | **%s** (%s … %s, %d round(s)) |", us(med), us(lo), us(hi), n)
+	span := func(m, l, h time.Duration, k int) string {
+		if k == 0 {
+			return "—"
 		}
-		fcOwn = us(median(nonZero(fcc)))
-		if m, l, h, k := pairedDiff(bp, fcp); k > 0 {
-			bOverFC = fmt.Sprintf("%s (%s … %s)", us(m), us(l), us(h))
-		}
+		return fmt.Sprintf("%s (%s … %s)", us(m), us(l), us(h))
 	}
-	p("| median | | | **%s** (%s … %s, %d round(s)) | | %s | %s | %s | %s | **%s** | %s | %s | %s |\n", us(med), us(lo), us(hi), n,
-		fcOver, fcOwn, bOverFC, us(y.Pace), us(y.CommitPaced), us(y.CommitB2B), us(y.WritePaced), us(y.WriteB2B))
+	for _, o := range ops {
+		if o.p50 == nil {
+			row += " | — | — | — |"
+			continue
+		}
+		oc := &cellResult{RoundsP50: o.p50}
+		m, l, h, k := p50Over(oc, f)
+		over := span(m, l, h, k)
+		m, l, h, k = pairedDiff(bp, o.p50)
+		row += fmt.Sprintf(" | %s | %s | %s |", over, us(median(nonZero(o.own))), span(m, l, h, k))
+	}
+	p("%s %s | **%s** | %s | %s | %s |\n", row, us(y.Pace), us(y.CommitPaced), us(y.CommitB2B), us(y.WritePaced), us(y.WriteB2B))
 }
 
 // totalCPU is the CPU seconds per 1,000 calls of every process of a cell.

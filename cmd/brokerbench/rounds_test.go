@@ -165,6 +165,16 @@ func TestC1Target(t *testing.T) {
 			got: []string{"300µs: median of 3 rounds' differences", "its own p50 there 200µs (brokerd − floor − it, paired by round: 100µs)", "brokerd − floor+commit 50µs"},
 		},
 		{
+			name: "floor+write ran too",
+			cells: []cellResult{
+				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
+				withCommits(cell(modeFloorWrite, 1200, 750*us1, 750*us1, 760*us1, 740*us1), 110*us1, 120*us1, 100*us1),
+				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
+			},
+			yard: yard, status: "PASS",
+			got: []string{"for scale, brokerd's durable write inside a server (floor+write: the floor with one per call): its own p50 there 110µs (brokerd − floor − it, paired by round: 190µs), floor+write − floor 150µs (140µs … 160µs), brokerd − floor+write 150µs (140µs … 160µs, 3 rounds)"},
+		},
+		{
 			name: "floor+commit completed no call",
 			cells: []cellResult{
 				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
@@ -310,6 +320,16 @@ func TestWriteC1Rounds(t *testing.T) {
 				"| median | | | **275** (250 … 300, 2 round(s)) | | 340 (280 … 400) | 300 | -65 (-100 … -30) | 600 | **250** |",
 			},
 			not: []string{"**340", "**300", "**-65"},
+		},
+		{
+			name: "with floor+write too: its columns come first",
+			cells: []cellResult{floor, brokerd, fc,
+				withCommits(cellResult{Mode: modeFloorWrite, Conc: 1, RoundsP50: []time.Duration{700 * us1, 760 * us1}, loadResult: loadResult{Requests: 1, P50: 700 * us1}}, 120*us1, 140*us1)},
+			want: []string{
+				"| round | floor p50 | brokerd p50 | brokerd − floor | floor+write p50 | floor+write − floor | its write | brokerd − floor+write | floor+commit p50 |",
+				"| 1 | 500 | 800 | 300 | 700 | 200 | 120 | 100 | 900 | 400 | 300 | -100 | 600 | 240 |",
+				"| median | | | **275** (250 … 300, 2 round(s)) | | 180 (160 … 200) | 130 | 95 (90 … 100) | | 340 (280 … 400) | 300 | -65 (-100 … -30) | 600 | **250** |",
+			},
 		},
 		{
 			name:  "without",
