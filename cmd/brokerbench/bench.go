@@ -74,7 +74,7 @@ type cellResult struct {
 	// RoundsP50 is every round's p50, in the same order: rounds of two modes at one index ran
 	// side by side (the c=1 target pairs them).
 	RoundsP50 []time.Duration `json:"rounds_p50_ns,omitempty"`
-	// RoundsCommitP50 is every round's CommitP50 (floor+commit only), in the same order.
+	// RoundsCommitP50 is every round's CommitP50 (floor+write and floor+commit only), in the same order.
 	RoundsCommitP50 []time.Duration `json:"rounds_commit_p50_ns,omitempty"`
 	loadResult
 }

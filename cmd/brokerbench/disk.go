@@ -163,7 +163,14 @@ func (w *journalWriter) write() error {
 	return w.file.WriteDurable(w.buf, off)
 }
 
-func (w *journalWriter) close() error { return w.file.Close() }
+// close takes the write lock: a handler still in write when serve-floor stops (grpc's Stop does
+// not wait for handlers) finishes first, and DurableFile, which may swap its descriptor inside a
+// write, is not closed under it.
+func (w *journalWriter) close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.file.Close()
+}
 
 // committer is a bbolt database that commits one small put per call: the "one bbolt commit" of
 // the c=1 target, timed alone by the disk probe and inside a server by the floor+commit mode. It

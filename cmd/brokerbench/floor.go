@@ -209,13 +209,14 @@ func serveFloor(ctx context.Context, args []string) error {
 	return g.Serve(lis)
 }
 
-// commitsPath is the floor+commit child's endpoint that hands out its commits' latencies.
+// commitsPath is the timed floor child's (floor+write, floor+commit) endpoint that hands out its
+// durable operations' latencies.
 const commitsPath = "/_bench/commits"
 
-// timedCommits times each commit of the floor+commit child and serves the latencies recorded
-// since its previous request (GET: a JSON array of nanoseconds), so that brokerbench can read the
-// commits of one window: a GET as the window opens drops the warm-up's, one as it closes returns
-// the window's.
+// timedCommits times each durable operation (commit or write) of a timed floor child and serves
+// the latencies recorded since its previous request (GET: a JSON array of nanoseconds), so that
+// brokerbench can read the operations of one window: a GET as the window opens drops the
+// warm-up's, one as it closes returns the window's.
 type timedCommits struct {
 	commit func() error
 	mu     sync.Mutex
@@ -247,17 +248,17 @@ func (t *timedCommits) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(lats)
 }
 
-// commitsURL is the commits endpoint in the floor+commit child's ready line (after "ready "):
+// commitsURL is the commits endpoint in a timed floor child's ready line (after "ready "):
 // "unix://SOCKET http://ADDR/_bench/commits".
 func commitsURL(ready string) (string, error) {
 	f := strings.Fields(ready)
 	if len(f) != 2 || !strings.HasPrefix(f[0], "unix://") || !strings.HasPrefix(f[1], "http://127.0.0.1:") || !strings.HasSuffix(f[1], commitsPath) {
-		return "", fmt.Errorf("floor-commit: ready line %q has no commits URL", ready)
+		return "", fmt.Errorf("ready line %q has no commits URL", ready) // the caller names the child
 	}
 	return f[1], nil
 }
 
-// commitLatencies reads the floor+commit child's commit latencies since the previous read, sorted.
+// commitLatencies reads a timed floor child's operation latencies since the previous read, sorted.
 func commitLatencies(ctx context.Context, url string) ([]time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second) // as scrapeAudit: a hung child fails the run
 	defer cancel()

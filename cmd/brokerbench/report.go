@@ -449,7 +449,12 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 	}
 	p("\n#### c=1, zero delay, round by round\n\n")
 	p("Each round ran the modes one after another, then the disk yardstick alone (µs; *paced* is one started every *pace*, the mean interval between the round's floor calls). ")
-	p("The target compares *brokerd − floor* with the *bbolt commit alone, paced* (both in bold). For scale, *floor+commit* is the floor with the same commit once per call, made after its answer is built and before it is returned (where brokerd makes its audit record), and *floor+write* the floor with brokerd's own durable write (the journal's 4 KiB write) there instead; *its commit* and *its write* are that operation's own p50, timed inside the server.\n\n")
+	// floor+write's clause only when its columns are there (floor+commit's always are).
+	write, its := "", "*its commit* is that commit's"
+	if len(ops) > 1 {
+		write, its = ", and *floor+write* the floor with brokerd's own durable write (the journal's 4 KiB write) there instead", "*its commit* and *its write* are that operation's"
+	}
+	p("The target compares *brokerd − floor* with the *bbolt commit alone, paced* (both in bold). For scale, *floor+commit* is the floor with the same commit once per call, made after its answer is built and before it is returned (where brokerd makes its audit record)%s; %s own p50, timed inside the server.\n\n", write, its)
 	head, rule := "| round | floor p50 | brokerd p50 | brokerd − floor |", "|---|---|---|---|"
 	for _, o := range ops {
 		head += fmt.Sprintf(" %[1]s p50 | %[1]s − floor | %[2]s | brokerd − %[1]s |", o.mode, o.op)
