@@ -179,8 +179,9 @@ ghz --insecure --call credbroker.v1.SearchService.Search -d '{"tool":"web_search
   operation is inside a server at c=1 (its own p50 there, and what it adds to the floor's p50,
   the wake-ups a blocking disk wait costs included); brokerd − floor+write is then brokerd's own
   work beyond its durable write, and brokerd − floor+commit how brokerd compares with a minimal
-  broker that commits once per call. They run in the rounds with the other modes, floor+commit
-  swapping places with brokerd every other round.
+  broker that commits once per call. They run in the rounds with the other modes, right after
+  brokerd in every other round and right before it in the others (brokerd otherwise runs right
+  after the floor, as before they existed).
 - The fake upstream (brokerbench \`serve-upstream\`) answers with the exact bytes of
   \`broker/upstream/scaviotest\` for the query, but records nothing, so it stays cheap. Every server
   is its own process; CPU comes from /proc/PID/stat over the measured window.

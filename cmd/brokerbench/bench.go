@@ -106,7 +106,9 @@ type timedFloor struct {
 
 // timedModes are the floors with one durable operation per call, and the serve-floor flag and
 // file name that make each: brokerd's own durable write, and a bbolt commit.
-var timedModes = []struct{ mode, flag, file string }{
+type timedMode struct{ mode, flag, file string }
+
+var timedModes = []timedMode{
 	{modeFloorWrite, "--write-file", "floor-write.journal"},
 	{modeFloorCommit, "--commit-db", "floor-commit.db"},
 }
@@ -200,8 +202,8 @@ func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "brokerbench: "+format+"\n", args...)
 }
 
-// setup writes the key and master keyset, builds brokerd if needed and starts the upstream and
-// the floor.
+// setup writes the key and master keyset, builds brokerd if needed and starts the upstream, the
+// floor and, for a run with a zero-delay c=1 cell, the timed floors (floor+write, floor+commit).
 func (e *env) setup(ctx context.Context) error {
 	var raw [16]byte
 	rand.Read(raw[:])
@@ -236,12 +238,12 @@ func (e *env) setup(ctx context.Context) error {
 		}
 	}
 	e.timed = map[string]*timedFloor{}
-	for i, tm := range timedModes {
+	for _, tm := range timedModes {
 		if !slices.Contains(e.cfg.modes, tm.mode) || !slices.Contains(e.cfg.conc, 1) || !slices.Contains(e.cfg.delays, 0) {
 			continue
 		}
 		name := strings.ReplaceAll(tm.mode, "+", "-")
-		t := &timedFloor{sock: filepath.Join(e.dir, fmt.Sprintf("floor%d.sock", i))}
+		t := &timedFloor{sock: filepath.Join(e.dir, name+".sock")}
 		var addrs string
 		if t.child, addrs, err = startSelf(e.dir, name, "serve-floor", "--key-file", e.keyFile, "--socket", t.sock, "--upstream-url", e.upURL,
 			tm.flag, filepath.Join(e.dir, tm.file)); err != nil {
@@ -454,10 +456,7 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 				rounds = max(1, e.cfg.rounds)
 			}
 			got := map[string][]cellResult{}
-			modes := slices.DeleteFunc(slices.Clone(e.cfg.modes), func(m string) bool {
-				return e.timed[m] == nil && (m == modeFloorWrite || m == modeFloorCommit) || // not started
-					e.timed[m] != nil && !(delay == 0 && c == 1) // shown beside the c=1 target only
-			})
+			modes := cellModes(e.cfg.modes, func(m string) bool { return e.timed[m] != nil }, delay, c)
 			for rd := range rounds {
 				for _, m := range roundOrder(modes, rd) {
 					if ctx.Err() != nil {
@@ -555,7 +554,7 @@ func medianCell(cells []cellResult) cellResult {
 		for _, c := range cells {
 			m.RoundsRPS = append(m.RoundsRPS, c.RPS)
 			m.RoundsP50 = append(m.RoundsP50, c.P50)
-			if c.Mode == modeFloorCommit || c.Mode == modeFloorWrite {
+			if isTimed(c.Mode) {
 				m.RoundsCommitP50 = append(m.RoundsCommitP50, c.CommitP50) // 0 for a round without one
 			}
 		}

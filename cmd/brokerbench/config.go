@@ -43,7 +43,7 @@ type config struct {
 // allModes are the load modes in run order. Every mode sends a new query on every call, so a
 // result cache in brokerd never answers, except "cached": brokerd with the same query every call
 // (what its result cache, if it has one, answers without the upstream).
-var allModes = []string{"direct", "floor", modeFloorWrite, modeFloorCommit, "brokerd", "cached"}
+var allModes = []string{"direct", "floor", "brokerd", modeFloorWrite, modeFloorCommit, "cached"}
 
 // modeFloorCommit is the floor plus one bbolt commit per call, made after its answer is built and
 // before it is returned (as brokerd's audit record is): the c=1 target's commit inside a server,

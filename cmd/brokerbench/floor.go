@@ -148,7 +148,7 @@ func serveFloor(ctx context.Context, args []string) error {
 		return err
 	}
 	if *commitDB != "" && *writeFile != "" {
-		return errors.New("--commit-db and --write-file: one durable operation per call, not two")
+		return errTwoDurableOps // before anything is read or made
 	}
 	key, err := readKeyFile(*keyFile)
 	if err != nil {
@@ -162,6 +162,12 @@ func serveFloor(ctx context.Context, args []string) error {
 		DialContext:  (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns: 64, MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64, IdleConnTimeout: 90 * time.Second,
 	}}
+	// The durable file first: if it cannot be made, nothing was listening.
+	op, closeOp, err := durableOp(*commitDB, *writeFile)
+	if err != nil {
+		return err
+	}
+	defer closeOp()
 	os.Remove(*socket)
 	lis, err := net.Listen("unix", *socket)
 	if err != nil {
@@ -170,23 +176,6 @@ func serveFloor(ctx context.Context, args []string) error {
 	g := grpc.NewServer(grpcapi.TransportOptions(0)...)
 	fl := &floorServer{hc: hc, target: *upURL + scaviotest.SearchPath, key: key}
 	ready := "ready unix://" + *socket
-	var op func() error
-	switch {
-	case *commitDB != "":
-		c, err := openCommitter(*commitDB)
-		if err != nil {
-			return err
-		}
-		defer c.close()
-		op = c.commit
-	case *writeFile != "":
-		w, err := openJournalWriter(*writeFile)
-		if err != nil {
-			return err
-		}
-		defer w.close()
-		op = w.write
-	}
 	if op != nil {
 		tc := &timedCommits{commit: op}
 		fl.commit = tc.do
@@ -207,6 +196,30 @@ func serveFloor(ctx context.Context, args []string) error {
 	}()
 	fmt.Println(ready)
 	return g.Serve(lis)
+}
+
+var errTwoDurableOps = errors.New("--commit-db and --write-file: one durable operation per call, not two")
+
+// durableOp is serve-floor's one durable operation per call: a bbolt commit into commitDB
+// (floor+commit), brokerd's journal write into writeFile (floor+write), or none (the floor).
+func durableOp(commitDB, writeFile string) (op func() error, closeOp func() error, err error) {
+	switch {
+	case commitDB != "" && writeFile != "":
+		return nil, nil, errTwoDurableOps
+	case commitDB != "":
+		c, err := openCommitter(commitDB)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c.commit, c.close, nil
+	case writeFile != "":
+		w, err := openJournalWriter(writeFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		return w.write, w.close, nil
+	}
+	return nil, func() error { return nil }, nil
 }
 
 // commitsPath is the timed floor child's (floor+write, floor+commit) endpoint that hands out its

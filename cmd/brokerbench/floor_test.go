@@ -127,3 +127,62 @@ func TestServeFloorOneDurableOp(t *testing.T) {
 		t.Errorf("both flags: %v", err)
 	}
 }
+
+// TestDurableOp: serve-floor's flags make the operation they name, on the file they name.
+func TestDurableOp(t *testing.T) {
+	dir := t.TempDir()
+	db, journal := filepath.Join(dir, "op.db"), filepath.Join(dir, "op.journal")
+	for _, tc := range []struct {
+		name              string
+		commitDB, journal string
+		check             func(t *testing.T)
+	}{
+		{"--commit-db: a bbolt commit", db, "", func(t *testing.T) {
+			c, err := openCommitter(db) // reopens the file the operation committed to
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.close()
+			var keys int
+			c.db.View(func(tx *bolt.Tx) error { keys = tx.Bucket(probeBucket).Stats().KeyN; return nil })
+			if keys != 1 {
+				t.Errorf("%d values in %s, want the 1 committed", keys, db)
+			}
+			if _, err := os.Stat(journal); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the journal file was made too: %v", err)
+			}
+		}},
+		{"--write-file: the journal's write", "", journal, func(t *testing.T) {
+			b, err := os.ReadFile(journal)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b) != probeFileSize || b[0] != 0xa5 {
+				t.Errorf("%s: %d bytes, first byte %#x; want %d, written", journal, len(b), b[0], probeFileSize)
+			}
+		}},
+		{"neither: the floor", "", "", func(*testing.T) {}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			op, closeOp, err := durableOp(tc.commitDB, tc.journal)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (op == nil) != (tc.commitDB == "" && tc.journal == "") {
+				t.Fatalf("operation %v for flags %q %q", op != nil, tc.commitDB, tc.journal)
+			}
+			if op != nil {
+				if err := op(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := closeOp(); err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t)
+		})
+	}
+	if _, _, err := durableOp(db, journal); !errors.Is(err, errTwoDurableOps) {
+		t.Errorf("both flags: %v, want errTwoDurableOps", err)
+	}
+}

@@ -179,7 +179,7 @@ func inServer(r *report, b, f *cellResult) string {
 	var s string
 	for _, tm := range []struct{ mode, what string }{
 		{modeFloorWrite, "brokerd's durable write inside a server"},
-		{modeFloorCommit, "the same commit inside a server"},
+		{modeFloorCommit, "the yardstick's commit inside a server"},
 	} {
 		s += timedNote(r, b, f, tm.mode, tm.what)
 	}
@@ -421,8 +421,8 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 	if len(bp) != len(y.Rounds) || len(fp) != len(y.Rounds) {
 		return
 	}
-	// Four columns per floor with a durable operation per call: floor+write's when it ran,
-	// floor+commit's always (dashes when it did not run in every round).
+	// Four columns per floor with a durable operation per call that ran in every round; when
+	// neither did, floor+commit's columns with dashes (the table's layout before floor+write).
 	type opCols struct {
 		mode, op string
 		p50, own []time.Duration // nil: dashes
@@ -437,7 +437,7 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 		switch {
 		case ok:
 			ops = append(ops, opCols{tm.mode, tm.op, roundsP50(c), roundsCommitP50(c)})
-		case tm.always:
+		case tm.always && len(ops) == 0:
 			ops = append(ops, opCols{mode: tm.mode, op: tm.op})
 		}
 	}
@@ -449,12 +449,19 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 	}
 	p("\n#### c=1, zero delay, round by round\n\n")
 	p("Each round ran the modes one after another, then the disk yardstick alone (µs; *paced* is one started every *pace*, the mean interval between the round's floor calls). ")
-	// floor+write's clause only when its columns are there (floor+commit's always are).
-	write, its := "", "*its commit* is that commit's"
-	if len(ops) > 1 {
-		write, its = ", and *floor+write* the floor with brokerd's own durable write (the journal's 4 KiB write) there instead", "*its commit* and *its write* are that operation's"
+	// Only the timed floors whose columns are there.
+	var what, its []string
+	for _, o := range ops {
+		switch o.mode {
+		case modeFloorWrite:
+			what = append(what, "*floor+write* is the floor with brokerd's own durable write (the journal's 4 KiB write)")
+		case modeFloorCommit:
+			what = append(what, "*floor+commit* the floor with the same bbolt commit")
+		}
+		its = append(its, "*"+o.op+"*")
 	}
-	p("The target compares *brokerd − floor* with the *bbolt commit alone, paced* (both in bold). For scale, *floor+commit* is the floor with the same commit once per call, made after its answer is built and before it is returned (where brokerd makes its audit record)%s; %s own p50, timed inside the server.\n\n", write, its)
+	p("The target compares *brokerd − floor* with the *bbolt commit alone, paced* (both in bold). For scale, %s, once per call, made after its answer is built and before it is returned (where brokerd makes its audit record); %s: that operation's own p50, timed inside the server.\n\n",
+		strings.Join(what, ", and "), strings.Join(its, " and "))
 	head, rule := "| round | floor p50 | brokerd p50 | brokerd − floor |", "|---|---|---|---|"
 	for _, o := range ops {
 		head += fmt.Sprintf(" %[1]s p50 | %[1]s − floor | %[2]s | brokerd − %[1]s |", o.mode, o.op)

@@ -54,17 +54,36 @@ func roundsP50(c *cellResult) []time.Duration {
 	return []time.Duration{c.P50}
 }
 
-// roundOrder is the order modes run in round rd: as given, except that floor+commit and brokerd
-// swap places every other round, so that neither always runs right after the other (whatever one
-// leaves behind on the machine, the other does not always meet it).
+// roundOrder is the order modes run in round rd: as given in even rounds (brokerd right after the
+// floor, as before the timed floors existed), and in odd rounds with brokerd moved after the last
+// timed floor (floor+write, floor+commit), so that neither brokerd nor they always run right
+// after the other (whatever one leaves behind on the machine, the other does not always meet it).
 func roundOrder(modes []string, rd int) []string {
-	i, j := slices.Index(modes, modeFloorCommit), slices.Index(modes, "brokerd")
-	if rd%2 == 0 || i < 0 || j < 0 {
+	j := slices.Index(modes, "brokerd")
+	last := -1
+	for i, m := range modes {
+		if isTimed(m) {
+			last = i
+		}
+	}
+	if rd%2 == 0 || j < 0 || last < j {
 		return modes
 	}
-	out := slices.Clone(modes)
-	out[i], out[j] = out[j], out[i]
-	return out
+	out := slices.Delete(slices.Clone(modes), j, j+1)
+	return slices.Insert(out, last, "brokerd") // last moved down by one with brokerd's removal
+}
+
+// isTimed reports whether mode is a floor with one durable operation per call (timedModes).
+func isTimed(mode string) bool {
+	return slices.ContainsFunc(timedModes, func(t timedMode) bool { return t.mode == mode })
+}
+
+// cellModes is the modes a cell at delay and concurrency c runs: the timed floors only in the
+// zero-delay c=1 cell, and only those started (started reports whether one was).
+func cellModes(modes []string, started func(mode string) bool, delay time.Duration, c int) []string {
+	return slices.DeleteFunc(slices.Clone(modes), func(m string) bool {
+		return isTimed(m) && (!started(m) || delay != 0 || c != 1)
+	})
 }
 
 // nonZero is xs without its zeros (rounds that measured nothing).

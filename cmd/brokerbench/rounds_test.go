@@ -151,7 +151,7 @@ func TestC1Target(t *testing.T) {
 			yard: yard, status: "MISS",
 			want: []string{"≤ one bbolt commit at c=1's pace"},
 			got: []string{"500µs: median of 3 rounds' differences", "one bbolt commit at c=1's pace (one every 1.3ms) p50 400µs",
-				"for scale, the same commit inside a server (floor+commit: the floor with one per call): its own p50 there 310µs (brokerd − floor − it, paired by round: 200µs)",
+				"for scale, the yardstick's commit inside a server (floor+commit: the floor with one per call): its own p50 there 310µs (brokerd − floor − it, paired by round: 200µs)",
 				"floor+commit − floor 550µs (550µs … 550µs)", "brokerd − floor+commit -50µs (-50µs … 50µs, 3 rounds)"},
 		},
 		{
@@ -173,6 +173,27 @@ func TestC1Target(t *testing.T) {
 			},
 			yard: yard, status: "PASS",
 			got: []string{"for scale, brokerd's durable write inside a server (floor+write: the floor with one per call): its own p50 there 110µs (brokerd − floor − it, paired by round: 190µs), floor+write − floor 150µs (140µs … 160µs), brokerd − floor+write 150µs (140µs … 160µs, 3 rounds)"},
+		},
+		{
+			name: "both ran: floor+write's note first",
+			cells: []cellResult{
+				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
+				withCommits(cell(modeFloorWrite, 1200, 750*us1, 750*us1, 750*us1, 750*us1), 100*us1, 100*us1, 100*us1),
+				withCommits(cell(modeFloorCommit, 1100, 850*us1, 850*us1, 850*us1, 850*us1), 200*us1, 200*us1, 200*us1),
+				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
+			},
+			yard: yard, status: "PASS",
+			got: []string{"brokerd − floor+write 150µs (150µs … 150µs, 3 rounds); for scale, the yardstick's commit inside a server (floor+commit: the floor with one per call): its own p50 there 200µs"},
+		},
+		{
+			name: "floor+write completed no call",
+			cells: []cellResult{
+				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
+				{Mode: modeFloorWrite, Conc: 1},
+				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
+			},
+			yard: yard, status: "PASS",
+			got: []string{"for scale, floor+write completed no call"},
 		},
 		{
 			name: "floor+commit completed no call",
@@ -329,9 +350,16 @@ func TestWriteC1Rounds(t *testing.T) {
 				"| round | floor p50 | brokerd p50 | brokerd − floor | floor+write p50 | floor+write − floor | its write | brokerd − floor+write | floor+commit p50 |",
 				"| 1 | 500 | 800 | 300 | 700 | 200 | 120 | 100 | 900 | 400 | 300 | -100 | 600 | 240 |",
 				"| median | | | **275** (250 … 300, 2 round(s)) | | 180 (160 … 200) | 130 | 95 (90 … 100) | | 340 (280 … 400) | 300 | -65 (-100 … -30) | 600 | **250** |",
-				"*floor+write* the floor with brokerd's own durable write", "*its commit* and *its write* are that operation's own p50",
+				"*floor+write* is the floor with brokerd's own durable write", "*its write* and *its commit*: that operation's own p50",
 			},
 			not: []string{"**180", "**130", "**95"},
+		},
+		{
+			name: "floor+write only: no floor+commit columns",
+			cells: []cellResult{floor, brokerd,
+				withCommits(cellResult{Mode: modeFloorWrite, Conc: 1, RoundsP50: []time.Duration{700 * us1, 760 * us1}, loadResult: loadResult{Requests: 1, P50: 700 * us1}}, 120*us1, 140*us1)},
+			want: []string{"| 1 | 500 | 800 | 300 | 700 | 200 | 120 | 100 | 600 | 240 |", "*its write*: that operation's own p50"},
+			not:  []string{"floor+commit"},
 		},
 		{
 			name:  "without",
@@ -357,18 +385,78 @@ func TestWriteC1Rounds(t *testing.T) {
 }
 
 func TestRoundOrder(t *testing.T) {
-	modes := []string{"direct", "floor", modeFloorCommit, "brokerd", "cached"}
-	swapped := []string{"direct", "floor", "brokerd", modeFloorCommit, "cached"}
-	for rd, want := range [][]string{modes, swapped, modes, swapped} {
-		if got := roundOrder(modes, rd); !slices.Equal(got, want) {
-			t.Errorf("round %d: %v, want %v", rd, got, want)
-		}
+	for _, tc := range []struct {
+		name      string
+		modes     []string
+		even, odd []string // the order of rounds 0, 2, ... and 1, 3, ...
+	}{
+		{
+			name:  "brokerd moves after the timed floors every other round",
+			modes: []string{"direct", "floor", "brokerd", modeFloorWrite, modeFloorCommit, "cached"},
+			even:  []string{"direct", "floor", "brokerd", modeFloorWrite, modeFloorCommit, "cached"},
+			odd:   []string{"direct", "floor", modeFloorWrite, modeFloorCommit, "brokerd", "cached"},
+		},
+		{
+			name:  "one timed floor",
+			modes: []string{"floor", "brokerd", modeFloorCommit},
+			even:  []string{"floor", "brokerd", modeFloorCommit},
+			odd:   []string{"floor", modeFloorCommit, "brokerd"},
+		},
+		{
+			name:  "brokerd already after them",
+			modes: []string{"floor", modeFloorWrite, "brokerd"},
+			even:  []string{"floor", modeFloorWrite, "brokerd"},
+			odd:   []string{"floor", modeFloorWrite, "brokerd"},
+		},
+		{
+			name:  "no timed floor",
+			modes: []string{"floor", "brokerd", "cached"},
+			even:  []string{"floor", "brokerd", "cached"},
+			odd:   []string{"floor", "brokerd", "cached"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			given := slices.Clone(tc.modes)
+			for rd := range 4 {
+				want := tc.even
+				if rd%2 == 1 {
+					want = tc.odd
+				}
+				if got := roundOrder(tc.modes, rd); !slices.Equal(got, want) {
+					t.Errorf("round %d: %v, want %v", rd, got, want)
+				}
+			}
+			if !slices.Equal(tc.modes, given) {
+				t.Errorf("roundOrder changed its argument: %v", tc.modes)
+			}
+		})
 	}
-	if got := roundOrder([]string{"floor", "brokerd"}, 1); !slices.Equal(got, []string{"floor", "brokerd"}) {
-		t.Errorf("without floor+commit: %v", got)
-	}
-	if !slices.Equal(modes, []string{"direct", "floor", modeFloorCommit, "brokerd", "cached"}) {
-		t.Errorf("roundOrder changed its argument: %v", modes)
+}
+
+// TestCellModes: the timed floors run in the zero-delay c=1 cell only, and only when started;
+// every other mode runs in every cell.
+func TestCellModes(t *testing.T) {
+	modes := []string{"direct", "floor", "brokerd", modeFloorWrite, modeFloorCommit, "cached"}
+	all := func(string) bool { return true }
+	for _, tc := range []struct {
+		name    string
+		started func(string) bool
+		delay   time.Duration
+		c       int
+		want    []string
+	}{
+		{"zero delay, c=1", all, 0, 1, modes},
+		{"c=16", all, 0, 16, []string{"direct", "floor", "brokerd", "cached"}},
+		{"50ms delay", all, 50 * time.Millisecond, 1, []string{"direct", "floor", "brokerd", "cached"}},
+		{"floor+write not started", func(m string) bool { return m != modeFloorWrite }, 0, 1,
+			[]string{"direct", "floor", "brokerd", modeFloorCommit, "cached"}},
+		{"none started", func(string) bool { return false }, 0, 1, []string{"direct", "floor", "brokerd", "cached"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := cellModes(modes, tc.started, tc.delay, tc.c); !slices.Equal(got, tc.want) {
+				t.Errorf("cellModes = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
 
