@@ -74,8 +74,8 @@ type cellResult struct {
 	// RoundsP50 is every round's p50, in the same order: rounds of two modes at one index ran
 	// side by side (the c=1 target pairs them).
 	RoundsP50 []time.Duration `json:"rounds_p50_ns,omitempty"`
-	// RoundsCommitP50 is every round's CommitP50 (floor+write and floor+commit only), in the same order.
-	RoundsCommitP50 []time.Duration `json:"rounds_commit_p50_ns,omitempty"`
+	// RoundsOpP50 is every round's OpP50 (floor+write and floor+commit only), in the same order.
+	RoundsOpP50 []time.Duration `json:"rounds_op_p50_ns,omitempty"`
 	loadResult
 }
 
@@ -99,9 +99,9 @@ type env struct {
 
 // timedFloor is a floor child that makes one durable operation per call and times it.
 type timedFloor struct {
-	child   *child
-	sock    string
-	commits string // its operations' latencies (commitLatencies)
+	child *child
+	sock  string
+	ops   string // its operations' latencies (opLatencies)
 }
 
 // timedModes are the floors with one durable operation per call, and the serve-floor flag and
@@ -250,7 +250,7 @@ func (e *env) setup(ctx context.Context) error {
 			return err
 		}
 		e.timed[tm.mode] = t
-		if t.commits, err = commitsURL(addrs); err != nil {
+		if t.ops, err = opsURL(addrs); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
@@ -463,19 +463,19 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 						return ctx.Err()
 					}
 					spec := loadSpec{conc: c, warmup: e.cfg.warmup, window: e.cfg.duration, procs: procs[m], do: do[m]}
-					var commits []time.Duration
+					var ops []time.Duration
 					var commitsErr error
 					timed := e.timed[m]
 					if timed != nil {
 						// The window's operations: a read as it opens drops the warm-up's. A failed
 						// read is kept: after it, the next one would hand out the warm-up's too.
 						spec.onWindow = func(open bool) {
-							lats, err := commitLatencies(ctx, timed.commits)
+							lats, err := opLatencies(ctx, timed.ops)
 							if commitsErr == nil {
 								commitsErr = err
 							}
 							if !open {
-								commits = lats
+								ops = lats
 							}
 						}
 					}
@@ -483,10 +483,10 @@ func (e *env) matrix(ctx context.Context, r *report, bd *child, bdSock, tok stri
 					if commitsErr != nil {
 						return fmt.Errorf("%s: %w", m, commitsErr)
 					}
-					res.CommitP50 = quantile(commits, 0.5)
+					res.OpP50 = quantile(ops, 0.5)
 					commitLine := ""
 					if timed != nil {
-						commitLine = fmt.Sprintf(" its durable op p50 %s", round(res.CommitP50))
+						commitLine = fmt.Sprintf(" its durable op p50 %s", round(res.OpP50))
 					}
 					got[m] = append(got[m], cellResult{Mode: m, Delay: delay, Conc: c, loadResult: res})
 					progress("%-12s delay=%-5s c=%-3d round %d/%d %8.0f req/s  p50 %-9s p99 %-9s server %.3f CPU-s/1k  errors %d %s%s%s",
@@ -555,7 +555,7 @@ func medianCell(cells []cellResult) cellResult {
 			m.RoundsRPS = append(m.RoundsRPS, c.RPS)
 			m.RoundsP50 = append(m.RoundsP50, c.P50)
 			if isTimed(c.Mode) {
-				m.RoundsCommitP50 = append(m.RoundsCommitP50, c.CommitP50) // 0 for a round without one
+				m.RoundsOpP50 = append(m.RoundsOpP50, c.OpP50) // 0 for a round without one
 			}
 		}
 	}

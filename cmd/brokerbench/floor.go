@@ -39,10 +39,10 @@ type floorServer struct {
 	hc     *http.Client
 	target string // the upstream's search URL, built once
 	key    string
-	// commit, when set, is one durable operation (a bbolt commit, or brokerd's journal write) made
+	// durable, when set, is one durable operation (a bbolt commit, or brokerd's journal write) made
 	// after the answer is built and before it is returned, as brokerd's audit record is: the
-	// floor+commit and floor+write modes (see timedCommits).
-	commit func() error
+	// floor+commit and floor+write modes (see timedOps).
+	durable func() error
 }
 
 func (f *floorServer) Search(ctx context.Context, req *pb.SearchRequest) (*pb.SearchResponse, error) {
@@ -82,8 +82,8 @@ func (f *floorServer) Search(ctx context.Context, req *pb.SearchRequest) (*pb.Se
 	if len(out.Results) > n {
 		out.Results = out.Results[:n]
 	}
-	if f.commit != nil {
-		if err := f.commit(); err != nil {
+	if f.durable != nil {
+		if err := f.durable(); err != nil {
 			return nil, status.Error(codes.Unavailable, err.Error())
 		}
 	}
@@ -177,9 +177,9 @@ func serveFloor(ctx context.Context, args []string) error {
 	fl := &floorServer{hc: hc, target: *upURL + scaviotest.SearchPath, key: key}
 	ready := "ready unix://" + *socket
 	if op != nil {
-		tc := &timedCommits{commit: op}
-		fl.commit = tc.do
-		// The commits' own latencies, for the report: brokerbench reads them around each window.
+		tc := &timedOps{op: op}
+		fl.durable = tc.do
+		// The operations' own latencies, for the report: brokerbench reads them around each window.
 		hl, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return err
@@ -187,7 +187,7 @@ func serveFloor(ctx context.Context, args []string) error {
 		hs := &http.Server{Handler: tc, ReadHeaderTimeout: 5 * time.Second}
 		go hs.Serve(hl)
 		defer hs.Close()
-		ready += " http://" + hl.Addr().String() + commitsPath
+		ready += " http://" + hl.Addr().String() + opsPath
 	}
 	pb.RegisterSearchServiceServer(g, fl)
 	go func() {
@@ -222,23 +222,23 @@ func durableOp(commitDB, writeFile string) (op func() error, closeOp func() erro
 	return nil, func() error { return nil }, nil
 }
 
-// commitsPath is the timed floor child's (floor+write, floor+commit) endpoint that hands out its
+// opsPath is the timed floor child's (floor+write, floor+commit) endpoint that hands out its
 // durable operations' latencies.
-const commitsPath = "/_bench/commits"
+const opsPath = "/_bench/ops"
 
-// timedCommits times each durable operation (commit or write) of a timed floor child and serves
+// timedOps times each durable operation (commit or write) of a timed floor child and serves
 // the latencies recorded since its previous request (GET: a JSON array of nanoseconds), so that
 // brokerbench can read the operations of one window: a GET as the window opens drops the
 // warm-up's, one as it closes returns the window's.
-type timedCommits struct {
-	commit func() error
-	mu     sync.Mutex
-	lats   []time.Duration
+type timedOps struct {
+	op   func() error
+	mu   sync.Mutex
+	lats []time.Duration
 }
 
-func (t *timedCommits) do() error {
+func (t *timedOps) do() error {
 	t0 := time.Now()
-	if err := t.commit(); err != nil {
+	if err := t.op(); err != nil {
 		return err // its call fails: not a commit to time
 	}
 	d := time.Since(t0)
@@ -248,8 +248,8 @@ func (t *timedCommits) do() error {
 	return nil
 }
 
-func (t *timedCommits) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != commitsPath || r.Method != http.MethodGet {
+func (t *timedOps) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != opsPath || r.Method != http.MethodGet {
 		http.NotFound(w, r)
 		return
 	}
@@ -261,18 +261,18 @@ func (t *timedCommits) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(lats)
 }
 
-// commitsURL is the commits endpoint in a timed floor child's ready line (after "ready "):
-// "unix://SOCKET http://ADDR/_bench/commits".
-func commitsURL(ready string) (string, error) {
+// opsURL is the operations' endpoint in a timed floor child's ready line (after "ready "):
+// "unix://SOCKET http://ADDR/_bench/ops".
+func opsURL(ready string) (string, error) {
 	f := strings.Fields(ready)
-	if len(f) != 2 || !strings.HasPrefix(f[0], "unix://") || !strings.HasPrefix(f[1], "http://127.0.0.1:") || !strings.HasSuffix(f[1], commitsPath) {
+	if len(f) != 2 || !strings.HasPrefix(f[0], "unix://") || !strings.HasPrefix(f[1], "http://127.0.0.1:") || !strings.HasSuffix(f[1], opsPath) {
 		return "", fmt.Errorf("ready line %q has no commits URL", ready) // the caller names the child
 	}
 	return f[1], nil
 }
 
-// commitLatencies reads a timed floor child's operation latencies since the previous read, sorted.
-func commitLatencies(ctx context.Context, url string) ([]time.Duration, error) {
+// opLatencies reads a timed floor child's operation latencies since the previous read, sorted.
+func opLatencies(ctx context.Context, url string) ([]time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second) // as scrapeAudit: a hung child fails the run
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

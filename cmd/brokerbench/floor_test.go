@@ -71,8 +71,8 @@ func TestFloorDurableOp(t *testing.T) {
 			up := scaviotest.NewServer(key)
 			defer up.Close()
 			op, done := tc.open(t, t.TempDir())
-			timed := &timedCommits{commit: op}
-			f := &floorServer{hc: &http.Client{}, target: up.URL + scaviotest.SearchPath, key: key, commit: timed.do}
+			timed := &timedOps{op: op}
+			f := &floorServer{hc: &http.Client{}, target: up.URL + scaviotest.SearchPath, key: key, durable: timed.do}
 			stats := httptest.NewServer(timed)
 			defer stats.Close()
 			ctx := context.Background()
@@ -86,21 +86,21 @@ func TestFloorDurableOp(t *testing.T) {
 					t.Fatalf("search %d: no results", i)
 				}
 			}
-			lats, err := commitLatencies(ctx, stats.URL+commitsPath)
+			lats, err := opLatencies(ctx, stats.URL+opsPath)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if len(lats) != 3 || lats[0] <= 0 || lats[0] > lats[1] || lats[1] > lats[2] {
 				t.Errorf("latencies %v, want 3, positive and sorted", lats)
 			}
-			if again, err := commitLatencies(ctx, stats.URL+commitsPath); err != nil || len(again) != 0 {
+			if again, err := opLatencies(ctx, stats.URL+opsPath); err != nil || len(again) != 0 {
 				t.Errorf("second read = %v, %v; want none: each read hands out what came since the last", again, err)
 			}
 			done(3)
-			if _, err := commitLatencies(ctx, stats.URL+"/other"); err == nil {
+			if _, err := opLatencies(ctx, stats.URL+"/other"); err == nil {
 				t.Error("another path answered")
 			}
-			resp, err := http.Post(stats.URL+commitsPath, "text/plain", nil)
+			resp, err := http.Post(stats.URL+opsPath, "text/plain", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -109,11 +109,11 @@ func TestFloorDurableOp(t *testing.T) {
 				t.Errorf("POST: %s, want 404", resp.Status)
 			}
 
-			timed.commit = func() error { return errors.New("disk full") }
+			timed.op = func() error { return errors.New("disk full") }
 			if _, err := f.Search(ctx, &pb.SearchRequest{Query: "q"}); status.Code(err) != codes.Unavailable {
 				t.Errorf("failed operation: %v, want Unavailable", err)
 			}
-			if lats, err := commitLatencies(ctx, stats.URL+commitsPath); err != nil || len(lats) != 0 {
+			if lats, err := opLatencies(ctx, stats.URL+opsPath); err != nil || len(lats) != 0 {
 				t.Errorf("after a failed operation: %v, %v; want nothing timed", lats, err)
 			}
 		})

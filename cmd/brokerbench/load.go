@@ -48,10 +48,10 @@ type loadResult struct {
 	SyncsPerCall *float64 `json:"server_syncs_per_call,omitempty"`
 	// Audit is what brokerd's audit writer did during the window (brokerd only).
 	Audit *auditStats `json:"audit,omitempty"`
-	// CommitP50 is the p50 of the durable operations the server made during the window, each
+	// OpP50 is the p50 of the durable operations the server made during the window, each
 	// timed inside it: floor+commit's bbolt commits, floor+write's journal writes (those two only;
 	// the JSON name predates floor+write).
-	CommitP50 time.Duration `json:"server_commit_p50_ns,omitempty"`
+	OpP50 time.Duration `json:"server_op_p50_ns,omitempty"`
 }
 
 // loadSpec describes one closed-loop load run.

@@ -198,8 +198,8 @@ func timedNote(r *report, b, f *cellResult, mode, what string) string {
 		return ""
 	}
 	s := fmt.Sprintf("; for scale, %s (%s: the floor with one per call):", what, mode)
-	if om, k := overOwnCommit(b, f, fc); k > 0 {
-		s += fmt.Sprintf(" its own p50 there %s (brokerd − floor − it, paired by round: %s),", round(median(nonZero(roundsCommitP50(fc)))), round(om))
+	if om, k := overOwnOp(b, f, fc); k > 0 {
+		s += fmt.Sprintf(" its own p50 there %s (brokerd − floor − it, paired by round: %s),", round(median(nonZero(roundsOpP50(fc)))), round(om))
 	}
 	if m, l, h, k := p50Over(fc, f); k > 0 {
 		s += fmt.Sprintf(" %s − floor %s (%s … %s),", mode, round(m), round(l), round(h))
@@ -433,10 +433,10 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 		always   bool
 	}{{modeFloorWrite, "its write", false}, {modeFloorCommit, "its commit", true}} {
 		c := r.cell(tm.mode, 0, 1)
-		ok := c != nil && len(roundsP50(c)) == len(y.Rounds) && len(roundsCommitP50(c)) == len(y.Rounds)
+		ok := c != nil && len(roundsP50(c)) == len(y.Rounds) && len(roundsOpP50(c)) == len(y.Rounds)
 		switch {
 		case ok:
-			ops = append(ops, opCols{tm.mode, tm.op, roundsP50(c), roundsCommitP50(c)})
+			ops = append(ops, opCols{tm.mode, tm.op, roundsP50(c), roundsOpP50(c)})
 		case tm.always && len(ops) == 0:
 			ops = append(ops, opCols{mode: tm.mode, op: tm.op})
 		}

@@ -91,20 +91,20 @@ func nonZero(xs []time.Duration) []time.Duration {
 	return slices.DeleteFunc(slices.Clone(xs), func(x time.Duration) bool { return x == 0 })
 }
 
-// roundsCommitP50 is a floor+write or floor+commit cell's in-server operation p50 of every
+// roundsOpP50 is a floor+write or floor+commit cell's in-server operation p50 of every
 // round, or its own when it ran once.
-func roundsCommitP50(c *cellResult) []time.Duration {
-	if len(c.RoundsCommitP50) > 0 {
-		return c.RoundsCommitP50
+func roundsOpP50(c *cellResult) []time.Duration {
+	if len(c.RoundsOpP50) > 0 {
+		return c.RoundsOpP50
 	}
-	return []time.Duration{c.CommitP50}
+	return []time.Duration{c.OpP50}
 }
 
-// overOwnCommit is brokerd's p50 over the floor's, less fc's own operation p50 (floor+write's
+// overOwnOp is brokerd's p50 over the floor's, less fc's own operation p50 (floor+write's
 // write or floor+commit's commit), paired by round (the median of the per-round values, and how
 // many rounds had all three).
-func overOwnCommit(b, f, fc *cellResult) (med time.Duration, n int) {
-	bp, fp, cp := roundsP50(b), roundsP50(f), roundsCommitP50(fc)
+func overOwnOp(b, f, fc *cellResult) (med time.Duration, n int) {
+	bp, fp, cp := roundsP50(b), roundsP50(f), roundsOpP50(fc)
 	if len(bp) != len(fp) || len(cp) != len(fp) {
 		return 0, 0
 	}

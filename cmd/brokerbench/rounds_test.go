@@ -63,9 +63,9 @@ func TestPairedDiff(t *testing.T) {
 
 func TestMedianCellKeepsEveryRound(t *testing.T) {
 	rounds := []cellResult{
-		{Mode: modeFloorCommit, loadResult: loadResult{RPS: 900, P50: 700 * us1, CommitP50: 3}},
-		{Mode: modeFloorCommit, loadResult: loadResult{RPS: 1500, P50: 500 * us1, CommitP50: 1}},
-		{Mode: modeFloorCommit, loadResult: loadResult{RPS: 1200, P50: 600 * us1, CommitP50: 0}},
+		{Mode: modeFloorCommit, loadResult: loadResult{RPS: 900, P50: 700 * us1, OpP50: 3}},
+		{Mode: modeFloorCommit, loadResult: loadResult{RPS: 1500, P50: 500 * us1, OpP50: 1}},
+		{Mode: modeFloorCommit, loadResult: loadResult{RPS: 1200, P50: 600 * us1, OpP50: 0}},
 	}
 	m := medianCell(rounds)
 	if m.RPS != 1200 || m.P50 != 600*us1 {
@@ -78,8 +78,8 @@ func TestMedianCellKeepsEveryRound(t *testing.T) {
 	if want := []time.Duration{700 * us1, 500 * us1, 600 * us1}; !slices.Equal(m.RoundsP50, want) {
 		t.Errorf("RoundsP50 = %v, want %v", m.RoundsP50, want)
 	}
-	if want := []time.Duration{3, 1, 0}; !slices.Equal(m.RoundsCommitP50, want) {
-		t.Errorf("RoundsCommitP50 = %v, want %v", m.RoundsCommitP50, want)
+	if want := []time.Duration{3, 1, 0}; !slices.Equal(m.RoundsOpP50, want) {
+		t.Errorf("RoundsOpP50 = %v, want %v", m.RoundsOpP50, want)
 	}
 	if one := medianCell(rounds[:1]); one.RoundsP50 != nil || one.RoundsRPS != nil {
 		t.Errorf("a single round lists rounds: %v %v", one.RoundsRPS, one.RoundsP50)
@@ -145,7 +145,7 @@ func TestC1Target(t *testing.T) {
 			name: "floor+commit ran: shown for scale, the paced commit decides",
 			cells: []cellResult{
 				cell("floor", 1500, 650*us1, 600*us1, 650*us1, 700*us1),
-				withCommits(cell(modeFloorCommit, 900, 1200*us1, 1150*us1, 1200*us1, 1250*us1), 300*us1, 320*us1, 310*us1),
+				withOps(cell(modeFloorCommit, 900, 1200*us1, 1150*us1, 1200*us1, 1250*us1), 300*us1, 320*us1, 310*us1),
 				cell("brokerd", 1000, 1150*us1, 1100*us1, 1250*us1, 1200*us1),
 			},
 			yard: yard, status: "MISS",
@@ -158,7 +158,7 @@ func TestC1Target(t *testing.T) {
 			name: "floor+commit ran, brokerd within the paced commit",
 			cells: []cellResult{
 				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
-				withCommits(cell(modeFloorCommit, 1100, 850*us1, 850*us1, 850*us1, 850*us1), 200*us1, 0, 200*us1),
+				withOps(cell(modeFloorCommit, 1100, 850*us1, 850*us1, 850*us1, 850*us1), 200*us1, 0, 200*us1),
 				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
 			},
 			yard: yard, status: "PASS",
@@ -168,7 +168,7 @@ func TestC1Target(t *testing.T) {
 			name: "floor+write ran too",
 			cells: []cellResult{
 				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
-				withCommits(cell(modeFloorWrite, 1200, 750*us1, 750*us1, 760*us1, 740*us1), 110*us1, 120*us1, 100*us1),
+				withOps(cell(modeFloorWrite, 1200, 750*us1, 750*us1, 760*us1, 740*us1), 110*us1, 120*us1, 100*us1),
 				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
 			},
 			yard: yard, status: "PASS",
@@ -178,8 +178,8 @@ func TestC1Target(t *testing.T) {
 			name: "both ran: floor+write's note first",
 			cells: []cellResult{
 				cell("floor", 1500, 600*us1, 600*us1, 600*us1, 600*us1),
-				withCommits(cell(modeFloorWrite, 1200, 750*us1, 750*us1, 750*us1, 750*us1), 100*us1, 100*us1, 100*us1),
-				withCommits(cell(modeFloorCommit, 1100, 850*us1, 850*us1, 850*us1, 850*us1), 200*us1, 200*us1, 200*us1),
+				withOps(cell(modeFloorWrite, 1200, 750*us1, 750*us1, 750*us1, 750*us1), 100*us1, 100*us1, 100*us1),
+				withOps(cell(modeFloorCommit, 1100, 850*us1, 850*us1, 850*us1, 850*us1), 200*us1, 200*us1, 200*us1),
 				cell("brokerd", 1000, 900*us1, 900*us1, 900*us1, 900*us1),
 			},
 			yard: yard, status: "PASS",
@@ -242,10 +242,10 @@ func TestC1Target(t *testing.T) {
 	}
 }
 
-// withCommits sets a floor+commit cell's in-server commit p50 of each round.
-func withCommits(c cellResult, rounds ...time.Duration) cellResult {
-	c.RoundsCommitP50 = rounds
-	c.CommitP50 = median(rounds)
+// withOps sets a timed floor cell's in-server operation p50 of each round.
+func withOps(c cellResult, rounds ...time.Duration) cellResult {
+	c.RoundsOpP50 = rounds
+	c.OpP50 = median(rounds)
 	return c
 }
 
@@ -325,7 +325,7 @@ func TestWriteC1Rounds(t *testing.T) {
 	}}
 	floor := cellResult{Mode: "floor", Conc: 1, RoundsP50: []time.Duration{500 * us1, 600 * us1}, loadResult: loadResult{Requests: 1, P50: 500 * us1}}
 	brokerd := cellResult{Mode: "brokerd", Conc: 1, RoundsP50: []time.Duration{800 * us1, 850 * us1}, loadResult: loadResult{Requests: 1, P50: 800 * us1}}
-	fc := withCommits(cellResult{Mode: modeFloorCommit, Conc: 1, RoundsP50: []time.Duration{900 * us1, 880 * us1}, loadResult: loadResult{Requests: 1, P50: 900 * us1}},
+	fc := withOps(cellResult{Mode: modeFloorCommit, Conc: 1, RoundsP50: []time.Duration{900 * us1, 880 * us1}, loadResult: loadResult{Requests: 1, P50: 900 * us1}},
 		300*us1, 0)
 	for _, tc := range []struct {
 		name      string
@@ -345,7 +345,7 @@ func TestWriteC1Rounds(t *testing.T) {
 		{
 			name: "with floor+write too: its columns come first",
 			cells: []cellResult{floor, brokerd, fc,
-				withCommits(cellResult{Mode: modeFloorWrite, Conc: 1, RoundsP50: []time.Duration{700 * us1, 760 * us1}, loadResult: loadResult{Requests: 1, P50: 700 * us1}}, 120*us1, 140*us1)},
+				withOps(cellResult{Mode: modeFloorWrite, Conc: 1, RoundsP50: []time.Duration{700 * us1, 760 * us1}, loadResult: loadResult{Requests: 1, P50: 700 * us1}}, 120*us1, 140*us1)},
 			want: []string{
 				"| round | floor p50 | brokerd p50 | brokerd − floor | floor+write p50 | floor+write − floor | its write | brokerd − floor+write | floor+commit p50 |",
 				"| 1 | 500 | 800 | 300 | 700 | 200 | 120 | 100 | 900 | 400 | 300 | -100 | 600 | 240 |",
@@ -357,7 +357,7 @@ func TestWriteC1Rounds(t *testing.T) {
 		{
 			name: "floor+write only: no floor+commit columns",
 			cells: []cellResult{floor, brokerd,
-				withCommits(cellResult{Mode: modeFloorWrite, Conc: 1, RoundsP50: []time.Duration{700 * us1, 760 * us1}, loadResult: loadResult{Requests: 1, P50: 700 * us1}}, 120*us1, 140*us1)},
+				withOps(cellResult{Mode: modeFloorWrite, Conc: 1, RoundsP50: []time.Duration{700 * us1, 760 * us1}, loadResult: loadResult{Requests: 1, P50: 700 * us1}}, 120*us1, 140*us1)},
 			want: []string{"| 1 | 500 | 800 | 300 | 700 | 200 | 120 | 100 | 600 | 240 |", "*its write*: that operation's own p50"},
 			not:  []string{"floor+commit"},
 		},
@@ -465,15 +465,15 @@ func TestCommitsURL(t *testing.T) {
 		ready, want string
 		ok          bool
 	}{
-		{"unix:///tmp/x/floorc.sock http://127.0.0.1:4242/_bench/commits", "http://127.0.0.1:4242/_bench/commits", true},
+		{"unix:///tmp/x/floorc.sock http://127.0.0.1:4242/_bench/ops", "http://127.0.0.1:4242/_bench/ops", true},
 		{"unix:///tmp/x/floorc.sock", "", false},
-		{"unix:///tmp/x/floorc.sock http://example.com/_bench/commits", "", false},
+		{"unix:///tmp/x/floorc.sock http://example.com/_bench/ops", "", false},
 		{"unix:///tmp/x/floorc.sock http://127.0.0.1:4242/other", "", false},
-		{"unix:///a http://127.0.0.1:1/_bench/commits extra", "", false},
+		{"unix:///a http://127.0.0.1:1/_bench/ops extra", "", false},
 	} {
-		got, err := commitsURL(tc.ready)
+		got, err := opsURL(tc.ready)
 		if got != tc.want || (err == nil) != tc.ok {
-			t.Errorf("commitsURL(%q) = %q, %v; want %q, ok %v", tc.ready, got, err, tc.want, tc.ok)
+			t.Errorf("opsURL(%q) = %q, %v; want %q, ok %v", tc.ready, got, err, tc.want, tc.ok)
 		}
 	}
 }
