@@ -104,13 +104,21 @@ type timedFloor struct {
 	ops   string // its operations' latencies (opLatencies)
 }
 
-// timedModes are the floors with one durable operation per call, and the serve-floor flag and
-// file name that make each: brokerd's own durable write, and a bbolt commit.
-type timedMode struct{ mode, flag, file string }
+// timedMode is a floor with one durable operation per call: the serve-floor flag and file that
+// make it, and how the report names it.
+type timedMode struct {
+	mode, flag, file string
+	op               string // its operation's column in the round-by-round table
+	what             string // the c=1 target's note on it
+	desc             string // the round-by-round table's sentence on it
+}
 
+// timedModes are brokerd's own durable write and a bbolt commit, in report order.
 var timedModes = []timedMode{
-	{modeFloorWrite, "--write-file", "floor-write.journal"},
-	{modeFloorCommit, "--commit-db", "floor-commit.db"},
+	{modeFloorWrite, "--write-file", "floor-write.journal", "its write", "brokerd's durable write inside a server",
+		"*floor+write* is the floor with brokerd's own durable write (the journal's 4 KiB write)"},
+	{modeFloorCommit, "--commit-db", "floor-commit.db", "its commit", "the yardstick's commit inside a server",
+		"*floor+commit* the floor with the same bbolt commit"},
 }
 
 func bench(ctx context.Context, cfg config) (err error) {

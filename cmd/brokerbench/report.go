@@ -177,10 +177,7 @@ func c1Target(r *report, b, f *cellResult) target {
 // the run had none): floor+write (brokerd's own durable write) and floor+commit (the commit).
 func inServer(r *report, b, f *cellResult) string {
 	var s string
-	for _, tm := range []struct{ mode, what string }{
-		{modeFloorWrite, "brokerd's durable write inside a server"},
-		{modeFloorCommit, "the yardstick's commit inside a server"},
-	} {
+	for _, tm := range timedModes {
 		s += timedNote(r, b, f, tm.mode, tm.what)
 	}
 	return s
@@ -424,41 +421,25 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 	// Four columns per floor with a durable operation per call that ran in every round; when
 	// neither did, floor+commit's columns with dashes (the table's layout before floor+write).
 	type opCols struct {
-		mode, op string
+		timedMode
 		p50, own []time.Duration // nil: dashes
 	}
 	var ops []opCols
-	for _, tm := range []struct {
-		mode, op string
-		always   bool
-	}{{modeFloorWrite, "its write", false}, {modeFloorCommit, "its commit", true}} {
+	for _, tm := range timedModes {
 		c := r.cell(tm.mode, 0, 1)
-		ok := c != nil && len(roundsP50(c)) == len(y.Rounds) && len(roundsOpP50(c)) == len(y.Rounds)
 		switch {
-		case ok:
-			ops = append(ops, opCols{tm.mode, tm.op, roundsP50(c), roundsOpP50(c)})
-		case tm.always && len(ops) == 0:
-			ops = append(ops, opCols{mode: tm.mode, op: tm.op})
+		case c != nil && len(roundsP50(c)) == len(y.Rounds) && len(roundsOpP50(c)) == len(y.Rounds):
+			ops = append(ops, opCols{tm, roundsP50(c), roundsOpP50(c)})
+		case tm.mode == modeFloorCommit && len(ops) == 0:
+			ops = append(ops, opCols{timedMode: tm})
 		}
-	}
-	cell := func(o opCols, v func(i int) time.Duration, i int) string {
-		if o.p50 == nil {
-			return "—"
-		}
-		return us(v(i))
 	}
 	p("\n#### c=1, zero delay, round by round\n\n")
 	p("Each round ran the modes one after another, then the disk yardstick alone (µs; *paced* is one started every *pace*, the mean interval between the round's floor calls). ")
 	// Only the timed floors whose columns are there.
 	var what, its []string
 	for _, o := range ops {
-		switch o.mode {
-		case modeFloorWrite:
-			what = append(what, "*floor+write* is the floor with brokerd's own durable write (the journal's 4 KiB write)")
-		case modeFloorCommit:
-			what = append(what, "*floor+commit* the floor with the same bbolt commit")
-		}
-		its = append(its, "*"+o.op+"*")
+		what, its = append(what, o.desc), append(its, "*"+o.op+"*")
 	}
 	p("The target compares *brokerd − floor* with the *bbolt commit alone, paced* (both in bold). For scale, %s, once per call, made after its answer is built and before it is returned (where brokerd makes its audit record); %s: that operation's own p50, timed inside the server.\n\n",
 		strings.Join(what, ", and "), strings.Join(its, " and "))
@@ -471,9 +452,11 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 	for i, d := range y.Rounds {
 		row := fmt.Sprintf("| %d | %s | %s | %s |", i+1, us(fp[i]), us(bp[i]), us(bp[i]-fp[i]))
 		for _, o := range ops {
-			row += fmt.Sprintf(" %s | %s | %s | %s |",
-				cell(o, func(i int) time.Duration { return o.p50[i] }, i), cell(o, func(i int) time.Duration { return o.p50[i] - fp[i] }, i),
-				cell(o, func(i int) time.Duration { return o.own[i] }, i), cell(o, func(i int) time.Duration { return bp[i] - o.p50[i] }, i))
+			if o.p50 == nil {
+				row += " — | — | — | — |"
+				continue
+			}
+			row += fmt.Sprintf(" %s | %s | %s | %s |", us(o.p50[i]), us(o.p50[i]-fp[i]), us(o.own[i]), us(bp[i]-o.p50[i]))
 		}
 		p("%s %s | %s | %s | %s | %s |\n", row, us(d.Pace), us(d.CommitPaced), us(d.CommitB2B), us(d.WritePaced), us(d.WriteB2B))
 	}
@@ -490,11 +473,8 @@ func writeC1Rounds(p func(string, ...any), r *report) {
 			row += " | — | — | — |"
 			continue
 		}
-		oc := &cellResult{RoundsP50: o.p50}
-		m, l, h, k := p50Over(oc, f)
-		over := span(m, l, h, k)
-		m, l, h, k = pairedDiff(bp, o.p50)
-		row += fmt.Sprintf(" | %s | %s | %s |", over, us(median(nonZero(o.own))), span(m, l, h, k))
+		over := span(pairedDiff(o.p50, fp))
+		row += fmt.Sprintf(" | %s | %s | %s |", over, us(median(nonZero(o.own))), span(pairedDiff(bp, o.p50)))
 	}
 	p("%s %s | **%s** | %s | %s | %s |\n", row, us(y.Pace), us(y.CommitPaced), us(y.CommitB2B), us(y.WritePaced), us(y.WriteB2B))
 }

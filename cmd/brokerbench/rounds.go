@@ -22,15 +22,20 @@ func median[T ~int64 | ~float64](xs []T) T {
 
 // paired combines a and b round by round (a[i] with b[i]: the two modes ran in the same round,
 // side by side, so whatever disturbed the machine then hit both) with f, which reports false for
-// a round to leave out, and returns the median of the results, their min and max, and how many
-// rounds were paired. n is 0 when nothing could be paired.
+// a round to leave out (see pairedBy). Unequal lengths pair nothing.
 func paired[T ~int64 | ~float64](a, b []T, f func(x, y T) (T, bool)) (med, lo, hi T, n int) {
 	if len(a) != len(b) {
 		return 0, 0, 0, 0
 	}
+	return pairedBy(len(a), func(i int) (T, bool) { return f(a[i], b[i]) })
+}
+
+// pairedBy is f of each of rounds rounds, f reporting false for a round to leave out: the median
+// of the results, their min and max, and how many rounds were kept. n is 0 when none was.
+func pairedBy[T ~int64 | ~float64](rounds int, f func(i int) (T, bool)) (med, lo, hi T, n int) {
 	var d []T
-	for i := range a {
-		if v, ok := f(a[i], b[i]); ok {
+	for i := range rounds {
+		if v, ok := f(i); ok {
 			d = append(d, v)
 		}
 	}
@@ -108,16 +113,10 @@ func overOwnOp(b, f, fc *cellResult) (med time.Duration, n int) {
 	if len(bp) != len(fp) || len(cp) != len(fp) {
 		return 0, 0
 	}
-	var d []time.Duration
-	for i := range bp {
-		if bp[i] > 0 && fp[i] > 0 && cp[i] > 0 {
-			d = append(d, bp[i]-fp[i]-cp[i])
-		}
-	}
-	if len(d) == 0 {
-		return 0, 0
-	}
-	return median(d), len(d)
+	med, _, _, n = pairedBy(len(bp), func(i int) (time.Duration, bool) {
+		return bp[i] - fp[i] - cp[i], bp[i] > 0 && fp[i] > 0 && cp[i] > 0
+	})
+	return med, n
 }
 
 // p50Over is brokerd's p50 over the floor's, paired by round (see pairedDiff).
