@@ -280,7 +280,7 @@ type outcome struct {
 	resp      *Response
 	kind      error
 	status    int
-	code      string        // raw error.code; vetted by statusError
+	code      string        // error.code, vetted by errorOutcome (empty when dropped)
 	reflected bool          // the error body echoed the key
 	wait      time.Duration // Retry-After / X-RateLimit-Reset, if the upstream sent one
 	hasWait   bool
@@ -418,7 +418,7 @@ func gateFrom(ctx context.Context) *limiter.Gate {
 func (o *outcome) err(key []byte, retryAfter time.Duration, attempts int) *Error {
 	var e *Error
 	if o.status != 0 && o.detail == "" {
-		e = statusError(o.kind, o.status, o.code, retryAfter, key, attempts)
+		e = statusError(o.kind, o.status, o.code, retryAfter, attempts)
 	} else {
 		e = causeError(o.kind, o.status, o.detail, o.cause, retryAfter, attempts)
 	}
@@ -565,12 +565,16 @@ var (
 	userAgent = []string{"credbroker"}
 )
 
-// errorOutcome reads a non-2xx answer's error.code and notes whether its body or headers echoed
-// the key.
+// errorOutcome reads a non-2xx answer's error.code, keeping it only if it looks like a code and
+// cannot be a piece of the key, and notes whether the body or headers echoed the key.
 func errorOutcome(kind error, status int, resp *http.Response, key []byte) outcome {
 	fs := keyForms(key)
 	defer fs.wipe()
 	code, reflected := errorCode(resp.Body, &fs)
+	// bytes.Contains, not strings.Contains(string(key), ...): that would copy a long key to the heap.
+	if !codeRE.MatchString(code) || fs.redact(code) != code || bytes.Contains(key, []byte(code)) {
+		code = ""
+	}
 	_, n := fs.redactHeader(resp.Header)
 	return outcome{kind: kind, status: status, code: code, reflected: reflected || n > 0}
 }

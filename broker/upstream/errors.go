@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"regexp"
@@ -64,13 +63,9 @@ func (e *Error) Is(target error) bool {
 
 var codeRE = regexp.MustCompile(`^[a-z_]{1,64}$`)
 
-// statusError builds the error for a non-2xx status. code is the raw error.code from the body (may
-// be empty); it is dropped unless it looks like a code and cannot be a piece of the key.
-func statusError(kind error, status int, code string, retryAfter time.Duration, key []byte, attempts int) *Error {
-	// bytes.Contains, not strings.Contains(string(key), ...): that would copy a long key to the heap.
-	if !codeRE.MatchString(code) || Redact(code, key) != code || bytes.Contains(key, []byte(code)) {
-		code = ""
-	}
+// statusError builds the error for a non-2xx status. code is error.code as errorOutcome vetted it
+// (empty when the body had none or it was dropped).
+func statusError(kind error, status int, code string, retryAfter time.Duration, attempts int) *Error {
 	var b strings.Builder
 	b.WriteString("upstream returned ")
 	b.WriteString(strconv.Itoa(status))
