@@ -62,7 +62,7 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	start := time.Now()
 	ci := &broker.CallInfo{Method: info.FullMethod}
 	record := func(code string) broker.CallRecord {
-		return broker.CallRecord{Method: info.FullMethod, Caller: callerFrom(ctx), Code: code, Latency: time.Since(start), Info: ci}
+		return broker.CallRecord{Method: ci.Method, Caller: callerFrom(ctx), Code: code, Latency: time.Since(start), Info: ci}
 	}
 	if recordedWithChange[strings.TrimPrefix(info.FullMethod, adminPrefix)] || info.FullMethod == fetchTokenMethod {
 		ci.Outcome = record

@@ -142,7 +142,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ci := &broker.CallInfo{Method: ep.method}
 	ctx := broker.WithCallInfo(r.Context(), ci)
 	record := func(code codes.Code) broker.CallRecord {
-		return broker.CallRecord{Method: ep.method, Caller: caller, Code: code.String(), Latency: time.Since(start), Info: ci}
+		return broker.CallRecord{Method: ci.Method, Caller: caller, Code: code.String(), Latency: time.Since(start), Info: ci}
 	}
 	// A raw upstream key where a token belongs: refused before any upstream call, and audited in
 	// full (not coalesced) since it means a client still holds the real key.
