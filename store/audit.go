@@ -851,7 +851,9 @@ func (s *Store) QueryDigest(q string) string {
 	defer s.audit.qmacs.Put(qm)
 	qm.in = append(append(qm.in[:0], "query\x00"...), q...)
 	tag, err := qm.rm.appendMAC(qm.tag[:0], qm.in)
-	clear(qm.in) // the audit log keeps no query, and neither does the pooled buffer
+	// The pooled input buffer keeps no query (the HMAC's inner state may still hold up to a block
+	// of it until the next use overwrites it); the audit log keeps only the MAC.
+	clear(qm.in)
 	if err != nil || len(tag) < 16 {
 		return ""
 	}

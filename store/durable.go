@@ -17,6 +17,9 @@ import (
 // Writes go through O_DIRECT where the file system takes it: through the page cache, every
 // fdatasync also writes back whatever else of the file is dirty (journal.go's comment has the
 // numbers). Nothing is refused for want of it.
+//
+// It is not safe for concurrent use: a write may swap its descriptor (see WriteAt), so its owner
+// makes one call at a time (the journal's single writer; brokerbench's probe takes a lock).
 type DurableFile struct {
 	f      *os.File // buffered: created and read through it, closed by Close
 	w      *os.File // writes: O_DIRECT where supported, else f
@@ -84,8 +87,7 @@ func (d *DurableFile) WriteDurable(buf []byte, off int64) error {
 			// A file system that took O_DIRECT at open but refuses the write (a flag it did not
 			// know would be EOPNOTSUPP): write buffered from here on, as WriteAt does, and try
 			// the flag again on that descriptor.
-			d.w.Close()
-			d.w = d.f
+			d.dropDirect()
 			continue
 		case errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM):
 			// No pwritev2 (before Linux 4.6, or a seccomp filter that does not know it: EPERM
@@ -109,11 +111,16 @@ func (d *DurableFile) WriteDurable(buf []byte, off int64) error {
 func (d *DurableFile) WriteAt(buf []byte, off int64) error {
 	_, err := d.w.WriteAt(buf, off)
 	if err != nil && d.Direct() && errors.Is(err, syscall.EINVAL) {
-		d.w.Close()
-		d.w = d.f
+		d.dropDirect()
 		_, err = d.w.WriteAt(buf, off)
 	}
 	return err
+}
+
+// dropDirect closes the O_DIRECT descriptor: d writes buffered from then on.
+func (d *DurableFile) dropDirect() {
+	d.w.Close()
+	d.w = d.f
 }
 
 // AlignedBuf returns n bytes (n a multiple of 4096) whose first byte is 4096-aligned, as a

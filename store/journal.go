@@ -234,6 +234,7 @@ func (j *journal) restart() {
 	j.off = int64(copy(j.buf, journalMagic))
 }
 
+// close is DurableFile's Close on a journal that may be nil (never opened).
 func (j *journal) close() error {
 	if j == nil {
 		return nil

@@ -182,6 +182,8 @@ func (fs *forms) redactJSON(body []byte) ([]byte, int) {
 		n       int
 		scratch []byte // decoded escaped strings: it may hold the key the upstream echoed escaped
 	)
+	// Best effort: the last backing array only (one outgrown earlier, and the body itself, still
+	// hold what the upstream echoed until the collector reuses them).
 	defer func() { clear(scratch[:cap(scratch)]) }()
 	replace := func(from, to int, with []byte) {
 		out = append(append(out, body[done:from]...), with...)
