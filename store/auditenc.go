@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -164,8 +165,8 @@ func appendJSONString(dst []byte, s string) []byte {
 // recordMAC computes the audit keyset's MAC the way its Tink primitive does (the primary key's
 // output prefix, then the HMAC tag), but keeps one HMAC state and resets it per record instead of
 // building one (two hash states and the key schedule) per call. It is not safe for concurrent use:
-// only the audit writer's goroutine holds one. Tags verify with the Tink primitive
-// (TestRecordMACMatchesTink).
+// the audit writer's goroutine holds one, and others come from pools (QueryDigest's, openSealed's
+// for the record keyset). Tags verify with the Tink primitive (TestRecordMACMatchesTink).
 type recordMAC struct {
 	h       hash.Hash
 	prefix  []byte
@@ -176,8 +177,8 @@ type recordMAC struct {
 }
 
 // newRecordMAC builds a recordMAC for the primary key of h; m is h's Tink primitive, used instead
-// when the key is of a kind newRecordMAC does not handle. This is the one place the audit key's
-// bytes leave Tink.
+// when the key is of a kind newRecordMAC does not handle. This is the one place the audit and
+// record keys' bytes leave Tink.
 func newRecordMAC(h *keyset.Handle, m tink.MAC) *recordMAC {
 	fall := &recordMAC{fall: m}
 	entry, err := h.Primary()
@@ -211,6 +212,7 @@ func newRecordMAC(h *keyset.Handle, m tink.MAC) *recordMAC {
 		return fall
 	}
 	return &recordMAC{
+		fall:    m,
 		h:       hmac.New(newHash, k.KeyBytes().Data(insecuresecretdataaccess.Token{})),
 		prefix:  k.OutputPrefix(),
 		tagSize: p.CryptographicTagSizeInBytes(),
@@ -224,6 +226,24 @@ func (r *recordMAC) size() int {
 		return -1
 	}
 	return len(r.prefix) + r.tagSize
+}
+
+// verify reports whether tag is data's MAC. A tag under the primary key is checked with the reused
+// state, in constant time; any other (a tag under another key of the keyset, or a wrong one) is
+// left to the Tink primitive, so verify accepts exactly what the primitive's VerifyMAC does.
+func (r *recordMAC) verify(tag, data []byte) bool {
+	if r.h != nil && len(tag) == r.size() && bytes.Equal(tag[:len(r.prefix)], r.prefix) {
+		r.h.Reset()
+		r.h.Write(data)
+		if r.legacy {
+			r.h.Write([]byte{0})
+		}
+		r.sum = r.h.Sum(r.sum[:0])
+		if hmac.Equal(tag[len(r.prefix):], r.sum[:r.tagSize]) {
+			return true
+		}
+	}
+	return r.fall.VerifyMAC(tag, data) == nil
 }
 
 // appendMAC appends the MAC of data to dst.

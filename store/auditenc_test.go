@@ -9,6 +9,7 @@ import (
 	"github.com/tink-crypto/tink-go/v2/keyset"
 	"github.com/tink-crypto/tink-go/v2/mac"
 	tinkpb "github.com/tink-crypto/tink-go/v2/proto/tink_go_proto"
+	"github.com/tink-crypto/tink-go/v2/tink"
 )
 
 // checkEncoding fails t unless appendAuditRecord makes exactly json.Marshal's bytes (or fails
@@ -113,9 +114,92 @@ func TestRecordMACMatchesTink(t *testing.T) {
 				if err := m.VerifyMAC(got[3:], data); err != nil {
 					t.Fatalf("data %d: Tink does not verify the tag: %v", i, err)
 				}
+				checkVerify(t, r, m, want, data)
 			}
 		})
 	}
+}
+
+// checkVerify asserts that r.verify accepts tag for data and rejects every one-bit change of
+// either, a shortened tag and a lengthened one, as m.VerifyMAC does.
+func checkVerify(t *testing.T, r *recordMAC, m tink.MAC, tag, data []byte) {
+	t.Helper()
+	try := func(what string, tag, data []byte) {
+		t.Helper()
+		if got, tink := r.verify(tag, data), m.VerifyMAC(tag, data) == nil; got != tink {
+			t.Fatalf("%s: verify says %v, Tink says %v", what, got, tink)
+		}
+	}
+	if !r.verify(tag, data) {
+		t.Fatal("verify refuses the tag")
+	}
+	for i := range len(tag) * 8 {
+		bad := bytes.Clone(tag)
+		bad[i/8] ^= 1 << (i % 8)
+		if r.verify(bad, data) {
+			t.Fatalf("verify accepts the tag with bit %d flipped", i)
+		}
+		try("tag bit flipped", bad, data)
+	}
+	for i := range min(len(data), 64) * 8 {
+		bad := bytes.Clone(data)
+		bad[i/8] ^= 1 << (i % 8)
+		if r.verify(tag, bad) {
+			t.Fatalf("verify accepts data with bit %d flipped", i)
+		}
+	}
+	for _, bad := range [][]byte{nil, tag[:len(tag)-1], append(bytes.Clone(tag), 0)} {
+		if r.verify(bad, data) {
+			t.Fatalf("verify accepts a %d-byte tag", len(bad))
+		}
+		try("tag resized", bad, data)
+	}
+}
+
+// A tag under a key of the keyset other than the primary verifies, as with Tink's primitive:
+// verify leaves it to the primitive.
+func TestRecordMACVerifiesOtherKeys(t *testing.T) {
+	old, err := keyset.NewHandle(mac.HMACSHA256Tag256KeyTemplate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldMAC, err := mac.New(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("sealed under the old primary")
+	oldTag, err := oldMAC.ComputeMAC(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := keyset.NewManagerFromHandle(old)
+	id, err := mgr.Add(mac.HMACSHA512Tag256KeyTemplate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.SetPrimary(id); err != nil {
+		t.Fatal(err)
+	}
+	h, err := mgr.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mac.New(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRecordMAC(h, m)
+	if r.h == nil {
+		t.Fatal("newRecordMAC fell back to Tink for an HMAC keyset")
+	}
+	if !r.verify(oldTag, data) {
+		t.Fatal("verify refuses a tag under the keyset's other key")
+	}
+	newTag, err := m.ComputeMAC(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkVerify(t, r, m, newTag, data)
 }
 
 // BenchmarkSealAuditRecord is the audit writer's per-record work: encoding/json and a Tink

@@ -73,7 +73,11 @@ func recordMACInput(sl slot, key []byte, stamp uint64, body []byte) []byte {
 	for _, p := range sl {
 		n += len(p)
 	}
-	in := make([]byte, 0, n)
+	return appendRecordMACInput(make([]byte, 0, n), sl, key, stamp, body)
+}
+
+// appendRecordMACInput appends recordMACInput's bytes to in.
+func appendRecordMACInput(in []byte, sl slot, key []byte, stamp uint64, body []byte) []byte {
 	in = append(in, recordMACPrefix...)
 	in = binary.AppendUvarint(in, uint64(len(sl)))
 	for _, p := range sl {
@@ -125,10 +129,21 @@ func (s *Store) openSealed(sl slot, key, raw []byte) (body []byte, stamp uint64,
 	if !ok {
 		return nil, 0, tamperedError(sl, key, "is not sealed")
 	}
-	if s.recMAC.VerifyMAC(tag, recordMACInput(sl, key, stamp, body)) != nil {
+	v := s.recVerifiers.Get().(*recordVerifier)
+	v.in = appendRecordMACInput(v.in[:0], sl, key, stamp, body)
+	ok = v.rm.verify(tag, v.in)
+	clear(v.in) // a credential record's body is ciphertext, but keep no record in the pool
+	s.recVerifiers.Put(v)
+	if !ok {
 		return nil, 0, tamperedError(sl, key, "does not verify")
 	}
 	return body, stamp, nil
+}
+
+// recordVerifier is a pooled record-keyset HMAC state and its input buffer (openSealed).
+type recordVerifier struct {
+	rm *recordMAC
+	in []byte
 }
 
 // putRecord marshals v as JSON and stores it sealed at b (which is sl) under key.
@@ -165,7 +180,7 @@ func (s *Store) auditStamp() uint64 {
 }
 
 // newRecordKeyset generates a record MAC keyset and returns it wrapped under kek.
-func newRecordKeyset(kek tink.AEAD) (tink.MAC, []byte, error) {
+func newRecordKeyset(kek tink.AEAD) (*keyset.Handle, []byte, error) {
 	h, err := keyset.NewHandle(mac.HMACSHA256Tag256KeyTemplate())
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate record keyset: %w", err)
@@ -174,24 +189,27 @@ func newRecordKeyset(kek tink.AEAD) (tink.MAC, []byte, error) {
 	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&buf), kek, recordKeysetAAD); err != nil {
 		return nil, nil, fmt.Errorf("encrypt record keyset: %w", err)
 	}
-	m, err := mac.New(h)
-	if err != nil {
-		return nil, nil, fmt.Errorf("record keyset: %w", err)
-	}
-	return m, buf.Bytes(), nil
+	return h, buf.Bytes(), nil
 }
 
 // loadRecordKeyset unwraps the stored record keyset.
-func loadRecordKeyset(kek tink.AEAD, blob []byte) (tink.MAC, error) {
+func loadRecordKeyset(kek tink.AEAD, blob []byte) (*keyset.Handle, error) {
 	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(blob)), kek, recordKeysetAAD)
 	if err != nil {
 		return nil, ErrWrongMasterKey
 	}
+	return h, nil
+}
+
+// setRecordKeyset makes h the keyset that seals and verifies records.
+func (s *Store) setRecordKeyset(h *keyset.Handle) error {
 	m, err := mac.New(h)
 	if err != nil {
-		return nil, fmt.Errorf("record keyset: %w", err)
+		return fmt.Errorf("record keyset: %w", err)
 	}
-	return m, nil
+	s.recMAC = m
+	s.recVerifiers.New = func() any { return &recordVerifier{rm: newRecordMAC(h, m)} }
+	return nil
 }
 
 // migrateRecordMACs is schema 1 -> 2: it creates the record keyset and seals every existing
@@ -200,11 +218,13 @@ func loadRecordKeyset(kek tink.AEAD, blob []byte) (tink.MAC, error) {
 // written by brokerd before then carried no integrity check, so an edit made before the
 // migration cannot be told from a genuine record.
 func (s *Store) migrateRecordMACs(tx *bolt.Tx, kek tink.AEAD) error {
-	m, blob, err := newRecordKeyset(kek)
+	h, blob, err := newRecordKeyset(kek)
 	if err != nil {
 		return err
 	}
-	s.recMAC = m
+	if err := s.setRecordKeyset(h); err != nil {
+		return err
+	}
 	if err := tx.Bucket(bucketMeta).Put(keyRecordKeyset, blob); err != nil {
 		return err
 	}
@@ -216,7 +236,7 @@ func (s *Store) migrateRecordMACs(tx *bolt.Tx, kek tink.AEAD) error {
 			if v == nil {
 				continue // a nested bucket
 			}
-			sealed, err := sealWith(m, sl, k, v, 0)
+			sealed, err := sealWith(s.recMAC, sl, k, v, 0)
 			if err != nil {
 				return err
 			}

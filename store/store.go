@@ -94,6 +94,9 @@ type Store struct {
 	guard        *commitGuard // every write transaction's commit goes through it
 	keys         *dataKeys    // master keyset and swappable data primitive, for Rekey (keys.go)
 	recMAC       tink.MAC     // record keyset: seals every token and credential record (records.go)
+	// recVerifiers holds *recordVerifier for recMAC's key: a pooled HMAC state for openSealed,
+	// which the start-up check calls for every record (records.go).
+	recVerifiers sync.Pool
 	// openedInfo is the data keyset's key list as Open read it, so Keys needs no KEK call until
 	// the stored keyset changes (a KMS may be down after start).
 	openedInfo *dataKeysetInfo
@@ -291,7 +294,11 @@ func (s *Store) init(kek tink.AEAD) error {
 		if blob == nil {
 			return fmt.Errorf("%w: schema %d but no record keyset", ErrTampered, version)
 		}
-		if s.recMAC, err = loadRecordKeyset(kek, blob); err != nil {
+		h, err := loadRecordKeyset(kek, blob)
+		if err != nil {
+			return err
+		}
+		if err := s.setRecordKeyset(h); err != nil {
 			return err
 		}
 	}
@@ -312,11 +319,13 @@ func (s *Store) create(kek tink.AEAD) error {
 	if s.data, err = aead.New(h); err != nil {
 		return fmt.Errorf("data keyset: %w", err)
 	}
-	recMAC, recBlob, err := newRecordKeyset(kek)
+	recH, recBlob, err := newRecordKeyset(kek)
 	if err != nil {
 		return err
 	}
-	s.recMAC = recMAC
+	if err := s.setRecordKeyset(recH); err != nil {
+		return err
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		m, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
