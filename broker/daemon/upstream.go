@@ -13,7 +13,7 @@ import (
 //
 // An http:// upstream is refused unless its host is loopback: the key travels in a header, and in
 // clear text it is read by anything on the path (a proxy above all). Loopback http is kept for the
-// fake upstream of tests and the quickstart.
+// fake upstream of tests and the quickstart, and only without a proxy off this host.
 func CheckUpstream(upstreamURL, proxy string) (*url.URL, error) {
 	u, err := url.Parse(upstreamURL)
 	if err != nil {
@@ -36,6 +36,12 @@ func CheckUpstream(upstreamURL, proxy string) (*url.URL, error) {
 	}
 	if p.Hostname() == "" || (p.Path != "" && p.Path != "/") || p.RawQuery != "" || p.Fragment != "" {
 		return nil, errors.New("--upstream-proxy must be scheme://host:port, with no path or query")
+	}
+	if strings.EqualFold(u.Scheme, "http") && !isLoopbackHost(p.Hostname()) {
+		// An http:// call goes to the proxy whole, key header included (no CONNECT, no TLS), and
+		// the proxy connects to the "loopback" upstream from its own side: the loopback exception
+		// above holds only while the call stays on this host.
+		return nil, fmt.Errorf("--upstream-url is http:// and --upstream-proxy %s is not a loopback host: the key would reach the proxy in clear text; use an https:// upstream or a loopback proxy", p.Host)
 	}
 	return p, nil
 }

@@ -32,6 +32,12 @@ func TestCheckUpstream(t *testing.T) {
 		{name: "proxy bad scheme", upstream: "https://api.scavio.dev", proxy: "ftp://proxy.corp", wantErr: "http://, https:// or socks5://"},
 		{name: "proxy no host", upstream: "https://api.scavio.dev", proxy: "http://", wantErr: "scheme://host:port"},
 		{name: "proxy path", upstream: "https://api.scavio.dev", proxy: "http://u:sk_live_secret@proxy.corp/x", wantErr: "scheme://host:port"},
+		// A proxy sees an http:// call whole, headers and key included (no CONNECT, no TLS), and
+		// connects to the loopback host from its own side: the loopback exception does not hold.
+		{name: "http loopback through remote proxy", upstream: "http://127.0.0.1:8931", proxy: "http://proxy.corp:3128", wantErr: "in clear text"},
+		{name: "http loopback through remote socks proxy", upstream: "http://localhost:8931", proxy: "socks5://10.0.0.7:1080", wantErr: "in clear text"},
+		{name: "http loopback through remote proxy with password", upstream: "http://[::1]:8931", proxy: "https://u:sk_live_secret@proxy.corp:3128", wantErr: "in clear text"},
+		{name: "http loopback through loopback proxy", upstream: "http://127.0.0.1:8931", proxy: "http://127.0.0.1:3128", wantProxy: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := CheckUpstream(tc.upstream, tc.proxy)
