@@ -46,6 +46,7 @@ func TestUpstreamURLValidatedAtStart(t *testing.T) {
 		{[]string{"--upstream-url", "http://api.scavio.dev:80/v1"}, "not a loopback host"},
 		{[]string{"--upstream-url", "https://api.scavio.dev", "--upstream-proxy", "ftp://proxy"}, "--upstream-proxy must be"},
 		{[]string{"--upstream-url", "http://127.0.0.1:8931", "--upstream-proxy", "http://proxy.corp:3128"}, "would reach the proxy in clear text"},
+		{[]string{"--upstream-url", "https://api.scavio.dev", "--upstream-proxy-auth-file", dir + "/proxy-auth"}, "--upstream-proxy-auth-file needs --upstream-proxy"},
 	} {
 		cmd := newCommand()
 		cmd.SetArgs(append(tc.args, "--db", dir+"/broker.db", "--master-keyset", dir+"/none", "--socket", dir+"/b.sock"))
