@@ -80,6 +80,9 @@ type Config struct {
 	// UpstreamProxy is the proxy for upstream calls (--upstream-proxy); "" calls directly, whatever
 	// HTTP(S)_PROXY says.
 	UpstreamProxy string
+	// UpstreamProxyAuthFile holds USER:PASSWORD for UpstreamProxy (--upstream-proxy-auth-file),
+	// so the proxy's password need not be on the command line.
+	UpstreamProxyAuthFile string
 }
 
 // Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil.
@@ -97,6 +100,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	proxy, err := CheckUpstream(cfg.UpstreamURL, cfg.UpstreamProxy)
 	if err != nil {
+		return err
+	}
+	if proxy, err = proxyWithAuth(proxy, cfg.UpstreamProxyAuthFile, log); err != nil {
 		return err
 	}
 	if cfg.SocketMode == 0 {

@@ -1,11 +1,15 @@
 package daemon
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"strings"
+
+	"github.com/credbroker/credbroker/store"
 )
 
 // CheckUpstream validates --upstream-url and --upstream-proxy before anything starts, and returns
@@ -13,7 +17,7 @@ import (
 //
 // An http:// upstream is refused unless its host is loopback: the key travels in a header, and in
 // clear text it is read by anything on the path (a proxy above all). Loopback http is kept for the
-// fake upstream of tests and the quickstart.
+// fake upstream of tests and the quickstart, and only without a proxy off this host.
 func CheckUpstream(upstreamURL, proxy string) (*url.URL, error) {
 	u, err := url.Parse(upstreamURL)
 	if err != nil {
@@ -37,7 +41,51 @@ func CheckUpstream(upstreamURL, proxy string) (*url.URL, error) {
 	if p.Hostname() == "" || (p.Path != "" && p.Path != "/") || p.RawQuery != "" || p.Fragment != "" {
 		return nil, errors.New("--upstream-proxy must be scheme://host:port, with no path or query")
 	}
+	if strings.EqualFold(u.Scheme, "http") && !isLoopbackHost(p.Hostname()) {
+		// An http:// call goes to the proxy whole, key header included (no CONNECT, no TLS), and
+		// the proxy connects to the "loopback" upstream from its own side: the loopback exception
+		// above holds only while the call stays on this host.
+		return nil, fmt.Errorf("--upstream-url is http:// and --upstream-proxy %s is not a loopback host: the key would reach the proxy in clear text; use an https:// upstream or a loopback proxy", p.Host)
+	}
 	return p, nil
+}
+
+// maxProxyAuthFile bounds what --upstream-proxy-auth-file may hold: a user and a password.
+const maxProxyAuthFile = 4 << 10
+
+// proxyWithAuth gives proxy (CheckUpstream's) the user and password of --upstream-proxy-auth-file,
+// if given: a password in --upstream-proxy itself is on brokerd's command line, which every local
+// user can read (/proc/PID/cmdline, and the unit file's ExecStart=), so it draws a warning. The
+// file is read with the master keyset's checks (store.ReadSecretFile: a regular file, no group or
+// other bits, owned by brokerd's uid or root) and holds USER:PASSWORD on one line. Neither the
+// warning nor an error repeats the password.
+func proxyWithAuth(proxy *url.URL, authFile string, log *slog.Logger) (*url.URL, error) {
+	switch {
+	case authFile == "":
+		if proxy != nil && proxy.User != nil {
+			if _, ok := proxy.User.Password(); ok {
+				log.Warn("the --upstream-proxy password is on brokerd's command line, which every local user can read; move USER:PASSWORD to a file given with --upstream-proxy-auth-file")
+			}
+		}
+		return proxy, nil
+	case proxy == nil:
+		return nil, errors.New("--upstream-proxy-auth-file needs --upstream-proxy")
+	case proxy.User != nil:
+		return nil, errors.New("--upstream-proxy names a user and --upstream-proxy-auth-file is given: keep USER:PASSWORD in the file only")
+	}
+	data, err := store.ReadSecretFile(authFile, "the --upstream-proxy-auth-file", maxProxyAuthFile)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(data)
+	line := bytes.TrimSuffix(bytes.TrimSuffix(data, []byte("\n")), []byte("\r"))
+	user, pass, ok := bytes.Cut(line, []byte(":"))
+	if !ok || len(user) == 0 || bytes.ContainsAny(line, "\r\n") {
+		return nil, fmt.Errorf("the --upstream-proxy-auth-file %s must hold USER:PASSWORD on one line", authFile)
+	}
+	p := *proxy
+	p.User = url.UserPassword(string(user), string(pass))
+	return &p, nil
 }
 
 // isLoopbackHost reports whether host is localhost or a loopback IP (127.0.0.0/8, ::1).

@@ -2,15 +2,21 @@ package daemon
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/credbroker/credbroker/broker/logtest"
 )
 
 func TestCheckUpstream(t *testing.T) {
@@ -32,6 +38,12 @@ func TestCheckUpstream(t *testing.T) {
 		{name: "proxy bad scheme", upstream: "https://api.scavio.dev", proxy: "ftp://proxy.corp", wantErr: "http://, https:// or socks5://"},
 		{name: "proxy no host", upstream: "https://api.scavio.dev", proxy: "http://", wantErr: "scheme://host:port"},
 		{name: "proxy path", upstream: "https://api.scavio.dev", proxy: "http://u:sk_live_secret@proxy.corp/x", wantErr: "scheme://host:port"},
+		// A proxy sees an http:// call whole, headers and key included (no CONNECT, no TLS), and
+		// connects to the loopback host from its own side: the loopback exception does not hold.
+		{name: "http loopback through remote proxy", upstream: "http://127.0.0.1:8931", proxy: "http://proxy.corp:3128", wantErr: "in clear text"},
+		{name: "http loopback through remote socks proxy", upstream: "http://localhost:8931", proxy: "socks5://10.0.0.7:1080", wantErr: "in clear text"},
+		{name: "http loopback through remote proxy with password", upstream: "http://[::1]:8931", proxy: "https://u:sk_live_secret@proxy.corp:3128", wantErr: "in clear text"},
+		{name: "http loopback through loopback proxy", upstream: "http://127.0.0.1:8931", proxy: "http://127.0.0.1:3128", wantProxy: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := CheckUpstream(tc.upstream, tc.proxy)
@@ -141,5 +153,85 @@ func TestUpstreamIgnoresProxyEnvironment(t *testing.T) {
 	}
 	if hits.Load() != 1 {
 		t.Errorf("--upstream-proxy: the proxy saw %d requests, want 1", hits.Load())
+	}
+}
+
+// A proxy's password is a secret, and brokerd's command line is readable by every local user
+// (/proc/PID/cmdline, the unit's ExecStart=): --upstream-proxy-auth-file carries USER:PASSWORD
+// instead, read with the keyset file's checks, and the proxy gets it (Proxy-Authorization on the
+// CONNECT). A password left in --upstream-proxy still works but draws a warning; no error or log
+// line repeats it.
+func TestUpstreamProxyAuthFile(t *testing.T) {
+	const pass = "pr0xy-s3cret"
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("auth", "alice:"+pass+"\n", 0o600)
+	logs := &logtest.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+
+	// The file's user and password reach the proxy.
+	var seen atomic.Value
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.Header.Get("Proxy-Authorization"))
+		http.Error(w, "proxy says no", http.StatusBadGateway)
+	}))
+	t.Cleanup(proxy.Close)
+	p, err := CheckUpstream("https://api.scavio.test", proxy.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err = proxyWithAuth(p, good, log); err != nil {
+		t.Fatal(err)
+	}
+	c := meteredUpstreamClient(p)
+	req, _ := http.NewRequest(http.MethodPost, "https://api.scavio.test/api/v1/search", strings.NewReader(`{}`))
+	if resp, err := c.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	want := "Basic " + base64.StdEncoding.EncodeToString([]byte("alice:"+pass))
+	if got, _ := seen.Load().(string); got != want {
+		t.Errorf("the proxy got Proxy-Authorization %q, want %q", got, want)
+	}
+
+	for _, tc := range []struct {
+		name, proxy, file, wantErr, wantLog string
+	}{
+		{name: "password in the URL warns", proxy: "http://alice:" + pass + "@proxy.corp:3128", wantLog: "--upstream-proxy-auth-file"},
+		{name: "user alone in the URL is quiet", proxy: "http://alice@proxy.corp:3128"},
+		{name: "file without a proxy", file: good, wantErr: "needs --upstream-proxy"},
+		{name: "user in both", proxy: "http://bob@proxy.corp:3128", file: good, wantErr: "in the file only"},
+		{name: "file others can read", proxy: "http://proxy.corp:3128", file: write("open", "alice:"+pass, 0o644), wantErr: "chmod 600"},
+		{name: "no colon", proxy: "http://proxy.corp:3128", file: write("nocolon", pass+"\n", 0o600), wantErr: "USER:PASSWORD on one line"},
+		{name: "two lines", proxy: "http://proxy.corp:3128", file: write("twolines", "alice:"+pass+"\nmore\n", 0o600), wantErr: "USER:PASSWORD on one line"},
+		{name: "no user", proxy: "http://proxy.corp:3128", file: write("nouser", ":"+pass, 0o600), wantErr: "USER:PASSWORD on one line"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &logtest.Buffer{}
+			var p *url.URL
+			if tc.proxy != "" {
+				var err error
+				if p, err = CheckUpstream("https://api.scavio.dev", tc.proxy); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := proxyWithAuth(p, tc.file, slog.New(slog.NewTextHandler(logs, nil)))
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("proxyWithAuth: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("proxyWithAuth: %v, want error %q", err, tc.wantErr)
+			case err != nil && strings.Contains(err.Error(), pass):
+				t.Errorf("error %q repeats the password", err)
+			}
+			if got := logs.String(); (tc.wantLog != "") != strings.Contains(got, "WARN") || !strings.Contains(got, tc.wantLog) || strings.Contains(got, pass) {
+				t.Errorf("log %q, want a warning naming %q only when the URL holds a password, never the password", got, tc.wantLog)
+			}
+		})
 	}
 }

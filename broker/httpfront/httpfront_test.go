@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"net"
@@ -415,6 +417,35 @@ func TestRateLimitHeaders(t *testing.T) {
 	a := post(t, h.unix, "http://b", scaviotest.SearchPath, tok, `{"query":"q"}`)
 	if a.status != 429 || a.header.Get("X-RateLimit-Remaining") != "0" || a.header.Get("Retry-After") != "20" {
 		t.Fatalf("fourth call: %d remaining %q retry %q", a.status, a.header.Get("X-RateLimit-Remaining"), a.header.Get("Retry-After"))
+	}
+}
+
+// A token's X-RateLimit-* headers go to its holder only. Token ids are public (logs, audit records,
+// error metadata), and a token with a known id, any secret and a right checksum passes the format
+// check: such a request is refused 401 and must learn nothing of that token's limiter (its limit,
+// the calls left, when it refills: how busy its holder is), from loopback TCP, which any local user
+// reaches.
+func TestRateLimitHeadersOnlyForTheHolder(t *testing.T) {
+	h := newHarness(t)
+	h.putKey(t)
+	victim := h.mint(t, broker.MintRequest{Tools: []string{"web_search"}, RateLimit: 3, RatePeriod: time.Minute})
+	if a := post(t, h.unix, "http://b", scaviotest.SearchPath, victim, `{"query":"q"}`); a.status != 200 || a.header.Get("X-RateLimit-Remaining") != "2" {
+		t.Fatalf("the holder's call: %d remaining %q", a.status, a.header.Get("X-RateLimit-Remaining"))
+	}
+	// The victim's id with another secret, the checksum recomputed.
+	body := victim[:len(victim)-8]
+	body = body[:len(body)-64] + strings.Repeat("0", 64)
+	forged := body + fmt.Sprintf("%08x", crc32.ChecksumIEEE([]byte(body)))
+	for _, path := range []string{scaviotest.SearchPath, scaviotest.GooglePath} {
+		a := post(t, h.tcp, h.tcpURL, path, forged, `{"query":"q"}`)
+		if a.status != http.StatusUnauthorized {
+			t.Fatalf("%s with a forged token: %d %s", path, a.status, a.body)
+		}
+		for _, name := range []string{"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} {
+			if v := a.header.Get(name); v != "" {
+				t.Errorf("%s with a forged token: %s: %s, the victim token's", path, name, v)
+			}
+		}
 	}
 }
 

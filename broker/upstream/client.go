@@ -357,8 +357,7 @@ func (c *Client) do(ctx, detached context.Context, req Request, key []byte) (_ *
 			}
 			return nil, ctxError(ctx, attempt-1)
 		}
-		o := c.attempt(ctx, detached, target, req, key)
-		done(o.gateOutcome())
+		o := c.gatedAttempt(ctx, detached, target, req, key, done)
 		billed = billed || o.billed
 		if o.resp != nil {
 			return o.resp, nil
@@ -385,6 +384,23 @@ func (c *Client) do(ctx, detached context.Context, req Request, key []byte) (_ *
 			return nil, ctxError(ctx, attempt)
 		}
 	}
+}
+
+// gatedAttempt runs one attempt and settles the credential's gate (done) with its outcome. An
+// attempt that panics (in Request.Decode, say, which the broker recovers so that only that call
+// fails) settles it as Unknown on the way out: a probe left unsettled would hold every later call
+// with the key until its deadline, for as long as the process runs.
+func (c *Client) gatedAttempt(ctx, detached context.Context, target string, req Request, key []byte, done func(limiter.Outcome)) outcome {
+	settled := false
+	defer func() {
+		if !settled {
+			done(limiter.Outcome{Unknown: true})
+		}
+	}()
+	o := c.attempt(ctx, detached, target, req, key)
+	settled = true
+	done(o.gateOutcome())
+	return o
 }
 
 // gateOutcome is what the attempt tells the credential's gate: a 429 closes it for the wait the

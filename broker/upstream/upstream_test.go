@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/limiter"
 	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 )
@@ -1020,5 +1021,47 @@ func TestBodyAtTheLimit(t *testing.T) {
 				t.Errorf("body %q, want %q", resp.Body, b)
 			}
 		})
+	}
+}
+
+// A panic in an attempt (in Request.Decode, where the broker recovers it so that only that call
+// fails and brokerd goes on serving) must still settle the credential's gate. After a 429 the next
+// attempt is the gate's probe and every other caller waits for its outcome; a probe that unwinds
+// without settling would hold every later call with the key until its deadline, for as long as
+// brokerd runs.
+func TestPanicInProbeReleasesGate(t *testing.T) {
+	srv := newServer(t, func(n int, w http.ResponseWriter, _ *http.Request) {
+		if n == 1 {
+			w.WriteHeader(http.StatusTooManyRequests) // no Retry-After: the gate is half-open at once
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"results":[]}`)
+	})
+	c, _ := newClient(t, srv.URL, upstream.Config{MaxRetries: -1})
+	ctx := upstream.WithGate(context.Background(), limiter.NewGate(nil))
+	if _, err := c.Do(ctx, searchReq(), []byte(testKey)); !errors.Is(err, upstream.ErrRateLimited) {
+		t.Fatalf("first call: %v, want ErrRateLimited", err)
+	}
+	// The probe: its answer's decoding panics.
+	probe := searchReq()
+	probe.Decode = func([]byte) (any, error) { panic("a bug in the decoder") }
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the decoder's panic did not reach the caller")
+			}
+		}()
+		c.Do(ctx, probe, []byte(testKey))
+	}()
+	// The next call becomes the probe and is answered. The deadline only bounds the failure: the
+	// call either goes at once or waits for a probe that never ends.
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Do(cctx, searchReq(), []byte(testKey)); err != nil {
+		t.Fatalf("the call after a probe that panicked: %v; the gate still waits for that probe", err)
+	}
+	if got := srv.hits.Load(); got != 3 {
+		t.Errorf("the upstream saw %d calls, want 3", got)
 	}
 }

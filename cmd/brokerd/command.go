@@ -43,6 +43,7 @@ type flags struct {
 	tokenCacheSize int
 
 	upstreamProxy                string // "" = no proxy, whatever HTTP(S)_PROXY says
+	upstreamProxyAuthFile        string // USER:PASSWORD for upstreamProxy, kept off argv
 	maxConns, maxConnsPerUID     int    // connection caps (broker/connlimit)
 	idleTimeout, refusalInterval time.Duration
 }
@@ -112,6 +113,7 @@ It serves a gRPC API on a local Unix socket; drive it with brokerctl.`,
 		"KMS key holding the master key instead of a keyset file: "+strings.Join(kms.URIForms(), ", ")+" (Vault/OpenBao Transit: token from VAULT_TOKEN_FILE or $CREDENTIALS_DIRECTORY/vault-token) (env CREDBROKER_MASTER_KEY_URI)")
 	fl.StringVar(&f.upstreamURL, "upstream-url", envOr("CREDBROKER_UPSTREAM_URL", "https://api.scavio.dev"), "Scavio API base URL (env CREDBROKER_UPSTREAM_URL)")
 	fl.StringVar(&f.upstreamProxy, "upstream-proxy", "", "send upstream calls through this proxy (http://, https:// or socks5://host:port); without it HTTP_PROXY/HTTPS_PROXY are ignored")
+	fl.StringVar(&f.upstreamProxyAuthFile, "upstream-proxy-auth-file", "", "file holding USER:PASSWORD for --upstream-proxy (mode 0600), so the password is not on the command line")
 	fl.StringVar(&f.adminUIDs, "admin-uid", "", "comma-separated uids allowed to use the admin API (root and brokerd's own uid always are)")
 	fl.StringVar(&f.adminGIDs, "admin-gid", "", "comma-separated gids allowed to use the admin API")
 	fl.StringVar(&f.socketMode, "socket-mode", "0660", "socket file mode (octal)")
@@ -200,7 +202,7 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 		MaxTTL: f.maxTTL, ShutdownTimeout: f.shutdownTimeout, AuditRetention: f.auditRetention, NoReflection: f.noReflection, Version: version,
 		MetricsListen: f.metricsListen, MetricsAllowNonLoopback: f.metricsAllowNonLoopback, HTTPListen: f.httpListen,
 		GraceWindow: grace, KeepVersions: f.keepVersions, Economics: econ,
-		TokenCacheSize: f.tokenCacheSize, UpstreamProxy: f.upstreamProxy,
+		TokenCacheSize: f.tokenCacheSize, UpstreamProxy: f.upstreamProxy, UpstreamProxyAuthFile: f.upstreamProxyAuthFile,
 		MaxConns: f.maxConns, MaxConnsPerUID: f.maxConnsPerUID, IdleTimeout: f.idleTimeout, RefusalInterval: f.refusalInterval,
 	}, log, nil
 }

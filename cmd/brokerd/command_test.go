@@ -34,7 +34,8 @@ func TestAuditRetentionFlag(t *testing.T) {
 }
 
 // brokerd refuses, before it opens anything, an http:// upstream off loopback (the key would
-// cross the network in clear text, to any proxy on the way) and a malformed --upstream-proxy.
+// cross the network in clear text, to any proxy on the way), a loopback http:// upstream through a
+// proxy off this host (the proxy reads the call whole), and a malformed --upstream-proxy.
 func TestUpstreamURLValidatedAtStart(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct {
@@ -44,6 +45,8 @@ func TestUpstreamURLValidatedAtStart(t *testing.T) {
 		{[]string{"--upstream-url", "http://example.com"}, "http:// is refused for example.com"},
 		{[]string{"--upstream-url", "http://api.scavio.dev:80/v1"}, "not a loopback host"},
 		{[]string{"--upstream-url", "https://api.scavio.dev", "--upstream-proxy", "ftp://proxy"}, "--upstream-proxy must be"},
+		{[]string{"--upstream-url", "http://127.0.0.1:8931", "--upstream-proxy", "http://proxy.corp:3128"}, "would reach the proxy in clear text"},
+		{[]string{"--upstream-url", "https://api.scavio.dev", "--upstream-proxy-auth-file", dir + "/proxy-auth"}, "--upstream-proxy-auth-file needs --upstream-proxy"},
 	} {
 		cmd := newCommand()
 		cmd.SetArgs(append(tc.args, "--db", dir+"/broker.db", "--master-keyset", dir+"/none", "--socket", dir+"/b.sock"))
