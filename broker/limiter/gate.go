@@ -22,6 +22,13 @@ type Gate struct {
 	probing chan struct{} // non-nil while a probe is in flight; closed when it ends
 }
 
+// MaxPause bounds how long one 429 closes a gate. Retry-After is the upstream's word, but a bogus
+// one (a misconfigured proxy, a captive portal, a value in milliseconds) would otherwise close the
+// credential for days or years, and only a restart of brokerd would open it. After MaxPause one
+// probe goes; if the upstream still refuses it, it pauses everyone again. That costs one rejected
+// call an hour against a credential that is really paused that long.
+const MaxPause = time.Hour
+
 // NewGate returns an open gate; nil clock means the real one.
 func NewGate(clock Clock) *Gate {
 	if clock == nil {
@@ -96,7 +103,7 @@ func (g *Gate) settle(probe chan struct{}) func(Outcome) {
 			case o.Limited:
 				// A 429 that names no wait leaves the gate half-open at once: no pause is
 				// invented, but the next call is a probe and the others wait for its answer.
-				if until := g.clock.Now().Add(max(o.Wait, 0)); until.After(g.until) {
+				if until := g.clock.Now().Add(min(max(o.Wait, 0), MaxPause)); until.After(g.until) {
 					g.until = until
 				}
 			case o.Unknown:

@@ -197,3 +197,48 @@ func TestNilGateLetsEverythingThrough(t *testing.T) {
 		t.Fatal("nil gate reports closed")
 	}
 }
+
+// A 429 asking for a wait past MaxPause closes the gate for MaxPause only: then one probe goes,
+// and a refused one closes it again (for MaxPause at most), a taken one opens it. A bogus
+// Retry-After cannot shut a credential until brokerd restarts.
+func TestGatePauseIsBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wait time.Duration
+		want time.Duration
+	}{
+		{"within the bound", 30 * time.Minute, 30 * time.Minute},
+		{"at the bound", MaxPause, MaxPause},
+		{"a day", 24 * time.Hour, MaxPause},
+		{"the largest Retry-After the client reads", (1 << 32) * time.Second, MaxPause},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := newFakeClock()
+			g := NewGate(clk)
+			ctx := context.Background()
+			done, err := g.Enter(ctx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done(Outcome{Limited: true, Wait: tc.wait})
+			if got := g.ClosedUntil().Sub(clk.Now()); got != tc.want {
+				t.Fatalf("closed for %s, want %s", got, tc.want)
+			}
+			ch := enterAsync(g, ctx)
+			waitFor(t, "the caller to wait for the pause", func() bool { return clk.Waiting() == 1 })
+			clk.Advance(tc.want - time.Nanosecond)
+			if !pending(ch) {
+				t.Fatal("a caller went before the pause ended")
+			}
+			clk.Advance(time.Nanosecond)
+			probe := <-ch
+			if probe == nil {
+				t.Fatal("the caller after the pause was refused")
+			}
+			probe(Outcome{Limited: true, Wait: tc.wait}) // refused again: paused again, as long
+			if got := g.ClosedUntil().Sub(clk.Now()); got != tc.want {
+				t.Fatalf("closed for %s after a refused probe, want %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -716,7 +716,10 @@ func errorCode(body io.Reader, fs *forms) (code string, reflected bool) {
 }
 
 // retryAfter reads how long the upstream asked us to wait: Retry-After (delta seconds or
-// HTTP-date), else, if useReset, X-RateLimit-Reset (unix seconds).
+// HTTP-date), else, if useReset, X-RateLimit-Reset (unix seconds). A wait is at most
+// limiter.MaxPause: the credential's gate probes the upstream again after that however long it
+// asked for (a bogus value must not close a credential until restart), so no caller is told to
+// wait longer either.
 func (c *Client) retryAfter(h http.Header, useReset bool) (time.Duration, bool) {
 	// Bounds keep absurd header values from overflowing time.Duration.
 	const maxSecs = 1 << 32
@@ -726,17 +729,17 @@ func (c *Client) retryAfter(h http.Header, useReset bool) (time.Duration, bool) 
 			if secs < 0 {
 				return 0, false
 			}
-			return time.Duration(min(secs, maxSecs)) * time.Second, true
+			return min(time.Duration(min(secs, maxSecs))*time.Second, limiter.MaxPause), true
 		}
 		if t, err := http.ParseTime(v); err == nil {
-			return max(t.Sub(now), 0), true
+			return min(max(t.Sub(now), 0), limiter.MaxPause), true
 		}
 	}
 	if useReset {
 		if v := strings.TrimSpace(h.Get("X-RateLimit-Reset")); v != "" {
 			if secs, err := strconv.ParseInt(v, 10, 64); err == nil && secs > 0 && secs < now.Unix()+maxSecs {
 				if d := time.Unix(secs, 0).Sub(now); d > 0 {
-					return d, true
+					return min(d, limiter.MaxPause), true
 				}
 			}
 		}
