@@ -80,6 +80,10 @@ type AuditRecord struct {
 type chainPoint struct {
 	Seq  uint64 `json:"seq"`
 	Prev []byte `json:"prev"`
+	// RecordMACs says that a brokerd sealing records (schema 2, records.go) wrote this point.
+	// The head is MACed and cannot be removed unnoticed, so it is what proves that a database
+	// whose schema version says 1 was put back (checkSchemaNotPutBack); writePoint sets it.
+	RecordMACs bool `json:"record_macs,omitempty"`
 }
 
 func auditKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
@@ -254,6 +258,12 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 			return err
 		}
 		head = &chainPoint{Seq: 0}
+	} else if !head.RecordMACs {
+		// A head written before heads said so: say it now, so that putting the schema version
+		// back is caught from this start on, not only after the next checkpoint. Best effort: a
+		// full disk must not stop the start (the next commit of the head writes it anyway).
+		p := *head
+		_ = s.db.Update(func(tx *bolt.Tx) error { return w.writePoint(tx, keyAuditHead, p) })
 	}
 	if !opts.NoJournal {
 		if err := w.openJournal(s.db.Path(), head, opts.NoSync); err != nil {
@@ -352,6 +362,7 @@ func (w *auditWriter) readPoint(tx *bolt.Tx, key []byte) (*chainPoint, error) {
 }
 
 func (w *auditWriter) writePoint(tx *bolt.Tx, key []byte, p chainPoint) error {
+	p.RecordMACs = true // this binary opens only schema-2 databases (migrate runs before openAudit)
 	body, err := json.Marshal(p)
 	if err != nil {
 		return err
