@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tink-crypto/tink-go/v2/keyset"
@@ -275,7 +276,14 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 	}
 	w.lastSeq, w.lastMAC = head.Seq, head.Prev
 	w.ckSeq = head.Seq
-	w.headSeq.Store(head.Seq)
+	if n := len(w.pending); n > 0 {
+		// The journal's records could not be moved into the database (openJournal): they follow
+		// its head, for the writer and for readers (auditTail), until a commit moves them.
+		w.lastSeq, w.lastMAC = w.pending[n-1].seq, w.pending[n-1].tag
+		w.pendView = w.pending
+		w.pendTx = int(s.LastTxID())
+	}
+	w.headSeq.Store(w.lastSeq)
 	w.ckTimer = time.NewTimer(time.Hour)
 	w.ckTimer.Stop()
 	s.audit = w
@@ -321,14 +329,30 @@ func (w *auditWriter) openJournal(dbPath string, head *chainPoint, noSync bool) 
 			last := recs[len(recs)-1]
 			return w.writePoint(tx, keyAuditHead, chainPoint{Seq: last.seq, Prev: last.tag})
 		}); err != nil {
-			jr.close()
-			return fmt.Errorf("replaying %d records of the audit journal: %w", len(recs), err)
+			if !outOfSpace(err) || errors.Is(err, ErrOutcomeUnknown) {
+				jr.close()
+				return fmt.Errorf("replaying %d records of the audit journal: %w", len(recs), err)
+			}
+			// The disk is full (the journal took these records while it was: it never grows).
+			// Start as brokerd was when it stopped: the records durable in the journal only,
+			// which no group overwrites while the log is failing (every commit then goes to the
+			// database, with them first), so the first commit after space returns moves them.
+			// Refusing to start would keep brokerd down until an operator freed space.
+			w.pending = recs
+			w.fail(fmt.Errorf("replaying %d records of the audit journal: %w", len(recs), err))
+			w.jr = jr
+			return nil
 		}
 		last := recs[len(recs)-1]
 		*head = chainPoint{Seq: last.seq, Prev: last.tag}
 	}
 	w.jr = jr
 	return nil
+}
+
+// outOfSpace reports whether err is a write refused for want of space (a full disk, a quota).
+func outOfSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 // auditHasHistory reports whether the audit log has any record or a retention anchor.
