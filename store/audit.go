@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tink-crypto/tink-go/v2/keyset"
@@ -80,6 +81,10 @@ type AuditRecord struct {
 type chainPoint struct {
 	Seq  uint64 `json:"seq"`
 	Prev []byte `json:"prev"`
+	// RecordMACs says that a brokerd sealing records (schema 2, records.go) wrote this point.
+	// The head is MACed and cannot be removed unnoticed, so it is what proves that a database
+	// whose schema version says 1 was put back (checkSchemaNotPutBack); writePoint sets it.
+	RecordMACs bool `json:"record_macs,omitempty"`
 }
 
 func auditKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
@@ -254,6 +259,12 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 			return err
 		}
 		head = &chainPoint{Seq: 0}
+	} else if !head.RecordMACs {
+		// A head written before heads said so: say it now, so that putting the schema version
+		// back is caught from this start on, not only after the next checkpoint. Best effort: a
+		// full disk must not stop the start (the next commit of the head writes it anyway).
+		p := *head
+		_ = s.db.Update(func(tx *bolt.Tx) error { return w.writePoint(tx, keyAuditHead, p) })
 	}
 	if !opts.NoJournal {
 		if err := w.openJournal(s.db.Path(), head, opts.NoSync); err != nil {
@@ -265,7 +276,14 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 	}
 	w.lastSeq, w.lastMAC = head.Seq, head.Prev
 	w.ckSeq = head.Seq
-	w.headSeq.Store(head.Seq)
+	if n := len(w.pending); n > 0 {
+		// The journal's records could not be moved into the database (openJournal): they follow
+		// its head, for the writer and for readers (auditTail), until a commit moves them.
+		w.lastSeq, w.lastMAC = w.pending[n-1].seq, w.pending[n-1].tag
+		w.pendView = w.pending
+		w.pendTx = int(s.LastTxID())
+	}
+	w.headSeq.Store(w.lastSeq)
 	w.ckTimer = time.NewTimer(time.Hour)
 	w.ckTimer.Stop()
 	s.audit = w
@@ -311,14 +329,30 @@ func (w *auditWriter) openJournal(dbPath string, head *chainPoint, noSync bool) 
 			last := recs[len(recs)-1]
 			return w.writePoint(tx, keyAuditHead, chainPoint{Seq: last.seq, Prev: last.tag})
 		}); err != nil {
-			jr.close()
-			return fmt.Errorf("replaying %d records of the audit journal: %w", len(recs), err)
+			if !outOfSpace(err) || errors.Is(err, ErrOutcomeUnknown) {
+				jr.close()
+				return fmt.Errorf("replaying %d records of the audit journal: %w", len(recs), err)
+			}
+			// The disk is full (the journal took these records while it was: it never grows).
+			// Start as brokerd was when it stopped: the records durable in the journal only,
+			// which no group overwrites while the log is failing (every commit then goes to the
+			// database, with them first), so the first commit after space returns moves them.
+			// Refusing to start would keep brokerd down until an operator freed space.
+			w.pending = recs
+			w.fail(fmt.Errorf("replaying %d records of the audit journal: %w", len(recs), err))
+			w.jr = jr
+			return nil
 		}
 		last := recs[len(recs)-1]
 		*head = chainPoint{Seq: last.seq, Prev: last.tag}
 	}
 	w.jr = jr
 	return nil
+}
+
+// outOfSpace reports whether err is a write refused for want of space (a full disk, a quota).
+func outOfSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 // auditHasHistory reports whether the audit log has any record or a retention anchor.
@@ -352,6 +386,7 @@ func (w *auditWriter) readPoint(tx *bolt.Tx, key []byte) (*chainPoint, error) {
 }
 
 func (w *auditWriter) writePoint(tx *bolt.Tx, key []byte, p chainPoint) error {
+	p.RecordMACs = true // this binary opens only schema-2 databases (migrate runs before openAudit)
 	body, err := json.Marshal(p)
 	if err != nil {
 		return err

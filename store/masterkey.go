@@ -61,7 +61,16 @@ func writeKeysetFile(path string, h *keyset.Handle) error {
 		os.Remove(path)
 		return fmt.Errorf("write master keyset %s: %w", path, err)
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write master keyset %s: %w", path, err)
+	}
+	// The file's name too: once brokerd re-wraps the database under a rotated keyset's new
+	// primary, this file is the only thing that opens it, and a power loss must not take the
+	// name away with the key (as for the audit journal's create).
+	if err := syncDir(path); err != nil {
+		return fmt.Errorf("write master keyset %s: sync its directory: %w", path, err)
+	}
+	return nil
 }
 
 // LoadMasterKeyset reads a cleartext Tink JSON keyset from path and returns its AEAD primitive.

@@ -1,9 +1,13 @@
 package store
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"strconv"
 
+	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/mac"
 	"github.com/tink-crypto/tink-go/v2/tink"
 	bolt "go.etcd.io/bbolt"
 )
@@ -23,6 +27,11 @@ func (s *Store) migrate(from uint32, kek tink.AEAD) error {
 	if from == 0 {
 		return fmt.Errorf("%w: data keyset present but no schema version", ErrCorrupt)
 	}
+	if from < 2 {
+		if err := s.checkSchemaNotPutBack(kek); err != nil {
+			return err
+		}
+	}
 	for v := from; v < SchemaVersion; v++ {
 		step := migrations[v-1]
 		if err := s.db.Update(func(tx *bolt.Tx) error {
@@ -33,6 +42,63 @@ func (s *Store) migrate(from uint32, kek tink.AEAD) error {
 		}); err != nil {
 			return fmt.Errorf("migrate schema %d -> %d: %w", v, v+1, err)
 		}
+	}
+	return nil
+}
+
+// checkSchemaNotPutBack refuses a database whose schema version says 1 (before record MACs) but
+// that a brokerd sealing records has written. The 1 -> 2 migration trusts and seals whatever the
+// records hold, so someone with write access to the file but no master keyset could otherwise
+// strip the seals, edit a token's scope or a rotate command, write "1" as the version, and have
+// brokerd seal the forgery as genuine. Proof of a schema-2 writer is the audit chain head, which
+// is MACed under the audit keyset and says so (chainPoint.RecordMACs). A schema-1 brokerd writes
+// a head when it opens a database (since 2026-11-26, before any schema-1 release), so a schema-1
+// database holding tokens or credentials but no head had its audit log removed: refused too.
+func (s *Store) checkSchemaNotPutBack(kek tink.AEAD) error {
+	var keysetBlob, raw []byte
+	var records bool
+	s.db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		keysetBlob, raw = bytes.Clone(m.Get(keyAuditKeyset)), bytes.Clone(m.Get(keyAuditHead))
+		for _, name := range [][]byte{bucketTokens, bucketCredentials, bucketWorkloads} {
+			if b := tx.Bucket(name); b != nil {
+				if k, _ := b.Cursor().First(); k != nil {
+					records = true
+				}
+			}
+		}
+		return nil
+	})
+	putBack := func(why string) error {
+		return fmt.Errorf("%w: the database's schema version says 1 (before record MACs), but %s: the version was put back, which would have brokerd trust edited records; brokerd changed nothing: restore the database from a backup", ErrTampered, why)
+	}
+	if raw == nil {
+		if records {
+			return putBack("it holds tokens or credentials and no audit chain head (a schema-1 brokerd writes one when it opens a database)")
+		}
+		return nil
+	}
+	if keysetBlob == nil {
+		return putBack("its audit chain head has no audit keyset to verify it")
+	}
+	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(keysetBlob)), kek, auditKeysetAAD)
+	if err != nil {
+		return putBack("its audit keyset does not open with the master keyset that opens its data keyset")
+	}
+	am, err := mac.New(h)
+	if err != nil {
+		return fmt.Errorf("audit keyset: %w", err)
+	}
+	var p chainPoint
+	if len(raw) < 1 || len(raw) < 1+int(raw[0]) {
+		return putBack("its audit chain head is damaged")
+	}
+	tag, body := raw[1:1+int(raw[0])], raw[1+int(raw[0]):]
+	if am.VerifyMAC(tag, append(bytes.Clone(keyAuditHead), body...)) != nil || json.Unmarshal(body, &p) != nil {
+		return putBack("its audit chain head does not verify")
+	}
+	if p.RecordMACs {
+		return putBack("its audit chain head was written by a brokerd that seals records (schema 2)")
 	}
 	return nil
 }
