@@ -92,7 +92,10 @@ var ErrSecretFileMode = errors.New("readable by group or others")
 // (systemd credentials and Kubernetes secret volumes hand files over that way). what names the
 // file in errors ("master keyset", "Vault token file"); no error quotes its contents.
 func ReadSecretFile(path, what string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO for reading blocks until a writer comes, which would hang a start
+	// or a reload on a misplaced pipe instead of refusing it below. It changes nothing for a
+	// regular file.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", what, err)
 	}

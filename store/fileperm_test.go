@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // otherUID is a uid that is not ours: nobody's. Giving a file to it needs root.
@@ -173,3 +174,30 @@ type ownedBy struct {
 }
 
 func (o ownedBy) Sys() any { return &syscall.Stat_t{Uid: o.uid} }
+
+// A FIFO where a secret file should be is refused as not a regular file, at once: opening one for
+// reading would otherwise wait for a writer, and hang brokerd's start or reload.
+func TestSecretFileFIFORefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "master-keyset")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Skipf("no FIFO here: %v", err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := ReadSecretFile(path, "the master keyset", 1<<20)
+		errc <- err
+	}()
+	// The bound only turns a hang into a failure; a fixed reader answers at once.
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("got %v, want a refusal naming a non-regular file", err)
+		}
+	case <-time.After(10 * time.Second):
+		// Release the reader (a writer opens the FIFO) so the test ends.
+		if w, err := os.OpenFile(path, os.O_WRONLY, 0); err == nil {
+			w.Close()
+		}
+		t.Fatal("ReadSecretFile waits for a writer on a FIFO")
+	}
+}
