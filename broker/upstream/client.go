@@ -211,6 +211,9 @@ func parseBaseURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
+// MaxResponseHeaderBytes bounds an upstream answer's header block (NewTransport).
+const MaxResponseHeaderBytes = 64 << 10
+
 // NewTransport is the transport upstream calls use (brokerd wraps it for its metrics). It never
 // reads HTTP_PROXY, HTTPS_PROXY or NO_PROXY: an inherited variable would route every call, and its
 // key, through whatever proxy it names; a proxy is used only when given here (--upstream-proxy).
@@ -226,6 +229,10 @@ func NewTransport(proxy *url.URL) *http.Transport {
 		// for headers, and a second timer of the same length raced it to decide which error the
 		// caller saw ("attempt timed out" or net/http's "timeout awaiting response headers").
 		ExpectContinueTimeout: time.Second,
+		// An answer's headers are read whole before anything else (net/http's default allows
+		// 10 MB, per connection, 64 at once) and then every value is checked for the key: bound
+		// them as the body is bound (MaxResponseBytes). Scavio's headers are a few hundred bytes.
+		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 		// Every agent's call goes to the same host through one broker: keep enough idle
 		// connections for a burst instead of the default 2 per host, and open no more than that
 		// at once (calls past it wait for one, within their deadline), so neither a burst nor

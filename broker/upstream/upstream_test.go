@@ -1065,3 +1065,32 @@ func TestPanicInProbeReleasesGate(t *testing.T) {
 		t.Errorf("the upstream saw %d calls, want 3", got)
 	}
 }
+
+// An answer whose header block is over MaxResponseHeaderBytes is refused as unavailable (not read
+// into memory whole and scanned for the key); one just under it is taken.
+func TestResponseHeadersBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		size    int
+		wantErr error
+	}{
+		{"under the bound", upstream.MaxResponseHeaderBytes - 4<<10, nil},
+		{"over the bound", upstream.MaxResponseHeaderBytes + 1, upstream.ErrUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("X-Padding", strings.Repeat("p", tc.size))
+				w.Header().Set("Content-Type", "application/json")
+				io.WriteString(w, `{"results":[]}`)
+			})
+			c, _ := newClient(t, srv.URL, upstream.Config{MaxRetries: -1})
+			_, err := c.Do(context.Background(), searchReq(), []byte(testKey))
+			if tc.wantErr == nil && err != nil {
+				t.Fatalf("Do: %v", err)
+			}
+			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Do: %v, want %v", err, tc.wantErr)
+			}
+		})
+	}
+}
