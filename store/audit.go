@@ -831,6 +831,11 @@ func (s *Store) AppendAudit(ctx context.Context, rec AuditRecord) error {
 }
 
 func (s *Store) appendAudit(ctx context.Context, r *auditReq) error {
+	if !r.probe && r.prune == nil && r.rec.Method == "" {
+		// Every reader (listing, verify, the journal's replay) takes a record without a method for
+		// a damaged one: written, it would make the next start after a crash refuse the database.
+		return errors.New("audit record without a method (a brokerd bug): not written")
+	}
 	select {
 	case <-s.audit.quit:
 		return fmt.Errorf("%w: store closed", ErrAuditUnavailable)

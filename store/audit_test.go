@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -392,4 +394,35 @@ func TestQueryDigestMatchesTink(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// A record without a method is refused before it is sealed: readers take one for a damaged record,
+// so written into the journal it would make the next start after a crash refuse the database.
+func TestAuditRecordWithoutMethodRefused(t *testing.T) {
+	s, path, kek := openStore(t)
+	appendN(t, s, 2, t0)
+	if err := s.AppendAudit(context.Background(), AuditRecord{Time: t0, Code: "OK"}); err == nil {
+		t.Fatal("a record without a method was appended")
+	}
+	appendN(t, s, 1, t0.Add(time.Hour))
+	// As a crash leaves it: the journal's records not checkpointed into the database.
+	crashed := filepath.Join(t.TempDir(), "crashed.db")
+	for _, p := range [][2]string{{path, crashed}, {JournalPath(path), JournalPath(crashed)}} {
+		b, err := os.ReadFile(p[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p[1], b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	s2, err := Open(crashed, kek, Options{})
+	if err != nil {
+		t.Fatalf("reopening after the refused record: %v", err)
+	}
+	defer s2.Close()
+	if v, err := s2.VerifyAudit(); err != nil || !v.OK || v.Checked != 3 {
+		t.Fatalf("verify: %+v %v", v, err)
+	}
 }
