@@ -158,6 +158,9 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 	}
 	ci.Workload = w.Name
 	if !b.watch.reserve() {
+		// Refused before anything is done, to a caller that needs no token: audited like a
+		// call without one (coalesced), or a registered process looping here fills the disk.
+		ci.Event = RefusedWatchLimit
 		return "", store.Token{}, fmt.Errorf("%w: %d process-bound tokens are alive, the most brokerd watches; try again when some expire", ErrRateLimited, MaxWatchedTokens)
 	}
 	r := workloadMintRequest(&w, caller.UID)
