@@ -27,6 +27,12 @@ const DefaultWorkloadTTL = time.Hour
 // has one or two alive; the bound leaves room for hundreds of MCP servers.
 const MaxWatchedTokens = 512
 
+// MaxWatchedTokensPerUID bounds the process-bound tokens the FetchTokens of one uid hold at once.
+// FetchToken needs no token, so without it one registered uid (any process of it, for a --uid
+// registration) could take every watch for a token's lifetime and leave every other workload
+// refused. A process has one or two alive; 64 leaves room for dozens of servers of one user.
+const MaxWatchedTokensPerUID = MaxWatchedTokens / 8
+
 var (
 	workloadNameRE = regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
 	sha256HexRE    = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -157,11 +163,12 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 		return "", store.Token{}, fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	}
 	ci.Workload = w.Name
-	if !b.watch.reserve() {
+	release, err := b.watch.reserve(caller.UID, true)
+	if err != nil {
 		// Refused before anything is done, to a caller that needs no token: audited like a
 		// call without one (coalesced), or a registered process looping here fills the disk.
 		ci.Event = RefusedWatchLimit
-		return "", store.Token{}, fmt.Errorf("%w: %d process-bound tokens are alive, the most brokerd watches; try again when some expire", ErrRateLimited, MaxWatchedTokens)
+		return "", store.Token{}, err
 	}
 	r := workloadMintRequest(&w, caller.UID)
 	if len(tools) > 0 {
@@ -169,10 +176,10 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 	}
 	tok, rec, err := b.MintToken(ctx, r, caller)
 	if err != nil {
-		b.watch.release()
+		release()
 		return "", store.Token{}, err
 	}
-	b.watchToken(pin, rec, caller, proc.Program())
+	b.watchToken(pin, rec, caller, proc.Program(), release)
 	return tok, rec, nil
 }
 
@@ -185,26 +192,27 @@ func (b *Broker) MintBoundToProcess(ctx context.Context, r MintRequest, caller C
 		return "", store.Token{}, fmt.Errorf("%w: bind_process: %v", ErrInvalidArgument, err)
 	}
 	defer pin.Close()
-	if !b.watch.reserve() {
-		return "", store.Token{}, fmt.Errorf("%w: %d process-bound tokens are alive, the most brokerd watches; try again when some expire", ErrRateLimited, MaxWatchedTokens)
+	release, err := b.watch.reserve(caller.UID, false) // an admin's: no per-uid share
+	if err != nil {
+		return "", store.Token{}, err
 	}
 	r.BindProcess = true
 	tok, rec, err := b.MintToken(ctx, r, caller)
 	if err != nil {
-		b.watch.release()
+		release()
 		return "", store.Token{}, err
 	}
 	program := caller.Exe
 	if program == "" {
 		program = fmt.Sprintf("pid %d", caller.PID)
 	}
-	b.watchToken(pin, rec, caller, program)
+	b.watchToken(pin, rec, caller, program, release)
 	return tok, rec, nil
 }
 
 // watchToken revokes rec when the pinned process exits; the watch ends (and the pidfd closes)
-// when the token expires first or brokerd stops watching.
-func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, program string) {
+// when the token expires first or brokerd stops watching, and then release gives its place back.
+func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, program string, release func()) {
 	stop := make(chan struct{})
 	var once sync.Once
 	end := func() { once.Do(func() { close(stop) }) }
@@ -227,7 +235,7 @@ func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, 
 		b.log.Error("cannot watch the process of a fetched token; revoking it", "token_id", rec.ID, "err", err)
 		b.revokeExited(rec, caller, program)
 	}
-	go func() { <-stop; b.watch.release() }()
+	go func() { <-stop; release() }()
 }
 
 // revokeExited revokes a process-bound token whose process exited, audited.
@@ -281,24 +289,42 @@ func (b *Broker) StopWatching() { b.watch.stopAll() }
 type workloadWatch struct {
 	mu      sync.Mutex
 	n       int
+	perUID  map[uint32]int // FetchToken's watches by uid (MaxWatchedTokensPerUID)
 	stop    chan struct{}
 	stopped bool
 }
 
-func (w *workloadWatch) reserve() bool {
+// reserve takes a place for one more watched token, one of uid's share when shared (FetchToken),
+// and returns the func that gives it back; an error wrapping ErrRateLimited when none is left.
+func (w *workloadWatch) reserve(uid uint32, shared bool) (release func(), err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.n >= MaxWatchedTokens {
-		return false
+	switch {
+	case w.n >= MaxWatchedTokens:
+		return nil, fmt.Errorf("%w: %d process-bound tokens are alive, the most brokerd watches; try again when some expire", ErrRateLimited, MaxWatchedTokens)
+	case shared && w.perUID[uid] >= MaxWatchedTokensPerUID:
+		return nil, fmt.Errorf("%w: uid %d holds %d process-bound tokens, the most one uid may; try again when some expire or their processes exit", ErrRateLimited, uid, MaxWatchedTokensPerUID)
 	}
 	w.n++
-	return true
-}
-
-func (w *workloadWatch) release() {
-	w.mu.Lock()
-	w.n--
-	w.mu.Unlock()
+	if shared {
+		if w.perUID == nil {
+			w.perUID = make(map[uint32]int)
+		}
+		w.perUID[uid]++
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.n--
+			if shared {
+				if w.perUID[uid]--; w.perUID[uid] <= 0 {
+					delete(w.perUID, uid)
+				}
+			}
+		})
+	}, nil
 }
 
 // WatchedTokens is how many process-bound tokens are being watched.
