@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/credbroker/credbroker/broker/attest"
 	"github.com/credbroker/credbroker/store"
 )
@@ -32,6 +34,17 @@ const MaxWatchedTokens = 512
 // registration) could take every watch for a token's lifetime and leave every other workload
 // refused. A process has one or two alive; 64 leaves room for dozens of servers of one user.
 const MaxWatchedTokensPerUID = MaxWatchedTokens / 8
+
+// One uid's FetchTokens are rate limited: FetchTokenBurstPerUID at once, then one per
+// FetchIntervalPerUID (on brokerd's clock). Each fetch writes a token record, which stays, and
+// audit records (its own, and its process's exit): a registered uid whose processes fetch and
+// exit in a loop would otherwise grow the database as fast as it can spawn them. A client renews
+// at two thirds of its token's lifetime, and a burst covers a uid's servers refetching together
+// after a brokerd restart; the others retry (the refusal carries the delay).
+const (
+	FetchBurstPerUID    = 32
+	FetchIntervalPerUID = 10 * time.Second
+)
 
 var (
 	workloadNameRE = regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
@@ -163,6 +176,11 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 		return "", store.Token{}, fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	}
 	ci.Workload = w.Name
+	if wait, ok := b.watch.allowFetch(caller.UID, b.now()); !ok {
+		ci.Event = RefusedFetchRate // coalesced, as below
+		return "", store.Token{}, refusal(ReasonRateLimited, wait, fmt.Errorf("%w: uid %d fetched %d tokens just now, the most one uid may at once; retry in %s",
+			ErrRateLimited, caller.UID, FetchBurstPerUID, wait.Round(time.Millisecond)))
+	}
 	release, err := b.watch.reserve(caller.UID, true)
 	if err != nil {
 		// Refused before anything is done, to a caller that needs no token: audited like a
@@ -289,9 +307,41 @@ func (b *Broker) StopWatching() { b.watch.stopAll() }
 type workloadWatch struct {
 	mu      sync.Mutex
 	n       int
-	perUID  map[uint32]int // FetchToken's watches by uid (MaxWatchedTokensPerUID)
+	perUID  map[uint32]int           // FetchToken's watches by uid (MaxWatchedTokensPerUID)
+	fetches map[uint32]*rate.Limiter // FetchToken's rate by uid (FetchBurstPerUID)
 	stop    chan struct{}
 	stopped bool
+}
+
+// maxFetchLimiters is how many uids' fetch limiters are kept before full ones are dropped (a full
+// one is what a new one would be). Only uids a registration matched get one.
+const maxFetchLimiters = 1024
+
+// allowFetch spends one of uid's fetches at now, or says how long until the next one.
+func (w *workloadWatch) allowFetch(uid uint32, now time.Time) (time.Duration, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	lim, ok := w.fetches[uid]
+	if !ok {
+		if len(w.fetches) >= maxFetchLimiters {
+			for u, l := range w.fetches {
+				if l.TokensAt(now) >= float64(l.Burst()) {
+					delete(w.fetches, u)
+				}
+			}
+		}
+		if w.fetches == nil {
+			w.fetches = make(map[uint32]*rate.Limiter)
+		}
+		lim = rate.NewLimiter(rate.Every(FetchIntervalPerUID), FetchBurstPerUID)
+		w.fetches[uid] = lim
+	}
+	r := lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d, false
+	}
+	return 0, true
 }
 
 // reserve takes a place for one more watched token, one of uid's share when shared (FetchToken),

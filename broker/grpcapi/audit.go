@@ -76,9 +76,10 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		a.b.RecordRefusal(ctx, record(codes.PermissionDenied.String()), broker.RefusedAttestation)
 		return nil, err
 	}
-	if info.FullMethod == fetchTokenMethod && ci.Event == broker.RefusedWatchLimit {
-		// Every watch taken: a registered process needs no token to ask again, as often as it likes.
-		a.b.RecordRefusal(ctx, record(status.Code(err).String()), broker.RefusedWatchLimit)
+	if info.FullMethod == fetchTokenMethod && (ci.Event == broker.RefusedWatchLimit || ci.Event == broker.RefusedFetchRate) {
+		// Every watch taken, or the uid's fetch rate spent: a registered process needs no token
+		// to ask again, as often as it likes.
+		a.b.RecordRefusal(ctx, record(status.Code(err).String()), ci.Event)
 		return nil, err
 	}
 	if status.Code(err) == codes.Unauthenticated {
