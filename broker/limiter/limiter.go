@@ -70,10 +70,18 @@ func (e *WaitError) Error() string {
 // reserve takes the next slot if it starts no later than deadline (zero: no deadline) and returns
 // when it starts; otherwise it takes nothing and returns how long the caller would wait.
 func (l *Limiter) reserve(deadline time.Time) (at time.Time, err error) {
+	s, err := l.take(deadline)
+	return s.at, err
+}
+
+// slot is what take handed out: when it starts, and the limiter's tat before and after it.
+type slot struct{ at, prev, next time.Time }
+
+func (l *Limiter) take(deadline time.Time) (slot, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
-	at = l.tat.Add(-l.tau)
+	at := l.tat.Add(-l.tau)
 	if at.Before(now) {
 		at = now
 	}
@@ -81,19 +89,34 @@ func (l *Limiter) reserve(deadline time.Time) (at time.Time, err error) {
 		at = l.paused
 	}
 	if !deadline.IsZero() && at.After(deadline) {
-		return time.Time{}, &WaitError{Wait: at.Sub(now), Limit: l.String()}
+		return slot{}, &WaitError{Wait: at.Sub(now), Limit: l.String()}
 	}
 	tat := l.tat
 	if tat.Before(at) {
 		tat = at
 	}
-	l.tat = tat.Add(l.interval)
-	return at, nil
+	s := slot{at: at, prev: l.tat, next: tat.Add(l.interval)}
+	l.tat = s.next
+	return s, nil
+}
+
+// giveBack returns s, whose caller gave up before it started, if no slot was handed out after it
+// (every take moves tat forward, so an unchanged tat says so): the limiter is then as if s had
+// never been taken. A slot with later ones after it stays taken: moving the schedule back would
+// space two calls closer than the limit allows.
+func (l *Limiter) giveBack(s slot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tat.Equal(s.next) {
+		l.tat = s.prev
+	}
 }
 
 // Wait blocks until the caller's slot, in arrival order. It returns a *WaitError at once when the
 // slot would start after ctx's deadline or after maxWait (0: no cap), and ctx's error if ctx ends
-// while waiting (the slot is then lost, which errs on the side of the upstream's limit).
+// while waiting. The slot is then given back if no later caller was given one (see giveBack), and
+// otherwise lost, which errs on the side of the upstream's limit: a caller that gives up cannot
+// burn the slots others wait for, beyond delaying those behind it.
 func (l *Limiter) Wait(ctx context.Context, maxWait time.Duration) error {
 	_, err := l.WaitTook(ctx, maxWait)
 	return err
@@ -112,11 +135,11 @@ func (l *Limiter) WaitTook(ctx context.Context, maxWait time.Duration) (time.Dur
 			deadline = m
 		}
 	}
-	at, err := l.reserve(deadline)
+	s, err := l.take(deadline)
 	if err != nil {
 		return 0, err
 	}
-	d := at.Sub(l.clock.Now())
+	d := s.at.Sub(l.clock.Now())
 	if d <= 0 {
 		return 0, nil
 	}
@@ -124,6 +147,7 @@ func (l *Limiter) WaitTook(ctx context.Context, maxWait time.Duration) (time.Dur
 	case <-l.clock.After(d):
 		return d, nil
 	case <-ctx.Done():
+		l.giveBack(s)
 		return 0, ctx.Err()
 	}
 }
