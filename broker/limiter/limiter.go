@@ -9,6 +9,7 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -32,8 +33,9 @@ type Limiter struct {
 	tau      time.Duration // (Burst-1) * interval: how far ahead of schedule a burst may run
 
 	mu     sync.Mutex
-	tat    time.Time // theoretical arrival time of the next call (GCRA)
-	paused time.Time // no slot before this (the upstream asked us to wait)
+	tat    time.Time   // theoretical arrival time of the next call (GCRA)
+	paused time.Time   // no slot before this (the upstream asked us to wait)
+	holes  []time.Time // slots given back with later ones after them, sorted (giveBack)
 	rate   int
 	period time.Duration
 	burst  int
@@ -74,8 +76,12 @@ func (l *Limiter) reserve(deadline time.Time) (at time.Time, err error) {
 	return s.at, err
 }
 
-// slot is what take handed out: when it starts, and the limiter's tat before and after it.
-type slot struct{ at, prev, next time.Time }
+// slot is what take handed out: when it starts, and the limiter's tat before and after it, or
+// reused when it was a slot given back (see giveBack).
+type slot struct {
+	at, prev, next time.Time
+	reused         bool
+}
 
 func (l *Limiter) take(deadline time.Time) (slot, error) {
 	l.mu.Lock()
@@ -87,6 +93,14 @@ func (l *Limiter) take(deadline time.Time) (slot, error) {
 	}
 	if at.Before(l.paused) {
 		at = l.paused
+	}
+	// A slot given back is handed out again first when it comes sooner: it was scheduled with
+	// the spacing the limit allows, and only slots still ahead (and not inside a pause) are kept.
+	l.holes = slices.DeleteFunc(l.holes, func(h time.Time) bool { return h.Before(now) || h.Before(l.paused) })
+	if len(l.holes) > 0 && l.holes[0].Before(at) && (deadline.IsZero() || !l.holes[0].After(deadline)) {
+		h := l.holes[0]
+		l.holes = l.holes[1:]
+		return slot{at: h, reused: true}, nil
 	}
 	if !deadline.IsZero() && at.After(deadline) {
 		return slot{}, &WaitError{Wait: at.Sub(now), Limit: l.String()}
@@ -100,23 +114,29 @@ func (l *Limiter) take(deadline time.Time) (slot, error) {
 	return s, nil
 }
 
-// giveBack returns s, whose caller gave up before it started, if no slot was handed out after it
-// (every take moves tat forward, so an unchanged tat says so): the limiter is then as if s had
-// never been taken. A slot with later ones after it stays taken: moving the schedule back would
-// space two calls closer than the limit allows.
+// giveBack returns s, whose caller gave up before it started. If no slot was handed out after it
+// (every take moves tat forward, so an unchanged tat says so), the limiter is as if s had never
+// been taken. Otherwise s is kept as a hole that take hands out again while it is still ahead:
+// moving the schedule back instead would space two calls closer than the limit allows, and
+// dropping it would let a caller that takes slots and gives up burn them for everyone.
 func (l *Limiter) giveBack(s slot) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.tat.Equal(s.next) {
+	if !s.reused && l.tat.Equal(s.next) {
 		l.tat = s.prev
+		return
 	}
+	if s.at.Before(l.clock.Now()) {
+		return
+	}
+	i, _ := slices.BinarySearchFunc(l.holes, s.at, func(a, b time.Time) int { return a.Compare(b) })
+	l.holes = slices.Insert(l.holes, i, s.at)
 }
 
 // Wait blocks until the caller's slot, in arrival order. It returns a *WaitError at once when the
 // slot would start after ctx's deadline or after maxWait (0: no cap), and ctx's error if ctx ends
-// while waiting. The slot is then given back if no later caller was given one (see giveBack), and
-// otherwise lost, which errs on the side of the upstream's limit: a caller that gives up cannot
-// burn the slots others wait for, beyond delaying those behind it.
+// while waiting. The slot is then given back (see giveBack), so a caller that takes slots and gives
+// up cannot burn them for the others.
 func (l *Limiter) Wait(ctx context.Context, maxWait time.Duration) error {
 	_, err := l.WaitTook(ctx, maxWait)
 	return err
