@@ -171,3 +171,7 @@ func (c *conn) Close() error {
 
 // NetConn returns the accepted connection, so peercred can read its credentials.
 func (c *conn) NetConn() net.Conn { return c.Conn }
+
+// Peer returns who the listener found opened the connection, so a server need not look again (a
+// loopback TCP peer's uid costs a scan of the kernel's socket table).
+func (c *conn) Peer() Peer { return c.peer }
