@@ -206,6 +206,26 @@ func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*
 	return st, nil
 }
 
+// stillLive refuses, as authenticate would, token id if it was revoked or expired since the call
+// authenticated it: for a call that waited (the credential's limiter), just before it is sent.
+func (b *Broker) stillLive(ctx context.Context, id string) error {
+	st, err := b.lookupToken(id)
+	if err != nil {
+		return fmt.Errorf("token %s: %w", id, err)
+	}
+	t := st.record()
+	ci := callInfo(ctx)
+	if t.Revoked {
+		ci.Event = RefusedRevokedToken
+		return unauthenticated(ReasonTokenRevoked, "token %s was revoked while the call waited for a slot of its credential's rate limit; it was not sent", t.ID)
+	}
+	if now := b.now(); !now.Before(t.ExpiresAt) {
+		ci.Event = RefusedExpiredToken
+		return unauthenticated(ReasonTokenExpired, "token %s expired at %s while the call waited for a slot of its credential's rate limit; it was not sent", t.ID, t.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
 // Search authenticates raw, checks that it may call the requested tool, validates the request,
 // counts a use if the token is limited, and performs the upstream call with the tool's credential.
 func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req SearchRequest) (*SearchResult, error) {

@@ -190,11 +190,12 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 			res, err := call.run(ctx, t, tool, payload, cost)
 			if err != nil {
 				// Shared-cache tokens wait on each other's identical calls. A failure that is this
-				// caller's own (it gave up, its budget is spent) must not fail the others, nor tell
-				// them this token's id and budget: they compute again themselves.
+				// caller's own (it gave up, its budget is spent, its token was revoked or expired
+				// while it waited for a slot) must not fail the others, nor tell them this token's id
+				// and budget: they compute again themselves.
 				// (A token's own partition has only its own calls: its spent budget is theirs too.)
 				var be *tokenBudgetError
-				if ctx.Err() != nil || (t.SharedCache && errors.As(err, &be)) {
+				if ctx.Err() != nil || (t.SharedCache && (errors.As(err, &be) || errors.Is(err, ErrUnauthenticated))) {
 					err = resultcache.Private(err)
 				}
 				return nil, 0, err
@@ -285,6 +286,14 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 				return nil, false, refusal(ReasonRateLimited, we.Wait, fmt.Errorf("%w: credential %q: %v; retry in %s", ErrRateLimited, tool.Credential, we, we.Wait.Round(time.Second)))
 			}
 			return nil, false, err
+		}
+		if waited > 0 {
+			// The wait lasts up to the caller's deadline (with none and no --max-wait, without
+			// end): a token revoked or expired meanwhile must not spend the key after all.
+			if err := b.stillLive(ctx, t.ID); err != nil {
+				refund()
+				return nil, false, err
+			}
 		}
 	}
 	res, resp, err := b.callUpstream(ctx, t, tool, payload)

@@ -42,12 +42,15 @@ const (
 	RefusedConnUID       = connlimit.ReasonPerUID // the uid has --max-conns-per-uid connections open
 	RefusedConnTotal     = connlimit.ReasonTotal  // brokerd has --max-conns connections open
 	RefusedAttestation   = "attestation-refused"  // FetchToken: no registration matches the process
+	RefusedWatchLimit    = "watch-limit"          // FetchToken: the process-bound tokens brokerd watches are all taken
+	RefusedFetchRate     = "fetch-rate-limited"   // FetchToken: the uid fetched FetchBurstPerUID tokens just now
 )
 
 // RefusalReasons lists every reason, for metrics that should start at 0.
 var RefusalReasons = []string{
 	RefusedNoToken, RefusedInvalidToken, RefusedRevokedToken, RefusedExpiredToken, RefusedBoundMisuse,
 	RefusedSpentToken, RefusedNotAdmin, RefusedUnknownMethod, RefusedUndecodable, RefusedConnUID, RefusedConnTotal, RefusedAttestation,
+	RefusedWatchLimit, RefusedFetchRate,
 }
 
 func init() {

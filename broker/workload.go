@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/credbroker/credbroker/broker/attest"
 	"github.com/credbroker/credbroker/store"
 )
@@ -26,6 +28,23 @@ const DefaultWorkloadTTL = time.Hour
 // its process exits or it expires. A client renews at about two thirds of the ttl, so a process
 // has one or two alive; the bound leaves room for hundreds of MCP servers.
 const MaxWatchedTokens = 512
+
+// MaxWatchedTokensPerUID bounds the process-bound tokens the FetchTokens of one uid hold at once.
+// FetchToken needs no token, so without it one registered uid (any process of it, for a --uid
+// registration) could take every watch for a token's lifetime and leave every other workload
+// refused. A process has one or two alive; 64 leaves room for dozens of servers of one user.
+const MaxWatchedTokensPerUID = MaxWatchedTokens / 8
+
+// One uid's FetchTokens are rate limited: FetchTokenBurstPerUID at once, then one per
+// FetchIntervalPerUID (on brokerd's clock). Each fetch writes a token record, which stays, and
+// audit records (its own, and its process's exit): a registered uid whose processes fetch and
+// exit in a loop would otherwise grow the database as fast as it can spawn them. A client renews
+// at two thirds of its token's lifetime, and a burst covers a uid's servers refetching together
+// after a brokerd restart; the others retry (the refusal carries the delay).
+const (
+	FetchBurstPerUID    = 32
+	FetchIntervalPerUID = 10 * time.Second
+)
 
 var (
 	workloadNameRE = regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
@@ -157,8 +176,17 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 		return "", store.Token{}, fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	}
 	ci.Workload = w.Name
-	if !b.watch.reserve() {
-		return "", store.Token{}, fmt.Errorf("%w: %d process-bound tokens are alive, the most brokerd watches; try again when some expire", ErrRateLimited, MaxWatchedTokens)
+	if wait, ok := b.watch.allowFetch(caller.UID, b.now()); !ok {
+		ci.Event = RefusedFetchRate // coalesced, as below
+		return "", store.Token{}, refusal(ReasonRateLimited, wait, fmt.Errorf("%w: uid %d fetched %d tokens just now, the most one uid may at once; retry in %s",
+			ErrRateLimited, caller.UID, FetchBurstPerUID, wait.Round(time.Millisecond)))
+	}
+	release, err := b.watch.reserve(caller.UID, true)
+	if err != nil {
+		// Refused before anything is done, to a caller that needs no token: audited like a
+		// call without one (coalesced), or a registered process looping here fills the disk.
+		ci.Event = RefusedWatchLimit
+		return "", store.Token{}, err
 	}
 	r := workloadMintRequest(&w, caller.UID)
 	if len(tools) > 0 {
@@ -166,10 +194,10 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 	}
 	tok, rec, err := b.MintToken(ctx, r, caller)
 	if err != nil {
-		b.watch.release()
+		release()
 		return "", store.Token{}, err
 	}
-	b.watchToken(pin, rec, caller, proc.Program())
+	b.watchToken(pin, rec, caller, proc.Program(), release)
 	return tok, rec, nil
 }
 
@@ -182,26 +210,27 @@ func (b *Broker) MintBoundToProcess(ctx context.Context, r MintRequest, caller C
 		return "", store.Token{}, fmt.Errorf("%w: bind_process: %v", ErrInvalidArgument, err)
 	}
 	defer pin.Close()
-	if !b.watch.reserve() {
-		return "", store.Token{}, fmt.Errorf("%w: %d process-bound tokens are alive, the most brokerd watches; try again when some expire", ErrRateLimited, MaxWatchedTokens)
+	release, err := b.watch.reserve(caller.UID, false) // an admin's: no per-uid share
+	if err != nil {
+		return "", store.Token{}, err
 	}
 	r.BindProcess = true
 	tok, rec, err := b.MintToken(ctx, r, caller)
 	if err != nil {
-		b.watch.release()
+		release()
 		return "", store.Token{}, err
 	}
 	program := caller.Exe
 	if program == "" {
 		program = fmt.Sprintf("pid %d", caller.PID)
 	}
-	b.watchToken(pin, rec, caller, program)
+	b.watchToken(pin, rec, caller, program, release)
 	return tok, rec, nil
 }
 
 // watchToken revokes rec when the pinned process exits; the watch ends (and the pidfd closes)
-// when the token expires first or brokerd stops watching.
-func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, program string) {
+// when the token expires first or brokerd stops watching, and then release gives its place back.
+func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, program string, release func()) {
 	stop := make(chan struct{})
 	var once sync.Once
 	end := func() { once.Do(func() { close(stop) }) }
@@ -224,7 +253,7 @@ func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, 
 		b.log.Error("cannot watch the process of a fetched token; revoking it", "token_id", rec.ID, "err", err)
 		b.revokeExited(rec, caller, program)
 	}
-	go func() { <-stop; b.watch.release() }()
+	go func() { <-stop; release() }()
 }
 
 // revokeExited revokes a process-bound token whose process exited, audited.
@@ -278,24 +307,74 @@ func (b *Broker) StopWatching() { b.watch.stopAll() }
 type workloadWatch struct {
 	mu      sync.Mutex
 	n       int
+	perUID  map[uint32]int           // FetchToken's watches by uid (MaxWatchedTokensPerUID)
+	fetches map[uint32]*rate.Limiter // FetchToken's rate by uid (FetchBurstPerUID)
 	stop    chan struct{}
 	stopped bool
 }
 
-func (w *workloadWatch) reserve() bool {
+// maxFetchLimiters is how many uids' fetch limiters are kept before full ones are dropped (a full
+// one is what a new one would be). Only uids a registration matched get one.
+const maxFetchLimiters = 1024
+
+// allowFetch spends one of uid's fetches at now, or says how long until the next one.
+func (w *workloadWatch) allowFetch(uid uint32, now time.Time) (time.Duration, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.n >= MaxWatchedTokens {
-		return false
+	lim, ok := w.fetches[uid]
+	if !ok {
+		if len(w.fetches) >= maxFetchLimiters {
+			for u, l := range w.fetches {
+				if l.TokensAt(now) >= float64(l.Burst()) {
+					delete(w.fetches, u)
+				}
+			}
+		}
+		if w.fetches == nil {
+			w.fetches = make(map[uint32]*rate.Limiter)
+		}
+		lim = rate.NewLimiter(rate.Every(FetchIntervalPerUID), FetchBurstPerUID)
+		w.fetches[uid] = lim
 	}
-	w.n++
-	return true
+	r := lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d, false
+	}
+	return 0, true
 }
 
-func (w *workloadWatch) release() {
+// reserve takes a place for one more watched token, one of uid's share when shared (FetchToken),
+// and returns the func that gives it back; an error wrapping ErrRateLimited when none is left.
+func (w *workloadWatch) reserve(uid uint32, shared bool) (release func(), err error) {
 	w.mu.Lock()
-	w.n--
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	switch {
+	case w.n >= MaxWatchedTokens:
+		return nil, fmt.Errorf("%w: %d process-bound tokens are alive, the most brokerd watches; try again when some expire", ErrRateLimited, MaxWatchedTokens)
+	case shared && w.perUID[uid] >= MaxWatchedTokensPerUID:
+		return nil, fmt.Errorf("%w: uid %d holds %d process-bound tokens, the most one uid may; try again when some expire or their processes exit", ErrRateLimited, uid, MaxWatchedTokensPerUID)
+	}
+	w.n++
+	if shared {
+		if w.perUID == nil {
+			w.perUID = make(map[uint32]int)
+		}
+		w.perUID[uid]++
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.n--
+			if shared {
+				if w.perUID[uid]--; w.perUID[uid] <= 0 {
+					delete(w.perUID, uid)
+				}
+			}
+		})
+	}, nil
 }
 
 // WatchedTokens is how many process-bound tokens are being watched.

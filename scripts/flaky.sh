@@ -28,7 +28,7 @@ tests=$(cat <<'LIST'
 ./broker                     TestRunSchedulerUsesTheClock|TestSchedulerFailuresBackOff|TestScheduledRotateAtShutdownIsAudited|TestRotateCommandOutput  30
 ./broker/daemon              TestLiveSocketWithFullBacklogIsNotReplaced|TestStopAbandonsAHandlerThatNeverReturns  30
 ./broker/grpcapi             TestUpstreamFaults|TestRateLimitStormProbesAlone  30
-./broker/grpcapi             TestCredentialRateLimitSharedByAllTokens|TestLimiterLearnsFromUpstream|TestHealthShutdownEndsWatchers|TestUndecodableRequestIsAudited|TestCacheSingleFlight|TestTokenBudgetAndCredentialCeiling|TestGraceFallback  30
+./broker/grpcapi             TestCredentialRateLimitSharedByAllTokens|TestTokenRevokedOrExpiredWhileWaitingForASlot|TestLimiterLearnsFromUpstream|TestHealthShutdownEndsWatchers|TestUndecodableRequestIsAudited|TestCacheSingleFlight|TestTokenBudgetAndCredentialCeiling|TestGraceFallback  30
 ./broker/grpcapi             TestZeroDowntimeRotation|TestCacheSavingsWorkload  5
 ./broker/grpcapi             TestIdleConnectionIsClosed|TestHeaderListSizeIsBounded|TestRefusalsWithoutTokenAreCoalesced  30
 ./broker/connlimit           .*  30

@@ -130,12 +130,14 @@ func parseUnit(cgroup []byte) string {
 	return ""
 }
 
-// fileKey identifies an executable's content well enough to reuse its digest: a rewritten file
-// changes its mtime or size, a replaced one its inode.
+// fileKey identifies an executable's content well enough to reuse its digest: a replaced file
+// changes its inode, a rewritten one its change time. The modification time alone is not enough:
+// the file's owner can put it back (utimensat) after rewriting the file in place at the same size,
+// and the old digest would then admit the new program. The change time only the kernel sets.
 type fileKey struct {
-	dev, ino uint64
-	size     int64
-	mtime    time.Time
+	dev, ino     uint64
+	size         int64
+	mtime, ctime time.Time
 }
 
 // digestCache keeps executables' sha256 by fileKey, so a program that fetches a token every few
@@ -165,7 +167,7 @@ func (c *digestCache) sum(exePath string, p *Pinned) (string, error) {
 	if st == nil {
 		return "", fmt.Errorf("executable: no stat")
 	}
-	key := fileKey{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtime: fi.ModTime()}
+	key := fileKey{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtime: fi.ModTime(), ctime: time.Unix(st.Ctim.Unix())}
 	c.mu.Lock()
 	d, ok := c.m[key]
 	c.mu.Unlock()

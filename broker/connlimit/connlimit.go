@@ -37,8 +37,8 @@ type Config struct {
 	OnChange func(open int)
 }
 
-// Peer is who opened a connection, as SO_PEERCRED reported it. Known is false when the kernel gave
-// no credentials (not a Unix socket).
+// Peer is who opened a connection, as SO_PEERCRED reported it, or on loopback TCP the uid the
+// kernel's socket table names (GID and PID 0). Known is false when the kernel named nobody.
 type Peer struct {
 	UID, GID uint32
 	PID      int32
@@ -77,14 +77,24 @@ func (l *Listener) Accept() (net.Conn, error) {
 			p      Peer
 			groups []uint32
 		)
+		onUnix := false
 		if u, ok := c.(*net.UnixConn); ok {
 			if uid, gid, pid, err := peercred.Ucred(u); err == nil {
 				p = Peer{UID: uid, GID: gid, PID: pid, Known: true}
 				groups, _ = peercred.Groups(u) // nil on a kernel without SO_PEERGROUPS
+				onUnix = true
 			}
+		} else if uid, err := peercred.LoopbackTCPUID(c); err == nil {
+			// Loopback TCP (the HTTP front), which every local user can reach: count the
+			// connection against the uid owning the peer's socket, as the front itself
+			// identifies it. Unnamed, every TCP peer would share one count, and one user holding
+			// PerUID connections would lock every other user out.
+			p = Peer{UID: uid, Known: true}
 		}
 		// A peer the kernel did not name is treated as a non-admin: it gets a non-admin's share.
-		admin := p.Known && l.cfg.IsAdmin != nil && l.cfg.IsAdmin(p.UID, p.GID, groups)
+		// So is a TCP peer: its gid and groups are not in the socket table (GID stays 0, which
+		// must not match an --admin-gid), and the admin API is not served over TCP anyway.
+		admin := onUnix && l.cfg.IsAdmin != nil && l.cfg.IsAdmin(p.UID, p.GID, groups)
 		if reason := l.admit(p, admin); reason != "" {
 			c.Close()
 			if l.cfg.OnRefuse != nil {
@@ -161,3 +171,7 @@ func (c *conn) Close() error {
 
 // NetConn returns the accepted connection, so peercred can read its credentials.
 func (c *conn) NetConn() net.Conn { return c.Conn }
+
+// Peer returns who the listener found opened the connection, so a server need not look again (a
+// loopback TCP peer's uid costs a scan of the kernel's socket table).
+func (c *conn) Peer() Peer { return c.peer }

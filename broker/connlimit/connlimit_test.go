@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -169,5 +170,111 @@ func TestAdminBySupplementaryGroup(t *testing.T) {
 	case <-accepted:
 	case r := <-refused:
 		t.Fatalf("a supplementary-group admin was refused (%s)", r.reason)
+	}
+}
+
+// dialTCPAs connects to addr from a socket created with effective (and so file-system) uid uid,
+// which the kernel's socket table then names as its owner, as it would a process of that user.
+// Only the calling OS thread changes uid (a raw setresuid, not syscall.Setuid, which changes every
+// thread), and only while it creates the socket.
+func dialTCPAs(t *testing.T, addr *net.TCPAddr, uid int) net.Conn {
+	t.Helper()
+	type result struct {
+		fd  int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESUID, ^uintptr(0), uintptr(uid), ^uintptr(0)); e != 0 {
+			runtime.UnlockOSThread()
+			done <- result{-1, e}
+			return
+		}
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESUID, ^uintptr(0), 0, ^uintptr(0)); e != 0 {
+			// Leave the thread locked: it ends with this goroutine instead of running others as uid.
+			done <- result{-1, e}
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- result{fd, err}
+	}()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("socket as uid %d: %v", uid, r.err)
+	}
+	sa := &syscall.SockaddrInet4{Port: addr.Port}
+	copy(sa.Addr[:], addr.IP.To4())
+	if err := syscall.Connect(r.fd, sa); err != nil {
+		syscall.Close(r.fd)
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(r.fd), "tcp")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestLoopbackTCPPeersCountedPerUID: on a loopback TCP listener (the HTTP front's, which any local
+// user can reach) each connection counts against its own uid, as the kernel's socket table names
+// it: one user who holds its per-uid share of connections does not lock every other user out, and
+// the refusal names that user.
+func TestLoopbackTCPPeersCountedPerUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to connect as uid 65534 (CI runs as root)")
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Skip("no IPv4 loopback here:", err)
+	}
+	refused := make(chan refusal, 100)
+	l := New(raw, Config{PerUID: 2, Total: 16, Reserve: 4, IsAdmin: func(uint32, uint32, []uint32) bool { return false },
+		OnRefuse: func(p Peer, reason string) { refused <- refusal{p, reason} }})
+	accepted := make(chan net.Conn, 100)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	addr := raw.Addr().(*net.TCPAddr)
+
+	const nobody = 65534
+	for range 2 {
+		dialTCPAs(t, addr, nobody)
+		select {
+		case c := <-accepted:
+			t.Cleanup(func() { c.Close() })
+		case r := <-refused:
+			t.Fatalf("uid %d refused within its share: %+v", nobody, r)
+		}
+	}
+	over := dialTCPAs(t, addr, nobody)
+	r := <-refused
+	if r.reason != ReasonPerUID || !r.peer.Known || r.peer.UID != nobody {
+		t.Fatalf("refusal %+v, want %s naming uid %d", r, ReasonPerUID, nobody)
+	}
+	if !closedByServer(t, over) {
+		t.Fatal("connection over the per-uid cap was not closed")
+	}
+	// Another user (root here) still gets in: uid 65534's connections are not its.
+	dialTCPAs(t, addr, 0)
+	select {
+	case c := <-accepted:
+		c.Close()
+	case r := <-refused:
+		t.Fatalf("uid 0 refused because uid %d holds its share: %+v", nobody, r)
 	}
 }

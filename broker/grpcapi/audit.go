@@ -76,6 +76,12 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		a.b.RecordRefusal(ctx, record(codes.PermissionDenied.String()), broker.RefusedAttestation)
 		return nil, err
 	}
+	if info.FullMethod == fetchTokenMethod && (ci.Event == broker.RefusedWatchLimit || ci.Event == broker.RefusedFetchRate) {
+		// Every watch taken, or the uid's fetch rate spent: a registered process needs no token
+		// to ask again, as often as it likes.
+		a.b.RecordRefusal(ctx, record(status.Code(err).String()), ci.Event)
+		return nil, err
+	}
 	if status.Code(err) == codes.Unauthenticated {
 		// No valid token: anyone who can reach the socket can cause this, as often as they like.
 		a.b.RecordRefusal(ctx, record(codes.Unauthenticated.String()), TokenRefusal(ci.Event))

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/connlimit"
 	"github.com/credbroker/credbroker/broker/grpcapi"
 	"github.com/credbroker/credbroker/broker/peercred"
 )
@@ -79,7 +80,10 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 			}
 			// Loopback TCP: the uid from the kernel's socket table (gid and pid are not there,
 			// and stay 0). Where it cannot be found the caller stays unknown, and uid-bound
-			// tokens are refused.
+			// tokens are refused. The connection cap (connlimit) found it already at accept.
+			if pc, ok := c.(interface{ Peer() connlimit.Peer }); ok && pc.Peer().Known {
+				return context.WithValue(ctx, callerKey{}, broker.Caller{UID: pc.Peer().UID, Known: true})
+			}
 			if uid, err := peercred.LoopbackTCPUID(c); err == nil {
 				return context.WithValue(ctx, callerKey{}, broker.Caller{UID: uid, Known: true})
 			} else if !errors.Is(err, peercred.ErrNotLoopback) {

@@ -70,6 +70,8 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case code == codes.PermissionDenied:
 			h.b.RecordRefusal(ctx, record(code), broker.RefusedAttestation)
+		case ci.Event == broker.RefusedWatchLimit || ci.Event == broker.RefusedFetchRate:
+			h.b.RecordRefusal(ctx, record(code), ci.Event)
 		case !ci.Recorded:
 			if aerr := h.b.RecordCall(ctx, record(code)); aerr != nil {
 				h.log.Error("audit record not written", "method", broker.HTTPTokenMethod, "err", aerr)

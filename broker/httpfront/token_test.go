@@ -165,3 +165,48 @@ func TestTokenDiesWithTheFetchingProcess(t *testing.T) {
 		t.Fatalf("search with the dead process's token: %d %s", a.status, a.body)
 	}
 }
+
+// FetchToken over HTTP is rate limited per uid like the gRPC one (it needs no token), and its
+// refusals are coalesced: 429 with Retry-After, one audit record for the lot.
+func TestTokenFetchRateIsCoalesced(t *testing.T) {
+	h := newHarness(t)
+	t.Cleanup(h.b.StopWatching) // the fetched tokens are bound to this test process
+	w := store.Workload{Name: "mcp", Tools: []string{"web_search"}, UIDs: []uint32{uint32(os.Geteuid())}}
+	if _, err := h.b.AddWorkload(context.Background(), w, false, broker.Caller{Known: true}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range broker.FetchBurstPerUID {
+		if a := post(t, h.unix, "http://brokerd", TokenPath, "", ""); a.status != http.StatusOK {
+			t.Fatalf("fetch %d of the burst: %d %s", i+1, a.status, a.body)
+		}
+	}
+	before, err := h.b.ListAudit(0, time.Time{}, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const over = 20
+	for range over {
+		a := post(t, h.unix, "http://brokerd", TokenPath, "", "")
+		if a.status != http.StatusTooManyRequests || a.header.Get("Retry-After") == "" || a.header.Get("X-Credbroker-Reason") != broker.ReasonRateLimited {
+			t.Fatalf("fetch past the burst: %d %v %s", a.status, a.header, a.body)
+		}
+	}
+	if err := h.b.FlushRefusals(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	after, err := h.b.ListAudit(0, time.Time{}, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var sum uint64
+	for _, r := range after[len(before):] {
+		if r.Event == broker.RefusedFetchRate && r.Method == broker.HTTPTokenMethod {
+			n++
+			sum += r.Count
+		}
+	}
+	if len(after)-len(before) > 2 || n == 0 || sum != over {
+		t.Fatalf("%d refused fetches: %d new records, %d %s counting %d; want at most 2 counting %d", over, len(after)-len(before), n, broker.RefusedFetchRate, sum, over)
+	}
+}

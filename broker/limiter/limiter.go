@@ -9,6 +9,7 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -32,8 +33,9 @@ type Limiter struct {
 	tau      time.Duration // (Burst-1) * interval: how far ahead of schedule a burst may run
 
 	mu     sync.Mutex
-	tat    time.Time // theoretical arrival time of the next call (GCRA)
-	paused time.Time // no slot before this (the upstream asked us to wait)
+	tat    time.Time   // theoretical arrival time of the next call (GCRA)
+	paused time.Time   // no slot before this (the upstream asked us to wait)
+	holes  []time.Time // slots given back with later ones after them, sorted (giveBack)
 	rate   int
 	period time.Duration
 	burst  int
@@ -70,30 +72,71 @@ func (e *WaitError) Error() string {
 // reserve takes the next slot if it starts no later than deadline (zero: no deadline) and returns
 // when it starts; otherwise it takes nothing and returns how long the caller would wait.
 func (l *Limiter) reserve(deadline time.Time) (at time.Time, err error) {
+	s, err := l.take(deadline)
+	return s.at, err
+}
+
+// slot is what take handed out: when it starts, and the limiter's tat before and after it, or
+// reused when it was a slot given back (see giveBack).
+type slot struct {
+	at, prev, next time.Time
+	reused         bool
+}
+
+func (l *Limiter) take(deadline time.Time) (slot, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
-	at = l.tat.Add(-l.tau)
+	at := l.tat.Add(-l.tau)
 	if at.Before(now) {
 		at = now
 	}
 	if at.Before(l.paused) {
 		at = l.paused
 	}
+	// A slot given back is handed out again first when it comes sooner: it was scheduled with
+	// the spacing the limit allows, and only slots still ahead (and not inside a pause) are kept.
+	l.holes = slices.DeleteFunc(l.holes, func(h time.Time) bool { return h.Before(now) || h.Before(l.paused) })
+	if len(l.holes) > 0 && l.holes[0].Before(at) && (deadline.IsZero() || !l.holes[0].After(deadline)) {
+		h := l.holes[0]
+		l.holes = l.holes[1:]
+		return slot{at: h, reused: true}, nil
+	}
 	if !deadline.IsZero() && at.After(deadline) {
-		return time.Time{}, &WaitError{Wait: at.Sub(now), Limit: l.String()}
+		return slot{}, &WaitError{Wait: at.Sub(now), Limit: l.String()}
 	}
 	tat := l.tat
 	if tat.Before(at) {
 		tat = at
 	}
-	l.tat = tat.Add(l.interval)
-	return at, nil
+	s := slot{at: at, prev: l.tat, next: tat.Add(l.interval)}
+	l.tat = s.next
+	return s, nil
+}
+
+// giveBack returns s, whose caller gave up before it started. If no slot was handed out after it
+// (every take moves tat forward, so an unchanged tat says so), the limiter is as if s had never
+// been taken. Otherwise s is kept as a hole that take hands out again while it is still ahead:
+// moving the schedule back instead would space two calls closer than the limit allows, and
+// dropping it would let a caller that takes slots and gives up burn them for everyone.
+func (l *Limiter) giveBack(s slot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !s.reused && l.tat.Equal(s.next) {
+		l.tat = s.prev
+		return
+	}
+	if s.at.Before(l.clock.Now()) {
+		return
+	}
+	i, _ := slices.BinarySearchFunc(l.holes, s.at, func(a, b time.Time) int { return a.Compare(b) })
+	l.holes = slices.Insert(l.holes, i, s.at)
 }
 
 // Wait blocks until the caller's slot, in arrival order. It returns a *WaitError at once when the
 // slot would start after ctx's deadline or after maxWait (0: no cap), and ctx's error if ctx ends
-// while waiting (the slot is then lost, which errs on the side of the upstream's limit).
+// while waiting. The slot is then given back (see giveBack), so a caller that takes slots and gives
+// up cannot burn them for the others.
 func (l *Limiter) Wait(ctx context.Context, maxWait time.Duration) error {
 	_, err := l.WaitTook(ctx, maxWait)
 	return err
@@ -112,11 +155,11 @@ func (l *Limiter) WaitTook(ctx context.Context, maxWait time.Duration) (time.Dur
 			deadline = m
 		}
 	}
-	at, err := l.reserve(deadline)
+	s, err := l.take(deadline)
 	if err != nil {
 		return 0, err
 	}
-	d := at.Sub(l.clock.Now())
+	d := s.at.Sub(l.clock.Now())
 	if d <= 0 {
 		return 0, nil
 	}
@@ -124,6 +167,7 @@ func (l *Limiter) WaitTook(ctx context.Context, maxWait time.Duration) (time.Dur
 	case <-l.clock.After(d):
 		return d, nil
 	case <-ctx.Done():
+		l.giveBack(s)
 		return 0, ctx.Err()
 	}
 }

@@ -128,3 +128,72 @@ func TestConcurrentCallersNeverExceedLimit(t *testing.T) {
 		}
 	}
 }
+
+// A caller that gives up while it waits for its slot (its context ends) gives the slot back, and
+// the next caller gets it: otherwise a token holder could send calls and cancel them, burning
+// every slot of the shared credential for free (nothing is sent, its uses and credits are given
+// back) and leave every other token refused. A slot with a later one after it is handed out again
+// as it was, never by moving the schedule back (which would space two calls closer than allowed).
+func TestCancelledWaitGivesItsSlotBack(t *testing.T) {
+	clk := newFakeClock()
+	l, _ := New(1, time.Minute, 1, clk)
+	if err := l.Wait(context.Background(), 0); err != nil { // the burst slot
+		t.Fatal(err)
+	}
+	waitAsync := func(ctx context.Context) <-chan error {
+		done := make(chan error, 1)
+		go func() { done <- l.Wait(ctx, 0) }()
+		return done
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := waitAsync(ctx)
+	waitFor(t, "the caller to wait for its slot", func() bool { return clk.Waiting() == 1 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled wait: %v", err)
+	}
+	if a, _ := l.reserve(time.Time{}); a.Sub(clk.Now()) != time.Minute {
+		t.Fatalf("next slot in %s after the cancelled caller, want its slot, 1m", a.Sub(clk.Now()))
+	}
+
+	// Now the slot at 1m is taken (by the reserve above); one caller waits for 2m, another for 3m.
+	// The first gives up: the second keeps its slot at 3m, and a caller whose deadline is 2m gets
+	// the slot at 2m; the next one after that is at 4m.
+	ctx, cancel = context.WithCancel(context.Background())
+	first := waitAsync(ctx)
+	waitFor(t, "the first caller to wait", func() bool { return clk.Waiting() == 2 })
+	second := waitAsync(context.Background())
+	waitFor(t, "the second caller to wait", func() bool { return clk.Waiting() == 3 })
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled wait: %v", err)
+	}
+	if a, err := l.reserve(clk.Now().Add(2 * time.Minute)); err != nil || a.Sub(clk.Now()) != 2*time.Minute {
+		t.Fatalf("a caller with a 2m deadline: slot in %s (%v), want the given-back slot at 2m", a.Sub(clk.Now()), err)
+	}
+	if a, _ := l.reserve(time.Time{}); a.Sub(clk.Now()) != 4*time.Minute {
+		t.Fatalf("next slot in %s, want 4m", a.Sub(clk.Now()))
+	}
+	clk.Advance(3 * time.Minute)
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	// A slot given back that has passed is not handed out: it would come late, closer to the next.
+	ctx, cancel = context.WithCancel(context.Background())
+	third := waitAsync(ctx) // the slot at 5m, with the one at 4m taken before it
+	waitFor(t, "the third caller to wait", func() bool { return clk.Waiting() == 1 })
+	fourth := waitAsync(context.Background()) // 6m
+	waitFor(t, "the fourth caller to wait", func() bool { return clk.Waiting() == 2 })
+	cancel()
+	if err := <-third; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled wait: %v", err)
+	}
+	clk.Advance(2*time.Minute + time.Second) // past 5m
+	if a, _ := l.reserve(time.Time{}); a.Sub(clk.Now()) != time.Minute+59*time.Second {
+		t.Fatalf("next slot in %s, want the one at 7m (1m59s from now)", a.Sub(clk.Now()))
+	}
+	clk.Advance(time.Minute)
+	if err := <-fourth; err != nil {
+		t.Fatal(err)
+	}
+}
