@@ -60,7 +60,11 @@ func TestTokenRevokedOrExpiredWhileWaitingForASlot(t *testing.T) {
 			before := len(h.fake.Requests())
 			c.during(m.Id)
 			fc.Advance(time.Minute)
-			requireGRPCStatus(t, <-done, codes.Unauthenticated, c.want)
+			err := <-done
+			requireGRPCStatus(t, err, codes.Unauthenticated, c.want)
+			// Refused by the check after the wait, not by authentication: a call that had not yet
+			// authenticated when the token changed would pass the assertions above without it.
+			requireGRPCStatus(t, err, codes.Unauthenticated, "while the call waited for a slot")
 			if n := len(h.fake.Requests()) - before; n != 0 {
 				t.Fatalf("the upstream got %d calls with a token %s while the call waited", n, c.name)
 			}
