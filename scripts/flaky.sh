@@ -34,7 +34,7 @@ tests=$(cat <<'LIST'
 ./broker/connlimit           .*  30
 ./broker/limiter             .*  30
 ./broker/resultcache         .*  30
-./broker/upstream            TestAttemptTimeoutRetried|TestContextEnds|TestRetryAfter  30
+./broker/upstream            TestAttemptTimeoutRetried|TestContextEnds|TestRetryAfter|TestPanicInProbeReleasesGate  30
 ./broker/upstream/scaviotest TestFault  30
 ./client                     .*  30
 ./cmd/fakescavio             TestRunServesReloadsAndStops  30
@@ -47,10 +47,12 @@ tests=$(cat <<'LIST'
 ./broker/httpfront           .*  10
 ./broker/attest              .*  30
 ./broker/grpcapi             TestRefusalsCarryErrorInfo  30
+./broker/grpcapi             TestFetchTokenRateLimitedPerUID|TestFetchTokenPastTheWatchLimitIsCoalesced|TestFetchTokenOneUIDCannotTakeEveryWatch  30
 ./store                      TestAuditCommittedSignal|TestAuditPruneInBatchesBetweenCommits  30
 ./store                      TestAppendAuditRacingClose|TestKeysDuringRewrap|TestSecondOpenFailsFast|TestPutTokenAudited|TestIntegrityCheckAcrossChunks  30
 ./store                      TestJournalCheckpointInterval|TestJournalReadersInCheckpointWindow|TestJournalFullCheckpoints|TestJournalWriteFailure  30
 ./store                      TestJournalReadersDuringCheckpointsStress  5
+./store                      TestJournalRecordsSurviveRestartOnFullDisk|TestSecretFileFIFORefused  30
 ./broker/grpcapi             TestHandlerPanicFailsOnlyItsCall|TestRecoverInterceptors  30
 LIST
 )
