@@ -91,14 +91,7 @@ func TestRecordMACMatchesTink(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			m, err := mac.New(h)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := newRecordMAC(h, m)
-			if r.h == nil {
-				t.Fatal("newRecordMAC fell back to Tink for an HMAC keyset")
-			}
+			r, m := hmacRecordMAC(t, h)
 			for i, data := range [][]byte{nil, []byte("a"), bytes.Repeat([]byte("record "), 300), []byte("a")} {
 				got, err := r.appendMAC([]byte("pre"), data)
 				if err != nil {
@@ -118,6 +111,21 @@ func TestRecordMACMatchesTink(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hmacRecordMAC returns the recordMAC of h, an HMAC keyset, and h's Tink primitive; it fails if
+// newRecordMAC fell back to the primitive.
+func hmacRecordMAC(t *testing.T, h *keyset.Handle) (*recordMAC, tink.MAC) {
+	t.Helper()
+	m, err := mac.New(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRecordMAC(h, m)
+	if r.h == nil {
+		t.Fatal("newRecordMAC fell back to Tink for an HMAC keyset")
+	}
+	return r, m
 }
 
 // checkVerify asserts that r.verify accepts tag for data and rejects every one-bit change of
@@ -184,14 +192,7 @@ func TestRecordMACVerifiesOtherKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := mac.New(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := newRecordMAC(h, m)
-	if r.h == nil {
-		t.Fatal("newRecordMAC fell back to Tink for an HMAC keyset")
-	}
+	r, m := hmacRecordMAC(t, h)
 	if !r.verify(oldTag, data) {
 		t.Fatal("verify refuses a tag under the keyset's other key")
 	}
