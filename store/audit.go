@@ -194,6 +194,11 @@ func (e *applyError) Error() string { return e.err.Error() }
 
 const maxAuditBatch = 512
 
+// readAuditKeyset unwraps the stored audit keyset.
+func readAuditKeyset(kek tink.AEAD, encrypted []byte) (*keyset.Handle, error) {
+	return keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(encrypted)), kek, auditKeysetAAD)
+}
+
 // openAudit loads or creates the audit MAC keyset and the chain head, and starts the writer.
 func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 	var encrypted []byte
@@ -223,7 +228,7 @@ func (s *Store) openAudit(kek tink.AEAD, opts Options) error {
 		}
 	} else {
 		var err error
-		if h, err = keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(encrypted)), kek, auditKeysetAAD); err != nil {
+		if h, err = readAuditKeyset(kek, encrypted); err != nil {
 			return ErrWrongMasterKey
 		}
 	}

@@ -2,11 +2,9 @@ package store
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"strconv"
 
-	"github.com/tink-crypto/tink-go/v2/keyset"
 	"github.com/tink-crypto/tink-go/v2/mac"
 	"github.com/tink-crypto/tink-go/v2/tink"
 	bolt "go.etcd.io/bbolt"
@@ -55,11 +53,10 @@ func (s *Store) migrate(from uint32, kek tink.AEAD) error {
 // a head when it opens a database (since 2026-11-26, before any schema-1 release), so a schema-1
 // database holding tokens or credentials but no head had its audit log removed: refused too.
 func (s *Store) checkSchemaNotPutBack(kek tink.AEAD) error {
-	var keysetBlob, raw []byte
+	var keysetBlob []byte
 	var records bool
 	s.db.View(func(tx *bolt.Tx) error {
-		m := tx.Bucket(bucketMeta)
-		keysetBlob, raw = bytes.Clone(m.Get(keyAuditKeyset)), bytes.Clone(m.Get(keyAuditHead))
+		keysetBlob = bytes.Clone(tx.Bucket(bucketMeta).Get(keyAuditKeyset))
 		for _, name := range [][]byte{bucketTokens, bucketCredentials, bucketWorkloads} {
 			if b := tx.Bucket(name); b != nil {
 				if k, _ := b.Cursor().First(); k != nil {
@@ -72,32 +69,38 @@ func (s *Store) checkSchemaNotPutBack(kek tink.AEAD) error {
 	putBack := func(why string) error {
 		return fmt.Errorf("%w: the database's schema version says 1 (before record MACs), but %s: the version was put back, which would have brokerd trust edited records; brokerd changed nothing: restore the database from a backup", ErrTampered, why)
 	}
-	if raw == nil {
-		if records {
-			return putBack("it holds tokens or credentials and no audit chain head (a schema-1 brokerd writes one when it opens a database)")
-		}
-		return nil
-	}
 	if keysetBlob == nil {
-		return putBack("its audit chain head has no audit keyset to verify it")
+		return s.db.View(func(tx *bolt.Tx) error {
+			switch {
+			case tx.Bucket(bucketMeta).Get(keyAuditHead) != nil:
+				return putBack("its audit chain head has no audit keyset to verify it")
+			case records:
+				return putBack("it holds tokens or credentials and no audit chain head (a schema-1 brokerd writes one when it opens a database)")
+			}
+			return nil
+		})
 	}
-	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(keysetBlob)), kek, auditKeysetAAD)
+	h, err := readAuditKeyset(kek, keysetBlob)
 	if err != nil {
-		return putBack("its audit keyset does not open with the master keyset that opens its data keyset")
+		// The data keyset opened with this master key a moment ago, so this keyset was changed,
+		// or a KMS holding the master key failed this one call.
+		return fmt.Errorf("%w: the database's schema version says 1 (before record MACs), and its audit keyset does not open with the master keyset that opened its data keyset: if the master key is in a KMS, start brokerd again; if this persists, the file was changed: restore the database from a backup", ErrTampered)
 	}
-	am, err := mac.New(h)
+	m, err := mac.New(h)
 	if err != nil {
 		return fmt.Errorf("audit keyset: %w", err)
 	}
-	var p chainPoint
-	if len(raw) < 1 || len(raw) < 1+int(raw[0]) {
-		return putBack("its audit chain head is damaged")
-	}
-	tag, body := raw[1:1+int(raw[0])], raw[1+int(raw[0]):]
-	if am.VerifyMAC(tag, append(bytes.Clone(keyAuditHead), body...)) != nil || json.Unmarshal(body, &p) != nil {
+	var head *chainPoint
+	if err := s.db.View(func(tx *bolt.Tx) (err error) {
+		head, err = (&auditWriter{mac: m}).readPoint(tx, keyAuditHead)
+		return err
+	}); err != nil {
 		return putBack("its audit chain head does not verify")
 	}
-	if p.RecordMACs {
+	switch {
+	case head == nil && records:
+		return putBack("it holds tokens or credentials and no audit chain head (a schema-1 brokerd writes one when it opens a database)")
+	case head != nil && head.RecordMACs:
 		return putBack("its audit chain head was written by a brokerd that seals records (schema 2)")
 	}
 	return nil
