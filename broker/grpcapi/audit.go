@@ -51,6 +51,20 @@ var answersUnaudited = map[string]bool{"Status": true}
 // need no "started" record, and a call costs one durable commit instead of three.
 var recordedWithChange = map[string]bool{"MintToken": true}
 
+// FetchRefusal names the coalesced refusal of a FetchToken (gRPC or the HTTP front's) that failed
+// with code: a refused attestation, or, past it, every watch taken or the uid's fetch rate spent.
+// A process needs no token to cause any of them, as often as it likes, so each is recorded like a
+// call without a token. ok is false for any other failure, which gets a full record.
+func FetchRefusal(code codes.Code, ci *broker.CallInfo) (reason string, ok bool) {
+	switch {
+	case code == codes.PermissionDenied:
+		return broker.RefusedAttestation, true
+	case ci.Event == broker.RefusedWatchLimit || ci.Event == broker.RefusedFetchRate:
+		return ci.Event, true
+	}
+	return "", false
+}
+
 func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if !audited(info.FullMethod) {
 		return handler(ctx, req)
@@ -71,15 +85,8 @@ func (a auditor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	if ci.Recorded && err == nil {
 		return resp, nil // the OK record was committed with the change
 	}
-	if info.FullMethod == fetchTokenMethod && status.Code(err) == codes.PermissionDenied {
-		// Attestation refused: anyone who can reach the socket can cause this, like a bad token.
-		a.b.RecordRefusal(ctx, record(codes.PermissionDenied.String()), broker.RefusedAttestation)
-		return nil, err
-	}
-	if info.FullMethod == fetchTokenMethod && (ci.Event == broker.RefusedWatchLimit || ci.Event == broker.RefusedFetchRate) {
-		// Every watch taken, or the uid's fetch rate spent: a registered process needs no token
-		// to ask again, as often as it likes.
-		a.b.RecordRefusal(ctx, record(status.Code(err).String()), ci.Event)
+	if reason, ok := FetchRefusal(status.Code(err), ci); ok && info.FullMethod == fetchTokenMethod {
+		a.b.RecordRefusal(ctx, record(status.Code(err).String()), reason)
 		return nil, err
 	}
 	if status.Code(err) == codes.Unauthenticated {

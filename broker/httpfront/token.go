@@ -67,11 +67,10 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) {
 	tok, rec, err := h.b.FetchToken(ctx, caller, req.Tools)
 	if err != nil {
 		code, reason, retry, known := grpcapi.Classify(err)
+		event, coalesced := grpcapi.FetchRefusal(code, ci)
 		switch {
-		case code == codes.PermissionDenied:
-			h.b.RecordRefusal(ctx, record(code), broker.RefusedAttestation)
-		case ci.Event == broker.RefusedWatchLimit || ci.Event == broker.RefusedFetchRate:
-			h.b.RecordRefusal(ctx, record(code), ci.Event)
+		case coalesced:
+			h.b.RecordRefusal(ctx, record(code), event)
 		case !ci.Recorded:
 			if aerr := h.b.RecordCall(ctx, record(code)); aerr != nil {
 				h.log.Error("audit record not written", "method", broker.HTTPTokenMethod, "err", aerr)
