@@ -189,7 +189,7 @@ func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*
 		ci.Event = RefusedInvalidToken
 		return nil, unauthenticated(ReasonTokenInvalid, "invalid token")
 	}
-	ci.TokenLabel = t.Label
+	ci.TokenLabel, ci.Verified = t.Label, true
 	if t.Revoked {
 		ci.Event = RefusedRevokedToken
 		return nil, unauthenticated(ReasonTokenRevoked, "token %s was revoked; ask the operator for a new one", t.ID)

@@ -9,8 +9,11 @@ type CallInfo struct {
 	// Method is the call's method as its records name it (a gRPC full method, or the HTTP
 	// front's HTTPSearchMethod...): a search whose caller left writes its settle record under it.
 	// Empty means the gRPC Search.
-	Method            string
+	Method string
+	// TokenID is the presented token's id, set as soon as it parses (a refusal's record names
+	// it); Verified says its secret matched, so the id is the caller's own token.
 	TokenID           string
+	Verified          bool
 	Tool              string
 	Credential        string
 	CredentialVersion uint64

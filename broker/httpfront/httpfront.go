@@ -188,9 +188,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeRefusal(w, http.StatusServiceUnavailable, broker.ReasonAuditUnavailable, grpcapi.AuditRefusedMessage, 0)
 		return
 	}
-	if code != codes.Unauthenticated {
-		// Only for a token that authenticated: a refused one's id is whatever the caller wrote
-		// (ids are public), and another token's limiter is its holder's business.
+	if ci.Verified {
+		// Only for the holder of the token: an unverified id is whatever the caller wrote (ids
+		// are public), and another token's limiter is its holder's business.
 		h.rateLimitHeaders(w, ci.TokenID)
 	}
 	if err != nil {
@@ -326,7 +326,7 @@ func encode(res *broker.SearchResult, req broker.SearchRequest) ([]byte, error) 
 
 // rateLimitHeaders reports the calling token's own rate limit as brokerd's limiter stands, in
 // Scavio's X-RateLimit-* headers. A token without one gets none; ServeHTTP calls it only for a
-// token that authenticated.
+// token whose secret verified.
 func (h *Handler) rateLimitHeaders(w http.ResponseWriter, tokenID string) {
 	if tokenID == "" {
 		return
