@@ -176,17 +176,19 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 		return "", store.Token{}, fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	}
 	ci.Workload = w.Name
-	if wait, ok := b.watch.allowFetch(caller.UID, b.now()); !ok {
-		ci.Event = RefusedFetchRate // coalesced, as below
-		return "", store.Token{}, refusal(ReasonRateLimited, wait, fmt.Errorf("%w: uid %d fetched %d tokens just now, the most one uid may at once; retry in %s",
-			ErrRateLimited, caller.UID, FetchBurstPerUID, wait.Round(time.Millisecond)))
-	}
+	// Both refusals come before anything is done, to a caller that needs no token: audited like a
+	// call without one (coalesced), or a registered process looping here fills the disk. The watch
+	// is taken first, so a fetch refused for want of one does not spend the uid's fetch rate.
 	release, err := b.watch.reserve(caller.UID, true)
 	if err != nil {
-		// Refused before anything is done, to a caller that needs no token: audited like a
-		// call without one (coalesced), or a registered process looping here fills the disk.
 		ci.Event = RefusedWatchLimit
 		return "", store.Token{}, err
+	}
+	if wait, ok := b.watch.allowFetch(caller.UID, b.now()); !ok {
+		release()
+		ci.Event = RefusedFetchRate
+		return "", store.Token{}, refusal(ReasonRateLimited, wait, fmt.Errorf("%w: uid %d fetched %d tokens just now, the most one uid may at once; retry in %s",
+			ErrRateLimited, caller.UID, FetchBurstPerUID, wait.Round(time.Millisecond)))
 	}
 	r := workloadMintRequest(&w, caller.UID)
 	if len(tools) > 0 {
