@@ -107,16 +107,7 @@ func TestSchemaPutBackRefused(t *testing.T) {
 // by the schema-1 brokerd without saying so, is rewritten at Open, so putting the version back
 // right after the migration (no audited call since) is refused too.
 func TestSchemaPutBackRefusedRightAfterMigration(t *testing.T) {
-	dir := t.TempDir()
-	for _, f := range []string{"broker.db", "master.json"} {
-		raw, err := os.ReadFile(filepath.Join("testdata", "schema1", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), raw, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := copySchema1Fixture(t)
 	path := filepath.Join(dir, "broker.db")
 	kek, err := LoadMasterKeyset(filepath.Join(dir, "master.json"))
 	if err != nil {

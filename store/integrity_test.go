@@ -246,9 +246,10 @@ func TestFreshDatabaseVerifies(t *testing.T) {
 	}
 }
 
-// A database written by the last schema-1 release (store/testdata/schema1, made with the code
-// before record MACs) is migrated: every record sealed, and the result verifies and still works.
-func TestMigrateSchema1Database(t *testing.T) {
+// copySchema1Fixture copies the schema-1 database and its master keyset (store/testdata/schema1)
+// into a fresh temp dir, so a test may migrate or edit them, and returns that dir.
+func copySchema1Fixture(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	for _, f := range []string{"broker.db", "master.json"} {
 		raw, err := os.ReadFile(filepath.Join("testdata", "schema1", f))
@@ -259,6 +260,13 @@ func TestMigrateSchema1Database(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return dir
+}
+
+// A database written by the last schema-1 release (store/testdata/schema1, made with the code
+// before record MACs) is migrated: every record sealed, and the result verifies and still works.
+func TestMigrateSchema1Database(t *testing.T) {
+	dir := copySchema1Fixture(t)
 	path := filepath.Join(dir, "broker.db")
 	editFile(t, path, func(tx *bolt.Tx) error { // the fixture is what it claims to be
 		m := tx.Bucket(bucketMeta)

@@ -29,6 +29,13 @@ func server(t *testing.T, cfg Config) (*Listener, string, <-chan net.Conn, <-cha
 	if err != nil {
 		t.Fatal(err)
 	}
+	l, accepted, refused := serve(t, raw, cfg)
+	return l, sock, accepted, refused
+}
+
+// serve accepts on raw through a Listener with cfg, as server does for any kind of listener.
+func serve(t *testing.T, raw net.Listener, cfg Config) (*Listener, <-chan net.Conn, <-chan refusal) {
+	t.Helper()
 	refused := make(chan refusal, 100)
 	cfg.OnRefuse = func(p Peer, reason string) { refused <- refusal{p, reason} }
 	l := New(raw, cfg)
@@ -46,7 +53,7 @@ func server(t *testing.T, cfg Config) (*Listener, string, <-chan net.Conn, <-cha
 		}
 	}()
 	t.Cleanup(func() { l.Close(); wg.Wait() })
-	return l, sock, accepted, refused
+	return l, accepted, refused
 }
 
 func dial(t *testing.T, sock string) net.Conn {
@@ -232,23 +239,7 @@ func TestLoopbackTCPPeersCountedPerUID(t *testing.T) {
 	if err != nil {
 		t.Skip("no IPv4 loopback here:", err)
 	}
-	refused := make(chan refusal, 100)
-	l := New(raw, Config{PerUID: 2, Total: 16, Reserve: 4, IsAdmin: func(uint32, uint32, []uint32) bool { return false },
-		OnRefuse: func(p Peer, reason string) { refused <- refusal{p, reason} }})
-	accepted := make(chan net.Conn, 100)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
-	t.Cleanup(func() { l.Close(); wg.Wait() })
+	_, accepted, refused := serve(t, raw, Config{PerUID: 2, Total: 16, Reserve: 4, IsAdmin: func(uint32, uint32, []uint32) bool { return false }})
 	addr := raw.Addr().(*net.TCPAddr)
 
 	const nobody = 65534

@@ -24,6 +24,26 @@ import (
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
+// newFetchHarness starts a harness for FetchToken tests and registers a workload for each name's
+// uid. It skips where the kernel cannot attest callers, and stops the watching of the fetched
+// tokens at cleanup (they are bound to this test process).
+func newFetchHarness(t *testing.T, workloads map[string]uint32) *harness {
+	t.Helper()
+	if !peercred.PidfdSupported() {
+		t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+): attestation refuses every caller")
+	}
+	h := newHarness(t)
+	t.Cleanup(h.b.StopWatching)
+	for name, uid := range workloads {
+		if _, err := h.admin.AddWorkload(context.Background(), &pb.AddWorkloadRequest{Workload: &pb.Workload{
+			Name: name, Tools: []string{"web_search"}, Uids: []uint32{uid}, Ttl: durationpb.New(time.Hour),
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h
+}
+
 // fetchUntilWatchLimit fetches tokens until brokerd refuses for its watch limit, moving the clock
 // past the uid's fetch rate whenever that refuses first, and returns how many it fetched.
 func fetchUntilWatchLimit(t *testing.T, h *harness) int {
@@ -50,17 +70,8 @@ func fetchUntilWatchLimit(t *testing.T, h *harness) int {
 // without a token, and is audited like one: coalesced per uid, not a record per call, so a
 // registered process looping on it cannot fill the disk through the audit log.
 func TestFetchTokenPastTheWatchLimitIsCoalesced(t *testing.T) {
-	if !peercred.PidfdSupported() {
-		t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+): attestation refuses every caller")
-	}
-	h := newHarness(t)
-	t.Cleanup(h.b.StopWatching) // the fetched tokens are bound to this test process
+	h := newFetchHarness(t, map[string]uint32{"self": uint32(os.Geteuid())})
 	ctx := context.Background()
-	if _, err := h.admin.AddWorkload(ctx, &pb.AddWorkloadRequest{Workload: &pb.Workload{
-		Name: "self", Tools: []string{"web_search"}, Uids: []uint32{uint32(os.Geteuid())}, Ttl: durationpb.New(time.Hour),
-	}}); err != nil {
-		t.Fatal(err)
-	}
 	fetched := fetchUntilWatchLimit(t, h)
 	if fetched == 0 || fetched > broker.MaxWatchedTokens {
 		t.Fatalf("fetched %d tokens before a refusal, want 1 to %d", fetched, broker.MaxWatchedTokens)
@@ -144,20 +155,9 @@ func TestFetchTokenOneUIDCannotTakeEveryWatch(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to connect as uid 65534 (CI runs as root)")
 	}
-	if !peercred.PidfdSupported() {
-		t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+): attestation refuses every caller")
-	}
-	h := newHarness(t)
-	t.Cleanup(h.b.StopWatching) // the fetched tokens are bound to this test process
-	ctx := context.Background()
 	const nobody = 65534
-	for name, uid := range map[string]uint32{"self": uint32(os.Geteuid()), "nobody": nobody} {
-		if _, err := h.admin.AddWorkload(ctx, &pb.AddWorkloadRequest{Workload: &pb.Workload{
-			Name: name, Tools: []string{"web_search"}, Uids: []uint32{uid}, Ttl: durationpb.New(time.Hour),
-		}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h := newFetchHarness(t, map[string]uint32{"self": uint32(os.Geteuid()), "nobody": nobody})
+	ctx := context.Background()
 	fetched := fetchUntilWatchLimit(t, h)
 	if fetched != broker.MaxWatchedTokensPerUID {
 		t.Fatalf("uid %d fetched %d tokens before a refusal, want its share of %d", os.Geteuid(), fetched, broker.MaxWatchedTokensPerUID)
@@ -199,17 +199,8 @@ func TestFetchTokenOneUIDCannotTakeEveryWatch(t *testing.T) {
 // database without bound. So one uid's fetches are rate limited (a burst, then one per interval
 // on brokerd's clock), and a refused fetch is a coalesced refusal with a retry delay.
 func TestFetchTokenRateLimitedPerUID(t *testing.T) {
-	if !peercred.PidfdSupported() {
-		t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+): attestation refuses every caller")
-	}
-	h := newHarness(t)
-	t.Cleanup(h.b.StopWatching) // the fetched tokens are bound to this test process
+	h := newFetchHarness(t, map[string]uint32{"self": uint32(os.Geteuid())})
 	ctx := context.Background()
-	if _, err := h.admin.AddWorkload(ctx, &pb.AddWorkloadRequest{Workload: &pb.Workload{
-		Name: "self", Tools: []string{"web_search"}, Uids: []uint32{uint32(os.Geteuid())}, Ttl: durationpb.New(time.Hour),
-	}}); err != nil {
-		t.Fatal(err)
-	}
 	fetch := func() error {
 		_, err := h.search.FetchToken(ctx, &pb.FetchTokenRequest{})
 		return err
