@@ -227,6 +227,11 @@ func TestKMSStartsOnlyWithAssociatedData(t *testing.T) {
 	k := newKMSEnv(t)
 	k.sim.SetIgnoreContext(true)
 	k.start(t, "--master-key-uri", k.uri)
+	// brokerd logs "brokerd serving" after its own health check passes, so the line may come a
+	// moment after ours did: wait for it (the bound only turns its absence into a failure).
+	waitUntil(t, 10*time.Second, "brokerd logs its serving line", func() bool {
+		return strings.Contains(k.stderr.String(), `msg="brokerd serving"`)
+	})
 	if !strings.Contains(k.stderr.String(), "master_key="+k.uri) {
 		t.Fatalf("serving line does not name the KMS key: %s", k.stderr.String())
 	}
