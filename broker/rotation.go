@@ -372,6 +372,11 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 	if err != nil || c.Version != version || c.Previous == 0 || now.Sub(c.RotatedAt) >= b.rot.graceWindow {
 		return nil, version, cause
 	}
+	if rolledBack(b.store, tool.Credential, version) {
+		// After a rollback the previous version is the one the operator rolled away from (a leaked
+		// key, another account's): never served again behind their back.
+		return nil, version, cause
+	}
 	prev, err := b.store.LoadCredentialVersion(tool.Credential, c.Previous)
 	if err != nil {
 		return nil, version, cause
@@ -406,6 +411,21 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 			"serving_version", c.Previous, "grace_window_ends", until)
 	}
 	return resp, c.Previous, nil
+}
+
+// rolledBack reports whether version of name was made by a rollback, or cannot be told (then no
+// fallback either: it would send a key nobody chose to send).
+func rolledBack(st *store.Store, name string, version uint64) bool {
+	_, versions, err := st.History(name)
+	if err != nil {
+		return true
+	}
+	for _, v := range versions {
+		if v.Version == version {
+			return v.How == store.HowRollback
+		}
+	}
+	return true
 }
 
 // RotationInfo is the rotation part of Status.
