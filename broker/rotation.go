@@ -369,7 +369,12 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 	}
 	c, err := b.store.GetCredential(tool.Credential)
 	now := b.now()
-	if err != nil || c.Version != version || c.Previous == 0 || now.Sub(c.RotatedAt) >= b.rot.graceWindow {
+	if err != nil || c.Version != version || c.Previous == 0 || !inGraceWindow(now, c.RotatedAt, b.rot.graceWindow) {
+		return nil, version, cause
+	}
+	if rolledBack(b.store, tool.Credential, version) {
+		// After a rollback the previous version is the one the operator rolled away from (a leaked
+		// key, another account's): never served again behind their back.
 		return nil, version, cause
 	}
 	prev, err := b.store.LoadCredentialVersion(tool.Credential, c.Previous)
@@ -394,6 +399,9 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 	ci := callInfo(ctx)
 	ci.Event, ci.CredentialVersion = "fallback-previous-version", c.Previous
 	until := c.RotatedAt.Add(b.rot.graceWindow)
+	if latest := now.Add(b.rot.graceWindow); until.After(latest) {
+		until = latest // a rotation stamped ahead of now: inGraceWindow ends it by then at the latest
+	}
 	b.rot.stateMu.Lock()
 	first := b.rot.fallbacks[tool.Credential].rejected != version
 	b.rot.fallbacks[tool.Credential] = fallback{rejected: version, served: c.Previous, at: now, until: until}
@@ -406,6 +414,29 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 			"serving_version", c.Previous, "grace_window_ends", until)
 	}
 	return resp, c.Previous, nil
+}
+
+// inGraceWindow reports whether now is within window of a rotation at rotatedAt. A rotation
+// stamped later than now (the clock was ahead then, or stepped back since) counts only by as much
+// as the window: otherwise the fallback would stay open for as long as the clock was wrong.
+func inGraceWindow(now, rotatedAt time.Time, window time.Duration) bool {
+	age := now.Sub(rotatedAt)
+	return age < window && age > -window
+}
+
+// rolledBack reports whether version of name was made by a rollback, or cannot be told (then no
+// fallback either: it would send a key nobody chose to send).
+func rolledBack(st *store.Store, name string, version uint64) bool {
+	_, versions, err := st.History(name)
+	if err != nil {
+		return true
+	}
+	for _, v := range versions {
+		if v.Version == version {
+			return v.How == store.HowRollback
+		}
+	}
+	return true
 }
 
 // RotationInfo is the rotation part of Status.

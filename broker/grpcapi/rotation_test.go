@@ -242,6 +242,76 @@ func TestGraceFallback(t *testing.T) {
 	requireGRPCStatus(t, err, codes.FailedPrecondition, "upstream rejected")
 }
 
+// A rotation stamped by a clock that was ahead (corrected since): the grace window is measured
+// from the rotation's time, so a clock now a day behind it must not keep the fallback open for that
+// day. A small step back stays within the window.
+func TestGraceFallbackAfterClockStepsBack(t *testing.T) {
+	tests := []struct {
+		name     string
+		back     time.Duration
+		fallback bool
+	}{
+		{"one minute back", time.Minute, true},
+		{"one day back", 24 * time.Hour, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newRotHarness(t, nil)
+			h.putKey(t)
+			tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+			if _, err := h.admin.RotateCredential(context.Background(), &pb.RotateCredentialRequest{Name: broker.DefaultCredential, Value: []byte("sk_test_NOT_ACTIVE")}); err != nil {
+				t.Fatal(err)
+			}
+			h.clock.Add(-tc.back)
+			resp, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "clock"})
+			if tc.fallback {
+				if err != nil || resp.CredentialVersion != 1 {
+					t.Fatalf("search: %v %v, want served by v1", resp, err)
+				}
+				return
+			}
+			requireGRPCStatus(t, err, codes.FailedPrecondition, "upstream rejected the credential \"scavio_api_key\" v2")
+		})
+	}
+}
+
+// After a rollback the previous version is the one the operator rolled away from (here a key
+// of another account, still valid upstream). When the rolled-back-to key is later rejected inside
+// the grace window, that key must not be sent: the call fails with the rejection instead.
+func TestGraceFallbackNotAfterRollback(t *testing.T) {
+	h := newRotHarness(t, nil)
+	ctx := context.Background()
+	h.putKey(t)
+	tok := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}}).Token
+	const wrong = "sk_test_OTHER_ACCOUNT_KEY"
+	h.fake.AddKey(wrong)
+	if _, err := h.admin.RotateCredential(ctx, &pb.RotateCredentialRequest{Name: broker.DefaultCredential, Value: []byte(wrong)}); err != nil {
+		t.Fatal(err)
+	}
+	rb, err := h.admin.RollbackCredential(ctx, &pb.RollbackCredentialRequest{Name: broker.DefaultCredential})
+	if err != nil || rb.Credential.Version != 3 || rb.Credential.PreviousVersion != 2 {
+		t.Fatalf("rollback: %v %v", rb, err)
+	}
+	h.fake.RevokeKey(testKey) // the rolled-back-to key stops working upstream
+	before := len(h.fake.Requests())
+	_, err = h.search.Search(withToken(tok), &pb.SearchRequest{Query: "after rollback"})
+	requireGRPCStatus(t, err, codes.FailedPrecondition, "upstream rejected the credential \"scavio_api_key\" v3")
+	for _, r := range h.fake.Requests()[before:] {
+		if r.Key == wrong {
+			t.Fatal("the key rolled away from was sent after the rollback")
+		}
+	}
+	// A rotation after the rollback falls back as usual (to the rolled-back-to value).
+	h.fake.AddKey(testKey)
+	if _, err := h.admin.RotateCredential(ctx, &pb.RotateCredentialRequest{Name: broker.DefaultCredential, Value: []byte("sk_test_NOT_ACTIVE")}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := h.search.Search(withToken(tok), &pb.SearchRequest{Query: "after rotation"})
+	if err != nil || resp.CredentialVersion != 3 {
+		t.Fatalf("search after a rotation that followed the rollback: %v %v, want served by v3", resp, err)
+	}
+}
+
 func TestHistoryRollbackPolicyImportRekey(t *testing.T) {
 	h := newRotHarness(t, nil)
 	ctx := context.Background()

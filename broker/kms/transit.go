@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -39,6 +41,10 @@ import (
 //     same uid). Never from argv, never logged.
 //   - TLS settings come from the Vault client's usual variables (VAULT_CACERT, VAULT_CLIENT_CERT,
 //     VAULT_CLIENT_KEY, VAULT_TLS_SERVER_NAME), as do VAULT_NAMESPACE and VAULT_MAX_RETRIES.
+//   - a redirect is never followed (the Vault client would replay the token to wherever it points,
+//     and from http on loopback even to plain http elsewhere), an answer is read up to
+//     maxVaultResponse bytes, and Vault's error text is stripped of the token before it reaches
+//     an error (a proxy in front of Vault may echo request headers).
 
 // transitKeyName is what Transit accepts as a key name and what we let into a request path.
 var transitKeyName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
@@ -52,7 +58,8 @@ type transitAEAD struct {
 	logical *vault.Logical
 	encPath string // MOUNT/encrypt/NAME
 	uri     string
-	probe   Probe // what KeyVersion encrypts (DefaultProbe; tests replaying a recording set theirs)
+	probe   Probe  // what KeyVersion encrypts (DefaultProbe; tests replaying a recording set theirs)
+	token   string // only to remove it from Vault's answers in errors
 }
 
 var _ Versioned = (*transitAEAD)(nil)
@@ -77,12 +84,92 @@ func (t *transitAEAD) wrap(op string, err error) error {
 	}
 	var re *vault.ResponseError
 	if errors.As(err, &re) {
-		return fmt.Errorf("%s %s: Vault answered %d: %s", op, t.uri, re.StatusCode, strings.Join(re.Errors, "; "))
+		return fmt.Errorf("%s %s: Vault answered %d: %s", op, t.uri, re.StatusCode, t.clean(strings.Join(re.Errors, "; ")))
 	}
-	return fmt.Errorf("%s %s: %s", op, t.uri, oneLine(err.Error()))
+	return fmt.Errorf("%s %s: %s", op, t.uri, t.clean(err.Error()))
+}
+
+// maxVaultErrorText bounds the part of Vault's answer an error quotes (a proxy's HTML page would
+// otherwise fill the log line and the caller's status).
+const maxVaultErrorText = 512
+
+// clean makes text from or about Vault's answer fit for an error: one line, without the token,
+// at most maxVaultErrorText bytes.
+func (t *transitAEAD) clean(s string) string {
+	if t.token != "" {
+		s = strings.ReplaceAll(s, t.token, "[redacted]")
+	}
+	s = oneLine(s)
+	if len(s) > maxVaultErrorText {
+		s = strings.ToValidUTF8(s[:maxVaultErrorText], "") + "…"
+	}
+	return s
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// maxVaultResponse bounds what is read of one Vault answer: a Transit answer carries a wrapped
+// keyset of a few KiB at most.
+const maxVaultResponse = 1 << 20
+
+// errVaultRedirect refuses a redirect: the Vault client follows one itself (outside net/http's
+// redirect policy) and sends the token along to wherever Location points.
+var errVaultRedirect = errors.New("brokerd does not follow redirects from Vault (the token would go along): name the active node in the key URI, or enable request forwarding on the standbys")
+
+// guardTransport is the Vault client's transport: it refuses redirects and bounds answers.
+type guardTransport struct{ next http.RoundTripper }
+
+func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := g.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		resp.Body.Close()
+		to := "elsewhere"
+		if loc, err := resp.Location(); err == nil {
+			to = loc.Scheme + "://" + loc.Host // the host only: a path or query might carry anything
+		}
+		return nil, fmt.Errorf("the Vault server answered %d redirecting to %s; %w", resp.StatusCode, to, errVaultRedirect)
+	}
+	if resp.ContentLength > maxVaultResponse {
+		resp.Body.Close()
+		return nil, fmt.Errorf("the Vault server's answer is %d bytes, more than the %d-byte limit", resp.ContentLength, maxVaultResponse)
+	}
+	resp.Body = &cappedBody{rc: resp.Body, left: maxVaultResponse}
+	return resp, nil
+}
+
+// cappedBody fails a read past its limit instead of returning more.
+type cappedBody struct {
+	rc   io.ReadCloser
+	left int64
+}
+
+func (c *cappedBody) Read(p []byte) (int, error) {
+	if c.left < 0 {
+		return 0, fmt.Errorf("the Vault server's answer is larger than the %d-byte limit", maxVaultResponse)
+	}
+	if int64(len(p)) > c.left+1 {
+		p = p[:c.left+1]
+	}
+	n, err := c.rc.Read(p)
+	c.left -= int64(n)
+	if c.left < 0 {
+		return 0, fmt.Errorf("the Vault server's answer is larger than the %d-byte limit", maxVaultResponse)
+	}
+	return n, err
+}
+
+func (c *cappedBody) Close() error { return c.rc.Close() }
+
+// vaultRetryPolicy is the Vault client's own, except that a refused redirect is not retried.
+func vaultRetryPolicy(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if errors.Is(err, errVaultRedirect) {
+		return false, err
+	}
+	return vault.DefaultRetryPolicy(ctx, resp, err)
+}
 
 // KeyVersion encrypts a probe and reads the key_version Transit answers with: the version new
 // ciphertexts are made under. It needs only the encrypt capability brokerd has anyway (reading
@@ -151,6 +238,8 @@ func openTransit(ctx context.Context, u *url.URL) (tink.AEAD, error) {
 	}
 	cfg.Address = addr
 	cfg.AgentAddress = "" // VAULT_AGENT_ADDR would send the token to another host than the URI's
+	cfg.DisableRedirects = true
+	cfg.CheckRetry = vaultRetryPolicy
 	if os.Getenv("VAULT_CLIENT_TIMEOUT") == "" {
 		cfg.Timeout = 15 * time.Second
 	}
@@ -158,12 +247,13 @@ func openTransit(ctx context.Context, u *url.URL) (tink.AEAD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--master-key-uri %s: Vault client: %w", uri, err)
 	}
+	cfg.HttpClient.Transport = guardTransport{next: cfg.HttpClient.Transport}
 	c.SetToken(token)
 	a, err := hcvault.NewAEAD("/"+mount+"/keys/"+name, c.Logical())
 	if err != nil {
 		return nil, fmt.Errorf("--master-key-uri %s: %w", uri, err)
 	}
-	return &transitAEAD{AEAD: a, logical: c.Logical(), encPath: mount + "/encrypt/" + name, uri: uri, probe: DefaultProbe}, nil
+	return &transitAEAD{AEAD: a, logical: c.Logical(), encPath: mount + "/encrypt/" + name, uri: uri, probe: DefaultProbe, token: token}, nil
 }
 
 // vaultAddress is VAULT_ADDR's scheme with the URI's host; VAULT_ADDR naming another host is an

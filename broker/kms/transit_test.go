@@ -3,10 +3,15 @@ package kms
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	vault "github.com/hashicorp/vault/api"
@@ -270,6 +275,112 @@ func TestVaultTokenFileChecks(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "SECRET") {
 				t.Fatalf("the error quotes the token: %v", err)
+			}
+		})
+	}
+}
+
+// The Vault client follows one redirect itself (301, 302, 307), replaying the X-Vault-Token header
+// to wherever Location points, even from http on loopback to plain http elsewhere. brokerd sends
+// the token only to the URI's host: a redirect is an error naming where it pointed, and the other
+// server never hears from it.
+func TestTransitNeverFollowsRedirects(t *testing.T) {
+	for _, code := range []int{301, 302, 307, 308} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			var tokens atomic.Int32
+			sim := transittest.NewSimHandler(t, "fixture-kek")
+			other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("X-Vault-Token") != "" {
+					tokens.Add(1)
+				}
+				sim.Handler().ServeHTTP(w, r)
+			}))
+			t.Cleanup(other.Close)
+			_, port, _ := net.SplitHostPort(strings.TrimPrefix(other.URL, "http://"))
+			elsewhere := "http://localhost:" + port // another host than the URI's 127.0.0.1
+			redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, elsewhere+r.URL.RequestURI(), code)
+			}))
+			t.Cleanup(redirector.Close)
+			host := vaultEnv(t, redirector.URL, transittest.Token)
+			tr := transitBackend(t, "hcvault://"+host+"/transit/keys/fixture-kek")
+
+			_, err := tr.Encrypt([]byte("dek"), []byte("ad"))
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("answered %d redirecting to %s", code, elsewhere)) ||
+				!strings.Contains(err.Error(), "does not follow redirects") {
+				t.Fatalf("encrypt through a %d: %v", code, err)
+			}
+			if strings.Contains(err.Error(), transittest.Token) {
+				t.Fatalf("the error holds the token: %v", err)
+			}
+			if n := tokens.Load(); n != 0 {
+				t.Fatalf("the token was sent to the redirect's target %d time(s)", n)
+			}
+		})
+	}
+}
+
+// A Vault answer larger than maxVaultResponse is refused, announced or not, instead of being read
+// into memory whole (here a valid Transit answer padded with 2 MiB).
+func TestTransitBoundsAnswers(t *testing.T) {
+	pad := strings.Repeat("x", 2<<20)
+	body := `{"data":{"ciphertext":"vault:v1:AAAA","key_version":1,"pad":"` + pad + `"}}`
+	for _, announced := range []bool{true, false} {
+		t.Run(fmt.Sprintf("content-length %v", announced), func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				w.Header().Set("Content-Type", "application/json")
+				if announced {
+					w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+				}
+				io.WriteString(w, body)
+			}))
+			t.Cleanup(srv.Close)
+			host := vaultEnv(t, srv.URL, transittest.Token)
+			tr := transitBackend(t, "hcvault://"+host+"/transit/keys/fixture-kek")
+			_, err := tr.Encrypt([]byte("dek"), []byte("ad"))
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("the %d-byte limit", maxVaultResponse)) {
+				t.Fatalf("a %d-byte answer: %v", len(body), err)
+			}
+		})
+	}
+}
+
+// Vault's error text goes into brokerd's errors (its log, the admin's status). A server or a proxy
+// in front of it that echoes the request's headers must not put the token there, and a long page
+// is cut short.
+func TestTransitErrorsNeverQuoteToken(t *testing.T) {
+	tests := []struct {
+		name   string
+		status int
+		body   func(token string) string
+	}{
+		{"Vault error list", 400, func(tok string) string {
+			return `{"errors":["request with X-Vault-Token ` + tok + ` refused"]}`
+		}},
+		{"proxy page", 502, func(tok string) string {
+			return "<html><body>bad gateway; request headers: X-Vault-Token: " + tok + "\n" + strings.Repeat("<p>filler</p>\n", 4000) + "</body></html>"
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				w.WriteHeader(tc.status)
+				io.WriteString(w, tc.body(r.Header.Get("X-Vault-Token")))
+			}))
+			t.Cleanup(srv.Close)
+			host := vaultEnv(t, srv.URL, transittest.Token)
+			tr := transitBackend(t, "hcvault://"+host+"/transit/keys/fixture-kek")
+			_, err := tr.Decrypt([]byte("vault:v1:AAAA"), []byte("ad"))
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("Vault answered %d", tc.status)) {
+				t.Fatalf("decrypt: %v", err)
+			}
+			if strings.Contains(err.Error(), transittest.Token) {
+				t.Fatalf("the error holds the token: %v", err)
+			}
+			if len(err.Error()) > 2*maxVaultErrorText {
+				t.Fatalf("error of %d bytes: Vault's answer was not cut short", len(err.Error()))
 			}
 		})
 	}

@@ -140,6 +140,11 @@ func NewWithOptions(ctx context.Context, uri string, opts ...Option) (*AEAD, err
 		}
 		// The token source outlives ctx (New's context is for set-up only), so it gets its own.
 		o.client = oauth2.NewClient(context.Background(), creds.TokenSource)
+		// oauth2's transport adds the bearer token to every request it sends, a redirected one
+		// too (net/http's dropping of Authorization across hosts comes before it), so a redirect
+		// would hand the token to wherever Location points. Cloud KMS does not redirect API
+		// calls: a 3xx is answered as the refusal it is.
+		o.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	}
 	return &AEAD{key: key, endpoint: o.endpoint, client: o.client}, nil
 }

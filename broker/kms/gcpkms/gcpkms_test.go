@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
@@ -230,4 +234,40 @@ func TestErrors(t *testing.T) {
 			t.Fatalf("error carries the token endpoint's body: %v", err)
 		}
 	})
+}
+
+// A redirect from the endpoint is not followed: oauth2's transport would add the bearer token to
+// the redirected request, handing it to another host. The 3xx is a refusal, and the other host
+// hears nothing.
+func TestRedirectNotFollowed(t *testing.T) {
+	f := fake(t)
+	var bearers atomic.Int32
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			bearers.Add(1)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{}`)
+	}))
+	t.Cleanup(elsewhere.Close)
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(elsewhere.URL, "http://"))
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://localhost:"+port+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(redirector.Close)
+	a, err := gcpkms.NewWithOptions(context.Background(), "gcp-kms://"+keyA, gcpkms.WithEndpoint(redirector.URL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.Decrypt([]byte("ct"), []byte("ad"))
+	var kerr *gcpkms.KMSError
+	if !errors.As(err, &kerr) || kerr.HTTPStatus != http.StatusTemporaryRedirect {
+		t.Fatalf("decrypt through a redirect: %v, want a KMSError with HTTP 307", err)
+	}
+	if n := bearers.Load(); n != 0 {
+		t.Fatalf("the bearer token was sent to the redirect's target %d time(s)", n)
+	}
+	if f.Requests("token") == 0 {
+		t.Fatal("no access token was fetched: the credentials chain was not used")
+	}
 }
