@@ -264,7 +264,7 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 // upstream. reached reports whether the call reached the upstream in a way it may bill (see
 // upstream.MayHaveBilled); the budgets are refunded only when it did not. Credits the upstream
 // reports are recorded whole, even past a budget (an overshoot, refused until the period resets).
-func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte, cost uint64) (_ *SearchResult, reached bool, _ error) {
+func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte, cost uint64, resume upstream.Resumer) (_ *SearchResult, reached bool, _ error) {
 	ci := callInfo(ctx)
 	cs, err := b.spendingFor(tool.Credential)
 	if err != nil {
@@ -290,13 +290,16 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 		if waited > 0 {
 			// The wait lasts up to the caller's deadline (with none and no --max-wait, without
 			// end): a token revoked or expired meanwhile must not spend the key after all.
-			if err := b.stillLive(ctx, t.ID); err != nil {
+			if err := b.stillLive(ctx, t.ID, waitedForSlot); err != nil {
 				refund()
 				return nil, false, err
 			}
 		}
 	}
-	res, resp, err := b.callUpstream(ctx, t, tool, payload)
+	// The upstream client waits too (the credential's 429 pause, a retry's backoff): resume
+	// checks the token again before any attempt that follows such a wait, and a refusal there
+	// is refunded below like any call that sent nothing.
+	res, resp, err := b.callUpstream(ctx, t, tool, payload, resume)
 	if cs.lim != nil {
 		b.learnLimits(cs.lim, resp, err)
 	}
