@@ -25,7 +25,7 @@ mkdir -p "$logs"
 # package  test-regex  phase-1 count. Keep this list current: a new test that waits on a clock,
 # a deadline or a retry belongs here.
 tests=$(cat <<'LIST'
-./broker                     TestRunSchedulerUsesTheClock|TestSchedulerFailuresBackOff|TestScheduledRotateAtShutdownIsAudited|TestRotateCommandOutput  30
+./broker                     TestRunSchedulerUsesTheClock|TestSchedulerFailuresBackOff|TestScheduledRotateAtShutdownIsAudited|TestRotateCommandOutput|TestSharedSearchRefusedForTheStartersDeadlineOnly  30
 ./broker/daemon              TestLiveSocketWithFullBacklogIsNotReplaced|TestStopAbandonsAHandlerThatNeverReturns  30
 ./broker/grpcapi             TestUpstreamFaults|TestRateLimitStormProbesAlone  30
 ./broker/grpcapi             TestCredentialRateLimitSharedByAllTokens|TestTokenRevokedOrExpiredWhileWaitingForASlot|TestTokenRevokedOrExpiredWhileTheUpstreamCallWaits|TestLimiterLearnsFromUpstream|TestHealthShutdownEndsWatchers|TestUndecodableRequestIsAudited|TestCacheSingleFlight|TestTokenBudgetAndCredentialCeiling|TestGraceFallback  30

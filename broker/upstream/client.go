@@ -384,7 +384,10 @@ func (c *Client) do(ctx, detached context.Context, req Request, key []byte) (_ *
 		if gerr != nil {
 			var we *limiter.WaitError
 			if errors.As(gerr, &we) {
-				return nil, causeError(ErrRateLimited, 0, "the upstream asked every caller of this key to wait", nil, we.Wait, attempt-1)
+				e := causeError(ErrRateLimited, 0, "the upstream asked every caller of this key to wait", nil, we.Wait, attempt-1)
+				// Refused past the caller's deadline, not past maxRetryAfter (everyone's limit).
+				e.PastDeadline = we.Wait <= c.maxRetryAfter
+				return nil, e
 			}
 			return nil, ctxError(ctx, attempt-1)
 		}
@@ -416,7 +419,9 @@ func (c *Client) do(ctx, detached context.Context, req Request, key []byte) (_ *
 			return nil, o.err(key, o.wait, attempt)
 		}
 		if deadline, ok := ctx.Deadline(); ok && wait >= time.Until(deadline) {
-			return nil, o.err(key, wait, attempt)
+			e := o.err(key, wait, attempt)
+			e.PastDeadline = true
+			return nil, e
 		}
 		if err := c.sleep(ctx, wait); err != nil {
 			return nil, ctxError(ctx, attempt)

@@ -231,6 +231,8 @@ func TestRetryAfter(t *testing.T) {
 		wantWaits      []time.Duration
 		slack          time.Duration // tolerance for waits computed from a clock
 		wantHits       int
+		// wantPastDeadline: the error says only ctx's deadline stopped the wait (Error.PastDeadline).
+		wantPastDeadline bool
 	}{
 		{name: "Retry-After seconds", status: 429, headers: []string{"Retry-After", "3"},
 			wantWaits: []time.Duration{3 * time.Second}, wantHits: 2},
@@ -247,11 +249,11 @@ func TestRetryAfter(t *testing.T) {
 		{name: "custom MaxRetryAfter", status: 429, headers: []string{"Retry-After", "3"}, cfg: upstream.Config{MaxRetryAfter: 2 * time.Second},
 			wantErr: upstream.ErrRateLimited, wantRetryAfter: 3 * time.Second, wantHits: 1},
 		{name: "beyond ctx deadline is returned at once", status: 429, headers: []string{"Retry-After", "3"}, timeout: 2 * time.Second,
-			wantErr: upstream.ErrRateLimited, wantRetryAfter: 3 * time.Second, wantHits: 1},
+			wantErr: upstream.ErrRateLimited, wantRetryAfter: 3 * time.Second, wantHits: 1, wantPastDeadline: true},
 		{name: "5xx beyond ctx deadline", status: 500, headers: []string{"Retry-After", "5"}, timeout: time.Second,
-			wantErr: upstream.ErrUnavailable, wantRetryAfter: 5 * time.Second, wantHits: 1},
+			wantErr: upstream.ErrUnavailable, wantRetryAfter: 5 * time.Second, wantHits: 1, wantPastDeadline: true},
 		{name: "backoff beyond ctx deadline", status: 500, cfg: upstream.Config{BackoffBase: time.Hour}, timeout: time.Second,
-			wantErr: upstream.ErrUnavailable, wantRetryAfter: 2500 * time.Millisecond, slack: 2500 * time.Millisecond, wantHits: 1},
+			wantErr: upstream.ErrUnavailable, wantRetryAfter: 2500 * time.Millisecond, slack: 2500 * time.Millisecond, wantHits: 1, wantPastDeadline: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -283,6 +285,9 @@ func TestRetryAfter(t *testing.T) {
 				}
 				if !strings.Contains(err.Error(), "; retry after ") {
 					t.Errorf("message %q does not say when to retry", err)
+				}
+				if ue.PastDeadline != tt.wantPastDeadline {
+					t.Errorf("PastDeadline = %v, want %v", ue.PastDeadline, tt.wantPastDeadline)
 				}
 			}
 			waits := sl.Waits()
