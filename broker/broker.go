@@ -315,7 +315,7 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 		// Shortly after a rotation, retry once with the previous version (rotation.go).
 		resp, version, err = b.graceFallback(ctx, detached, tool, payload, version, err, resume)
 	}
-	if errors.Is(err, ErrUnauthenticated) {
+	if sw := (*stoppedAfterWait)(nil); errors.As(err, &sw) {
 		return nil, nil, err // resume refused an attempt after a wait (stillLive): not the upstream's failure
 	}
 	if err != nil {

@@ -388,7 +388,7 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 	if upstream.MayHaveBilled(err) {
 		return nil, c.Previous, err // the fallback may have been charged: say so, not the rejection
 	}
-	if errors.Is(err, ErrUnauthenticated) {
+	if sw := (*stoppedAfterWait)(nil); errors.As(err, &sw) {
 		return nil, version, err // the token died while the fallback waited: say so, not the rejection
 	}
 	if err != nil {

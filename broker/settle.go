@@ -314,8 +314,17 @@ func (c *upstreamCall) Resume(ctx context.Context, w upstream.Wait) error {
 	if w.Attempt > 1 {
 		waited = waitedForRetry
 	}
-	return c.b.stillLive(ctx, c.token, waited)
+	if err := c.b.stillLive(ctx, c.token, waited); err != nil {
+		return &stoppedAfterWait{err}
+	}
+	return nil
 }
+
+// stoppedAfterWait is an upstream call's error when Resume stopped it: the broker's own refusal
+// (or its store's failure), which the caller gets as it is, not as the upstream's failure.
+type stoppedAfterWait struct{ error }
+
+func (e *stoppedAfterWait) Unwrap() error { return e.error }
 
 // runDetached runs fn on a goroutine of its own and returns its answer, or ctx's error as soon as
 // ctx ends; fn goes on (it ends by itself). It is the result cache's Do without the cache.

@@ -115,11 +115,12 @@ func TestTokenRevokedOrExpiredWhileTheUpstreamCallWaits(t *testing.T) {
 		fault  scaviotest.Fault
 		during func(id string)
 		want   string
+		reason string
 	}{
-		{"revoked during the 429 pause", pause, revoke, "was revoked"},
-		{"expired during the 429 pause", pause, expire, "expired at"},
-		{"revoked during the backoff", outage, revoke, "was revoked"},
-		{"expired during the backoff", outage, expire, "expired at"},
+		{"revoked during the 429 pause", pause, revoke, "was revoked", broker.ReasonTokenRevoked},
+		{"expired during the 429 pause", pause, expire, "expired at", broker.ReasonTokenExpired},
+		{"revoked during the backoff", outage, revoke, "was revoked", broker.ReasonTokenRevoked},
+		{"expired during the backoff", outage, expire, "expired at", broker.ReasonTokenExpired},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}, MaxUses: 5, BudgetCredits: 10, BudgetPeriod: "day",
@@ -143,6 +144,9 @@ func TestTokenRevokedOrExpiredWhileTheUpstreamCallWaits(t *testing.T) {
 			err := <-done
 			requireGRPCStatus(t, err, codes.Unauthenticated, c.want)
 			requireGRPCStatus(t, err, codes.Unauthenticated, "while the call waited to retry the upstream")
+			if info, _ := details(t, err); info.Reason != c.reason {
+				t.Errorf("reason %s, want %s", info.Reason, c.reason)
+			}
 			if n := len(h.fake.Requests()) - before; n != 1 {
 				t.Fatalf("the upstream got %d requests, want 1: the retry went with a token %s", n, c.name)
 			}
