@@ -206,9 +206,17 @@ func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*
 	return st, nil
 }
 
+// What a call waited for before stillLive checked its token again, as its refusals say it.
+const (
+	waitedForSlot  = "for a slot of its credential's rate limit; it was not sent"
+	waitedForGate  = "out the upstream's 429 pause of its credential; it was not sent"
+	waitedForRetry = "to retry the upstream (its Retry-After or backoff); the retry was not sent"
+)
+
 // stillLive refuses, as authenticate would, token id if it was revoked or expired since the call
-// authenticated it: for a call that waited (the credential's limiter), just before it is sent.
-func (b *Broker) stillLive(ctx context.Context, id string) error {
+// authenticated it: for a call that waited (the credential's limiter, the upstream's 429 pause, a
+// retry's backoff), just before it is sent. waited says what it waited for (waitedFor...).
+func (b *Broker) stillLive(ctx context.Context, id, waited string) error {
 	st, err := b.lookupToken(id)
 	if err != nil {
 		return fmt.Errorf("token %s: %w", id, err)
@@ -217,11 +225,11 @@ func (b *Broker) stillLive(ctx context.Context, id string) error {
 	ci := callInfo(ctx)
 	if t.Revoked {
 		ci.Event = RefusedRevokedToken
-		return unauthenticated(ReasonTokenRevoked, "token %s was revoked while the call waited for a slot of its credential's rate limit; it was not sent", t.ID)
+		return unauthenticated(ReasonTokenRevoked, "token %s was revoked while the call waited %s", t.ID, waited)
 	}
 	if now := b.now(); !now.Before(t.ExpiresAt) {
 		ci.Event = RefusedExpiredToken
-		return unauthenticated(ReasonTokenExpired, "token %s expired at %s while the call waited for a slot of its credential's rate limit; it was not sent", t.ID, t.ExpiresAt.UTC().Format(time.RFC3339))
+		return unauthenticated(ReasonTokenExpired, "token %s expired at %s while the call waited %s", t.ID, t.ExpiresAt.UTC().Format(time.RFC3339), waited)
 	}
 	return nil
 }
@@ -259,7 +267,7 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 		return nil, err
 	}
 	st.touch(b.now())
-	call := &upstreamCall{b: b, caller: caller, start: time.Now()}
+	call := &upstreamCall{b: b, caller: caller, start: time.Now(), token: t.ID}
 	if t.MaxUses > 0 {
 		// A use is reserved durably before the call (concurrent calls cannot pass the limit, a
 		// crash leaves it counted) and given back if the call does not reach the upstream.
@@ -277,8 +285,9 @@ func (b *Broker) Search(ctx context.Context, raw string, caller Caller, req Sear
 }
 
 // callUpstream loads the tool's credential, calls the upstream with it (falling back to the
-// previous version within the grace window) and parses the results.
-func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte) (*SearchResult, *upstream.Response, error) {
+// previous version within the grace window) and parses the results. resume is asked before every
+// attempt that followed a wait (upstream.Request.Resume).
+func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte, resume upstream.Resumer) (*SearchResult, *upstream.Response, error) {
 	ci := callInfo(ctx)
 	key, version, err := b.store.LoadCredential(tool.Credential)
 	ci.CredentialVersion = version
@@ -294,7 +303,7 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 	detached, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	defer context.AfterFunc(b.flights.ctx, cancel)()
-	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: b.decode}, key)
+	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached, upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: b.decode, Resume: resume}, key)
 	b.noteReflection(ctx, tool, version, resp, err)
 	if err != nil {
 		// The upstream package never puts bodies in errors; redact anyway, so no future change
@@ -304,7 +313,10 @@ func (b *Broker) callUpstream(ctx context.Context, t *store.Token, tool Tool, pa
 	clear(key) // the plaintext lives for this call only
 	if errors.Is(err, upstream.ErrRejected) {
 		// Shortly after a rotation, retry once with the previous version (rotation.go).
-		resp, version, err = b.graceFallback(ctx, detached, tool, payload, version, err)
+		resp, version, err = b.graceFallback(ctx, detached, tool, payload, version, err, resume)
+	}
+	if sw := (*stoppedAfterWait)(nil); errors.As(err, &sw) {
+		return nil, nil, err // resume refused an attempt after a wait (stillLive): not the upstream's failure
 	}
 	if err != nil {
 		b.log.Warn("upstream call failed", "tool", tool.Name, "token_id", t.ID, "credential", tool.Credential, "version", version, "err", err)

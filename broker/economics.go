@@ -189,13 +189,17 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 		v, r, err = b.econ.cache.Do(ctx, cacheKey(t, tool, payload), ttl, func() (any, int64, error) {
 			res, err := call.run(ctx, t, tool, payload, cost)
 			if err != nil {
-				// Shared-cache tokens wait on each other's identical calls. A failure that is this
-				// caller's own (it gave up, its budget is spent, its token was revoked or expired
-				// while it waited for a slot) must not fail the others, nor tell them this token's id
-				// and budget: they compute again themselves.
-				// (A token's own partition has only its own calls: its spent budget is theirs too.)
+				// Identical calls wait on this one, which runs on this caller's ctx. A failure
+				// that is this caller's own must not fail the others: they compute again
+				// themselves. So for a caller that gave up, and for a wait refused only because it
+				// passes this caller's deadline (the others may have more time, and are judged
+				// by their own, as if each had come alone). Shared-cache tokens wait on each
+				// other's identical calls, so also when this token's budget is spent or it was
+				// revoked or expired while it waited: that must not tell the others this token's
+				// id and budget. (A token's own partition has only its own calls: its spent budget
+				// is theirs too.)
 				var be *tokenBudgetError
-				if ctx.Err() != nil || (t.SharedCache && (errors.As(err, &be) || errors.Is(err, ErrUnauthenticated))) {
+				if ctx.Err() != nil || refusedForDeadline(err) || (t.SharedCache && (errors.As(err, &be) || errors.Is(err, ErrUnauthenticated))) {
 					err = resultcache.Private(err)
 				}
 				return nil, 0, err
@@ -264,7 +268,7 @@ func (b *Broker) spend(ctx context.Context, call *upstreamCall, t *store.Token, 
 // upstream. reached reports whether the call reached the upstream in a way it may bill (see
 // upstream.MayHaveBilled); the budgets are refunded only when it did not. Credits the upstream
 // reports are recorded whole, even past a budget (an overshoot, refused until the period resets).
-func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte, cost uint64) (_ *SearchResult, reached bool, _ error) {
+func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, payload []byte, cost uint64, resume upstream.Resumer) (_ *SearchResult, reached bool, _ error) {
 	ci := callInfo(ctx)
 	cs, err := b.spendingFor(tool.Credential)
 	if err != nil {
@@ -283,20 +287,26 @@ func (b *Broker) spendUpstream(ctx context.Context, t *store.Token, tool Tool, p
 			refund()
 			var we *limiter.WaitError
 			if errors.As(err, &we) {
-				return nil, false, refusal(ReasonRateLimited, we.Wait, fmt.Errorf("%w: credential %q: %v; retry in %s", ErrRateLimited, tool.Credential, we, we.Wait.Round(time.Second)))
+				err = refusal(ReasonRateLimited, we.Wait, fmt.Errorf("%w: credential %q: %v; retry in %s", ErrRateLimited, tool.Credential, we, we.Wait.Round(time.Second)))
+				if maxWait := cs.limits.MaxWait; maxWait == 0 || we.Wait <= maxWait {
+					err = &pastDeadlineError{err} // ctx's deadline refused it, not --max-wait
+				}
 			}
 			return nil, false, err
 		}
 		if waited > 0 {
 			// The wait lasts up to the caller's deadline (with none and no --max-wait, without
 			// end): a token revoked or expired meanwhile must not spend the key after all.
-			if err := b.stillLive(ctx, t.ID); err != nil {
+			if err := b.stillLive(ctx, t.ID, waitedForSlot); err != nil {
 				refund()
 				return nil, false, err
 			}
 		}
 	}
-	res, resp, err := b.callUpstream(ctx, t, tool, payload)
+	// The upstream client waits too (the credential's 429 pause, a retry's backoff): resume
+	// checks the token again before any attempt that follows such a wait, and a refusal there
+	// is refunded below like any call that sent nothing.
+	res, resp, err := b.callUpstream(ctx, t, tool, payload, resume)
 	if cs.lim != nil {
 		b.learnLimits(cs.lim, resp, err)
 	}
@@ -373,6 +383,21 @@ func (b *Broker) charge(t *store.Token, tool Tool, cs *credSpend, credits int64,
 		undo = append(undo, func() { b.store.SpendCredentialCredits(tool.Credential, now, -credits, ceiling) })
 	}
 	return refund, nil
+}
+
+// pastDeadlineError is a refusal only the caller's deadline caused: the slot of the credential's
+// limiter it would have had to wait for starts after it.
+type pastDeadlineError struct{ error }
+
+func (e *pastDeadlineError) Unwrap() error { return e.error }
+
+// refusedForDeadline reports whether err refused a call only because the wait it needed (a slot
+// of the credential's limiter, the upstream's Retry-After or 429 pause) passes the caller's own
+// deadline: a caller with more time would have waited it out.
+func refusedForDeadline(err error) bool {
+	var pe *pastDeadlineError
+	var ue *upstream.Error
+	return errors.As(err, &pe) || errors.As(err, &ue) && ue.PastDeadline
 }
 
 // tokenBudgetError is a refusal because the calling token's own budget is spent.

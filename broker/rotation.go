@@ -363,7 +363,7 @@ func (b *Broker) Rekey(ctx context.Context) (store.RekeyResult, error) {
 // graceFallback is called when the upstream rejected version of tool's credential. Within the
 // grace window after a rotation it retries once with the previous version; it returns the
 // response and the version that served it, or the original error.
-func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload []byte, version uint64, cause error) (*upstream.Response, uint64, error) {
+func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload []byte, version uint64, cause error, resume upstream.Resumer) (*upstream.Response, uint64, error) {
 	if b.rot.graceWindow <= 0 {
 		return nil, version, cause
 	}
@@ -384,7 +384,7 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 	// The previous key's attempts enter the credential's 429 gate like the current key's, and its
 	// error is redacted against the key it was sent with, as callUpstream does for the current one.
 	resp, err := b.upstream.DoDetached(upstream.WithGate(ctx, b.gateFor(tool.Credential, version)), detached,
-		upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: b.decode}, prev)
+		upstream.Request{Path: tool.Path, Auth: tool.Auth, Body: payload, Decode: b.decode, Resume: resume}, prev)
 	if err != nil {
 		err = redacted(err, prev)
 	}
@@ -392,6 +392,9 @@ func (b *Broker) graceFallback(ctx, detached context.Context, tool Tool, payload
 	b.noteReflection(ctx, tool, c.Previous, resp, err)
 	if upstream.MayHaveBilled(err) {
 		return nil, c.Previous, err // the fallback may have been charged: say so, not the rejection
+	}
+	if sw := (*stoppedAfterWait)(nil); errors.As(err, &sw) {
+		return nil, version, err // the token died while the fallback waited: say so, not the rejection
 	}
 	if err != nil {
 		return nil, version, cause

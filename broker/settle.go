@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -230,6 +231,7 @@ type upstreamCall struct {
 	caller Caller
 	start  time.Time
 	use    *useHold
+	token  string   // the calling token's id (Resume)
 	ci     CallInfo // the computation's; read by the caller only once done
 
 	mu         sync.Mutex
@@ -299,8 +301,30 @@ func (c *upstreamCall) spendRecovered(ctx context.Context, t *store.Token, tool 
 			callInfo(ctx).Credits = cost
 		}
 	}()
-	return c.b.spendUpstream(ctx, t, tool, payload, cost)
+	return c.b.spendUpstream(ctx, t, tool, payload, cost, c)
 }
+
+// Resume is the call's upstream.Resumer: an attempt that followed a wait inside the upstream
+// client (the credential's 429 pause, a retry's backoff; up to limiter.MaxPause) is sent only if
+// the token is still live, as after a wait for the credential's limiter (stillLive). It is a
+// method of the call, which every search allocates anyway, so a call that never waits costs
+// nothing more.
+func (c *upstreamCall) Resume(ctx context.Context, w upstream.Wait) error {
+	waited := waitedForGate
+	if w.Attempt > 1 {
+		waited = waitedForRetry
+	}
+	if err := c.b.stillLive(ctx, c.token, waited); err != nil {
+		return &stoppedAfterWait{err}
+	}
+	return nil
+}
+
+// stoppedAfterWait is an upstream call's error when Resume stopped it: the broker's own refusal
+// (or its store's failure), which the caller gets as it is, not as the upstream's failure.
+type stoppedAfterWait struct{ error }
+
+func (e *stoppedAfterWait) Unwrap() error { return e.error }
 
 // runDetached runs fn on a goroutine of its own and returns its answer, or ctx's error as soon as
 // ctx ends; fn goes on (it ends by itself). It is the result cache's Do without the cache.

@@ -25,16 +25,16 @@ mkdir -p "$logs"
 # package  test-regex  phase-1 count. Keep this list current: a new test that waits on a clock,
 # a deadline or a retry belongs here.
 tests=$(cat <<'LIST'
-./broker                     TestRunSchedulerUsesTheClock|TestSchedulerFailuresBackOff|TestScheduledRotateAtShutdownIsAudited|TestRotateCommandOutput  30
+./broker                     TestRunSchedulerUsesTheClock|TestSchedulerFailuresBackOff|TestScheduledRotateAtShutdownIsAudited|TestRotateCommandOutput|TestSharedSearchRefusedForTheStartersDeadlineOnly  30
 ./broker/daemon              TestLiveSocketWithFullBacklogIsNotReplaced|TestStopAbandonsAHandlerThatNeverReturns  30
 ./broker/grpcapi             TestUpstreamFaults|TestRateLimitStormProbesAlone  30
-./broker/grpcapi             TestCredentialRateLimitSharedByAllTokens|TestTokenRevokedOrExpiredWhileWaitingForASlot|TestLimiterLearnsFromUpstream|TestHealthShutdownEndsWatchers|TestUndecodableRequestIsAudited|TestCacheSingleFlight|TestTokenBudgetAndCredentialCeiling|TestGraceFallback  30
+./broker/grpcapi             TestCredentialRateLimitSharedByAllTokens|TestTokenRevokedOrExpiredWhileWaitingForASlot|TestTokenRevokedOrExpiredWhileTheUpstreamCallWaits|TestLimiterLearnsFromUpstream|TestHealthShutdownEndsWatchers|TestUndecodableRequestIsAudited|TestCacheSingleFlight|TestTokenBudgetAndCredentialCeiling|TestGraceFallback  30
 ./broker/grpcapi             TestZeroDowntimeRotation|TestCacheSavingsWorkload  5
 ./broker/grpcapi             TestIdleConnectionIsClosed|TestHeaderListSizeIsBounded|TestRefusalsWithoutTokenAreCoalesced  30
 ./broker/connlimit           .*  30
 ./broker/limiter             .*  30
 ./broker/resultcache         .*  30
-./broker/upstream            TestAttemptTimeoutRetried|TestContextEnds|TestRetryAfter|TestPanicInProbeReleasesGate  30
+./broker/upstream            TestAttemptTimeoutRetried|TestContextEnds|TestRetryAfter|TestPanicInProbeReleasesGate|TestResumeAsked  30
 ./broker/upstream/scaviotest TestFault  30
 ./client                     .*  30
 ./cmd/fakescavio             TestRunServesReloadsAndStops  30

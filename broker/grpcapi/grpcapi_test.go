@@ -77,10 +77,21 @@ func newHarnessWith(t *testing.T, configure func(*broker.Config)) *harness {
 // newHarnessOpts is newHarnessWith that also adjusts the server's options.
 func newHarnessOpts(t *testing.T, configure func(*broker.Config), serverOpts func(*Options)) *harness {
 	t.Helper()
+	return newHarnessUpstream(t, nil, configure, serverOpts)
+}
+
+// newHarnessUpstream is newHarnessOpts that also adjusts the upstream client's config (BaseURL is
+// the fake's).
+func newHarnessUpstream(t *testing.T, upCfg func(*upstream.Config), configure func(*broker.Config), serverOpts func(*Options)) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	st := storetest.Open(t, dir, store.Options{})
 	fake := scaviotest.NewServer(testKey)
-	up, err := upstream.New(upstream.Config{BaseURL: fake.URL, BackoffBase: time.Millisecond, MaxRetryAfter: 50 * time.Millisecond})
+	uc := upstream.Config{BaseURL: fake.URL, BackoffBase: time.Millisecond, MaxRetryAfter: 50 * time.Millisecond}
+	if upCfg != nil {
+		upCfg(&uc)
+	}
+	up, err := upstream.New(uc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package grpcapi
 
 import (
 	"context"
+	"net/http"
 	"testing"
 	"time"
 
@@ -10,6 +11,8 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/clocktest"
+	"github.com/credbroker/credbroker/broker/upstream"
+	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 	pb "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -74,6 +77,85 @@ func TestTokenRevokedOrExpiredWhileWaitingForASlot(t *testing.T) {
 			}
 			if ti.GetToken().GetUses() != 1 {
 				t.Fatalf("%d uses counted, want 1 (the refused call's given back)", ti.GetToken().GetUses())
+			}
+		})
+	}
+}
+
+// The upstream client waits inside a call too: after a 429 (Retry-After, the credential's gate
+// pause, up to an hour) and between retries (the backoff). A call whose token was revoked or
+// expired during that wait sends no further attempt: it is refused as after a wait for a limiter
+// slot, its use and its credits are given back (the attempt before was answered with an error
+// status, which the upstream does not bill).
+func TestTokenRevokedOrExpiredWhileTheUpstreamCallWaits(t *testing.T) {
+	fc := clocktest.New(time.Now())
+	sleepOnFake := func(ctx context.Context, d time.Duration) error {
+		select {
+		case <-fc.After(d):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	h := newHarnessUpstream(t, func(c *upstream.Config) {
+		c.Sleep, c.BackoffBase, c.MaxRetryAfter = sleepOnFake, 10*time.Second, time.Minute
+	}, func(c *broker.Config) { c.Economics.DefaultCacheTTL = -1; c.Clock = fc }, nil)
+	h.putKey(t)
+	ctx := context.Background()
+	revoke := func(id string) {
+		if _, err := h.admin.RevokeToken(ctx, &pb.RevokeTokenRequest{Id: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expire := func(string) { h.clock.Add(2 * time.Hour) }
+	pause := scaviotest.Fault{Status: http.StatusTooManyRequests, RetryAfter: "30", Times: 1}
+	outage := scaviotest.Fault{Status: http.StatusServiceUnavailable, Times: 1} // retried after the backoff (5-10s)
+	for _, c := range []struct {
+		name   string
+		fault  scaviotest.Fault
+		during func(id string)
+		want   string
+		reason string
+	}{
+		{"revoked during the 429 pause", pause, revoke, "was revoked", broker.ReasonTokenRevoked},
+		{"expired during the 429 pause", pause, expire, "expired at", broker.ReasonTokenExpired},
+		{"revoked during the backoff", outage, revoke, "was revoked", broker.ReasonTokenRevoked},
+		{"expired during the backoff", outage, expire, "expired at", broker.ReasonTokenExpired},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}, MaxUses: 5, BudgetCredits: 10, BudgetPeriod: "day",
+				Ttl: durationpb.New(time.Hour)})
+			h.fake.SetFault(c.fault)
+			before, waiting := len(h.fake.Requests()), fc.Waiting()
+			done := make(chan error, 1)
+			go func() {
+				_, err := h.search.Search(withToken(m.Token), &pb.SearchRequest{Query: c.name})
+				done <- err
+			}()
+			// The first attempt was answered with the fault and the call waits (on the fake clock)
+			// to try again.
+			for deadline := time.Now().Add(10 * time.Second); fc.Waiting() == waiting; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the call never waited to retry")
+				}
+			}
+			c.during(m.Id)
+			fc.Advance(30 * time.Second) // past the Retry-After and the longest backoff
+			err := <-done
+			requireGRPCStatus(t, err, codes.Unauthenticated, c.want)
+			requireGRPCStatus(t, err, codes.Unauthenticated, "while the call waited to retry the upstream")
+			if info, _ := details(t, err); info.Reason != c.reason {
+				t.Errorf("reason %s, want %s", info.Reason, c.reason)
+			}
+			if n := len(h.fake.Requests()) - before; n != 1 {
+				t.Fatalf("the upstream got %d requests, want 1: the retry went with a token %s", n, c.name)
+			}
+			ti, err := h.admin.GetToken(ctx, &pb.GetTokenRequest{Id: m.Id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ti.GetToken(); got.GetUses() != 0 || got.GetBudgetSpent() != 0 {
+				t.Fatalf("%d uses and %d credits counted, want 0 and 0 (nothing the upstream bills was sent)", got.GetUses(), got.GetBudgetSpent())
 			}
 		})
 	}

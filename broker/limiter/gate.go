@@ -54,39 +54,47 @@ type Outcome struct {
 // waiting, when the gate stays closed past ctx's deadline or past maxWait (0: no cap), and with
 // ctx's error if ctx ends while waiting.
 func (g *Gate) Enter(ctx context.Context, maxWait time.Duration) (done func(Outcome), err error) {
+	done, _, err = g.EnterWaited(ctx, maxWait)
+	return done, err
+}
+
+// EnterWaited is Enter that also reports whether the caller waited before it was let in (for the
+// gate's pause, or for a probe's answer), so that it can check again whatever may have changed
+// meanwhile; a caller let in at once did not.
+func (g *Gate) EnterWaited(ctx context.Context, maxWait time.Duration) (done func(Outcome), waited bool, err error) {
 	if g == nil {
-		return func(Outcome) {}, nil
+		return func(Outcome) {}, false, nil
 	}
-	for {
+	for ; ; waited = true {
 		g.mu.Lock()
 		now := g.clock.Now()
 		switch {
 		case g.until.IsZero() && g.probing == nil:
 			g.mu.Unlock()
-			return g.settle(nil), nil
+			return g.settle(nil), waited, nil
 		case now.Before(g.until):
 			wait := g.until.Sub(now)
 			g.mu.Unlock()
 			if d, ok := ctx.Deadline(); (ok && now.Add(wait).After(d)) || (maxWait > 0 && wait > maxWait) {
-				return nil, &WaitError{Wait: wait, Limit: "the upstream's Retry-After"}
+				return nil, waited, &WaitError{Wait: wait, Limit: "the upstream's Retry-After"}
 			}
 			select {
 			case <-g.clock.After(wait):
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, true, ctx.Err()
 			}
 		case g.probing == nil:
 			probe := make(chan struct{})
 			g.probing = probe
 			g.mu.Unlock()
-			return g.settle(probe), nil
+			return g.settle(probe), waited, nil
 		default:
 			probe := g.probing
 			g.mu.Unlock()
 			select {
 			case <-probe:
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, true, ctx.Err()
 			}
 		}
 	}

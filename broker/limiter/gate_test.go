@@ -242,3 +242,39 @@ func TestGatePauseIsBounded(t *testing.T) {
 		})
 	}
 }
+
+// EnterWaited says whether the caller waited before it was let in: not through an open gate, yes
+// after the upstream's pause (the upstream client then checks its caller again).
+func TestGateEnterWaited(t *testing.T) {
+	clk := newFakeClock()
+	g := NewGate(clk)
+	ctx := context.Background()
+	done, waited, err := g.EnterWaited(ctx, 0)
+	if err != nil || waited {
+		t.Fatalf("open gate: waited %v, err %v; want let in at once", waited, err)
+	}
+	done(Outcome{Limited: true, Wait: time.Second})
+
+	type entered struct {
+		done   func(Outcome)
+		waited bool
+	}
+	ch := make(chan entered, 1)
+	go func() {
+		done, waited, err := g.EnterWaited(ctx, 0)
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- entered{done, waited}
+	}()
+	waitFor(t, "the probe to wait for the pause", func() bool { return clk.Waiting() == 1 })
+	clk.Advance(time.Second)
+	probe := <-ch
+	if !probe.waited {
+		t.Fatal("the probe waited out the pause but EnterWaited says it did not")
+	}
+	probe.done(Outcome{})
+	if _, waited, err := g.EnterWaited(ctx, 0); err != nil || waited {
+		t.Fatalf("reopened gate: waited %v, err %v; want let in at once", waited, err)
+	}
+}

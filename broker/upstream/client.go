@@ -51,6 +51,28 @@ type Request struct {
 	// answer Decode refuses is ErrBadResponse, with Decode's message as the detail (unless it is a
 	// JSON syntax error), so that message must never quote the body.
 	Decode func(body []byte) (any, error)
+	// Resume, if set, is asked before every attempt that follows a wait of this call (the
+	// credential's gate, a retry's pause) whether the call may still go on: what the caller
+	// checked before the call may have changed meanwhile (the broker's token was revoked, say).
+	// An error stops the call there, that attempt unsent, and Do returns it as it is (MayHaveBilled
+	// still says whether an earlier attempt may have been charged). An attempt that did not wait
+	// never asks.
+	Resume Resumer
+}
+
+// Resumer is Request.Resume.
+type Resumer interface {
+	// Resume returns nil if the call may send its next attempt after w; ctx is Do's.
+	Resume(ctx context.Context, w Wait) error
+}
+
+// Wait is what an attempt waited for before Request.Resume was asked about it.
+type Wait struct {
+	// Attempt is the attempt about to be sent: 1 for the first, more for a retry (which always
+	// waited first: the upstream's Retry-After or the backoff).
+	Attempt int
+	// Gate: the attempt waited at the credential's gate (a 429's pause, another caller's probe).
+	Gate bool
 }
 
 // Response is a successful (2xx) upstream answer. Body and Header are redacted: wherever the
@@ -297,6 +319,8 @@ type outcome struct {
 	// billed: the attempt got a connection (so its request may have been written) and no error
 	// status came back for it; the upstream may have served it and charged credits.
 	billed bool
+	// stopped is Request.Resume's error: the attempt was not sent.
+	stopped error
 }
 
 // Do sends req with key and returns the 2xx response, or an error whose Kind classifies the
@@ -356,15 +380,25 @@ func (c *Client) do(ctx, detached context.Context, req Request, key []byte) (_ *
 		}
 		// Every attempt, retries included, enters the credential's gate: after a 429 only one
 		// probe goes until the upstream takes a call again.
-		done, gerr := gate.Enter(ctx, c.maxRetryAfter)
+		done, gateWaited, gerr := gate.EnterWaited(ctx, c.maxRetryAfter)
 		if gerr != nil {
 			var we *limiter.WaitError
 			if errors.As(gerr, &we) {
-				return nil, causeError(ErrRateLimited, 0, "the upstream asked every caller of this key to wait", nil, we.Wait, attempt-1)
+				e := causeError(ErrRateLimited, 0, "the upstream asked every caller of this key to wait", nil, we.Wait, attempt-1)
+				// Refused past the caller's deadline, not past maxRetryAfter (everyone's limit).
+				e.PastDeadline = we.Wait <= c.maxRetryAfter
+				return nil, e
 			}
 			return nil, ctxError(ctx, attempt-1)
 		}
-		o := c.gatedAttempt(ctx, detached, target, req, key, done)
+		var resume *Wait // set when this attempt followed a wait: a retry's, or the gate's
+		if req.Resume != nil && (attempt > 1 || gateWaited) {
+			resume = &Wait{Attempt: attempt, Gate: gateWaited}
+		}
+		o := c.gatedAttempt(ctx, detached, target, req, key, done, resume)
+		if o.stopped != nil {
+			return nil, o.stopped
+		}
 		billed = billed || o.billed
 		if o.resp != nil {
 			return o.resp, nil
@@ -385,7 +419,9 @@ func (c *Client) do(ctx, detached context.Context, req Request, key []byte) (_ *
 			return nil, o.err(key, o.wait, attempt)
 		}
 		if deadline, ok := ctx.Deadline(); ok && wait >= time.Until(deadline) {
-			return nil, o.err(key, wait, attempt)
+			e := o.err(key, wait, attempt)
+			e.PastDeadline = true
+			return nil, e
 		}
 		if err := c.sleep(ctx, wait); err != nil {
 			return nil, ctxError(ctx, attempt)
@@ -396,14 +432,21 @@ func (c *Client) do(ctx, detached context.Context, req Request, key []byte) (_ *
 // gatedAttempt runs one attempt and settles the credential's gate (done) with its outcome. An
 // attempt that panics (in Request.Decode, say, which the broker recovers so that only that call
 // fails) settles it as Unknown on the way out: a probe left unsettled would hold every later call
-// with the key until its deadline, for as long as the process runs.
-func (c *Client) gatedAttempt(ctx, detached context.Context, target string, req Request, key []byte, done func(limiter.Outcome)) outcome {
+// with the key until its deadline, for as long as the process runs. With resume set (the attempt
+// followed a wait), Request.Resume is asked first; an attempt it stops is not sent, and settles
+// the gate as Unknown too (a probe hands its role to the next caller).
+func (c *Client) gatedAttempt(ctx, detached context.Context, target string, req Request, key []byte, done func(limiter.Outcome), resume *Wait) outcome {
 	settled := false
 	defer func() {
 		if !settled {
 			done(limiter.Outcome{Unknown: true})
 		}
 	}()
+	if resume != nil {
+		if err := req.Resume.Resume(ctx, *resume); err != nil {
+			return outcome{stopped: err}
+		}
+	}
 	o := c.attempt(ctx, detached, target, req, key)
 	settled = true
 	done(o.gateOutcome())

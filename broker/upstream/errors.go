@@ -44,6 +44,10 @@ type Error struct {
 	// KeyReflected reports that the upstream echoed the key in its error body or headers. None of
 	// those bytes are in the error; the broker counts and audits the event.
 	KeyReflected bool
+	// PastDeadline: the call stopped because the wait it needed (RetryAfter: the upstream's
+	// Retry-After, the credential's gate) would pass the deadline of Do's ctx, and only that; a
+	// caller with more time would have waited it out and tried again.
+	PastDeadline bool
 
 	msg   string // complete, already-redacted message
 	cause error  // context or transport error; reachable through Is only, never through Unwrap

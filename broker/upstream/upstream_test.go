@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/clocktest"
 	"github.com/credbroker/credbroker/broker/limiter"
 	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
@@ -230,6 +231,8 @@ func TestRetryAfter(t *testing.T) {
 		wantWaits      []time.Duration
 		slack          time.Duration // tolerance for waits computed from a clock
 		wantHits       int
+		// wantPastDeadline: the error says only ctx's deadline stopped the wait (Error.PastDeadline).
+		wantPastDeadline bool
 	}{
 		{name: "Retry-After seconds", status: 429, headers: []string{"Retry-After", "3"},
 			wantWaits: []time.Duration{3 * time.Second}, wantHits: 2},
@@ -246,11 +249,11 @@ func TestRetryAfter(t *testing.T) {
 		{name: "custom MaxRetryAfter", status: 429, headers: []string{"Retry-After", "3"}, cfg: upstream.Config{MaxRetryAfter: 2 * time.Second},
 			wantErr: upstream.ErrRateLimited, wantRetryAfter: 3 * time.Second, wantHits: 1},
 		{name: "beyond ctx deadline is returned at once", status: 429, headers: []string{"Retry-After", "3"}, timeout: 2 * time.Second,
-			wantErr: upstream.ErrRateLimited, wantRetryAfter: 3 * time.Second, wantHits: 1},
+			wantErr: upstream.ErrRateLimited, wantRetryAfter: 3 * time.Second, wantHits: 1, wantPastDeadline: true},
 		{name: "5xx beyond ctx deadline", status: 500, headers: []string{"Retry-After", "5"}, timeout: time.Second,
-			wantErr: upstream.ErrUnavailable, wantRetryAfter: 5 * time.Second, wantHits: 1},
+			wantErr: upstream.ErrUnavailable, wantRetryAfter: 5 * time.Second, wantHits: 1, wantPastDeadline: true},
 		{name: "backoff beyond ctx deadline", status: 500, cfg: upstream.Config{BackoffBase: time.Hour}, timeout: time.Second,
-			wantErr: upstream.ErrUnavailable, wantRetryAfter: 2500 * time.Millisecond, slack: 2500 * time.Millisecond, wantHits: 1},
+			wantErr: upstream.ErrUnavailable, wantRetryAfter: 2500 * time.Millisecond, slack: 2500 * time.Millisecond, wantHits: 1, wantPastDeadline: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -282,6 +285,9 @@ func TestRetryAfter(t *testing.T) {
 				}
 				if !strings.Contains(err.Error(), "; retry after ") {
 					t.Errorf("message %q does not say when to retry", err)
+				}
+				if ue.PastDeadline != tt.wantPastDeadline {
+					t.Errorf("PastDeadline = %v, want %v", ue.PastDeadline, tt.wantPastDeadline)
 				}
 			}
 			waits := sl.Waits()
@@ -1092,5 +1098,139 @@ func TestResponseHeadersBounded(t *testing.T) {
 				t.Fatalf("Do: %v, want %v", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// resumer records what Request.Resume was asked, and refuses from attempt refuseAt on (0: never).
+type resumer struct {
+	mu       sync.Mutex
+	asked    []upstream.Wait
+	refuseAt int
+}
+
+var errTokenDied = errors.New("the caller's token was revoked while the call waited")
+
+func (r *resumer) Resume(_ context.Context, w upstream.Wait) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.asked = append(r.asked, w)
+	if r.refuseAt > 0 && w.Attempt >= r.refuseAt {
+		return errTokenDied
+	}
+	return nil
+}
+
+func (r *resumer) Asked() []upstream.Wait {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]upstream.Wait(nil), r.asked...)
+}
+
+// Request.Resume is asked before every attempt that followed a wait (a retry's), and only then: a
+// call answered at once never asks. An attempt it refuses is not sent, and Do returns its error as
+// it is, marked as possibly billed only if an earlier attempt may have been.
+func TestResumeAskedAfterEveryWait(t *testing.T) {
+	ok := reply(200, `{"results":[]}`)
+	failThenOK := func(fail func(int, http.ResponseWriter, *http.Request)) func(int, http.ResponseWriter, *http.Request) {
+		return func(n int, w http.ResponseWriter, r *http.Request) {
+			if n == 1 {
+				fail(n, w, r)
+				return
+			}
+			ok(n, w, r)
+		}
+	}
+	dropConn := func(_ int, w http.ResponseWriter, _ *http.Request) {
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			conn.Close() // read and dropped unanswered: the upstream may have billed it
+		}
+	}
+	for _, tc := range []struct {
+		name       string
+		handle     func(int, http.ResponseWriter, *http.Request)
+		refuseAt   int
+		wantAsked  []upstream.Wait
+		wantHits   int32
+		wantErr    error
+		wantBilled bool
+	}{
+		{"answered at once", ok, 0, nil, 1, nil, false},
+		{"retried after a 503", failThenOK(reply(503, `{}`)), 0, []upstream.Wait{{Attempt: 2}}, 2, nil, false},
+		{"retried after a 429 without Retry-After", failThenOK(reply(429, `{}`)), 0, []upstream.Wait{{Attempt: 2}}, 2, nil, false},
+		{"retry refused after a 503", failThenOK(reply(503, `{}`)), 2, []upstream.Wait{{Attempt: 2}}, 1, errTokenDied, false},
+		{"retry refused after a dropped connection", failThenOK(dropConn), 2, []upstream.Wait{{Attempt: 2}}, 1, errTokenDied, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t, tc.handle)
+			c, _ := newClient(t, srv.URL, upstream.Config{})
+			res := &resumer{refuseAt: tc.refuseAt}
+			req := searchReq()
+			req.Resume = res
+			ctx := upstream.WithGate(context.Background(), limiter.NewGate(nil))
+			_, err := c.Do(ctx, req, []byte(testKey))
+			if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Do: %v, want %v", err, tc.wantErr)
+			}
+			if tc.wantErr != nil && err.Error() != tc.wantErr.Error() {
+				t.Errorf("Do's error reads %q, want Resume's own %q", err, tc.wantErr)
+			}
+			if got := upstream.MayHaveBilled(err); got != tc.wantBilled {
+				t.Errorf("MayHaveBilled = %v, want %v", got, tc.wantBilled)
+			}
+			if got := res.Asked(); fmt.Sprint(got) != fmt.Sprint(tc.wantAsked) {
+				t.Errorf("Resume asked about %v, want %v", got, tc.wantAsked)
+			}
+			if got := srv.hits.Load(); got != tc.wantHits {
+				t.Errorf("the upstream saw %d requests, want %d", got, tc.wantHits)
+			}
+		})
+	}
+}
+
+// A first attempt that waited at the credential's gate (another call's 429 closed it) asks
+// Request.Resume too. Refused, it is not sent, and it hands the probe's role on: the next caller
+// goes at once instead of waiting for a probe that never ends.
+func TestResumeAskedAfterTheGatesPause(t *testing.T) {
+	srv := newServer(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if n == 1 {
+			reply(429, `{}`, "Retry-After", "30")(n, w, r)
+			return
+		}
+		reply(200, `{"results":[]}`)(n, w, r)
+	})
+	c, _ := newClient(t, srv.URL, upstream.Config{MaxRetries: -1, MaxRetryAfter: time.Minute})
+	fc := clocktest.New(time.Now())
+	ctx := upstream.WithGate(context.Background(), limiter.NewGate(fc))
+	if _, err := c.Do(ctx, searchReq(), []byte(testKey)); !errors.Is(err, upstream.ErrRateLimited) {
+		t.Fatalf("first call: %v, want ErrRateLimited", err)
+	}
+	res := &resumer{refuseAt: 1}
+	req := searchReq()
+	req.Resume = res
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Do(ctx, req, []byte(testKey))
+		done <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); fc.Waiting() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the second call never waited at the gate")
+		}
+	}
+	fc.Advance(30 * time.Second)
+	if err := <-done; !errors.Is(err, errTokenDied) {
+		t.Fatalf("the call refused after the gate's pause: %v, want Resume's error", err)
+	}
+	if got, want := res.Asked(), []upstream.Wait{{Attempt: 1, Gate: true}}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Resume asked about %v, want %v", got, want)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second) // bounds the failure only
+	defer cancel()
+	if _, err := c.Do(cctx, searchReq(), []byte(testKey)); err != nil {
+		t.Fatalf("the call after a refused probe: %v; the gate still waits for that probe", err)
+	}
+	if got := srv.hits.Load(); got != 2 {
+		t.Errorf("the upstream saw %d requests, want 2 (the refused probe sent nothing)", got)
 	}
 }
