@@ -373,6 +373,19 @@ func (b *Broker) StopWatching() {
 	b.watch.wg.Wait()
 }
 
+// endWatch ends the watch of token id, if it is watched, and returns once its pidfd is closed
+// and its place given back: an admin revoked the token.
+func (b *Broker) endWatch(id string) {
+	b.watch.mu.Lock()
+	e, ok := b.watch.ends[id]
+	b.watch.mu.Unlock()
+	if ok {
+		e.end()
+		<-e.over
+	}
+	b.watch.setExited(id, false) // revoked: the record says so from now on
+}
+
 // workloadWatch counts the watched tokens and ends their watches on stop. The zero value is ready.
 type workloadWatch struct {
 	mu      sync.Mutex
