@@ -250,6 +250,9 @@ func (b *Broker) RevokeToken(ctx context.Context, id string) (store.Token, error
 		return store.Token{}, err
 	}
 	b.updateCachedToken(t)
+	// A process-bound token's watch ends with it: its pidfd closes and its place (and its uid's
+	// share of them) is free for the next FetchToken at once, not when the token would expire.
+	b.endWatch(id)
 	b.log.Info("token revoked", "token_id", id)
 	return t, nil
 }

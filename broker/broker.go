@@ -132,6 +132,7 @@ func New(cfg Config) (*Broker, error) {
 		decode: decodeAnswer,
 	}
 	b.rot.sched = newScheduler(b, cfg.Clock, cfg.Scheduler)
+	b.watch.clock = b.rot.sched.clock
 	b.workers = newWorkers(searchWorkers, func(v any) { b.panicked(v) })
 	b.econ.cache.SetSpawn(b.workers.run)
 	b.econ.cache.SetRecover(b.panicked)
@@ -194,6 +195,10 @@ func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*
 		ci.Event = RefusedRevokedToken
 		return nil, unauthenticated(ReasonTokenRevoked, "token %s was revoked; ask the operator for a new one", t.ID)
 	}
+	if b.watch.hasExited(t.ID) { // its revocation is still being written
+		ci.Event = RefusedRevokedToken
+		return nil, unauthenticated(ReasonTokenRevoked, "token %s was revoked: the process it was bound to exited; fetch a new one", t.ID)
+	}
 	if now := b.now(); !now.Before(t.ExpiresAt) {
 		ci.Event = RefusedExpiredToken
 		return nil, unauthenticated(ReasonTokenExpired, "token %s expired at %s; ask the operator to mint a new one", t.ID, t.ExpiresAt.UTC().Format(time.RFC3339))
@@ -223,7 +228,7 @@ func (b *Broker) stillLive(ctx context.Context, id, waited string) error {
 	}
 	t := st.record()
 	ci := callInfo(ctx)
-	if t.Revoked {
+	if t.Revoked || b.watch.hasExited(t.ID) {
 		ci.Event = RefusedRevokedToken
 		return unauthenticated(ReasonTokenRevoked, "token %s was revoked while the call waited %s", t.ID, waited)
 	}

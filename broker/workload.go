@@ -4,15 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
 
 	"github.com/credbroker/credbroker/broker/attest"
+	"github.com/credbroker/credbroker/broker/metrics"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -230,12 +233,27 @@ func (b *Broker) MintBoundToProcess(ctx context.Context, r MintRequest, caller C
 	return tok, rec, nil
 }
 
-// watchToken revokes rec when the pinned process exits; the watch ends (and the pidfd closes)
-// when the token expires first or brokerd stops watching, and then release gives its place back.
+// A process-exit revocation whose write fails (a full disk, the audit log failing) is retried
+// after revokeRetryMin, doubled per failure up to revokeRetryMax, on brokerd's clock.
+const (
+	revokeRetryMin = 100 * time.Millisecond
+	revokeRetryMax = 30 * time.Second
+)
+
+// watchToken revokes rec when the pinned process exits. The watch ends when the token is revoked
+// (by that exit, or by an admin: endWatch) or expires, or brokerd stops watching; then its pidfd
+// is closed and release gives its place back. A revocation still being retried keeps the place,
+// so at most MaxWatchedTokens of them wait at once.
 func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, program string, release func()) {
 	stop := make(chan struct{})
 	var once sync.Once
 	end := func() { once.Do(func() { close(stop) }) }
+	over := make(chan struct{}) // closed once the place is given back
+	if !b.watch.add(rec.ID, end, over) {
+		// brokerd is stopping and watches nothing more; its next start revokes the token.
+		release()
+		return
+	}
 	expiry := time.AfterFunc(rec.ExpiresAt.Sub(b.now()), end)
 	all := b.watch.stopping()
 	go func() {
@@ -245,38 +263,82 @@ func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, 
 		case <-stop:
 		}
 	}()
-	err := pin.Watch(stop, func() {
+	onExit := func() {
 		defer end()
-		defer expiry.Stop()
-		b.revokeExited(rec, caller, program)
-	})
-	if err != nil {
-		end()
-		b.log.Error("cannot watch the process of a fetched token; revoking it", "token_id", rec.ID, "err", err)
-		b.revokeExited(rec, caller, program)
+		b.revokeExited(rec, caller, program, stop)
 	}
-	go func() { <-stop; release() }()
+	closed, err := pin.Watch(stop, onExit)
+	if err != nil {
+		b.log.Error("cannot watch the process of a fetched token; revoking it", "token_id", rec.ID, "err", err)
+		done := make(chan struct{})
+		go func() { defer close(done); onExit() }()
+		closed = done
+	}
+	go func() {
+		<-stop
+		<-closed
+		expiry.Stop()
+		b.watch.remove(rec.ID, release)
+		close(over)
+	}()
 }
 
-// revokeExited revokes a process-bound token whose process exited, audited.
-func (b *Broker) revokeExited(rec store.Token, caller Caller, program string) {
-	t, err := b.store.RevokeToken(rec.ID, b.now())
-	if err != nil {
-		b.log.Error("process-bound token not revoked after its process exited", "token_id", rec.ID, "err", err)
-		return
-	}
-	b.updateCachedToken(t)
+// revokeExited revokes rec, whose process exited, with its audit record. The token is refused at
+// once (in memory); its revocation and record are written together and retried until they land,
+// or until stop: the token expired, an admin revoked it, or brokerd stops (its next start revokes
+// every live process-bound token, RevokeProcessBound).
+func (b *Broker) revokeExited(rec store.Token, caller Caller, program string, stop <-chan struct{}) {
+	b.watch.setExited(rec.ID, true)
 	caller.Exe = program
 	ci := &CallInfo{TokenID: rec.ID, Event: EventProcessExit, TokenLabel: rec.Label, Workload: rec.Workload}
-	if err := b.RecordCall(context.Background(), CallRecord{Method: "event", Caller: caller, Code: "OK", Info: ci}); err != nil {
-		b.log.Error("audit record of a process-exit revocation not written", "token_id", rec.ID, "err", err)
+	wait := revokeRetryMin
+	for attempt := 1; ; attempt++ {
+		if !b.now().Before(rec.ExpiresAt) {
+			b.watch.setExited(rec.ID, false) // refused as expired from now on
+			b.log.Warn("process-bound token expired before its revocation could be written", "token_id", rec.ID, "attempts", attempt-1)
+			return
+		}
+		t, _, err := b.revokeAudited(context.Background(), rec.ID, CallRecord{Method: "event", Caller: caller, Code: "OK", Info: ci})
+		switch {
+		case err == nil:
+			b.updateCachedToken(t)
+			b.watch.setExited(rec.ID, false) // the record says revoked now
+			b.log.Info("token revoked: its process exited", "token_id", rec.ID, "workload", rec.Workload, "pid", caller.PID, "attempts", attempt)
+			return
+		case errors.Is(err, store.ErrNotFound):
+			b.watch.setExited(rec.ID, false)
+			b.log.Warn("process-bound token gone before its revocation", "token_id", rec.ID)
+			return
+		}
+		b.log.Error("process-bound token not revoked after its process exited; it is refused, and the revocation is retried",
+			"token_id", rec.ID, "attempt", attempt, "retry_in", wait, "err", err)
+		select {
+		case <-stop:
+			if !b.now().Before(rec.ExpiresAt) {
+				b.watch.setExited(rec.ID, false) // refused as expired from now on
+			}
+			b.log.Warn("revocation of a process-bound token abandoned: the token expired or was revoked, or brokerd is stopping (its next start revokes it)", "token_id", rec.ID)
+			return
+		case <-b.watch.after(wait):
+		}
+		wait = min(2*wait, revokeRetryMax)
 	}
-	b.log.Info("token revoked: its process exited", "token_id", rec.ID, "workload", rec.Workload, "pid", caller.PID)
+}
+
+// revokeAudited revokes token id now and writes r, its audit record, in the same commit, so the
+// revocation is never durable without its record. revoked is false for a token already revoked
+// (r is not written: that revocation has its own record).
+func (b *Broker) revokeAudited(ctx context.Context, id string, r CallRecord) (t store.Token, revoked bool, err error) {
+	start := time.Now()
+	defer func() { metrics.ObserveAuditWrite(time.Since(start)) }()
+	return b.store.RevokeTokenAudited(ctx, id, b.now(), b.auditRecord(r))
 }
 
 // RevokeProcessBound revokes every live process-bound token. brokerd calls it at start: the
 // processes those tokens were bound to can no longer be watched (their pidfds died with the
 // previous brokerd), so a token might otherwise outlive its process. Clients fetch a new one.
+// Each revocation is committed with its audit record; on an error the rest stay live, and the
+// next start revokes them.
 func (b *Broker) RevokeProcessBound(ctx context.Context) (int, error) {
 	now := b.now()
 	var ids []store.Token
@@ -288,22 +350,41 @@ func (b *Broker) RevokeProcessBound(ctx context.Context) (int, error) {
 	}); err != nil {
 		return 0, err
 	}
+	n := 0
 	for _, t := range ids {
-		rt, err := b.store.RevokeToken(t.ID, now)
+		ci := &CallInfo{TokenID: t.ID, Event: EventRestartRevoke, TokenLabel: t.Label, Workload: t.Workload}
+		rt, revoked, err := b.revokeAudited(ctx, t.ID, CallRecord{Method: "event", Code: "OK", Info: ci})
 		if err != nil {
-			return 0, fmt.Errorf("revoke process-bound token %s: %w", t.ID, err)
+			return n, fmt.Errorf("revoke process-bound token %s: %w", t.ID, err)
 		}
 		b.updateCachedToken(rt)
-		ci := &CallInfo{TokenID: t.ID, Event: EventRestartRevoke, TokenLabel: t.Label, Workload: t.Workload}
-		if err := b.RecordCall(ctx, CallRecord{Method: "event", Code: "OK", Info: ci}); err != nil {
-			return 0, err
+		if revoked {
+			n++
 		}
 	}
-	return len(ids), nil
+	return n, nil
 }
 
-// StopWatching ends every process watch (brokerd stopping): their pidfds close.
-func (b *Broker) StopWatching() { b.watch.stopAll() }
+// StopWatching ends every process watch (brokerd stopping) and returns once they are over:
+// their pidfds are closed and no revocation is being written (one still failing is left to the
+// next start's RevokeProcessBound). Call it before the store closes.
+func (b *Broker) StopWatching() {
+	b.watch.stopAll()
+	b.watch.wg.Wait()
+}
+
+// endWatch ends the watch of token id, if it is watched, and returns once its pidfd is closed
+// and its place given back: an admin revoked the token.
+func (b *Broker) endWatch(id string) {
+	b.watch.mu.Lock()
+	e, ok := b.watch.ends[id]
+	b.watch.mu.Unlock()
+	if ok {
+		e.end()
+		<-e.over
+	}
+	b.watch.setExited(id, false) // revoked: the record says so from now on
+}
 
 // workloadWatch counts the watched tokens and ends their watches on stop. The zero value is ready.
 type workloadWatch struct {
@@ -311,8 +392,91 @@ type workloadWatch struct {
 	n       int
 	perUID  map[uint32]int           // FetchToken's watches by uid (MaxWatchedTokensPerUID)
 	fetches map[uint32]*rate.Limiter // FetchToken's rate by uid (FetchBurstPerUID)
+	ends    map[string]watchEnd      // the watches by token id
 	stop    chan struct{}
 	stopped bool
+	wg      sync.WaitGroup // one per watch, done once it is over
+
+	// exited holds the tokens whose process exited and whose revocation is not yet written:
+	// authenticate refuses them. Copied on write (rare), read without a lock on every call.
+	exited atomic.Pointer[map[string]struct{}]
+
+	clock Clock // the retries of a failed revocation wait on it; nil is the real clock
+}
+
+// after is clock.After.
+func (w *workloadWatch) after(d time.Duration) <-chan time.Time {
+	if w.clock == nil {
+		return time.After(d)
+	}
+	return w.clock.After(d)
+}
+
+// watchEnd ends one token's watch; over is closed once the watch has given its place back.
+type watchEnd struct {
+	end  func()
+	over <-chan struct{}
+}
+
+// add registers the watch of token id; false if brokerd stopped watching.
+func (w *workloadWatch) add(id string, end func(), over <-chan struct{}) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return false
+	}
+	if w.ends == nil {
+		w.ends = make(map[string]watchEnd)
+	}
+	w.ends[id] = watchEnd{end: end, over: over}
+	w.wg.Add(1)
+	return true
+}
+
+// remove forgets the watch of token id, which is over, and gives its place back.
+func (w *workloadWatch) remove(id string, release func()) {
+	w.mu.Lock()
+	delete(w.ends, id)
+	w.mu.Unlock()
+	release()
+	w.wg.Done()
+}
+
+// setExited marks token id as one whose process exited (authenticate refuses it until its
+// revocation is written), or clears the mark.
+func (w *workloadWatch) setExited(id string, exited bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var m map[string]struct{}
+	if old := w.exited.Load(); old != nil {
+		if _, ok := (*old)[id]; ok == exited {
+			return
+		}
+		m = maps.Clone(*old)
+	}
+	if exited {
+		if m == nil {
+			m = make(map[string]struct{}, 1)
+		}
+		m[id] = struct{}{}
+	} else {
+		delete(m, id)
+	}
+	if len(m) == 0 {
+		w.exited.Store(nil)
+		return
+	}
+	w.exited.Store(&m)
+}
+
+// hasExited reports whether token id's process exited and its revocation is not written yet.
+func (w *workloadWatch) hasExited(id string) bool {
+	m := w.exited.Load()
+	if m == nil {
+		return false
+	}
+	_, ok := (*m)[id]
+	return ok
 }
 
 // maxFetchLimiters is how many uids' fetch limiters are kept before full ones are dropped (a full

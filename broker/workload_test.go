@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/broker/peercred"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -72,5 +74,153 @@ func TestFetchTokenNeedsAPinnedCaller(t *testing.T) {
 	_, _, err := b.FetchToken(context.Background(), Caller{UID: uint32(os.Getuid()), PID: int32(os.Getpid()), Known: true}, nil)
 	if !errors.Is(err, ErrPermissionDenied) || !strings.Contains(err.Error(), "could not pin") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// startBound starts a process that lives until the test kills it and mints a token bound to it,
+// as `brokerctl exec` does (MintBoundToProcess), so brokerd watches it.
+func startBound(t *testing.T, b *Broker) (raw string, rec store.Token, cmd *exec.Cmd, caller Caller) {
+	t.Helper()
+	if !peercred.PidfdSupported() {
+		t.Skip("kernel has no pidfds for brokerd to watch processes with")
+	}
+	cmd = exec.Command("sleep", "3600")
+	if err := cmd.Start(); err != nil {
+		t.Skip("no sleep binary:", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	st, err := peercred.StartTime(int32(cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caller = Caller{Known: true, UID: uint32(os.Geteuid()), PID: int32(cmd.Process.Pid), StartTime: st}
+	raw, rec, err = b.MintBoundToProcess(context.Background(), MintRequest{Tools: []string{"web_search"}, TTL: time.Hour}, caller)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw, rec, cmd, caller
+}
+
+// waitUntil polls cond, for state another goroutine changes without a signal to wait on.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second) // a hang guard, not a timing assumption
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// auditEvents counts the audit records of event about token id.
+func auditEvents(t *testing.T, st *store.Store, event, id string) int {
+	t.Helper()
+	recs, err := st.ListAudit(0, time.Time{}, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range recs {
+		if r.Event == event && r.TokenID == id {
+			n++
+		}
+	}
+	return n
+}
+
+// A process-bound token whose process exits while its revocation cannot be written (the audit
+// log, which takes the revocation in the same commit, is failing: a full disk) is refused at once
+// and its revocation is retried on brokerd's clock until it lands with its record; if brokerd
+// stops first, the next start revokes it (with its own record).
+func TestProcessExitRevokeIsRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		restart bool // brokerd stops before the fault clears
+	}{
+		{"lands once the write succeeds", false},
+		{"brokerd stops first, the next start revokes it", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, clk := newCacheBroker(t, 100)
+			t.Cleanup(b.StopWatching)
+			raw, rec, cmd, caller := startBound(t, b)
+			if _, err := b.Authenticate(context.Background(), raw, caller); err != nil {
+				t.Fatalf("token refused while its process lives: %v", err)
+			}
+			b.store.InjectAuditFailure(errors.New("no space left on device"))
+			cmd.Process.Kill()
+			cmd.Wait()
+
+			// Two attempts fail: each waits on the clock for the next (Advance fires the first).
+			waitUntil(t, "the first retry to be scheduled", func() bool { return clk.Waiting() == 1 })
+			clk.Advance(revokeRetryMin)
+			waitUntil(t, "the second retry to be scheduled", func() bool { return clk.Waiting() == 1 })
+			if got, err := b.store.GetToken(rec.ID); err != nil || got.Revoked {
+				t.Fatalf("stored token while its revocation fails: revoked=%v err=%v", got.Revoked, err)
+			}
+			_, err := b.Authenticate(context.Background(), raw, caller)
+			if !errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), "process it was bound to exited") {
+				t.Fatalf("token of an exited process while its revocation is pending: %v, want refused", err)
+			}
+			if got := b.WatchedTokens(); got != 1 {
+				t.Fatalf("%d tokens watched while the revocation is pending, want 1 (it keeps its place)", got)
+			}
+
+			event := EventProcessExit
+			if tc.restart {
+				b.StopWatching() // returns once the retry gave up
+				b.store.InjectAuditFailure(nil)
+				if got, err := b.store.GetToken(rec.ID); err != nil || got.Revoked {
+					t.Fatalf("stored token after the stop: revoked=%v err=%v", got.Revoked, err)
+				}
+				n, err := b.RevokeProcessBound(context.Background())
+				if err != nil || n != 1 {
+					t.Fatalf("revoke at start: %d tokens, %v; want 1", n, err)
+				}
+				event = EventRestartRevoke
+			} else {
+				b.store.InjectAuditFailure(nil)
+				clk.Advance(2 * revokeRetryMin)
+				waitUntil(t, "the revocation to land and give the place back", func() bool { return b.WatchedTokens() == 0 })
+			}
+			if got, err := b.store.GetToken(rec.ID); err != nil || !got.Revoked {
+				t.Fatalf("stored token: revoked=%v err=%v, want revoked", got.Revoked, err)
+			}
+			if n := auditEvents(t, b.store, event, rec.ID); n != 1 {
+				t.Fatalf("%d %s records for the token, want 1", n, event)
+			}
+			if _, err := b.Authenticate(context.Background(), raw, caller); !errors.Is(err, ErrUnauthenticated) {
+				t.Fatalf("revoked token: %v, want refused", err)
+			}
+		})
+	}
+}
+
+// The revocations at start are committed with their records: one that cannot be recorded is not
+// made, and the next start (the same call again) revokes and records it.
+func TestRestartRevokeCommitsWithItsRecord(t *testing.T) {
+	b, _ := newCacheBroker(t, 100)
+	r := MintRequest{Tools: []string{"web_search"}, TTL: time.Hour, BindProcess: true}
+	_, rec, err := b.MintToken(context.Background(), r, Caller{Known: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.store.InjectAuditFailure(errors.New("no space left on device"))
+	if _, err := b.RevokeProcessBound(context.Background()); !errors.Is(err, store.ErrAuditUnavailable) {
+		t.Fatalf("revoke at start with the audit log failing: %v, want ErrAuditUnavailable", err)
+	}
+	if got, err := b.store.GetToken(rec.ID); err != nil || got.Revoked {
+		t.Fatalf("token revoked without its record: revoked=%v err=%v", got.Revoked, err)
+	}
+	b.store.InjectAuditFailure(nil)
+	if n, err := b.RevokeProcessBound(context.Background()); err != nil || n != 1 {
+		t.Fatalf("revoke at start: %d, %v; want 1", n, err)
+	}
+	if got, err := b.store.GetToken(rec.ID); err != nil || !got.Revoked {
+		t.Fatalf("token after the revoke at start: revoked=%v err=%v", got.Revoked, err)
+	}
+	if n := auditEvents(t, b.store, EventRestartRevoke, rec.ID); n != 1 {
+		t.Fatalf("%d %s records, want 1", n, EventRestartRevoke)
 	}
 }

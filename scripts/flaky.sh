@@ -47,7 +47,8 @@ tests=$(cat <<'LIST'
 ./broker/httpfront           .*  10
 ./broker/attest              .*  30
 ./broker/grpcapi             TestRefusalsCarryErrorInfo  30
-./broker/grpcapi             TestFetchTokenRateLimitedPerUID|TestFetchTokenPastTheWatchLimitIsCoalesced|TestFetchTokenOneUIDCannotTakeEveryWatch  30
+./broker/grpcapi             TestFetchTokenRateLimitedPerUID|TestFetchTokenPastTheWatchLimitIsCoalesced|TestFetchTokenOneUIDCannotTakeEveryWatch|TestAdminRevokeEndsTheWatch  30
+./broker                     TestProcessExitRevokeIsRetried|TestRestartRevokeCommitsWithItsRecord  30
 ./store                      TestAuditCommittedSignal|TestAuditPruneInBatchesBetweenCommits  30
 ./store                      TestAppendAuditRacingClose|TestKeysDuringRewrap|TestSecondOpenFailsFast|TestPutTokenAudited|TestIntegrityCheckAcrossChunks  30
 ./store                      TestJournalCheckpointInterval|TestJournalReadersInCheckpointWindow|TestJournalFullCheckpoints|TestJournalWriteFailure  30

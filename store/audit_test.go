@@ -426,3 +426,67 @@ func TestAuditRecordWithoutMethodRefused(t *testing.T) {
 		t.Fatalf("verify: %+v %v", v, err)
 	}
 }
+
+// RevokeTokenAudited commits the revocation with its record, or neither: with the audit log
+// failing the token stays live; a token already revoked keeps its first revocation and gets no
+// second record; the stamps verify when the database is opened again.
+func TestRevokeTokenAudited(t *testing.T) {
+	s, path, kek := openStore(t)
+	ctx := context.Background()
+	const id = "aaaaaaaaaaaaaaaa"
+	if err := s.PutToken(testToken(id, 0)); err != nil {
+		t.Fatal(err)
+	}
+	rec := AuditRecord{Time: t0, Method: "event", Code: "OK", TokenID: id, Event: "revoke-process-exit"}
+	count := func() int {
+		t.Helper()
+		recs, err := s.ListAudit(0, time.Time{}, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range recs {
+			if r.Event == rec.Event && r.TokenID == id {
+				n++
+			}
+		}
+		return n
+	}
+
+	s.InjectAuditFailure(errors.New("disk full"))
+	if _, _, err := s.RevokeTokenAudited(ctx, id, t0, rec); !errors.Is(err, ErrAuditUnavailable) {
+		t.Fatalf("revoke while the audit log fails: %v, want ErrAuditUnavailable", err)
+	}
+	s.InjectAuditFailure(nil)
+	if got, err := s.GetToken(id); err != nil || got.Revoked || count() != 0 {
+		t.Fatalf("after a failed commit: revoked=%v err=%v records=%d, want neither written", got.Revoked, err, count())
+	}
+
+	got, revoked, err := s.RevokeTokenAudited(ctx, id, t0.Add(time.Minute), rec)
+	if err != nil || !revoked || !got.Revoked || !got.RevokedAt.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("revoke: %+v revoked=%v err=%v", got, revoked, err)
+	}
+	got, revoked, err = s.RevokeTokenAudited(ctx, id, t0.Add(time.Hour), rec)
+	if err != nil || revoked || !got.RevokedAt.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("second revoke: %+v revoked=%v err=%v, want the first kept", got, revoked, err)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d revocation records, want 1", n)
+	}
+	if _, _, err := s.RevokeTokenAudited(ctx, "bbbbbbbbbbbbbbbb", t0, rec); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown token: %v", err)
+	}
+
+	s.Close()
+	s2, err := Open(path, kek, Options{})
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s2.Close()
+	if got, err := s2.GetToken(id); err != nil || !got.Revoked {
+		t.Fatalf("after reopening: revoked=%v err=%v", got.Revoked, err)
+	}
+	if v, err := s2.VerifyAudit(); err != nil || !v.OK {
+		t.Fatalf("verify: %+v %v", v, err)
+	}
+}

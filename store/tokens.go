@@ -252,6 +252,52 @@ func (s *Store) RevokeToken(id string, now time.Time) (Token, error) {
 	return t, err
 }
 
+// RevokeTokenAudited revokes token id, as RevokeToken does, and appends rec, the audit record of
+// the revocation, in the same transaction of the audit log's group commit: the revocation is never
+// durable without its record. It returns the record after the revoke, and whether this call
+// revoked it: a token already revoked is left as it is and rec is not written (the earlier
+// revocation has its own record). ErrNotFound for an unknown id; ErrAuditUnavailable if the commit
+// fails (nothing is written). It waits for the commit even if ctx ends.
+func (s *Store) RevokeTokenAudited(ctx context.Context, id string, now time.Time, rec AuditRecord) (Token, bool, error) {
+	var t Token
+	err := s.appendAudit(context.WithoutCancel(ctx), &auditReq{rec: rec, done: make(chan error, 1),
+		apply: func(tx *bolt.Tx, seq uint64) error {
+			// Run again if another request of the batch fails: set t only from what is read.
+			b := tx.Bucket(bucketTokens)
+			raw := b.Get([]byte(id))
+			if raw == nil {
+				return fmt.Errorf("token %s: %w", id, ErrNotFound)
+			}
+			var err error
+			if t, err = s.openToken([]byte(id), raw); err != nil {
+				return err
+			}
+			if t.Revoked {
+				return errAlreadyRevoked
+			}
+			t.Revoked, t.RevokedAt = true, now.UTC()
+			body, err := json.Marshal(t)
+			if err != nil {
+				return err
+			}
+			sealed, err := sealWith(s.recMAC, tokensSlot(), []byte(id), body, seq)
+			if err != nil {
+				return err
+			}
+			return b.Put([]byte(id), sealed)
+		}})
+	if errors.Is(err, errAlreadyRevoked) {
+		return t, false, nil
+	}
+	if err != nil {
+		return Token{}, false, err
+	}
+	return t, true, nil
+}
+
+// errAlreadyRevoked leaves a revocation's record out of its commit (RevokeTokenAudited).
+var errAlreadyRevoked = errors.New("token already revoked")
+
 // UseToken durably counts one use of a use-limited token and returns the record after the count.
 // ErrExhausted when the limit is already reached (nothing is written then). Concurrent callers are
 // group-committed by bbolt's Batch: many uses share one fsync.

@@ -62,7 +62,7 @@ func TestWatchSeesExit(t *testing.T) {
 	}
 	cmd, p := start()
 	exited := make(chan struct{})
-	if err := p.Watch(make(chan struct{}), func() { close(exited) }); err != nil {
+	if _, err := p.Watch(make(chan struct{}), func() { close(exited) }); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -77,10 +77,12 @@ func TestWatchSeesExit(t *testing.T) {
 	cmd, p = start()
 	stop := make(chan struct{})
 	fired := make(chan struct{}, 1)
-	if err := p.Watch(stop, func() { fired <- struct{}{} }); err != nil {
+	closed, err := p.Watch(stop, func() { fired <- struct{}{} })
+	if err != nil {
 		t.Fatal(err)
 	}
 	close(stop)
+	<-closed // the stopped watch's pidfd is closed
 	cmd.Process.Kill()
 	cmd.Wait()
 	// The stopped watch's pidfd is closed and nothing else holds it; a fired callback would

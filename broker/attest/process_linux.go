@@ -191,15 +191,16 @@ func (c *digestCache) sum(exePath string, p *Pinned) (string, error) {
 // Watch calls onExit once the pinned process exits (its pidfd turns readable), unless stop was
 // closed before the exit was seen. It takes ownership of p. The wait is on Go's netpoller (the pidfd is
 // non-blocking), so a thousand watched processes cost a thousand parked goroutines, not threads.
-func (p *Pinned) Watch(stop <-chan struct{}, onExit func()) error {
+// closed is closed once the watch is over: its pidfd closed, and onExit, if called, returned.
+func (p *Pinned) Watch(stop <-chan struct{}, onExit func()) (closed <-chan struct{}, err error) {
 	f := os.NewFile(uintptr(p.pidfd), "pidfd")
 	p.pidfd = -1
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
-		return err
+		return nil, err
 	}
-	exited := make(chan struct{})
+	exited, done := make(chan struct{}), make(chan struct{})
 	readable := func(fd uintptr) bool {
 		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
 		return err == nil && n > 0
@@ -222,9 +223,11 @@ func (p *Pinned) Watch(stop <-chan struct{}, onExit func()) error {
 			default:
 				onExit()
 			}
+			close(done)
 		case <-stop:
 			f.Close() // ends the Read above with an error
+			close(done)
 		}
 	}()
-	return nil
+	return done, nil
 }

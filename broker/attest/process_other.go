@@ -23,6 +23,6 @@ func (*Pinned) Inspect(uint32, uint32, []uint32) (*Process, error) {
 }
 
 // Watch is never reached (Pin refuses).
-func (*Pinned) Watch(<-chan struct{}, func()) error {
-	return fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
+func (*Pinned) Watch(<-chan struct{}, func()) (<-chan struct{}, error) {
+	return nil, fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
 }

@@ -45,14 +45,14 @@ func newFetchHarness(t *testing.T, workloads map[string]uint32) *harness {
 }
 
 // fetchUntilWatchLimit fetches tokens until brokerd refuses for its watch limit, moving the clock
-// past the uid's fetch rate whenever that refuses first, and returns how many it fetched.
-func fetchUntilWatchLimit(t *testing.T, h *harness) int {
+// past the uid's fetch rate whenever that refuses first, and returns the ids of those it fetched.
+func fetchUntilWatchLimit(t *testing.T, h *harness) []string {
 	t.Helper()
-	fetched := 0
-	for fetched <= broker.MaxWatchedTokens {
-		_, err := h.search.FetchToken(context.Background(), &pb.FetchTokenRequest{})
+	var fetched []string
+	for len(fetched) <= broker.MaxWatchedTokens {
+		resp, err := h.search.FetchToken(context.Background(), &pb.FetchTokenRequest{})
 		if err == nil {
-			fetched++
+			fetched = append(fetched, resp.GetId())
 			continue
 		}
 		if info, _ := details(t, err); info.GetReason() == broker.ReasonRateLimited && strings.Contains(status.Convert(err).Message(), "retry in") {
@@ -72,7 +72,7 @@ func fetchUntilWatchLimit(t *testing.T, h *harness) int {
 func TestFetchTokenPastTheWatchLimitIsCoalesced(t *testing.T) {
 	h := newFetchHarness(t, map[string]uint32{"self": uint32(os.Geteuid())})
 	ctx := context.Background()
-	fetched := fetchUntilWatchLimit(t, h)
+	fetched := len(fetchUntilWatchLimit(t, h))
 	if fetched == 0 || fetched > broker.MaxWatchedTokens {
 		t.Fatalf("fetched %d tokens before a refusal, want 1 to %d", fetched, broker.MaxWatchedTokens)
 	}
@@ -158,7 +158,7 @@ func TestFetchTokenOneUIDCannotTakeEveryWatch(t *testing.T) {
 	const nobody = 65534
 	h := newFetchHarness(t, map[string]uint32{"self": uint32(os.Geteuid()), "nobody": nobody})
 	ctx := context.Background()
-	fetched := fetchUntilWatchLimit(t, h)
+	fetched := len(fetchUntilWatchLimit(t, h))
 	if fetched != broker.MaxWatchedTokensPerUID {
 		t.Fatalf("uid %d fetched %d tokens before a refusal, want its share of %d", os.Geteuid(), fetched, broker.MaxWatchedTokensPerUID)
 	}
@@ -232,4 +232,56 @@ func TestFetchTokenRateLimitedPerUID(t *testing.T) {
 	if recs, sum := byEvent(h.auditRecords(t), broker.RefusedFetchRate); len(recs) == 0 || len(recs) > 2 || sum != 3 {
 		t.Fatalf("%s: %d records counting %d, want 1-2 counting 3", broker.RefusedFetchRate, len(recs), sum)
 	}
+}
+
+// pidfds counts the pidfds this process holds open (brokerd's watches, in these tests).
+func pidfds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.Contains(l, "pidfd") {
+			n++
+		}
+	}
+	return n
+}
+
+// An admin's revoke of a process-bound token (FetchToken's, or `brokerctl exec`'s bind_process)
+// ends its watch before it answers: the pidfd is closed and the place is free, so a uid whose
+// tokens the admin revokes can fetch again at once instead of when they would have expired.
+func TestAdminRevokeEndsTheWatch(t *testing.T) {
+	h := newFetchHarness(t, map[string]uint32{"self": uint32(os.Geteuid())})
+	ctx := context.Background()
+	exec := h.mint(t, &pb.MintTokenRequest{Tools: []string{"web_search"}, BindProcess: true})
+	fetched := fetchUntilWatchLimit(t, h)
+	if len(fetched) != broker.MaxWatchedTokensPerUID {
+		t.Fatalf("fetched %d tokens before a refusal, want the uid's share of %d", len(fetched), broker.MaxWatchedTokensPerUID)
+	}
+	h.clock.Add(broker.FetchBurstPerUID * broker.FetchIntervalPerUID) // only the watch limit refuses now
+
+	for _, tc := range []struct{ name, id string }{{"fetched", fetched[0]}, {"bind_process", exec.GetId()}} {
+		watched, fds := h.b.WatchedTokens(), pidfds(t)
+		if _, err := h.admin.RevokeToken(ctx, &pb.RevokeTokenRequest{Id: tc.id}); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.b.WatchedTokens(); got != watched-1 {
+			t.Fatalf("%s: %d tokens watched after the revoke, want %d", tc.name, got, watched-1)
+		}
+		if got := pidfds(t); got != fds-1 {
+			t.Fatalf("%s: %d pidfds open after the revoke, want %d", tc.name, got, fds-1)
+		}
+		// A second revoke (brokerctl exec revokes its token itself) changes nothing.
+		if _, err := h.admin.RevokeToken(ctx, &pb.RevokeTokenRequest{Id: tc.id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.search.FetchToken(ctx, &pb.FetchTokenRequest{}); err != nil {
+		t.Fatalf("fetch after the admin revoked one of the uid's tokens: %v", err)
+	}
+	_, err := h.search.FetchToken(ctx, &pb.FetchTokenRequest{})
+	requireGRPCStatus(t, err, codes.ResourceExhausted, "process-bound tokens")
 }
