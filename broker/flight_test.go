@@ -178,13 +178,3 @@ func newFlightBroker(t *testing.T) (*Broker, *scaviotest.Server, *clocktest.Fake
 	}
 	return b, fake, fc
 }
-
-// waitUntil polls cond; it stands in for no timing, only for goroutines reaching a known state.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
