@@ -291,38 +291,78 @@ func (b *Broker) revokeExited(rec store.Token, caller Caller, program string, st
 	b.watch.setExited(rec.ID, true)
 	caller.Exe = program
 	ci := &CallInfo{TokenID: rec.ID, Event: EventProcessExit, TokenLabel: rec.Label, Workload: rec.Workload}
+	b.revokeRetried(rec, CallRecord{Method: "event", Caller: caller, Code: "OK", Info: ci}, "its process exited", false, stop)
+}
+
+// revokeRetried writes rec's revocation with r, its audit record, in one commit, and retries a
+// failed write (revokeRetryMin doubling to revokeRetryMax, on brokerd's clock) until it lands, the
+// token expires or is gone, or stop. The caller has marked the token exited (setExited), so it is
+// refused meanwhile; the mark is cleared once the stored record refuses it instead. why says what
+// revoked it, for the log; failedOnce: the first attempt was made already and failed, so wait first.
+func (b *Broker) revokeRetried(rec store.Token, r CallRecord, why string, failedOnce bool, stop <-chan struct{}) {
 	wait := revokeRetryMin
 	for attempt := 1; ; attempt++ {
+		if attempt > 1 || failedOnce {
+			select {
+			case <-stop:
+				if !b.now().Before(rec.ExpiresAt) {
+					b.watch.setExited(rec.ID, false) // refused as expired from now on
+				}
+				b.log.Warn("revocation of a process-bound token abandoned: the token expired or was revoked, or brokerd is stopping (its next start revokes it)", "token_id", rec.ID)
+				return
+			case <-b.watch.after(wait):
+			}
+			wait = min(2*wait, revokeRetryMax)
+		}
 		if !b.now().Before(rec.ExpiresAt) {
 			b.watch.setExited(rec.ID, false) // refused as expired from now on
 			b.log.Warn("process-bound token expired before its revocation could be written", "token_id", rec.ID, "attempts", attempt-1)
 			return
 		}
-		t, _, err := b.revokeAudited(context.Background(), rec.ID, CallRecord{Method: "event", Caller: caller, Code: "OK", Info: ci})
+		t, _, err := b.revokeAudited(context.Background(), rec.ID, r)
 		switch {
 		case err == nil:
 			b.updateCachedToken(t)
 			b.watch.setExited(rec.ID, false) // the record says revoked now
-			b.log.Info("token revoked: its process exited", "token_id", rec.ID, "workload", rec.Workload, "pid", caller.PID, "attempts", attempt)
+			b.log.Info("token revoked: "+why, "token_id", rec.ID, "workload", rec.Workload, "pid", r.Caller.PID, "attempts", attempt)
 			return
 		case errors.Is(err, store.ErrNotFound):
 			b.watch.setExited(rec.ID, false)
 			b.log.Warn("process-bound token gone before its revocation", "token_id", rec.ID)
 			return
 		}
-		b.log.Error("process-bound token not revoked after its process exited; it is refused, and the revocation is retried",
+		b.log.Error("process-bound token not revoked ("+why+"); it is refused, and the revocation is retried",
 			"token_id", rec.ID, "attempt", attempt, "retry_in", wait, "err", err)
-		select {
-		case <-stop:
-			if !b.now().Before(rec.ExpiresAt) {
-				b.watch.setExited(rec.ID, false) // refused as expired from now on
-			}
-			b.log.Warn("revocation of a process-bound token abandoned: the token expired or was revoked, or brokerd is stopping (its next start revokes it)", "token_id", rec.ID)
-			return
-		case <-b.watch.after(wait):
-		}
-		wait = min(2*wait, revokeRetryMax)
 	}
+}
+
+// revokeLater refuses rec at once and writes its revocation with r in the background
+// (revokeRetried), until it lands, an admin revokes the token (endWatch) or brokerd stops. For a
+// revocation at start that could not be written: brokerd starts anyway, as on any full disk.
+func (b *Broker) revokeLater(rec store.Token, r CallRecord, why string) bool {
+	stop := make(chan struct{})
+	var once sync.Once
+	end := func() { once.Do(func() { close(stop) }) }
+	over := make(chan struct{})
+	if !b.watch.add(rec.ID, end, over) {
+		return false // brokerd is stopping; the next start revokes it
+	}
+	b.watch.setExited(rec.ID, true)
+	all := b.watch.stopping()
+	go func() {
+		defer close(over)
+		defer b.watch.remove(rec.ID, func() {})
+		defer end()
+		go func() {
+			select {
+			case <-all:
+				end()
+			case <-stop:
+			}
+		}()
+		b.revokeRetried(rec, r, why, true, stop)
+	}()
+	return true
 }
 
 // revokeAudited revokes token id now and writes r, its audit record, in the same commit, so the
@@ -337,9 +377,11 @@ func (b *Broker) revokeAudited(ctx context.Context, id string, r CallRecord) (t 
 // RevokeProcessBound revokes every live process-bound token. brokerd calls it at start: the
 // processes those tokens were bound to can no longer be watched (their pidfds died with the
 // previous brokerd), so a token might otherwise outlive its process. Clients fetch a new one.
-// Each revocation is committed with its audit record; on an error the rest stay live, and the
-// next start revokes them.
-func (b *Broker) RevokeProcessBound(ctx context.Context) (int, error) {
+// Each revocation is committed with its audit record. Once one cannot be written (a full disk),
+// that token and the rest are refused in memory and their revocations retried in the background
+// (revokeLater): brokerd starts, as it does on any full disk, and none of them is served.
+// revoked counts the revocations made, pending those left to the background.
+func (b *Broker) RevokeProcessBound(ctx context.Context) (revoked, pending int, err error) {
 	now := b.now()
 	var ids []store.Token
 	if err := b.store.ForEachProcessBoundToken(func(t *store.Token) error {
@@ -348,21 +390,36 @@ func (b *Broker) RevokeProcessBound(ctx context.Context) (int, error) {
 		}
 		return nil
 	}); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	n := 0
-	for _, t := range ids {
+	const why = "brokerd restarted and can no longer watch its process"
+	record := func(t store.Token) CallRecord {
 		ci := &CallInfo{TokenID: t.ID, Event: EventRestartRevoke, TokenLabel: t.Label, Workload: t.Workload}
-		rt, revoked, err := b.revokeAudited(ctx, t.ID, CallRecord{Method: "event", Code: "OK", Info: ci})
-		if err != nil {
-			return n, fmt.Errorf("revoke process-bound token %s: %w", t.ID, err)
-		}
-		b.updateCachedToken(rt)
-		if revoked {
-			n++
-		}
+		return CallRecord{Method: "event", Code: "OK", Info: ci}
 	}
-	return n, nil
+	for i, t := range ids {
+		rt, ok, err := b.revokeAudited(ctx, t.ID, record(t))
+		switch {
+		case err == nil:
+			b.updateCachedToken(rt)
+			if ok {
+				revoked++
+			}
+			continue
+		case errors.Is(err, store.ErrNotFound):
+			continue
+		}
+		b.log.Error("process-bound tokens not revoked at start; they are refused, and their revocations are retried",
+			"tokens", len(ids)-i, "err", err)
+		for _, t := range ids[i:] {
+			if !b.revokeLater(t, record(t), why) {
+				return revoked, pending, fmt.Errorf("revoke process-bound token %s: %w", t.ID, err)
+			}
+			pending++
+		}
+		break
+	}
+	return revoked, pending, nil
 }
 
 // StopWatching ends every process watch (brokerd stopping) and returns once they are over:

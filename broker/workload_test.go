@@ -174,9 +174,9 @@ func TestProcessExitRevokeIsRetried(t *testing.T) {
 				if got, err := b.store.GetToken(rec.ID); err != nil || got.Revoked {
 					t.Fatalf("stored token after the stop: revoked=%v err=%v", got.Revoked, err)
 				}
-				n, err := b.RevokeProcessBound(context.Background())
-				if err != nil || n != 1 {
-					t.Fatalf("revoke at start: %d tokens, %v; want 1", n, err)
+				n, pending, err := b.RevokeProcessBound(context.Background())
+				if err != nil || n != 1 || pending != 0 {
+					t.Fatalf("revoke at start: %d tokens, %d pending, %v; want 1, 0", n, pending, err)
 				}
 				event = EventRestartRevoke
 			} else {
@@ -197,30 +197,72 @@ func TestProcessExitRevokeIsRetried(t *testing.T) {
 	}
 }
 
-// The revocations at start are committed with their records: one that cannot be recorded is not
-// made, and the next start (the same call again) revokes and records it.
+// The revocations at start are committed with their records: one that cannot be written (a full
+// disk) is not made, yet brokerd starts (as on any full disk) with the token refused at once, and
+// the revocation is retried on brokerd's clock until it lands with its record; an admin's revoke
+// meanwhile ends the retry, as does brokerd stopping.
 func TestRestartRevokeCommitsWithItsRecord(t *testing.T) {
-	b, _ := newCacheBroker(t, 100)
-	r := MintRequest{Tools: []string{"web_search"}, TTL: time.Hour, BindProcess: true}
-	_, rec, err := b.MintToken(context.Background(), r, Caller{Known: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.store.InjectAuditFailure(errors.New("no space left on device"))
-	if _, err := b.RevokeProcessBound(context.Background()); !errors.Is(err, store.ErrAuditUnavailable) {
-		t.Fatalf("revoke at start with the audit log failing: %v, want ErrAuditUnavailable", err)
-	}
-	if got, err := b.store.GetToken(rec.ID); err != nil || got.Revoked {
-		t.Fatalf("token revoked without its record: revoked=%v err=%v", got.Revoked, err)
-	}
-	b.store.InjectAuditFailure(nil)
-	if n, err := b.RevokeProcessBound(context.Background()); err != nil || n != 1 {
-		t.Fatalf("revoke at start: %d, %v; want 1", n, err)
-	}
-	if got, err := b.store.GetToken(rec.ID); err != nil || !got.Revoked {
-		t.Fatalf("token after the revoke at start: revoked=%v err=%v", got.Revoked, err)
-	}
-	if n := auditEvents(t, b.store, EventRestartRevoke, rec.ID); n != 1 {
-		t.Fatalf("%d %s records, want 1", n, EventRestartRevoke)
+	for _, tc := range []struct {
+		name string
+		then string // "lands", "admin revokes", "stops"
+	}{
+		{"the retry lands once the write succeeds", "lands"},
+		{"an admin revokes it meanwhile", "admin revokes"},
+		{"brokerd stops first", "stops"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, clk := newCacheBroker(t, 100)
+			t.Cleanup(b.StopWatching)
+			r := MintRequest{Tools: []string{"web_search"}, TTL: time.Hour, BindProcess: true}
+			raw, rec, err := b.MintToken(context.Background(), r, Caller{Known: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.store.InjectAuditFailure(errors.New("no space left on device"))
+			if n, pending, err := b.RevokeProcessBound(context.Background()); err != nil || n != 0 || pending != 1 {
+				t.Fatalf("revoke at start with the audit log failing: %d revoked, %d pending, %v; want 0, 1, nil (brokerd starts)", n, pending, err)
+			}
+			if got, err := b.store.GetToken(rec.ID); err != nil || got.Revoked {
+				t.Fatalf("token revoked without its record: revoked=%v err=%v", got.Revoked, err)
+			}
+			if _, err := b.Authenticate(context.Background(), raw, Caller{Known: true}); !errors.Is(err, ErrUnauthenticated) {
+				t.Fatalf("token while its revocation at start is pending: %v, want refused", err)
+			}
+			waitUntil(t, "the retry to be scheduled", func() bool { return clk.Waiting() == 1 })
+			b.store.InjectAuditFailure(nil)
+			want := 1 // restart-revoke records for the token
+			switch tc.then {
+			case "lands":
+				clk.Advance(revokeRetryMin)
+				waitUntil(t, "the revocation to land", func() bool {
+					got, err := b.store.GetToken(rec.ID)
+					return err == nil && got.Revoked
+				})
+			case "admin revokes":
+				if _, err := b.RevokeToken(context.Background(), rec.ID); err != nil {
+					t.Fatal(err)
+				}
+				want = 0
+			case "stops":
+				b.StopWatching() // returns once the retry gave up
+				if got, err := b.store.GetToken(rec.ID); err != nil || got.Revoked {
+					t.Fatalf("stored token after the stop: revoked=%v err=%v", got.Revoked, err)
+				}
+				// The next start (the same call again) revokes it.
+				if n, pending, err := b.RevokeProcessBound(context.Background()); err != nil || n != 1 || pending != 0 {
+					t.Fatalf("next start: %d revoked, %d pending, %v; want 1, 0", n, pending, err)
+				}
+			}
+			b.StopWatching()
+			if got, err := b.store.GetToken(rec.ID); err != nil || !got.Revoked {
+				t.Fatalf("token: revoked=%v err=%v, want revoked", got.Revoked, err)
+			}
+			if n := auditEvents(t, b.store, EventRestartRevoke, rec.ID); n != want {
+				t.Fatalf("%d %s records, want %d", n, EventRestartRevoke, want)
+			}
+			if _, err := b.Authenticate(context.Background(), raw, Caller{Known: true}); !errors.Is(err, ErrUnauthenticated) {
+				t.Fatalf("revoked token: %v, want refused", err)
+			}
+		})
 	}
 }

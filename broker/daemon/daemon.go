@@ -182,10 +182,11 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// Tokens fetched by attestation before this start are bound to processes brokerd can no
 	// longer watch: revoke them (their clients fetch new ones). Their watches end at stop.
-	if n, err := b.RevokeProcessBound(ctx); err != nil {
+	// One that cannot be written now (a full disk) is refused and retried in the background.
+	if n, pending, err := b.RevokeProcessBound(ctx); err != nil {
 		return fmt.Errorf("revoke process-bound tokens: %w", err)
-	} else if n > 0 {
-		log.Info("revoked tokens bound to processes of the previous brokerd", "tokens", n)
+	} else if n > 0 || pending > 0 {
+		log.Info("revoked tokens bound to processes of the previous brokerd", "tokens", n, "refused_and_pending", pending)
 	}
 	defer b.StopWatching()
 
