@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -146,6 +147,10 @@ const (
 	retryMax = 30 * time.Second
 	// expiryGuard: a token this close to its expiry is not handed out (a call takes time to arrive).
 	expiryGuard = 2 * time.Second
+	// minTokenLife: a fetched token with less life than this left when it arrives counts as a
+	// failed fetch. It could be neither used nor renewed sensibly: taking it would fetch again at
+	// once, in a loop that spends the uid's FetchToken rate and watches.
+	minTokenLife = 100 * time.Millisecond
 )
 
 // fetchFunc fetches a token by attestation.
@@ -223,6 +228,9 @@ func (s *attestSource) startFetchLocked() chan struct{} {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		tok, exp, err := s.fetch(ctx)
 		cancel()
+		if err == nil {
+			err = checkFetched(tok, exp, s.now())
+		}
 		s.mu.Lock()
 		s.fetchErr = err
 		if err == nil {
@@ -236,6 +244,22 @@ func (s *attestSource) startFetchLocked() chan struct{} {
 		}
 	}()
 	return done
+}
+
+// checkFetched refuses a token FetchToken returned that cannot serve: empty, or expiring within
+// minTokenLife of now (a registration's ttl too short, or no expiry at all).
+func checkFetched(tok string, exp, now time.Time) error {
+	if tok == "" {
+		return &Error{Code: codes.Internal, Message: "brokerd answered FetchToken without a token; " +
+			"check that brokerd and this client are of the same release"}
+	}
+	if left := exp.Sub(now); left < minTokenLife {
+		return &Error{Code: codes.FailedPrecondition, Message: fmt.Sprintf("brokerd issued a token with %s left to live when it "+
+			"arrived (expiry %s); it cannot be used or renewed. The workload registration's ttl is too short: ask the "+
+			"operator to register this program again with a longer one (`brokerctl workload add NAME ... --ttl 1h`)",
+			left.Round(time.Millisecond), exp.UTC().Format(time.RFC3339Nano))}
+	}
+	return nil
 }
 
 func (s *attestSource) wake() {
