@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -126,9 +127,9 @@ func (f *fileSource) Token(context.Context) (string, error) {
 	if key == f.key && f.tok != "" {
 		return f.tok, nil
 	}
-	raw, err := os.ReadFile(f.path)
+	raw, err := readTokenFile(f.path)
 	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
+		return "", err
 	}
 	tok := strings.TrimSpace(string(raw))
 	if tok == "" {
@@ -136,6 +137,52 @@ func (f *fileSource) Token(context.Context) (string, error) {
 	}
 	f.key, f.tok = key, tok
 	return tok, nil
+}
+
+// maxTokenFile bounds what a token file may hold: a token is under a hundred bytes.
+const maxTokenFile = 4096
+
+// readTokenFile reads a token file, refusing what cannot be one before reading it: a FIFO (whose
+// open would wait for a writer, hanging every call), a device, or a file larger than maxTokenFile
+// (a log named by mistake, read whole and sent as the token). Errors never quote the contents.
+func readTokenFile(path string) ([]byte, error) {
+	// O_NONBLOCK: a FIFO is opened without waiting for a writer, then refused as not regular.
+	fd, err := os.OpenFile(path, os.O_RDONLY|openNonblock, 0)
+	if err != nil {
+		return nil, fmt.Errorf("token file: %w", err)
+	}
+	defer fd.Close()
+	fi, err := fd.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("token file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("token file %s is not a regular file but %s; point the token file at the file holding the token", path, fileKind(fi.Mode()))
+	}
+	raw, err := io.ReadAll(io.LimitReader(fd, maxTokenFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("token file: %w", err)
+	}
+	if len(raw) > maxTokenFile {
+		clear(raw)
+		return nil, fmt.Errorf("token file %s is larger than %d bytes; it should hold only the token: is it the right file?", path, maxTokenFile)
+	}
+	return raw, nil
+}
+
+// fileKind names a non-regular file's type for an error.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return "a special file"
 }
 
 // Renewal of attested tokens.

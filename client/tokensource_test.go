@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -190,4 +191,45 @@ func TestAttestSourceRenewalBacksOffOnExpiredTokens(t *testing.T) {
 			t.Errorf("after failed renewals: %q %v; want tok-1, still valid", tok, err)
 		}
 	})
+}
+
+// TestTokenFileNotATokenRefused: a token file that cannot be a token (a FIFO, something far larger
+// than a token) is refused at once with what to fix, not read: a FIFO would hang every call until
+// a writer came, and a log or a device named by mistake would be read whole into memory and sent
+// as the bearer token.
+func TestTokenFileNotATokenRefused(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big")
+	if err := os.WriteFile(big, []byte(strings.Repeat("a", 1<<20)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"larger than a token", big, "larger than"},
+		{"fifo", fifo, "not a regular file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &fileSource{path: tc.path}
+			errc := make(chan error, 1)
+			go func() {
+				_, err := src.Token(context.Background())
+				errc <- err
+			}()
+			// The bound only turns a hang into a failure; a fixed reader answers at once.
+			select {
+			case err := <-errc:
+				if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "aaaa") {
+					t.Fatalf("got %v, want a refusal saying %q (and no file contents)", err, tc.want)
+				}
+			case <-time.After(10 * time.Second):
+				if w, err := os.OpenFile(tc.path, os.O_WRONLY, 0); err == nil { // release the reader
+					w.Close()
+				}
+				t.Fatal("Token waits for a writer on a FIFO")
+			}
+		})
+	}
 }
