@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/credbroker/credbroker/broker/peercred"
@@ -198,6 +199,33 @@ func TestPythonClient(t *testing.T) {
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		if err != nil || len(lines) != 2 || !strings.Contains(lines[0], `"TOKEN_REVOKED"`) || lines[1] != `{"ok": "web_search"}` {
 			t.Fatalf("token file not re-read: %v\n%s", err, out)
+		}
+	})
+	t.Run("token file not a token", func(t *testing.T) {
+		// A FIFO is refused, not waited on (the alarm only turns a hang into a failure); a file
+		// far larger than a token is refused, not read whole and sent.
+		fifo, big := filepath.Join(e.dir, "py-fifo"), filepath.Join(e.dir, "py-big")
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(big, []byte(strings.Repeat("a", 1<<20)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code := `
+import signal, sys, credbroker
+signal.alarm(10)
+for path in sys.argv[1:]:
+    try:
+        credbroker.Client(token_file=path).search("q")
+        print("accepted")
+    except ValueError as e:
+        print("refused:", e)
+`
+		out, err := e.runClient(t, "", []string{pyPath}, py, "-c", code, fifo, big)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if err != nil || len(lines) != 2 || !strings.Contains(lines[0], "not a regular file") ||
+			!strings.Contains(lines[1], "larger than 4096 bytes") || strings.Contains(out, "aaaa") {
+			t.Fatalf("want both refused, saying why, without the contents: %v\n%s", err, out)
 		}
 	})
 	refusals := []struct {

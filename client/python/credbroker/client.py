@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import stat
 import struct
 import threading
 import time
@@ -392,6 +393,27 @@ class _StaticToken(_TokenSource):
         return self._tok
 
 
+# A token is under a hundred bytes: a larger token file is the wrong file (a log, say).
+_MAX_TOKEN_FILE = 4096
+
+
+def _read_token_file(path: str) -> str:
+    """Reads a token file, refusing what cannot be one before reading it: a FIFO (opening it would
+    wait for a writer, hanging every call), a device, or a file larger than _MAX_TOKEN_FILE (read
+    whole and sent as the token). Errors never quote the contents."""
+    # O_NONBLOCK: a FIFO is opened without waiting for a writer, then refused as not regular.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"token file {path} is not a regular file; point token_file at the file "
+                             "holding the token")
+        raw = f.read(_MAX_TOKEN_FILE + 1)
+    if len(raw) > _MAX_TOKEN_FILE:
+        raise ValueError(f"token file {path} is larger than {_MAX_TOKEN_FILE} bytes; it should hold "
+                         "only the token: is it the right file?")
+    return raw.decode("utf-8", errors="replace")
+
+
 class _FileToken(_TokenSource):
     """Re-reads the file when its size, modification time or inode changes, so a token rotated
     into it by another process is used by the next call."""
@@ -407,8 +429,7 @@ class _FileToken(_TokenSource):
         stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
         with self._lock:
             if stamp != self._stamp or not self._tok:
-                with open(self._path, encoding="utf-8") as f:
-                    self._tok = _checked_token(f.read(), f"token file {self._path}")
+                self._tok = _checked_token(_read_token_file(self._path), f"token file {self._path}")
                 self._stamp = stamp
             return self._tok
 
