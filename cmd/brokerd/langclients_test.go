@@ -228,6 +228,27 @@ for path in sys.argv[1:]:
 			t.Fatalf("want both refused, saying why, without the contents: %v\n%s", err, out)
 		}
 	})
+	t.Run("fetched token expired on arrival", func(t *testing.T) {
+		// As in the Go client: a fetched token with (almost) no life left, or none at all, is a
+		// failed fetch that names its cause, never a token handed out.
+		out, err := e.runClient(t, "", []string{pyPath}, py, "-c", `
+import time, credbroker.client as c
+for tok, exp in [("tok", time.time() - 1), ("tok", 0.0), ("tok", time.time() + 0.001), ("", time.time() + 3600)]:
+    try:
+        print("accepted", c._AttestedToken(lambda: (tok, exp)).token())
+    except c.BrokerError as e:
+        print(e.code.name, e)
+`)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if err != nil || len(lines) != 4 {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		for i, want := range []string{"FAILED_PRECONDITION", "FAILED_PRECONDITION", "FAILED_PRECONDITION", "INTERNAL"} {
+			if !strings.HasPrefix(lines[i], want) || want == "FAILED_PRECONDITION" && !strings.Contains(lines[i], "--ttl") {
+				t.Errorf("case %d: want %s (naming --ttl if the ttl is at fault), got %s", i, want, lines[i])
+			}
+		}
+	})
 	refusals := []struct {
 		name, reason, code string
 		token              func(t *testing.T) string

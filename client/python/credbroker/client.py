@@ -434,6 +434,24 @@ class _FileToken(_TokenSource):
             return self._tok
 
 
+# A fetched token with less life than this left when it arrives counts as a failed fetch: it can be
+# neither used nor renewed sensibly (the Go client's minTokenLife).
+_MIN_TOKEN_LIFE = 0.1
+
+
+def _check_fetched(tok: str, expires: float, now: float) -> None:
+    if not tok:
+        raise BrokerError(grpc.StatusCode.INTERNAL, "brokerd answered FetchToken without a token; check "
+                          "that brokerd and this client are of the same release")
+    left = expires - now
+    if left < _MIN_TOKEN_LIFE:
+        raise BrokerError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"brokerd issued a token with {max(left, 0.0) * 1000:.0f} ms left to live when it "
+                          "arrived; it cannot be used or renewed. The workload registration's ttl is too "
+                          "short: ask the operator to register this program again with a longer one "
+                          "(`brokerctl workload add NAME ... --ttl 1h`)")
+
+
 class _AttestedToken(_TokenSource):
     """Tokens fetched by attestation, renewed on the first call after two thirds of their lifetime;
     a token within 2 s (or a sixth of its lifetime) of expiry is never used."""
@@ -452,6 +470,7 @@ class _AttestedToken(_TokenSource):
                 return self._tok
             try:
                 tok, expires = self._fetch()
+                _check_fetched(tok, expires, time.time())
             except BrokerError:
                 # Renewal failed: the current token may still serve until it nears its expiry.
                 if self._tok and now + min(2.0, life / 6) < self._expires:
