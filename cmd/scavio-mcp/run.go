@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -112,11 +113,20 @@ func readToken(file string, log *slog.Logger) (string, error) {
 	if file == "" {
 		return env, nil
 	}
-	f, err := os.Open(file)
+	// O_NONBLOCK: a FIFO is opened without waiting for a writer (the MCP client would wait for
+	// initialize meanwhile), then refused below. It changes nothing for a regular file.
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", fmt.Errorf("--token-file: %w", err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("--token-file %s is not a regular file (a FIFO, a device or a directory); it must name the file holding the token", file)
+	}
 	// A token is under a hundred bytes; don't read a wrong path (a log, a device) whole.
 	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
 	if err != nil {
@@ -129,7 +139,7 @@ func readToken(file string, log *slog.Logger) (string, error) {
 	if tok == "" {
 		return "", fmt.Errorf("--token-file %s is empty", file)
 	}
-	if fi, err := os.Stat(file); err == nil && fi.Mode().Perm()&0o077 != 0 {
+	if fi.Mode().Perm()&0o077 != 0 {
 		log.Warn("the token file is readable by other users; chmod 600 it", "file", file, "mode", fi.Mode().Perm().String())
 	}
 	return tok, nil

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -478,6 +479,32 @@ func TestReadToken(t *testing.T) {
 	t.Setenv(tokenEnv, "")
 	if tok, err := readToken("", log); tok != "" || err != nil {
 		t.Errorf("nothing configured: %q, %v", tok, err)
+	}
+}
+
+// TestReadTokenRefusesFIFO: a FIFO named by --token-file is refused at once; waiting for a writer
+// would leave the MCP client waiting for an initialize answer that never comes.
+func TestReadTokenRefusesFIFO(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "token")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := readToken(fifo, slog.New(slog.DiscardHandler))
+		errc <- err
+	}()
+	// The bound only turns a hang into a failure; a fixed reader answers at once.
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("got %v, want a refusal naming a non-regular file", err)
+		}
+	case <-time.After(10 * time.Second):
+		if w, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil { // release the reader
+			w.Close()
+		}
+		t.Fatal("readToken waits for a writer on a FIFO")
 	}
 }
 
