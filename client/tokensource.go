@@ -142,23 +142,17 @@ func (f *fileSource) Token(context.Context) (string, error) {
 // maxTokenFile bounds what a token file may hold: a token is under a hundred bytes.
 const maxTokenFile = 4096
 
-// readTokenFile reads a token file, refusing what cannot be one before reading it: a FIFO (whose
-// open would wait for a writer, hanging every call), a device, or a file larger than maxTokenFile
-// (a log named by mistake, read whole and sent as the token). Errors never quote the contents.
+// readTokenFile reads a token file, at most maxTokenFile bytes of it: a larger file (a log named
+// by mistake, a device) is refused, not read whole and sent as the token. Errors never quote the
+// contents.
 func readTokenFile(path string) ([]byte, error) {
-	// O_NONBLOCK: a FIFO is opened without waiting for a writer, then refused as not regular.
+	// O_NONBLOCK: a FIFO nobody writes to is opened without waiting for a writer, and reads as
+	// empty; a pipe with a writer (--token-file <(pass show …)) is still read to its end.
 	fd, err := os.OpenFile(path, os.O_RDONLY|openNonblock, 0)
 	if err != nil {
 		return nil, fmt.Errorf("token file: %w", err)
 	}
 	defer fd.Close()
-	fi, err := fd.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("token file: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("token file %s is not a regular file but %s; point the token file at the file holding the token", path, fileKind(fi.Mode()))
-	}
 	raw, err := io.ReadAll(io.LimitReader(fd, maxTokenFile+1))
 	if err != nil {
 		return nil, fmt.Errorf("token file: %w", err)
@@ -168,21 +162,6 @@ func readTokenFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("token file %s is larger than %d bytes; it should hold only the token: is it the right file?", path, maxTokenFile)
 	}
 	return raw, nil
-}
-
-// fileKind names a non-regular file's type for an error.
-func fileKind(m os.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&os.ModeNamedPipe != 0:
-		return "a FIFO"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	case m&os.ModeDevice != 0:
-		return "a device"
-	}
-	return "a special file"
 }
 
 // Renewal of attested tokens.

@@ -193,10 +193,10 @@ func TestAttestSourceRenewalBacksOffOnExpiredTokens(t *testing.T) {
 	})
 }
 
-// TestTokenFileNotATokenRefused: a token file that cannot be a token (a FIFO, something far larger
-// than a token) is refused at once with what to fix, not read: a FIFO would hang every call until
-// a writer came, and a log or a device named by mistake would be read whole into memory and sent
-// as the bearer token.
+// TestTokenFileNotATokenRefused: a token file that cannot be a token (a FIFO nobody writes to,
+// something far larger than a token) is refused at once with what to fix, not read: the FIFO would
+// hang every call until a writer came, and a log or a device named by mistake would be read whole
+// into memory and sent as the bearer token. A pipe with a writer (a shell's <(…)) still works.
 func TestTokenFileNotATokenRefused(t *testing.T) {
 	dir := t.TempDir()
 	big := filepath.Join(dir, "big")
@@ -207,22 +207,43 @@ func TestTokenFileNotATokenRefused(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() {
+		w.Write([]byte("cbt_from_pipe\n"))
+		w.Close()
+	}()
 	for _, tc := range []struct{ name, path, want string }{
 		{"larger than a token", big, "larger than"},
-		{"fifo", fifo, "not a regular file"},
+		{"fifo without a writer", fifo, "is empty"},
+		{"device", "/dev/zero", "larger than"},
+		{"pipe with a writer", fmt.Sprintf("/proc/self/fd/%d", r.Fd()), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := &fileSource{path: tc.path}
-			errc := make(chan error, 1)
+			type answer struct {
+				tok string
+				err error
+			}
+			got := make(chan answer, 1)
 			go func() {
-				_, err := src.Token(context.Background())
-				errc <- err
+				tok, err := src.Token(context.Background())
+				got <- answer{tok, err}
 			}()
 			// The bound only turns a hang into a failure; a fixed reader answers at once.
 			select {
-			case err := <-errc:
-				if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "aaaa") {
-					t.Fatalf("got %v, want a refusal saying %q (and no file contents)", err, tc.want)
+			case a := <-got:
+				if tc.want == "" {
+					if a.err != nil || a.tok != "cbt_from_pipe" {
+						t.Fatalf("got %q %v, want the token written to the pipe", a.tok, a.err)
+					}
+					return
+				}
+				if a.err == nil || !strings.Contains(a.err.Error(), tc.want) || strings.Contains(a.err.Error(), "aaaa") {
+					t.Fatalf("got a %d-byte token, err %v; want a refusal saying %q (and no file contents)", len(a.tok), a.err, tc.want)
 				}
 			case <-time.After(10 * time.Second):
 				if w, err := os.OpenFile(tc.path, os.O_WRONLY, 0); err == nil { // release the reader
