@@ -202,8 +202,9 @@ func TestPythonClient(t *testing.T) {
 		}
 	})
 	t.Run("token file not a token", func(t *testing.T) {
-		// A FIFO is refused, not waited on (the alarm only turns a hang into a failure); a file
-		// far larger than a token is refused, not read whole and sent.
+		// A FIFO nobody writes to is not waited on (the alarm only turns a hang into a failure); a
+		// file far larger than a token is refused, not read whole and sent; a pipe with a writer
+		// (a shell's <(…)) is read.
 		fifo, big := filepath.Join(e.dir, "py-fifo"), filepath.Join(e.dir, "py-big")
 		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 			t.Fatal(err)
@@ -212,20 +213,21 @@ func TestPythonClient(t *testing.T) {
 			t.Fatal(err)
 		}
 		code := `
-import signal, sys, credbroker
+import os, signal, sys, threading, credbroker.client as c
 signal.alarm(10)
-for path in sys.argv[1:]:
+r, w = os.pipe()
+threading.Thread(target=lambda: (os.write(w, b"cbt_from_pipe\n"), os.close(w))).start()
+for path in sys.argv[1:] + ["/proc/self/fd/%d" % r]:
     try:
-        credbroker.Client(token_file=path).search("q")
-        print("accepted")
+        print("read", c._FileToken(path).token())
     except ValueError as e:
         print("refused:", e)
 `
 		out, err := e.runClient(t, "", []string{pyPath}, py, "-c", code, fifo, big)
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if err != nil || len(lines) != 2 || !strings.Contains(lines[0], "not a regular file") ||
-			!strings.Contains(lines[1], "larger than 4096 bytes") || strings.Contains(out, "aaaa") {
-			t.Fatalf("want both refused, saying why, without the contents: %v\n%s", err, out)
+		if err != nil || len(lines) != 3 || !strings.Contains(lines[0], "refused: token file "+fifo+" is empty") ||
+			!strings.Contains(lines[1], "larger than 4096 bytes") || lines[2] != "read cbt_from_pipe" || strings.Contains(out, "aaaa") {
+			t.Fatalf("want the FIFO and the big file refused, saying why, without the contents, and the pipe read: %v\n%s", err, out)
 		}
 	})
 	t.Run("fetched token expired on arrival", func(t *testing.T) {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import stat
 import struct
 import threading
 import time
@@ -398,15 +397,14 @@ _MAX_TOKEN_FILE = 4096
 
 
 def _read_token_file(path: str) -> str:
-    """Reads a token file, refusing what cannot be one before reading it: a FIFO (opening it would
-    wait for a writer, hanging every call), a device, or a file larger than _MAX_TOKEN_FILE (read
-    whole and sent as the token). Errors never quote the contents."""
-    # O_NONBLOCK: a FIFO is opened without waiting for a writer, then refused as not regular.
+    """Reads a token file, at most _MAX_TOKEN_FILE bytes of it: a larger file (a log named by
+    mistake, a device) is refused, not read whole and sent as the token. Errors never quote the
+    contents."""
+    # O_NONBLOCK for the open only: a FIFO nobody writes to is opened without waiting for a writer
+    # and then reads as empty; a pipe with a writer (token_file="/dev/fd/N") is read to its end.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"token file {path} is not a regular file; point token_file at the file "
-                             "holding the token")
         raw = f.read(_MAX_TOKEN_FILE + 1)
     if len(raw) > _MAX_TOKEN_FILE:
         raise ValueError(f"token file {path} is larger than {_MAX_TOKEN_FILE} bytes; it should hold "
