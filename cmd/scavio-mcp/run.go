@@ -113,8 +113,9 @@ func readToken(file string, log *slog.Logger) (string, error) {
 	if file == "" {
 		return env, nil
 	}
-	// O_NONBLOCK: a FIFO is opened without waiting for a writer (the MCP client would wait for
-	// initialize meanwhile), then refused below. It changes nothing for a regular file.
+	// O_NONBLOCK: a FIFO nobody writes to is opened without waiting for a writer (the MCP client
+	// would wait for initialize meanwhile) and reads as empty; a pipe with a writer
+	// (--token-file <(pass show …)) is read to its end. It changes nothing for a regular file.
 	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", fmt.Errorf("--token-file: %w", err)
@@ -123,9 +124,6 @@ func readToken(file string, log *slog.Logger) (string, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return "", fmt.Errorf("--token-file: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("--token-file %s is not a regular file (a FIFO, a device or a directory); it must name the file holding the token", file)
 	}
 	// A token is under a hundred bytes; don't read a wrong path (a log, a device) whole.
 	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))

@@ -482,29 +482,53 @@ func TestReadToken(t *testing.T) {
 	}
 }
 
-// TestReadTokenRefusesFIFO: a FIFO named by --token-file is refused at once; waiting for a writer
-// would leave the MCP client waiting for an initialize answer that never comes.
-func TestReadTokenRefusesFIFO(t *testing.T) {
+// TestReadTokenFIFO: a FIFO nobody writes to, named by --token-file, is refused at once (as
+// empty); waiting for a writer would leave the MCP client waiting for an initialize answer that
+// never comes. A pipe with a writer (a shell's <(…)) is read.
+func TestReadTokenFIFO(t *testing.T) {
 	fifo := filepath.Join(t.TempDir(), "token")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	errc := make(chan error, 1)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
 	go func() {
-		_, err := readToken(fifo, slog.New(slog.DiscardHandler))
-		errc <- err
+		w.Write([]byte("cbt_from_pipe\n"))
+		w.Close()
 	}()
-	// The bound only turns a hang into a failure; a fixed reader answers at once.
-	select {
-	case err := <-errc:
-		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
-			t.Fatalf("got %v, want a refusal naming a non-regular file", err)
-		}
-	case <-time.After(10 * time.Second):
-		if w, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil { // release the reader
-			w.Close()
-		}
-		t.Fatal("readToken waits for a writer on a FIFO")
+	for _, tc := range []struct{ name, path, want string }{
+		{"fifo without a writer", fifo, "is empty"},
+		{"pipe with a writer", fmt.Sprintf("/proc/self/fd/%d", r.Fd()), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			type answer struct {
+				tok string
+				err error
+			}
+			got := make(chan answer, 1)
+			go func() {
+				tok, err := readToken(tc.path, slog.New(slog.DiscardHandler))
+				got <- answer{tok, err}
+			}()
+			// The bound only turns a hang into a failure; a fixed reader answers at once.
+			select {
+			case a := <-got:
+				if tc.want == "" && (a.err != nil || a.tok != "cbt_from_pipe") {
+					t.Fatalf("got %q %v, want the token written to the pipe", a.tok, a.err)
+				}
+				if tc.want != "" && (a.err == nil || !strings.Contains(a.err.Error(), tc.want)) {
+					t.Fatalf("got %v, want a refusal saying %q", a.err, tc.want)
+				}
+			case <-time.After(10 * time.Second):
+				if w, err := os.OpenFile(tc.path, os.O_WRONLY, 0); err == nil { // release the reader
+					w.Close()
+				}
+				t.Fatal("readToken waits for a writer on a FIFO")
+			}
+		})
 	}
 }
 
