@@ -280,10 +280,14 @@ func checkFetched(tok string, exp, now time.Time) error {
 			"check that brokerd and this client are of the same release"}
 	}
 	if left := exp.Sub(now); left < minTokenLife {
-		return &Error{Code: codes.FailedPrecondition, Message: fmt.Sprintf("brokerd issued a token with %s left to live when it "+
+		life := "already expired"
+		if left > 0 {
+			life = left.Round(time.Millisecond).String() + " left to live"
+		}
+		return &Error{Code: codes.FailedPrecondition, Message: fmt.Sprintf("brokerd issued a token that had %s when it "+
 			"arrived (expiry %s); it cannot be used or renewed. The workload registration's ttl is too short: ask the "+
 			"operator to register this program again with a longer one (`brokerctl workload add NAME ... --ttl 1h`)",
-			left.Round(time.Millisecond), exp.UTC().Format(time.RFC3339Nano))}
+			life, exp.UTC().Format(time.RFC3339Nano))}
 	}
 	return nil
 }
