@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -125,9 +127,9 @@ func (f *fileSource) Token(context.Context) (string, error) {
 	if key == f.key && f.tok != "" {
 		return f.tok, nil
 	}
-	raw, err := os.ReadFile(f.path)
+	raw, err := readTokenFile(f.path)
 	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
+		return "", err
 	}
 	tok := strings.TrimSpace(string(raw))
 	if tok == "" {
@@ -135,6 +137,31 @@ func (f *fileSource) Token(context.Context) (string, error) {
 	}
 	f.key, f.tok = key, tok
 	return tok, nil
+}
+
+// maxTokenFile bounds what a token file may hold: a token is under a hundred bytes.
+const maxTokenFile = 4096
+
+// readTokenFile reads a token file, at most maxTokenFile bytes of it: a larger file (a log named
+// by mistake, a device) is refused, not read whole and sent as the token. Errors never quote the
+// contents.
+func readTokenFile(path string) ([]byte, error) {
+	// O_NONBLOCK: a FIFO nobody writes to is opened without waiting for a writer, and reads as
+	// empty; a pipe with a writer (--token-file <(pass show …)) is still read to its end.
+	fd, err := os.OpenFile(path, os.O_RDONLY|openNonblock, 0)
+	if err != nil {
+		return nil, fmt.Errorf("token file: %w", err)
+	}
+	defer fd.Close()
+	raw, err := io.ReadAll(io.LimitReader(fd, maxTokenFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("token file: %w", err)
+	}
+	if len(raw) > maxTokenFile {
+		clear(raw)
+		return nil, fmt.Errorf("token file %s is larger than %d bytes; it should hold only the token: is it the right file?", path, maxTokenFile)
+	}
+	return raw, nil
 }
 
 // Renewal of attested tokens.
@@ -146,6 +173,10 @@ const (
 	retryMax = 30 * time.Second
 	// expiryGuard: a token this close to its expiry is not handed out (a call takes time to arrive).
 	expiryGuard = 2 * time.Second
+	// minTokenLife: a fetched token with less life than this left when it arrives counts as a
+	// failed fetch. It could be neither used nor renewed sensibly: taking it would fetch again at
+	// once, in a loop that spends the uid's FetchToken rate and watches.
+	minTokenLife = 100 * time.Millisecond
 )
 
 // fetchFunc fetches a token by attestation.
@@ -223,6 +254,9 @@ func (s *attestSource) startFetchLocked() chan struct{} {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		tok, exp, err := s.fetch(ctx)
 		cancel()
+		if err == nil {
+			err = checkFetched(tok, exp, s.now())
+		}
 		s.mu.Lock()
 		s.fetchErr = err
 		if err == nil {
@@ -236,6 +270,26 @@ func (s *attestSource) startFetchLocked() chan struct{} {
 		}
 	}()
 	return done
+}
+
+// checkFetched refuses a token FetchToken returned that cannot serve: empty, or expiring within
+// minTokenLife of now (a registration's ttl too short, or no expiry at all).
+func checkFetched(tok string, exp, now time.Time) error {
+	if tok == "" {
+		return &Error{Code: codes.Internal, Message: "brokerd answered FetchToken without a token; " +
+			"check that brokerd and this client are of the same release"}
+	}
+	if left := exp.Sub(now); left < minTokenLife {
+		life := "already expired"
+		if left > 0 {
+			life = left.Round(time.Millisecond).String() + " left to live"
+		}
+		return &Error{Code: codes.FailedPrecondition, Message: fmt.Sprintf("brokerd issued a token that had %s when it "+
+			"arrived (expiry %s); it cannot be used or renewed. The workload registration's ttl is too short: ask the "+
+			"operator to register this program again with a longer one (`brokerctl workload add NAME ... --ttl 1h`)",
+			life, exp.UTC().Format(time.RFC3339Nano))}
+	}
+	return nil
 }
 
 func (s *attestSource) wake() {

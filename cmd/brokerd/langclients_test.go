@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/credbroker/credbroker/broker/peercred"
@@ -198,6 +199,56 @@ func TestPythonClient(t *testing.T) {
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		if err != nil || len(lines) != 2 || !strings.Contains(lines[0], `"TOKEN_REVOKED"`) || lines[1] != `{"ok": "web_search"}` {
 			t.Fatalf("token file not re-read: %v\n%s", err, out)
+		}
+	})
+	t.Run("token file not a token", func(t *testing.T) {
+		// A FIFO nobody writes to is not waited on (the alarm only turns a hang into a failure); a
+		// file far larger than a token is refused, not read whole and sent; a pipe with a writer
+		// (a shell's <(…)) is read.
+		fifo, big := filepath.Join(e.dir, "py-fifo"), filepath.Join(e.dir, "py-big")
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(big, []byte(strings.Repeat("a", 1<<20)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code := `
+import os, signal, sys, threading, credbroker.client as c
+signal.alarm(10)
+r, w = os.pipe()
+threading.Thread(target=lambda: (os.write(w, b"cbt_from_pipe\n"), os.close(w))).start()
+for path in sys.argv[1:] + ["/proc/self/fd/%d" % r]:
+    try:
+        print("read", c._FileToken(path).token())
+    except ValueError as e:
+        print("refused:", e)
+`
+		out, err := e.runClient(t, "", []string{pyPath}, py, "-c", code, fifo, big)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if err != nil || len(lines) != 3 || !strings.Contains(lines[0], "refused: token file "+fifo+" is empty") ||
+			!strings.Contains(lines[1], "larger than 4096 bytes") || lines[2] != "read cbt_from_pipe" || strings.Contains(out, "aaaa") {
+			t.Fatalf("want the FIFO and the big file refused, saying why, without the contents, and the pipe read: %v\n%s", err, out)
+		}
+	})
+	t.Run("fetched token expired on arrival", func(t *testing.T) {
+		// As in the Go client: a fetched token with (almost) no life left, or none at all, is a
+		// failed fetch that names its cause, never a token handed out.
+		out, err := e.runClient(t, "", []string{pyPath}, py, "-c", `
+import time, credbroker.client as c
+for tok, exp in [("tok", time.time() - 1), ("tok", 0.0), ("tok", time.time() + 0.001), ("", time.time() + 3600)]:
+    try:
+        print("accepted", c._AttestedToken(lambda: (tok, exp)).token())
+    except c.BrokerError as e:
+        print(e.code.name, e)
+`)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if err != nil || len(lines) != 4 {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		for i, want := range []string{"FAILED_PRECONDITION", "FAILED_PRECONDITION", "FAILED_PRECONDITION", "INTERNAL"} {
+			if !strings.HasPrefix(lines[i], want) || want == "FAILED_PRECONDITION" && !strings.Contains(lines[i], "--ttl") {
+				t.Errorf("case %d: want %s (naming --ttl if the ttl is at fault), got %s", i, want, lines[i])
+			}
 		}
 	})
 	refusals := []struct {

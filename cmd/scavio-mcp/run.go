@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -112,11 +113,18 @@ func readToken(file string, log *slog.Logger) (string, error) {
 	if file == "" {
 		return env, nil
 	}
-	f, err := os.Open(file)
+	// O_NONBLOCK: a FIFO nobody writes to is opened without waiting for a writer (the MCP client
+	// would wait for initialize meanwhile) and reads as empty; a pipe with a writer
+	// (--token-file <(pass show …)) is read to its end. It changes nothing for a regular file.
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", fmt.Errorf("--token-file: %w", err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
 	// A token is under a hundred bytes; don't read a wrong path (a log, a device) whole.
 	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
 	if err != nil {
@@ -129,7 +137,7 @@ func readToken(file string, log *slog.Logger) (string, error) {
 	if tok == "" {
 		return "", fmt.Errorf("--token-file %s is empty", file)
 	}
-	if fi, err := os.Stat(file); err == nil && fi.Mode().Perm()&0o077 != 0 {
+	if fi.Mode().Perm()&0o077 != 0 {
 		log.Warn("the token file is readable by other users; chmod 600 it", "file", file, "mode", fi.Mode().Perm().String())
 	}
 	return tok, nil

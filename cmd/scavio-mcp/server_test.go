@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -478,6 +479,56 @@ func TestReadToken(t *testing.T) {
 	t.Setenv(tokenEnv, "")
 	if tok, err := readToken("", log); tok != "" || err != nil {
 		t.Errorf("nothing configured: %q, %v", tok, err)
+	}
+}
+
+// TestReadTokenFIFO: a FIFO nobody writes to, named by --token-file, is refused at once (as
+// empty); waiting for a writer would leave the MCP client waiting for an initialize answer that
+// never comes. A pipe with a writer (a shell's <(…)) is read.
+func TestReadTokenFIFO(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "token")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() {
+		w.Write([]byte("cbt_from_pipe\n"))
+		w.Close()
+	}()
+	for _, tc := range []struct{ name, path, want string }{
+		{"fifo without a writer", fifo, "is empty"},
+		{"pipe with a writer", fmt.Sprintf("/proc/self/fd/%d", r.Fd()), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			type answer struct {
+				tok string
+				err error
+			}
+			got := make(chan answer, 1)
+			go func() {
+				tok, err := readToken(tc.path, slog.New(slog.DiscardHandler))
+				got <- answer{tok, err}
+			}()
+			// The bound only turns a hang into a failure; a fixed reader answers at once.
+			select {
+			case a := <-got:
+				if tc.want == "" && (a.err != nil || a.tok != "cbt_from_pipe") {
+					t.Fatalf("got %q %v, want the token written to the pipe", a.tok, a.err)
+				}
+				if tc.want != "" && (a.err == nil || !strings.Contains(a.err.Error(), tc.want)) {
+					t.Fatalf("got %v, want a refusal saying %q", a.err, tc.want)
+				}
+			case <-time.After(10 * time.Second):
+				if w, err := os.OpenFile(tc.path, os.O_WRONLY, 0); err == nil { // release the reader
+					w.Close()
+				}
+				t.Fatal("readToken waits for a writer on a FIFO")
+			}
+		})
 	}
 }
 

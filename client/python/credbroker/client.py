@@ -392,6 +392,26 @@ class _StaticToken(_TokenSource):
         return self._tok
 
 
+# A token is under a hundred bytes: a larger token file is the wrong file (a log, say).
+_MAX_TOKEN_FILE = 4096
+
+
+def _read_token_file(path: str) -> str:
+    """Reads a token file, at most _MAX_TOKEN_FILE bytes of it: a larger file (a log named by
+    mistake, a device) is refused, not read whole and sent as the token. Errors never quote the
+    contents."""
+    # O_NONBLOCK for the open only: a FIFO nobody writes to is opened without waiting for a writer
+    # and then reads as empty; a pipe with a writer (token_file="/dev/fd/N") is read to its end.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(_MAX_TOKEN_FILE + 1)
+    if len(raw) > _MAX_TOKEN_FILE:
+        raise ValueError(f"token file {path} is larger than {_MAX_TOKEN_FILE} bytes; it should hold "
+                         "only the token: is it the right file?")
+    return raw.decode("utf-8", errors="replace")
+
+
 class _FileToken(_TokenSource):
     """Re-reads the file when its size, modification time or inode changes, so a token rotated
     into it by another process is used by the next call."""
@@ -407,10 +427,27 @@ class _FileToken(_TokenSource):
         stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
         with self._lock:
             if stamp != self._stamp or not self._tok:
-                with open(self._path, encoding="utf-8") as f:
-                    self._tok = _checked_token(f.read(), f"token file {self._path}")
+                self._tok = _checked_token(_read_token_file(self._path), f"token file {self._path}")
                 self._stamp = stamp
             return self._tok
+
+
+# A fetched token with less life than this left when it arrives counts as a failed fetch: it can be
+# neither used nor renewed sensibly (the Go client's minTokenLife).
+_MIN_TOKEN_LIFE = 0.1
+
+
+def _check_fetched(tok: str, expires: float, now: float) -> None:
+    if not tok:
+        raise BrokerError(grpc.StatusCode.INTERNAL, "brokerd answered FetchToken without a token; check "
+                          "that brokerd and this client are of the same release")
+    left = expires - now
+    if left < _MIN_TOKEN_LIFE:
+        raise BrokerError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"brokerd issued a token with {max(left, 0.0) * 1000:.0f} ms left to live when it "
+                          "arrived; it cannot be used or renewed. The workload registration's ttl is too "
+                          "short: ask the operator to register this program again with a longer one "
+                          "(`brokerctl workload add NAME ... --ttl 1h`)")
 
 
 class _AttestedToken(_TokenSource):
@@ -431,6 +468,7 @@ class _AttestedToken(_TokenSource):
                 return self._tok
             try:
                 tok, expires = self._fetch()
+                _check_fetched(tok, expires, time.time())
             except BrokerError:
                 # Renewal failed: the current token may still serve until it nears its expiry.
                 if self._tok and now + min(2.0, life / 6) < self._expires:
