@@ -22,7 +22,8 @@ const (
 
 // Config sets the caps.
 type Config struct {
-	// PerUID caps the open connections of each non-admin uid.
+	// PerUID caps the open connections of each non-admin uid, and those of the peers whose uid
+	// the kernel did not name (Peer.Known false), which share one count of their own.
 	PerUID int
 	// Total caps all open connections; the last Reserve of them only admins may use.
 	Total, Reserve int
@@ -55,9 +56,10 @@ type Listener struct {
 	cfg Config
 
 	mu       sync.Mutex
-	total    int // open connections
-	nonAdmin int // of which from non-admin uids
-	perUID   map[uint32]int
+	total    int            // open connections
+	nonAdmin int            // of which from non-admin uids
+	perUID   map[uint32]int // of which from each uid the kernel named
+	unknown  int            // of which from peers the kernel named nobody for
 }
 
 // New wraps lis.
@@ -91,7 +93,10 @@ func (l *Listener) Accept() (net.Conn, error) {
 			// PerUID connections would lock every other user out.
 			p = Peer{UID: uid, Known: true}
 		}
-		// A peer the kernel did not name is treated as a non-admin: it gets a non-admin's share.
+		// A peer the kernel did not name is treated as a non-admin: it gets a non-admin's share,
+		// counted apart from every uid's (admit). On loopback TCP that is a peer whose socket is
+		// no longer ESTABLISHED when it is looked up: it closed, or half-closed after sending its
+		// request, before brokerd accepted it, which any local user can do on purpose.
 		// So is a TCP peer: its gid and groups are not in the socket table (GID stays 0, which
 		// must not match an --admin-gid), and the admin API is not served over TCP anyway.
 		admin := onUnix && l.cfg.IsAdmin != nil && l.cfg.IsAdmin(p.UID, p.GID, groups)
@@ -116,6 +121,15 @@ func (l *Listener) admit(p Peer, admin bool) string {
 	case admin:
 	case l.nonAdmin >= l.cfg.Total-l.cfg.Reserve:
 		return ReasonTotal
+	case !p.Known:
+		// Unknown peers share one count of their own. Counted as uid 0 (the zero Peer) they
+		// would share root's: a user who can make its connections unknown (see Accept) could
+		// lock root's loopback TCP clients out, and evade its own uid's cap.
+		if l.unknown >= l.cfg.PerUID {
+			return ReasonPerUID
+		}
+		l.nonAdmin++
+		l.unknown++
 	case l.perUID[p.UID] >= l.cfg.PerUID:
 		return ReasonPerUID
 	default:
@@ -131,7 +145,12 @@ func (l *Listener) release(p Peer, admin bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
-	if !admin {
+	switch {
+	case admin:
+	case !p.Known:
+		l.nonAdmin--
+		l.unknown--
+	default:
 		l.nonAdmin--
 		if l.perUID[p.UID]--; l.perUID[p.UID] == 0 {
 			delete(l.perUID, p.UID)

@@ -269,3 +269,78 @@ func TestLoopbackTCPPeersCountedPerUID(t *testing.T) {
 		t.Fatalf("uid 0 refused because uid %d holds its share: %+v", nobody, r)
 	}
 }
+
+// pacedListener accepts only when the test says so, so that a client can do something to its
+// connection (half-close it) before the Listener looks its peer up.
+type pacedListener struct {
+	net.Listener
+	next chan struct{}
+}
+
+func (l *pacedListener) Accept() (net.Conn, error) {
+	<-l.next
+	return l.Listener.Accept()
+}
+
+// TestUnknownTCPPeersCountedApart: a loopback TCP peer whose uid the kernel's socket table does not
+// name (it half-closed before brokerd accepted it, so its socket is no longer ESTABLISHED — which
+// any local user can do on purpose) is counted in a share of its own, not as uid 0: unknown peers
+// cannot lock root out, and root's connections do not use up theirs.
+func TestUnknownTCPPeersCountedApart(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, for connections that are uid 0's (CI runs as root)")
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Skip("no IPv4 loopback here:", err)
+	}
+	paced := &pacedListener{Listener: raw, next: make(chan struct{})}
+	_, accepted, refused := serve(t, paced, Config{PerUID: 2, Total: 16, Reserve: 4, IsAdmin: func(uint32, uint32, []uint32) bool { return false }})
+	// After serve's, so it runs first: the accept loop must get past the gate to see the close.
+	t.Cleanup(func() { close(paced.next) })
+	addr := raw.Addr().(*net.TCPAddr)
+	// connect dials as uid (or, unknown, half-closes first), lets the Listener accept one
+	// connection, and returns what it made of it.
+	connect := func(uid int, unknown bool) (Peer, string) {
+		t.Helper()
+		c := dialTCPAs(t, addr, uid)
+		if unknown {
+			if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		paced.next <- struct{}{}
+		select {
+		case a := <-accepted:
+			t.Cleanup(func() { a.Close() })
+			return a.(*conn).peer, ""
+		case r := <-refused:
+			return r.peer, r.reason
+		}
+	}
+	// The first two connections of a share get in, the third is over the cap of 2.
+	wantRefusal := func(i int) string {
+		if i < 2 {
+			return ""
+		}
+		return ReasonPerUID
+	}
+	for i := range 3 {
+		p, reason := connect(65534, true)
+		if p.Known {
+			t.Fatalf("half-closed peer %d was named uid %d; the test needs one the socket table does not list", i, p.UID)
+		}
+		if want := wantRefusal(i); reason != want {
+			t.Fatalf("unknown peer %d: refused %q, want %q (unknown peers share a cap of 2 of their own)", i, reason, want)
+		}
+	}
+	for i := range 3 {
+		p, reason := connect(0, false)
+		if !p.Known || p.UID != 0 {
+			t.Fatalf("uid 0's connection named %+v", p)
+		}
+		if want := wantRefusal(i); reason != want {
+			t.Fatalf("uid 0's connection %d: refused %q, want %q: the unknown peers' connections were counted as root's", i, reason, want)
+		}
+	}
+}

@@ -18,7 +18,11 @@ const redacted = "[REDACTED]"
 
 // Redact replaces every occurrence of key in s, in the encodings an upstream, proxy or library is
 // likely to echo it in, with "[REDACTED]": the raw bytes, standard and URL-safe base64 (padded and
-// raw), lower- and upper-case hex, and URL query and path escaping. An empty key returns s unchanged.
+// raw), lower- and upper-case hex, URL query and path escaping, and the key as Go's %q
+// (strconv.Quote) and encoding/json write it between their quotes. The last two matter for a key
+// holding '"' or '\\' (valid in a header, so a stored key may): a library that quotes what the
+// upstream sent (net/http's `malformed HTTP status code "…"`) writes the key escaped, and the
+// raw form no longer matches. An empty key returns s unchanged.
 //
 // It cannot find the key inside a longer base64 stream that does not start on the key's first byte;
 // that is why errors never carry body bytes in the first place and Redact is only a second line of
@@ -33,8 +37,8 @@ func Redact(s string, key []byte) string {
 }
 
 // numForms is how many encodings keyForms makes: raw, four base64, two hex, query and path
-// escaping, and those two again with lower-case %xx.
-const numForms = 11
+// escaping, those two again with lower-case %xx, Go-quoted and JSON-escaped.
+const numForms = 13
 
 // forms is every encoding of one key that Redact looks for. They are copies of the key in all
 // but name, so they sit back to back in one buffer that wipe clears when the call is done: the
@@ -61,7 +65,8 @@ func keyForms(key []byte) forms {
 	n := len(key)
 	ql, pl := escapedLen(key, true), escapedLen(key, false)
 	b64, raw := base64.StdEncoding.EncodedLen(n), base64.RawStdEncoding.EncodedLen(n)
-	buf := make([]byte, 0, n+2*b64+2*raw+2*hex.EncodedLen(n)+2*ql+2*pl)
+	gl, jl := quotedLen(key, quoteGo), quotedLen(key, quoteJSON)
+	buf := make([]byte, 0, n+2*b64+2*raw+2*hex.EncodedLen(n)+2*ql+2*pl+gl+jl)
 	// mark makes what was appended since the last mark the next form, and returns it.
 	i, start := 0, 0
 	mark := func() []byte {
@@ -92,6 +97,10 @@ func keyForms(key []byte) forms {
 	lowerPercentHex(mark())
 	buf = append(buf, path...)
 	lowerPercentHex(mark())
+	buf = appendQuoted(buf, key, quoteGo)
+	mark()
+	buf = appendQuoted(buf, key, quoteJSON)
+	mark()
 	fs.buf = buf
 	if formsBuilt != nil {
 		formsBuilt(buf)
@@ -388,4 +397,107 @@ func lowerPercentHex(b []byte) {
 			i += 2
 		}
 	}
+}
+
+// Quoting styles for appendQuoted.
+const (
+	quoteGo   = iota // strconv.Quote, fmt's %q
+	quoteJSON        // encoding/json (HTML-safe, as json.Marshal writes)
+)
+
+// quotedLen is len(appendQuoted(nil, s, style)).
+func quotedLen(s []byte, style int) int {
+	var tmp [10]byte
+	n := 0
+	for i := 0; i < len(s); {
+		r, size := decodeRune(s[i:])
+		n += len(quoteRune(&tmp, style, r, s[i:i+size]))
+		i += size
+	}
+	return n
+}
+
+// appendQuoted appends to dst what strconv.Quote (quoteGo) or json.Marshal (quoteJSON) writes
+// between its quotes for s, byte for byte, without making a string of s. Escapes are built in a
+// stack array, so no copy of a piece of the key is left on the heap.
+func appendQuoted(dst, s []byte, style int) []byte {
+	var tmp [10]byte
+	for i := 0; i < len(s); {
+		r, size := decodeRune(s[i:])
+		dst = append(dst, quoteRune(&tmp, style, r, s[i:i+size])...)
+		i += size
+	}
+	return dst
+}
+
+// decodeRune is utf8.DecodeRune with a fast path for ASCII.
+func decodeRune(s []byte) (rune, int) {
+	if s[0] < utf8.RuneSelf {
+		return rune(s[0]), 1
+	}
+	return utf8.DecodeRune(s)
+}
+
+// quoteRune returns what style writes for the rune r, whose encoding is raw (for an invalid byte,
+// r is utf8.RuneError and raw that byte): raw itself, or an escape built in tmp.
+func quoteRune(tmp *[10]byte, style int, r rune, raw []byte) []byte {
+	const hexDigits = "0123456789abcdef"
+	esc := func(c byte) []byte { tmp[0], tmp[1] = '\\', c; return tmp[:2] }
+	// hexEsc writes '\\', prefix ('x', 'u' or 'U') and v in width hex digits.
+	hexEsc := func(prefix byte, v uint32, width int) []byte {
+		tmp[0], tmp[1] = '\\', prefix
+		for i := range width {
+			tmp[2+i] = hexDigits[v>>(4*(width-1-i))&15]
+		}
+		return tmp[:2+width]
+	}
+	invalid := r == utf8.RuneError && len(raw) == 1
+	if style == quoteJSON {
+		switch {
+		case r == '"' || r == '\\':
+			return esc(byte(r))
+		case r == '\b':
+			return esc('b')
+		case r == '\f':
+			return esc('f')
+		case r == '\n':
+			return esc('n')
+		case r == '\r':
+			return esc('r')
+		case r == '\t':
+			return esc('t')
+		case r < ' ' || r == '<' || r == '>' || r == '&' || r == '\u2028' || r == '\u2029':
+			return hexEsc('u', uint32(r), 4)
+		case invalid:
+			return hexEsc('u', utf8.RuneError, 4)
+		}
+		return raw
+	}
+	switch {
+	case invalid:
+		return hexEsc('x', uint32(raw[0]), 2)
+	case r == '"' || r == '\\':
+		return esc(byte(r))
+	case strconv.IsPrint(r):
+		return raw
+	case r == '\a':
+		return esc('a')
+	case r == '\b':
+		return esc('b')
+	case r == '\f':
+		return esc('f')
+	case r == '\n':
+		return esc('n')
+	case r == '\r':
+		return esc('r')
+	case r == '\t':
+		return esc('t')
+	case r == '\v':
+		return esc('v')
+	case r < ' ' || r == 0x7f:
+		return hexEsc('x', uint32(r), 2)
+	case r < 0x10000:
+		return hexEsc('u', uint32(r), 4)
+	}
+	return hexEsc('U', uint32(r), 8)
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -102,6 +103,7 @@ var trickyKeys = []string{
 	"$&+,/:;=?@",
 	"-_.~",
 	"!\"#'()*<>[]^`{|}",
+	`sk_"q\\x&<`, // what a quoting library (fmt's %q, encoding/json) escapes
 	"\x00\x7f\x80\xff",
 	"ключ",
 	strings.Repeat("/", 100),
@@ -154,6 +156,8 @@ func stdlibForms(key []byte) []string {
 		url.PathEscape(k),
 		lower(url.QueryEscape(k)),
 		lower(url.PathEscape(k)),
+		strings.TrimSuffix(strings.TrimPrefix(strconv.Quote(k), `"`), `"`),
+		strings.TrimSuffix(strings.TrimPrefix(string(must(json.Marshal(k))), `"`), `"`),
 	}
 	slices.SortFunc(fs, func(a, b string) int {
 		return cmp.Or(cmp.Compare(len(b), len(a)), strings.Compare(a, b))
@@ -326,4 +330,11 @@ func TestFormsWipedAfterUse(t *testing.T) {
 			}
 		})
 	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

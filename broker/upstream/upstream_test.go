@@ -1,6 +1,7 @@
 package upstream_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -487,6 +489,80 @@ func TestKeyNeverInErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rawUpstream accepts connections on loopback and answers each request with the bytes answer
+// makes of the x-api-key it carried, whatever HTTP they form.
+func rawUpstream(t *testing.T, answer func(key string) string) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				io.WriteString(c, answer(req.Header.Get("X-Api-Key")))
+			}()
+		}
+	}()
+	return "http://" + lis.Addr().String()
+}
+
+// TestKeyNeverInQuotedTransportErrors: an upstream whose status line echoes the key makes
+// net/http quote it in its error (`malformed HTTP status code "…"`, `malformed HTTP response
+// "…"`); a key holding '"' and '\\' — valid in a header, so an operator may store one — then
+// appears escaped there, and the error, and the log line holding it, must still not carry the key
+// in its raw, Go-quoted or JSON-escaped form.
+func TestKeyNeverInQuotedTransportErrors(t *testing.T) {
+	const key = `sk_live_"q\\x<&`
+	quoted := strconv.Quote(key)
+	forms := []string{key, quoted[1 : len(quoted)-1], strings.Trim(string(must(json.Marshal(key))), `"`)}
+	for _, tt := range []struct {
+		name   string
+		answer func(key string) string
+	}{
+		{"status code", func(k string) string { return "HTTP/1.1 " + k + "\r\n\r\n" }},
+		{"status line", func(k string) string { return k + "\r\n\r\n" }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := newClient(t, rawUpstream(t, tt.answer), upstream.Config{MaxRetries: -1})
+			_, err := c.Do(context.Background(), searchReq(), []byte(key))
+			if err == nil {
+				t.Fatal("Do succeeded, want error")
+			}
+			if !strings.Contains(err.Error(), "malformed HTTP") || !strings.Contains(err.Error(), "[REDACTED]") {
+				t.Fatalf("error %q: want net/http's malformed-response error with the key redacted", err)
+			}
+			var logs bytes.Buffer
+			slog.New(slog.NewJSONHandler(&logs, nil)).Warn("upstream call failed", "err", err)
+			slog.New(slog.NewTextHandler(&logs, nil)).Warn("upstream call failed", "err", err)
+			for _, text := range []string{err.Error(), fmt.Sprintf("%q", err), logs.String()} {
+				for _, f := range forms {
+					if strings.Contains(text, f) {
+						t.Errorf("%q holds the key as %q", text, f)
+					}
+				}
+			}
+		})
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
 
 func TestInvalidKeyNotSent(t *testing.T) {

@@ -7,6 +7,9 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -419,6 +422,7 @@ for (const c of JSON.parse(process.argv.at(-1))) console.log(defaultSocket(c.env
 			}
 		}
 	})
+	t.Run("untrusted server", func(t *testing.T) { testTypeScriptUntrustedServer(t, e, dir, tok) })
 	t.Run("mcp example attestation", func(t *testing.T) {
 		if !peercred.PidfdSupported() {
 			t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+)")
@@ -429,6 +433,167 @@ for (const c of JSON.parse(process.argv.at(-1))) console.log(defaultSocket(c.env
 		m := drive(t, "", "attested")
 		if m["isError"] != false || !strings.HasPrefix(firstText(m), "1. ") {
 			t.Fatalf("no token, no attestation: %v", m)
+		}
+	})
+}
+
+// squatter listens on a Unix socket at path, as someone squatting on brokerd's path would, and
+// records what clients send it: the first bytes of each connection (gRPC's HTTP/2 preface is 24),
+// then it closes the connection.
+type squatter struct {
+	lis  net.Listener
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	got  []byte
+	path string
+}
+
+func newSquatter(t *testing.T, path string) *squatter {
+	t.Helper()
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &squatter{lis: lis, path: path}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer c.Close()
+				buf := make([]byte, 24)
+				n, _ := io.ReadFull(c, buf)
+				s.mu.Lock()
+				s.got = append(s.got, buf[:n]...)
+				s.mu.Unlock()
+			}()
+		}
+	}()
+	t.Cleanup(s.close)
+	return s
+}
+
+// received stops the squatter and returns everything clients sent it.
+func (s *squatter) received() []byte {
+	s.close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.got
+}
+
+func (s *squatter) close() {
+	s.lis.Close()
+	s.wg.Wait()
+}
+
+// tsSearchOnce searches once through BrokerClient on socket (token from the environment) and
+// prints the outcome as JSON: {"ok": true} or the error's name, code and message.
+const tsSearchOnce = `
+import { BrokerClient } from "INDEX";
+const socket = process.argv.at(-1);
+try {
+  const c = new BrokerClient({ socket, timeoutMs: 10000 });
+  try {
+    await c.search("q");
+    console.log(JSON.stringify({ ok: true }));
+  } catch (e) {
+    console.log(JSON.stringify({ name: e.name, code: e.codeName, message: e.message }));
+  }
+  c.close();
+} catch (e) {
+  console.log(JSON.stringify({ name: e.name, message: e.message }));
+}
+`
+
+// testTypeScriptUntrustedServer: the TypeScript client refuses, before it writes a byte, a socket
+// another uid could be serving — owned by that uid, behind that uid's symbolic link, or in a
+// directory others may write without the sticky bit — with UntrustedServerError
+// (PERMISSION_DENIED) saying what to set; $CREDBROKER_SERVER_UID lets that uid in; a malformed one
+// is an error. Node cannot read SO_PEERCRED, so the check is on the files (checkServer).
+func testTypeScriptUntrustedServer(t *testing.T, e *env, dir, tok string) {
+	script := strings.Replace(tsSearchOnce, "INDEX", filepath.Join(dir, "src", "index.js"), 1)
+	search := func(t *testing.T, socket string, extraEnv ...string) map[string]any {
+		t.Helper()
+		out, err := e.runClient(t, tok, extraEnv, "node", "--input-type=module", "-e", script, socket)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return lastJSON(t, out)
+	}
+	refused := func(t *testing.T, m map[string]any, sq *squatter, want string) {
+		t.Helper()
+		if m["name"] != "UntrustedServerError" || m["code"] != "PERMISSION_DENIED" || !strings.Contains(fmt.Sprint(m["message"]), want) {
+			t.Errorf("want UntrustedServerError, PERMISSION_DENIED, %q; got %v", want, m)
+		}
+		if got := sq.received(); len(got) != 0 {
+			t.Errorf("the client sent %q to a server it does not trust", got)
+		}
+	}
+	const other = 65534
+
+	t.Run("trusted", func(t *testing.T) {
+		// The real brokerd (our uid, in a directory of ours) passes the same check.
+		if m := search(t, e.socket); m["ok"] != true {
+			t.Fatalf("search through the checked connection: %v", m)
+		}
+	})
+	t.Run("writable directory", func(t *testing.T) {
+		d := filepath.Join(e.dir, "open")
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, 0o777); err != nil { // no sticky bit: anyone may rename into it
+			t.Fatal(err)
+		}
+		sq := newSquatter(t, filepath.Join(d, "b.sock"))
+		refused(t, search(t, sq.path), sq, "which group or others may write without the sticky bit")
+	})
+	t.Run("owned by another uid", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root to give the socket to another uid (CI runs as root)")
+		}
+		sq := newSquatter(t, filepath.Join(e.dir, "squat.sock"))
+		if err := os.Chown(sq.path, other, other); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, search(t, sq.path), sq, fmt.Sprintf("is owned by uid %d, not root, your uid 0 or $CREDBROKER_SERVER_UID; refusing to send a token or request (if that uid is brokerd's, set CREDBROKER_SERVER_UID=%[1]d)", other))
+		// Trusted by $CREDBROKER_SERVER_UID, the same socket gets the connection: the check, not
+		// something else, is what kept the bytes back.
+		sq = newSquatter(t, filepath.Join(e.dir, "squat2.sock"))
+		if err := os.Chown(sq.path, other, other); err != nil {
+			t.Fatal(err)
+		}
+		m := search(t, sq.path, "CREDBROKER_SERVER_UID=4242, "+strconv.Itoa(other))
+		if got := sq.received(); !strings.HasPrefix(string(got), "PRI * HTTP/2.0") {
+			t.Fatalf("trusted by CREDBROKER_SERVER_UID, the client sent %q (outcome %v), want gRPC's preface", got, m)
+		}
+	})
+	t.Run("symbolic link of another uid", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root to give the link to another uid (CI runs as root)")
+		}
+		link := filepath.Join(e.dir, "link.sock")
+		if err := os.Symlink(e.socket, link); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(link, other, other); err != nil {
+			t.Fatal(err)
+		}
+		m := search(t, link)
+		if m["name"] != "UntrustedServerError" || !strings.Contains(fmt.Sprint(m["message"]), "a symbolic link owned by uid 65534") {
+			t.Errorf("want UntrustedServerError naming the link; got %v", m)
+		}
+	})
+	t.Run("malformed CREDBROKER_SERVER_UID", func(t *testing.T) {
+		m := search(t, e.socket, "CREDBROKER_SERVER_UID=credbroker")
+		if !strings.Contains(fmt.Sprint(m["message"]), `"credbroker" is not a numeric uid`) {
+			t.Errorf("a malformed CREDBROKER_SERVER_UID was not refused: %v", m)
 		}
 	})
 }

@@ -3,14 +3,15 @@
 // and errors that carry brokerd's machine-readable reason and retry delay. The generated code is
 // in ./gen (scripts/gen.sh; do not edit).
 //
-// Unlike the Go and Python clients, it does not check which uid serves the socket: Node has no
-// SO_PEERCRED and grpc-js no dialer hook. Keep the socket in a directory other users cannot write
-// (brokerd's default /run/credbroker is), or use the Python or Go client where that matters.
+// Like the Go and Python clients, it refuses a socket another user may be serving before it sends
+// anything (checkServer), with the same trusted uids (root, its own, $CREDBROKER_SERVER_UID,
+// serverUids). Node cannot read SO_PEERCRED, so it checks the owners of the socket file and of the
+// directories above it instead of the uid that called listen(2): see checkServer.
 
-import { stat, readFile } from "node:fs/promises";
+import { lstat, readFile, realpath, stat } from "node:fs/promises";
 import * as path from "node:path";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
-import { credentials, Metadata, status as grpcStatus, type ServiceError } from "@grpc/grpc-js";
+import { CallCredentials, ChannelCredentials, Metadata, status as grpcStatus, type ServiceError } from "@grpc/grpc-js";
 import {
   SearchServiceClient,
   type SearchRequest,
@@ -25,6 +26,9 @@ export type { WhoAmIResponse, GoogleSearchOptions };
 
 export const TOKEN_ENV = "CREDBROKER_TOKEN";
 export const SOCKET_ENV = "CREDBROKER_SOCKET";
+/** Lists, comma-separated, the uids besides root and the client's own that may serve the socket
+ * (client.ServerUIDEnv in Go). */
+export const SERVER_UID_ENV = "CREDBROKER_SERVER_UID";
 export const ERROR_DOMAIN = "credbroker.dev";
 
 /**
@@ -66,6 +70,144 @@ export class BrokerError extends Error {
     this.reason = reason;
     this.metadata = metadata;
     this.retryDelayMs = retryDelayMs;
+  }
+}
+
+/** The socket may be served by a uid the client does not trust (not root, not its own, not in
+ * $CREDBROKER_SERVER_UID or serverUids): nothing (no token, no request) was sent to it. Its code
+ * is PERMISSION_DENIED. */
+export class UntrustedServerError extends BrokerError {
+  constructor(message: string) {
+    super(grpcStatus.PERMISSION_DENIED, message);
+    this.name = "UntrustedServerError";
+  }
+}
+
+/** The uids that may serve the socket: root, the effective uid, then those in envValue
+ * ($CREDBROKER_SERVER_UID) and extra. A malformed value throws rather than being ignored: ignoring
+ * it would refuse the server the operator meant to allow, with a message that hides why. */
+export function trustedUids(envValue = process.env[SERVER_UID_ENV] ?? "", extra: readonly number[] = [],
+  euid = process.geteuid?.() ?? -1): number[] {
+  const uids = [0, euid];
+  for (const f of envValue.split(",").map((x) => x.trim()).filter((x) => x)) {
+    if (!/^[0-9]+$/.test(f) || Number(f) > 0xffffffff) {
+      throw new Error(`$${SERVER_UID_ENV}=${JSON.stringify(envValue)}: ${JSON.stringify(f)} is not a numeric uid ` +
+        `(want e.g. ${SERVER_UID_ENV}=$(id -u credbroker))`);
+    }
+    uids.push(Number(f));
+  }
+  for (const u of extra) {
+    if (!Number.isInteger(u) || u < 0 || u > 0xffffffff) throw new Error(`serverUids: ${u} is not a uid`);
+    uids.push(u);
+  }
+  return uids;
+}
+
+/** Which file a path named when it was checked: a socket brokerd re-creates is another file. */
+export interface SocketFile {
+  dev: bigint;
+  ino: bigint;
+}
+
+/**
+ * Refuses a socket that a uid not in `trusted` serves or could swap in, before anything is sent
+ * to it, and returns the file it checked.
+ *
+ * The Go and Python clients ask the kernel who called listen(2) on the socket (SO_PEERCRED). Node
+ * cannot, so this checks what decides who can be listening at the path instead, as brokerd
+ * checks its own socket directory: the socket file is owned by a trusted uid (bind(2) made it
+ * as whoever listens on it, or systemd did, owned as its SocketUser=); every directory above it is
+ * owned by a trusted uid and not writable by group or others without the sticky bit, so no one
+ * else can rename another socket into the path; and a symbolic link on the way is a trusted uid's.
+ * Anything else throws UntrustedServerError; a path that cannot be read throws its Node error.
+ *
+ * Differences from SO_PEERCRED: under the shipped credbroker.socket the file is owned by
+ * `credbroker` (SocketUser=) while root listens, so this client needs
+ * CREDBROKER_SERVER_UID=$(id -u credbroker) where the Go and Python clients need nothing; and it
+ * trusts whoever a trusted uid let listen there (brokerd does not hand its socket on).
+ */
+export async function checkServer(socketPath: string, trusted: readonly number[]): Promise<SocketFile> {
+  const abs = path.resolve(socketPath);
+  const euid = process.geteuid?.() ?? -1;
+  const refuse = (what: string, uid: number | bigint) => new UntrustedServerError(
+    `the socket ${abs} ${what}, not root, your uid ${euid} or $${SERVER_UID_ENV}; refusing to send a token or request ` +
+    `(if that uid is brokerd's, set ${SERVER_UID_ENV}=${uid})`);
+  const isTrusted = (uid: bigint) => trusted.some((u) => BigInt(u) === uid);
+  for (const p of [...ancestors(path.dirname(abs)), abs]) {
+    const st = await lstat(p, { bigint: true });
+    if (st.isSymbolicLink() && !isTrusted(st.uid)) {
+      throw refuse(`goes through ${p}, a symbolic link owned by uid ${st.uid}, who could point it at a socket of their own`, st.uid);
+    }
+  }
+  const real = await realpath(abs);
+  for (const d of ancestors(path.dirname(real))) {
+    const st = await stat(d, { bigint: true });
+    if (!isTrusted(st.uid)) {
+      throw refuse(`is inside ${d} (owner uid ${st.uid}), whose owner could replace it with a socket of their own`, st.uid);
+    }
+    const mode = Number(st.mode & 0o7777n);
+    if ((mode & 0o022) !== 0 && (mode & 0o1000) === 0) {
+      throw new UntrustedServerError(`the socket ${abs} is inside ${d} (mode ${mode.toString(8).padStart(4, "0")}), which group or ` +
+        `others may write without the sticky bit, so they could replace it with a socket of their own; refusing to send ` +
+        `a token or request (chmod go-w ${d}, or use another socket)`);
+    }
+  }
+  const st = await stat(real, { bigint: true });
+  if (!st.isSocket()) throw new Error(`${abs} is not a socket; is brokerd's socket elsewhere (${SOCKET_ENV})?`);
+  if (!isTrusted(st.uid)) throw refuse(`is owned by uid ${st.uid}`, st.uid);
+  return { dev: st.dev, ino: st.ino };
+}
+
+/** dir and every directory above it, root first. */
+function ancestors(dir: string): string[] {
+  const out = [dir];
+  for (let d = dir; path.dirname(d) !== d; d = path.dirname(d)) out.unshift(path.dirname(d));
+  return out;
+}
+
+/**
+ * Insecure channel credentials (the socket is local; brokerd identifies callers by SO_PEERCRED)
+ * whose connector runs checkServer for every connection grpc-js makes: once before it connects,
+ * and once connected, before the HTTP/2 preface or any call is written, that the path still names
+ * the file checked. grpc-js has no dialer hook; its connector is the last step before the socket
+ * carries anything.
+ */
+class CheckedCredentials extends ChannelCredentials {
+  constructor(private readonly check: () => Promise<SocketFile>) {
+    super();
+  }
+
+  _isSecure(): boolean {
+    return false;
+  }
+
+  _equals(other: ChannelCredentials): boolean {
+    return other === this;
+  }
+
+  _createSecureConnector(...[, , callCredentials]: Parameters<ChannelCredentials["_createSecureConnector"]>):
+    ReturnType<ChannelCredentials["_createSecureConnector"]> {
+    const creds = callCredentials ?? CallCredentials.createEmpty();
+    let before: Promise<SocketFile> | undefined;
+    return {
+      // grpc-js waits for this before each connection it makes.
+      waitForReady: async () => {
+        before = this.check();
+        await before;
+      },
+      connect: async (socket) => {
+        const want = await (before ?? this.check());
+        before = undefined;
+        const now = await this.check();
+        if (now.dev !== want.dev || now.ino !== want.ino) {
+          // brokerd restarted in between, or someone swapped the socket: try again.
+          throw new Error("the socket was replaced while connecting to it");
+        }
+        return { socket, secure: false };
+      },
+      getCallCredentials: () => creds,
+      destroy: () => {},
+    };
   }
 }
 
@@ -111,6 +253,9 @@ export interface ClientOptions {
   tokenFile?: string;
   /** Per-call deadline in milliseconds (default 30 s). */
   timeoutMs?: number;
+  /** Uids that may serve the socket besides root, the effective uid and $CREDBROKER_SERVER_UID
+   * (WithServerUID in Go, server_uids in Python). */
+  serverUids?: number[];
 }
 
 // grpc-js waited 12 s to reconnect after brokerd restarted with its defaults (1 s initial
@@ -126,17 +271,35 @@ const CHANNEL_OPTIONS = {
  * this process; an operator registered it with `brokerctl workload add`), renewed at about two
  * thirds of their lifetime. A call refused as UNAUTHENTICATED with a fetched token is retried once
  * with a fresh one.
+ *
+ * Every connection first checks who may be serving the socket (checkServer): root, the effective
+ * uid, a uid in $CREDBROKER_SERVER_UID or in `serverUids`. Anything else fails the call with
+ * UntrustedServerError (PERMISSION_DENIED) before a byte (token or request) is written.
  */
 export class BrokerClient {
   readonly socket: string;
   private readonly stub: SearchServiceClient;
   private readonly tokens: TokenSource;
   private readonly timeoutMs: number;
+  /** Why the last connection was refused, if it was an untrusted server; calls that fail for want
+   * of a connection report it (grpc-js only says UNAVAILABLE). */
+  private untrusted: UntrustedServerError | undefined;
 
   constructor(opts: ClientOptions = {}) {
     this.socket = path.resolve(opts.socket || defaultSocket());
     this.timeoutMs = opts.timeoutMs ?? 30_000;
-    this.stub = new SearchServiceClient("unix:" + this.socket, credentials.createInsecure(), CHANNEL_OPTIONS);
+    const trusted = trustedUids(process.env[SERVER_UID_ENV] ?? "", opts.serverUids ?? []);
+    const check = async () => {
+      try {
+        const file = await checkServer(this.socket, trusted);
+        this.untrusted = undefined;
+        return file;
+      } catch (e) {
+        this.untrusted = e instanceof UntrustedServerError ? e : undefined;
+        throw e;
+      }
+    };
+    this.stub = new SearchServiceClient("unix:" + this.socket, new CheckedCredentials(check), CHANNEL_OPTIONS);
     const envToken = (process.env[TOKEN_ENV] ?? "").trim();
     if (opts.token !== undefined) this.tokens = new StaticToken(checkedToken(opts.token, "token"));
     else if (opts.tokenFile !== undefined) this.tokens = new FileToken(opts.tokenFile);
@@ -206,7 +369,11 @@ export class BrokerClient {
     if (tok) md.set("authorization", "Bearer " + tok);
     const deadline = new Date(Date.now() + (timeoutMs ?? this.timeoutMs));
     return new Promise<T>((resolve, reject) => {
-      invoke(md, { deadline }, (err, resp) => (err ? reject(errorFromGrpc(err, this.socket)) : resolve(resp)));
+      invoke(md, { deadline }, (err, resp) => {
+        if (!err) resolve(resp);
+        else if (err.code === grpcStatus.UNAVAILABLE && this.untrusted) reject(this.untrusted);
+        else reject(errorFromGrpc(err, this.socket));
+      });
     });
   }
 
