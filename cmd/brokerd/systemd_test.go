@@ -304,6 +304,96 @@ func TestSocketActivation(t *testing.T) {
 	}
 }
 
+// Socket activation with a socket brokerd cannot serve on: a Unix datagram or seqpacket socket
+// (ListenDatagram=, ListenSequentialPacket=), a stream socket that is not listening (what
+// Accept=yes passes), a TCP socket. brokerd refuses at once and names the unit setting to fix;
+// it used to take the first three as listeners, then wait 10 s for a health check that could not
+// connect and fail with "does not answer health checks".
+func TestSocketActivationRefusesOtherSockets(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sock func(t *testing.T, path string) *os.File
+		want string
+	}{
+		{"unix datagram", func(t *testing.T, path string) *os.File {
+			c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			f, err := c.File()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}, "is a datagram socket"},
+		{"unix seqpacket", func(t *testing.T, path string) *os.File {
+			l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			f, err := l.File()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}, "is a seqpacket socket"},
+		{"unix stream, not listening", func(t *testing.T, path string) *os.File {
+			fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+				syscall.Close(fd)
+				t.Fatal(err)
+			}
+			return os.NewFile(uintptr(fd), path)
+		}, "is not listening"},
+		{"tcp", func(t *testing.T, _ string) *os.File {
+			l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			f, err := l.File()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}, "brokerd serves only on a Unix socket"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			if err := os.MkdirAll(filepath.Dir(e.socket), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			f := tc.sock(t, e.socket)
+			t.Cleanup(func() { f.Close() })
+			args := []string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, filepath.Join(binDir, "brokerd"),
+				"--socket", e.socket, "--db", e.db, "--master-keyset", e.keyset, "--upstream-url", e.fake.URL}
+			cmd := exec.Command("/bin/sh", args...)
+			cmd.Env = append(cleanEnv(), "LISTEN_FDS=1", "LISTEN_FDNAMES=credbroker.socket")
+			cmd.ExtraFiles = []*os.File{f} // fd 3
+			out := &logtest.Buffer{}
+			cmd.Stdout, cmd.Stderr = out, out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			e.daemon = cmd
+			err := cmd.Wait()
+			if err == nil {
+				t.Fatalf("brokerd exited 0 with a %s socket:\n%s", tc.name, out.String())
+			}
+			for _, want := range []string{"socket activation", tc.want, "ListenStream="} {
+				if !strings.Contains(out.String(), want) {
+					t.Fatalf("brokerd's error does not say %q:\n%s", want, out.String())
+				}
+			}
+		})
+	}
+}
+
 // SIGTERM while a slow upstream call is in flight: health goes NOT_SERVING and new calls are
 // refused at once, the in-flight call still completes, and brokerd exits 0.
 func TestSIGTERMDrainsInFlightCall(t *testing.T) {
