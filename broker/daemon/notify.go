@@ -26,7 +26,7 @@ import (
 const readyTimeout = 10 * time.Second
 
 // supervisor keeps systemd informed: READY=1 once the served socket answers a health check,
-// STATUS= lines, WATCHDOG=1 only after a health check that passed, RELOADING=1/READY=1 around a
+// STATUS= lines, WATCHDOG=1 only after a health check that passed and the audit writer answered, RELOADING=1/READY=1 around a
 // SIGHUP reload of the master keyset, STOPPING=1 on shutdown. Without NOTIFY_SOCKET the
 // notifications are no-ops but the readiness check and reloads still run.
 type supervisor struct {
@@ -117,7 +117,11 @@ func (s *supervisor) send(lines ...string) {
 	}
 }
 
-// check asks our own server for its overall health, over the socket clients use.
+// check asks our own server for its overall health, over the socket clients use, then asks the
+// store's audit writer to answer: every audited call waits on it, and the health service answers
+// SERVING without touching it, so a writer stuck in a commit would otherwise keep the watchdog
+// fed while every call hangs. A writer that answers with a failure (a full disk) passes: brokerd
+// recovers from that by itself, and a restart would not help.
 func (s *supervisor) check(ctx context.Context) error {
 	resp, err := s.health.Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
@@ -125,6 +129,11 @@ func (s *supervisor) check(ctx context.Context) error {
 	}
 	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		return fmt.Errorf("health is %s", resp.GetStatus())
+	}
+	if s.st != nil {
+		if err := s.st.AuditWriterAnswers(ctx); err != nil {
+			return fmt.Errorf("database: %w", err)
+		}
 	}
 	return nil
 }
