@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -111,6 +112,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	// SIGHUP is caught from here on: Go's default for it is to exit, and one sent while brokerd
+	// starts (`kill -HUP`, a key rotation script) killed it half-way, maybe in the middle of a
+	// re-wrap. It is answered with a reload once brokerd serves: the keyset file may have changed
+	// after start-up read it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	earlyHUP := watchEarlyHUP(hup, log)
 	if err := hardenProcess(); err != nil {
 		return err
 	}
@@ -234,7 +242,8 @@ func Run(ctx context.Context, cfg Config) error {
 		<-refusalsDone
 		b.FlushRefusals(context.Background())
 	}()
-	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, MasterKey: mk, Listener: lis})
+	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, MasterKey: mk, Listener: lis,
+		HUP: hup, ReloadAtStart: earlyHUP.stop()})
 	if err != nil {
 		srv.Stop()
 		return err
@@ -456,6 +465,37 @@ func damagedOnPanic(db string, fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// earlyHUP notes the SIGHUPs that arrive while brokerd starts, before the supervisor answers them.
+type earlyHUP struct {
+	quit, done chan struct{}
+	seen       bool
+}
+
+// watchEarlyHUP takes the SIGHUPs sent on hup until stop, logging each.
+func watchEarlyHUP(hup <-chan os.Signal, log *slog.Logger) *earlyHUP {
+	e := &earlyHUP{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		for {
+			select {
+			case <-hup:
+				e.seen = true
+				log.Info("SIGHUP while starting: the master key is reloaded once brokerd serves")
+			case <-e.quit:
+				return
+			}
+		}
+	}()
+	return e
+}
+
+// stop ends the watch and reports whether a SIGHUP arrived; later ones stay queued on hup.
+func (e *earlyHUP) stop() bool {
+	close(e.quit)
+	<-e.done
+	return e.seen
 }
 
 // callerIdentity says how callers are identified on this kernel, for the start-up log line.

@@ -48,6 +48,10 @@ type supervisorConfig struct {
 	Store     *store.Store
 	MasterKey *masterKey
 	Listener  net.Listener
+	// HUP receives SIGHUP (signal.Notify already called); nil: startSupervisor catches it.
+	// ReloadAtStart reloads the master key right after READY=1, for a SIGHUP sent while starting.
+	HUP           chan os.Signal
+	ReloadAtStart bool
 }
 
 // startSupervisor waits until the server answers on its socket, tells systemd READY=1, and starts
@@ -66,11 +70,14 @@ func startSupervisor(ctx context.Context, c supervisorConfig) (*supervisor, erro
 	s := &supervisor{
 		log: c.Log, b: c.Broker, st: c.Store, mk: c.MasterKey, addr: addr,
 		notify: os.Getenv("NOTIFY_SOCKET") != "", conn: conn, health: healthpb.NewHealthClient(conn),
-		hup: make(chan os.Signal, 1), done: make(chan struct{}),
+		hup: c.HUP, done: make(chan struct{}),
 	}
-	// Catch SIGHUP before READY=1: systemd may send a reload as soon as we are ready, and Go's
-	// default for SIGHUP is to exit.
-	signal.Notify(s.hup, syscall.SIGHUP)
+	if s.hup == nil {
+		// Catch SIGHUP before READY=1: systemd may send a reload as soon as we are ready, and
+		// Go's default for SIGHUP is to exit.
+		s.hup = make(chan os.Signal, 1)
+		signal.Notify(s.hup, syscall.SIGHUP)
+	}
 
 	if err := s.waitServing(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -87,7 +94,7 @@ func startSupervisor(ctx context.Context, c supervisorConfig) (*supervisor, erro
 		s.log.Warn("ignoring the systemd watchdog setting", "err", err)
 		interval = 0
 	}
-	go s.loop(ctx, interval)
+	go s.loop(ctx, interval, c.ReloadAtStart)
 	return s, nil
 }
 
@@ -172,7 +179,10 @@ func (s *supervisor) statusLine() string {
 // loop pings the watchdog at half its interval after a passing health check, and reloads the
 // master keyset on SIGHUP. A failed check skips the ping: if the server stays unresponsive,
 // systemd kills and restarts brokerd after WatchdogSec.
-func (s *supervisor) loop(ctx context.Context, watchdog time.Duration) {
+func (s *supervisor) loop(ctx context.Context, watchdog time.Duration, reloadFirst bool) {
+	if reloadFirst {
+		s.reload()
+	}
 	var tick <-chan time.Time
 	if watchdog > 0 {
 		t := time.NewTicker(watchdog / 2)

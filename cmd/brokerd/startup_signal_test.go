@@ -1,0 +1,111 @@
+package main
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/broker/kms/transittest"
+	"github.com/credbroker/credbroker/broker/logtest"
+)
+
+// heldKMS is a Transit simulator whose requests wait, while held, until release: brokerd is then
+// held in its start-up, in the KMS self-test, for as long as the test needs.
+type heldKMS struct {
+	uri      string
+	env      []string
+	arrived  chan struct{}
+	release  func()
+	released chan struct{}
+}
+
+func newHeldKMS(t *testing.T, dir string) *heldKMS {
+	t.Helper()
+	sim := transittest.NewSimHandler(t, "credbroker")
+	h := &heldKMS{arrived: make(chan struct{}, 64), released: make(chan struct{})}
+	var once sync.Once
+	h.release = func() { once.Do(func() { close(h.released) }) }
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-h.released:
+		default:
+			h.arrived <- struct{}{}
+			select {
+			case <-h.released:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		sim.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { h.release(); srv.Close() })
+	tokenFile := filepath.Join(dir, "vault-token")
+	if err := os.WriteFile(tokenFile, []byte(transittest.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.uri = "hcvault://" + strings.TrimPrefix(srv.URL, "http://") + "/transit/keys/credbroker"
+	h.env = []string{"VAULT_ADDR=" + srv.URL, "VAULT_TOKEN_FILE=" + tokenFile, "VAULT_MAX_RETRIES=0", "VAULT_TOKEN="}
+	return h
+}
+
+// waitLog waits until brokerd's output holds want; it fails the test if brokerd exits first.
+func waitLog(t *testing.T, cmd *exec.Cmd, exited <-chan error, out *logtest.Buffer, want string) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(15 * time.Second)
+	for !strings.Contains(out.String(), want) {
+		select {
+		case err := <-exited:
+			t.Fatalf("brokerd exited (%v) before logging %q:\n%s", err, want, out.String())
+		case <-deadline:
+			t.Fatalf("brokerd did not log %q:\n%s", want, out.String())
+		case <-tick.C:
+		}
+	}
+}
+
+// A SIGHUP that arrives while brokerd starts (here: while it waits for its KMS) used to kill it,
+// Go's default for the signal, half-way through its start-up. It is now noted, brokerd finishes
+// starting, and reloads the master key once it serves.
+func TestSIGHUPDuringStartup(t *testing.T) {
+	e := newEnv(t)
+	kms := newHeldKMS(t, e.dir)
+	cmd := exec.Command(filepath.Join(binDir, "brokerd"), "--socket", e.socket, "--db", e.db,
+		"--upstream-url", e.fake.URL, "--master-key-uri", kms.uri)
+	cmd.Env = append(cleanEnv(), append(kms.env, "CREDENTIALS_DIRECTORY=")...)
+	out := &logtest.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	e.stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	<-kms.arrived // brokerd is in its start-up, waiting for the KMS
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, cmd, exited, out, "SIGHUP while starting")
+	kms.release()
+	waitLog(t, cmd, exited, out, "brokerd serving")
+	waitLog(t, cmd, exited, out, "master key reloaded")
+	if !healthy(e.socket) {
+		t.Fatalf("brokerd not healthy after a SIGHUP during start-up:\n%s", out.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-exited; err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, out.String())
+	}
+}
