@@ -22,6 +22,7 @@ import (
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/connlimit"
 	"github.com/credbroker/credbroker/broker/grpcapi"
+	"github.com/credbroker/credbroker/broker/kms"
 	"github.com/credbroker/credbroker/broker/metrics"
 	"github.com/credbroker/credbroker/broker/peercred"
 	"github.com/credbroker/credbroker/broker/upstream"
@@ -86,12 +87,23 @@ type Config struct {
 	UpstreamProxyAuthFile string
 }
 
-// Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil.
-func Run(ctx context.Context, cfg Config) error {
+// Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil, also while
+// brokerd is still starting.
+func Run(ctx context.Context, cfg Config) (err error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
+	serving := false
+	defer func() {
+		// A stop asked for while starting (systemctl stop during a slow KMS, a long re-wrap) is
+		// what the operator wanted, not a failure: exit 0, so systemd does not mark the unit
+		// failed; what it interrupted is logged.
+		if err != nil && !serving && ctx.Err() != nil {
+			log.Warn("stopped while starting", "interrupted", err)
+			err = nil
+		}
+	}()
 	for _, req := range []struct{ v, flag string }{
 		{cfg.Socket, "--socket"}, {cfg.DB, "--db"}, {cfg.UpstreamURL, "--upstream-url"},
 	} {
@@ -127,7 +139,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return errors.New("give exactly one of --master-keyset and --master-key-uri (the master key is a keyset file or a KMS key)")
 	}
 	// A KMS is reached (and self-tested) here, once; after start it is needed only to re-wrap.
-	kek, err := openMasterKey(ctx, cfg.MasterKeyset, cfg.MasterKeyURI)
+	kek, err := openMasterKeyUnlessStopped(ctx, cfg.MasterKeyset, cfg.MasterKeyURI)
 	if err != nil {
 		return err
 	}
@@ -249,6 +261,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer sup.close()
+	serving = true
 	log.Info("brokerd serving", "socket", lis.Addr().String(), "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version, "master_key", kek.Description,
 		"caller_identity", callerIdentity())
 
@@ -465,6 +478,29 @@ func damagedOnPanic(db string, fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// openMasterKeyUnlessStopped is openMasterKey, given up when ctx ends. A KMS's self-test runs
+// through tink.AEAD, which takes no context: against a KMS that does not answer, a SIGTERM waited
+// for every call's own timeout (15 s per Vault attempt, 30 s per AWS or Cloud KMS call, three calls),
+// past the unit's TimeoutStopSec=, and brokerd was killed. Nothing is open yet, so the call is
+// simply left behind; the process exits.
+func openMasterKeyUnlessStopped(ctx context.Context, path, uri string) (*kms.KEK, error) {
+	type result struct {
+		kek *kms.KEK
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		k, err := openMasterKey(ctx, path, uri)
+		done <- result{k, err}
+	}()
+	select {
+	case r := <-done:
+		return r.kek, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("opening the master key: %w", ctx.Err())
+	}
 }
 
 // earlyHUP notes the SIGHUPs that arrive while brokerd starts, before the supervisor answers them.

@@ -109,3 +109,41 @@ func TestSIGHUPDuringStartup(t *testing.T) {
 		t.Fatalf("SIGTERM: %v\n%s", err, out.String())
 	}
 }
+
+// SIGTERM while brokerd starts (systemctl stop while it waits for its KMS) is a clean stop: the
+// KMS call is abandoned, nothing was served, and brokerd exits 0, as after serving. It used to
+// wait for the KMS client's own timeout (tink.AEAD calls take no context: 15 s per Vault attempt,
+// 30 s per AWS or Cloud KMS call), past the unit's TimeoutStopSec=20s, then exit 1. Here the
+// client's timeout is an hour, so only the SIGTERM can end the wait.
+func TestSIGTERMDuringStartup(t *testing.T) {
+	e := newEnv(t)
+	kms := newHeldKMS(t, e.dir)
+	cmd := exec.Command(filepath.Join(binDir, "brokerd"), "--socket", e.socket, "--db", e.db,
+		"--upstream-url", e.fake.URL, "--master-key-uri", kms.uri)
+	cmd.Env = append(cleanEnv(), append(kms.env, "CREDENTIALS_DIRECTORY=", "VAULT_CLIENT_TIMEOUT=1h")...)
+	out := &logtest.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	e.stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	<-kms.arrived
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("SIGTERM during start-up: %v\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second): // the unit's TimeoutStopSec=
+		t.Fatalf("brokerd still running 20s after SIGTERM, waiting for its KMS:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "stopped while starting") {
+		t.Fatalf("brokerd did not say it stopped while starting:\n%s", out.String())
+	}
+}
