@@ -1,8 +1,11 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 )
 
 // --audit-retention takes days, as operators (and the README) write retention.
@@ -65,4 +68,27 @@ func TestMasterKeyURIHelpNamesEveryScheme(t *testing.T) {
 			t.Errorf("--master-key-uri help does not name %s: %s", scheme, usage)
 		}
 	}
+}
+
+// Every brokerd flag is in the README's flag table (a row starting "| `--"), where operators look.
+func TestReadmeDocumentsEveryFlag(t *testing.T) {
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(l, "| `--") {
+			rows = append(rows, l)
+		}
+	}
+	table := strings.Join(rows, "\n")
+	newCommand().Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" || f.Name == "version" || f.Hidden {
+			return
+		}
+		if !strings.Contains(table, "`--"+f.Name) && !strings.Contains(table, "--"+f.Name+"`") {
+			t.Errorf("README's brokerd flag table does not mention --%s", f.Name)
+		}
+	})
 }
