@@ -19,26 +19,53 @@ import (
 // heldKMS is a Transit simulator whose requests wait, while held, until release: brokerd is then
 // held in its start-up, in the KMS self-test, for as long as the test needs.
 type heldKMS struct {
-	uri      string
-	env      []string
-	arrived  chan struct{}
-	release  func()
-	released chan struct{}
+	uri     string
+	env     []string
+	arrived chan struct{}
+	mu      sync.Mutex
+	gate    chan struct{} // closed: requests go through
+}
+
+// release lets every request through, the held ones and those to come.
+func (h *heldKMS) release() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	select {
+	case <-h.gate:
+	default:
+		close(h.gate)
+	}
+}
+
+// hold makes the requests from now on wait again, until release.
+func (h *heldKMS) hold() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	select {
+	case <-h.gate:
+		h.gate = make(chan struct{})
+	default:
+	}
+}
+
+func (h *heldKMS) currentGate() chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.gate
 }
 
 func newHeldKMS(t *testing.T, dir string) *heldKMS {
 	t.Helper()
 	sim := transittest.NewSimHandler(t, "credbroker")
-	h := &heldKMS{arrived: make(chan struct{}, 64), released: make(chan struct{})}
-	var once sync.Once
-	h.release = func() { once.Do(func() { close(h.released) }) }
+	h := &heldKMS{arrived: make(chan struct{}, 64), gate: make(chan struct{})}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gate := h.currentGate()
 		select {
-		case <-h.released:
+		case <-gate:
 		default:
 			h.arrived <- struct{}{}
 			select {
-			case <-h.released:
+			case <-gate:
 			case <-r.Context().Done():
 				return
 			}
@@ -145,5 +172,44 @@ func TestSIGTERMDuringStartup(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "stopped while starting") {
 		t.Fatalf("brokerd did not say it stopped while starting:\n%s", out.String())
+	}
+}
+
+// SIGTERM while a SIGHUP reload waits for a KMS that does not answer: the stop does not wait for
+// the reload (its KMS calls hold no database lock), brokerd drains and exits 0 within the unit's
+// TimeoutStopSec=.
+func TestSIGTERMDuringReloadWithHungKMS(t *testing.T) {
+	e := newEnv(t)
+	kms := newHeldKMS(t, e.dir)
+	kms.release() // start-up goes through
+	cmd := exec.Command(filepath.Join(binDir, "brokerd"), "--socket", e.socket, "--db", e.db,
+		"--upstream-url", e.fake.URL, "--master-key-uri", kms.uri, "--shutdown-timeout", "1s")
+	cmd.Env = append(cleanEnv(), append(kms.env, "CREDENTIALS_DIRECTORY=", "VAULT_CLIENT_TIMEOUT=1h")...)
+	out := &logtest.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	e.stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	waitLog(t, cmd, exited, out, "brokerd serving")
+
+	kms.hold()
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	<-kms.arrived // the reload is waiting for the KMS
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("SIGTERM during a reload: %v\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second): // the unit's TimeoutStopSec=
+		t.Fatalf("brokerd still running 20s after SIGTERM, waiting for its KMS:\n%s", out.String())
 	}
 }
