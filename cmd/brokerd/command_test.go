@@ -2,6 +2,8 @@ package main
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -91,4 +93,17 @@ func TestReadmeDocumentsEveryFlag(t *testing.T) {
 			t.Errorf("README's brokerd flag table does not mention --%s", f.Name)
 		}
 	})
+}
+
+// --shutdown-timeout 0 or below is refused with a clear message; it used to be taken silently as
+// the default 10s, so an operator who asked for no drain (or typed -10s) got a 10 s one.
+func TestShutdownTimeoutMustBePositive(t *testing.T) {
+	dir := t.TempDir()
+	for _, v := range []string{"0", "-5s"} {
+		out, err := exec.Command(filepath.Join(binDir, "brokerd"), "--shutdown-timeout", v, "--db", dir+"/broker.db",
+			"--master-keyset", dir+"/none", "--socket", dir+"/b.sock", "--upstream-url", "https://api.scavio.dev").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "--shutdown-timeout must be positive") {
+			t.Errorf("brokerd --shutdown-timeout %s: %v, %s", v, err, out)
+		}
+	}
 }
