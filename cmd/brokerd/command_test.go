@@ -107,3 +107,35 @@ func TestShutdownTimeoutMustBePositive(t *testing.T) {
 		}
 	}
 }
+
+// A malformed --upstream-url is refused before anything starts, in the operator's words: it used
+// to pass the flag checks, and upstream.New refused it ("BaseURL must …") only after the database
+// had been created (and the KMS asked, and a re-wrap run).
+func TestMalformedUpstreamURLRefusedBeforeTheDatabase(t *testing.T) {
+	dir := t.TempDir()
+	keyset := filepath.Join(dir, "master.json")
+	if out, err := exec.Command(filepath.Join(binDir, "brokerctl"), "keyset", "new", "--out", keyset).CombinedOutput(); err != nil {
+		t.Fatalf("keyset new: %v %s", err, out)
+	}
+	for _, tc := range []struct{ url, want string }{
+		{"api.scavio.dev", "--upstream-url must be an https:// URL"},
+		{"ftp://api.scavio.dev", "--upstream-url must be an https:// URL"},
+		{"https://", "--upstream-url names no host"},
+		{"https://user:pw-s3cret@api.scavio.dev", "--upstream-url must not hold a user or password"},
+		{"https://api.scavio.dev/?k=v", "--upstream-url must not have a query or fragment"},
+	} {
+		db := filepath.Join(dir, "broker.db")
+		out, err := exec.Command(filepath.Join(binDir, "brokerd"), "--upstream-url", tc.url, "--db", db,
+			"--master-keyset", keyset, "--socket", filepath.Join(dir, "b.sock")).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("brokerd --upstream-url %s: %v, %s; want %q", tc.url, err, out, tc.want)
+		}
+		if strings.Contains(string(out), "s3cret") {
+			t.Errorf("brokerd --upstream-url %s: the error repeats the password: %s", tc.url, out)
+		}
+		if _, err := os.Stat(db); err == nil {
+			t.Errorf("brokerd --upstream-url %s: the database was created before the flag was refused", tc.url)
+			os.Remove(db)
+		}
+	}
+}
