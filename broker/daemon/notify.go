@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,6 +41,8 @@ type supervisor struct {
 	health healthpb.HealthClient
 	hup    chan os.Signal
 	done   chan struct{}
+	// reloading is set while a reload runs (its STATUS= line is kept).
+	reloading atomic.Bool
 }
 
 type supervisorConfig struct {
@@ -179,9 +182,34 @@ func (s *supervisor) statusLine() string {
 // loop pings the watchdog at half its interval after a passing health check, and reloads the
 // master keyset on SIGHUP. A failed check skips the ping: if the server stays unresponsive,
 // systemd kills and restarts brokerd after WatchdogSec.
+//
+// Reloads run on a goroutine of their own, one at a time (a SIGHUP during a reload queues one
+// more): a reload may wait minutes for a KMS whose calls take no context, and brokerd serves all
+// the while, so the watchdog must not wait with it.
 func (s *supervisor) loop(ctx context.Context, watchdog time.Duration, reloadFirst bool) {
+	reloads := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.done:
+				return
+			case <-reloads:
+				s.reloading.Store(true)
+				s.reload()
+				s.reloading.Store(false)
+			}
+		}
+	}()
+	queueReload := func() {
+		select {
+		case reloads <- struct{}{}:
+		default: // one is queued already: it reads the file as it is then
+		}
+	}
 	if reloadFirst {
-		s.reload()
+		queueReload()
 	}
 	var tick <-chan time.Time
 	if watchdog > 0 {
@@ -206,9 +234,13 @@ func (s *supervisor) loop(ctx context.Context, watchdog time.Duration, reloadFir
 				}
 				continue
 			}
+			if s.reloading.Load() {
+				s.send(sddaemon.SdNotifyWatchdog) // STATUS= still says "reloading"
+				continue
+			}
 			s.send(sddaemon.SdNotifyWatchdog, s.statusLine())
 		case <-s.hup:
-			s.reload()
+			queueReload()
 		}
 	}
 }

@@ -213,3 +213,51 @@ func TestSIGTERMDuringReloadWithHungKMS(t *testing.T) {
 		t.Fatalf("brokerd still running 20s after SIGTERM, waiting for its KMS:\n%s", out.String())
 	}
 }
+
+// A reload waiting for a KMS that does not answer does not starve the watchdog: brokerd serves
+// all along, so WATCHDOG=1 keeps coming. The reload used to run on the watchdog's own loop, so a
+// KMS slower than WatchdogSec= (its calls take no context: up to 45 s per Vault call with retries,
+// 30 s per AWS or Cloud KMS call) got a serving brokerd killed by systemd for a missed ping.
+func TestWatchdogPingsDuringAHungReload(t *testing.T) {
+	e := newEnv(t)
+	kms := newHeldKMS(t, e.dir)
+	kms.release()
+	n := newNotifySocket(t, e.dir)
+	cmd := exec.Command(filepath.Join(binDir, "brokerd"), "--socket", e.socket, "--db", e.db,
+		"--upstream-url", e.fake.URL, "--master-key-uri", kms.uri, "--shutdown-timeout", "1s")
+	cmd.Env = append(cleanEnv(), append(kms.env, "CREDENTIALS_DIRECTORY=", "VAULT_CLIENT_TIMEOUT=1h",
+		"NOTIFY_SOCKET="+n.path, "WATCHDOG_USEC=400000")...)
+	out := &logtest.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	e.stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	n.waitFor(t, "READY=1", 15*time.Second, nil)
+
+	kms.hold()
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor(t, "RELOADING=1", 10*time.Second, nil)
+	<-kms.arrived // the reload waits for the KMS, and will until released
+	for i := 0; i < 3; i++ {
+		n.waitFor(t, "WATCHDOG=1", 5*time.Second, func(msg []string) {
+			if has(msg, "READY=1") {
+				t.Fatalf("the reload ended while its KMS was held: %q", msg)
+			}
+		})
+	}
+	kms.release()
+	n.waitFor(t, "READY=1", 10*time.Second, nil) // the reload's end
+	waitLog(t, cmd, exited, out, "master key reloaded")
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-exited; err != nil {
+		t.Fatalf("SIGTERM: %v\n%s", err, out.String())
+	}
+}
