@@ -14,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -131,6 +132,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	earlyHUP := watchEarlyHUP(hup, log)
+	defer earlyHUP.stop() // on an error return before the supervisor took over
 	if err := hardenProcess(); err != nil {
 		return err
 	}
@@ -506,6 +508,7 @@ func openMasterKeyUnlessStopped(ctx context.Context, path, uri string) (*kms.KEK
 // earlyHUP notes the SIGHUPs that arrive while brokerd starts, before the supervisor answers them.
 type earlyHUP struct {
 	quit, done chan struct{}
+	once       sync.Once
 	seen       bool
 }
 
@@ -529,7 +532,7 @@ func watchEarlyHUP(hup <-chan os.Signal, log *slog.Logger) *earlyHUP {
 
 // stop ends the watch and reports whether a SIGHUP arrived; later ones stay queued on hup.
 func (e *earlyHUP) stop() bool {
-	close(e.quit)
+	e.once.Do(func() { close(e.quit) })
 	<-e.done
 	return e.seen
 }
