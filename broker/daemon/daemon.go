@@ -413,8 +413,12 @@ func listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 			return nil, fmt.Errorf("create socket directory %s: %w", dir, err)
 		}
 		// Clients in the socket group must be able to reach the socket inside the directory.
-		if err := os.Chown(dir, -1, gid); err != nil {
-			return nil, fmt.Errorf("--socket-group %s: chown %s: %w", group, dir, err)
+		// Without a group there is nothing to change, and no chown is made: the unit's seccomp
+		// filter (~@privileged) fails every chown, even this no-op.
+		if gid >= 0 {
+			if err := os.Chown(dir, -1, gid); err != nil {
+				return nil, fmt.Errorf("--socket-group %s: chown %s: %w", group, dir, err)
+			}
 		}
 	}
 	if err := checkSocketDir(dir); err != nil {

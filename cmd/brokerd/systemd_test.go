@@ -844,3 +844,37 @@ func TestSystemdUnits(t *testing.T) {
 		t.Errorf("scripts/install.sh: %v\n%s", err, out)
 	}
 }
+
+// Under the shipped unit, SystemCallFilter=~@privileged fails every chown with EPERM. brokerd only
+// needs one for --socket-group, yet it chowned a socket directory it had just created to group -1
+// (a no-op) and refused to start: `--metrics-listen unix:/run/credbroker/m/metrics.sock` (or an
+// --http-listen or --socket path in a new directory) failed with "--socket-group : chown …:
+// operation not permitted" naming a flag nobody gave. strace fails the chown calls as the filter
+// would.
+func TestNoChownWithoutSocketGroup(t *testing.T) {
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Skip("strace is not installed (apt-get install strace): it fails chown as the unit's seccomp filter does")
+	}
+	if out, err := exec.Command(strace, "-qq", "-o", "/dev/null", "true").CombinedOutput(); err != nil {
+		t.Skipf("strace cannot trace here (%v: %s)", err, out)
+	}
+	e := newEnv(t)
+	metrics := filepath.Join(e.dir, "m", "metrics.sock")
+	httpSock := filepath.Join(e.dir, "h", "http.sock")
+	cmd := e.daemonCmd("--metrics-listen", "unix:"+metrics, "--http-listen", "unix:"+httpSock)
+	cmd.Args = append([]string{strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=chown,fchown,lchown,fchownat",
+		"-e", "inject=chown,fchown,lchown,fchownat:error=EPERM", "--"}, cmd.Args...)
+	cmd.Path = strace
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	e.waitHealthy(t)
+	for _, p := range []string{metrics, httpSock} {
+		if fi, err := os.Lstat(p); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			t.Errorf("%s: not a socket (%v)", p, err)
+		}
+	}
+	e.stopTraced(t)
+}
