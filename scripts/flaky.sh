@@ -26,7 +26,7 @@ mkdir -p "$logs"
 # a deadline or a retry belongs here.
 tests=$(cat <<'LIST'
 ./broker                     TestRunSchedulerUsesTheClock|TestSchedulerFailuresBackOff|TestScheduledRotateAtShutdownIsAudited|TestRotateCommandOutput|TestSharedSearchRefusedForTheStartersDeadlineOnly  30
-./broker/daemon              TestLiveSocketWithFullBacklogIsNotReplaced|TestStopAbandonsAHandlerThatNeverReturns  30
+./broker/daemon              TestLiveSocketWithFullBacklogIsNotReplaced|TestStopAbandonsAHandlerThatNeverReturns|TestWatchdogCheckFailsWhileAuditWriterIsStuck  30
 ./broker/grpcapi             TestUpstreamFaults|TestRateLimitStormProbesAlone  30
 ./broker/grpcapi             TestCredentialRateLimitSharedByAllTokens|TestTokenRevokedOrExpiredWhileWaitingForASlot|TestTokenRevokedOrExpiredWhileTheUpstreamCallWaits|TestLimiterLearnsFromUpstream|TestHealthShutdownEndsWatchers|TestUndecodableRequestIsAudited|TestCacheSingleFlight|TestTokenBudgetAndCredentialCeiling|TestGraceFallback  30
 ./broker/grpcapi             TestZeroDowntimeRotation|TestCacheSavingsWorkload  5
@@ -39,7 +39,7 @@ tests=$(cat <<'LIST'
 ./client                     .*  30
 ./cmd/fakescavio             TestRunServesReloadsAndStops  30
 ./cmd/scavio-mcp             TestCancelReachesBroker|TestRefusedTokenAsksForANewOne|TestUpstreamFaults  30
-./cmd/brokerd                TestSIGTERMDrainsInFlightCall|TestShutdownTimeoutEndsCallsCleanly|TestShutdownBoundedByOneTimeout|TestFailedFsyncNeverContradictsTheDatabase|TestDiskFull|TestDiskFullKillRestart|TestSocketActivation|TestSystemdNotify|TestSystemdNoWatchdogWithoutUsec|TestStartupRefusals|TestMasterKeyRotationEndToEnd|TestKill9AndRestart  30
+./cmd/brokerd                TestSIGTERMDrainsInFlightCall|TestShutdownTimeoutEndsCallsCleanly|TestShutdownBoundedByOneTimeout|TestFailedFsyncNeverContradictsTheDatabase|TestDiskFull|TestDiskFullKillRestart|TestSocketActivation|TestSystemdNotify|TestSystemdNoWatchdogWithoutUsec|TestStartupRefusals|TestMasterKeyRotationEndToEnd|TestKill9AndRestart|TestSIGHUPDuringStartup|TestSIGTERMDuringStartup|TestSIGTERMDuringReloadWithHungKMS|TestWatchdogPingsDuringAHungReload|TestNoChownWithoutSocketGroup  30
 ./cmd/brokerd                TestBigBodyStormRSS|TestRekeyKill9EndToEnd|TestCrashConsistency|TestLoad1000Clients|TestSoak  5
 ./cmd/brokerd                TestConnectionCapKeepsAdminsIn|TestTokenlessFloodIsCoalescedAcrossShutdown  30
 ./cmd/brokerd                TestWorkloadAttestation|TestExecRevokesOnExit|TestClientRenewsAsAnotherUID|TestHTTPFrontProcess|TestHTTPFrontTCPKnowsTheCallersUID|TestBrokerctlRefusesSquattedSocket|TestAdminGIDMatchesSupplementaryGroups  10

@@ -10,9 +10,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/connlimit"
 	"github.com/credbroker/credbroker/broker/grpcapi"
+	"github.com/credbroker/credbroker/broker/kms"
 	"github.com/credbroker/credbroker/broker/metrics"
 	"github.com/credbroker/credbroker/broker/peercred"
 	"github.com/credbroker/credbroker/broker/upstream"
@@ -85,12 +88,23 @@ type Config struct {
 	UpstreamProxyAuthFile string
 }
 
-// Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil.
-func Run(ctx context.Context, cfg Config) error {
+// Run serves until ctx is cancelled; a cancelled ctx is a clean stop and returns nil, also while
+// brokerd is still starting.
+func Run(ctx context.Context, cfg Config) (err error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
+	serving := false
+	defer func() {
+		// A stop asked for while starting (systemctl stop during a slow KMS, a long re-wrap) is
+		// what the operator wanted, not a failure: exit 0, so systemd does not mark the unit
+		// failed; what it interrupted is logged.
+		if err != nil && !serving && ctx.Err() != nil {
+			log.Warn("stopped while starting", "interrupted", err)
+			err = nil
+		}
+	}()
 	for _, req := range []struct{ v, flag string }{
 		{cfg.Socket, "--socket"}, {cfg.DB, "--db"}, {cfg.UpstreamURL, "--upstream-url"},
 	} {
@@ -111,6 +125,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	// SIGHUP is caught from here on: Go's default for it is to exit, and one sent while brokerd
+	// starts (`kill -HUP`, a key rotation script) killed it half-way, maybe in the middle of a
+	// re-wrap. It is answered with a reload once brokerd serves: the keyset file may have changed
+	// after start-up read it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	earlyHUP := watchEarlyHUP(hup, log)
+	defer earlyHUP.stop() // on an error return before the supervisor took over
 	if err := hardenProcess(); err != nil {
 		return err
 	}
@@ -119,7 +141,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return errors.New("give exactly one of --master-keyset and --master-key-uri (the master key is a keyset file or a KMS key)")
 	}
 	// A KMS is reached (and self-tested) here, once; after start it is needed only to re-wrap.
-	kek, err := openMasterKey(ctx, cfg.MasterKeyset, cfg.MasterKeyURI)
+	kek, err := openMasterKeyUnlessStopped(ctx, cfg.MasterKeyset, cfg.MasterKeyURI)
 	if err != nil {
 		return err
 	}
@@ -234,12 +256,14 @@ func Run(ctx context.Context, cfg Config) error {
 		<-refusalsDone
 		b.FlushRefusals(context.Background())
 	}()
-	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, MasterKey: mk, Listener: lis})
+	sup, err := startSupervisor(bgCtx, supervisorConfig{Log: log, Broker: b, Store: st, MasterKey: mk, Listener: lis,
+		HUP: hup, ReloadAtStart: earlyHUP.stop()})
 	if err != nil {
 		srv.Stop()
 		return err
 	}
 	defer sup.close()
+	serving = true
 	log.Info("brokerd serving", "socket", lis.Addr().String(), "db", cfg.DB, "upstream", cfg.UpstreamURL, "version", cfg.Version, "master_key", kek.Description,
 		"caller_identity", callerIdentity())
 
@@ -389,8 +413,12 @@ func listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 			return nil, fmt.Errorf("create socket directory %s: %w", dir, err)
 		}
 		// Clients in the socket group must be able to reach the socket inside the directory.
-		if err := os.Chown(dir, -1, gid); err != nil {
-			return nil, fmt.Errorf("--socket-group %s: chown %s: %w", group, dir, err)
+		// Without a group there is nothing to change, and no chown is made: the unit's seccomp
+		// filter (~@privileged) fails every chown, even this no-op.
+		if gid >= 0 {
+			if err := os.Chown(dir, -1, gid); err != nil {
+				return nil, fmt.Errorf("--socket-group %s: chown %s: %w", group, dir, err)
+			}
 		}
 	}
 	if err := checkSocketDir(dir); err != nil {
@@ -456,6 +484,61 @@ func damagedOnPanic(db string, fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// openMasterKeyUnlessStopped is openMasterKey, given up when ctx ends. A KMS's self-test runs
+// through tink.AEAD, which takes no context: against a KMS that does not answer, a SIGTERM waited
+// for every call's own timeout (15 s per Vault attempt, 30 s per AWS or Cloud KMS call, three calls),
+// past the unit's TimeoutStopSec=, and brokerd was killed. Nothing is open yet, so the call is
+// simply left behind; the process exits.
+func openMasterKeyUnlessStopped(ctx context.Context, path, uri string) (*kms.KEK, error) {
+	type result struct {
+		kek *kms.KEK
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		k, err := openMasterKey(ctx, path, uri)
+		done <- result{k, err}
+	}()
+	select {
+	case r := <-done:
+		return r.kek, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("opening the master key: %w", ctx.Err())
+	}
+}
+
+// earlyHUP notes the SIGHUPs that arrive while brokerd starts, before the supervisor answers them.
+type earlyHUP struct {
+	quit, done chan struct{}
+	once       sync.Once
+	seen       bool
+}
+
+// watchEarlyHUP takes the SIGHUPs sent on hup until stop, logging each.
+func watchEarlyHUP(hup <-chan os.Signal, log *slog.Logger) *earlyHUP {
+	e := &earlyHUP{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		for {
+			select {
+			case <-hup:
+				e.seen = true
+				log.Info("SIGHUP while starting: the master key is reloaded once brokerd serves")
+			case <-e.quit:
+				return
+			}
+		}
+	}()
+	return e
+}
+
+// stop ends the watch and reports whether a SIGHUP arrived; later ones stay queued on hup.
+func (e *earlyHUP) stop() bool {
+	e.once.Do(func() { close(e.quit) })
+	<-e.done
+	return e.seen
 }
 
 // callerIdentity says how callers are identified on this kernel, for the start-up log line.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,7 +27,7 @@ import (
 const readyTimeout = 10 * time.Second
 
 // supervisor keeps systemd informed: READY=1 once the served socket answers a health check,
-// STATUS= lines, WATCHDOG=1 only after a health check that passed, RELOADING=1/READY=1 around a
+// STATUS= lines, WATCHDOG=1 only after a health check that passed and the audit writer answered, RELOADING=1/READY=1 around a
 // SIGHUP reload of the master keyset, STOPPING=1 on shutdown. Without NOTIFY_SOCKET the
 // notifications are no-ops but the readiness check and reloads still run.
 type supervisor struct {
@@ -40,6 +41,8 @@ type supervisor struct {
 	health healthpb.HealthClient
 	hup    chan os.Signal
 	done   chan struct{}
+	// reloading is set while a reload runs (its STATUS= line is kept).
+	reloading atomic.Bool
 }
 
 type supervisorConfig struct {
@@ -48,6 +51,10 @@ type supervisorConfig struct {
 	Store     *store.Store
 	MasterKey *masterKey
 	Listener  net.Listener
+	// HUP receives SIGHUP (signal.Notify already called); nil: startSupervisor catches it.
+	// ReloadAtStart reloads the master key right after READY=1, for a SIGHUP sent while starting.
+	HUP           chan os.Signal
+	ReloadAtStart bool
 }
 
 // startSupervisor waits until the server answers on its socket, tells systemd READY=1, and starts
@@ -66,11 +73,14 @@ func startSupervisor(ctx context.Context, c supervisorConfig) (*supervisor, erro
 	s := &supervisor{
 		log: c.Log, b: c.Broker, st: c.Store, mk: c.MasterKey, addr: addr,
 		notify: os.Getenv("NOTIFY_SOCKET") != "", conn: conn, health: healthpb.NewHealthClient(conn),
-		hup: make(chan os.Signal, 1), done: make(chan struct{}),
+		hup: c.HUP, done: make(chan struct{}),
 	}
-	// Catch SIGHUP before READY=1: systemd may send a reload as soon as we are ready, and Go's
-	// default for SIGHUP is to exit.
-	signal.Notify(s.hup, syscall.SIGHUP)
+	if s.hup == nil {
+		// Catch SIGHUP before READY=1: systemd may send a reload as soon as we are ready, and
+		// Go's default for SIGHUP is to exit.
+		s.hup = make(chan os.Signal, 1)
+		signal.Notify(s.hup, syscall.SIGHUP)
+	}
 
 	if err := s.waitServing(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -87,7 +97,7 @@ func startSupervisor(ctx context.Context, c supervisorConfig) (*supervisor, erro
 		s.log.Warn("ignoring the systemd watchdog setting", "err", err)
 		interval = 0
 	}
-	go s.loop(ctx, interval)
+	go s.loop(ctx, interval, c.ReloadAtStart)
 	return s, nil
 }
 
@@ -117,7 +127,11 @@ func (s *supervisor) send(lines ...string) {
 	}
 }
 
-// check asks our own server for its overall health, over the socket clients use.
+// check asks our own server for its overall health, over the socket clients use, then asks the
+// store's audit writer to answer: every audited call waits on it, and the health service answers
+// SERVING without touching it, so a writer stuck in a commit would otherwise keep the watchdog
+// fed while every call hangs. A writer that answers with a failure (a full disk) passes: brokerd
+// recovers from that by itself, and a restart would not help.
 func (s *supervisor) check(ctx context.Context) error {
 	resp, err := s.health.Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
@@ -125,6 +139,11 @@ func (s *supervisor) check(ctx context.Context) error {
 	}
 	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		return fmt.Errorf("health is %s", resp.GetStatus())
+	}
+	if s.st != nil {
+		if err := s.st.AuditWriterAnswers(ctx); err != nil {
+			return fmt.Errorf("database: %w", err)
+		}
 	}
 	return nil
 }
@@ -163,7 +182,35 @@ func (s *supervisor) statusLine() string {
 // loop pings the watchdog at half its interval after a passing health check, and reloads the
 // master keyset on SIGHUP. A failed check skips the ping: if the server stays unresponsive,
 // systemd kills and restarts brokerd after WatchdogSec.
-func (s *supervisor) loop(ctx context.Context, watchdog time.Duration) {
+//
+// Reloads run on a goroutine of their own, one at a time (a SIGHUP during a reload queues one
+// more): a reload may wait minutes for a KMS whose calls take no context, and brokerd serves all
+// the while, so the watchdog must not wait with it.
+func (s *supervisor) loop(ctx context.Context, watchdog time.Duration, reloadFirst bool) {
+	reloads := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.done:
+				return
+			case <-reloads:
+				s.reloading.Store(true)
+				s.reload()
+				s.reloading.Store(false)
+			}
+		}
+	}()
+	queueReload := func() {
+		select {
+		case reloads <- struct{}{}:
+		default: // one is queued already: it reads the file as it is then
+		}
+	}
+	if reloadFirst {
+		queueReload()
+	}
 	var tick <-chan time.Time
 	if watchdog > 0 {
 		t := time.NewTicker(watchdog / 2)
@@ -187,9 +234,13 @@ func (s *supervisor) loop(ctx context.Context, watchdog time.Duration) {
 				}
 				continue
 			}
+			if s.reloading.Load() {
+				s.send(sddaemon.SdNotifyWatchdog) // STATUS= still says "reloading"
+				continue
+			}
 			s.send(sddaemon.SdNotifyWatchdog, s.statusLine())
 		case <-s.hup:
-			s.reload()
+			queueReload()
 		}
 	}
 }

@@ -23,8 +23,18 @@ func CheckUpstream(upstreamURL, proxy string) (*url.URL, error) {
 	if err != nil {
 		return nil, errors.New("--upstream-url is not a valid URL")
 	}
-	if strings.EqualFold(u.Scheme, "http") && !isLoopbackHost(u.Hostname()) {
+	// What upstream.New refuses, refused here too: it runs only after the database is open.
+	switch {
+	case !strings.EqualFold(u.Scheme, "https") && !strings.EqualFold(u.Scheme, "http"):
+		return nil, errors.New("--upstream-url must be an https:// URL, e.g. https://api.scavio.dev")
+	case u.Host == "":
+		return nil, errors.New("--upstream-url names no host; e.g. https://api.scavio.dev")
+	case strings.EqualFold(u.Scheme, "http") && !isLoopbackHost(u.Hostname()):
 		return nil, fmt.Errorf("--upstream-url: http:// is refused for %s, which is not a loopback host: the key would cross the network in clear text; use https://", hostOnly(u))
+	case u.User != nil:
+		return nil, errors.New("--upstream-url must not hold a user or password: the API key is stored with `brokerctl credential put`, and brokerd's command line is readable by every local user")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return nil, errors.New("--upstream-url must not have a query or fragment; give the API's base URL, e.g. https://api.scavio.dev")
 	}
 	if proxy == "" {
 		return nil, nil

@@ -183,6 +183,9 @@ func (f *flags) config() (daemon.Config, *slog.Logger, error) {
 	if f.maxConnsPerUID < 1 || f.maxConnsPerUID > f.maxConns {
 		return daemon.Config{}, nil, fmt.Errorf("--max-conns-per-uid must be between 1 and --max-conns (%d)", f.maxConns)
 	}
+	if f.shutdownTimeout <= 0 {
+		return daemon.Config{}, nil, fmt.Errorf("--shutdown-timeout must be positive, e.g. 10s (in-flight calls get this long after SIGTERM; keep it under the unit's TimeoutStopSec= minus 6s)")
+	}
 	if f.idleTimeout <= 0 {
 		return daemon.Config{}, nil, fmt.Errorf("--idle-timeout must be positive")
 	}

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 )
 
 // --audit-retention takes days, as operators (and the README) write retention.
@@ -63,6 +68,74 @@ func TestMasterKeyURIHelpNamesEveryScheme(t *testing.T) {
 	for _, scheme := range []string{"hcvault://", "aws-kms://", "gcp-kms://"} {
 		if !strings.Contains(usage, scheme) {
 			t.Errorf("--master-key-uri help does not name %s: %s", scheme, usage)
+		}
+	}
+}
+
+// Every brokerd flag is in the README's flag table (a row starting "| `--"), where operators look.
+func TestReadmeDocumentsEveryFlag(t *testing.T) {
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(l, "| `--") {
+			rows = append(rows, l)
+		}
+	}
+	table := strings.Join(rows, "\n")
+	newCommand().Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" || f.Name == "version" || f.Hidden {
+			return
+		}
+		if !strings.Contains(table, "`--"+f.Name) && !strings.Contains(table, "--"+f.Name+"`") {
+			t.Errorf("README's brokerd flag table does not mention --%s", f.Name)
+		}
+	})
+}
+
+// --shutdown-timeout 0 or below is refused with a clear message; it used to be taken silently as
+// the default 10s, so an operator who asked for no drain (or typed -10s) got a 10 s one.
+func TestShutdownTimeoutMustBePositive(t *testing.T) {
+	dir := t.TempDir()
+	for _, v := range []string{"0", "-5s"} {
+		out, err := exec.Command(filepath.Join(binDir, "brokerd"), "--shutdown-timeout", v, "--db", dir+"/broker.db",
+			"--master-keyset", dir+"/none", "--socket", dir+"/b.sock", "--upstream-url", "https://api.scavio.dev").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "--shutdown-timeout must be positive") {
+			t.Errorf("brokerd --shutdown-timeout %s: %v, %s", v, err, out)
+		}
+	}
+}
+
+// A malformed --upstream-url is refused before anything starts, in the operator's words: it used
+// to pass the flag checks, and upstream.New refused it ("BaseURL must …") only after the database
+// had been created (and the KMS asked, and a re-wrap run).
+func TestMalformedUpstreamURLRefusedBeforeTheDatabase(t *testing.T) {
+	dir := t.TempDir()
+	keyset := filepath.Join(dir, "master.json")
+	if out, err := exec.Command(filepath.Join(binDir, "brokerctl"), "keyset", "new", "--out", keyset).CombinedOutput(); err != nil {
+		t.Fatalf("keyset new: %v %s", err, out)
+	}
+	for _, tc := range []struct{ url, want string }{
+		{"api.scavio.dev", "--upstream-url must be an https:// URL"},
+		{"ftp://api.scavio.dev", "--upstream-url must be an https:// URL"},
+		{"https://", "--upstream-url names no host"},
+		{"https://user:pw-s3cret@api.scavio.dev", "--upstream-url must not hold a user or password"},
+		{"https://api.scavio.dev/?k=v", "--upstream-url must not have a query or fragment"},
+	} {
+		db := filepath.Join(dir, "broker.db")
+		out, err := exec.Command(filepath.Join(binDir, "brokerd"), "--upstream-url", tc.url, "--db", db,
+			"--master-keyset", keyset, "--socket", filepath.Join(dir, "b.sock")).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("brokerd --upstream-url %s: %v, %s; want %q", tc.url, err, out, tc.want)
+		}
+		if strings.Contains(string(out), "s3cret") {
+			t.Errorf("brokerd --upstream-url %s: the error repeats the password: %s", tc.url, out)
+		}
+		if _, err := os.Stat(db); err == nil {
+			t.Errorf("brokerd --upstream-url %s: the database was created before the flag was refused", tc.url)
+			os.Remove(db)
 		}
 	}
 }

@@ -304,6 +304,96 @@ func TestSocketActivation(t *testing.T) {
 	}
 }
 
+// Socket activation with a socket brokerd cannot serve on: a Unix datagram or seqpacket socket
+// (ListenDatagram=, ListenSequentialPacket=), a stream socket that is not listening (what
+// Accept=yes passes), a TCP socket. brokerd refuses at once and names the unit setting to fix;
+// it used to take the first three as listeners, then wait 10 s for a health check that could not
+// connect and fail with "does not answer health checks".
+func TestSocketActivationRefusesOtherSockets(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sock func(t *testing.T, path string) *os.File
+		want string
+	}{
+		{"unix datagram", func(t *testing.T, path string) *os.File {
+			c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			f, err := c.File()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}, "is a datagram socket"},
+		{"unix seqpacket", func(t *testing.T, path string) *os.File {
+			l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			f, err := l.File()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}, "is a seqpacket socket"},
+		{"unix stream, not listening", func(t *testing.T, path string) *os.File {
+			fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+				syscall.Close(fd)
+				t.Fatal(err)
+			}
+			return os.NewFile(uintptr(fd), path)
+		}, "is not listening"},
+		{"tcp", func(t *testing.T, _ string) *os.File {
+			l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			f, err := l.File()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}, "brokerd serves only on a Unix socket"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			if err := os.MkdirAll(filepath.Dir(e.socket), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			f := tc.sock(t, e.socket)
+			t.Cleanup(func() { f.Close() })
+			args := []string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, filepath.Join(binDir, "brokerd"),
+				"--socket", e.socket, "--db", e.db, "--master-keyset", e.keyset, "--upstream-url", e.fake.URL}
+			cmd := exec.Command("/bin/sh", args...)
+			cmd.Env = append(cleanEnv(), "LISTEN_FDS=1", "LISTEN_FDNAMES=credbroker.socket")
+			cmd.ExtraFiles = []*os.File{f} // fd 3
+			out := &logtest.Buffer{}
+			cmd.Stdout, cmd.Stderr = out, out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			e.daemon = cmd
+			err := cmd.Wait()
+			if err == nil {
+				t.Fatalf("brokerd exited 0 with a %s socket:\n%s", tc.name, out.String())
+			}
+			for _, want := range []string{"socket activation", tc.want, "ListenStream="} {
+				if !strings.Contains(out.String(), want) {
+					t.Fatalf("brokerd's error does not say %q:\n%s", want, out.String())
+				}
+			}
+		})
+	}
+}
+
 // SIGTERM while a slow upstream call is in flight: health goes NOT_SERVING and new calls are
 // refused at once, the in-flight call still completes, and brokerd exits 0.
 func TestSIGTERMDrainsInFlightCall(t *testing.T) {
@@ -753,4 +843,38 @@ func TestSystemdUnits(t *testing.T) {
 	if out, err := exec.Command("bash", "-n", filepath.Join("..", "..", "scripts", "install.sh")).CombinedOutput(); err != nil {
 		t.Errorf("scripts/install.sh: %v\n%s", err, out)
 	}
+}
+
+// Under the shipped unit, SystemCallFilter=~@privileged fails every chown with EPERM. brokerd only
+// needs one for --socket-group, yet it chowned a socket directory it had just created to group -1
+// (a no-op) and refused to start: `--metrics-listen unix:/run/credbroker/m/metrics.sock` (or an
+// --http-listen or --socket path in a new directory) failed with "--socket-group : chown …:
+// operation not permitted" naming a flag nobody gave. strace fails the chown calls as the filter
+// would.
+func TestNoChownWithoutSocketGroup(t *testing.T) {
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Skip("strace is not installed (apt-get install strace): it fails chown as the unit's seccomp filter does")
+	}
+	if out, err := exec.Command(strace, "-qq", "-o", "/dev/null", "true").CombinedOutput(); err != nil {
+		t.Skipf("strace cannot trace here (%v: %s)", err, out)
+	}
+	e := newEnv(t)
+	metrics := filepath.Join(e.dir, "m", "metrics.sock")
+	httpSock := filepath.Join(e.dir, "h", "http.sock")
+	cmd := e.daemonCmd("--metrics-listen", "unix:"+metrics, "--http-listen", "unix:"+httpSock)
+	cmd.Args = append([]string{strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=chown,fchown,lchown,fchownat",
+		"-e", "inject=chown,fchown,lchown,fchownat:error=EPERM", "--"}, cmd.Args...)
+	cmd.Path = strace
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	e.waitHealthy(t)
+	for _, p := range []string{metrics, httpSock} {
+		if fi, err := os.Lstat(p); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			t.Errorf("%s: not a socket (%v)", p, err)
+		}
+	}
+	e.stopTraced(t)
 }
