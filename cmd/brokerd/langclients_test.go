@@ -392,6 +392,47 @@ for (const c of JSON.parse(process.argv.at(-1))) console.log(defaultSocket(c.env
 			t.Fatalf("%v: %v\n%s", err, m, out)
 		}
 	})
+	t.Run("token file not a token", func(t *testing.T) {
+		// As in the Go and Python clients: a FIFO nobody writes to is not waited on (the timer
+		// only turns a hang into a failure), a file far larger than a token and a device are
+		// refused, not read whole and sent, and a pipe with a writer (a shell's <(…)) is read.
+		fifo, big := filepath.Join(e.dir, "ts-fifo"), filepath.Join(e.dir, "ts-big")
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(big, []byte(strings.Repeat("a", 1<<20)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		script := `
+import { BrokerClient } from "` + filepath.Join(dir, "src", "index.js") + `";
+// Not process.exit: Node's exit waits for a libuv thread blocked opening the FIFO.
+setTimeout(() => { console.log("hung"); process.kill(process.pid, "SIGKILL"); }, 10000).unref();
+for (const tokenFile of process.argv.slice(1)) {
+  const c = new BrokerClient({ tokenFile });
+  try {
+    console.log("read:", (await c.whoAmI()).tokenId !== "");
+  } catch (e) {
+    console.log("refused:", e.message);
+  }
+  c.close();
+}
+`
+		// bash hands node the read end of a pipe a printf writes the token into, as
+		// --token-file <(pass show …) would.
+		out, err := e.runClient(t, "", []string{"SCRIPT=" + script, "PIPE_TOKEN=" + tok}, "bash", "-c",
+			`node --input-type=module -e "$SCRIPT" "$@" <(printf '%s\n' "$PIPE_TOKEN")`, "bash", fifo, big, "/dev/zero")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		want := []string{"refused: token file " + fifo + " is empty", "refused: token file " + big + " is larger than 4096 bytes",
+			"refused: token file /dev/zero is larger than 4096 bytes", "read: true"}
+		if err != nil || len(lines) != len(want) || strings.Contains(out, "aaaa") {
+			t.Fatalf("want %d lines, without the file's contents: %v\n%s", len(want), err, out)
+		}
+		for i, w := range want {
+			if !strings.HasPrefix(lines[i], w) {
+				t.Errorf("line %d: got %q, want it to start %q", i, lines[i], w)
+			}
+		}
+	})
 	t.Run("retry delay", func(t *testing.T) {
 		limited, _ := e.mint(t, "web_search", "--rate", "1/h")
 		out, _ := e.runClient(t, limited, nil, "node", wrapper, "one", "two")

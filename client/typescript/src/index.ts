@@ -8,8 +8,11 @@
 // serverUids). Node cannot read SO_PEERCRED, so it checks the owners of the socket file and of the
 // directories above it instead of the uid that called listen(2): see checkServer.
 
-import { lstat, readFile, realpath, stat } from "node:fs/promises";
+import { constants as fsConstants, close as closeFd, fstat as fstatFd, open as openFd, read as readFd } from "node:fs";
+import { lstat, realpath, stat } from "node:fs/promises";
+import { Socket } from "node:net";
 import * as path from "node:path";
+import { promisify } from "node:util";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
 import { CallCredentials, ChannelCredentials, Metadata, status as grpcStatus, type ServiceError } from "@grpc/grpc-js";
 import {
@@ -249,7 +252,8 @@ export interface ClientOptions {
   socket?: string;
   /** A broker token. Default: tokenFile, else $CREDBROKER_TOKEN, else attestation. */
   token?: string;
-  /** A file holding the token, re-read whenever it changes. */
+  /** A file holding the token, re-read whenever it changes. Over 4 KiB it is refused, not read;
+   * a FIFO nobody writes to reads as empty at once (is refused), a pipe with a writer is read. */
   tokenFile?: string;
   /** Per-call deadline in milliseconds (default 30 s). */
   timeoutMs?: number;
@@ -505,12 +509,104 @@ class FileToken implements TokenSource {
     const st = await stat(this.file, { bigint: true });
     const stamp = `${st.size}:${st.mtimeNs}:${st.ino}`;
     if (stamp !== this.stamp || !this.#tok) {
-      this.#tok = checkedToken(await readFile(this.file, "utf8"), `token file ${this.file}`);
+      this.#tok = checkedToken(await readTokenFile(this.file), `token file ${this.file}`);
       this.stamp = stamp;
     }
     return this.#tok;
   }
   invalidate() { return false; }
+}
+
+/** What a token file may hold: a token is under a hundred bytes (maxTokenFile in Go). */
+const MAX_TOKEN_FILE = 4096;
+
+const openAsync = promisify(openFd);
+const readAsync = promisify(readFd);
+const fstatAsync = promisify(fstatFd);
+const closeAsync = promisify(closeFd);
+
+/**
+ * Reads a token file, at most MAX_TOKEN_FILE bytes of it: a larger file (a log named by mistake, a
+ * device) is refused, not read whole and sent as the token. Errors never quote the contents.
+ *
+ * The open is non-blocking (O_NONBLOCK), as in the Go and Python clients: a FIFO nobody writes to
+ * is opened without waiting for a writer and reads as empty at once, where a blocking open would
+ * hang every call (and a thread of libuv's pool) until a writer came. A pipe with a writer (a
+ * shell's `<(pass show …)`) is still read to its end: Node cannot make the descriptor blocking
+ * again, so a pipe is read through a net.Socket, which waits for data on the event loop.
+ */
+async function readTokenFile(file: string): Promise<string> {
+  const fd = await openAsync(file, fsConstants.O_RDONLY | (fsConstants.O_NONBLOCK ?? 0));
+  let buf: Buffer;
+  try {
+    buf = await readBounded(fd, MAX_TOKEN_FILE + 1);
+  } catch (e) {
+    // Node's read errors (EISDIR, EAGAIN) do not name the file.
+    throw new Error(`token file ${file}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  if (buf.length > MAX_TOKEN_FILE) {
+    buf.fill(0);
+    throw new Error(`token file ${file} is larger than ${MAX_TOKEN_FILE} bytes; it should hold only the token: ` +
+      `is it the right file?`);
+  }
+  const text = buf.toString("utf8");
+  buf.fill(0);
+  return text;
+}
+
+/** Reads fd (opened O_NONBLOCK) to its end, but no more than limit bytes, and closes it. */
+async function readBounded(fd: number, limit: number): Promise<Buffer> {
+  const buf = Buffer.alloc(limit);
+  let n = 0;
+  let handedOver = false;
+  try {
+    while (n < limit) {
+      let got: number;
+      try {
+        got = (await readAsync(fd, buf, n, limit - n, null)).bytesRead;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EAGAIN" || !(await fstatAsync(fd)).isFIFO()) throw e;
+        // A pipe whose writer has not written yet: wait for the rest on the event loop.
+        handedOver = true;
+        return await readPipe(fd, buf.subarray(0, n), limit);
+      }
+      if (got === 0) break; // the end; at once for a FIFO nobody writes to
+      n += got;
+    }
+  } finally {
+    if (!handedOver) await closeAsync(fd);
+  }
+  return buf.subarray(0, n);
+}
+
+/** Reads the rest of a pipe after head, to its end or limit bytes, through a net.Socket, which
+ * waits for the writer on the event loop, and closes fd. A read(2) comes first (readBounded):
+ * Linux does not wake a poll on a FIFO that has had no writer yet, where read(2) says its end. */
+function readPipe(fd: number, head: Buffer, limit: number): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const sock = new Socket({ fd, readable: true, writable: false }); // owns fd: destroy closes it
+    const chunks: Buffer[] = [head];
+    let n = head.length;
+    let settled = false;
+    const done = () => {
+      if (settled) return;
+      settled = true;
+      sock.destroy();
+      const all = Buffer.concat(chunks);
+      for (const c of chunks) c.fill(0);
+      resolve(all.subarray(0, limit));
+    };
+    sock.on("data", (c: Buffer) => {
+      chunks.push(c);
+      n += c.length;
+      if (n >= limit) done();
+    });
+    sock.on("end", done);
+    sock.on("error", (e) => {
+      sock.destroy();
+      reject(e);
+    });
+  });
 }
 
 /** Tokens fetched by attestation, renewed on the first call after two thirds of their lifetime;
