@@ -433,6 +433,59 @@ for (const tokenFile of process.argv.slice(1)) {
 			}
 		}
 	})
+	t.Run("fetched token expired on arrival", func(t *testing.T) {
+		// As in the Go client: a fetched token with (almost) no life left, with no expiry, or
+		// empty, is a failed fetch that names its cause, after one FetchToken and before any
+		// call carries it; not a token handed out, refused, fetched again.
+		out, err := e.runClient(t, "", nil, "node", filepath.Join(dir, "test", "fake-fetch.js"), filepath.Join(e.dir, "fake-fetch.sock"))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		wantCodes := []string{"FAILED_PRECONDITION", "FAILED_PRECONDITION", "FAILED_PRECONDITION", "INTERNAL"}
+		if len(lines) != len(wantCodes) {
+			t.Fatalf("want %d cases:\n%s", len(wantCodes), out)
+		}
+		for i, line := range lines {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(line), &m); err != nil {
+				t.Fatalf("%v: %s", err, line)
+			}
+			if m["code"] != wantCodes[i] || m["fetches"] != 1.0 || m["searches"] != 0.0 ||
+				wantCodes[i] == "FAILED_PRECONDITION" && !strings.Contains(fmt.Sprint(m["message"]), "--ttl") {
+				t.Errorf("want %s (naming --ttl if the ttl is at fault) after one fetch and no search; got %v", wantCodes[i], m)
+			}
+		}
+		// The same from the real brokerd, with a registration whose ttl is too short to use.
+		if !peercred.PidfdSupported() {
+			t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+)")
+		}
+		e.ctl(t, "", "workload", "add", "node-1ms", "--tools", "web_search", "--uid", strconv.Itoa(os.Getuid()), "--ttl", "1ms").ok(t)
+		defer func() { e.ctl(t, "", "workload", "remove", "node-1ms").ok(t) }()
+		script := strings.Replace(tsSearchOnce, "INDEX", filepath.Join(dir, "src", "index.js"), 1)
+		out, err = e.runClient(t, "", nil, "node", "--input-type=module", "-e", script, e.socket)
+		if m := lastJSON(t, out); err != nil || m["code"] != "FAILED_PRECONDITION" || !strings.Contains(fmt.Sprint(m["message"]), "--ttl") {
+			t.Fatalf("with a 1ms ttl: want FAILED_PRECONDITION naming --ttl; got %v %v\n%s", err, m, out)
+		}
+	})
+	t.Run("attested renewal backs off", func(t *testing.T) {
+		// A renewal answered with a token expired on arrival is a failed renewal: the current
+		// token keeps serving, and renewal waits 200 ms, then 400 ms, ..., instead of every call
+		// fetching again (the driver's clock is fake).
+		out, err := e.runClient(t, "", nil, "node", filepath.Join(dir, "test", "attested.js"))
+		want := `first: tok-1 after 1 fetches
+renewal refused: tok-1 after 2 fetches
+backing off: tok-1 after 2 fetches
+after 200ms: tok-1 after 3 fetches
+backing off 400ms: tok-1 after 3 fetches
+after 400ms: tok-1 after 4 fetches
+renewed: tok-2 after 5 fetches
+no usable token: FAILED_PRECONDITION after 6 fetches
+again: FAILED_PRECONDITION after 7 fetches`
+		if err != nil || strings.TrimSpace(out) != want {
+			t.Fatalf("%v\ngot:\n%s\nwant:\n%s", err, out, want)
+		}
+	})
 	t.Run("retry delay", func(t *testing.T) {
 		limited, _ := e.mint(t, "web_search", "--rate", "1/h")
 		out, _ := e.runClient(t, limited, nil, "node", wrapper, "one", "two")

@@ -274,7 +274,9 @@ const CHANNEL_OPTIONS = {
  * $CREDBROKER_TOKEN, else tokens fetched by workload attestation (FetchToken: brokerd identifies
  * this process; an operator registered it with `brokerctl workload add`), renewed at about two
  * thirds of their lifetime. A call refused as UNAUTHENTICATED with a fetched token is retried once
- * with a fresh one.
+ * with a fresh one. A fetched token that arrives with less than 100 ms left (a registration's
+ * --ttl too short) or without an expiry fails the call with FAILED_PRECONDITION, an empty one with
+ * INTERNAL; a failed renewal keeps a still-valid token serving and is retried with backoff.
  *
  * Every connection first checks who may be serving the socket (checkServer): root, the effective
  * uid, a uid in $CREDBROKER_SERVER_UID or in `serverUids`. Anything else fails the call with
@@ -384,6 +386,8 @@ export class BrokerClient {
   private async fetchToken(): Promise<[string, number]> {
     const resp = await this.invoke<FetchTokenResponse>(
       (md, o, cb) => this.stub.fetchToken({ tools: [] }, md, o, cb), undefined);
+    // No expiry at all (an older or broken brokerd) reads as expired long ago: checkFetched
+    // refuses it rather than handing out a token of unknown life.
     return [resp.token, resp.expiresAt?.getTime() ?? 0];
   }
 }
@@ -609,33 +613,82 @@ function readPipe(fd: number, head: Buffer, limit: number): Promise<Buffer> {
   });
 }
 
-/** Tokens fetched by attestation, renewed on the first call after two thirds of their lifetime;
- * a token within 2 s (or a sixth of its lifetime) of expiry is never used. Concurrent calls share
- * one fetch. */
-class AttestedToken implements TokenSource {
+// Renewal of attested tokens (as in the Go client's tokensource.go).
+/** A fetched token with less life than this left when it arrives counts as a failed fetch: it could
+ * be neither used nor renewed sensibly, and taking it would fetch again at once, in a loop that
+ * spends the uid's FetchToken rate (minTokenLife in Go). */
+const MIN_TOKEN_LIFE_MS = 100;
+/** Bounds of the backoff between failed renewals while the current token still serves. */
+const RETRY_MIN_MS = 200;
+const RETRY_MAX_MS = 30_000;
+
+/** Refuses a token FetchToken returned that cannot serve: empty, or expiring within
+ * MIN_TOKEN_LIFE_MS of now (a registration's ttl too short, or no expiry at all: expires 0). */
+function checkFetched(tok: string, expires: number, now: number): BrokerError | undefined {
+  if (!tok) {
+    return new BrokerError(grpcStatus.INTERNAL, "brokerd answered FetchToken without a token; " +
+      "check that brokerd and this client are of the same release");
+  }
+  const left = expires - now;
+  if (left < MIN_TOKEN_LIFE_MS) {
+    const life = left > 0 ? `${Math.round(left)}ms left to live` : "already expired";
+    return new BrokerError(grpcStatus.FAILED_PRECONDITION, `brokerd issued a token that had ${life} when it ` +
+      `arrived (expiry ${new Date(expires).toISOString()}); it cannot be used or renewed. The workload registration's ` +
+      "ttl is too short: ask the operator to register this program again with a longer one " +
+      "(`brokerctl workload add NAME ... --ttl 1h`)");
+  }
+  return undefined;
+}
+
+/**
+ * Tokens fetched by attestation, renewed on the first call after two thirds of their lifetime; a
+ * token within 2 s (or a sixth of its lifetime) of expiry is never used. Concurrent calls share one
+ * fetch. A fetched token that is empty or arrives (almost) expired is a failed fetch
+ * (checkFetched), never handed out. A failed renewal keeps the current token serving while it
+ * is usable, and the next renewal waits, backing off from 200 ms to 30 s, instead of every call
+ * fetching again.
+ *
+ * Exported for cmd/brokerd's tests (test/attested.ts, with a fake clock); not part of the
+ * client's API: BrokerClient chooses its token source.
+ */
+export class AttestedToken implements TokenSource {
   #tok = ""; // an ES private field: util.inspect/console.log never show the token
   private issued = 0;
   private expires = 0;
   private inflight: Promise<string> | undefined;
-  constructor(private readonly fetch: () => Promise<[string, number]>) {}
+  /** After a failed renewal: no new one before this time (ms), while the current token serves. */
+  private retryAt = 0;
+  private retryMs = RETRY_MIN_MS;
+
+  constructor(private readonly fetch: () => Promise<[string, number]>, private readonly now: () => number = Date.now) {}
+
+  /** Whether the current token may be handed out at now. */
+  private usable(now: number): boolean {
+    return this.#tok !== "" && now + Math.min(2000, (this.expires - this.issued) / 6) < this.expires;
+  }
 
   token(): Promise<string> {
-    const now = Date.now();
-    const life = this.expires - this.issued;
-    if (this.#tok && now < this.issued + (life * 2) / 3) return Promise.resolve(this.#tok);
-    this.inflight ??= this.fetch().then(
-      ([tok, expires]) => {
-        this.#tok = tok;
-        this.issued = Date.now();
-        this.expires = expires;
-        return tok;
-      },
-      (err) => {
-        // Renewal failed: the current token may still serve until it nears its expiry.
-        if (this.#tok && Date.now() + Math.min(2000, life / 6) < this.expires) return this.#tok;
-        throw err;
-      },
-    ).finally(() => { this.inflight = undefined; });
+    const now = this.now();
+    if (this.#tok && now < this.issued + ((this.expires - this.issued) * 2) / 3) return Promise.resolve(this.#tok);
+    if (now < this.retryAt && this.usable(now)) return Promise.resolve(this.#tok);
+    this.inflight ??= this.fetch().then(([tok, expires]) => {
+      const now = this.now();
+      const refused = checkFetched(tok, expires, now);
+      if (refused) throw refused;
+      this.#tok = tok;
+      this.issued = now;
+      this.expires = expires;
+      this.retryAt = 0;
+      this.retryMs = RETRY_MIN_MS;
+      return tok;
+    }).catch((err) => {
+      // Renewal failed: the current token may still serve until it nears its expiry.
+      const now = this.now();
+      if (!this.usable(now)) throw err;
+      this.retryAt = now + this.retryMs;
+      this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
+      return this.#tok;
+    }).finally(() => { this.inflight = undefined; });
     return this.inflight;
   }
 
