@@ -392,6 +392,100 @@ for (const c of JSON.parse(process.argv.at(-1))) console.log(defaultSocket(c.env
 			t.Fatalf("%v: %v\n%s", err, m, out)
 		}
 	})
+	t.Run("token file not a token", func(t *testing.T) {
+		// As in the Go and Python clients: a FIFO nobody writes to is not waited on (the timer
+		// only turns a hang into a failure), a file far larger than a token and a device are
+		// refused, not read whole and sent, and a pipe with a writer (a shell's <(…)) is read.
+		fifo, big := filepath.Join(e.dir, "ts-fifo"), filepath.Join(e.dir, "ts-big")
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(big, []byte(strings.Repeat("a", 1<<20)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		script := `
+import { BrokerClient } from "` + filepath.Join(dir, "src", "index.js") + `";
+// Not process.exit: Node's exit waits for a libuv thread blocked opening the FIFO.
+setTimeout(() => { console.log("hung"); process.kill(process.pid, "SIGKILL"); }, 10000).unref();
+for (const tokenFile of process.argv.slice(1)) {
+  const c = new BrokerClient({ tokenFile });
+  try {
+    console.log("read:", (await c.whoAmI()).tokenId !== "");
+  } catch (e) {
+    console.log("refused:", e.message);
+  }
+  c.close();
+}
+`
+		// bash hands node the read end of a pipe a printf writes the token into, as
+		// --token-file <(pass show …) would.
+		out, err := e.runClient(t, "", []string{"SCRIPT=" + script, "PIPE_TOKEN=" + tok}, "bash", "-c",
+			`node --input-type=module -e "$SCRIPT" "$@" <(printf '%s\n' "$PIPE_TOKEN")`, "bash", fifo, big, "/dev/zero")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		want := []string{"refused: token file " + fifo + " is empty", "refused: token file " + big + " is larger than 4096 bytes",
+			"refused: token file /dev/zero is larger than 4096 bytes", "read: true"}
+		if err != nil || len(lines) != len(want) || strings.Contains(out, "aaaa") {
+			t.Fatalf("want %d lines, without the file's contents: %v\n%s", len(want), err, out)
+		}
+		for i, w := range want {
+			if !strings.HasPrefix(lines[i], w) {
+				t.Errorf("line %d: got %q, want it to start %q", i, lines[i], w)
+			}
+		}
+	})
+	t.Run("fetched token expired on arrival", func(t *testing.T) {
+		// As in the Go client: a fetched token with (almost) no life left, with no expiry, or
+		// empty, is a failed fetch that names its cause, after one FetchToken and before any
+		// call carries it; not a token handed out, refused, fetched again.
+		out, err := e.runClient(t, "", nil, "node", filepath.Join(dir, "test", "fake-fetch.js"), filepath.Join(e.dir, "fake-fetch.sock"))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		wantCodes := []string{"FAILED_PRECONDITION", "FAILED_PRECONDITION", "FAILED_PRECONDITION", "INTERNAL"}
+		if len(lines) != len(wantCodes) {
+			t.Fatalf("want %d cases:\n%s", len(wantCodes), out)
+		}
+		for i, line := range lines {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(line), &m); err != nil {
+				t.Fatalf("%v: %s", err, line)
+			}
+			if m["code"] != wantCodes[i] || m["fetches"] != 1.0 || m["searches"] != 0.0 ||
+				wantCodes[i] == "FAILED_PRECONDITION" && !strings.Contains(fmt.Sprint(m["message"]), "--ttl") {
+				t.Errorf("want %s (naming --ttl if the ttl is at fault) after one fetch and no search; got %v", wantCodes[i], m)
+			}
+		}
+		// The same from the real brokerd, with a registration whose ttl is too short to use.
+		if !peercred.PidfdSupported() {
+			t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+)")
+		}
+		e.ctl(t, "", "workload", "add", "node-1ms", "--tools", "web_search", "--uid", strconv.Itoa(os.Getuid()), "--ttl", "1ms").ok(t)
+		defer func() { e.ctl(t, "", "workload", "remove", "node-1ms").ok(t) }()
+		script := strings.Replace(tsSearchOnce, "INDEX", filepath.Join(dir, "src", "index.js"), 1)
+		out, err = e.runClient(t, "", nil, "node", "--input-type=module", "-e", script, e.socket)
+		if m := lastJSON(t, out); err != nil || m["code"] != "FAILED_PRECONDITION" || !strings.Contains(fmt.Sprint(m["message"]), "--ttl") {
+			t.Fatalf("with a 1ms ttl: want FAILED_PRECONDITION naming --ttl; got %v %v\n%s", err, m, out)
+		}
+	})
+	t.Run("attested renewal backs off", func(t *testing.T) {
+		// A renewal answered with a token expired on arrival is a failed renewal: the current
+		// token keeps serving, and renewal waits 200 ms, then 400 ms, ..., instead of every call
+		// fetching again (the driver's clock is fake).
+		out, err := e.runClient(t, "", nil, "node", filepath.Join(dir, "test", "attested.js"))
+		want := `first: tok-1 after 1 fetches
+renewal refused: tok-1 after 2 fetches
+backing off: tok-1 after 2 fetches
+after 200ms: tok-1 after 3 fetches
+backing off 400ms: tok-1 after 3 fetches
+after 400ms: tok-1 after 4 fetches
+renewed: tok-2 after 5 fetches
+no usable token: FAILED_PRECONDITION after 6 fetches
+again: FAILED_PRECONDITION after 7 fetches`
+		if err != nil || strings.TrimSpace(out) != want {
+			t.Fatalf("%v\ngot:\n%s\nwant:\n%s", err, out, want)
+		}
+	})
 	t.Run("retry delay", func(t *testing.T) {
 		limited, _ := e.mint(t, "web_search", "--rate", "1/h")
 		out, _ := e.runClient(t, limited, nil, "node", wrapper, "one", "two")

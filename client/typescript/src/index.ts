@@ -8,8 +8,11 @@
 // serverUids). Node cannot read SO_PEERCRED, so it checks the owners of the socket file and of the
 // directories above it instead of the uid that called listen(2): see checkServer.
 
-import { lstat, readFile, realpath, stat } from "node:fs/promises";
+import { constants as fsConstants, close as closeFd, fstat as fstatFd, open as openFd, read as readFd } from "node:fs";
+import { lstat, realpath, stat } from "node:fs/promises";
+import { Socket } from "node:net";
 import * as path from "node:path";
+import { promisify } from "node:util";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
 import { CallCredentials, ChannelCredentials, Metadata, status as grpcStatus, type ServiceError } from "@grpc/grpc-js";
 import {
@@ -249,7 +252,8 @@ export interface ClientOptions {
   socket?: string;
   /** A broker token. Default: tokenFile, else $CREDBROKER_TOKEN, else attestation. */
   token?: string;
-  /** A file holding the token, re-read whenever it changes. */
+  /** A file holding the token, re-read whenever it changes. Over 4 KiB it is refused, not read;
+   * a FIFO nobody writes to reads as empty at once (is refused), a pipe with a writer is read. */
   tokenFile?: string;
   /** Per-call deadline in milliseconds (default 30 s). */
   timeoutMs?: number;
@@ -270,7 +274,9 @@ const CHANNEL_OPTIONS = {
  * $CREDBROKER_TOKEN, else tokens fetched by workload attestation (FetchToken: brokerd identifies
  * this process; an operator registered it with `brokerctl workload add`), renewed at about two
  * thirds of their lifetime. A call refused as UNAUTHENTICATED with a fetched token is retried once
- * with a fresh one.
+ * with a fresh one. A fetched token that arrives with less than 100 ms left (a registration's
+ * --ttl too short) or without an expiry fails the call with FAILED_PRECONDITION, an empty one with
+ * INTERNAL; a failed renewal keeps a still-valid token serving and is retried with backoff.
  *
  * Every connection first checks who may be serving the socket (checkServer): root, the effective
  * uid, a uid in $CREDBROKER_SERVER_UID or in `serverUids`. Anything else fails the call with
@@ -380,6 +386,8 @@ export class BrokerClient {
   private async fetchToken(): Promise<[string, number]> {
     const resp = await this.invoke<FetchTokenResponse>(
       (md, o, cb) => this.stub.fetchToken({ tools: [] }, md, o, cb), undefined);
+    // No expiry at all (an older or broken brokerd) reads as expired long ago: checkFetched
+    // refuses it rather than handing out a token of unknown life.
     return [resp.token, resp.expiresAt?.getTime() ?? 0];
   }
 }
@@ -505,7 +513,7 @@ class FileToken implements TokenSource {
     const st = await stat(this.file, { bigint: true });
     const stamp = `${st.size}:${st.mtimeNs}:${st.ino}`;
     if (stamp !== this.stamp || !this.#tok) {
-      this.#tok = checkedToken(await readFile(this.file, "utf8"), `token file ${this.file}`);
+      this.#tok = checkedToken(await readTokenFile(this.file), `token file ${this.file}`);
       this.stamp = stamp;
     }
     return this.#tok;
@@ -513,33 +521,174 @@ class FileToken implements TokenSource {
   invalidate() { return false; }
 }
 
-/** Tokens fetched by attestation, renewed on the first call after two thirds of their lifetime;
- * a token within 2 s (or a sixth of its lifetime) of expiry is never used. Concurrent calls share
- * one fetch. */
-class AttestedToken implements TokenSource {
+/** What a token file may hold: a token is under a hundred bytes (maxTokenFile in Go). */
+const MAX_TOKEN_FILE = 4096;
+
+const openAsync = promisify(openFd);
+const readAsync = promisify(readFd);
+const fstatAsync = promisify(fstatFd);
+const closeAsync = promisify(closeFd);
+
+/**
+ * Reads a token file, at most MAX_TOKEN_FILE bytes of it: a larger file (a log named by mistake, a
+ * device) is refused, not read whole and sent as the token. Errors never quote the contents.
+ *
+ * The open is non-blocking (O_NONBLOCK), as in the Go and Python clients: a FIFO nobody writes to
+ * is opened without waiting for a writer and reads as empty at once, where a blocking open would
+ * hang every call (and a thread of libuv's pool) until a writer came. A pipe with a writer (a
+ * shell's `<(pass show …)`) is still read to its end: Node cannot make the descriptor blocking
+ * again, so a pipe is read through a net.Socket, which waits for data on the event loop.
+ */
+async function readTokenFile(file: string): Promise<string> {
+  const fd = await openAsync(file, fsConstants.O_RDONLY | (fsConstants.O_NONBLOCK ?? 0));
+  let buf: Buffer;
+  try {
+    buf = await readBounded(fd, MAX_TOKEN_FILE + 1);
+  } catch (e) {
+    // Node's read errors (EISDIR, EAGAIN) do not name the file.
+    throw new Error(`token file ${file}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  if (buf.length > MAX_TOKEN_FILE) {
+    buf.fill(0);
+    throw new Error(`token file ${file} is larger than ${MAX_TOKEN_FILE} bytes; it should hold only the token: ` +
+      `is it the right file?`);
+  }
+  const text = buf.toString("utf8");
+  buf.fill(0);
+  return text;
+}
+
+/** Reads fd (opened O_NONBLOCK) to its end, but no more than limit bytes, and closes it. */
+async function readBounded(fd: number, limit: number): Promise<Buffer> {
+  const buf = Buffer.alloc(limit);
+  let n = 0;
+  let handedOver = false;
+  try {
+    while (n < limit) {
+      let got: number;
+      try {
+        got = (await readAsync(fd, buf, n, limit - n, null)).bytesRead;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EAGAIN" || !(await fstatAsync(fd)).isFIFO()) throw e;
+        // A pipe whose writer has not written yet: wait for the rest on the event loop.
+        handedOver = true;
+        return await readPipe(fd, buf.subarray(0, n), limit);
+      }
+      if (got === 0) break; // the end; at once for a FIFO nobody writes to
+      n += got;
+    }
+  } finally {
+    if (!handedOver) await closeAsync(fd);
+  }
+  return buf.subarray(0, n);
+}
+
+/** Reads the rest of a pipe after head, to its end or limit bytes, through a net.Socket, which
+ * waits for the writer on the event loop, and closes fd. A read(2) comes first (readBounded):
+ * Linux does not wake a poll on a FIFO that has had no writer yet, where read(2) says its end. */
+function readPipe(fd: number, head: Buffer, limit: number): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const sock = new Socket({ fd, readable: true, writable: false }); // owns fd: destroy closes it
+    const chunks: Buffer[] = [head];
+    let n = head.length;
+    let settled = false;
+    const done = () => {
+      if (settled) return;
+      settled = true;
+      sock.destroy();
+      const all = Buffer.concat(chunks);
+      for (const c of chunks) c.fill(0);
+      resolve(all.subarray(0, limit));
+    };
+    sock.on("data", (c: Buffer) => {
+      chunks.push(c);
+      n += c.length;
+      if (n >= limit) done();
+    });
+    sock.on("end", done);
+    sock.on("error", (e) => {
+      sock.destroy();
+      reject(e);
+    });
+  });
+}
+
+// Renewal of attested tokens (as in the Go client's tokensource.go).
+/** A fetched token with less life than this left when it arrives counts as a failed fetch: it could
+ * be neither used nor renewed sensibly, and taking it would fetch again at once, in a loop that
+ * spends the uid's FetchToken rate (minTokenLife in Go). */
+const MIN_TOKEN_LIFE_MS = 100;
+/** Bounds of the backoff between failed renewals while the current token still serves. */
+const RETRY_MIN_MS = 200;
+const RETRY_MAX_MS = 30_000;
+
+/** Refuses a token FetchToken returned that cannot serve: empty, or expiring within
+ * MIN_TOKEN_LIFE_MS of now (a registration's ttl too short, or no expiry at all: expires 0). */
+function checkFetched(tok: string, expires: number, now: number): BrokerError | undefined {
+  if (!tok) {
+    return new BrokerError(grpcStatus.INTERNAL, "brokerd answered FetchToken without a token; " +
+      "check that brokerd and this client are of the same release");
+  }
+  const left = expires - now;
+  if (left < MIN_TOKEN_LIFE_MS) {
+    const life = left > 0 ? `${Math.round(left)}ms left to live` : "already expired";
+    return new BrokerError(grpcStatus.FAILED_PRECONDITION, `brokerd issued a token that had ${life} when it ` +
+      `arrived (expiry ${new Date(expires).toISOString()}); it cannot be used or renewed. The workload registration's ` +
+      "ttl is too short: ask the operator to register this program again with a longer one " +
+      "(`brokerctl workload add NAME ... --ttl 1h`)");
+  }
+  return undefined;
+}
+
+/**
+ * Tokens fetched by attestation, renewed on the first call after two thirds of their lifetime; a
+ * token within 2 s (or a sixth of its lifetime) of expiry is never used. Concurrent calls share one
+ * fetch. A fetched token that is empty or arrives (almost) expired is a failed fetch
+ * (checkFetched), never handed out. A failed renewal keeps the current token serving while it
+ * is usable, and the next renewal waits, backing off from 200 ms to 30 s, instead of every call
+ * fetching again.
+ *
+ * Exported for cmd/brokerd's tests (test/attested.ts, with a fake clock); not part of the
+ * client's API: BrokerClient chooses its token source.
+ */
+export class AttestedToken implements TokenSource {
   #tok = ""; // an ES private field: util.inspect/console.log never show the token
   private issued = 0;
   private expires = 0;
   private inflight: Promise<string> | undefined;
-  constructor(private readonly fetch: () => Promise<[string, number]>) {}
+  /** After a failed renewal: no new one before this time (ms), while the current token serves. */
+  private retryAt = 0;
+  private retryMs = RETRY_MIN_MS;
+
+  constructor(private readonly fetch: () => Promise<[string, number]>, private readonly now: () => number = Date.now) {}
+
+  /** Whether the current token may be handed out at now. */
+  private usable(now: number): boolean {
+    return this.#tok !== "" && now + Math.min(2000, (this.expires - this.issued) / 6) < this.expires;
+  }
 
   token(): Promise<string> {
-    const now = Date.now();
-    const life = this.expires - this.issued;
-    if (this.#tok && now < this.issued + (life * 2) / 3) return Promise.resolve(this.#tok);
-    this.inflight ??= this.fetch().then(
-      ([tok, expires]) => {
-        this.#tok = tok;
-        this.issued = Date.now();
-        this.expires = expires;
-        return tok;
-      },
-      (err) => {
-        // Renewal failed: the current token may still serve until it nears its expiry.
-        if (this.#tok && Date.now() + Math.min(2000, life / 6) < this.expires) return this.#tok;
-        throw err;
-      },
-    ).finally(() => { this.inflight = undefined; });
+    const now = this.now();
+    if (this.#tok && now < this.issued + ((this.expires - this.issued) * 2) / 3) return Promise.resolve(this.#tok);
+    if (now < this.retryAt && this.usable(now)) return Promise.resolve(this.#tok);
+    this.inflight ??= this.fetch().then(([tok, expires]) => {
+      const now = this.now();
+      const refused = checkFetched(tok, expires, now);
+      if (refused) throw refused;
+      this.#tok = tok;
+      this.issued = now;
+      this.expires = expires;
+      this.retryAt = 0;
+      this.retryMs = RETRY_MIN_MS;
+      return tok;
+    }).catch((err) => {
+      // Renewal failed: the current token may still serve until it nears its expiry.
+      const now = this.now();
+      if (!this.usable(now)) throw err;
+      this.retryAt = now + this.retryMs;
+      this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
+      return this.#tok;
+    }).finally(() => { this.inflight = undefined; });
     return this.inflight;
   }
 
