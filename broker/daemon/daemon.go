@@ -112,6 +112,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return fmt.Errorf("%s is required", req.flag)
 		}
 	}
+	// Before the first secret is read (the proxy's password, then the master key): a
+	// non-dumpable process's memory is out of reach of other processes of its uid.
+	if err := hardenProcess(); err != nil {
+		return err
+	}
 	proxy, err := CheckUpstream(cfg.UpstreamURL, cfg.UpstreamProxy)
 	if err != nil {
 		return err
@@ -133,9 +138,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	signal.Notify(hup, syscall.SIGHUP)
 	earlyHUP := watchEarlyHUP(hup, log)
 	defer earlyHUP.stop() // on an error return before the supervisor took over
-	if err := hardenProcess(); err != nil {
-		return err
-	}
 
 	if (cfg.MasterKeyset == "") == (cfg.MasterKeyURI == "") {
 		return errors.New("give exactly one of --master-keyset and --master-key-uri (the master key is a keyset file or a KMS key)")
