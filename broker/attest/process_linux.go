@@ -112,22 +112,44 @@ func parseGroups(status []byte) []uint32 {
 	return nil
 }
 
-// parseUnit returns the innermost systemd unit (".service" or ".scope") in the cgroup v2 path of
-// a /proc/PID/cgroup ("0::/system.slice/scavio-mcp.service"), or "" for none.
+// parseUnit returns the systemd unit of a /proc/PID/cgroup as systemd itself names it
+// (sd_pid_get_unit): in the cgroup v2 path, the first component after the slices
+// ("0::/system.slice/scavio-mcp.service/sub" is scavio-mcp.service), or "" for none. Never a
+// deeper component: below a unit, names are whatever the unit's processes chose (a unit with
+// Delegate=yes creates its own cgroups), so a process there could call its cgroup after any
+// other unit. For the same reason a unit of a user's own manager is qualified with that manager,
+// "user@1000.service:mcp.service": the manager's subtree is the user's to write, and any user can
+// start a user unit called scavio-mcp.service, which must not pass for the system unit of that name.
 func parseUnit(cgroup []byte) string {
 	for line := range strings.SplitSeq(string(cgroup), "\n") {
 		path, ok := strings.CutPrefix(line, "0::")
 		if !ok {
 			continue
 		}
-		parts := strings.Split(path, "/")
-		for i := len(parts) - 1; i >= 0; i-- {
-			if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
-				return parts[i]
+		unit, below := firstUnit(strings.Split(strings.Trim(path, "/"), "/"))
+		if strings.HasPrefix(unit, "user@") && strings.HasSuffix(unit, ".service") {
+			if user, _ := firstUnit(below); user != "" {
+				return unit + ":" + user
 			}
 		}
+		return unit
 	}
 	return ""
+}
+
+// firstUnit skips the slices at the head of parts and returns the unit that follows them (a
+// ".service" or ".scope") and the components below it; "" when what follows is not a unit.
+func firstUnit(parts []string) (string, []string) {
+	for i, p := range parts {
+		if strings.HasSuffix(p, ".slice") {
+			continue
+		}
+		if strings.HasSuffix(p, ".service") || strings.HasSuffix(p, ".scope") {
+			return p, parts[i+1:]
+		}
+		return "", nil
+	}
+	return "", nil
 }
 
 // fileKey identifies an executable's content well enough to reuse its digest: a replaced file
