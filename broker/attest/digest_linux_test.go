@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -158,5 +159,48 @@ func TestDigestSeesInPlaceRewrite(t *testing.T) {
 	}
 	if got == pinned || got != want {
 		t.Fatalf("rewritten executable: digest %s, want its own %s (the pinned one was %s)", got, want, pinned)
+	}
+}
+
+// TestDigestRefusesHugeExecutable: a program padded to more than maxExeSize (a sparse file costs
+// its owner nothing, and runs) is refused with a message saying what to register instead, not
+// read to the end: hashing a terabyte would cost brokerd minutes of CPU per FetchToken.
+func TestDigestRefusesHugeExecutable(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(t.TempDir(), "huge")
+	if err := os.WriteFile(exe, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(exe, maxExeSize+1); err != nil {
+		t.Skip("no sparse file of 1 GiB here:", err)
+	}
+	pid, line, stop := runHelper(t, exe)
+	defer stop()
+	if line != digestMarker {
+		t.Fatalf("padded helper printed %q, want %q", line, digestMarker)
+	}
+	st, err := peercred.StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Pin(pid, st, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	proc, err := p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := proc.Digest()
+	if err == nil || !strings.Contains(err.Error(), "more than the 1024 MiB brokerd hashes") || !strings.Contains(err.Error(), "--exe") {
+		t.Fatalf("digest of a %d-byte executable: %q, %v; want a refusal naming the limit", maxExeSize+1, d, err)
 	}
 }

@@ -171,6 +171,11 @@ type digestCache struct {
 
 const maxDigests = 1024
 
+// maxExeSize bounds the executable brokerd hashes for an --exe-sha256 selector: far above any
+// real program (node is about 100 MiB), and about a second of one core, so a caller cannot make a
+// FetchToken cost brokerd minutes of CPU with a huge (sparse) file it runs.
+const maxExeSize = 1 << 30
+
 var digests = &digestCache{m: make(map[fileKey]string)}
 
 // sum returns the sha256 of the file at exePath (a /proc/PID/exe link, which opens the very file
@@ -188,6 +193,10 @@ func (c *digestCache) sum(exePath string, p *Pinned) (string, error) {
 	st, _ := fi.Sys().(*syscall.Stat_t)
 	if st == nil {
 		return "", fmt.Errorf("executable: no stat")
+	}
+	if fi.Size() > maxExeSize {
+		return "", fmt.Errorf("executable is %d MiB, more than the %d MiB brokerd hashes; register it by --exe and --uid or --unit instead of a digest",
+			fi.Size()>>20, maxExeSize>>20)
 	}
 	key := fileKey{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtime: fi.ModTime(), ctime: time.Unix(st.Ctim.Unix())}
 	c.mu.Lock()

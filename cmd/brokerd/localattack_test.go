@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/credbroker/credbroker/broker/attest"
 	"github.com/credbroker/credbroker/broker/peercred"
 )
 
@@ -125,5 +127,86 @@ func TestUnitSelectorNotPassedByUserUnit(t *testing.T) {
 	_, line = e.startHelperIn(t, helper, nobody, nobody, legit)
 	if !strings.HasPrefix(line, "TOKEN ") {
 		t.Fatalf("a process of victim.service refused: %q", line)
+	}
+}
+
+// readBytes returns how many bytes process pid has read so far (rchar of /proc/PID/io: every
+// read(2), whatever it read from).
+func readBytes(t *testing.T, pid int) uint64 {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no rchar in /proc/%d/io", pid)
+	return 0
+}
+
+// TestFetchTokenDoesNotHashStrangersExecutable: a local user in the socket group, with no token
+// and no registration of its own, runs a program padded to 2 GiB (sparse: it costs the user
+// nothing) and asks for a token. brokerd used to hash the caller's executable for every
+// registration with --exe-sha256, whoever it was for, before any limit: each such FetchToken cost
+// it a read of the whole file (minutes of CPU for a terabyte), and the user could send thousands
+// at once. Now only a caller every other selector admits is hashed, and only up to 1 GiB.
+func TestFetchTokenDoesNotHashStrangersExecutable(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the caller as uid 65534 (CI runs as root)")
+	}
+	if !peercred.PidfdSupported() {
+		t.Skip("kernel has no SO_PEERPIDFD (Linux 6.5+): attestation refuses every caller")
+	}
+	const padded = 2 << 30
+	e := newEnv(t)
+	for _, d := range []string{binDir, e.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	helper := copyExe(t, e.dir, "mcp-helper")
+	huge := copyExe(t, e.dir, "huge-helper")
+	if err := os.Truncate(huge, padded); err != nil {
+		t.Skip("no sparse 2 GiB file here:", err)
+	}
+	sum, err := attest.FileSHA256(helper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.startDaemon(t, "--socket-group", "65534")
+	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
+	e.ctl(t, "", "workload", "add", "other", "--tools", "web_search", "--uid", "4242", "--exe-sha256", sum).ok(t)
+	pid := e.daemon.Process.Pid
+
+	for _, tc := range []struct {
+		name, add, want string
+	}{
+		{"stranger", "", "other: uid 65534 does not match"},
+		// A registered uid (not trusted either: it needs no token to ask) is hashed, up to 1 GiB.
+		{"registered uid", "self", "self: exe digest (executable is 2048 MiB, more than the 1024 MiB brokerd hashes"},
+	} {
+		if tc.add != "" {
+			e.ctl(t, "", "workload", "add", tc.add, "--tools", "web_search", "--uid", "65534", "--exe-sha256", sum).ok(t)
+		}
+		before := readBytes(t, pid)
+		_, line := e.startHelper(t, huge, nobody, nobody)
+		read := readBytes(t, pid) - before
+		if strings.HasPrefix(line, "TOKEN ") || !strings.Contains(line, tc.want) {
+			t.Errorf("%s: %q, want a refusal with %q", tc.name, line, tc.want)
+		}
+		if read > padded/8 {
+			t.Errorf("%s: brokerd read %d MiB for one FetchToken of a caller running a %d MiB file", tc.name, read>>20, padded>>20)
+		}
+	}
+	// The registered program itself still gets its token.
+	if _, line := e.startHelper(t, helper, nobody, nobody); !strings.HasPrefix(line, "TOKEN ") {
+		t.Fatalf("registered program refused: %q", line)
 	}
 }
