@@ -16,8 +16,11 @@ import (
 var ErrNotLoopback = errors.New("not a loopback TCP connection")
 
 // procNetTCP are the kernel's socket tables for brokerd's network namespace. A peer that reached a
-// loopback listener is in the same namespace, so its socket is listed there.
-var procNetTCP = []string{"/proc/net/tcp", "/proc/net/tcp6"}
+// loopback listener is in the same namespace, so its socket is listed there. Through /proc/self,
+// not the /proc/net link: the shipped unit's ProcSubset=pid mounts a /proc without /proc/net,
+// where every loopback peer would stay unnamed (uid-bound tokens refused to all, and every TCP
+// client of the HTTP front counted as one uid, so one user's connections locked out the rest).
+var procNetTCP = []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"}
 
 // LoopbackTCPUID returns the uid owning the peer's end of a loopback TCP connection, from the
 // kernel's socket table: the entry whose local address is conn's remote address and whose remote

@@ -4,16 +4,23 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/credbroker/credbroker/broker/attest"
 	"github.com/credbroker/credbroker/broker/peercred"
+	"github.com/credbroker/credbroker/broker/upstream/scaviotest"
 )
 
 // cgroup2Dir returns the directory of this process's own cgroup v2 (the cgroup2 mount joined
@@ -208,5 +215,119 @@ func TestFetchTokenDoesNotHashStrangersExecutable(t *testing.T) {
 	// The registered program itself still gets its token.
 	if _, line := e.startHelper(t, helper, nobody, nobody); !strings.HasPrefix(line, "TOKEN ") {
 		t.Fatalf("registered program refused: %q", line)
+	}
+}
+
+// procSubsetPid is a shell script that mounts /proc as the shipped unit's ProtectProc=invisible
+// and ProcSubset=pid do (in a mount namespace of its own: run under unshare --mount), then execs
+// its arguments.
+const procSubsetPid = `mount -t proc -o subset=pid,hidepid=invisible proc /proc && exec "$0" "$@"`
+
+// TestHelperHoldTCP is not a test: TestHTTPFrontTCPUnderProcSubsetPid runs this binary as another
+// uid to hold keep-alive connections to the HTTP front, each after one request (refused: no
+// token), until its stdin closes.
+func TestHelperHoldTCP(t *testing.T) {
+	addr := os.Getenv("CREDBROKER_HOLD_TCP")
+	if addr == "" {
+		t.Skip("helper process for TestHTTPFrontTCPUnderProcSubsetPid")
+	}
+	var held []net.Conn
+	for range 40 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", scaviotest.SearchPath)
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.Close {
+			c.Close()
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		held = append(held, c)
+	}
+	fmt.Printf("HOLD %d\n", len(held))
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// TestHTTPFrontTCPUnderProcSubsetPid: brokerd under the shipped unit sees a /proc without
+// /proc/net (ProcSubset=pid). It used to read the loopback peer's uid from /proc/net/tcp, so there
+// it named no TCP client: a token bound to the caller's uid was refused to its owner, and every
+// TCP client counted as one uid, so one local user holding --max-conns-per-uid idle connections,
+// without a token, locked every other user out of the HTTP front.
+func TestHTTPFrontTCPUnderProcSubsetPid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount /proc and run clients as other uids (CI runs as root)")
+	}
+	curl, err1 := exec.LookPath("curl")
+	unshare, err2 := exec.LookPath("unshare")
+	if err1 != nil || err2 != nil {
+		t.Skip("needs curl and unshare (util-linux)")
+	}
+	probe := exec.Command(unshare, "--mount", "--propagation", "private", "--", "sh", "-c", procSubsetPid, "sh", "-c", "test ! -e /proc/net && test -e /proc/self/net/tcp")
+	if out, err := probe.CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a /proc with subset=pid here: %v %s", err, out)
+	}
+	e := newEnv(t)
+	for _, d := range []string{binDir, e.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := e.daemonCmd("--http-listen", "127.0.0.1:0")
+	cmd.Args = append([]string{unshare, "--mount", "--propagation", "private", "--", "sh", "-c", procSubsetPid}, cmd.Args...)
+	cmd.Path = unshare
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	e.waitHealthy(t)
+	e.ctl(t, itKey+"\n", "credential", "put", "scavio_api_key").ok(t)
+	var base string
+	for base == "" {
+		if m := httpFrontAddrRE.FindStringSubmatch(e.stderr.String()); m != nil {
+			base = "http://" + m[1]
+		}
+		if e.daemon.ProcessState != nil {
+			t.Fatalf("brokerd exited: %s", e.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	search := func(uid uint32, tok string) string {
+		t.Helper()
+		cmd := exec.Command(curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", base+scaviotest.SearchPath,
+			"-H", "x-api-key: "+tok, "-H", "Content-Type: application/json", "-d", `{"query": "q"}`)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		out, _ := cmd.Output() // a connection closed at accept is curl's "000" and a failure
+		return string(out)
+	}
+	mint := func(args ...string) string {
+		return strings.TrimSpace(e.ctl(t, "", append([]string{"token", "mint", "--tools", "web_search"}, args...)...).ok(t).stdout)
+	}
+
+	// A token bound to a uid works for that uid over loopback TCP.
+	if got := search(nobody, mint("--bind-uid", "65534")); got != "200" {
+		t.Fatalf("uid 65534 with its own bound token: HTTP %s, want 200", got)
+	}
+
+	// uid 65534 holds as many connections as it may; another user still gets in.
+	hold := exec.Command(copyExe(t, e.dir, "holder"), "-test.run", "^TestHelperHoldTCP$")
+	hold.Env = []string{"CREDBROKER_HOLD_TCP=" + strings.TrimPrefix(base, "http://")}
+	hold.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	in, _ := hold.StdinPipe()
+	out, _ := hold.StdoutPipe()
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close(); hold.Wait() })
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || !strings.HasPrefix(sc.Text(), "HOLD ") {
+		t.Fatalf("holder: %q", sc.Text())
+	}
+	t.Logf("uid 65534 holds %s connections", strings.TrimPrefix(sc.Text(), "HOLD "))
+	if got := search(nobody-1, mint()); got != "200" {
+		t.Fatalf("uid 65533 while uid 65534 holds its connections: HTTP %s, want 200", got)
 	}
 }
