@@ -24,7 +24,8 @@ var procNetTCP = []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"}
 
 // LoopbackTCPUID returns the uid owning the peer's end of a loopback TCP connection, from the
 // kernel's socket table: the entry whose local address is conn's remote address and whose remote
-// address is conn's local address. The uid is the socket's creator's, recorded by the kernel, as
+// address is conn's local address, looked up by sock_diag (diagTCPUID), else found in
+// /proc/self/net/tcp{,6}. The uid is the socket's creator's, recorded by the kernel, as
 // SO_PEERCRED records the connector's; gid and pid are not in the table.
 func LoopbackTCPUID(conn net.Conn) (uint32, error) {
 	if w, ok := conn.(interface{ NetConn() net.Conn }); ok {
@@ -35,6 +36,17 @@ func LoopbackTCPUID(conn net.Conn) (uint32, error) {
 	if !ok1 || !ok2 || !remote.IP.IsLoopback() {
 		return 0, ErrNotLoopback
 	}
+	uid, found, err := diagTCPUID(remote, local)
+	switch {
+	case err == nil && found:
+		return uid, nil
+	case err == nil:
+		return 0, fmt.Errorf("the peer's socket %s is not in the kernel's socket table", remote)
+	case !errors.Is(err, errNoDiag):
+		return 0, err
+	}
+	// No sock_diag here (a seccomp filter, RestrictAddressFamilies= without AF_NETLINK): scan the
+	// table, at a cost that grows with every socket on the machine.
 	for _, path := range procNetTCP {
 		uid, found, err := findUID(path, remote, local)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {

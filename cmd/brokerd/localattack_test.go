@@ -331,3 +331,74 @@ func TestHTTPFrontTCPUnderProcSubsetPid(t *testing.T) {
 		t.Fatalf("uid 65533 while uid 65534 holds its connections: HTTP %s, want 200", got)
 	}
 }
+
+// TestHTTPFrontTCPLookupIsNotAScan: naming a loopback TCP client used to mean reading the whole of
+// /proc/net/tcp at every accept, in the one goroutine that accepts. Any local user makes that
+// table as long as it likes (its own loopback connections; each connection it closes stays a
+// minute in TIME_WAIT), so a connect loop of three processes, no token, kept the HTTP front's
+// accept queue full and other clients' connections timing out (measured: p90 over 20 s with a
+// table of a few thousand entries). Now the kernel looks the one socket up (sock_diag): what
+// brokerd reads per connection does not grow with the table.
+func TestHTTPFrontTCPLookupIsNotAScan(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to read brokerd's /proc/PID/io (brokerd is not dumpable)")
+	}
+	// 3,000 established loopback connections (6,000 table entries) of our own.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range 3000 {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Skip("cannot open 3,000 loopback connections here:", err)
+		}
+		s, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c, s)
+	}
+	table, _ := os.ReadFile("/proc/self/net/tcp")
+
+	e := newEnv(t)
+	e.startDaemon(t, "--http-listen", "127.0.0.1:0")
+	var addr string
+	for addr == "" {
+		if m := httpFrontAddrRE.FindStringSubmatch(e.stderr.String()); m != nil {
+			addr = m[1]
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	const conns = 50
+	before := readBytes(t, e.daemon.Process.Pid)
+	for range conns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", scaviotest.SearchPath)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		c.Close()
+		if resp.StatusCode/100 != 4 {
+			t.Fatalf("no token, no query: HTTP %d, want a refusal", resp.StatusCode)
+		}
+	}
+	read := readBytes(t, e.daemon.Process.Pid) - before
+	t.Logf("brokerd read %d bytes for %d connections (the socket table is %d bytes)", read, conns, len(table))
+	// A request and its headers are about 150 bytes; one read of the table is a page at least.
+	if read > conns*2048 {
+		t.Fatalf("brokerd read %d KiB for %d connections: it reads the %d KiB socket table per connection", read>>10, conns, len(table)>>10)
+	}
+}
