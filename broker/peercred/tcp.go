@@ -15,6 +15,10 @@ import (
 // ErrNotLoopback reports a connection whose peer is not on this host's loopback.
 var ErrNotLoopback = errors.New("not a loopback TCP connection")
 
+// ErrPeerGone reports a loopback peer whose socket has no established entry in the kernel's
+// table: it closed (or reset) its end, as any client may, often before brokerd accepted it.
+var ErrPeerGone = errors.New("the peer's socket is no longer established in the kernel's socket table")
+
 // procNetTCP are the kernel's socket tables for brokerd's network namespace. A peer that reached a
 // loopback listener is in the same namespace, so its socket is listed there. Through /proc/self,
 // not the /proc/net link: the shipped unit's ProcSubset=pid mounts a /proc without /proc/net,
@@ -41,7 +45,7 @@ func LoopbackTCPUID(conn net.Conn) (uint32, error) {
 	case err == nil && found:
 		return uid, nil
 	case err == nil:
-		return 0, fmt.Errorf("the peer's socket %s is not in the kernel's socket table", remote)
+		return 0, fmt.Errorf("%w: %s", ErrPeerGone, remote)
 	case !errors.Is(err, errNoDiag):
 		return 0, err
 	}
@@ -56,7 +60,7 @@ func LoopbackTCPUID(conn net.Conn) (uint32, error) {
 			return uid, nil
 		}
 	}
-	return 0, fmt.Errorf("the peer's socket %s is not in the kernel's socket table", remote)
+	return 0, fmt.Errorf("%w: %s", ErrPeerGone, remote)
 }
 
 // findUID scans one table for an established socket from local to remote.
