@@ -70,16 +70,17 @@ func TestDialWaitsForAFullAcceptQueue(t *testing.T) {
 	t.Cleanup(func() { onBusy = nil })
 	srv := grpc.NewServer()
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	served := make(chan struct{})
+	served, ended := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(served)
 		select {
 		case <-busy:
 			srv.Serve(lis)
-		case <-time.After(10 * time.Second):
+		case <-ended: // the client never waited
 		}
 	}()
 	t.Cleanup(func() {
+		close(ended)
 		for _, c := range fillers { // else the server waits out their handshake timeout
 			c.Close()
 		}
