@@ -8,8 +8,18 @@ import (
 	"testing"
 )
 
-// The peer's uid of a loopback TCP connection is found in the kernel's table, on IPv4 and IPv6.
+// The peer's uid of a loopback TCP connection is found in the kernel's table, on IPv4 and IPv6,
+// by sock_diag and, where netlink is forbidden, by the /proc scan.
 func TestLoopbackTCPUID(t *testing.T) {
+	t.Run("sock_diag", testLoopbackTCPUID)
+	t.Run("proc scan", func(t *testing.T) {
+		was := diagBroken.Swap(true)
+		defer diagBroken.Store(was)
+		testLoopbackTCPUID(t)
+	})
+}
+
+func testLoopbackTCPUID(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
