@@ -166,7 +166,7 @@ func (b *Broker) FetchToken(ctx context.Context, caller Caller, tools []string) 
 		return "", store.Token{}, fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	}
 	defer pin.Close() // a no-op once Watch took it
-	proc, err := pin.Inspect(caller.UID, caller.GID, caller.Groups)
+	proc, err := pin.InspectContext(ctx, caller.UID, caller.GID, caller.Groups)
 	if err != nil {
 		return "", store.Token{}, fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	}

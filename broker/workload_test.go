@@ -34,6 +34,7 @@ func TestAddWorkloadValidation(t *testing.T) {
 	}{
 		{"uid only", base(nil), false, ""},
 		{"unit only", base(func(w *store.Workload) { w.UIDs, w.Unit = nil, "scavio-mcp.service" }), false, ""},
+		{"user manager's unit", base(func(w *store.Workload) { w.Unit = "user@1000.service:mcp.service" }), false, ""},
 		{"no uid gid or unit", base(func(w *store.Workload) { w.UIDs = nil; w.Exe = self }), false, "at least one of --uid, --gid or --unit"},
 		{"bad name", base(func(w *store.Workload) { w.Name = "Bad Name" }), false, "workload name"},
 		{"unknown tool", base(func(w *store.Workload) { w.Tools = []string{"nope"} }), false, "unknown tool"},

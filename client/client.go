@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -154,11 +156,40 @@ func New(socketPath string, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
+// A connect that finds brokerd's accept queue full (EAGAIN) is tried again after a pause growing
+// from busyRetryMin to busyRetryMax (jittered), until the dial's deadline.
+const (
+	busyRetryMin = time.Millisecond
+	busyRetryMax = 50 * time.Millisecond
+)
+
+// onBusy, when set (tests), is called each time a connect found the accept queue full.
+var onBusy func()
+
 // dial connects to the socket, checks who serves it, and remembers why it failed, for
 // (*Client).convert.
 func (c *Client) dial(ctx context.Context, _ string) (net.Conn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.path)
+	for wait := busyRetryMin; err != nil && errors.Is(err, syscall.EAGAIN); wait = min(2*wait, busyRetryMax) {
+		// brokerd's accept queue is full: it is alive, and busy, or another local user is
+		// connecting in a loop to keep it full, which needs no token. A connect to a Unix socket
+		// then fails at once, where TCP's would wait its turn: wait it here, until the deadline,
+		// or one such user would keep every client (an admin's brokerctl too) out.
+		if onBusy != nil {
+			onBusy()
+		}
+		t := time.NewTimer(wait/2 + rand.N(wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		conn, err = d.DialContext(ctx, "unix", c.path)
+	}
 	if err != nil {
 		cause := err
 		// "dial unix /path: connect: no such file or directory" names the path, which the

@@ -208,6 +208,13 @@ func unreachable(path string, cause error) *Error {
 	if errors.Is(cause, syscall.EACCES) {
 		return &Error{Code: codes.PermissionDenied, Message: socketDenied(path, cause), sentinel: ErrSocketDenied}
 	}
+	if errors.Is(cause, syscall.EAGAIN) {
+		return &Error{
+			Code: codes.Unavailable,
+			Message: fmt.Sprintf("brokerd at %s is running, but its queue of new connections stayed full until the deadline "+
+				"(brokerd overloaded, or a local user connecting in a loop); retry, or ask the operator to check brokerd", path),
+		}
+	}
 	return &Error{
 		Code:    codes.Unavailable,
 		Message: fmt.Sprintf("cannot reach brokerd at %s: is it running? (%v)", path, cause),

@@ -92,13 +92,6 @@ func mismatches(w *store.Workload, p *Process, tools []string) []string {
 			out = append(out, fmt.Sprintf("exe path %s", p.Exe))
 		}
 	}
-	if w.ExeSHA256 != "" {
-		if d, err := p.Digest(); err != nil {
-			out = append(out, fmt.Sprintf("exe digest (%v)", err))
-		} else if d != w.ExeSHA256 {
-			out = append(out, fmt.Sprintf("exe digest sha256:%s", d))
-		}
-	}
 	if w.Unit != "" && p.Unit != w.Unit {
 		switch {
 		case p.UnitUnreadable:
@@ -107,6 +100,16 @@ func mismatches(w *store.Workload, p *Process, tools []string) []string {
 			out = append(out, "unit (not in a systemd unit)")
 		default:
 			out = append(out, fmt.Sprintf("unit %s", p.Unit))
+		}
+	}
+	// The digest is the one selector that costs: brokerd reads the whole file the caller runs,
+	// which the caller chose (any size, a sparse file of terabytes) and needs no token to offer.
+	// Only a caller every other selector admits is hashed.
+	if w.ExeSHA256 != "" && len(out) == 0 {
+		if d, err := p.Digest(); err != nil {
+			out = append(out, fmt.Sprintf("exe digest (%v)", err))
+		} else if d != w.ExeSHA256 {
+			out = append(out, fmt.Sprintf("exe digest sha256:%s", d))
 		}
 	}
 	for _, t := range tools {

@@ -14,10 +14,19 @@ import (
 func TestParseUnitAndGroups(t *testing.T) {
 	for in, want := range map[string]string{
 		"0::/system.slice/scavio-mcp.service\n":                                    "scavio-mcp.service",
-		"0::/user.slice/user-1000.slice/user@1000.service/app.slice/mcp.service\n": "mcp.service",
+		"0::/system.slice/scavio-mcp.service/worker\n":                             "scavio-mcp.service",
+		"0::/user.slice/user-1000.slice/user@1000.service/app.slice/mcp.service\n": "user@1000.service:mcp.service",
+		"0::/user.slice/user-1000.slice/user@1000.service/init.scope\n":            "user@1000.service:init.scope",
+		"0::/user.slice/user-1000.slice/user@1000.service/x/y\n":                   "user@1000.service",
 		"0::/user.slice/user-1000.slice/session-2.scope\n":                         "session-2.scope",
-		"0::/\n": "",
+		"0::/\n":                             "",
+		"0::/init.scope\n":                   "init.scope",
+		"0::/machine/x.scope\n":              "",
+		"0::/../../system.slice/x.service\n": "",
 		"12:pids:/system.slice/x.service\n0::/user.slice/user-1000.slice/x.service/sub\n": "x.service",
+		// A delegated subtree's cgroups are named by its processes: never a unit.
+		"0::/system.slice/docker.service/scavio-mcp.service\n":                            "docker.service",
+		"0::/user.slice/user-1000.slice/user@1000.service/app.slice/scavio-mcp.service\n": "user@1000.service:scavio-mcp.service",
 	} {
 		if got := parseUnit([]byte(in)); got != want {
 			t.Errorf("parseUnit(%q) = %q, want %q", in, got, want)

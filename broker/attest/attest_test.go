@@ -66,3 +66,38 @@ func TestMatch(t *testing.T) {
 		})
 	}
 }
+
+// TestMatchHashesOnlyAdmittedCallers: the executable's digest (a read of a file the caller chose,
+// of any size) is computed only for a caller every other selector of the registration admits,
+// never for a stranger that asks without a token.
+func TestMatchHashesOnlyAdmittedCallers(t *testing.T) {
+	const digest = "aa00000000000000000000000000000000000000000000000000000000000000"
+	regs := []store.Workload{
+		{Name: "pinned", Tools: []string{"web_search"}, UIDs: []uint32{1000}, ExeSHA256: digest, TTL: time.Hour},
+		{Name: "unit", Tools: []string{"web_search"}, Unit: "scavio-mcp.service", ExeSHA256: digest, TTL: time.Hour},
+		{Name: "path", Tools: []string{"web_search"}, GIDs: []uint32{50}, Exe: "/usr/bin/scavio-mcp", ExeSHA256: digest, TTL: time.Hour},
+	}
+	for _, tc := range []struct {
+		name       string
+		uid, gid   uint32
+		exe, unit  string
+		wantHashes int
+	}{
+		{"stranger", 1001, 1001, "/tmp/huge", "", 0},
+		{"group member, other program", 1001, 50, "/tmp/huge", "", 0},
+		{"registered uid", 1000, 1000, "/tmp/huge", "", 1},
+		{"in the unit", 1001, 1001, "/tmp/huge", "scavio-mcp.service", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hashes := 0
+			p := &Process{PID: 42, UID: tc.uid, GID: tc.gid, Exe: tc.exe, Unit: tc.unit,
+				digest: func() (string, error) { hashes++; return strings.Repeat("b", 64), nil }}
+			if _, err := Match(regs, p, nil); !errors.Is(err, ErrNoMatch) {
+				t.Fatalf("want ErrNoMatch, got %v", err)
+			}
+			if hashes != tc.wantHashes {
+				t.Fatalf("executable hashed %d times, want %d", hashes, tc.wantHashes)
+			}
+		})
+	}
+}

@@ -3,11 +3,14 @@ package attest
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -158,5 +161,125 @@ func TestDigestSeesInPlaceRewrite(t *testing.T) {
 	}
 	if got == pinned || got != want {
 		t.Fatalf("rewritten executable: digest %s, want its own %s (the pinned one was %s)", got, want, pinned)
+	}
+}
+
+// TestDigestRefusesHugeExecutable: a program padded to more than maxExeSize (a sparse file costs
+// its owner nothing, and runs) is refused with a message saying what to register instead, not
+// read to the end: hashing a terabyte would cost brokerd minutes of CPU per FetchToken.
+func TestDigestRefusesHugeExecutable(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(t.TempDir(), "huge")
+	if err := os.WriteFile(exe, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(exe, maxExeSize+1); err != nil {
+		t.Skip("no sparse file of 1 GiB here:", err)
+	}
+	pid, line, stop := runHelper(t, exe)
+	defer stop()
+	if line != digestMarker {
+		t.Fatalf("padded helper printed %q, want %q", line, digestMarker)
+	}
+	st, err := peercred.StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Pin(pid, st, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	proc, err := p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := proc.Digest()
+	if err == nil || !strings.Contains(err.Error(), "more than the 1024 MiB brokerd hashes") || !strings.Contains(err.Error(), "--exe") {
+		t.Fatalf("digest of a %d-byte executable: %q, %v; want a refusal naming the limit", maxExeSize+1, d, err)
+	}
+}
+
+// TestDigestOneAtATimePerUID: a uid's executables are hashed one at a time, so its thousands of
+// concurrent FetchTokens (no token needed), each with a different file to defeat the cache, cost
+// brokerd one core at most, not all of them; another uid is not held up; and a call that ends
+// while it waits is not hashed for.
+func TestDigestOneAtATimePerUID(t *testing.T) {
+	dir := t.TempDir()
+	var files []string
+	for i := range 3 {
+		f := filepath.Join(dir, fmt.Sprintf("prog%d", i))
+		if err := os.WriteFile(f, bytes.Repeat([]byte{byte(i)}, 1<<20), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	st, err := peercred.StartTime(int32(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Pin(int32(os.Getpid()), st, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	entered, release := make(chan uint32, 3), make(chan struct{})
+	hashing = func(uid uint32) {
+		entered <- uid
+		if uid == 7 {
+			<-release
+		}
+	}
+	defer func() { hashing = nil }()
+	c := &digestCache{m: make(map[fileKey]string), turns: make(map[uint32]*uidTurn)}
+	type result struct {
+		d   string
+		err error
+	}
+	sum := func(ctx context.Context, path string, uid uint32) <-chan result {
+		out := make(chan result, 1)
+		go func() {
+			d, err := c.sum(ctx, path, p, uid)
+			out <- result{d, err}
+		}()
+		return out
+	}
+
+	first := sum(context.Background(), files[0], 7)
+	if uid := <-entered; uid != 7 {
+		t.Fatalf("first hash by uid %d", uid)
+	}
+	// Another uid hashes meanwhile.
+	if r := <-sum(context.Background(), files[1], 8); r.err != nil || <-entered != 8 {
+		t.Fatalf("uid 8 while uid 7 hashes: %v", r.err)
+	}
+	// The same uid waits its turn; its call ends while it waits, and nothing is hashed for it.
+	ctx, cancel := context.WithCancel(context.Background())
+	second := sum(ctx, files[2], 7)
+	cancel()
+	select {
+	case r := <-second:
+		if !errors.Is(r.err, context.Canceled) {
+			t.Fatalf("a call that ended while it waited: %q, %v", r.d, r.err)
+		}
+	case uid := <-entered:
+		t.Fatalf("uid %d hashed a second executable while its first was being hashed", uid)
+	}
+	close(release)
+	if r := <-first; r.err != nil || len(r.d) != 64 {
+		t.Fatalf("first hash: %q, %v", r.d, r.err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.turns) != 0 {
+		t.Fatalf("turns left behind: %v", c.turns)
 	}
 }

@@ -3,7 +3,9 @@ package attest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -70,6 +72,12 @@ func (p *Pinned) Close() {
 // checked again so they cannot belong to a process that reused the pid. The kernel's groups need
 // no /proc, which the shipped unit's ProtectProc=invisible hides for other users' processes.
 func (p *Pinned) Inspect(uid, gid uint32, groups []uint32) (*Process, error) {
+	return p.InspectContext(context.Background(), uid, gid, groups)
+}
+
+// InspectContext is Inspect for a call that ends with ctx: the executable's digest, if a
+// registration needs it, is computed only while ctx lasts, in the uid's turn (digestCache.turn).
+func (p *Pinned) InspectContext(ctx context.Context, uid, gid uint32, groups []uint32) (*Process, error) {
 	dir := "/proc/" + strconv.Itoa(int(p.pid))
 	proc := &Process{PID: p.pid, UID: uid, GID: gid, Groups: groups}
 	if groups == nil {
@@ -80,7 +88,7 @@ func (p *Pinned) Inspect(uid, gid uint32, groups []uint32) (*Process, error) {
 	if exe, err := os.Readlink(dir + "/exe"); err == nil {
 		proc.Exe = exe
 		exePath := dir + "/exe"
-		proc.digest = func() (string, error) { return digests.sum(exePath, p) }
+		proc.digest = func() (string, error) { return digests.sum(ctx, exePath, p, uid) }
 	}
 	if raw, err := os.ReadFile(dir + "/cgroup"); err == nil {
 		proc.Unit = parseUnit(raw)
@@ -112,22 +120,44 @@ func parseGroups(status []byte) []uint32 {
 	return nil
 }
 
-// parseUnit returns the innermost systemd unit (".service" or ".scope") in the cgroup v2 path of
-// a /proc/PID/cgroup ("0::/system.slice/scavio-mcp.service"), or "" for none.
+// parseUnit returns the systemd unit of a /proc/PID/cgroup as systemd itself names it
+// (sd_pid_get_unit): in the cgroup v2 path, the first component after the slices
+// ("0::/system.slice/scavio-mcp.service/sub" is scavio-mcp.service), or "" for none. Never a
+// deeper component: below a unit, names are whatever the unit's processes chose (a unit with
+// Delegate=yes creates its own cgroups), so a process there could call its cgroup after any
+// other unit. For the same reason a unit of a user's own manager is qualified with that manager,
+// "user@1000.service:mcp.service": the manager's subtree is the user's to write, and any user can
+// start a user unit called scavio-mcp.service, which must not pass for the system unit of that name.
 func parseUnit(cgroup []byte) string {
 	for line := range strings.SplitSeq(string(cgroup), "\n") {
 		path, ok := strings.CutPrefix(line, "0::")
 		if !ok {
 			continue
 		}
-		parts := strings.Split(path, "/")
-		for i := len(parts) - 1; i >= 0; i-- {
-			if strings.HasSuffix(parts[i], ".service") || strings.HasSuffix(parts[i], ".scope") {
-				return parts[i]
+		unit, below := firstUnit(strings.Split(strings.Trim(path, "/"), "/"))
+		if strings.HasPrefix(unit, "user@") && strings.HasSuffix(unit, ".service") {
+			if user, _ := firstUnit(below); user != "" {
+				return unit + ":" + user
 			}
 		}
+		return unit
 	}
 	return ""
+}
+
+// firstUnit skips the slices at the head of parts and returns the unit that follows them (a
+// ".service" or ".scope") and the components below it; "" when what follows is not a unit.
+func firstUnit(parts []string) (string, []string) {
+	for i, p := range parts {
+		if strings.HasSuffix(p, ".slice") {
+			continue
+		}
+		if strings.HasSuffix(p, ".service") || strings.HasSuffix(p, ".scope") {
+			return p, parts[i+1:]
+		}
+		return "", nil
+	}
+	return "", nil
 }
 
 // fileKey identifies an executable's content well enough to reuse its digest: a replaced file
@@ -143,17 +173,76 @@ type fileKey struct {
 // digestCache keeps executables' sha256 by fileKey, so a program that fetches a token every few
 // minutes is hashed once. Bounded: past maxDigests it starts over.
 type digestCache struct {
-	mu sync.Mutex
-	m  map[fileKey]string
+	mu    sync.Mutex
+	m     map[fileKey]string
+	turns map[uint32]*uidTurn // see turn
 }
 
 const maxDigests = 1024
 
-var digests = &digestCache{m: make(map[fileKey]string)}
+// maxExeSize bounds the executable brokerd hashes for an --exe-sha256 selector: far above any
+// real program (node is about 100 MiB), and about a second of one core, so a caller cannot make a
+// FetchToken cost brokerd minutes of CPU with a huge (sparse) file it runs.
+const maxExeSize = 1 << 30
+
+var digests = &digestCache{m: make(map[fileKey]string), turns: make(map[uint32]*uidTurn)}
+
+// turn waits until no other executable of uid is being hashed, or ctx ends. One uid hashes one
+// file at a time, whatever it sends at once: a FetchToken needs no token, and a uid a
+// registration admits picks the file (up to maxExeSize, changed between calls so that no digest
+// is cached), so its thousands of concurrent calls would otherwise keep every core busy. Other
+// uids are not held up by it.
+func (c *digestCache) turn(ctx context.Context, uid uint32) (release func(), err error) {
+	c.mu.Lock()
+	t := c.turns[uid]
+	if t == nil {
+		t = &uidTurn{slot: make(chan struct{}, 1)}
+		c.turns[uid] = t
+	}
+	t.waiting++
+	c.mu.Unlock()
+	leave := func() {
+		c.mu.Lock()
+		if t.waiting--; t.waiting == 0 {
+			delete(c.turns, uid)
+		}
+		c.mu.Unlock()
+	}
+	select {
+	case t.slot <- struct{}{}:
+		return func() { <-t.slot; leave() }, nil
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	}
+}
+
+// uidTurn is one uid's hashing slot, and how many calls hold or wait for it.
+type uidTurn struct {
+	slot    chan struct{}
+	waiting int
+}
+
+// hashing, when set (tests), is called as a hash starts, with the caller's uid.
+var hashing func(uid uint32)
+
+// ctxReader stops reading once ctx ends: a call that gave up is not hashed for to the end.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(b []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, fmt.Errorf("the call ended while brokerd hashed it: %w", err)
+	}
+	return r.r.Read(b)
+}
 
 // sum returns the sha256 of the file at exePath (a /proc/PID/exe link, which opens the very file
 // the process runs even if its path was replaced since), checking p is still alive afterwards.
-func (c *digestCache) sum(exePath string, p *Pinned) (string, error) {
+// A digest not cached is computed in uid's turn (turn), and given up when ctx ends.
+func (c *digestCache) sum(ctx context.Context, exePath string, p *Pinned, uid uint32) (string, error) {
 	f, err := os.Open(exePath)
 	if err != nil {
 		return "", fmt.Errorf("executable unreadable by brokerd: %w", err)
@@ -167,12 +256,30 @@ func (c *digestCache) sum(exePath string, p *Pinned) (string, error) {
 	if st == nil {
 		return "", fmt.Errorf("executable: no stat")
 	}
+	if fi.Size() > maxExeSize {
+		return "", fmt.Errorf("executable is %d MiB, more than the %d MiB brokerd hashes; register it by --exe and --uid or --unit instead of a digest",
+			fi.Size()>>20, maxExeSize>>20)
+	}
 	key := fileKey{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtime: fi.ModTime(), ctime: time.Unix(st.Ctim.Unix())}
 	c.mu.Lock()
 	d, ok := c.m[key]
 	c.mu.Unlock()
 	if !ok {
-		if d, err = readerSHA256(f); err != nil {
+		release, err := c.turn(ctx, uid)
+		if err != nil {
+			return "", fmt.Errorf("executable: the call ended while it waited to be hashed: %w", err)
+		}
+		c.mu.Lock()
+		d, ok = c.m[key] // hashed meanwhile, by a call that held the turn
+		c.mu.Unlock()
+		if !ok {
+			if hashing != nil {
+				hashing(uid)
+			}
+			d, err = readerSHA256(ctxReader{ctx, f})
+		}
+		release()
+		if err != nil {
 			return "", fmt.Errorf("executable: %w", err)
 		}
 		c.mu.Lock()

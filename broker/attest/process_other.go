@@ -3,6 +3,7 @@
 package attest
 
 import (
+	"context"
 	"fmt"
 )
 
@@ -19,6 +20,11 @@ func (*Pinned) Close() {}
 
 // Inspect is never reached (Pin refuses).
 func (*Pinned) Inspect(uint32, uint32, []uint32) (*Process, error) {
+	return nil, fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
+}
+
+// InspectContext is never reached (Pin refuses).
+func (*Pinned) InspectContext(context.Context, uint32, uint32, []uint32) (*Process, error) {
 	return nil, fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
 }
 

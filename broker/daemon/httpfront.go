@@ -89,7 +89,7 @@ func serveHTTPFront(lis []net.Listener, b *broker.Broker, cfg Config, admins grp
 			paths = append(paths, l.Addr().String())
 			log.Info("serving the Scavio-compatible HTTP front on a Unix socket", "socket", l.Addr().String())
 		} else {
-			log.Info("serving the Scavio-compatible HTTP front on loopback TCP (uid-bound tokens are refused there)", "addr", "http://"+l.Addr().String())
+			log.Info("serving the Scavio-compatible HTTP front on loopback TCP (callers' uids from the kernel's socket table)", "addr", "http://"+l.Addr().String())
 		}
 		l := limitConns(l, cfg, admins, b)
 		go func() {

@@ -86,6 +86,10 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 			}
 			if uid, err := peercred.LoopbackTCPUID(c); err == nil {
 				return context.WithValue(ctx, callerKey{}, broker.Caller{UID: uid, Known: true})
+			} else if errors.Is(err, peercred.ErrPeerGone) {
+				// The client closed first: nothing to fix, and one log line per connection a
+				// local user opens and closes, without a token, would flood the log.
+				log.Debug("loopback TCP peer closed before brokerd named it", "peer", c.RemoteAddr().String())
 			} else if !errors.Is(err, peercred.ErrNotLoopback) {
 				log.Warn("cannot tell the uid of a loopback TCP peer; uid-bound tokens are refused on this connection", "peer", c.RemoteAddr().String(), "err", err)
 			}

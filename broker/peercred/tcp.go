@@ -15,13 +15,21 @@ import (
 // ErrNotLoopback reports a connection whose peer is not on this host's loopback.
 var ErrNotLoopback = errors.New("not a loopback TCP connection")
 
+// ErrPeerGone reports a loopback peer whose socket has no established entry in the kernel's
+// table: it closed (or reset) its end, as any client may, often before brokerd accepted it.
+var ErrPeerGone = errors.New("the peer's socket is no longer established in the kernel's socket table")
+
 // procNetTCP are the kernel's socket tables for brokerd's network namespace. A peer that reached a
-// loopback listener is in the same namespace, so its socket is listed there.
-var procNetTCP = []string{"/proc/net/tcp", "/proc/net/tcp6"}
+// loopback listener is in the same namespace, so its socket is listed there. Through /proc/self,
+// not the /proc/net link: the shipped unit's ProcSubset=pid mounts a /proc without /proc/net,
+// where every loopback peer would stay unnamed (uid-bound tokens refused to all, and every TCP
+// client of the HTTP front counted as one uid, so one user's connections locked out the rest).
+var procNetTCP = []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"}
 
 // LoopbackTCPUID returns the uid owning the peer's end of a loopback TCP connection, from the
 // kernel's socket table: the entry whose local address is conn's remote address and whose remote
-// address is conn's local address. The uid is the socket's creator's, recorded by the kernel, as
+// address is conn's local address, looked up by sock_diag (diagTCPUID), else found in
+// /proc/self/net/tcp{,6}. The uid is the socket's creator's, recorded by the kernel, as
 // SO_PEERCRED records the connector's; gid and pid are not in the table.
 func LoopbackTCPUID(conn net.Conn) (uint32, error) {
 	if w, ok := conn.(interface{ NetConn() net.Conn }); ok {
@@ -32,6 +40,17 @@ func LoopbackTCPUID(conn net.Conn) (uint32, error) {
 	if !ok1 || !ok2 || !remote.IP.IsLoopback() {
 		return 0, ErrNotLoopback
 	}
+	uid, found, err := diagTCPUID(remote, local)
+	switch {
+	case err == nil && found:
+		return uid, nil
+	case err == nil:
+		return 0, fmt.Errorf("%w: %s", ErrPeerGone, remote)
+	case !errors.Is(err, errNoDiag):
+		return 0, err
+	}
+	// No sock_diag here (a seccomp filter, RestrictAddressFamilies= without AF_NETLINK): scan the
+	// table, at a cost that grows with every socket on the machine.
 	for _, path := range procNetTCP {
 		uid, found, err := findUID(path, remote, local)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -41,7 +60,7 @@ func LoopbackTCPUID(conn net.Conn) (uint32, error) {
 			return uid, nil
 		}
 	}
-	return 0, fmt.Errorf("the peer's socket %s is not in the kernel's socket table", remote)
+	return 0, fmt.Errorf("%w: %s", ErrPeerGone, remote)
 }
 
 // findUID scans one table for an established socket from local to remote.

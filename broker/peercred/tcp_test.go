@@ -2,13 +2,24 @@ package peercred
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"os"
 	"testing"
 )
 
-// The peer's uid of a loopback TCP connection is found in the kernel's table, on IPv4 and IPv6.
+// The peer's uid of a loopback TCP connection is found in the kernel's table, on IPv4 and IPv6,
+// by sock_diag and, where netlink is forbidden, by the /proc scan.
 func TestLoopbackTCPUID(t *testing.T) {
+	t.Run("sock_diag", testLoopbackTCPUID)
+	t.Run("proc scan", func(t *testing.T) {
+		was := diagBroken.Swap(true)
+		defer diagBroken.Store(was)
+		testLoopbackTCPUID(t)
+	})
+}
+
+func testLoopbackTCPUID(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -49,5 +60,46 @@ func TestParseAddr(t *testing.T) {
 	}
 	if _, err := parseAddr("zz:1"); err == nil {
 		t.Error("bad address accepted")
+	}
+}
+
+// TestDiagTCPUID: sock_diag finds the peer's established socket by its 4-tuple and names its
+// owner; a socket that is gone, or in TIME_WAIT (whose uid field the kernel leaves 0), is not
+// found.
+func TestDiagTCPUID(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Logf("%s: %v (no such loopback here)", addr, err)
+			continue
+		}
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer, self := s.RemoteAddr().(*net.TCPAddr), s.LocalAddr().(*net.TCPAddr)
+		uid, found, err := diagTCPUID(peer, self)
+		if errors.Is(err, errNoDiag) {
+			t.Skip("no sock_diag here:", err)
+		}
+		if err != nil || !found || uid != uint32(os.Geteuid()) {
+			t.Fatalf("%s: uid %d found %v err %v, want %d", addr, uid, found, err, os.Geteuid())
+		}
+		// The client closes first: its side goes to TIME_WAIT once the server closes too.
+		c.Close()
+		s.Close()
+		l.Close()
+		if _, found, err := diagTCPUID(peer, self); err != nil || found {
+			t.Fatalf("%s after close: found %v err %v, want not found", addr, found, err)
+		}
+		other := *peer
+		other.Port = 1
+		if _, found, err := diagTCPUID(&other, self); err != nil || found {
+			t.Fatalf("%s: a port nobody uses: found %v err %v, want not found", addr, found, err)
+		}
 	}
 }

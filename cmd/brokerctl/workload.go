@@ -133,7 +133,7 @@ the file at --exe now), --unit (the systemd unit of its cgroup). At least one of
 	fl.StringVar(&exe, "exe", "", "the caller's executable path, as /proc/PID/exe shows it")
 	fl.StringVar(&sha, "exe-sha256", "", "the sha256 of the caller's executable (hex)")
 	fl.BoolVar(&pin, "pin-exe", false, "record the sha256 of the file at --exe now")
-	fl.StringVar(&unit, "unit", "", "the systemd unit the caller runs in, e.g. scavio-mcp.service")
+	fl.StringVar(&unit, "unit", "", "the systemd unit the caller runs in, e.g. scavio-mcp.service (a user manager's unit: user@UID.service:NAME.service)")
 	fl.DurationVar(&ttl, "ttl", time.Hour, "lifetime of each fetched token (clients renew before it ends)")
 	fl.Uint64Var(&maxUses, "max-uses", 0, "calls each fetched token may make (0: unlimited)")
 	fl.StringVar(&budget, "budget", "", "upstream credits each fetched token may spend: N/d or N/m")

@@ -33,8 +33,8 @@ func TestMain(m *testing.M) {
 	if os.Getenv("CREDBROKER_ATTEST_HELPER") != "" {
 		os.Exit(attestHelper()) // workload_test.go: a registered program, run as another uid
 	}
-	if os.Getenv("CREDBROKER_HOLD_SOCKET") != "" {
-		os.Exit(m.Run()) // TestHelperHoldConnections, run as another uid: nothing to build
+	if os.Getenv("CREDBROKER_HOLD_SOCKET") != "" || os.Getenv("CREDBROKER_HOLD_TCP") != "" {
+		os.Exit(m.Run()) // TestHelperHoldConnections or TestHelperHoldTCP, run as another uid: nothing to build
 	}
 	dir, err := os.MkdirTemp("", "credbroker-bin-")
 	if err != nil {

@@ -68,9 +68,19 @@ type helperProc struct {
 // first line.
 func (e *env) startHelper(t *testing.T, exe string, uid, gid uint32) (*helperProc, string) {
 	t.Helper()
+	return e.startHelperIn(t, exe, uid, gid, -1)
+}
+
+// startHelperIn is startHelper with the helper started inside the cgroup v2 directory open as
+// cgroupFD (none when -1), before it runs a single instruction of its own.
+func (e *env) startHelperIn(t *testing.T, exe string, uid, gid uint32, cgroupFD int) (*helperProc, string) {
+	t.Helper()
 	cmd := exec.Command(exe)
 	cmd.Env = []string{"CREDBROKER_ATTEST_HELPER=1", "CREDBROKER_SOCKET=" + e.socket, "PATH=/usr/bin:/bin"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	if cgroupFD >= 0 {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgroupFD
+	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
