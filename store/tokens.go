@@ -230,26 +230,30 @@ func (s *Store) ForEachProcessBoundToken(fn func(*Token) error) error {
 func (s *Store) RevokeToken(id string, now time.Time) (Token, error) {
 	var t Token
 	err := s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTokens)
-		raw := b.Get([]byte(id))
-		if raw == nil {
-			return fmt.Errorf("token %s: %w", id, ErrNotFound)
-		}
 		var err error
-		if t, err = s.openToken([]byte(id), raw); err != nil {
-			return err
-		}
-		if t.Revoked {
-			return nil
-		}
-		t.Revoked, t.RevokedAt = true, now.UTC()
-		out, err := s.sealToken(&t)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(id), out)
+		t, _, err = s.revokeIn(tx, id, now, s.sealToken)
+		return err
 	})
 	return t, err
+}
+
+// revokeIn marks token id revoked at now in tx, sealed by seal, and returns its record after;
+// revoked is false (and nothing written) for a token already revoked.
+func (s *Store) revokeIn(tx *bolt.Tx, id string, now time.Time, seal func(*Token) ([]byte, error)) (t Token, revoked bool, err error) {
+	b := tx.Bucket(bucketTokens)
+	raw := b.Get([]byte(id))
+	if raw == nil {
+		return Token{}, false, fmt.Errorf("token %s: %w", id, ErrNotFound)
+	}
+	if t, err = s.openToken([]byte(id), raw); err != nil || t.Revoked {
+		return t, false, err
+	}
+	t.Revoked, t.RevokedAt = true, now.UTC()
+	out, err := seal(&t)
+	if err != nil {
+		return t, false, err
+	}
+	return t, true, b.Put([]byte(id), out)
 }
 
 // RevokeTokenAudited revokes token id, as RevokeToken does, and appends rec, the audit record of
@@ -263,28 +267,19 @@ func (s *Store) RevokeTokenAudited(ctx context.Context, id string, now time.Time
 	err := s.appendAudit(context.WithoutCancel(ctx), &auditReq{rec: rec, done: make(chan error, 1),
 		apply: func(tx *bolt.Tx, seq uint64) error {
 			// Run again if another request of the batch fails: set t only from what is read.
-			b := tx.Bucket(bucketTokens)
-			raw := b.Get([]byte(id))
-			if raw == nil {
-				return fmt.Errorf("token %s: %w", id, ErrNotFound)
-			}
+			var revoked bool
 			var err error
-			if t, err = s.openToken([]byte(id), raw); err != nil {
-				return err
-			}
-			if t.Revoked {
+			t, revoked, err = s.revokeIn(tx, id, now, func(t *Token) ([]byte, error) {
+				body, err := json.Marshal(t)
+				if err != nil {
+					return nil, err
+				}
+				return sealWith(s.recMAC, tokensSlot(), []byte(id), body, seq)
+			})
+			if err == nil && !revoked {
 				return errAlreadyRevoked
 			}
-			t.Revoked, t.RevokedAt = true, now.UTC()
-			body, err := json.Marshal(t)
-			if err != nil {
-				return err
-			}
-			sealed, err := sealWith(s.recMAC, tokensSlot(), []byte(id), body, seq)
-			if err != nil {
-				return err
-			}
-			return b.Put([]byte(id), sealed)
+			return err
 		}})
 	if errors.Is(err, errAlreadyRevoked) {
 		return t, false, nil
