@@ -8,7 +8,9 @@ brokerd's machine-readable reason and retry delay.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import random
 import socket
 import struct
 import threading
@@ -190,16 +192,17 @@ class Client:
             with self._state_lock:
                 self._checked = False
 
-    def _check_server(self) -> None:
+    def _check_server(self, timeout: Optional[float] = None) -> None:
         with self._state_lock:
             if self._checked:
                 return
-        check_server(self.socket_path, self._trusted)
+        check_server(self.socket_path, self._trusted,
+                     deadline=time.monotonic() + (timeout or self.timeout))
         with self._state_lock:
             self._checked = True
 
     def _call(self, method: Callable[..., Any], req: Any, timeout: Optional[float]) -> Any:
-        self._check_server()
+        self._check_server(timeout)
         tok = self._tokens.token()
         try:
             return self._invoke(method, req, tok, timeout)
@@ -213,7 +216,12 @@ class Client:
                 timeout: Optional[float]) -> Any:
         md = [("authorization", "Bearer " + tok)] if tok else []
         try:
-            return method(req, metadata=md, timeout=timeout or self.timeout)
+            # wait_for_ready: the channel's own connect, which check_server's just got through,
+            # may find brokerd's accept queue full again; grpcio fails such a connect at once
+            # (EAGAIN), and the call would fail with it. Waiting for the channel instead retries
+            # until the deadline. A brokerd that is not running is reported by check_server, at
+            # once, before the call.
+            return method(req, metadata=md, timeout=timeout or self.timeout, wait_for_ready=True)
         except grpc.RpcError as e:
             raise error_from_rpc(e, self.socket_path) from None
 
@@ -242,16 +250,63 @@ def _trusted_uids(env_value: str, extra: Sequence[int]) -> List[int]:
     return uids + [int(u) for u in extra]
 
 
-def check_server(path: str, trusted: Sequence[int]) -> None:
-    """Refuses a socket served by a uid not in trusted (SO_PEERCRED: for a listening socket, who
-    called listen(2): brokerd, or systemd under socket activation)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+# A connect that finds brokerd's accept queue full (EAGAIN) is tried again after a pause growing from
+# _BUSY_RETRY_MIN to _BUSY_RETRY_MAX seconds (jittered), until the call's deadline (busyRetryMin and
+# busyRetryMax in the Go client).
+_BUSY_RETRY_MIN = 0.001
+_BUSY_RETRY_MAX = 0.050
+
+# When set (tests), called each time a connect found brokerd's accept queue full.
+_on_busy: Optional[Callable[[], None]] = None
+
+
+def _connect(path: str, deadline: Optional[float]) -> socket.socket:
+    """Connects to the socket, waiting its turn while brokerd's accept queue is full until deadline
+    (time.monotonic()); None waits as long as it takes."""
+    wait = _BUSY_RETRY_MIN
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Non-blocking: a blocking connect to a full queue waits with no deadline at all.
+        s.setblocking(False)
         try:
             s.connect(path)
-        except OSError as e:
-            raise BrokerError(grpc.StatusCode.UNAVAILABLE,
-                              f"cannot reach brokerd at {path}: is it running? ({e.strerror})") from None
+        except BlockingIOError as e:
+            s.close()
+            if e.errno != errno.EAGAIN:
+                raise
+            # brokerd's accept queue is full: it is alive, and busy, or another local user is
+            # connecting in a loop to keep it full, which needs no token. A connect to a Unix socket
+            # then fails at once, where TCP's would wait its turn: wait it here, until the deadline,
+            # or one such user would keep every client (an admin's too) out.
+            if _on_busy is not None:
+                _on_busy()
+            pause = wait / 2 + random.uniform(0, wait)
+            if deadline is not None and time.monotonic() + pause >= deadline:
+                raise BrokerError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"brokerd at {path} is running, but its queue of new connections stayed full until the "
+                    "deadline (brokerd overloaded, or a local user connecting in a loop); retry, or ask the "
+                    "operator to check brokerd") from None
+            time.sleep(pause)
+            wait = min(2 * wait, _BUSY_RETRY_MAX)
+            continue
+        except BaseException:
+            s.close()
+            raise
+        s.setblocking(True)
+        return s
+
+
+def check_server(path: str, trusted: Sequence[int], deadline: Optional[float] = None) -> None:
+    """Refuses a socket served by a uid not in trusted (SO_PEERCRED: for a listening socket, who
+    called listen(2): brokerd, or systemd under socket activation). While brokerd's accept queue is
+    full it waits its turn until deadline (time.monotonic(); None: as long as it takes)."""
+    try:
+        s = _connect(path, deadline)
+    except OSError as e:
+        raise BrokerError(grpc.StatusCode.UNAVAILABLE,
+                          f"cannot reach brokerd at {path}: is it running? ({e.strerror})") from None
+    try:
         pid, uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           struct.calcsize("3i")))
     finally:
