@@ -8,6 +8,7 @@ brokerd's machine-readable reason and retry delay.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import errno
 import os
 import random
@@ -116,8 +117,9 @@ class Client:
     Tokens: ``token`` if given, else ``token_file`` (re-read whenever it changes), else
     $CREDBROKER_TOKEN, else tokens fetched by workload attestation (FetchToken: brokerd identifies
     this process; an operator registered it with ``brokerctl workload add``), renewed at about two
-    thirds of their lifetime. A call refused as UNAUTHENTICATED with a fetched token is retried once
-    with a fresh one.
+    thirds of their lifetime; a failed renewal keeps a still-valid token serving and is retried with
+    backoff (200 ms doubling to 30 s). A call refused as UNAUTHENTICATED with a fetched token is
+    retried once with a fresh one.
 
     Before the channel connects, the client checks who serves the socket (SO_PEERCRED): root, its
     own uid, a uid in $CREDBROKER_SERVER_UID or in ``server_uids``. Anything else raises
@@ -490,6 +492,10 @@ class _FileToken(_TokenSource):
 # A fetched token with less life than this left when it arrives counts as a failed fetch: it can be
 # neither used nor renewed sensibly (the Go client's minTokenLife).
 _MIN_TOKEN_LIFE = 0.1
+# Bounds, in seconds, of the backoff between failed renewals while the current token still serves
+# (retryMin and retryMax in the Go client).
+_RETRY_MIN = 0.2
+_RETRY_MAX = 30.0
 
 
 def _check_fetched(tok: str, expires: float, now: float) -> None:
@@ -498,38 +504,58 @@ def _check_fetched(tok: str, expires: float, now: float) -> None:
                           "that brokerd and this client are of the same release")
     left = expires - now
     if left < _MIN_TOKEN_LIFE:
+        life = f"{left * 1000:.0f}ms left to live" if left > 0 else "already expired"
+        try:
+            expiry = datetime.datetime.fromtimestamp(expires, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+        except (OverflowError, OSError, ValueError):
+            expiry = str(expires)
         raise BrokerError(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"brokerd issued a token with {max(left, 0.0) * 1000:.0f} ms left to live when it "
-                          "arrived; it cannot be used or renewed. The workload registration's ttl is too "
-                          "short: ask the operator to register this program again with a longer one "
+                          f"brokerd issued a token that had {life} when it arrived (expiry {expiry}); it "
+                          "cannot be used or renewed. The workload registration's ttl is too short: ask the "
+                          "operator to register this program again with a longer one "
                           "(`brokerctl workload add NAME ... --ttl 1h`)")
 
 
 class _AttestedToken(_TokenSource):
     """Tokens fetched by attestation, renewed on the first call after two thirds of their lifetime;
-    a token within 2 s (or a sixth of its lifetime) of expiry is never used."""
+    a token within 2 s (or a sixth of its lifetime) of expiry is never used. A failed renewal keeps
+    the current token serving while it is usable, and the next renewal waits, backing off from
+    200 ms to 30 s, instead of every call fetching again. ``now`` is the clock (tests)."""
 
-    def __init__(self, fetch: Callable[[], "tuple[str, float]"]):
+    def __init__(self, fetch: Callable[[], "tuple[str, float]"], now: Callable[[], float] = time.time):
         self._fetch = fetch
+        self._now = now
         self._lock = threading.Lock()
         self._tok = ""
         self._issued = self._expires = 0.0
+        # After a failed renewal: no new one before this time, while the current token serves.
+        self._retry_at = 0.0
+        self._retry = _RETRY_MIN
+
+    def _usable(self, now: float) -> bool:
+        return bool(self._tok) and now + min(2.0, (self._expires - self._issued) / 6) < self._expires
 
     def token(self) -> str:
         with self._lock:
-            now = time.time()
+            now = self._now()
             life = self._expires - self._issued
             if self._tok and now < self._issued + life * 2 / 3:
                 return self._tok
+            if now < self._retry_at and self._usable(now):
+                return self._tok
             try:
                 tok, expires = self._fetch()
-                _check_fetched(tok, expires, time.time())
+                _check_fetched(tok, expires, self._now())
             except BrokerError:
                 # Renewal failed: the current token may still serve until it nears its expiry.
-                if self._tok and now + min(2.0, life / 6) < self._expires:
-                    return self._tok
-                raise
-            self._tok, self._issued, self._expires = tok, time.time(), expires
+                now = self._now()
+                if not self._usable(now):
+                    raise
+                self._retry_at = now + self._retry
+                self._retry = min(self._retry * 2, _RETRY_MAX)
+                return self._tok
+            self._tok, self._issued, self._expires = tok, self._now(), expires
+            self._retry_at, self._retry = 0.0, _RETRY_MIN
             return tok
 
     def invalidate(self, tok: Optional[str]) -> bool:
