@@ -42,6 +42,7 @@ tests=$(cat <<'LIST'
 ./cmd/brokerd                TestSIGTERMDrainsInFlightCall|TestShutdownTimeoutEndsCallsCleanly|TestShutdownBoundedByOneTimeout|TestFailedFsyncNeverContradictsTheDatabase|TestDiskFull|TestDiskFullKillRestart|TestSocketActivation|TestSystemdNotify|TestSystemdNoWatchdogWithoutUsec|TestStartupRefusals|TestMasterKeyRotationEndToEnd|TestKill9AndRestart|TestSIGHUPDuringStartup|TestSIGTERMDuringStartup|TestSIGTERMDuringReloadWithHungKMS|TestWatchdogPingsDuringAHungReload|TestNoChownWithoutSocketGroup  30
 ./cmd/brokerd                TestBigBodyStormRSS|TestRekeyKill9EndToEnd|TestCrashConsistency|TestLoad1000Clients|TestSoak  5
 ./cmd/brokerd                TestConnectionCapKeepsAdminsIn|TestTokenlessFloodIsCoalescedAcrossShutdown  30
+./cmd/brokerd                TestPythonClientFullAcceptQueue|TestTypeScriptClientFullAcceptQueue  10
 ./cmd/brokerd                TestWorkloadAttestation|TestExecRevokesOnExit|TestClientRenewsAsAnotherUID|TestHTTPFrontProcess|TestHTTPFrontTCPKnowsTheCallersUID|TestBrokerctlRefusesSquattedSocket|TestAdminGIDMatchesSupplementaryGroups  10
 ./cmd/scavio-mcp             TestNoTokenRenewsAcrossTTLs|TestBinaryNoToken|TestTypeScriptSDKNoToken  10
 ./broker/httpfront           .*  10

@@ -155,6 +155,55 @@ with credbroker.Client(token_file=os.environ.get("TOKEN_FILE")) as c:
                               "retry_delay": e.retry_delay, "metadata": e.metadata}))
 `
 
+// pyAttested drives the Python client's attestation token source with a fake clock and a fake
+// FetchToken, as client/typescript/test/attested.ts does the TypeScript client's: one line per step,
+// the token the step got (or the error's code) and how many fetches were made so far.
+const pyAttested = `
+import datetime
+import credbroker
+from credbroker.client import _AttestedToken
+
+hour = 3600.0
+now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).timestamp()  # the fake clock
+fetches = 0
+answer = lambda: ("tok-1", now + hour)
+def fetch():
+    global fetches
+    fetches += 1
+    return answer()
+src = _AttestedToken(fetch, now=lambda: now)
+last = ""
+def step(what):
+    global last
+    try:
+        got = src.token()
+    except credbroker.BrokerError as e:
+        got, last = e.code.name, e.message
+    print(f"{what}: {got} after {fetches} fetches")
+
+step("first")
+# Renewal is due at two thirds of the hour; brokerd answers it with tokens expired on arrival.
+now += hour * 2 / 3 + 1
+answer = lambda: ("tok-late", now - 1)
+step("renewal refused")
+step("backing off")
+now += 0.2
+step("after 200ms")
+now += 0.2
+step("backing off 400ms")
+now += 0.2
+step("after 400ms")
+answer = lambda: ("tok-2", now + hour)
+now += 0.8
+step("renewed")
+# tok-2 has expired: with no token that may serve, every call fetches once and fails.
+now += hour
+answer = lambda: ("tok-late", now - 1)
+step("no usable token")
+step("again")
+print("message: " + last.split(";")[0])
+`
+
 // TestPythonClient: the Python example searches with a token from the environment; the wrapper's
 // results are typed with the raw result a plain dict; refusals carry brokerd's reason (revoked
 // token, tool out of scope) and retry delay (rate limit); with no token it fetches one by
@@ -179,6 +228,26 @@ func TestPythonClient(t *testing.T) {
 		raw, _ := m["raw"].(map[string]any)
 		if raw["title"] == nil || raw["url"] == nil || m["credits"] == nil {
 			t.Fatalf("raw result or credits missing: %v", m)
+		}
+	})
+	t.Run("attested renewal backs off", func(t *testing.T) {
+		// As the TypeScript client's (TestTypeScriptClient "attested renewal backs off"): a renewal
+		// answered with a token expired on arrival is a failed renewal; the current token keeps
+		// serving, and renewal waits 200 ms, then 400 ms, ..., instead of every call fetching
+		// again (the clock is fake). The refusal says "already expired", as the Go client's does.
+		out, err := e.runClient(t, "", []string{pyPath}, py, "-c", pyAttested)
+		want := `first: tok-1 after 1 fetches
+renewal refused: tok-1 after 2 fetches
+backing off: tok-1 after 2 fetches
+after 200ms: tok-1 after 3 fetches
+backing off 400ms: tok-1 after 3 fetches
+after 400ms: tok-1 after 4 fetches
+renewed: tok-2 after 5 fetches
+no usable token: FAILED_PRECONDITION after 6 fetches
+again: FAILED_PRECONDITION after 7 fetches
+message: brokerd issued a token that had already expired when it arrived (expiry 2026-01-01T01:40:01.400000Z)`
+		if err != nil || strings.TrimSpace(out) != want {
+			t.Fatalf("%v\ngot:\n%s\nwant:\n%s", err, out, want)
 		}
 	})
 	t.Run("typed and plain", func(t *testing.T) {

@@ -8,7 +8,10 @@ brokerd's machine-readable reason and retry delay.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import errno
 import os
+import random
 import socket
 import struct
 import threading
@@ -114,8 +117,9 @@ class Client:
     Tokens: ``token`` if given, else ``token_file`` (re-read whenever it changes), else
     $CREDBROKER_TOKEN, else tokens fetched by workload attestation (FetchToken: brokerd identifies
     this process; an operator registered it with ``brokerctl workload add``), renewed at about two
-    thirds of their lifetime. A call refused as UNAUTHENTICATED with a fetched token is retried once
-    with a fresh one.
+    thirds of their lifetime; a failed renewal keeps a still-valid token serving and is retried with
+    backoff (200 ms doubling to 30 s). A call refused as UNAUTHENTICATED with a fetched token is
+    retried once with a fresh one.
 
     Before the channel connects, the client checks who serves the socket (SO_PEERCRED): root, its
     own uid, a uid in $CREDBROKER_SERVER_UID or in ``server_uids``. Anything else raises
@@ -190,16 +194,17 @@ class Client:
             with self._state_lock:
                 self._checked = False
 
-    def _check_server(self) -> None:
+    def _check_server(self, timeout: Optional[float] = None) -> None:
         with self._state_lock:
             if self._checked:
                 return
-        check_server(self.socket_path, self._trusted)
+        check_server(self.socket_path, self._trusted,
+                     deadline=time.monotonic() + (timeout or self.timeout))
         with self._state_lock:
             self._checked = True
 
     def _call(self, method: Callable[..., Any], req: Any, timeout: Optional[float]) -> Any:
-        self._check_server()
+        self._check_server(timeout)
         tok = self._tokens.token()
         try:
             return self._invoke(method, req, tok, timeout)
@@ -213,7 +218,12 @@ class Client:
                 timeout: Optional[float]) -> Any:
         md = [("authorization", "Bearer " + tok)] if tok else []
         try:
-            return method(req, metadata=md, timeout=timeout or self.timeout)
+            # wait_for_ready: the channel's own connect, which check_server's just got through,
+            # may find brokerd's accept queue full again; grpcio fails such a connect at once
+            # (EAGAIN), and the call would fail with it. Waiting for the channel instead retries
+            # until the deadline. A brokerd that is not running is reported by check_server, at
+            # once, before the call.
+            return method(req, metadata=md, timeout=timeout or self.timeout, wait_for_ready=True)
         except grpc.RpcError as e:
             raise error_from_rpc(e, self.socket_path) from None
 
@@ -242,16 +252,63 @@ def _trusted_uids(env_value: str, extra: Sequence[int]) -> List[int]:
     return uids + [int(u) for u in extra]
 
 
-def check_server(path: str, trusted: Sequence[int]) -> None:
-    """Refuses a socket served by a uid not in trusted (SO_PEERCRED: for a listening socket, who
-    called listen(2): brokerd, or systemd under socket activation)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+# A connect that finds brokerd's accept queue full (EAGAIN) is tried again after a pause growing from
+# _BUSY_RETRY_MIN to _BUSY_RETRY_MAX seconds (jittered), until the call's deadline (busyRetryMin and
+# busyRetryMax in the Go client).
+_BUSY_RETRY_MIN = 0.001
+_BUSY_RETRY_MAX = 0.050
+
+# When set (tests), called each time a connect found brokerd's accept queue full.
+_on_busy: Optional[Callable[[], None]] = None
+
+
+def _connect(path: str, deadline: Optional[float]) -> socket.socket:
+    """Connects to the socket, waiting its turn while brokerd's accept queue is full until deadline
+    (time.monotonic()); None waits as long as it takes."""
+    wait = _BUSY_RETRY_MIN
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Non-blocking: a blocking connect to a full queue waits with no deadline at all.
+        s.setblocking(False)
         try:
             s.connect(path)
-        except OSError as e:
-            raise BrokerError(grpc.StatusCode.UNAVAILABLE,
-                              f"cannot reach brokerd at {path}: is it running? ({e.strerror})") from None
+        except BlockingIOError as e:
+            s.close()
+            if e.errno != errno.EAGAIN:
+                raise
+            # brokerd's accept queue is full: it is alive, and busy, or another local user is
+            # connecting in a loop to keep it full, which needs no token. A connect to a Unix socket
+            # then fails at once, where TCP's would wait its turn: wait it here, until the deadline,
+            # or one such user would keep every client (an admin's too) out.
+            if _on_busy is not None:
+                _on_busy()
+            pause = wait / 2 + random.uniform(0, wait)
+            if deadline is not None and time.monotonic() + pause >= deadline:
+                raise BrokerError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"brokerd at {path} is running, but its queue of new connections stayed full until the "
+                    "deadline (brokerd overloaded, or a local user connecting in a loop); retry, or ask the "
+                    "operator to check brokerd") from None
+            time.sleep(pause)
+            wait = min(2 * wait, _BUSY_RETRY_MAX)
+            continue
+        except BaseException:
+            s.close()
+            raise
+        s.setblocking(True)
+        return s
+
+
+def check_server(path: str, trusted: Sequence[int], deadline: Optional[float] = None) -> None:
+    """Refuses a socket served by a uid not in trusted (SO_PEERCRED: for a listening socket, who
+    called listen(2): brokerd, or systemd under socket activation). While brokerd's accept queue is
+    full it waits its turn until deadline (time.monotonic(); None: as long as it takes)."""
+    try:
+        s = _connect(path, deadline)
+    except OSError as e:
+        raise BrokerError(grpc.StatusCode.UNAVAILABLE,
+                          f"cannot reach brokerd at {path}: is it running? ({e.strerror})") from None
+    try:
         pid, uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           struct.calcsize("3i")))
     finally:
@@ -435,6 +492,10 @@ class _FileToken(_TokenSource):
 # A fetched token with less life than this left when it arrives counts as a failed fetch: it can be
 # neither used nor renewed sensibly (the Go client's minTokenLife).
 _MIN_TOKEN_LIFE = 0.1
+# Bounds, in seconds, of the backoff between failed renewals while the current token still serves
+# (retryMin and retryMax in the Go client).
+_RETRY_MIN = 0.2
+_RETRY_MAX = 30.0
 
 
 def _check_fetched(tok: str, expires: float, now: float) -> None:
@@ -443,38 +504,58 @@ def _check_fetched(tok: str, expires: float, now: float) -> None:
                           "that brokerd and this client are of the same release")
     left = expires - now
     if left < _MIN_TOKEN_LIFE:
+        life = f"{left * 1000:.0f}ms left to live" if left > 0 else "already expired"
+        try:
+            expiry = datetime.datetime.fromtimestamp(expires, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+        except (OverflowError, OSError, ValueError):
+            expiry = str(expires)
         raise BrokerError(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"brokerd issued a token with {max(left, 0.0) * 1000:.0f} ms left to live when it "
-                          "arrived; it cannot be used or renewed. The workload registration's ttl is too "
-                          "short: ask the operator to register this program again with a longer one "
+                          f"brokerd issued a token that had {life} when it arrived (expiry {expiry}); it "
+                          "cannot be used or renewed. The workload registration's ttl is too short: ask the "
+                          "operator to register this program again with a longer one "
                           "(`brokerctl workload add NAME ... --ttl 1h`)")
 
 
 class _AttestedToken(_TokenSource):
     """Tokens fetched by attestation, renewed on the first call after two thirds of their lifetime;
-    a token within 2 s (or a sixth of its lifetime) of expiry is never used."""
+    a token within 2 s (or a sixth of its lifetime) of expiry is never used. A failed renewal keeps
+    the current token serving while it is usable, and the next renewal waits, backing off from
+    200 ms to 30 s, instead of every call fetching again. ``now`` is the clock (tests)."""
 
-    def __init__(self, fetch: Callable[[], "tuple[str, float]"]):
+    def __init__(self, fetch: Callable[[], "tuple[str, float]"], now: Callable[[], float] = time.time):
         self._fetch = fetch
+        self._now = now
         self._lock = threading.Lock()
         self._tok = ""
         self._issued = self._expires = 0.0
+        # After a failed renewal: no new one before this time, while the current token serves.
+        self._retry_at = 0.0
+        self._retry = _RETRY_MIN
+
+    def _usable(self, now: float) -> bool:
+        return bool(self._tok) and now + min(2.0, (self._expires - self._issued) / 6) < self._expires
 
     def token(self) -> str:
         with self._lock:
-            now = time.time()
+            now = self._now()
             life = self._expires - self._issued
             if self._tok and now < self._issued + life * 2 / 3:
                 return self._tok
+            if now < self._retry_at and self._usable(now):
+                return self._tok
             try:
                 tok, expires = self._fetch()
-                _check_fetched(tok, expires, time.time())
+                _check_fetched(tok, expires, self._now())
             except BrokerError:
                 # Renewal failed: the current token may still serve until it nears its expiry.
-                if self._tok and now + min(2.0, life / 6) < self._expires:
-                    return self._tok
-                raise
-            self._tok, self._issued, self._expires = tok, time.time(), expires
+                now = self._now()
+                if not self._usable(now):
+                    raise
+                self._retry_at = now + self._retry
+                self._retry = min(self._retry * 2, _RETRY_MAX)
+                return self._tok
+            self._tok, self._issued, self._expires = tok, self._now(), expires
+            self._retry_at, self._retry = 0.0, _RETRY_MIN
             return tok
 
     def invalidate(self, tok: Optional[str]) -> bool:

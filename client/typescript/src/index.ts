@@ -14,7 +14,7 @@ import { Socket } from "node:net";
 import * as path from "node:path";
 import { promisify } from "node:util";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
-import { CallCredentials, ChannelCredentials, Metadata, status as grpcStatus, type ServiceError } from "@grpc/grpc-js";
+import { CallCredentials, ChannelCredentials, connectivityState, Metadata, status as grpcStatus, type ServiceError } from "@grpc/grpc-js";
 import {
   SearchServiceClient,
   type SearchRequest,
@@ -290,12 +290,14 @@ export class BrokerClient {
   /** Why the last connection was refused, if it was an untrusted server; calls that fail for want
    * of a connection report it (grpc-js only says UNAVAILABLE). */
   private untrusted: UntrustedServerError | undefined;
+  /** checkServer on this client's socket, remembering an untrusted server in `untrusted`. */
+  private readonly check: () => Promise<SocketFile>;
 
   constructor(opts: ClientOptions = {}) {
     this.socket = path.resolve(opts.socket || defaultSocket());
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     const trusted = trustedUids(process.env[SERVER_UID_ENV] ?? "", opts.serverUids ?? []);
-    const check = async () => {
+    const check = this.check = async () => {
       try {
         const file = await checkServer(this.socket, trusted);
         this.untrusted = undefined;
@@ -371,16 +373,50 @@ export class BrokerClient {
     tok: string | undefined,
     timeoutMs?: number,
   ): Promise<T> {
-    const md = new Metadata();
-    if (tok) md.set("authorization", "Bearer " + tok);
     const deadline = new Date(Date.now() + (timeoutMs ?? this.timeoutMs));
-    return new Promise<T>((resolve, reject) => {
+    return this.waitTurn(deadline.getTime()).then((waitForReady) => new Promise<T>((resolve, reject) => {
+      const md = new Metadata({ waitForReady });
+      if (tok) md.set("authorization", "Bearer " + tok);
       invoke(md, { deadline }, (err, resp) => {
         if (!err) resolve(resp);
         else if (err.code === grpcStatus.UNAVAILABLE && this.untrusted) reject(this.untrusted);
         else reject(errorFromGrpc(err, this.socket));
       });
-    });
+    }));
+  }
+
+  /**
+   * Before a call on a channel that is not connected: waits while brokerd's accept queue is full
+   * (a connect to it fails at once with EAGAIN, and grpc-js then fails the call), until deadline
+   * (ms). Resolves whether the call should wait for the channel (waitForReady) rather than fail
+   * at its first failed connect: it should once a connect got through, so a grpc-js connect that
+   * finds the queue full again is retried, until the deadline. A server that is untrusted or not
+   * there fails the call at once, as before.
+   */
+  private async waitTurn(deadline: number): Promise<boolean> {
+    if (this.stub.getChannel().getConnectivityState(false) === connectivityState.READY) return false;
+    try {
+      await this.check();
+    } catch (e) {
+      if (e instanceof UntrustedServerError) throw e;
+      return false; // not there: grpc-js's own connect says so
+    }
+    for (let wait = BUSY_RETRY_MIN_MS; ; wait = Math.min(2 * wait, BUSY_RETRY_MAX_MS)) {
+      const code = await connectOnce(this.socket);
+      if (code !== "EAGAIN") return code === undefined;
+      // brokerd's accept queue is full: it is alive, and busy, or another local user is
+      // connecting in a loop to keep it full, which needs no token. A connect to a Unix socket
+      // then fails at once, where TCP's would wait its turn: wait it here, until the deadline,
+      // or one such user would keep every client (an admin's too) out.
+      testHooks.onBusy?.();
+      const pause = wait / 2 + Math.random() * wait;
+      if (Date.now() + pause >= deadline) {
+        throw new BrokerError(grpcStatus.UNAVAILABLE, `brokerd at ${this.socket} is running, but its queue of new ` +
+          "connections stayed full until the deadline (brokerd overloaded, or a local user connecting in a loop); " +
+          "retry, or ask the operator to check brokerd");
+      }
+      await new Promise((resolve) => setTimeout(resolve, pause));
+    }
   }
 
   private async fetchToken(): Promise<[string, number]> {
@@ -390,6 +426,33 @@ export class BrokerClient {
     // refuses it rather than handing out a token of unknown life.
     return [resp.token, resp.expiresAt?.getTime() ?? 0];
   }
+}
+
+/** A connect that finds brokerd's accept queue full (EAGAIN) is tried again after a pause growing
+ * from BUSY_RETRY_MIN_MS to BUSY_RETRY_MAX_MS (jittered), until the call's deadline (busyRetryMin and
+ * busyRetryMax in the Go client). */
+const BUSY_RETRY_MIN_MS = 1;
+const BUSY_RETRY_MAX_MS = 50;
+
+/** For cmd/brokerd's tests, not part of the client's API: onBusy is called each time a connect
+ * found brokerd's accept queue full. */
+export const testHooks: { onBusy?: () => void } = {};
+
+/** Connects to socketPath and closes the connection at once; resolves undefined if it connected,
+ * else the error's code (EAGAIN: the accept queue is full). */
+function connectOnce(socketPath: string): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const s = new Socket();
+    s.once("connect", () => {
+      s.destroy();
+      resolve(undefined);
+    });
+    s.once("error", (e: NodeJS.ErrnoException) => {
+      s.destroy();
+      resolve(e.code ?? e.message);
+    });
+    s.connect(socketPath);
+  });
 }
 
 function millis(d: Duration | undefined): number | undefined {
