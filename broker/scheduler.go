@@ -74,9 +74,10 @@ const ClockAheadTolerance = time.Minute
 // ClockAheadTolerance) when this brokerd first saw it: the clock was ahead when it was rotated, or
 // has stepped back since. Its age counts from seen, not from the stamp.
 type aheadStamp struct {
-	version uint64
-	seen    time.Time
-	warned  bool
+	version   uint64
+	rotatedAt time.Time // with version, names the version even if the credential is deleted and re-created
+	seen      time.Time
+	warned    bool
 }
 
 func newScheduler(b *Broker, clock Clock, cfg SchedulerConfig) *scheduler {
@@ -196,12 +197,12 @@ func (s *scheduler) nextDue(c store.Credential, now time.Time) (time.Time, bool)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a, seen := s.ahead[c.Name]
-	if seen && a.version != c.Version {
+	if seen && !a.is(c) {
 		delete(s.ahead, c.Name)
 		seen = false
 	}
 	if !seen && c.RotatedAt.Sub(now) > ClockAheadTolerance {
-		a, seen = aheadStamp{version: c.Version, seen: now}, true
+		a, seen = aheadStamp{version: c.Version, rotatedAt: c.RotatedAt, seen: now}, true
 		s.ahead[c.Name] = a
 	}
 	if seen {
@@ -218,7 +219,7 @@ func (s *scheduler) aheadWarning(c store.Credential) (aheadStamp, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a, ok := s.ahead[c.Name]
-	if !ok || a.version != c.Version || a.warned {
+	if !ok || !a.is(c) || a.warned {
 		return a, false
 	}
 	a.warned = true
@@ -231,7 +232,11 @@ func (s *scheduler) aheadOf(c store.Credential) (aheadStamp, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a, ok := s.ahead[c.Name]
-	return a, ok && a.version == c.Version
+	return a, ok && a.is(c)
+}
+
+func (a aheadStamp) is(c store.Credential) bool {
+	return a.version == c.Version && a.rotatedAt.Equal(c.RotatedAt)
 }
 
 // rotate runs c's rotate command and commits its key; a failure is kept for Status and retried
