@@ -473,9 +473,12 @@ type RotationStatus struct {
 
 // Due returns when c is next due for rotation and whether that has passed; ok is false without a
 // max age.
+// This is the scheduler's count (scheduler.nextDue): a version stamped ahead of the clock is due max
+// age after brokerd first saw it.
 func (b *Broker) Due(c store.Credential) (next time.Time, overdue, ok bool) {
-	next, ok = c.Policy.NextDue(c.RotatedAt)
-	return next, ok && !b.now().Before(next), ok
+	now := b.now()
+	next, ok = b.rot.sched.nextDue(c, now)
+	return next, ok && !now.Before(next), ok
 }
 
 // rotationInfo gathers key usage, policies, scheduler failures and fallbacks for Status.
@@ -532,8 +535,12 @@ func (b *Broker) rotationInfo(now time.Time) (RotationInfo, error) {
 			continue
 		}
 		rs := RotationStatus{Credential: c.Name, Version: c.Version, RotatedAt: c.RotatedAt, AutoRotate: len(c.Policy.RotateCommand) > 0}
-		if next, ok := c.Policy.NextDue(c.RotatedAt); ok {
+		if next, ok := b.rot.sched.nextDue(c, now); ok {
 			rs.NextDue, rs.Overdue = next, !now.Before(next)
+			if a, ok := b.rot.sched.aheadOf(c); ok {
+				ri.Warnings = append(ri.Warnings, fmt.Sprintf("credential %s: v%d is stamped rotated at %s, ahead of this host's clock when brokerd first saw it at %s (the clock was ahead then or has stepped back since; check NTP); its age counts from then, so it is due at %s",
+					c.Name, c.Version, c.RotatedAt.UTC().Format(time.RFC3339), a.seen.UTC().Format(time.RFC3339), next.UTC().Format(time.RFC3339)))
+			}
 		}
 		if f, ok := failures[c.Name]; ok && f.version == c.Version {
 			rs.Failures, rs.LastError, rs.NextAttempt = f.count, f.lastErr, f.next

@@ -52,7 +52,8 @@ type scheduler struct {
 	mu      sync.Mutex
 	warned  map[string]uint64 // credential -> version already reported as due
 	fails   map[string]schedFailure
-	lastRun time.Time // start of the last scheduled rotation
+	ahead   map[string]aheadStamp // credential -> its current version, stamped ahead of the clock
+	lastRun time.Time             // start of the last scheduled rotation
 }
 
 // schedFailure is the state of a credential whose scheduled rotation keeps failing.
@@ -61,6 +62,22 @@ type schedFailure struct {
 	count    int
 	lastErr  string
 	at, next time.Time
+}
+
+// ClockAheadTolerance is how far in the future a version's RotatedAt may lie before the scheduler
+// stops trusting it. An NTP correction steps a clock by a second or two, and a version imported
+// from another host carries that host's clock; a minute (also MinMaxAge, the shortest max age) is
+// well past both and still small against any max age, so it costs at most a minute of key life.
+const ClockAheadTolerance = time.Minute
+
+// aheadStamp is a version whose RotatedAt was later than the clock (by more than
+// ClockAheadTolerance) when this brokerd first saw it: the clock was ahead when it was rotated, or
+// has stepped back since. Its age counts from seen, not from the stamp.
+type aheadStamp struct {
+	version   uint64
+	rotatedAt time.Time // with version, names the version even if the credential is deleted and re-created
+	seen      time.Time
+	warned    bool
 }
 
 func newScheduler(b *Broker, clock Clock, cfg SchedulerConfig) *scheduler {
@@ -72,7 +89,8 @@ func newScheduler(b *Broker, clock Clock, cfg SchedulerConfig) *scheduler {
 	cfg.CommandTimeout = orDefault(cfg.CommandTimeout, DefaultRotateTimeout)
 	cfg.BackoffBase = orDefault(cfg.BackoffBase, time.Minute)
 	cfg.BackoffMax = orDefault(cfg.BackoffMax, time.Hour)
-	return &scheduler{b: b, clock: clock, cfg: cfg, warned: map[string]uint64{}, fails: map[string]schedFailure{}}
+	return &scheduler{b: b, clock: clock, cfg: cfg, warned: map[string]uint64{}, fails: map[string]schedFailure{},
+		ahead: map[string]aheadStamp{}}
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -119,7 +137,16 @@ func (s *scheduler) tick(ctx context.Context) {
 	nDue := 0
 	defer func() { metrics.SetCredentialsDue(nDue) }()
 	for _, c := range creds {
-		next, ok := c.Policy.NextDue(c.RotatedAt)
+		next, ok := s.nextDue(c, now)
+		if a, first := s.aheadWarning(c); first {
+			s.b.log.Warn("credential rotated at a time ahead of this host's clock: the clock was ahead then or has stepped back since; its age counts from when brokerd first saw it",
+				"credential", c.Name, "version", c.Version, "rotated_at", c.RotatedAt, "ahead_by", c.RotatedAt.Sub(a.seen).Round(time.Second),
+				"counted_from", a.seen, "due", next)
+			detail := fmt.Sprintf("v%d is stamped rotated at %s, %s ahead of this host's clock; check the clock (NTP). Its age counts from %s",
+				c.Version, c.RotatedAt.UTC().Format(time.RFC3339), c.RotatedAt.Sub(a.seen).Round(time.Second), a.seen.UTC().Format(time.RFC3339))
+			s.b.recordEvent(ctx, "rotation-clock-ahead", c.Name, c.Version, nil)
+			s.b.credentialEvent(c.Name, "rotation-clock-ahead", c.Version, nil, detail)
+		}
 		if !ok || now.Before(next) {
 			continue
 		}
@@ -155,6 +182,61 @@ func (s *scheduler) tick(ctx context.Context) {
 		s.rotate(ctx, d.c, now)
 		return
 	}
+}
+
+// nextDue returns when c is due as the scheduler counts it, and false without a max age: max age
+// after its RotatedAt, or, for a version stamped more than ClockAheadTolerance ahead of now, max age
+// after this brokerd first saw it so (remembered per credential and version), whichever is sooner.
+// Otherwise a stamp ahead of the clock would keep the key past its max age by however far the clock
+// was off. Status and `credential list` ask here too, so they show what the scheduler will do.
+func (s *scheduler) nextDue(c store.Credential, now time.Time) (time.Time, bool) {
+	next, ok := c.Policy.NextDue(c.RotatedAt)
+	if !ok {
+		return next, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, seen := s.ahead[c.Name]
+	if seen && !a.is(c) {
+		delete(s.ahead, c.Name)
+		seen = false
+	}
+	if !seen && c.RotatedAt.Sub(now) > ClockAheadTolerance {
+		a, seen = aheadStamp{version: c.Version, rotatedAt: c.RotatedAt, seen: now}, true
+		s.ahead[c.Name] = a
+	}
+	if seen {
+		if alt := a.seen.Add(c.Policy.MaxAge); alt.Before(next) {
+			next = alt
+		}
+	}
+	return next, true
+}
+
+// aheadWarning returns c's current version's stamp ahead of the clock, and true the first time it
+// is asked about that version.
+func (s *scheduler) aheadWarning(c store.Credential) (aheadStamp, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.ahead[c.Name]
+	if !ok || !a.is(c) || a.warned {
+		return a, false
+	}
+	a.warned = true
+	s.ahead[c.Name] = a
+	return a, true
+}
+
+// aheadOf returns what the scheduler remembers about c's current version stamped ahead of the clock.
+func (s *scheduler) aheadOf(c store.Credential) (aheadStamp, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.ahead[c.Name]
+	return a, ok && a.is(c)
+}
+
+func (a aheadStamp) is(c store.Credential) bool {
+	return a.version == c.Version && a.rotatedAt.Equal(c.RotatedAt)
 }
 
 // rotate runs c's rotate command and commits its key; a failure is kept for Status and retried
@@ -208,7 +290,8 @@ func (s *scheduler) backoff(failures int) time.Duration {
 	return min(d, s.cfg.BackoffMax)
 }
 
-// forget drops what the scheduler remembers about name (its policy changed).
+// forget drops what the scheduler remembers about name (its policy changed), except when it first
+// saw a version stamped ahead of the clock: that is about the version, not the policy.
 func (s *scheduler) forget(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

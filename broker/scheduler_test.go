@@ -420,3 +420,91 @@ func TestSchedulerNeverRunsATamperedRotateCommand(t *testing.T) {
 		t.Fatalf("scheduler log does not say why: %s", logs)
 	}
 }
+
+// A version stamped rotated ahead of the clock (the clock was ahead then, or has stepped back
+// since) is due max age after the scheduler first saw it, not max age after the stamp, and the
+// clock is named once per version in the log, the credential's events and status. A stamp within
+// ClockAheadTolerance counts as before.
+func TestSchedulerVersionStampedAheadOfTheClock(t *testing.T) {
+	const maxAge = time.Hour
+	for _, tc := range []struct {
+		name    string
+		ahead   time.Duration // RotatedAt - now when the scheduler first sees it
+		dueIn   time.Duration // from then until the scheduler rotates it
+		warning bool
+	}{
+		{"a day ahead", 24 * time.Hour, maxAge, true},
+		{"just past the tolerance", 2 * time.Minute, maxAge, true},
+		{"a few seconds ahead", 5 * time.Second, maxAge + 5*time.Second, false},
+		{"not ahead", 0, maxAge, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newSchedEnv(t)
+			cmd := e.script(t, "newkey", printKey)
+			t0 := e.clock.Now()
+			if _, err := e.st.PutCredential(DefaultCredential, []byte(schedKey), t0.Add(tc.ahead)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.b.SetPolicy(context.Background(), DefaultCredential, store.Policy{MaxAge: maxAge, RotateCommand: []string{cmd}}, Caller{UID: uint32(os.Geteuid()), Known: true}); err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			e.b.rot.sched.tick(ctx)
+			c, err := e.st.GetCredential(DefaultCredential)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// `credential list` and status show the time the scheduler will act on.
+			if next, overdue, ok := e.b.Due(c); !ok || overdue || !next.Equal(t0.Add(tc.dueIn)) {
+				t.Fatalf("credential list: next due %s (overdue %v), want %s", next, overdue, t0.Add(tc.dueIn))
+			}
+			ri, err := e.b.rotationInfo(e.clock.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ri.Rotation) != 1 || !ri.Rotation[0].NextDue.Equal(t0.Add(tc.dueIn)) {
+				t.Fatalf("status rotation: %+v, want next due %s", ri.Rotation, t0.Add(tc.dueIn))
+			}
+			statusWarned := strings.Contains(strings.Join(ri.Warnings, "\n"), "ahead of this host's clock")
+			if statusWarned != tc.warning {
+				t.Fatalf("status warnings %q: want a clock warning %v", ri.Warnings, tc.warning)
+			}
+
+			e.clock.Advance(tc.dueIn - time.Second)
+			e.b.rot.sched.tick(ctx)
+			if e.runs("newkey") != 0 || e.version(t, DefaultCredential) != 1 {
+				t.Fatal("rotated before it was due")
+			}
+			e.clock.Advance(time.Second)
+			e.b.rot.sched.tick(ctx)
+			if e.runs("newkey") != 1 || e.version(t, DefaultCredential) != 2 {
+				t.Fatalf("not rotated %s after the scheduler first saw it (runs %d)\n%s", tc.dueIn, e.runs("newkey"), e.logs.String())
+			}
+			e.b.rot.sched.tick(ctx)
+
+			if n := strings.Count(e.logs.String(), "ahead of this host's clock"); n != b2i(tc.warning) {
+				t.Fatalf("clock warnings logged: %d, want %d\n%s", n, b2i(tc.warning), e.logs.String())
+			}
+			evs, _ := e.st.CredentialEvents(DefaultCredential)
+			n := 0
+			for _, ev := range evs {
+				if ev.Event == "rotation-clock-ahead" {
+					n++
+					if ev.Version != 1 || !strings.Contains(ev.Detail, "ahead of this host's clock") {
+						t.Fatalf("clock event: %+v", ev)
+					}
+				}
+			}
+			if n != b2i(tc.warning) {
+				t.Fatalf("rotation-clock-ahead events: %d, want %d: %+v", n, b2i(tc.warning), evs)
+			}
+		})
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
