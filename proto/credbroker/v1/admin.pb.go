@@ -3078,8 +3078,8 @@ type CredentialEvent struct {
 	// at is when it happened.
 	At *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
 	// event names it: put, rotate, rotate-verified, rotate-failed, rotate-verify-failed,
-	// scheduled-rotate, scheduled-rotate-failed, rotation-due, rollback, import, rekey, policy,
-	// fallback-previous-version.
+	// scheduled-rotate, scheduled-rotate-failed, rotation-due, rotation-clock-ahead, rollback,
+	// import, rekey, policy, fallback-previous-version.
 	Event string `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
 	// version it made or concerns.
 	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`

@@ -640,8 +640,8 @@ export interface CredentialEvent {
     | undefined;
   /**
    * event names it: put, rotate, rotate-verified, rotate-failed, rotate-verify-failed,
-   * scheduled-rotate, scheduled-rotate-failed, rotation-due, rollback, import, rekey, policy,
-   * fallback-previous-version.
+   * scheduled-rotate, scheduled-rotate-failed, rotation-due, rotation-clock-ahead, rollback,
+   * import, rekey, policy, fallback-previous-version.
    */
   event: string;
   /** version it made or concerns. */
