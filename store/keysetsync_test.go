@@ -23,10 +23,7 @@ func TestKeysetFileDirectorySynced(t *testing.T) {
 		}
 		return
 	}
-	strace, err := exec.LookPath("strace")
-	if err != nil {
-		t.Skip("needs strace (CI installs it)")
-	}
+	strace := straceOrSkip(t)
 	dir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -36,12 +33,6 @@ func TestKeysetFileDirectorySynced(t *testing.T) {
 		t.Fatal(err)
 	}
 	trace := filepath.Join(dir, "trace")
-	// Whether strace can trace here at all (ptrace may be denied in a container) is asked apart
-	// from the helper's run: a helper that fails (the keyset write or its sync erroring) must fail
-	// this test, not skip it.
-	if out, err := exec.Command(strace, "-f", "-qq", "-o", os.DevNull, "--", os.Args[0], "-test.run", "^$").CombinedOutput(); err != nil {
-		t.Skipf("cannot run under strace here (%v): %s", err, out)
-	}
 	cmd := exec.Command(strace, "-f", "-qq", "-y", "-o", trace, "-e", "trace=fsync,fdatasync", "--",
 		os.Args[0], "-test.run", "^TestKeysetFileDirectorySynced$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "CREDBROKER_KEYSET_HELPER="+filepath.Join(keys, "master.json"))
@@ -67,4 +58,20 @@ func TestKeysetFileDirectorySynced(t *testing.T) {
 	if dirSyncs < 2 {
 		t.Fatalf("the directory %s was fsynced %d times, want once per keyset file written (2); trace:\n%s", keys, dirSyncs, raw)
 	}
+}
+
+// straceOrSkip returns strace's path, or skips t where strace is missing or cannot trace. Whether
+// strace can trace here at all (ptrace may be denied in a container) is asked apart from a
+// helper's run: a helper that fails (the keyset write or its sync erroring) must fail its test,
+// not skip it.
+func straceOrSkip(t *testing.T) string {
+	t.Helper()
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Skip("needs strace (CI installs it)")
+	}
+	if out, err := exec.Command(strace, "-f", "-qq", "-o", os.DevNull, "--", os.Args[0], "-test.run", "^$").CombinedOutput(); err != nil {
+		t.Skipf("cannot run under strace here (%v): %s", err, out)
+	}
+	return strace
 }

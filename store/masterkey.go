@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
 	"github.com/tink-crypto/tink-go/v2/insecurecleartextkeyset"
@@ -35,7 +36,9 @@ func NewMasterKeyset(path string) error {
 }
 
 // writeKeysetFile writes h as cleartext Tink JSON to a new file at path, mode 0600; it never
-// overwrites.
+// overwrites. The file appears at path whole or not at all: a kill or a crash during the write
+// must not leave a truncated keyset there, which brokerd would refuse to load and a re-run would
+// refuse to overwrite (createKeysetFile, per platform).
 func writeKeysetFile(path string, h *keyset.Handle) error {
 	var buf bytes.Buffer
 	if err := insecurecleartextkeyset.Write(h, keyset.NewJSONWriter(&buf)); err != nil {
@@ -44,31 +47,53 @@ func writeKeysetFile(path string, h *keyset.Handle) error {
 	if err := MkdirParent(path); err != nil {
 		return fmt.Errorf("write master keyset: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("write master keyset: %s already exists; refusing to overwrite a keyset", path)
-		}
-		return fmt.Errorf("write master keyset: %w", err)
-	}
-	if _, err := f.Write(buf.Bytes()); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("write master keyset %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("write master keyset %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write master keyset %s: %w", path, err)
+	if err := createKeysetFile(path, buf.Bytes()); err != nil {
+		return err
 	}
 	// The file's name too: once brokerd re-wraps the database under a rotated keyset's new
 	// primary, this file is the only thing that opens it, and a power loss must not take the
 	// name away with the key (as for the audit journal's create).
 	if err := syncDir(path); err != nil {
 		return fmt.Errorf("write master keyset %s: sync its directory: %w", path, err)
+	}
+	return nil
+}
+
+// errKeysetExists is the refusal to overwrite an existing keyset file.
+func errKeysetExists(path string) error {
+	return fmt.Errorf("write master keyset: %s already exists; refusing to overwrite a keyset", path)
+}
+
+// createKeysetFileNamed gives path the contents data, mode 0600, through a named temporary file in
+// path's directory: written and fsynced under a name of its own (.NAME.tmp-RANDOM, created 0600
+// with O_EXCL), then hard-linked to path (which fails if path exists: never an overwrite) and
+// removed. A crash before the link leaves no file at path, only the temporary one: it holds a
+// keyset nothing ever used and can be deleted (README, keyset new). The caller fsyncs the
+// directory.
+func createKeysetFileNamed(path string, data []byte) error {
+	dir, base := filepath.Split(path)
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write master keyset %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write master keyset %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write master keyset %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write master keyset %s: %w", path, err)
+	}
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return errKeysetExists(path)
+		}
+		return fmt.Errorf("write master keyset %s: %w", path, err)
 	}
 	return nil
 }

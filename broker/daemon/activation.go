@@ -16,7 +16,7 @@ import (
 // A passed socket belongs to credbroker.socket: brokerd serves on it, leaves its mode and group to
 // the unit, and never unlinks it, so connections queue there across restarts.
 func openListener(cfg Config, log *slog.Logger) (net.Listener, bool, error) {
-	lis, err := activatedListener(log)
+	lis, elsewhere, err := activatedListener(log)
 	if err != nil {
 		return nil, false, err
 	}
@@ -30,25 +30,42 @@ func openListener(cfg Config, log *slog.Logger) (net.Listener, bool, error) {
 		log.Info("no --socket or $CREDBROKER_SOCKET given: using the default socket path", "socket", cfg.Socket, "chosen_by", cfg.DefaultSocketSource)
 	}
 	lis, err = listen(cfg.Socket, cfg.SocketMode, cfg.SocketGroup)
+	var live *liveSocketError
+	if errors.As(err, &live) && elsewhere != "" {
+		// Most likely not another brokerd but systemd's own socket, passed to a wrapper that
+		// then started brokerd as its child: say so, rather than send the operator looking
+		// for a second brokerd.
+		return nil, false, fmt.Errorf("socket %s is live, most likely the one systemd passed (socket activation): %s", cfg.Socket, elsewhere)
+	}
 	return lis, false, err
 }
 
 // activatedListener returns the listening Unix socket passed with LISTEN_FDS/LISTEN_PID, or nil
 // when brokerd was not socket-activated. It clears LISTEN_* from the environment either way.
+// When LISTEN_FDS is set for another process, elsewhere says so and what to change, for the error
+// if the socket brokerd then tries to create turns out live (systemd's, held for the wrapper).
 // Anything but exactly one listening Unix stream socket is refused at once, naming the unit setting
 // to fix (sd_is_socket_unix(3) checks the same): Go's FileListener takes a datagram, seqpacket or
 // unlistened stream socket for a listener too, and brokerd then failed 10 s later because its own
 // health check could not connect.
-func activatedListener(log *slog.Logger) (net.Listener, error) {
+func activatedListener(log *slog.Logger) (_ net.Listener, elsewhere string, _ error) {
 	if os.Getenv("LISTEN_FDS") == "" {
-		return nil, nil
+		return nil, "", nil
 	}
 	listenPID := os.Getenv("LISTEN_PID")
 	files := activation.Files(true)
 	if len(files) == 0 {
 		// sd_listen_fds(3) semantics: the fds were meant for another process (LISTEN_PID differs).
 		log.Warn("LISTEN_FDS is set but not for this process; creating the socket instead", "listen_pid", listenPID, "pid", os.Getpid())
-		return nil, nil
+		if listenPID != strconv.Itoa(os.Getpid()) {
+			whose := "for pid " + listenPID
+			if listenPID == "" {
+				whose = "without LISTEN_PID"
+			}
+			elsewhere = fmt.Sprintf("LISTEN_FDS was set %s, not brokerd's pid %d: the unit runs brokerd through a wrapper that does not exec it; "+
+				"make the wrapper `exec brokerd ...` so brokerd inherits the socket", whose, os.Getpid())
+		}
+		return nil, elsewhere, nil
 	}
 	defer func() {
 		for _, f := range files {
@@ -56,23 +73,23 @@ func activatedListener(log *slog.Logger) (net.Listener, error) {
 		}
 	}()
 	if len(files) != 1 {
-		return nil, fmt.Errorf("socket activation: systemd passed %d file descriptors; credbroker.socket must have exactly one ListenStream= and nothing else", len(files))
+		return nil, "", fmt.Errorf("socket activation: systemd passed %d file descriptors; credbroker.socket must have exactly one ListenStream= and nothing else", len(files))
 	}
 	if err := checkActivatedSocket(files[0]); err != nil {
-		return nil, fmt.Errorf("socket activation: the passed file descriptor 3 %w", err)
+		return nil, "", fmt.Errorf("socket activation: the passed file descriptor 3 %w", err)
 	}
 	l, err := net.FileListener(files[0])
 	if err != nil {
-		return nil, fmt.Errorf("socket activation: file descriptor 3: %w", err)
+		return nil, "", fmt.Errorf("socket activation: file descriptor 3: %w", err)
 	}
 	ul, ok := l.(*net.UnixListener)
 	if !ok {
 		l.Close()
-		return nil, fmt.Errorf("socket activation: the passed file descriptor 3 is not a Unix socket; use ListenStream=/run/credbroker/broker.sock in credbroker.socket")
+		return nil, "", fmt.Errorf("socket activation: the passed file descriptor 3 is not a Unix socket; use ListenStream=/run/credbroker/broker.sock in credbroker.socket")
 	}
 	// Closing our copy must never remove systemd's socket file.
 	ul.SetUnlinkOnClose(false)
-	return ul, nil
+	return ul, "", nil
 }
 
 // checkActivatedSocket reports (as an error completing "the passed file descriptor 3 …") why f is

@@ -398,6 +398,13 @@ func stopGracefully(srv *grpc.Server, drainer *grpcapi.Drainer, deadline time.Ti
 	}
 }
 
+// liveSocketError is listen's refusal of a socket something answers on.
+type liveSocketError struct{ path string }
+
+func (e *liveSocketError) Error() string {
+	return fmt.Sprintf("socket %s is live: another brokerd is serving on it", e.path)
+}
+
 // listen creates the Unix socket at path with mode and group. A live socket at path means
 // another daemon is serving: refuse. A stale one (nothing answers) is replaced. A directory another
 // user could replace the socket in is refused (checkSocketDir).
@@ -433,7 +440,7 @@ func listen(path string, mode os.FileMode, group string) (net.Listener, error) {
 		c, err := net.DialTimeout("unix", path, time.Second)
 		if err == nil {
 			c.Close()
-			return nil, fmt.Errorf("socket %s is live: another brokerd is serving on it", path)
+			return nil, &liveSocketError{path}
 		}
 		// Only a refused connection proves nobody listens. A full accept queue (EAGAIN), a
 		// timeout or a permission error can be a live but busy brokerd, whose socket must

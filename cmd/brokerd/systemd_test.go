@@ -394,6 +394,55 @@ func TestSocketActivationRefusesOtherSockets(t *testing.T) {
 	}
 }
 
+// Socket activation through a wrapper that starts brokerd as its child instead of exec'ing it:
+// LISTEN_PID names the wrapper, so brokerd may not take the passed socket and creates its own at
+// --socket, where systemd's is live. It used to say "another brokerd is serving on it", sending
+// the operator after a second brokerd that does not exist; it names the wrapper's pid and the fix.
+func TestSocketActivationThroughAWrapperThatDoesNotExec(t *testing.T) {
+	e := newEnv(t)
+	if err := os.MkdirAll(filepath.Dir(e.socket), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The test plays systemd: it owns the listening socket.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: e.socket, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close(); l.Close() })
+	// No exec: "; exit" keeps the shell from running its last command in its own place.
+	args := []string{"-c", `LISTEN_PID=$$ "$0" "$@"; exit $?`, filepath.Join(binDir, "brokerd"),
+		"--socket", e.socket, "--db", e.db, "--master-keyset", e.keyset, "--upstream-url", e.fake.URL}
+	cmd := exec.Command("/bin/sh", args...)
+	cmd.Env = append(cleanEnv(), "LISTEN_FDS=1", "LISTEN_FDNAMES=credbroker.socket")
+	cmd.ExtraFiles = []*os.File{f} // fd 3
+	out := &logtest.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon = cmd
+	if err := cmd.Wait(); err == nil {
+		t.Fatalf("brokerd exited 0 beside a live socket:\n%s", out.String())
+	}
+	for _, want := range []string{
+		fmt.Sprintf("LISTEN_FDS was set for pid %d, not brokerd's pid", cmd.Process.Pid),
+		"wrapper that does not exec it",
+		"exec brokerd",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("brokerd's error does not say %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "another brokerd") {
+		t.Errorf("brokerd blames another brokerd:\n%s", out.String())
+	}
+}
+
 // SIGTERM while a slow upstream call is in flight: health goes NOT_SERVING and new calls are
 // refused at once, the in-flight call still completes, and brokerd exits 0.
 func TestSIGTERMDrainsInFlightCall(t *testing.T) {
