@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,7 +16,6 @@ import (
 	"github.com/tink-crypto/tink-go/v2/tink"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
-	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors. Callers match them with errors.Is; messages carry names, never values.
@@ -367,16 +365,6 @@ func (s *Store) Close() error {
 
 // Path returns the database file's path.
 func (s *Store) Path() string { return s.db.Path() }
-
-// DiskFree returns the bytes brokerd may still use on the file system holding the database.
-// It reads the file system (statfs), not the database, so it answers while writes fail.
-func (s *Store) DiskFree() (uint64, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(filepath.Dir(s.db.Path()), &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", filepath.Dir(s.db.Path()), err)
-	}
-	return st.Bavail * uint64(st.Bsize), nil
-}
 
 // Check runs bbolt's consistency check over the whole file and returns the first problem found.
 func (s *Store) Check() error {
