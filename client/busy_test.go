@@ -2,18 +2,15 @@ package client
 
 import (
 	"context"
-	"errors"
-	"net"
-	"os"
-	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/credbroker/credbroker/broker/sockettest"
 )
 
 // TestDialWaitsForAFullAcceptQueue: a connect to brokerd's socket while its accept queue is full
@@ -23,45 +20,7 @@ import (
 // (measured: 4 of 5 `brokerctl status` failed under three connect loops of uid 65534). Now it
 // waits its turn until the deadline.
 func TestDialWaitsForAFullAcceptQueue(t *testing.T) {
-	dir, err := os.MkdirTemp("", "cbq-") // short: a socket path has 108 bytes at most
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "b.sock")
-	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil { // a queue of one, not accepted yet
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(fd), "listener")
-	lis, err := net.FileListener(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Fill the queue, as the loop does.
-	var fillers []net.Conn
-	for {
-		c, err := net.Dial("unix", path)
-		if errors.Is(err, syscall.EAGAIN) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fillers = append(fillers, c); len(fillers) > 16 {
-			for _, c := range fillers {
-				c.Close()
-			}
-			t.Skip("the accept queue never filled")
-		}
-	}
+	path, lis, fillers := sockettest.FullQueue(t)
 
 	// brokerd starts accepting only once the client has found the queue full.
 	busy := make(chan struct{})

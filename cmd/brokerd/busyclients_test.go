@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,9 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/credbroker/credbroker/broker/sockettest"
 )
 
 // fullQueue is a socket, proxied to brokerd's, whose accept queue is full and which accepts
@@ -27,54 +27,16 @@ type fullQueue struct {
 
 func newFullQueue(t *testing.T, e *env) fullQueue {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "cbq-") // short: a socket path has 108 bytes at most
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "b.sock")
-	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil { // a queue of one, not accepted yet
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(fd), "listener")
-	lis, err := net.FileListener(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, lis, fillers := sockettest.FullQueue(t)
 	var (
 		mu    sync.Mutex
-		conns []net.Conn
+		conns = fillers
 		wg    sync.WaitGroup
 	)
 	track := func(c net.Conn) {
 		mu.Lock()
 		conns = append(conns, c)
 		mu.Unlock()
-	}
-	for n := 0; ; n++ {
-		c, err := net.Dial("unix", path)
-		if errors.Is(err, syscall.EAGAIN) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		track(c)
-		if n > 16 {
-			lis.Close()
-			for _, c := range conns {
-				c.Close()
-			}
-			t.Skip("the accept queue never filled")
-		}
 	}
 	var once sync.Once
 	serve := func() {
