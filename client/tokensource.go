@@ -127,7 +127,7 @@ func (f *fileSource) Token(context.Context) (string, error) {
 	if key == f.key && f.tok != "" {
 		return f.tok, nil
 	}
-	raw, err := readTokenFile(f.path)
+	raw, err := ReadTokenFile(f.path)
 	if err != nil {
 		return "", err
 	}
@@ -142,10 +142,10 @@ func (f *fileSource) Token(context.Context) (string, error) {
 // maxTokenFile bounds what a token file may hold: a token is under a hundred bytes.
 const maxTokenFile = 4096
 
-// readTokenFile reads a token file, at most maxTokenFile bytes of it: a larger file (a log named
-// by mistake, a device) is refused, not read whole and sent as the token. Errors never quote the
-// contents.
-func readTokenFile(path string) ([]byte, error) {
+// ReadTokenFile reads a token file as WithTokenFile does, at most 4 KiB of it: a larger file (a
+// log named by mistake, a device) is refused, not read whole and sent as the token, and a FIFO
+// nobody writes to reads as empty instead of blocking. Errors never quote the contents.
+func ReadTokenFile(path string) ([]byte, error) {
 	// O_NONBLOCK: a FIFO nobody writes to is opened without waiting for a writer, and reads as
 	// empty; a pipe with a writer (--token-file <(pass show …)) is still read to its end.
 	fd, err := os.OpenFile(path, os.O_RDONLY|openNonblock, 0)

@@ -10,7 +10,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -101,9 +100,6 @@ Flags:
 	return err
 }
 
-// maxTokenFile bounds what --token-file may hold.
-const maxTokenFile = 4096
-
 // readToken returns the token from file, or from $CREDBROKER_TOKEN when file is empty. An empty
 // result with a nil error means no token was configured.
 func readToken(file string, log *slog.Logger) (string, error) {
@@ -113,31 +109,17 @@ func readToken(file string, log *slog.Logger) (string, error) {
 	if file == "" {
 		return env, nil
 	}
-	// O_NONBLOCK: a FIFO nobody writes to is opened without waiting for a writer (the MCP client
-	// would wait for initialize meanwhile) and reads as empty; a pipe with a writer
-	// (--token-file <(pass show …)) is read to its end. It changes nothing for a regular file.
-	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	// Read as the client reads one (bounded, a FIFO without a writer not waited on: the MCP client
+	// would wait for initialize meanwhile).
+	data, err := client.ReadTokenFile(file)
 	if err != nil {
 		return "", fmt.Errorf("--token-file: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", fmt.Errorf("--token-file: %w", err)
-	}
-	// A token is under a hundred bytes; don't read a wrong path (a log, a device) whole.
-	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
-	if err != nil {
-		return "", fmt.Errorf("--token-file: %w", err)
-	}
-	if len(data) > maxTokenFile {
-		return "", fmt.Errorf("--token-file %s is larger than %d bytes; it should hold only the token", file, maxTokenFile)
 	}
 	tok := strings.TrimSpace(string(data))
 	if tok == "" {
 		return "", fmt.Errorf("--token-file %s is empty", file)
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
+	if fi, err := os.Stat(file); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		log.Warn("the token file is readable by other users; chmod 600 it", "file", file, "mode", fi.Mode().Perm().String())
 	}
 	return tok, nil

@@ -472,7 +472,7 @@ func TestReadToken(t *testing.T) {
 	if _, err := readToken(filepath.Join(dir, "missing"), log); err == nil || !strings.Contains(err.Error(), "--token-file") {
 		t.Errorf("missing file: %v", err)
 	}
-	big := write("big", "cbt_x"+strings.Repeat(" ", maxTokenFile))
+	big := write("big", "cbt_x"+strings.Repeat(" ", 4096)) // over client.ReadTokenFile's 4 KiB
 	if _, err := readToken(big, log); err == nil || !strings.Contains(err.Error(), "larger than 4096 bytes") {
 		t.Errorf("oversized file: %v", err)
 	}
