@@ -283,3 +283,17 @@ func TestDigestOneAtATimePerUID(t *testing.T) {
 		t.Fatalf("turns left behind: %v", c.turns)
 	}
 }
+
+// The size bound holds for what is hashed, not only for what stat said: a file that grows while
+// brokerd hashes it is refused, not read on (past maxExeSize) nor named by a digest of neither
+// version.
+func TestDigestRefusesAFileThatGrewWhileHashed(t *testing.T) {
+	r := &ctxReader{ctx: context.Background(), r: strings.NewReader("0123456789"), left: 4}
+	if _, err := readerSHA256(r); err == nil || !strings.Contains(err.Error(), "grew while brokerd hashed it") {
+		t.Fatalf("hashing 10 bytes of a file stat'ed at 4: %v, want refused", err)
+	}
+	r = &ctxReader{ctx: context.Background(), r: strings.NewReader("0123"), left: 4}
+	if d, err := readerSHA256(r); err != nil || d == "" {
+		t.Fatalf("hashing a file of its stat'ed size: %q, %v", d, err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -228,15 +229,22 @@ var hashing func(uid uint32)
 
 // ctxReader stops reading once ctx ends: a call that gave up is not hashed for to the end.
 type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
+	ctx  context.Context
+	r    io.Reader
+	left int64 // the file's size when it was checked against maxExeSize: more means it grew since
 }
 
-func (r ctxReader) Read(b []byte) (int, error) {
+func (r *ctxReader) Read(b []byte) (int, error) {
 	if err := r.ctx.Err(); err != nil {
 		return 0, fmt.Errorf("the call ended while brokerd hashed it: %w", err)
 	}
-	return r.r.Read(b)
+	n, err := r.r.Read(b)
+	if r.left -= int64(n); r.left < 0 {
+		// The size bound holds for what is read, not only for what stat said; and a digest of
+		// a file that changed meanwhile names neither version.
+		return n, errors.New("the executable grew while brokerd hashed it; try again")
+	}
+	return n, err
 }
 
 // sum returns the sha256 of the file at exePath (a /proc/PID/exe link, which opens the very file
@@ -276,7 +284,7 @@ func (c *digestCache) sum(ctx context.Context, exePath string, p *Pinned, uid ui
 			if hashing != nil {
 				hashing(uid)
 			}
-			d, err = readerSHA256(ctxReader{ctx, f})
+			d, err = readerSHA256(&ctxReader{ctx: ctx, r: f, left: fi.Size()})
 		}
 		release()
 		if err != nil {
