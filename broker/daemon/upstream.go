@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/credbroker/credbroker/broker/upstream"
 	"github.com/credbroker/credbroker/store"
 )
 
@@ -35,6 +36,11 @@ func CheckUpstream(upstreamURL, proxy string) (*url.URL, error) {
 		return nil, errors.New("--upstream-url must not hold a user or password: the API key is stored with `brokerctl credential put`, and brokerd's command line is readable by every local user")
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
 		return nil, errors.New("--upstream-url must not have a query or fragment; give the API's base URL, e.g. https://api.scavio.dev")
+	}
+	// The rest of what upstream.New refuses (a host that is only a port, an opaque URL), with
+	// its own rule, so the two cannot drift apart.
+	if _, err := upstream.ParseBaseURL(upstreamURL); err != nil {
+		return nil, fmt.Errorf("--upstream-url: %w; e.g. https://api.scavio.dev", err)
 	}
 	if proxy == "" {
 		return nil, nil

@@ -33,6 +33,9 @@ func TestCheckUpstream(t *testing.T) {
 		{name: "http remote ip", upstream: "http://10.0.0.1:80", wantErr: "not a loopback host"},
 		{name: "http localhost lookalike", upstream: "http://localhost.example.com", wantErr: "not a loopback host"},
 		{name: "http remote with password", upstream: "http://u:sk_live_secret@example.com", wantErr: "not a loopback host"},
+		// What upstream.New refuses is refused here too, before the database is opened.
+		{name: "host that is only a port", upstream: "https://:443", wantErr: "must name a host"},
+		{name: "opaque", upstream: "https:api.scavio.dev", wantErr: "--upstream-url"},
 		{name: "proxy", upstream: "https://api.scavio.dev", proxy: "http://proxy.corp:3128", wantProxy: true},
 		{name: "socks proxy", upstream: "https://api.scavio.dev", proxy: "socks5://127.0.0.1:1080", wantProxy: true},
 		{name: "proxy bad scheme", upstream: "https://api.scavio.dev", proxy: "ftp://proxy.corp", wantErr: "http://, https:// or socks5://"},

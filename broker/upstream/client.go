@@ -151,7 +151,7 @@ type Client struct {
 
 // New validates cfg and builds a Client.
 func New(cfg Config) (*Client, error) {
-	base, err := parseBaseURL(cfg.BaseURL)
+	base, err := ParseBaseURL(cfg.BaseURL)
 	if err != nil {
 		return nil, err
 	}
@@ -209,8 +209,9 @@ func cmpOr[T comparable](v, def T) T {
 	return v
 }
 
-// parseBaseURL never echoes the URL in its errors: a misconfigured one may carry a password.
-func parseBaseURL(s string) (*url.URL, error) {
+// ParseBaseURL checks an upstream base URL as New does (brokerd checks its flag with it before
+// anything starts). It never echoes the URL in its errors: a misconfigured one may carry a password.
+func ParseBaseURL(s string) (*url.URL, error) {
 	if s == "" {
 		return nil, errors.New("upstream: BaseURL is required")
 	}
