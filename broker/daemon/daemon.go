@@ -100,7 +100,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		// A stop asked for while starting (systemctl stop during a slow KMS, a long re-wrap) is
 		// what the operator wanted, not a failure: exit 0, so systemd does not mark the unit
 		// failed; what it interrupted is logged.
-		if err != nil && !serving && ctx.Err() != nil {
+		if !serving && stoppedWhileStarting(ctx, err) {
 			log.Warn("stopped while starting", "interrupted", err)
 			err = nil
 		}
@@ -516,6 +516,13 @@ func openMasterKeyUnlessStopped(ctx context.Context, path, uri string) (*kms.KEK
 	case <-ctx.Done():
 		return nil, fmt.Errorf("opening the master key: %w", ctx.Err())
 	}
+}
+
+// stoppedWhileStarting reports whether err, a start's failure, was caused by the stop ctx carries:
+// only that is a clean stop. A real failure at the same moment (a damaged database, a failed
+// re-wrap) still fails the start.
+func stoppedWhileStarting(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
 }
 
 // earlyHUP notes the SIGHUPs that arrive while brokerd starts, before the supervisor answers them.

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -67,5 +69,26 @@ func TestStopAbandonsAHandlerThatNeverReturns(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "stopping without them") {
 		t.Fatalf("the abandoned call was not logged:\n%s", logs.String())
+	}
+}
+
+// A start that fails while a stop is asked for is a clean stop only if the stop caused it.
+func TestStoppedWhileStarting(t *testing.T) {
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{"interrupted by the stop", stopped, fmt.Errorf("opening the master key: %w", context.Canceled), true},
+		{"a real failure as the stop came", stopped, errors.New("database is damaged"), false},
+		{"interrupted, no stop", context.Background(), context.Canceled, false},
+		{"no error", stopped, nil, false},
+	} {
+		if got := stoppedWhileStarting(tc.ctx, tc.err); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
