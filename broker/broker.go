@@ -197,7 +197,7 @@ func (b *Broker) authenticate(ctx context.Context, raw string, caller Caller) (*
 	}
 	if b.watch.hasExited(t.ID) { // its revocation is still being written
 		ci.Event = RefusedRevokedToken
-		return nil, unauthenticated(ReasonTokenRevoked, "token %s was revoked: the process it was bound to exited; fetch a new one", t.ID)
+		return nil, unauthenticated(ReasonTokenRevoked, "token %s was revoked: the process it was bound to exited, or brokerd restarted and can no longer watch it (its revocation is being written); fetch a new one, or for a brokerctl exec token run the command again", t.ID)
 	}
 	if now := b.now(); !now.Before(t.ExpiresAt) {
 		ci.Event = RefusedExpiredToken
