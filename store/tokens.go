@@ -125,12 +125,16 @@ func (s *Store) openToken(key, raw []byte) (Token, error) {
 }
 
 // sealToken encodes t as the sealed record stored under its id.
-func (s *Store) sealToken(t *Token) ([]byte, error) {
+func (s *Store) sealToken(t *Token) ([]byte, error) { return s.sealTokenStamped(t, s.auditStamp()) }
+
+// sealTokenStamped is sealToken stamped with the audit seq stamp: for a token written in the
+// audit writer's transaction, with the record that seq names (records.go).
+func (s *Store) sealTokenStamped(t *Token, stamp uint64) ([]byte, error) {
 	body, err := json.Marshal(t)
 	if err != nil {
 		return nil, err
 	}
-	return s.seal(tokensSlot(), []byte(t.ID), body)
+	return sealWith(s.recMAC, tokensSlot(), []byte(t.ID), body, stamp)
 }
 
 // GetToken loads a token by id. ErrNotFound if absent.
@@ -269,13 +273,7 @@ func (s *Store) RevokeTokenAudited(ctx context.Context, id string, now time.Time
 			// Run again if another request of the batch fails: set t only from what is read.
 			var revoked bool
 			var err error
-			t, revoked, err = s.revokeIn(tx, id, now, func(t *Token) ([]byte, error) {
-				body, err := json.Marshal(t)
-				if err != nil {
-					return nil, err
-				}
-				return sealWith(s.recMAC, tokensSlot(), []byte(id), body, seq)
-			})
+			t, revoked, err = s.revokeIn(tx, id, now, func(t *Token) ([]byte, error) { return s.sealTokenStamped(t, seq) })
 			if err == nil && !revoked {
 				return errAlreadyRevoked
 			}
