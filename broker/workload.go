@@ -245,24 +245,13 @@ const (
 // is closed and release gives its place back. A revocation still being retried keeps the place,
 // so at most MaxWatchedTokens of them wait at once.
 func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, program string, release func()) {
-	stop := make(chan struct{})
-	var once sync.Once
-	end := func() { once.Do(func() { close(stop) }) }
-	over := make(chan struct{}) // closed once the place is given back
-	if !b.watch.add(rec.ID, end, over) {
+	stop, end, finish, ok := b.watch.begin(rec.ID)
+	if !ok {
 		// brokerd is stopping and watches nothing more; its next start revokes the token.
 		release()
 		return
 	}
 	expiry := time.AfterFunc(rec.ExpiresAt.Sub(b.now()), end)
-	all := b.watch.stopping()
-	go func() {
-		select {
-		case <-all:
-			end()
-		case <-stop:
-		}
-	}()
 	onExit := func() {
 		defer end()
 		b.revokeExited(rec, caller, program, stop)
@@ -278,8 +267,7 @@ func (b *Broker) watchToken(pin *attest.Pinned, rec store.Token, caller Caller, 
 		<-stop
 		<-closed
 		expiry.Stop()
-		b.watch.remove(rec.ID, release)
-		close(over)
+		finish(release)
 	}()
 }
 
@@ -340,26 +328,14 @@ func (b *Broker) revokeRetried(rec store.Token, r CallRecord, why string, failed
 // (revokeRetried), until it lands, an admin revokes the token (endWatch) or brokerd stops. For a
 // revocation at start that could not be written: brokerd starts anyway, as on any full disk.
 func (b *Broker) revokeLater(rec store.Token, r CallRecord, why string) bool {
-	stop := make(chan struct{})
-	var once sync.Once
-	end := func() { once.Do(func() { close(stop) }) }
-	over := make(chan struct{})
-	if !b.watch.add(rec.ID, end, over) {
+	stop, end, finish, ok := b.watch.begin(rec.ID)
+	if !ok {
 		return false // brokerd is stopping; the next start revokes it
 	}
 	b.watch.setExited(rec.ID, true)
-	all := b.watch.stopping()
 	go func() {
-		defer close(over)
-		defer b.watch.remove(rec.ID, func() {})
+		defer finish(func() {})
 		defer end()
-		go func() {
-			select {
-			case <-all:
-				end()
-			case <-stop:
-			}
-		}()
 		b.revokeRetried(rec, r, why, true, stop)
 	}()
 	return true
@@ -473,6 +449,29 @@ func (w *workloadWatch) after(d time.Duration) <-chan time.Time {
 type watchEnd struct {
 	end  func()
 	over <-chan struct{}
+}
+
+// begin registers the watch of token id (or a revocation retried in its place) and returns its
+// stop channel, closed by end, by endWatch (an admin's revoke) or when brokerd stops watching.
+// finish, once the watch's work is over, forgets it and gives release's place back; endWatch
+// returns then. ok is false, and nothing is registered, when brokerd stopped watching.
+func (w *workloadWatch) begin(id string) (stop <-chan struct{}, end func(), finish func(release func()), ok bool) {
+	ch := make(chan struct{})
+	var once sync.Once
+	end = func() { once.Do(func() { close(ch) }) }
+	over := make(chan struct{}) // closed once the place is given back
+	if !w.add(id, end, over) {
+		return nil, nil, nil, false
+	}
+	all := w.stopping()
+	go func() {
+		select {
+		case <-all:
+			end()
+		case <-ch:
+		}
+	}()
+	return ch, end, func(release func()) { w.remove(id, release); close(over) }, true
 }
 
 // add registers the watch of token id; false if brokerd stopped watching.
