@@ -51,6 +51,7 @@ func LoopbackTCPUID(conn net.Conn) (uint32, error) {
 	}
 	// No sock_diag here (a seccomp filter, RestrictAddressFamilies= without AF_NETLINK): scan the
 	// table, at a cost that grows with every socket on the machine.
+	read := false
 	for _, path := range procNetTCP {
 		uid, found, err := findUID(path, remote, local)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -59,6 +60,12 @@ func LoopbackTCPUID(conn net.Conn) (uint32, error) {
 		if found {
 			return uid, nil
 		}
+		read = read || err == nil
+	}
+	if !read {
+		// Not a peer that left: no table to look in (no sock_diag and no /proc/self/net), so no
+		// TCP peer is ever named. Said as such, so that the operator hears of it.
+		return 0, fmt.Errorf("neither sock_diag nor %s is available to name loopback TCP peers: allow AF_NETLINK or mount /proc", strings.Join(procNetTCP, ", "))
 	}
 	return 0, fmt.Errorf("%w: %s", ErrPeerGone, remote)
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -16,6 +18,33 @@ func TestLoopbackTCPUID(t *testing.T) {
 		was := diagBroken.Swap(true)
 		defer diagBroken.Store(was)
 		testLoopbackTCPUID(t)
+	})
+	// Neither lookup available (no AF_NETLINK, no /proc): said as such, not as a peer that left,
+	// which callers log at debug only.
+	t.Run("no table", func(t *testing.T) {
+		was := diagBroken.Swap(true)
+		defer diagBroken.Store(was)
+		oldPaths := procNetTCP
+		procNetTCP = []string{filepath.Join(t.TempDir(), "none")}
+		defer func() { procNetTCP = oldPaths }()
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Skipf("no IPv4 loopback: %v", err)
+		}
+		defer l.Close()
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if _, err := LoopbackTCPUID(s); err == nil || errors.Is(err, ErrPeerGone) || !strings.Contains(err.Error(), "AF_NETLINK") {
+			t.Fatalf("with no table to look in: %v, want an error naming the missing lookups", err)
+		}
 	})
 }
 
