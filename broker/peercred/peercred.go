@@ -157,3 +157,14 @@ func FromContext(ctx context.Context) (AuthInfo, bool) {
 	info, ok := p.AuthInfo.(AuthInfo)
 	return info, ok
 }
+
+// process is what a pidfd lets brokerd learn about the peer without racing pid reuse.
+type process struct {
+	pid  int32  // the peer's pid in brokerd's pid namespace, from the pidfd
+	exe  string // /proc/PID/exe, when brokerd may read it (same uid or root)
+	comm string // /proc/PID/comm
+	// start is the process's start time (StartTime): with pid, a name no later process reuses.
+	start uint64
+	// ino is the pidfd's inode on pidfs (PidfdInode), another such name; 0 before Linux 6.9.
+	ino uint64
+}

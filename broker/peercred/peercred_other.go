@@ -21,18 +21,7 @@ func peerGroups(int) ([]uint32, error) { return nil, errUnsupported }
 
 func peerPidfd(int) (int, error) { return -1, errUnsupported }
 
-// process is what a pidfd tells on Linux (pidfd_linux.go).
-type process struct {
-	pid        int32
-	exe, comm  string
-	start, ino uint64
-}
-
 func identify(int) (process, error) { return process{}, errUnsupported }
-
-// errNoDiag is sock_diag missing (tcpdiag_linux.go); diagTCPUID does not return it here, so
-// LoopbackTCPUID fails with errUnsupported rather than scanning a /proc that is not there.
-var errNoDiag = errors.New("sock_diag unavailable")
 
 func diagTCPUID(_, _ *net.TCPAddr) (uint32, bool, error) {
 	return 0, false, fmt.Errorf("loopback peer's uid: %w", errUnsupported)

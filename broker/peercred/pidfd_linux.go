@@ -9,17 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// process is what a pidfd lets brokerd learn about the peer without racing pid reuse.
-type process struct {
-	pid  int32  // the peer's pid in brokerd's pid namespace, from the pidfd
-	exe  string // /proc/PID/exe, when brokerd may read it (same uid or root)
-	comm string // /proc/PID/comm
-	// start is the process's start time (StartTime): with pid, a name no later process reuses.
-	start uint64
-	// ino is the pidfd's inode on pidfs (PidfdInode), another such name; 0 before Linux 6.9.
-	ino uint64
-}
-
 // peerPidfd returns a pidfd for the peer of the socket fd (SO_PEERPIDFD, Linux 6.5+), or an
 // error when the kernel has none. It is a variable so tests can play an old kernel.
 var peerPidfd = func(fd int) (int, error) {

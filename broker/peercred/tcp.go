@@ -26,6 +26,10 @@ var ErrPeerGone = errors.New("the peer's socket is no longer established in the 
 // client of the HTTP front counted as one uid, so one user's connections locked out the rest).
 var procNetTCP = []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"}
 
+// errNoDiag reports that sock_diag cannot be asked here (a seccomp filter or
+// RestrictAddressFamilies= without AF_NETLINK): the caller falls back to the /proc table.
+var errNoDiag = errors.New("sock_diag unavailable")
+
 // LoopbackTCPUID returns the uid owning the peer's end of a loopback TCP connection, from the
 // kernel's socket table: the entry whose local address is conn's remote address and whose remote
 // address is conn's local address, looked up by sock_diag (diagTCPUID), else found in

@@ -18,10 +18,6 @@ const (
 	tcpEstablished      = 1
 )
 
-// errNoDiag reports that sock_diag cannot be asked here (a seccomp filter or
-// RestrictAddressFamilies= without AF_NETLINK): the caller falls back to the /proc table.
-var errNoDiag = errors.New("sock_diag unavailable")
-
 // diagBroken is set once sock_diag is found forbidden or missing here, so later lookups go
 // straight to the /proc table.
 var diagBroken atomic.Bool
