@@ -279,6 +279,12 @@ func checkFetched(tok string, exp, now time.Time) error {
 		return &Error{Code: codes.Internal, Message: "brokerd answered FetchToken without a token; " +
 			"check that brokerd and this client are of the same release"}
 	}
+	if exp.Unix() <= 0 {
+		// Not a short ttl: no expiry at all (the field missing), which a brokerd of this
+		// release never sends.
+		return &Error{Code: codes.FailedPrecondition, Message: "brokerd issued a token without an expiry; it cannot be " +
+			"renewed. Not a short registration --ttl: check that brokerd and this client are of the same release"}
+	}
 	if left := exp.Sub(now); left < minTokenLife {
 		life := "already expired"
 		if left > 0 {

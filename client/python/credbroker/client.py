@@ -502,6 +502,11 @@ def _check_fetched(tok: str, expires: float, now: float) -> None:
     if not tok:
         raise BrokerError(grpc.StatusCode.INTERNAL, "brokerd answered FetchToken without a token; check "
                           "that brokerd and this client are of the same release")
+    if expires <= 0:
+        # Not a short ttl: no expiry at all (the field missing), which a brokerd of this release
+        # never sends.
+        raise BrokerError(grpc.StatusCode.FAILED_PRECONDITION, "brokerd issued a token without an expiry; it "
+                          "cannot be renewed. Not a short registration --ttl: check that brokerd and this client are of the same release")
     left = expires - now
     if left < _MIN_TOKEN_LIFE:
         life = f"{left * 1000:.0f}ms left to live" if left > 0 else "already expired"

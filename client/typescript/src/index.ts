@@ -686,11 +686,16 @@ const RETRY_MIN_MS = 200;
 const RETRY_MAX_MS = 30_000;
 
 /** Refuses a token FetchToken returned that cannot serve: empty, or expiring within
- * MIN_TOKEN_LIFE_MS of now (a registration's ttl too short, or no expiry at all: expires 0). */
+ * MIN_TOKEN_LIFE_MS of now (a registration's ttl too short), or without an expiry (expires 0). */
 function checkFetched(tok: string, expires: number, now: number): BrokerError | undefined {
   if (!tok) {
     return new BrokerError(grpcStatus.INTERNAL, "brokerd answered FetchToken without a token; " +
       "check that brokerd and this client are of the same release");
+  }
+  if (!(expires > 0)) {
+    // Not a short ttl: no expiry at all (the field missing), which a brokerd of this release never sends.
+    return new BrokerError(grpcStatus.FAILED_PRECONDITION, "brokerd issued a token without an expiry; it cannot be " +
+      "renewed. Not a short registration --ttl: check that brokerd and this client are of the same release");
   }
   const left = expires - now;
   if (left < MIN_TOKEN_LIFE_MS) {
