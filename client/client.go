@@ -171,7 +171,7 @@ var onBusy func()
 func (c *Client) dial(ctx context.Context, _ string) (net.Conn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.path)
-	for wait := busyRetryMin; err != nil && errors.Is(err, syscall.EAGAIN); wait = min(2*wait, busyRetryMax) {
+	for wait := busyRetryMin; errors.Is(err, syscall.EAGAIN); wait = min(2*wait, busyRetryMax) {
 		// brokerd's accept queue is full: it is alive, and busy, or another local user is
 		// connecting in a loop to keep it full, which needs no token. A connect to a Unix socket
 		// then fails at once, where TCP's would wait its turn: wait it here, until the deadline,
@@ -184,11 +184,10 @@ func (c *Client) dial(ctx context.Context, _ string) (net.Conn, error) {
 		case <-ctx.Done():
 			t.Stop()
 		case <-t.C:
+			conn, err = d.DialContext(ctx, "unix", c.path)
+			continue
 		}
-		if ctx.Err() != nil {
-			break
-		}
-		conn, err = d.DialContext(ctx, "unix", c.path)
+		break
 	}
 	if err != nil {
 		cause := err
