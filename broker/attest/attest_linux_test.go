@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -146,21 +147,21 @@ func TestInspectTakesTheKernelsGroups(t *testing.T) {
 	}
 	defer p.Close()
 	// 4242424 is in no one's /proc status here: seeing it proves the kernel's list was used.
-	got, err := p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), []uint32{4242424})
+	got, err := p.InspectContext(context.Background(), uint32(os.Getuid()), uint32(os.Getgid()), []uint32{4242424})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got.Groups) != 1 || got.Groups[0] != 4242424 {
 		t.Fatalf("groups %v, want the kernel's [4242424]", got.Groups)
 	}
-	if got, err := p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), []uint32{}); err != nil || len(got.Groups) != 0 {
+	if got, err := p.InspectContext(context.Background(), uint32(os.Getuid()), uint32(os.Getgid()), []uint32{}); err != nil || len(got.Groups) != 0 {
 		t.Fatalf("no supplementary groups per the kernel: %v, %v", got.Groups, err)
 	}
 	want, err := os.Getgroups()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err = p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), nil)
+	got, err = p.InspectContext(context.Background(), uint32(os.Getuid()), uint32(os.Getgid()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,7 +69,7 @@ func digestOf(t *testing.T, pid int32) string {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	proc, err := p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), nil)
+	proc, err := p.InspectContext(context.Background(), uint32(os.Getuid()), uint32(os.Getgid()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +197,7 @@ func TestDigestRefusesHugeExecutable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	proc, err := p.Inspect(uint32(os.Getuid()), uint32(os.Getgid()), nil)
+	proc, err := p.InspectContext(context.Background(), uint32(os.Getuid()), uint32(os.Getgid()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -67,17 +67,13 @@ func (p *Pinned) Close() {
 	}
 }
 
-// Inspect reads what attestation matches on. uid, gid and groups are SO_PEERCRED's and
+// InspectContext reads what attestation matches on. uid, gid and groups are SO_PEERCRED's and
 // SO_PEERGROUPS's (the credentials the process connected with; groups nil when the kernel could not
 // say); exe, unit and, without groups, the supplementary groups come from /proc, then the pidfd is
 // checked again so they cannot belong to a process that reused the pid. The kernel's groups need
-// no /proc, which the shipped unit's ProtectProc=invisible hides for other users' processes.
-func (p *Pinned) Inspect(uid, gid uint32, groups []uint32) (*Process, error) {
-	return p.InspectContext(context.Background(), uid, gid, groups)
-}
-
-// InspectContext is Inspect for a call that ends with ctx: the executable's digest, if a
-// registration needs it, is computed only while ctx lasts, in the uid's turn (digestCache.turn).
+// no /proc, which the shipped unit's ProtectProc=invisible hides for other users' processes. The
+// executable's digest, if a registration needs it, is computed only while ctx lasts, in the uid's
+// turn (digestCache.turn).
 func (p *Pinned) InspectContext(ctx context.Context, uid, gid uint32, groups []uint32) (*Process, error) {
 	dir := "/proc/" + strconv.Itoa(int(p.pid))
 	proc := &Process{PID: p.pid, UID: uid, GID: gid, Groups: groups}

@@ -18,11 +18,6 @@ func Pin(int32, uint64, uint64) (*Pinned, error) {
 // Close does nothing.
 func (*Pinned) Close() {}
 
-// Inspect is never reached (Pin refuses).
-func (*Pinned) Inspect(uint32, uint32, []uint32) (*Process, error) {
-	return nil, fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
-}
-
 // InspectContext is never reached (Pin refuses).
 func (*Pinned) InspectContext(context.Context, uint32, uint32, []uint32) (*Process, error) {
 	return nil, fmt.Errorf("%w: workload attestation needs Linux", ErrUnidentified)
