@@ -186,7 +186,7 @@ func (s *scheduler) tick(ctx context.Context) {
 
 // nextDue returns when c is due as the scheduler counts it, and false without a max age: max age
 // after its RotatedAt, or, for a version stamped more than ClockAheadTolerance ahead of now, max age
-// after this brokerd first saw it so (remembered per credential and version), whichever is sooner.
+// after this brokerd first saw it so (remembered per credential and version), which is sooner.
 // Otherwise a stamp ahead of the clock would keep the key past its max age by however far the clock
 // was off. Status and `credential list` ask here too, so they show what the scheduler will do.
 func (s *scheduler) nextDue(c store.Credential, now time.Time) (time.Time, bool) {
@@ -206,9 +206,8 @@ func (s *scheduler) nextDue(c store.Credential, now time.Time) (time.Time, bool)
 		s.ahead[c.Name] = a
 	}
 	if seen {
-		if alt := a.seen.Add(c.Policy.MaxAge); alt.Before(next) {
-			next = alt
-		}
+		// Always the sooner: seen is before RotatedAt by more than the tolerance.
+		next = a.seen.Add(c.Policy.MaxAge)
 	}
 	return next, true
 }
